@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine, builds, and runs the whole test suite: the GoogleTest suites through
+# ctest (CUDA tests report "skipped" where there is no GPU), then the GGUF parser's fuzzer for a
+# bounded time under ASan/UBSan when its target exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/build.sh
+ctest --preset default -j"$(nproc)"
+if [ -f tests/fuzz/CMakeLists.txt ]; then
+  cmake --preset fuzz >/dev/null
+  cmake --build --preset fuzz -j"$(nproc)" --target fuzz_gguf
+  bash scripts/run_fuzz.sh "${SAAP_FUZZ_SECONDS:-60}"
+fi

@@ -1,0 +1,51 @@
+// saap: one CLI, one subcommand per job. Exit codes: 0 success, 1 internal error, 2 invalid
+// argument or usage, 3 bad file, 4 not found, 5 non-finite values, 6 out of memory, 7 unsupported.
+#include <omp.h>
+
+#include <cstdio>
+#include <iostream>
+#include <new>
+
+#include "cli/commands.h"
+#include "saap/core/error.h"
+
+namespace saap::cli {
+
+void emit(const GlobalOptions& global, const nlohmann::json& result, const std::function<void()>& print_text) {
+  if (global.json)
+    std::cout << result.dump(2) << std::endl;
+  else
+    print_text();
+}
+
+}  // namespace saap::cli
+
+int main(int argc, char** argv) {
+  using namespace saap::cli;
+  CLI::App app{"saap: inference-time sparse attention for long-context LLMs"};
+  app.require_subcommand(1);
+  GlobalOptions global;
+  app.add_flag("--json", global.json, "Print results as JSON");
+  app.add_option("--threads", global.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  register_info(app, global);
+  register_demo(app, global);
+  app.parse_complete_callback([&] {
+    if (global.threads > 0) omp_set_num_threads(global.threads);
+  });
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  } catch (const saap::Error& e) {
+    std::fprintf(stderr, "saap: error: %s\n", e.what());
+    return int(e.kind());
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "saap: error: out of memory\n");
+    return int(saap::ErrorKind::OutOfMemory);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "saap: internal error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

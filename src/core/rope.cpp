@@ -20,7 +20,7 @@ Rope::Rope(const RopeConfig& config) : config_(config) {
   for (int i = 0; i < pairs; ++i) {
     double f = std::pow(double(config_.base), -2.0 * i / config_.n_rot);
     if (!config_.freq_factors.empty()) f /= config_.freq_factors[i];
-    inv_freq_[i] = float(f);
+    inv_freq_[i] = f;
   }
 }
 

@@ -31,7 +31,7 @@ class Rope {
  private:
   void rotate(float* x, int n_heads, int64_t pos, float direction) const;
   RopeConfig config_;
-  std::vector<float> inv_freq_;  // n_rot/2 angular frequencies
+  std::vector<double> inv_freq_;  // n_rot/2 angular frequencies (double: pos * freq loses precision in float at long contexts)
 };
 
 }  // namespace saap

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "saap/core/rope.h"
+#include "saap/core/safetensors.h"
 
 namespace saap {
 
@@ -32,6 +33,10 @@ struct CalibrationSet {
   // Writes/reads a safetensors file (method "calibration"); load validates every shape.
   void save(const std::string& path) const;
   static CalibrationSet load(const std::string& path);
+  // As load, and refuses (BadFile naming the field) a file captured on another model.
+  static CalibrationSet load(const std::string& path, const ArtifactIdentity& expected);
+  // What this set was captured on, as artifacts trained from it record (method "calibration").
+  ArtifactIdentity identity() const;
 };
 
 }  // namespace saap

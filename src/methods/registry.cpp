@@ -1,0 +1,58 @@
+#include "saap/methods/registry.h"
+
+#include <cstdio>
+
+#include "saap/core/error.h"
+#include "saap/methods/dense.h"
+
+namespace saap {
+
+namespace {
+
+struct Entry {
+  const char* name;
+  MethodFactory (*make)(const MethodSpec&, const ArtifactIdentity&);
+};
+
+MethodFactory dense_factory(const MethodSpec&, const ArtifactIdentity&) {
+  return [](const LayerShape& shape) { return std::make_unique<DenseAttention>(shape); };
+}
+
+// The one table of methods; a method appears here once its factory exists.
+const Entry kMethods[] = {
+    {"dense", dense_factory},
+};
+
+std::string fmt_double(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", x);
+  return buf;
+}
+
+}  // namespace
+
+std::vector<std::string> method_names() {
+  std::vector<std::string> names;
+  for (const auto& e : kMethods) names.push_back(e.name);
+  return names;
+}
+
+MethodFactory make_method_factory(const MethodSpec& spec, const ArtifactIdentity& expected) {
+  for (const auto& e : kMethods)
+    if (spec.name == e.name) return e.make(spec, expected);
+  std::string known;
+  for (const auto& n : method_names()) known += (known.empty() ? "" : ", ") + n;
+  SAAP_THROW_FMT(InvalidArgument, "method = '%s' is not one of: %s", spec.name.c_str(), known.c_str());
+}
+
+std::string MethodSpec::describe() const {
+  if (name == "dense") return name;
+  if (name == "loki") return "loki(k_f=" + fmt_double(k_f) + ",d_f=" + fmt_double(d_f) + ")";
+  if (name == "streaming")
+    return "streaming(sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window) + ")";
+  std::string s = name + "(lookup=" + fmt_double(lookup);
+  if (name != "oracle") s += ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window);
+  return s + ")";
+}
+
+}  // namespace saap

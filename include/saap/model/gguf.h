@@ -20,6 +20,11 @@ const char* ggml_type_name(GGMLType t);  // "Q4_K", or "type#N" for unknown numb
 // Elements per block and bytes per block; throws Unsupported for types saap cannot dequantize.
 int64_t ggml_block_elems(GGMLType t);
 size_t ggml_block_bytes(GGMLType t);
+// The storage layout of any ggml type a GGUF file may hold (including the I-quants saap cannot
+// dequantize), so files with such tensors still parse; false for numbers ggml does not define.
+bool ggml_type_layout(uint32_t type, int64_t* block_elems, size_t* block_bytes);
+// True when dequantize() handles the type.
+bool ggml_can_dequantize(GGMLType t);
 
 enum class GGUFValueType : uint32_t {
   UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
@@ -27,7 +32,9 @@ enum class GGUFValueType : uint32_t {
 };
 
 // A metadata value. Scalars are widened (integers and bools to int64, floats to double); arrays
-// keep their element type and are held as one of the three vectors.
+// keep their element type and are held as one of the three vectors. UINT64 values above INT64_MAX
+// keep their bit pattern (read them as uint64_t; get_int refuses them). Arrays of arrays are
+// rejected (Unsupported), as llama.cpp does.
 struct GGUFValue {
   GGUFValueType type = GGUFValueType::UINT8;
   GGUFValueType array_type = GGUFValueType::UINT8;  // when type == ARRAY
@@ -59,6 +66,7 @@ class GGUFFile {
 
   uint32_t version() const { return version_; }
   size_t alignment() const { return alignment_; }
+  uint64_t data_offset() const { return data_offset_; }  // file offset of the tensor data section
   const std::string& path() const { return path_; }
   const std::map<std::string, GGUFValue>& metadata() const { return metadata_; }
   const std::vector<GGUFTensorInfo>& tensors() const { return tensors_; }
@@ -79,6 +87,7 @@ class GGUFFile {
   std::string path_;
   uint32_t version_ = 0;
   size_t alignment_ = 32;
+  uint64_t data_offset_ = 0;
   std::map<std::string, GGUFValue> metadata_;
   std::vector<GGUFTensorInfo> tensors_;
 };

@@ -1,0 +1,231 @@
+// The inner loop shared by every decode kernel (dense, Saap, Loki): the G query heads of one KV
+// group attend to a stream of token rows, each K/V row read once for the whole group.
+//
+// Decode is memory bound (one FMA per loaded element per query head), so the loop is built for
+// bytes in flight: a token row of D elements is spread over D/8 lanes (16-byte loads), a warp
+// covers 32/(D/8) rows per pass and issues U passes of K and V loads before the first use.
+// Softmax is online in base 2 (q is pre-scaled by scale*log2 e) with fp32 state per lane.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace saap::cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
+// Running max before any token: finite, so exp2(m_old - m_new) never evaluates inf - inf.
+constexpr float kNoMax = -1e30f;
+
+template <class T>
+struct Vec8;  // eight elements of T in one 16-byte load, widened to float
+
+template <>
+struct Vec8<__nv_bfloat16> {
+  __device__ static void to_float(const uint4& u, float* f) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+};
+
+template <>
+struct Vec8<__half> {
+  __device__ static void to_float(const uint4& u, float* f) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      __half2 h = *reinterpret_cast<const __half2*>(&w[i]);
+      float2 p = __half22float2(h);
+      f[2 * i] = p.x;
+      f[2 * i + 1] = p.y;
+    }
+  }
+};
+
+// Streaming load: the KV cache is read once per step, so keep it out of L1.
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+// Per-lane online-softmax state of GMAX query heads (G <= GMAX used; the rest carry zeros).
+template <class T, int D, int GMAX, int NWARPS>
+struct GroupAttender {
+  static constexpr int LPT = D / 8;     // lanes per token row
+  static constexpr int TPP = 32 / LPT;  // token rows per warp pass
+  static constexpr int U = 4;           // passes whose loads are in flight together
+  static constexpr int TILE = TPP * U;  // token rows per warp iteration
+  static_assert(D % 8 == 0 && 32 % LPT == 0, "head dim must be 64 or 128");
+
+  int lane, warp, sub, slot;
+  float q[GMAX][8];
+  float m[GMAX], l[GMAX], acc[GMAX][8];
+
+  // qg: the G query rows of the group [G][D] (fp32), scale: softmax scale.
+  __device__ void init(const float* qg, int G, float scale) {
+    lane = threadIdx.x & 31;
+    warp = threadIdx.x >> 5;
+    sub = lane % LPT;
+    slot = lane / LPT;
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) {
+      m[g] = kNoMax;
+      l[g] = 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        acc[g][j] = 0.f;
+        q[g][j] = g < G ? qg[g * D + sub * 8 + j] * scale * kLog2e : 0.f;
+      }
+    }
+  }
+
+  // Attends to token rows 0..n-1; kptr(i)/vptr(i) give this lane's 16 bytes of row i (the lane's
+  // element offset sub*8 is the caller's to apply, so split layouts such as Loki's work too).
+  template <class KPtr, class VPtr>
+  __device__ void run(int n, KPtr kptr, VPtr vptr) {
+    for (int base = warp * TILE; base < n; base += NWARPS * TILE) {
+      uint4 kr[U], vr[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = base + u * TPP + slot;
+        if (i < n) {
+          kr[u] = load_stream(kptr(i));
+          vr[u] = load_stream(vptr(i));
+        } else {
+          kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+        }
+      }
+      float s[U][GMAX];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float kf[8];
+        Vec8<T>::to_float(kr[u], kf);
+#pragma unroll
+        for (int g = 0; g < GMAX; ++g) {
+          float d = 0.f;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) d = fmaf(q[g][j], kf[j], d);
+          s[u][g] = d;
+        }
+      }
+#pragma unroll
+      for (int off = LPT / 2; off > 0; off >>= 1)
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int g = 0; g < GMAX; ++g) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], off);
+      float vf[U][8];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        Vec8<T>::to_float(vr[u], vf[u]);
+        if (base + u * TPP + slot >= n)
+#pragma unroll
+          for (int g = 0; g < GMAX; ++g) s[u][g] = -INFINITY;
+      }
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g) {
+        float mx = m[g];
+#pragma unroll
+        for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
+        const float alpha = exp2f(m[g] - mx);
+        m[g] = mx;
+        l[g] *= alpha;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[g][j] *= alpha;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const float p = exp2f(s[u][g] - mx);
+          l[g] += p;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(p, vf[u][j], acc[g][j]);
+        }
+      }
+    }
+  }
+
+  struct Shared {
+    float m[NWARPS][GMAX];
+    float l[NWARPS][GMAX];
+    float acc[NWARPS][GMAX][D];
+  };
+
+  // Merges the lanes and warps of the block and writes, for each of the G heads, the normalised
+  // partial output out_g[D] and its log2-sum-exp lse_g (-inf when the block saw no token), where
+  // head g's destinations are out + g*out_stride, lse + g*lse_stride.
+  __device__ void finish(Shared& sh, int G, float* out, int64_t out_stride, float* lse, int64_t lse_stride) {
+#pragma unroll
+    for (int off = LPT; off < 32; off <<= 1) {
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g) {
+        const float mo = __shfl_xor_sync(0xffffffffu, m[g], off);
+        const float lo = __shfl_xor_sync(0xffffffffu, l[g], off);
+        const float mx = fmaxf(m[g], mo);
+        const float a = exp2f(m[g] - mx), b = exp2f(mo - mx);
+        l[g] = l[g] * a + lo * b;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float ao = __shfl_xor_sync(0xffffffffu, acc[g][j], off);
+          acc[g][j] = acc[g][j] * a + ao * b;
+        }
+        m[g] = mx;
+      }
+    }
+    if (slot == 0) {
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g) {
+        if (sub == 0) {
+          sh.m[warp][g] = m[g];
+          sh.l[warp][g] = l[g];
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) sh.acc[warp][g][sub * 8 + j] = acc[g][j];
+      }
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < G * D; t += NWARPS * 32) {
+      const int g = t / D, d = t % D;
+      float mx = kNoMax;
+#pragma unroll
+      for (int w = 0; w < NWARPS; ++w) mx = fmaxf(mx, sh.m[w][g]);
+      float L = 0.f, A = 0.f;
+#pragma unroll
+      for (int w = 0; w < NWARPS; ++w) {
+        const float e = exp2f(sh.m[w][g] - mx);
+        L += sh.l[w][g] * e;
+        A += sh.acc[w][g][d] * e;
+      }
+      out[g * out_stride + d] = L > 0.f ? A / L : 0.f;
+      if (d == 0) lse[g * lse_stride] = L > 0.f ? mx + log2f(L) : -INFINITY;
+    }
+  }
+};
+
+// Combines the split partials of one (sequence, query head): part_out [splits][D], part_lse
+// [splits] (log2 domain) -> out [D]. One block of D threads per row.
+template <int D>
+__global__ void combine_splits_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse,
+                                      int splits, float* __restrict__ out) {
+  const int64_t row = blockIdx.x;
+  const float* po = part_out + row * splits * D;
+  const float* pl = part_lse + row * splits;
+  float mx = -INFINITY;
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, pl[s]);
+  float L = 0.f, A = 0.f;
+  if (mx > -INFINITY) {
+    for (int s = 0; s < splits; ++s) {
+      const float w = exp2f(pl[s] - mx);
+      L += w;
+      A += w * po[int64_t(s) * D + threadIdx.x];
+    }
+  }
+  out[row * D + threadIdx.x] = L > 0.f ? A / L : 0.f;
+}
+
+}  // namespace saap::cuda

@@ -1,0 +1,98 @@
+// Host API shared by the CUDA decode kernels: shapes, device buffers, split-KV scratch, and the
+// dense split-KV flash-decoding baseline.
+//
+// Conventions (all pointers are device pointers unless named h_*):
+//   q, out   fp32 [batch][n_q_heads][head_dim]; query head hq reads KV head hq / group.
+//   K, V     kv_dtype (bf16 or f16) [batch][n_kv_heads][max_len][head_dim] for the dense cache.
+//   lengths  int32 [batch]: the number of cached tokens of each sequence (may differ).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "saap/core/dtype.h"
+#include "saap/kernels/cuda/check.h"
+
+namespace saap::cuda {
+
+struct DecodeShape {
+  int batch = 1;
+  int n_q_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  DType kv_dtype = DType::BF16;
+
+  int group() const { return n_q_heads / n_kv_heads; }
+  // Throws InvalidArgument/Unsupported naming the field: head_dim 64 or 128, group size 1..8,
+  // kv_dtype bf16 or f16.
+  void check() const;
+};
+
+// Owning device allocation (cudaMalloc); moves, never copies.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) { resize(n); }
+  ~DeviceBuffer() { release(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void resize(size_t n) {  // discards the contents
+    if (n == n_) return;
+    release();
+    if (n) SAAP_CU(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+    n_ = n;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+
+ private:
+  void release() {
+    if (p_) cudaFree(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// Scratch for split-KV partial results: per (sequence, query head, split) an output row and its
+// log-sum-exp. Grows on demand and is reused across calls.
+class SplitWorkspace {
+ public:
+  void ensure(int64_t rows, int splits, int head_dim);
+  float* out() const { return out_.get(); }
+  float* lse() const { return lse_.get(); }
+
+ private:
+  DeviceBuffer<float> out_, lse_;
+};
+
+// How many blocks per KV head so that the grid is one full wave of `resident` blocks (what the
+// device runs at once for the kernel) for `tokens_per_head` tokens of work, with at least
+// min_tokens per block.
+int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, int64_t min_tokens = 256);
+// Blocks of `kernel` (block_threads threads, no dynamic shared memory) the whole device runs at once.
+int resident_blocks(const void* kernel, int block_threads);
+
+// Dense decode over positions [0, lengths[b]) of every sequence: split-KV flash-decoding, then a
+// combine of the splits. max_len is the cache's row stride (>= every length).
+void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
+                  const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
+
+// Writes out[row][:] from the split partials in ws (rows = batch * n_q_heads).
+void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream);
+
+}  // namespace saap::cuda

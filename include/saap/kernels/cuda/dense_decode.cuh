@@ -1,0 +1,32 @@
+// Dense split-KV flash-decoding: block (split, kv head, sequence) attends the G query heads of its
+// KV group to one contiguous chunk of that head's cache and writes split partials.
+#pragma once
+#include "saap/kernels/cuda/attend.cuh"
+
+namespace saap::cuda {
+
+constexpr int kDecodeWarps = 4;
+
+template <class T, int D, int GMAX>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    dense_decode_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
+                        const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
+                        float scale, int splits, int64_t chunk, float* __restrict__ part_out,
+                        float* __restrict__ part_lse) {
+  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
+  __shared__ typename A::Shared sh;
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int64_t len = lengths[b];
+  const int64_t start = split * chunk;
+  const int n = int(max(int64_t(0), min(chunk, len - start)));
+  const int64_t row0 = (int64_t(b) * n_kv_heads + h) * G;  // first query head row of the group
+  A at;
+  at.init(q + row0 * D, G, scale);
+  const T* kb = K + ((int64_t(b) * n_kv_heads + h) * max_len + start) * D + at.sub * 8;
+  const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + start) * D + at.sub * 8;
+  at.run(n, [&](int i) { return kb + int64_t(i) * D; }, [&](int i) { return vb + int64_t(i) * D; });
+  at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
+            splits);
+}
+
+}  // namespace saap::cuda

@@ -1,0 +1,53 @@
+// Shape checks, split heuristics and the split combine shared by all decode kernels.
+#include <algorithm>
+
+#include "saap/kernels/cuda/attend.cuh"
+#include "saap/kernels/cuda/decode.h"
+
+namespace saap::cuda {
+
+void DecodeShape::check() const {
+  SAAP_CU_REQUIRE(batch >= 1, InvalidArgument, "batch must be >= 1, got %d", batch);
+  SAAP_CU_REQUIRE(n_kv_heads >= 1, InvalidArgument, "n_kv_heads must be >= 1, got %d", n_kv_heads);
+  SAAP_CU_REQUIRE(n_q_heads >= n_kv_heads && n_q_heads % n_kv_heads == 0, InvalidArgument,
+                  "n_q_heads (%d) must be a positive multiple of n_kv_heads (%d)", n_q_heads, n_kv_heads);
+  SAAP_CU_REQUIRE(group() <= 8, Unsupported, "group size n_q_heads/n_kv_heads = %d; at most 8 is supported",
+                  group());
+  SAAP_CU_REQUIRE(head_dim == 64 || head_dim == 128, Unsupported, "head_dim %d; 64 or 128 is supported", head_dim);
+  SAAP_CU_REQUIRE(kv_dtype == DType::BF16 || kv_dtype == DType::F16, Unsupported,
+                  "kv_dtype must be bf16 or f16, got %d", int(kv_dtype));
+}
+
+void SplitWorkspace::ensure(int64_t rows, int splits, int head_dim) {
+  const size_t need = size_t(rows) * splits;
+  if (lse_.size() < need) lse_.resize(need);
+  if (out_.size() < need * head_dim) out_.resize(need * head_dim);
+}
+
+int resident_blocks(const void* kernel, int block_threads) {
+  int dev = 0, sms = 0, per_sm = 0;
+  SAAP_CU(cudaGetDevice(&dev));
+  SAAP_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  SAAP_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block_threads, 0));
+  return sms * std::max(per_sm, 1);
+}
+
+int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, int64_t min_tokens) {
+  const int64_t heads = int64_t(s.batch) * s.n_kv_heads;
+  // A whole number of waves: a partial last wave would leave SMs idle while it drains.
+  const int64_t waves = std::max<int64_t>(1, (heads + resident - 1) / resident);
+  const int64_t want = std::max<int64_t>(1, waves * resident / heads);
+  const int64_t most = std::max<int64_t>(1, (tokens_per_head + min_tokens - 1) / min_tokens);
+  return int(std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 4096)));
+}
+
+void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream) {
+  const unsigned rows = unsigned(s.batch) * s.n_q_heads;
+  if (s.head_dim == 64)
+    combine_splits_kernel<64><<<rows, 64, 0, stream>>>(ws.out(), ws.lse(), splits, out);
+  else
+    combine_splits_kernel<128><<<rows, 128, 0, stream>>>(ws.out(), ws.lse(), splits, out);
+  SAAP_CU_LAUNCHED();
+}
+
+}  // namespace saap::cuda

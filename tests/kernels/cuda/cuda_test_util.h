@@ -1,0 +1,114 @@
+// Helpers for the CUDA kernel tests: plain executables (the GPU machine has no GoogleTest) that
+// exit 77 without a GPU (ctest: skipped), print "N passed, N failed" and fail non-zero.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "saap/kernels/cuda/decode.h"
+
+namespace cutest {
+
+inline void require_gpu() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    std::printf("no CUDA device: skipped\n");
+    std::exit(77);
+  }
+}
+
+struct Tally {
+  int passed = 0, failed = 0;
+  void check(bool ok, const char* what, double value, double limit) {
+    std::printf("%-6s %-70s %.3g (limit %.3g)\n", ok ? "PASS" : "FAIL", what, value, limit);
+    (ok ? passed : failed)++;
+  }
+  int finish() {
+    std::printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+  }
+};
+
+// Host storage of a 16-bit KV element and its exact value.
+inline uint16_t to_bits(float f, saap::DType t) {
+  if (t == saap::DType::F16) {
+    __half h = __float2half_rn(f);
+    return *reinterpret_cast<uint16_t*>(&h);
+  }
+  __nv_bfloat16 b = __float2bfloat16_rn(f);
+  return *reinterpret_cast<uint16_t*>(&b);
+}
+inline double from_bits(uint16_t u, saap::DType t) {
+  if (t == saap::DType::F16) return __half2float(*reinterpret_cast<__half*>(&u));
+  return __bfloat162float(*reinterpret_cast<__nv_bfloat16*>(&u));
+}
+
+inline std::vector<uint16_t> random_kv(std::mt19937& rng, size_t n, saap::DType t, float sd = 1.f) {
+  std::normal_distribution<float> nd(0.f, sd);
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) x = to_bits(nd(rng), t);
+  return v;
+}
+inline std::vector<float> random_f32(std::mt19937& rng, size_t n, float sd = 1.f) {
+  std::normal_distribution<float> nd(0.f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+template <class T>
+saap::cuda::DeviceBuffer<T> upload(const std::vector<T>& h) {
+  saap::cuda::DeviceBuffer<T> d(h.size());
+  SAAP_CU(cudaMemcpy(d.get(), h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+template <class T>
+std::vector<T> download(const saap::cuda::DeviceBuffer<T>& d) {
+  std::vector<T> h(d.size());
+  SAAP_CU(cudaMemcpy(h.data(), d.get(), h.size() * sizeof(T), cudaMemcpyDeviceToHost));
+  return h;
+}
+// NaN bit pattern everywhere: an output the kernel forgets to write then fails the comparison.
+template <class T>
+void poison(saap::cuda::DeviceBuffer<T>& d) {
+  SAAP_CU(cudaMemset(d.get(), 0xff, d.bytes()));
+}
+
+// ||a - ref|| / ||ref||; NaN anywhere gives NaN (which fails every "<" check).
+inline double rel_error(const std::vector<float>& a, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    num += (a[i] - ref[i]) * (a[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / (den > 0 ? den : 1));
+}
+
+// float64 attention of one query row q[D] over rows `pos` of K/V ([len][D], 16-bit storage).
+inline void ref_attention(const float* q, const uint16_t* K, const uint16_t* V, const std::vector<int64_t>& pos, int D,
+                          double scale, saap::DType t, double* out) {
+  std::vector<double> s(pos.size());
+  double mx = -INFINITY;
+  for (size_t i = 0; i < pos.size(); ++i) {
+    double d = 0;
+    for (int j = 0; j < D; ++j) d += double(q[j]) * from_bits(K[pos[i] * D + j], t);
+    s[i] = d * scale;
+    mx = std::max(mx, s[i]);
+  }
+  double L = 0;
+  for (auto& x : s) L += (x = std::exp(x - mx));
+  for (int j = 0; j < D; ++j) {
+    double a = 0;
+    for (size_t i = 0; i < pos.size(); ++i) a += s[i] * from_bits(V[pos[i] * D + j], t);
+    out[j] = pos.empty() ? 0 : a / L;
+  }
+}
+
+}  // namespace cutest

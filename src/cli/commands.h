@@ -17,5 +17,18 @@ void emit(const GlobalOptions& global, const nlohmann::json& result, const std::
 
 void register_info(CLI::App& app, const GlobalOptions& global);
 void register_demo(CLI::App& app, const GlobalOptions& global);
+void register_calibrate(CLI::App& app, const GlobalOptions& global);
+void register_eval_attention(CLI::App& app, const GlobalOptions& global);
+void register_eval_passkey(CLI::App& app, const GlobalOptions& global);
+void register_eval_sweep(CLI::App& app, const GlobalOptions& global);
+
+// The `eval` parent subcommand, created by whichever eval_* file registers first.
+inline CLI::App* eval_command(CLI::App& app) {
+  auto found = app.get_subcommands([](CLI::App* sub) { return sub->get_name() == "eval"; });
+  if (!found.empty()) return found.front();
+  auto* eval = app.add_subcommand("eval", "Judge an attention method: perplexity, attention metrics, passkey");
+  eval->require_subcommand(1);
+  return eval;
+}
 
 }  // namespace saap::cli

@@ -1,0 +1,39 @@
+// Attention metrics of a method on the real model. The model runs densely over windows of text;
+// each layer's queries, keys and values (identical inputs for every method, so methods compare on
+// the same footing) are replayed through the method as decoding would: position t is placed, then
+// query t selects and attends over the prefix [0, t]. Every position runs through the method, so
+// stateful methods (H2O) evolve as in decoding; metrics are taken at a seeded sample of positions.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "saap/eval/attention_metrics.h"
+#include "saap/eval/decode_replay.h"
+#include "saap/model/llama.h"
+
+namespace saap {
+
+struct AttentionEvalOptions {
+  int queries_per_window = 64;  // sampled positions, density proportional to position
+  int top_k = 32;               // k of recall@k
+  uint64_t seed = 1;
+  bool progress = true;
+};
+
+struct AttentionEvalResult {
+  std::vector<std::vector<AttentionMetrics>> heads;  // [layer][query head]
+  std::vector<LookupStats> lookup;                   // [layer], over every replayed position
+  AttentionMetrics layer(int l) const;
+  AttentionMetrics overall() const;
+  LookupStats overall_lookup() const;
+  nlohmann::json to_json() const;  // overall, per layer, and per layer/head
+};
+
+AttentionEvalResult evaluate_attention(std::shared_ptr<const LlamaModel> model, const MethodFactory& factory,
+                                       const std::vector<std::vector<int32_t>>& windows,
+                                       const AttentionEvalOptions& options);
+
+}  // namespace saap

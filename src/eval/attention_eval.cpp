@@ -1,0 +1,99 @@
+#include "saap/eval/attention_eval.h"
+
+#include <algorithm>
+
+#include "saap/core/error.h"
+#include "saap/core/progress.h"
+#include "saap/train/capture.h"
+
+namespace saap {
+
+AttentionMetrics AttentionEvalResult::layer(int l) const {
+  AttentionMetrics m;
+  for (const auto& h : heads.at(size_t(l))) m += h;
+  return m;
+}
+
+AttentionMetrics AttentionEvalResult::overall() const {
+  AttentionMetrics m;
+  for (size_t l = 0; l < heads.size(); ++l) m += layer(int(l));
+  return m;
+}
+
+LookupStats AttentionEvalResult::overall_lookup() const {
+  LookupStats s;
+  for (const auto& l : lookup) s += l;
+  return s;
+}
+
+nlohmann::json AttentionEvalResult::to_json() const {
+  nlohmann::json j = overall().to_json();
+  const LookupStats s = overall_lookup();
+  j["lookup_fraction"] = s.fraction();
+  j["kv_fraction"] = s.kv_fraction();
+  j["layers"] = nlohmann::json::array();
+  for (size_t l = 0; l < heads.size(); ++l) {
+    nlohmann::json lj = layer(int(l)).to_json();
+    lj["lookup_fraction"] = lookup[l].fraction();
+    lj["heads"] = nlohmann::json::array();
+    for (const auto& h : heads[l]) lj["heads"].push_back(h.to_json());
+    j["layers"].push_back(lj);
+  }
+  return j;
+}
+
+AttentionEvalResult evaluate_attention(std::shared_ptr<const LlamaModel> model, const MethodFactory& factory,
+                                       const std::vector<std::vector<int32_t>>& windows,
+                                       const AttentionEvalOptions& options) {
+  const LlamaConfig& cfg = model->config();
+  const int H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim;
+  SAAP_CHECK_MSG(!windows.empty(), InvalidArgument, "no evaluation windows");
+  int64_t capacity = 0;
+  for (const auto& w : windows) capacity = std::max<int64_t>(capacity, int64_t(w.size()));
+  SAAP_CHECK_FMT(capacity >= 2 && capacity <= cfg.context_length, InvalidArgument,
+                 "window length %lld must be in [2, %lld]", (long long)capacity, (long long)cfg.context_length);
+
+  AttentionEvalResult result;
+  result.heads.assign(size_t(cfg.n_layers), std::vector<AttentionMetrics>(size_t(H)));
+  result.lookup.assign(size_t(cfg.n_layers), LookupStats{});
+  LlamaSession session(model, capacity);
+  ProgressBar bar("eval attention", int64_t(windows.size()) * cfg.n_layers, options.progress);
+  std::vector<float> logits(size_t(cfg.vocab_size));
+
+  // Per layer, the window's activations gather here until the layer has seen every position.
+  struct Buffers {
+    std::vector<float> q, q_pre, k, k_pre, v;
+  };
+  std::vector<Buffers> buf(size_t(cfg.n_layers));
+  int64_t layers_done = 0;
+  for (size_t w = 0; w < windows.size(); ++w) {
+    const int64_t n = int64_t(windows[w].size());
+    const auto sample = sample_query_positions(int(n), std::min<int>(options.queries_per_window, int(n) - 1),
+                                               options.seed * 1000003u + w);
+    session.reset();
+    session.set_observer([&](const LayerActivations& a) {
+      Buffers& b = buf[size_t(a.layer)];
+      auto keep = [&](std::vector<float>& dst, const float* src, int heads) {
+        dst.resize(size_t(n) * heads * D);
+        std::copy(src, src + a.n * heads * D, dst.begin() + a.pos0 * heads * D);
+      };
+      keep(b.q, a.q, H);
+      keep(b.q_pre, a.q_pre, H);
+      keep(b.k, a.k, KV);
+      keep(b.k_pre, a.k_pre, KV);
+      keep(b.v, a.v, KV);
+      if (a.pos0 + a.n < n) return;
+      const LayerShape shape{a.layer, H, KV, D, cfg.context_length};
+      replay_layer(factory, shape, n, b.q.data(), b.q_pre.data(), b.k.data(), b.k_pre.data(), b.v.data(), sample,
+                   options.top_k, result.heads[size_t(a.layer)], result.lookup[size_t(a.layer)]);
+      b = Buffers{};
+      bar.update(++layers_done);
+    });
+    session.forward(windows[w].data(), n, logits.data());
+  }
+  session.set_observer(nullptr);
+  bar.finish();
+  return result;
+}
+
+}  // namespace saap

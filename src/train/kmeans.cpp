@@ -1,0 +1,58 @@
+#include "saap/train/kmeans.h"
+
+#include <faiss/Clustering.h>
+#include <faiss/IndexFlat.h>
+
+#include <cmath>
+
+#include "saap/core/error.h"
+
+namespace saap {
+
+namespace {
+
+void check_finite(const float* x, int64_t n, int d, const char* what) {
+  for (int64_t i = 0; i < n * d; ++i)
+    SAAP_CHECK_FMT(std::isfinite(x[i]), NonFinite, "%s row %lld, dim %d is not finite", what, (long long)(i / d),
+                   int(i % d));
+}
+
+}  // namespace
+
+KMeansResult train_kmeans(const float* x, int64_t n, int d, const KMeansOptions& o) {
+  SAAP_CHECK_FMT(d > 0, InvalidArgument, "k-means dimension d = %d must be positive", d);
+  SAAP_CHECK_FMT(o.k > 0, InvalidArgument, "k-means k = %d must be positive", o.k);
+  SAAP_CHECK_FMT(n >= o.k, InvalidArgument, "k-means needs at least k = %d points, got n = %lld", o.k, (long long)n);
+  SAAP_CHECK_FMT(o.niter > 0, InvalidArgument, "k-means niter = %d must be positive", o.niter);
+  check_finite(x, n, d, "k-means input");
+  faiss::ClusteringParameters cp;
+  cp.niter = o.niter;
+  cp.seed = o.seed;
+  cp.spherical = o.spherical;
+  cp.max_points_per_centroid = o.max_points_per_centroid;
+  cp.min_points_per_centroid = 1;  // few points per centroid is a choice here, not a mistake to warn about
+  faiss::Clustering clus(d, o.k, cp);
+  faiss::IndexFlatIP ip(d);
+  faiss::IndexFlatL2 l2(d);
+  faiss::Index& index = o.spherical ? static_cast<faiss::Index&>(ip) : static_cast<faiss::Index&>(l2);
+  clus.train(faiss::Index::idx_t(n), x, index);
+  KMeansResult r;
+  r.centroids = clus.centroids;
+  r.objective = clus.iteration_stats.empty() ? 0.0 : clus.iteration_stats.back().obj;
+  return r;
+}
+
+void assign_kmeans(const float* centroids, int k, int d, bool spherical, const float* x, int64_t n, int32_t* out) {
+  SAAP_CHECK_FMT(k > 0 && d > 0, InvalidArgument, "assign: k = %d, d = %d must be positive", k, d);
+  check_finite(x, n, d, "k-means assignment input");
+  faiss::IndexFlatIP ip(d);
+  faiss::IndexFlatL2 l2(d);
+  faiss::Index& index = spherical ? static_cast<faiss::Index&>(ip) : static_cast<faiss::Index&>(l2);
+  index.add(k, centroids);
+  std::vector<float> dist(static_cast<size_t>(n));
+  std::vector<faiss::Index::idx_t> label(static_cast<size_t>(n));
+  index.search(faiss::Index::idx_t(n), x, 1, dist.data(), label.data());
+  for (int64_t i = 0; i < n; ++i) out[i] = int32_t(label[size_t(i)]);
+}
+
+}  // namespace saap

@@ -1,0 +1,38 @@
+// Oracle top-k: exact scores of every prefix key, then exact attention over the k best per query
+// head. It reads all of K to decide, so it is NOT a speed-up: it is the quality upper bound of any
+// method that selects k tokens per head (what Loki, H2O and Saap approximate without reading K).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "saap/methods/method.h"
+#include "saap/methods/registry.h"
+
+namespace saap {
+
+// The k positions with the largest scores (ties to the lower position), ascending. Requires
+// 0 <= k <= n; `order` is scratch.
+void top_k_positions(const float* scores, int64_t n, int64_t k, std::vector<int32_t>& out,
+                     std::vector<int32_t>& order);
+
+// Tokens a fractional budget reads from a prefix of n_ctx: ceil(fraction * n_ctx), clamped to
+// [1, n_ctx], so that a query always attends to something.
+int64_t budget_tokens(double fraction, int64_t n_ctx);
+
+class OracleTopK : public AttentionMethod {
+ public:
+  // lookup: the fraction of the prefix attended, in [0, 1] (at least 1 token).
+  OracleTopK(const LayerShape& shape, double lookup);
+  std::string name() const override { return "oracle"; }
+  // Selects everything when the budget covers the prefix; index_bytes = all prefix K bytes.
+  void select(const LayerKV& kv, const QueryView& q, Selection& sel) override;
+
+ private:
+  double lookup_;
+  std::vector<float> scores_;
+  std::vector<int32_t> order_;
+};
+
+MethodFactory oracle_factory(const MethodSpec& spec, const ArtifactIdentity& expected);
+
+}  // namespace saap

@@ -1,0 +1,69 @@
+#include "saap/methods/oracle_topk.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "saap/core/error.h"
+#include "saap/kernels/cpu/attention.h"
+
+namespace saap {
+
+void top_k_positions(const float* scores, int64_t n, int64_t k, std::vector<int32_t>& out,
+                     std::vector<int32_t>& order) {
+  SAAP_CHECK_FMT(k >= 0 && k <= n, InvalidArgument, "k = %lld outside [0, n = %lld]", (long long)k, (long long)n);
+  order.resize(size_t(n));
+  std::iota(order.begin(), order.end(), 0);
+  // A strict total order (score, then position) makes the selection independent of the
+  // nth_element implementation when scores tie.
+  auto better = [scores](int32_t a, int32_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
+  if (k < n) std::nth_element(order.begin(), order.begin() + k, order.end(), better);
+  out.assign(order.begin(), order.begin() + k);
+  std::sort(out.begin(), out.end());
+}
+
+int64_t budget_tokens(double fraction, int64_t n_ctx) {
+  const double want = std::ceil(fraction * double(n_ctx) - 1e-9);  // 0.25 * 8 is 2, not 3 after rounding
+  return std::clamp<int64_t>(int64_t(want), 1, n_ctx);
+}
+
+OracleTopK::OracleTopK(const LayerShape& shape, double lookup) : AttentionMethod(shape), lookup_(lookup) {
+  SAAP_CHECK_FMT(lookup >= 0.0 && lookup <= 1.0, InvalidArgument, "lookup = %g must be in [0, 1]", lookup);
+}
+
+void OracleTopK::select(const LayerKV& kv, const QueryView& q, Selection& sel) {
+  const int64_t n = q.n_ctx();
+  check_attention_shape(kv, q.n_q_heads, n);
+  const int64_t k = budget_tokens(lookup_, n);
+  sel.clear(q.n_q_heads);
+  if (k >= n) {
+    sel.all = true;
+    return;
+  }
+  check_finite_queries(q.q, 1, q.n_q_heads, kv.head_dim);
+  const int group = q.n_q_heads / kv.n_kv_heads;
+  const int d = kv.head_dim;
+  scores_.resize(size_t(n));
+  for (int h = 0; h < q.n_q_heads; ++h) {
+    const float* qh = q.q + int64_t(h) * d;
+    dispatch_dtype(kv.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      for (int64_t p = 0; p < n; ++p) {
+        const T* key = kv.key<T>(h / group, p);
+        float s = 0.0f;
+        for (int i = 0; i < d; ++i) s += qh[i] * to_float(key[i]);
+        scores_[size_t(p)] = s;
+      }
+    });
+    top_k_positions(scores_.data(), n, k, sel.positions[size_t(h)], order_);
+  }
+  sel.index_bytes = n * kv.n_kv_heads * int64_t(d) * int64_t(dtype_size(kv.dtype));
+}
+
+MethodFactory oracle_factory(const MethodSpec& spec, const ArtifactIdentity&) {
+  const double lookup = spec.lookup;
+  SAAP_CHECK_FMT(lookup >= 0.0 && lookup <= 1.0, InvalidArgument, "lookup = %g must be in [0, 1]", lookup);
+  return [lookup](const LayerShape& shape) { return std::make_unique<OracleTopK>(shape, lookup); };
+}
+
+}  // namespace saap

@@ -63,7 +63,7 @@ Sample write_sample(const std::string& path, json header = to_json(identity())) 
   std::normal_distribution<float> nd;
   Sample s;
   for (int i = 0; i < 3 * 5; ++i) s.a.push_back(nd(rng));
-  for (int i = 0; i < 7; ++i) s.b.push_back(int32_t(rng()) - int32_t(1 << 30));
+  for (int i = 0; i < 7; ++i) s.b.push_back(int32_t(rng() % (1u << 31)) - int32_t(1 << 30));
   SafetensorsWriter w;
   w.add_f32("basis", s.a.data(), {3, 5});
   w.add_i32("counts", s.b.data(), {7});

@@ -5,11 +5,13 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace saap {
 
 class GGUFFile;
+enum class PreTokenizer : int;  // src/model/tokenizer_pretokenizer.h
 
 struct ChatMessage {
   std::string role;  // "system" | "user" | "assistant"
@@ -23,6 +25,9 @@ class Tokenizer {
   // Text to ids. parse_special: "<|im_start|>" etc. in the text become their special ids.
   // add_bos: prepend BOS when the vocabulary asks for it (tokenizer.ggml.add_bos_token).
   std::vector<int32_t> encode(const std::string& text, bool add_bos = false, bool parse_special = false) const;
+  // Any byte string is accepted (invalid UTF-8 included). Bytes a byte-level vocabulary has no
+  // token for (SmolLM2 lacks 21 of the 256, e.g. 0x04, 0xC0, 0xFF) are dropped, as the HF
+  // tokenizers and llama.cpp do; every other byte string s has decode(encode(s)) == s.
   // Ids to text; bytes of incomplete UTF-8 sequences are kept as they are.
   std::string decode(const std::vector<int32_t>& ids) const;
   // The raw bytes one token stands for (for streaming output).
@@ -37,16 +42,28 @@ class Tokenizer {
 
  private:
   friend class TokenizerBuilder;
-  std::string model_;                    // tokenizer.ggml.model
+  bool is_spm() const { return model_ == "llama"; }
+  void encode_text(const std::string& text, bool after_special, std::vector<int32_t>& out) const;
+  void encode_bpe_piece(const std::string& piece, std::vector<int32_t>& out) const;
+  void encode_spm(const std::string& text, std::vector<int32_t>& out) const;
+
+  std::string model_;                    // tokenizer.ggml.model: "gpt2" or "llama"
   std::string pre_;                      // tokenizer.ggml.pre
+  PreTokenizer pre_kind_{};
   std::vector<std::string> pieces_;      // id -> piece as stored in the vocabulary
-  std::vector<int32_t> token_types_;     // id -> 1 normal, 3 control, 6 byte, ...
+  std::vector<std::string> bytes_;       // id -> the raw bytes it decodes to
+  std::vector<int32_t> token_types_;     // id -> 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte
   std::vector<float> scores_;
   std::unordered_map<std::string, int32_t> piece_to_id_;
-  std::unordered_map<std::string, int32_t> merge_rank_;  // "left right" -> rank
-  std::vector<int32_t> special_ids_;     // control/user-defined tokens matched verbatim
-  int32_t bos_ = -1, eos_ = -1, eot_ = -1;
+  // (left id << 32 | right id) -> (rank, merged id): the GPT-2 merge table keyed by ids, so the
+  // BPE loop never builds strings.
+  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;
+  int32_t byte_ids_[256] = {};            // byte -> its single-byte token (-1: the vocabulary lacks it)
+  std::vector<int32_t> special_ids_;     // control/user-defined tokens matched verbatim, longest first
+  std::vector<int32_t> eog_ids_;         // ids that end a generation
+  int32_t bos_ = -1, eos_ = -1, eot_ = -1, unk_ = -1;
   bool add_bos_ = false;
+  bool add_space_prefix_ = false;        // SentencePiece: a space before the text
   std::string chat_template_;
 };
 

@@ -87,7 +87,9 @@ class LlamaSession {
 
   // Runs n tokens at positions length() .. length()+n-1. logits receives vocab_size floats per
   // token when all_logits, else only the last token's. Throws InvalidArgument when the cache
-  // would overflow or a token id is out of range.
+  // would overflow or a token id is out of range (checked before anything changes). If a later
+  // step fails (NonFinite activations), the cache is rolled back to its previous length but the
+  // methods may have placed the new positions: reset() before reusing the session.
   void forward(const int32_t* tokens, int64_t n, float* logits, bool all_logits = false);
 
   void set_observer(LayerObserver observer) { observer_ = std::move(observer); }
@@ -96,8 +98,12 @@ class LlamaSession {
   int64_t length() const;
   const KVCache& cache() const { return cache_; }
   AttentionMethod& method(int layer);
-  // What attention read, summed over layers and positions since the last reset.
+  // What the layers' methods read, summed over layers and queries since the last reset. Only
+  // queries that went through a method count: the exact prefill chunks of DensePrefill do not,
+  // so that the lookup fraction of generation describes its decode steps.
   const LookupStats& stats() const { return stats_; }
+  const LlamaModel& model() const { return *model_; }
+  AttentionMode mode() const { return mode_; }
 
  private:
   struct Scratch;

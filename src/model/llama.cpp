@@ -1,0 +1,453 @@
+// The Llama forward pass on the CPU. Read LlamaSession::forward top to bottom: it is the whole
+// model. Everything above it loads and validates the weights; everything it calls is a few lines.
+//
+// Layout conventions: activations are row-major [tokens][features]; a weight matrix is stored as
+// GGUF stores it, [out][in] (ggml's shape[0] = in is the fastest dimension), so a projection is
+// y = x · Wᵀ. GGUF Llama files permute the Q/K rows for GGML's interleaved RoPE, which is why the
+// runner uses RopeStyle::Interleaved (scripts/reference_forward.py checks this against the
+// Hugging Face convention).
+#include "saap/model/llama.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "saap/core/error.h"
+#include "saap/core/progress.h"
+#include "saap/kernels/cpu/attention.h"
+#include "saap/methods/dense.h"
+
+namespace saap {
+
+struct LlamaModel::Layer {
+  std::vector<float> attn_norm;  // [n_embd]
+  std::vector<float> wq;         // [n_heads * head_dim][n_embd]
+  std::vector<float> wk;         // [n_kv_heads * head_dim][n_embd]
+  std::vector<float> wv;         // [n_kv_heads * head_dim][n_embd]
+  std::vector<float> wo;         // [n_embd][n_heads * head_dim]
+  std::vector<float> ffn_norm;   // [n_embd]
+  std::vector<float> w_gate;     // [n_ff][n_embd]
+  std::vector<float> w_up;       // [n_ff][n_embd]
+  std::vector<float> w_down;     // [n_embd][n_ff]
+};
+
+struct LlamaModel::Weights {
+  explicit Weights(const RopeConfig& rope_config) : rope(rope_config) {}
+  Rope rope;
+  std::vector<float> token_embd;   // [vocab][n_embd]
+  std::vector<Layer> layers;
+  std::vector<float> output_norm;  // [n_embd]
+  std::vector<float> output;       // [vocab][n_embd]; empty when tied to token_embd
+  const float* unembedding() const { return output.empty() ? token_embd.data() : output.data(); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Loading: configuration, tensor validation, dequantization.
+
+namespace {
+
+// A metadata integer that must be in [1, limit]; the limit keeps products far from overflow.
+int positive_int(const GGUFFile& f, const std::string& key, int64_t fallback = -1, int64_t limit = 1 << 24) {
+  const int64_t v = fallback < 0 ? f.get_int(key) : f.get_int(key, fallback);
+  SAAP_CHECK_FMT(v >= 1 && v <= limit, BadFile, "metadata %s = %lld must be in [1, %lld]", key.c_str(),
+                 (long long)v, (long long)limit);
+  return int(v);
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+LlamaConfig read_config(const GGUFFile& f) {
+  LlamaConfig c;
+  c.architecture = f.get_string("general.architecture");
+  SAAP_CHECK_FMT(c.architecture == "llama", Unsupported,
+                 "general.architecture = \"%s\": saap runs the \"llama\" architecture only", c.architecture.c_str());
+  c.name = f.has("general.name") ? f.get_string("general.name") : std::string("unnamed");
+  const std::string a = c.architecture + ".";
+  c.n_layers = positive_int(f, a + "block_count", -1, 4096);
+  c.n_embd = positive_int(f, a + "embedding_length", -1, 1 << 16);
+  c.n_heads = positive_int(f, a + "attention.head_count", -1, 4096);
+  c.n_kv_heads = positive_int(f, a + "attention.head_count_kv", c.n_heads, 4096);
+  c.n_ff = positive_int(f, a + "feed_forward_length", -1, 1 << 18);
+  c.context_length = positive_int(f, a + "context_length", -1, int64_t(1) << 30);
+  c.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));
+  SAAP_CHECK_FMT(c.rms_eps > 0 && c.rms_eps < 1, BadFile, "metadata %sattention.layer_norm_rms_epsilon = %g",
+                 a.c_str(), c.rms_eps);
+  SAAP_CHECK_FMT(c.n_heads % c.n_kv_heads == 0, BadFile,
+                 "%sattention.head_count = %d is not a multiple of head_count_kv = %d", a.c_str(), c.n_heads,
+                 c.n_kv_heads);
+  if (f.has(a + "attention.key_length")) {
+    c.head_dim = positive_int(f, a + "attention.key_length", -1, 4096);
+  } else {
+    SAAP_CHECK_FMT(c.n_embd % c.n_heads == 0, BadFile, "%sembedding_length = %d is not a multiple of head_count = %d",
+                   a.c_str(), c.n_embd, c.n_heads);
+    c.head_dim = c.n_embd / c.n_heads;
+  }
+  const int value_length = positive_int(f, a + "attention.value_length", c.head_dim, 4096);
+  SAAP_CHECK_FMT(value_length == c.head_dim, Unsupported, "%sattention.value_length = %d differs from key_length = %d",
+                 a.c_str(), value_length, c.head_dim);
+  SAAP_CHECK_FMT(c.head_dim % 2 == 0, Unsupported, "head_dim = %d must be even for RoPE", c.head_dim);
+
+  const GGUFTensorInfo& embd = f.tensor("token_embd.weight");
+  c.vocab_size = f.has(a + "vocab_size") ? positive_int(f, a + "vocab_size", -1, 1 << 24)
+                                         : int(embd.shape.size() == 2 ? embd.shape[1] : 0);
+  SAAP_CHECK_FMT(c.vocab_size > 0, BadFile, "token_embd.weight has shape %s, expected [n_embd, vocab]",
+                 shape_string(embd.shape).c_str());
+  c.tied_output = f.find_tensor("output.weight") == nullptr;
+
+  c.rope.head_dim = c.head_dim;
+  c.rope.n_rot = positive_int(f, a + "rope.dimension_count", c.head_dim, c.head_dim);
+  c.rope.base = float(f.get_float(a + "rope.freq_base", 10000.0));
+  c.rope.style = RopeStyle::Interleaved;
+  const std::string scaling = f.has(a + "rope.scaling.type") ? f.get_string(a + "rope.scaling.type") : "none";
+  if (scaling == "linear") {
+    const double factor = f.get_float(a + "rope.scaling.factor");
+    SAAP_CHECK_FMT(factor > 0, BadFile, "metadata %srope.scaling.factor = %g must be positive", a.c_str(), factor);
+    c.rope.freq_scale = float(1.0 / factor);
+  } else if (scaling == "none") {
+    // Older files carry linear scaling under rope.scale_linear.
+    const double factor = f.get_float(a + "rope.scale_linear", 1.0);
+    SAAP_CHECK_FMT(factor > 0, BadFile, "metadata %srope.scale_linear = %g must be positive", a.c_str(), factor);
+    c.rope.freq_scale = float(1.0 / factor);
+  } else {
+    SAAP_THROW_FMT(Unsupported, "metadata %srope.scaling.type = \"%s\": saap supports \"none\" and \"linear\"",
+                   a.c_str(), scaling.c_str());
+  }
+  return c;
+}
+
+// The tensors a Llama GGUF must hold, with their ggml shapes (shape[0] = row length).
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const LlamaConfig& c) {
+  const int64_t E = c.n_embd, Q = int64_t(c.n_heads) * c.head_dim, KV = int64_t(c.n_kv_heads) * c.head_dim;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> t = {{"token_embd.weight", {E, c.vocab_size}},
+                                                                 {"output_norm.weight", {E}}};
+  if (!c.tied_output) t.push_back({"output.weight", {E, c.vocab_size}});
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    t.push_back({p + "attn_norm.weight", {E}});
+    t.push_back({p + "attn_q.weight", {E, Q}});
+    t.push_back({p + "attn_k.weight", {E, KV}});
+    t.push_back({p + "attn_v.weight", {E, KV}});
+    t.push_back({p + "attn_output.weight", {Q, E}});
+    t.push_back({p + "ffn_norm.weight", {E}});
+    t.push_back({p + "ffn_gate.weight", {E, c.n_ff}});
+    t.push_back({p + "ffn_up.weight", {E, c.n_ff}});
+    t.push_back({p + "ffn_down.weight", {c.n_ff, E}});
+  }
+  return t;
+}
+
+std::vector<float> dequantize_checked(const GGUFTensorInfo& t) {
+  std::vector<float> w = dequantize_tensor(t);
+  for (size_t i = 0; i < w.size(); ++i)
+    SAAP_CHECK_FMT(std::isfinite(w[i]), NonFinite, "tensor %s holds a non-finite value at element %zu",
+                   t.name.c_str(), i);
+  return w;
+}
+
+// FNV-1a over the metadata and tensor directory: changes when the file's content description does.
+uint64_t header_hash(const GGUFFile& f) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const void* data, size_t n) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  };
+  auto mix_str = [&](const std::string& s) { mix(s.data(), s.size() + 1); };
+  for (const auto& [key, v] : f.metadata()) {
+    mix_str(key);
+    mix(&v.type, sizeof v.type);
+    mix(&v.i, sizeof v.i);
+    mix(&v.f, sizeof v.f);
+    mix_str(v.s);
+    for (int64_t x : v.ints) mix(&x, sizeof x);
+    for (double x : v.floats) mix(&x, sizeof x);
+    for (const auto& s : v.strings) mix_str(s);
+  }
+  for (const auto& t : f.tensors()) {
+    mix_str(t.name);
+    for (int64_t d : t.shape) mix(&d, sizeof d);
+    mix(&t.type, sizeof t.type);
+    mix(&t.offset, sizeof t.offset);
+  }
+  return h;
+}
+
+}  // namespace
+
+std::shared_ptr<const LlamaModel> LlamaModel::load(const std::string& path, bool progress) {
+  std::shared_ptr<LlamaModel> model(new LlamaModel());
+  model->file_ = GGUFFile::open(path);
+  const GGUFFile& f = model->file_;
+  LlamaConfig& c = model->config_;
+  c = read_config(f);
+
+  // Validate every tensor before dequantizing any, so a bad file fails fast and names the tensor.
+  const auto expected = expected_tensors(c);
+  for (const auto& [name, shape] : expected) {
+    const GGUFTensorInfo& t = f.tensor(name);
+    SAAP_CHECK_FMT(t.shape == shape, BadFile, "%s: tensor %s has shape %s, expected %s", path.c_str(), name.c_str(),
+                   shape_string(t.shape).c_str(), shape_string(shape).c_str());
+  }
+  if (const GGUFTensorInfo* freqs = f.find_tensor("rope_freqs.weight")) {
+    SAAP_CHECK_FMT(freqs->shape == std::vector<int64_t>{c.rope.n_rot / 2}, BadFile,
+                   "%s: tensor rope_freqs.weight has shape %s, expected [%d]", path.c_str(),
+                   shape_string(freqs->shape).c_str(), c.rope.n_rot / 2);
+    c.rope.freq_factors = dequantize_checked(*freqs);
+  }
+  model->tokenizer_ = Tokenizer::from_gguf(f);
+  SAAP_CHECK_FMT(model->tokenizer_.vocab_size() <= c.vocab_size, BadFile,
+                 "%s: the tokenizer has %d tokens but the model only %d embeddings", path.c_str(),
+                 model->tokenizer_.vocab_size(), c.vocab_size);
+
+  auto w = std::make_shared<Weights>(c.rope);
+  w->layers.resize(size_t(c.n_layers));
+  ProgressBar bar("loading " + c.name, int64_t(expected.size()), progress);
+  int64_t done = 0;
+  auto load = [&](const std::string& name) {
+    std::vector<float> data = dequantize_checked(f.tensor(name));
+    bar.update(++done);
+    return data;
+  };
+  w->token_embd = load("token_embd.weight");
+  w->output_norm = load("output_norm.weight");
+  if (!c.tied_output) w->output = load("output.weight");
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& L = w->layers[size_t(l)];
+    L.attn_norm = load(p + "attn_norm.weight");
+    L.wq = load(p + "attn_q.weight");
+    L.wk = load(p + "attn_k.weight");
+    L.wv = load(p + "attn_v.weight");
+    L.wo = load(p + "attn_output.weight");
+    L.ffn_norm = load(p + "ffn_norm.weight");
+    L.w_gate = load(p + "ffn_gate.weight");
+    L.w_up = load(p + "ffn_up.weight");
+    L.w_down = load(p + "ffn_down.weight");
+  }
+  bar.finish();
+  model->weights_ = std::move(w);
+
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx", (unsigned long long)header_hash(f));
+  model->identity_ = format("%s|llama L%d E%d H%d/%d D%d F%d V%d|gguf:%s", c.name.c_str(), c.n_layers, c.n_embd,
+                            c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.vocab_size, hash);
+  return model;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The building blocks of the forward pass.
+
+namespace {
+
+// y[n][out] = x[n][in] · W[out][in]ᵀ (+ y when accumulate: the residual add is fused this way).
+// OpenMP splits the output features; each slice is one single-threaded BLAS call (see BlasSerial).
+void matmul(float* y, const float* x, const float* w, int64_t n, int64_t in, int64_t out, bool accumulate = false) {
+  const float beta = accumulate ? 1.0f : 0.0f;
+  const int64_t slices = std::min<int64_t>(omp_get_max_threads(), (out + 63) / 64);
+  const int64_t width = (out + slices - 1) / slices;
+#pragma omp parallel for schedule(static)
+  for (int64_t s = 0; s < slices; ++s) {
+    const int64_t o0 = s * width, m = std::min(out, o0 + width) - o0;
+    if (m <= 0) continue;
+    if (n == 1)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(m), int(in), 1.0f, w + o0 * in, int(in), x, 1, beta, y + o0, 1);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(m), int(in), 1.0f, x, int(in), w + o0 * in,
+                  int(in), beta, y + o0, int(out));
+  }
+}
+
+// One thread pool at a time: OpenBLAS's own pool and OpenMP's spinning workers fight over the
+// same cores (measured: 3-8x slower on 2 cores), so BLAS runs single-threaded during a forward
+// pass and gets its previous setting back afterwards (FAISS training relies on threaded BLAS).
+class BlasSerial {
+ public:
+  BlasSerial() : previous_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
+  ~BlasSerial() { openblas_set_num_threads(previous_); }
+
+ private:
+  int previous_;
+};
+
+// out = x / sqrt(mean(x²) + eps) * weight, per row.
+void rms_norm(float* out, const float* x, const float* weight, int64_t n, int dim, float eps) {
+#pragma omp parallel for if (n > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    double ss = 0;
+    for (int j = 0; j < dim; ++j) ss += double(xi[j]) * xi[j];
+    const float inv = float(1.0 / std::sqrt(ss / dim + eps));
+    float* oi = out + i * dim;
+    for (int j = 0; j < dim; ++j) oi[j] = xi[j] * inv * weight[j];
+  }
+}
+
+// gate = silu(gate) * up, elementwise (SwiGLU).
+void swiglu(float* gate, const float* up, int64_t count) {
+#pragma omp parallel for if (count > 4096)
+  for (int64_t i = 0; i < count; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void check_finite_rows(const float* x, int64_t count, int layer, const char* what) {
+  for (int64_t i = 0; i < count; ++i)
+    SAAP_CHECK_FMT(std::isfinite(x[i]), NonFinite, "non-finite %s activation at layer %d, element %lld", what, layer,
+                   (long long)i);
+}
+
+}  // namespace
+
+struct LlamaSession::Scratch {
+  int64_t rows = 0;
+  std::vector<float> x;      // [n][n_embd] the residual stream
+  std::vector<float> xn;     // [n][n_embd] normalized input of a sub-block
+  std::vector<float> q_pre, q, k_pre, k, v;
+  std::vector<float> att;    // [n][n_heads * head_dim] attention output
+  std::vector<float> gate, up;  // [n][n_ff]
+  void ensure(int64_t n, const LlamaConfig& c) {
+    if (n <= rows) return;
+    rows = n;
+    const int64_t E = c.n_embd, Q = int64_t(c.n_heads) * c.head_dim, KV = int64_t(c.n_kv_heads) * c.head_dim;
+    x.resize(size_t(n * E));
+    xn.resize(size_t(n * E));
+    q_pre.resize(size_t(n * Q));
+    q.resize(size_t(n * Q));
+    att.resize(size_t(n * Q));
+    k_pre.resize(size_t(n * KV));
+    k.resize(size_t(n * KV));
+    v.resize(size_t(n * KV));
+    gate.resize(size_t(n * c.n_ff));
+    up.resize(size_t(n * c.n_ff));
+  }
+};
+
+namespace {
+std::shared_ptr<const LlamaModel> non_null(std::shared_ptr<const LlamaModel> model) {
+  SAAP_CHECK_MSG(model != nullptr, InvalidArgument, "LlamaSession needs a model");
+  return model;
+}
+
+KVCacheShape cache_shape(const LlamaModel& model, int64_t capacity) {
+  const LlamaConfig& c = model.config();
+  SAAP_CHECK_FMT(capacity >= 1 && capacity <= c.context_length, InvalidArgument,
+                 "session capacity = %lld must be in [1, context length %lld]", (long long)capacity,
+                 (long long)c.context_length);
+  return KVCacheShape{c.n_layers, c.n_kv_heads, c.head_dim, capacity, DType::F32};
+}
+}  // namespace
+
+LlamaSession::LlamaSession(std::shared_ptr<const LlamaModel> model, int64_t capacity, MethodFactory methods,
+                           AttentionMode mode)
+    : model_(non_null(std::move(model))),
+      cache_(cache_shape(*model_, capacity)),
+      mode_(mode),
+      scratch_(std::make_shared<Scratch>()) {
+  const LlamaConfig& c = model_->config();
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerShape shape{l, c.n_heads, c.n_kv_heads, c.head_dim, capacity};
+    methods_.push_back(methods ? methods(shape) : std::make_unique<DenseAttention>(shape));
+    SAAP_CHECK_FMT(methods_.back() != nullptr, InvalidArgument, "the method factory returned null for layer %d", l);
+  }
+}
+
+void LlamaSession::reset() {
+  cache_.clear();
+  for (auto& m : methods_) m->reset();
+  stats_ = LookupStats{};
+}
+
+int64_t LlamaSession::length() const { return cache_.length(0); }
+
+AttentionMethod& LlamaSession::method(int layer) {
+  SAAP_CHECK_FMT(layer >= 0 && layer < int(methods_.size()), InvalidArgument, "layer = %d of %zu", layer,
+                 methods_.size());
+  return *methods_[size_t(layer)];
+}
+
+// ---------------------------------------------------------------------------------------------
+// One forward pass.
+
+void LlamaSession::forward(const int32_t* tokens, int64_t n, float* logits, bool all_logits) {
+  const LlamaConfig& c = model_->config();
+  const LlamaModel::Weights& w = *model_->weights_;
+  SAAP_CHECK_FMT(n >= 1, InvalidArgument, "forward of n = %lld tokens", (long long)n);
+  SAAP_CHECK_MSG(tokens != nullptr && logits != nullptr, InvalidArgument, "forward needs tokens and logits buffers");
+  const int64_t pos0 = length();
+  SAAP_CHECK_FMT(pos0 + n <= cache_.shape().capacity, InvalidArgument,
+                 "%lld tokens at position %lld overflow the session capacity of %lld", (long long)n, (long long)pos0,
+                 (long long)cache_.shape().capacity);
+  for (int64_t i = 0; i < n; ++i)
+    SAAP_CHECK_FMT(tokens[i] >= 0 && tokens[i] < c.vocab_size, InvalidArgument,
+                   "token id %d at index %lld is outside the vocabulary [0, %d)", tokens[i], (long long)i,
+                   c.vocab_size);
+
+  const int E = c.n_embd, D = c.head_dim, Hq = c.n_heads, Hkv = c.n_kv_heads;
+  const int64_t Q = int64_t(Hq) * D, KV = int64_t(Hkv) * D;
+  const float scale = 1.0f / std::sqrt(float(D));
+  Scratch& s = *scratch_;
+  s.ensure(n, c);
+  BlasSerial blas_serial;
+
+  try {
+    // Token embeddings start the residual stream.
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(&s.x[size_t(i * E)], &w.token_embd[size_t(int64_t(tokens[i]) * E)], sizeof(float) * size_t(E));
+
+    for (int l = 0; l < c.n_layers; ++l) {
+      const LlamaModel::Layer& L = w.layers[size_t(l)];
+
+      // Attention block: x += Wo · attention(RoPE(Wq·h), RoPE(Wk·h), Wv·h), h = RMSNorm(x).
+      rms_norm(s.xn.data(), s.x.data(), L.attn_norm.data(), n, E, c.rms_eps);
+      matmul(s.q_pre.data(), s.xn.data(), L.wq.data(), n, E, Q);
+      matmul(s.k_pre.data(), s.xn.data(), L.wk.data(), n, E, KV);
+      matmul(s.v.data(), s.xn.data(), L.wv.data(), n, E, KV);
+      std::copy_n(s.q_pre.data(), n * Q, s.q.data());
+      std::copy_n(s.k_pre.data(), n * KV, s.k.data());
+#pragma omp parallel for if (n > 1)
+      for (int64_t i = 0; i < n; ++i) {
+        w.rope.apply(&s.q[size_t(i * Q)], Hq, pos0 + i);
+        w.rope.apply(&s.k[size_t(i * KV)], Hkv, pos0 + i);
+      }
+      check_finite_rows(s.q.data(), n * Q, l, "query");
+
+      cache_.append(l, s.k.data(), s.v.data(), n);
+      const LayerKV kv = cache_.layer(l);
+      AttentionMethod& method = *methods_[size_t(l)];
+      method.place(kv, pos0, pos0 + n, s.k_pre.data());
+      if (observer_)
+        observer_(LayerActivations{l, pos0, n, s.q_pre.data(), s.q.data(), s.k_pre.data(), s.k.data(), s.v.data()});
+
+      if (mode_ == AttentionMode::DensePrefill && n > 1) {
+        attention_prefill(kv, s.q.data(), Hq, n, pos0, scale, s.att.data());
+      } else {
+        for (int64_t i = 0; i < n; ++i) {
+          const QueryView query{&s.q[size_t(i * Q)], &s.q_pre[size_t(i * Q)], Hq, pos0 + i};
+          method.forward(kv, query, &s.att[size_t(i * Q)], stats_);
+        }
+      }
+      matmul(s.x.data(), s.att.data(), L.wo.data(), n, Q, E, /*accumulate=*/true);
+
+      // MLP block: x += W_down · (silu(W_gate·h) ⊙ W_up·h), h = RMSNorm(x).
+      rms_norm(s.xn.data(), s.x.data(), L.ffn_norm.data(), n, E, c.rms_eps);
+      matmul(s.gate.data(), s.xn.data(), L.w_gate.data(), n, E, c.n_ff);
+      matmul(s.up.data(), s.xn.data(), L.w_up.data(), n, E, c.n_ff);
+      swiglu(s.gate.data(), s.up.data(), n * c.n_ff);
+      matmul(s.x.data(), s.gate.data(), L.w_down.data(), n, c.n_ff, E, /*accumulate=*/true);
+    }
+
+    // Final norm and the unembedding (tied to token_embd when the file has no output.weight).
+    const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
+    rms_norm(s.xn.data(), &s.x[size_t(first * E)], w.output_norm.data(), rows, E, c.rms_eps);
+    matmul(logits, s.xn.data(), w.unembedding(), rows, E, c.vocab_size);
+  } catch (...) {
+    cache_.truncate(pos0);
+    throw;
+  }
+}
+
+}  // namespace saap

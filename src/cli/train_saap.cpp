@@ -1,0 +1,97 @@
+// saap train saap | kmeans: the key partition (and Saap's query routers) from a calibration set.
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "saap/train/saap_trainer.h"
+
+namespace saap::cli {
+
+namespace {
+
+struct TrainOpts {
+  std::string calib, out, rope = "pre";
+  bool l2 = false;
+  SaapTrainOptions train;
+};
+
+void add_partition_options(CLI::App* cmd, TrainOpts& o) {
+  cmd->add_option("--calib", o.calib, "Calibration set (saap calibrate)")->required();
+  cmd->add_option("--out", o.out, "Artifact to write (.safetensors)")->required();
+  cmd->add_option("--partitions", o.train.partitions, "Key partitions C per layer and KV head")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--rope", o.rope, "Partition and route on pre-RoPE or post-RoPE vectors")
+      ->check(CLI::IsMember({"pre", "post"}));
+  cmd->add_flag("--l2", o.l2, "Plain (L2) k-means instead of spherical");
+  cmd->add_option("--kmeans-iters", o.train.kmeans_iters, "k-means iterations")->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", o.train.seed, "Seed of k-means, the query sample, the split and the routers");
+  cmd->add_option("--layers", o.train.layers, "Layers to train (default: all)");
+}
+
+void finish_options(TrainOpts& o) {
+  o.train.pre_rope = o.rope == "pre";
+  o.train.spherical = !o.l2;
+}
+
+void print_summary(const GlobalOptions& global, const PartitionArtifact& a, const std::string& out) {
+  nlohmann::json result = {{"out", out},
+                           {"method", a.identity.method},
+                           {"model", a.identity.model_identity},
+                           {"partitions", a.partitions},
+                           {"hidden", a.hidden},
+                           {"rope", a.pre_rope ? "pre" : "post"},
+                           {"layers", a.layers.size()}};
+  for (const char* k : {"seconds", "kmeans_seconds", "labels_seconds", "router_seconds", "mean_val_recall",
+                        "mean_val_symmetric_recall", "mean_val_oracle_recall"})
+    if (a.train.contains(k)) result[k] = a.train[k];
+  emit(global, result, [&] {
+    std::printf("%s: %zu layers, C = %d, %s-RoPE, %.1f s -> %s\n", a.identity.method.c_str(), a.layers.size(),
+                a.partitions, a.pre_rope ? "pre" : "post", a.train.value("seconds", 0.0), out.c_str());
+    if (a.has_classifiers())
+      std::printf("held-out mass recall of the top 5%% partitions: router %.3f, symmetric %.3f, oracle %.3f\n",
+                  a.train.value("mean_val_recall", 0.0), a.train.value("mean_val_symmetric_recall", 0.0),
+                  a.train.value("mean_val_oracle_recall", 0.0));
+  });
+}
+
+}  // namespace
+
+void register_train_saap(CLI::App& app, const GlobalOptions& global) {
+  CLI::App* train = train_command(app);
+
+  auto so = std::make_shared<TrainOpts>();
+  auto* saap = train->add_subcommand("saap", "Key partition + per-head query router (Saap)");
+  add_partition_options(saap, *so);
+  saap->add_option("--hidden", so->train.classifier.hidden, "Router hidden size")->check(CLI::PositiveNumber);
+  saap->add_option("--epochs", so->train.classifier.epochs, "Maximum router epochs")->check(CLI::PositiveNumber);
+  saap->add_option("--batch", so->train.classifier.batch, "Router mini-batch")->check(CLI::PositiveNumber);
+  saap->add_option("--lr", so->train.classifier.lr, "Adam learning rate")->check(CLI::PositiveNumber);
+  saap->add_option("--patience", so->train.classifier.patience, "Epochs without held-out progress before stopping")
+      ->check(CLI::PositiveNumber);
+  saap->add_option("--max-queries", so->train.max_queries, "Queries per layer (0: all with a long enough prefix)")
+      ->check(CLI::NonNegativeNumber);
+  saap->add_option("--min-prefix", so->train.min_prefix, "Smallest query position used")->check(CLI::NonNegativeNumber);
+  saap->add_option("--sinks", so->train.sinks, "Sinks left out of the labels (read anyway at decode)")
+      ->check(CLI::NonNegativeNumber);
+  saap->add_option("--window", so->train.window, "Recent window left out of the labels (read anyway at decode)")
+      ->check(CLI::NonNegativeNumber);
+  saap->callback([so, &global] {
+    finish_options(*so);
+    const CalibrationSet set = CalibrationSet::load(so->calib);
+    const PartitionArtifact a = train_saap(set, so->train);
+    a.save(so->out);
+    print_summary(global, a, so->out);
+  });
+
+  auto ko = std::make_shared<TrainOpts>();
+  auto* km = train->add_subcommand("kmeans", "Key partition only (the symmetric k-means baseline)");
+  add_partition_options(km, *ko);
+  km->callback([ko, &global] {
+    finish_options(*ko);
+    const CalibrationSet set = CalibrationSet::load(ko->calib);
+    const PartitionArtifact a = train_symmetric_kmeans(set, ko->train);
+    a.save(ko->out);
+    print_summary(global, a, ko->out);
+  });
+}
+
+}  // namespace saap::cli

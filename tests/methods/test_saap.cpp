@@ -1,0 +1,416 @@
+// Saap and symmetric k-means as attention methods: the partition-grouped layout, the budget rule,
+// the routing, byte accounting and artifact validation. Routers and centroids here are random (the
+// trained behaviour is tested in tests/train/test_saap_trainer.cpp); references are naive double loops.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <set>
+#include <unistd.h>
+#include <string>
+
+#include "saap/core/error.h"
+#include "saap/methods/dense.h"
+#include "saap/methods/saap.h"
+#include "saap/methods/symmetric_kmeans.h"
+
+namespace saap {
+namespace {
+
+constexpr int kHeads = 4, kKV = 2, kDim = 16, kC = 8, kHidden = 12, kLen = 300;
+
+std::string temp_path(const std::string& name) {
+  return std::string(::testing::TempDir()) + "/saap_test_" + std::to_string(::getpid()) + "_" + name;
+}
+
+ArtifactIdentity model_id() {
+  ArtifactIdentity id;
+  id.model_identity = "synthetic-model";
+  id.n_layers = 2;
+  id.n_heads = kHeads;
+  id.n_kv_heads = kKV;
+  id.head_dim = kDim;
+  return id;
+}
+
+PartitionArtifact random_artifact(bool classifiers, bool pre_rope, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  PartitionArtifact a;
+  a.identity = model_id();
+  a.identity.method = classifiers ? "saap" : "kmeans";
+  a.partitions = kC;
+  a.hidden = classifiers ? kHidden : 0;
+  a.pre_rope = pre_rope;
+  a.spherical = true;
+  PartitionLayer& layer = a.layers[1];
+  layer.centroids.resize(size_t(kKV) * kC * kDim);
+  for (int c = 0; c < kKV * kC; ++c) {
+    float* m = layer.centroids.data() + c * kDim;
+    double n = 0;
+    for (int i = 0; i < kDim; ++i) m[i] = normal(rng), n += double(m[i]) * m[i];
+    for (int i = 0; i < kDim; ++i) m[i] = float(m[i] / std::sqrt(n));
+  }
+  if (classifiers)
+    for (int h = 0; h < kHeads; ++h) {
+      PartitionClassifier m(kDim, kHidden, kC);
+      for (auto* v : {&m.w1, &m.b1, &m.w2, &m.b2})
+        for (auto& x : *v) x = normal(rng);
+      layer.classifiers.push_back(m);
+    }
+  a.train = {{"note", "random"}};
+  return a;
+}
+
+struct Sequence {
+  KVCache cache{{2, kKV, kDim, kLen, DType::F32}};
+  std::vector<float> k_pre, k, v, q_pre, q;  // k_pre/k/v [kLen][kKV][kDim], q [kLen][kHeads][kDim]
+  explicit Sequence(uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal;
+    k_pre.resize(size_t(kLen) * kKV * kDim);
+    v.resize(k_pre.size());
+    for (auto& x : k_pre) x = normal(rng);
+    for (auto& x : v) x = normal(rng);
+    k = k_pre;  // the "post-RoPE" copy differs from pre-RoPE so that the choice is observable
+    for (size_t i = 0; i < k.size(); i += 2) std::swap(k[i], k[i + 1]);
+    q_pre.resize(size_t(kLen) * kHeads * kDim);
+    for (auto& x : q_pre) x = normal(rng);
+    q = q_pre;
+    for (size_t i = 0; i < q.size(); i += 2) std::swap(q[i], q[i + 1]);
+    cache.append(1, k.data(), v.data(), kLen);
+  }
+  QueryView query(int64_t pos) const {
+    return {q.data() + pos * kHeads * kDim, q_pre.data() + pos * kHeads * kDim, kHeads, pos};
+  }
+};
+
+LayerShape shape() { return {1, kHeads, kKV, kDim, kLen}; }
+
+int brute_nearest(const float* centroids, const float* x) {
+  int best = 0;
+  double best_s = -1e300;
+  for (int c = 0; c < kC; ++c) {
+    double s = 0;
+    for (int i = 0; i < kDim; ++i) s += double(x[i]) * centroids[c * kDim + i];
+    if (s > best_s) best_s = s, best = c;
+  }
+  return best;
+}
+
+std::vector<double> naive_router(const PartitionClassifier& m, const float* x) {
+  std::vector<double> h(size_t(m.hidden)), s(size_t(m.out_dim));
+  for (int j = 0; j < m.hidden; ++j) {
+    double z = m.b1[size_t(j)];
+    for (int i = 0; i < m.in_dim; ++i) z += double(m.w1[size_t(j * m.in_dim + i)]) * x[i];
+    h[size_t(j)] = std::max(0.0, z);
+  }
+  for (int c = 0; c < m.out_dim; ++c) {
+    double z = m.b2[size_t(c)];
+    for (int j = 0; j < m.hidden; ++j) z += double(m.w2[size_t(c * m.hidden + j)]) * h[size_t(j)];
+    s[size_t(c)] = z;
+  }
+  return s;
+}
+
+TEST(SaapLayout, EveryPositionInExactlyOneListInOrderWithItsRows) {
+  auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 1));
+  Sequence s(2);
+  SaapAttention m(shape(), a, {0.1, 4, 16});
+  const LayerKV kv = s.cache.layer(1);
+  // Prefill in one block, then decode-style appends of one position.
+  m.place(kv, 0, 200, s.k_pre.data());
+  for (int64_t p = 200; p < kLen; ++p) m.place(kv, p, p + 1, s.k_pre.data() + p * kKV * kDim);
+  EXPECT_EQ(m.placed(), kLen);
+  for (int h = 0; h < kKV; ++h) {
+    const PartitionLists& lists = m.lists(h);
+    EXPECT_EQ(lists.total(), kLen);
+    std::vector<int> seen(kLen, 0);
+    for (int c = 0; c < kC; ++c) {
+      const auto& pos = lists.positions(c);
+      EXPECT_TRUE(std::is_sorted(pos.begin(), pos.end()));
+      for (size_t i = 0; i < pos.size(); ++i) {
+        const int p = pos[i];
+        ++seen[size_t(p)];
+        EXPECT_EQ(brute_nearest(a->layers.at(1).centroids.data() + h * kC * kDim, s.k_pre.data() + (p * kKV + h) * kDim), c);
+        // The grouped copies are contiguous and equal the cached rows.
+        EXPECT_EQ(0, std::memcmp(lists.keys(c) + i * kDim * 4, kv.key<float>(h, p), kDim * 4));
+        EXPECT_EQ(0, std::memcmp(lists.values(c) + i * kDim * 4, kv.value<float>(h, p), kDim * 4));
+      }
+    }
+    for (int p = 0; p < kLen; ++p) EXPECT_EQ(seen[size_t(p)], 1) << "position " << p;
+  }
+}
+
+TEST(SaapLayout, PostRopeArtifactAssignsCachedKeysAndReplacingAfterTruncateKeepsOneCopy) {
+  auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, false, 3));
+  Sequence s(4);
+  SaapAttention m(shape(), a, {0.1, 4, 16});
+  const LayerKV kv = s.cache.layer(1);
+  m.place(kv, 0, 120, nullptr);  // post-RoPE partitions read the cache, no pre-RoPE keys needed
+  m.place(kv, 80, 150, nullptr);  // a re-run suffix from position 80
+  EXPECT_EQ(m.placed(), 150);
+  for (int h = 0; h < kKV; ++h) {
+    EXPECT_EQ(m.lists(h).total(), 150);
+    for (int c = 0; c < kC; ++c)
+      for (int p : m.lists(h).positions(c))
+        EXPECT_EQ(brute_nearest(a->layers.at(1).centroids.data() + h * kC * kDim, s.k.data() + (p * kKV + h) * kDim), c);
+  }
+  EXPECT_THROW(m.place(kv, 151, 160, nullptr), Error);  // a gap
+  m.reset();
+  EXPECT_EQ(m.lists(0).total(), 0);
+}
+
+// Reference of the budget rule: rank by score, take partitions (their tokens strictly between the
+// sinks and the window) until they reach ceil(lookup * n_ctx), add sinks and window.
+std::set<int32_t> reference_selection(const std::vector<double>& scores, const PartitionLists& lists, int64_t pos,
+                                      double lookup, int sinks, int window) {
+  const int64_t n_ctx = pos + 1;
+  const int64_t b = std::min<int64_t>(sinks, n_ctx), e = std::max<int64_t>(b, n_ctx - window);
+  std::vector<int> order(kC);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return scores[size_t(x)] > scores[size_t(y)]; });
+  std::set<int32_t> out;
+  int64_t taken = 0;
+  const int64_t budget = int64_t(std::ceil(lookup * double(n_ctx)));
+  for (int c : order) {
+    if (taken >= budget) break;
+    for (int32_t p : lists.positions(c))
+      if (p >= b && p < e) out.insert(p), ++taken;
+  }
+  for (int64_t p = 0; p < n_ctx; ++p)
+    if (p < b || p >= e) out.insert(int32_t(p));
+  return out;
+}
+
+TEST(SaapSelect, RoutesEachHeadByItsClassifierUnderTheBudget) {
+  auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 5));
+  Sequence s(6);
+  const double lookup = 0.15;
+  SaapAttention m(shape(), a, {lookup, 3, 10});
+  const LayerKV kv = s.cache.layer(1);
+  m.place(kv, 0, kLen, s.k_pre.data());
+  for (int64_t pos : {0, 5, 13, 77, 180, 299}) {
+    const QueryView q = s.query(pos);
+    Selection sel;
+    m.select(kv, q, sel);
+    check_selection(q, sel);
+    for (int h = 0; h < kHeads; ++h) {
+      const auto scores = naive_router(a->layers.at(1).classifiers[size_t(h)], q.q_pre + h * kDim);
+      const auto want = reference_selection(scores, m.lists(h / 2), pos, lookup, 3, 10);
+      const std::set<int32_t> got(sel.positions[size_t(h)].begin(), sel.positions[size_t(h)].end());
+      EXPECT_EQ(got.size(), sel.positions[size_t(h)].size()) << "duplicates at head " << h;
+      EXPECT_EQ(got, want) << "pos " << pos << " head " << h;
+    }
+    const int64_t router_bytes = int64_t(kHeads) * (kHidden * (kDim + 1) + kC * (kHidden + 1)) * 4;
+    EXPECT_EQ(sel.index_bytes, router_bytes + int64_t(kKV) * kC * 4);
+  }
+}
+
+TEST(SaapSelect, SymmetricRoutesToNearestCentroidsOfTheSamePartition) {
+  const PartitionArtifact saap = random_artifact(true, true, 7);
+  PartitionArtifact km = saap;
+  km.identity.method = "kmeans";
+  km.layers.at(1).classifiers.clear();
+  auto a = std::make_shared<const PartitionArtifact>(km);
+  Sequence s(8);
+  SymmetricKMeansAttention m(shape(), a, {0.2, 4, 8});
+  const LayerKV kv = s.cache.layer(1);
+  m.place(kv, 0, kLen, s.k_pre.data());
+  const QueryView q = s.query(250);
+  Selection sel;
+  m.select(kv, q, sel);
+  for (int h = 0; h < kHeads; ++h) {
+    std::vector<double> scores(kC);
+    for (int c = 0; c < kC; ++c)
+      for (int i = 0; i < kDim; ++i)
+        scores[size_t(c)] += double(q.q_pre[h * kDim + i]) * a->layers.at(1).centroids[size_t(((h / 2) * kC + c) * kDim + i)];
+    const auto want = reference_selection(scores, m.lists(h / 2), 250, 0.2, 4, 8);
+    EXPECT_EQ(std::set<int32_t>(sel.positions[size_t(h)].begin(), sel.positions[size_t(h)].end()), want);
+  }
+  EXPECT_EQ(sel.index_bytes, int64_t(kKV) * kC * (kDim * 4 + 4));
+}
+
+TEST(SaapSelect, LookupOneEqualsDenseAndCountsTheUnionPerGroup) {
+  auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 9));
+  Sequence s(10);
+  SaapAttention m(shape(), a, {1.0, 4, 16});
+  DenseAttention dense(shape());
+  const LayerKV kv = s.cache.layer(1);
+  m.place(kv, 0, kLen, s.k_pre.data());
+  for (int64_t pos : {0, 40, 299}) {
+    std::vector<float> out(kHeads * kDim), want(kHeads * kDim);
+    LookupStats st, dst;
+    m.forward(kv, s.query(pos), out.data(), st);
+    dense.forward(kv, s.query(pos), want.data(), dst);
+    for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], want[i], 1e-5 * (1 + std::abs(want[i])));
+    EXPECT_EQ(st.kv_bytes, st.dense_bytes);
+  }
+}
+
+TEST(SaapSelect, SmallBudgetReadsLessAndBytesAreTheGroupUnion) {
+  auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 11));
+  Sequence s(12);
+  SaapAttention m(shape(), a, {0.05, 4, 16});
+  const LayerKV kv = s.cache.layer(1);
+  m.place(kv, 0, kLen, s.k_pre.data());
+  Selection sel;
+  const QueryView q = s.query(299);
+  m.select(kv, q, sel);
+  std::vector<float> out(kHeads * kDim);
+  LookupStats st;
+  m.attend(kv, q, sel, out.data(), st);
+  int64_t positions = 0;
+  for (int g = 0; g < kKV; ++g) {
+    std::set<int32_t> u(sel.positions[size_t(2 * g)].begin(), sel.positions[size_t(2 * g)].end());
+    u.insert(sel.positions[size_t(2 * g + 1)].begin(), sel.positions[size_t(2 * g + 1)].end());
+    positions += int64_t(u.size());
+  }
+  EXPECT_EQ(st.kv_bytes, positions * 2 * kDim * 4);
+  EXPECT_LT(st.kv_bytes, st.dense_bytes);
+}
+
+TEST(SaapSelect, RefusesUnplacedQueriesAndMissingVectors) {
+  auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 13));
+  Sequence s(14);
+  SaapAttention m(shape(), a, {0.1, 4, 16});
+  const LayerKV kv = s.cache.layer(1);
+  Selection sel;
+  EXPECT_THROW(m.select(kv, s.query(3), sel), Error);
+  EXPECT_THROW(m.place(kv, 0, 10, nullptr), Error);  // pre-RoPE artifact needs k_pre
+  m.place(kv, 0, 10, s.k_pre.data());
+  QueryView q = s.query(5);
+  q.q_pre = nullptr;
+  EXPECT_THROW(m.select(kv, q, sel), Error);
+  EXPECT_THROW(m.select(kv, s.query(10), sel), Error);
+}
+
+void expect_error(const std::function<void()>& f, ErrorKind kind, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning " << needle;
+  } catch (const Error& e) {
+    EXPECT_EQ(int(e.kind()), int(kind)) << e.what();
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(SaapArtifact, RoundTripsAndFactoriesCheckTheBudgetAndTheFile) {
+  const std::string path = temp_path("saap.safetensors");
+  const PartitionArtifact a = random_artifact(true, false, 15);
+  a.save(path);
+  ArtifactIdentity want = model_id();
+  want.method = "saap";
+  const PartitionArtifact b = PartitionArtifact::load(path, want);
+  EXPECT_EQ(b.partitions, kC);
+  EXPECT_FALSE(b.pre_rope);
+  EXPECT_EQ(b.layers.at(1).centroids, a.layers.at(1).centroids);
+  EXPECT_EQ(b.layers.at(1).classifiers[3].w2, a.layers.at(1).classifiers[3].w2);
+
+  MethodSpec spec;
+  spec.name = "saap";
+  spec.artifact = path;
+  auto factory = saap_factory(spec, model_id());
+  EXPECT_EQ(factory(shape())->name(), "saap");
+  expect_error([&] { factory({0, kHeads, kKV, kDim, kLen}); }, ErrorKind::InvalidArgument, "layer = 0");
+  expect_error([&] { factory({1, kHeads, kKV, 8, kLen}); }, ErrorKind::InvalidArgument, "head_dim");
+  // The baseline may use a Saap artifact's partition.
+  spec.name = "kmeans";
+  EXPECT_EQ(kmeans_factory(spec, model_id())(shape())->name(), "kmeans");
+  for (double lookup : {0.0, -0.1, 1.5}) {
+    spec.lookup = lookup;
+    expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::InvalidArgument, "lookup");
+    expect_error([&] { kmeans_factory(spec, model_id()); }, ErrorKind::InvalidArgument, "lookup");
+  }
+  spec.lookup = 0.05;
+  spec.sinks = -1;
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::InvalidArgument, "sinks");
+  spec.sinks = 4;
+  spec.artifact = "";
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::InvalidArgument, "artifact");
+  std::remove(path.c_str());
+}
+
+TEST(SaapArtifact, BadFilesAreRefusedNamingTheField) {
+  const std::string path = temp_path("bad.safetensors");
+  MethodSpec spec;
+  spec.artifact = path;
+  ArtifactIdentity other = model_id();
+  other.model_identity = "another-model";
+
+  // A kmeans artifact cannot serve Saap (no routers).
+  PartitionArtifact km = random_artifact(false, true, 17);
+  km.save(path);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "method");
+  EXPECT_EQ(kmeans_factory(spec, model_id())(shape())->name(), "kmeans");
+  expect_error([&] { kmeans_factory(spec, other); }, ErrorKind::BadFile, "model_identity");
+
+  // Non-finite weights.
+  PartitionArtifact nan = random_artifact(true, true, 19);
+  nan.layers.at(1).classifiers[2].b2[1] = NAN;
+  nan.save(path);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "b2.1");
+
+  // Header fields: wrong value, wrong type, missing; a tensor of the wrong shape.
+  const PartitionArtifact good = random_artifact(true, true, 21);
+  auto write_with = [&](const std::function<void(nlohmann::json&)>& edit, bool bad_shape) {
+    SafetensorsWriter w;
+    const auto& L = good.layers.at(1);
+    std::vector<float> w1, b1, w2, b2;
+    for (const auto& c : L.classifiers) {
+      w1.insert(w1.end(), c.w1.begin(), c.w1.end());
+      b1.insert(b1.end(), c.b1.begin(), c.b1.end());
+      w2.insert(w2.end(), c.w2.begin(), c.w2.end());
+      b2.insert(b2.end(), c.b2.begin(), c.b2.end());
+    }
+    w.add_f32("centroids.1", L.centroids.data(), {kKV, kC, kDim});
+    w.add_f32("w1.1", w1.data(), {kHeads, kHidden, kDim});
+    w.add_f32("b1.1", b1.data(), {kHeads, kHidden});
+    if (bad_shape)
+      w.add_f32("w2.1", w2.data(), {kHeads, kHidden, kC});
+    else
+      w.add_f32("w2.1", w2.data(), {kHeads, kC, kHidden});
+    w.add_f32("b2.1", b2.data(), {kHeads, kC});
+    ArtifactIdentity id = model_id();
+    id.method = "saap";
+    nlohmann::json h = to_json(id);
+    h["partitions"] = kC;
+    h["hidden"] = kHidden;
+    h["rope"] = "pre";
+    h["spherical"] = true;
+    h["layers"] = {1};
+    edit(h);
+    w.write(path, h);
+  };
+  write_with([](nlohmann::json&) {}, false);
+  EXPECT_EQ(saap_factory(spec, model_id())(shape())->name(), "saap");
+  write_with([](nlohmann::json&) {}, true);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "w2.1");
+  write_with([](nlohmann::json& h) { h["rope"] = "sideways"; }, false);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "rope");
+  write_with([](nlohmann::json& h) { h["partitions"] = "many"; }, false);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "partitions");
+  write_with([](nlohmann::json& h) { h["partitions"] = kC + 1; }, false);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "centroids.1");
+  write_with([](nlohmann::json& h) { h.erase("hidden"); }, false);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "hidden");
+  write_with([](nlohmann::json& h) { h["layers"] = {5}; }, false);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "layers");
+  write_with([](nlohmann::json& h) { h["layers"] = {0}; }, false);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "centroids.0");
+
+  FILE* f = std::fopen(path.c_str(), "wb");
+  std::fputs("not a safetensors file", f);
+  std::fclose(f);
+  EXPECT_THROW(saap_factory(spec, model_id()), Error);
+  std::remove(path.c_str());
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::NotFound, "");
+}
+
+}  // namespace
+}  // namespace saap

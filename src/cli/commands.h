@@ -31,4 +31,14 @@ inline CLI::App* eval_command(CLI::App& app) {
   return eval;
 }
 
+// The `train` parent subcommand, created by whichever train_* file registers first.
+inline CLI::App* train_command(CLI::App& app) {
+  auto found = app.get_subcommands([](CLI::App* sub) { return sub->get_name() == "train"; });
+  if (!found.empty()) return found.front();
+  auto* train = app.add_subcommand("train", "Train a method's index from a calibration set (see `saap calibrate`)");
+  train->require_subcommand(1);
+  return train;
+}
+void register_train_saap(CLI::App& app, const GlobalOptions& global);
+
 }  // namespace saap::cli

@@ -6,6 +6,7 @@
   reference_gguf.py synth OUTDIR SEED   writes OUTDIR/synth.gguf with gguf.GGUFWriter: metadata of
                                         every value type and random tensors of every quant type
                                         saap dequantizes, then the same dump of it
+  reference_gguf.py tiny OUTDIR         small valid files (one per quant type), the fuzzer's seeds
 
 The dump (read by tests/model/test_gguf.cpp) is OUTDIR/reference.json plus one raw little-endian
 float32 file per dumped tensor (OUTDIR/<index>.f32). Strings are hex, so any bytes compare exactly.
@@ -152,11 +153,37 @@ def synth(outdir, seed):
     dump(str(path), outdir, rows_per_tensor=1 << 30, tensors_per_type=1 << 30)
 
 
+def tiny(outdir):
+    rng = np.random.default_rng(0)
+    for qtype in [Q.F32, Q.F16, Q.BF16, *SCALE_FIELDS]:
+        w = gguf.GGUFWriter(str(Path(outdir) / f"tiny_{qtype.name.lower()}.gguf"), "tiny")
+        w.add_uint32("t.u32", 7)
+        w.add_float32("t.f32", 0.5)
+        w.add_bool("t.bool", True)
+        w.add_string("t.str", "x")
+        w.add_key_value("t.arr", [1, 2], V.ARRAY, sub_type=V.INT16)
+        w.add_key_value("t.strs", ["a", "b"], V.ARRAY, sub_type=V.STRING)
+        if qtype in SCALE_FIELDS:
+            shape = [gguf.GGML_QUANT_SIZES[qtype][0], 1]
+            w.add_tensor("w", random_blocks(rng, qtype, shape), raw_dtype=qtype)
+        elif qtype == Q.BF16:
+            w.add_tensor("w", gguf.quants.quantize(rng.normal(size=(2, 4)).astype(np.float32), Q.BF16),
+                         raw_dtype=Q.BF16)
+        else:
+            w.add_tensor("w", rng.normal(size=(2, 4)).astype(np.float32 if qtype == Q.F32 else np.float16))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "model":
         dump(sys.argv[2], sys.argv[3], ROWS_PER_TENSOR, tensors_per_type=3)
     elif len(sys.argv) == 4 and sys.argv[1] == "synth":
         synth(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "tiny":
+        tiny(sys.argv[2])
     else:
         sys.exit(__doc__)
 

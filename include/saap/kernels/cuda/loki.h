@@ -1,0 +1,64 @@
+// Loki on the GPU: keys stored rotated into a per-KV-head PCA basis so that the first r components
+// of all tokens are contiguous; decode scores every token with those r components, keeps the top
+// k per KV group (a radix select over the scores), and attends exactly over the kept tokens.
+//
+// Storage per (sequence b, KV head h), rows [0, max_len):
+//   k_low  [bh][max_len][r]        components 0 .. r-1 of the rotated keys (read by scoring)
+//   k_rest [bh][max_len][D - r]    components r .. D-1 (read only for selected tokens)
+//   v      [bh][max_len][D]        values, unrotated
+// Scores q'.k' with q' = P^T q equal q.k exactly (P orthonormal), so attention needs no rotation
+// back; the KV group shares one selection (max over its query heads of the low-rank score), so
+// each selected token is read once per group.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "saap/kernels/cuda/decode.h"
+
+namespace saap::cuda {
+
+class LokiIndex {
+ public:
+  // rank r: 8, 16 or 32 (and < head_dim).
+  LokiIndex(const DecodeShape& shape, int64_t max_len, int rank);
+  ~LokiIndex();
+  LokiIndex(const LokiIndex&) = delete;
+  LokiIndex& operator=(const LokiIndex&) = delete;
+
+  // basis [n_kv_heads][D][D] fp32, row i column j = coordinate i of principal component j.
+  void set_basis(const std::vector<float>& basis);
+  // Prefill: raw keys and values, dense [batch][n_kv_heads][src_stride][D], h_lengths[b] tokens.
+  void store(const void* k, const void* v, int64_t src_stride, const std::vector<int32_t>& h_lengths,
+             cudaStream_t stream = 0);
+  // One new token per (b, h): k_new, v_new [batch][n_kv_heads][D] raw.
+  void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
+  // Rotates q [batch][n_q_heads][D], scores with the first r components, keeps
+  // k = max(1, floor(k_frac * seq_len)) tokens per (b, h).
+  void select(const float* q, float k_frac, cudaStream_t stream = 0);
+  // Exact attention over the selection (uses the rotated queries of the last select()).
+  void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
+
+  int rank() const { return rank_; }
+  int64_t max_len() const { return max_len_; }
+  const DecodeShape& shape() const { return shape_; }
+  // Device views for tests.
+  const float* scores() const;           // [bh][max_len]: max over the group of q'[:r].k'[:r]
+  const int32_t* selected() const;       // [bh][max_len]: first selected_count[bh] entries valid
+  std::vector<int32_t> selected_count() const;  // synchronises
+  std::vector<int32_t> seq_len() const;         // synchronises
+  const void* k_low() const;
+  const void* k_rest() const;
+  const float* q_rot() const;            // [batch][n_q_heads][D]
+
+  struct Impl;
+
+ private:
+  DecodeShape shape_;
+  int64_t max_len_;
+  int rank_;
+  float last_k_frac_ = 0.f;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace saap::cuda

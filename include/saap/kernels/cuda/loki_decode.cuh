@@ -1,0 +1,35 @@
+// Loki gather decode: block (split, kv head, sequence) attends the G query heads of the group to
+// its share of the selected tokens; each lane reads its 16 bytes of the key from k_low or k_rest.
+#pragma once
+#include "saap/kernels/cuda/dense_decode.cuh"
+
+namespace saap::cuda {
+
+template <class T, int D, int GMAX>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    loki_decode_kernel(const T* __restrict__ k_low, const T* __restrict__ k_rest, const T* __restrict__ v, int R,
+                       int64_t max_len, const int32_t* __restrict__ sel, const int32_t* __restrict__ sel_count,
+                       const float* __restrict__ q_rot, int n_kv_heads, int G, float scale, int splits,
+                       float* __restrict__ part_out, float* __restrict__ part_lse) {
+  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
+  __shared__ typename A::Shared sh;
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int64_t bh = int64_t(b) * n_kv_heads + h;
+  const int64_t k = sel_count[bh];
+  const int64_t i0 = k * split / splits, i1 = k * (split + 1) / splits;
+  const int64_t row0 = bh * G;
+  A at;
+  at.init(q_rot + row0 * D, G, scale);
+  // This lane's 8 key components live in k_low (row stride R) or k_rest (row stride D - R).
+  const bool low = at.sub * 8 < R;
+  const T* kb = low ? k_low + bh * max_len * R + at.sub * 8 : k_rest + bh * max_len * (D - R) + at.sub * 8 - R;
+  const int64_t kstride = low ? R : D - R;
+  const T* vb = v + bh * max_len * D + at.sub * 8;
+  const int32_t* idx = sel + bh * max_len + i0;
+  at.run(int(i1 - i0), [&](int i) { return kb + int64_t(idx[i]) * kstride; },
+         [&](int i) { return vb + int64_t(idx[i]) * D; });
+  at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
+            splits);
+}
+
+}  // namespace saap::cuda

@@ -1,0 +1,246 @@
+// Loki kernels: query/key rotation into the PCA basis, low-rank scoring with a fused histogram of
+// the score keys' top 11 bits, and the exact top-k (threshold bin, filter, refine inside the bin).
+#pragma once
+#include "saap/kernels/cuda/attend.cuh"
+#include "saap/kernels/cuda/reduce.cuh"
+#include "saap/kernels/cuda/saap_assign.cuh"
+
+namespace saap::cuda {
+
+constexpr int kLokiBins = 2048;  // top 11 bits of the score key
+constexpr int kLokiBinShift = 21;
+constexpr int kScoreTokensPerBlock = 8192;
+
+// q_rot[row][j] = sum_i basis[h][i][j] q[row][i]; block (query head, sequence) of D threads.
+__global__ void loki_rotate_q_kernel(const float* __restrict__ q, const float* __restrict__ basis, int n_q_heads,
+                                     int G, int D, float* __restrict__ q_rot) {
+  extern __shared__ float qs[];
+  const int64_t row = int64_t(blockIdx.y) * n_q_heads + blockIdx.x;
+  const float* P = basis + int64_t(blockIdx.x / G) * D * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = q[row * D + i];
+  __syncthreads();
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    float s = 0.f;
+    for (int i = 0; i < D; ++i) s = fmaf(P[i * D + j], qs[i], s);
+    q_rot[row * D + j] = s;
+  }
+}
+
+// Rotates and stores keys of tokens [pos0(b,h), pos0 + n) and copies their values. Block of D
+// threads per (token chunk of 16, bh). src rows: k + (bh * src_stride + t - src_base) * D.
+template <class T>
+__global__ void loki_store_kernel(const T* __restrict__ k, const T* __restrict__ v, int64_t src_stride,
+                                  bool src_is_new, const int32_t* __restrict__ pos0, const int32_t* __restrict__ count,
+                                  const float* __restrict__ basis, int n_kv_heads, int D, int R, int64_t max_len,
+                                  T* __restrict__ k_low, T* __restrict__ k_rest, T* __restrict__ vout) {
+  extern __shared__ float ks[];  // [16][D]
+  const int bh = blockIdx.y, h = bh % n_kv_heads;
+  const int64_t p0 = pos0[bh], n = count[bh];
+  const int64_t i0 = int64_t(blockIdx.x) * 16;
+  if (i0 >= n) return;
+  const int m = int(min(int64_t(16), n - i0));
+  auto src_row = [&](int64_t i) { return (int64_t(bh) * src_stride + (src_is_new ? 0 : p0 + i)) * D; };
+  for (int e = threadIdx.x; e < m * D; e += blockDim.x) ks[e] = elem_to_float(k[src_row(i0 + e / D) + e % D]);
+  __syncthreads();
+  const float* P = basis + int64_t(h) * D * D;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    float acc[16];
+#pragma unroll
+    for (int r = 0; r < 16; ++r) acc[r] = 0.f;
+    for (int i = 0; i < D; ++i) {
+      const float p = P[i * D + j];
+#pragma unroll
+      for (int r = 0; r < 16; ++r) acc[r] = fmaf(p, ks[(r < m ? r : 0) * D + i], acc[r]);
+    }
+    for (int r = 0; r < m; ++r) {
+      const int64_t t = p0 + i0 + r;
+      const T val = T(acc[r]);
+      if (j < R)
+        k_low[(int64_t(bh) * max_len + t) * R + j] = val;
+      else
+        k_rest[(int64_t(bh) * max_len + t) * (D - R) + j - R] = val;
+      vout[(int64_t(bh) * max_len + t) * D + j] = v[src_row(i0 + r) + j];
+    }
+  }
+}
+
+// Low-rank scores of one (b, h) chunk of tokens: s_t = max_g q'_g[:R] . k_low[t]; writes the
+// scores and adds the histogram of their keys' top bits to hist[bh].
+template <class T, int R, int GMAX>
+__global__ void __launch_bounds__(256)
+    loki_score_kernel(const T* __restrict__ k_low, const float* __restrict__ q_rot, const int32_t* __restrict__ seq_len,
+                      int n_kv_heads, int G, int D, int64_t max_len, float* __restrict__ scores,
+                      int32_t* __restrict__ hist) {
+  constexpr int LPT = R / 8, TPP = 32 / LPT, U = 4;
+  __shared__ int sh[kLokiBins];
+  const int bh = blockIdx.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int sub = lane % LPT, slot = lane / LPT;
+  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x) sh[i] = 0;
+  float q[GMAX][8];
+  const float* qb = q_rot + int64_t(bh) * G * D;  // rows of the group: (b*Hkv + h)*G == b*Hq + h*G
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) q[g][j] = g < G ? qb[g * D + sub * 8 + j] : -INFINITY;
+  __syncthreads();
+  const int64_t n = seq_len[bh];
+  const int64_t t0 = int64_t(blockIdx.x) * kScoreTokensPerBlock;
+  const int64_t t1 = min(n, t0 + kScoreTokensPerBlock);
+  const T* kb = k_low + int64_t(bh) * max_len * R + sub * 8;
+  for (int64_t base = t0 + warp * TPP * U; base < t1; base += int64_t(nw) * TPP * U) {
+    uint4 kr[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t t = base + u * TPP + slot;
+      kr[u] = t < t1 ? load_stream(kb + t * R) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float kf[8];
+      Vec8<T>::to_float(kr[u], kf);
+      float best = -INFINITY;
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g) {
+        if (g < G) {
+          float d = 0.f;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) d = fmaf(q[g][j], kf[j], d);
+#pragma unroll
+          for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+          best = fmaxf(best, d);
+        }
+      }
+      const int64_t t = base + u * TPP + slot;
+      if (sub == 0 && t < t1) {
+        scores[int64_t(bh) * max_len + t] = best;
+        atomicAdd(&sh[float_key(best) >> kLokiBinShift], 1);
+      }
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x)
+    if (sh[i]) atomicAdd(&hist[int64_t(bh) * kLokiBins + i], sh[i]);
+}
+
+// Finds, per (b, h), the highest bin at which the count from the top reaches k (one warp; each
+// lane owns 64 bins). bin_need[bh] = (threshold bin, tokens still needed from it).
+__global__ void loki_threshold_kernel(const int32_t* __restrict__ hist, const int32_t* __restrict__ seq_len,
+                                      float k_frac, int2* __restrict__ bin_need, int32_t* __restrict__ sel_count,
+                                      int32_t* __restrict__ cand_count) {
+  const int bh = blockIdx.x, lane = threadIdx.x;
+  const int32_t* hb = hist + int64_t(bh) * kLokiBins;
+  const int64_t n = seq_len[bh];
+  const int64_t k = min(n, max(int64_t(1), int64_t(floorf(k_frac * float(n)))));
+  __shared__ int hs[kLokiBins];
+  for (int i = lane; i < kLokiBins; i += 32) hs[i] = hb[i];
+  __syncwarp();
+  int bin;
+  long long cum;
+  warp_find_digit(hs, kLokiBins, k, true, bin, cum);
+  if (lane == 0) bin_need[bh] = make_int2(bin, int(k - cum));
+  if (lane == 0) {
+    sel_count[bh] = 0;
+    cand_count[bh] = 0;
+  }
+}
+
+// Warp-aggregated append of the lanes with `take` to list[...], counter at *count.
+__device__ __forceinline__ void warp_push(bool take, int32_t value, int32_t* count, int32_t* list) {
+  const unsigned mask = __ballot_sync(0xffffffffu, take);
+  if (!mask) return;
+  const int lane = threadIdx.x & 31;
+  int base = 0;
+  if (lane == __ffs(mask) - 1) base = atomicAdd(count, __popc(mask));
+  base = __shfl_sync(0xffffffffu, base, __ffs(mask) - 1);
+  if (take) list[base + __popc(mask & ((1u << lane) - 1))] = value;
+}
+
+// Tokens above the threshold bin go straight to the selection, tokens in it become candidates.
+__global__ void __launch_bounds__(256)
+    loki_filter_kernel(const float* __restrict__ scores, const int32_t* __restrict__ seq_len, int64_t max_len,
+                       const int2* __restrict__ bin_need, int32_t* __restrict__ sel_count, int32_t* __restrict__ sel,
+                       int32_t* __restrict__ cand_count, int32_t* __restrict__ cand) {
+  const int bh = blockIdx.y;
+  const int64_t n = seq_len[bh];
+  const int bin = bin_need[bh].x;
+  const int64_t t0 = int64_t(blockIdx.x) * kScoreTokensPerBlock;
+  const int64_t t1 = min(n, t0 + kScoreTokensPerBlock);
+  for (int64_t base = t0; base < t1; base += blockDim.x) {  // block-uniform trip count
+    const int64_t t = base + threadIdx.x;
+    int b = -1;
+    if (t < t1) b = int(float_key(scores[int64_t(bh) * max_len + t]) >> kLokiBinShift);
+    warp_push(b > bin, int32_t(t), &sel_count[bh], sel + int64_t(bh) * max_len);
+    warp_push(b == bin, int32_t(t), &cand_count[bh], cand + int64_t(bh) * max_len);
+  }
+}
+
+// Block per (b, h): picks the `need` highest-scoring candidates of the threshold bin (two more
+// radix passes over the key's low 21 bits; ties at the final key go first come, first served) and
+// appends them to the selection.
+__global__ void __launch_bounds__(1024)
+    loki_refine_kernel(const float* __restrict__ scores, int64_t max_len, const int2* __restrict__ bin_need,
+                       const int32_t* __restrict__ cand_count, const int32_t* __restrict__ cand,
+                       int32_t* __restrict__ sel_count, int32_t* __restrict__ sel) {
+  __shared__ int hist[kLokiBins];
+  __shared__ uint32_t s_prefix, s_mask;
+  __shared__ int s_need, s_ties;
+  const int bh = blockIdx.x, tid = threadIdx.x;
+  const int m = cand_count[bh];
+  const int32_t* cb = cand + int64_t(bh) * max_len;
+  const float* sb = scores + int64_t(bh) * max_len;
+  int32_t* out = sel + int64_t(bh) * max_len;
+  if (tid == 0) {
+    s_prefix = uint32_t(bin_need[bh].x) << kLokiBinShift;
+    s_mask = ~0u << kLokiBinShift;
+    s_need = bin_need[bh].y;
+    s_ties = 0;
+  }
+  __syncthreads();
+  const int shifts[2] = {10, 0};
+  const int widths[2] = {11, 10};
+  for (int p = 0; p < 2 && s_need < m; ++p) {
+    const int shift = shifts[p], nb = 1 << widths[p];
+    for (int i = tid; i < nb; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    const uint32_t prefix = s_prefix, mask = s_mask;
+    for (int i = tid; i < m; i += blockDim.x) {
+      const uint32_t key = float_key(sb[cb[i]]);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & (nb - 1)], 1);
+    }
+    __syncthreads();
+    if (tid < 32) {
+      int d;
+      long long cum;
+      warp_find_digit(hist, nb, s_need, true, d, cum);
+      __syncwarp();
+      if (tid == 0) {
+        s_need -= int(cum);
+        s_prefix = prefix | (uint32_t(d) << shift);
+        s_mask = mask | (uint32_t(nb - 1) << shift);
+      }
+    }
+    __syncthreads();
+  }
+  const int need = s_need;
+  const uint32_t prefix = s_prefix, mask = s_mask;
+  const bool all = need >= m;
+  for (int i = tid; i < m; i += blockDim.x) {
+    const uint32_t key = float_key(sb[cb[i]]);
+    bool take = all || (key & mask) > prefix;  // strictly above the final key (within the bin)
+    if (!all && (key & mask) == prefix) take = atomicAdd(&s_ties, 1) < need;
+    if (take) out[atomicAdd(&sel_count[bh], 1)] = cb[i];
+  }
+}
+
+}  // namespace saap::cuda
+
+namespace saap::cuda {
+
+// seq_len[bh] += 1 after an append (the launcher checked that it fits).
+__global__ void loki_advance_kernel(int32_t* __restrict__ seq_len, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) seq_len[i] += 1;
+}
+
+}  // namespace saap::cuda

@@ -1,0 +1,68 @@
+// Warp and block reductions used by the selection and classifier kernels.
+#pragma once
+#include <cstdint>
+
+namespace saap::cuda {
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide reduction; every thread gets the result. scratch: 32 floats of shared memory.
+template <bool MAX>
+__device__ float block_reduce(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = MAX ? warp_max(v) : warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = lane < nw ? scratch[lane] : (MAX ? -INFINITY : 0.f);
+  r = MAX ? warp_max(r) : warp_sum(r);
+  return r;
+}
+
+// Order-preserving map of a float to uint32 (larger float -> larger key).
+__device__ __forceinline__ uint32_t float_key(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+}  // namespace saap::cuda
+
+namespace saap::cuda {
+
+// Called by one whole warp over a histogram of nb bins (a multiple of 32): walking digits from the
+// top, finds the first digit d at which the running total crosses `need` (reaches it when
+// reach = true, exceeds it otherwise). Every lane returns d and the total of the digits above d.
+// If the whole histogram never crosses, returns d = 0 with the total of bins 1..nb-1.
+__device__ inline void warp_find_digit(const int* hist, int nb, long long need, bool reach, int& digit,
+                                       long long& above) {
+  const int lane = threadIdx.x & 31, per = nb / 32;
+  long long own = 0;
+  for (int i = 0; i < per; ++i) own += hist[nb - 1 - lane * per - i];
+  long long incl = own;
+  for (int o = 1; o < 32; o <<= 1) {
+    const long long x = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += x;
+  }
+  const unsigned hit = __ballot_sync(0xffffffffu, reach ? incl >= need : incl > need);
+  const int l = hit ? __ffs(hit) - 1 : 31;
+  long long cum = __shfl_sync(0xffffffffu, incl - own, l);
+  int d = nb - 1 - l * per;
+  for (int i = 0; i < per && d > 0; ++i, --d) {  // same on every lane: hist is shared
+    const long long c = cum + hist[d];
+    if (reach ? c >= need : c > need) break;
+    cum = c;
+  }
+  digit = d;
+  above = cum;
+}
+
+}  // namespace saap::cuda

@@ -1,0 +1,106 @@
+// Saap on the GPU: keys grouped by nearest centroid into partitions, a tiny MLP per query head
+// that predicts which partitions hold the attention mass, and a sparse decode that reads only the
+// selected partitions (plus attention sinks and the recent window), once per KV group.
+//
+// Storage of one (sequence b, KV head h) "slot row" of `rows()` tokens:
+//   [0, sinks)                    the first tokens of the sequence (always read)
+//   [sinks, sinks+window)         ring of the most recent tokens (always read); token t >= sinks
+//                                 lives at sinks + (t - sinks) % window while it is recent
+//   [sinks+window, +max_prefill)  prefill tokens sorted by partition: partition c is the
+//                                 contiguous range [part_start[c], part_start[c] + part_count[c])
+//   then append pages             tokens leaving the window go to their partition's append pages
+//                                 (append_page tokens each, at most append_pages_per_partition)
+// A token is in exactly one of the sinks, the ring, or one partition, so nothing is read twice.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "saap/kernels/cuda/decode.h"
+
+namespace saap::cuda {
+
+struct SaapConfig {
+  int n_partitions = 1024;        // C, per KV head (<= 8192)
+  int sinks = 64;
+  int window = 256;
+  int segment = 128;              // longest contiguous run one decode work item reads
+  int append_page = 64;
+  int append_pages_per_partition = 8;
+  int64_t max_prefill = 0;        // longest prefill a build() may place
+  int64_t max_new_tokens = 4096;  // appends a sequence may receive after its build()
+  int classifier_hidden = 128;    // multiple of 32, <= 1024
+};
+
+// Device-side counters a caller can read back (all per (b, h), [batch][n_kv_heads]).
+struct SaapCounters {
+  std::vector<int32_t> seq_len, selected_tokens, segments;
+};
+
+class SaapIndex {
+ public:
+  SaapIndex(const DecodeShape& shape, const SaapConfig& cfg);
+  ~SaapIndex();
+  SaapIndex(const SaapIndex&) = delete;
+  SaapIndex& operator=(const SaapIndex&) = delete;
+
+  // Centroids [n_kv_heads][C][head_dim] (fp32 on the host), stored rounded to kv_dtype; keys are
+  // assigned to argmin ||k - c||, i.e. argmax k.c - ||c||^2/2 with ||c|| of the rounded centroid.
+  void set_centroids(const std::vector<float>& h_centroids);
+  // The query classifier, per query head: logits = W2 relu(W1 q + b1) + b2.
+  // W1 [n_q_heads][hidden][head_dim], b1 [n_q_heads][hidden], W2 [n_q_heads][C][hidden],
+  // b2 [n_q_heads][C]; weights stored as bf16, biases fp32.
+  void set_classifier(const std::vector<float>& w1, const std::vector<float>& b1, const std::vector<float>& w2,
+                      const std::vector<float>& b2);
+
+  // Prefill assignment of every cached key (cuBLAS GEMM against the centroids, then argmax):
+  // k dense [batch][n_kv_heads][max_len][head_dim]; assign out [batch][n_kv_heads][max_len].
+  void assign_prefill(const void* k, int64_t max_len, const std::vector<int32_t>& h_lengths, int32_t* assign,
+                      cudaStream_t stream = 0);
+  // Places prefill caches (dense layout as above) of h_lengths[b] <= max_prefill tokens into the
+  // partitioned layout; assign gives each token's partition (tokens in sinks/window ignore it).
+  void build(const void* k, const void* v, int64_t max_len, const std::vector<int32_t>& h_lengths,
+             const int32_t* assign, cudaStream_t stream = 0);
+  // Appends one token per (b, h): k_new, v_new [batch][n_kv_heads][head_dim]. The token leaving
+  // the recent window is assigned to its nearest centroid and moved to that partition.
+  void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
+
+  // Classifier + selection for queries q [batch][n_q_heads][head_dim] (the routing query): per KV
+  // group, partitions in decreasing max-over-heads log-probability while their tokens fit in
+  // lookup * seq_len - (sinks + window tokens). Writes the work segments attend() walks.
+  void select(const float* q_route, float lookup, cudaStream_t stream = 0);
+  // Exact attention of q over the last selection into out [batch][n_q_heads][head_dim].
+  void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
+
+  // Synchronises and throws if a build saw an out-of-range assignment (InvalidArgument) or an
+  // append found no room (OutOfMemory: raise append_pages_per_partition / max_new_tokens).
+  void check() const;
+  SaapCounters counters() const;  // synchronises
+
+  const DecodeShape& shape() const { return shape_; }
+  const SaapConfig& config() const { return cfg_; }
+  int64_t rows() const { return rows_; }
+  // Device views for tests: pools [batch*n_kv_heads][rows][head_dim]; per-(b,h) tables.
+  const void* k_pool() const;
+  const void* v_pool() const;
+  const int32_t* part_start() const;    // [bh][C]
+  const int32_t* part_count() const;    // [bh][C]
+  const int32_t* append_pages() const;  // [bh][C][append_pages_per_partition], slot of each page
+  const int32_t* append_count() const;  // [bh][C]
+  const int32_t* segments() const;      // [bh][max_segments()][2]: (first slot, tokens)
+  const float* logits() const;          // [batch][n_q_heads][C]
+  int64_t max_segments() const { return max_segments_; }
+  // Bytes of index data one decode step reads besides K/V: classifier weights and the centroids
+  // of the append's assignment.
+  int64_t index_bytes_per_step() const;
+
+  struct Impl;
+
+ private:
+  DecodeShape shape_;
+  SaapConfig cfg_;
+  int64_t rows_ = 0, max_segments_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace saap::cuda

@@ -1,0 +1,81 @@
+// Nearest-centroid assignment of keys: argmax_c k.c - ||c||^2/2 (= argmin ||k - c||), ties to the
+// lowest index. Prefill scores come from a cuBLAS GEMM; decode assigns one key per block.
+#pragma once
+#include "saap/kernels/cuda/attend.cuh"
+
+namespace saap::cuda {
+
+template <class T>
+__device__ __forceinline__ float elem_to_float(T x);
+template <>
+__device__ __forceinline__ float elem_to_float(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <>
+__device__ __forceinline__ float elem_to_float(__half x) {
+  return __half2float(x);
+}
+
+__device__ __forceinline__ void argmax_merge(float& v, int& i, float ov, int oi) {
+  if (ov > v || (ov == v && oi < i)) {
+    v = ov;
+    i = oi;
+  }
+}
+
+// scores [Hkv][n][C] (GEMM output for tokens t0 .. t0+n-1 of sequence b); one warp per token.
+__global__ void argmax_scores_kernel(const float* __restrict__ scores, const float* __restrict__ half_norm, int n,
+                                     int C, int n_kv_heads, int b, int64_t t0, int64_t max_len,
+                                     int32_t* __restrict__ assign) {
+  const int h = blockIdx.y;
+  const int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (i >= n) return;
+  const float* row = scores + (int64_t(h) * n + i) * C;
+  const float* hn = half_norm + int64_t(h) * C;
+  float best = -INFINITY;
+  int arg = C;
+  for (int c = lane; c < C; c += 32) argmax_merge(best, arg, row[c] - hn[c], c);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, arg, o);
+    argmax_merge(best, arg, ov, oi);
+  }
+  if (lane == 0) assign[(int64_t(b) * n_kv_heads + h) * max_len + t0 + i] = arg;
+}
+
+// Nearest centroid of one key (kf [D] in shared memory) over C centroids of one head; every
+// thread of the block returns the answer. red_v/red_i: shared scratch of 32 entries each.
+template <class T, int D>
+__device__ int nearest_centroid(const float* kf, const T* __restrict__ cent, const float* __restrict__ half_norm,
+                                int C, float* red_v, int* red_i) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  constexpr int EPL = D / 32;
+  float kl[EPL];
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) kl[e] = kf[lane * EPL + e];
+  float best = -INFINITY;
+  int arg = C;
+  for (int c = warp; c < C; c += nw) {
+    const T* row = cent + int64_t(c) * D + lane * EPL;
+    float d = 0.f;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) d = fmaf(kl[e], elem_to_float(row[e]), d);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+    argmax_merge(best, arg, d - half_norm[c], c);
+  }
+  __syncthreads();
+  if (lane == 0) {
+    red_v[warp] = best;
+    red_i[warp] = arg;
+  }
+  __syncthreads();
+  best = -INFINITY;
+  arg = C;
+  for (int w = 0; w < nw; ++w) argmax_merge(best, arg, red_v[w], red_i[w]);
+  return arg;
+}
+
+}  // namespace saap::cuda

@@ -1,0 +1,169 @@
+// Kernels that place tokens into the Saap slot layout (see saap.h): prefill build (count, scan,
+// slot, copy) and the decode append that moves the token leaving the recent window into its
+// partition's append pages.
+#pragma once
+#include <cub/block/block_scan.cuh>
+
+#include "saap/kernels/cuda/saap_assign.cuh"
+
+namespace saap::cuda {
+
+struct SaapGeom {
+  int C, S, W, P, A, D, n_kv_heads;
+  int64_t rows, max_prefill;
+};
+
+// Which tokens of a length-n sequence are partitioned: [S, n - W) when n > S + W.
+__device__ __forceinline__ bool in_partition(int64_t t, int64_t n, const SaapGeom& g) {
+  return t >= g.S && t < n - g.W;
+}
+__device__ __forceinline__ int64_t ring_slot(int64_t t, const SaapGeom& g) { return g.S + (t - g.S) % g.W; }
+
+__global__ void saap_count_kernel(const int32_t* __restrict__ assign, const int32_t* __restrict__ lengths,
+                                  int64_t max_len, SaapGeom g, int32_t* __restrict__ part_count,
+                                  int32_t* __restrict__ flags) {
+  const int bh = blockIdx.y, b = bh / g.n_kv_heads;
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t n = lengths[b];
+  if (t >= n || !in_partition(t, n, g)) return;
+  const int c = assign[int64_t(bh) * max_len + t];
+  if (c < 0 || c >= g.C) {
+    flags[0] = 1;
+    return;
+  }
+  atomicAdd(&part_count[int64_t(bh) * g.C + c], 1);
+}
+
+// One block of 1024 threads per (b, h): part_start = exclusive scan of part_count after the fixed
+// regions; resets the append state.
+__global__ void __launch_bounds__(1024)
+    saap_scan_kernel(const int32_t* __restrict__ lengths, SaapGeom g, const int32_t* __restrict__ part_count,
+                     int32_t* __restrict__ part_start, int32_t* __restrict__ cursor, int32_t* __restrict__ append_count,
+                     int32_t* __restrict__ next_page, int32_t* __restrict__ seq_len) {
+  using Scan = cub::BlockScan<int, 1024>;
+  __shared__ typename Scan::TempStorage tmp;
+  const int bh = blockIdx.x, b = bh / g.n_kv_heads;
+  const int64_t base = int64_t(bh) * g.C;
+  int carry = g.S + g.W;
+  for (int c0 = 0; c0 < g.C; c0 += 1024) {
+    const int c = c0 + threadIdx.x;
+    const int v = c < g.C ? part_count[base + c] : 0;
+    int ex, total;
+    Scan(tmp).ExclusiveSum(v, ex, total);
+    if (c < g.C) {
+      part_start[base + c] = carry + ex;
+      cursor[base + c] = 0;
+      append_count[base + c] = 0;
+    }
+    carry += total;
+    __syncthreads();  // tmp is reused by the next tile
+  }
+  if (threadIdx.x == 0) {
+    next_page[bh] = int32_t(g.S + g.W + g.max_prefill);
+    seq_len[bh] = lengths[b];
+  }
+}
+
+// Destination slot of every prefill token.
+__global__ void saap_slot_kernel(const int32_t* __restrict__ assign, const int32_t* __restrict__ lengths,
+                                 int64_t max_len, SaapGeom g, const int32_t* __restrict__ part_start,
+                                 int32_t* __restrict__ cursor, int32_t* __restrict__ slot_of) {
+  const int bh = blockIdx.y, b = bh / g.n_kv_heads;
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t n = lengths[b];
+  if (t >= n) return;
+  int64_t slot;
+  if (t < g.S) {
+    slot = t;
+  } else if (!in_partition(t, n, g)) {
+    slot = ring_slot(t, g);
+  } else {
+    const int c = assign[int64_t(bh) * max_len + t];
+    slot = (c < 0 || c >= g.C) ? -1 : part_start[int64_t(bh) * g.C + c] + atomicAdd(&cursor[int64_t(bh) * g.C + c], 1);
+  }
+  slot_of[int64_t(bh) * max_len + t] = int32_t(slot);
+}
+
+// Copies K and V rows to their slots, 16 bytes per thread.
+__global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4* __restrict__ v,
+                                 const int32_t* __restrict__ lengths, int64_t max_len, SaapGeom g,
+                                 const int32_t* __restrict__ slot_of, uint4* __restrict__ kpool,
+                                 uint4* __restrict__ vpool) {
+  const int bh = blockIdx.y, b = bh / g.n_kv_heads;
+  const int vpr = g.D / 8;  // 16-byte vectors per row
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t t = i / vpr;
+  if (t >= lengths[b]) return;
+  const int32_t slot = slot_of[int64_t(bh) * max_len + t];
+  if (slot < 0) return;
+  const int64_t src = (int64_t(bh) * max_len + t) * vpr + i % vpr;
+  const int64_t dst = (int64_t(bh) * g.rows + slot) * vpr + i % vpr;
+  kpool[dst] = k[src];
+  vpool[dst] = v[src];
+}
+
+// One block per (b, h): appends token n = seq_len; when the ring is full the token it replaces
+// (n - W) is assigned to its nearest centroid and moved into that partition's append pages.
+template <class T, int D>
+__global__ void __launch_bounds__(128)
+    saap_append_kernel(const uint4* __restrict__ k_new, const uint4* __restrict__ v_new, SaapGeom g,
+                       const T* __restrict__ centroids, const float* __restrict__ half_norm, uint4* __restrict__ kpool,
+                       uint4* __restrict__ vpool, int32_t* __restrict__ append_pages,
+                       int32_t* __restrict__ append_count, int32_t* __restrict__ next_page,
+                       int32_t* __restrict__ seq_len, int32_t* __restrict__ flags) {
+  __shared__ float kf[D];
+  __shared__ float red_v[32];
+  __shared__ int red_i[32];
+  __shared__ int64_t dst_slot;
+  constexpr int VPR = D / 8;
+  const int bh = blockIdx.x, h = bh % g.n_kv_heads;
+  const int64_t n = seq_len[bh];
+  const int64_t slot = n < g.S ? n : ring_slot(n, g);
+  uint4* krow = kpool + int64_t(bh) * g.rows * VPR;
+  uint4* vrow = vpool + int64_t(bh) * g.rows * VPR;
+  if (n >= g.S + g.W) {
+    const T* key = reinterpret_cast<const T*>(krow + slot * VPR);
+    for (int j = threadIdx.x; j < D; j += blockDim.x) kf[j] = elem_to_float(key[j]);
+    __syncthreads();
+    const int c = nearest_centroid<T, D>(kf, centroids + int64_t(h) * g.C * D, half_norm + int64_t(h) * g.C, g.C,
+                                         red_v, red_i);
+    if (threadIdx.x == 0) {
+      const int64_t pc = int64_t(bh) * g.C + c;
+      const int cnt = append_count[pc];
+      const int page = cnt / g.P;
+      int64_t dst = -1;
+      if (page < g.A) {
+        int32_t* pg = append_pages + pc * g.A + page;
+        if (cnt % g.P == 0) {
+          if (next_page[bh] + int64_t(g.P) <= g.rows) {
+            *pg = next_page[bh];
+            next_page[bh] += g.P;
+          } else {
+            *pg = -1;
+          }
+        }
+        if (*pg >= 0) dst = *pg + cnt % g.P;
+      }
+      if (dst >= 0)
+        append_count[pc] = cnt + 1;
+      else
+        flags[1] = 1;
+      dst_slot = dst;
+    }
+    __syncthreads();
+    const int64_t dst = dst_slot;
+    if (dst >= 0)
+      for (int j = threadIdx.x; j < VPR; j += blockDim.x) {
+        krow[dst * VPR + j] = krow[slot * VPR + j];
+        vrow[dst * VPR + j] = vrow[slot * VPR + j];
+      }
+    __syncthreads();
+  }
+  for (int j = threadIdx.x; j < VPR; j += blockDim.x) {
+    krow[slot * VPR + j] = k_new[int64_t(bh) * VPR + j];
+    vrow[slot * VPR + j] = v_new[int64_t(bh) * VPR + j];
+  }
+  if (threadIdx.x == 0) seq_len[bh] = int32_t(n + 1);
+}
+
+}  // namespace saap::cuda

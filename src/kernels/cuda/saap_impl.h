@@ -1,0 +1,26 @@
+// Device state of a SaapIndex, shared by the files that implement its verbs.
+#pragma once
+#include <cublas_v2.h>
+
+#include "saap/kernels/cuda/saap.h"
+
+namespace saap::cuda {
+
+struct SaapIndex::Impl {
+  DeviceBuffer<uint16_t> kpool, vpool;  // [bh][rows][D], kv_dtype bits
+  DeviceBuffer<uint16_t> centroids;     // [Hkv][C][D], kv_dtype bits
+  DeviceBuffer<float> half_norm;        // [Hkv][C]: ||c||^2 / 2 of the stored centroid
+  DeviceBuffer<int32_t> part_start, part_count, cursor, append_count;  // [bh][C]
+  DeviceBuffer<int32_t> append_pages;   // [bh][C][A]
+  DeviceBuffer<int32_t> next_page, seq_len, selected_tokens, segment_count;  // [bh]
+  DeviceBuffer<int32_t> segments;       // [bh][max_segments][2]
+  DeviceBuffer<int32_t> flags;          // [0] bad assignment seen, [1] append overflow
+  DeviceBuffer<uint16_t> w1, w2;        // bf16 bits
+  DeviceBuffer<float> b1, b2, logits;
+  int hidden = 0;
+  int64_t append_pool_pages = 0;
+  float last_lookup = 0.f;
+  cublasHandle_t cublas = nullptr;
+};
+
+}  // namespace saap::cuda

@@ -21,6 +21,14 @@ The same vocabulary is also run through the plain GPT-2 pre-tokenizer and the Ll
 (Split on Llama-3's regex, then ByteLevel without regex, as Meta's tokenizer.json does) so the
 C++ test can check saap's other two splitters on GGUFs that differ only in tokenizer.ggml.pre.
 
+SentencePiece BPE (tokenizer.ggml.model = "llama", the Llama 2 family) is checked on a small
+vocabulary trained here with `tokenizers` (saved in the JSON, since no Llama 2 GGUF ships with
+saap), laid out as a Llama GGUF lays one out (<unk>, <s>, </s>, the 256 <0xXX> byte tokens,
+then pieces with descending scores). The reference is that vocabulary converted the way HF's
+LlamaConverter converts a SentencePiece model: a BPE with byte fallback whose merges are every
+pair of pieces that concatenates to a piece, ranked by that piece's score, after the
+normalizer Prepend("▁") + Replace(" ", "▁").
+
 Strings with invalid UTF-8 cannot be passed to `tokenizers` (it takes str). saap decodes each
 byte outside a well-formed sequence as a code point of its own, of no letter/number/space
 class, whose byte-level character is the byte itself. The reference reproduces that with the
@@ -89,7 +97,8 @@ def build(tokens, types, merges, pre, special):
 
 
 def encode_bytes(tok, data, b2u):
-    """Ids for arbitrary bytes (no special-token parsing), via pre-tokenizer + BPE model."""
+    """Ids for arbitrary bytes (no special-token parsing), via pre-tokenizer + BPE model, and
+    the pre-tokenizer's pieces as the original bytes."""
     text = data.decode("utf-8", "surrogateescape")
     raw = []  # per character of `text`: the bytes it stands for
     chars = []
@@ -101,10 +110,12 @@ def encode_bytes(tok, data, b2u):
             raw.append(ch.encode("utf-8"))
             chars.append(ch)
     ids = []
+    pieces = []
     for _, (lo, hi) in tok.pre_tokenizer.pre_tokenize_str("".join(chars)):
         piece = b"".join(raw[lo:hi])
+        pieces.append(piece.hex())
         ids += [t.id for t in tok.model.tokenize("".join(b2u[b] for b in piece))]
-    return ids
+    return ids, pieces
 
 
 CASES = [
@@ -127,13 +138,55 @@ CASES = [
     "mixedCASE camelCase snake_case kebab-case", "MiXeD ScRiPt: abc абв αβγ 123",
     "<|im_start|>user\nhi<|im_end|>", "<|endoftext|>text after", "x<repo_name>y<file_sep>",
     "zero\u200bwidth", "control\x01\x02\x03chars", "bell\x07 and escape\x1b[0m", "\x04\x06 drop",
-    "",
+    "aaa aaaaa baaab zzzz xaaax", "",
 ]
 INVALID = [
     b"\xff\xfe invalid lead bytes", b"\x80\x81 stray continuation", b"truncated \xe2\x82",
     b"truncated 4-byte \xf0\x9f\x98", b"overlong \xc0\xaf and \xe0\x80\xaf", b"surrogate \xed\xa0\x80",
     b"mix \xe2\x82\xe2\x82\xac euro", b"abc\xc3", b"\xc3(", b"\xa0\xa1 bytes", b"9\xb0C", b"\xf4\x90\x80\x80 too big",
 ]
+
+
+SPM_CORPUS = [
+    "The quick brown fox jumps over the lazy dog while the other dogs sleep in the sun.",
+    "It was the best of times, it was the worst of times, it was the age of wisdom.",
+    "Tokenizers split text into pieces; the model sees only the ids of those pieces.",
+    "Les élèves étudient la géographie et l'histoire à l'école près de la forêt.",
+    "Die Straße führt über die Brücke zum Bahnhof, wo die Züge pünktlich fahren.",
+    "Numbers like 1024, 2048 and 4096 appear in code: for i in range(10): print(i)",
+    "Repeats make ties between equal merges: aa aaaa aaaaaa, zzz zz, Mississippi bookkeeper.",
+]
+
+
+def spm_vocab():
+    """A Llama-2-style vocabulary: (pieces, scores, token types)."""
+    from tokenizers import normalizers, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator(SPM_CORPUS * 20, trainer)
+    trained = [p for p, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if p not in ("<unk>", "<s>", "</s>")]
+    pieces = ["<unk>", "<s>", "</s>"] + ["<0x%02X>" % b for b in range(256)] + trained
+    types = [2, 3, 3] + [6] * 256 + [1] * len(trained)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(trained))]
+    return pieces, scores, types
+
+
+def spm_reference(pieces, scores, types):
+    from tokenizers import normalizers
+    normal = {p: i for i, p in enumerate(pieces) if types[i] == 1}
+    merges = []
+    for left in normal:
+        for right in normal:
+            if left + right in normal:
+                merges.append((-scores[normal[left + right]], normal[left], normal[right], left, right))
+    merges.sort()
+    bpe = models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[(m[3], m[4]) for m in merges],
+                     unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    return tok
 
 
 def main():
@@ -151,15 +204,21 @@ def main():
         except UnicodeDecodeError:
             text = None
         for pre, tok in toks.items():
-            ids = encode_bytes(tok, data, b2u)
+            ids, pieces = encode_bytes(tok, data, b2u)
             if text is not None:
                 assert ids == tok.encode(text).ids, (pre, text)
             case[pre] = ids
+            case[pre + "_pieces"] = pieces
         if text is not None:
             case["special"] = special.encode(text).ids
         cases.append(case)
+    pieces, scores, types = spm_vocab()
+    spm = spm_reference(pieces, scores, types)
+    spm_cases = [{"hex": c.encode("utf-8").hex(), "text": c, "ids": spm.encode(c).ids}
+                 for c in CASES + SPM_CORPUS if c]
     out = {"model": os.path.basename(path), "generator": "scripts/make_tokenizer_vectors.py",
-           "cases": cases}
+           "cases": cases,
+           "spm": {"tokens": pieces, "scores": scores, "token_type": types, "cases": spm_cases}}
     with open("tests/model/data/tokenizer_vectors.json", "w") as f:
         json.dump(out, f, ensure_ascii=True, indent=0)
     print("%d cases -> tests/model/data/tokenizer_vectors.json" % len(cases))

@@ -13,6 +13,7 @@
 #include "saap/core/paths.h"
 #include "saap/model/gguf.h"
 #include "saap/model/tokenizer.h"
+#include "../../src/model/tokenizer_pretokenizer.h"  // private: the splitter is checked on its own
 
 namespace saap {
 namespace {
@@ -181,6 +182,23 @@ TEST(Tokenizer, MatchesHFTokenizersWithLlama3PreTokenizer) {
   check_vectors(tokenizer_from(meta), "llama3", false);
 }
 
+// The splits themselves: ids alone cannot show e.g. Llama-3's three-digit groups when the
+// vocabulary only has single digits.
+TEST(Tokenizer, PreTokenizerPiecesMatchHFTokenizers) {
+  nlohmann::json cases = vectors()["cases"];
+  const std::pair<const char*, PreTokenizer> kinds[] = {
+      {"smollm_pieces", PreTokenizer::kDigitsGpt2}, {"gpt2_pieces", PreTokenizer::kGpt2},
+      {"llama3_pieces", PreTokenizer::kLlama3}};
+  for (const auto& c : cases) {
+    std::string text = unhex(c["hex"]);
+    for (const auto& [field, kind] : kinds) {
+      std::vector<std::string> want;
+      for (const auto& h : c[field]) want.push_back(unhex(h));
+      EXPECT_EQ(pre_tokenize(text, kind), want) << field << " for \"" << printable(text) << "\"";
+    }
+  }
+}
+
 TEST(Tokenizer, VectorsDecodeToTheirText) {
   const Vocab& v = smollm();
   std::vector<bool> ok = representable_bytes(v);
@@ -332,6 +350,42 @@ TEST(Tokenizer, NonChatMLTemplateIsUnsupported) {
 }
 
 // ---- SentencePiece BPE (Llama 2 family) -----------------------------------------------------
+
+// A Llama-2-layout vocabulary trained by the vector script (no Llama 2 GGUF ships with saap).
+Tokenizer spm_tokenizer(const nlohmann::json& spm) {
+  MetaMap meta;
+  meta["tokenizer.ggml.model"] = str("llama");
+  meta["tokenizer.ggml.tokens"] = strings(spm["tokens"].get<std::vector<std::string>>());
+  meta["tokenizer.ggml.scores"] = f32s(spm["scores"].get<std::vector<float>>());
+  meta["tokenizer.ggml.token_type"] = i32s(spm["token_type"].get<std::vector<int64_t>>());
+  meta["tokenizer.ggml.unknown_token_id"] = u32(0);
+  meta["tokenizer.ggml.bos_token_id"] = u32(1);
+  meta["tokenizer.ggml.eos_token_id"] = u32(2);
+  return tokenizer_from(meta);
+}
+
+TEST(Tokenizer, SentencePieceMatchesHFTokenizers) {
+  nlohmann::json spm = vectors()["spm"];
+  Tokenizer tok = spm_tokenizer(spm);
+  ASSERT_GE(spm["cases"].size(), 60u);
+  for (const auto& c : spm["cases"]) {
+    std::string text = unhex(c["hex"]);
+    EXPECT_EQ(tok.encode(text), c["ids"].get<std::vector<int32_t>>()) << printable(text);
+  }
+  // BOS by default (Llama 2 vocabularies ask for it unless add_bos_token says otherwise).
+  std::vector<int32_t> ids = tok.encode("the", true);
+  EXPECT_EQ(ids.front(), 1);
+}
+
+TEST(Tokenizer, SentencePieceRandomBytesRoundTrip) {
+  Tokenizer tok = spm_tokenizer(vectors()["spm"]);
+  std::vector<bool> all(256, true);  // byte fallback covers every byte
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::string s = random_bytes(rng, all);
+    ASSERT_EQ(tok.decode(tok.encode(s)), s) << printable(s);
+  }
+}
 
 // ---- malformed metadata -----------------------------------------------------------------------
 

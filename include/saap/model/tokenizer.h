@@ -24,11 +24,12 @@ class Tokenizer {
 
   // Text to ids. parse_special: "<|im_start|>" etc. in the text become their special ids.
   // add_bos: prepend BOS when the vocabulary asks for it (tokenizer.ggml.add_bos_token).
-  std::vector<int32_t> encode(const std::string& text, bool add_bos = false, bool parse_special = false) const;
   // Any byte string is accepted (invalid UTF-8 included). Bytes a byte-level vocabulary has no
   // token for (SmolLM2 lacks 21 of the 256, e.g. 0x04, 0xC0, 0xFF) are dropped, as the HF
   // tokenizers and llama.cpp do; every other byte string s has decode(encode(s)) == s.
-  // Ids to text; bytes of incomplete UTF-8 sequences are kept as they are.
+  std::vector<int32_t> encode(const std::string& text, bool add_bos = false, bool parse_special = false) const;
+  // Ids to text (special tokens as their text); bytes of incomplete UTF-8 sequences are kept
+  // as they are. InvalidArgument naming the position of an id outside the vocabulary.
   std::string decode(const std::vector<int32_t>& ids) const;
   // The raw bytes one token stands for (for streaming output).
   std::string token_bytes(int32_t id) const;

@@ -1,0 +1,51 @@
+// Perplexity over a text in non-overlapping windows (as the Loki paper evaluates), each window a
+// fresh sequence: the session is reset, so no window sees another's tokens.
+//
+// A window of W tokens yields W-1 predictions: the model reads the first W-1 tokens and is scored
+// on each next token. When the model's vocabulary asks for a BOS token (tokenizer.ggml.add_bos_token;
+// the Llama 2 family) each window is BOS + W-1 text tokens and all W-1 text tokens are scored;
+// SmolLM2 does not add BOS (its GGUF and its Hugging Face tokenizer agree), so its windows are W
+// text tokens. Windows advance by the text tokens they hold; a trailing partial window is dropped.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "saap/model/llama.h"
+
+namespace saap {
+
+struct PerplexityOptions {
+  int64_t window = 2048;     // tokens per window (W), >= 2
+  int64_t max_windows = 0;   // 0: every full window of the text
+  int64_t chunk = 512;       // tokens per forward call: bounds the logits buffer (chunk x vocab floats)
+  MethodFactory methods;     // null: dense
+  AttentionMode mode = AttentionMode::MethodEverywhere;
+  bool progress = true;
+};
+
+struct PerplexityResult {
+  double perplexity = 0;             // exp(mean NLL over every scored token)
+  double mean_nll = 0;               // nats per token
+  int64_t windows = 0;
+  int64_t scored_tokens = 0;         // predictions made (= tokens run through the model)
+  double seconds = 0;
+  double tokens_per_second = 0;      // scored tokens / seconds
+  bool bos = false;                  // windows start with BOS
+  std::vector<double> window_nll;    // mean NLL of each window
+  LookupStats stats;                 // what the methods read, over all windows
+  nlohmann::json to_json() const;
+};
+
+// tokens: the text, already tokenized without BOS. Throws InvalidArgument when the options are out
+// of range or the text holds no full window.
+PerplexityResult evaluate_perplexity(const std::shared_ptr<const LlamaModel>& model, const std::vector<int32_t>& tokens,
+                                     const PerplexityOptions& options);
+// Reads and tokenizes the file first (NotFound / BadFile when it cannot be read).
+PerplexityResult evaluate_perplexity_file(const std::shared_ptr<const LlamaModel>& model, const std::string& path,
+                                          const PerplexityOptions& options);
+
+}  // namespace saap

@@ -1,0 +1,135 @@
+// Perplexity windows and NLL against the NumPy float64 reference forward pass
+// (scripts/reference_forward.py), which knows nothing of saap's windowing or chunking.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include "saap/core/error.h"
+#include "saap/core/paths.h"
+#include "saap/eval/perplexity.h"
+
+namespace saap {
+namespace {
+
+std::shared_ptr<const LlamaModel> real_model() {
+  static std::shared_ptr<const LlamaModel> model = LlamaModel::load(default_model_path(), false);
+  return model;
+}
+
+std::vector<int32_t> text_tokens(size_t n, unsigned seed) {
+  std::vector<int32_t> t = real_model()->tokenizer().encode(
+      "Debian is a free operating system. The installer copies the base system to the disk, and then "
+      "the package manager installs the rest of the software that the administrator selects.");
+  std::mt19937 rng(seed);  // fresh random continuation, so the test is not tuned to one text
+  std::uniform_int_distribution<int32_t> id(0, real_model()->config().vocab_size - 1);
+  while (t.size() < n) t.push_back(id(rng));
+  t.resize(n);
+  return t;
+}
+
+std::string join(const int32_t* ids, size_t n) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  return s;
+}
+
+// Mean NLL of each window computed from the reference's float64 logits.
+std::vector<double> reference_window_nll(const std::vector<int32_t>& tokens, int64_t W, int windows) {
+  const std::string out = testing::TempDir() + "saap_reference_ppl.f64";
+  std::string cmd = std::string(SAAP_PYTHON) + " " + SAAP_SOURCE_DIR + "/scripts/reference_forward.py --model '" +
+                    default_model_path() + "' --out '" + out + "'";
+  for (int w = 0; w < windows; ++w) cmd += " --tokens " + join(&tokens[size_t(w * W)], size_t(W - 1));
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const int64_t vocab = real_model()->config().vocab_size;
+  std::vector<double> logits(size_t(windows * (W - 1) * vocab));
+  std::ifstream in(out, std::ios::binary);
+  in.read(reinterpret_cast<char*>(logits.data()), std::streamsize(logits.size() * sizeof(double)));
+  EXPECT_TRUE(bool(in)) << "reference output " << out << " is short";
+  std::remove(out.c_str());
+  std::vector<double> nll;
+  for (int w = 0; w < windows; ++w) {
+    double sum = 0;
+    for (int64_t i = 0; i < W - 1; ++i) {
+      const double* row = &logits[size_t((w * (W - 1) + i) * vocab)];
+      double top = row[0];
+      for (int64_t j = 0; j < vocab; ++j) top = std::max(top, row[j]);
+      double z = 0;
+      for (int64_t j = 0; j < vocab; ++j) z += std::exp(row[j] - top);
+      sum += std::log(z) + top - row[tokens[size_t(w * W + i + 1)]];
+    }
+    nll.push_back(sum / double(W - 1));
+  }
+  return nll;
+}
+
+PerplexityOptions small(int64_t window, int64_t chunk, int64_t max_windows) {
+  PerplexityOptions o;
+  o.window = window;
+  o.chunk = chunk;
+  o.max_windows = max_windows;
+  o.progress = false;
+  return o;
+}
+
+TEST(Perplexity, MatchesTheNumPyReferenceOverWindows) {
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const int64_t W = 12;
+  const auto tokens = text_tokens(2 * W + 5, seed);  // two full windows and a dropped partial one
+  // chunk 5: windows of 11 inputs run as 5 + 6 (the lone last token folds into the second chunk).
+  const PerplexityResult r = evaluate_perplexity(real_model(), tokens, small(W, 5, 0));
+  ASSERT_FALSE(r.bos);  // SmolLM2 adds no BOS
+  ASSERT_EQ(r.windows, 2);
+  EXPECT_EQ(r.scored_tokens, 2 * (W - 1));
+  const std::vector<double> ref = reference_window_nll(tokens, W, 2);
+  ASSERT_EQ(r.window_nll.size(), 2u);
+  for (int w = 0; w < 2; ++w) EXPECT_NEAR(r.window_nll[size_t(w)], ref[size_t(w)], 1e-3) << "window " << w;
+  const double ref_ppl = std::exp((ref[0] + ref[1]) / 2);
+  EXPECT_NEAR(r.perplexity / ref_ppl, 1.0, 1e-3);
+  EXPECT_GT(r.tokens_per_second, 0);
+}
+
+TEST(Perplexity, ChunkingAndModeDoNotChangeDenseResults) {
+  const auto tokens = text_tokens(40, std::random_device{}());
+  PerplexityOptions a = small(14, 3, 0), b = small(14, 64, 0);  // 13 inputs: chunks 3+3+3+4
+  b.mode = AttentionMode::DensePrefill;
+  const PerplexityResult ra = evaluate_perplexity(real_model(), tokens, a);
+  const PerplexityResult rb = evaluate_perplexity(real_model(), tokens, b);
+  ASSERT_EQ(ra.windows, 2);
+  EXPECT_NEAR(ra.mean_nll, rb.mean_nll, 1e-4);
+  // MethodEverywhere sends every position through the (dense) method; DensePrefill none.
+  EXPECT_EQ(ra.stats.queries, 2 * 13 * real_model()->config().n_layers);
+  EXPECT_EQ(rb.stats.queries, 0);
+  EXPECT_DOUBLE_EQ(ra.stats.fraction(), 1.0);
+}
+
+TEST(Perplexity, MaxWindowsLimitsTheRun) {
+  const auto tokens = text_tokens(40, 1);
+  const PerplexityResult r = evaluate_perplexity(real_model(), tokens, small(8, 8, 2));
+  EXPECT_EQ(r.windows, 2);
+  EXPECT_EQ(r.window_nll.size(), 2u);
+}
+
+TEST(Perplexity, BadOptionsAreClearErrors) {
+  const auto tokens = text_tokens(10, 1);
+  auto expect_invalid = [&](PerplexityOptions o, const char* needle) {
+    try {
+      evaluate_perplexity(real_model(), tokens, o);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_invalid(small(1, 8, 0), "window = 1");
+  expect_invalid(small(16, 8, 0), "fewer than one window of 16");
+  expect_invalid(small(4, 1, 0), "chunk = 1");
+  expect_invalid(small(4, 4, -1), "max_windows = -1");
+  EXPECT_THROW(evaluate_perplexity_file(real_model(), "/nonexistent/text.txt", small(4, 4, 0)), Error);
+}
+
+}  // namespace
+}  // namespace saap

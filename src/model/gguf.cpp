@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -44,6 +45,9 @@ const TypeLayout* find_layout(uint32_t type) {
     if (l.type == type) return &l;
   return nullptr;
 }
+
+constexpr uint64_t kMaxArrayLength = uint64_t(1) << 26;
+constexpr uint64_t kMaxTensors = uint64_t(1) << 20;
 
 const char* value_type_name(uint32_t t) {
   static const char* const names[] = {"UINT8", "INT8",   "UINT16", "INT16", "UINT32",
@@ -172,15 +176,23 @@ GGUFValue read_value(Reader& r, const std::string& key) {
                    "left in the file (%s elements take at least %zu bytes each)",
                    key.c_str(), (unsigned long long)n, count_at, r.remaining(),
                    value_type_name(static_cast<uint32_t>(v.array_type)), min_elem);
+    // Widening (a u8 becomes an int64) would let a huge, well-formed array of a multi-GB file
+    // take several times the file's size in memory; real vocabularies are far below this cap.
+    SAAP_CHECK_FMT(n <= kMaxArrayLength, BadFile,
+                   "metadata '%s': array length %llu at offset %zu exceeds saap's limit of %llu",
+                   key.c_str(), (unsigned long long)n, count_at, (unsigned long long)kMaxArrayLength);
     const size_t count = static_cast<size_t>(n);
+    // Reserved up front only up to a modest size: a lying count then fails on the file's end
+    // before memory grows much past what the file really holds.
+    const size_t reserve = std::min<size_t>(count, size_t(1) << 16);
     if (v.array_type == GGUFValueType::STRING) {
-      v.strings.reserve(count);
+      v.strings.reserve(reserve);
       for (size_t k = 0; k < count; ++k) v.strings.push_back(r.read_string(key.c_str()));
     } else if (v.array_type == GGUFValueType::FLOAT32 || v.array_type == GGUFValueType::FLOAT64) {
-      v.floats.reserve(count);
+      v.floats.reserve(reserve);
       for (size_t k = 0; k < count; ++k) v.floats.push_back(read_float(r, v.array_type, key));
     } else {
-      v.ints.reserve(count);
+      v.ints.reserve(reserve);
       for (size_t k = 0; k < count; ++k) v.ints.push_back(read_integer(r, v.array_type, key));
     }
   }
@@ -279,9 +291,10 @@ GGUFFile GGUFFile::parse(const uint8_t* data, size_t size) {
   SAAP_CHECK_FMT(n_kv <= r.remaining() / 13, BadFile,
                  "metadata count %llu at offset 16 cannot fit in the %zu bytes left in the file",
                  (unsigned long long)n_kv, r.remaining());
-  SAAP_CHECK_FMT(n_tensors <= r.remaining() / 32, BadFile,
-                 "tensor count %llu at offset 8 cannot fit in the %zu bytes left in the file",
-                 (unsigned long long)n_tensors, r.remaining());
+  SAAP_CHECK_FMT(n_tensors <= r.remaining() / 32 && n_tensors <= kMaxTensors, BadFile,
+                 "tensor count %llu at offset 8 cannot fit in the %zu bytes left in the file "
+                 "(or exceeds saap's limit of %llu)",
+                 (unsigned long long)n_tensors, r.remaining(), (unsigned long long)kMaxTensors);
 
   for (uint64_t k = 0; k < n_kv; ++k) {
     const size_t at = r.pos();

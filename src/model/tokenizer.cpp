@@ -108,6 +108,7 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
   for (size_t id = 0; id < n; ++id) t.piece_to_id_.emplace(t.pieces_[id], int32_t(id));
 
   if (!t.is_spm()) {
+    // GGUFs converted before llama.cpp recorded the pre-tokenizer meant plain GPT-2.
     t.pre_ = file.has("tokenizer.ggml.pre") ? file.get_string("tokenizer.ggml.pre") : "gpt2";
     t.pre_kind_ = pre_tokenizer_from_name(t.pre_);
     const auto& merges = array_of(file, "tokenizer.ggml.merges", true, 0).strings;
@@ -201,6 +202,9 @@ bool Tokenizer::is_end_of_generation(int32_t id) const {
 }
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_bos, bool parse_special) const {
+  // Offsets inside the tokenizer are 32-bit.
+  SAAP_CHECK_FMT(text.size() < (size_t(1) << 32), InvalidArgument,
+                 "text of %zu bytes is too long to encode at once (split it below 4 GiB)", text.size());
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 2);
   if (add_bos && add_bos_ && bos_ >= 0) out.push_back(bos_);

@@ -29,6 +29,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", global.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   register_info(app, global);
   register_demo(app, global);
+  register_calibrate(app, global);
+  register_eval_attention(app, global);
+  register_eval_passkey(app, global);
+  register_eval_sweep(app, global);
   register_train_saap(app, global);
   app.parse_complete_callback([&] {
     if (global.threads > 0) omp_set_num_threads(global.threads);

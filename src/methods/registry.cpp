@@ -4,6 +4,12 @@
 
 #include "saap/core/error.h"
 #include "saap/methods/dense.h"
+#include "saap/methods/h2o.h"
+#include "saap/methods/loki.h"
+#include "saap/methods/oracle_topk.h"
+#include "saap/methods/saap.h"
+#include "saap/methods/streaming.h"
+#include "saap/methods/symmetric_kmeans.h"
 
 namespace saap {
 
@@ -20,7 +26,9 @@ MethodFactory dense_factory(const MethodSpec&, const ArtifactIdentity&) {
 
 // The one table of methods; a method appears here once its factory exists.
 const Entry kMethods[] = {
-    {"dense", dense_factory},
+    {"dense", dense_factory},         {"oracle", oracle_factory}, {"streaming", streaming_factory},
+    {"h2o", h2o_factory},             {"loki", loki_factory},     {"saap", saap_factory},
+    {"kmeans", kmeans_factory},
 };
 
 std::string fmt_double(double x) {
@@ -51,7 +59,7 @@ std::string MethodSpec::describe() const {
   if (name == "streaming")
     return "streaming(sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window) + ")";
   std::string s = name + "(lookup=" + fmt_double(lookup);
-  if (name != "oracle") s += ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window);
+  if (name == "saap" || name == "kmeans") s += ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window);
   return s + ")";
 }
 

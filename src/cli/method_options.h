@@ -1,0 +1,33 @@
+// The options that name an attention method and its budget, shared by the eval subcommands.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "saap/methods/registry.h"
+#include "saap/model/llama.h"
+
+namespace saap::cli {
+
+inline void add_method_options(CLI::App* cmd, MethodSpec& spec) {
+  cmd->add_option("--method", spec.name, "Attention method: dense|oracle|streaming|h2o|loki|saap|kmeans");
+  cmd->add_option("--lookup", spec.lookup, "Budget: fraction of the prefix read (oracle, h2o, saap, kmeans)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--sinks", spec.sinks, "First positions always read")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--window", spec.window, "Most recent positions always read")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--k-f", spec.k_f, "Loki: fraction of the prefix attended")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--d-f", spec.d_f, "Loki: fraction of dimensions used for ranking")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--artifact", spec.artifact, "Trained index file (loki, saap, kmeans)");
+}
+
+// What artifacts are checked against: the model they will run on (the factory sets the method).
+inline ArtifactIdentity model_artifact_identity(const LlamaModel& model) {
+  ArtifactIdentity id;
+  id.model_identity = model.identity();
+  id.n_layers = model.config().n_layers;
+  id.n_heads = model.config().n_heads;
+  id.n_kv_heads = model.config().n_kv_heads;
+  id.head_dim = model.config().head_dim;
+  return id;
+}
+
+}  // namespace saap::cli

@@ -257,7 +257,7 @@ ClassifierStats train_classifier(PartitionClassifier& model, int D, int C, const
                    o.label.c_str(), vl, epoch, double(o.lr));
     st.val_loss.push_back(vl);
     bar.update(epoch, format("loss %.4f / held-out %.4f", st.train_loss.back(), vl));
-    if (vl < st.best_val_loss - 1e-6 * std::abs(st.best_val_loss)) {
+    if (st.best_epoch == 0 || vl < st.best_val_loss - 1e-6 * std::abs(st.best_val_loss)) {
       st.best_val_loss = vl, st.best_epoch = epoch, best = theta, stale = 0;
     } else if (++stale >= o.patience) {
       break;

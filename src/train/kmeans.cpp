@@ -26,7 +26,9 @@ KMeansResult train_kmeans(const float* x, int64_t n, int d, const KMeansOptions&
   SAAP_CHECK_FMT(o.niter > 0, InvalidArgument, "k-means niter = %d must be positive", o.niter);
   check_finite(x, n, d, "k-means input");
   faiss::ClusteringParameters cp;
+  SAAP_CHECK_FMT(o.nredo > 0, InvalidArgument, "k-means nredo = %d must be positive", o.nredo);
   cp.niter = o.niter;
+  cp.nredo = o.nredo;
   cp.seed = o.seed;
   cp.spherical = o.spherical;
   cp.max_points_per_centroid = o.max_points_per_centroid;

@@ -101,7 +101,7 @@ ArtifactIdentity artifact_identity(const CalibrationSet& s, const char* method) 
 
 nlohmann::json options_json(const SaapTrainOptions& o) {
   return {{"partitions", o.partitions},   {"rope", o.pre_rope ? "pre" : "post"},
-          {"spherical", o.spherical},     {"kmeans_iters", o.kmeans_iters},
+          {"spherical", o.spherical},     {"kmeans_iters", o.kmeans_iters}, {"kmeans_redo", o.kmeans_redo},
           {"hidden", o.classifier.hidden}, {"epochs", o.classifier.epochs},
           {"batch", o.classifier.batch},  {"lr", o.classifier.lr},
           {"patience", o.classifier.patience}, {"sinks", o.sinks},
@@ -154,6 +154,7 @@ std::vector<float> train_layer_partition(const CalibrationSet& s, int layer, con
     KMeansOptions ko;
     ko.k = C;
     ko.niter = o.kmeans_iters;
+    ko.nredo = o.kmeans_redo;
     ko.seed = int((o.seed * 1000003ull + uint64_t(layer) * 131ull + uint64_t(h)) & 0x7fffffff);
     ko.spherical = o.spherical;
     const KMeansResult r = train_kmeans(x.data(), int64_t(s.windows) * s.window_len, d, ko);

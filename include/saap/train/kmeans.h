@@ -12,6 +12,7 @@ struct KMeansOptions {
   int niter = 20;
   int seed = 1234;
   bool spherical = true;
+  int nredo = 1;  // runs from different random starts; the best objective is kept
   // FAISS subsamples the training set to this many points per centroid (its speed knob).
   int max_points_per_centroid = 256;
 };

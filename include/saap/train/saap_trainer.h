@@ -25,6 +25,7 @@ struct SaapTrainOptions {
   bool pre_rope = true;  // partition and route on pre-RoPE (de-RoPE) vectors, the paper's choice
   bool spherical = true;
   int kmeans_iters = 20;
+  int kmeans_redo = 1;
   ClassifierOptions classifier;  // hidden, epochs, batch, lr, patience
   int sinks = 4;                 // must match the budget used at decode for the labels to fit it
   int window = 64;

@@ -2,7 +2,9 @@
 
 #include <faiss/Clustering.h>
 #include <faiss/IndexFlat.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "saap/core/error.h"
@@ -16,6 +18,17 @@ void check_finite(const float* x, int64_t n, int d, const char* what) {
     SAAP_CHECK_FMT(std::isfinite(x[i]), NonFinite, "%s row %lld, dim %d is not finite", what, (long long)(i / d),
                    int(i % d));
 }
+
+// FAISS parallelizes every step with OpenMP; on small problems the threads' start-up and
+// spinning cost more than the work (measured: 8 k-means runs of 1200 x 16 points, 8 centroids,
+// took 7.8 s on 2 busy threads and 0.03 s on one), so small problems run on the calling thread.
+struct SmallProblemThreads {
+  int saved = omp_get_max_threads();
+  explicit SmallProblemThreads(double work) {
+    if (work < double(1 << 24)) omp_set_num_threads(1);
+  }
+  ~SmallProblemThreads() { omp_set_num_threads(saved); }
+};
 
 }  // namespace
 
@@ -34,6 +47,7 @@ KMeansResult train_kmeans(const float* x, int64_t n, int d, const KMeansOptions&
   cp.max_points_per_centroid = o.max_points_per_centroid;
   cp.min_points_per_centroid = 1;  // few points per centroid is a choice here, not a mistake to warn about
   faiss::Clustering clus(d, o.k, cp);
+  const SmallProblemThreads threads(double(std::min<int64_t>(n, int64_t(o.k) * o.max_points_per_centroid)) * o.k * d);
   faiss::IndexFlatIP ip(d);
   faiss::IndexFlatL2 l2(d);
   faiss::Index& index = o.spherical ? static_cast<faiss::Index&>(ip) : static_cast<faiss::Index&>(l2);
@@ -51,6 +65,7 @@ void assign_kmeans(const float* centroids, int k, int d, bool spherical, const f
   faiss::IndexFlatL2 l2(d);
   faiss::Index& index = spherical ? static_cast<faiss::Index&>(ip) : static_cast<faiss::Index&>(l2);
   index.add(k, centroids);
+  const SmallProblemThreads threads(double(n) * k * d);
   std::vector<float> dist(static_cast<size_t>(n));
   std::vector<faiss::Index::idx_t> label(static_cast<size_t>(n));
   index.search(faiss::Index::idx_t(n), x, 1, dist.data(), label.data());

@@ -92,6 +92,32 @@ void LokiIndex::store(const void* k, const void* v, int64_t src_stride, const st
   SAAP_CU(cudaStreamSynchronize(stream));  // the host vectors above are the copies' sources
 }
 
+void LokiIndex::store_rotated(const void* k_pca, const void* v, int64_t src_stride,
+                              const std::vector<int32_t>& h_lengths, cudaStream_t stream) {
+  auto& m = *impl_;
+  SAAP_CU_REQUIRE(k_pca && v, InvalidArgument, "null pointer: k_pca=%p v=%p", k_pca, v);
+  SAAP_CU_REQUIRE(int(h_lengths.size()) == shape_.batch, InvalidArgument, "h_lengths has %zu entries, batch is %d",
+                  h_lengths.size(), shape_.batch);
+  const int Hkv = shape_.n_kv_heads, D = shape_.head_dim;
+  std::vector<int32_t> len(size_t(shape_.batch) * Hkv);
+  for (int b = 0; b < shape_.batch; ++b) {
+    SAAP_CU_REQUIRE(h_lengths[b] >= 0 && h_lengths[b] <= std::min(src_stride, max_len_), InvalidArgument,
+                    "h_lengths[%d] = %d outside [0, min(src_stride=%lld, max_len=%lld)]", b, h_lengths[b],
+                    (long long)src_stride, (long long)max_len_);
+    for (int h = 0; h < Hkv; ++h) len[size_t(b) * Hkv + h] = h_lengths[b];
+  }
+  m.host_len = len;
+  SAAP_CU(cudaMemcpyAsync(m.count.get(), len.data(), len.size() * 4, cudaMemcpyHostToDevice, stream));
+  SAAP_CU(cudaMemcpyAsync(m.seq_len.get(), len.data(), len.size() * 4, cudaMemcpyHostToDevice, stream));
+  const int64_t vecs = src_stride * (D / 8);
+  loki_split_kernel<<<dim3(unsigned((vecs + 255) / 256), shape_.batch * Hkv), 256, 0, stream>>>(
+      static_cast<const uint4*>(k_pca), static_cast<const uint4*>(v), src_stride, m.count.get(), D, rank_, max_len_,
+      reinterpret_cast<uint4*>(m.k_low.get()), reinterpret_cast<uint4*>(m.k_rest.get()),
+      reinterpret_cast<uint4*>(m.v.get()));
+  SAAP_CU_LAUNCHED();
+  SAAP_CU(cudaStreamSynchronize(stream));  // `len` is a copy source
+}
+
 void LokiIndex::append(const void* k_new, const void* v_new, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(k_new && v_new, InvalidArgument, "null pointer: k_new=%p v_new=%p", k_new, v_new);

@@ -112,3 +112,32 @@ inline void ref_attention(const float* q, const uint16_t* K, const uint16_t* V, 
 }
 
 }  // namespace cutest
+
+namespace cutest {
+
+// The (b, h) work segments written by SaapIndex::select, as host vectors.
+struct SaapSegments {
+  std::vector<int32_t> count;                  // [bh]
+  std::vector<std::vector<int64_t>> slots;     // [bh]: every slot the segments cover, in order
+  std::vector<int> longest;                    // [bh]: longest segment
+};
+template <class Index>
+SaapSegments read_segments(const Index& idx) {
+  const auto ctr = idx.counters();
+  const size_t bh_n = ctr.segments.size();
+  std::vector<int32_t> seg(bh_n * idx.max_segments() * 2);
+  SAAP_CU(cudaMemcpy(seg.data(), idx.segments(), seg.size() * 4, cudaMemcpyDeviceToHost));
+  SaapSegments r;
+  r.count = ctr.segments;
+  r.slots.resize(bh_n);
+  r.longest.assign(bh_n, 0);
+  for (size_t bh = 0; bh < bh_n; ++bh)
+    for (int i = 0; i < ctr.segments[bh]; ++i) {
+      const int32_t* s = &seg[(bh * idx.max_segments() + i) * 2];
+      r.longest[bh] = std::max(r.longest[bh], s[1]);
+      for (int j = 0; j < s[1]; ++j) r.slots[bh].push_back(s[0] + j);
+    }
+  return r;
+}
+
+}  // namespace cutest

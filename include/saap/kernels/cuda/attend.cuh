@@ -210,7 +210,7 @@ struct GroupAttender {
 // Combines the split partials of one (sequence, query head): part_out [splits][D], part_lse
 // [splits] (log2 domain) -> out [D]. One block of D threads per row.
 template <int D>
-__global__ void combine_splits_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse,
+static __global__ void combine_splits_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse,
                                       int splits, float* __restrict__ out) {
   const int64_t row = blockIdx.x;
   const float* po = part_out + row * splits * D;

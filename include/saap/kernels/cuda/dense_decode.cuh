@@ -8,7 +8,7 @@ namespace saap::cuda {
 constexpr int kDecodeWarps = 4;
 
 template <class T, int D, int GMAX>
-__global__ void __launch_bounds__(kDecodeWarps * 32)
+static __global__ void __launch_bounds__(kDecodeWarps * 32)
     dense_decode_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
                         float scale, int splits, int64_t chunk, float* __restrict__ part_out,

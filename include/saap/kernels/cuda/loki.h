@@ -31,6 +31,10 @@ class LokiIndex {
   // Prefill: raw keys and values, dense [batch][n_kv_heads][src_stride][D], h_lengths[b] tokens.
   void store(const void* k, const void* v, int64_t src_stride, const std::vector<int32_t>& h_lengths,
              cudaStream_t stream = 0);
+  // Prefill of keys already in the PCA basis (e.g. rotated by the caller's GEMM): only splits them
+  // into k_low / k_rest. Same layout and lengths as store().
+  void store_rotated(const void* k_pca, const void* v, int64_t src_stride, const std::vector<int32_t>& h_lengths,
+                     cudaStream_t stream = 0);
   // One new token per (b, h): k_new, v_new [batch][n_kv_heads][D] raw.
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
   // Rotates q [batch][n_q_heads][D], scores with the first r components, keeps

@@ -6,7 +6,7 @@
 namespace saap::cuda {
 
 template <class T, int D, int GMAX>
-__global__ void __launch_bounds__(kDecodeWarps * 32)
+static __global__ void __launch_bounds__(kDecodeWarps * 32)
     loki_decode_kernel(const T* __restrict__ k_low, const T* __restrict__ k_rest, const T* __restrict__ v, int R,
                        int64_t max_len, const int32_t* __restrict__ sel, const int32_t* __restrict__ sel_count,
                        const float* __restrict__ q_rot, int n_kv_heads, int G, float scale, int splits,

@@ -12,7 +12,7 @@ constexpr int kLokiBinShift = 21;
 constexpr int kScoreTokensPerBlock = 8192;
 
 // q_rot[row][j] = sum_i basis[h][i][j] q[row][i]; block (query head, sequence) of D threads.
-__global__ void loki_rotate_q_kernel(const float* __restrict__ q, const float* __restrict__ basis, int n_q_heads,
+static __global__ void loki_rotate_q_kernel(const float* __restrict__ q, const float* __restrict__ basis, int n_q_heads,
                                      int G, int D, float* __restrict__ q_rot) {
   extern __shared__ float qs[];
   const int64_t row = int64_t(blockIdx.y) * n_q_heads + blockIdx.x;
@@ -29,7 +29,7 @@ __global__ void loki_rotate_q_kernel(const float* __restrict__ q, const float* _
 // Rotates and stores keys of tokens [pos0(b,h), pos0 + n) and copies their values. Block of D
 // threads per (token chunk of 16, bh). src rows: k + (bh * src_stride + t - src_base) * D.
 template <class T>
-__global__ void loki_store_kernel(const T* __restrict__ k, const T* __restrict__ v, int64_t src_stride,
+static __global__ void loki_store_kernel(const T* __restrict__ k, const T* __restrict__ v, int64_t src_stride,
                                   bool src_is_new, const int32_t* __restrict__ pos0, const int32_t* __restrict__ count,
                                   const float* __restrict__ basis, int n_kv_heads, int D, int R, int64_t max_len,
                                   T* __restrict__ k_low, T* __restrict__ k_rest, T* __restrict__ vout) {
@@ -64,10 +64,28 @@ __global__ void loki_store_kernel(const T* __restrict__ k, const T* __restrict__
   }
 }
 
+// Splits rotated keys into k_low / k_rest and copies values, 16 bytes per thread.
+static __global__ void loki_split_kernel(const uint4* __restrict__ k, const uint4* __restrict__ v, int64_t src_stride,
+                                         const int32_t* __restrict__ count, int D, int R, int64_t max_len,
+                                         uint4* __restrict__ k_low, uint4* __restrict__ k_rest, uint4* __restrict__ vout) {
+  const int bh = blockIdx.y, vpr = D / 8, lo = R / 8;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t t = i / vpr;
+  const int e = int(i % vpr);
+  if (t >= count[bh]) return;
+  const int64_t src = (int64_t(bh) * src_stride + t) * vpr + e;
+  const int64_t row = int64_t(bh) * max_len + t;
+  if (e < lo)
+    k_low[row * lo + e] = k[src];
+  else
+    k_rest[row * (vpr - lo) + e - lo] = k[src];
+  vout[row * vpr + e] = v[src];
+}
+
 // Low-rank scores of one (b, h) chunk of tokens: s_t = max_g q'_g[:R] . k_low[t]; writes the
 // scores and adds the histogram of their keys' top bits to hist[bh].
 template <class T, int R, int GMAX>
-__global__ void __launch_bounds__(256)
+static __global__ void __launch_bounds__(256)
     loki_score_kernel(const T* __restrict__ k_low, const float* __restrict__ q_rot, const int32_t* __restrict__ seq_len,
                       int n_kv_heads, int G, int D, int64_t max_len, float* __restrict__ scores,
                       int32_t* __restrict__ hist) {
@@ -125,7 +143,7 @@ __global__ void __launch_bounds__(256)
 
 // Finds, per (b, h), the highest bin at which the count from the top reaches k (one warp; each
 // lane owns 64 bins). bin_need[bh] = (threshold bin, tokens still needed from it).
-__global__ void loki_threshold_kernel(const int32_t* __restrict__ hist, const int32_t* __restrict__ seq_len,
+static __global__ void loki_threshold_kernel(const int32_t* __restrict__ hist, const int32_t* __restrict__ seq_len,
                                       float k_frac, int2* __restrict__ bin_need, int32_t* __restrict__ sel_count,
                                       int32_t* __restrict__ cand_count) {
   const int bh = blockIdx.x, lane = threadIdx.x;
@@ -157,7 +175,7 @@ __device__ __forceinline__ void warp_push(bool take, int32_t value, int32_t* cou
 }
 
 // Tokens above the threshold bin go straight to the selection, tokens in it become candidates.
-__global__ void __launch_bounds__(256)
+static __global__ void __launch_bounds__(256)
     loki_filter_kernel(const float* __restrict__ scores, const int32_t* __restrict__ seq_len, int64_t max_len,
                        const int2* __restrict__ bin_need, int32_t* __restrict__ sel_count, int32_t* __restrict__ sel,
                        int32_t* __restrict__ cand_count, int32_t* __restrict__ cand) {
@@ -178,7 +196,7 @@ __global__ void __launch_bounds__(256)
 // Block per (b, h): picks the `need` highest-scoring candidates of the threshold bin (two more
 // radix passes over the key's low 21 bits; ties at the final key go first come, first served) and
 // appends them to the selection.
-__global__ void __launch_bounds__(1024)
+static __global__ void __launch_bounds__(1024)
     loki_refine_kernel(const float* __restrict__ scores, int64_t max_len, const int2* __restrict__ bin_need,
                        const int32_t* __restrict__ cand_count, const int32_t* __restrict__ cand,
                        int32_t* __restrict__ sel_count, int32_t* __restrict__ sel) {
@@ -238,7 +256,7 @@ __global__ void __launch_bounds__(1024)
 namespace saap::cuda {
 
 // seq_len[bh] += 1 after an append (the launcher checked that it fits).
-__global__ void loki_advance_kernel(int32_t* __restrict__ seq_len, int n) {
+static __global__ void loki_advance_kernel(int32_t* __restrict__ seq_len, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) seq_len[i] += 1;
 }

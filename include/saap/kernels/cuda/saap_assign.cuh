@@ -24,7 +24,7 @@ __device__ __forceinline__ void argmax_merge(float& v, int& i, float ov, int oi)
 }
 
 // scores [Hkv][n][C] (GEMM output for tokens t0 .. t0+n-1 of sequence b); one warp per token.
-__global__ void argmax_scores_kernel(const float* __restrict__ scores, const float* __restrict__ half_norm, int n,
+static __global__ void argmax_scores_kernel(const float* __restrict__ scores, const float* __restrict__ half_norm, int n,
                                      int C, int n_kv_heads, int b, int64_t t0, int64_t max_len,
                                      int32_t* __restrict__ assign) {
   const int h = blockIdx.y;

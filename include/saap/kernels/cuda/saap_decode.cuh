@@ -7,7 +7,7 @@
 namespace saap::cuda {
 
 template <class T, int D, int GMAX>
-__global__ void __launch_bounds__(kDecodeWarps * 32)
+static __global__ void __launch_bounds__(kDecodeWarps * 32)
     saap_decode_kernel(const T* __restrict__ kpool, const T* __restrict__ vpool, int64_t rows,
                        const int2* __restrict__ segments, const int32_t* __restrict__ segment_count,
                        int64_t max_segments, const float* __restrict__ q, int n_kv_heads, int G, float scale,

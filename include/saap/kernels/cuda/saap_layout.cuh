@@ -19,7 +19,7 @@ __device__ __forceinline__ bool in_partition(int64_t t, int64_t n, const SaapGeo
 }
 __device__ __forceinline__ int64_t ring_slot(int64_t t, const SaapGeom& g) { return g.S + (t - g.S) % g.W; }
 
-__global__ void saap_count_kernel(const int32_t* __restrict__ assign, const int32_t* __restrict__ lengths,
+static __global__ void saap_count_kernel(const int32_t* __restrict__ assign, const int32_t* __restrict__ lengths,
                                   int64_t max_len, SaapGeom g, int32_t* __restrict__ part_count,
                                   int32_t* __restrict__ flags) {
   const int bh = blockIdx.y, b = bh / g.n_kv_heads;
@@ -36,7 +36,7 @@ __global__ void saap_count_kernel(const int32_t* __restrict__ assign, const int3
 
 // One block of 1024 threads per (b, h): part_start = exclusive scan of part_count after the fixed
 // regions; resets the append state.
-__global__ void __launch_bounds__(1024)
+static __global__ void __launch_bounds__(1024)
     saap_scan_kernel(const int32_t* __restrict__ lengths, SaapGeom g, const int32_t* __restrict__ part_count,
                      int32_t* __restrict__ part_start, int32_t* __restrict__ cursor, int32_t* __restrict__ append_count,
                      int32_t* __restrict__ next_page, int32_t* __restrict__ seq_len) {
@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(1024)
 }
 
 // Destination slot of every prefill token.
-__global__ void saap_slot_kernel(const int32_t* __restrict__ assign, const int32_t* __restrict__ lengths,
+static __global__ void saap_slot_kernel(const int32_t* __restrict__ assign, const int32_t* __restrict__ lengths,
                                  int64_t max_len, SaapGeom g, const int32_t* __restrict__ part_start,
                                  int32_t* __restrict__ cursor, int32_t* __restrict__ slot_of) {
   const int bh = blockIdx.y, b = bh / g.n_kv_heads;
@@ -85,7 +85,7 @@ __global__ void saap_slot_kernel(const int32_t* __restrict__ assign, const int32
 }
 
 // Copies K and V rows to their slots, 16 bytes per thread.
-__global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4* __restrict__ v,
+static __global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4* __restrict__ v,
                                  const int32_t* __restrict__ lengths, int64_t max_len, SaapGeom g,
                                  const int32_t* __restrict__ slot_of, uint4* __restrict__ kpool,
                                  uint4* __restrict__ vpool) {
@@ -105,7 +105,7 @@ __global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4* __res
 // One block per (b, h): appends token n = seq_len; when the ring is full the token it replaces
 // (n - W) is assigned to its nearest centroid and moved into that partition's append pages.
 template <class T, int D>
-__global__ void __launch_bounds__(128)
+static __global__ void __launch_bounds__(128)
     saap_append_kernel(const uint4* __restrict__ k_new, const uint4* __restrict__ v_new, SaapGeom g,
                        const T* __restrict__ centroids, const float* __restrict__ half_norm, uint4* __restrict__ kpool,
                        uint4* __restrict__ vpool, int32_t* __restrict__ append_pages,

@@ -13,7 +13,7 @@ constexpr int kClassifyRows = 128;  // logits per block: spreads W2 (the big mat
 // Block (logit chunk, query head, sequence): hidden = relu(W1 q + b1) (recomputed per block; W1 is
 // small and L2 resident), then kClassifyRows logits = W2 hidden + b2, a warp per 4 rows at a time.
 template <int D>
-__global__ void __launch_bounds__(256)
+static __global__ void __launch_bounds__(256)
     saap_classify_kernel(const float* __restrict__ q, const __nv_bfloat16* __restrict__ w1,
                          const float* __restrict__ b1, const __nv_bfloat16* __restrict__ w2,
                          const float* __restrict__ b2, int n_q_heads, int hidden, int C, float* __restrict__ logits) {
@@ -80,7 +80,7 @@ __device__ __forceinline__ int ranges_of(int n, int seg) { return (n + seg - 1) 
 // gives it, picks partitions in decreasing score while their tokens fit the budget (a weighted
 // radix select: 4 passes of 8-bit digits over the order-preserving score keys), and writes the
 // segments: sinks, recent window, then every selected partition's prefill range and append pages.
-__global__ void __launch_bounds__(kSelectThreads)
+static __global__ void __launch_bounds__(kSelectThreads)
     saap_select_kernel(const float* __restrict__ logits, int n_q_heads, int G, SaapGeom g, int segment, float lookup,
                        const int32_t* __restrict__ seq_len, const int32_t* __restrict__ part_start,
                        const int32_t* __restrict__ part_count, const int32_t* __restrict__ append_pages,

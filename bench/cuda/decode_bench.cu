@@ -1,0 +1,322 @@
+// Per-layer decode time at Llama-3.1-8B shapes (32 query / 8 KV heads, head dim 128, bf16) for
+// dense split-KV decoding, Saap and Loki, against the memory floor (bytes moved / measured
+// device-to-device copy bandwidth). Writes a table to stdout and JSON + CSV to --out.
+//
+// Usage: decode_bench [--contexts 16384,65536,...] [--batches 1,8] [--reps 30] [--out DIR]
+//
+// Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions have lognormal sizes
+// (sigma 1.0, mean 512 tokens, so C = context/512 partitions per KV head), drawn per (sequence,
+// head); its classifier has random weights, so the selected partitions are a random draw under the
+// budget. Loki keys are random in the PCA basis (the basis is the identity; the query rotation
+// still runs). Timing: CUDA events around each call, L2 flushed before each repetition, median.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "saap/kernels/cuda/decode.h"
+#include "saap/kernels/cuda/loki.h"
+#include "saap/kernels/cuda/saap.h"
+
+using namespace saap;
+using namespace saap::cuda;
+
+namespace {
+
+constexpr int kHq = 32, kHkv = 8, kD = 128;
+
+__global__ void fill_random_kernel(uint16_t* p, size_t n, uint32_t seed) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 0x9E3779B1u ^ uint32_t(i >> 32) * 0x85EBCA77u ^ seed;
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    const float u = (float(x & 0xffffff) / 16777216.f - 0.5f) * 3.4641f;  // uniform, unit variance
+    p[i] = __bfloat16_as_ushort(__float2bfloat16_rn(u));
+  }
+}
+void fill_random(void* p, size_t n, uint32_t seed) {
+  fill_random_kernel<<<4096, 256>>>(static_cast<uint16_t*>(p), n, seed);
+  SAAP_CU(cudaGetLastError());
+}
+
+struct Timer {
+  DeviceBuffer<char> flush;
+  cudaEvent_t a, b;
+  Timer() : flush(size_t(256) << 20) {
+    SAAP_CU(cudaEventCreate(&a));
+    SAAP_CU(cudaEventCreate(&b));
+  }
+  // Median milliseconds of fn over reps after warm-up, L2 flushed before each repetition.
+  double median_ms(const std::function<void()>& fn, int reps, int warmup = 3) {
+    for (int i = 0; i < warmup; ++i) fn();
+    std::vector<float> t(reps);
+    for (int i = 0; i < reps; ++i) {
+      SAAP_CU(cudaMemsetAsync(flush.get(), i & 0xff, flush.bytes()));
+      SAAP_CU(cudaEventRecord(a));
+      fn();
+      SAAP_CU(cudaEventRecord(b));
+      SAAP_CU(cudaEventSynchronize(b));
+      SAAP_CU(cudaEventElapsedTime(&t[i], a, b));
+    }
+    std::sort(t.begin(), t.end());
+    return t[reps / 2];
+  }
+};
+
+double copy_bandwidth(Timer& tm) {
+  const size_t n = size_t(2) << 30;
+  DeviceBuffer<char> src(n), dst(n);
+  SAAP_CU(cudaMemset(src.get(), 1, n));
+  const double ms = tm.median_ms([&] { SAAP_CU(cudaMemcpyAsync(dst.get(), src.get(), n, cudaMemcpyDeviceToDevice)); }, 10);
+  return 2.0 * n / (ms * 1e-3);  // bytes read + written per second
+}
+
+struct Row {
+  std::string method, param;
+  int batch;
+  int64_t context;
+  double ms, bytes, lookup, select_ms, attend_ms;
+};
+
+std::vector<int64_t> parse_list(const char* s) {
+  std::vector<int64_t> v;
+  for (const char* p = s; *p;) {
+    v.push_back(std::strtoll(p, const_cast<char**>(&p), 10));
+    if (*p == ',') ++p;
+  }
+  return v;
+}
+
+size_t free_bytes() {
+  size_t f = 0, t = 0;
+  SAAP_CU(cudaMemGetInfo(&f, &t));
+  return f;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int64_t> contexts = {16384, 65536, 131072, 262144, 524288}, batches = {1, 8};
+  int reps = 30;
+  std::string out_dir = ".";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--contexts") contexts = parse_list(argv[i + 1]);
+    else if (a == "--batches") batches = parse_list(argv[i + 1]);
+    else if (a == "--reps") reps = std::atoi(argv[i + 1]);
+    else if (a == "--out") out_dir = argv[i + 1];
+    else {
+      std::fprintf(stderr, "unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
+  int n_dev = 0;
+  if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+    std::printf("no CUDA device\n");
+    return 77;
+  }
+  cudaDeviceProp prop;
+  SAAP_CU(cudaGetDeviceProperties(&prop, 0));
+  Timer tm;
+  const double bw = copy_bandwidth(tm);
+  std::printf("device %s, %d SMs, L2 %d MB, %.1f GiB; copy bandwidth (read+write) %.0f GB/s\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem / 1073741824.0, bw / 1e9);
+  std::vector<Row> rows;
+  std::vector<std::string> skipped;
+  const float scale = 1.f / std::sqrt(float(kD));
+  std::mt19937 rng(12345);
+
+  for (int64_t B : batches)
+    for (int64_t N : contexts) {
+      const DecodeShape s{int(B), kHq, kHkv, kD, DType::BF16};
+      const size_t kv_elems = size_t(B) * kHkv * N * kD;
+      const size_t kv_bytes = 2 * kv_elems * 2;
+      // Dense and the Saap pool live together during the build, plus assignments and scratch.
+      if (2.1 * kv_bytes + (size_t(2) << 30) > free_bytes()) {
+        skipped.push_back("batch " + std::to_string(B) + " context " + std::to_string(N) + ": needs " +
+                          std::to_string(2.1 * kv_bytes / 1e9) + " GB, " + std::to_string(free_bytes() / 1e9) +
+                          " GB free");
+        std::printf("skip %s\n", skipped.back().c_str());
+        continue;
+      }
+      DeviceBuffer<float> q(size_t(B) * kHq * kD), out(q.size());
+      {
+        std::vector<float> hq(q.size());
+        std::normal_distribution<float> nd;
+        for (auto& x : hq) x = nd(rng);
+        SAAP_CU(cudaMemcpy(q.get(), hq.data(), hq.size() * 4, cudaMemcpyHostToDevice));
+      }
+      SplitWorkspace ws;
+      std::vector<int32_t> h_len(B, int32_t(N));
+      auto dk = std::make_unique<DeviceBuffer<uint16_t>>(kv_elems);
+      auto dv = std::make_unique<DeviceBuffer<uint16_t>>(kv_elems);
+      fill_random(dk->get(), kv_elems, 1);
+      fill_random(dv->get(), kv_elems, 2);
+      DeviceBuffer<int32_t> lengths(B);
+      SAAP_CU(cudaMemcpy(lengths.get(), h_len.data(), B * 4, cudaMemcpyHostToDevice));
+
+      // Dense.
+      const double dense_ms =
+          tm.median_ms([&] { dense_decode(s, dk->get(), dv->get(), N, lengths.get(), q.get(), scale, out.get(), ws); }, reps);
+      const double dense_bytes = double(kv_bytes) + 2.0 * q.bytes();
+      rows.push_back({"dense", "", int(B), N, dense_ms, dense_bytes, 1.0, 0, dense_ms});
+
+      // Saap: lognormal partition sizes, mean 512 tokens.
+      {
+        SaapConfig cfg;
+        cfg.n_partitions = int(std::clamp<int64_t>(N / 512, 16, 8192));
+        cfg.sinks = 64;
+        cfg.window = 256;
+        cfg.segment = 128;
+        cfg.append_page = 64;
+        cfg.append_pages_per_partition = 8;
+        cfg.max_prefill = N;
+        cfg.max_new_tokens = 3 * 3 * (reps + 3) + 16;
+        cfg.classifier_hidden = 128;
+        const int C = cfg.n_partitions;
+        auto idx = std::make_unique<SaapIndex>(s, cfg);
+        std::vector<float> hc(size_t(kHkv) * C * kD);
+        std::normal_distribution<float> nd;
+        for (auto& x : hc) x = nd(rng);
+        idx->set_centroids(hc);
+        const int H = cfg.classifier_hidden;
+        auto rnd = [&](size_t n, float sd) {
+          std::vector<float> v(n);
+          for (auto& x : v) x = sd * nd(rng);
+          return v;
+        };
+        idx->set_classifier(rnd(size_t(kHq) * H * kD, 0.1f), rnd(size_t(kHq) * H, 0.1f), rnd(size_t(kHq) * C * H, 0.3f),
+                            rnd(size_t(kHq) * C, 0.5f));
+        std::vector<int32_t> assign(size_t(B) * kHkv * N, 0);
+        std::lognormal_distribution<double> ln(-0.5, 1.0);  // mean exp(-0.5 + 0.5) = 1
+        const int64_t part_tokens = N - cfg.sinks - cfg.window;
+        for (int64_t bh = 0; bh < B * kHkv; ++bh) {
+          std::vector<double> w(C);
+          double sw = 0;
+          for (auto& x : w) sw += (x = ln(rng));
+          int64_t t = cfg.sinks;
+          double acc = 0;
+          for (int c = 0; c < C; ++c) {
+            acc += w[c] / sw;
+            const int64_t end = c + 1 == C ? cfg.sinks + part_tokens : cfg.sinks + int64_t(acc * part_tokens);
+            for (; t < end; ++t) assign[size_t(bh) * N + t] = c;
+          }
+        }
+        DeviceBuffer<int32_t> da(assign.size());
+        SAAP_CU(cudaMemcpy(da.get(), assign.data(), assign.size() * 4, cudaMemcpyHostToDevice));
+        idx->build(dk->get(), dv->get(), N, h_len, da.get());
+        dk.reset();
+        dv.reset();
+        DeviceBuffer<uint16_t> knew(size_t(B) * kHkv * kD), vnew(knew.size());
+        fill_random(knew.get(), knew.size(), 3);
+        fill_random(vnew.get(), vnew.size(), 4);
+        for (float lookup : {0.02f, 0.05f, 0.10f}) {
+          const double sel_ms = tm.median_ms([&] { idx->select(q.get(), lookup); }, reps);
+          const double att_ms = tm.median_ms([&] { idx->attend(q.get(), scale, out.get(), ws); }, reps);
+          const double all_ms = tm.median_ms(
+              [&] {
+                idx->append(knew.get(), vnew.get());
+                idx->select(q.get(), lookup);
+                idx->attend(q.get(), scale, out.get(), ws);
+              },
+              reps);
+          idx->check();
+          const auto ctr = idx->counters();
+          double tokens = 0, n_all = 0;
+          for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
+          const double bytes = tokens * kD * 2 * 2 + double(idx->index_bytes_per_step()) + 2.0 * q.bytes();
+          char param[32];
+          std::snprintf(param, sizeof param, "lookup=%.2f", lookup);
+          rows.push_back({"saap", param, int(B), N, all_ms, bytes, tokens / n_all, sel_ms, att_ms});
+        }
+      }
+      dk.reset();
+      dv.reset();
+
+      // Loki: (d_f, k_f) = (0.25, 0.25) and (0.125, 0.125).
+      for (double f : {0.25, 0.125}) {
+        const int r = int(f * kD);
+        LokiIndex idx(s, N, r);
+        std::vector<float> eye(size_t(kHkv) * kD * kD, 0.f);
+        for (int h = 0; h < kHkv; ++h)
+          for (int i = 0; i < kD; ++i) eye[(size_t(h) * kD + i) * kD + i] = 1.f;
+        idx.set_basis(eye);
+        {
+          DeviceBuffer<uint16_t> k(kv_elems), v(kv_elems);
+          fill_random(k.get(), kv_elems, 5);
+          fill_random(v.get(), kv_elems, 6);
+          idx.store_rotated(k.get(), v.get(), N, h_len);
+        }
+        const double sel_ms = tm.median_ms([&] { idx.select(q.get(), float(f)); }, reps);
+        const double att_ms = tm.median_ms([&] { idx.attend(scale, out.get(), ws); }, reps);
+        const double all_ms = tm.median_ms(
+            [&] {
+              idx.select(q.get(), float(f));
+              idx.attend(scale, out.get(), ws);
+            },
+            reps);
+        const auto cnt = idx.selected_count();
+        double k_tot = 0;
+        for (int32_t c : cnt) k_tot += c;
+        const double tokens = double(B) * kHkv * N;
+        // Low-rank keys, scores written then read by the filter, the kept tokens' K and V.
+        const double bytes = tokens * r * 2 + tokens * 8 + k_tot * kD * 2 * 2 + 2.0 * q.bytes();
+        char param[48];
+        std::snprintf(param, sizeof param, "d_f=%.3g,k_f=%.3g", f, f);
+        rows.push_back({"loki", param, int(B), N, all_ms, bytes, bytes / (tokens * kD * 4), sel_ms, att_ms});
+      }
+    }
+
+  // Report.
+  std::printf("\n%-6s %-18s %5s %8s %9s %9s %9s %8s %9s %9s %8s\n", "method", "param", "batch", "context", "ms",
+              "select_ms", "attend_ms", "GB", "GB/s", "floor_ms", "speedup");
+  std::string csv = "method,param,batch,context,ms,select_ms,attend_ms,bytes,gbps,floor_ms,frac_of_floor,lookup,speedup\n";
+  std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_bandwidth_gbps\": " +
+                     std::to_string(bw / 1e9) +
+                     ",\n  \"shape\": {\"n_q_heads\": 32, \"n_kv_heads\": 8, \"head_dim\": 128, \"dtype\": \"bf16\"},\n"
+                     "  \"timing\": \"CUDA events, median of " + std::to_string(reps) +
+                     " repetitions, L2 flushed (256 MB memset) before each\",\n"
+                     "  \"synthetic\": \"K/V uniform random bf16; Saap partition sizes lognormal(sigma=1.0), mean 512 "
+                     "tokens (C = context/512 per KV head), sinks 64, window 256, classifier random (hidden 128); Loki "
+                     "keys random in an identity PCA basis\",\n  \"skipped\": [";
+  for (size_t i = 0; i < skipped.size(); ++i) json += (i ? ", \"" : "\"") + skipped[i] + "\"";
+  json += "],\n  \"rows\": [\n";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    double dense = 0;
+    for (const Row& d : rows)
+      if (d.method == "dense" && d.batch == r.batch && d.context == r.context) dense = d.ms;
+    const double floor_ms = r.bytes / bw * 1e3, gbps = r.bytes / (r.ms * 1e-3) / 1e9, speedup = dense / r.ms;
+    std::printf("%-6s %-18s %5d %8lld %9.4f %9.4f %9.4f %8.3f %9.0f %9.4f %7.2fx\n", r.method.c_str(), r.param.c_str(),
+                r.batch, (long long)r.context, r.ms, r.select_ms, r.attend_ms, r.bytes / 1e9, gbps, floor_ms, speedup);
+    char line[512];
+    std::snprintf(line, sizeof line, "%s,%s,%d,%lld,%.5f,%.5f,%.5f,%.0f,%.1f,%.5f,%.4f,%.5f,%.3f\n", r.method.c_str(),
+                  r.param.c_str(), r.batch, (long long)r.context, r.ms, r.select_ms, r.attend_ms, r.bytes, gbps,
+                  floor_ms, floor_ms / r.ms, r.lookup, speedup);
+    csv += line;
+    std::snprintf(line, sizeof line,
+                  "    {\"method\": \"%s\", \"param\": \"%s\", \"batch\": %d, \"context\": %lld, \"ms\": %.5f, "
+                  "\"select_ms\": %.5f, \"attend_ms\": %.5f, \"bytes\": %.0f, \"gbps\": %.1f, \"floor_ms\": %.5f, "
+                  "\"lookup_fraction\": %.5f, \"speedup_vs_dense\": %.3f}%s\n",
+                  r.method.c_str(), r.param.c_str(), r.batch, (long long)r.context, r.ms, r.select_ms, r.attend_ms,
+                  r.bytes, gbps, floor_ms, r.lookup, speedup, i + 1 < rows.size() ? "," : "");
+    json += line;
+  }
+  json += "  ]\n}\n";
+  std::ofstream(out_dir + "/decode_bench.csv") << csv;
+  std::ofstream(out_dir + "/decode_bench.json") << json;
+  for (const auto& s : skipped) std::printf("skipped: %s\n", s.c_str());
+  return 0;
+}

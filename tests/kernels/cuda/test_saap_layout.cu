@@ -1,0 +1,174 @@
+// Saap partitioned layout: prefill build places every token exactly once (sinks, recent ring, its
+// partition's contiguous range), and decode appends move the token leaving the window into the
+// append pages of its nearest centroid (checked against a float64 CPU search).
+#include <map>
+#include <string>
+
+#include "kernels/cuda/cuda_test_util.h"
+#include "saap/kernels/cuda/saap.h"
+
+using namespace saap;
+
+namespace {
+std::string row_key(const uint16_t* k, const uint16_t* v, int d) {
+  std::string s(reinterpret_cast<const char*>(k), d * 2);
+  s.append(reinterpret_cast<const char*>(v), d * 2);
+  return s;
+}
+}  // namespace
+
+int main() {
+  cutest::require_gpu();
+  cutest::Tally tally;
+  std::mt19937 rng(std::random_device{}());
+  struct Case {
+    int batch, hkv, d, C;
+    DType t;
+    std::vector<int32_t> lens;
+    int appends;
+  };
+  for (const Case& c : {Case{2, 2, 128, 37, DType::BF16, {300, 20}, 50}, Case{1, 3, 64, 5, DType::F16, {130}, 70}}) {
+    cuda::DecodeShape s{c.batch, c.hkv, c.hkv, c.d, c.t};
+    cuda::SaapConfig cfg;
+    cfg.n_partitions = c.C;
+    cfg.sinks = 4;
+    cfg.window = 16;
+    cfg.append_page = 8;
+    cfg.append_pages_per_partition = 16;
+    cfg.max_prefill = 300;
+    cfg.max_new_tokens = c.appends;
+    const int64_t max_len = cfg.max_prefill;
+    cuda::SaapIndex idx(s, cfg);
+    auto cent = cutest::random_f32(rng, size_t(c.hkv) * c.C * c.d);
+    idx.set_centroids(cent);
+    const int bh_n = c.batch * c.hkv;
+    // All tokens a (b, h) has seen, prefill then appended: rows [bh][t][d].
+    const int64_t total_len = max_len + c.appends;
+    std::vector<uint16_t> allk(size_t(bh_n) * total_len * c.d), allv(allk.size());
+    auto hk = cutest::random_kv(rng, size_t(bh_n) * max_len * c.d, c.t);
+    auto hv = cutest::random_kv(rng, hk.size(), c.t);
+    std::vector<int32_t> assign(size_t(bh_n) * max_len);
+    std::uniform_int_distribution<int> pick(0, c.C - 1);
+    for (auto& a : assign) a = pick(rng);
+    for (int bh = 0; bh < bh_n; ++bh)
+      for (int64_t t = 0; t < max_len; ++t)
+        for (int j = 0; j < c.d; ++j) {
+          allk[(bh * total_len + t) * c.d + j] = hk[(bh * max_len + t) * c.d + j];
+          allv[(bh * total_len + t) * c.d + j] = hv[(bh * max_len + t) * c.d + j];
+        }
+    auto dk = cutest::upload(hk), dv = cutest::upload(hv);
+    auto da = cutest::upload(assign);
+    idx.build(dk.get(), dv.get(), max_len, c.lens, da.get());
+    for (int a = 0; a < c.appends; ++a) {
+      auto nk = cutest::random_kv(rng, size_t(bh_n) * c.d, c.t), nv = cutest::random_kv(rng, size_t(bh_n) * c.d, c.t);
+      for (int bh = 0; bh < bh_n; ++bh) {
+        const int64_t t = c.lens[bh / c.hkv] + a;
+        for (int j = 0; j < c.d; ++j) {
+          allk[(bh * total_len + t) * c.d + j] = nk[size_t(bh) * c.d + j];
+          allv[(bh * total_len + t) * c.d + j] = nv[size_t(bh) * c.d + j];
+        }
+      }
+      auto dnk = cutest::upload(nk), dnv = cutest::upload(nv);
+      idx.append(dnk.get(), dnv.get());
+    }
+    idx.check();
+    SAAP_CU(cudaDeviceSynchronize());
+    const int64_t rows = idx.rows();
+    std::vector<uint16_t> pk(size_t(bh_n) * rows * c.d), pv(pk.size());
+    SAAP_CU(cudaMemcpy(pk.data(), idx.k_pool(), pk.size() * 2, cudaMemcpyDeviceToHost));
+    SAAP_CU(cudaMemcpy(pv.data(), idx.v_pool(), pv.size() * 2, cudaMemcpyDeviceToHost));
+    auto get = [&](const int32_t* p, size_t n) {
+      std::vector<int32_t> h(n);
+      SAAP_CU(cudaMemcpy(h.data(), p, n * 4, cudaMemcpyDeviceToHost));
+      return h;
+    };
+    const int A = cfg.append_pages_per_partition, S = cfg.sinks, W = cfg.window;
+    auto pstart = get(idx.part_start(), size_t(bh_n) * c.C), pcount = get(idx.part_count(), size_t(bh_n) * c.C);
+    auto acount = get(idx.append_count(), size_t(bh_n) * c.C), apages = get(idx.append_pages(), size_t(bh_n) * c.C * A);
+    int64_t misplaced = 0, missing = 0, far = 0, checked_evicted = 0;
+    for (int bh = 0; bh < bh_n; ++bh) {
+      const int64_t n = c.lens[bh / c.hkv] + c.appends;
+      std::map<std::string, int64_t> where;  // token content -> token index
+      for (int64_t t = 0; t < n; ++t)
+        where[row_key(&allk[(bh * total_len + t) * c.d], &allv[(bh * total_len + t) * c.d], c.d)] = t;
+      std::vector<int> seen(n, 0);
+      auto visit = [&](int64_t slot, int part) {  // part: -1 for sinks/ring
+        auto it = where.find(row_key(&pk[(bh * rows + slot) * c.d], &pv[(bh * rows + slot) * c.d], c.d));
+        if (it == where.end()) {
+          ++misplaced;
+          return;
+        }
+        const int64_t t = it->second;
+        seen[t]++;
+        const bool sink = t < S, recent = t >= S && t >= n - W;
+        if (part < 0) {
+          if (!(sink && slot == t) && !(recent && slot == S + (t - S) % W)) ++misplaced;
+          return;
+        }
+        if (sink || recent) ++misplaced;
+        const int64_t prefill_len = c.lens[bh / c.hkv];
+        if (t < prefill_len - W) {  // partitioned at build: must be in the given partition
+          if (assign[bh * max_len + t] != part) ++misplaced;
+        } else {  // evicted from the window by an append: nearest centroid of its key
+          ++checked_evicted;
+          const int h = bh % c.hkv;
+          double best = -INFINITY, mine = 0;
+          for (int k = 0; k < c.C; ++k) {
+            double dot = 0, nn = 0;
+            for (int j = 0; j < c.d; ++j) {
+              const double cj = cutest::from_bits(cutest::to_bits(cent[(size_t(h) * c.C + k) * c.d + j], c.t), c.t);
+              dot += cj * cutest::from_bits(allk[(bh * total_len + t) * c.d + j], c.t);
+              nn += cj * cj;
+            }
+            best = std::max(best, dot - nn / 2);
+            if (k == part) mine = dot - nn / 2;
+          }
+          if (best - mine > 1e-3 * (1 + std::abs(best))) ++far;
+        }
+      };
+      for (int64_t slot = 0; slot < std::min<int64_t>(S, n); ++slot) visit(slot, -1);
+      for (int64_t slot = S; slot < S + std::min<int64_t>(W, std::max<int64_t>(0, n - S)); ++slot) visit(slot, -1);
+      for (int k = 0; k < c.C; ++k) {
+        const size_t pc = size_t(bh) * c.C + k;
+        for (int i = 0; i < pcount[pc]; ++i) visit(pstart[pc] + i, k);
+        for (int i = 0; i < acount[pc]; ++i) visit(apages[pc * A + i / cfg.append_page] + i % cfg.append_page, k);
+      }
+      for (int64_t t = 0; t < n; ++t) missing += seen[t] != 1;
+    }
+    const std::string tag = std::string(c.t == DType::BF16 ? "bf16" : "f16") + " d=" + std::to_string(c.d) +
+                            " C=" + std::to_string(c.C) + ": ";
+    tally.check(misplaced == 0, (tag + "slots holding a wrong or unknown token").c_str(), double(misplaced), 0);
+    tally.check(missing == 0, (tag + "tokens not stored exactly once").c_str(), double(missing), 0);
+    tally.check(far == 0 && checked_evicted > 0, (tag + "evicted tokens not at a nearest centroid").c_str(), double(far),
+                0);
+    const auto ctr = idx.counters();
+    bool len_ok = true;
+    for (int bh = 0; bh < bh_n; ++bh) len_ok &= ctr.seq_len[bh] == c.lens[bh / c.hkv] + c.appends;
+    tally.check(len_ok, (tag + "sequence lengths after appends").c_str(), len_ok, 1);
+  }
+  // Out-of-range assignments are reported, not silently dropped.
+  {
+    cuda::DecodeShape s{1, 1, 1, 64, DType::BF16};
+    cuda::SaapConfig cfg;
+    cfg.n_partitions = 4;
+    cfg.sinks = 1;
+    cfg.window = 2;
+    cfg.max_prefill = 16;
+    cuda::SaapIndex idx(s, cfg);
+    auto hk = cutest::random_kv(rng, 16 * 64, DType::BF16);
+    auto dk = cutest::upload(hk);
+    std::vector<int32_t> a(16, 1);
+    a[7] = 9;
+    auto da = cutest::upload(a);
+    idx.build(dk.get(), dk.get(), 16, {16}, da.get());
+    bool threw = false;
+    try {
+      idx.check();
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::InvalidArgument;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(threw, "assignment 9 with 4 partitions is reported", threw, 1);
+  }
+  return tally.finish();
+}

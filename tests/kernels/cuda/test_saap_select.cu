@@ -1,0 +1,149 @@
+// Saap routing: classifier logits vs a float64 CPU MLP, and the per-KV-group selection under a
+// lookup budget: the selected partitions are a top set by score that fits the budget and cannot
+// take the next partition, and the segments cover sinks, window and each selected partition's
+// slots exactly once.
+#include <algorithm>
+#include <set>
+#include <string>
+
+#include "kernels/cuda/cuda_test_util.h"
+#include "saap/kernels/cuda/saap.h"
+
+using namespace saap;
+
+int main() {
+  cutest::require_gpu();
+  cutest::Tally tally;
+  std::mt19937 rng(std::random_device{}());
+  struct Case {
+    int batch, hq, hkv, d, C, hidden;
+    std::vector<int32_t> lens;
+    float lookup;
+  };
+  for (const Case& c : {Case{2, 8, 2, 128, 300, 64, {5000, 3000}, 0.1f}, Case{1, 9, 3, 64, 2000, 96, {8000}, 0.3f},
+                        Case{1, 4, 1, 128, 50, 32, {900}, 1.0f}}) {
+    cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};
+    cuda::SaapConfig cfg;
+    cfg.n_partitions = c.C;
+    cfg.sinks = 8;
+    cfg.window = 32;
+    cfg.segment = 64;
+    cfg.append_page = 16;
+    cfg.max_prefill = *std::max_element(c.lens.begin(), c.lens.end());
+    cfg.max_new_tokens = 0;
+    cfg.classifier_hidden = c.hidden;
+    const int64_t max_len = cfg.max_prefill;
+    cuda::SaapIndex idx(s, cfg);
+    const int bh_n = c.batch * c.hkv;
+    // Skewed partition sizes: token -> partition drawn with lognormal weights.
+    std::lognormal_distribution<double> ln(0.0, 1.5);
+    std::vector<double> w(c.C);
+    for (auto& x : w) x = ln(rng);
+    std::discrete_distribution<int> part(w.begin(), w.end());
+    std::vector<int32_t> assign(size_t(bh_n) * max_len);
+    for (auto& a : assign) a = part(rng);
+    auto hk = cutest::random_kv(rng, size_t(bh_n) * max_len * c.d, DType::BF16);
+    auto dk = cutest::upload(hk);
+    auto da = cutest::upload(assign);
+    idx.build(dk.get(), dk.get(), max_len, c.lens, da.get());
+    const int H = c.hidden;
+    auto w1 = cutest::random_f32(rng, size_t(c.hq) * H * c.d, 0.1f), b1 = cutest::random_f32(rng, size_t(c.hq) * H, 0.1f);
+    auto w2 = cutest::random_f32(rng, size_t(c.hq) * c.C * H, 0.3f), b2 = cutest::random_f32(rng, size_t(c.hq) * c.C, 0.1f);
+    idx.set_classifier(w1, b1, w2, b2);
+    auto q = cutest::random_f32(rng, size_t(c.batch) * c.hq * c.d);
+    auto dq = cutest::upload(q);
+    idx.select(dq.get(), c.lookup);
+    idx.check();
+    std::vector<float> logits(size_t(c.batch) * c.hq * c.C);
+    SAAP_CU(cudaMemcpy(logits.data(), idx.logits(), logits.size() * 4, cudaMemcpyDeviceToHost));
+    std::vector<double> ref(logits.size());
+    auto rb = [](float x) { return cutest::from_bits(cutest::to_bits(x, DType::BF16), DType::BF16); };
+    for (int b = 0; b < c.batch; ++b)
+      for (int h = 0; h < c.hq; ++h) {
+        std::vector<double> hid(H);
+        for (int u = 0; u < H; ++u) {
+          double a = b1[size_t(h) * H + u];
+          for (int j = 0; j < c.d; ++j) a += rb(w1[(size_t(h) * H + u) * c.d + j]) * q[(size_t(b) * c.hq + h) * c.d + j];
+          hid[u] = std::max(0.0, a);
+        }
+        for (int k = 0; k < c.C; ++k) {
+          double a = b2[size_t(h) * c.C + k];
+          for (int u = 0; u < H; ++u) a += rb(w2[(size_t(h) * c.C + k) * H + u]) * hid[u];
+          ref[(size_t(b) * c.hq + h) * c.C + k] = a;
+        }
+      }
+    const std::string tag = "C=" + std::to_string(c.C) + " G=" + std::to_string(c.hq / c.hkv) +
+                            " lookup=" + std::to_string(c.lookup).substr(0, 4) + ": ";
+    const double lerr = cutest::rel_error(logits, ref);
+    tally.check(lerr < 1e-4, (tag + "classifier logits rel error").c_str(), lerr, 1e-4);
+
+    std::vector<int32_t> pstart(size_t(bh_n) * c.C), pcount(pstart.size());
+    SAAP_CU(cudaMemcpy(pstart.data(), idx.part_start(), pstart.size() * 4, cudaMemcpyDeviceToHost));
+    SAAP_CU(cudaMemcpy(pcount.data(), idx.part_count(), pcount.size() * 4, cudaMemcpyDeviceToHost));
+    const auto segs = cutest::read_segments(idx);
+    const auto ctr = idx.counters();
+    int64_t cover_errors = 0, budget_errors = 0, order_errors = 0, not_maximal = 0;
+    const int G = c.hq / c.hkv;
+    for (int bh = 0; bh < bh_n; ++bh) {
+      const int b = bh / c.hkv, h = bh % c.hkv;
+      const int64_t n = c.lens[b];
+      const int64_t fixed = std::min<int64_t>(cfg.sinks, n) + std::min<int64_t>(cfg.window, std::max<int64_t>(0, n - cfg.sinks));
+      // Slot -> partition (or -1 for sinks/window).
+      std::vector<int> owner(idx.rows(), -2);
+      for (int64_t sl = 0; sl < fixed; ++sl) owner[sl] = -1;
+      for (int k = 0; k < c.C; ++k)
+        for (int i = 0; i < pcount[size_t(bh) * c.C + k]; ++i) owner[pstart[size_t(bh) * c.C + k] + i] = k;
+      std::vector<int> hits(idx.rows(), 0);
+      std::vector<int64_t> covered(c.C, 0);
+      int64_t fixed_seen = 0;
+      for (int64_t sl : segs.slots[bh]) {
+        if (sl < 0 || sl >= idx.rows() || owner[sl] == -2 || hits[sl]++) {
+          ++cover_errors;
+          continue;
+        }
+        if (owner[sl] == -1)
+          ++fixed_seen;
+        else
+          covered[owner[sl]]++;
+      }
+      if (fixed_seen != fixed || segs.longest[bh] > cfg.segment) ++cover_errors;
+      std::vector<bool> sel(c.C);
+      int64_t sel_tokens = 0;
+      for (int k = 0; k < c.C; ++k) {
+        const int64_t sz = pcount[size_t(bh) * c.C + k];
+        if (covered[k] != 0 && covered[k] != sz) ++cover_errors;  // partitions are read whole
+        sel[k] = sz > 0 && covered[k] == sz;
+        sel_tokens += sel[k] ? sz : 0;
+      }
+      if (ctr.selected_tokens[bh] != sel_tokens + fixed) ++cover_errors;
+      const int64_t budget = std::max<int64_t>(0, int64_t(std::floor(double(c.lookup) * n)) - fixed);
+      if (sel_tokens > budget) ++budget_errors;
+      // Scores from the device's logits in float64: max over the group of log-softmax.
+      std::vector<double> score(c.C, -INFINITY);
+      for (int g = 0; g < G; ++g) {
+        const float* lg = &logits[(size_t(b) * c.hq + h * G + g) * c.C];
+        double mx = -INFINITY, se = 0;
+        for (int k = 0; k < c.C; ++k) mx = std::max(mx, double(lg[k]));
+        for (int k = 0; k < c.C; ++k) se += std::exp(lg[k] - mx);
+        for (int k = 0; k < c.C; ++k) score[k] = std::max(score[k], lg[k] - mx - std::log(se));
+      }
+      const double eps = 1e-4;
+      double min_sel = INFINITY, best_unsel = -INFINITY;
+      int best_unsel_k = -1;
+      for (int k = 0; k < c.C; ++k) {
+        if (pcount[size_t(bh) * c.C + k] == 0) continue;
+        if (sel[k]) min_sel = std::min(min_sel, score[k]);
+        else if (score[k] > best_unsel) best_unsel = score[k], best_unsel_k = k;
+      }
+      if (best_unsel > min_sel + eps) ++order_errors;
+      // Greedy by score: the best unselected partition must not have fit.
+      if (best_unsel_k >= 0 && sel_tokens + pcount[size_t(bh) * c.C + best_unsel_k] <= budget) ++not_maximal;
+    }
+    tally.check(cover_errors == 0, (tag + "segment coverage errors").c_str(), double(cover_errors), 0);
+    tally.check(budget_errors == 0, (tag + "heads over the lookup budget").c_str(), double(budget_errors), 0);
+    tally.check(order_errors == 0, (tag + "unselected partition scored above a selected one").c_str(),
+                double(order_errors), 0);
+    tally.check(not_maximal == 0, (tag + "next partition by score would still have fit").c_str(), double(not_maximal), 0);
+  }
+  return tally.finish();
+}

@@ -40,5 +40,6 @@ inline CLI::App* train_command(CLI::App& app) {
   return train;
 }
 void register_train_saap(CLI::App& app, const GlobalOptions& global);
+void register_train_loki(CLI::App& app, const GlobalOptions& global);
 
 }  // namespace saap::cli

@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   register_eval_passkey(app, global);
   register_eval_sweep(app, global);
   register_train_saap(app, global);
+  register_train_loki(app, global);
   app.parse_complete_callback([&] {
     if (global.threads > 0) omp_set_num_threads(global.threads);
   });

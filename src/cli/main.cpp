@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
   register_eval_attention(app, global);
   register_eval_passkey(app, global);
   register_eval_sweep(app, global);
+  register_generate(app, global);
+  register_eval_ppl(app, global);
   register_train_saap(app, global);
   register_train_loki(app, global);
   app.parse_complete_callback([&] {

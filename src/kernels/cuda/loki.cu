@@ -11,7 +11,8 @@ namespace saap::cuda {
 struct LokiIndex::Impl {
   DeviceBuffer<uint16_t> k_low, k_rest, v;  // kv_dtype bits
   DeviceBuffer<float> basis, q_rot, scores;
-  DeviceBuffer<int32_t> hist, sel, cand, sel_count, cand_count, seq_len, pos0, count;
+  DeviceBuffer<int2> cand;  // (token, score key) of the threshold bin
+  DeviceBuffer<int32_t> hist, sel, sel_count, cand_count, seq_len, pos0, count;
   DeviceBuffer<int2> bin_need;
   std::vector<int32_t> host_len;  // [bh], mirrors seq_len so appends are checked without a sync
 };
@@ -174,10 +175,10 @@ void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
   loki_threshold_kernel<<<bh, 32, 0, stream>>>(m.hist.get(), m.seq_len.get(), k_frac, m.bin_need.get(),
                                                m.sel_count.get(), m.cand_count.get());
   SAAP_CU_LAUNCHED();
-  loki_filter_kernel<<<grid, 256, 0, stream>>>(m.scores.get(), m.seq_len.get(), max_len_, m.bin_need.get(),
+  loki_filter_kernel<<<grid, kFilterThreads, 0, stream>>>(m.scores.get(), m.seq_len.get(), max_len_, m.bin_need.get(),
                                                m.sel_count.get(), m.sel.get(), m.cand_count.get(), m.cand.get());
   SAAP_CU_LAUNCHED();
-  loki_refine_kernel<<<bh, 1024, 0, stream>>>(m.scores.get(), max_len_, m.bin_need.get(), m.cand_count.get(),
+  loki_refine_kernel<<<bh, 1024, 0, stream>>>(max_len_, m.bin_need.get(), m.cand_count.get(),
                                               m.cand.get(), m.sel_count.get(), m.sel.get());
   SAAP_CU_LAUNCHED();
   last_k_frac_ = k_frac;

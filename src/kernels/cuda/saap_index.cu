@@ -18,7 +18,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 SaapIndex::SaapIndex(const DecodeShape& shape, const SaapConfig& cfg) : shape_(shape), cfg_(cfg), impl_(new Impl) {
   shape_.check();
   const int C = cfg.n_partitions;
-  SAAP_CU_REQUIRE(C >= 1 && C <= 8192, Unsupported, "n_partitions %d; 1..8192 supported", C);
+  SAAP_CU_REQUIRE(C >= 1 && C <= 4096, Unsupported, "n_partitions %d; 1..4096 supported", C);
   SAAP_CU_REQUIRE(cfg.sinks >= 0 && cfg.window >= 1, InvalidArgument, "sinks %d must be >= 0 and window %d >= 1",
                   cfg.sinks, cfg.window);
   SAAP_CU_REQUIRE(cfg.segment >= 1 && cfg.append_page >= 1 && cfg.append_pages_per_partition >= 1, InvalidArgument,

@@ -54,7 +54,7 @@ void SaapIndex::append(const void* k_new, const void* v_new, cudaStream_t stream
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
-    saap_append_kernel<T, D><<<shape_.batch * shape_.n_kv_heads, 128, 0, stream>>>(
+    saap_append_kernel<T, D><<<shape_.batch * shape_.n_kv_heads, kAppendThreads, 0, stream>>>(
         static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new), g,
         reinterpret_cast<const T*>(m.centroids.get()), m.half_norm.get(), reinterpret_cast<uint4*>(m.kpool.get()),
         reinterpret_cast<uint4*>(m.vpool.get()), m.append_pages.get(), m.append_count.get(), m.next_page.get(),

@@ -1,5 +1,6 @@
 // Dense split-KV decode vs a float64 CPU reference: bf16/f16, head dims 64/128, group sizes 1-8,
 // batches with different lengths (including 1 and lengths that are not multiples of any tile).
+// Both sides see the same rounded 16-bit inputs, so only fp32 accumulation differs: limit 1e-4.
 #include <string>
 
 #include "kernels/cuda/cuda_test_util.h"
@@ -55,7 +56,7 @@ int main() {
     std::string what = "dense b=" + std::to_string(c.batch) + " hq=" + std::to_string(c.hq) +
                        " hkv=" + std::to_string(c.hkv) + " d=" + std::to_string(c.d) +
                        (c.t == DType::BF16 ? " bf16" : " f16") + " maxlen=" + std::to_string(c.max_len);
-    tally.check(err < 2e-3, what.c_str(), err, 2e-3);
+    tally.check(err < 1e-4, what.c_str(), err, 1e-4);
   }
   // Bad input is refused with an error, not a crash.
   bool threw = false;

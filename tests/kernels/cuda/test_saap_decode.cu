@@ -101,7 +101,7 @@ int main() {
       const std::string what = std::string(c.t == DType::BF16 ? "bf16" : "f16") + " d=" + std::to_string(c.d) +
                                " G=" + std::to_string(G) + " lookup=" + std::to_string(lookup).substr(0, 3) +
                                " (read " + std::to_string(read) + "/" + std::to_string(total) + " tokens)";
-      tally.check(err < 2e-3, what.c_str(), err, 2e-3);
+      tally.check(err < 1e-4, what.c_str(), err, 1e-4);
       if (lookup < 1.f) tally.check(read < total * 0.25, "  sparse read stays near the budget", double(read) / total, 0.25);
     }
   }

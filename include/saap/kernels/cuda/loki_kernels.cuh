@@ -130,9 +130,15 @@ static __global__ void __launch_bounds__(256)
         }
       }
       const int64_t t = base + u * TPP + slot;
-      if (sub == 0 && t < t1) {
+      // Scores cluster in few bins: lanes with the same bin add once (shared atomics on one
+      // address serialise).
+      const bool act = sub == 0 && t < t1;
+      const unsigned am = __ballot_sync(0xffffffffu, act);
+      if (act) {
         scores[int64_t(bh) * max_len + t] = best;
-        atomicAdd(&sh[float_key(best) >> kLokiBinShift], 1);
+        const uint32_t bin = float_key(best) >> kLokiBinShift;
+        const unsigned peers = __match_any_sync(am, bin);
+        if (lane == __ffs(peers) - 1) atomicAdd(&sh[bin], __popc(peers));
       }
     }
   }
@@ -163,33 +169,66 @@ static __global__ void loki_threshold_kernel(const int32_t* __restrict__ hist, c
   }
 }
 
-// Warp-aggregated append of the lanes with `take` to list[...], counter at *count.
-__device__ __forceinline__ void warp_push(bool take, int32_t value, int32_t* count, int32_t* list) {
-  const unsigned mask = __ballot_sync(0xffffffffu, take);
-  if (!mask) return;
-  const int lane = threadIdx.x & 31;
-  int base = 0;
-  if (lane == __ffs(mask) - 1) base = atomicAdd(count, __popc(mask));
-  base = __shfl_sync(0xffffffffu, base, __ffs(mask) - 1);
-  if (take) list[base + __popc(mask & ((1u << lane) - 1))] = value;
-}
-
-// Tokens above the threshold bin go straight to the selection, tokens in it become candidates.
-static __global__ void __launch_bounds__(256)
+// Tokens above the threshold bin go straight to the selection, tokens in it become candidates
+// (index and key). Each warp owns a contiguous run of the block's chunk: a counting pass, one
+// global atomic per list per block, then a writing pass with warp-local offsets (per-warp
+// atomics on one counter per (b, h) serialise at this scale).
+constexpr int kFilterThreads = 256;
+static __global__ void __launch_bounds__(kFilterThreads)
     loki_filter_kernel(const float* __restrict__ scores, const int32_t* __restrict__ seq_len, int64_t max_len,
                        const int2* __restrict__ bin_need, int32_t* __restrict__ sel_count, int32_t* __restrict__ sel,
-                       int32_t* __restrict__ cand_count, int32_t* __restrict__ cand) {
-  const int bh = blockIdx.y;
+                       int32_t* __restrict__ cand_count, int2* __restrict__ cand) {
+  constexpr int NW = kFilterThreads / 32, PER_WARP = kScoreTokensPerBlock / NW;
+  __shared__ int n_sel[NW], n_cand[NW], base_sel, base_cand;
+  const int bh = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = seq_len[bh];
-  const int bin = bin_need[bh].x;
-  const int64_t t0 = int64_t(blockIdx.x) * kScoreTokensPerBlock;
-  const int64_t t1 = min(n, t0 + kScoreTokensPerBlock);
-  for (int64_t base = t0; base < t1; base += blockDim.x) {  // block-uniform trip count
-    const int64_t t = base + threadIdx.x;
-    int b = -1;
-    if (t < t1) b = int(float_key(scores[int64_t(bh) * max_len + t]) >> kLokiBinShift);
-    warp_push(b > bin, int32_t(t), &sel_count[bh], sel + int64_t(bh) * max_len);
-    warp_push(b == bin, int32_t(t), &cand_count[bh], cand + int64_t(bh) * max_len);
+  const uint32_t bin = uint32_t(bin_need[bh].x);
+  const int64_t w0 = int64_t(blockIdx.x) * kScoreTokensPerBlock + warp * PER_WARP;
+  const int64_t w1 = min(n, w0 + PER_WARP);
+  const float* sb = scores + int64_t(bh) * max_len;
+  int cs = 0, cc = 0;
+  for (int64_t t = w0 + lane; t < w1; t += 32) {
+    const uint32_t b = float_key(sb[t]) >> kLokiBinShift;
+    cs += b > bin;
+    cc += b == bin;
+  }
+  cs = int(warp_sum(float(cs)));
+  cc = int(warp_sum(float(cc)));
+  if (lane == 0) {
+    n_sel[warp] = cs;
+    n_cand[warp] = cc;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int ts = 0, tc = 0;
+    for (int w = 0; w < NW; ++w) {
+      const int s = n_sel[w], c = n_cand[w];
+      n_sel[w] = ts;
+      n_cand[w] = tc;
+      ts += s;
+      tc += c;
+    }
+    base_sel = ts ? atomicAdd(&sel_count[bh], ts) : 0;
+    base_cand = tc ? atomicAdd(&cand_count[bh], tc) : 0;
+  }
+  __syncthreads();
+  int os = base_sel + n_sel[warp], oc = base_cand + n_cand[warp];
+  int32_t* so = sel + int64_t(bh) * max_len;
+  int2* co = cand + int64_t(bh) * max_len;
+  for (int64_t t0 = w0; t0 < w1; t0 += 32) {
+    const int64_t t = t0 + lane;
+    uint32_t key = 0, b = 0;
+    if (t < w1) {
+      key = float_key(sb[t]);
+      b = key >> kLokiBinShift;
+    }
+    const unsigned ms = __ballot_sync(0xffffffffu, t < w1 && b > bin);
+    const unsigned mc = __ballot_sync(0xffffffffu, t < w1 && b == bin);
+    const unsigned below = (1u << lane) - 1;
+    if (t < w1 && b > bin) so[os + __popc(ms & below)] = int32_t(t);
+    if (t < w1 && b == bin) co[oc + __popc(mc & below)] = make_int2(int(t), int(key));
+    os += __popc(ms);
+    oc += __popc(mc);
   }
 }
 
@@ -197,22 +236,23 @@ static __global__ void __launch_bounds__(256)
 // radix passes over the key's low 21 bits; ties at the final key go first come, first served) and
 // appends them to the selection.
 static __global__ void __launch_bounds__(1024)
-    loki_refine_kernel(const float* __restrict__ scores, int64_t max_len, const int2* __restrict__ bin_need,
-                       const int32_t* __restrict__ cand_count, const int32_t* __restrict__ cand,
+    loki_refine_kernel(int64_t max_len, const int2* __restrict__ bin_need,
+                       const int32_t* __restrict__ cand_count, const int2* __restrict__ cand,
                        int32_t* __restrict__ sel_count, int32_t* __restrict__ sel) {
   __shared__ int hist[kLokiBins];
   __shared__ uint32_t s_prefix, s_mask;
-  __shared__ int s_need, s_ties;
+  __shared__ int s_need, s_ties, s_out, s_base;
   const int bh = blockIdx.x, tid = threadIdx.x;
   const int m = cand_count[bh];
-  const int32_t* cb = cand + int64_t(bh) * max_len;
-  const float* sb = scores + int64_t(bh) * max_len;
+  const int2* cb = cand + int64_t(bh) * max_len;
   int32_t* out = sel + int64_t(bh) * max_len;
   if (tid == 0) {
     s_prefix = uint32_t(bin_need[bh].x) << kLokiBinShift;
     s_mask = ~0u << kLokiBinShift;
     s_need = bin_need[bh].y;
     s_ties = 0;
+    s_out = 0;
+    s_base = sel_count[bh];  // this block is the only writer of (b, h) from here on
   }
   __syncthreads();
   const int shifts[2] = {10, 0};
@@ -222,8 +262,9 @@ static __global__ void __launch_bounds__(1024)
     for (int i = tid; i < nb; i += blockDim.x) hist[i] = 0;
     __syncthreads();
     const uint32_t prefix = s_prefix, mask = s_mask;
+#pragma unroll 4
     for (int i = tid; i < m; i += blockDim.x) {
-      const uint32_t key = float_key(sb[cb[i]]);
+      const uint32_t key = uint32_t(cb[i].y);
       if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & (nb - 1)], 1);
     }
     __syncthreads();
@@ -244,11 +285,13 @@ static __global__ void __launch_bounds__(1024)
   const uint32_t prefix = s_prefix, mask = s_mask;
   const bool all = need >= m;
   for (int i = tid; i < m; i += blockDim.x) {
-    const uint32_t key = float_key(sb[cb[i]]);
+    const uint32_t key = uint32_t(cb[i].y);
     bool take = all || (key & mask) > prefix;  // strictly above the final key (within the bin)
     if (!all && (key & mask) == prefix) take = atomicAdd(&s_ties, 1) < need;
-    if (take) out[atomicAdd(&sel_count[bh], 1)] = cb[i];
+    if (take) out[s_base + atomicAdd(&s_out, 1)] = cb[i].x;
   }
+  __syncthreads();
+  if (tid == 0) sel_count[bh] = s_base + s_out;
 }
 
 }  // namespace saap::cuda

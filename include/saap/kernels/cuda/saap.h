@@ -21,7 +21,7 @@
 namespace saap::cuda {
 
 struct SaapConfig {
-  int n_partitions = 1024;        // C, per KV head (<= 8192)
+  int n_partitions = 1024;        // C, per KV head (<= 4096)
   int sinks = 64;
   int window = 256;
   int segment = 128;              // longest contiguous run one decode work item reads

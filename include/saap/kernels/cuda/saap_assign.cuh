@@ -46,25 +46,35 @@ static __global__ void argmax_scores_kernel(const float* __restrict__ scores, co
 }
 
 // Nearest centroid of one key (kf [D] in shared memory) over C centroids of one head; every
-// thread of the block returns the answer. red_v/red_i: shared scratch of 32 entries each.
+// thread of the block returns the answer. Each warp scores 8 centroids per step with all their
+// loads in flight (the loop is latency bound otherwise). red_v/red_i: shared scratch of 32 each.
 template <class T, int D>
 __device__ int nearest_centroid(const float* kf, const T* __restrict__ cent, const float* __restrict__ half_norm,
                                 int C, float* red_v, int* red_i) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  constexpr int EPL = D / 32;
+  constexpr int EPL = D / 32, STEP = 8;
   float kl[EPL];
 #pragma unroll
   for (int e = 0; e < EPL; ++e) kl[e] = kf[lane * EPL + e];
   float best = -INFINITY;
   int arg = C;
-  for (int c = warp; c < C; c += nw) {
-    const T* row = cent + int64_t(c) * D + lane * EPL;
-    float d = 0.f;
+  for (int c0 = warp * STEP; c0 < C; c0 += nw * STEP) {
+    float d[STEP];
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) d = fmaf(kl[e], elem_to_float(row[e]), d);
+    for (int r = 0; r < STEP; ++r) {
+      d[r] = 0.f;
+      if (c0 + r < C) {
+        const T* row = cent + int64_t(c0 + r) * D + lane * EPL;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-    argmax_merge(best, arg, d - half_norm[c], c);
+        for (int e = 0; e < EPL; ++e) d[r] = fmaf(kl[e], elem_to_float(row[e]), d[r]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < STEP; ++r) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) d[r] += __shfl_xor_sync(0xffffffffu, d[r], o);
+      if (c0 + r < C) argmax_merge(best, arg, d[r] - half_norm[c0 + r], c0 + r);
+    }
   }
   __syncthreads();
   if (lane == 0) {

@@ -104,8 +104,9 @@ static __global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4
 
 // One block per (b, h): appends token n = seq_len; when the ring is full the token it replaces
 // (n - W) is assigned to its nearest centroid and moved into that partition's append pages.
+constexpr int kAppendThreads = 1024;
 template <class T, int D>
-static __global__ void __launch_bounds__(128)
+static __global__ void __launch_bounds__(kAppendThreads)
     saap_append_kernel(const uint4* __restrict__ k_new, const uint4* __restrict__ v_new, SaapGeom g,
                        const T* __restrict__ centroids, const float* __restrict__ half_norm, uint4* __restrict__ kpool,
                        uint4* __restrict__ vpool, int32_t* __restrict__ append_pages,

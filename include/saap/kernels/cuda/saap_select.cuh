@@ -66,7 +66,7 @@ static __global__ void __launch_bounds__(256)
 }
 
 constexpr int kSelectThreads = 1024;
-constexpr int kMaxPartitions = 8192;
+constexpr int kMaxPartitions = 4096;  // keys and sizes of all partitions stay in shared memory
 
 // Cuts [start, start + n) into segments of at most seg tokens at out[k...].
 __device__ __forceinline__ int emit_range(int2* out, int k, int max_k, int start, int n, int seg) {
@@ -89,6 +89,7 @@ static __global__ void __launch_bounds__(kSelectThreads)
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ uint32_t keys[kMaxPartitions];
+  __shared__ int sizes[kMaxPartitions];
   __shared__ int hist[256];
   __shared__ float red[32];
   __shared__ float lse[8];
@@ -114,7 +115,8 @@ static __global__ void __launch_bounds__(kSelectThreads)
     float s = -INFINITY;
     for (int gi = 0; gi < G; ++gi) s = fmaxf(s, lg[int64_t(gi) * g.C + c] - lse[gi]);
     keys[c] = float_key(s);
-    total += float(part_count[pbase + c] + append_count[pbase + c]);
+    sizes[c] = part_count[pbase + c] + append_count[pbase + c];
+    total += float(sizes[c]);
   }
   total = block_reduce<false>(total, red);
 
@@ -134,8 +136,7 @@ static __global__ void __launch_bounds__(kSelectThreads)
     __syncthreads();
     const uint32_t prefix = s_prefix, mask = s_mask;
     for (int c = tid; c < g.C; c += kSelectThreads)
-      if ((keys[c] & mask) == prefix)
-        atomicAdd(&hist[(keys[c] >> shift) & 255], part_count[pbase + c] + append_count[pbase + c]);
+      if ((keys[c] & mask) == prefix && sizes[c]) atomicAdd(&hist[(keys[c] >> shift) & 255], sizes[c]);
     __syncthreads();
     if (tid < 32) {
       int d;

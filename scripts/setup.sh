@@ -36,4 +36,8 @@ if ! "$python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec(
 fi
 
 "$python" "$here/scripts/prepare_text.py"
-echo "[setup] default model: $("$python" "$here/scripts/find_model.py")"
+cache=${SAAP_CACHE:-$HOME/.cache/saap}
+mkdir -p "$cache"
+# Recorded so that saap finds the model without starting Python on every run.
+"$python" "$here/scripts/find_model.py" > "$cache/default_model_path"
+echo "[setup] default model: $(cat "$cache/default_model_path")"

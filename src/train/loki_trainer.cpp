@@ -58,7 +58,8 @@ LokiArtifact train_loki(const CalibrationSet& set, bool pre_rope, bool progress)
   }
   bar.finish();
   nlohmann::json ev = nlohmann::json::object();
-  for (int i = 0; i < 3; ++i) ev["r=" + std::to_string(ranks[i])] = explained[i] / (double(L) * H);
+  const char* names[3] = {"d_f=0.125", "d_f=0.25", "d_f=0.5"};
+  for (int i = 0; i < 3; ++i) ev[names[i]] = explained[i] / (double(L) * H);
   a.train = {{"keys", tokens},
              {"windows", set.windows},
              {"window_len", set.window_len},

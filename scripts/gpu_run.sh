@@ -3,6 +3,7 @@
 # CUDA tests, compute-sanitizer memcheck on small end-to-end cases, the decode benchmark and the
 # PyTorch SDPA reference. Logs, JSON and CSV go to $OUT (default ./gpu_out).
 #   scripts/gpu_run.sh [all|test|bench] [extra decode_bench args...]
+# PROFILE=1 adds per-kernel durations from Nsight Compute at 512k tokens, batch 1 ($OUT/ncu.csv).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -32,5 +33,20 @@ fi
 if [[ $mode == all || $mode == bench ]]; then
   build-cuda/bench/decode_bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
   PYTHONUNBUFFERED=1 python3 bench/cuda/sdpa_bench.py --out "$OUT/sdpa_bench.json" 2>&1 | tee -a "$OUT/bench.log" || status=1
+fi
+if [[ ${PROFILE:-0} == 1 ]]; then
+  ncu --metrics gpu__time_duration.sum --csv --kernel-name-base function --kernel-name regex:"loki|saap|dense|combine" \
+    build-cuda/bench/decode_bench --contexts 524288 --batches 1 --reps 3 --out /tmp > "$OUT/ncu.csv" 2>/dev/null || status=1
+  python3 - "$OUT/ncu.csv" <<'PY'
+import csv, statistics, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head, rows = rows[0], rows[1:]
+k, v = head.index("Kernel Name"), head.index("Metric Value")
+by = {}
+for r in rows:
+    by.setdefault(r[k], []).append(float(r[v].replace(",", "")))
+for name, t in sorted(by.items(), key=lambda x: -statistics.median(x[1])):
+    print(f"{name:40s} n={len(t):4d} median {statistics.median(t)/1e3:9.2f} us")
+PY
 fi
 exit $status

@@ -152,7 +152,7 @@ void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
   SAAP_CU_REQUIRE(m.basis.size() > 0, InvalidArgument, "%s", "set_basis() must be called first");
   SAAP_CU_REQUIRE(k_frac > 0.f && k_frac <= 1.f, InvalidArgument, "k_frac %g outside (0, 1]", double(k_frac));
   const int Hkv = shape_.n_kv_heads, D = shape_.head_dim, G = shape_.group(), bh = shape_.batch * Hkv;
-  loki_rotate_q_kernel<<<dim3(shape_.n_q_heads, shape_.batch), D, D * 4, stream>>>(q, m.basis.get(), shape_.n_q_heads,
+  loki_rotate_q_kernel<<<dim3(shape_.n_q_heads, shape_.batch), 4 * D, 5 * D * 4, stream>>>(q, m.basis.get(), shape_.n_q_heads,
                                                                                  G, D, m.q_rot.get());
   SAAP_CU_LAUNCHED();
   SAAP_CU(cudaMemsetAsync(m.hist.get(), 0, m.hist.bytes(), stream));

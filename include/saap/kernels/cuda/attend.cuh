@@ -121,14 +121,12 @@ struct GroupAttender {
         for (int u = 0; u < U; ++u)
 #pragma unroll
           for (int g = 0; g < GMAX; ++g) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], off);
-      float vf[U][8];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        Vec8<T>::to_float(vr[u], vf[u]);
+      for (int u = 0; u < U; ++u)
         if (base + u * TPP + slot >= n)
 #pragma unroll
           for (int g = 0; g < GMAX; ++g) s[u][g] = -INFINITY;
-      }
+      // s becomes the probabilities; V is widened one row at a time to keep registers low.
 #pragma unroll
       for (int g = 0; g < GMAX; ++g) {
         float mx = m[g];
@@ -141,11 +139,18 @@ struct GroupAttender {
         for (int j = 0; j < 8; ++j) acc[g][j] *= alpha;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          const float p = exp2f(s[u][g] - mx);
-          l[g] += p;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(p, vf[u][j], acc[g][j]);
+          s[u][g] = exp2f(s[u][g] - mx);
+          l[g] += s[u][g];
         }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float vf[8];
+        Vec8<T>::to_float(vr[u], vf);
+#pragma unroll
+        for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(s[u][g], vf[j], acc[g][j]);
       }
     }
   }

@@ -6,9 +6,12 @@
 namespace saap::cuda {
 
 constexpr int kDecodeWarps = 4;
+// Resident blocks per SM: 4 (<= 128 registers, 16 warps of loads in flight) while the group's
+// state fits; 8 query heads need more registers and would spill.
+constexpr int decode_min_blocks(int gmax) { return gmax > 4 ? 2 : 4; }
 
 template <class T, int D, int GMAX>
-static __global__ void __launch_bounds__(kDecodeWarps * 32)
+static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
     dense_decode_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
                         float scale, int splits, int64_t chunk, float* __restrict__ part_out,

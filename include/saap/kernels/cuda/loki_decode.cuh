@@ -5,8 +5,10 @@
 
 namespace saap::cuda {
 
+constexpr int kLokiIndexTile = 2048;
+
 template <class T, int D, int GMAX>
-static __global__ void __launch_bounds__(kDecodeWarps * 32)
+static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
     loki_decode_kernel(const T* __restrict__ k_low, const T* __restrict__ k_rest, const T* __restrict__ v, int R,
                        int64_t max_len, const int32_t* __restrict__ sel, const int32_t* __restrict__ sel_count,
                        const float* __restrict__ q_rot, int n_kv_heads, int G, float scale, int splits,
@@ -25,9 +27,17 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32)
   const T* kb = low ? k_low + bh * max_len * R + at.sub * 8 : k_rest + bh * max_len * (D - R) + at.sub * 8 - R;
   const int64_t kstride = low ? R : D - R;
   const T* vb = v + bh * max_len * D + at.sub * 8;
-  const int32_t* idx = sel + bh * max_len + i0;
-  at.run(int(i1 - i0), [&](int i) { return kb + int64_t(idx[i]) * kstride; },
-         [&](int i) { return vb + int64_t(idx[i]) * D; });
+  // Indices are staged in shared memory a tile at a time, so each step waits on one global
+  // round trip (the K/V rows) instead of two (index, then row).
+  __shared__ int32_t tile[kLokiIndexTile];
+  const int32_t* idx = sel + bh * max_len;
+  for (int64_t t0 = i0; t0 < i1; t0 += kLokiIndexTile) {
+    const int n = int(min(int64_t(kLokiIndexTile), i1 - t0));
+    for (int i = threadIdx.x; i < n; i += kDecodeWarps * 32) tile[i] = idx[t0 + i];
+    __syncthreads();
+    at.run(n, [&](int i) { return kb + int64_t(tile[i]) * kstride; }, [&](int i) { return vb + int64_t(tile[i]) * D; });
+    __syncthreads();
+  }
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
 }

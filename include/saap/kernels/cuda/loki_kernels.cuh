@@ -11,19 +11,24 @@ constexpr int kLokiBins = 2048;  // top 11 bits of the score key
 constexpr int kLokiBinShift = 21;
 constexpr int kScoreTokensPerBlock = 8192;
 
-// q_rot[row][j] = sum_i basis[h][i][j] q[row][i]; block (query head, sequence) of D threads.
+// q_rot[row][j] = sum_i basis[h][i][j] q[row][i]; block (query head, sequence) of 4*D threads:
+// group k sums inputs i = k, k+4, ... so each thread has D/4 independent loads in flight.
 static __global__ void loki_rotate_q_kernel(const float* __restrict__ q, const float* __restrict__ basis, int n_q_heads,
-                                     int G, int D, float* __restrict__ q_rot) {
-  extern __shared__ float qs[];
+                                            int G, int D, float* __restrict__ q_rot) {
+  extern __shared__ float sm[];  // q [D], partial sums [4][D]
+  float* qs = sm;
+  float* part = sm + D;
   const int64_t row = int64_t(blockIdx.y) * n_q_heads + blockIdx.x;
   const float* P = basis + int64_t(blockIdx.x / G) * D * D;
   for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = q[row * D + i];
   __syncthreads();
-  for (int j = threadIdx.x; j < D; j += blockDim.x) {
-    float s = 0.f;
-    for (int i = 0; i < D; ++i) s = fmaf(P[i * D + j], qs[i], s);
-    q_rot[row * D + j] = s;
-  }
+  const int j = threadIdx.x % D, k = threadIdx.x / D;
+  float s = 0.f;
+#pragma unroll 8
+  for (int i = k; i < D; i += 4) s = fmaf(P[i * D + j], qs[i], s);
+  part[k * D + j] = s;
+  __syncthreads();
+  if (k == 0) q_rot[row * D + j] = part[j] + part[D + j] + part[2 * D + j] + part[3 * D + j];
 }
 
 // Rotates and stores keys of tokens [pos0(b,h), pos0 + n) and copies their values. Block of D
@@ -284,11 +289,25 @@ static __global__ void __launch_bounds__(1024)
   const int need = s_need;
   const uint32_t prefix = s_prefix, mask = s_mask;
   const bool all = need >= m;
-  for (int i = tid; i < m; i += blockDim.x) {
-    const uint32_t key = uint32_t(cb[i].y);
-    bool take = all || (key & mask) > prefix;  // strictly above the final key (within the bin)
-    if (!all && (key & mask) == prefix) take = atomicAdd(&s_ties, 1) < need;
-    if (take) out[s_base + atomicAdd(&s_out, 1)] = cb[i].x;
+  for (int i0 = 0; i0 < m; i0 += blockDim.x) {  // block-uniform trip count: full-warp ballots
+    const int i = i0 + tid;
+    bool take = false;
+    int2 c = make_int2(0, 0);
+    if (i < m) {
+      c = cb[i];
+      const uint32_t key = uint32_t(c.y);
+      take = all || (key & mask) > prefix;  // strictly above the final key (within the bin)
+      if (!all && (key & mask) == prefix) take = atomicAdd(&s_ties, 1) < need;
+    }
+    // One shared atomic per warp: thousands of takes on one address would serialise.
+    const unsigned mt = __ballot_sync(0xffffffffu, take);
+    if (mt) {
+      const int lane = tid & 31, leader = __ffs(mt) - 1;
+      int base = 0;
+      if (lane == leader) base = atomicAdd(&s_out, __popc(mt));
+      base = __shfl_sync(0xffffffffu, base, leader);
+      if (take) out[s_base + base + __popc(mt & ((1u << lane) - 1))] = c.x;
+    }
   }
   __syncthreads();
   if (tid == 0) sel_count[bh] = s_base + s_out;

@@ -288,7 +288,7 @@ int main(int argc, char** argv) {
         // Low-rank keys, scores written then read by the filter, the kept tokens' K and V.
         const double bytes = tokens * r * 2 + tokens * 8 + k_tot * kD * 2 * 2 + 2.0 * q.bytes();
         char param[48];
-        std::snprintf(param, sizeof param, "d_f=%.3g,k_f=%.3g", f, f);
+        std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g", f, f);
         rows.push_back({"loki", param, int(B), N, all_ms, bytes, bytes / (tokens * kD * 4), sel_ms, att_ms});
       }
     }

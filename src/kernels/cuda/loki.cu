@@ -33,7 +33,7 @@ LokiIndex::LokiIndex(const DecodeShape& shape, int64_t max_len, int rank)
   m.scores.resize(bh * max_len);
   m.sel.resize(bh * max_len);
   m.cand.resize(bh * max_len);
-  m.hist.resize(bh * kLokiBins);
+  m.hist.resize(bh * kLokiBins * 2);  // first level, then the candidates' second level
   for (auto* p : {&m.sel_count, &m.cand_count, &m.seq_len, &m.pos0, &m.count}) p->resize(bh);
   m.bin_need.resize(bh);
   SAAP_CU(cudaMemset(m.seq_len.get(), 0, m.seq_len.bytes()));
@@ -172,14 +172,16 @@ void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
                                                                max_len_, m.scores.get(), m.hist.get());
   });
   SAAP_CU_LAUNCHED();
-  loki_threshold_kernel<<<bh, 32, 0, stream>>>(m.hist.get(), m.seq_len.get(), k_frac, m.bin_need.get(),
+  loki_threshold_kernel<<<bh, 256, 0, stream>>>(m.hist.get(), m.seq_len.get(), k_frac, m.bin_need.get(),
                                                m.sel_count.get(), m.cand_count.get());
   SAAP_CU_LAUNCHED();
+  int32_t* hist2 = m.hist.get() + int64_t(bh) * kLokiBins;
   loki_filter_kernel<<<grid, kFilterThreads, 0, stream>>>(m.scores.get(), m.seq_len.get(), max_len_, m.bin_need.get(),
-                                               m.sel_count.get(), m.sel.get(), m.cand_count.get(), m.cand.get());
+                                                          m.sel_count.get(), m.sel.get(), m.cand_count.get(),
+                                                          m.cand.get(), hist2);
   SAAP_CU_LAUNCHED();
-  loki_refine_kernel<<<bh, 1024, 0, stream>>>(max_len_, m.bin_need.get(), m.cand_count.get(),
-                                              m.cand.get(), m.sel_count.get(), m.sel.get());
+  loki_refine_kernel<<<bh, kRefineThreads, 0, stream>>>(max_len_, m.bin_need.get(), m.cand_count.get(), m.cand.get(),
+                                                         hist2, m.sel_count.get(), m.sel.get());
   SAAP_CU_LAUNCHED();
   last_k_frac_ = k_frac;
 }

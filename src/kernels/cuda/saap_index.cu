@@ -46,6 +46,8 @@ SaapIndex::SaapIndex(const DecodeShape& shape, const SaapConfig& cfg) : shape_(s
   for (auto* p : {&m.next_page, &m.seq_len, &m.selected_tokens, &m.segment_count}) p->resize(bh);
   m.segments.resize(bh * max_segments_ * 2);
   m.flags.resize(2);
+  m.best.resize(bh);
+  SAAP_CU(cudaMemset(m.best.get(), 0, m.best.bytes()));
   m.logits.resize(int64_t(shape_.batch) * shape_.n_q_heads * C);
   SAAP_CU(cudaMemset(m.flags.get(), 0, m.flags.bytes()));
   SAAP_CU(cudaMemset(m.seq_len.get(), 0, m.seq_len.bytes()));

@@ -51,14 +51,18 @@ void SaapIndex::append(const void* k_new, const void* v_new, cudaStream_t stream
   SAAP_CU_REQUIRE(k_new && v_new, InvalidArgument, "null pointer: k_new=%p v_new=%p", k_new, v_new);
   SAAP_CU_REQUIRE(m.centroids.size() > 0, InvalidArgument, "%s", "set_centroids() must be called first");
   const SaapGeom g = geom(shape_, cfg_, rows_);
+  const int bh = shape_.batch * shape_.n_kv_heads;
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
-    saap_append_kernel<T, D><<<shape_.batch * shape_.n_kv_heads, kAppendThreads, 0, stream>>>(
-        static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new), g,
-        reinterpret_cast<const T*>(m.centroids.get()), m.half_norm.get(), reinterpret_cast<uint4*>(m.kpool.get()),
+    saap_evict_search_kernel<T, D><<<dim3(kSearchParts, bh), 256, 0, stream>>>(
+        g, reinterpret_cast<const T*>(m.centroids.get()), m.half_norm.get(),
+        reinterpret_cast<const uint4*>(m.kpool.get()), m.seq_len.get(), m.best.get());
+    SAAP_CU_LAUNCHED();
+    saap_append_kernel<D><<<bh, 128, 0, stream>>>(
+        static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new), g, reinterpret_cast<uint4*>(m.kpool.get()),
         reinterpret_cast<uint4*>(m.vpool.get()), m.append_pages.get(), m.append_count.get(), m.next_page.get(),
-        m.seq_len.get(), m.flags.get());
+        m.seq_len.get(), m.best.get(), m.flags.get());
   });
   SAAP_CU_LAUNCHED();
 }

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "saap/kernels/cuda/reduce.cuh"
+
 namespace saap::cuda {
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -213,23 +215,30 @@ struct GroupAttender {
 };
 
 // Combines the split partials of one (sequence, query head): part_out [splits][D], part_lse
-// [splits] (log2 domain) -> out [D]. One block of D threads per row.
+// [splits] (log2 domain) -> out [D]. One block of D threads per row; the split weights are
+// computed once into shared memory (dynamic, splits floats) so the final sum has independent
+// loads in flight rather than one round trip per split.
 template <int D>
 static __global__ void combine_splits_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse,
-                                      int splits, float* __restrict__ out) {
+                                             int splits, float* __restrict__ out) {
+  extern __shared__ float w[];
+  __shared__ float red[32];
   const int64_t row = blockIdx.x;
   const float* po = part_out + row * splits * D;
   const float* pl = part_lse + row * splits;
   float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, pl[s]);
-  float L = 0.f, A = 0.f;
-  if (mx > -INFINITY) {
-    for (int s = 0; s < splits; ++s) {
-      const float w = exp2f(pl[s] - mx);
-      L += w;
-      A += w * po[int64_t(s) * D + threadIdx.x];
-    }
+  for (int s = threadIdx.x; s < splits; s += D) mx = fmaxf(mx, pl[s]);
+  mx = block_reduce<true>(mx, red);
+  float L = 0.f;
+  for (int s = threadIdx.x; s < splits; s += D) {
+    const float e = mx > -INFINITY ? exp2f(pl[s] - mx) : 0.f;
+    w[s] = e;
+    L += e;
   }
+  L = block_reduce<false>(L, red);  // its barriers also publish w
+  float A = 0.f;
+#pragma unroll 8
+  for (int s = 0; s < splits; ++s) A = fmaf(w[s], po[int64_t(s) * D + threadIdx.x], A);
   out[row * D + threadIdx.x] = L > 0.f ? A / L : 0.f;
 }
 

@@ -9,6 +9,8 @@ namespace saap::cuda {
 
 constexpr int kLokiBins = 2048;  // top 11 bits of the score key
 constexpr int kLokiBinShift = 21;
+constexpr int kLoki2Shift = 10;   // second level: key bits 20..10
+constexpr int kLoki3Bits = 10;    // third level: key bits 9..0
 constexpr int kScoreTokensPerBlock = 8192;
 
 // q_rot[row][j] = sum_i basis[h][i][j] q[row][i]; block (query head, sequence) of 4*D threads:
@@ -94,7 +96,7 @@ static __global__ void __launch_bounds__(256)
     loki_score_kernel(const T* __restrict__ k_low, const float* __restrict__ q_rot, const int32_t* __restrict__ seq_len,
                       int n_kv_heads, int G, int D, int64_t max_len, float* __restrict__ scores,
                       int32_t* __restrict__ hist) {
-  constexpr int LPT = R / 8, TPP = 32 / LPT, U = 4;
+  constexpr int LPT = R / 8, TPP = 32 / LPT, U = 8;  // 8 passes of loads in flight per warp
   __shared__ int sh[kLokiBins];
   const int bh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -135,15 +137,9 @@ static __global__ void __launch_bounds__(256)
         }
       }
       const int64_t t = base + u * TPP + slot;
-      // Scores cluster in few bins: lanes with the same bin add once (shared atomics on one
-      // address serialise).
-      const bool act = sub == 0 && t < t1;
-      const unsigned am = __ballot_sync(0xffffffffu, act);
-      if (act) {
+      if (sub == 0 && t < t1) {
         scores[int64_t(bh) * max_len + t] = best;
-        const uint32_t bin = float_key(best) >> kLokiBinShift;
-        const unsigned peers = __match_any_sync(am, bin);
-        if (lane == __ffs(peers) - 1) atomicAdd(&sh[bin], __popc(peers));
+        atomicAdd(&sh[float_key(best) >> kLokiBinShift], 1);
       }
     }
   }
@@ -152,18 +148,19 @@ static __global__ void __launch_bounds__(256)
     if (sh[i]) atomicAdd(&hist[int64_t(bh) * kLokiBins + i], sh[i]);
 }
 
-// Finds, per (b, h), the highest bin at which the count from the top reaches k (one warp; each
-// lane owns 64 bins). bin_need[bh] = (threshold bin, tokens still needed from it).
+// Finds, per (b, h), the highest bin at which the count from the top reaches k (the block loads
+// the histogram, one warp scans it). bin_need[bh] = (threshold bin, tokens still needed from it).
 static __global__ void loki_threshold_kernel(const int32_t* __restrict__ hist, const int32_t* __restrict__ seq_len,
                                       float k_frac, int2* __restrict__ bin_need, int32_t* __restrict__ sel_count,
                                       int32_t* __restrict__ cand_count) {
-  const int bh = blockIdx.x, lane = threadIdx.x;
+  const int bh = blockIdx.x, lane = threadIdx.x & 31;
   const int32_t* hb = hist + int64_t(bh) * kLokiBins;
   const int64_t n = seq_len[bh];
   const int64_t k = min(n, max(int64_t(1), int64_t(floorf(k_frac * float(n)))));
   __shared__ int hs[kLokiBins];
-  for (int i = lane; i < kLokiBins; i += 32) hs[i] = hb[i];
-  __syncwarp();
+  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x) hs[i] = hb[i];
+  __syncthreads();
+  if (threadIdx.x >= 32) return;
   int bin;
   long long cum;
   warp_find_digit(hs, kLokiBins, k, true, bin, cum);
@@ -182,9 +179,11 @@ constexpr int kFilterThreads = 256;
 static __global__ void __launch_bounds__(kFilterThreads)
     loki_filter_kernel(const float* __restrict__ scores, const int32_t* __restrict__ seq_len, int64_t max_len,
                        const int2* __restrict__ bin_need, int32_t* __restrict__ sel_count, int32_t* __restrict__ sel,
-                       int32_t* __restrict__ cand_count, int2* __restrict__ cand) {
+                       int32_t* __restrict__ cand_count, int2* __restrict__ cand, int32_t* __restrict__ hist2) {
   constexpr int NW = kFilterThreads / 32, PER_WARP = kScoreTokensPerBlock / NW;
   __shared__ int n_sel[NW], n_cand[NW], base_sel, base_cand;
+  __shared__ int h2[kLokiBins];  // candidates by the key's next 11 bits
+  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x) h2[i] = 0;
   const int bh = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = seq_len[bh];
   const uint32_t bin = uint32_t(bin_need[bh].x);
@@ -192,6 +191,7 @@ static __global__ void __launch_bounds__(kFilterThreads)
   const int64_t w1 = min(n, w0 + PER_WARP);
   const float* sb = scores + int64_t(bh) * max_len;
   int cs = 0, cc = 0;
+#pragma unroll 8
   for (int64_t t = w0 + lane; t < w1; t += 32) {
     const uint32_t b = float_key(sb[t]) >> kLokiBinShift;
     cs += b > bin;
@@ -220,6 +220,7 @@ static __global__ void __launch_bounds__(kFilterThreads)
   int os = base_sel + n_sel[warp], oc = base_cand + n_cand[warp];
   int32_t* so = sel + int64_t(bh) * max_len;
   int2* co = cand + int64_t(bh) * max_len;
+#pragma unroll 4
   for (int64_t t0 = w0; t0 < w1; t0 += 32) {
     const int64_t t = t0 + lane;
     uint32_t key = 0, b = 0;
@@ -231,83 +232,120 @@ static __global__ void __launch_bounds__(kFilterThreads)
     const unsigned mc = __ballot_sync(0xffffffffu, t < w1 && b == bin);
     const unsigned below = (1u << lane) - 1;
     if (t < w1 && b > bin) so[os + __popc(ms & below)] = int32_t(t);
-    if (t < w1 && b == bin) co[oc + __popc(mc & below)] = make_int2(int(t), int(key));
+    if (t < w1 && b == bin) {
+      co[oc + __popc(mc & below)] = make_int2(int(t), int(key));
+      atomicAdd(&h2[(key >> kLoki2Shift) & (kLokiBins - 1)], 1);
+    }
     os += __popc(ms);
     oc += __popc(mc);
   }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x)
+    if (h2[i]) atomicAdd(&hist2[int64_t(blockIdx.y) * kLokiBins + i], h2[i]);
 }
 
-// Block per (b, h): picks the `need` highest-scoring candidates of the threshold bin (two more
-// radix passes over the key's low 21 bits; ties at the final key go first come, first served) and
-// appends them to the selection.
-static __global__ void __launch_bounds__(1024)
-    loki_refine_kernel(int64_t max_len, const int2* __restrict__ bin_need,
-                       const int32_t* __restrict__ cand_count, const int2* __restrict__ cand,
+// Block per (b, h): picks the `need` highest-scoring candidates of the threshold bin. The filter
+// already histogrammed their next 11 bits (hist2), so one pass over the candidates takes every
+// one above the second-level digit and gathers those at it into a short list (shared memory; the
+// candidates in global memory are rescanned only if it overflows); a last 10-bit histogram over
+// that list fixes the exact key, and ties at it go first come, first served.
+constexpr int kRefineThreads = 1024, kRefineList = 4096;
+static __global__ void __launch_bounds__(kRefineThreads)
+    loki_refine_kernel(int64_t max_len, const int2* __restrict__ bin_need, const int32_t* __restrict__ cand_count,
+                       const int2* __restrict__ cand, const int32_t* __restrict__ hist2,
                        int32_t* __restrict__ sel_count, int32_t* __restrict__ sel) {
   __shared__ int hist[kLokiBins];
-  __shared__ uint32_t s_prefix, s_mask;
-  __shared__ int s_need, s_ties, s_out, s_base;
-  const int bh = blockIdx.x, tid = threadIdx.x;
+  __shared__ int2 list[kRefineList];
+  __shared__ int s_d2, s_need2, s_d3, s_need3, s_list, s_ties, s_out, s_base;
+  const int bh = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
   const int m = cand_count[bh];
   const int2* cb = cand + int64_t(bh) * max_len;
   int32_t* out = sel + int64_t(bh) * max_len;
+  const uint32_t bin = uint32_t(bin_need[bh].x);
+  const int need = bin_need[bh].y;
+  for (int i = tid; i < kLokiBins; i += blockDim.x) hist[i] = hist2[int64_t(bh) * kLokiBins + i];
   if (tid == 0) {
-    s_prefix = uint32_t(bin_need[bh].x) << kLokiBinShift;
-    s_mask = ~0u << kLokiBinShift;
-    s_need = bin_need[bh].y;
+    s_list = 0;
     s_ties = 0;
     s_out = 0;
     s_base = sel_count[bh];  // this block is the only writer of (b, h) from here on
   }
   __syncthreads();
-  const int shifts[2] = {10, 0};
-  const int widths[2] = {11, 10};
-  for (int p = 0; p < 2 && s_need < m; ++p) {
-    const int shift = shifts[p], nb = 1 << widths[p];
-    for (int i = tid; i < nb; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    const uint32_t prefix = s_prefix, mask = s_mask;
-#pragma unroll 4
-    for (int i = tid; i < m; i += blockDim.x) {
-      const uint32_t key = uint32_t(cb[i].y);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & (nb - 1)], 1);
+  if (tid < 32) {
+    int d;
+    long long cum;
+    warp_find_digit(hist, kLokiBins, need, true, d, cum);
+    if (tid == 0) {
+      s_d2 = d;
+      s_need2 = need - int(cum);
     }
-    __syncthreads();
-    if (tid < 32) {
-      int d;
-      long long cum;
-      warp_find_digit(hist, nb, s_need, true, d, cum);
-      __syncwarp();
-      if (tid == 0) {
-        s_need -= int(cum);
-        s_prefix = prefix | (uint32_t(d) << shift);
-        s_mask = mask | (uint32_t(nb - 1) << shift);
-      }
-    }
-    __syncthreads();
   }
-  const int need = s_need;
-  const uint32_t prefix = s_prefix, mask = s_mask;
-  const bool all = need >= m;
-  for (int i0 = 0; i0 < m; i0 += blockDim.x) {  // block-uniform trip count: full-warp ballots
+  __syncthreads();
+  const uint32_t pre2 = (bin << kLokiBinShift) | (uint32_t(s_d2) << kLoki2Shift);
+  const uint32_t mask2 = ~0u << kLoki2Shift;
+  const int need2 = s_need2;
+  // Emits the lanes with `take` (one shared atomic per warp); the loops below keep warps whole.
+  auto emit = [&](bool take, int32_t t) {
+    const unsigned mt = __ballot_sync(0xffffffffu, take);
+    if (!mt) return;
+    const int leader = __ffs(mt) - 1;
+    int base = 0;
+    if (lane == leader) base = atomicAdd(&s_out, __popc(mt));
+    base = __shfl_sync(0xffffffffu, base, leader);
+    if (take) out[s_base + base + __popc(mt & ((1u << lane) - 1))] = t;
+  };
+  for (int i0 = 0; i0 < m; i0 += blockDim.x) {
+    const int i = i0 + tid;
+    int2 c = make_int2(0, 0);
+    bool above = false, at = false;
+    if (i < m) {
+      c = cb[i];
+      above = (uint32_t(c.y) & mask2) > pre2;
+      at = (uint32_t(c.y) & mask2) == pre2;
+    }
+    emit(above, c.x);
+    if (at) {
+      const int k = atomicAdd(&s_list, 1);
+      if (k < kRefineList) list[k] = c;
+    }
+  }
+  __syncthreads();
+  const int nl = s_list;
+  const bool in_smem = nl <= kRefineList;
+  constexpr int NB3 = 1 << kLoki3Bits;
+  for (int i = tid; i < NB3; i += blockDim.x) hist[i] = 0;
+  __syncthreads();
+  for (int i = tid; i < (in_smem ? nl : m); i += blockDim.x) {
+    const int2 c = in_smem ? list[i] : cb[i];
+    if ((uint32_t(c.y) & mask2) == pre2) atomicAdd(&hist[uint32_t(c.y) & (NB3 - 1)], 1);
+  }
+  __syncthreads();
+  if (tid < 32) {
+    int d;
+    long long cum;
+    warp_find_digit(hist, NB3, need2, true, d, cum);
+    if (tid == 0) {
+      s_d3 = d;
+      s_need3 = need2 - int(cum);
+    }
+  }
+  __syncthreads();
+  const uint32_t key3 = pre2 | uint32_t(s_d3);
+  const int need3 = s_need3;
+  const int n3 = in_smem ? nl : m;
+  for (int i0 = 0; i0 < n3; i0 += blockDim.x) {
     const int i = i0 + tid;
     bool take = false;
     int2 c = make_int2(0, 0);
-    if (i < m) {
-      c = cb[i];
+    if (i < n3) {
+      c = in_smem ? list[i] : cb[i];
       const uint32_t key = uint32_t(c.y);
-      take = all || (key & mask) > prefix;  // strictly above the final key (within the bin)
-      if (!all && (key & mask) == prefix) take = atomicAdd(&s_ties, 1) < need;
+      if ((key & mask2) == pre2) {
+        take = key > key3;
+        if (key == key3) take = atomicAdd(&s_ties, 1) < need3;
+      }
     }
-    // One shared atomic per warp: thousands of takes on one address would serialise.
-    const unsigned mt = __ballot_sync(0xffffffffu, take);
-    if (mt) {
-      const int lane = tid & 31, leader = __ffs(mt) - 1;
-      int base = 0;
-      if (lane == leader) base = atomicAdd(&s_out, __popc(mt));
-      base = __shfl_sync(0xffffffffu, base, leader);
-      if (take) out[s_base + base + __popc(mt & ((1u << lane) - 1))] = c.x;
-    }
+    emit(take, c.x);
   }
   __syncthreads();
   if (tid == 0) sel_count[bh] = s_base + s_out;

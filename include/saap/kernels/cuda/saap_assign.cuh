@@ -2,6 +2,7 @@
 // lowest index. Prefill scores come from a cuBLAS GEMM; decode assigns one key per block.
 #pragma once
 #include "saap/kernels/cuda/attend.cuh"
+#include "saap/kernels/cuda/reduce.cuh"
 
 namespace saap::cuda {
 
@@ -45,12 +46,12 @@ static __global__ void argmax_scores_kernel(const float* __restrict__ scores, co
   if (lane == 0) assign[(int64_t(b) * n_kv_heads + h) * max_len + t0 + i] = arg;
 }
 
-// Nearest centroid of one key (kf [D] in shared memory) over C centroids of one head; every
-// thread of the block returns the answer. Each warp scores 8 centroids per step with all their
+// Nearest centroid of one key (kf [D] in shared memory) among centroids [c_begin, C) of one
+// head; every thread of the block gets the best objective and its index. Each warp scores 8 centroids per step with all their
 // loads in flight (the loop is latency bound otherwise). red_v/red_i: shared scratch of 32 each.
 template <class T, int D>
-__device__ int nearest_centroid(const float* kf, const T* __restrict__ cent, const float* __restrict__ half_norm,
-                                int C, float* red_v, int* red_i) {
+__device__ void nearest_centroid(const float* kf, const T* __restrict__ cent, const float* __restrict__ half_norm,
+                                 int c_begin, int C, float* red_v, int* red_i, float& best_out, int& arg_out) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   constexpr int EPL = D / 32, STEP = 8;
   float kl[EPL];
@@ -58,7 +59,7 @@ __device__ int nearest_centroid(const float* kf, const T* __restrict__ cent, con
   for (int e = 0; e < EPL; ++e) kl[e] = kf[lane * EPL + e];
   float best = -INFINITY;
   int arg = C;
-  for (int c0 = warp * STEP; c0 < C; c0 += nw * STEP) {
+  for (int c0 = c_begin + warp * STEP; c0 < C; c0 += nw * STEP) {
     float d[STEP];
 #pragma unroll
     for (int r = 0; r < STEP; ++r) {
@@ -85,7 +86,15 @@ __device__ int nearest_centroid(const float* kf, const T* __restrict__ cent, con
   best = -INFINITY;
   arg = C;
   for (int w = 0; w < nw; ++w) argmax_merge(best, arg, red_v[w], red_i[w]);
-  return arg;
+  best_out = best;
+  arg_out = arg;
 }
+
+// (objective, index) packed so that a larger objective, then a smaller index, compares larger:
+// blocks searching parts of the centroids merge with one atomicMax. 0 means "none yet".
+__device__ __forceinline__ unsigned long long pack_best(float v, int c) {
+  return (static_cast<unsigned long long>(float_key(v)) << 32) | ~uint32_t(c);
+}
+__device__ __forceinline__ int unpack_index(unsigned long long p) { return int(~uint32_t(p & 0xffffffffu)); }
 
 }  // namespace saap::cuda

@@ -102,33 +102,55 @@ static __global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4
   vpool[dst] = v[src];
 }
 
-// One block per (b, h): appends token n = seq_len; when the ring is full the token it replaces
-// (n - W) is assigned to its nearest centroid and moved into that partition's append pages.
-constexpr int kAppendThreads = 1024;
+// Decode append, in two launches so the centroid search spreads over many SMs:
+// 1. blocks (part, b*h) each search C / kSearchParts centroids for the nearest one to the token
+//    that the new token pushes out of the recent window (n - W), merged by atomicMax into best[bh];
+// 2. one block per (b, h) moves that token into its partition's append pages, stores the new
+//    token in the ring (or the sinks while n < S) and advances seq_len.
+constexpr int kSearchParts = 16;
 template <class T, int D>
-static __global__ void __launch_bounds__(kAppendThreads)
-    saap_append_kernel(const uint4* __restrict__ k_new, const uint4* __restrict__ v_new, SaapGeom g,
-                       const T* __restrict__ centroids, const float* __restrict__ half_norm, uint4* __restrict__ kpool,
-                       uint4* __restrict__ vpool, int32_t* __restrict__ append_pages,
-                       int32_t* __restrict__ append_count, int32_t* __restrict__ next_page,
-                       int32_t* __restrict__ seq_len, int32_t* __restrict__ flags) {
+static __global__ void __launch_bounds__(256)
+    saap_evict_search_kernel(SaapGeom g, const T* __restrict__ centroids, const float* __restrict__ half_norm,
+                             const uint4* __restrict__ kpool, const int32_t* __restrict__ seq_len,
+                             unsigned long long* __restrict__ best) {
   __shared__ float kf[D];
   __shared__ float red_v[32];
   __shared__ int red_i[32];
+  constexpr int VPR = D / 8;
+  const int bh = blockIdx.y, h = bh % g.n_kv_heads;
+  const int64_t n = seq_len[bh];
+  if (n < g.S + g.W) return;  // the ring is not full: nothing leaves it
+  const T* key = reinterpret_cast<const T*>(kpool + (int64_t(bh) * g.rows + ring_slot(n, g)) * VPR);
+  for (int j = threadIdx.x; j < D; j += blockDim.x) kf[j] = elem_to_float(key[j]);
+  __syncthreads();
+  const int per = (g.C + kSearchParts - 1) / kSearchParts;
+  const int c0 = blockIdx.x * per, c1 = min(g.C, c0 + per);
+  if (c0 >= c1) return;
+  float v;
+  int c;
+  nearest_centroid<T, D>(kf, centroids + int64_t(h) * g.C * D, half_norm + int64_t(h) * g.C, c0, c1, red_v, red_i, v,
+                         c);
+  if (threadIdx.x == 0) atomicMax(&best[bh], pack_best(v, c));
+}
+
+template <int D>
+static __global__ void __launch_bounds__(128)
+    saap_append_kernel(const uint4* __restrict__ k_new, const uint4* __restrict__ v_new, SaapGeom g,
+                       uint4* __restrict__ kpool, uint4* __restrict__ vpool, int32_t* __restrict__ append_pages,
+                       int32_t* __restrict__ append_count, int32_t* __restrict__ next_page,
+                       int32_t* __restrict__ seq_len, unsigned long long* __restrict__ best,
+                       int32_t* __restrict__ flags) {
   __shared__ int64_t dst_slot;
   constexpr int VPR = D / 8;
-  const int bh = blockIdx.x, h = bh % g.n_kv_heads;
+  const int bh = blockIdx.x;
   const int64_t n = seq_len[bh];
   const int64_t slot = n < g.S ? n : ring_slot(n, g);
   uint4* krow = kpool + int64_t(bh) * g.rows * VPR;
   uint4* vrow = vpool + int64_t(bh) * g.rows * VPR;
   if (n >= g.S + g.W) {
-    const T* key = reinterpret_cast<const T*>(krow + slot * VPR);
-    for (int j = threadIdx.x; j < D; j += blockDim.x) kf[j] = elem_to_float(key[j]);
-    __syncthreads();
-    const int c = nearest_centroid<T, D>(kf, centroids + int64_t(h) * g.C * D, half_norm + int64_t(h) * g.C, g.C,
-                                         red_v, red_i);
     if (threadIdx.x == 0) {
+      const int c = unpack_index(best[bh]);
+      best[bh] = 0;
       const int64_t pc = int64_t(bh) * g.C + c;
       const int cnt = append_count[pc];
       const int page = cnt / g.P;

@@ -11,9 +11,11 @@ namespace saap::cuda {
 struct LokiIndex::Impl {
   DeviceBuffer<uint16_t> k_low, k_rest, v;  // kv_dtype bits
   DeviceBuffer<float> basis, q_rot, scores;
-  DeviceBuffer<int2> cand;  // (token, score key) of the threshold bin
+  DeviceBuffer<int2> cand;   // (token, score key) of the threshold bin
+  DeviceBuffer<int2> list2;  // the candidates at the second-level digit
   DeviceBuffer<int32_t> hist, sel, sel_count, cand_count, seq_len, pos0, count;
-  DeviceBuffer<int2> bin_need;
+  DeviceBuffer<int2> bin_need, need2;
+  DeviceBuffer<int32_t> list2_count;
   std::vector<int32_t> host_len;  // [bh], mirrors seq_len so appends are checked without a sync
 };
 
@@ -36,6 +38,9 @@ LokiIndex::LokiIndex(const DecodeShape& shape, int64_t max_len, int rank)
   m.hist.resize(bh * kLokiBins * 2);  // first level, then the candidates' second level
   for (auto* p : {&m.sel_count, &m.cand_count, &m.seq_len, &m.pos0, &m.count}) p->resize(bh);
   m.bin_need.resize(bh);
+  m.need2.resize(bh);
+  m.list2_count.resize(bh);
+  m.list2.resize(bh * max_len);
   SAAP_CU(cudaMemset(m.seq_len.get(), 0, m.seq_len.bytes()));
   SAAP_CU(cudaMemset(m.sel_count.get(), 0, m.sel_count.bytes()));
 }
@@ -180,8 +185,13 @@ void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
                                                           m.sel_count.get(), m.sel.get(), m.cand_count.get(),
                                                           m.cand.get(), hist2);
   SAAP_CU_LAUNCHED();
-  loki_refine_kernel<<<bh, kRefineThreads, 0, stream>>>(max_len_, m.bin_need.get(), m.cand_count.get(), m.cand.get(),
-                                                         hist2, m.sel_count.get(), m.sel.get());
+  SAAP_CU(cudaMemsetAsync(m.list2_count.get(), 0, m.list2_count.bytes(), stream));
+  loki_refine_pass_kernel<<<dim3(kRefineBlocks, bh), kRefineThreads, 0, stream>>>(
+      max_len_, m.bin_need.get(), m.cand_count.get(), m.cand.get(), hist2, m.sel_count.get(), m.sel.get(),
+      m.need2.get(), m.list2_count.get(), m.list2.get());
+  SAAP_CU_LAUNCHED();
+  loki_refine_final_kernel<<<bh, 1024, 0, stream>>>(max_len_, m.need2.get(), m.list2_count.get(),
+                                                    m.list2.get(), m.sel_count.get(), m.sel.get());
   SAAP_CU_LAUNCHED();
   last_k_frac_ = k_frac;
 }

@@ -244,81 +244,112 @@ static __global__ void __launch_bounds__(kFilterThreads)
     if (h2[i]) atomicAdd(&hist2[int64_t(blockIdx.y) * kLokiBins + i], h2[i]);
 }
 
-// Block per (b, h): picks the `need` highest-scoring candidates of the threshold bin. The filter
-// already histogrammed their next 11 bits (hist2), so one pass over the candidates takes every
-// one above the second-level digit and gathers those at it into a short list (shared memory; the
-// candidates in global memory are rescanned only if it overflows); a last 10-bit histogram over
-// that list fixes the exact key, and ties at it go first come, first served.
-constexpr int kRefineThreads = 1024, kRefineList = 4096;
+// The `need` highest-scoring candidates of the threshold bin, in two launches. The filter already
+// histogrammed their next 11 bits (hist2).
+// 1. loki_refine_pass_kernel, kRefineBlocks blocks per (b, h) over the candidates: every block
+//    finds the second-level digit from hist2, takes the candidates above it into the selection
+//    and gathers those at it into list2 (short: one 2^-11 slice of one bin).
+// 2. loki_refine_final_kernel, a block per (b, h): a 10-bit histogram of list2 fixes the exact
+//    key; candidates above it are taken, ties at it first come, first served.
+constexpr int kRefineBlocks = 16, kRefineThreads = 256;
+
+// Warp-aggregated append of the lanes with `take` at out[base + ...]; *count is a shared counter.
+__device__ __forceinline__ void warp_emit(bool take, int32_t value, int* count, int32_t* out) {
+  const unsigned mt = __ballot_sync(0xffffffffu, take);
+  if (!mt) return;
+  const int lane = threadIdx.x & 31, leader = __ffs(mt) - 1;
+  int base = 0;
+  if (lane == leader) base = atomicAdd(count, __popc(mt));
+  base = __shfl_sync(0xffffffffu, base, leader);
+  if (take) out[base + __popc(mt & ((1u << lane) - 1))] = value;
+}
+
 static __global__ void __launch_bounds__(kRefineThreads)
-    loki_refine_kernel(int64_t max_len, const int2* __restrict__ bin_need, const int32_t* __restrict__ cand_count,
-                       const int2* __restrict__ cand, const int32_t* __restrict__ hist2,
-                       int32_t* __restrict__ sel_count, int32_t* __restrict__ sel) {
+    loki_refine_pass_kernel(int64_t max_len, const int2* __restrict__ bin_need, const int32_t* __restrict__ cand_count,
+                            const int2* __restrict__ cand, const int32_t* __restrict__ hist2,
+                            int32_t* __restrict__ sel_count, int32_t* __restrict__ sel, int2* __restrict__ need2_out,
+                            int32_t* __restrict__ list2_count, int2* __restrict__ list2) {
   __shared__ int hist[kLokiBins];
-  __shared__ int2 list[kRefineList];
-  __shared__ int s_d2, s_need2, s_d3, s_need3, s_list, s_ties, s_out, s_base;
-  const int bh = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
+  __shared__ int s_d2, s_need2, n_above, n_at, base_above, base_at;
+  const int bh = blockIdx.y, tid = threadIdx.x;
   const int m = cand_count[bh];
-  const int2* cb = cand + int64_t(bh) * max_len;
-  int32_t* out = sel + int64_t(bh) * max_len;
+  const int per = (m + kRefineBlocks - 1) / kRefineBlocks;
+  const int i0 = blockIdx.x * per, i1 = min(m, i0 + per);
   const uint32_t bin = uint32_t(bin_need[bh].x);
-  const int need = bin_need[bh].y;
   for (int i = tid; i < kLokiBins; i += blockDim.x) hist[i] = hist2[int64_t(bh) * kLokiBins + i];
-  if (tid == 0) {
-    s_list = 0;
-    s_ties = 0;
-    s_out = 0;
-    s_base = sel_count[bh];  // this block is the only writer of (b, h) from here on
-  }
+  if (tid == 0) n_above = n_at = 0;
   __syncthreads();
   if (tid < 32) {
     int d;
     long long cum;
-    warp_find_digit(hist, kLokiBins, need, true, d, cum);
+    warp_find_digit(hist, kLokiBins, bin_need[bh].y, true, d, cum);
     if (tid == 0) {
       s_d2 = d;
-      s_need2 = need - int(cum);
+      s_need2 = bin_need[bh].y - int(cum);
+      if (blockIdx.x == 0) need2_out[bh] = make_int2(d, s_need2);
     }
   }
   __syncthreads();
   const uint32_t pre2 = (bin << kLokiBinShift) | (uint32_t(s_d2) << kLoki2Shift);
   const uint32_t mask2 = ~0u << kLoki2Shift;
-  const int need2 = s_need2;
-  // Emits the lanes with `take` (one shared atomic per warp); the loops below keep warps whole.
-  auto emit = [&](bool take, int32_t t) {
-    const unsigned mt = __ballot_sync(0xffffffffu, take);
-    if (!mt) return;
-    const int leader = __ffs(mt) - 1;
-    int base = 0;
-    if (lane == leader) base = atomicAdd(&s_out, __popc(mt));
-    base = __shfl_sync(0xffffffffu, base, leader);
-    if (take) out[s_base + base + __popc(mt & ((1u << lane) - 1))] = t;
-  };
-  for (int i0 = 0; i0 < m; i0 += blockDim.x) {
-    const int i = i0 + tid;
+  const int2* cb = cand + int64_t(bh) * max_len;
+  int ca = 0, ct = 0;
+#pragma unroll 4
+  for (int i = i0 + tid; i < i1; i += blockDim.x) {
+    const uint32_t k = uint32_t(cb[i].y) & mask2;
+    ca += k > pre2;
+    ct += k == pre2;
+  }
+  atomicAdd(&n_above, ca);
+  atomicAdd(&n_at, ct);
+  __syncthreads();
+  if (tid == 0) {
+    base_above = n_above ? atomicAdd(&sel_count[bh], n_above) : 0;
+    base_at = n_at ? atomicAdd(&list2_count[bh], n_at) : 0;
+    n_above = n_at = 0;
+  }
+  __syncthreads();
+  int32_t* so = sel + int64_t(bh) * max_len + base_above;
+  int2* lo = list2 + int64_t(bh) * max_len + base_at;
+  for (int j0 = i0; j0 < i1; j0 += blockDim.x) {  // block-uniform trip count: full-warp ballots
+    const int i = j0 + tid;
     int2 c = make_int2(0, 0);
-    bool above = false, at = false;
-    if (i < m) {
+    uint32_t k = 0;
+    if (i < i1) {
       c = cb[i];
-      above = (uint32_t(c.y) & mask2) > pre2;
-      at = (uint32_t(c.y) & mask2) == pre2;
+      k = uint32_t(c.y) & mask2;
     }
-    emit(above, c.x);
-    if (at) {
-      const int k = atomicAdd(&s_list, 1);
-      if (k < kRefineList) list[k] = c;
+    warp_emit(i < i1 && k > pre2, c.x, &n_above, so);
+    const bool at = i < i1 && k == pre2;
+    const unsigned mt = __ballot_sync(0xffffffffu, at);
+    if (mt) {
+      const int lane = tid & 31, leader = __ffs(mt) - 1;
+      int base = 0;
+      if (lane == leader) base = atomicAdd(&n_at, __popc(mt));
+      base = __shfl_sync(0xffffffffu, base, leader);
+      if (at) lo[base + __popc(mt & ((1u << lane) - 1))] = c;
     }
   }
-  __syncthreads();
-  const int nl = s_list;
-  const bool in_smem = nl <= kRefineList;
+}
+
+static __global__ void __launch_bounds__(1024)
+    loki_refine_final_kernel(int64_t max_len, const int2* __restrict__ need2_in,
+                             const int32_t* __restrict__ list2_count, const int2* __restrict__ list2,
+                             int32_t* __restrict__ sel_count, int32_t* __restrict__ sel) {
   constexpr int NB3 = 1 << kLoki3Bits;
+  __shared__ int hist[NB3];
+  __shared__ int s_d3, s_need3, s_ties, s_out, s_base;
+  const int bh = blockIdx.x, tid = threadIdx.x;
+  const int n2 = list2_count[bh];
+  const int2* lb = list2 + int64_t(bh) * max_len;
+  const int need2 = need2_in[bh].y;
   for (int i = tid; i < NB3; i += blockDim.x) hist[i] = 0;
-  __syncthreads();
-  for (int i = tid; i < (in_smem ? nl : m); i += blockDim.x) {
-    const int2 c = in_smem ? list[i] : cb[i];
-    if ((uint32_t(c.y) & mask2) == pre2) atomicAdd(&hist[uint32_t(c.y) & (NB3 - 1)], 1);
+  if (tid == 0) {
+    s_ties = s_out = 0;
+    s_base = sel_count[bh];  // the refine pass is done; this block is the only writer now
   }
+  __syncthreads();
+  for (int i = tid; i < n2; i += blockDim.x) atomicAdd(&hist[uint32_t(lb[i].y) & (NB3 - 1)], 1);
   __syncthreads();
   if (tid < 32) {
     int d;
@@ -330,22 +361,20 @@ static __global__ void __launch_bounds__(kRefineThreads)
     }
   }
   __syncthreads();
-  const uint32_t key3 = pre2 | uint32_t(s_d3);
+  const uint32_t low3 = uint32_t(s_d3);
   const int need3 = s_need3;
-  const int n3 = in_smem ? nl : m;
-  for (int i0 = 0; i0 < n3; i0 += blockDim.x) {
-    const int i = i0 + tid;
+  int32_t* out = sel + int64_t(bh) * max_len + s_base;
+  for (int j0 = 0; j0 < n2; j0 += blockDim.x) {
+    const int i = j0 + tid;
     bool take = false;
     int2 c = make_int2(0, 0);
-    if (i < n3) {
-      c = in_smem ? list[i] : cb[i];
-      const uint32_t key = uint32_t(c.y);
-      if ((key & mask2) == pre2) {
-        take = key > key3;
-        if (key == key3) take = atomicAdd(&s_ties, 1) < need3;
-      }
+    if (i < n2) {
+      c = lb[i];
+      const uint32_t low = uint32_t(c.y) & (NB3 - 1);  // the higher bits are equal in list2
+      take = low > low3;
+      if (low == low3) take = atomicAdd(&s_ties, 1) < need3;
     }
-    emit(take, c.x);
+    warp_emit(take, c.x, &s_out, out);
   }
   __syncthreads();
   if (tid == 0) sel_count[bh] = s_base + s_out;

@@ -1,0 +1,226 @@
+// saap bench: per-layer decode-step attention time of each method on the CPU, on the default
+// model's real keys at a long context, against dense and the memory floor. With --gpu it hands
+// over to the CUDA benchmark (bench/cuda/decode_bench) built next to this binary.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "cli/commands.h"
+#include "cli/method_options.h"
+#include "saap/core/error.h"
+#include "saap/core/paths.h"
+#include "saap/eval/decode_bench.h"
+#include "saap/eval/result_files.h"
+#include "saap/train/capture.h"
+
+#ifdef SAAP_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace saap::cli {
+
+namespace {
+
+struct BenchOpts {
+  std::string model, text, out = "results", stem;
+  std::vector<std::string> methods = {"dense", "oracle", "streaming", "h2o", "loki", "saap", "kmeans"};
+  std::vector<std::string> artifacts;  // METHOD=PATH
+  std::vector<double> lookups = {0.05};
+  MethodSpec base;  // sinks, window, k_f, d_f
+  DecodeBenchOptions bench;
+  bool no_flush = false, gpu = false;
+};
+
+std::string shell_output(const std::string& cmd) {
+  std::string out;
+  if (FILE* p = ::popen(cmd.c_str(), "r")) {
+    char buf[256];
+    while (std::fgets(buf, sizeof buf, p)) out += buf;
+    ::pclose(p);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+// The commit of the checkout the bench runs in, "-dirty" when tracked files differ from it.
+std::string git_commit() {
+  const std::string head = shell_output("git rev-parse HEAD 2>/dev/null");
+  if (head.empty()) return "unknown";
+  return head + (shell_output("git status --porcelain --untracked-files=no 2>/dev/null").empty() ? "" : "-dirty");
+}
+
+std::string read_loadavg() {
+  std::ifstream in("/proc/loadavg");
+  std::string a, b, c;
+  in >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
+std::map<std::string, std::string> parse_artifacts(const std::vector<std::string>& items) {
+  std::map<std::string, std::string> m;
+  for (const std::string& item : items) {
+    const size_t eq = item.find('=');
+    SAAP_CHECK_FMT(eq != std::string::npos && eq > 0 && eq + 1 < item.size(), InvalidArgument,
+                   "--artifact '%s' must be METHOD=PATH (e.g. loki=loki.safetensors)", item.c_str());
+    const std::string name = item.substr(0, eq);
+    SAAP_CHECK_FMT(method_needs_artifact(name), InvalidArgument,
+                   "--artifact '%s': method '%s' takes no artifact (loki, saap, kmeans do)", item.c_str(),
+                   name.c_str());
+    m[name] = item.substr(eq + 1);
+  }
+  return m;
+}
+
+// One spec per method and budget. Streaming's budget is its sinks + window, sized here to read the
+// same fraction of the context as the budgeted methods.
+std::vector<MethodSpec> expand_specs(const BenchOpts& o) {
+  const auto artifacts = parse_artifacts(o.artifacts);
+  std::vector<MethodSpec> specs;
+  for (const std::string& name : o.methods) {
+    MethodSpec s = o.base;
+    s.name = name;
+    if (auto it = artifacts.find(name); it != artifacts.end()) s.artifact = it->second;
+    if (name == "dense" || name == "loki") {
+      specs.push_back(s);
+      continue;
+    }
+    for (double f : o.lookups) {
+      s.lookup = f;
+      if (name == "streaming")
+        s.window = std::max(0, int(std::lround(f * double(o.bench.context))) - s.sinks);
+      specs.push_back(s);
+    }
+  }
+  return specs;
+}
+
+[[noreturn]] void run_gpu(const BenchOpts& o, const CLI::App& cmd, const std::vector<std::string>& extras) {
+#ifndef SAAP_HAVE_CUDA
+  (void)o;
+  (void)cmd;
+  (void)extras;
+  SAAP_THROW_MSG(Unsupported,
+                 "--gpu: this saap was built without CUDA (configure with -DSAAP_CUDA=ON where nvcc is present, "
+                 "or run scripts/gpu_run.sh on the GPU machine)");
+#else
+  int devices = 0;
+  const cudaError_t err = cudaGetDeviceCount(&devices);
+  SAAP_CHECK_FMT(err == cudaSuccess && devices > 0, Unsupported, "--gpu: no CUDA GPU found (%s)",
+                 err == cudaSuccess ? "0 devices" : cudaGetErrorString(err));
+  const std::filesystem::path exe =
+      std::filesystem::read_symlink("/proc/self/exe").parent_path() / "bench" / "decode_bench";
+  SAAP_CHECK_FMT(::access(exe.c_str(), X_OK) == 0, NotFound,
+                 "--gpu: %s not found (build the decode_bench target in this build tree)", exe.c_str());
+  std::vector<std::string> args = {exe.string()};
+  if (cmd.count("--reps")) args.insert(args.end(), {"--reps", std::to_string(o.bench.reps)});
+  if (cmd.count("--out")) args.insert(args.end(), {"--out", o.out});
+  args.insert(args.end(), extras.begin(), extras.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  ::execv(exe.c_str(), argv.data());
+  SAAP_THROW_FMT(NotFound, "--gpu: cannot run %s", exe.c_str());
+#endif
+}
+
+void print_table(const DecodeBenchResult& r) {
+  std::printf("context %lld, %d thread(s); memcpy (read+write) %.1f GB/s on 1 thread, %.1f GB/s on %d; floor uses %.1f GB/s\n",
+              (long long)r.context, r.threads, r.copy_gbps_1thread, r.copy_gbps_all, r.threads, r.floor_gbps);
+  std::printf("%-5s %-36s %9s %9s %9s %9s %8s %8s %9s %8s\n", "layer", "method", "total_us", "select_us",
+              "attend_us", "KB/query", "lookup", "GB/s", "floor_us", "speedup");
+  for (const DecodeBenchRow& row : r.rows) {
+    const MethodLayerTiming& t = row.timing;
+    std::printf("%-5d %-36s %9.1f %9.1f %9.1f %9.1f %8.4f %8.2f %9.2f %7.2fx\n", t.layer, t.spec.c_str(), t.total_us,
+                t.select_us, t.attend_us, t.bytes_per_query() / 1024.0, t.lookup.fraction(), row.gbps, row.floor_us,
+                row.speedup);
+  }
+  for (const auto& n : r.notes) std::printf("note: %s\n", n.c_str());
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app, const GlobalOptions& global) {
+  auto* cmd = app.add_subcommand("bench", "Decode-step attention time per layer of each method vs dense and the memory floor");
+  auto o = std::make_shared<BenchOpts>();
+  cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--text", o->text, "Text whose tokens fill the KV cache (default: eval.txt in the cache)");
+  cmd->add_option("--context", o->bench.context, "Context length: n_ctx of the last timed query (<= the model's)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--layers", o->bench.layers, "Layers to time (default: first, middle, last)");
+  cmd->add_option("--reps", o->bench.reps, "Timed decode steps per method and layer (median reported)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", o->bench.warmup, "Untimed steps before them")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--methods", o->methods, "Methods: dense oracle streaming h2o loki saap kmeans")->delimiter(',');
+  cmd->add_option("--lookup", o->lookups, "Budgets as fractions of the context (oracle, streaming, h2o, saap, kmeans)")
+      ->delimiter(',')
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--sinks", o->base.sinks, "First positions always read")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--window", o->base.window, "Most recent positions always read (saap, kmeans)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--k-f", o->base.k_f, "Loki: fraction of the prefix attended")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--d-f", o->base.d_f, "Loki: fraction of dimensions used for ranking")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--artifact", o->artifacts, "METHOD=PATH: trained index of loki, saap or kmeans (repeatable)");
+  cmd->add_flag("--no-flush", o->no_flush, "Do not evict the CPU caches before each timed step");
+  cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
+  cmd->add_option("--stem", o->stem, "Result file stem (default cpu_bench_<date>)");
+  cmd->add_flag("--gpu", o->gpu,
+                "Run the CUDA benchmark (bench/decode_bench of this build tree) instead; --reps, --out and any arguments saap does not know (--contexts, --batches) go to it");
+  cmd->allow_extras();
+  cmd->callback([o, cmd, &global] {
+    const std::vector<std::string> extras = cmd->remaining();
+    if (o->gpu) run_gpu(*o, *cmd, extras);
+    if (!extras.empty()) {
+      std::string list;
+      for (const auto& e : extras) list += (list.empty() ? "" : " ") + e;
+      SAAP_THROW_FMT(InvalidArgument, "saap bench: unknown arguments: %s (see saap bench --help)", list.c_str());
+    }
+    o->bench.flush = !o->no_flush;
+    const std::vector<MethodSpec> specs = expand_specs(*o);
+    auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model);
+    check_decode_bench(model->config(), specs, o->bench);
+    const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
+    const std::vector<int32_t> tokens = text_windows(model->tokenizer(), text, 1, int(o->bench.context)).front();
+    const std::string load = read_loadavg();
+    const DecodeBenchResult r =
+        run_decode_bench(model, tokens, specs, model_artifact_identity(*model), o->bench);
+
+    nlohmann::json doc = {{"model", model->identity()},
+                          {"text", text},
+                          {"commit", git_commit()},
+                          {"loadavg_at_start", load},
+                          {"loadavg_at_end", read_loadavg()},
+                          {"reps", o->bench.reps},
+                          {"warmup", o->bench.warmup},
+                          {"flush_caches", o->bench.flush},
+                          {"definitions",
+                           {{"total_us", "median over the timed steps of select + attend of one query (all heads) in one layer"},
+                            {"bytes_per_query", "K/V bytes the selection touches (union per KV head) + index bytes, LookupStats"},
+                            {"gbps", "bytes_per_query / total_us"},
+                            {"floor_us", "bytes_per_query / floor_gbps (memcpy read+write bandwidth, same run)"},
+                            {"accounting_us", "part of attend_us spent counting the bytes read, not reading them"}}},
+                          {"bench", r.to_json()}};
+    CsvTable table{{"method", "spec", "layer", "context", "threads", "total_us", "select_us", "attend_us",
+                    "accounting_us", "bytes_per_query", "lookup_fraction", "gbps", "floor_us", "dense_us", "speedup"},
+                   {}};
+    for (const DecodeBenchRow& row : r.rows) {
+      const MethodLayerTiming& t = row.timing;
+      table.add({t.method, t.spec, std::to_string(t.layer), std::to_string(t.context), std::to_string(r.threads),
+                 csv_field(t.total_us), csv_field(t.select_us), csv_field(t.attend_us), csv_field(t.accounting_us),
+                 csv_field(t.bytes_per_query()), csv_field(t.lookup.fraction()), csv_field(row.gbps),
+                 csv_field(row.floor_us), csv_field(row.dense_us), csv_field(row.speedup)});
+    }
+    if (o->stem.empty()) o->stem = "cpu_bench_" + run_provenance()["date"].get<std::string>().substr(0, 10);
+    const auto paths = write_result_files(o->out, o->stem, doc, table);
+    emit(global, doc, [&] {
+      print_table(r);
+      std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
+    });
+  });
+}
+
+}  // namespace saap::cli

@@ -191,5 +191,33 @@ int main() {
       tally.check(err < lim, (kt + "attention rel error").c_str(), err, lim);
     }
   }
+  // Bad input is refused with the right error kind, not a crash.
+  auto refused = [&](const char* what, ErrorKind kind, auto&& fn) {
+    bool ok = false;
+    try {
+      fn();
+    } catch (const Error& e) {
+      ok = e.kind() == kind;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(ok, what, ok, 1);
+  };
+  const cuda::DecodeShape s1{1, 4, 2, 64, DType::BF16};
+  refused("rank 12 is refused (Unsupported)", ErrorKind::Unsupported, [&] { cuda::LokiIndex bad(s1, 16, 12); });
+  {
+    cuda::LokiIndex idx(s1, 16, 8);
+    std::vector<float> eye(size_t(2) * 64 * 64, 0.f);
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < 64; ++i) eye[(size_t(h) * 64 + i) * 64 + i] = 1.f;
+    idx.set_basis(eye);
+    auto k = cutest::upload(cutest::random_kv(rng, size_t(2) * 16 * 64, DType::BF16));
+    idx.store(k.get(), k.get(), 16, {16});
+    refused("append to a full sequence is refused (InvalidArgument)", ErrorKind::InvalidArgument,
+            [&] { idx.append(k.get(), k.get()); });
+    cuda::DeviceBuffer<float> q(4 * 64);
+    refused("k_frac 0 is refused (InvalidArgument)", ErrorKind::InvalidArgument, [&] { idx.select(q.get(), 0.f); });
+    refused("a basis of the wrong size is refused (InvalidArgument)", ErrorKind::InvalidArgument,
+            [&] { idx.set_basis(std::vector<float>(64)); });
+  }
   return tally.finish();
 }

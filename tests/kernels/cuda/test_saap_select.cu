@@ -145,5 +145,31 @@ int main() {
                 double(order_errors), 0);
     tally.check(not_maximal == 0, (tag + "next partition by score would still have fit").c_str(), double(not_maximal), 0);
   }
+  // Bad input is refused with the right error kind, not a crash.
+  auto refused = [&](const char* what, ErrorKind kind, auto&& fn) {
+    bool ok = false;
+    try {
+      fn();
+    } catch (const Error& e) {
+      ok = e.kind() == kind;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(ok, what, ok, 1);
+  };
+  const cuda::DecodeShape s1{1, 4, 2, 64, DType::BF16};
+  cuda::SaapConfig cfg;
+  cfg.max_prefill = 64;
+  cfg.n_partitions = 5000;
+  refused("5000 partitions are refused (Unsupported)", ErrorKind::Unsupported, [&] { cuda::SaapIndex bad(s1, cfg); });
+  cfg.n_partitions = 8;
+  cuda::SaapIndex idx(s1, cfg);
+  cuda::DeviceBuffer<float> q(4 * 64);
+  refused("select before set_classifier is refused (InvalidArgument)", ErrorKind::InvalidArgument,
+          [&] { idx.select(q.get(), 0.05f); });
+  refused("a classifier of the wrong size is refused (InvalidArgument)", ErrorKind::InvalidArgument,
+          [&] { idx.set_classifier({1.f}, {1.f}, {1.f}, {1.f}); });
+  idx.set_classifier(std::vector<float>(size_t(4) * 128 * 64, 0.1f), std::vector<float>(4 * 128, 0.f),
+                     std::vector<float>(size_t(4) * 8 * 128, 0.1f), std::vector<float>(4 * 8, 0.f));
+  refused("lookup 1.5 is refused (InvalidArgument)", ErrorKind::InvalidArgument, [&] { idx.select(q.get(), 1.5f); });
   return tally.finish();
 }

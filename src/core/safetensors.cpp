@@ -152,7 +152,7 @@ void SafetensorsWriter::write(const std::string& path, const json& saap_header) 
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
-  SAAP_CHECK_FMT(in.good(), NotFound, "cannot open artifact '%s'", path.c_str());
+  SAAP_CHECK_FMT(in.good(), NotFound, "cannot open safetensors file '%s'", path.c_str());
   const std::streamoff size = in.tellg();
   SAAP_CHECK_FMT(size >= 0, BadFile, "cannot size '%s'", path.c_str());
   std::vector<uint8_t> data(static_cast<size_t>(size));

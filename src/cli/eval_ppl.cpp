@@ -4,15 +4,17 @@
 
 #include "cli/commands.h"
 #include "cli/method_options.h"
+#include "saap/core/error.h"
 #include "saap/core/paths.h"
 #include "saap/eval/perplexity.h"
+#include "saap/eval/result_files.h"
 
 namespace saap::cli {
 
 void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
   auto* cmd = eval_command(app)->add_subcommand("ppl", "Perplexity over a text in non-overlapping windows");
   struct Opts {
-    std::string model, text;
+    std::string model, text, out = "results";
     bool dense_prefill = false;
     PerplexityOptions ppl;
     MethodSpec spec;
@@ -29,6 +31,7 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
                 "Run windows as exact prefill chunks (only lone decode steps use the method); by default every "
                 "position attends through the method. For --method dense both give the same numbers, and the "
                 "faster exact prefill is used.");
+  cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
   cmd->callback([o, &global] {
     auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model, !global.json);
@@ -45,11 +48,22 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
     result["window_len"] = opts.window;
     result["method"] = o->spec.describe();
     result["attention_mode"] = opts.mode == AttentionMode::DensePrefill ? "dense-prefill" : "method-everywhere";
+    result["artifact"] = o->spec.artifact;
+    CsvTable table{{"method", "window_len", "windows", "scored_tokens", "perplexity", "mean_nll", "tokens_per_second",
+                    "lookup_fraction"},
+                   {}};
+    table.add({o->spec.describe(), std::to_string(opts.window), std::to_string(r.windows),
+               std::to_string(r.scored_tokens), csv_field(r.perplexity), csv_field(r.mean_nll),
+               csv_field(r.tokens_per_second), r.stats.queries ? csv_field(r.stats.fraction()) : std::string()});
+    const auto paths =
+        write_result_files(o->out, "ppl_" + o->spec.name + "_w" + std::to_string(opts.window), result, table);
     emit(global, result, [&] {
+      const std::string lookup = r.stats.queries ? format("%.4f", r.stats.fraction()) : "n/a (exact prefill)";
       std::printf("%s: perplexity %.4f (mean NLL %.4f nats) over %lld windows of %lld tokens (%lld scored), "
-                  "%.1f tok/s, lookup %.4f\n",
+                  "%.1f tok/s, lookup %s\n",
                   o->spec.describe().c_str(), r.perplexity, r.mean_nll, (long long)r.windows, (long long)opts.window,
-                  (long long)r.scored_tokens, r.tokens_per_second, r.stats.fraction());
+                  (long long)r.scored_tokens, r.tokens_per_second, lookup.c_str());
+      std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
     });
   });
 }

@@ -32,8 +32,9 @@ nlohmann::json PerplexityResult::to_json() const {
           {"tokens_per_second", tokens_per_second},
           {"bos", bos},
           {"window_nll", window_nll},
-          {"lookup_fraction", stats.fraction()},
-          {"kv_fraction", stats.kv_fraction()},
+          // null when no query went through a method (exact prefill everywhere): nothing to report.
+          {"lookup_fraction", stats.queries ? nlohmann::json(stats.fraction()) : nlohmann::json()},
+          {"kv_fraction", stats.queries ? nlohmann::json(stats.kv_fraction()) : nlohmann::json()},
           {"method_queries", stats.queries}};
 }
 

@@ -129,7 +129,7 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
                           {"top_k", o->att.top_k},
                           {"settings", nlohmann::json::array()}};
     CsvTable table{{"label", "family", "budget", "lookup_fraction", "kv_fraction", "ppl", "ppl_delta", "recall",
-                    "jaccard", "mass", "rel_error", "att_lookup_fraction", "seconds"},
+                    "jaccard", "mass", "rel_error", "att_lookup_fraction", "ppl_seconds"},
                    {}};
 
     // The plain runner's perplexity (exact prefill, no method): the reference every delta uses,
@@ -141,11 +141,17 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
     const PerplexityResult base = evaluate_perplexity(model, ppl_tokens, plain);
     doc["plain_perplexity"] = base.to_json();
 
-    for (const Setting& s : grid) {
+    std::vector<MethodFactory> factories;
+    for (const Setting& s : grid) factories.push_back(make_method_factory(s.spec, id));
+    // One dense pass feeds every method's attention metrics (identical inputs for all).
+    std::vector<AttentionEvalResult> att;
+    if (!att_windows.empty()) att = evaluate_attention(model, factories, att_windows, o->att);
+
+    for (size_t i = 0; i < grid.size(); ++i) {
+      const Setting& s = grid[i];
       const auto t0 = std::chrono::steady_clock::now();
-      const MethodFactory factory = make_method_factory(s.spec, id);
       PerplexityOptions po = plain;
-      po.methods = factory;
+      po.methods = factories[i];
       po.mode = AttentionMode::MethodEverywhere;
       const PerplexityResult ppl = evaluate_perplexity(model, ppl_tokens, po);
       nlohmann::json row = {{"label", s.label}, {"family", s.family}, {"budget", s.budget},
@@ -153,17 +159,16 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
                             {"ppl_delta", ppl.perplexity - base.perplexity}};
       AttentionMetrics m;
       LookupStats att_lookup;
-      if (!att_windows.empty()) {
-        const AttentionEvalResult att = evaluate_attention(model, factory, att_windows, o->att);
-        m = att.overall();
-        att_lookup = att.overall_lookup();
-        row["attention"] = att.to_json();
+      if (!att.empty()) {
+        m = att[i].overall();
+        att_lookup = att[i].overall_lookup();
+        row["attention"] = att[i].to_json();
         row["attention"].erase("layers");
         row["attention_layers"] = nlohmann::json::array();
-        for (int l = 0; l < int(att.heads.size()); ++l) row["attention_layers"].push_back(att.layer(l).to_json());
+        for (int l = 0; l < int(att[i].heads.size()); ++l) row["attention_layers"].push_back(att[i].layer(l).to_json());
       }
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      row["seconds"] = seconds;
+      row["ppl_seconds"] = seconds;
       doc["settings"].push_back(row);
       table.add({s.label, s.family, csv_field(s.budget), csv_field(ppl.stats.fraction()),
                  csv_field(ppl.stats.kv_fraction()), csv_field(ppl.perplexity),

@@ -45,17 +45,27 @@ nlohmann::json AttentionEvalResult::to_json() const {
 AttentionEvalResult evaluate_attention(std::shared_ptr<const LlamaModel> model, const MethodFactory& factory,
                                        const std::vector<std::vector<int32_t>>& windows,
                                        const AttentionEvalOptions& options) {
+  return evaluate_attention(model, std::vector<MethodFactory>{factory}, windows, options).front();
+}
+
+std::vector<AttentionEvalResult> evaluate_attention(std::shared_ptr<const LlamaModel> model,
+                                                    const std::vector<MethodFactory>& factories,
+                                                    const std::vector<std::vector<int32_t>>& windows,
+                                                    const AttentionEvalOptions& options) {
   const LlamaConfig& cfg = model->config();
   const int H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim;
   SAAP_CHECK_MSG(!windows.empty(), InvalidArgument, "no evaluation windows");
+  SAAP_CHECK_MSG(!factories.empty(), InvalidArgument, "no methods to evaluate");
   int64_t capacity = 0;
   for (const auto& w : windows) capacity = std::max<int64_t>(capacity, int64_t(w.size()));
   SAAP_CHECK_FMT(capacity >= 2 && capacity <= cfg.context_length, InvalidArgument,
                  "window length %lld must be in [2, %lld]", (long long)capacity, (long long)cfg.context_length);
 
-  AttentionEvalResult result;
-  result.heads.assign(size_t(cfg.n_layers), std::vector<AttentionMetrics>(size_t(H)));
-  result.lookup.assign(size_t(cfg.n_layers), LookupStats{});
+  std::vector<AttentionEvalResult> results(factories.size());
+  for (auto& result : results) {
+    result.heads.assign(size_t(cfg.n_layers), std::vector<AttentionMetrics>(size_t(H)));
+    result.lookup.assign(size_t(cfg.n_layers), LookupStats{});
+  }
   LlamaSession session(model, capacity);
   ProgressBar bar("eval attention", int64_t(windows.size()) * cfg.n_layers, options.progress);
   std::vector<float> logits(size_t(cfg.vocab_size));
@@ -84,8 +94,9 @@ AttentionEvalResult evaluate_attention(std::shared_ptr<const LlamaModel> model, 
       keep(b.v, a.v, KV);
       if (a.pos0 + a.n < n) return;
       const LayerShape shape{a.layer, H, KV, D, cfg.context_length};
-      replay_layer(factory, shape, n, b.q.data(), b.q_pre.data(), b.k.data(), b.k_pre.data(), b.v.data(), sample,
-                   options.top_k, result.heads[size_t(a.layer)], result.lookup[size_t(a.layer)]);
+      for (size_t m = 0; m < factories.size(); ++m)
+        replay_layer(factories[m], shape, n, b.q.data(), b.q_pre.data(), b.k.data(), b.k_pre.data(), b.v.data(),
+                     sample, options.top_k, results[m].heads[size_t(a.layer)], results[m].lookup[size_t(a.layer)]);
       b = Buffers{};
       bar.update(++layers_done);
     });
@@ -93,7 +104,7 @@ AttentionEvalResult evaluate_attention(std::shared_ptr<const LlamaModel> model, 
   }
   session.set_observer(nullptr);
   bar.finish();
-  return result;
+  return results;
 }
 
 }  // namespace saap

@@ -35,5 +35,11 @@ struct AttentionEvalResult {
 AttentionEvalResult evaluate_attention(std::shared_ptr<const LlamaModel> model, const MethodFactory& factory,
                                        const std::vector<std::vector<int32_t>>& windows,
                                        const AttentionEvalOptions& options);
+// Several methods on one dense pass (the model runs once per window; each layer's activations are
+// replayed through every method), one result per factory.
+std::vector<AttentionEvalResult> evaluate_attention(std::shared_ptr<const LlamaModel> model,
+                                                    const std::vector<MethodFactory>& factories,
+                                                    const std::vector<std::vector<int32_t>>& windows,
+                                                    const AttentionEvalOptions& options);
 
 }  // namespace saap

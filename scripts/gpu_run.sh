@@ -23,7 +23,7 @@ echo "build ok"
 if [[ $mode == all || $mode == test ]]; then
   (cd build-cuda && ctest -j6 --output-on-failure --timeout 300) >> "$OUT/tests.log" 2>&1 || status=1
   grep -E "passed, .* failed|tests passed|Failed|\*\*\*" "$OUT/tests.log"
-  for t in saap_decode loki dense_decode; do
+  for t in saap_decode saap_layout loki dense_decode; do
     echo "== memcheck cuda_test_$t" >> "$OUT/memcheck.log"
     compute-sanitizer --tool memcheck --error-exitcode 9 "build-cuda/tests/cuda_test_$t" >> "$OUT/memcheck.log" 2>&1 \
       || { status=1; echo "memcheck cuda_test_$t FAILED"; }

@@ -1,5 +1,6 @@
 // Host side of Loki: storage in the PCA basis, low-rank scoring, exact top-k, gather decode.
 #include <algorithm>
+#include <type_traits>
 
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/loki.h"
@@ -13,9 +14,12 @@ struct LokiIndex::Impl {
   DeviceBuffer<float> basis, q_rot, scores;
   DeviceBuffer<int2> cand;   // (token, score key) of the threshold bin
   DeviceBuffer<int2> list2;  // the candidates at the second-level digit
+  // hist, list2_count and done are zero between select() calls: the last block of each stage
+  // clears what it consumed, so a step needs no memset launches.
   DeviceBuffer<int32_t> hist, sel, sel_count, cand_count, seq_len, pos0, count;
-  DeviceBuffer<int2> bin_need, need2;
+  DeviceBuffer<int2> bin_need;
   DeviceBuffer<int32_t> list2_count;
+  DeviceBuffer<uint32_t> done;  // [2][bh]: finished blocks of the scoring and the refine launch
   std::vector<int32_t> host_len;  // [bh], mirrors seq_len so appends are checked without a sync
 };
 
@@ -38,9 +42,12 @@ LokiIndex::LokiIndex(const DecodeShape& shape, int64_t max_len, int rank)
   m.hist.resize(bh * kLokiBins * 2);  // first level, then the candidates' second level
   for (auto* p : {&m.sel_count, &m.cand_count, &m.seq_len, &m.pos0, &m.count}) p->resize(bh);
   m.bin_need.resize(bh);
-  m.need2.resize(bh);
   m.list2_count.resize(bh);
   m.list2.resize(bh * max_len);
+  m.done.resize(2 * bh);
+  SAAP_CU(cudaMemset(m.hist.get(), 0, m.hist.bytes()));
+  SAAP_CU(cudaMemset(m.list2_count.get(), 0, m.list2_count.bytes()));
+  SAAP_CU(cudaMemset(m.done.get(), 0, m.done.bytes()));
   SAAP_CU(cudaMemset(m.seq_len.get(), 0, m.seq_len.bytes()));
   SAAP_CU(cudaMemset(m.sel_count.get(), 0, m.sel_count.bytes()));
 }
@@ -160,38 +167,48 @@ void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
   loki_rotate_q_kernel<<<dim3(shape_.n_q_heads, shape_.batch), 4 * D, 5 * D * 4, stream>>>(q, m.basis.get(), shape_.n_q_heads,
                                                                                  G, D, m.q_rot.get());
   SAAP_CU_LAUNCHED();
-  SAAP_CU(cudaMemsetAsync(m.hist.get(), 0, m.hist.bytes(), stream));
-  const dim3 grid(unsigned((max_len_ + kScoreTokensPerBlock - 1) / kScoreTokensPerBlock), bh);
-  dispatch_decode(shape_, [&](auto t, auto, auto gmax) {
-    using T = decltype(t);
-    constexpr int GMAX = decltype(gmax)::value;
-    const T* kl = reinterpret_cast<const T*>(m.k_low.get());
-    if (rank_ == 8)
-      loki_score_kernel<T, 8, GMAX><<<grid, 256, 0, stream>>>(kl, m.q_rot.get(), m.seq_len.get(), Hkv, G, D, max_len_,
-                                                              m.scores.get(), m.hist.get());
-    else if (rank_ == 16)
-      loki_score_kernel<T, 16, GMAX><<<grid, 256, 0, stream>>>(kl, m.q_rot.get(), m.seq_len.get(), Hkv, G, D,
-                                                               max_len_, m.scores.get(), m.hist.get());
-    else
-      loki_score_kernel<T, 32, GMAX><<<grid, 256, 0, stream>>>(kl, m.q_rot.get(), m.seq_len.get(), Hkv, G, D,
-                                                               max_len_, m.scores.get(), m.hist.get());
-  });
-  SAAP_CU_LAUNCHED();
-  loki_threshold_kernel<<<bh, 256, 0, stream>>>(m.hist.get(), m.seq_len.get(), k_frac, m.bin_need.get(),
-                                               m.sel_count.get(), m.cand_count.get());
+  // Tokens per block so that the grid is one wave of `resident` blocks (a multiple of 256, so
+  // the filter's 8 warps split it evenly).
+  auto grid_for = [&](const void* kernel, int64_t& chunk) {
+    const int per_head = choose_splits(shape_, max_len_, resident_blocks(kernel, 256), 2048);
+    chunk = ((max_len_ + per_head - 1) / per_head + 255) / 256 * 256;
+    return dim3(unsigned((max_len_ + chunk - 1) / chunk), bh);
+  };
+  uint32_t* score_done = m.done.get();
+  uint32_t* refine_done = m.done.get() + bh;
+  if (shape_.kv_dtype == DType::BF16 && (rank_ == 16 || rank_ == 32)) {
+    const auto* kl = reinterpret_cast<const __nv_bfloat16*>(m.k_low.get());
+    auto* kernel = rank_ == 16 ? loki_score_mma_kernel<16> : loki_score_mma_kernel<32>;
+    int64_t chunk;
+    const dim3 grid = grid_for(reinterpret_cast<const void*>(kernel), chunk);
+    kernel<<<grid, 256, 0, stream>>>(kl, m.q_rot.get(), m.seq_len.get(), G, D, max_len_, chunk, k_frac,
+                                     m.scores.get(), m.hist.get(), score_done, m.bin_need.get(), m.sel_count.get(),
+                                     m.cand_count.get());
+  } else {
+    dispatch_decode(shape_, [&](auto t, auto, auto gmax) {
+      using T = decltype(t);
+      constexpr int GMAX = decltype(gmax)::value;
+      auto* kernel = loki_score_kernel<T, 8, GMAX>;  // bf16 reaches here only at rank 8
+      if constexpr (std::is_same_v<T, __half>)
+        kernel = rank_ == 8 ? kernel : rank_ == 16 ? loki_score_kernel<T, 16, GMAX> : loki_score_kernel<T, 32, GMAX>;
+      int64_t chunk;
+      const dim3 grid = grid_for(reinterpret_cast<const void*>(kernel), chunk);
+      kernel<<<grid, 256, 0, stream>>>(reinterpret_cast<const T*>(m.k_low.get()), m.q_rot.get(), m.seq_len.get(), G,
+                                       D, max_len_, chunk, k_frac, m.scores.get(), m.hist.get(), score_done,
+                                       m.bin_need.get(), m.sel_count.get(), m.cand_count.get());
+    });
+  }
   SAAP_CU_LAUNCHED();
   int32_t* hist2 = m.hist.get() + int64_t(bh) * kLokiBins;
-  loki_filter_kernel<<<grid, kFilterThreads, 0, stream>>>(m.scores.get(), m.seq_len.get(), max_len_, m.bin_need.get(),
-                                                          m.sel_count.get(), m.sel.get(), m.cand_count.get(),
-                                                          m.cand.get(), hist2);
+  int64_t fchunk;
+  const dim3 fgrid = grid_for(reinterpret_cast<const void*>(loki_filter_kernel), fchunk);
+  loki_filter_kernel<<<fgrid, kFilterThreads, 0, stream>>>(m.scores.get(), m.seq_len.get(), max_len_, fchunk,
+                                                           m.bin_need.get(), m.sel_count.get(), m.sel.get(),
+                                                           m.cand_count.get(), m.cand.get(), hist2);
   SAAP_CU_LAUNCHED();
-  SAAP_CU(cudaMemsetAsync(m.list2_count.get(), 0, m.list2_count.bytes(), stream));
-  loki_refine_pass_kernel<<<dim3(kRefineBlocks, bh), kRefineThreads, 0, stream>>>(
+  loki_refine_kernel<<<dim3(kRefineBlocks, bh), kRefineThreads, 0, stream>>>(
       max_len_, m.bin_need.get(), m.cand_count.get(), m.cand.get(), hist2, m.sel_count.get(), m.sel.get(),
-      m.need2.get(), m.list2_count.get(), m.list2.get());
-  SAAP_CU_LAUNCHED();
-  loki_refine_final_kernel<<<bh, 1024, 0, stream>>>(max_len_, m.need2.get(), m.list2_count.get(),
-                                                    m.list2.get(), m.sel_count.get(), m.sel.get());
+      m.list2_count.get(), m.list2.get(), refine_done);
   SAAP_CU_LAUNCHED();
   last_k_frac_ = k_frac;
 }

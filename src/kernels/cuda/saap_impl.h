@@ -20,6 +20,9 @@ struct SaapIndex::Impl {
   DeviceBuffer<float> b1, b2, logits;
   int hidden = 0;
   int64_t append_pool_pages = 0;
+  bool built = false;
+  int64_t safe_appends = 0;  // appends that cannot overflow, from the last look at the counters
+  int repacks = 0;
   float last_lookup = 0.f;
   cublasHandle_t cublas = nullptr;
 };

@@ -1,4 +1,6 @@
 // Host side of the Saap layout: prefill build and decode append.
+#include <algorithm>
+
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/saap_layout.cuh"
 #include "saap_impl.h"
@@ -44,12 +46,16 @@ void SaapIndex::build(const void* k, const void* v, int64_t max_len, const std::
   SAAP_CU_LAUNCHED();
   // lengths and slot_of are freed on return.
   SAAP_CU(cudaStreamSynchronize(stream));
+  m.built = true;
+  m.safe_appends = std::min<int64_t>(int64_t(cfg_.append_page) * cfg_.append_pages_per_partition, m.append_pool_pages);
 }
 
 void SaapIndex::append(const void* k_new, const void* v_new, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(k_new && v_new, InvalidArgument, "null pointer: k_new=%p v_new=%p", k_new, v_new);
   SAAP_CU_REQUIRE(m.centroids.size() > 0, InvalidArgument, "%s", "set_centroids() must be called first");
+  SAAP_CU_REQUIRE(m.built, InvalidArgument, "%s", "build() must be called before append()");
+  ensure_append_room(stream);
   const SaapGeom g = geom(shape_, cfg_, rows_);
   const int bh = shape_.batch * shape_.n_kv_heads;
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
@@ -65,6 +71,91 @@ void SaapIndex::append(const void* k_new, const void* v_new, cudaStream_t stream
         m.seq_len.get(), m.best.get(), m.flags.get());
   });
   SAAP_CU_LAUNCHED();
+}
+
+int SaapIndex::repacks() const { return impl_->repacks; }
+
+void SaapIndex::ensure_append_room(cudaStream_t stream) {
+  auto& m = *impl_;
+  if (m.safe_appends > 0) {
+    --m.safe_appends;
+    return;
+  }
+  // k appends add at most k tokens to any partition and open at most k pages, so the smallest
+  // room left (in tokens of a partition, in free pages of the pool) is how many are safe.
+  const int64_t bh = int64_t(shape_.batch) * shape_.n_kv_heads, C = cfg_.n_partitions, P = cfg_.append_page;
+  const int64_t full = P * cfg_.append_pages_per_partition;
+  std::vector<int32_t> cnt(bh * C), next(bh);
+  SAAP_CU(cudaMemcpyAsync(cnt.data(), m.append_count.get(), cnt.size() * 4, cudaMemcpyDeviceToHost, stream));
+  SAAP_CU(cudaMemcpyAsync(next.data(), m.next_page.get(), next.size() * 4, cudaMemcpyDeviceToHost, stream));
+  SAAP_CU(cudaStreamSynchronize(stream));
+  int64_t room = full;
+  for (int32_t x : cnt) room = std::min<int64_t>(room, full - x);
+  for (int32_t x : next) room = std::min<int64_t>(room, (rows_ - x) / P);
+  if (room <= 0) {
+    repack(stream);
+    room = std::min<int64_t>(full, m.append_pool_pages);
+  }
+  m.safe_appends = room - 1;  // this append is one of them
+}
+
+void SaapIndex::repack(cudaStream_t stream) {
+  auto& m = *impl_;
+  const int64_t bh = int64_t(shape_.batch) * shape_.n_kv_heads, C = cfg_.n_partitions, P = cfg_.append_page;
+  const int64_t A = cfg_.append_pages_per_partition, D = shape_.head_dim, fixed = cfg_.sinks + cfg_.window;
+  std::vector<int32_t> pcount(bh * C), acount(bh * C), start(bh * C);
+  SAAP_CU(cudaMemcpyAsync(pcount.data(), m.part_count.get(), pcount.size() * 4, cudaMemcpyDeviceToHost, stream));
+  SAAP_CU(cudaMemcpyAsync(acount.data(), m.append_count.get(), acount.size() * 4, cudaMemcpyDeviceToHost, stream));
+  SAAP_CU(cudaStreamSynchronize(stream));
+  int64_t region = cfg_.max_prefill;
+  for (int64_t r = 0; r < bh; ++r) {
+    int64_t at = fixed;
+    for (int64_t c = 0; c < C; ++c) {
+      start[r * C + c] = int32_t(at);
+      at += pcount[r * C + c] + acount[r * C + c];
+      pcount[r * C + c] += acount[r * C + c];
+    }
+    region = std::max(region, at - fixed);
+  }
+  // Enough pages for a partition to fill all its pages while every other opens one.
+  const int64_t pool_pages = std::max<int64_t>(m.append_pool_pages, C + A);
+  const int64_t rows = fixed + region + pool_pages * P;
+  SAAP_CU_REQUIRE(rows < (int64_t(1) << 31), Unsupported, "re-pack needs %lld slots per head, over int32 slot indices",
+                  (long long)rows);
+  const SaapGeom g_old = geom(shape_, cfg_, rows_);
+  SaapConfig cfg = cfg_;
+  cfg.max_prefill = region;
+  const SaapGeom g_new = geom(shape_, cfg, rows);
+  DeviceBuffer<uint16_t> kpool(bh * rows * D), vpool(bh * rows * D);
+  DeviceBuffer<int32_t> d_start(start.size());
+  SAAP_CU(cudaMemcpyAsync(d_start.get(), start.data(), start.size() * 4, cudaMemcpyHostToDevice, stream));
+  saap_repack_kernel<<<dim3(unsigned(C + 1), unsigned(bh)), 256, 0, stream>>>(
+      g_old, g_new, m.part_start.get(), m.part_count.get(), m.append_pages.get(), m.append_count.get(), d_start.get(),
+      reinterpret_cast<const uint4*>(m.kpool.get()), reinterpret_cast<const uint4*>(m.vpool.get()),
+      reinterpret_cast<uint4*>(kpool.get()), reinterpret_cast<uint4*>(vpool.get()));
+  SAAP_CU_LAUNCHED();
+  const std::vector<int32_t> next(bh, int32_t(fixed + region));
+  SAAP_CU(cudaMemcpyAsync(m.part_start.get(), d_start.get(), start.size() * 4, cudaMemcpyDeviceToDevice, stream));
+  SAAP_CU(cudaMemcpyAsync(m.part_count.get(), pcount.data(), pcount.size() * 4, cudaMemcpyHostToDevice, stream));
+  SAAP_CU(cudaMemsetAsync(m.append_count.get(), 0, m.append_count.bytes(), stream));
+  SAAP_CU(cudaMemcpyAsync(m.next_page.get(), next.data(), next.size() * 4, cudaMemcpyHostToDevice, stream));
+  // The last selection named old slots.
+  SAAP_CU(cudaMemsetAsync(m.segment_count.get(), 0, m.segment_count.bytes(), stream));
+  SAAP_CU(cudaMemsetAsync(m.selected_tokens.get(), 0, m.selected_tokens.bytes(), stream));
+  SAAP_CU(cudaStreamSynchronize(stream));  // host vectors are copy sources; the old pools are freed below
+  m.kpool = std::move(kpool);
+  m.vpool = std::move(vpool);
+  const int64_t seg = cfg.segment;
+  const int64_t max_segments = (cfg.sinks + seg - 1) / seg + (cfg.window + seg - 1) / seg + (region + seg - 1) / seg +
+                               C + pool_pages;
+  if (max_segments > max_segments_) {
+    m.segments.resize(bh * max_segments * 2);
+    max_segments_ = max_segments;
+  }
+  m.append_pool_pages = pool_pages;
+  cfg_ = cfg;
+  rows_ = rows;
+  ++m.repacks;
 }
 
 }  // namespace saap::cuda

@@ -1,7 +1,8 @@
 // Loki on the GPU vs float64 CPU references: keys stored in a random orthonormal PCA basis
 // (low/rest split), rotated queries, low-rank scores, exact top-k of those scores, and gather
 // attention over the kept tokens; with k_frac = 1 the result equals dense attention on the raw
-// keys (the rotation is exact up to the rounding of the stored keys).
+// keys (the rotation is exact up to the rounding of the stored keys). bf16 keys at rank 16/32 are
+// scored on the tensor cores, the others on the CUDA cores; both must match the fp32 query's scores.
 #include <algorithm>
 #include <string>
 
@@ -45,7 +46,9 @@ int main() {
   };
   for (const Case& c : {Case{2, 8, 2, 128, 32, DType::BF16, {5000, 1234}, 3, 0.25f},
                         Case{1, 9, 3, 64, 16, DType::F16, {20000}, 2, 0.125f},
-                        Case{1, 4, 4, 64, 8, DType::BF16, {777}, 0, 0.05f}}) {
+                        Case{1, 4, 4, 64, 8, DType::BF16, {777}, 0, 0.05f},
+                        // tensor-core scoring at rank 16, G = 8 (every MMA column a distinct head), 3 score blocks
+                        Case{1, 8, 1, 128, 16, DType::BF16, {20001}, 1, 0.1f}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};
     const int64_t src_len = *std::max_element(c.lens.begin(), c.lens.end());
     const int64_t max_len = src_len + c.appends;
@@ -107,7 +110,9 @@ int main() {
     for (int bh = 0; bh < bh_n; ++bh) len_ok &= lens_now[bh] == c.lens[bh / c.hkv] + c.appends;
     tally.check(len_ok, (tag + "lengths after appends").c_str(), len_ok, 1);
 
-    for (float k_frac : {c.k_frac, 1.f}) {
+    // The third pass repeats the first: the counters and histograms one select() leaves behind
+    // must be clean for the next.
+    for (float k_frac : {c.k_frac, 1.f, c.k_frac}) {
       auto q = cutest::random_f32(rng, size_t(c.batch) * c.hq * D, 2.f);
       auto dq = cutest::upload(q);
       cuda::DeviceBuffer<float> dout(q.size());

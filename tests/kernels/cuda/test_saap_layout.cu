@@ -1,6 +1,7 @@
 // Saap partitioned layout: prefill build places every token exactly once (sinks, recent ring, its
 // partition's contiguous range), and decode appends move the token leaving the window into the
-// append pages of its nearest centroid (checked against a float64 CPU search).
+// append pages of its nearest centroid (checked against a float64 CPU search); when the pages run
+// out, the index re-packs and the same invariants hold.
 #include <map>
 #include <string>
 
@@ -26,16 +27,22 @@ int main() {
     DType t;
     std::vector<int32_t> lens;
     int appends;
+    int pages = 16;            // append pages per partition
+    int64_t max_prefill = 300;
+    int min_repacks = 0;
   };
-  for (const Case& c : {Case{2, 2, 128, 37, DType::BF16, {300, 20}, 50}, Case{1, 3, 64, 5, DType::F16, {130}, 70}}) {
+  // The third case overflows: 2 pages of 8 per partition, 3 partitions, 150 appends, so appends
+  // must re-pack (several times, and past max_prefill) instead of dropping tokens.
+  for (const Case& c : {Case{2, 2, 128, 37, DType::BF16, {300, 20}, 50}, Case{1, 3, 64, 5, DType::F16, {130}, 70},
+                        Case{1, 2, 64, 3, DType::BF16, {64}, 150, 2, 64, 2}}) {
     cuda::DecodeShape s{c.batch, c.hkv, c.hkv, c.d, c.t};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;
     cfg.sinks = 4;
     cfg.window = 16;
     cfg.append_page = 8;
-    cfg.append_pages_per_partition = 16;
-    cfg.max_prefill = 300;
+    cfg.append_pages_per_partition = c.pages;
+    cfg.max_prefill = c.max_prefill;
     cfg.max_new_tokens = c.appends;
     const int64_t max_len = cfg.max_prefill;
     cuda::SaapIndex idx(s, cfg);
@@ -74,6 +81,8 @@ int main() {
     idx.check();
     SAAP_CU(cudaDeviceSynchronize());
     const int64_t rows = idx.rows();
+    tally.check(idx.repacks() >= c.min_repacks, "re-packs when the append pages run out", idx.repacks(),
+                c.min_repacks);
     std::vector<uint16_t> pk(size_t(bh_n) * rows * c.d), pv(pk.size());
     SAAP_CU(cudaMemcpy(pk.data(), idx.k_pool(), pk.size() * 2, cudaMemcpyDeviceToHost));
     SAAP_CU(cudaMemcpy(pv.data(), idx.v_pool(), pv.size() * 2, cudaMemcpyDeviceToHost));

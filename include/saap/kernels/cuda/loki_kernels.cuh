@@ -1,5 +1,6 @@
 // Loki kernels: query/key rotation into the PCA basis, low-rank scoring with a fused histogram of
-// the score keys' top 11 bits, and the exact top-k (threshold bin, filter, refine inside the bin).
+// the score keys' top 11 bits (tensor cores for bf16 keys at rank 16/32), and the exact top-k
+// (threshold bin at the end of scoring, filter, refine inside the bin).
 #pragma once
 #include "saap/kernels/cuda/attend.cuh"
 #include "saap/kernels/cuda/reduce.cuh"
@@ -11,7 +12,6 @@ constexpr int kLokiBins = 2048;  // top 11 bits of the score key
 constexpr int kLokiBinShift = 21;
 constexpr int kLoki2Shift = 10;   // second level: key bits 20..10
 constexpr int kLoki3Bits = 10;    // third level: key bits 9..0
-constexpr int kScoreTokensPerBlock = 8192;
 
 // q_rot[row][j] = sum_i basis[h][i][j] q[row][i]; block (query head, sequence) of 4*D threads:
 // group k sums inputs i = k, k+4, ... so each thread has D/4 independent loads in flight.
@@ -89,13 +89,56 @@ static __global__ void loki_split_kernel(const uint4* __restrict__ k, const uint
   vout[row * vpr + e] = v[src];
 }
 
-// Low-rank scores of one (b, h) chunk of tokens: s_t = max_g q'_g[:R] . k_low[t]; writes the
-// scores and adds the histogram of their keys' top bits to hist[bh].
+// Shared end of the scoring kernels: the block adds its histogram to hist[bh]; the last block of
+// (b, h) to finish (a counter, not a second launch: that launch was a dependent step of bh tiny
+// blocks) finds the threshold bin, i.e. the highest bin at which the count from the top reaches k,
+// and leaves hist[bh] and its counter zeroed for the next call. bin_need[bh] = (threshold bin,
+// tokens still needed from it); the selection and candidate counts restart at 0.
+__device__ inline void loki_score_finish(int* sh, int32_t* __restrict__ hist, uint32_t* __restrict__ done, int64_t n,
+                                         float k_frac, int2* __restrict__ bin_need, int32_t* __restrict__ sel_count,
+                                         int32_t* __restrict__ cand_count) {
+  __shared__ bool last;
+  const int bh = blockIdx.y;
+  int32_t* hb = hist + int64_t(bh) * kLokiBins;
+  __syncthreads();
+  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x)
+    if (sh[i]) atomicAdd(&hb[i], sh[i]);
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&done[bh], 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x) {
+    sh[i] = __ldcg(&hb[i]);  // from L2, where the other blocks' atomics landed
+    hb[i] = 0;
+  }
+  __syncthreads();
+  if (threadIdx.x >= 32) return;
+  const int64_t k = min(n, max(int64_t(1), int64_t(floorf(k_frac * float(n)))));
+  int bin;
+  long long cum;
+  warp_find_digit(sh, kLokiBins, k, true, bin, cum);
+  if (threadIdx.x == 0) {
+    bin_need[bh] = make_int2(bin, int(k - cum));
+    sel_count[bh] = 0;
+    cand_count[bh] = 0;
+    done[bh] = 0;
+  }
+}
+
+// Both scoring kernels and the filter take `chunk` tokens of one (b, h) per block, sized by the
+// launcher so that the grid is one wave of resident blocks: a fixed chunk left a second, mostly
+// idle wave (512 blocks of the scoring kernel at 512k tokens against 396 resident).
+
+// Low-rank scores of one (b, h) chunk of tokens on the CUDA cores (f16 keys, or rank 8):
+// s_t = max_g q'_g[:R] . k_low[t]; writes the scores and histograms their keys' top bits.
 template <class T, int R, int GMAX>
 static __global__ void __launch_bounds__(256)
     loki_score_kernel(const T* __restrict__ k_low, const float* __restrict__ q_rot, const int32_t* __restrict__ seq_len,
-                      int n_kv_heads, int G, int D, int64_t max_len, float* __restrict__ scores,
-                      int32_t* __restrict__ hist) {
+                      int G, int D, int64_t max_len, int64_t chunk, float k_frac, float* __restrict__ scores,
+                      int32_t* __restrict__ hist, uint32_t* __restrict__ done, int2* __restrict__ bin_need,
+                      int32_t* __restrict__ sel_count, int32_t* __restrict__ cand_count) {
   constexpr int LPT = R / 8, TPP = 32 / LPT, U = 8;  // 8 passes of loads in flight per warp
   __shared__ int sh[kLokiBins];
   const int bh = blockIdx.y;
@@ -110,8 +153,8 @@ static __global__ void __launch_bounds__(256)
     for (int j = 0; j < 8; ++j) q[g][j] = g < G ? qb[g * D + sub * 8 + j] : -INFINITY;
   __syncthreads();
   const int64_t n = seq_len[bh];
-  const int64_t t0 = int64_t(blockIdx.x) * kScoreTokensPerBlock;
-  const int64_t t1 = min(n, t0 + kScoreTokensPerBlock);
+  const int64_t t0 = int64_t(blockIdx.x) * chunk;
+  const int64_t t1 = min(n, t0 + chunk);
   const T* kb = k_low + int64_t(bh) * max_len * R + sub * 8;
   for (int64_t base = t0 + warp * TPP * U; base < t1; base += int64_t(nw) * TPP * U) {
     uint4 kr[U];
@@ -143,33 +186,121 @@ static __global__ void __launch_bounds__(256)
       }
     }
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x)
-    if (sh[i]) atomicAdd(&hist[int64_t(bh) * kLokiBins + i], sh[i]);
+  loki_score_finish(sh, hist, done, n, k_frac, bin_need, sel_count, cand_count);
 }
 
-// Finds, per (b, h), the highest bin at which the count from the top reaches k (the block loads
-// the histogram, one warp scans it). bin_need[bh] = (threshold bin, tokens still needed from it).
-static __global__ void loki_threshold_kernel(const int32_t* __restrict__ hist, const int32_t* __restrict__ seq_len,
-                                      float k_frac, int2* __restrict__ bin_need, int32_t* __restrict__ sel_count,
-                                      int32_t* __restrict__ cand_count) {
-  const int bh = blockIdx.x, lane = threadIdx.x & 31;
-  const int32_t* hb = hist + int64_t(bh) * kLokiBins;
-  const int64_t n = seq_len[bh];
-  const int64_t k = min(n, max(int64_t(1), int64_t(floorf(k_frac * float(n)))));
-  __shared__ int hs[kLokiBins];
-  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x) hs[i] = hb[i];
-  __syncthreads();
-  if (threadIdx.x >= 32) return;
-  int bin;
-  long long cum;
-  warp_find_digit(hs, kLokiBins, k, true, bin, cum);
-  if (lane == 0) bin_need[bh] = make_int2(bin, int(k - cum));
-  if (lane == 0) {
-    sel_count[bh] = 0;
-    cand_count[bh] = 0;
-  }
+// Low-rank scores on the tensor cores (bf16 keys, rank 16 or 32). A warp scores tiles of 16 tokens
+// with mma m16n8k16: A = the tile's keys [16 tokens][16 components], B = the rotated queries
+// [16 components][8 columns], column n holding query head n % G (repeats leave the max over heads
+// unchanged), fp32 accumulation. The dot product does not care which physical component each
+// k slot holds as long as A and B agree, so each lane loads one contiguous quarter of a token row
+// (R/4 components: 16-byte loads at R = 32) and B is permuted to match, instead of the fragment
+// order that would cost 4-byte loads. The fp32 query is split into three bf16 terms (hi + mid +
+// lo carry its 24 bits), so the scores are those of the fp32 query, not of a rounded one.
+template <int W>
+__device__ __forceinline__ void load_words(const void* p, uint32_t (&w)[W]);
+template <>
+__device__ __forceinline__ void load_words<4>(const void* p, uint32_t (&w)[4]) {
+  const uint4 v = load_stream(p);
+  w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
 }
+template <>
+__device__ __forceinline__ void load_words<2>(const void* p, uint32_t (&w)[2]) {
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Two floats as bf16 (x0 in the low half: the lower k index), and the remainders x - bf16(x).
+__device__ __forceinline__ uint32_t split_bf16x2(float& x0, float& x1) {
+  const __nv_bfloat162 p = __floats2bfloat162_rn(x0, x1);
+  x0 -= __low2float(p);
+  x1 -= __high2float(p);
+  return *reinterpret_cast<const uint32_t*>(&p);
+}
+
+template <int R>
+static __global__ void __launch_bounds__(256)
+    loki_score_mma_kernel(const __nv_bfloat16* __restrict__ k_low, const float* __restrict__ q_rot,
+                          const int32_t* __restrict__ seq_len, int G, int D, int64_t max_len, int64_t chunk,
+                          float k_frac,
+                          float* __restrict__ scores, int32_t* __restrict__ hist, uint32_t* __restrict__ done,
+                          int2* __restrict__ bin_need, int32_t* __restrict__ sel_count,
+                          int32_t* __restrict__ cand_count) {
+  static_assert(R == 16 || R == 32, "tensor-core scoring needs rank 16 or 32");
+  constexpr int W = R / 8;   // 32-bit words of its quarter row a lane loads (R/4 components)
+  constexpr int M = R / 16;  // k16 MMAs per tile
+  constexpr int U = 16 / W;  // tiles whose loads are in flight together (32 words per lane)
+  constexpr int TERMS = 3;
+  __shared__ int sh[kLokiBins];
+  const int bh = blockIdx.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int gr = lane >> 2, c = lane & 3;  // fragment row group and column pair of this lane
+  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x) sh[i] = 0;
+  // Lane (gr, c) holds components [c*R/4, (c+1)*R/4) of rows gr and gr+8. In MMA m, word 2m of a
+  // row sits at k = 2c, 2c+1 and word 2m+1 at k = 2c+8, 2c+9; B at those k must be the same
+  // physical components of query column gr.
+  uint32_t b[M][2][TERMS];
+  const float* qh = q_rot + (int64_t(bh) * G + gr % G) * D + c * 2 * W;
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      float x0 = qh[4 * m + 2 * p], x1 = qh[4 * m + 2 * p + 1];
+#pragma unroll
+      for (int e = 0; e < TERMS; ++e) b[m][p][e] = split_bf16x2(x0, x1);
+    }
+  __syncthreads();
+  const int64_t n = seq_len[bh];
+  const int64_t t0 = int64_t(blockIdx.x) * chunk;
+  const int64_t t1 = min(n, t0 + chunk);
+  const __nv_bfloat16* kb = k_low + int64_t(bh) * max_len * R + c * 2 * W;
+  for (int64_t base = t0 + warp * 16 * U; base < t1; base += int64_t(nw) * 16 * U) {
+    uint32_t a[U][2][W];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t t = base + u * 16 + gr + 8 * h;
+        if (t < t1)
+          load_words<W>(kb + t * R, a[u][h]);
+        else
+#pragma unroll
+          for (int w = 0; w < W; ++w) a[u][h][w] = 0u;
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int e = TERMS - 1; e >= 0; --e)  // smallest terms first
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+          mma_bf16_16816(d, a[u][0][2 * m], a[u][1][2 * m], a[u][0][2 * m + 1], a[u][1][2 * m + 1], b[m][0][e],
+                         b[m][1][e]);
+      // d: rows gr (d0, d1) and gr+8 (d2, d3), columns 2c, 2c+1; the row max spans the 4 lanes of gr.
+      float s0 = fmaxf(d[0], d[1]), s1 = fmaxf(d[2], d[3]);
+      s0 = fmaxf(s0, __shfl_xor_sync(0xffffffffu, s0, 1));
+      s1 = fmaxf(s1, __shfl_xor_sync(0xffffffffu, s1, 1));
+      s0 = fmaxf(s0, __shfl_xor_sync(0xffffffffu, s0, 2));
+      s1 = fmaxf(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
+      const int64_t t = base + u * 16 + gr + (c == 2 ? 8 : 0);
+      if ((c == 0 || c == 2) && t < t1) {
+        const float s = c == 2 ? s1 : s0;
+        scores[int64_t(bh) * max_len + t] = s;
+        atomicAdd(&sh[float_key(s) >> kLokiBinShift], 1);
+      }
+    }
+  }
+  loki_score_finish(sh, hist, done, n, k_frac, bin_need, sel_count, cand_count);
+}
+
 
 // Tokens above the threshold bin go straight to the selection, tokens in it become candidates
 // (index and key). Each warp owns a contiguous run of the block's chunk: a counting pass, one
@@ -178,17 +309,18 @@ static __global__ void loki_threshold_kernel(const int32_t* __restrict__ hist, c
 constexpr int kFilterThreads = 256;
 static __global__ void __launch_bounds__(kFilterThreads)
     loki_filter_kernel(const float* __restrict__ scores, const int32_t* __restrict__ seq_len, int64_t max_len,
-                       const int2* __restrict__ bin_need, int32_t* __restrict__ sel_count, int32_t* __restrict__ sel,
+                       int64_t chunk, const int2* __restrict__ bin_need, int32_t* __restrict__ sel_count, int32_t* __restrict__ sel,
                        int32_t* __restrict__ cand_count, int2* __restrict__ cand, int32_t* __restrict__ hist2) {
-  constexpr int NW = kFilterThreads / 32, PER_WARP = kScoreTokensPerBlock / NW;
+  constexpr int NW = kFilterThreads / 32;
+  const int64_t per_warp = chunk / NW;
   __shared__ int n_sel[NW], n_cand[NW], base_sel, base_cand;
   __shared__ int h2[kLokiBins];  // candidates by the key's next 11 bits
   for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x) h2[i] = 0;
   const int bh = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = seq_len[bh];
   const uint32_t bin = uint32_t(bin_need[bh].x);
-  const int64_t w0 = int64_t(blockIdx.x) * kScoreTokensPerBlock + warp * PER_WARP;
-  const int64_t w1 = min(n, w0 + PER_WARP);
+  const int64_t w0 = int64_t(blockIdx.x) * chunk + warp * per_warp;
+  const int64_t w1 = min(n, w0 + per_warp);
   const float* sb = scores + int64_t(bh) * max_len;
   int cs = 0, cc = 0;
 #pragma unroll 8
@@ -244,13 +376,13 @@ static __global__ void __launch_bounds__(kFilterThreads)
     if (h2[i]) atomicAdd(&hist2[int64_t(blockIdx.y) * kLokiBins + i], h2[i]);
 }
 
-// The `need` highest-scoring candidates of the threshold bin, in two launches. The filter already
-// histogrammed their next 11 bits (hist2).
-// 1. loki_refine_pass_kernel, kRefineBlocks blocks per (b, h) over the candidates: every block
-//    finds the second-level digit from hist2, takes the candidates above it into the selection
-//    and gathers those at it into list2 (short: one 2^-11 slice of one bin).
-// 2. loki_refine_final_kernel, a block per (b, h): a 10-bit histogram of list2 fixes the exact
-//    key; candidates above it are taken, ties at it first come, first served.
+// The `need` highest-scoring candidates of the threshold bin, kRefineBlocks blocks per (b, h) over
+// the candidates (the filter already histogrammed their next 11 bits in hist2):
+// 1. every block finds the second-level digit from hist2, takes the candidates above it into the
+//    selection and gathers those at it into list2 (short: one 2^-11 slice of one bin);
+// 2. the last block of (b, h) to finish (a counter instead of a second dependent launch) builds a
+//    10-bit histogram of list2, which fixes the exact key: candidates above it are taken, ties at
+//    it first come, first served. It leaves hist2, list2_count and the counter zeroed.
 constexpr int kRefineBlocks = 16, kRefineThreads = 256;
 
 // Warp-aggregated append of the lanes with `take` at out[base + ...]; *count is a shared counter.
@@ -265,18 +397,21 @@ __device__ __forceinline__ void warp_emit(bool take, int32_t value, int* count, 
 }
 
 static __global__ void __launch_bounds__(kRefineThreads)
-    loki_refine_pass_kernel(int64_t max_len, const int2* __restrict__ bin_need, const int32_t* __restrict__ cand_count,
-                            const int2* __restrict__ cand, const int32_t* __restrict__ hist2,
-                            int32_t* __restrict__ sel_count, int32_t* __restrict__ sel, int2* __restrict__ need2_out,
-                            int32_t* __restrict__ list2_count, int2* __restrict__ list2) {
+    loki_refine_kernel(int64_t max_len, const int2* __restrict__ bin_need, const int32_t* __restrict__ cand_count,
+                       const int2* __restrict__ cand, int32_t* __restrict__ hist2, int32_t* __restrict__ sel_count,
+                       int32_t* __restrict__ sel, int32_t* __restrict__ list2_count, int2* __restrict__ list2,
+                       uint32_t* __restrict__ done) {
   __shared__ int hist[kLokiBins];
   __shared__ int s_d2, s_need2, n_above, n_at, base_above, base_at;
+  __shared__ int s_d3, s_need3, s_ties, s_out, s_base;
+  __shared__ bool last;
   const int bh = blockIdx.y, tid = threadIdx.x;
   const int m = cand_count[bh];
   const int per = (m + kRefineBlocks - 1) / kRefineBlocks;
   const int i0 = blockIdx.x * per, i1 = min(m, i0 + per);
   const uint32_t bin = uint32_t(bin_need[bh].x);
-  for (int i = tid; i < kLokiBins; i += blockDim.x) hist[i] = hist2[int64_t(bh) * kLokiBins + i];
+  int32_t* h2 = hist2 + int64_t(bh) * kLokiBins;
+  for (int i = tid; i < kLokiBins; i += blockDim.x) hist[i] = h2[i];
   if (tid == 0) n_above = n_at = 0;
   __syncthreads();
   if (tid < 32) {
@@ -286,7 +421,6 @@ static __global__ void __launch_bounds__(kRefineThreads)
     if (tid == 0) {
       s_d2 = d;
       s_need2 = bin_need[bh].y - int(cum);
-      if (blockIdx.x == 0) need2_out[bh] = make_int2(d, s_need2);
     }
   }
   __syncthreads();
@@ -330,34 +464,32 @@ static __global__ void __launch_bounds__(kRefineThreads)
       if (at) lo[base + __popc(mt & ((1u << lane) - 1))] = c;
     }
   }
-}
-
-static __global__ void __launch_bounds__(1024)
-    loki_refine_final_kernel(int64_t max_len, const int2* __restrict__ need2_in,
-                             const int32_t* __restrict__ list2_count, const int2* __restrict__ list2,
-                             int32_t* __restrict__ sel_count, int32_t* __restrict__ sel) {
+  // Step 2, in the last block to finish.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(&done[bh], 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
   constexpr int NB3 = 1 << kLoki3Bits;
-  __shared__ int hist[NB3];
-  __shared__ int s_d3, s_need3, s_ties, s_out, s_base;
-  const int bh = blockIdx.x, tid = threadIdx.x;
-  const int n2 = list2_count[bh];
-  const int2* lb = list2 + int64_t(bh) * max_len;
-  const int need2 = need2_in[bh].y;
   for (int i = tid; i < NB3; i += blockDim.x) hist[i] = 0;
+  for (int i = tid; i < kLokiBins; i += blockDim.x) h2[i] = 0;
   if (tid == 0) {
     s_ties = s_out = 0;
-    s_base = sel_count[bh];  // the refine pass is done; this block is the only writer now
+    s_base = __ldcg(&sel_count[bh]);  // every pass is done: this block is the only writer now
   }
   __syncthreads();
-  for (int i = tid; i < n2; i += blockDim.x) atomicAdd(&hist[uint32_t(lb[i].y) & (NB3 - 1)], 1);
+  const int n2 = __ldcg(&list2_count[bh]);
+  const int2* lb = list2 + int64_t(bh) * max_len;
+  for (int i = tid; i < n2; i += blockDim.x) atomicAdd(&hist[uint32_t(__ldcg(&lb[i]).y) & (NB3 - 1)], 1);
   __syncthreads();
   if (tid < 32) {
     int d;
     long long cum;
-    warp_find_digit(hist, NB3, need2, true, d, cum);
+    warp_find_digit(hist, NB3, s_need2, true, d, cum);
     if (tid == 0) {
       s_d3 = d;
-      s_need3 = need2 - int(cum);
+      s_need3 = s_need2 - int(cum);
     }
   }
   __syncthreads();
@@ -369,7 +501,7 @@ static __global__ void __launch_bounds__(1024)
     bool take = false;
     int2 c = make_int2(0, 0);
     if (i < n2) {
-      c = lb[i];
+      c = __ldcg(&lb[i]);
       const uint32_t low = uint32_t(c.y) & (NB3 - 1);  // the higher bits are equal in list2
       take = low > low3;
       if (low == low3) take = atomicAdd(&s_ties, 1) < need3;
@@ -377,7 +509,11 @@ static __global__ void __launch_bounds__(1024)
     warp_emit(take, c.x, &s_out, out);
   }
   __syncthreads();
-  if (tid == 0) sel_count[bh] = s_base + s_out;
+  if (tid == 0) {
+    sel_count[bh] = s_base + s_out;
+    list2_count[bh] = 0;
+    done[bh] = 0;
+  }
 }
 
 }  // namespace saap::cuda

@@ -11,6 +11,11 @@
 //   then append pages             tokens leaving the window go to their partition's append pages
 //                                 (append_page tokens each, at most append_pages_per_partition)
 // A token is in exactly one of the sinks, the ring, or one partition, so nothing is read twice.
+// When an append could find a partition's pages or the page pool full, the index first re-packs:
+// every partition's range and append pages become one contiguous range of a new, larger pool
+// (the prefill region grows to the longest partitioned total), and the append pages start empty.
+// The host knows how many appends are surely safe from the last look at the counters, so it only
+// synchronises when that many have been made.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -62,7 +67,9 @@ class SaapIndex {
   void build(const void* k, const void* v, int64_t max_len, const std::vector<int32_t>& h_lengths,
              const int32_t* assign, cudaStream_t stream = 0);
   // Appends one token per (b, h): k_new, v_new [batch][n_kv_heads][head_dim]. The token leaving
-  // the recent window is assigned to its nearest centroid and moved to that partition.
+  // the recent window is assigned to its nearest centroid and moved to that partition. Needs a
+  // build() first; may re-pack (see above), after which config().max_prefill and rows() are the
+  // new layout's and the last selection is cleared (select() again before attend()).
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
 
   // Classifier + selection for queries q [batch][n_q_heads][head_dim] (the routing query): per KV
@@ -73,8 +80,9 @@ class SaapIndex {
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
 
   // Synchronises and throws if a build saw an out-of-range assignment (InvalidArgument) or an
-  // append found no room (OutOfMemory: raise append_pages_per_partition / max_new_tokens).
+  // append found no room (OutOfMemory; the re-pack before a possible overflow should prevent it).
   void check() const;
+  int repacks() const;  // re-packs so far
   SaapCounters counters() const;  // synchronises
 
   const DecodeShape& shape() const { return shape_; }
@@ -97,6 +105,10 @@ class SaapIndex {
   struct Impl;
 
  private:
+  // Before an append: re-packs when some partition or the page pool might have no room.
+  void ensure_append_room(cudaStream_t stream);
+  void repack(cudaStream_t stream);
+
   DecodeShape shape_;
   SaapConfig cfg_;
   int64_t rows_ = 0, max_segments_ = 0;

@@ -189,4 +189,37 @@ static __global__ void __launch_bounds__(128)
   if (threadIdx.x == 0) seq_len[bh] = int32_t(n + 1);
 }
 
+// Re-pack into a new pool (g_new.rows rows per (b, h)): block (c, bh) writes partition c's prefill
+// range, then its append pages in order, as one contiguous range at new_start[bh][c]; block
+// (C, bh) copies the sinks and the ring, whose slots do not move. 16 bytes per thread.
+static __global__ void saap_repack_kernel(SaapGeom g_old, SaapGeom g_new, const int32_t* __restrict__ part_start,
+                                          const int32_t* __restrict__ part_count,
+                                          const int32_t* __restrict__ append_pages,
+                                          const int32_t* __restrict__ append_count,
+                                          const int32_t* __restrict__ new_start, const uint4* __restrict__ k_old,
+                                          const uint4* __restrict__ v_old, uint4* __restrict__ k_new,
+                                          uint4* __restrict__ v_new) {
+  const int c = blockIdx.x, bh = blockIdx.y, vpr = g_old.D / 8;
+  const uint4* ks = k_old + int64_t(bh) * g_old.rows * vpr;
+  const uint4* vs = v_old + int64_t(bh) * g_old.rows * vpr;
+  uint4* kd = k_new + int64_t(bh) * g_new.rows * vpr;
+  uint4* vd = v_new + int64_t(bh) * g_new.rows * vpr;
+  if (c == g_old.C) {
+    for (int64_t i = threadIdx.x; i < int64_t(g_old.S + g_old.W) * vpr; i += blockDim.x) {
+      kd[i] = ks[i];
+      vd[i] = vs[i];
+    }
+    return;
+  }
+  const int64_t pc = int64_t(bh) * g_old.C + c;
+  const int n0 = part_count[pc], na = append_count[pc];
+  const int64_t s0 = part_start[pc], d0 = new_start[pc];
+  for (int64_t i = threadIdx.x; i < int64_t(n0 + na) * vpr; i += blockDim.x) {
+    const int j = int(i / vpr), e = int(i % vpr);
+    const int64_t src = j < n0 ? s0 + j : append_pages[pc * g_old.A + (j - n0) / g_old.P] + (j - n0) % g_old.P;
+    kd[(d0 + j) * vpr + e] = ks[src * vpr + e];
+    vd[(d0 + j) * vpr + e] = vs[src * vpr + e];
+  }
+}
+
 }  // namespace saap::cuda

@@ -44,9 +44,11 @@ int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, i
 void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream) {
   const unsigned rows = unsigned(s.batch) * s.n_q_heads;
   if (s.head_dim == 64)
-    combine_splits_kernel<64><<<rows, 64, splits * sizeof(float), stream>>>(ws.out(), ws.lse(), splits, out);
+    launch_dependent(combine_splits_kernel<64>, rows, 64, splits * sizeof(float), stream, ws.out(), ws.lse(), splits,
+                     out);
   else
-    combine_splits_kernel<128><<<rows, 128, splits * sizeof(float), stream>>>(ws.out(), ws.lse(), splits, out);
+    launch_dependent(combine_splits_kernel<128>, rows, 128, splits * sizeof(float), stream, ws.out(), ws.lse(), splits,
+                     out);
   SAAP_CU_LAUNCHED();
 }
 

@@ -181,9 +181,8 @@ void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
     auto* kernel = rank_ == 16 ? loki_score_mma_kernel<16> : loki_score_mma_kernel<32>;
     int64_t chunk;
     const dim3 grid = grid_for(reinterpret_cast<const void*>(kernel), chunk);
-    kernel<<<grid, 256, 0, stream>>>(kl, m.q_rot.get(), m.seq_len.get(), G, D, max_len_, chunk, k_frac,
-                                     m.scores.get(), m.hist.get(), score_done, m.bin_need.get(), m.sel_count.get(),
-                                     m.cand_count.get());
+    launch_dependent(kernel, grid, 256, 0, stream, kl, m.q_rot.get(), m.seq_len.get(), G, D, max_len_, chunk, k_frac,
+                     m.scores.get(), m.hist.get(), score_done, m.bin_need.get(), m.sel_count.get(), m.cand_count.get());
   } else {
     dispatch_decode(shape_, [&](auto t, auto, auto gmax) {
       using T = decltype(t);
@@ -193,22 +192,21 @@ void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
         kernel = rank_ == 8 ? kernel : rank_ == 16 ? loki_score_kernel<T, 16, GMAX> : loki_score_kernel<T, 32, GMAX>;
       int64_t chunk;
       const dim3 grid = grid_for(reinterpret_cast<const void*>(kernel), chunk);
-      kernel<<<grid, 256, 0, stream>>>(reinterpret_cast<const T*>(m.k_low.get()), m.q_rot.get(), m.seq_len.get(), G,
-                                       D, max_len_, chunk, k_frac, m.scores.get(), m.hist.get(), score_done,
-                                       m.bin_need.get(), m.sel_count.get(), m.cand_count.get());
+      launch_dependent(kernel, grid, 256, 0, stream, reinterpret_cast<const T*>(m.k_low.get()), m.q_rot.get(),
+                       m.seq_len.get(), G, D, max_len_, chunk, k_frac, m.scores.get(), m.hist.get(), score_done,
+                       m.bin_need.get(), m.sel_count.get(), m.cand_count.get());
     });
   }
   SAAP_CU_LAUNCHED();
   int32_t* hist2 = m.hist.get() + int64_t(bh) * kLokiBins;
   int64_t fchunk;
   const dim3 fgrid = grid_for(reinterpret_cast<const void*>(loki_filter_kernel), fchunk);
-  loki_filter_kernel<<<fgrid, kFilterThreads, 0, stream>>>(m.scores.get(), m.seq_len.get(), max_len_, fchunk,
-                                                           m.bin_need.get(), m.sel_count.get(), m.sel.get(),
-                                                           m.cand_count.get(), m.cand.get(), hist2);
+  launch_dependent(loki_filter_kernel, fgrid, kFilterThreads, 0, stream, m.scores.get(), m.seq_len.get(), max_len_,
+                   fchunk, m.bin_need.get(), m.sel_count.get(), m.sel.get(), m.cand_count.get(), m.cand.get(), hist2);
   SAAP_CU_LAUNCHED();
-  loki_refine_kernel<<<dim3(kRefineBlocks, bh), kRefineThreads, 0, stream>>>(
-      max_len_, m.bin_need.get(), m.cand_count.get(), m.cand.get(), hist2, m.sel_count.get(), m.sel.get(),
-      m.list2_count.get(), m.list2.get(), refine_done);
+  launch_dependent(loki_refine_kernel, dim3(kRefineBlocks, bh), kRefineThreads, 0, stream, max_len_, m.bin_need.get(),
+                   m.cand_count.get(), m.cand.get(), hist2, m.sel_count.get(), m.sel.get(), m.list2_count.get(),
+                   m.list2.get(), refine_done);
   SAAP_CU_LAUNCHED();
   last_k_frac_ = k_frac;
 }
@@ -225,10 +223,10 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
     static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
     splits = choose_splits(shape_, expect, resident);
     ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-    kernel<<<dim3(splits, shape_.n_kv_heads, shape_.batch), kDecodeWarps * 32, 0, stream>>>(
-        reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()),
-        reinterpret_cast<const T*>(m.v.get()), rank_, max_len_, m.sel.get(), m.sel_count.get(), m.q_rot.get(),
-        shape_.n_kv_heads, shape_.group(), scale, splits, ws.out(), ws.lse());
+    launch_dependent(kernel, dim3(splits, shape_.n_kv_heads, shape_.batch), kDecodeWarps * 32, 0, stream,
+                     reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()),
+                     reinterpret_cast<const T*>(m.v.get()), rank_, max_len_, m.sel.get(), m.sel_count.get(),
+                     m.q_rot.get(), shape_.n_kv_heads, shape_.group(), scale, splits, ws.out(), ws.lse());
   });
   SAAP_CU_LAUNCHED();
   combine_splits(shape_, splits, ws, out, stream);

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "saap/kernels/cuda/launch.cuh"
 #include "saap/kernels/cuda/reduce.cuh"
 
 namespace saap::cuda {
@@ -223,6 +224,7 @@ static __global__ void combine_splits_kernel(const float* __restrict__ part_out,
                                              int splits, float* __restrict__ out) {
   extern __shared__ float w[];
   __shared__ float red[32];
+  wait_prior_grid();
   const int64_t row = blockIdx.x;
   const float* po = part_out + row * splits * D;
   const float* pl = part_lse + row * splits;

@@ -15,6 +15,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
                        float* __restrict__ part_out, float* __restrict__ part_lse) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
   __shared__ typename A::Shared sh;
+  wait_prior_grid();
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t bh = int64_t(b) * n_kv_heads + h;
   const int64_t k = sel_count[bh];

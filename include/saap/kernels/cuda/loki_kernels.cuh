@@ -141,6 +141,7 @@ static __global__ void __launch_bounds__(256)
                       int32_t* __restrict__ sel_count, int32_t* __restrict__ cand_count) {
   constexpr int LPT = R / 8, TPP = 32 / LPT, U = 8;  // 8 passes of loads in flight per warp
   __shared__ int sh[kLokiBins];
+  wait_prior_grid();
   const int bh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int sub = lane % LPT, slot = lane / LPT;
@@ -240,6 +241,7 @@ static __global__ void __launch_bounds__(256)
   constexpr int U = 16 / W;  // tiles whose loads are in flight together (32 words per lane)
   constexpr int TERMS = 3;
   __shared__ int sh[kLokiBins];
+  wait_prior_grid();
   const int bh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int gr = lane >> 2, c = lane & 3;  // fragment row group and column pair of this lane
@@ -315,6 +317,7 @@ static __global__ void __launch_bounds__(kFilterThreads)
   const int64_t per_warp = chunk / NW;
   __shared__ int n_sel[NW], n_cand[NW], base_sel, base_cand;
   __shared__ int h2[kLokiBins];  // candidates by the key's next 11 bits
+  wait_prior_grid();
   for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x) h2[i] = 0;
   const int bh = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = seq_len[bh];
@@ -405,6 +408,7 @@ static __global__ void __launch_bounds__(kRefineThreads)
   __shared__ int s_d2, s_need2, n_above, n_at, base_above, base_at;
   __shared__ int s_d3, s_need3, s_ties, s_out, s_base;
   __shared__ bool last;
+  wait_prior_grid();
   const int bh = blockIdx.y, tid = threadIdx.x;
   const int m = cand_count[bh];
   const int per = (m + kRefineBlocks - 1) / kRefineBlocks;

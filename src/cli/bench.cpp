@@ -129,8 +129,9 @@ std::vector<MethodSpec> expand_specs(const BenchOpts& o) {
 }
 
 void print_table(const DecodeBenchResult& r) {
-  std::printf("context %lld, %d thread(s); memcpy (read+write) %.1f GB/s on 1 thread, %.1f GB/s on %d; floor uses %.1f GB/s\n",
-              (long long)r.context, r.threads, r.copy_gbps_1thread, r.copy_gbps_all, r.threads, r.floor_gbps);
+  std::printf("context %lld, timed on %d thread(s); memcpy (read+write) %.1f GB/s on 1 thread, %.1f GB/s on %d; "
+              "floor uses %.1f GB/s\n",
+              (long long)r.context, r.threads, r.copy_gbps_1thread, r.copy_gbps_all, r.all_threads, r.floor_gbps);
   std::printf("%-5s %-36s %9s %9s %9s %9s %8s %8s %9s %8s\n", "layer", "method", "total_us", "select_us",
               "attend_us", "KB/query", "lookup", "GB/s", "floor_us", "speedup");
   for (const DecodeBenchRow& row : r.rows) {
@@ -151,7 +152,7 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--text", o->text, "Text whose tokens fill the KV cache (default: eval.txt in the cache)");
   cmd->add_option("--context", o->bench.context, "Context length: n_ctx of the last timed query (<= the model's)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--layers", o->bench.layers, "Layers to time (default: first, middle, last)");
+  cmd->add_option("--layers", o->bench.layers, "Layers to time (default: first, middle, last)")->delimiter(',');
   cmd->add_option("--reps", o->bench.reps, "Timed decode steps per method and layer (median reported)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->bench.warmup, "Untimed steps before them")->check(CLI::NonNegativeNumber);
@@ -165,6 +166,9 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--k-f", o->base.k_f, "Loki: fraction of the prefix attended")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--d-f", o->base.d_f, "Loki: fraction of dimensions used for ranking")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--artifact", o->artifacts, "METHOD=PATH: trained index of loki, saap or kmeans (repeatable)");
+  cmd->add_option("--timing-threads", o->bench.threads,
+                  "OpenMP threads of the timed steps (default: those of --threads; the prefill uses those)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--no-flush", o->no_flush, "Do not evict the CPU caches before each timed step");
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   cmd->add_option("--stem", o->stem, "Result file stem (default cpu_bench_<date>)");

@@ -68,9 +68,10 @@ void CacheFlusher::flush() {
 
 bool method_needs_artifact(const std::string& name) { return name == "loki" || name == "saap" || name == "kmeans"; }
 
-MethodLayerTiming time_method_on_layer(const MethodFactory& factory, const MethodSpec& spec, const LayerShape& shape,
-                                       const LayerKV& kv, const float* k_pre, const float* q, const float* q_pre,
-                                       const DecodeBenchOptions& options, CacheFlusher* flusher) {
+std::vector<MethodLayerTiming> time_methods_on_layer(const std::vector<BenchMethod>& methods, const LayerShape& shape,
+                                                     const LayerKV& kv, const float* k_pre, const float* q,
+                                                     const float* q_pre, const DecodeBenchOptions& options,
+                                                     CacheFlusher* flusher) {
   const int64_t steps = int64_t(options.warmup) + options.reps;
   SAAP_CHECK_FMT(options.reps >= 1 && options.warmup >= 0, InvalidArgument, "reps = %d (>= 1), warmup = %d (>= 0)",
                  options.reps, options.warmup);
@@ -83,58 +84,81 @@ MethodLayerTiming time_method_on_layer(const MethodFactory& factory, const Metho
   const int H = shape.n_q_heads, D = shape.head_dim;
   const int64_t KVD = int64_t(shape.n_kv_heads) * D, QD = int64_t(H) * D;
   const int64_t first = options.context - steps;
+  const size_t M = methods.size();
 
-  std::unique_ptr<AttentionMethod> method = factory(shape);
-  SAAP_CHECK_FMT(method != nullptr, InvalidArgument, "the factory of %s returned null", spec.describe().c_str());
-  method->reset();
+  struct State {
+    std::unique_ptr<AttentionMethod> method;
+    std::vector<double> place, select, attend, total, accounting;
+    MethodLayerTiming r;
+  };
+  std::vector<State> st(M);
   LayerKV view = kv;
   view.length = first;
-  if (first > 0) method->place(view, 0, first, k_pre);
+  for (size_t m = 0; m < M; ++m) {
+    const MethodSpec& spec = methods[m].spec;
+    st[m].method = methods[m].factory(shape);
+    SAAP_CHECK_FMT(st[m].method != nullptr, InvalidArgument, "the factory of %s returned null", spec.describe().c_str());
+    st[m].method->reset();
+    if (first > 0) st[m].method->place(view, 0, first, k_pre);
+    st[m].r.method = spec.name;
+    st[m].r.spec = spec.describe();
+    st[m].r.layer = shape.layer;
+    st[m].r.context = options.context;
+    st[m].r.reps = options.reps;
+  }
 
-  MethodLayerTiming r;
-  r.method = spec.name;
-  r.spec = spec.describe();
-  r.layer = shape.layer;
-  r.context = options.context;
-  r.reps = options.reps;
-  std::vector<double> place, select, attend, total, accounting;
+  // The methods take turns within each step (starting one further each step), so a change of load
+  // on a shared machine falls on all of them alike rather than on whichever ran at that moment.
   std::vector<float> out(static_cast<size_t>(QD));
   Selection sel;
   for (int64_t i = 0; i < steps; ++i) {
     const int64_t t = first + i;
     view.length = t + 1;
-    const auto p0 = Clock::now();
-    method->place(view, t, t + 1, k_pre + t * KVD);
-    const auto p1 = Clock::now();
-    if (flusher) flusher->flush();
     const QueryView qv{q + i * QD, q_pre + i * QD, H, t};
-    LookupStats step;
-    sel.clear(H);
-    const auto t0 = Clock::now();
-    method->select(view, qv, sel);
-    const auto t1 = Clock::now();
-    method->attend(view, qv, sel, out.data(), step);
-    const auto t2 = Clock::now();
-    volatile int64_t counted = selection_kv_bytes(view, qv, sel);
-    const auto t3 = Clock::now();
-    (void)counted;
-    for (int64_t j = 0; j < QD; ++j)
-      SAAP_CHECK_FMT(std::isfinite(out[size_t(j)]), NonFinite, "%s on layer %d at position %lld: non-finite output",
-                     r.spec.c_str(), shape.layer, (long long)t);
-    if (i < options.warmup) continue;
-    place.push_back(micros(p0, p1));
-    select.push_back(micros(t0, t1));
-    attend.push_back(micros(t1, t2));
-    total.push_back(micros(t0, t2));
-    accounting.push_back(micros(t2, t3));
-    r.lookup += step;
+    for (size_t k = 0; k < M; ++k) {
+      State& s = st[(size_t(i) + k) % M];
+      const auto p0 = Clock::now();
+      s.method->place(view, t, t + 1, k_pre + t * KVD);
+      const auto p1 = Clock::now();
+      if (flusher) flusher->flush();
+      LookupStats step;
+      sel.clear(H);
+      const auto t0 = Clock::now();
+      s.method->select(view, qv, sel);
+      const auto t1 = Clock::now();
+      s.method->attend(view, qv, sel, out.data(), step);
+      const auto t2 = Clock::now();
+      volatile int64_t counted = selection_kv_bytes(view, qv, sel);
+      const auto t3 = Clock::now();
+      (void)counted;
+      for (int64_t j = 0; j < QD; ++j)
+        SAAP_CHECK_FMT(std::isfinite(out[size_t(j)]), NonFinite, "%s on layer %d at position %lld: non-finite output",
+                       s.r.spec.c_str(), shape.layer, (long long)t);
+      if (i < options.warmup) continue;
+      s.place.push_back(micros(p0, p1));
+      s.select.push_back(micros(t0, t1));
+      s.attend.push_back(micros(t1, t2));
+      s.total.push_back(micros(t0, t2));
+      s.accounting.push_back(micros(t2, t3));
+      s.r.lookup += step;
+    }
   }
-  r.place_us = median(place);
-  r.select_us = median(select);
-  r.attend_us = median(attend);
-  r.total_us = median(total);
-  r.accounting_us = median(accounting);
-  return r;
+  std::vector<MethodLayerTiming> result;
+  for (State& s : st) {
+    s.r.place_us = median(s.place);
+    s.r.select_us = median(s.select);
+    s.r.attend_us = median(s.attend);
+    s.r.total_us = median(s.total);
+    s.r.accounting_us = median(s.accounting);
+    result.push_back(std::move(s.r));
+  }
+  return result;
+}
+
+MethodLayerTiming time_method_on_layer(const MethodFactory& factory, const MethodSpec& spec, const LayerShape& shape,
+                                       const LayerKV& kv, const float* k_pre, const float* q, const float* q_pre,
+                                       const DecodeBenchOptions& options, CacheFlusher* flusher) {
+  return time_methods_on_layer({BenchMethod{spec, factory}}, shape, kv, k_pre, q, q_pre, options, flusher).front();
 }
 
 nlohmann::json DecodeBenchRow::to_json() const {
@@ -169,6 +193,7 @@ nlohmann::json DecodeBenchResult::to_json() const {
                       {"threads", threads},
                       {"copy_gbps_1thread", copy_gbps_1thread},
                       {"copy_gbps_all_threads", copy_gbps_all},
+                      {"all_threads", all_threads},
                       {"floor_gbps", floor_gbps},
                       {"notes", notes},
                       {"rows", nlohmann::json::array()}};
@@ -180,6 +205,7 @@ void check_decode_bench(const LlamaConfig& config, const std::vector<MethodSpec>
                         const DecodeBenchOptions& options) {
   SAAP_CHECK_FMT(options.reps >= 1, InvalidArgument, "reps = %d must be >= 1", options.reps);
   SAAP_CHECK_FMT(options.warmup >= 0, InvalidArgument, "warmup = %d must be >= 0", options.warmup);
+  SAAP_CHECK_FMT(options.threads >= 0, InvalidArgument, "threads = %d must be >= 0", options.threads);
   SAAP_CHECK_FMT(options.context <= config.context_length, InvalidArgument,
                  "context = %lld exceeds the model's context length %lld", (long long)options.context,
                  (long long)config.context_length);
@@ -221,13 +247,13 @@ DecodeBenchResult run_decode_bench(std::shared_ptr<const LlamaModel> model, cons
   specs.erase(std::remove_if(specs.begin(), specs.end(), [](const MethodSpec& s) { return s.name == "dense"; }),
               specs.end());
   specs.insert(specs.begin(), MethodSpec{});
-  std::vector<std::pair<MethodSpec, MethodFactory>> methods;
+  std::vector<BenchMethod> methods;
   for (const MethodSpec& s : specs) {
     if (method_needs_artifact(s.name) && s.artifact.empty()) {
       result.notes.push_back(s.describe() + " skipped: no --artifact " + s.name + "=PATH given");
       continue;
     }
-    methods.emplace_back(s, make_method_factory(s, identity));
+    methods.push_back(BenchMethod{s, make_method_factory(s, identity)});
   }
 
   // The dense run over the text: the cache it leaves is what every method reads.
@@ -267,41 +293,56 @@ DecodeBenchResult run_decode_bench(std::shared_ptr<const LlamaModel> model, cons
   }
   session.set_observer(nullptr);
 
+  // Restores the caller's thread count however the timing ends.
+  struct ThreadsScope {
+    int saved = omp_get_max_threads();
+    explicit ThreadsScope(int n) {
+      if (n > 0) omp_set_num_threads(n);
+    }
+    ~ThreadsScope() { omp_set_num_threads(saved); }
+  } threads_scope(options.threads);
   result.threads = omp_get_max_threads();
-  {
+  // Copy bandwidth before and after the timing; the higher of the two counts, since other work on a
+  // shared machine only ever lowers it.
+  const int procs = omp_get_num_procs();
+  auto measure_bandwidth = [&] {
     const int64_t copy_bytes = int64_t(256) << 20;
-    result.copy_gbps_1thread = copy_bandwidth_gbps(copy_bytes, 1);
-    result.copy_gbps_all = result.threads > 1 ? copy_bandwidth_gbps(copy_bytes, result.threads) : result.copy_gbps_1thread;
-    result.floor_gbps = result.threads > 1 ? result.copy_gbps_all : result.copy_gbps_1thread;
+    const double one = copy_bandwidth_gbps(copy_bytes, 1);
+    const double all = procs > 1 ? copy_bandwidth_gbps(copy_bytes, procs) : one;
+    result.copy_gbps_1thread = std::max(result.copy_gbps_1thread, one);
+    result.copy_gbps_all = std::max(result.copy_gbps_all, all);
     if (options.progress)
-      std::fprintf(stderr, "bench: memcpy bandwidth (read+write) %.1f GB/s on 1 thread, %.1f GB/s on %d\n",
-                   result.copy_gbps_1thread, result.copy_gbps_all, result.threads);
-  }
+      std::fprintf(stderr, "bench: memcpy bandwidth (read+write) %.1f GB/s on 1 thread, %.1f GB/s on %d\n", one, all,
+                   procs);
+  };
+  measure_bandwidth();
 
   std::unique_ptr<CacheFlusher> flusher;
   if (options.flush) flusher = std::make_unique<CacheFlusher>();
-  ProgressBar bar("bench: timing", int64_t(options.layers.size() * methods.size()), options.progress);
-  int64_t done = 0;
+  ProgressBar bar("bench: timing", int64_t(options.layers.size()), options.progress);
   for (size_t li = 0; li < options.layers.size(); ++li) {
     const int layer = options.layers[li];
     const LayerShape shape{layer, H, KVh, D, N};
-    const LayerKV kv = session.cache().layer(layer);
-    double dense_us = 0;
-    for (const auto& [spec, factory] : methods) {
+    const std::vector<MethodLayerTiming> timings =
+        time_methods_on_layer(methods, shape, session.cache().layer(layer), cap[li].k_pre.data(), cap[li].q.data(),
+                              cap[li].q_pre.data(), options, flusher.get());
+    const double dense_us = timings.front().total_us;  // dense is first (above)
+    for (const MethodLayerTiming& t : timings) {
       DecodeBenchRow row;
-      row.timing = time_method_on_layer(factory, spec, shape, kv, cap[li].k_pre.data(), cap[li].q.data(),
-                                        cap[li].q_pre.data(), options, flusher.get());
-      if (spec.name == "dense") dense_us = row.timing.total_us;
+      row.timing = t;
       row.dense_us = dense_us;
-      const double bytes = row.timing.bytes_per_query();
-      row.speedup = row.timing.total_us > 0 ? dense_us / row.timing.total_us : 0.0;
-      row.gbps = row.timing.total_us > 0 ? bytes / (row.timing.total_us * 1e-6) / 1e9 : 0.0;
-      row.floor_us = bytes / (result.floor_gbps * 1e9) * 1e6;
+      const double bytes = t.bytes_per_query();
+      row.speedup = t.total_us > 0 ? dense_us / t.total_us : 0.0;
+      row.gbps = t.total_us > 0 ? bytes / (t.total_us * 1e-6) / 1e9 : 0.0;
       result.rows.push_back(row);
-      bar.update(++done, row.timing.spec);
     }
+    bar.update(int64_t(li + 1), "layer " + std::to_string(layer));
   }
   bar.finish();
+  measure_bandwidth();
+  result.all_threads = procs;
+  result.floor_gbps = result.threads > 1 ? result.copy_gbps_all : result.copy_gbps_1thread;
+  for (DecodeBenchRow& row : result.rows) row.floor_us = row.timing.bytes_per_query() / (result.floor_gbps * 1e9) * 1e6;
   return result;
 }
 

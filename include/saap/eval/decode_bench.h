@@ -42,6 +42,7 @@ struct DecodeBenchOptions {
   int reps = 20;            // timed steps per method and layer
   int warmup = 3;           // untimed steps before them (first-call effects, H2O's first evictions)
   bool flush = true;        // evict the CPU caches before each timed step
+  int threads = 0;          // OpenMP threads of the timed steps (0: the current default); prefill uses the default
   bool progress = true;
 };
 
@@ -62,11 +63,22 @@ struct MethodLayerTiming {
   }
 };
 
-// Times one method on one layer. kv holds at least `context` positions; k_pre are their pre-RoPE
+struct BenchMethod {
+  MethodSpec spec;
+  MethodFactory factory;
+};
+
+// Times methods on one layer. kv holds at least `context` positions; k_pre are their pre-RoPE
 // keys [context][n_kv_heads][head_dim]; q and q_pre hold the queries of the last warmup + reps
-// positions [warmup + reps][n_q_heads][head_dim], in position order. A fresh method is built,
+// positions [warmup + reps][n_q_heads][head_dim], in position order. Fresh methods are built,
 // positions [0, context - warmup - reps) are placed at once, then each step places its position and
-// runs its query over the prefix cached so far.
+// runs its query over the prefix cached so far. The methods take turns within each step, so that
+// load from other processes falls on all of them alike. One timing per method, in order.
+std::vector<MethodLayerTiming> time_methods_on_layer(const std::vector<BenchMethod>& methods, const LayerShape& shape,
+                                                     const LayerKV& kv, const float* k_pre, const float* q,
+                                                     const float* q_pre, const DecodeBenchOptions& options,
+                                                     CacheFlusher* flusher);
+// The same for one method.
 MethodLayerTiming time_method_on_layer(const MethodFactory& factory, const MethodSpec& spec, const LayerShape& shape,
                                        const LayerKV& kv, const float* k_pre, const float* q, const float* q_pre,
                                        const DecodeBenchOptions& options, CacheFlusher* flusher);
@@ -84,10 +96,12 @@ struct DecodeBenchRow {
 struct DecodeBenchResult {
   int64_t context = 0;
   std::vector<int> layers;
-  int threads = 0;                  // OpenMP threads the methods ran with
-  double copy_gbps_1thread = 0;     // memcpy bandwidth, one thread
-  double copy_gbps_all = 0;         // memcpy bandwidth, `threads` threads
-  double floor_gbps = 0;            // the one the floor uses: that of `threads` threads
+  int threads = 0;                  // OpenMP threads the timed steps ran with
+  // memcpy bandwidth (read + write), the higher of a measurement before and one after the timing
+  double copy_gbps_1thread = 0;     // one thread
+  double copy_gbps_all = 0;         // all_threads threads (every processor)
+  int all_threads = 0;
+  double floor_gbps = 0;            // what the floor uses: one thread's when the steps ran on one, else all
   std::vector<DecodeBenchRow> rows;
   std::vector<std::string> notes;   // methods skipped and why
   nlohmann::json to_json() const;

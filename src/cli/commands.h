@@ -23,6 +23,7 @@ void register_eval_passkey(CLI::App& app, const GlobalOptions& global);
 void register_eval_sweep(CLI::App& app, const GlobalOptions& global);
 void register_generate(CLI::App& app, const GlobalOptions& global);
 void register_eval_ppl(CLI::App& app, const GlobalOptions& global);
+void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global);
 void register_bench(CLI::App& app, const GlobalOptions& global);
 
 // The `eval` parent subcommand, created by whichever eval_* file registers first.

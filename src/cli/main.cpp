@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   register_eval_sweep(app, global);
   register_generate(app, global);
   register_eval_ppl(app, global);
+  register_eval_saap_grid(app, global);
   register_bench(app, global);
   register_train_saap(app, global);
   register_train_loki(app, global);

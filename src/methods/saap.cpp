@@ -252,7 +252,8 @@ PartitionedAttention::PartitionedAttention(const LayerShape& shape, std::shared_
   layer_ = &it->second;
   feature_.resize(size_t(shape.head_dim));
   scores_.resize(size_t(artifact_->partitions));
-  order_.resize(size_t(artifact_->partitions));
+  order_.resize(size_t(shape.n_q_heads / std::max(1, shape.n_kv_heads)) * size_t(artifact_->partitions));
+  taken_.resize(size_t(artifact_->partitions));
   counts_.resize(size_t(artifact_->partitions));
 }
 
@@ -312,7 +313,10 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
   // Sinks and the recent window are read anyway; the partitions cover the positions between.
   const int32_t mid_begin = int32_t(std::min<int64_t>(budget_.sinks, n_ctx));
   const int32_t mid_end = int32_t(std::max<int64_t>(mid_begin, n_ctx - budget_.window));
-  const int64_t budget = int64_t(std::ceil(budget_.lookup * double(n_ctx)));
+  // The lookup fraction counts every KV token read: the sinks and the window come out of the budget
+  // first, the partitions get the rest (none when the prefix is so short that sinks and window fill it).
+  const int64_t always = int64_t(mid_begin) + (n_ctx - mid_end);
+  const int64_t budget = std::max<int64_t>(0, int64_t(std::ceil(budget_.lookup * double(n_ctx))) - always);
 
   sel.clear(q.n_q_heads);
   for (int kvh = 0; kvh < shape_.n_kv_heads; ++kvh) {
@@ -322,27 +326,45 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
       counts_[size_t(c)] = std::lower_bound(pos.begin(), pos.end(), mid_end) -
                            std::lower_bound(pos.begin(), pos.end(), mid_begin);
     }
-    for (int g = 0; g < group; ++g) {
-      const int h = kvh * group + g;
-      std::vector<int32_t>& out = sel.positions[size_t(h)];
-      score(h, qv + int64_t(h) * d, scores_.data());
-      std::iota(order_.begin(), order_.end(), 0);
-      // Ties (equal scores) break by partition id so selection is deterministic.
-      std::sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) {
+    // Ties (equal scores) break by partition id so selection is deterministic.
+    auto rank = [&](int32_t* order) {
+      std::iota(order, order + C, 0);
+      std::sort(order, order + C, [&](int32_t a, int32_t b) {
         return scores_[size_t(a)] > scores_[size_t(b)] || (scores_[size_t(a)] == scores_[size_t(b)] && a < b);
       });
-      int64_t taken = 0;
-      for (int32_t c : order_) {
-        if (taken >= budget) break;
-        if (counts_[size_t(c)] == 0) continue;
+    };
+    // The group reads one set of partitions (a partition is read once per KV head, whichever of its
+    // heads asked for it), so the budget is the group's, and every head of the group attends over
+    // the whole union, which costs no extra read. A method that scores partitions for the group as a
+    // whole ranks once; otherwise the heads' own rankings are merged round-robin (every head's first
+    // choice, then every head's second, ...).
+    int rankings = 1;
+    if (group_scores(kvh, qv, scores_.data())) {
+      rank(order_.data());
+    } else {
+      rankings = group;
+      for (int g = 0; g < group; ++g) {
+        const int h = kvh * group + g;
+        score(h, qv + int64_t(h) * d, scores_.data());
+        rank(order_.data() + int64_t(g) * C);
+      }
+    }
+    std::vector<int32_t>& out = sel.positions[size_t(kvh * group)];
+    std::fill(taken_.begin(), taken_.end(), 0);
+    int64_t taken = 0;
+    for (int r = 0; r < C && taken < budget; ++r)
+      for (int g = 0; g < rankings && taken < budget; ++g) {
+        const int32_t c = order_[size_t(int64_t(g) * C + r)];
+        if (taken_[size_t(c)] || counts_[size_t(c)] == 0) continue;
+        taken_[size_t(c)] = 1;
         const auto& pos = lists.positions(c);
         const auto first = std::lower_bound(pos.begin(), pos.end(), mid_begin);
         out.insert(out.end(), first, first + counts_[size_t(c)]);
         taken += counts_[size_t(c)];
       }
-      for (int32_t p = 0; p < mid_begin; ++p) out.push_back(p);
-      for (int32_t p = mid_end; p < n_ctx; ++p) out.push_back(p);
-    }
+    for (int32_t p = 0; p < mid_begin; ++p) out.push_back(p);
+    for (int32_t p = mid_end; p < n_ctx; ++p) out.push_back(p);
+    for (int g = 1; g < group; ++g) sel.positions[size_t(kvh * group + g)] = out;
   }
   sel.index_bytes = index_bytes_per_query();
 }
@@ -357,6 +379,25 @@ SaapAttention::SaapAttention(const LayerShape& shape, std::shared_ptr<const Part
 
 void SaapAttention::score(int head, const float* q_vec, float* scores) {
   layer_->classifiers[size_t(head)].scores(q_vec, scores, hidden_.data());
+}
+
+// The router is trained so that softmax(scores) is the head's attention mass over the partitions;
+// the group's partitions are ranked by the mass summed over its heads, the quantity the shared
+// read should maximize.
+bool SaapAttention::group_scores(int kv_head, const float* q, float* scores) {
+  const int C = artifact_->partitions, d = shape_.head_dim, group = shape_.n_q_heads / shape_.n_kv_heads;
+  head_scores_.resize(size_t(C));
+  std::fill(scores, scores + C, 0.0f);
+  for (int g = 0; g < group; ++g) {
+    const int h = kv_head * group + g;
+    score(h, q + int64_t(h) * d, head_scores_.data());
+    const float mx = *std::max_element(head_scores_.begin(), head_scores_.end());
+    double z = 0;
+    for (float& x : head_scores_) z += (x = std::exp(x - mx));
+    const float inv = float(1.0 / z);
+    for (int c = 0; c < C; ++c) scores[c] += head_scores_[size_t(c)] * inv;
+  }
+  return true;
 }
 
 // Every query head reads its router's weights, and each KV head its partition size table.

@@ -166,23 +166,34 @@ TEST(SaapLayout, PostRopeArtifactAssignsCachedKeysAndReplacingAfterTruncateKeeps
   EXPECT_EQ(m.lists(0).total(), 0);
 }
 
-// Reference of the budget rule: rank by score, take partitions (their tokens strictly between the
-// sinks and the window) until they reach ceil(lookup * n_ctx), add sinks and window.
-std::set<int32_t> reference_selection(const std::vector<double>& scores, const PartitionLists& lists, int64_t pos,
-                                      double lookup, int sinks, int window) {
+// Reference of the budget rule: ceil(lookup * n_ctx) tokens in all, the sinks and the window first;
+// the rest goes to partitions (their tokens strictly between the sinks and the window), taken from
+// the group's rankings in turn (rank 0 of each, then rank 1, ...; one ranking for a group score),
+// a partition once,
+// until the partitions' tokens reach the rest. Every head of the group reads the union.
+std::set<int32_t> reference_selection(const std::vector<std::vector<double>>& group_scores, const PartitionLists& lists,
+                                      int64_t pos, double lookup, int sinks, int window) {
   const int64_t n_ctx = pos + 1;
   const int64_t b = std::min<int64_t>(sinks, n_ctx), e = std::max<int64_t>(b, n_ctx - window);
-  std::vector<int> order(kC);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return scores[size_t(x)] > scores[size_t(y)]; });
-  std::set<int32_t> out;
-  int64_t taken = 0;
-  const int64_t budget = int64_t(std::ceil(lookup * double(n_ctx)));
-  for (int c : order) {
-    if (taken >= budget) break;
-    for (int32_t p : lists.positions(c))
-      if (p >= b && p < e) out.insert(p), ++taken;
+  std::vector<std::vector<int>> orders;
+  for (const auto& scores : group_scores) {
+    std::vector<int> order(kC);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return scores[size_t(x)] > scores[size_t(y)]; });
+    orders.push_back(order);
   }
+  std::set<int32_t> out;
+  std::set<int> used;
+  int64_t taken = 0;
+  const int64_t budget = std::max<int64_t>(0, int64_t(std::ceil(lookup * double(n_ctx))) - (b + n_ctx - e));
+  for (int r = 0; r < kC; ++r)
+    for (const auto& order : orders) {
+      if (taken >= budget || used.count(order[size_t(r)])) continue;
+      int64_t n = 0;
+      for (int32_t p : lists.positions(order[size_t(r)]))
+        if (p >= b && p < e) out.insert(p), ++n;
+      if (n > 0) used.insert(order[size_t(r)]), taken += n;
+    }
   for (int64_t p = 0; p < n_ctx; ++p)
     if (p < b || p >= e) out.insert(int32_t(p));
   return out;
@@ -191,7 +202,7 @@ std::set<int32_t> reference_selection(const std::vector<double>& scores, const P
 TEST(SaapSelect, RoutesEachHeadByItsClassifierUnderTheBudget) {
   auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 5));
   Sequence s(6);
-  const double lookup = 0.15;
+  const double lookup = 0.4;  // several partitions past the sinks and window at the later positions
   SaapAttention m(shape(), a, {lookup, 3, 10});
   const LayerKV kv = s.cache.layer(1);
   m.place(kv, 0, kLen, s.k_pre.data());
@@ -201,7 +212,16 @@ TEST(SaapSelect, RoutesEachHeadByItsClassifierUnderTheBudget) {
     m.select(kv, q, sel);
     check_selection(q, sel);
     for (int h = 0; h < kHeads; ++h) {
-      const auto scores = naive_router(a->layers.at(1).classifiers[size_t(h)], q.q_pre + h * kDim);
+      const int g0 = (h / 2) * 2;
+      // Saap ranks by the predicted mass (softmax of the router's scores) summed over the group.
+      std::vector<std::vector<double>> scores(1, std::vector<double>(kC, 0.0));
+      for (int g = g0; g < g0 + 2; ++g) {
+        const auto s = naive_router(a->layers.at(1).classifiers[size_t(g)], q.q_pre + g * kDim);
+        const double mx = *std::max_element(s.begin(), s.end());
+        double z = 0;
+        for (double x : s) z += std::exp(x - mx);
+        for (int c = 0; c < kC; ++c) scores[0][size_t(c)] += std::exp(s[size_t(c)] - mx) / z;
+      }
       const auto want = reference_selection(scores, m.lists(h / 2), pos, lookup, 3, 10);
       const std::set<int32_t> got(sel.positions[size_t(h)].begin(), sel.positions[size_t(h)].end());
       EXPECT_EQ(got.size(), sel.positions[size_t(h)].size()) << "duplicates at head " << h;
@@ -219,18 +239,20 @@ TEST(SaapSelect, SymmetricRoutesToNearestCentroidsOfTheSamePartition) {
   km.layers.at(1).classifiers.clear();
   auto a = std::make_shared<const PartitionArtifact>(km);
   Sequence s(8);
-  SymmetricKMeansAttention m(shape(), a, {0.2, 4, 8});
+  SymmetricKMeansAttention m(shape(), a, {0.45, 4, 8});
   const LayerKV kv = s.cache.layer(1);
   m.place(kv, 0, kLen, s.k_pre.data());
   const QueryView q = s.query(250);
   Selection sel;
   m.select(kv, q, sel);
   for (int h = 0; h < kHeads; ++h) {
-    std::vector<double> scores(kC);
-    for (int c = 0; c < kC; ++c)
-      for (int i = 0; i < kDim; ++i)
-        scores[size_t(c)] += double(q.q_pre[h * kDim + i]) * a->layers.at(1).centroids[size_t(((h / 2) * kC + c) * kDim + i)];
-    const auto want = reference_selection(scores, m.lists(h / 2), 250, 0.2, 4, 8);
+    std::vector<std::vector<double>> scores(2, std::vector<double>(kC));
+    for (int g = 0; g < 2; ++g)
+      for (int c = 0; c < kC; ++c)
+        for (int i = 0; i < kDim; ++i)
+          scores[size_t(g)][size_t(c)] += double(q.q_pre[((h / 2) * 2 + g) * kDim + i]) *
+                                          a->layers.at(1).centroids[size_t(((h / 2) * kC + c) * kDim + i)];
+    const auto want = reference_selection(scores, m.lists(h / 2), 250, 0.45, 4, 8);
     EXPECT_EQ(std::set<int32_t>(sel.positions[size_t(h)].begin(), sel.positions[size_t(h)].end()), want);
   }
   EXPECT_EQ(sel.index_bytes, int64_t(kKV) * kC * (kDim * 4 + 4));

@@ -1,8 +1,15 @@
 // Saap: Self-Attention with Asymmetric Partitions (Mazaré et al., arXiv 2502.08246).
 // Keys are partitioned per KV head by (spherical) k-means centroids and stored grouped by
 // partition; each query head routes its query with a small trained MLP that scores the
-// partitions by the attention mass they are predicted to hold. The query reads the top partitions
-// until their tokens reach lookup * n_ctx, plus the sinks and the recent window (always read).
+// partitions by the attention mass they are predicted to hold (softmax of its scores).
+//
+// Budget and accounting. The lookup fraction is KV tokens read over the causal prefix, counting
+// everything read: the sinks and the recent window (always read) come out of ceil(lookup * n_ctx)
+// first, and the partitions get the rest. The heads of one KV group share one read and every head
+// of the group attends over it: Saap ranks the partitions by predicted mass summed over the group's
+// heads; the symmetric baseline merges its heads' nearest-centroid rankings round-robin.
+// Router weights, centroids and partition-size tables are index data whose size does not grow with
+// the context; LookupStats reports them apart (index_bytes), and kv_fraction() is the headline.
 // The symmetric baseline (symmetric_kmeans.h) shares everything but the router.
 #pragma once
 #include <cstdint>
@@ -91,7 +98,7 @@ class PartitionLists {
 };
 
 struct PartitionBudget {
-  double lookup = 0.05;  // partitions are taken until their tokens reach lookup * n_ctx
+  double lookup = 0.05;  // KV tokens read (sinks + window + partitions) <= about lookup * n_ctx
   int sinks = 4;
   int window = 64;
 };
@@ -113,6 +120,12 @@ class PartitionedAttention : public AttentionMethod {
  protected:
   // scores [C] for query head h; q_vec is q_pre or post-RoPE q per the artifact's choice.
   virtual void score(int head, const float* q_vec, float* scores) = 0;
+  // scores [C] for the query heads of kv_head together (q: all heads' routing vectors); false when
+  // the method has no group score, and the heads' rankings are merged round-robin instead.
+  virtual bool group_scores(int kv_head, const float* q, float* scores) {
+    (void)kv_head, (void)q, (void)scores;
+    return false;
+  }
   // Index bytes one query reads to decide (router weights or centroids, partition sizes).
   virtual int64_t index_bytes_per_query() const = 0;
   const float* centroids(int kv_head) const;
@@ -125,7 +138,8 @@ class PartitionedAttention : public AttentionMethod {
   std::vector<PartitionLists> lists_;
   int64_t placed_ = 0;
   std::vector<float> feature_, scores_;
-  std::vector<int32_t> order_;
+  std::vector<int32_t> order_;   // [group][C]: each head's ranking of the partitions
+  std::vector<uint8_t> taken_;   // [C]: partitions the group already reads
   std::vector<int64_t> counts_;
 };
 
@@ -137,10 +151,11 @@ class SaapAttention : public PartitionedAttention {
 
  protected:
   void score(int head, const float* q_vec, float* scores) override;
+  bool group_scores(int kv_head, const float* q, float* scores) override;
   int64_t index_bytes_per_query() const override;
 
  private:
-  std::vector<float> hidden_;
+  std::vector<float> hidden_, head_scores_;
 };
 
 // Checks spec (lookup in (0, 1], sinks and window >= 0) and reads the artifact once; the factory

@@ -1,0 +1,138 @@
+// saap eval saap-grid: attention metrics of Saap and symmetric k-means (and oracle top-k as the
+// ceiling) over a grid of lookup fractions, in ONE pass of the dense model: every (method,
+// fraction) replays the same recorded activations (evaluate_attention with many factories), so the
+// comparison is on identical inputs and the dense forward is paid once. The fraction reported is
+// the MEASURED one (kv_fraction: KV tokens read, sinks + window + partitions, over the prefix);
+// router weights and centroid tables are index data that does not grow with the context and are
+// reported apart (index_fraction at this context length).
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "cli/method_options.h"
+#include "saap/core/error.h"
+#include "saap/core/paths.h"
+#include "saap/eval/attention_eval.h"
+#include "saap/eval/result_files.h"
+#include "saap/methods/saap.h"
+#include "saap/train/capture.h"
+
+namespace saap::cli {
+
+namespace {
+
+// "label=method:artifact" or "method:artifact" (oracle takes no artifact: "oracle:").
+MethodSpec parse_run(const std::string& run, std::string& label) {
+  std::string body = run;
+  const size_t eq = run.find('=');
+  label = eq == std::string::npos ? "" : run.substr(0, eq);
+  if (eq != std::string::npos) body = run.substr(eq + 1);
+  const size_t colon = body.find(':');
+  SAAP_CHECK_FMT(colon != std::string::npos, InvalidArgument,
+                 "--run '%s' must read [label=]method:artifact (method saap, kmeans or oracle)", run.c_str());
+  MethodSpec spec;
+  spec.name = body.substr(0, colon);
+  spec.artifact = body.substr(colon + 1);
+  SAAP_CHECK_FMT(spec.name == "saap" || spec.name == "kmeans" || spec.name == "oracle", InvalidArgument,
+                 "--run '%s': method '%s' must be saap, kmeans or oracle", run.c_str(), spec.name.c_str());
+  if (label.empty()) label = spec.name;
+  return spec;
+}
+
+}  // namespace
+
+void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
+  auto* cmd = eval_command(app)->add_subcommand(
+      "saap-grid", "Saap vs symmetric k-means (vs oracle) attention metrics over lookup fractions, one model pass");
+  struct Opts {
+    std::string model, text, out = "results", stem = "saap_attention";
+    std::vector<std::string> runs;
+    std::vector<double> fractions = {0.02, 0.05, 0.1, 0.2};
+    int windows = 2, window_len = 2048, sinks = 4, window = 16;
+    AttentionEvalOptions eval;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--text", o->text, "Evaluation text (default: eval.txt in the cache)");
+  cmd->add_option("--run", o->runs, "[label=]method:artifact, method saap|kmeans|oracle (repeatable)")->required();
+  cmd->add_option("--fractions", o->fractions, "Lookup fractions (KV tokens read over the prefix)");
+  cmd->add_option("--sinks", o->sinks, "First positions always read")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--window", o->window, "Most recent positions always read")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--windows", o->windows, "Windows of text")->check(CLI::PositiveNumber);
+  cmd->add_option("--window-len", o->window_len, "Tokens per window")->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--queries", o->eval.queries_per_window, "Sampled query positions per window")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--top-k", o->eval.top_k, "k of recall@k")->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", o->eval.seed, "Seed of the query sample");
+  cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
+  cmd->add_option("--stem", o->stem, "Result file name stem");
+  cmd->callback([o, &global] {
+    auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model);
+    const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
+    const ArtifactIdentity id = model_artifact_identity(*model);
+    struct Row {
+      std::string label;
+      MethodSpec spec;
+      nlohmann::json artifact;
+    };
+    std::vector<Row> rows;
+    std::vector<MethodFactory> factories;
+    for (const std::string& run : o->runs) {
+      std::string label;
+      const MethodSpec base = parse_run(run, label);
+      nlohmann::json art = nlohmann::json::object();
+      if (base.name != "oracle") {
+        ArtifactIdentity want = id;
+        want.method = base.name;
+        const PartitionArtifact a = PartitionArtifact::load(base.artifact, want);
+        art = {{"path", base.artifact},  {"partitions", a.partitions}, {"hidden", a.hidden},
+               {"rope", a.pre_rope ? "pre" : "post"}, {"spherical", a.spherical}, {"train", a.train}};
+        art["train"].erase("layers");  // per-layer statistics stay in the artifact
+      }
+      for (double f : o->fractions) {
+        MethodSpec spec = base;
+        spec.lookup = f;
+        spec.sinks = o->sinks;
+        spec.window = o->window;
+        rows.push_back({label, spec, art});
+        factories.push_back(make_method_factory(spec, id));
+      }
+    }
+    const auto windows = text_windows(model->tokenizer(), text, o->windows, o->window_len);
+    const std::vector<AttentionEvalResult> res = evaluate_attention(model, factories, windows, o->eval);
+
+    nlohmann::json doc = {{"model", model->identity()}, {"text", text},          {"windows", o->windows},
+                          {"window_len", o->window_len}, {"sinks", o->sinks},     {"window", o->window},
+                          {"queries_per_window", o->eval.queries_per_window},    {"top_k", o->eval.top_k},
+                          {"seed", o->eval.seed},        {"runs", nlohmann::json::array()}};
+    CsvTable table{{"label", "method", "lookup", "kv_fraction", "index_fraction", "mass", "recall", "jaccard",
+                    "rel_error", "samples"},
+                   {}};
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const AttentionMetrics m = res[i].overall();
+      const LookupStats s = res[i].overall_lookup();
+      const double index_fraction = s.fraction() - s.kv_fraction();
+      nlohmann::json r = {{"label", rows[i].label},         {"method", rows[i].spec.describe()},
+                          {"lookup", rows[i].spec.lookup},  {"kv_fraction", s.kv_fraction()},
+                          {"index_fraction", index_fraction}, {"artifact", rows[i].artifact},
+                          {"attention", res[i].to_json()}};
+      doc["runs"].push_back(r);
+      table.add({rows[i].label, rows[i].spec.name, csv_field(rows[i].spec.lookup), csv_field(s.kv_fraction()),
+                 csv_field(index_fraction), csv_field(m.mean_mass()), csv_field(m.mean_recall()),
+                 csv_field(m.mean_jaccard()), csv_field(m.mean_rel_error()), std::to_string(m.samples)});
+    }
+    write_result_files(o->out, o->stem, doc, table);
+    emit(global, doc, [&] {
+      std::printf("%-16s %7s %9s %9s %8s %8s %8s %9s\n", "label", "lookup", "kv_frac", "idx_frac", "mass", "recall",
+                  "jaccard", "rel_err");
+      for (size_t i = 0; i < rows.size(); ++i) {
+        const AttentionMetrics m = res[i].overall();
+        const LookupStats s = res[i].overall_lookup();
+        std::printf("%-16s %7.3f %9.4f %9.4f %8.4f %8.4f %8.4f %9.4f\n", rows[i].label.c_str(), rows[i].spec.lookup,
+                    s.kv_fraction(), s.fraction() - s.kv_fraction(), m.mean_mass(), m.mean_recall(),
+                    m.mean_jaccard(), m.mean_rel_error());
+      }
+    });
+  });
+}
+
+}  // namespace saap::cli

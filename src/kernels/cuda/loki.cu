@@ -39,7 +39,7 @@ LokiIndex::LokiIndex(const DecodeShape& shape, int64_t max_len, int rank)
   m.scores.resize(bh * max_len);
   m.sel.resize(bh * max_len);
   m.cand.resize(bh * max_len);
-  m.hist.resize(bh * kLokiBins * 2);  // first level, then the candidates' second level
+  m.hist.resize(bh * (kLokiBins + kLoki2Bins));  // first level, then the candidates' second level
   for (auto* p : {&m.sel_count, &m.cand_count, &m.seq_len, &m.pos0, &m.count}) p->resize(bh);
   m.bin_need.resize(bh);
   m.list2_count.resize(bh);

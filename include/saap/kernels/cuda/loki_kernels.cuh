@@ -8,10 +8,12 @@
 
 namespace saap::cuda {
 
-constexpr int kLokiBins = 2048;  // top 11 bits of the score key
+// 11 first-level bits: 13 cut the threshold bin's candidates 4x (refine -11 us at 512k) but
+// zeroing, flushing and scanning 8192 bins per scoring block cost more (+16 us, H100).
+constexpr int kLokiBins = 2048;  // first level: top 11 bits of the score key
 constexpr int kLokiBinShift = 21;
-constexpr int kLoki2Shift = 10;   // second level: key bits 20..10
-constexpr int kLoki3Bits = 10;    // third level: key bits 9..0
+constexpr int kLoki2Bins = 2048, kLoki2Shift = 10;  // second level: key bits 20..10
+constexpr int kLoki3Bits = 10;                      // third level: key bits 9..0
 
 // q_rot[row][j] = sum_i basis[h][i][j] q[row][i]; block (query head, sequence) of 4*D threads:
 // group k sums inputs i = k, k+4, ... so each thread has D/4 independent loads in flight.
@@ -316,9 +318,9 @@ static __global__ void __launch_bounds__(kFilterThreads)
   constexpr int NW = kFilterThreads / 32;
   const int64_t per_warp = chunk / NW;
   __shared__ int n_sel[NW], n_cand[NW], base_sel, base_cand;
-  __shared__ int h2[kLokiBins];  // candidates by the key's next 11 bits
+  __shared__ int h2[kLoki2Bins];  // candidates by the key's next 11 bits
   wait_prior_grid();
-  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x) h2[i] = 0;
+  for (int i = threadIdx.x; i < kLoki2Bins; i += blockDim.x) h2[i] = 0;
   const int bh = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = seq_len[bh];
   const uint32_t bin = uint32_t(bin_need[bh].x);
@@ -369,14 +371,14 @@ static __global__ void __launch_bounds__(kFilterThreads)
     if (t < w1 && b > bin) so[os + __popc(ms & below)] = int32_t(t);
     if (t < w1 && b == bin) {
       co[oc + __popc(mc & below)] = make_int2(int(t), int(key));
-      atomicAdd(&h2[(key >> kLoki2Shift) & (kLokiBins - 1)], 1);
+      atomicAdd(&h2[(key >> kLoki2Shift) & (kLoki2Bins - 1)], 1);
     }
     os += __popc(ms);
     oc += __popc(mc);
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < kLokiBins; i += blockDim.x)
-    if (h2[i]) atomicAdd(&hist2[int64_t(blockIdx.y) * kLokiBins + i], h2[i]);
+  for (int i = threadIdx.x; i < kLoki2Bins; i += blockDim.x)
+    if (h2[i]) atomicAdd(&hist2[int64_t(blockIdx.y) * kLoki2Bins + i], h2[i]);
 }
 
 // The `need` highest-scoring candidates of the threshold bin, kRefineBlocks blocks per (b, h) over
@@ -404,7 +406,7 @@ static __global__ void __launch_bounds__(kRefineThreads)
                        const int2* __restrict__ cand, int32_t* __restrict__ hist2, int32_t* __restrict__ sel_count,
                        int32_t* __restrict__ sel, int32_t* __restrict__ list2_count, int2* __restrict__ list2,
                        uint32_t* __restrict__ done) {
-  __shared__ int hist[kLokiBins];
+  __shared__ int hist[kLoki2Bins];
   __shared__ int s_d2, s_need2, n_above, n_at, base_above, base_at;
   __shared__ int s_d3, s_need3, s_ties, s_out, s_base;
   __shared__ bool last;
@@ -414,14 +416,14 @@ static __global__ void __launch_bounds__(kRefineThreads)
   const int per = (m + kRefineBlocks - 1) / kRefineBlocks;
   const int i0 = blockIdx.x * per, i1 = min(m, i0 + per);
   const uint32_t bin = uint32_t(bin_need[bh].x);
-  int32_t* h2 = hist2 + int64_t(bh) * kLokiBins;
-  for (int i = tid; i < kLokiBins; i += blockDim.x) hist[i] = h2[i];
+  int32_t* h2 = hist2 + int64_t(bh) * kLoki2Bins;
+  for (int i = tid; i < kLoki2Bins; i += blockDim.x) hist[i] = h2[i];
   if (tid == 0) n_above = n_at = 0;
   __syncthreads();
   if (tid < 32) {
     int d;
     long long cum;
-    warp_find_digit(hist, kLokiBins, bin_need[bh].y, true, d, cum);
+    warp_find_digit(hist, kLoki2Bins, bin_need[bh].y, true, d, cum);
     if (tid == 0) {
       s_d2 = d;
       s_need2 = bin_need[bh].y - int(cum);
@@ -477,7 +479,7 @@ static __global__ void __launch_bounds__(kRefineThreads)
   __threadfence();
   constexpr int NB3 = 1 << kLoki3Bits;
   for (int i = tid; i < NB3; i += blockDim.x) hist[i] = 0;
-  for (int i = tid; i < kLokiBins; i += blockDim.x) h2[i] = 0;
+  for (int i = tid; i < kLoki2Bins; i += blockDim.x) h2[i] = 0;
   if (tid == 0) {
     s_ties = s_out = 0;
     s_base = __ldcg(&sel_count[bh]);  // every pass is done: this block is the only writer now

@@ -204,7 +204,10 @@ void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
   launch_dependent(loki_filter_kernel, fgrid, kFilterThreads, 0, stream, m.scores.get(), m.seq_len.get(), max_len_,
                    fchunk, m.bin_need.get(), m.sel_count.get(), m.sel.get(), m.cand_count.get(), m.cand.get(), hist2);
   SAAP_CU_LAUNCHED();
-  launch_dependent(loki_refine_kernel, dim3(kRefineBlocks, bh), kRefineThreads, 0, stream, max_len_, m.bin_need.get(),
+  const int refine_blocks =
+      choose_splits(shape_, max_len_, resident_blocks(reinterpret_cast<const void*>(loki_refine_kernel), kRefineThreads),
+                    4096);
+  launch_dependent(loki_refine_kernel, dim3(refine_blocks, bh), kRefineThreads, 0, stream, max_len_, m.bin_need.get(),
                    m.cand_count.get(), m.cand.get(), hist2, m.sel_count.get(), m.sel.get(), m.list2_count.get(),
                    m.list2.get(), refine_done);
   SAAP_CU_LAUNCHED();

@@ -33,7 +33,7 @@ struct SaapConfig {
   int append_page = 64;
   int append_pages_per_partition = 8;
   int64_t max_prefill = 0;        // longest prefill a build() may place
-  int64_t max_new_tokens = 4096;  // appends a sequence may receive after its build()
+  int64_t max_new_tokens = 4096;  // appends sized for after a build() (sizes the page pool; more re-pack)
   int classifier_hidden = 128;    // multiple of 32, <= 1024
 };
 

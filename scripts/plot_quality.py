@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def read_rows(paths):
@@ -39,25 +40,29 @@ def main():
     families = defaultdict(list)
     for r in rows:
         families[r["family"]].append(r)
-    panels = [("ppl_delta", "perplexity − dense perplexity", "symlog"),
+    panels = [("ppl_delta", "perplexity − dense perplexity (log)", "log"),
               ("mass", "softmax mass captured", "linear"),
               ("recall", "recall of true top-k keys", "linear")]
+    colors = {f: f"C{i}" for i, f in enumerate(sorted(families))}  # one color per family in every panel
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
     for ax, (key, label, yscale) in zip(axes, panels):
         for family, rs in sorted(families.items()):
             pts = sorted((float(r["lookup_fraction"]), float(r[key])) for r in rs if r.get(key, "") != "")
+            if yscale == "log":  # dense has delta 0: it is the reference, not a point on a log axis
+                pts = [p for p in pts if p[1] > 0]
             if not pts:
                 continue
             xs, ys = zip(*pts)
             style = "*" if family == "dense" else "o-"
-            ax.plot(xs, ys, style, label=family, markersize=10 if family == "dense" else 5)
+            ax.plot(xs, ys, style, color=colors[family], label=family, markersize=10 if family == "dense" else 5)
         ax.set_xlabel("lookup fraction (bytes read / dense)")
         ax.set_ylabel(label)
         ax.set_xscale("log")
-        if yscale == "symlog":
-            ax.set_yscale("symlog", linthresh=0.01)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if yscale == "log":
+            ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
     fig.suptitle("Attention quality vs lookup fraction (" + ", ".join(args.csv) + ")", fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)

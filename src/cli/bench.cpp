@@ -196,6 +196,7 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
     nlohmann::json doc = {{"model", model->identity()},
                           {"text", text},
                           {"commit", git_commit()},
+                          {"artifacts", o->artifacts},
                           {"loadavg_at_start", load},
                           {"loadavg_at_end", read_loadavg()},
                           {"reps", o->bench.reps},

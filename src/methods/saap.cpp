@@ -352,10 +352,13 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
     std::vector<int32_t>& out = sel.positions[size_t(kvh * group)];
     std::fill(taken_.begin(), taken_.end(), 0);
     int64_t taken = 0;
+    // A partition is read whole, and only if it fits in what is left of the budget: the KV read
+    // never exceeds the budget (methods compare at equal measured fraction), and one huge partition
+    // (repeated text puts every copy of a token in one) cannot crowd out the small ones ranked after it.
     for (int r = 0; r < C && taken < budget; ++r)
       for (int g = 0; g < rankings && taken < budget; ++g) {
         const int32_t c = order_[size_t(int64_t(g) * C + r)];
-        if (taken_[size_t(c)] || counts_[size_t(c)] == 0) continue;
+        if (taken_[size_t(c)] || counts_[size_t(c)] == 0 || taken + counts_[size_t(c)] > budget) continue;
         taken_[size_t(c)] = 1;
         const auto& pos = lists.positions(c);
         const auto first = std::lower_bound(pos.begin(), pos.end(), mid_begin);

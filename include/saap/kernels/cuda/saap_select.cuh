@@ -76,10 +76,14 @@ __device__ __forceinline__ int emit_range(int2* out, int k, int max_k, int start
 }
 __device__ __forceinline__ int ranges_of(int n, int seg) { return (n + seg - 1) / seg; }
 
-// Block per (b, h). Scores each partition by the best log-probability any query head of the group
-// gives it, picks partitions in decreasing score while their tokens fit the budget (a weighted
-// radix select: 4 passes of 8-bit digits over the order-preserving score keys), and writes the
-// segments: sinks, recent window, then every selected partition's prefill range and append pages.
+// Block per (b, h). The router gives log densities s_hc (attention per key), so head h puts the
+// share n_c exp(s_hc) / Z_h of its attention on partition c (n_c its keys, Z_h summed over the
+// non-empty partitions). A partition is scored by log sum_h exp(s_hc - log Z_h), the group's summed
+// density: the attention the shared read gains per token it spends, which is how the CPU reference
+// (SaapAttention::group_scores) ranks. Partitions are taken in decreasing score while their tokens
+// fit the budget (a weighted radix select: 4 passes of 8-bit digits over the order-preserving score
+// keys), and the segments are written: sinks, recent window, then every selected partition's
+// prefill range and append pages.
 static __global__ void __launch_bounds__(kSelectThreads)
     saap_select_kernel(const float* __restrict__ logits, int n_q_heads, int G, SaapGeom g, int segment, float lookup,
                        const int32_t* __restrict__ seq_len, const int32_t* __restrict__ part_start,
@@ -100,25 +104,37 @@ static __global__ void __launch_bounds__(kSelectThreads)
   const int64_t pbase = int64_t(bh) * g.C;
   const float* lg = logits + (int64_t(b) * n_q_heads + int64_t(h) * G) * g.C;
 
-  for (int gi = 0; gi < G; ++gi) {
-    float mx = -INFINITY;
-    for (int c = tid; c < g.C; c += kSelectThreads) mx = fmaxf(mx, lg[int64_t(gi) * g.C + c]);
-    mx = block_reduce<true>(mx, red);
-    float se = 0.f;
-    for (int c = tid; c < g.C; c += kSelectThreads) se += __expf(lg[int64_t(gi) * g.C + c] - mx);
-    se = block_reduce<false>(se, red);
-    if (tid == 0) lse[gi] = mx + __logf(se);
-  }
-  __syncthreads();
+  // Z_h weighs each partition by its keys, so the sizes come first.
   float total = 0.f;
   for (int c = tid; c < g.C; c += kSelectThreads) {
-    float s = -INFINITY;
-    for (int gi = 0; gi < G; ++gi) s = fmaxf(s, lg[int64_t(gi) * g.C + c] - lse[gi]);
-    keys[c] = float_key(s);
     sizes[c] = part_count[pbase + c] + append_count[pbase + c];
     total += float(sizes[c]);
   }
   total = block_reduce<false>(total, red);
+  for (int gi = 0; gi < G; ++gi) {
+    float mx = -INFINITY;
+    for (int c = tid; c < g.C; c += kSelectThreads)
+      if (sizes[c]) mx = fmaxf(mx, lg[int64_t(gi) * g.C + c]);
+    mx = block_reduce<true>(mx, red);
+    float se = 0.f;
+    for (int c = tid; c < g.C; c += kSelectThreads)
+      if (sizes[c]) se += float(sizes[c]) * expf(lg[int64_t(gi) * g.C + c] - mx);
+    se = block_reduce<false>(se, red);
+    if (tid == 0) lse[gi] = mx + logf(se);
+  }
+  __syncthreads();
+  for (int c = tid; c < g.C; c += kSelectThreads) {
+    if (!sizes[c]) {
+      keys[c] = 0;  // below every score key and the threshold, so never taken
+      continue;
+    }
+    // Each term is at most 1/n_c, but all of them can underflow: sum relative to the largest.
+    float top = -INFINITY;
+    for (int gi = 0; gi < G; ++gi) top = fmaxf(top, lg[int64_t(gi) * g.C + c] - lse[gi]);
+    float se = 0.f;
+    for (int gi = 0; gi < G; ++gi) se += expf(lg[int64_t(gi) * g.C + c] - lse[gi] - top);
+    keys[c] = float_key(top + logf(se));
+  }
 
   const int64_t n = seq_len[bh];
   const int n_sink = int(min(int64_t(g.S), n));

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "saap/core/error.h"
 #include "saap/train/saap_trainer.h"
 
 namespace saap::cli {
@@ -9,8 +10,8 @@ namespace saap::cli {
 namespace {
 
 struct TrainOpts {
-  std::string calib, out, rope = "pre";
-  bool l2 = false;
+  std::string calib, out, rope = "pre", partition_from;
+  bool l2 = false, no_skip = false;
   SaapTrainOptions train;
 };
 
@@ -25,11 +26,33 @@ void add_partition_options(CLI::App* cmd, TrainOpts& o) {
   cmd->add_option("--kmeans-iters", o.train.kmeans_iters, "k-means iterations")->check(CLI::PositiveNumber);
   cmd->add_option("--seed", o.train.seed, "Seed of k-means, the query sample, the split and the routers");
   cmd->add_option("--layers", o.train.layers, "Layers to train (default: all)");
+  cmd->add_option("--partition-from", o.partition_from,
+                  "Reuse the key partition (centroids) of this saap or kmeans artifact instead of running k-means; "
+                  "its partitions, rope and metric must match");
 }
 
-void finish_options(TrainOpts& o) {
+// Checks the calibration set against the artifact the partition comes from, then hands its centroids over.
+void finish_options(TrainOpts& o, const CalibrationSet& set) {
   o.train.pre_rope = o.rope == "pre";
   o.train.spherical = !o.l2;
+  o.train.skip = !o.no_skip;
+  if (o.partition_from.empty()) return;
+  ArtifactIdentity id;
+  id.method = "kmeans";  // reads a kmeans or a saap artifact
+  id.model_identity = set.model_identity;
+  id.n_layers = set.n_layers;
+  id.n_heads = set.n_heads;
+  id.n_kv_heads = set.n_kv_heads;
+  id.head_dim = set.head_dim;
+  const PartitionArtifact from = PartitionArtifact::load(o.partition_from, id);
+  SAAP_CHECK_FMT(from.partitions == o.train.partitions && from.pre_rope == o.train.pre_rope &&
+                     from.spherical == o.train.spherical,
+                 InvalidArgument,
+                 "--partition-from %s has partitions %d, rope %s, %s; this run asks for %d, %s, %s",
+                 o.partition_from.c_str(), from.partitions, from.pre_rope ? "pre" : "post",
+                 from.spherical ? "spherical" : "l2", o.train.partitions, o.train.pre_rope ? "pre" : "post",
+                 o.train.spherical ? "spherical" : "l2");
+  for (const auto& [l, layer] : from.layers) o.train.centroids[l] = layer.centroids;
 }
 
 void print_summary(const GlobalOptions& global, const PartitionArtifact& a, const std::string& out) {
@@ -40,16 +63,17 @@ void print_summary(const GlobalOptions& global, const PartitionArtifact& a, cons
                            {"hidden", a.hidden},
                            {"rope", a.pre_rope ? "pre" : "post"},
                            {"layers", a.layers.size()}};
-  for (const char* k : {"seconds", "kmeans_seconds", "labels_seconds", "router_seconds", "mean_val_recall",
-                        "mean_val_symmetric_recall", "mean_val_oracle_recall"})
+  for (const char* k : {"seconds", "kmeans_seconds", "labels_seconds", "router_seconds", "mean_val_mass_at_budget",
+                        "mean_val_symmetric_mass_at_budget", "mean_val_oracle_mass_at_budget"})
     if (a.train.contains(k)) result[k] = a.train[k];
   emit(global, result, [&] {
     std::printf("%s: %zu layers, C = %d, %s-RoPE, %.1f s -> %s\n", a.identity.method.c_str(), a.layers.size(),
                 a.partitions, a.pre_rope ? "pre" : "post", a.train.value("seconds", 0.0), out.c_str());
     if (a.has_classifiers())
-      std::printf("held-out mass recall of the top 5%% partitions: router %.3f, symmetric %.3f, oracle %.3f\n",
-                  a.train.value("mean_val_recall", 0.0), a.train.value("mean_val_symmetric_recall", 0.0),
-                  a.train.value("mean_val_oracle_recall", 0.0));
+      std::printf("held-out mass found at a %g%% lookup (share of what the partitions can find): router %.3f, "
+                  "symmetric %.3f, oracle %.3f\n",
+                  100 * a.train.value("stat_lookup", 0.0), a.train.value("mean_val_mass_at_budget", 0.0), a.train.value("mean_val_symmetric_mass_at_budget", 0.0),
+                  a.train.value("mean_val_oracle_mass_at_budget", 0.0));
   });
 }
 
@@ -74,9 +98,10 @@ void register_train_saap(CLI::App& app, const GlobalOptions& global) {
       ->check(CLI::NonNegativeNumber);
   saap->add_option("--window", so->train.window, "Recent window left out of the labels (read anyway at decode)")
       ->check(CLI::NonNegativeNumber);
+  saap->add_flag("--no-skip", so->no_skip, "Router without the linear skip from the partitions' mean keys");
   saap->callback([so, &global] {
-    finish_options(*so);
     const CalibrationSet set = CalibrationSet::load(so->calib);
+    finish_options(*so, set);
     const PartitionArtifact a = train_saap(set, so->train);
     a.save(so->out);
     print_summary(global, a, so->out);
@@ -86,8 +111,8 @@ void register_train_saap(CLI::App& app, const GlobalOptions& global) {
   auto* km = train->add_subcommand("kmeans", "Key partition only (the symmetric k-means baseline)");
   add_partition_options(km, *ko);
   km->callback([ko, &global] {
-    finish_options(*ko);
     const CalibrationSet set = CalibrationSet::load(ko->calib);
+    finish_options(*ko, set);
     const PartitionArtifact a = train_symmetric_kmeans(set, ko->train);
     a.save(ko->out);
     print_summary(global, a, ko->out);

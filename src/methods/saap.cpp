@@ -125,6 +125,7 @@ void PartitionArtifact::save(const std::string& path) const {
   h["hidden"] = hidden;
   h["rope"] = pre_rope ? "pre" : "post";
   h["spherical"] = spherical;
+  if (has_classifiers()) h["router"] = kRouterOutput;
   h["layers"] = trained;
   h["train"] = train;
   w.write(path, h);
@@ -135,11 +136,13 @@ PartitionArtifact PartitionArtifact::load(const std::string& path, const Artifac
   const nlohmann::json& h = f.header();
   ArtifactIdentity want = expected;
   // The symmetric baseline may run on a Saap artifact's centroids: the same partition, by design.
+  // Read that way, the artifact is its partition alone (the routers are not read).
   if (want.method == "kmeans" && h.is_object() && h.contains("method") && h["method"] == "saap") want.method = "saap";
   check_artifact(h, want, path);
 
   PartitionArtifact a;
   a.identity = want;
+  a.identity.method = expected.method;
   a.partitions = header_field<int>(h, "partitions", path);
   SAAP_CHECK_FMT(a.partitions > 0, BadFile, "%s: partitions = %d must be positive", path.c_str(), a.partitions);
   a.hidden = header_field<int>(h, "hidden", path);
@@ -150,6 +153,12 @@ PartitionArtifact PartitionArtifact::load(const std::string& path, const Artifac
                  rope.c_str());
   a.pre_rope = rope == "pre";
   a.spherical = header_field<bool>(h, "spherical", path);
+  if (a.has_classifiers()) {
+    const std::string router = header_field<std::string>(h, "router", path);
+    SAAP_CHECK_FMT(router == kRouterOutput, BadFile,
+                   "%s: router = '%s' but this version's routers output '%s' (retrain with saap train saap)", path.c_str(),
+                   router.c_str(), kRouterOutput);
+  }
   a.train = h.contains("train") ? h["train"] : nlohmann::json::object();
   const auto trained = header_field<std::vector<int>>(h, "layers", path);
   SAAP_CHECK_FMT(!trained.empty(), BadFile, "%s: layers lists no trained layer", path.c_str());
@@ -339,7 +348,7 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
     // whole ranks once; otherwise the heads' own rankings are merged round-robin (every head's first
     // choice, then every head's second, ...).
     int rankings = 1;
-    if (group_scores(kvh, qv, scores_.data())) {
+    if (group_scores(kvh, qv, counts_.data(), scores_.data())) {
       rank(order_.data());
     } else {
       rankings = group;
@@ -384,21 +393,27 @@ void SaapAttention::score(int head, const float* q_vec, float* scores) {
   layer_->classifiers[size_t(head)].scores(q_vec, scores, hidden_.data());
 }
 
-// The router is trained so that softmax(scores) is the head's attention mass over the partitions;
-// the group's partitions are ranked by the mass summed over its heads, the quantity the shared
-// read should maximize.
-bool SaapAttention::group_scores(int kv_head, const float* q, float* scores) {
+// The router scores are log densities (attention per key, classifier.h): head h gives partition c
+// the share n_c exp(s_hc) / sum_c' n_c' exp(s_hc') of its attention, n_c the partition's keys in
+// the candidate range. The group's read should hold the most attention (summed over its heads) per
+// key read, so partitions rank by the summed density exp(s_hc) / Z_h.
+bool SaapAttention::group_scores(int kv_head, const float* q, const int64_t* counts, float* scores) {
   const int C = artifact_->partitions, d = shape_.head_dim, group = shape_.n_q_heads / shape_.n_kv_heads;
   head_scores_.resize(size_t(C));
   std::fill(scores, scores + C, 0.0f);
   for (int g = 0; g < group; ++g) {
     const int h = kv_head * group + g;
     score(h, q + int64_t(h) * d, head_scores_.data());
-    const float mx = *std::max_element(head_scores_.begin(), head_scores_.end());
+    float mx = -INFINITY;
+    for (int c = 0; c < C; ++c)
+      if (counts[c] > 0) mx = std::max(mx, head_scores_[size_t(c)]);
+    if (mx == -INFINITY) return true;  // no candidate key: nothing to rank
     double z = 0;
-    for (float& x : head_scores_) z += (x = std::exp(x - mx));
-    const float inv = float(1.0 / z);
-    for (int c = 0; c < C; ++c) scores[c] += head_scores_[size_t(c)] * inv;
+    for (int c = 0; c < C; ++c)
+      if (counts[c] > 0) z += double(counts[c]) * std::exp(double(head_scores_[size_t(c)] - mx));
+    const double inv = 1.0 / z;
+    for (int c = 0; c < C; ++c)
+      if (counts[c] > 0) scores[c] += float(std::exp(double(head_scores_[size_t(c)] - mx)) * inv);
   }
   return true;
 }

@@ -24,6 +24,14 @@ void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const
               ldb, 0.0, c, ldc);
 }
 
+// C += A B^T (the linear skip's scores added to the MLP's).
+void gemm_add(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+}
+void gemm_add(int m, int n, int k, const double* a, int lda, const double* b, int ldb, double* c, int ldc) {
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0, a, lda, b, ldb, 1.0, c, ldc);
+}
+
 // std:: distributions differ between standard libraries; these draws are the same everywhere.
 double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * (1.0 / 9007199254740992.0); }
 double normal(std::mt19937_64& rng) {
@@ -47,15 +55,30 @@ void check_data(const ClassifierData& d, int in, int out, const char* which) {
     if (d.weight)
       SAAP_CHECK_FMT(std::isfinite(d.weight[i]) && d.weight[i] >= 0, InvalidArgument,
                      "%s set: weight[%lld] = %g must be finite and >= 0", which, (long long)i, double(d.weight[i]));
+    if (d.offset) {
+      bool any = false;
+      for (int c = 0; c < out; ++c) {
+        const float o = d.offset[i * out + c];
+        SAAP_CHECK_FMT(!std::isnan(o) && o != INFINITY, InvalidArgument, "%s set: offset[%lld][%d] = %g must be finite or -inf",
+                       which, (long long)i, c, double(o));
+        SAAP_CHECK_FMT(std::isfinite(o) || d.target[i * out + c] == 0, InvalidArgument,
+                       "%s set: target[%lld][%d] = %g but the partition holds no candidate key (offset -inf)", which,
+                       (long long)i, c, double(d.target[i * out + c]));
+        any = any || std::isfinite(o);
+      }
+      SAAP_CHECK_FMT(any, InvalidArgument, "%s set: row %lld has no partition with a candidate key", which, (long long)i);
+    }
   }
 }
 
 }  // namespace
 
 template <class T>
-double mlp_loss(const MlpShape& s, const T* theta, const T* x, const T* target, const T* weight, int64_t n, T* grad) {
+double mlp_loss(const MlpShape& s, const T* theta, const T* x, const T* target, const T* weight, const T* offset,
+                int64_t n, T* grad) {
   const int D = s.in, H = s.hidden, C = s.out, N = int(n);
-  const T *w1 = theta, *b1 = theta + s.off_b1(), *w2 = theta + s.off_w2(), *b2 = theta + s.off_b2();
+  const T *w1 = theta, *b1 = theta + s.off_b1(), *w2 = theta + s.off_w2(), *b2 = theta + s.off_b2(),
+          *u = theta + s.off_u();
   if (grad) std::fill(grad, grad + s.size(), T(0));
   if (n == 0) return 0.0;
   std::vector<T> z1(size_t(N) * H), sc(size_t(N) * C);
@@ -66,22 +89,36 @@ double mlp_loss(const MlpShape& s, const T* theta, const T* x, const T* target, 
       z = std::max(T(0), z + b1[j]);  // z1 now holds the activations; z > 0 is the ReLU's mask
     }
   gemm(false, true, N, C, H, z1.data(), H, w2, H, sc.data(), C);
+  if (s.skip) gemm_add(N, C, D, x, D, u, D, sc.data(), C);
 
   double total = 0, wsum = 0;
   for (int i = 0; i < N; ++i) wsum += weight ? double(weight[i]) : 1.0;
   if (wsum <= 0) return 0.0;
-  // sc becomes dL/dscores in place.
+  // sc becomes dL/dscores in place; a partition with no candidate key (offset -inf) takes no
+  // probability and gets no gradient.
   for (int i = 0; i < N; ++i) {
     T* row = sc.data() + size_t(i) * C;
     const T* t = target + size_t(i) * C;
+    const T* off = offset ? offset + size_t(i) * C : nullptr;
     const double w = (weight ? double(weight[i]) : 1.0) / wsum;
     double mx = -INFINITY;
-    for (int c = 0; c < C; ++c) row[c] += b2[c], mx = std::max(mx, double(row[c]));
+    for (int c = 0; c < C; ++c) {
+      row[c] += b2[c];
+      if (!off || std::isfinite(double(off[c]))) mx = std::max(mx, double(row[c]) + (off ? double(off[c]) : 0.0));
+    }
     double z = 0, ts = 0, tdot = 0;
-    for (int c = 0; c < C; ++c) z += std::exp(double(row[c]) - mx), ts += double(t[c]), tdot += double(t[c]) * double(row[c]);
+    for (int c = 0; c < C; ++c) {
+      if (off && !std::isfinite(double(off[c]))) continue;
+      const double r = double(row[c]) + (off ? double(off[c]) : 0.0);
+      z += std::exp(r - mx), ts += double(t[c]), tdot += double(t[c]) * r;
+    }
     const double lse = mx + std::log(z);
     total += w * (lse * ts - tdot);
-    for (int c = 0; c < C; ++c) row[c] = T(w * (std::exp(double(row[c]) - lse) * ts - double(t[c])));
+    for (int c = 0; c < C; ++c) {
+      const bool present = !off || std::isfinite(double(off[c]));
+      const double r = double(row[c]) + (off ? double(off[c]) : 0.0);
+      row[c] = present ? T(w * (std::exp(r - lse) * ts - double(t[c]))) : T(0);
+    }
   }
   if (!grad) return total;
 
@@ -89,6 +126,7 @@ double mlp_loss(const MlpShape& s, const T* theta, const T* x, const T* target, 
   gemm(true, false, C, H, N, sc.data(), C, z1.data(), H, gw2, H);
   for (int i = 0; i < N; ++i)
     for (int c = 0; c < C; ++c) gb2[c] += sc[size_t(i) * C + c];
+  if (s.skip) gemm(true, false, C, D, N, sc.data(), C, x, D, grad + s.off_u(), D);
   std::vector<T> da(size_t(N) * H);
   gemm(false, false, N, H, C, sc.data(), C, w2, H, da.data(), H);
   for (size_t i = 0; i < da.size(); ++i)
@@ -99,9 +137,10 @@ double mlp_loss(const MlpShape& s, const T* theta, const T* x, const T* target, 
   return total;
 }
 
-template double mlp_loss<float>(const MlpShape&, const float*, const float*, const float*, const float*, int64_t, float*);
-template double mlp_loss<double>(const MlpShape&, const double*, const double*, const double*, const double*, int64_t,
-                                 double*);
+template double mlp_loss<float>(const MlpShape&, const float*, const float*, const float*, const float*, const float*,
+                                int64_t, float*);
+template double mlp_loss<double>(const MlpShape&, const double*, const double*, const double*, const double*,
+                                 const double*, int64_t, double*);
 
 double classifier_recall(const PartitionClassifier& m, const ClassifierData& d, int at) {
   SAAP_CHECK_FMT(at > 0 && at <= m.out_dim, InvalidArgument, "recall at = %d must be in [1, %d]", at, m.out_dim);
@@ -110,6 +149,8 @@ double classifier_recall(const PartitionClassifier& m, const ClassifierData& d, 
   double got = 0, wsum = 0;
   for (int64_t i = 0; i < d.n; ++i) {
     m.scores(d.x + i * m.in_dim, sc.data(), h.data());
+    if (d.offset)
+      for (int c = 0; c < m.out_dim; ++c) sc[size_t(c)] += d.offset[i * m.out_dim + c];
     std::iota(order.begin(), order.end(), 0);
     std::partial_sort(order.begin(), order.begin() + at, order.end(),
                       [&](int32_t a, int32_t b) { return sc[size_t(a)] > sc[size_t(b)] || (sc[size_t(a)] == sc[size_t(b)] && a < b); });
@@ -171,9 +212,9 @@ double dataset_loss(const MlpShape& s, const std::vector<float>& theta, const fl
     const int64_t m = std::min(chunk, d.n - b);
     double wsum = 0;
     for (int64_t i = b; i < b + m; ++i) wsum += d.weight ? d.weight[i] : 1.0;
-    total += wsum / wsum_all *
-             mlp_loss<float>(s, theta.data(), x + b * s.in, d.target + b * s.out, d.weight ? d.weight + b : nullptr, m,
-                             nullptr);
+    total += wsum / wsum_all * mlp_loss<float>(s, theta.data(), x + b * s.in, d.target + b * s.out,
+                                               d.weight ? d.weight + b : nullptr,
+                                               d.offset ? d.offset + b * s.out : nullptr, m, nullptr);
   }
   return total;
 }
@@ -181,7 +222,7 @@ double dataset_loss(const MlpShape& s, const std::vector<float>& theta, const fl
 }  // namespace
 
 ClassifierStats train_classifier(PartitionClassifier& model, int D, int C, const ClassifierData& train,
-                                 const ClassifierData& val, const ClassifierOptions& o) {
+                                 const ClassifierData& val, const ClassifierOptions& o, const float* skip_init) {
   const auto t0 = std::chrono::steady_clock::now();
   SAAP_CHECK_FMT(D > 0 && C > 0, InvalidArgument, "classifier in_dim = %d, out_dim = %d must be positive", D, C);
   SAAP_CHECK_FMT(o.hidden > 0, InvalidArgument, "classifier hidden = %d must be positive", o.hidden);
@@ -193,32 +234,52 @@ ClassifierStats train_classifier(PartitionClassifier& model, int D, int C, const
   check_data(train, D, C, "training");
   check_data(val, D, C, "held-out");
 
-  const MlpShape s{D, o.hidden, C};
+  if (skip_init)
+    for (int64_t i = 0; i < int64_t(C) * D; ++i)
+      SAAP_CHECK_FMT(std::isfinite(skip_init[i]), NonFinite, "skip_init[%lld] is not finite", (long long)i);
+  const MlpShape s{D, o.hidden, C, skip_init != nullptr};
   const int H = o.hidden;
   std::mt19937_64 rng(o.seed);
   std::vector<float> theta(size_t(s.size()), 0.0f);
-  // He init for the ReLU layer; the output layer starts small, its bias at the log of the mean
-  // target (the best input-free guess), so training starts from the prior over partitions.
+  // He init for the ReLU layer. The output layer starts small, or at zero with the skip, so that
+  // training starts exactly at the skip's routing (the MLP then learns a residual).
   for (int64_t i = 0; i < s.off_b1(); ++i) theta[size_t(i)] = float(normal(rng) * std::sqrt(2.0 / D));
-  for (int64_t i = s.off_w2(); i < s.off_b2(); ++i) theta[size_t(i)] = float(normal(rng) * std::sqrt(1.0 / H) * 0.1);
-  {
-    std::vector<double> prior(size_t(C), 0.0);
-    double wsum = 0;
-    for (int64_t i = 0; i < train.n; ++i) {
-      const double w = train.weight ? train.weight[i] : 1.0;
-      for (int c = 0; c < C; ++c) prior[size_t(c)] += w * train.target[i * C + c];
-      wsum += w;
-    }
-    for (int c = 0; c < C; ++c) theta[size_t(s.off_b2() + c)] = float(std::log(prior[size_t(c)] / std::max(wsum, 1e-30) + 1e-6));
-  }
+  if (!s.skip)
+    for (int64_t i = s.off_w2(); i < s.off_b2(); ++i) theta[size_t(i)] = float(normal(rng) * std::sqrt(1.0 / H) * 0.1);
 
   const Standardizer z(train, D);
   const std::vector<float> xtrain = z.apply(train), xval = z.apply(val);
+  if (skip_init) {
+    // U on standardized inputs: U_raw x = U_raw mu + (U_raw * std) x_std; b2 takes U_raw mu, so the
+    // router starts exactly at scores U_raw x.
+    for (int c = 0; c < C; ++c) {
+      double bias = 0;
+      for (int k = 0; k < D; ++k) {
+        const double u = skip_init[int64_t(c) * D + k];
+        theta[size_t(s.off_u() + int64_t(c) * D + k)] = float(u / z.inv_std[size_t(k)]);
+        bias += u * z.mean[size_t(k)];
+      }
+      theta[size_t(s.off_b2() + c)] = float(bias);
+    }
+  } else {
+    // The bias starts at the best input-free guess: the log of the mean target (of the mean mass
+    // per candidate key, with offsets), so training starts from the prior over partitions.
+    std::vector<double> mass(size_t(C), 0.0), count(size_t(C), 0.0);
+    for (int64_t i = 0; i < train.n; ++i) {
+      const double w = train.weight ? train.weight[i] : 1.0;
+      for (int c = 0; c < C; ++c) {
+        mass[size_t(c)] += w * train.target[i * C + c];
+        count[size_t(c)] += w * (train.offset ? std::exp(double(train.offset[i * C + c])) : 1.0);
+      }
+    }
+    for (int c = 0; c < C; ++c)
+      theta[size_t(s.off_b2() + c)] = float(std::log(mass[size_t(c)] / std::max(count[size_t(c)], 1e-30) + 1e-9));
+  }
   const ClassifierData& stop_set = val.n > 0 ? val : train;
   const float* stop_x = val.n > 0 ? xval.data() : xtrain.data();
 
   std::vector<float> m(theta.size(), 0.0f), v(theta.size(), 0.0f), g(theta.size()), best = theta;
-  std::vector<float> bx(size_t(o.batch) * D), bt(size_t(o.batch) * C), bw(size_t(o.batch));
+  std::vector<float> bx(size_t(o.batch) * D), bt(size_t(o.batch) * C), bw(size_t(o.batch)), bo(train.offset ? size_t(o.batch) * C : 0);
   std::vector<int64_t> idx(size_t(train.n));
   std::iota(idx.begin(), idx.end(), 0);
   ClassifierStats st;
@@ -238,10 +299,12 @@ ClassifierStats train_classifier(PartitionClassifier& model, int D, int C, const
         std::copy(xtrain.begin() + i * D, xtrain.begin() + (i + 1) * D, bx.begin() + k * D);
         std::copy(train.target + i * C, train.target + (i + 1) * C, bt.begin() + k * C);
         bw[size_t(k)] = train.weight ? train.weight[i] : 1.0f;
+        if (train.offset) std::copy(train.offset + i * C, train.offset + (i + 1) * C, bo.begin() + k * C);
         wsum += bw[size_t(k)];
       }
       if (wsum <= 0) continue;
-      const double loss = mlp_loss<float>(s, theta.data(), bx.data(), bt.data(), bw.data(), n, g.data());
+      const double loss = mlp_loss<float>(s, theta.data(), bx.data(), bt.data(), bw.data(),
+                                          train.offset ? bo.data() : nullptr, n, g.data());
       ep_loss += loss * wsum, ep_w += wsum;
       ++step;
       const float c1 = 1.0f - std::pow(b1c, float(step)), c2 = 1.0f - std::pow(b2c, float(step));
@@ -265,8 +328,10 @@ ClassifierStats train_classifier(PartitionClassifier& model, int D, int C, const
   }
   bar.finish(format("best epoch %d, held-out loss %.4f", st.best_epoch, st.best_val_loss));
 
-  // Fold the standardization: W1 ((x - mu) * inv_std) + b1 = (W1 * inv_std) x + (b1 - (W1 * inv_std) mu).
-  model = PartitionClassifier(D, H, C);
+  // Fold the standardization: W1 ((x - mu) * inv_std) + b1 = (W1 * inv_std) x + (b1 - (W1 * inv_std) mu),
+  // and the skip into 2 * D more hidden units: U x = U relu(x) - U relu(-x).
+  const int H_out = H + (s.skip ? 2 * D : 0);
+  model = PartitionClassifier(D, H_out, C);
   for (int j = 0; j < H; ++j) {
     double bias = best[size_t(s.off_b1() + j)];
     for (int k = 0; k < D; ++k) {
@@ -276,8 +341,23 @@ ClassifierStats train_classifier(PartitionClassifier& model, int D, int C, const
     }
     model.b1[size_t(j)] = float(bias);
   }
-  std::copy(best.begin() + s.off_w2(), best.begin() + s.off_b2(), model.w2.begin());
-  std::copy(best.begin() + s.off_b2(), best.end(), model.b2.begin());
+  for (int c = 0; c < C; ++c) {
+    for (int j = 0; j < H; ++j) model.w2[size_t(int64_t(c) * H_out + j)] = best[size_t(s.off_w2() + int64_t(c) * H + j)];
+    double bias = best[size_t(s.off_b2() + c)];
+    if (s.skip)
+      for (int k = 0; k < D; ++k) {
+        const double u = double(best[size_t(s.off_u() + int64_t(c) * D + k)]) * z.inv_std[size_t(k)];
+        model.w2[size_t(int64_t(c) * H_out + H + k)] = float(u);
+        model.w2[size_t(int64_t(c) * H_out + H + D + k)] = float(-u);
+        bias -= u * z.mean[size_t(k)];
+      }
+    model.b2[size_t(c)] = float(bias);
+  }
+  if (s.skip)
+    for (int k = 0; k < D; ++k) {
+      model.w1[size_t(int64_t(H + k) * D + k)] = 1.0f;
+      model.w1[size_t(int64_t(H + D + k) * D + k)] = -1.0f;
+    }
 
   st.recall_at = o.recall_at > 0 ? std::min(o.recall_at, C) : std::max(1, C / 20);
   st.val_recall = classifier_recall(model, stop_set, st.recall_at);

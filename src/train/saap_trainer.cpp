@@ -52,10 +52,18 @@ void check_options(const CalibrationSet& s, const SaapTrainOptions& o) {
                  "partitions = %d exceeds the %lld calibration keys per head (windows %d x window_len %d)", o.partitions,
                  (long long)s.windows * s.window_len, s.windows, s.window_len);
   SAAP_CHECK_FMT(o.sinks >= 0 && o.window >= 0, InvalidArgument, "sinks = %d, window = %d must be >= 0", o.sinks, o.window);
-  SAAP_CHECK_FMT(o.min_prefix >= 0 && o.min_prefix < s.window_len, InvalidArgument,
-                 "min_prefix = %d must be in [0, window_len = %d)", o.min_prefix, s.window_len);
+  SAAP_CHECK_FMT(o.min_prefix >= o.sinks + o.window && o.min_prefix < s.window_len, InvalidArgument,
+                 "min_prefix = %d must be in [sinks + window = %d, window_len = %d): every labelled query needs keys "
+                 "outside the sinks and the window",
+                 o.min_prefix, o.sinks + o.window, s.window_len);
+  for (const auto& [l, c] : o.centroids)
+    SAAP_CHECK_FMT(l >= 0 && l < s.n_layers && int64_t(c.size()) == int64_t(s.n_kv_heads) * o.partitions * s.head_dim,
+                   InvalidArgument, "given centroids of layer %d: %zu floats, expected n_kv_heads * partitions * head_dim = %lld",
+                   l, c.size(), (long long)s.n_kv_heads * o.partitions * s.head_dim);
   SAAP_CHECK_FMT(o.val_fraction >= 0 && o.val_fraction < 1, InvalidArgument, "val_fraction = %g must be in [0, 1)",
                  o.val_fraction);
+  SAAP_CHECK_FMT(o.stat_lookup > 0 && o.stat_lookup <= 1, InvalidArgument, "stat_lookup = %g must be in (0, 1]",
+                 o.stat_lookup);
   SAAP_CHECK_FMT(o.max_queries >= 0, InvalidArgument, "max_queries = %d must be >= 0", o.max_queries);
   for (int l : o.layers)
     SAAP_CHECK_FMT(l >= 0 && l < s.n_layers, InvalidArgument, "layers holds %d, outside [0, %d)", l, s.n_layers);
@@ -107,31 +115,87 @@ nlohmann::json options_json(const SaapTrainOptions& o) {
           {"patience", o.classifier.patience}, {"sinks", o.sinks},
           {"window", o.window},           {"min_prefix", o.min_prefix},
           {"max_queries", o.max_queries}, {"val_fraction", o.val_fraction},
-          {"seed", o.seed},               {"loss", "weighted soft cross-entropy to the per-partition attention mass"}};
+          {"seed", o.seed},               {"skip", o.skip},
+          {"given_partition_layers", o.centroids.size()},
+          {"router_output", "log attention density per key (mass = count * exp(score) / Z)"},
+          {"loss", "weighted soft cross-entropy of softmax(score + log count) to the per-partition attention mass"}};
 }
 
-// Held-out mass recall of IVF-style routing (the symmetric baseline) on the same labels.
-double symmetric_recall(const float* centroids, int C, int d, bool spherical, const ClassifierData& data, int at) {
-  std::vector<float> sc(static_cast<size_t>(C));
-  std::vector<int32_t> order(static_cast<size_t>(C));
-  double got = 0, wsum = 0;
+// Mass (a fraction of what the partitions can find) read by decode's rule: partitions in
+// decreasing rank, each taken whole if it still fits the budget (partition sizes from the
+// offsets, absent partitions skipped).
+double budget_mass(const float* rank, const float* offset, const float* target, int C, int64_t budget,
+                   std::vector<int32_t>& order) {
+  order.clear();
+  for (int c = 0; c < C; ++c)
+    if (std::isfinite(offset[c])) order.push_back(c);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return rank[a] > rank[b] || (rank[a] == rank[b] && a < b); });
+  double mass = 0;
+  int64_t taken = 0;
+  for (int32_t c : order) {
+    const int64_t n = std::llround(std::exp(double(offset[c])));
+    if (taken + n > budget) continue;
+    taken += n, mass += target[c];
+  }
+  return mass;
+}
+
+// Held-out mass read at o.stat_lookup by the router (ranked by its density scores), by IVF-style
+// nearest-centroid routing (the symmetric baseline) and by the oracle (true density).
+struct BudgetRecall {
+  double router = 0, symmetric = 0, oracle = 0;
+};
+BudgetRecall budget_recall(const PartitionClassifier& router, const float* centroids, bool spherical,
+                           const ClassifierData& data, const int32_t* n_ctx, const SaapTrainOptions& o) {
+  const int C = router.out_dim, d = router.in_dim;
+  std::vector<float> sc(static_cast<size_t>(C)), sym(static_cast<size_t>(C)), dens(static_cast<size_t>(C)),
+      hid(static_cast<size_t>(router.hidden));
+  std::vector<int32_t> order;
+  BudgetRecall r;
+  double wsum = 0;
   for (int64_t i = 0; i < data.n; ++i) {
-    const float* q = data.x + i * d;
+    const int64_t n = n_ctx[i];
+    const int64_t mid_begin = std::min<int64_t>(o.sinks, n), mid_end = std::max<int64_t>(mid_begin, n - o.window);
+    const int64_t budget = int64_t(std::ceil(o.stat_lookup * double(n))) - (mid_begin + n - mid_end);
+    if (budget <= 0) continue;
+    const float *x = data.x + i * d, *t = data.target + i * C, *off = data.offset + i * C;
+    router.scores(x, sc.data(), hid.data());
     for (int c = 0; c < C; ++c) {
       const float* m = centroids + int64_t(c) * d;
       double qm = 0, mm = 0;
-      for (int k = 0; k < d; ++k) qm += double(q[k]) * m[k], mm += double(m[k]) * m[k];
-      sc[size_t(c)] = float(spherical ? qm : 2 * qm - mm);
+      for (int k = 0; k < d; ++k) qm += double(x[k]) * m[k], mm += double(m[k]) * m[k];
+      sym[size_t(c)] = float(spherical ? qm : 2 * qm - mm);
+      dens[size_t(c)] = std::isfinite(off[c]) ? float(t[c] / std::exp(double(off[c]))) : 0.0f;
     }
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + at, order.end(),
-                      [&](int32_t a, int32_t b) { return sc[size_t(a)] > sc[size_t(b)] || (sc[size_t(a)] == sc[size_t(b)] && a < b); });
-    double mass = 0;
-    for (int k = 0; k < at; ++k) mass += data.target[i * C + order[size_t(k)]];
     const double w = data.weight ? data.weight[i] : 1.0;
-    got += w * mass, wsum += w;
+    r.router += w * budget_mass(sc.data(), off, t, C, budget, order);
+    r.symmetric += w * budget_mass(sym.data(), off, t, C, budget, order);
+    r.oracle += w * budget_mass(dens.data(), off, t, C, budget, order);
+    wsum += w;
   }
-  return wsum > 0 ? got / wsum : 0.0;
+  if (wsum > 0) r.router /= wsum, r.symmetric /= wsum, r.oracle /= wsum;
+  return r;
+}
+
+// The skip's initial U per KV head: each partition's mean key over sqrt(d), so that U q is
+// q . mean_key / sqrt(d), the symmetric estimate of the log attention density of the partition.
+std::vector<float> mean_key_scores(const CalibrationSet& s, int layer, const PartitionLabels& lab, int kv_head,
+                                   const SaapTrainOptions& o) {
+  const int d = s.head_dim, C = o.partitions, KV = s.n_kv_heads;
+  const std::vector<float> x = key_features(s, layer, kv_head, o.pre_rope);
+  std::vector<double> sum(size_t(C) * d, 0.0), count(size_t(C), 0.0);
+  for (int64_t i = 0; i < int64_t(s.windows) * s.window_len; ++i) {
+    const int32_t c = lab.key_partition[size_t(i * KV + kv_head)];
+    count[size_t(c)] += 1;
+    for (int k = 0; k < d; ++k) sum[size_t(int64_t(c) * d + k)] += x[size_t(i * d + k)];
+  }
+  std::vector<float> u(size_t(C) * d, 0.0f);
+  const double inv_sqrt_d = 1.0 / std::sqrt(double(d));
+  for (int c = 0; c < C; ++c)
+    if (count[size_t(c)] > 0)
+      for (int k = 0; k < d; ++k)
+        u[size_t(int64_t(c) * d + k)] = float(sum[size_t(int64_t(c) * d + k)] / count[size_t(c)] * inv_sqrt_d);
+  return u;
 }
 
 // OpenBLAS threads off while OpenMP runs one head per thread (nested threading oversubscribes).
@@ -147,6 +211,7 @@ std::vector<float> train_layer_partition(const CalibrationSet& s, int layer, con
   check_set(s);
   check_options(s, o);
   SAAP_CHECK_FMT(layer >= 0 && layer < s.n_layers, InvalidArgument, "layer = %d outside [0, %d)", layer, s.n_layers);
+  if (const auto given = o.centroids.find(layer); given != o.centroids.end()) return given->second;
   const int d = s.head_dim, C = o.partitions;
   std::vector<float> centroids(size_t(s.n_kv_heads) * C * d);
   for (int h = 0; h < s.n_kv_heads; ++h) {
@@ -202,6 +267,8 @@ PartitionLabels partition_labels(const CalibrationSet& s, int layer, const std::
   out.x.assign(size_t(NH), std::vector<float>(size_t(n) * d));
   out.target.assign(size_t(NH), std::vector<float>(size_t(n) * C, 0.0f));
   out.weight.assign(size_t(NH), std::vector<float>(size_t(n), 0.0f));
+  out.offset.assign(size_t(KV), std::vector<float>(size_t(n) * C, -INFINITY));
+  out.n_ctx.resize(size_t(n));
   const double scale = 1.0 / std::sqrt(double(d));
 
   SingleThreadedBlas single;  // one query per OpenMP thread; BLAS threads inside would oversubscribe
@@ -218,6 +285,14 @@ PartitionLabels partition_labels(const CalibrationSet& s, int layer, const std::
       rope.apply(q.data(), NH, pos);
       const int n_ctx = pos + 1;
       const int mid_begin = std::min(o.sinks, n_ctx), mid_end = std::max(mid_begin, n_ctx - o.window);
+      out.n_ctx[size_t(i)] = n_ctx;
+      for (int kvh = 0; kvh < KV; ++kvh) {
+        std::fill(mass.begin(), mass.end(), 0.0);
+        for (int j = mid_begin; j < mid_end; ++j) mass[size_t(out.key_partition[size_t((int64_t(w) * len + j) * KV + kvh)])] += 1;
+        float* off = out.offset[size_t(kvh)].data() + int64_t(i) * C;
+        for (int c = 0; c < C; ++c)
+          if (mass[size_t(c)] > 0) off[c] = float(std::log(mass[size_t(c)]));
+      }
       for (int h = 0; h < NH; ++h) {
         const int kvh = h / group;
         const float* qh = q.data() + int64_t(h) * d;
@@ -277,7 +352,7 @@ PartitionArtifact train_saap(const CalibrationSet& s, const SaapTrainOptions& o)
   PartitionArtifact a;
   a.identity = artifact_identity(s, "saap");
   a.partitions = C;
-  a.hidden = o.classifier.hidden;
+  a.hidden = o.classifier.hidden + (o.skip ? 2 * d : 0);  // the skip folded in (classifier.h)
   a.pre_rope = o.pre_rope;
   a.spherical = o.spherical;
   const std::vector<int> layers = layer_list(s, o);
@@ -306,14 +381,19 @@ PartitionArtifact train_saap(const CalibrationSet& s, const SaapTrainOptions& o)
 
     layer.classifiers.assign(size_t(NH), PartitionClassifier());
     std::vector<ClassifierStats> stats(static_cast<size_t>(NH));
-    std::vector<double> sym(static_cast<size_t>(NH));
+    std::vector<BudgetRecall> at_budget(static_cast<size_t>(NH));
+    std::vector<std::vector<float>> skip_init(size_t(s.n_kv_heads));
+    if (o.skip)
+      for (int kvh = 0; kvh < s.n_kv_heads; ++kvh) skip_init[size_t(kvh)] = mean_key_scores(s, l, lab, kvh, o);
     t = Clock::now();
     {
       SingleThreadedBlas single;
 #pragma omp parallel for schedule(dynamic, 1)
       for (int h = 0; h < NH; ++h) {
         // Gathered per head so that each thread owns its arrays.
-        std::vector<float> xs[2], ts[2], ws[2];
+        const int kvh = h / group;
+        std::vector<float> xs[2], ts[2], ws[2], os[2];
+        std::vector<int32_t> ns[2];
         for (int part = 0; part < 2; ++part) {
           const int b = part == 0 ? n_val : 0, e = part == 0 ? lab.n : n_val;
           for (int k = b; k < e; ++k) {
@@ -322,21 +402,24 @@ PartitionArtifact train_saap(const CalibrationSet& s, const SaapTrainOptions& o)
                             lab.x[size_t(h)].begin() + int64_t(i + 1) * d);
             ts[part].insert(ts[part].end(), lab.target[size_t(h)].begin() + int64_t(i) * C,
                             lab.target[size_t(h)].begin() + int64_t(i + 1) * C);
+            os[part].insert(os[part].end(), lab.offset[size_t(kvh)].begin() + int64_t(i) * C,
+                            lab.offset[size_t(kvh)].begin() + int64_t(i + 1) * C);
             ws[part].push_back(lab.weight[size_t(h)][size_t(i)]);
+            ns[part].push_back(lab.n_ctx[size_t(i)]);
           }
         }
-        const ClassifierData train{xs[0].data(), ts[0].data(), ws[0].data(), n_train};
-        const ClassifierData val{xs[1].data(), ts[1].data(), ws[1].data(), n_val};
+        const ClassifierData train{xs[0].data(), ts[0].data(), ws[0].data(), n_train, os[0].data()};
+        const ClassifierData val{xs[1].data(), ts[1].data(), ws[1].data(), n_val, os[1].data()};
         ClassifierOptions co = o.classifier;
         co.seed = o.seed * 1000003ull + uint64_t(l) * 1009ull + uint64_t(h);
         co.progress = false;
-        stats[size_t(h)] = train_classifier(layer.classifiers[size_t(h)], d, C, train, val, co);
-        sym[size_t(h)] = symmetric_recall(layer.centroids.data() + int64_t(h / group) * C * d, C, d, o.spherical,
-                                          n_val > 0 ? val : train, stats[size_t(h)].recall_at);
+        stats[size_t(h)] = train_classifier(layer.classifiers[size_t(h)], d, C, train, val, co,
+                                            o.skip ? skip_init[size_t(kvh)].data() : nullptr);
+        at_budget[size_t(h)] = budget_recall(layer.classifiers[size_t(h)], layer.centroids.data() + int64_t(kvh) * C * d,
+                                             o.spherical, n_val > 0 ? val : train, n_val > 0 ? ns[1].data() : ns[0].data(), o);
 #pragma omp critical
-        bar.update(++n_heads_trained,
-                   format("layer %d head %d held-out recall %.3f (symmetric %.3f)", l, h, stats[size_t(h)].val_recall,
-                          sym[size_t(h)]));
+        bar.update(++n_heads_trained, format("layer %d head %d held-out mass at %g%%: router %.3f, symmetric %.3f", l, h, 100 * o.stat_lookup,
+                                             at_budget[size_t(h)].router, at_budget[size_t(h)].symmetric));
       }
     }
     const double t_router = since(t);
@@ -349,12 +432,12 @@ PartitionArtifact train_saap(const CalibrationSet& s, const SaapTrainOptions& o)
                        {"best_epoch", st.best_epoch},
                        {"train_loss", st.train_loss},
                        {"val_loss", st.val_loss},
-                       {"recall_at", st.recall_at},
-                       {"val_recall", st.val_recall},
-                       {"val_symmetric_recall", sym[size_t(h)]},
-                       {"val_oracle_recall", st.val_oracle_recall},
+                       {"val_mass_at_budget", at_budget[size_t(h)].router},
+                       {"val_symmetric_mass_at_budget", at_budget[size_t(h)].symmetric},
+                       {"val_oracle_mass_at_budget", at_budget[size_t(h)].oracle},
                        {"seconds", st.seconds}});
-      sum_recall += st.val_recall, sum_sym += sym[size_t(h)], sum_oracle += st.val_oracle_recall;
+      sum_recall += at_budget[size_t(h)].router, sum_sym += at_budget[size_t(h)].symmetric,
+          sum_oracle += at_budget[size_t(h)].oracle;
     }
     per_layer.push_back({{"layer", l},
                          {"queries", lab.n},
@@ -372,9 +455,10 @@ PartitionArtifact train_saap(const CalibrationSet& s, const SaapTrainOptions& o)
              {"labels_seconds", labels_s},
              {"router_seconds", router_s},
              {"threads", omp_get_max_threads()},
-             {"mean_val_recall", sum_recall / heads},
-             {"mean_val_symmetric_recall", sum_sym / heads},
-             {"mean_val_oracle_recall", sum_oracle / heads},
+             {"stat_lookup", o.stat_lookup},
+             {"mean_val_mass_at_budget", sum_recall / heads},
+             {"mean_val_symmetric_mass_at_budget", sum_sym / heads},
+             {"mean_val_oracle_mass_at_budget", sum_oracle / heads},
              {"layers", per_layer}};
   return a;
 }

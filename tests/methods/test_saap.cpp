@@ -216,14 +216,20 @@ TEST(SaapSelect, RoutesEachHeadByItsClassifierUnderTheBudget) {
     check_selection(q, sel);
     for (int h = 0; h < kHeads; ++h) {
       const int g0 = (h / 2) * 2;
-      // Saap ranks by the predicted mass (softmax of the router's scores) summed over the group.
+      // Saap's scores are log densities: head g gives partition c the share n_c exp(s_gc) / Z_g of
+      // its attention (n_c: the partition's keys between the sinks and the window), and the group
+      // ranks by the summed density exp(s_gc) / Z_g, over the partitions holding such keys.
+      const int64_t n_ctx = pos + 1, b = std::min<int64_t>(3, n_ctx), e = std::max<int64_t>(b, n_ctx - 10);
+      std::vector<double> count(kC, 0.0);
+      for (int c = 0; c < kC; ++c)
+        for (int32_t p : m.lists(h / 2).positions(c)) count[size_t(c)] += (p >= b && p < e) ? 1 : 0;
       std::vector<std::vector<double>> scores(1, std::vector<double>(kC, 0.0));
       for (int g = g0; g < g0 + 2; ++g) {
         const auto s = naive_router(a->layers.at(1).classifiers[size_t(g)], q.q_pre + g * kDim);
-        const double mx = *std::max_element(s.begin(), s.end());
         double z = 0;
-        for (double x : s) z += std::exp(x - mx);
-        for (int c = 0; c < kC; ++c) scores[0][size_t(c)] += std::exp(s[size_t(c)] - mx) / z;
+        for (int c = 0; c < kC; ++c) z += count[size_t(c)] * std::exp(s[size_t(c)]);
+        for (int c = 0; c < kC; ++c)
+          if (count[size_t(c)] > 0) scores[0][size_t(c)] += std::exp(s[size_t(c)]) / z;
       }
       const auto want = reference_selection(scores, m.lists(h / 2), pos, lookup, 3, 10);
       const std::set<int32_t> got(sel.positions[size_t(h)].begin(), sel.positions[size_t(h)].end());
@@ -408,6 +414,7 @@ TEST(SaapArtifact, BadFilesAreRefusedNamingTheField) {
     h["hidden"] = kHidden;
     h["rope"] = "pre";
     h["spherical"] = true;
+    h["router"] = kRouterOutput;
     h["layers"] = {1};
     edit(h);
     w.write(path, h);
@@ -416,6 +423,10 @@ TEST(SaapArtifact, BadFilesAreRefusedNamingTheField) {
   EXPECT_EQ(saap_factory(spec, model_id())(shape())->name(), "saap");
   write_with([](nlohmann::json&) {}, true);
   expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "w2.1");
+  write_with([](nlohmann::json& h) { h["router"] = "log_mass"; }, false);  // routers of another meaning
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "router");
+  write_with([](nlohmann::json& h) { h.erase("router"); }, false);
+  expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "router");
   write_with([](nlohmann::json& h) { h["rope"] = "sideways"; }, false);
   expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::BadFile, "rope");
   write_with([](nlohmann::json& h) { h["partitions"] = "many"; }, false);

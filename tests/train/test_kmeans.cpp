@@ -56,7 +56,9 @@ void expect_recovered(const Clusters& c, const KMeansResult& r, int k, int d, bo
     double dot = 0, mm = 0, tt = 0;
     for (int i = 0; i < d; ++i) dot += double(m[i]) * t[i], mm += double(m[i]) * m[i], tt += double(t[i]) * t[i];
     EXPECT_GT(dot / std::sqrt(mm * tt), 0.99);
-    if (spherical) EXPECT_NEAR(mm, 1.0, 1e-4);  // spherical centroids are unit vectors
+    if (spherical) {
+      EXPECT_NEAR(mm, 1.0, 1e-4);  // spherical centroids are unit vectors
+    }
   }
 }
 

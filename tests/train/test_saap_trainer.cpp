@@ -128,13 +128,23 @@ TEST(SaapTrainer, LabelsAreTheTrueAttentionMassPerPartitionOutsideSinksAndWindow
         z += a[size_t(j)] = std::exp(d / 4.0L);  // logits are small here; no max shift needed
       }
       std::vector<long double> mass(8, 0);
+      std::vector<int> count(8, 0);
       long double rest = 0;
       for (int j = 3; j < pos + 1 - 20; ++j) {
         std::vector<float> k(L.keys_pre.begin() + (int64_t(win) * 200 + j) * kDim,
                              L.keys_pre.begin() + (int64_t(win) * 200 + j + 1) * kDim);  // pre-RoPE: the partition's space
         const int c = nearest_centroid(cent.data(), 8, kDim, true, k.data());
         mass[size_t(c)] += a[size_t(j)] / z;
+        count[size_t(c)] += 1;
         rest += a[size_t(j)] / z;
+      }
+      EXPECT_EQ(lab.n_ctx[size_t(i)], pos + 1);
+      for (int c = 0; c < 8; ++c) {  // log candidate counts, -inf where a partition has none
+        const float off = lab.offset[0][size_t(i * 8 + c)];
+        if (count[size_t(c)] == 0)
+          EXPECT_EQ(off, -INFINITY);
+        else
+          EXPECT_NEAR(off, std::log(double(count[size_t(c)])), 1e-6);
       }
       EXPECT_NEAR(lab.weight[size_t(h)][size_t(i)], double(rest), 1e-5);
       for (int c = 0; c < 8; ++c)
@@ -159,9 +169,28 @@ SaapTrainOptions miniature_options() {
   o.classifier.lr = 3e-3f;
   o.classifier.patience = 5;
   o.val_fraction = 0.15;
+  o.stat_lookup = 0.15;  // at 5% of these short prefixes no partition fits beside the sinks and window
   o.seed = 5;
   o.progress = false;
   return o;
+}
+
+// A given partition is used as is (no k-means), and with the skip the router's hidden layer holds
+// the folded skip units.
+TEST(SaapTrainer, GivenPartitionIsReusedAndTheSkipIsFolded) {
+  const World w(5);
+  const CalibrationSet s = make_set(w, 3, 256, 30, 1, false, 6);
+  SaapTrainOptions o = miniature_options();
+  o.classifier.epochs = 2;
+  const PartitionArtifact first = train_saap(s, o);
+  o.centroids[0] = first.layers.at(0).centroids;
+  o.seed = 99;  // k-means would find another partition with another seed
+  const PartitionArtifact again = train_saap(s, o);
+  EXPECT_EQ(again.layers.at(0).centroids, first.layers.at(0).centroids);
+  EXPECT_EQ(again.hidden, o.classifier.hidden + 2 * kDim);
+  EXPECT_EQ(again.layers.at(0).classifiers[0].hidden, again.hidden);
+  o.skip = false;
+  EXPECT_EQ(train_saap(s, o).hidden, o.classifier.hidden);
 }
 
 TEST(SaapTrainer, FixedSeedReproducesTraining) {
@@ -222,8 +251,11 @@ TEST(SaapTrainer, TrainedRouterBeatsNearestCentroidRoutingAtEqualLookup) {
   const CalibrationSet s = make_set(w, 8, 512, 64, 2, false, 8);
   const SaapTrainOptions o = miniature_options();
   const PartitionArtifact saap = train_saap(s, o);
-  // The held-out recall the trainer reports already shows the gap.
-  EXPECT_GT(saap.train["mean_val_recall"].get<double>(), saap.train["mean_val_symmetric_recall"].get<double>() + 0.1);
+  // The held-out mass at the statistics' budget that the trainer reports already shows the gap.
+  EXPECT_GT(saap.train["mean_val_mass_at_budget"].get<double>(),
+            saap.train["mean_val_symmetric_mass_at_budget"].get<double>() + 0.1);
+  EXPECT_LE(saap.train["mean_val_mass_at_budget"].get<double>(),
+            saap.train["mean_val_oracle_mass_at_budget"].get<double>() + 1e-9);
 
   PartitionArtifact km = train_symmetric_kmeans(s, o);
   EXPECT_EQ(km.layers.at(0).centroids, saap.layers.at(0).centroids);  // the same partition
@@ -270,6 +302,12 @@ TEST(SaapTrainer, BadOptionsAreRefused) {
   EXPECT_THROW(train_saap(s, o), Error);
   o = miniature_options();
   o.min_prefix = 64;
+  EXPECT_THROW(train_saap(s, o), Error);
+  o = miniature_options();
+  o.min_prefix = o.sinks + o.window - 1;  // a query could have no key for the partitions
+  EXPECT_THROW(train_saap(s, o), Error);
+  o = miniature_options();
+  o.centroids[0] = std::vector<float>(size_t(kClusters - 1) * kDim);  // a given partition of the wrong shape
   EXPECT_THROW(train_saap(s, o), Error);
   o = miniature_options();
   o.layers = {1};

@@ -1,14 +1,16 @@
 // Saap: Self-Attention with Asymmetric Partitions (Mazaré et al., arXiv 2502.08246).
 // Keys are partitioned per KV head by (spherical) k-means centroids and stored grouped by
-// partition; each query head routes its query with a small trained MLP that scores the
-// partitions by the attention mass they are predicted to hold (softmax of its scores).
+// partition; each query head routes its query with a small trained MLP that scores each partition
+// by the log attention density it predicts for its keys (classifier.h); the predicted mass of a
+// partition is its key count times that density.
 //
 // Budget and accounting. The lookup fraction is KV tokens read over the causal prefix, counting
 // everything read: the sinks and the recent window (always read) come out of ceil(lookup * n_ctx)
 // first, and the partitions get the rest (in rank order, each read whole and only if it fits, so
 // the KV read never exceeds the budget). The heads of one KV group share one read and every head
-// of the group attends over it: Saap ranks the partitions by predicted mass summed over the group's
-// heads; the symmetric baseline merges its heads' nearest-centroid rankings round-robin.
+// of the group attends over it: Saap ranks the partitions by predicted density (mass per key read)
+// summed over the group's heads; the symmetric baseline merges its heads' nearest-centroid rankings
+// round-robin.
 // Router weights, centroids and partition-size tables are index data whose size does not grow with
 // the context; LookupStats reports them apart (index_bytes), and kv_fraction() is the headline.
 // The symmetric baseline (symmetric_kmeans.h) shares everything but the router.
@@ -53,11 +55,15 @@ struct PartitionLayer {
   std::vector<PartitionClassifier> classifiers;  // [n_heads], empty in a "kmeans" artifact
 };
 
+// What a Saap artifact's router scores mean; an artifact whose routers say otherwise is refused.
+inline constexpr const char* kRouterOutput = "log_density";
+
 // The trained index of every layer, as written by the trainers and read by the factories.
 // Tensors: centroids.<layer> [n_kv_heads][C][head_dim]; for Saap also w1.<layer> [n_heads][H][head_dim],
 // b1.<layer> [n_heads][H], w2.<layer> [n_heads][C][H], b2.<layer> [n_heads][C]. The header holds
 // the identity (method "saap" or "kmeans") plus "partitions", "hidden", "rope" ("pre"|"post"),
-// "spherical", "layers" (those trained) and "train" (choices and statistics).
+// "spherical", "router" (Saap: kRouterOutput), "layers" (those trained) and "train" (choices and
+// statistics).
 struct PartitionArtifact {
   ArtifactIdentity identity;
   int partitions = 0;
@@ -121,10 +127,11 @@ class PartitionedAttention : public AttentionMethod {
  protected:
   // scores [C] for query head h; q_vec is q_pre or post-RoPE q per the artifact's choice.
   virtual void score(int head, const float* q_vec, float* scores) = 0;
-  // scores [C] for the query heads of kv_head together (q: all heads' routing vectors); false when
-  // the method has no group score, and the heads' rankings are merged round-robin instead.
-  virtual bool group_scores(int kv_head, const float* q, float* scores) {
-    (void)kv_head, (void)q, (void)scores;
+  // scores [C] for the query heads of kv_head together (q: all heads' routing vectors; counts [C]:
+  // each partition's keys in the candidate range); false when the method has no group score, and
+  // the heads' rankings are merged round-robin instead.
+  virtual bool group_scores(int kv_head, const float* q, const int64_t* counts, float* scores) {
+    (void)kv_head, (void)q, (void)counts, (void)scores;
     return false;
   }
   // Index bytes one query reads to decide (router weights or centroids, partition sizes).
@@ -152,7 +159,7 @@ class SaapAttention : public PartitionedAttention {
 
  protected:
   void score(int head, const float* q_vec, float* scores) override;
-  bool group_scores(int kv_head, const float* q, float* scores) override;
+  bool group_scores(int kv_head, const float* q, const int64_t* counts, float* scores) override;
   int64_t index_bytes_per_query() const override;
 
  private:

@@ -6,11 +6,15 @@
 // softmax) is computed and its mass summed per partition of the keys, leaving out the sinks and
 // the recent window: those are always read at decode, so the router must learn where the REST of
 // the mass is. The target is that remaining mass normalized to a distribution; the sample weight
-// is its share of the query's attention (classifier.h). The router of each query head is trained
-// on those (query, target) pairs; the held-out split is a seeded random sample of the queries,
-// shared by every head of a layer.
+// is its share of the query's attention; the offset is the log of how many of the query's
+// candidate keys each partition holds, so the router learns densities (classifier.h). The router
+// of each query head is trained on those (query, target) pairs, starting from nearest-mean-key
+// routing (the skip); the held-out split is a seeded random sample of the queries, shared by
+// every head of a layer. The held-out statistics replay decode's rule: partitions in rank order,
+// each taken whole if it fits a budget of stat_lookup of the prefix (sinks and window counted).
 #pragma once
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "saap/methods/saap.h"
@@ -34,6 +38,11 @@ struct SaapTrainOptions {
   double val_fraction = 0.1;
   uint64_t seed = 1;
   std::vector<int> layers;       // empty: all
+  bool skip = true;              // linear skip initialized from the partitions' mean keys
+  double stat_lookup = 0.05;     // the lookup fraction at which the held-out statistics replay decode
+  // Partitions given per layer ([n_kv_heads][C][head_dim]); k-means runs only for the layers
+  // missing here. Lets routers be retrained on a fixed partition, and two artifacts share one.
+  std::map<int, std::vector<float>> centroids;
   bool progress = true;
 };
 
@@ -44,6 +53,8 @@ struct PartitionLabels {
   std::vector<int32_t> query;                // [n] index into the layer's captured queries
   std::vector<int32_t> key_partition;        // [windows][window_len][n_kv_heads]
   std::vector<std::vector<float>> x, target, weight;  // [n_heads] each
+  std::vector<std::vector<float>> offset;             // [n_kv_heads] [n][C]: log candidate count, -inf for none
+  std::vector<int32_t> n_ctx;                         // [n] the query's causal prefix length
 };
 
 // The partition of one layer: centroids [n_kv_heads][C][head_dim].

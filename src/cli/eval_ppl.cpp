@@ -24,6 +24,8 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--text", o->text, "Text file (default: eval.txt in the cache, the Debian handbook)");
   cmd->add_option("--window-len", o->ppl.window, "Tokens per window")->check(CLI::Range(int64_t(2), int64_t(1) << 30));
+  cmd->add_option("--first-window", o->ppl.first_window, "Windows to skip from the start (shards an evaluation)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-windows", o->ppl.max_windows, "Windows to evaluate at most (0: the whole text)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--chunk", o->ppl.chunk, "Tokens per forward call")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
@@ -46,6 +48,7 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
     result["model"] = model->identity();
     result["text"] = text;
     result["window_len"] = opts.window;
+    result["first_window"] = opts.first_window;
     result["method"] = o->spec.describe();
     result["attention_mode"] = opts.mode == AttentionMode::DensePrefill ? "dense-prefill" : "method-everywhere";
     result["artifact"] = o->spec.artifact;

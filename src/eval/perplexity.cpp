@@ -46,6 +46,8 @@ PerplexityResult evaluate_perplexity(const std::shared_ptr<const LlamaModel>& mo
                  (long long)model->config().context_length);
   SAAP_CHECK_FMT(options.max_windows >= 0, InvalidArgument, "max_windows = %lld must be >= 0",
                  (long long)options.max_windows);
+  SAAP_CHECK_FMT(options.first_window >= 0, InvalidArgument, "first_window = %lld must be >= 0",
+                 (long long)options.first_window);
   SAAP_CHECK_FMT(options.chunk >= 2, InvalidArgument, "chunk = %lld must be >= 2", (long long)options.chunk);
 
   PerplexityResult result;
@@ -53,10 +55,12 @@ PerplexityResult evaluate_perplexity(const std::shared_ptr<const LlamaModel>& mo
   result.bos = !bos.empty();
   const int64_t W = options.window;
   const int64_t text_per_window = result.bos ? W - 1 : W;
-  int64_t windows = int64_t(tokens.size()) / text_per_window;
+  const int64_t in_text = int64_t(tokens.size()) / text_per_window;
+  int64_t windows = in_text - options.first_window;
   if (options.max_windows > 0) windows = std::min(windows, options.max_windows);
-  SAAP_CHECK_FMT(windows >= 1, InvalidArgument, "the text has %zu tokens, fewer than one window of %lld",
-                 tokens.size(), (long long)text_per_window);
+  SAAP_CHECK_FMT(windows >= 1, InvalidArgument,
+                 "the text has %zu tokens: %lld windows of %lld, none left after first_window = %lld", tokens.size(),
+                 (long long)in_text, (long long)text_per_window, (long long)options.first_window);
 
   const int32_t vocab = model->config().vocab_size;
   LlamaSession session(model, W, options.methods, options.mode);
@@ -68,7 +72,7 @@ PerplexityResult evaluate_perplexity(const std::shared_ptr<const LlamaModel>& mo
 
   for (int64_t w = 0; w < windows; ++w) {
     // window[0 .. W): the sequence; the model reads window[0 .. W-1) and is scored on window[1 .. W).
-    const auto text = tokens.begin() + w * text_per_window;
+    const auto text = tokens.begin() + (options.first_window + w) * text_per_window;
     if (result.bos) window[0] = bos[0];
     std::copy(text, text + text_per_window, window.begin() + (result.bos ? 1 : 0));
     session.reset();

@@ -113,6 +113,21 @@ TEST(Perplexity, MaxWindowsLimitsTheRun) {
   EXPECT_EQ(r.window_nll.size(), 2u);
 }
 
+// Shards: windows [1, 3) alone give the same per-window NLL as the same windows of a full run.
+TEST(Perplexity, FirstWindowShardsTheRun) {
+  const auto tokens = text_tokens(50, 2);
+  const PerplexityResult all = evaluate_perplexity(real_model(), tokens, small(8, 8, 0));
+  PerplexityOptions o = small(8, 8, 2);
+  o.first_window = 1;
+  const PerplexityResult shard = evaluate_perplexity(real_model(), tokens, o);
+  ASSERT_EQ(shard.windows, 2);
+  ASSERT_GE(all.window_nll.size(), 3u);
+  EXPECT_DOUBLE_EQ(shard.window_nll[0], all.window_nll[1]);
+  EXPECT_DOUBLE_EQ(shard.window_nll[1], all.window_nll[2]);
+  o.first_window = int64_t(all.window_nll.size());
+  EXPECT_THROW(evaluate_perplexity(real_model(), tokens, o), Error);
+}
+
 TEST(Perplexity, BadOptionsAreClearErrors) {
   const auto tokens = text_tokens(10, 1);
   auto expect_invalid = [&](PerplexityOptions o, const char* needle) {
@@ -125,9 +140,12 @@ TEST(Perplexity, BadOptionsAreClearErrors) {
     }
   };
   expect_invalid(small(1, 8, 0), "window = 1");
-  expect_invalid(small(16, 8, 0), "fewer than one window of 16");
+  expect_invalid(small(16, 8, 0), "0 windows of 16");
   expect_invalid(small(4, 1, 0), "chunk = 1");
   expect_invalid(small(4, 4, -1), "max_windows = -1");
+  PerplexityOptions negative = small(4, 4, 0);
+  negative.first_window = -1;
+  expect_invalid(negative, "first_window = -1");
   EXPECT_THROW(evaluate_perplexity_file(real_model(), "/nonexistent/text.txt", small(4, 4, 0)), Error);
 }
 

@@ -20,7 +20,8 @@ namespace saap {
 
 struct PerplexityOptions {
   int64_t window = 2048;     // tokens per window (W), >= 2
-  int64_t max_windows = 0;   // 0: every full window of the text
+  int64_t first_window = 0;  // windows skipped from the start: shards one evaluation over processes
+  int64_t max_windows = 0;   // 0: every full window of the text (after first_window)
   int64_t chunk = 512;       // tokens per forward call: bounds the logits buffer (chunk x vocab floats)
   MethodFactory methods;     // null: dense
   AttentionMode mode = AttentionMode::MethodEverywhere;

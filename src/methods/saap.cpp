@@ -259,6 +259,13 @@ PartitionedAttention::PartitionedAttention(const LayerShape& shape, std::shared_
                    have.c_str());
   }
   layer_ = &it->second;
+  // A budget the cache can never meet: sinks and window alone exceed it even at full context, so
+  // every query would read more than asked and no partition would ever be read.
+  const double full_budget = std::ceil(budget_.lookup * double(shape.max_context));
+  SAAP_CHECK_FMT(shape.max_context <= 0 || double(budget_.sinks + budget_.window) < full_budget, InvalidArgument,
+                 "lookup = %g of a %lld-token context is %.0f tokens, which sinks %d + window %d already fill: no "
+                 "partition could ever be read; raise the lookup or lower sinks/window",
+                 budget_.lookup, (long long)shape.max_context, full_budget, budget_.sinks, budget_.window);
   feature_.resize(size_t(shape.head_dim));
   scores_.resize(size_t(artifact_->partitions));
   order_.resize(size_t(shape.n_q_heads / std::max(1, shape.n_kv_heads)) * size_t(artifact_->partitions));

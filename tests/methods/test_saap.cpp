@@ -287,7 +287,7 @@ TEST(SaapSelect, LookupOneEqualsDenseAndCountsTheUnionPerGroup) {
 TEST(SaapSelect, SmallBudgetReadsLessAndBytesAreTheGroupUnion) {
   auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 11));
   Sequence s(12);
-  SaapAttention m(shape(), a, {0.05, 4, 16});
+  SaapAttention m(shape(), a, {0.1, 4, 16});
   const LayerKV kv = s.cache.layer(1);
   m.place(kv, 0, kLen, s.k_pre.data());
   Selection sel;
@@ -346,6 +346,7 @@ TEST(SaapArtifact, RoundTripsAndFactoriesCheckTheBudgetAndTheFile) {
   MethodSpec spec;
   spec.name = "saap";
   spec.artifact = path;
+  spec.window = 8;  // 5% of the 300-token test context must leave room beside sinks and window
   auto factory = saap_factory(spec, model_id());
   EXPECT_EQ(factory(shape())->name(), "saap");
   expect_error([&] { factory({0, kHeads, kKV, kDim, kLen}); }, ErrorKind::InvalidArgument, "layer = 0");
@@ -358,7 +359,14 @@ TEST(SaapArtifact, RoundTripsAndFactoriesCheckTheBudgetAndTheFile) {
     expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::InvalidArgument, "lookup");
     expect_error([&] { kmeans_factory(spec, model_id()); }, ErrorKind::InvalidArgument, "lookup");
   }
+  // A budget the cache cannot meet: at full context the sinks and window already fill it.
+  spec.lookup = 0.01;
+  spec.sinks = 4;
+  spec.window = 64;
+  expect_error([&] { saap_factory(spec, model_id())(shape()); }, ErrorKind::InvalidArgument, "no partition could ever be read");
+  expect_error([&] { kmeans_factory(spec, model_id())(shape()); }, ErrorKind::InvalidArgument, "sinks 4 + window 64");
   spec.lookup = 0.05;
+  spec.window = 8;
   spec.sinks = -1;
   expect_error([&] { saap_factory(spec, model_id()); }, ErrorKind::InvalidArgument, "sinks");
   spec.sinks = 4;
@@ -371,6 +379,7 @@ TEST(SaapArtifact, BadFilesAreRefusedNamingTheField) {
   const std::string path = temp_path("bad.safetensors");
   MethodSpec spec;
   spec.artifact = path;
+  spec.window = 8;
   ArtifactIdentity other = model_id();
   other.model_identity = "another-model";
 

@@ -28,12 +28,15 @@ MethodSpec parse_run(const std::string& run, std::string& label) {
   if (eq != std::string::npos) body = run.substr(eq + 1);
   const size_t colon = body.find(':');
   SAAP_CHECK_FMT(colon != std::string::npos, InvalidArgument,
-                 "--run '%s' must read [label=]method:artifact (method saap, kmeans or oracle)", run.c_str());
+                 "--run '%s' must read [label=]method:artifact (method saap, kmeans, partition-oracle or oracle)",
+                 run.c_str());
   MethodSpec spec;
   spec.name = body.substr(0, colon);
   spec.artifact = body.substr(colon + 1);
-  SAAP_CHECK_FMT(spec.name == "saap" || spec.name == "kmeans" || spec.name == "oracle", InvalidArgument,
-                 "--run '%s': method '%s' must be saap, kmeans or oracle", run.c_str(), spec.name.c_str());
+  SAAP_CHECK_FMT(spec.name == "saap" || spec.name == "kmeans" || spec.name == "partition-oracle" ||
+                     spec.name == "oracle",
+                 InvalidArgument, "--run '%s': method '%s' must be saap, kmeans, partition-oracle or oracle", run.c_str(),
+                 spec.name.c_str());
   if (label.empty()) label = spec.name;
   return spec;
 }
@@ -53,7 +56,8 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--text", o->text, "Evaluation text (default: eval.txt in the cache)");
-  cmd->add_option("--run", o->runs, "[label=]method:artifact, method saap|kmeans|oracle (repeatable)")->required();
+  cmd->add_option("--run", o->runs, "[label=]method:artifact, method saap|kmeans|partition-oracle|oracle (repeatable)")
+      ->required();
   cmd->add_option("--fractions", o->fractions, "Lookup fractions (KV tokens read over the prefix)");
   cmd->add_option("--sinks", o->sinks, "First positions always read")->check(CLI::NonNegativeNumber);
   cmd->add_option("--window", o->window, "Most recent positions always read")->check(CLI::NonNegativeNumber);

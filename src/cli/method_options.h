@@ -9,7 +9,7 @@
 namespace saap::cli {
 
 inline void add_method_options(CLI::App* cmd, MethodSpec& spec) {
-  cmd->add_option("--method", spec.name, "Attention method: dense|oracle|streaming|h2o|loki|saap|kmeans");
+  cmd->add_option("--method", spec.name, "Attention method: dense|oracle|streaming|h2o|loki|saap|kmeans|partition-oracle");
   cmd->add_option("--lookup", spec.lookup, "Budget: fraction of the prefix read (oracle, h2o, saap, kmeans)")
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--sinks", spec.sinks, "First positions always read")->check(CLI::NonNegativeNumber);

@@ -7,6 +7,7 @@
 #include "saap/methods/h2o.h"
 #include "saap/methods/loki.h"
 #include "saap/methods/oracle_topk.h"
+#include "saap/methods/partition_oracle.h"
 #include "saap/methods/saap.h"
 #include "saap/methods/streaming.h"
 #include "saap/methods/symmetric_kmeans.h"
@@ -28,7 +29,7 @@ MethodFactory dense_factory(const MethodSpec&, const ArtifactIdentity&) {
 const Entry kMethods[] = {
     {"dense", dense_factory},         {"oracle", oracle_factory}, {"streaming", streaming_factory},
     {"h2o", h2o_factory},             {"loki", loki_factory},     {"saap", saap_factory},
-    {"kmeans", kmeans_factory},
+    {"kmeans", kmeans_factory},       {"partition-oracle", partition_oracle_factory},
 };
 
 std::string fmt_double(double x) {
@@ -59,7 +60,7 @@ std::string MethodSpec::describe() const {
   if (name == "streaming")
     return "streaming(sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window) + ")";
   std::string s = name + "(lookup=" + fmt_double(lookup);
-  if (name == "saap" || name == "kmeans") s += ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window);
+  if (name == "saap" || name == "kmeans" || name == "partition-oracle") s += ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window);
   return s + ")";
 }
 

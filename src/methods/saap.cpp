@@ -323,7 +323,6 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
   const float* qv = artifact_->pre_rope ? q.q_pre : q.q;
   SAAP_CHECK_FMT(qv != nullptr, InvalidArgument, "layer %d: the artifact routes %s-RoPE queries but that query is null",
                  shape_.layer, artifact_->pre_rope ? "pre" : "post");
-  (void)kv;
   const int C = artifact_->partitions, d = shape_.head_dim, group = shape_.n_q_heads / shape_.n_kv_heads;
   const int64_t n_ctx = q.n_ctx();
   // Sinks and the recent window are read anyway; the partitions cover the positions between.
@@ -355,7 +354,7 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
     // whole ranks once; otherwise the heads' own rankings are merged round-robin (every head's first
     // choice, then every head's second, ...).
     int rankings = 1;
-    if (group_scores(kvh, qv, counts_.data(), scores_.data())) {
+    if (group_scores({kv, q, qv, kvh, mid_begin, mid_end, counts_.data()}, scores_.data())) {
       rank(order_.data());
     } else {
       rankings = group;
@@ -404,8 +403,11 @@ void SaapAttention::score(int head, const float* q_vec, float* scores) {
 // the share n_c exp(s_hc) / sum_c' n_c' exp(s_hc') of its attention, n_c the partition's keys in
 // the candidate range. The group's read should hold the most attention (summed over its heads) per
 // key read, so partitions rank by the summed density exp(s_hc) / Z_h.
-bool SaapAttention::group_scores(int kv_head, const float* q, const int64_t* counts, float* scores) {
+bool SaapAttention::group_scores(const GroupQuery& gq, float* scores) {
   const int C = artifact_->partitions, d = shape_.head_dim, group = shape_.n_q_heads / shape_.n_kv_heads;
+  const int kv_head = gq.kv_head;
+  const float* q = gq.routing;
+  const int64_t* counts = gq.counts;
   head_scores_.resize(size_t(C));
   std::fill(scores, scores + C, 0.0f);
   for (int g = 0; g < group; ++g) {

@@ -16,6 +16,7 @@
 
 #include "saap/core/error.h"
 #include "saap/methods/dense.h"
+#include "saap/methods/partition_oracle.h"
 #include "saap/methods/saap.h"
 #include "saap/methods/symmetric_kmeans.h"
 
@@ -238,6 +239,46 @@ TEST(SaapSelect, RoutesEachHeadByItsClassifierUnderTheBudget) {
     }
     const int64_t router_bytes = int64_t(kHeads) * (kHidden * (kDim + 1) + kC * (kHidden + 1)) * 4;
     EXPECT_EQ(sel.index_bytes, router_bytes + int64_t(kKV) * kC * 4);
+  }
+}
+
+// The partition oracle ranks by the true density: the group's exact attention (post-RoPE query
+// and keys, softmax over the whole prefix) in each partition's candidate keys, over their count.
+TEST(SaapSelect, PartitionOracleRanksByTrueAttentionDensity) {
+  auto a = std::make_shared<const PartitionArtifact>(random_artifact(false, true, 23));
+  Sequence s(24);
+  const double lookup = 0.3;
+  PartitionOracleAttention m(shape(), a, {lookup, 3, 10});
+  const LayerKV kv = s.cache.layer(1);
+  m.place(kv, 0, kLen, s.k_pre.data());
+  for (int64_t pos : {40, 150, 299}) {
+    const QueryView q = s.query(pos);
+    Selection sel;
+    m.select(kv, q, sel);
+    check_selection(q, sel);
+    EXPECT_EQ(sel.index_bytes, 0);
+    const int64_t n_ctx = pos + 1, b = 3, e = n_ctx - 10;
+    for (int g = 0; g < kKV; ++g) {
+      std::vector<double> density(kC, 0.0), count(kC, 0.0);
+      std::vector<int> part(static_cast<size_t>(kLen));  // every placed position, also past the query
+      for (int c = 0; c < kC; ++c)
+        for (int32_t p : m.lists(g).positions(c)) part[size_t(p)] = c;
+      for (int64_t p = b; p < e; ++p) count[size_t(part[size_t(p)])] += 1;
+      for (int h = 2 * g; h < 2 * g + 2; ++h) {
+        std::vector<double> w(static_cast<size_t>(n_ctx));
+        double z = 0;
+        for (int64_t p = 0; p < n_ctx; ++p) {
+          double dot = 0;
+          for (int i = 0; i < kDim; ++i) dot += double(q.q[h * kDim + i]) * s.k[size_t((p * kKV + g) * kDim + i)];
+          z += (w[size_t(p)] = std::exp(dot / 4.0));  // 1 / sqrt(16)
+        }
+        for (int64_t p = b; p < e; ++p) density[size_t(part[size_t(p)])] += w[size_t(p)] / z;
+      }
+      for (int c = 0; c < kC; ++c) density[size_t(c)] = count[size_t(c)] > 0 ? density[size_t(c)] / count[size_t(c)] : 0;
+      const auto want = reference_selection({density}, m.lists(g), pos, lookup, 3, 10);
+      const std::set<int32_t> got(sel.positions[size_t(2 * g)].begin(), sel.positions[size_t(2 * g)].end());
+      EXPECT_EQ(got, want) << "pos " << pos << " kv head " << g;
+    }
   }
 }
 

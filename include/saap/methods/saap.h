@@ -127,11 +127,19 @@ class PartitionedAttention : public AttentionMethod {
  protected:
   // scores [C] for query head h; q_vec is q_pre or post-RoPE q per the artifact's choice.
   virtual void score(int head, const float* q_vec, float* scores) = 0;
-  // scores [C] for the query heads of kv_head together (q: all heads' routing vectors; counts [C]:
-  // each partition's keys in the candidate range); false when the method has no group score, and
-  // the heads' rankings are merged round-robin instead.
-  virtual bool group_scores(int kv_head, const float* q, const int64_t* counts, float* scores) {
-    (void)kv_head, (void)q, (void)counts, (void)scores;
+  // scores [C] for the query heads of kv_head together (routing: all heads' routing vectors;
+  // counts [C]: each partition's keys in the candidate range [mid_begin, mid_end)); false when the
+  // method has no group score, and the heads' rankings are merged round-robin instead.
+  struct GroupQuery {
+    const LayerKV& kv;
+    const QueryView& q;
+    const float* routing;
+    int kv_head;
+    int32_t mid_begin, mid_end;
+    const int64_t* counts;
+  };
+  virtual bool group_scores(const GroupQuery& g, float* scores) {
+    (void)g, (void)scores;
     return false;
   }
   // Index bytes one query reads to decide (router weights or centroids, partition sizes).
@@ -159,7 +167,7 @@ class SaapAttention : public PartitionedAttention {
 
  protected:
   void score(int head, const float* q_vec, float* scores) override;
-  bool group_scores(int kv_head, const float* q, const int64_t* counts, float* scores) override;
+  bool group_scores(const GroupQuery& g, float* scores) override;
   int64_t index_bytes_per_query() const override;
 
  private:

@@ -1,48 +1,79 @@
 #!/usr/bin/env bash
-# Reproduces results/saap_*: calibration on calib.txt, Saap + symmetric k-means training, and the
-# evaluation on eval.txt (attention metrics at equal measured KV fraction, perplexity, passkey).
-# Usage: scripts/saap_experiments.sh [build dir]   (CPU only; tens of minutes on 2 cores)
+# Reproduces results/saap_*: calibration on calib.txt, the key partitions (spherical k-means) and
+# Saap's routers, then the evaluation on eval.txt: attention metrics at equal measured KV fraction
+# (C = 128, 256, 512; pre- and post-RoPE), perplexity over 12 windows and passkey, Saap beside the
+# symmetric k-means baseline on the same partition.
+# Usage: scripts/saap_experiments.sh [build dir] [parallel jobs]
+# CPU only. The perplexity and passkey runs are independent single-threaded processes; JOBS of them
+# run at once (the recorded results used 16, on a 16-core host).
 set -euo pipefail
-BIN=${1:-build}/saap
+BIN=$(realpath "${1:-build}")/saap
+JOBS=${2:-$(nproc)}
 CAL=~/.cache/saap/calib/calib-16x2048-q384.safetensors
 ART=~/.cache/saap/calib
 OUT=results
 SINKS=4 WINDOW=16
 mkdir -p "$ART" "$OUT"
+export OMP_WAIT_POLICY=passive
 
 # 1. Calibration set (calib.txt, never eval.txt): 16 windows x 2048 tokens, 384 queries per window
 #    drawn with density proportional to position (long prefixes).
-[ -f "$CAL" ] || nice "$BIN" calibrate --windows 16 --window-len 2048 --queries 384 --seed 1 --out "$CAL"
+[ -f "$CAL" ] || "$BIN" calibrate --windows 16 --window-len 2048 --queries 384 --seed 1 --out "$CAL"
 
-# 2. Training: the partition (spherical k-means, C per KV head) and the routers, pre- and post-RoPE.
-#    Labels leave out the same sinks and window that decode reads anyway.
-for ROPE in pre post; do
-  nice "$BIN" --json train saap --calib "$CAL" --out "$ART/saap-c256-$ROPE.safetensors" --partitions 256 \
-    --rope $ROPE --hidden 128 --epochs 8 --patience 2 --sinks $SINKS --window $WINDOW --min-prefix 256 \
-    --max-queries 4000 --kmeans-iters 15 --seed 1 \
-    > "$OUT/saap_train_c256_$ROPE.json"
-done
+# 2. Partitions (k-means alone: the symmetric baseline's artifact), then Saap's routers trained on
+#    each partition as is. Labels leave out the same sinks and window that decode reads anyway.
+train() {  # C ROPE
+  local km="$ART/kmeans-c$1-$2.safetensors" saap="$ART/saap-c$1-$2.safetensors"
+  [ -f "$km" ] || "$BIN" --json train kmeans --calib "$CAL" --out "$km" --partitions "$1" --rope "$2" \
+    --kmeans-iters 15 --seed 1 > "$OUT/saap_train_kmeans_c$1_$2.json"
+  "$BIN" --json train saap --calib "$CAL" --out "$saap" --partition-from "$km" --partitions "$1" --rope "$2" \
+    --hidden 128 --epochs 30 --patience 3 --sinks $SINKS --window $WINDOW --min-prefix 256 --max-queries 0 --seed 1 \
+    > "$OUT/saap_train_c$1_$2.json"
+}
+for C in 256 128 512; do train $C pre; done
+train 256 post
 
-# 3. Attention metrics on eval.txt, all methods on identical activations, measured KV fractions.
-PRE="$ART/saap-c256-pre.safetensors" POST="$ART/saap-c256-post.safetensors"
-nice "$BIN" eval saap-grid --windows 1 --window-len 2048 --queries 96 --sinks $SINKS --window $WINDOW \
-  --fractions 0.02 0.05 0.1 0.2 --run saap-pre=saap:"$PRE" --run kmeans-pre=kmeans:"$PRE" --run oracle=oracle: \
-  --out "$OUT" --stem saap_attention
-nice "$BIN" eval saap-grid --windows 1 --window-len 2048 --queries 96 --sinks $SINKS --window $WINDOW --fractions 0.05 \
-  --run saap-post=saap:"$POST" --run kmeans-post=kmeans:"$POST" --out "$OUT" --stem saap_attention_post
+# 3. Attention metrics on eval.txt, every method replaying identical activations, measured KV fractions.
+grid() {  # STEM FRACTIONS RUNS...
+  local stem=$1 fractions=$2
+  shift 2
+  "$BIN" eval saap-grid --windows 1 --window-len 2048 --queries 96 --sinks $SINKS --window $WINDOW \
+    --fractions $fractions "$@" --out "$OUT" --stem "$stem"
+}
+grid saap_attention "0.02 0.05 0.1 0.2" --run saap=saap:"$ART/saap-c256-pre.safetensors" \
+  --run kmeans=kmeans:"$ART/kmeans-c256-pre.safetensors" \
+  --run partition-oracle=partition-oracle:"$ART/kmeans-c256-pre.safetensors" --run oracle=oracle:
+for C in 128 512; do
+  grid saap_attention_c$C "0.02 0.05 0.1 0.2" --run saap=saap:"$ART/saap-c$C-pre.safetensors" \
+    --run kmeans=kmeans:"$ART/kmeans-c$C-pre.safetensors" \
+    --run partition-oracle=partition-oracle:"$ART/kmeans-c$C-pre.safetensors"
+done
+grid saap_attention_post "0.05 0.1" --run saap-post=saap:"$ART/saap-c256-post.safetensors" \
+  --run kmeans-post=kmeans:"$ART/kmeans-c256-post.safetensors"
 
-# 4. Perplexity (every position through the method) and passkey, each method at each fraction.
-nice "$BIN" --json eval ppl --window-len 2048 --max-windows 4 --method dense > "$OUT/saap_ppl_dense.json"
-for F in 0.02 0.05 0.1 0.2; do for M in saap kmeans; do
-  nice "$BIN" --json eval ppl --window-len 2048 --max-windows 2 --method $M --lookup $F --sinks $SINKS --window $WINDOW \
-    --artifact "$PRE" > "$OUT/saap_ppl_${M}-pre_$F.json"
-done; done
-for M in saap kmeans; do
-  nice "$BIN" --json eval ppl --window-len 2048 --max-windows 1 --method $M --lookup 0.05 --sinks $SINKS --window $WINDOW \
-    --artifact "$POST" > "$OUT/saap_ppl_${M}-post_0.05.json"
-done
-nice "$BIN" --json eval passkey --lengths 1024 2048 --depths 0.25 0.75 --method dense --out /tmp/saap_pk_dense
-for M in saap kmeans; do
-  nice "$BIN" --json eval passkey --lengths 1024 2048 --depths 0.25 0.75 --method $M --lookup 0.1 --sinks $SINKS \
-    --window $WINDOW --artifact "$PRE" --out /tmp/saap_pk_$M
-done
+# 4. Perplexity, every position through the method: 12 windows of 2048 tokens in 2 shards of 6 per
+#    (method, fraction); dense over the same 12 windows. Then passkey, 5 depths per length.
+PPL="$OUT/saap_ppl_runs"
+PK="$OUT/saap_passkey_runs"
+mkdir -p "$PPL" "$PK"
+{
+  for M in saap kmeans; do for F in 0.02 0.05 0.1 0.2; do for S in 0 1; do
+    A="$ART/saap-c256-pre.safetensors"
+    [ $M = kmeans ] && A="$ART/kmeans-c256-pre.safetensors"
+    echo "--json eval ppl --window-len 2048 --first-window $((S * 6)) --max-windows 6 --method $M --lookup $F \
+--sinks $SINKS --window $WINDOW --artifact $A > $PPL/${M}_${F}_s$S.json"
+  done; done; done
+  echo "--json eval ppl --window-len 2048 --max-windows 12 --method dense > $PPL/dense.json"
+  for L in 1024 2048 4096; do
+    echo "--json eval passkey --lengths $L --depths 0.1 0.3 0.5 0.7 0.9 --method dense > $PK/dense_0_$L.json"
+    for M in saap kmeans; do for F in 0.05 0.1; do
+      A="$ART/saap-c256-pre.safetensors"
+      [ $M = kmeans ] && A="$ART/kmeans-c256-pre.safetensors"
+      echo "--json eval passkey --lengths $L --depths 0.1 0.3 0.5 0.7 0.9 --method $M --lookup $F --sinks $SINKS \
+--window $WINDOW --artifact $A > $PK/${M}_${F}_$L.json"
+    done; done
+  done
+} | OMP_NUM_THREADS=1 xargs -P "$JOBS" -I{} sh -c "\"$BIN\" {} 2>/dev/null"
+
+# 5. The tables: results/saap_ppl.{json,csv}, results/saap_passkey.{json,csv}.
+python3 scripts/saap_tables.py --ppl "$PPL" --passkey "$PK" --out "$OUT"

@@ -86,7 +86,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
       nlohmann::json art = nlohmann::json::object();
       if (base.name != "oracle") {
         ArtifactIdentity want = id;
-        want.method = base.name;
+        want.method = base.name == "saap" ? "saap" : "kmeans";  // the others read any artifact's partition
         const PartitionArtifact a = PartitionArtifact::load(base.artifact, want);
         art = {{"path", base.artifact},  {"partitions", a.partitions}, {"hidden", a.hidden},
                {"rope", a.pre_rope ? "pre" : "post"}, {"spherical", a.spherical}, {"train", a.train}};

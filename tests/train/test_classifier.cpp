@@ -193,14 +193,20 @@ TEST(Classifier, SameSeedReproducesTheLossDifferentSeedDoesNot) {
   EXPECT_NE(sa.train_loss, sc.train_loss);
 }
 
-TEST(Classifier, LearnsAMappingAndKeepsTheBestHeldOutEpoch) {
-  const Task tr = learnable_task(8, 16, 2000, 6), va = learnable_task(8, 16, 300, 7);
+// Options under which the learnable tasks are learned well within a fraction of a second.
+ClassifierOptions learning_options() {
   ClassifierOptions o;
   o.hidden = 64;
   o.epochs = 30;
   o.batch = 32;
   o.lr = 3e-3f;
   o.recall_at = 2;
+  return o;
+}
+
+TEST(Classifier, LearnsAMappingAndKeepsTheBestHeldOutEpoch) {
+  const Task tr = learnable_task(8, 16, 2000, 6), va = learnable_task(8, 16, 300, 7);
+  const ClassifierOptions o = learning_options();
   const ClassifierData train{tr.x.data(), tr.t.data(), nullptr, tr.n}, val{va.x.data(), va.t.data(), nullptr, va.n};
   PartitionClassifier m;
   const ClassifierStats st = train_classifier(m, 8, 16, train, val, o);
@@ -270,12 +276,7 @@ TEST(Classifier, OffsetsLetTheRouterLearnDensitiesAndRejectMassOnEmptyPartitions
   std::vector<float> off_tr, off_va;
   with_counts(tr, 17, off_tr);
   with_counts(va, 18, off_va);
-  ClassifierOptions o;
-  o.hidden = 64;
-  o.epochs = 30;
-  o.batch = 32;
-  o.lr = 3e-3f;
-  o.recall_at = 2;
+  const ClassifierOptions o = learning_options();
   const ClassifierData train{tr.x.data(), tr.t.data(), nullptr, tr.n, off_tr.data()};
   const ClassifierData val{va.x.data(), va.t.data(), nullptr, va.n, off_va.data()};
   PartitionClassifier m;

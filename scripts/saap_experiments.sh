@@ -34,6 +34,7 @@ for C in 256 128 512; do train $C pre; done
 train 256 post
 
 # 3. Attention metrics on eval.txt, every method replaying identical activations, measured KV fractions.
+#    The partition oracle (exact scores of every key at every position) is the slow one (~7 min a grid).
 grid() {  # STEM FRACTIONS RUNS...
   local stem=$1 fractions=$2
   shift 2
@@ -49,7 +50,8 @@ for C in 128 512; do
     --run partition-oracle=partition-oracle:"$ART/kmeans-c$C-pre.safetensors"
 done
 grid saap_attention_post "0.05 0.1" --run saap-post=saap:"$ART/saap-c256-post.safetensors" \
-  --run kmeans-post=kmeans:"$ART/kmeans-c256-post.safetensors"
+  --run kmeans-post=kmeans:"$ART/kmeans-c256-post.safetensors" \
+  --run partition-oracle-post=partition-oracle:"$ART/kmeans-c256-post.safetensors"
 
 # 4. Perplexity, every position through the method: 12 windows of 2048 tokens in 2 shards of 6 per
 #    (method, fraction); dense over the same 12 windows. Then passkey, 5 depths per length.
@@ -75,5 +77,25 @@ mkdir -p "$PPL" "$PK"
   done
 } | OMP_NUM_THREADS=1 xargs -P "$JOBS" -I{} sh -c "\"$BIN\" {} 2>/dev/null"
 
-# 5. The tables: results/saap_ppl.{json,csv}, results/saap_passkey.{json,csv}.
+# 5. The same for the post-RoPE partition at 5% and 10% (dense rows are shared).
+PPL_POST="$OUT/saap_post_ppl_runs" PK_POST="$OUT/saap_post_passkey_runs"
+mkdir -p "$PPL_POST" "$PK_POST"
+cp "$PPL/dense.json" "$PPL_POST/" && cp "$PK"/dense_0_*.json "$PK_POST/"
+{
+  for M in saap kmeans; do for F in 0.05 0.1; do
+    A="$ART/saap-c256-post.safetensors"
+    [ $M = kmeans ] && A="$ART/kmeans-c256-post.safetensors"
+    for S in 0 1 2 3; do
+      echo "--json eval ppl --window-len 2048 --first-window $((S * 3)) --max-windows 3 --method $M --lookup $F \
+--sinks $SINKS --window $WINDOW --artifact $A > $PPL_POST/${M}_${F}_s$S.json"
+    done
+    for L in 1024 2048 4096; do
+      echo "--json eval passkey --lengths $L --depths 0.1 0.3 0.5 0.7 0.9 --method $M --lookup $F --sinks $SINKS \
+--window $WINDOW --artifact $A > $PK_POST/${M}_${F}_$L.json"
+    done
+  done; done
+} | OMP_NUM_THREADS=1 xargs -P "$JOBS" -I{} sh -c "\"$BIN\" {} 2>/dev/null"
+
+# 6. The tables: results/saap_ppl{,_post}.{json,csv}, results/saap_passkey{,_post}.{json,csv}.
 python3 scripts/saap_tables.py --ppl "$PPL" --passkey "$PK" --out "$OUT"
+python3 scripts/saap_tables.py --ppl "$PPL_POST" --passkey "$PK_POST" --out "$OUT" --suffix _post

@@ -75,14 +75,15 @@ def main():
     ap.add_argument("--passkey", required=True)
     ap.add_argument("--out", default="results")
     ap.add_argument("--note", default="", help="Where and how the runs were made, recorded in the files")
+    ap.add_argument("--suffix", default="", help="Appended to the file stems (e.g. _post for another artifact)")
     a = ap.parse_args()
     meta = provenance()
     meta["note"] = a.note
     ppl = ppl_table(a.ppl)
-    write(a.out, "saap_ppl", ppl, ["method", "lookup", "windows", "kv_fraction", "perplexity", "dense_perplexity",
+    write(a.out, "saap_ppl" + a.suffix, ppl, ["method", "lookup", "windows", "kv_fraction", "perplexity", "dense_perplexity",
                                    "delta", "windows_below_kmeans"], meta)
     pk = passkey_table(a.passkey)
-    write(a.out, "saap_passkey", pk, ["method", "lookup", "length", "correct", "trials"], meta)
+    write(a.out, "saap_passkey" + a.suffix, pk, ["method", "lookup", "length", "correct", "trials"], meta)
     for r in ppl:
         print(f"ppl {r['method']:7s} {r['lookup']:.2f}: {r['perplexity']:.3f} (dense {r['dense_perplexity']:.3f}, "
               f"delta {r['delta']:+.3f}, kv {r['kv_fraction']:.4f})"

@@ -1,6 +1,7 @@
 // Perplexity windows and NLL against the NumPy float64 reference forward pass
 // (scripts/reference_forward.py), which knows nothing of saap's windowing or chunking.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -38,7 +39,7 @@ std::string join(const int32_t* ids, size_t n) {
 
 // Mean NLL of each window computed from the reference's float64 logits.
 std::vector<double> reference_window_nll(const std::vector<int32_t>& tokens, int64_t W, int windows) {
-  const std::string out = testing::TempDir() + "saap_reference_ppl.f64";
+  const std::string out = testing::TempDir() + "saap_reference_ppl_" + std::to_string(::getpid()) + ".f64";
   std::string cmd = std::string(SAAP_PYTHON) + " " + SAAP_SOURCE_DIR + "/scripts/reference_forward.py --model '" +
                     default_model_path() + "' --out '" + out + "'";
   for (int w = 0; w < windows; ++w) cmd += " --tokens " + join(&tokens[size_t(w * W)], size_t(W - 1));

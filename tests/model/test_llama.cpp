@@ -2,6 +2,7 @@
 // published architecture in NumPy float64 over tensors dequantized by the `gguf` Python package
 // (and in the Hugging Face RoPE convention, so the GGUF Q/K permutation is checked too).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -42,7 +43,7 @@ std::string join(const std::vector<int32_t>& ids) {
 
 // Runs the NumPy reference on one sequence; returns [n][vocab] float64 logits.
 std::vector<double> reference_logits(const std::vector<int32_t>& tokens) {
-  const std::string out = testing::TempDir() + "saap_reference_logits.f64";
+  const std::string out = testing::TempDir() + "saap_reference_logits_" + std::to_string(::getpid()) + ".f64";
   const std::string cmd = std::string(SAAP_PYTHON) + " " + SAAP_SOURCE_DIR + "/scripts/reference_forward.py --model '" +
                           default_model_path() + "' --tokens " + join(tokens) + " --out '" + out + "'";
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
@@ -269,7 +270,8 @@ class TinyGGUF {
     out += meta_ + infos_;
     while (out.size() % 32) out.push_back(0);
     out += data_;
-    const std::string path = testing::TempDir() + name;
+    // Per process: ctest runs the test cases of this file in parallel, each in its own process.
+    const std::string path = testing::TempDir() + std::to_string(::getpid()) + "_" + name;
     std::ofstream(path, std::ios::binary) << out;
     return path;
   }

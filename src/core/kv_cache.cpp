@@ -1,11 +1,26 @@
 #include "saap/core/kv_cache.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "saap/core/error.h"
 #include "saap/core/tensor.h"
 
 namespace saap {
+
+void LayerKV::key_to_float(int head, int64_t pos, float* out) const {
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(out, key<float>(head, pos), sizeof(float) * size_t(head_dim));
+      return;
+    case DType::F16:
+      for (int i = 0; i < head_dim; ++i) out[i] = to_float(key<f16>(head, pos)[i]);
+      return;
+    case DType::BF16:
+      for (int i = 0; i < head_dim; ++i) out[i] = to_float(key<bf16>(head, pos)[i]);
+      return;
+  }
+}
 
 KVCache::KVCache(const KVCacheShape& shape) : shape_(shape) {
   SAAP_CHECK_FMT(shape.n_layers > 0, InvalidArgument, "n_layers = %d must be positive", shape.n_layers);

@@ -3,22 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "saap/core/dtype.h"
 #include "saap/core/error.h"
 
 namespace saap {
-
-namespace {
-
-void key_to_float(const LayerKV& kv, int head, int64_t pos, float* out) {
-  for (int i = 0; i < kv.head_dim; ++i) switch (kv.dtype) {
-      case DType::F32: out[i] = kv.key<float>(head, pos)[i]; break;
-      case DType::F16: out[i] = to_float(kv.key<f16>(head, pos)[i]); break;
-      case DType::BF16: out[i] = to_float(kv.key<bf16>(head, pos)[i]); break;
-    }
-}
-
-}  // namespace
 
 // Never called: the group score below ranks every group.
 void PartitionOracleAttention::score(int, const float*, float* scores) {
@@ -39,7 +26,7 @@ bool PartitionOracleAttention::group_scores(const GroupQuery& g, float* scores) 
     const float* q = g.q.q + int64_t(h) * d;
     double mx = -INFINITY;
     for (int64_t p = 0; p < n_ctx; ++p) {
-      key_to_float(g.kv, g.kv_head, p, key_.data());
+      g.kv.key_to_float(g.kv_head, p, key_.data());
       double dot = 0;
       for (int i = 0; i < d; ++i) dot += double(q[i]) * key_[size_t(i)];
       mx = std::max(mx, logits_[size_t(p)] = dot * scale);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <numeric>
 
 #include "saap/core/dtype.h"
@@ -25,20 +24,6 @@ float dot(const float* a, const float* b, int n) {
 
 const uint8_t* row_ptr(const void* base, const LayerKV& kv, int head, int64_t pos) {
   return static_cast<const uint8_t*>(base) + (int64_t(head) * kv.capacity + pos) * kv.head_dim * int64_t(dtype_size(kv.dtype));
-}
-
-void row_to_float(const LayerKV& kv, int head, int64_t pos, float* out) {
-  switch (kv.dtype) {
-    case DType::F32:
-      std::memcpy(out, kv.key<float>(head, pos), sizeof(float) * size_t(kv.head_dim));
-      return;
-    case DType::F16:
-      for (int i = 0; i < kv.head_dim; ++i) out[i] = to_float(kv.key<f16>(head, pos)[i]);
-      return;
-    case DType::BF16:
-      for (int i = 0; i < kv.head_dim; ++i) out[i] = to_float(kv.key<bf16>(head, pos)[i]);
-      return;
-  }
 }
 
 template <class T>
@@ -304,7 +289,7 @@ void PartitionedAttention::place(const LayerKV& kv, int64_t begin, int64_t end, 
       if (artifact_->pre_rope)
         x = k_pre + ((p - begin) * kv.n_kv_heads + h) * kv.head_dim;
       else
-        row_to_float(kv, h, p, feature_.data());
+        kv.key_to_float(h, p, feature_.data());
       for (int i = 0; i < kv.head_dim; ++i)
         SAAP_CHECK_FMT(std::isfinite(x[i]), NonFinite, "layer %d: key at position %lld, head %d, dim %d is not finite",
                        shape_.layer, (long long)p, h, i);

@@ -47,6 +47,23 @@ TEST(KVCache, AppendStoresHeadMajorAndConverts) {
   EXPECT_EQ(cache.length(1), 0);
 }
 
+// key_to_float reads one cached key back as float32: the input rounded to the cache dtype.
+TEST(KVCache, KeyToFloatReadsTheRoundedKeyInEveryDtype) {
+  for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
+    KVCache cache({1, 2, 4, 3, dt});
+    std::vector<float> k(3 * 2 * 4), v(k.size(), 0.f);
+    for (size_t i = 0; i < k.size(); ++i) k[i] = 0.1f * float(i) - 1.03f;
+    cache.append(0, k.data(), v.data(), 3);
+    float got[4];
+    cache.layer(0).key_to_float(1, 2, got);
+    for (int d = 0; d < 4; ++d) {
+      const float in = k[(2 * 2 + 1) * 4 + d];
+      const float want = dt == DType::F32 ? in : dt == DType::F16 ? to_float(to_f16(in)) : to_float(to_bf16(in));
+      EXPECT_EQ(got[d], want) << dtype_name(dt) << " dim " << d;
+    }
+  }
+}
+
 TEST(KVCache, RefusesOverflowAndNonFiniteWithoutChangingState) {
   KVCache cache({1, 1, 2, 3, DType::F32});
   std::vector<float> k = {1, 2, 3, 4}, v = {1, 2, 3, 4};

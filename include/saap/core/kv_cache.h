@@ -28,6 +28,8 @@ struct LayerKV {
   const T* value(int head, int64_t pos) const {
     return static_cast<const T*>(values) + (int64_t(head) * capacity + pos) * head_dim;
   }
+  // One cached key as float32 (head_dim values), whatever the cache dtype.
+  void key_to_float(int head, int64_t pos, float* out) const;
   // Bytes of K plus V for one position of one KV head.
   int64_t token_bytes() const { return 2 * int64_t(head_dim) * int64_t(dtype_size(dtype)); }
 };

@@ -37,14 +37,8 @@ void finish_options(TrainOpts& o, const CalibrationSet& set) {
   o.train.spherical = !o.l2;
   o.train.skip = !o.no_skip;
   if (o.partition_from.empty()) return;
-  ArtifactIdentity id;
-  id.method = "kmeans";  // reads a kmeans or a saap artifact
-  id.model_identity = set.model_identity;
-  id.n_layers = set.n_layers;
-  id.n_heads = set.n_heads;
-  id.n_kv_heads = set.n_kv_heads;
-  id.head_dim = set.head_dim;
-  const PartitionArtifact from = PartitionArtifact::load(o.partition_from, id);
+  // A "kmeans" reader takes a kmeans or a saap artifact's partition.
+  const PartitionArtifact from = PartitionArtifact::load(o.partition_from, partition_artifact_identity(set, "kmeans"));
   SAAP_CHECK_FMT(from.partitions == o.train.partitions && from.pre_rope == o.train.pre_rope &&
                      from.spherical == o.train.spherical,
                  InvalidArgument,

@@ -96,17 +96,6 @@ std::vector<float> key_features(const CalibrationSet& s, int layer, int kv_head,
   return out;
 }
 
-ArtifactIdentity artifact_identity(const CalibrationSet& s, const char* method) {
-  ArtifactIdentity id;
-  id.method = method;
-  id.model_identity = s.model_identity;
-  id.n_layers = s.n_layers;
-  id.n_heads = s.n_heads;
-  id.n_kv_heads = s.n_kv_heads;
-  id.head_dim = s.head_dim;
-  return id;
-}
-
 nlohmann::json options_json(const SaapTrainOptions& o) {
   return {{"partitions", o.partitions},   {"rope", o.pre_rope ? "pre" : "post"},
           {"spherical", o.spherical},     {"kmeans_iters", o.kmeans_iters}, {"kmeans_redo", o.kmeans_redo},
@@ -206,6 +195,17 @@ struct SingleThreadedBlas {
 };
 
 }  // namespace
+
+ArtifactIdentity partition_artifact_identity(const CalibrationSet& s, const char* method) {
+  ArtifactIdentity id;
+  id.method = method;
+  id.model_identity = s.model_identity;
+  id.n_layers = s.n_layers;
+  id.n_heads = s.n_heads;
+  id.n_kv_heads = s.n_kv_heads;
+  id.head_dim = s.head_dim;
+  return id;
+}
 
 std::vector<float> train_layer_partition(const CalibrationSet& s, int layer, const SaapTrainOptions& o) {
   check_set(s);
@@ -329,7 +329,7 @@ PartitionArtifact train_symmetric_kmeans(const CalibrationSet& s, const SaapTrai
   check_options(s, o);
   const auto t0 = Clock::now();
   PartitionArtifact a;
-  a.identity = artifact_identity(s, "kmeans");
+  a.identity = partition_artifact_identity(s, "kmeans");
   a.partitions = o.partitions;
   a.pre_rope = o.pre_rope;
   a.spherical = o.spherical;
@@ -350,7 +350,7 @@ PartitionArtifact train_saap(const CalibrationSet& s, const SaapTrainOptions& o)
   const auto t0 = Clock::now();
   const int d = s.head_dim, C = o.partitions, NH = s.n_heads, group = s.n_heads / s.n_kv_heads;
   PartitionArtifact a;
-  a.identity = artifact_identity(s, "saap");
+  a.identity = partition_artifact_identity(s, "saap");
   a.partitions = C;
   a.hidden = o.classifier.hidden + (o.skip ? 2 * d : 0);  // the skip folded in (classifier.h)
   a.pre_rope = o.pre_rope;

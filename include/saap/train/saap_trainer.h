@@ -57,6 +57,9 @@ struct PartitionLabels {
   std::vector<int32_t> n_ctx;                         // [n] the query's causal prefix length
 };
 
+// The identity a partition artifact ("saap" or "kmeans") trained on this calibration set carries.
+ArtifactIdentity partition_artifact_identity(const CalibrationSet& set, const char* method);
+
 // The partition of one layer: centroids [n_kv_heads][C][head_dim].
 std::vector<float> train_layer_partition(const CalibrationSet& set, int layer, const SaapTrainOptions& options);
 PartitionLabels partition_labels(const CalibrationSet& set, int layer, const std::vector<float>& centroids,

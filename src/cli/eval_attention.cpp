@@ -22,12 +22,7 @@ void register_eval_attention(CLI::App& app, const GlobalOptions& global) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--text", o->text, "Evaluation text (default: eval.txt in the cache)");
-  cmd->add_option("--windows", o->windows, "Windows of text")->check(CLI::PositiveNumber);
-  cmd->add_option("--window-len", o->window_len, "Tokens per window")->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--queries", o->eval.queries_per_window, "Sampled query positions per window")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--top-k", o->eval.top_k, "k of recall@k")->check(CLI::PositiveNumber);
-  cmd->add_option("--seed", o->eval.seed, "Seed of the query sample");
+  add_attention_eval_options(cmd, o->windows, o->window_len, o->eval);
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
   cmd->callback([o, &global] {

@@ -61,12 +61,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--fractions", o->fractions, "Lookup fractions (KV tokens read over the prefix)");
   cmd->add_option("--sinks", o->sinks, "First positions always read")->check(CLI::NonNegativeNumber);
   cmd->add_option("--window", o->window, "Most recent positions always read")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--windows", o->windows, "Windows of text")->check(CLI::PositiveNumber);
-  cmd->add_option("--window-len", o->window_len, "Tokens per window")->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--queries", o->eval.queries_per_window, "Sampled query positions per window")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--top-k", o->eval.top_k, "k of recall@k")->check(CLI::PositiveNumber);
-  cmd->add_option("--seed", o->eval.seed, "Seed of the query sample");
+  add_attention_eval_options(cmd, o->windows, o->window_len, o->eval);
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   cmd->add_option("--stem", o->stem, "Result file name stem");
   cmd->callback([o, &global] {

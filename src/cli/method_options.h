@@ -1,8 +1,10 @@
-// The options that name an attention method and its budget, shared by the eval subcommands.
+// Options shared by the eval subcommands: the attention method and its budget, and the text
+// windows and query sample of an attention evaluation.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <string>
 
+#include "saap/eval/attention_eval.h"
 #include "saap/methods/registry.h"
 #include "saap/model/llama.h"
 
@@ -17,6 +19,15 @@ inline void add_method_options(CLI::App* cmd, MethodSpec& spec) {
   cmd->add_option("--k-f", spec.k_f, "Loki: fraction of the prefix attended")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--d-f", spec.d_f, "Loki: fraction of dimensions used for ranking")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--artifact", spec.artifact, "Trained index file (loki, saap, kmeans)");
+}
+
+// The text windows and the query sample of an attention evaluation (eval attention, eval saap-grid).
+inline void add_attention_eval_options(CLI::App* cmd, int& windows, int& window_len, AttentionEvalOptions& eval) {
+  cmd->add_option("--windows", windows, "Windows of text")->check(CLI::PositiveNumber);
+  cmd->add_option("--window-len", window_len, "Tokens per window")->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--queries", eval.queries_per_window, "Sampled query positions per window")->check(CLI::PositiveNumber);
+  cmd->add_option("--top-k", eval.top_k, "k of recall@k")->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", eval.seed, "Seed of the query sample");
 }
 
 // What artifacts are checked against: the model they will run on (the factory sets the method).

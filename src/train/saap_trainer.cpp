@@ -276,6 +276,7 @@ PartitionLabels partition_labels(const CalibrationSet& s, int layer, const std::
   {
     std::vector<float> q(size_t(NH) * d);
     std::vector<double> a(static_cast<size_t>(len)), mass(static_cast<size_t>(C));
+    std::vector<int32_t> count(static_cast<size_t>(C));
     std::vector<float> dots(static_cast<size_t>(len));
 #pragma omp for schedule(dynamic, 4)
     for (int i = 0; i < n; ++i) {
@@ -287,11 +288,11 @@ PartitionLabels partition_labels(const CalibrationSet& s, int layer, const std::
       const int mid_begin = std::min(o.sinks, n_ctx), mid_end = std::max(mid_begin, n_ctx - o.window);
       out.n_ctx[size_t(i)] = n_ctx;
       for (int kvh = 0; kvh < KV; ++kvh) {
-        std::fill(mass.begin(), mass.end(), 0.0);
-        for (int j = mid_begin; j < mid_end; ++j) mass[size_t(out.key_partition[size_t((int64_t(w) * len + j) * KV + kvh)])] += 1;
+        std::fill(count.begin(), count.end(), 0);
+        for (int j = mid_begin; j < mid_end; ++j) ++count[size_t(out.key_partition[size_t((int64_t(w) * len + j) * KV + kvh)])];
         float* off = out.offset[size_t(kvh)].data() + int64_t(i) * C;
         for (int c = 0; c < C; ++c)
-          if (mass[size_t(c)] > 0) off[c] = float(std::log(mass[size_t(c)]));
+          if (count[size_t(c)] > 0) off[c] = float(std::log(double(count[size_t(c)])));
       }
       for (int h = 0; h < NH; ++h) {
         const int kvh = h / group;

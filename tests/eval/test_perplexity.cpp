@@ -40,7 +40,7 @@ std::string join(const int32_t* ids, size_t n) {
 // Mean NLL of each window computed from the reference's float64 logits.
 std::vector<double> reference_window_nll(const std::vector<int32_t>& tokens, int64_t W, int windows) {
   const std::string out = testing::TempDir() + "saap_reference_ppl_" + std::to_string(::getpid()) + ".f64";
-  std::string cmd = std::string(SAAP_PYTHON) + " " + SAAP_SOURCE_DIR + "/scripts/reference_forward.py --model '" +
+  std::string cmd = python_interpreter() + " " + SAAP_SOURCE_DIR + "/scripts/reference_forward.py --model '" +
                     default_model_path() + "' --out '" + out + "'";
   for (int w = 0; w < windows; ++w) cmd += " --tokens " + join(&tokens[size_t(w * W)], size_t(W - 1));
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;

@@ -73,7 +73,7 @@ struct TempDir {
 
 // Runs scripts/reference_gguf.py with the given arguments and reads the dump it left in dir.
 json run_reference(const std::string& args, const std::string& dir) {
-  const std::string cmd = std::string(SAAP_PYTHON) + " " + SAAP_SOURCE_DIR +
+  const std::string cmd = python_interpreter() + " " + SAAP_SOURCE_DIR +
                           "/scripts/reference_gguf.py " + args;
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
   std::ifstream in(dir + "/reference.json");

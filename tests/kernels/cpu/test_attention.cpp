@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <ostream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "saap/core/error.h"
@@ -96,6 +98,12 @@ struct DecodeCase {
   int64_t n;
   DType dtype;
 };
+// "q9_kv3_d64_n1000_bf16": the test name and the value ctest shows (not the struct's raw bytes).
+std::string case_name(const DecodeCase& c) {
+  return "q" + std::to_string(c.hq) + "_kv" + std::to_string(c.hkv) + "_d" + std::to_string(c.d) + "_n" +
+         std::to_string(c.n) + "_" + dtype_name(c.dtype);
+}
+void PrintTo(const DecodeCase& c, std::ostream* os) { *os << case_name(c); }
 
 class DecodeVsFloat64 : public ::testing::TestWithParam<DecodeCase> {};
 
@@ -118,7 +126,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(DecodeCase{1, 1, 64, 1, DType::F32}, DecodeCase{4, 4, 64, 37, DType::F32},
                       DecodeCase{9, 3, 64, 1000, DType::F32}, DecodeCase{8, 2, 128, 4096, DType::F32},
                       DecodeCase{32, 4, 128, 3000, DType::BF16}, DecodeCase{9, 3, 64, 4096, DType::BF16},
-                      DecodeCase{16, 2, 32, 2049, DType::F16}, DecodeCase{8, 1, 64, 513, DType::BF16}));
+                      DecodeCase{16, 2, 32, 2049, DType::F16}, DecodeCase{8, 1, 64, 513, DType::BF16}),
+    [](const ::testing::TestParamInfo<DecodeCase>& info) { return case_name(info.param); });
 
 TEST(Prefill, CausalRowsMatchFloat64) {
   for (auto [hq, hkv, d, n, t] : {std::tuple{9, 3, 64, 300, DType::F32}, std::tuple{8, 1, 128, 129, DType::BF16},

@@ -3,11 +3,8 @@
 # tokenizers, matplotlib and the default model) with the given arguments:
 #   bash scripts/python.sh scripts/plot_quality.py ...
 # The same lookup as saap::python_interpreter(): $SAAP_PYTHON, else $SAAP_CACHE/venv/bin/python
-# (default cache ~/.cache/saap).
+# (default cache ~/.cache/saap) when setup made it, else python3 from PATH.
 set -euo pipefail
 python=${SAAP_PYTHON:-${SAAP_CACHE:-$HOME/.cache/saap}/venv/bin/python}
-if [ ! -x "$python" ]; then
-  echo "python.sh: $python does not exist; run scripts/setup.sh (or set SAAP_PYTHON)" >&2
-  exit 4
-fi
+[ -n "${SAAP_PYTHON:-}" ] || [ -x "$python" ] || python=python3
 exec "$python" "$@"

@@ -177,7 +177,7 @@ SafetensorsFile SafetensorsFile::parse(const uint8_t* data, size_t size, const s
   json header;
   try {
     header = json::parse(data + 8, data + 8 + header_len);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number like 1e3003
     SAAP_THROW_FMT(BadFile, "%s: header is not valid JSON: %s", o, e.what());
   }
   SAAP_CHECK_FMT(header.is_object(), BadFile, "%s: header is a JSON %s, an object expected", o, header.type_name());
@@ -200,7 +200,7 @@ SafetensorsFile SafetensorsFile::parse(const uint8_t* data, size_t size, const s
       if (entry.contains("saap")) {
         try {
           file.saap_header_ = json::parse(entry["saap"].get<std::string>());
-        } catch (const json::parse_error& e) {
+        } catch (const json::exception& e) {
           SAAP_THROW_FMT(BadFile, "%s: __metadata__['saap'] is not valid JSON: %s", o, e.what());
         }
       }

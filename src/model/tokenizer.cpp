@@ -60,14 +60,23 @@ int parse_byte_piece(const std::string& piece) {
   return v;
 }
 
-const GGUFValue& array_of(const GGUFFile& file, const std::string& key, bool strings, size_t want) {
+// What a vocabulary array must hold: token_type ids are integers, scores floats, tokens and merges
+// strings. A float token_type array (or an integer scores array) would leave the vector the
+// caller reads empty, so the element type is checked, not only "a number".
+enum class Elements { Strings, Integers, Floats };
+
+const GGUFValue& array_of(const GGUFFile& file, const std::string& key, Elements want_elements, size_t want) {
   const GGUFValue& v = file.get(key);  // BadFile naming the key when missing
   SAAP_CHECK_FMT(v.type == GGUFValueType::ARRAY, BadFile, "GGUF key '%s' must be an array, got type %u",
                  key.c_str(), unsigned(v.type));
-  bool is_string = v.array_type == GGUFValueType::STRING;
-  SAAP_CHECK_FMT(is_string == strings, BadFile, "GGUF key '%s' must be an array of %s, got element type %u",
-                 key.c_str(), strings ? "strings" : "numbers", unsigned(v.array_type));
-  size_t n = strings ? v.strings.size() : std::max(v.ints.size(), v.floats.size());
+  const Elements got = v.array_type == GGUFValueType::STRING ? Elements::Strings
+                       : v.array_type == GGUFValueType::FLOAT32 || v.array_type == GGUFValueType::FLOAT64
+                           ? Elements::Floats
+                           : Elements::Integers;
+  static const char* const kNames[] = {"strings", "integers", "floats"};
+  SAAP_CHECK_FMT(got == want_elements, BadFile, "GGUF key '%s' must be an array of %s, got element type %u",
+                 key.c_str(), kNames[int(want_elements)], unsigned(v.array_type));
+  const size_t n = got == Elements::Strings ? v.strings.size() : got == Elements::Floats ? v.floats.size() : v.ints.size();
   SAAP_CHECK_FMT(want == 0 || n == want, BadFile, "GGUF key '%s' has %zu entries, the vocabulary %zu",
                  key.c_str(), n, want);
   return v;
@@ -90,18 +99,18 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
                  "GGUF key 'tokenizer.ggml.model' = '%s': saap reads 'gpt2' (byte-level BPE) and "
                  "'llama' (SentencePiece BPE) vocabularies", t.model_.c_str());
 
-  t.pieces_ = array_of(file, "tokenizer.ggml.tokens", true, 0).strings;
+  t.pieces_ = array_of(file, "tokenizer.ggml.tokens", Elements::Strings, 0).strings;
   const size_t n = t.pieces_.size();
   SAAP_CHECK_FMT(n > 0 && n < (size_t(1) << 31), BadFile,
                  "GGUF key 'tokenizer.ggml.tokens' holds %zu tokens", n);
   t.token_types_.assign(n, kTypeNormal);
   if (file.has("tokenizer.ggml.token_type")) {
-    const auto& types = array_of(file, "tokenizer.ggml.token_type", false, n).ints;
+    const auto& types = array_of(file, "tokenizer.ggml.token_type", Elements::Integers, n).ints;
     t.token_types_.assign(types.begin(), types.end());
   }
   t.scores_.assign(n, 0.0f);
   if (file.has("tokenizer.ggml.scores")) {
-    const auto& scores = array_of(file, "tokenizer.ggml.scores", false, n).floats;
+    const auto& scores = array_of(file, "tokenizer.ggml.scores", Elements::Floats, n).floats;
     t.scores_.assign(scores.begin(), scores.end());
   }
   t.piece_to_id_.reserve(n);
@@ -111,7 +120,7 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
     // GGUFs converted before llama.cpp recorded the pre-tokenizer meant plain GPT-2.
     t.pre_ = file.has("tokenizer.ggml.pre") ? file.get_string("tokenizer.ggml.pre") : "gpt2";
     t.pre_kind_ = pre_tokenizer_from_name(t.pre_);
-    const auto& merges = array_of(file, "tokenizer.ggml.merges", true, 0).strings;
+    const auto& merges = array_of(file, "tokenizer.ggml.merges", Elements::Strings, 0).strings;
     t.merges_.reserve(merges.size());
     for (size_t rank = 0; rank < merges.size(); ++rank) {
       const std::string& m = merges[rank];

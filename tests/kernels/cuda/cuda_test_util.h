@@ -1,5 +1,6 @@
 // Helpers for the CUDA kernel tests: plain executables (the GPU machine has no GoogleTest) that
-// exit 77 without a GPU (ctest: skipped), print "N passed, N failed" and fail non-zero.
+// exit 77 without a GPU (ctest: skipped; with SAAP_REQUIRE_GPU=1 a missing GPU fails instead),
+// print their seed (SAAP_SEED=<seed> reruns one), "N passed, N failed", and fail non-zero.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "saap/kernels/cuda/decode.h"
@@ -18,10 +20,34 @@ namespace cutest {
 
 inline void require_gpu() {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    std::printf("no CUDA device: skipped\n");
-    std::exit(77);
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e == cudaSuccess && n > 0) return;
+  const char* req = std::getenv("SAAP_REQUIRE_GPU");
+  const bool required = req && std::string(req) == "1";
+  std::printf("no usable CUDA device (%s): %s\n", e == cudaSuccess ? "none found" : cudaGetErrorString(e),
+              required ? "FAIL (SAAP_REQUIRE_GPU=1)" : "skipped");
+  std::exit(required ? 1 : 77);
+}
+
+using Rng = std::mt19937_64;
+
+// The test's random seed: SAAP_SEED when set (to rerun a failure), else a fresh one; printed
+// either way so that every run can be repeated.
+inline uint64_t test_seed() {
+  uint64_t seed = 0;
+  const char* env = std::getenv("SAAP_SEED");
+  if (env && *env) {
+    char* end = nullptr;
+    seed = std::strtoull(env, &end, 10);
+    if (*end) {
+      std::printf("SAAP_SEED='%s' is not a decimal number\n", env);
+      std::exit(2);
+    }
+  } else {
+    seed = (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
   }
+  std::printf("seed=%llu (rerun: SAAP_SEED=%llu)\n", (unsigned long long)seed, (unsigned long long)seed);
+  return seed;
 }
 
 struct Tally {
@@ -50,13 +76,13 @@ inline double from_bits(uint16_t u, saap::DType t) {
   return __bfloat162float(*reinterpret_cast<__nv_bfloat16*>(&u));
 }
 
-inline std::vector<uint16_t> random_kv(std::mt19937& rng, size_t n, saap::DType t, float sd = 1.f) {
+inline std::vector<uint16_t> random_kv(Rng& rng, size_t n, saap::DType t, float sd = 1.f) {
   std::normal_distribution<float> nd(0.f, sd);
   std::vector<uint16_t> v(n);
   for (auto& x : v) x = to_bits(nd(rng), t);
   return v;
 }
-inline std::vector<float> random_f32(std::mt19937& rng, size_t n, float sd = 1.f) {
+inline std::vector<float> random_f32(Rng& rng, size_t n, float sd = 1.f) {
   std::normal_distribution<float> nd(0.f, sd);
   std::vector<float> v(n);
   for (auto& x : v) x = nd(rng);

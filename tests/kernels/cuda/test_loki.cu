@@ -13,7 +13,7 @@ using namespace saap;
 
 namespace {
 // Random orthonormal D x D matrix (Gram-Schmidt in float64); column j = component j.
-std::vector<double> random_basis(std::mt19937& rng, int D) {
+std::vector<double> random_basis(cutest::Rng& rng, int D) {
   std::normal_distribution<double> nd;
   std::vector<double> P(size_t(D) * D);
   for (int j = 0; j < D; ++j) {
@@ -36,7 +36,7 @@ std::vector<double> random_basis(std::mt19937& rng, int D) {
 int main() {
   cutest::require_gpu();
   cutest::Tally tally;
-  std::mt19937 rng(std::random_device{}());
+  cutest::Rng rng(cutest::test_seed());
   struct Case {
     int batch, hq, hkv, d, r;
     DType t;

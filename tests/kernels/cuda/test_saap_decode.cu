@@ -12,7 +12,7 @@ using namespace saap;
 int main() {
   cutest::require_gpu();
   cutest::Tally tally;
-  std::mt19937 rng(std::random_device{}());
+  cutest::Rng rng(cutest::test_seed());
   struct Case {
     int batch, hq, hkv, d, C;
     DType t;

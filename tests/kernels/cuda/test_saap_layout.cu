@@ -21,7 +21,7 @@ std::string row_key(const uint16_t* k, const uint16_t* v, int d) {
 int main() {
   cutest::require_gpu();
   cutest::Tally tally;
-  std::mt19937 rng(std::random_device{}());
+  cutest::Rng rng(cutest::test_seed());
   struct Case {
     int batch, hkv, d, C;
     DType t;

@@ -11,13 +11,16 @@
 namespace saap::cli {
 
 inline void add_method_options(CLI::App* cmd, MethodSpec& spec) {
-  cmd->add_option("--method", spec.name, "Attention method: dense|oracle|streaming|h2o|loki|saap|kmeans|partition-oracle");
+  cmd->add_option("--method", spec.name, "Attention method: dense|oracle|streaming|h2o|loki|saap|kmeans|partition-oracle|quest");
   cmd->add_option("--lookup", spec.lookup, "Budget: fraction of the prefix read (oracle, h2o, saap, kmeans)")
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--sinks", spec.sinks, "First positions always read")->check(CLI::NonNegativeNumber);
   cmd->add_option("--window", spec.window, "Most recent positions always read")->check(CLI::NonNegativeNumber);
   cmd->add_option("--k-f", spec.k_f, "Loki: fraction of the prefix attended")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--d-f", spec.d_f, "Loki: fraction of dimensions used for ranking")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--budget-tokens", spec.budget_tokens, "quest: a fixed budget of tokens per query instead of --lookup")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--page-size", spec.page_size, "quest: positions per page")->check(CLI::PositiveNumber);
   cmd->add_option("--artifact", spec.artifact, "Trained index file (loki, saap, kmeans)");
 }
 

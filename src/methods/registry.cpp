@@ -8,6 +8,7 @@
 #include "saap/methods/loki.h"
 #include "saap/methods/oracle_topk.h"
 #include "saap/methods/partition_oracle.h"
+#include "saap/methods/quest.h"
 #include "saap/methods/saap.h"
 #include "saap/methods/streaming.h"
 #include "saap/methods/symmetric_kmeans.h"
@@ -30,6 +31,7 @@ const Entry kMethods[] = {
     {"dense", dense_factory},         {"oracle", oracle_factory}, {"streaming", streaming_factory},
     {"h2o", h2o_factory},             {"loki", loki_factory},     {"saap", saap_factory},
     {"kmeans", kmeans_factory},       {"partition-oracle", partition_oracle_factory},
+    {"quest", quest_factory},
 };
 
 std::string fmt_double(double x) {
@@ -59,6 +61,9 @@ std::string MethodSpec::describe() const {
   if (name == "loki") return "loki(k_f=" + fmt_double(k_f) + ",d_f=" + fmt_double(d_f) + ")";
   if (name == "streaming")
     return "streaming(sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window) + ")";
+  if (name == "quest")
+    return "quest(" + (budget_tokens > 0 ? "budget_tokens=" + std::to_string(budget_tokens) : "lookup=" + fmt_double(lookup)) +
+           ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window) + ",page=" + std::to_string(page_size) + ")";
   std::string s = name + "(lookup=" + fmt_double(lookup);
   if (name == "saap" || name == "kmeans" || name == "partition-oracle") s += ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window);
   return s + ")";

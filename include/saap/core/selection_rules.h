@@ -51,11 +51,23 @@ SAAP_HD inline FixedReads fixed_reads(int64_t n, int64_t sinks, int64_t window) 
   return f;
 }
 
-// Tokens left to the index after the fixed reads: the budget counts every K/V token read.
+// Tokens left to the index after the fixed reads when the budget buys `tokens` of an n-token
+// prefix: the budget counts every K/V token read.
+SAAP_HD inline int64_t selectable_tokens(int64_t tokens, int64_t n, int64_t sinks, int64_t window) {
+  const int64_t left = tokens - fixed_reads(n, sinks, window).count();
+  return left > 0 ? left : 0;
+}
+
 SAAP_HD inline int64_t selectable_budget(double lookup, int64_t n, int64_t sinks, int64_t window) {
   if (lookup >= 1.0) return n;  // the full budget reads everything
-  const int64_t left = tokens_for_fraction(lookup, n) - fixed_reads(n, sinks, window).count();
-  return left > 0 ? left : 0;
+  return selectable_tokens(tokens_for_fraction(lookup, n), n, sinks, window);
+}
+
+// A fixed budget: `tokens` K/V tokens per query whatever the prefix length (a prefix shorter than
+// that is read whole), the unit of the fixed-budget comparisons (Quest's 1024 and 2048 tokens).
+SAAP_HD inline int64_t selectable_fixed_budget(int64_t tokens, int64_t n, int64_t sinks, int64_t window) {
+  if (tokens >= n) return n;
+  return selectable_tokens(tokens, n, sinks, window);
 }
 
 // Whether a sinks-and-window method can ever read a partition at a context of max_context tokens:

@@ -12,7 +12,7 @@
 namespace saap {
 
 struct MethodSpec {
-  std::string name = "dense";  // dense | oracle | streaming | h2o | loki | saap | kmeans
+  std::string name = "dense";  // dense | oracle | streaming | h2o | loki | saap | kmeans | quest
   // Budget of token-selecting methods, as the fraction of the causal prefix read (oracle, h2o,
   // saap, kmeans; for streaming the sinks + window define it). Loki uses k_f and d_f instead.
   double lookup = 0.05;
@@ -20,6 +20,8 @@ struct MethodSpec {
   int window = 64;    // most recent positions always read
   double k_f = 0.25;  // Loki: fraction of the prefix attended
   double d_f = 0.25;  // Loki: fraction of dimensions used for the ranking score
+  int64_t budget_tokens = 0;  // quest: > 0 is a fixed budget of this many tokens instead of lookup
+  int page_size = 16;         // quest: positions per page
   std::string artifact;  // trained index file (loki, saap, kmeans)
   std::string describe() const;  // "loki(k_f=0.25,d_f=0.25)"
 };

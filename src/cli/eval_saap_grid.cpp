@@ -20,7 +20,7 @@ namespace saap::cli {
 
 namespace {
 
-// "label=method:artifact" or "method:artifact" (oracle takes no artifact: "oracle:").
+// "label=method:artifact" or "method:artifact" (oracle and quest take no artifact: "oracle:", "quest:").
 MethodSpec parse_run(const std::string& run, std::string& label) {
   std::string body = run;
   const size_t eq = run.find('=');
@@ -34,8 +34,8 @@ MethodSpec parse_run(const std::string& run, std::string& label) {
   spec.name = body.substr(0, colon);
   spec.artifact = body.substr(colon + 1);
   SAAP_CHECK_FMT(spec.name == "saap" || spec.name == "kmeans" || spec.name == "partition-oracle" ||
-                     spec.name == "oracle",
-                 InvalidArgument, "--run '%s': method '%s' must be saap, kmeans, partition-oracle or oracle", run.c_str(),
+                     spec.name == "oracle" || spec.name == "quest",
+                 InvalidArgument, "--run '%s': method '%s' must be saap, kmeans, partition-oracle, oracle or quest", run.c_str(),
                  spec.name.c_str());
   if (label.empty()) label = spec.name;
   return spec;
@@ -56,7 +56,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--text", o->text, "Evaluation text (default: eval.txt in the cache)");
-  cmd->add_option("--run", o->runs, "[label=]method:artifact, method saap|kmeans|partition-oracle|oracle (repeatable)")
+  cmd->add_option("--run", o->runs, "[label=]method:artifact, method saap|kmeans|partition-oracle|oracle|quest (repeatable)")
       ->required();
   cmd->add_option("--fractions", o->fractions, "Lookup fractions (KV tokens read over the prefix)");
   cmd->add_option("--sinks", o->sinks, "First positions always read")->check(CLI::NonNegativeNumber);
@@ -79,7 +79,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
       std::string label;
       const MethodSpec base = parse_run(run, label);
       nlohmann::json art = nlohmann::json::object();
-      if (base.name != "oracle") {
+      if (base.name != "oracle" && base.name != "quest") {
         ArtifactIdentity want = id;
         want.method = base.name == "saap" ? "saap" : "kmeans";  // the others read any artifact's partition
         const PartitionArtifact a = PartitionArtifact::load(base.artifact, want);

@@ -56,7 +56,7 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
   o->att.queries_per_window = 128;
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--text", o->text, "Evaluation text (default: eval.txt in the cache)");
-  cmd->add_option("--methods", o->methods, "Families: dense oracle streaming h2o loki");
+  cmd->add_option("--methods", o->methods, "Families: dense oracle streaming h2o loki quest");
   cmd->add_option("--fractions", o->fractions, "Lookup fractions (Loki: k_f = d_f = f unless --loki-grid)");
   cmd->add_flag("--loki-grid", o->loki_grid, "Loki over every (k_f, d_f) pair of --fractions");
   cmd->add_option("--loki-pre", o->loki_pre, "Loki artifact fitted on pre-RoPE keys");
@@ -90,6 +90,11 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
       if (has("h2o")) {
         s.name = "h2o";
         grid.push_back({"h2o(lookup=" + fmt(f) + ")", "h2o", f, s});
+      }
+      if (has("quest")) {
+        MethodSpec qs = s;
+        qs.name = "quest";
+        grid.push_back({qs.describe(), "quest", f, qs});
       }
       if (has("streaming")) {
         MethodSpec st;

@@ -1,5 +1,5 @@
 // Per-layer decode time at Llama-3.1-8B shapes (32 query / 8 KV heads, head dim 128, bf16) for
-// dense split-KV decoding, Saap and Loki, against the memory floor (bytes moved / measured
+// dense split-KV decoding, Saap, Loki and Quest, against the memory floor (bytes moved / measured
 // device-to-device copy bandwidth). Writes a table to stdout and JSON + CSV to --out.
 //
 // Usage: decode_bench [--contexts 16384,65536,...] [--batches 1,8] [--reps 30] [--out DIR]
@@ -8,7 +8,8 @@
 // (sigma 1.0, mean 512 tokens, so C = context/512 partitions per KV head), drawn per (sequence,
 // head); its classifier has random weights, so the selected partitions are a random draw under the
 // budget. Loki keys are random in the PCA basis (the basis is the identity; the query rotation
-// still runs). Timing: CUDA events around each call, L2 flushed (by reading 256 MB) before each
+// still runs). Quest (page 16, Saap's sinks and window) reads the same random K/V, at Saap's measured
+// fractions and at fixed budgets of 1024 and 2048 tokens (Saap too, as lookup = tokens / context). Timing: CUDA events around each call, L2 flushed (by reading 256 MB) before each
 // repetition, median; dense and Loki are also timed as a captured CUDA graph (graph_ms).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -26,6 +27,7 @@
 
 #include "saap/kernels/cuda/decode.h"
 #include "saap/kernels/cuda/loki.h"
+#include "saap/kernels/cuda/quest.h"
 #include "saap/kernels/cuda/saap.h"
 
 using namespace saap;
@@ -122,7 +124,7 @@ struct Row {
   int batch;
   int64_t context;
   double ms, bytes, lookup, select_ms, attend_ms;
-  double graph_ms = 0;  // the same step replayed as a CUDA graph (dense and Loki; 0 = not measured)
+  double graph_ms = 0;  // the same step replayed as a CUDA graph (dense, Loki, Quest; 0 = not measured)
 };
 
 std::vector<int64_t> parse_list(const char* s) {
@@ -195,6 +197,7 @@ int main(int argc, char** argv) {
       }
       SplitWorkspace ws;
       std::vector<int32_t> h_len(B, int32_t(N));
+      std::vector<double> saap_fractions;  // Saap's measured fractions, Quest's budgets
       auto dk = std::make_unique<DeviceBuffer<uint16_t>>(kv_elems);
       auto dv = std::make_unique<DeviceBuffer<uint16_t>>(kv_elems);
       fill_random(dk->get(), kv_elems, 1);
@@ -260,7 +263,7 @@ int main(int argc, char** argv) {
         DeviceBuffer<uint16_t> knew(size_t(B) * kHkv * kD), vnew(knew.size());
         fill_random(knew.get(), knew.size(), 3);
         fill_random(vnew.get(), vnew.size(), 4);
-        for (float lookup : {0.02f, 0.05f, 0.10f}) {
+        for (const float lookup : {0.02f, 0.05f, 0.10f, 1024.f / float(N), 2048.f / float(N)}) {
           const double sel_ms = tm.median_ms([&] { idx->select(q.get(), lookup); }, reps);
           const double att_ms = tm.median_ms([&] { idx->attend(q.get(), scale, out.get(), ws); }, reps);
           const double all_ms = tm.median_ms(
@@ -276,12 +279,69 @@ int main(int argc, char** argv) {
           for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
           const double bytes = tokens * kD * 2 * 2 + double(idx->index_bytes_per_step()) + 2.0 * q.bytes();
           char param[32];
-          std::snprintf(param, sizeof param, "lookup=%.2f", lookup);
+          if (lookup * float(N) == 1024.f || lookup * float(N) == 2048.f)
+            std::snprintf(param, sizeof param, "tokens=%.0f", double(lookup) * double(N));
+          else
+            std::snprintf(param, sizeof param, "lookup=%.2f", lookup);
           rows.push_back({"saap", param, int(B), N, all_ms, bytes, tokens / n_all, sel_ms, att_ms});
+          if (saap_fractions.size() < 3) saap_fractions.push_back(tokens / n_all);
         }
       }
       dk.reset();
       dv.reset();
+
+      // Quest: pages of 16, Saap's sinks and window, at Saap's measured fractions and fixed budgets.
+      {
+        QuestConfig qc;
+        qc.page_size = 16;
+        qc.sinks = 64;
+        qc.window = 256;
+        QuestIndex idx(s, N + 16 * (reps + 3) + 64, qc);  // room for the timed appends
+        {
+          DeviceBuffer<uint16_t> k(kv_elems), v(kv_elems);
+          fill_random(k.get(), kv_elems, 7);
+          fill_random(v.get(), kv_elems, 8);
+          idx.store(k.get(), v.get(), N, h_len);
+        }
+        DeviceBuffer<uint16_t> knew(size_t(B) * kHkv * kD), vnew(knew.size());
+        fill_random(knew.get(), knew.size(), 9);
+        fill_random(vnew.get(), vnew.size(), 10);
+        std::vector<std::pair<QuestBudget, std::string>> budgets;
+        for (double f : saap_fractions) {
+          char param[40];
+          std::snprintf(param, sizeof param, "lookup=%.4f(saap)", f);
+          budgets.push_back({{f, 0}, param});
+        }
+        budgets.push_back({{0.05, 1024}, "tokens=1024"});
+        budgets.push_back({{0.05, 2048}, "tokens=2048"});
+        for (const auto& entry : budgets) {
+          const QuestBudget budget = entry.first;
+          const std::string& param = entry.second;
+          const double sel_ms = tm.median_ms([&] { idx.select(q.get(), budget); }, reps);
+          const double att_ms = tm.median_ms([&] { idx.attend(q.get(), scale, out.get(), ws); }, reps);
+          const auto ctr = idx.counters();
+          double tokens = 0, n_all = 0;
+          for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
+          const int64_t meta = idx.index_bytes_last_step();
+          // K/V of the selected tokens, the page metadata, the page keys written and read back.
+          const double bytes = tokens * kD * 2 * 2 + double(meta) + double(meta) / (2 * kD * 2) * 8 + 2.0 * q.bytes();
+          const double all_ms = tm.median_ms(
+              [&] {
+                idx.append(knew.get(), vnew.get());
+                idx.select(q.get(), budget);
+                idx.attend(q.get(), scale, out.get(), ws);
+              },
+              reps);
+          rows.push_back({"quest", param, int(B), N, all_ms, bytes, tokens / n_all, sel_ms, att_ms});
+          rows.back().graph_ms = graph_median_ms(
+              tm,
+              [&](cudaStream_t st) {
+                idx.select(q.get(), budget, st);
+                idx.attend(q.get(), scale, out.get(), ws, st);
+              },
+              reps);
+        }
+      }
 
       // Loki: (d_f, k_f) = (0.25, 0.25) and (0.125, 0.125).
       for (double f : {0.25, 0.125}) {
@@ -337,7 +397,7 @@ int main(int argc, char** argv) {
                      " repetitions, L2 flushed (256 MB read) before each\",\n"
                      "  \"synthetic\": \"K/V uniform random bf16; Saap partition sizes lognormal(sigma=1.0), mean 512 "
                      "tokens (C = context/512 per KV head), sinks 64, window 256, classifier random (hidden 128); Loki "
-                     "keys random in an identity PCA basis\",\n  \"skipped\": [";
+                     "keys random in an identity PCA basis; Quest pages of 16, sinks 64, window 256, on its own random K/V\",\n  \"skipped\": [";
   for (size_t i = 0; i < skipped.size(); ++i) json += (i ? ", \"" : "\"") + skipped[i] + "\"";
   json += "],\n  \"rows\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {

@@ -112,8 +112,7 @@ void QuestAttention::place(const LayerKV& kv, int64_t begin, int64_t end, const 
 }
 
 int64_t QuestAttention::selectable(int64_t n) const {
-  return params_.budget_tokens > 0 ? rules::selectable_fixed_budget(params_.budget_tokens, n, params_.sinks, params_.window)
-                                   : rules::selectable_budget(params_.lookup, n, params_.sinks, params_.window);
+  return quest::page_budget(params_.lookup, params_.budget_tokens, n, params_.sinks, params_.window);
 }
 
 void QuestAttention::causal_bounds(const LayerKV& kv, int kv_head, int64_t c, int64_t n, const float** lo,

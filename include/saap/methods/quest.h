@@ -19,49 +19,11 @@
 #include <string>
 #include <vector>
 
-#include "saap/core/selection_rules.h"
 #include "saap/methods/method.h"
+#include "saap/methods/quest_pages.h"
 #include "saap/methods/registry.h"
 
 namespace saap {
-
-namespace quest {
-
-// The pages a query scores: those holding a position of the middle [sink_end, window_begin) that
-// neither sinks nor window read; page c covers [c P, (c + 1) P). Pages are cut at absolute
-// positions, so a page straddling the sinks or the window offers only its middle positions.
-struct PageRange {
-  int64_t first = 0, end = 0;  // pages [first, end)
-  int64_t page_size = 1;
-  rules::FixedReads fixed;
-  SAAP_HD int64_t count() const { return end - first; }
-  // Middle positions of page c (what reading it costs): [begin(c), finish(c)).
-  SAAP_HD int64_t begin(int64_t c) const { return c * page_size > fixed.sink_end ? c * page_size : fixed.sink_end; }
-  SAAP_HD int64_t finish(int64_t c) const {
-    const int64_t e = (c + 1) * page_size;
-    return e < fixed.window_begin ? e : fixed.window_begin;
-  }
-  SAAP_HD int64_t size(int64_t c) const { return finish(c) - begin(c); }
-};
-
-SAAP_HD inline PageRange page_range(const rules::FixedReads& fixed, int64_t page_size) {
-  PageRange r;
-  r.page_size = page_size;
-  r.fixed = fixed;
-  if (fixed.middle() > 0) {
-    r.first = fixed.sink_end / page_size;
-    r.end = (fixed.window_begin + page_size - 1) / page_size;
-  }
-  return r;
-}
-
-// One dimension's term of the bound: the largest q_i k_i over k_i in [lo, hi].
-SAAP_HD inline float bound_term(float q, float lo, float hi) {
-  const float a = q * lo, b = q * hi;
-  return a > b ? a : b;
-}
-
-}  // namespace quest
 
 struct QuestParams {
   double lookup = 0.05;       // K/V tokens read (sinks + window + pages) <= ceil(lookup * n_ctx)

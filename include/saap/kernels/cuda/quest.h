@@ -1,0 +1,91 @@
+// Quest on the GPU (arXiv 2406.10774; the CPU method is methods/quest.h, the geometry and bound
+// methods/quest_pages.h): the dense cache plus, per page of P positions and KV head, the
+// element-wise min and max of its keys. A decode step is three kernels, all on the device, no host
+// synchronisation, so it can be captured in a CUDA graph:
+//   score  - every candidate page's bound, summed over the KV group's query heads
+//   select - one block per (b, h): the shared fill rule (saap::rules) over the ranking, computed
+//            exactly without a sort: the full pages taken are the top K (a radix select of the
+//            K-th key, ties to the lower page), K found by walking the at most two partial pages
+//   attend - the GroupAttender over chunks of P rows (sinks, taken pages, window) and the few
+//            partial runs, split evenly over blocks, then the split combine
+//
+// Storage per (sequence b, KV head h) = bh:
+//   k, v   [bh][max_len][D]          the cache, dense
+//   meta   [bh][max_pages][2][D]     page c: min then max of its keys (kv_dtype values)
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "saap/kernels/cuda/decode.h"
+
+namespace saap::cuda {
+
+struct QuestConfig {
+  int page_size = 16;  // P, 1 .. 1024
+  int sinks = 4;
+  int window = 64;
+};
+
+// Tokens read per query: the lookup fraction of the prefix, or a fixed count when tokens > 0.
+struct QuestBudget {
+  double lookup = 0.05;
+  int64_t tokens = 0;
+};
+
+// Per (b, h), [batch][n_kv_heads], read back by counters() (which synchronises).
+struct QuestCounters {
+  std::vector<int32_t> seq_len, selected_tokens, scored_pages;
+};
+
+class QuestIndex {
+ public:
+  QuestIndex(const DecodeShape& shape, int64_t max_len, const QuestConfig& cfg);
+  ~QuestIndex();
+  QuestIndex(const QuestIndex&) = delete;
+  QuestIndex& operator=(const QuestIndex&) = delete;
+
+  // Prefill: k, v dense [batch][n_kv_heads][src_stride][D] (kv_dtype), h_lengths[b] <= max_len
+  // tokens each: copies them and builds every page's min and max.
+  void store(const void* k, const void* v, int64_t src_stride, const std::vector<int32_t>& h_lengths,
+             cudaStream_t stream = 0);
+  // One new token per (b, h): k_new, v_new [batch][n_kv_heads][D]; folds the key into its page
+  // (a new page when the token starts one). Throws before a sequence would pass max_len.
+  void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
+  // Scores the pages for q [batch][n_q_heads][D] (post-RoPE) and selects per KV group.
+  void select(const float* q, const QuestBudget& budget, cudaStream_t stream = 0);
+  // Exact attention of q over the last selection into out [batch][n_q_heads][D].
+  void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
+
+  QuestCounters counters() const;  // synchronises
+  const DecodeShape& shape() const { return shape_; }
+  const QuestConfig& config() const { return cfg_; }
+  int64_t max_len() const { return max_len_; }
+  int64_t max_pages() const { return max_pages_; }
+  int64_t max_chunks() const { return max_chunks_; }
+  // Device views for tests.
+  const void* k() const;
+  const void* v() const;
+  const void* meta() const;           // [bh][max_pages][2][D]
+  const float* page_keys() const;     // [bh][max_pages]: candidate page first + r at index r
+  const int32_t* chunk_rows() const;  // [bh][max_chunks]: first row of each P-row chunk read
+  const int32_t* chunk_count() const; // [bh]
+  const int32_t* partials() const;    // [bh][kMaxPartials][2]: (first row, rows)
+  const int32_t* partial_count() const;
+  // Metadata bytes one step reads to decide (2 x D values per scored page and KV head), summed
+  // over (b, h), from the counters of the last select (synchronises).
+  int64_t index_bytes_last_step() const;
+
+  static constexpr int kMaxPartials = 4;  // sinks' and window's tails, two partial pages
+  struct Impl;
+
+ private:
+  DecodeShape shape_;
+  QuestConfig cfg_;
+  int64_t max_len_, max_pages_, max_chunks_;
+  std::vector<int64_t> host_len_;  // [batch]: lengths as the host knows them (store + appends)
+  int64_t expect_tokens_ = 0;      // tokens the last select reads at most (sizes attend's splits)
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace saap::cuda

@@ -1,0 +1,178 @@
+// Host side of Quest on the GPU: storage, prefill, append, and the score / select / attend step.
+#include <algorithm>
+#include <cmath>
+
+#include "saap/kernels/cuda/dispatch.cuh"
+#include "saap/kernels/cuda/quest.h"
+#include "saap/kernels/cuda/quest_kernels.cuh"
+
+namespace saap::cuda {
+
+struct QuestIndex::Impl {
+  DeviceBuffer<uint16_t> k, v, meta;
+  DeviceBuffer<int32_t> seq_len, chunk_rows, chunk_count, partials, partial_count, selected_tokens, scored_pages;
+  DeviceBuffer<float> keys;
+};
+
+QuestIndex::QuestIndex(const DecodeShape& shape, int64_t max_len, const QuestConfig& cfg)
+    : shape_(shape), cfg_(cfg), max_len_(max_len), impl_(std::make_unique<Impl>()) {
+  shape_.check();
+  SAAP_CU_REQUIRE(max_len >= 1 && max_len < (int64_t(1) << 31), InvalidArgument, "max_len = %lld outside [1, 2^31)",
+                  (long long)max_len);
+  SAAP_CU_REQUIRE(cfg.page_size >= 1 && cfg.page_size <= 1024, InvalidArgument, "page_size = %d outside [1, 1024]",
+                  cfg.page_size);
+  SAAP_CU_REQUIRE(cfg.sinks >= 0 && cfg.window >= 0, InvalidArgument, "sinks = %d and window = %d must be >= 0",
+                  cfg.sinks, cfg.window);
+  max_pages_ = (max_len + cfg.page_size - 1) / cfg.page_size;
+  max_chunks_ = max_pages_ + 2;  // chunks of disjoint runs: at most one per P rows, plus rounding
+  const int64_t bh = int64_t(shape.batch) * shape.n_kv_heads, D = shape.head_dim;
+  auto& m = *impl_;
+  m.k.resize(size_t(bh * max_len * D));
+  m.v.resize(size_t(bh * max_len * D));
+  m.meta.resize(size_t(bh * max_pages_ * 2 * D));
+  m.keys.resize(size_t(bh * max_pages_));
+  m.chunk_rows.resize(size_t(bh * max_chunks_));
+  m.partials.resize(size_t(bh * kMaxPartials * 2));
+  for (auto* b : {&m.seq_len, &m.chunk_count, &m.partial_count, &m.selected_tokens, &m.scored_pages}) {
+    b->resize(size_t(bh));
+    SAAP_CU(cudaMemset(b->get(), 0, b->bytes()));
+  }
+  host_len_.assign(size_t(shape.batch), 0);
+}
+
+QuestIndex::~QuestIndex() = default;
+
+void QuestIndex::store(const void* k, const void* v, int64_t src_stride, const std::vector<int32_t>& h_lengths,
+                       cudaStream_t stream) {
+  auto& m = *impl_;
+  SAAP_CU_REQUIRE(k && v, InvalidArgument, "null pointer: k=%p v=%p", k, v);
+  SAAP_CU_REQUIRE(int(h_lengths.size()) == shape_.batch, InvalidArgument, "%zu lengths for batch %d",
+                  h_lengths.size(), shape_.batch);
+  for (int b = 0; b < shape_.batch; ++b)
+    SAAP_CU_REQUIRE(h_lengths[size_t(b)] >= 0 && h_lengths[size_t(b)] <= max_len_ && h_lengths[size_t(b)] <= src_stride,
+                    InvalidArgument, "h_lengths[%d] = %d outside [0, min(max_len %lld, src_stride %lld)]", b,
+                    h_lengths[size_t(b)], (long long)max_len_, (long long)src_stride);
+  const int64_t D = shape_.head_dim, row = D * 2;  // bytes of one 16-bit row
+  std::vector<int32_t> per_bh;
+  for (int b = 0; b < shape_.batch; ++b)
+    for (int h = 0; h < shape_.n_kv_heads; ++h) {
+      per_bh.push_back(h_lengths[size_t(b)]);
+      const int64_t bh = int64_t(b) * shape_.n_kv_heads + h;
+      const size_t bytes = size_t(h_lengths[size_t(b)] * row);
+      if (!bytes) continue;
+      SAAP_CU(cudaMemcpyAsync(m.k.get() + bh * max_len_ * D, static_cast<const uint8_t*>(k) + bh * src_stride * row,
+                              bytes, cudaMemcpyDeviceToDevice, stream));
+      SAAP_CU(cudaMemcpyAsync(m.v.get() + bh * max_len_ * D, static_cast<const uint8_t*>(v) + bh * src_stride * row,
+                              bytes, cudaMemcpyDeviceToDevice, stream));
+    }
+  SAAP_CU(cudaMemcpyAsync(m.seq_len.get(), per_bh.data(), per_bh.size() * 4, cudaMemcpyHostToDevice, stream));
+  SAAP_CU(cudaStreamSynchronize(stream));  // per_bh lives on this stack frame
+  const dim3 grid(unsigned(std::max<int64_t>(1, max_pages_)), unsigned(per_bh.size()));
+  dispatch_decode(shape_, [&](auto t, auto, auto) {
+    using T = decltype(t);
+    quest_build_meta_kernel<T><<<grid, unsigned(D), 0, stream>>>(reinterpret_cast<const T*>(m.k.get()), max_len_,
+                                                                m.seq_len.get(), cfg_.page_size, max_pages_, int(D),
+                                                                reinterpret_cast<T*>(m.meta.get()));
+  });
+  SAAP_CU_LAUNCHED();
+  for (int b = 0; b < shape_.batch; ++b) host_len_[size_t(b)] = h_lengths[size_t(b)];
+}
+
+void QuestIndex::append(const void* k_new, const void* v_new, cudaStream_t stream) {
+  auto& m = *impl_;
+  SAAP_CU_REQUIRE(k_new && v_new, InvalidArgument, "null pointer: k_new=%p v_new=%p", k_new, v_new);
+  for (int b = 0; b < shape_.batch; ++b)
+    SAAP_CU_REQUIRE(host_len_[size_t(b)] < max_len_, OutOfMemory, "sequence %d holds max_len = %lld tokens already", b,
+                    (long long)max_len_);
+  const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
+  dispatch_decode(shape_, [&](auto t, auto, auto) {
+    using T = decltype(t);
+    quest_append_kernel<T><<<bh, unsigned(shape_.head_dim), 0, stream>>>(
+        reinterpret_cast<T*>(m.k.get()), reinterpret_cast<T*>(m.v.get()), max_len_, static_cast<const T*>(k_new),
+        static_cast<const T*>(v_new), m.seq_len.get(), cfg_.page_size, max_pages_, shape_.head_dim,
+        reinterpret_cast<T*>(m.meta.get()));
+  });
+  SAAP_CU_LAUNCHED();
+  for (auto& l : host_len_) ++l;
+}
+
+void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t stream) {
+  auto& m = *impl_;
+  SAAP_CU_REQUIRE(q, InvalidArgument, "%s", "null q");
+  SAAP_CU_REQUIRE(budget.tokens > 0 || rules::lookup_in_range(budget.lookup), InvalidArgument,
+                  "budget: lookup = %g outside (0, 1] and no fixed tokens (%lld)", budget.lookup,
+                  (long long)budget.tokens);
+  SAAP_CU_REQUIRE(budget.tokens >= 0, InvalidArgument, "budget tokens = %lld must be >= 0", (long long)budget.tokens);
+  const QuestStep step{cfg_.page_size, cfg_.sinks, cfg_.window, budget.lookup, budget.tokens};
+  const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
+  dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
+    using T = decltype(t);
+    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
+    constexpr int pages_per_block = kQuestScoreWarps * (32 / (D / 8)) * kQuestScorePasses;
+    const dim3 grid(unsigned((max_pages_ + pages_per_block - 1) / pages_per_block), bh);
+    launch_dependent(quest_score_kernel<T, D, GMAX>, grid, dim3(kQuestScoreWarps * 32), 0, stream,
+                     reinterpret_cast<const T*>(m.meta.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
+                     q, shape_.n_kv_heads, shape_.group(), step, m.keys.get());
+  });
+  launch_dependent(quest_select_kernel, dim3(bh), dim3(kQuestSelectThreads), 0, stream,
+                   static_cast<const float*>(m.keys.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
+                   step, max_chunks_, m.chunk_rows.get(), m.chunk_count.get(), reinterpret_cast<int2*>(m.partials.get()),
+                   m.partial_count.get(), m.selected_tokens.get(), m.scored_pages.get());
+  // What this select reads at most at the host's longest sequence (sizes attend's splits only).
+  const int64_t n = *std::max_element(host_len_.begin(), host_len_.end());
+  expect_tokens_ = budget.tokens > 0 ? std::min<int64_t>(budget.tokens, n) : rules::tokens_for_fraction(budget.lookup, n);
+  expect_tokens_ = std::max<int64_t>(expect_tokens_, std::min<int64_t>(n, cfg_.sinks + cfg_.window));
+}
+
+void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
+  auto& m = *impl_;
+  SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
+  int splits = 0;
+  dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
+    using T = decltype(t);
+    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
+    auto* kernel = quest_attend_kernel<T, D, GMAX>;
+    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+    splits = choose_splits(shape_, std::max<int64_t>(expect_tokens_, 1), resident);
+    ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
+    launch_dependent(kernel, dim3(splits, shape_.n_kv_heads, shape_.batch), dim3(kDecodeWarps * 32), 0, stream,
+                     reinterpret_cast<const T*>(m.k.get()), reinterpret_cast<const T*>(m.v.get()), max_len_,
+                     static_cast<const int32_t*>(m.chunk_rows.get()), static_cast<const int32_t*>(m.chunk_count.get()),
+                     max_chunks_, reinterpret_cast<const int2*>(m.partials.get()),
+                     static_cast<const int32_t*>(m.partial_count.get()), cfg_.page_size, q, shape_.n_kv_heads,
+                     shape_.group(), scale, splits, ws.out(), ws.lse());
+  });
+  combine_splits(shape_, splits, ws, out, stream);
+}
+
+QuestCounters QuestIndex::counters() const {
+  auto& m = *impl_;
+  SAAP_CU(cudaDeviceSynchronize());
+  QuestCounters c;
+  auto get = [](const DeviceBuffer<int32_t>& b) {
+    std::vector<int32_t> h(b.size());
+    SAAP_CU(cudaMemcpy(h.data(), b.get(), b.bytes(), cudaMemcpyDeviceToHost));
+    return h;
+  };
+  c.seq_len = get(m.seq_len);
+  c.selected_tokens = get(m.selected_tokens);
+  c.scored_pages = get(m.scored_pages);
+  return c;
+}
+
+int64_t QuestIndex::index_bytes_last_step() const {
+  int64_t pages = 0;
+  for (int32_t p : counters().scored_pages) pages += p;
+  return pages * 2 * shape_.head_dim * 2;  // min and max, 16-bit values
+}
+
+const void* QuestIndex::k() const { return impl_->k.get(); }
+const void* QuestIndex::v() const { return impl_->v.get(); }
+const void* QuestIndex::meta() const { return impl_->meta.get(); }
+const float* QuestIndex::page_keys() const { return impl_->keys.get(); }
+const int32_t* QuestIndex::chunk_rows() const { return impl_->chunk_rows.get(); }
+const int32_t* QuestIndex::chunk_count() const { return impl_->chunk_count.get(); }
+const int32_t* QuestIndex::partials() const { return impl_->partials.get(); }
+const int32_t* QuestIndex::partial_count() const { return impl_->partial_count.get(); }
+
+}  // namespace saap::cuda

@@ -3,9 +3,8 @@
 // the device's pages exactly; under float64 keys no page left out may beat one taken beyond a
 // rounding tolerance), and attention over the selection. With the CPU library at hand (not on a
 // CUDA-only build) the CPU method must choose the same pages and give the same output.
-// Seed: SAAP_SEED from the environment, else random; printed either way.
+// Seed: cutest::test_seed() (SAAP_SEED reruns one), printed.
 #include <algorithm>
-#include <cstdlib>
 #include <set>
 #include <string>
 
@@ -87,10 +86,7 @@ std::vector<char> fill(const RefPages& r, const std::vector<double>& keys) {
 int main() {
   cutest::require_gpu();
   cutest::Tally tally;
-  const char* env = std::getenv("SAAP_SEED");
-  const uint32_t seed = env ? uint32_t(std::strtoul(env, nullptr, 10)) : std::random_device{}();
-  std::printf("seed %u (rerun with SAAP_SEED=%u)\n", seed, seed);
-  std::mt19937 rng(seed);
+  cutest::Rng rng(cutest::test_seed());
   const std::vector<Case> cases = {
       {"gqa4 bf16 d128 5%", 2, 8, 2, 128, DType::BF16, {5000, 1234}, 3, {16, 4, 64}, {0.05, 0}},
       {"gqa3 f16 d64 fixed 1024", 1, 9, 3, 64, DType::F16, {20000}, 2, {16, 4, 64}, {0.05, 1024}},

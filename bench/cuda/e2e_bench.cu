@@ -1,0 +1,130 @@
+// End-to-end speed of the CUDA model runner: prefill of a P-token prompt at batch B, then N greedy
+// decode steps replayed from the captured CUDA graph. Prints a table and the CSV rows of
+// results/gpu_e2e_<date>_<gpu>.csv (engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s).
+//
+// Usage: e2e_bench [--model PATH (default $SAAP_MODEL_PATH)] [--prompts 2048,8192] [--batches 1,16]
+//                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|simple]
+//
+// Prompts are fixed pseudo-random token ids (speed does not depend on the text). Prefill time is
+// host wall-clock around CudaLlamaModel::prefill (upload, every layer, last-position logits,
+// synchronised), median of --reps after one warm-up. Decode: one eager step that captures the
+// graph, then N graph launches timed by CUDA events; tokens/s = B * N / time. The context grows
+// from P to P + N during the timed steps.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "saap/core/error.h"
+#include "saap/kernels/cuda/check.h"
+#include "saap/model/cuda_llama.h"
+
+using namespace saap;
+
+namespace {
+
+std::vector<int64_t> parse_list(const char* s) {
+  std::vector<int64_t> v;
+  for (const char* p = s; *p;) {
+    char* end = nullptr;
+    v.push_back(std::strtoll(p, &end, 10));
+    if (end == p) throw Error(ErrorKind::InvalidArgument, std::string("bad number list: ") + s);
+    p = *end == ',' ? end + 1 : end;
+  }
+  return v;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  std::string model_path = std::getenv("SAAP_MODEL_PATH") ? std::getenv("SAAP_MODEL_PATH") : "";
+  std::vector<int64_t> prompts = {2048, 8192}, batches = {1, 16};
+  int decode = 128, reps = 3;
+  int64_t prefill_rows = 65536;
+  cuda::PrefillKernel kernel = cuda::PrefillKernel::TensorCore;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const char* next = i + 1 < argc ? argv[i + 1] : nullptr;
+    if (!next) throw Error(ErrorKind::InvalidArgument, "option " + a + " needs a value");
+    if (a == "--model") model_path = next;
+    else if (a == "--prompts") prompts = parse_list(next);
+    else if (a == "--batches") batches = parse_list(next);
+    else if (a == "--decode") decode = std::atoi(next);
+    else if (a == "--reps") reps = std::max(1, std::atoi(next));
+    else if (a == "--prefill-rows") prefill_rows = std::atoll(next);
+    else if (a == "--attention") kernel = std::string(next) == "simple" ? cuda::PrefillKernel::Simple : cuda::PrefillKernel::TensorCore;
+    else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
+    ++i;
+  }
+  if (model_path.empty()) throw Error(ErrorKind::InvalidArgument, "no model: pass --model or set SAAP_MODEL_PATH");
+  if (decode < 1) throw Error(ErrorKind::InvalidArgument, "--decode must be >= 1");
+
+  cuda::CudaLlamaOptions o;
+  o.max_batch = int(*std::max_element(batches.begin(), batches.end()));
+  o.max_context = *std::max_element(prompts.begin(), prompts.end()) + decode + 1;
+  o.max_prefill_rows = prefill_rows;
+  o.prefill_kernel = kernel;
+  const auto t_load = std::chrono::steady_clock::now();
+  auto model = cuda::CudaLlamaModel::load(model_path, o);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+  cudaDeviceProp prop{};
+  SAAP_CU(cudaGetDeviceProperties(&prop, 0));
+  const LlamaConfig& c = model->config();
+  std::printf("model %s (L%d E%d H%d/%d D%d F%d V%d), weights %.1f MiB bf16, KV cache %.1f MiB, load %.1f s\n",
+              c.name.c_str(), c.n_layers, c.n_embd, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.vocab_size,
+              model->weight_bytes() / 1048576.0, model->cache_bytes() / 1048576.0, load_s);
+  std::printf("gpu %s, attention %s, prefill rows per chunk %lld, decode steps %d\n", prop.name,
+              kernel == cuda::PrefillKernel::TensorCore ? "tensor-core" : "cuda-core", (long long)prefill_rows, decode);
+
+  cudaEvent_t e0, e1;
+  SAAP_CU(cudaEventCreate(&e0));
+  SAAP_CU(cudaEventCreate(&e1));
+  std::vector<std::string> csv;
+  std::printf("%6s %8s %12s %14s %12s\n", "batch", "prompt", "prefill_ms", "decode_tok_s", "step_ms");
+  for (int64_t P : prompts) {
+    for (int64_t B : batches) {
+      std::vector<int32_t> tokens(size_t(B * P));
+      uint32_t x = 12345;
+      for (auto& t : tokens) {
+        x = x * 1664525u + 1013904223u;
+        t = int32_t((x >> 8) % uint32_t(c.vocab_size));
+      }
+      std::vector<double> prefill_ms;
+      for (int r = 0; r <= reps; ++r) {  // r = 0 is the warm-up
+        const auto t0 = std::chrono::steady_clock::now();
+        model->prefill(tokens.data(), int(B), P);
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        if (r > 0) prefill_ms.push_back(ms);
+      }
+      model->decode_step();  // eager step; captures the graph
+      model->synchronize();
+      SAAP_CU(cudaEventRecord(e0, model->stream()));
+      for (int i = 0; i < decode; ++i) model->decode_step();
+      SAAP_CU(cudaEventRecord(e1, model->stream()));
+      SAAP_CU(cudaEventSynchronize(e1));
+      float decode_ms = 0;
+      SAAP_CU(cudaEventElapsedTime(&decode_ms, e0, e1));
+      const double pms = median(prefill_ms), tok_s = double(B) * decode / (decode_ms / 1e3);
+      std::printf("%6lld %8lld %12.2f %14.1f %12.3f\n", (long long)B, (long long)P, pms, tok_s, decode_ms / decode);
+      char line[160];
+      std::snprintf(line, sizeof line, "saap,dense,%lld,%lld,%.3f,%.1f", (long long)B, (long long)P, pms, tok_s);
+      csv.push_back(line);
+    }
+  }
+  std::printf("\nengine,method,batch,prompt_tokens,prefill_ms,decode_tok_s\n");
+  for (const auto& l : csv) std::printf("%s\n", l.c_str());
+  return 0;
+} catch (const saap::Error& e) {
+  std::fprintf(stderr, "e2e_bench: %s\n", e.what());
+  return int(e.kind());
+}

@@ -1,0 +1,39 @@
+// Causal attention of a prefill chunk against the bf16 KV cache, flash-attention style (online
+// softmax over key tiles, nothing of size n² in memory). Query t of sequence b sits at position
+// pos0 + t and attends to cache rows [0, pos0 + t]; the chunk's own keys must already be in the
+// cache (rope_split_qkv writes them), so a long prompt runs as chunks with growing pos0.
+//
+//   q    bf16 [batch][n][n_q_heads][head_dim]   (after RoPE)
+//   k, v bf16 [batch][n_kv_heads][max_len][head_dim]; rows [0, pos0 + n) are read
+//   out  bf16 [batch][n][n_q_heads][head_dim]   (the input of the output projection)
+// Query head hq reads KV head hq / (n_q_heads / n_kv_heads).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace saap::cuda {
+
+struct PrefillShape {
+  int batch = 1;
+  int n_q_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int64_t n = 0;        // query tokens per sequence in this chunk
+  int64_t pos0 = 0;     // cached tokens before the chunk
+  int64_t max_len = 0;  // the cache's row stride; pos0 + n <= max_len
+  // Throws InvalidArgument / Unsupported naming the field (head_dim 64 only for now).
+  void check() const;
+};
+
+enum class PrefillKernel {
+  TensorCore,  // mma.sync bf16 tiles (64 queries x 64 keys per step), fp32 softmax and accumulators
+  Simple,      // CUDA-core fp32 reference kernel: correct, several times slower; for tests and fallback
+};
+
+void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                       const __nv_bfloat16* v, float scale, __nv_bfloat16* out, cudaStream_t stream = 0,
+                       PrefillKernel kernel = PrefillKernel::TensorCore);
+
+}  // namespace saap::cuda

@@ -1,0 +1,81 @@
+// The Llama-family model on the GPU: the same forward pass as the CPU runner (src/model/llama.cpp),
+// with bf16 weights and KV cache, cuBLAS GEMMs, tensor-core prefill attention and the dense
+// split-KV decode kernel, the decode step captured once as a CUDA graph and replayed.
+//
+// Precision: weights are dequantized from the GGUF on the host (fp32) and rounded to bf16. The
+// residual stream, norms, RoPE, softmax and every accumulator are fp32; the inputs of the GEMMs
+// and of the prefill attention (and the KV cache) are bf16.
+//
+// KV cache layout: K and V are each bf16 [layer][batch][n_kv_heads][max_context][head_dim], so
+// one layer's slice is exactly the [batch][n_kv_heads][max_len][head_dim] cache of decode.h.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "saap/kernels/cuda/prefill_attention.h"
+#include "saap/model/llama.h"
+
+namespace saap::cuda {
+
+struct CudaLlamaOptions {
+  int max_batch = 1;           // sequences run together (prefill and decode)
+  int64_t max_context = 4096;  // cached tokens per sequence (<= the model's context length)
+  // Rows (batch x tokens) of one prefill chunk: bounds the activation memory; a longer prompt is
+  // prefilled in chunks whose queries attend to the cache written by the earlier chunks.
+  int64_t max_prefill_rows = 32768;
+  PrefillKernel prefill_kernel = PrefillKernel::TensorCore;
+};
+
+class CudaLlamaModel {
+ public:
+  // Reads and checks the GGUF on the host, uploads the weights as bf16 and allocates the KV cache
+  // and the activations. Throws Unsupported (no GPU, a GPU older than sm_90, an unsupported
+  // architecture or shape), BadFile (a malformed file), InvalidArgument (options), OutOfMemory
+  // (the weights, cache and activations do not fit the free GPU memory; nothing stays allocated).
+  static std::unique_ptr<CudaLlamaModel> load(const std::string& gguf_path, const CudaLlamaOptions& options);
+  ~CudaLlamaModel();
+  CudaLlamaModel(const CudaLlamaModel&) = delete;
+  CudaLlamaModel& operator=(const CudaLlamaModel&) = delete;
+
+  const LlamaConfig& config() const;
+  const CudaLlamaOptions& options() const;
+
+  // Starts `batch` new sequences from prompts of n tokens each: tokens [batch][n] (host). Fills
+  // cache rows [0, n), keeps the last position's logits on the device and makes each sequence's
+  // greedy next token the input of the next decode step. When all_logits is non-null it receives
+  // every position's logits, host [batch][n][vocab]. Waits for the GPU before returning.
+  // Throws InvalidArgument (batch, n or a token id out of range) before anything changes.
+  void prefill(const int32_t* tokens, int batch, int64_t n, float* all_logits = nullptr);
+
+  // One decode step of every sequence, appending one token each. The input of sequence b is
+  // tokens[b] (host, [batch]) or, when tokens is null, the greedy token chosen on the device by the
+  // previous step or the prefill. Asynchronous: no host synchronisation. The first step after a
+  // prefill at a new batch size runs eagerly and captures the step as a CUDA graph; every later
+  // step is one graph launch. Throws InvalidArgument when the cache is full or nothing was prefilled.
+  void decode_step(const int32_t* tokens = nullptr);
+
+  // Waits for the GPU, then copies the logits of the last step (or of the prompt's last position)
+  // into logits [batch][vocab] (host).
+  void last_logits(float* logits) const;
+  // Waits for the GPU, then returns the greedy token of each sequence after the last step [batch].
+  std::vector<int32_t> greedy_tokens() const;
+  void synchronize() const;
+
+  int batch() const;       // sequences of the current run (0 before the first prefill)
+  int64_t length() const;  // cached tokens per sequence
+  size_t weight_bytes() const;
+  size_t cache_bytes() const;
+  cudaStream_t stream() const;
+
+  struct Impl;
+
+ private:
+  explicit CudaLlamaModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace saap::cuda

@@ -1,0 +1,206 @@
+// The element-wise and row-wise kernels of the Llama forward pass (see llama_ops.h).
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "saap/kernels/cuda/check.h"
+#include "saap/kernels/cuda/llama_ops.h"
+#include "saap/kernels/cuda/reduce.cuh"
+
+namespace saap::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over `count` elements.
+unsigned stride_blocks(int64_t count) {
+  return unsigned(std::clamp<int64_t>((count + kThreads - 1) / kThreads, 1, int64_t(1) << 16));
+}
+
+__global__ void embed_kernel(const int32_t* __restrict__ tokens, const __nv_bfloat16* __restrict__ embd, int vocab,
+                             int dim, float* __restrict__ x, int32_t* __restrict__ lengths) {
+  const int64_t r = blockIdx.x;
+  const int32_t id = tokens[r];
+  const bool ok = id >= 0 && id < vocab;
+  const __nv_bfloat16* e = embd + int64_t(ok ? id : 0) * dim;
+  for (int j = threadIdx.x; j < dim; j += blockDim.x) x[r * dim + j] = ok ? __bfloat162float(e[j]) : NAN;
+  if (lengths != nullptr && threadIdx.x == 0) lengths[r] += 1;
+}
+
+__global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w, int dim, float eps,
+                                __nv_bfloat16* __restrict__ out) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x;
+  const float* xr = x + r * dim;
+  float ss = 0.f;
+  for (int j = threadIdx.x; j < dim; j += blockDim.x) ss = fmaf(xr[j], xr[j], ss);
+  ss = block_reduce<false>(ss, red);
+  const float inv = rsqrtf(ss / float(dim) + eps);
+  for (int j = threadIdx.x; j < dim; j += blockDim.x) out[r * dim + j] = __float2bfloat16_rn(xr[j] * inv * w[j]);
+}
+
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// One block per token row (b, t). Work items: the D/2 dimension pairs of every query and key head
+// (rotated when pair < n_rot/2, copied otherwise), then the D values of every value head.
+template <class TQ>
+__global__ void rope_split_kernel(QkvLayout s, const float* __restrict__ qkv, RopeTable rope, int64_t pos0,
+                                  const int32_t* __restrict__ lengths, TQ* __restrict__ q,
+                                  __nv_bfloat16* __restrict__ kc, __nv_bfloat16* __restrict__ vc) {
+  const int64_t row = blockIdx.x;  // b * n + t
+  const int b = int(row / s.n);
+  const int64_t t = row % s.n;
+  const int64_t pos = (lengths ? int64_t(lengths[b]) - s.n : pos0) + t;
+  if (pos < 0 || pos >= s.max_len || pos >= rope.max_pos) return;
+  const int D = s.head_dim, half = D / 2, rot_pairs = rope.n_rot / 2;
+  const int64_t width = int64_t(s.n_q_heads + 2 * s.n_kv_heads) * D;
+  const float* in = qkv + row * width;
+  const float2* cs = rope.cos_sin + pos * rot_pairs;
+  const int pair_items = (s.n_q_heads + s.n_kv_heads) * half;
+  for (int j = threadIdx.x; j < pair_items; j += blockDim.x) {
+    const int head = j / half, i = j % half;  // head < Hq: a query head, else key head head - Hq
+    int a = 2 * i, bdim = 2 * i + 1;
+    float c = 1.f, sn = 0.f;
+    if (i < rot_pairs) {
+      if (rope.neox) {
+        a = i;
+        bdim = i + rot_pairs;
+      }
+      c = cs[i].x;
+      sn = cs[i].y;
+    }
+    const float* src = in + int64_t(head) * D;  // key heads follow the query heads in qkv
+    const float x0 = src[a], x1 = src[bdim];
+    const float y0 = x0 * c - x1 * sn, y1 = x0 * sn + x1 * c;
+    if (head < s.n_q_heads) {
+      TQ* dst = q + (row * s.n_q_heads + head) * D;
+      store(dst + a, y0);
+      store(dst + bdim, y1);
+    } else {
+      const int h = head - s.n_q_heads;
+      __nv_bfloat16* dst = kc + ((int64_t(b) * s.n_kv_heads + h) * s.max_len + pos) * D;
+      dst[a] = __float2bfloat16_rn(y0);
+      dst[bdim] = __float2bfloat16_rn(y1);
+    }
+  }
+  const float* vin = in + int64_t(s.n_q_heads + s.n_kv_heads) * D;
+  for (int j = threadIdx.x; j < s.n_kv_heads * D; j += blockDim.x) {
+    const int h = j / D, d = j % D;
+    vc[((int64_t(b) * s.n_kv_heads + h) * s.max_len + pos) * D + d] = __float2bfloat16_rn(vin[j]);
+  }
+}
+
+__global__ void swiglu_kernel(const float* __restrict__ gu, int64_t rows, int n_ff, __nv_bfloat16* __restrict__ h) {
+  const int64_t count = rows * n_ff;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / n_ff, j = i % n_ff;
+    const float g = gu[r * 2 * n_ff + j], u = gu[r * 2 * n_ff + n_ff + j];
+    h[i] = __float2bfloat16_rn(g / (1.f + expf(-g)) * u);
+  }
+}
+
+__global__ void to_bf16_kernel(const float* __restrict__ in, int64_t count, __nv_bfloat16* __restrict__ out) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(in[i]);
+}
+
+// (value, id) ordering of argmax: larger value wins, then the lower id; NaN (id -1) never wins.
+__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
+  if (i < 0) return false;
+  if (bi < 0) return true;
+  return v > bv || (v == bv && i < bi);
+}
+
+constexpr int kArgmaxThreads = 1024;
+__global__ void argmax_kernel(const float* __restrict__ logits, int vocab, int32_t* __restrict__ tokens) {
+  __shared__ float sv[kArgmaxThreads];
+  __shared__ int si[kArgmaxThreads];
+  const float* l = logits + int64_t(blockIdx.x) * vocab;
+  float bv = -INFINITY;
+  int bi = -1;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float v = l[j];
+    if (!isnan(v) && better(v, j, bv, bi)) {
+      bv = v;
+      bi = j;
+    }
+  }
+  sv[threadIdx.x] = bv;
+  si[threadIdx.x] = bi;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o && better(sv[threadIdx.x + o], si[threadIdx.x + o], sv[threadIdx.x], si[threadIdx.x])) {
+      sv[threadIdx.x] = sv[threadIdx.x + o];
+      si[threadIdx.x] = si[threadIdx.x + o];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) tokens[blockIdx.x] = si[0];
+}
+
+void check_rows(int64_t rows, const char* func) {
+  if (rows < 1 || rows > int64_t(INT32_MAX))
+    fail(ErrorKind::InvalidArgument, func, "rows = %lld must be in [1, 2^31)", (long long)rows);
+}
+
+}  // namespace
+
+void embed_rows(const int32_t* tokens, const __nv_bfloat16* embd, int vocab, int dim, int64_t rows, float* x,
+                int32_t* lengths, cudaStream_t stream) {
+  check_rows(rows, __func__);
+  embed_kernel<<<unsigned(rows), 128, 0, stream>>>(tokens, embd, vocab, dim, x, lengths);
+  SAAP_CU_LAUNCHED();
+}
+
+void rms_norm_rows(const float* x, const float* weight, int64_t rows, int dim, float eps, __nv_bfloat16* out,
+                   cudaStream_t stream) {
+  check_rows(rows, __func__);
+  rms_norm_kernel<<<unsigned(rows), kThreads, 0, stream>>>(x, weight, dim, eps, out);
+  SAAP_CU_LAUNCHED();
+}
+
+namespace {
+template <class TQ>
+void rope_split_impl(const QkvLayout& s, const float* qkv, const RopeTable& rope, int64_t pos0,
+                     const int32_t* lengths, TQ* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                     cudaStream_t stream, const char* func) {
+  const int64_t rows = int64_t(s.batch) * s.n;
+  check_rows(rows, func);
+  if (s.head_dim % 2 != 0 || rope.n_rot % 2 != 0 || rope.n_rot > s.head_dim || rope.n_rot < 2)
+    fail(ErrorKind::InvalidArgument, func, "head_dim = %d, n_rot = %d: n_rot must be even and in [2, head_dim]",
+         s.head_dim, rope.n_rot);
+  rope_split_kernel<TQ><<<unsigned(rows), 128, 0, stream>>>(s, qkv, rope, pos0, lengths, q, k_cache, v_cache);
+  SAAP_CU_LAUNCHED();
+}
+}  // namespace
+
+void rope_split_qkv(const QkvLayout& s, const float* qkv, const RopeTable& rope, int64_t pos0, const int32_t* lengths,
+                    float* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, cudaStream_t stream) {
+  rope_split_impl(s, qkv, rope, pos0, lengths, q, k_cache, v_cache, stream, __func__);
+}
+void rope_split_qkv(const QkvLayout& s, const float* qkv, const RopeTable& rope, int64_t pos0, const int32_t* lengths,
+                    __nv_bfloat16* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, cudaStream_t stream) {
+  rope_split_impl(s, qkv, rope, pos0, lengths, q, k_cache, v_cache, stream, __func__);
+}
+
+void swiglu_rows(const float* gate_up, int64_t rows, int n_ff, __nv_bfloat16* h, cudaStream_t stream) {
+  check_rows(rows, __func__);
+  swiglu_kernel<<<stride_blocks(rows * n_ff), kThreads, 0, stream>>>(gate_up, rows, n_ff, h);
+  SAAP_CU_LAUNCHED();
+}
+
+void to_bf16(const float* in, int64_t count, __nv_bfloat16* out, cudaStream_t stream) {
+  check_rows(count, __func__);
+  to_bf16_kernel<<<stride_blocks(count), kThreads, 0, stream>>>(in, count, out);
+  SAAP_CU_LAUNCHED();
+}
+
+void argmax_rows(const float* logits, int64_t rows, int vocab, int32_t* tokens, cudaStream_t stream) {
+  check_rows(rows, __func__);
+  argmax_kernel<<<unsigned(rows), kArgmaxThreads, 0, stream>>>(logits, vocab, tokens);
+  SAAP_CU_LAUNCHED();
+}
+
+}  // namespace saap::cuda

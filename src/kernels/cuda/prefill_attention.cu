@@ -1,0 +1,353 @@
+// Causal prefill attention (see prefill_attention.h): a tensor-core flash-attention kernel and a
+// CUDA-core reference kernel with the same contract.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "saap/kernels/cuda/attend.cuh"
+#include "saap/kernels/cuda/check.h"
+#include "saap/kernels/cuda/prefill_attention.h"
+
+namespace saap::cuda {
+
+void PrefillShape::check() const {
+  SAAP_CU_REQUIRE(batch >= 1 && batch <= 65535, InvalidArgument, "batch = %d must be in [1, 65535]", batch);
+  SAAP_CU_REQUIRE(n_kv_heads >= 1 && n_q_heads >= n_kv_heads && n_q_heads % n_kv_heads == 0 && n_q_heads <= 65535,
+                  InvalidArgument, "n_q_heads = %d must be a positive multiple of n_kv_heads = %d", n_q_heads,
+                  n_kv_heads);
+  SAAP_CU_REQUIRE(head_dim == 64, Unsupported, "head_dim = %d; the prefill attention supports 64", head_dim);
+  SAAP_CU_REQUIRE(n >= 1 && pos0 >= 0 && pos0 + n <= max_len, InvalidArgument,
+                  "n = %lld queries at pos0 = %lld must fit the cache rows max_len = %lld", (long long)n,
+                  (long long)pos0, (long long)max_len);
+  SAAP_CU_REQUIRE(max_len <= (int64_t(1) << 31), InvalidArgument, "max_len = %lld exceeds 2^31", (long long)max_len);
+}
+
+namespace {
+
+constexpr int kD = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core kernel. Block = 4 warps = 64 query rows of one (sequence, query head); each warp
+// owns 16 rows. Key/value tiles of 64 rows are double-buffered in shared memory by cp.async.
+// Per tile, each warp computes S = Q Kᵀ (16 x 64) with mma.m16n8k16 (bf16 in, fp32 out), the
+// online softmax in fp32 (base 2, scale folded in), and O += P V with P rounded to bf16 (the
+// FlashAttention-2 scheme: the fp32 S accumulator layout is the A-operand layout of P).
+//
+// mma.m16n8k16 fragments (g = lane / 4, t = lane % 4):
+//   A (16x16 row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B (16x8, "col"):     b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
+//   C (16x8 fp32):       c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
+// Shared rows are padded to 72 elements (144 bytes) so the 8 row addresses of one ldmatrix
+// phase fall in 8 different 16-byte bank groups.
+
+constexpr int kTcWarps = 4;
+constexpr int kTcRows = 16 * kTcWarps;  // queries per block
+constexpr int kTcKeys = 64;             // keys per tile
+constexpr int kPitch = kD + 8;
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16 bytes global -> shared; src_bytes = 0 writes zeros (rows outside the valid range).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+// c += a · b (m16n8k16, bf16 inputs, fp32 accumulators).
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+struct alignas(16) TcShared {
+  __nv_bfloat16 q[kTcRows][kPitch];
+  __nv_bfloat16 k[2][kTcKeys][kPitch];
+  __nv_bfloat16 v[2][kTcKeys][kPitch];
+};
+
+__global__ void __launch_bounds__(kTcWarps * 32)
+    prefill_tc_kernel(PrefillShape s, const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                      const __nv_bfloat16* __restrict__ v, float scale_log2, __nv_bfloat16* __restrict__ out) {
+  __shared__ TcShared sh;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  // Largest tiles first: the causal work grows with the tile index, so the long blocks start early.
+  const int64_t q0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kTcRows;
+  const int hq = blockIdx.y, b = blockIdx.z;
+  const int hkv = hq / (s.n_q_heads / s.n_kv_heads);
+  const int64_t kv_len = s.pos0 + s.n;
+  const int64_t last_q = q0 + kTcRows - 1 < s.n - 1 ? q0 + kTcRows - 1 : s.n - 1;
+  const int n_tiles = int((s.pos0 + last_q) / kTcKeys) + 1;
+  const __nv_bfloat16* kh = k + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
+  const __nv_bfloat16* vh = v + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
+
+  // Each thread moves 4 of the 512 16-byte chunks of a 64 x 64 tile: row c / 8, column (c % 8) * 8.
+  auto load_kv = [&](int tile, int buf) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int c = tid + i * kTcWarps * 32, row = c >> 3, col = (c & 7) * 8;
+      const int64_t key = int64_t(tile) * kTcKeys + row;
+      const bool ok = key < kv_len;
+      const int64_t off = (ok ? key : 0) * kD + col;
+      cp_async16(&sh.k[buf][row][col], kh + off, ok ? 16 : 0);
+      cp_async16(&sh.v[buf][row][col], vh + off, ok ? 16 : 0);
+    }
+  };
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int c = tid + i * kTcWarps * 32, row = c >> 3, col = (c & 7) * 8;
+    const bool ok = q0 + row < s.n;
+    const int64_t off = ((int64_t(b) * s.n + (ok ? q0 + row : 0)) * s.n_q_heads + hq) * kD + col;
+    cp_async16(&sh.q[row][col], q + off, ok ? 16 : 0);
+  }
+  load_kv(0, 0);
+  cp_async_commit();
+
+  const int64_t row_lo = q0 + warp * 16 + g, row_hi = row_lo + 8;  // this thread's two query rows
+  // The last key each row may see (its own position; kv_len - 1 for padding rows past n).
+  const int64_t lim_lo = min(s.pos0 + row_lo, kv_len - 1), lim_hi = min(s.pos0 + row_hi, kv_len - 1);
+  uint32_t qf[4][4];  // A fragments of the warp's 16 x 64 query block, k-steps of 16 dims
+  float o[8][4];      // C fragments of the 16 x 64 output, 8 tiles of 8 dims
+  float m_lo = kNoMax, m_hi = kNoMax, l_lo = 0.f, l_hi = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+
+  for (int kt = 0; kt < n_tiles; ++kt) {
+    const int buf = kt & 1;
+    if (kt + 1 < n_tiles) {
+      load_kv(kt + 1, buf ^ 1);  // its buffer was last read in iteration kt - 1, before the barrier
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (kt == 0) {
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        ldmatrix_x4(qf[ks], &sh.q[warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][ks * 16 + (lane >> 4) * 8]);
+    }
+
+    // S = Q Kᵀ: n-tile j holds keys 8j..8j+7 of the tile.
+    float sc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {  // dims 32*half .. 32*half+31: k-steps 2*half, 2*half+1
+        uint32_t kb[4];
+        ldmatrix_x4(kb, &sh.k[buf][j * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
+        mma_bf16(sc[j], qf[2 * half], kb[0], kb[1]);
+        mma_bf16(sc[j], qf[2 * half + 1], kb[2], kb[3]);
+      }
+    }
+
+    // Online softmax (base 2). Keys past a row's limit are masked; only tiles that reach past the
+    // block's first query need the test.
+    const int64_t key0 = int64_t(kt) * kTcKeys;
+    const bool diagonal = key0 + kTcKeys - 1 > s.pos0 + q0;
+    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = sc[j][e] * scale_log2;
+        if (diagonal) {
+          const int64_t key = key0 + j * 8 + 2 * t + (e & 1);
+          if (key > (e < 2 ? lim_lo : lim_hi)) x = -INFINITY;
+        }
+        sc[j][e] = x;
+      }
+      mx_lo = fmaxf(mx_lo, fmaxf(sc[j][0], sc[j][1]));
+      mx_hi = fmaxf(mx_hi, fmaxf(sc[j][2], sc[j][3]));
+    }
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+    const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
+    const float alpha_lo = exp2f(m_lo - new_lo), alpha_hi = exp2f(m_hi - new_hi);
+    m_lo = new_lo;
+    m_hi = new_hi;
+    l_lo *= alpha_lo;
+    l_hi *= alpha_hi;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      o[j][0] *= alpha_lo;
+      o[j][1] *= alpha_lo;
+      o[j][2] *= alpha_hi;
+      o[j][3] *= alpha_hi;
+      sc[j][0] = exp2f(sc[j][0] - m_lo);
+      sc[j][1] = exp2f(sc[j][1] - m_lo);
+      sc[j][2] = exp2f(sc[j][2] - m_hi);
+      sc[j][3] = exp2f(sc[j][3] - m_hi);
+      l_lo += sc[j][0] + sc[j][1];
+      l_hi += sc[j][2] + sc[j][3];
+    }
+
+    // O += P V: k-step kk covers keys 16kk..16kk+15 = S n-tiles 2kk, 2kk+1.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t pa[4];
+      pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+      pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+      pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < 4; ++dp) {  // dims 16dp..16dp+15 = output tiles 2dp, 2dp+1
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, &sh.v[buf][kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][dp * 16 + (lane >> 4) * 8]);
+        mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
+        mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
+      }
+    }
+    __syncthreads();  // every warp is done with buffer `buf` before it is refilled
+  }
+
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+  const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int d = j * 8 + 2 * t;
+    if (row_lo < s.n)
+      *reinterpret_cast<uint32_t*>(out + ((int64_t(b) * s.n + row_lo) * s.n_q_heads + hq) * kD + d) =
+          pack_bf16(o[j][0] * inv_lo, o[j][1] * inv_lo);
+    if (row_hi < s.n)
+      *reinterpret_cast<uint32_t*>(out + ((int64_t(b) * s.n + row_hi) * s.n_q_heads + hq) * kD + d) =
+          pack_bf16(o[j][2] * inv_hi, o[j][3] * inv_hi);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CUDA-core reference kernel. Block = 4 warps = 16 query rows (4 per warp) of one (sequence,
+// query head). Key/value tiles of 64 rows are widened to fp32 in shared memory; for each of its
+// rows a warp scores keys lane and lane + 32, updates the online softmax, and accumulates the
+// output dims 2*lane, 2*lane + 1.
+
+constexpr int kSimpleWarps = 4;
+constexpr int kSimpleRowsPerWarp = 4;
+constexpr int kSimpleRows = kSimpleWarps * kSimpleRowsPerWarp;
+constexpr int kSimpleKeys = 64;
+
+__global__ void __launch_bounds__(kSimpleWarps * 32)
+    prefill_simple_kernel(PrefillShape s, const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                          const __nv_bfloat16* __restrict__ v, float scale_log2, __nv_bfloat16* __restrict__ out) {
+  __shared__ float sq[kSimpleRows][kD];
+  __shared__ float sk[kSimpleKeys][kD + 1];  // +1: lanes reading different keys hit different banks
+  __shared__ float sv[kSimpleKeys][kD];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t q0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kSimpleRows;
+  const int hq = blockIdx.y, b = blockIdx.z;
+  const int hkv = hq / (s.n_q_heads / s.n_kv_heads);
+  const int64_t kv_len = s.pos0 + s.n;
+  const int64_t last_q = min(q0 + kSimpleRows - 1, s.n - 1);
+  const int64_t n_keys = s.pos0 + last_q + 1;
+  const __nv_bfloat16* kh = k + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
+  const __nv_bfloat16* vh = v + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
+
+  for (int i = tid; i < kSimpleRows * kD; i += blockDim.x) {
+    const int r = i / kD, d = i % kD;
+    sq[r][d] = q0 + r < s.n ? __bfloat162float(q[((int64_t(b) * s.n + q0 + r) * s.n_q_heads + hq) * kD + d]) : 0.f;
+  }
+  float m[kSimpleRowsPerWarp], l[kSimpleRowsPerWarp], acc[kSimpleRowsPerWarp][2];
+#pragma unroll
+  for (int r = 0; r < kSimpleRowsPerWarp; ++r) {
+    m[r] = kNoMax;
+    l[r] = 0.f;
+    acc[r][0] = acc[r][1] = 0.f;
+  }
+  for (int64_t key0 = 0; key0 < n_keys; key0 += kSimpleKeys) {
+    __syncthreads();  // the previous tile is no longer read
+    for (int i = tid; i < kSimpleKeys * kD; i += blockDim.x) {
+      const int r = i / kD, d = i % kD;
+      const int64_t key = key0 + r;
+      const bool ok = key < kv_len;
+      sk[r][d] = ok ? __bfloat162float(kh[key * kD + d]) : 0.f;
+      sv[r][d] = ok ? __bfloat162float(vh[key * kD + d]) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kSimpleRowsPerWarp; ++r) {
+      const int row = warp * kSimpleRowsPerWarp + r;
+      const int64_t lim = min(s.pos0 + q0 + row, kv_len - 1);
+      float s0 = 0.f, s1 = 0.f;
+      for (int d = 0; d < kD; ++d) {
+        s0 = fmaf(sq[row][d], sk[lane][d], s0);
+        s1 = fmaf(sq[row][d], sk[lane + 32][d], s1);
+      }
+      s0 = key0 + lane <= lim ? s0 * scale_log2 : -INFINITY;
+      s1 = key0 + lane + 32 <= lim ? s1 * scale_log2 : -INFINITY;
+      const float mx = fmaxf(m[r], warp_max(fmaxf(s0, s1)));
+      const float alpha = exp2f(m[r] - mx);
+      m[r] = mx;
+      const float p0 = exp2f(s0 - mx), p1 = exp2f(s1 - mx);
+      l[r] = l[r] * alpha + warp_sum(p0 + p1);
+      float a0 = acc[r][0] * alpha, a1 = acc[r][1] * alpha;
+      for (int j = 0; j < 32; ++j) {
+        const float pj = __shfl_sync(0xffffffffu, p0, j), pk = __shfl_sync(0xffffffffu, p1, j);
+        a0 = fmaf(pj, sv[j][2 * lane], a0);
+        a1 = fmaf(pj, sv[j][2 * lane + 1], a1);
+        a0 = fmaf(pk, sv[j + 32][2 * lane], a0);
+        a1 = fmaf(pk, sv[j + 32][2 * lane + 1], a1);
+      }
+      acc[r][0] = a0;
+      acc[r][1] = a1;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kSimpleRowsPerWarp; ++r) {
+    const int64_t row = q0 + warp * kSimpleRowsPerWarp + r;
+    if (row >= s.n) continue;
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    *reinterpret_cast<uint32_t*>(out + ((int64_t(b) * s.n + row) * s.n_q_heads + hq) * kD + 2 * lane) =
+        pack_bf16(acc[r][0] * inv, acc[r][1] * inv);
+  }
+}
+
+}  // namespace
+
+void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                       const __nv_bfloat16* v, float scale, __nv_bfloat16* out, cudaStream_t stream,
+                       PrefillKernel kernel) {
+  s.check();
+  SAAP_CU_REQUIRE(q && k && v && out, InvalidArgument, "null pointer among q=%p k=%p v=%p out=%p", (const void*)q,
+                  (const void*)k, (const void*)v, (void*)out);
+  const float scale_log2 = scale * kLog2e;
+  if (kernel == PrefillKernel::TensorCore) {
+    const int64_t tiles = (s.n + kTcRows - 1) / kTcRows;
+    SAAP_CU_REQUIRE(tiles <= INT32_MAX, InvalidArgument, "n = %lld queries is too many", (long long)s.n);
+    dim3 grid(unsigned(tiles), unsigned(s.n_q_heads), unsigned(s.batch));
+    prefill_tc_kernel<<<grid, kTcWarps * 32, 0, stream>>>(s, q, k, v, scale_log2, out);
+  } else {
+    const int64_t tiles = (s.n + kSimpleRows - 1) / kSimpleRows;
+    SAAP_CU_REQUIRE(tiles <= INT32_MAX, InvalidArgument, "n = %lld queries is too many", (long long)s.n);
+    dim3 grid(unsigned(tiles), unsigned(s.n_q_heads), unsigned(s.batch));
+    prefill_simple_kernel<<<grid, kSimpleWarps * 32, 0, stream>>>(s, q, k, v, scale_log2, out);
+  }
+  SAAP_CU_LAUNCHED();
+}
+
+}  // namespace saap::cuda

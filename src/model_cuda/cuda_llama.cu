@@ -1,0 +1,293 @@
+// The Llama forward pass on the GPU. Read prefill() and record_step() top to bottom: they are the
+// whole model, in the same order as LlamaSession::forward (src/model/llama.cpp).
+#include <algorithm>
+#include <cmath>
+
+#include "saap/core/error.h"
+#include "saap/kernels/cuda/llama_ops.h"
+#include "src/model_cuda/cuda_llama_impl.h"
+
+namespace saap::cuda {
+
+CudaLlamaModel::Impl::~Impl() {
+  drop_graph();
+  if (cublas) cublasDestroy(cublas);
+  if (stream) cudaStreamDestroy(stream);
+}
+
+void CudaLlamaModel::Impl::drop_graph() {
+  if (graph_exec) cudaGraphExecDestroy(graph_exec);
+  if (graph) cudaGraphDestroy(graph);
+  graph_exec = nullptr;
+  graph = nullptr;
+  graph_batch = 0;
+}
+
+// Y[rows][out] = X[rows][in] · W[out][in]ᵀ + beta · Y, row-major; bf16 inputs, fp32 accumulation
+// and output. cuBLAS is column-major, and a row-major [r][c] matrix with row stride c is the
+// column-major c x r matrix (ld = c). So, column-major: Yᶜ (out x rows, ld out) = Wᶜᵀ · Xᶜ with
+// Wᶜ = W viewed as in x out (ld in, transposed: op T) and Xᶜ = X viewed as in x rows (ld in, op N):
+// m = out, n = rows, k = in.
+void CudaLlamaModel::Impl::gemm(const bf16_t* x, const bf16_t* w, float* y, int64_t rows, int in, int out,
+                                float beta) {
+  SAAP_CU_REQUIRE(rows >= 1 && rows <= INT32_MAX, InvalidArgument, "gemm rows = %lld", (long long)rows);
+  const float alpha = 1.f;
+  SAAP_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, int(rows), in, &alpha, w, CUDA_R_16BF, in, x,
+                           CUDA_R_16BF, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// The transformer blocks over the chunk rows [b][n] (tokens at positions pos0 .. pos0 + n - 1 of
+// every sequence), whose embeddings are in x. Each block, as on the CPU:
+//   x += Wo · attention(RoPE(Wq·h), RoPE(Wk·h), Wv·h),  h = RMSNorm(x)
+//   x += W_down · (silu(W_gate·h) ⊙ W_up·h),           h = RMSNorm(x)
+void CudaLlamaModel::Impl::prefill_layers(int b, int64_t n, int64_t pos0) {
+  const LlamaConfig& c = config;
+  const int E = c.n_embd, D = c.head_dim, Q = c.n_heads * D, QKV = (c.n_heads + 2 * c.n_kv_heads) * D;
+  const int64_t rows = int64_t(b) * n;
+  const RopeTable rope{rope_table.get(), options.max_context, c.rope.n_rot, c.rope.style == RopeStyle::NeoX};
+  const QkvLayout qkv_layout{b, n, c.n_heads, c.n_kv_heads, D, options.max_context};
+  const PrefillShape attn{b, c.n_heads, c.n_kv_heads, D, n, pos0, options.max_context};
+  const float scale = 1.f / std::sqrt(float(D));
+  for (int l = 0; l < c.n_layers; ++l) {
+    const CudaLlamaLayer& L = layers[size_t(l)];
+    bf16_t* kc = k_cache.get() + size_t(l) * layer_stride();
+    bf16_t* vc = v_cache.get() + size_t(l) * layer_stride();
+    rms_norm_rows(x.get(), L.attn_norm.get(), rows, E, c.rms_eps, xn.get(), stream);
+    gemm(xn.get(), L.wqkv.get(), qkv.get(), rows, E, QKV, 0.f);
+    rope_split_qkv(qkv_layout, qkv.get(), rope, pos0, nullptr, q.get(), kc, vc, stream);
+    prefill_attention(attn, q.get(), kc, vc, scale, att.get(), stream, options.prefill_kernel);
+    gemm(att.get(), L.wo.get(), x.get(), rows, Q, E, 1.f);
+
+    rms_norm_rows(x.get(), L.ffn_norm.get(), rows, E, c.rms_eps, xn.get(), stream);
+    gemm(xn.get(), L.w_gate_up.get(), gate_up.get(), rows, E, 2 * c.n_ff, 0.f);
+    swiglu_rows(gate_up.get(), rows, c.n_ff, h.get(), stream);
+    gemm(h.get(), L.w_down.get(), x.get(), rows, c.n_ff, E, 1.f);
+  }
+}
+
+// One token per sequence: embeddings of next_tokens (and lengths += 1), the blocks with the dense
+// split-KV decode reading the cache rows [0, lengths[b]), the unembedding and the greedy choice.
+// Only kernel launches on `stream`: this is what the CUDA graph records.
+void CudaLlamaModel::Impl::record_step() {
+  const LlamaConfig& c = config;
+  const int E = c.n_embd, D = c.head_dim, Q = c.n_heads * D, QKV = (c.n_heads + 2 * c.n_kv_heads) * D;
+  const RopeTable rope{rope_table.get(), options.max_context, c.rope.n_rot, c.rope.style == RopeStyle::NeoX};
+  const QkvLayout qkv_layout{batch, 1, c.n_heads, c.n_kv_heads, D, options.max_context};
+  const DecodeShape shape{batch, c.n_heads, c.n_kv_heads, D, DType::BF16};
+  const float scale = 1.f / std::sqrt(float(D));
+  embed_rows(next_tokens.get(), token_embd.get(), c.vocab_size, E, batch, x.get(), lengths.get(), stream);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const CudaLlamaLayer& L = layers[size_t(l)];
+    bf16_t* kc = k_cache.get() + size_t(l) * layer_stride();
+    bf16_t* vc = v_cache.get() + size_t(l) * layer_stride();
+    rms_norm_rows(x.get(), L.attn_norm.get(), batch, E, c.rms_eps, xn.get(), stream);
+    gemm(xn.get(), L.wqkv.get(), qkv.get(), batch, E, QKV, 0.f);
+    rope_split_qkv(qkv_layout, qkv.get(), rope, 0, lengths.get(), q32.get(), kc, vc, stream);
+    dense_decode(shape, kc, vc, options.max_context, lengths.get(), q32.get(), scale, att32.get(), split_ws, stream);
+    to_bf16(att32.get(), int64_t(batch) * Q, att.get(), stream);
+    gemm(att.get(), L.wo.get(), x.get(), batch, Q, E, 1.f);
+
+    rms_norm_rows(x.get(), L.ffn_norm.get(), batch, E, c.rms_eps, xn.get(), stream);
+    gemm(xn.get(), L.w_gate_up.get(), gate_up.get(), batch, E, 2 * c.n_ff, 0.f);
+    swiglu_rows(gate_up.get(), batch, c.n_ff, h.get(), stream);
+    gemm(h.get(), L.w_down.get(), x.get(), batch, c.n_ff, E, 1.f);
+  }
+  rms_norm_rows(x.get(), output_norm.get(), batch, E, c.rms_eps, xn.get(), stream);
+  gemm(xn.get(), unembedding(), logits.get(), batch, E, c.vocab_size, 0.f);
+  argmax_rows(logits.get(), batch, c.vocab_size, next_tokens.get(), stream);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+std::unique_ptr<CudaLlamaModel> CudaLlamaModel::load(const std::string& gguf_path, const CudaLlamaOptions& options) {
+  int devices = 0;
+  const cudaError_t e = cudaGetDeviceCount(&devices);
+  SAAP_CHECK_FMT(e == cudaSuccess && devices > 0, Unsupported, "no CUDA device (%s)",
+                 e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+  int dev = 0, major = 0, minor = 0;
+  SAAP_CU(cudaGetDevice(&dev));
+  SAAP_CU(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  SAAP_CU(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  SAAP_CHECK_FMT(major >= 9, Unsupported, "GPU compute capability %d.%d; saap's CUDA kernels are built for sm_90",
+                 major, minor);
+  SAAP_CHECK_FMT(options.max_batch >= 1 && options.max_batch <= 65535, InvalidArgument,
+                 "max_batch = %d must be in [1, 65535]", options.max_batch);
+  SAAP_CHECK_FMT(options.max_context >= 1 && options.max_context <= (int64_t(1) << 31), InvalidArgument,
+                 "max_context = %lld must be in [1, 2^31]", (long long)options.max_context);
+  SAAP_CHECK_FMT(options.max_prefill_rows >= 1, InvalidArgument, "max_prefill_rows = %lld must be >= 1",
+                 (long long)options.max_prefill_rows);
+
+  auto m = std::make_unique<Impl>();
+  m->options = options;
+  load_llama_weights(gguf_path, *m);
+  const LlamaConfig& c = m->config;
+  SAAP_CHECK_FMT(options.max_context <= c.context_length, InvalidArgument,
+                 "max_context = %lld exceeds the model's context length %lld", (long long)options.max_context,
+                 (long long)c.context_length);
+
+  const int64_t B = options.max_batch, R = std::max<int64_t>(options.max_prefill_rows, B);
+  const int64_t E = c.n_embd, Q = int64_t(c.n_heads) * c.head_dim;
+  const int64_t QKV = int64_t(c.n_heads + 2 * c.n_kv_heads) * c.head_dim, F = c.n_ff, V = c.vocab_size;
+  m->rows = R;
+  const size_t cache = 2 * size_t(c.n_layers) * m->layer_stride() * sizeof(bf16_t);
+  const size_t acts = size_t(R) * (E * 4 + E * 2 + QKV * 4 + Q * 2 + Q * 2 + 2 * F * 4 + F * 2 + 4) +
+                      size_t(std::max<int64_t>(B, Impl::kLogitRows)) * V * 4;
+  size_t free_bytes = 0, total_bytes = 0;
+  SAAP_CU(cudaMemGetInfo(&free_bytes, &total_bytes));
+  SAAP_CHECK_FMT(cache + acts + (size_t(64) << 20) <= free_bytes, OutOfMemory,
+                 "KV cache %.2f GiB (max_batch %d x max_context %lld) + activations %.2f GiB (max_prefill_rows %lld) "
+                 "exceed the free GPU memory %.2f GiB",
+                 cache / 1073741824.0, options.max_batch, (long long)options.max_context, acts / 1073741824.0,
+                 (long long)R, free_bytes / 1073741824.0);
+
+  m->k_cache.resize(cache / 2 / sizeof(bf16_t));
+  m->v_cache.resize(cache / 2 / sizeof(bf16_t));
+  m->x.resize(size_t(R * E));
+  m->xn.resize(size_t(R * E));
+  m->qkv.resize(size_t(R * QKV));
+  m->q.resize(size_t(R * Q));
+  m->att.resize(size_t(R * Q));
+  m->q32.resize(size_t(B * Q));
+  m->att32.resize(size_t(B * Q));
+  m->gate_up.resize(size_t(R * 2 * F));
+  m->h.resize(size_t(R * F));
+  m->x_last.resize(size_t(B * E));
+  m->logits.resize(size_t(std::max<int64_t>(B, Impl::kLogitRows) * V));
+  m->chunk_tokens.resize(size_t(R));
+  m->next_tokens.resize(size_t(B));
+  m->lengths.resize(size_t(B));
+  SAAP_CU(cudaMemset(m->lengths.get(), 0, m->lengths.bytes()));
+  SAAP_CU(cudaMemset(m->next_tokens.get(), 0, m->next_tokens.bytes()));
+  m->cublas_ws.resize(size_t(32) << 20);
+
+  SAAP_CU(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
+  SAAP_CUBLAS(cublasCreate(&m->cublas));
+  SAAP_CUBLAS(cublasSetStream(m->cublas, m->stream));
+  // A fixed workspace: cuBLAS must not allocate while a decode step is being captured.
+  SAAP_CUBLAS(cublasSetWorkspace(m->cublas, m->cublas_ws.get(), m->cublas_ws.bytes()));
+  return std::unique_ptr<CudaLlamaModel>(new CudaLlamaModel(std::move(m)));
+}
+
+CudaLlamaModel::CudaLlamaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaLlamaModel::~CudaLlamaModel() = default;
+
+const LlamaConfig& CudaLlamaModel::config() const { return impl_->config; }
+const CudaLlamaOptions& CudaLlamaModel::options() const { return impl_->options; }
+int CudaLlamaModel::batch() const { return impl_->batch; }
+int64_t CudaLlamaModel::length() const { return impl_->length; }
+size_t CudaLlamaModel::weight_bytes() const { return impl_->weight_bytes; }
+size_t CudaLlamaModel::cache_bytes() const { return impl_->k_cache.bytes() + impl_->v_cache.bytes(); }
+cudaStream_t CudaLlamaModel::stream() const { return impl_->stream; }
+void CudaLlamaModel::synchronize() const { SAAP_CU(cudaStreamSynchronize(impl_->stream)); }
+
+void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float* all_logits) {
+  Impl& m = *impl_;
+  const LlamaConfig& c = m.config;
+  SAAP_CHECK_FMT(batch >= 1 && batch <= m.options.max_batch, InvalidArgument, "batch = %d must be in [1, %d]", batch,
+                 m.options.max_batch);
+  SAAP_CHECK_FMT(n >= 1 && n <= m.options.max_context, InvalidArgument, "prompt of n = %lld tokens; max_context = %lld",
+                 (long long)n, (long long)m.options.max_context);
+  SAAP_CHECK_MSG(tokens != nullptr, InvalidArgument, "prefill needs tokens");
+  for (int64_t i = 0; i < int64_t(batch) * n; ++i)
+    SAAP_CHECK_FMT(tokens[i] >= 0 && tokens[i] < c.vocab_size, InvalidArgument,
+                   "token id %d at sequence %lld, index %lld is outside the vocabulary [0, %d)", tokens[i],
+                   (long long)(i / n), (long long)(i % n), c.vocab_size);
+  SAAP_CU(cudaStreamSynchronize(m.stream));  // a decode step in flight may still read the buffers
+  if (batch != m.graph_batch) m.drop_graph();
+  m.batch = batch;
+  m.length = 0;
+
+  const int E = c.n_embd;
+  const int64_t V = c.vocab_size;
+  if (m.prompt.size() < size_t(batch * n)) m.prompt.resize(size_t(batch * n));
+  SAAP_CU(cudaMemcpyAsync(m.prompt.get(), tokens, size_t(batch * n) * 4, cudaMemcpyHostToDevice, m.stream));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(n, m.rows / batch));
+  for (int64_t t0 = 0; t0 < n; t0 += chunk) {
+    const int64_t cn = std::min(chunk, n - t0), rows = int64_t(batch) * cn;
+    // chunk_tokens [batch][cn] = prompt[b][t0 .. t0 + cn)
+    SAAP_CU(cudaMemcpy2DAsync(m.chunk_tokens.get(), size_t(cn) * 4, m.prompt.get() + t0, size_t(n) * 4,
+                              size_t(cn) * 4, size_t(batch), cudaMemcpyDeviceToDevice, m.stream));
+    embed_rows(m.chunk_tokens.get(), m.token_embd.get(), c.vocab_size, E, rows, m.x.get(), nullptr, m.stream);
+    m.prefill_layers(batch, cn, t0);
+
+    if (all_logits) {  // every row of the chunk, kLogitRows at a time
+      for (int64_t r0 = 0; r0 < rows; r0 += Impl::kLogitRows) {
+        const int64_t nr = std::min(Impl::kLogitRows, rows - r0);
+        rms_norm_rows(m.x.get() + r0 * E, m.output_norm.get(), nr, E, c.rms_eps, m.xn.get(), m.stream);
+        m.gemm(m.xn.get(), m.unembedding(), m.logits.get(), nr, E, int(V), 0.f);
+        for (int64_t r = r0; r < r0 + nr;) {  // runs of rows of one sequence are contiguous on the host
+          const int64_t b = r / cn, t = r % cn, run = std::min(cn - t, r0 + nr - r);
+          SAAP_CU(cudaMemcpyAsync(all_logits + (b * n + t0 + t) * V, m.logits.get() + (r - r0) * V,
+                                  size_t(run * V) * 4, cudaMemcpyDeviceToHost, m.stream));
+          r += run;
+        }
+        SAAP_CU(cudaStreamSynchronize(m.stream));  // m.logits is reused by the next group
+      }
+    }
+    if (t0 + cn == n) {  // the last position of each sequence: row b * cn + cn - 1
+      SAAP_CU(cudaMemcpy2DAsync(m.x_last.get(), size_t(E) * 4, m.x.get() + (cn - 1) * E, size_t(cn * E) * 4,
+                                size_t(E) * 4, size_t(batch), cudaMemcpyDeviceToDevice, m.stream));
+      rms_norm_rows(m.x_last.get(), m.output_norm.get(), batch, E, c.rms_eps, m.xn.get(), m.stream);
+      m.gemm(m.xn.get(), m.unembedding(), m.logits.get(), batch, E, int(V), 0.f);
+      argmax_rows(m.logits.get(), batch, int(V), m.next_tokens.get(), m.stream);
+    }
+  }
+  const std::vector<int32_t> lengths(static_cast<size_t>(batch), static_cast<int32_t>(n));
+  SAAP_CU(cudaMemcpyAsync(m.lengths.get(), lengths.data(), size_t(batch) * 4, cudaMemcpyHostToDevice, m.stream));
+  SAAP_CU(cudaStreamSynchronize(m.stream));
+  m.length = n;
+}
+
+void CudaLlamaModel::decode_step(const int32_t* tokens) {
+  Impl& m = *impl_;
+  SAAP_CHECK_MSG(m.batch >= 1, InvalidArgument, "decode_step before any prefill");
+  SAAP_CHECK_FMT(m.length + 1 <= m.options.max_context, InvalidArgument,
+                 "decode step at length %lld overflows max_context = %lld", (long long)m.length,
+                 (long long)m.options.max_context);
+  if (tokens) {
+    for (int b = 0; b < m.batch; ++b)
+      SAAP_CHECK_FMT(tokens[b] >= 0 && tokens[b] < m.config.vocab_size, InvalidArgument,
+                     "token id %d of sequence %d is outside the vocabulary [0, %d)", tokens[b], b,
+                     m.config.vocab_size);
+    SAAP_CU(cudaMemcpyAsync(m.next_tokens.get(), tokens, size_t(m.batch) * 4, cudaMemcpyHostToDevice, m.stream));
+  }
+  if (m.graph_exec) {
+    SAAP_CU(cudaGraphLaunch(m.graph_exec, m.stream));
+  } else {
+    // The first step runs eagerly: it lets cuBLAS pick its kernels and the decode kernel size its
+    // split workspace, so the capture below records launches only.
+    m.record_step();
+    SAAP_CU(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeGlobal));
+    try {
+      m.record_step();
+    } catch (...) {
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(m.stream, &broken);
+      if (broken) cudaGraphDestroy(broken);
+      throw;
+    }
+    SAAP_CU(cudaStreamEndCapture(m.stream, &m.graph));
+    SAAP_CU(cudaGraphInstantiate(&m.graph_exec, m.graph, 0));
+    m.graph_batch = m.batch;
+  }
+  m.length += 1;
+}
+
+void CudaLlamaModel::last_logits(float* logits) const {
+  const Impl& m = *impl_;
+  SAAP_CHECK_MSG(m.batch >= 1 && logits != nullptr, InvalidArgument, "last_logits needs a prefill and a buffer");
+  SAAP_CU(cudaMemcpyAsync(logits, m.logits.get(), size_t(m.batch) * m.config.vocab_size * 4, cudaMemcpyDeviceToHost,
+                          m.stream));
+  SAAP_CU(cudaStreamSynchronize(m.stream));
+}
+
+std::vector<int32_t> CudaLlamaModel::greedy_tokens() const {
+  const Impl& m = *impl_;
+  std::vector<int32_t> out(size_t(m.batch));
+  if (m.batch == 0) return out;
+  SAAP_CU(cudaMemcpyAsync(out.data(), m.next_tokens.get(), out.size() * 4, cudaMemcpyDeviceToHost, m.stream));
+  SAAP_CU(cudaStreamSynchronize(m.stream));
+  return out;
+}
+
+}  // namespace saap::cuda

@@ -1,0 +1,94 @@
+// The state of a CudaLlamaModel, shared by its loader (cuda_llama_load.cu) and its forward pass
+// (cuda_llama.cu).
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "saap/kernels/cuda/decode.h"
+#include "saap/model/cuda_llama.h"
+
+namespace saap::cuda {
+
+using bf16_t = __nv_bfloat16;
+
+inline void check_cublas(cublasStatus_t s, const char* what, const char* func) {
+  if (s == CUBLAS_STATUS_SUCCESS) return;
+  fail(s == CUBLAS_STATUS_ALLOC_FAILED ? ErrorKind::OutOfMemory : ErrorKind::Unsupported, func, "%s failed: %s", what,
+       cublasGetStatusString(s));
+}
+#define SAAP_CUBLAS(expr) ::saap::cuda::check_cublas((expr), #expr, __func__)
+
+struct CudaLlamaLayer {
+  DeviceBuffer<float> attn_norm;   // [n_embd]
+  DeviceBuffer<bf16_t> wqkv;       // [(n_heads + 2 n_kv_heads) * head_dim][n_embd]: Wq, Wk, Wv stacked
+  DeviceBuffer<bf16_t> wo;         // [n_embd][n_heads * head_dim]
+  DeviceBuffer<float> ffn_norm;    // [n_embd]
+  DeviceBuffer<bf16_t> w_gate_up;  // [2 n_ff][n_embd]: W_gate, W_up stacked
+  DeviceBuffer<bf16_t> w_down;     // [n_embd][n_ff]
+};
+
+struct CudaLlamaModel::Impl {
+  LlamaConfig config;
+  CudaLlamaOptions options;
+  int64_t rows = 0;  // activation rows of one prefill chunk: max(max_prefill_rows, max_batch)
+  static constexpr int64_t kLogitRows = 512;  // rows per unembedding GEMM when all logits are asked for
+
+  // Weights.
+  DeviceBuffer<bf16_t> token_embd;  // [vocab][n_embd]
+  std::vector<CudaLlamaLayer> layers;
+  DeviceBuffer<float> output_norm;  // [n_embd]
+  DeviceBuffer<bf16_t> output;      // [vocab][n_embd]; empty when tied to token_embd
+  DeviceBuffer<float2> rope_table;  // [max_context][n_rot/2] (cos, sin), from saap::Rope
+  size_t weight_bytes = 0;
+  const bf16_t* unembedding() const { return output.size() ? output.get() : token_embd.get(); }
+
+  // KV cache: [layer][max_batch][n_kv_heads][max_context][head_dim] each.
+  DeviceBuffer<bf16_t> k_cache, v_cache;
+  size_t layer_stride() const {
+    return size_t(options.max_batch) * config.n_kv_heads * size_t(options.max_context) * config.head_dim;
+  }
+
+  // Activations (rows = the chunk's [batch][tokens]).
+  DeviceBuffer<float> x;         // [rows][n_embd] residual stream
+  DeviceBuffer<bf16_t> xn;       // [rows][n_embd] normalised sub-block input
+  DeviceBuffer<float> qkv;       // [rows][(Hq + 2 Hkv) * D]
+  DeviceBuffer<bf16_t> q;        // [rows][Hq][D] prefill queries after RoPE
+  DeviceBuffer<bf16_t> att;      // [rows][Hq * D] attention output (GEMM input)
+  DeviceBuffer<float> q32;       // [max_batch][Hq][D] decode queries
+  DeviceBuffer<float> att32;     // [max_batch][Hq][D] decode attention output
+  DeviceBuffer<float> gate_up;   // [rows][2 n_ff]
+  DeviceBuffer<bf16_t> h;        // [rows][n_ff]
+  DeviceBuffer<float> x_last;    // [max_batch][n_embd] last prompt position of each sequence
+  DeviceBuffer<float> logits;    // [max(max_batch, kLogitRows)][vocab]
+  DeviceBuffer<int32_t> prompt;  // [batch][n] the prompt tokens
+  DeviceBuffer<int32_t> chunk_tokens;  // [rows]
+  DeviceBuffer<int32_t> next_tokens;   // [max_batch] input of the next decode step
+  DeviceBuffer<int32_t> lengths;       // [max_batch] cached tokens per sequence (decode.h)
+  SplitWorkspace split_ws;
+  DeviceBuffer<char> cublas_ws;
+
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t graph_exec = nullptr;
+  int batch = 0;       // sequences of the current run
+  int graph_batch = 0; // batch the captured graph was recorded for
+  int64_t length = 0;  // cached tokens per sequence
+
+  ~Impl();
+  void drop_graph();
+  // Y[rows][out] (fp32) = X[rows][in] (bf16) · W[out][in]ᵀ (bf16) + beta · Y.
+  void gemm(const bf16_t* x, const bf16_t* w, float* y, int64_t rows, int in, int out, float beta);
+  // The layers over `rows` = batch x n token rows whose embeddings are in x (prefill chunk).
+  void prefill_layers(int b, int64_t n, int64_t pos0);
+  // One decode step of every sequence (what the CUDA graph records).
+  void record_step();
+};
+
+// Reads the configuration, uploads the weights and the RoPE table (cuda_llama_load.cu).
+void load_llama_weights(const std::string& path, CudaLlamaModel::Impl& m);
+
+}  // namespace saap::cuda

@@ -1,0 +1,82 @@
+// Causal prefill attention (tensor-core and CUDA-core kernels) vs a float64 CPU reference over the
+// same bf16 inputs: GQA groups 3 and 4, chunks that start after cached tokens (pos0 > 0), query
+// counts that are not multiples of the tiles, a single query, and batches.
+// Tolerance: the output is stored in bf16 (relative rounding 2^-9 = 2e-3 per element, ~1.2e-3
+// RMS); the tensor-core kernel also rounds the probabilities to bf16 before P·V (again ~2^-9
+// relative per term, averaging out over the keys). Limits: 4e-3 (CUDA-core), 6e-3 (tensor-core),
+// as ||out - ref|| / ||ref||. A wrong mask, scale, head mapping or tile offset gives errors > 0.1.
+#include <string>
+
+#include "kernels/cuda/cuda_test_util.h"
+#include "saap/kernels/cuda/prefill_attention.h"
+
+using namespace saap;
+
+int main() {
+  cutest::require_gpu();
+  cutest::Tally tally;
+  std::mt19937 rng(12345);
+  struct Case {
+    int batch, hq, hkv;
+    int64_t n, pos0, max_len;
+  };
+  const std::vector<Case> cases = {
+      {2, 9, 3, 100, 0, 128},   // SmolLM2's heads, partial last tile
+      {1, 4, 1, 37, 200, 300},  // a later chunk: queries at 200..236 see 237 keys
+      {1, 9, 3, 1000, 0, 1000},
+      {3, 8, 2, 1, 70, 71},     // one query per sequence
+      {2, 6, 3, 64, 64, 256},   // tile-aligned chunk after one full tile
+  };
+  const int D = 64;
+  const float scale = 1.f / std::sqrt(float(D));
+  for (const auto& c : cases) {
+    const int G = c.hq / c.hkv;
+    const size_t q_n = size_t(c.batch) * c.n * c.hq * D, kv_n = size_t(c.batch) * c.hkv * c.max_len * D;
+    // Query spread 2: peaked softmax rows, which exercises the running-max rescaling.
+    auto hq = cutest::random_kv(rng, q_n, DType::BF16, 2.f);
+    auto hk = cutest::random_kv(rng, kv_n, DType::BF16), hv = cutest::random_kv(rng, kv_n, DType::BF16);
+    auto dq = cutest::upload(hq), dk = cutest::upload(hk), dv = cutest::upload(hv);
+    std::vector<double> ref(q_n);
+    std::vector<float> qrow(D);
+    for (int b = 0; b < c.batch; ++b)
+      for (int64_t t = 0; t < c.n; ++t)
+        for (int h = 0; h < c.hq; ++h) {
+          const size_t qoff = ((size_t(b) * c.n + t) * c.hq + h) * D;
+          for (int d = 0; d < D; ++d) qrow[d] = float(cutest::from_bits(hq[qoff + d], DType::BF16));
+          std::vector<int64_t> pos(size_t(c.pos0 + t + 1));
+          for (size_t i = 0; i < pos.size(); ++i) pos[i] = int64_t(i);
+          const size_t kvoff = (size_t(b) * c.hkv + h / G) * c.max_len * D;
+          cutest::ref_attention(qrow.data(), &hk[kvoff], &hv[kvoff], pos, D, scale, DType::BF16, &ref[qoff]);
+        }
+    for (auto kernel : {cuda::PrefillKernel::Simple, cuda::PrefillKernel::TensorCore}) {
+      cuda::DeviceBuffer<uint16_t> dout(q_n);
+      cutest::poison(dout);
+      const cuda::PrefillShape s{c.batch, c.hq, c.hkv, D, c.n, c.pos0, c.max_len};
+      cuda::prefill_attention(s, reinterpret_cast<const __nv_bfloat16*>(dq.get()),
+                              reinterpret_cast<const __nv_bfloat16*>(dk.get()),
+                              reinterpret_cast<const __nv_bfloat16*>(dv.get()), scale,
+                              reinterpret_cast<__nv_bfloat16*>(dout.get()), 0, kernel);
+      SAAP_CU(cudaDeviceSynchronize());
+      const auto bits = cutest::download(dout);
+      std::vector<float> out(q_n);
+      for (size_t i = 0; i < q_n; ++i) out[i] = float(cutest::from_bits(bits[i], DType::BF16));
+      const double err = cutest::rel_error(out, ref);
+      const bool tc = kernel == cuda::PrefillKernel::TensorCore;
+      const double limit = tc ? 6e-3 : 4e-3;
+      const std::string what = std::string(tc ? "tensor-core" : "cuda-core") + " b=" + std::to_string(c.batch) +
+                                " hq=" + std::to_string(c.hq) + " hkv=" + std::to_string(c.hkv) +
+                                " n=" + std::to_string(c.n) + " pos0=" + std::to_string(c.pos0);
+      tally.check(err < limit, what.c_str(), err, limit);
+    }
+  }
+  // Bad shapes are refused with a named error.
+  bool threw = false;
+  try {
+    cuda::prefill_attention({1, 9, 3, 64, 10, 120, 128}, nullptr, nullptr, nullptr, 1.f, nullptr);
+  } catch (const Error& e) {
+    threw = e.kind() == ErrorKind::InvalidArgument;
+    std::printf("expected error: %s\n", e.what());
+  }
+  tally.check(threw, "10 queries at pos0 120 overflow max_len 128 (InvalidArgument)", threw, 1);
+  return tally.finish();
+}

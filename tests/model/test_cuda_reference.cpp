@@ -1,0 +1,86 @@
+// The CUDA runner's reference logits (tests/model/data/cuda_reference_logits.txt) must be what the
+// fp32 CPU runner computes today: this test recomputes them and compares, so a change to the CPU
+// forward pass that leaves the file stale fails here, on the CPU CI. With
+// SAAP_WRITE_CUDA_REFERENCE=1 it rewrites the file instead.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "model/cuda_reference.h"
+#include "saap/core/paths.h"
+#include "saap/model/llama.h"
+
+namespace saap {
+namespace {
+
+constexpr int kTokens = 64;
+constexpr int kTopK = 32;
+
+// Two different kinds of text, so that a batch of both tells the sequences apart.
+const char* const kPrompts[] = {
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type, oil-based ink and a wooden press adapted from those used to make wine. Within fifty "
+    "years, presses were working in more than two hundred European cities, and the price of books fell so far "
+    "that ordinary merchants could own a small library.",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number, computed iteratively.\"\"\"\n    a, b = 0, 1\n"
+    "    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n\nif __name__ == \"__main__\":\n"
+    "    for i in range(10):\n        print(i, fibonacci(i))\n",
+};
+
+testref::LogitsRef compute_reference() {
+  auto model = LlamaModel::load(default_model_path(), false);
+  const LlamaConfig& c = model->config();
+  testref::LogitsRef r;
+  r.model = c.name + " layers " + std::to_string(c.n_layers) + " vocab " + std::to_string(c.vocab_size);
+  r.topk = kTopK;
+  for (const char* text : kPrompts) {
+    std::vector<int32_t> tokens = model->tokenizer().encode(text);
+    EXPECT_GE(tokens.size(), size_t(kTokens)) << "prompt too short: " << text;
+    tokens.resize(kTokens);
+    LlamaSession session(model, kTokens);
+    std::vector<float> logits(size_t(kTokens) * c.vocab_size);
+    session.forward(tokens.data(), kTokens, logits.data(), /*all_logits=*/true);
+    testref::PromptRef p;
+    p.tokens = tokens;
+    for (int i = 0; i < kTokens; ++i)
+      p.positions.push_back(testref::summarize(&logits[size_t(i) * c.vocab_size], c.vocab_size, kTopK,
+                                               i + 1 < kTokens ? tokens[size_t(i + 1)] : -1));
+    r.prompts.push_back(std::move(p));
+  }
+  return r;
+}
+
+TEST(CudaReference, FileMatchesTheCpuRunner) {
+  const std::string path = testref::reference_path(SAAP_SOURCE_DIR);
+  const testref::LogitsRef now = compute_reference();
+  const char* write = std::getenv("SAAP_WRITE_CUDA_REFERENCE");
+  if (write && std::string(write) == "1") {
+    testref::write_reference(path, now);
+    std::printf("wrote %s\n", path.c_str());
+  }
+  const testref::LogitsRef file = testref::read_reference(path);
+  EXPECT_EQ(file.model, now.model);
+  ASSERT_EQ(file.topk, now.topk);
+  ASSERT_EQ(file.prompts.size(), now.prompts.size());
+  // The file holds 9 significant digits; BLAS summation order may differ across machines and
+  // thread counts by a few ulps of fp32 over 30 layers: 2e-3 absolute on logits of size ~10-30.
+  const double tol = 2e-3;
+  for (size_t p = 0; p < now.prompts.size(); ++p) {
+    ASSERT_EQ(file.prompts[p].tokens, now.prompts[p].tokens) << "prompt " << p << " tokenizes differently";
+    for (size_t i = 0; i < now.prompts[p].positions.size(); ++i) {
+      const testref::PositionRef &a = file.prompts[p].positions[i], &b = now.prompts[p].positions[i];
+      EXPECT_NEAR(a.lse, b.lse, tol) << "prompt " << p << " position " << i;
+      if (!std::isnan(b.next_logit)) {
+        EXPECT_NEAR(a.next_logit, b.next_logit, tol) << "prompt " << p << " position " << i;
+      }
+      EXPECT_EQ(a.top_ids[0], b.top_ids[0]) << "prompt " << p << " position " << i;
+      for (int k = 0; k < kTopK; ++k)
+        EXPECT_NEAR(a.top_logits[size_t(k)], b.top_logits[size_t(k)], tol) << "prompt " << p << " pos " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace saap

@@ -15,7 +15,7 @@ using namespace saap;
 int main() {
   cutest::require_gpu();
   cutest::Tally tally;
-  std::mt19937 rng(12345);
+  cutest::Rng rng(cutest::test_seed());
   struct Case {
     int batch, hq, hkv;
     int64_t n, pos0, max_len;

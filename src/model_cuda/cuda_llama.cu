@@ -180,7 +180,7 @@ size_t CudaLlamaModel::cache_bytes() const { return impl_->k_cache.bytes() + imp
 cudaStream_t CudaLlamaModel::stream() const { return impl_->stream; }
 void CudaLlamaModel::synchronize() const { SAAP_CU(cudaStreamSynchronize(impl_->stream)); }
 
-void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float* all_logits) {
+void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float* all_logits, float* nll) {
   Impl& m = *impl_;
   const LlamaConfig& c = m.config;
   SAAP_CHECK_FMT(batch >= 1 && batch <= m.options.max_batch, InvalidArgument, "batch = %d must be in [1, %d]", batch,
@@ -201,6 +201,7 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
   const int64_t V = c.vocab_size;
   if (m.prompt.size() < size_t(batch * n)) m.prompt.resize(size_t(batch * n));
   SAAP_CU(cudaMemcpyAsync(m.prompt.get(), tokens, size_t(batch * n) * 4, cudaMemcpyHostToDevice, m.stream));
+  if (nll && m.nll.size() < size_t(batch * n)) m.nll.resize(size_t(batch * n));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(n, m.rows / batch));
   for (int64_t t0 = 0; t0 < n; t0 += chunk) {
     const int64_t cn = std::min(chunk, n - t0), rows = int64_t(batch) * cn;
@@ -210,11 +211,13 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
     embed_rows(m.chunk_tokens.get(), m.token_embd.get(), c.vocab_size, E, rows, m.x.get(), nullptr, m.stream);
     m.prefill_layers(batch, cn, t0);
 
-    if (all_logits) {  // every row of the chunk, kLogitRows at a time
+    if (all_logits || nll) {  // every row of the chunk, kLogitRows at a time
       for (int64_t r0 = 0; r0 < rows; r0 += Impl::kLogitRows) {
         const int64_t nr = std::min(Impl::kLogitRows, rows - r0);
         rms_norm_rows(m.x.get() + r0 * E, m.output_norm.get(), nr, E, c.rms_eps, m.xn.get(), m.stream);
         m.gemm(m.xn.get(), m.unembedding(), m.logits.get(), nr, E, int(V), 0.f);
+        if (nll) prompt_nll_rows(m.logits.get(), nr, int(V), {m.prompt.get(), n, cn, t0, r0}, m.nll.get(), m.stream);
+        if (!all_logits) continue;  // the next group's GEMM follows the NLL kernel on the stream
         for (int64_t r = r0; r < r0 + nr;) {  // runs of rows of one sequence are contiguous on the host
           const int64_t b = r / cn, t = r % cn, run = std::min(cn - t, r0 + nr - r);
           SAAP_CU(cudaMemcpyAsync(all_logits + (b * n + t0 + t) * V, m.logits.get() + (r - r0) * V,
@@ -234,6 +237,8 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
   }
   const std::vector<int32_t> lengths(static_cast<size_t>(batch), static_cast<int32_t>(n));
   SAAP_CU(cudaMemcpyAsync(m.lengths.get(), lengths.data(), size_t(batch) * 4, cudaMemcpyHostToDevice, m.stream));
+  if (nll)
+    SAAP_CU(cudaMemcpyAsync(nll, m.nll.get(), size_t(batch * n) * 4, cudaMemcpyDeviceToHost, m.stream));
   SAAP_CU(cudaStreamSynchronize(m.stream));
   m.length = n;
 }

@@ -65,6 +65,7 @@ struct CudaLlamaModel::Impl {
   DeviceBuffer<float> logits;    // [max(max_batch, kLogitRows)][vocab]
   DeviceBuffer<int32_t> prompt;  // [batch][n] the prompt tokens
   DeviceBuffer<int32_t> chunk_tokens;  // [rows]
+  DeviceBuffer<float> nll;             // [batch][n] next-token NLL of the prompt (perplexity)
   DeviceBuffer<int32_t> next_tokens;   // [max_batch] input of the next decode step
   DeviceBuffer<int32_t> lengths;       // [max_batch] cached tokens per sequence (decode.h)
   SplitWorkspace split_ws;

@@ -47,9 +47,12 @@ class CudaLlamaModel {
   // Starts `batch` new sequences from prompts of n tokens each: tokens [batch][n] (host). Fills
   // cache rows [0, n), keeps the last position's logits on the device and makes each sequence's
   // greedy next token the input of the next decode step. When all_logits is non-null it receives
-  // every position's logits, host [batch][n][vocab]. Waits for the GPU before returning.
-  // Throws InvalidArgument (batch, n or a token id out of range) before anything changes.
-  void prefill(const int32_t* tokens, int batch, int64_t n, float* all_logits = nullptr);
+  // every position's logits, host [batch][n][vocab]. When nll is non-null it receives, host
+  // [batch][n], the negative log-likelihood (nats, from the fp32 logits, computed on the GPU) of
+  // token t + 1 at position t, and NaN at t = n - 1: perplexity without moving the logits.
+  // Waits for the GPU before returning. Throws InvalidArgument (batch, n or a token id out of
+  // range) before anything changes.
+  void prefill(const int32_t* tokens, int batch, int64_t n, float* all_logits = nullptr, float* nll = nullptr);
 
   // One decode step of every sequence, appending one token each. The input of sequence b is
   // tokens[b] (host, [batch]) or, when tokens is null, the greedy token chosen on the device by the

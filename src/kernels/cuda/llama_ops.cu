@@ -140,6 +140,24 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int vocab, int32
   if (threadIdx.x == 0) tokens[blockIdx.x] = si[0];
 }
 
+constexpr int kNllThreads = 512;
+__global__ void prompt_nll_kernel(const float* __restrict__ logits, int vocab, PromptRows p, float* __restrict__ nll) {
+  __shared__ float red[32];
+  const int64_t row = blockIdx.x, rr = p.r0 + row;
+  const int64_t b = rr / p.cn, pos = p.t0 + rr % p.cn;
+  const float* l = logits + row * vocab;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, l[j]);
+  mx = block_reduce<true>(mx, red);
+  float sum = 0.f;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) sum += expf(l[j] - mx);
+  sum = block_reduce<false>(sum, red);
+  if (threadIdx.x == 0) {
+    const int32_t target = pos + 1 < p.n ? p.prompt[b * p.n + pos + 1] : -1;
+    nll[b * p.n + pos] = target >= 0 && target < vocab ? mx + logf(sum) - l[target] : NAN;
+  }
+}
+
 void check_rows(int64_t rows, const char* func) {
   if (rows < 1 || rows > int64_t(INT32_MAX))
     fail(ErrorKind::InvalidArgument, func, "rows = %lld must be in [1, 2^31)", (long long)rows);
@@ -200,6 +218,16 @@ void to_bf16(const float* in, int64_t count, __nv_bfloat16* out, cudaStream_t st
 void argmax_rows(const float* logits, int64_t rows, int vocab, int32_t* tokens, cudaStream_t stream) {
   check_rows(rows, __func__);
   argmax_kernel<<<unsigned(rows), kArgmaxThreads, 0, stream>>>(logits, vocab, tokens);
+  SAAP_CU_LAUNCHED();
+}
+
+void prompt_nll_rows(const float* logits, int64_t rows, int vocab, const PromptRows& p, float* nll,
+                     cudaStream_t stream) {
+  check_rows(rows, __func__);
+  if (p.cn < 1 || p.n < 1 || p.prompt == nullptr)
+    fail(ErrorKind::InvalidArgument, __func__, "prompt rows: n = %lld, cn = %lld, prompt = %p", (long long)p.n,
+         (long long)p.cn, (const void*)p.prompt);
+  prompt_nll_kernel<<<unsigned(rows), kNllThreads, 0, stream>>>(logits, vocab, p, nll);
   SAAP_CU_LAUNCHED();
 }
 

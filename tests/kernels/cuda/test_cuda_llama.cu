@@ -143,11 +143,29 @@ int main() {
     o.prefill_kernel = s.kernel;
     auto model = cuda::CudaLlamaModel::load(model_path, o);
     const int V = model->config().vocab_size;
-    std::vector<float> logits(size_t(B) * n * V);
-    model->prefill(tokens.data(), B, n, logits.data());
+    std::vector<float> logits(size_t(B) * n * V), nll(size_t(B) * n);
+    model->prefill(tokens.data(), B, n, logits.data(), nll.data());
     Compare cmp;
     compare_all(logits, V, 0, n, n, cmp, s.name);
     cmp.report(tally, s.name);
+    // The device's next-token NLL (perplexity) is the float64 NLL of the logits it returned.
+    double nll_diff = 0;
+    bool last_nan = true;
+    for (int b = 0; b < B; ++b) {
+      last_nan = last_nan && std::isnan(nll[size_t(b) * n + n - 1]);
+      for (int t = 0; t + 1 < n; ++t) {
+        const float* l = &logits[(size_t(b) * n + t) * V];
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < V; ++j) mx = std::max(mx, double(l[j]));
+        for (int j = 0; j < V; ++j) sum += std::exp(double(l[j]) - mx);
+        const double host = mx + std::log(sum) - l[tokens[size_t(b) * n + t + 1]];
+        const double d = std::fabs(nll[size_t(b) * n + t] - host);
+        nll_diff = std::max(nll_diff, std::isnan(d) ? INFINITY : d);
+      }
+    }
+    // fp32 log-sum-exp over 49k terms vs float64: a few ulps of values ~10-30.
+    tally.check(nll_diff <= 1e-3 && last_nan, (std::string(s.name) + ": device NLL == host NLL of its logits").c_str(),
+                nll_diff, 1e-3);
     // The last-position logits kept on the device are the same rows.
     std::vector<float> last(size_t(B) * V);
     model->last_logits(last.data());

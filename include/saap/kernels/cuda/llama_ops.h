@@ -59,4 +59,16 @@ void to_bf16(const float* in, int64_t count, __nv_bfloat16* out, cudaStream_t st
 // tokens[r] = argmax_j logits[r][j] (the lower id on ties; NaN never wins); logits [rows][vocab].
 void argmax_rows(const float* logits, int64_t rows, int vocab, int32_t* tokens, cudaStream_t stream);
 
+// Negative log-likelihood of each prompt's next token, for perplexity. logits [rows][vocab] are
+// the rows r0 .. r0 + rows - 1 of a prefill chunk laid out [batch][cn] (cn tokens per sequence,
+// the chunk starting at token t0); prompt is [batch][n]. For chunk row (b, t), at prompt position
+// p = t0 + t: nll[b][p] = log sum_j exp(logit_j) - logit[prompt[b][p + 1]] (fp32), or NaN at
+// p = n - 1, which has no next token.
+struct PromptRows {
+  const int32_t* prompt = nullptr;  // [batch][n]
+  int64_t n = 0, cn = 0, t0 = 0, r0 = 0;
+};
+void prompt_nll_rows(const float* logits, int64_t rows, int vocab, const PromptRows& p, float* nll,
+                     cudaStream_t stream);
+
 }  // namespace saap::cuda

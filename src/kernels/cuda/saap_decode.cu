@@ -11,24 +11,38 @@ namespace saap::cuda {
 void SaapIndex::select(const float* q_route, float lookup, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q_route, InvalidArgument, "%s", "null q_route");
-  SAAP_CU_REQUIRE(m.hidden > 0, InvalidArgument, "%s", "set_classifier() must be called first");
   SAAP_CU_REQUIRE(lookup >= 0.f && lookup <= 1.f, InvalidArgument, "lookup %g outside [0, 1]", double(lookup));
   const int C = cfg_.n_partitions;
-  const dim3 cgrid((C + kClassifyRows - 1) / kClassifyRows, shape_.n_q_heads, shape_.batch);
-  const auto* w1 = reinterpret_cast<const __nv_bfloat16*>(m.w1.get());
-  const auto* w2 = reinterpret_cast<const __nv_bfloat16*>(m.w2.get());
-  if (shape_.head_dim == 64)
-    saap_classify_kernel<64><<<cgrid, 256, 0, stream>>>(q_route, w1, m.b1.get(), w2, m.b2.get(), shape_.n_q_heads,
-                                                        m.hidden, C, m.logits.get());
-  else
-    saap_classify_kernel<128><<<cgrid, 256, 0, stream>>>(q_route, w1, m.b1.get(), w2, m.b2.get(), shape_.n_q_heads,
-                                                         m.hidden, C, m.logits.get());
-  SAAP_CU_LAUNCHED();
+  // Saap ranks by the G heads' router logits; the other routings write one key per KV group.
+  int rows_per_group = 1;
+  switch (cfg_.routing) {
+    case PartitionRouting::Saap: {
+      SAAP_CU_REQUIRE(m.hidden > 0, InvalidArgument, "%s", "set_classifier() must be called first");
+      const dim3 cgrid((C + kClassifyRows - 1) / kClassifyRows, shape_.n_q_heads, shape_.batch);
+      const auto* w1 = reinterpret_cast<const __nv_bfloat16*>(m.w1.get());
+      const auto* w2 = reinterpret_cast<const __nv_bfloat16*>(m.w2.get());
+      if (shape_.head_dim == 64)
+        saap_classify_kernel<64><<<cgrid, 256, 0, stream>>>(q_route, w1, m.b1.get(), w2, m.b2.get(), shape_.n_q_heads,
+                                                            m.hidden, C, m.logits.get());
+      else
+        saap_classify_kernel<128><<<cgrid, 256, 0, stream>>>(q_route, w1, m.b1.get(), w2, m.b2.get(),
+                                                             shape_.n_q_heads, m.hidden, C, m.logits.get());
+      SAAP_CU_LAUNCHED();
+      rows_per_group = shape_.group();
+      break;
+    }
+    case PartitionRouting::KMeans:
+      rank_kmeans(q_route, stream);
+      break;
+    case PartitionRouting::PartitionOracle:
+      rank_by_attention(q_route, stream);
+      break;
+  }
   const SaapGeom g{C, cfg_.sinks, cfg_.window, cfg_.append_page, cfg_.append_pages_per_partition, shape_.head_dim,
                    shape_.n_kv_heads, rows_, cfg_.max_prefill};
   saap_select_kernel<<<shape_.batch * shape_.n_kv_heads, kSelectThreads, 0, stream>>>(
-      m.logits.get(), shape_.n_q_heads, shape_.group(), g, cfg_.segment, lookup, m.seq_len.get(), m.part_start.get(),
-      m.part_count.get(), m.append_pages.get(), m.append_count.get(), max_segments_,
+      m.logits.get(), shape_.n_kv_heads * rows_per_group, rows_per_group, g, cfg_.segment, lookup, m.seq_len.get(),
+      m.part_start.get(), m.part_count.get(), m.append_pages.get(), m.append_count.get(), max_segments_,
       reinterpret_cast<int2*>(m.segments.get()), m.segment_count.get(), m.selected_tokens.get());
   SAAP_CU_LAUNCHED();
   m.last_lookup = lookup;

@@ -48,7 +48,7 @@ SaapIndex::SaapIndex(const DecodeShape& shape, const SaapConfig& cfg) : shape_(s
   m.flags.resize(2);
   m.best.resize(bh);
   SAAP_CU(cudaMemset(m.best.get(), 0, m.best.bytes()));
-  m.logits.resize(int64_t(shape_.batch) * shape_.n_q_heads * C);
+  m.logits.resize(int64_t(shape_.batch) * shape_.n_q_heads * C);  // >= [batch][n_kv_heads][C] of the other routings
   SAAP_CU(cudaMemset(m.flags.get(), 0, m.flags.bytes()));
   SAAP_CU(cudaMemset(m.seq_len.get(), 0, m.seq_len.bytes()));
   SAAP_CU(cudaMemset(m.segment_count.get(), 0, m.segment_count.bytes()));
@@ -58,7 +58,7 @@ SaapIndex::~SaapIndex() {
   if (impl_ && impl_->cublas) cublasDestroy(impl_->cublas);
 }
 
-void SaapIndex::set_centroids(const std::vector<float>& h) {
+void SaapIndex::set_centroids(const std::vector<float>& h, bool spherical) {
   const int64_t n = int64_t(shape_.n_kv_heads) * cfg_.n_partitions * shape_.head_dim;
   SAAP_CU_REQUIRE(int64_t(h.size()) == n, InvalidArgument, "centroids has %zu values, expected n_kv_heads*C*D = %lld",
                   h.size(), (long long)n);
@@ -70,10 +70,12 @@ void SaapIndex::set_centroids(const std::vector<float>& h) {
       const double x = bits16_to_float(bits[c * shape_.head_dim + j], shape_.kv_dtype);
       s += x * x;
     }
-    hn[c] = float(s / 2);
+    hn[c] = spherical ? 0.f : float(s / 2);
   }
   upload(impl_->centroids, bits);
   upload(impl_->half_norm, hn);
+  if (cfg_.routing == PartitionRouting::KMeans) upload(impl_->centroids_f32, h);
+  spherical_ = spherical;
 }
 
 void SaapIndex::set_classifier(const std::vector<float>& w1, const std::vector<float>& b1,
@@ -128,8 +130,18 @@ const float* SaapIndex::logits() const { return impl_->logits.get(); }
 
 int64_t SaapIndex::index_bytes_per_step() const {
   const int64_t Hq = shape_.n_q_heads, Hkv = shape_.n_kv_heads, D = shape_.head_dim, C = cfg_.n_partitions;
-  const int64_t H = impl_->hidden;
-  return Hq * (H * D + C * H) * 2 + Hq * (H + C) * 4 + Hkv * C * (D * 2 + 4);
+  const int64_t sizes_and_assignment = Hkv * C * (D * 2 + 4);  // centroids of the append's assignment
+  switch (cfg_.routing) {
+    case PartitionRouting::Saap: {
+      const int64_t H = impl_->hidden;
+      return Hq * (H * D + C * H) * 2 + Hq * (H + C) * 4 + sizes_and_assignment;
+    }
+    case PartitionRouting::KMeans:
+      return Hkv * C * D * 4 + sizes_and_assignment;  // fp32 centroids scored against the query
+    case PartitionRouting::PartitionOracle:
+      break;  // reads every key to decide: a measuring stick, its reads are not counted (as on the CPU)
+  }
+  return sizes_and_assignment;
 }
 
 }  // namespace saap::cuda

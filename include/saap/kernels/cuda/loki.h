@@ -12,9 +12,15 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "saap/kernels/cuda/decode.h"
+
+namespace saap {
+struct LokiArtifact;      // methods/loki.h
+struct ArtifactIdentity;  // core/safetensors.h
+}  // namespace saap
 
 namespace saap::cuda {
 
@@ -23,6 +29,16 @@ class LokiIndex {
   // rank r: 8, 16 or 32 (and < head_dim).
   LokiIndex(const DecodeShape& shape, int64_t max_len, int rank);
   ~LokiIndex();
+
+  // One layer's index from a trained artifact as `saap train loki` writes it (LokiArtifact::load),
+  // FAISS style: the layer's bases, and the rank r = ceil(d_f * head_dim) the CPU method uses
+  // (Unsupported unless 8, 16 or 32). `model` is the identity of the model served (n_layers,
+  // n_heads, n_kv_heads, head_dim, model_identity); a mismatch throws BadFile naming the field.
+  // As on the CPU, the basis applies to post-RoPE keys and queries whichever it was fitted on.
+  static std::unique_ptr<LokiIndex> from_artifact(const LokiArtifact& artifact, const ArtifactIdentity& model,
+                                                  int layer, int batch, DType kv_dtype, int64_t max_len, double d_f);
+  static std::unique_ptr<LokiIndex> from_artifact(const std::string& path, const ArtifactIdentity& model, int layer,
+                                                  int batch, DType kv_dtype, int64_t max_len, double d_f);
   LokiIndex(const LokiIndex&) = delete;
   LokiIndex& operator=(const LokiIndex&) = delete;
 
@@ -44,6 +60,7 @@ class LokiIndex {
   void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
 
   int rank() const { return rank_; }
+  bool pre_rope() const { return pre_rope_; }  // what the basis was fitted on (from_artifact)
   int64_t max_len() const { return max_len_; }
   const DecodeShape& shape() const { return shape_; }
   // Device views for tests.
@@ -62,6 +79,7 @@ class LokiIndex {
   int64_t max_len_;
   int rank_;
   float last_k_frac_ = 0.f;
+  bool pre_rope_ = false;
   std::unique_ptr<Impl> impl_;
 };
 

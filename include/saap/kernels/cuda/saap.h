@@ -19,11 +19,27 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "saap/kernels/cuda/decode.h"
 
+namespace saap {
+struct PartitionArtifact;  // methods/saap.h
+struct ArtifactIdentity;   // core/safetensors.h
+}  // namespace saap
+
 namespace saap::cuda {
+
+// How select() ranks a KV group's partitions; each mirrors one CPU method on the same artifact.
+enum class PartitionRouting {
+  Saap,             // the trained routers' log densities, summed over the group (SaapAttention)
+  KMeans,           // each head's nearest centroids to its routing query, the heads' rankings
+                    // merged round-robin (SymmetricKMeansAttention)
+  PartitionOracle,  // the true attention density of the group over the whole prefix, from the
+                    // post-RoPE query and every cached key (PartitionOracleAttention); a ceiling
+};
+const char* routing_name(PartitionRouting r);
 
 struct SaapConfig {
   int n_partitions = 1024;        // C, per KV head (<= 4096)
@@ -35,6 +51,7 @@ struct SaapConfig {
   int64_t max_prefill = 0;        // longest prefill a build() may place
   int64_t max_new_tokens = 4096;  // appends sized for after a build() (sizes the page pool; more re-pack)
   int classifier_hidden = 128;    // multiple of 32, <= 1024
+  PartitionRouting routing = PartitionRouting::Saap;
 };
 
 // Device-side counters a caller can read back (all per (b, h), [batch][n_kv_heads]).
@@ -46,12 +63,32 @@ class SaapIndex {
  public:
   SaapIndex(const DecodeShape& shape, const SaapConfig& cfg);
   ~SaapIndex();
+
+  // One layer's index from a trained artifact as `saap train` writes it (PartitionArtifact::load),
+  // FAISS style: centroids, routers (Saap), spherical or L2 assignment and the partition count
+  // come from the artifact. `model` is the identity of the model the index serves (n_layers,
+  // n_heads, n_kv_heads, head_dim, model_identity); a mismatch throws BadFile naming the field,
+  // a layer the artifact did not train InvalidArgument, a shape the kernels lack Unsupported.
+  // Routing Saap needs an artifact with routers; KMeans and PartitionOracle use any artifact's
+  // partition. cfg supplies the budget geometry (sinks, window, sizes); its n_partitions,
+  // classifier_hidden and routing are overwritten. Keys given to assign_prefill() and the query
+  // given to select() must be pre-RoPE when pre_rope() (the partition oracle always takes the
+  // post-RoPE query).
+  static std::unique_ptr<SaapIndex> from_artifact(const PartitionArtifact& artifact, const ArtifactIdentity& model,
+                                                  int layer, int batch, DType kv_dtype, SaapConfig cfg,
+                                                  PartitionRouting routing);
+  // Loads the file (PartitionArtifact::load checks it against `model`), then as above.
+  static std::unique_ptr<SaapIndex> from_artifact(const std::string& path, const ArtifactIdentity& model, int layer,
+                                                  int batch, DType kv_dtype, const SaapConfig& cfg,
+                                                  PartitionRouting routing);
   SaapIndex(const SaapIndex&) = delete;
   SaapIndex& operator=(const SaapIndex&) = delete;
 
   // Centroids [n_kv_heads][C][head_dim] (fp32 on the host), stored rounded to kv_dtype; keys are
-  // assigned to argmin ||k - c||, i.e. argmax k.c - ||c||^2/2 with ||c|| of the rounded centroid.
-  void set_centroids(const std::vector<float>& h_centroids);
+  // assigned to argmin ||k - c||, i.e. argmax k.c - ||c||^2/2 with ||c|| of the rounded centroid,
+  // or with spherical centroids (unit norm, spherical k-means) to argmax k.c, as the CPU assigns.
+  // KMeans routing also keeps them in fp32 to score queries as the CPU method does.
+  void set_centroids(const std::vector<float>& h_centroids, bool spherical = false);
   // The query classifier, per query head: logits = W2 relu(W1 q + b1) + b2, the log attention
   // density (attention per key) of each partition, as the CPU router (train/classifier.h) outputs.
   // W1 [n_q_heads][hidden][head_dim], b1 [n_q_heads][hidden], W2 [n_q_heads][C][hidden],
@@ -73,11 +110,12 @@ class SaapIndex {
   // new layout's and the last selection is cleared (select() again before attend()).
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
 
-  // Classifier + selection for queries q [batch][n_q_heads][head_dim] (the routing query): per KV
-  // group, non-empty partitions in decreasing density summed over the group's heads (each head's
-  // densities normalised so that, weighted by partition sizes, they sum to 1; the CPU reference's
-  // ranking) while their tokens fit in lookup * seq_len - (sinks + window tokens). Writes the work
-  // segments attend() walks.
+  // Routing + selection for queries q [batch][n_q_heads][head_dim]: the routing query (Saap, KMeans)
+  // or the post-RoPE attention query (PartitionOracle). Per KV group, the non-empty partitions are
+  // ranked as config().routing says (Saap: decreasing density summed over the group's heads, each
+  // head's densities normalised so that, weighted by partition sizes, they sum to 1) and filled
+  // into what the lookup budget leaves after the sinks and window (selection_rules.h). Writes the
+  // work segments attend() walks.
   void select(const float* q_route, float lookup, cudaStream_t stream = 0);
   // Exact attention of q over the last selection into out [batch][n_q_heads][head_dim].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
@@ -99,7 +137,12 @@ class SaapIndex {
   const int32_t* append_pages() const;  // [bh][C][append_pages_per_partition], slot of each page
   const int32_t* append_count() const;  // [bh][C]
   const int32_t* segments() const;      // [bh][max_segments()][2]: (first slot, tokens)
-  const float* logits() const;          // [batch][n_q_heads][C]
+  // Saap: the router logits [batch][n_q_heads][C]; KMeans and PartitionOracle: the group's
+  // ranking key [batch][n_kv_heads][C] (KMeans: minus the partition's place in the round-robin
+  // order; PartitionOracle: log of the summed attention density).
+  const float* logits() const;
+  bool spherical() const { return spherical_; }
+  bool pre_rope() const { return pre_rope_; }  // from_artifact: routes and assigns pre-RoPE vectors
   int64_t max_segments() const { return max_segments_; }
   // Bytes of index data one decode step reads besides K/V: classifier weights and the centroids
   // of the append's assignment.
@@ -111,9 +154,13 @@ class SaapIndex {
   // Before an append: re-packs when some partition or the page pool might have no room.
   void ensure_append_room(cudaStream_t stream);
   void repack(cudaStream_t stream);
+  // Writes the group ranking keys of KMeans / PartitionOracle routing into logits().
+  void rank_kmeans(const float* q_route, cudaStream_t stream);
+  void rank_by_attention(const float* q, cudaStream_t stream);
 
   DecodeShape shape_;
   SaapConfig cfg_;
+  bool spherical_ = false, pre_rope_ = false;
   int64_t rows_ = 0, max_segments_ = 0;
   std::unique_ptr<Impl> impl_;
 };

@@ -4,16 +4,23 @@
     scripts/plot_gpu_bench.py CSV [--sdpa SDPA_JSON] [--png OUT.png] [--md OUT.md] [--title TEXT]
 
 CSV is decode_bench's output; SDPA_JSON is bench/cuda/sdpa_bench.py's output from the same run.
+The PNG and the markdown table carry their provenance (scripts/provenance.py), with the CSV and
+SDPA_JSON as inputs (sha256).
 """
 import argparse
 import csv
 import json
+import os
+import sys
 from collections import defaultdict
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
 
 
 def label(method, param):
@@ -34,7 +41,10 @@ def main():
     ap.add_argument("--md")
     ap.add_argument("--title", default="decode attention per layer, Llama-3.1-8B shapes (32q/8kv, d=128, bf16)")
     a = ap.parse_args()
-    rows = list(csv.DictReader(open(a.csv)))
+    with open(a.csv, newline="") as f:
+        rows = list(csv.DictReader(provenance.skip_comments(f)))
+    prov = provenance.collect(inputs=[provenance.input_file("csv", a.csv)]
+                              + ([provenance.input_file("sdpa", a.sdpa)] if a.sdpa else []))
     sdpa = {}
     if a.sdpa:
         for r in json.load(open(a.sdpa))["rows"]:
@@ -71,6 +81,7 @@ def main():
         fig.suptitle(a.title, fontsize=10)
         fig.tight_layout()
         fig.savefig(a.png, dpi=120)
+        provenance.stamp_png(a.png, prov)
 
     if a.md:
         # Runs from before the CUDA-graph timing have no graph_ms column.
@@ -92,7 +103,8 @@ def main():
         for (b, n), ms in sorted(sdpa.items()):
             lines.append(f"| PyTorch SDPA | {b} | {n} | {ms:.4f} | {2 * b * 8 * n * 128 * 2 / (ms * 1e-3) / 1e9:.0f} | | 1.000 | |"
                          + (" | |" if graph else ""))
-        open(a.md, "w").write("\n".join(lines) + "\n")
+        with open(a.md, "w") as f:
+            f.write(provenance.md_line(prov) + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ usage: scripts/plot_quality.py results/quality_2026-11-23.csv [more.csv ...] -o 
 
 Left: perplexity increase over dense; middle: softmax mass captured; right: recall of the true
 top-k keys. The x axis is the lookup fraction each setting actually read (KV plus index bytes over
-a dense read), so methods are compared at equal cost.
+a dense read), so methods are compared at equal cost. The PNG carries its provenance (the inputs:
+each CSV's sha256) in a "provenance" text chunk (scripts/provenance.py).
 """
 import argparse
 import csv
+import os
 import sys
 from collections import defaultdict
 
@@ -18,13 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
+
 
 def read_rows(paths):
     rows = []
     for path in paths:
         with open(path, newline="") as f:
-            lines = [line for line in f if not line.startswith("#")]
-        rows.extend(csv.DictReader(lines))
+            rows.extend(csv.DictReader(provenance.skip_comments(f)))
     if not rows:
         sys.exit(f"no rows in {', '.join(paths)}")
     return rows
@@ -66,6 +70,7 @@ def main():
     fig.suptitle("Attention quality vs lookup fraction (" + ", ".join(args.csv) + ")", fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
+    provenance.stamp_png(args.out, provenance.collect(inputs=[provenance.input_file("csv", p) for p in args.csv]))
     print(f"wrote {args.out}")
 
 

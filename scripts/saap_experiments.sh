@@ -6,6 +6,12 @@
 # Usage: scripts/saap_experiments.sh [build dir] [parallel jobs]
 # CPU only. The perplexity and passkey runs are independent single-threaded processes; JOBS of them
 # run at once (the recorded results used 16, on a 16-core host).
+# Every file it writes under results/ carries its provenance (date, machine, commit of the saap
+# binary, command, inputs by sha256): the CLI's files and --json outputs, and saap_tables.py's tables.
+# Saap and its k-means baseline share ONE partition at every C: the k-means artifact is trained first
+# and Saap takes its centroids (--partition-from); the run stops if a Saap artifact ran k-means of
+# its own (given_partition_layers != layers). The Saap JSON's provenance names the partition's file
+# and sha256 (input "partition_from"), the grids' name every artifact they read.
 set -euo pipefail
 BIN=$(realpath "${1:-build}")/saap
 JOBS=${2:-$(nproc)}
@@ -17,8 +23,9 @@ mkdir -p "$ART" "$OUT"
 export OMP_WAIT_POLICY=passive
 
 # 1. Calibration set (calib.txt, never eval.txt): 16 windows x 2048 tokens, 384 queries per window
-#    drawn with density proportional to position (long prefixes).
-[ -f "$CAL" ] || "$BIN" calibrate --windows 16 --window-len 2048 --queries 384 --seed 1 --out "$CAL"
+#    drawn with density proportional to position (long prefixes). Its run (and time) in results/.
+[ -f "$CAL" ] || "$BIN" --json calibrate --windows 16 --window-len 2048 --queries 384 --seed 1 --out "$CAL" \
+  > "$OUT/saap_calibrate.json"
 
 # 2. Partitions (k-means alone: the symmetric baseline's artifact), then Saap's routers trained on
 #    each partition as is. Labels leave out the same sinks and window that decode reads anyway.
@@ -29,6 +36,13 @@ train() {  # C ROPE
   "$BIN" --json train saap --calib "$CAL" --out "$saap" --partition-from "$km" --partitions "$1" --rope "$2" \
     --hidden 128 --epochs 30 --patience 3 --sinks $SINKS --window $WINDOW --min-prefix 256 --max-queries 0 --seed 1 \
     > "$OUT/saap_train_c$1_$2.json"
+  python3 - "$OUT/saap_train_c$1_$2.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+if d.get("given_partition_layers") != d["layers"]:
+    sys.exit(f"{sys.argv[1]}: Saap took {d.get('given_partition_layers')} of {d['layers']} layers' partition from "
+             "its k-means artifact; the comparison needs one shared partition")
+PY
 }
 for C in 256 128 512; do train $C pre; done
 train 256 post

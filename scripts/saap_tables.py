@@ -7,14 +7,26 @@ perplexity over all windows, the delta to dense on the same windows, the measure
 on how many windows Saap's NLL is below k-means'.
 --passkey DIR: <method>_<fraction>_<length>.json (saap eval passkey --json). Writes
 saap_passkey.{json,csv}: accuracy per (method, fraction, length) and every failed trial's answer.
+
+Each table carries its provenance (scripts/provenance.py: date, machine, commit, command, and every
+run file it folds in as an input, by sha256) and "runs": where and when the runs themselves were
+made, gathered from the run files' own provenance (saap --json writes it), not from free text.
 """
-import argparse, csv, datetime, glob, json, math, os, re, subprocess
+import argparse, csv, glob, json, math, os, re, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
 
 
-def provenance():
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"tabulated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), "commit": commit,
-            "script": "scripts/saap_experiments.sh"}
+def runs_summary(paths):
+    """Commits, machines and the date range of the run files, from their provenance records."""
+    provs = [json.load(open(p)).get("provenance") for p in paths]
+    known = [p for p in provs if p]
+    return {"files": len(paths), "without_provenance": len(provs) - len(known),
+            "commits": sorted({p["commit"] + (" (dirty)" if p.get("dirty") else "") for p in known}),
+            "machines": sorted({provenance.machine_line(p) for p in known}),
+            "first": min((p["date"] for p in known), default=None),
+            "last": max((p["date"] for p in known), default=None)}
 
 
 def ppl_table(folder):
@@ -58,11 +70,18 @@ def passkey_table(folder):
     return sorted(rows, key=lambda r: (r["method"], r["lookup"] or 0, r["length"]))
 
 
-def write(out, stem, rows, columns, meta):
+def write(out, stem, rows, columns, run_files, note):
+    prov = provenance.collect(inputs=[provenance.input_file("run", p) for p in sorted(run_files)])
+    runs = runs_summary(run_files)
     with open(os.path.join(out, stem + ".json"), "w") as f:
-        json.dump({**meta, "rows": rows}, f, indent=1)
+        json.dump({"provenance": prov, "runs": runs, "note": note, "rows": rows}, f, indent=1)
     with open(os.path.join(out, stem + ".csv"), "w", newline="") as f:
-        f.write(f"# tabulated {meta['tabulated']} at commit {meta['commit']} by {meta['script']}; runs: {meta['note']}\n")
+        f.write(provenance.csv_lines(prov))
+        f.write(f"# runs: {runs['files']} files ({runs['without_provenance']} without provenance), "
+                f"{runs['first']} to {runs['last']}, commits {', '.join(runs['commits'])}; "
+                f"machines {' | '.join(runs['machines'])}\n")
+        if note:
+            f.write(f"# note: {note}\n")
         w = csv.writer(f)
         w.writerow(columns)
         for r in rows:
@@ -77,13 +96,12 @@ def main():
     ap.add_argument("--note", default="", help="Where and how the runs were made, recorded in the files")
     ap.add_argument("--suffix", default="", help="Appended to the file stems (e.g. _post for another artifact)")
     a = ap.parse_args()
-    meta = provenance()
-    meta["note"] = a.note
     ppl = ppl_table(a.ppl)
     write(a.out, "saap_ppl" + a.suffix, ppl, ["method", "lookup", "windows", "kv_fraction", "perplexity", "dense_perplexity",
-                                   "delta", "windows_below_kmeans"], meta)
+                                   "delta", "windows_below_kmeans"], glob.glob(os.path.join(a.ppl, "*.json")), a.note)
     pk = passkey_table(a.passkey)
-    write(a.out, "saap_passkey" + a.suffix, pk, ["method", "lookup", "length", "correct", "trials"], meta)
+    write(a.out, "saap_passkey" + a.suffix, pk, ["method", "lookup", "length", "correct", "trials"],
+          glob.glob(os.path.join(a.passkey, "*.json")), a.note)
     for r in ppl:
         print(f"ppl {r['method']:7s} {r['lookup']:.2f}: {r['perplexity']:.3f} (dense {r['dense_perplexity']:.3f}, "
               f"delta {r['delta']:+.3f}, kv {r['kv_fraction']:.4f})"

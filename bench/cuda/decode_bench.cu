@@ -11,6 +11,8 @@
 // still runs). Quest (page 16, Saap's sinks and window) reads the same random K/V, at Saap's measured
 // fractions and at fixed budgets of 1024 and 2048 tokens (Saap too, as lookup = tokens / context). Timing: CUDA events around each call, L2 flushed (by reading 256 MB) before each
 // repetition, median; dense and Loki are also timed as a captured CUDA graph (graph_ms).
+// Both files carry the run's provenance (saap/provenance/provenance.h: date, machine and GPU, commit,
+// command): a "provenance" object in the JSON, leading "# key: value" lines in the CSV.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -29,6 +31,7 @@
 #include "saap/kernels/cuda/loki.h"
 #include "saap/kernels/cuda/quest.h"
 #include "saap/kernels/cuda/saap.h"
+#include "saap/provenance/provenance.h"
 
 using namespace saap;
 using namespace saap::cuda;
@@ -142,6 +145,20 @@ size_t free_bytes() {
   return f;
 }
 
+// The run's provenance; the GPU is the device measured, with the NVIDIA driver's version when its
+// /proc entry is visible (else the CUDA driver API version).
+saap::Provenance device_provenance(const cudaDeviceProp& prop) {
+  saap::Provenance p = saap::collect_provenance();
+  std::string driver = p.gpus.empty() ? "" : p.gpus.front().driver;
+  if (driver.empty()) {
+    int v = 0;
+    cudaDriverGetVersion(&v);
+    driver = "CUDA " + std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+  }
+  p.gpus = {{prop.name, driver}};
+  return p;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -166,6 +183,7 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop;
   SAAP_CU(cudaGetDeviceProperties(&prop, 0));
+  const saap::Provenance provenance = device_provenance(prop);
   Timer tm;
   const double bw = copy_bandwidth(tm);
   std::printf("device %s, %d SMs, L2 %d MB, %.1f GiB; copy bandwidth (read+write) %.0f GB/s\n", prop.name,
@@ -387,10 +405,11 @@ int main(int argc, char** argv) {
   // Report.
   std::printf("\n%-6s %-18s %5s %8s %9s %9s %9s %8s %9s %9s %8s %9s %8s\n", "method", "param", "batch", "context", "ms",
               "select_ms", "attend_ms", "GB", "GB/s", "floor_ms", "speedup", "graph_ms", "g_speedup");
-  std::string csv =
+  std::string csv = provenance_csv_lines(provenance) +
       "method,param,batch,context,ms,select_ms,attend_ms,bytes,gbps,floor_ms,frac_of_floor,lookup,speedup,graph_ms,"
       "graph_speedup\n";
-  std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_bandwidth_gbps\": " +
+  std::string json = "{\n  \"provenance\": " + provenance_json(provenance, 2) + ",\n  \"device\": " +
+                     saap::json_quote(prop.name) + ",\n  \"copy_bandwidth_gbps\": " +
                      std::to_string(bw / 1e9) +
                      ",\n  \"shape\": {\"n_q_heads\": 32, \"n_kv_heads\": 8, \"head_dim\": 128, \"dtype\": \"bf16\"},\n"
                      "  \"timing\": \"CUDA events, median of " + std::to_string(reps) +

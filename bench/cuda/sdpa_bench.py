@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """PyTorch SDPA decode time at the shapes of decode_bench (32 query / 8 KV heads, d=128, bf16),
 measured the same way: CUDA events, L2 flushed (256 MB read) before each repetition, median.
-Writes JSON rows {batch, context, ms, backend} to --out."""
+Writes JSON rows {batch, context, ms, backend} to --out, with the run's provenance (date, machine
+and GPU, commit, command: scripts/provenance.py)."""
 import argparse
 import json
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+import provenance  # noqa: E402
 
 
 def main():
@@ -17,6 +23,10 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     dev = torch.device("cuda")
+    prov = provenance.collect()
+    name = torch.cuda.get_device_name(0)
+    if not any(g["name"] == name for g in prov["machine"]["gpus"]):  # no driver entry seen: the device measured
+        prov["machine"]["gpus"] = [{"name": name, "driver": "unknown"}]
     flush = torch.ones(64 << 20, dtype=torch.int32, device=dev)  # 256 MB, read to evict the L2
     rows, skipped = [], []
     for b in map(int, a.batches.split(",")):
@@ -49,7 +59,7 @@ def main():
             del q, k, v
             torch.cuda.empty_cache()
     with open(a.out, "w") as f:
-        json.dump({"torch": torch.__version__, "device": torch.cuda.get_device_name(0), "rows": rows,
+        json.dump({"provenance": prov, "torch": torch.__version__, "device": torch.cuda.get_device_name(0), "rows": rows,
                    "skipped": skipped}, f, indent=2)
 
 

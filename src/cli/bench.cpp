@@ -185,9 +185,13 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
     }
     o->bench.flush = !o->no_flush;
     const std::vector<MethodSpec> specs = expand_specs(*o);
-    auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model);
+    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
+    auto model = LlamaModel::load(model_path);
     check_decode_bench(model->config(), specs, o->bench);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
+    std::vector<std::string> artifacts;
+    for (const auto& [method, path] : parse_artifacts(o->artifacts)) artifacts.push_back(path);
+    const auto inputs = model_run_inputs(*model, model_path, text, artifacts);
     const std::vector<int32_t> tokens = text_windows(model->tokenizer(), text, 1, int(o->bench.context)).front();
     const std::string load = read_loadavg();
     const DecodeBenchResult r =
@@ -220,11 +224,11 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
                  csv_field(row.floor_us), csv_field(row.dense_us), csv_field(row.speedup)});
     }
     if (o->stem.empty()) o->stem = "cpu_bench_" + run_provenance()["date"].get<std::string>().substr(0, 10);
-    const auto paths = write_result_files(o->out, o->stem, doc, table);
+    const auto paths = write_result_files(o->out, o->stem, doc, table, inputs);
     emit(global, doc, [&] {
       print_table(r);
       std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
-    });
+    }, inputs);
   });
 }
 

@@ -1,7 +1,9 @@
 // saap calibrate: capture keys and sampled queries on calibration text for the trainers.
+#include <chrono>
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/method_options.h"
 #include "saap/core/paths.h"
 #include "saap/train/capture.h"
 
@@ -25,18 +27,21 @@ void register_calibrate(CLI::App& app, const GlobalOptions& global) {
   cmd->callback([opts, &global] {
     const std::string model_path = opts->model.empty() ? default_model_path() : opts->model;
     const std::string text = opts->text.empty() ? default_text_path("calib.txt") : opts->text;
+    const auto start = std::chrono::steady_clock::now();
     auto model = LlamaModel::load(model_path);
     const CalibrationSet set = capture_calibration(model, text, opts->capture);
     const std::string out = opts->out.empty() ? default_calibration_path(*model) : opts->out;
     set.save(out);
     int64_t queries = 0;
     for (int l = 0; l < set.n_layers; ++l) queries += set.n_queries(l);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     nlohmann::json result = {{"out", out},           {"model", model->identity()}, {"text", text},
-                             {"windows", set.windows}, {"window_len", set.window_len}, {"queries", queries}};
+                             {"windows", set.windows}, {"window_len", set.window_len}, {"queries", queries},
+                             {"seconds", seconds}};
     emit(global, result, [&] {
-      std::printf("captured %d windows x %d tokens, %lld queries over %d layers -> %s\n", set.windows,
-                  set.window_len, (long long)queries, set.n_layers, out.c_str());
-    });
+      std::printf("captured %d windows x %d tokens, %lld queries over %d layers in %.0f s -> %s\n", set.windows,
+                  set.window_len, (long long)queries, set.n_layers, seconds, out.c_str());
+    }, model_run_inputs(*model, model_path, text));
   });
 }
 

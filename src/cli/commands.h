@@ -3,6 +3,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
+
+#include "saap/provenance/provenance.h"
 
 namespace saap::cli {
 
@@ -12,8 +15,11 @@ struct GlobalOptions {
   int threads = 0;    // 0: OpenMP's default
 };
 
-// Prints `result` as JSON when --json was given; otherwise calls the text printer.
-void emit(const GlobalOptions& global, const nlohmann::json& result, const std::function<void()>& print_text);
+// Prints `result` as JSON when --json was given, with the run's provenance (date, machine, commit,
+// command, `inputs`: saap/eval/result_files.h) added, so that a redirected --json output is a
+// results file too; otherwise calls the text printer.
+void emit(const GlobalOptions& global, const nlohmann::json& result, const std::function<void()>& print_text,
+          const std::vector<InputIdentity>& inputs = {});
 
 void register_info(CLI::App& app, const GlobalOptions& global);
 void register_demo(CLI::App& app, const GlobalOptions& global);

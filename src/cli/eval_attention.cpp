@@ -26,8 +26,10 @@ void register_eval_attention(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
   cmd->callback([o, &global] {
-    auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model);
+    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
+    auto model = LlamaModel::load(model_path);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
+    const auto inputs = model_run_inputs(*model, model_path, text, {o->spec.artifact});
     const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
     const auto windows = text_windows(model->tokenizer(), text, o->windows, o->window_len);
     const AttentionEvalResult r = evaluate_attention(model, factory, windows, o->eval);
@@ -44,7 +46,7 @@ void register_eval_attention(CLI::App& app, const GlobalOptions& global) {
                    csv_field(m.mean_rel_error()), csv_field(r.lookup[size_t(l)].fraction())});
       }
     std::string stem = "attention_" + o->spec.name;
-    const auto paths = write_result_files(o->out, stem, doc, table);
+    const auto paths = write_result_files(o->out, stem, doc, table, inputs);
     emit(global, doc, [&] {
       const AttentionMetrics m = r.overall();
       std::printf("%s on %d x %d tokens: recall@%d %.4f  jaccard %.4f  mass %.4f  rel_error %.4f  lookup %.4f\n",
@@ -57,7 +59,7 @@ void register_eval_attention(CLI::App& app, const GlobalOptions& global) {
                     ml.mean_rel_error(), r.lookup[size_t(l)].fraction());
       }
       std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
-    });
+    }, inputs);
   });
 }
 

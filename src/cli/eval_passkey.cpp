@@ -33,10 +33,12 @@ void register_eval_passkey(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
   cmd->callback([o, &global] {
-    auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model);
+    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
+    auto model = LlamaModel::load(model_path);
     o->pk.haystack = o->haystack == "text" ? Haystack::RealText : Haystack::Repeated;
     if (o->pk.haystack == Haystack::RealText)
       o->pk.filler_path = o->filler.empty() ? default_text_path("eval.txt") : o->filler;
+    const auto inputs = model_run_inputs(*model, model_path, o->pk.filler_path, {o->spec.artifact});
     const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
     const PasskeyResult r = run_passkey(model, factory, o->pk);
     nlohmann::json doc = {{"method", o->spec.describe()},
@@ -50,7 +52,7 @@ void register_eval_passkey(CLI::App& app, const GlobalOptions& global) {
       table.add({o->spec.describe(), o->haystack, std::to_string(row["length"].get<int64_t>()),
                  csv_field(row["depth"].get<double>()), csv_field(row["accuracy"].get<double>()),
                  csv_field(r.lookup().fraction())});
-    const auto paths = write_result_files(o->out, "passkey_" + o->haystack + "_" + o->spec.name, doc, table);
+    const auto paths = write_result_files(o->out, "passkey_" + o->haystack + "_" + o->spec.name, doc, table, inputs);
     emit(global, doc, [&] {
       std::printf("%s, %s haystack: accuracy %.3f, lookup fraction %.4f\n", o->spec.describe().c_str(),
                   o->haystack.c_str(), r.accuracy(), r.lookup().fraction());
@@ -63,7 +65,7 @@ void register_eval_passkey(CLI::App& app, const GlobalOptions& global) {
         std::printf("\n");
       }
       std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
-    });
+    }, inputs);
   });
 }
 

@@ -36,8 +36,10 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
   cmd->callback([o, &global] {
-    auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model, !global.json);
+    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
+    auto model = LlamaModel::load(model_path, !global.json);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
+    const auto inputs = model_run_inputs(*model, model_path, text, {o->spec.artifact});
     PerplexityOptions opts = o->ppl;
     opts.methods = make_method_factory(o->spec, model_artifact_identity(*model));
     opts.mode = o->dense_prefill || o->spec.name == "dense" ? AttentionMode::DensePrefill
@@ -59,7 +61,7 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
                std::to_string(r.scored_tokens), csv_field(r.perplexity), csv_field(r.mean_nll),
                csv_field(r.tokens_per_second), r.stats.queries ? csv_field(r.stats.fraction()) : std::string()});
     const auto paths =
-        write_result_files(o->out, "ppl_" + o->spec.name + "_w" + std::to_string(opts.window), result, table);
+        write_result_files(o->out, "ppl_" + o->spec.name + "_w" + std::to_string(opts.window), result, table, inputs);
     emit(global, result, [&] {
       const std::string lookup = r.stats.queries ? format("%.4f", r.stats.fraction()) : "n/a (exact prefill)";
       std::printf("%s: perplexity %.4f (mean NLL %.4f nats) over %lld windows of %lld tokens (%lld scored), "
@@ -67,7 +69,7 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
                   o->spec.describe().c_str(), r.perplexity, r.mean_nll, (long long)r.windows, (long long)opts.window,
                   (long long)r.scored_tokens, r.tokens_per_second, lookup.c_str());
       std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
-    });
+    }, inputs);
   });
 }
 

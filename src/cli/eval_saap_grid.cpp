@@ -65,7 +65,8 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   cmd->add_option("--stem", o->stem, "Result file name stem");
   cmd->callback([o, &global] {
-    auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model);
+    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
+    auto model = LlamaModel::load(model_path);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
     const ArtifactIdentity id = model_artifact_identity(*model);
     struct Row {
@@ -96,6 +97,9 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
         factories.push_back(make_method_factory(spec, id));
       }
     }
+    std::vector<std::string> artifacts;
+    for (const Row& r : rows) artifacts.push_back(r.spec.artifact);
+    const auto inputs = model_run_inputs(*model, model_path, text, artifacts);
     const auto windows = text_windows(model->tokenizer(), text, o->windows, o->window_len);
     const std::vector<AttentionEvalResult> res = evaluate_attention(model, factories, windows, o->eval);
 
@@ -119,7 +123,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
                  csv_field(index_fraction), csv_field(m.mean_mass()), csv_field(m.mean_recall()),
                  csv_field(m.mean_jaccard()), csv_field(m.mean_rel_error()), std::to_string(m.samples)});
     }
-    write_result_files(o->out, o->stem, doc, table);
+    write_result_files(o->out, o->stem, doc, table, inputs);
     emit(global, doc, [&] {
       std::printf("%-16s %7s %9s %9s %8s %8s %8s %9s\n", "label", "lookup", "kv_frac", "idx_frac", "mass", "recall",
                   "jaccard", "rel_err");
@@ -130,7 +134,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
                     s.kv_fraction(), s.fraction() - s.kv_fraction(), m.mean_mass(), m.mean_recall(),
                     m.mean_jaccard(), m.mean_rel_error());
       }
-    });
+    }, inputs);
   });
 }
 

@@ -72,8 +72,10 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the result files");
   cmd->add_option("--stem", o->stem, "Result file stem (default quality_<date>)");
   cmd->callback([o, &global] {
-    auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model);
+    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
+    auto model = LlamaModel::load(model_path);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
+    const auto inputs = model_run_inputs(*model, model_path, text, {o->loki_pre, o->loki_post});
     const ArtifactIdentity id = model_artifact_identity(*model);
     const int64_t L = o->window_len;
 
@@ -180,7 +182,7 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
                  csv_field(ppl.perplexity - base.perplexity), csv_field(m.mean_recall()), csv_field(m.mean_jaccard()),
                  csv_field(m.mean_mass()), csv_field(m.mean_rel_error()), csv_field(att_lookup.fraction()),
                  csv_field(seconds)});
-      write_result_files(o->out, o->stem, doc, table);
+      write_result_files(o->out, o->stem, doc, table, inputs);
       std::fprintf(stderr, "%-34s lookup %.4f ppl %.4f (%+.4f) recall %.4f mass %.4f err %.4f  %.0fs\n",
                    s.label.c_str(), ppl.stats.fraction(), ppl.perplexity, ppl.perplexity - base.perplexity,
                    m.mean_recall(), m.mean_mass(), m.mean_rel_error(), seconds);
@@ -194,7 +196,7 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
                     std::stod(r[5]), std::stod(r[6]), std::stod(r[7]), std::stod(r[8]), std::stod(r[9]),
                     std::stod(r[10]));
       std::printf("wrote %s/%s.{json,csv}\n", o->out.c_str(), o->stem.c_str());
-    });
+    }, inputs);
   });
 }
 

@@ -8,14 +8,16 @@
 
 #include "cli/commands.h"
 #include "saap/core/error.h"
+#include "saap/eval/result_files.h"
 
 namespace saap::cli {
 
-void emit(const GlobalOptions& global, const nlohmann::json& result, const std::function<void()>& print_text) {
-  if (global.json)
-    std::cout << result.dump(2) << std::endl;
-  else
-    print_text();
+void emit(const GlobalOptions& global, const nlohmann::json& result, const std::function<void()>& print_text,
+          const std::vector<InputIdentity>& inputs) {
+  if (!global.json) return print_text();
+  nlohmann::json out = result;
+  out["provenance"] = run_provenance(inputs);
+  std::cout << out.dump(2) << std::endl;
 }
 
 }  // namespace saap::cli

@@ -2,11 +2,14 @@
 // windows and query sample of an attention evaluation.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "saap/eval/attention_eval.h"
 #include "saap/methods/registry.h"
 #include "saap/model/llama.h"
+#include "saap/provenance/provenance.h"
 
 namespace saap::cli {
 
@@ -42,6 +45,20 @@ inline ArtifactIdentity model_artifact_identity(const LlamaModel& model) {
   id.n_kv_heads = model.config().n_kv_heads;
   id.head_dim = model.config().head_dim;
   return id;
+}
+
+// The inputs of a run on the model, for its results' provenance: the model by its identity (a hash
+// of its header), the text and each artifact (empty ones skipped, repeats once) by their sha256.
+inline std::vector<InputIdentity> model_run_inputs(const LlamaModel& model, const std::string& model_path,
+                                                   const std::string& text,
+                                                   const std::vector<std::string>& artifacts = {}) {
+  std::vector<InputIdentity> inputs = {input_with_identity("model", model_path, model.identity())};
+  if (!text.empty()) inputs.push_back(input_file("text", text));
+  for (size_t i = 0; i < artifacts.size(); ++i)
+    if (!artifacts[i].empty() && std::find(artifacts.begin(), artifacts.begin() + long(i), artifacts[i]) ==
+                                     artifacts.begin() + long(i))
+      inputs.push_back(input_file("artifact", artifacts[i]));
+  return inputs;
 }
 
 }  // namespace saap::cli

@@ -38,7 +38,7 @@ void register_train_loki(CLI::App& app, const GlobalOptions& global) {
       std::printf("mean explained variance of the leading components:");
       for (const auto& [r, v] : a.train["mean_explained_variance"].items()) std::printf(" %s: %.3f", r.c_str(), v.get<double>());
       std::printf("\n");
-    });
+    }, {input_file("calib", o->calib)});
   });
 }
 

@@ -49,7 +49,15 @@ void finish_options(TrainOpts& o, const CalibrationSet& set) {
   for (const auto& [l, layer] : from.layers) o.train.centroids[l] = layer.centroids;
 }
 
-void print_summary(const GlobalOptions& global, const PartitionArtifact& a, const std::string& out) {
+// The calibration set and the partition's source artifact, by their sha256.
+std::vector<InputIdentity> train_inputs(const TrainOpts& o) {
+  std::vector<InputIdentity> inputs = {input_file("calib", o.calib)};
+  if (!o.partition_from.empty()) inputs.push_back(input_file("partition_from", o.partition_from));
+  return inputs;
+}
+
+void print_summary(const GlobalOptions& global, const PartitionArtifact& a, const std::string& out,
+                   const std::vector<InputIdentity>& inputs) {
   nlohmann::json result = {{"out", out},
                            {"method", a.identity.method},
                            {"model", a.identity.model_identity},
@@ -57,8 +65,10 @@ void print_summary(const GlobalOptions& global, const PartitionArtifact& a, cons
                            {"hidden", a.hidden},
                            {"rope", a.pre_rope ? "pre" : "post"},
                            {"layers", a.layers.size()}};
-  for (const char* k : {"seconds", "kmeans_seconds", "labels_seconds", "router_seconds", "mean_val_mass_at_budget",
-                        "mean_val_symmetric_mass_at_budget", "mean_val_oracle_mass_at_budget"})
+  // given_partition_layers: layers whose partition came from --partition-from (all of them when a
+  // baseline is to be compared on the same partition).
+  for (const char* k : {"seconds", "kmeans_seconds", "labels_seconds", "router_seconds", "given_partition_layers",
+                        "mean_val_mass_at_budget", "mean_val_symmetric_mass_at_budget", "mean_val_oracle_mass_at_budget"})
     if (a.train.contains(k)) result[k] = a.train[k];
   emit(global, result, [&] {
     std::printf("%s: %zu layers, C = %d, %s-RoPE, %.1f s -> %s\n", a.identity.method.c_str(), a.layers.size(),
@@ -68,7 +78,7 @@ void print_summary(const GlobalOptions& global, const PartitionArtifact& a, cons
                   "symmetric %.3f, oracle %.3f\n",
                   100 * a.train.value("stat_lookup", 0.0), a.train.value("mean_val_mass_at_budget", 0.0), a.train.value("mean_val_symmetric_mass_at_budget", 0.0),
                   a.train.value("mean_val_oracle_mass_at_budget", 0.0));
-  });
+  }, inputs);
 }
 
 }  // namespace
@@ -98,7 +108,7 @@ void register_train_saap(CLI::App& app, const GlobalOptions& global) {
     finish_options(*so, set);
     const PartitionArtifact a = train_saap(set, so->train);
     a.save(so->out);
-    print_summary(global, a, so->out);
+    print_summary(global, a, so->out, train_inputs(*so));
   });
 
   auto ko = std::make_shared<TrainOpts>();
@@ -109,7 +119,7 @@ void register_train_saap(CLI::App& app, const GlobalOptions& global) {
     finish_options(*ko, set);
     const PartitionArtifact a = train_symmetric_kmeans(set, ko->train);
     a.save(ko->out);
-    print_summary(global, a, ko->out);
+    print_summary(global, a, ko->out, train_inputs(*ko));
   });
 }
 

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "saap/core/error.h"
+#include "saap/core/paths.h"
 #include "saap/eval/result_files.h"
 
 namespace saap {
@@ -67,7 +68,7 @@ TEST(Sha256, FileMatchesPythonHashlib) {
       std::ofstream out(p, std::ios::binary);
       for (size_t i = 0; i < n; ++i) out.put(char((i * 131 + 7) & 0xff));
     }
-    const std::string want = run(std::string(SAAP_PYTHON) + " -c \"import hashlib,sys; print(hashlib.sha256(open('" +
+    const std::string want = run(python_interpreter() + " -c \"import hashlib,sys; print(hashlib.sha256(open('" +
                                  p.string() + "','rb').read()).hexdigest())\"");
     ASSERT_EQ(want.size(), 65u) << "python hashlib failed: " << want;
     EXPECT_EQ(sha256_file(p.string()), want.substr(0, 64)) << n << " bytes";
@@ -190,7 +191,7 @@ TEST(ResultFiles, CarryProvenanceTheCheckAccepts) {
   // scripts/check_provenance.py, as CI runs it on results/, accepts both files.
   if (status == 0) {
     std::ofstream(dir.path / "README.md") << "### Results without provenance\n";
-    const std::string out = run(std::string(SAAP_PYTHON) + " " + SAAP_SOURCE_DIR + "/scripts/check_provenance.py --root " +
+    const std::string out = run(python_interpreter() + " " + SAAP_SOURCE_DIR + "/scripts/check_provenance.py --root " +
                                     dir.path.string() + " results 2>&1",
                                 &status);
     EXPECT_EQ(status, 0) << out;

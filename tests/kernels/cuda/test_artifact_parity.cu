@@ -293,7 +293,7 @@ int main() {
       idx->build(dk.get(), dv.get(), c.n_max, c.steps, assign.get());
       // The oracle ranks with the attention query; Saap and k-means route with the artifact's.
       const bool route_pre = c.pre_rope && routing != cuda::PartitionRouting::PartitionOracle;
-      idx->select(route_pre ? dqp.get() : dq.get(), float(lookup));
+      idx->select(route_pre ? dqp.get() : dq.get(), lookup);  // the same double the CPU gets
       cuda::DeviceBuffer<float> dout(d.q.size());
       cutest::poison(dout);
       cuda::SplitWorkspace ws;
@@ -454,7 +454,7 @@ int main() {
       const int R = idx->rank();
       tally.check(R == rules::loki_rank(df, D), (rt + "rank from d_f").c_str(), R, rules::loki_rank(df, D));
       idx->store(dk.get(), dv.get(), c.n_max, c.steps);
-      idx->select(dq.get(), float(k_f));
+      idx->select(dq.get(), k_f);
       cuda::DeviceBuffer<float> dout(d.q.size());
       cutest::poison(dout);
       cuda::SplitWorkspace ws;

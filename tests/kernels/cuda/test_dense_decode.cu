@@ -1,4 +1,5 @@
-// Dense split-KV decode vs a float64 CPU reference: bf16/f16, head dims 64/128, group sizes 1-8,
+// Dense split-KV decode vs a float64 CPU reference: bf16/f16, head dims 64/128, group sizes 1, 2,
+// 3, 4, 7, 8 (256 is not instantiated and must be refused),
 // batches with different lengths (including 1 and lengths that are not multiples of any tile).
 // Both sides see the same rounded 16-bit inputs, so only fp32 accumulation differs: limit 1e-4.
 #include <string>
@@ -24,6 +25,7 @@ int main() {
       {2, 8, 8, 128, DType::F16, {300, 2}, 301},
       {2, 16, 2, 64, DType::F16, {20000, 9}, 20000},
       {1, 6, 3, 128, DType::BF16, {65536 + 13}, 65536 + 13},
+      {2, 14, 2, 64, DType::F16, {3333, 1}, 3340},  // G = 7
   };
   for (const auto& c : cases) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};
@@ -68,5 +70,15 @@ int main() {
     std::printf("expected error: %s\n", e.what());
   }
   tally.check(threw, "12 query heads over 8 kv heads is refused (InvalidArgument)", threw, 1);
+  // head_dim 256 has no kernel instantiation (dispatch.cuh: 64 and 128): refused, not run.
+  threw = false;
+  try {
+    cuda::SplitWorkspace ws;
+    cuda::dense_decode({1, 8, 2, 256, DType::BF16}, nullptr, nullptr, 1, nullptr, nullptr, 1.f, nullptr, ws);
+  } catch (const Error& e) {
+    threw = e.kind() == ErrorKind::Unsupported;
+    std::printf("expected error: %s\n", e.what());
+  }
+  tally.check(threw, "head_dim 256 is refused (Unsupported)", threw, 1);
   return tally.finish();
 }

@@ -133,6 +133,10 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
   }
 }
 
+// The radix key of a page's bound: order-preserving bits, with -0 read as +0 so that the bits
+// order exactly as rules::ranks_before compares the floats.
+__device__ __forceinline__ uint32_t quest_rank_bits(float key) { return float_key(key == 0.f ? 0.f : key); }
+
 // Exclusive prefix sum over the block (blockDim.x a multiple of 32); *total gets the sum.
 // scratch: 32 ints of shared memory.
 __device__ inline int quest_block_exclusive_scan(int v, int* scratch, int* total) {
@@ -258,7 +262,7 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
       for (int i = tid; i < 256; i += nt) hist[i] = 0;
       __syncthreads();
       for (int r = tid; r < count; r += nt) {
-        const uint32_t u = float_key(key[r]);
+        const uint32_t u = quest_rank_bits(key[r]);
         if (!is_small(r) && (u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255], 1);
       }
       __syncthreads();
@@ -288,12 +292,12 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   };
   int ties = 0;
   if (K > 0 && K < full)
-    for (int r = r0; r < r1; ++r) ties += !is_small(r) && float_key(key[r]) == prefix;
+    for (int r = r0; r < r1; ++r) ties += !is_small(r) && quest_rank_bits(key[r]) == prefix;
   int total;
   int tie = quest_block_exclusive_scan(ties, scratch, &total);
   int mine = 0;
   for (int r = r0; r < r1; ++r) {
-    const uint32_t u = float_key(key[r]);
+    const uint32_t u = quest_rank_bits(key[r]);
     const bool at = K > 0 && K < full && !is_small(r) && u == prefix;
     mine += takes(r, u, at && tie < need);
     tie += at;
@@ -302,7 +306,7 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   int at_row = quest_block_exclusive_scan(mine, scratch, &taken_pages);
   tie -= ties;
   for (int r = r0; r < r1; ++r) {
-    const uint32_t u = float_key(key[r]);
+    const uint32_t u = quest_rank_bits(key[r]);
     const bool at = K > 0 && K < full && !is_small(r) && u == prefix;
     if (takes(r, u, at && tie < need)) rows[chunks + at_row++] = int32_t((range.first + r) * P);
     tie += at;

@@ -50,6 +50,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
     std::string model, text, out = "results", stem = "saap_attention";
     std::vector<std::string> runs;
     std::vector<double> fractions = {0.02, 0.05, 0.1, 0.2};
+    std::vector<int64_t> budget_tokens;  // fixed budgets, beside the fractions
     int windows = 2, window_len = 2048, sinks = 4, window = 16;
     AttentionEvalOptions eval;
   };
@@ -59,6 +60,9 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--run", o->runs, "[label=]method:artifact, method saap|kmeans|partition-oracle|oracle|quest (repeatable)")
       ->required();
   cmd->add_option("--fractions", o->fractions, "Lookup fractions (KV tokens read over the prefix)");
+  cmd->add_option("--budget-tokens", o->budget_tokens,
+                  "Fixed budgets in K/V tokens per query, rows labelled <label>@<tokens> (not for oracle)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--sinks", o->sinks, "First positions always read")->check(CLI::NonNegativeNumber);
   cmd->add_option("--window", o->window, "Most recent positions always read")->check(CLI::NonNegativeNumber);
   add_attention_eval_options(cmd, o->windows, o->window_len, o->eval);
@@ -96,6 +100,15 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
         rows.push_back({label, spec, art});
         factories.push_back(make_method_factory(spec, id));
       }
+      for (int64_t tokens : o->budget_tokens) {
+        if (base.name == "oracle") continue;  // oracle top-k takes a fraction only
+        MethodSpec spec = base;
+        spec.budget_tokens = tokens;
+        spec.sinks = o->sinks;
+        spec.window = o->window;
+        rows.push_back({label + "@" + std::to_string(tokens), spec, art});
+        factories.push_back(make_method_factory(spec, id));
+      }
     }
     std::vector<std::string> artifacts;
     for (const Row& r : rows) artifacts.push_back(r.spec.artifact);
@@ -107,7 +120,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
                           {"window_len", o->window_len}, {"sinks", o->sinks},     {"window", o->window},
                           {"queries_per_window", o->eval.queries_per_window},    {"top_k", o->eval.top_k},
                           {"seed", o->eval.seed},        {"runs", nlohmann::json::array()}};
-    CsvTable table{{"label", "method", "lookup", "kv_fraction", "index_fraction", "mass", "recall", "jaccard",
+    CsvTable table{{"label", "method", "lookup", "budget_tokens", "kv_fraction", "index_fraction", "mass", "recall", "jaccard",
                     "rel_error", "samples"},
                    {}};
     for (size_t i = 0; i < rows.size(); ++i) {
@@ -115,11 +128,13 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
       const LookupStats s = res[i].overall_lookup();
       const double index_fraction = s.fraction() - s.kv_fraction();
       nlohmann::json r = {{"label", rows[i].label},         {"method", rows[i].spec.describe()},
-                          {"lookup", rows[i].spec.lookup},  {"kv_fraction", s.kv_fraction()},
+                          {"lookup", rows[i].spec.lookup},  {"budget_tokens", rows[i].spec.budget_tokens},
+                          {"kv_fraction", s.kv_fraction()},
                           {"index_fraction", index_fraction}, {"artifact", rows[i].artifact},
                           {"attention", res[i].to_json()}};
       doc["runs"].push_back(r);
-      table.add({rows[i].label, rows[i].spec.name, csv_field(rows[i].spec.lookup), csv_field(s.kv_fraction()),
+      table.add({rows[i].label, rows[i].spec.name, csv_field(rows[i].spec.lookup),
+                 std::to_string(rows[i].spec.budget_tokens), csv_field(s.kv_fraction()),
                  csv_field(index_fraction), csv_field(m.mean_mass()), csv_field(m.mean_recall()),
                  csv_field(m.mean_jaccard()), csv_field(m.mean_rel_error()), std::to_string(m.samples)});
     }

@@ -49,6 +49,11 @@ std::vector<std::string> method_names() {
 }
 
 MethodFactory make_method_factory(const MethodSpec& spec, const ArtifactIdentity& expected) {
+  // Only the sinks-and-window methods read a fixed budget; the others would silently ignore it.
+  SAAP_CHECK_FMT(spec.budget_tokens == 0 || spec.name == "quest" || spec.name == "saap" || spec.name == "kmeans" ||
+                     spec.name == "partition-oracle",
+                 InvalidArgument, "budget_tokens = %lld: method '%s' takes a lookup fraction, not a fixed budget",
+                 (long long)spec.budget_tokens, spec.name.c_str());
   for (const auto& e : kMethods)
     if (spec.name == e.name) return e.make(spec, expected);
   std::string known;
@@ -61,11 +66,9 @@ std::string MethodSpec::describe() const {
   if (name == "loki") return "loki(k_f=" + fmt_double(k_f) + ",d_f=" + fmt_double(d_f) + ")";
   if (name == "streaming")
     return "streaming(sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window) + ")";
-  if (name == "quest")
-    return "quest(" + (budget_tokens > 0 ? "budget_tokens=" + std::to_string(budget_tokens) : "lookup=" + fmt_double(lookup)) +
-           ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window) + ",page=" + std::to_string(page_size) + ")";
-  std::string s = name + "(lookup=" + fmt_double(lookup);
-  if (name == "saap" || name == "kmeans" || name == "partition-oracle") s += ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window);
+  std::string s = name + (budget_tokens > 0 ? "(budget_tokens=" + std::to_string(budget_tokens) : "(lookup=" + fmt_double(lookup));
+  if (name == "saap" || name == "kmeans" || name == "partition-oracle" || name == "quest") s += ",sinks=" + std::to_string(sinks) + ",window=" + std::to_string(window);
+  if (name == "quest") s += ",page=" + std::to_string(page_size);
   return s + ")";
 }
 

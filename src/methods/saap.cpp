@@ -6,6 +6,7 @@
 
 #include "saap/core/dtype.h"
 #include "saap/core/error.h"
+#include "saap/core/selection_rules.h"
 
 namespace saap {
 
@@ -225,7 +226,9 @@ PartitionBudget partition_budget(const MethodSpec& spec) {
   SAAP_CHECK_FMT(spec.window >= 0, InvalidArgument, "window = %d must be >= 0", spec.window);
   SAAP_CHECK_FMT(!spec.artifact.empty(), InvalidArgument, "method %s needs an artifact (spec.artifact is empty)",
                  spec.name.c_str());
-  return {spec.lookup, spec.sinks, spec.window};
+  SAAP_CHECK_FMT(spec.budget_tokens >= 0, InvalidArgument, "budget_tokens = %lld must be >= 0 (0: use lookup)",
+                 (long long)spec.budget_tokens);
+  return {spec.lookup, spec.sinks, spec.window, spec.budget_tokens};
 }
 
 PartitionedAttention::PartitionedAttention(const LayerShape& shape, std::shared_ptr<const PartitionArtifact> artifact,
@@ -246,7 +249,8 @@ PartitionedAttention::PartitionedAttention(const LayerShape& shape, std::shared_
   layer_ = &it->second;
   // A budget the cache can never meet: sinks and window alone exceed it even at full context, so
   // every query would read more than asked and no partition would ever be read.
-  const double full_budget = std::ceil(budget_.lookup * double(shape.max_context));
+  const double full_budget =
+      budget_.tokens > 0 ? double(budget_.tokens) : std::ceil(budget_.lookup * double(shape.max_context));
   SAAP_CHECK_FMT(shape.max_context <= 0 || double(budget_.sinks + budget_.window) < full_budget, InvalidArgument,
                  "lookup = %g of a %lld-token context is %.0f tokens, which sinks %d + window %d already fill: no "
                  "partition could ever be read; raise the lookup or lower sinks/window",
@@ -316,7 +320,9 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
   // The lookup fraction counts every KV token read: the sinks and the window come out of the budget
   // first, the partitions get the rest (none when the prefix is so short that sinks and window fill it).
   const int64_t always = int64_t(mid_begin) + (n_ctx - mid_end);
-  const int64_t budget = std::max<int64_t>(0, int64_t(std::ceil(budget_.lookup * double(n_ctx))) - always);
+  const int64_t budget =
+      budget_.tokens > 0 ? rules::selectable_fixed_budget(budget_.tokens, n_ctx, budget_.sinks, budget_.window)
+                         : std::max<int64_t>(0, int64_t(std::ceil(budget_.lookup * double(n_ctx))) - always);
 
   sel.clear(q.n_q_heads);
   for (int kvh = 0; kvh < shape_.n_kv_heads; ++kvh) {

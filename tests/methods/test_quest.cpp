@@ -268,6 +268,10 @@ TEST(Quest, BadParametersAreRefusedByName) {
   s.lookup = 0.05;
   EXPECT_EQ(make_method_factory(s, {})({0, 2, 1, 8, 4096})->name(), "quest");
   EXPECT_EQ(s.describe(), "quest(lookup=0.05,sinks=4,window=64,page=16)");
+  s.budget_tokens = 256;
+  EXPECT_EQ(s.describe(), "quest(budget_tokens=256,sinks=4,window=64,page=16)");
+  s.name = "loki";  // a method that takes fractions only must not ignore a fixed budget silently
+  EXPECT_THROW(make_method_factory(s, {}), Error);
 }
 
 }  // namespace

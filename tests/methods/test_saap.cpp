@@ -347,6 +347,31 @@ TEST(SaapSelect, SmallBudgetReadsLessAndBytesAreTheGroupUnion) {
   EXPECT_LT(st.kv_bytes, st.dense_bytes);
 }
 
+// A fixed budget of B tokens reads what the fraction B / n_ctx would at that prefix, and a prefix
+// of at most B tokens whole.
+TEST(SaapSelect, FixedTokenBudgetIsTheFractionThatBuysIt) {
+  auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 13));
+  Sequence s(14);
+  const LayerKV kv = s.cache.layer(1);
+  SaapAttention fixed(shape(), a, {0.05, 3, 10, 60});
+  fixed.place(kv, 0, kLen, s.k_pre.data());
+  for (int64_t pos : {30, 59, 77, 180, 299}) {
+    SaapAttention frac(shape(), a, {60.0 / double(pos + 1), 3, 10});
+    frac.place(kv, 0, kLen, s.k_pre.data());
+    const QueryView q = s.query(pos);
+    Selection got, want;
+    fixed.select(kv, q, got);
+    frac.select(kv, q, want);
+    for (int h = 0; h < kHeads; ++h) {
+      EXPECT_EQ(std::set<int32_t>(got.positions[size_t(h)].begin(), got.positions[size_t(h)].end()),
+                std::set<int32_t>(want.positions[size_t(h)].begin(), want.positions[size_t(h)].end()))
+          << "pos " << pos << " head " << h;
+      EXPECT_LE(int64_t(got.positions[size_t(h)].size()), std::max<int64_t>(60, 13)) << "pos " << pos;
+      if (pos < 60) EXPECT_EQ(int64_t(got.positions[size_t(h)].size()), pos + 1) << "a short prefix is read whole";
+    }
+  }
+}
+
 TEST(SaapSelect, RefusesUnplacedQueriesAndMissingVectors) {
   auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 13));
   Sequence s(14);

@@ -108,6 +108,7 @@ struct PartitionBudget {
   double lookup = 0.05;  // KV tokens read (sinks + window + partitions) <= about lookup * n_ctx
   int sinks = 4;
   int window = 64;
+  int64_t tokens = 0;  // > 0: a fixed budget of this many K/V tokens per query instead of lookup
 };
 
 // Everything Saap and the symmetric baseline share: assignment on place(), the grouped layout,

@@ -13,6 +13,7 @@
 namespace saap::cuda {
 
 constexpr int kQuestSelectThreads = 1024;
+constexpr int kQuestRadixBins = 2048;  // 11-bit digits: a 32-bit key in 3 passes
 constexpr int kQuestScoreWarps = 4;
 constexpr int kQuestScorePasses = 4;  // page passes per warp whose loads are in flight together
 
@@ -172,13 +173,13 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
                         int32_t* __restrict__ chunk_count, int2* __restrict__ partials,
                         int32_t* __restrict__ partial_count, int32_t* __restrict__ selected_tokens,
                         int32_t* __restrict__ scored_pages) {
-  __shared__ int hist[256];
+  __shared__ int hist[kQuestRadixBins];
   __shared__ int scratch[32];
   __shared__ int s_rank[2];
   __shared__ long long s_take_full;
   __shared__ int s_small_taken[2];
   __shared__ uint32_t s_prefix;
-  __shared__ long long s_need;
+  __shared__ long long s_need, s_at;
   wait_prior_grid();
   const int64_t bh = blockIdx.x;
   const int tid = threadIdx.x, nt = blockDim.x;
@@ -222,12 +223,15 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   auto is_small = [&](int r) { return (n_small > 0 && small[0] == r) || (n_small > 1 && small[1] == r); };
   const int64_t full = count - n_small;
   // Full pages ranked before each partial page (saap::rules order), for the walk below.
-  for (int e = 0; e < n_small; ++e) {
-    int before = 0;
+  if (n_small > 0) {
+    int before[2] = {0, 0};
     for (int r = tid; r < count; r += nt)
-      before += !is_small(r) && rules::ranks_before(key[r], r, key[small[e]], small[e]);
-    before = int(block_reduce<false>(float(before), reinterpret_cast<float*>(scratch)));
-    if (tid == 0) s_rank[e] = before;
+      if (!is_small(r))
+        for (int e = 0; e < n_small; ++e) before[e] += rules::ranks_before(key[r], r, key[small[e]], small[e]);
+    for (int e = 0; e < n_small; ++e) {  // counts below 2^24 are exact in a float
+      const int b = int(block_reduce<false>(float(before[e]), reinterpret_cast<float*>(scratch)));
+      if (tid == 0) s_rank[e] = b;
+    }
   }
   // The fill rule walked in rank order: between two partial pages, full pages of P tokens are
   // taken while they fit, so the full pages taken are the first K of the order; a partial page is
@@ -253,32 +257,36 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   }
   __syncthreads();
   const long long K = s_take_full;
-  // The K-th largest full-page key by radix select over its order-preserving bits, 8 at a time;
-  // s_need is then how many pages holding exactly that key are taken (the lowest ids).
+  // The K-th largest full-page key by radix select over its order-preserving bits, 11, 11 and 10
+  // at a time; need is then how many pages holding exactly that key are taken (the lowest ids), of
+  // the `at` pages that hold it.
   uint32_t prefix = 0, mask = 0;
-  long long need = K;
+  long long need = K, at = 0;
   if (K > 0 && K < full) {
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int i = tid; i < 256; i += nt) hist[i] = 0;
+    for (int shift = 21; shift >= 0; shift -= shift > 10 ? 11 : 10) {
+      const int bits = shift == 0 ? 10 : 11, nb = 1 << bits;
+      for (int i = tid; i < nb; i += nt) hist[i] = 0;
       __syncthreads();
       for (int r = tid; r < count; r += nt) {
         const uint32_t u = quest_rank_bits(key[r]);
-        if (!is_small(r) && (u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255], 1);
+        if (!is_small(r) && (u & mask) == prefix) atomicAdd(&hist[(u >> shift) & (nb - 1)], 1);
       }
       __syncthreads();
       if (tid < 32) {
         int d;
         long long above;
-        warp_find_digit(hist, 256, need, true, d, above);
+        warp_find_digit(hist, nb, need, true, d, above);
         if (tid == 0) {
           s_prefix = prefix | (uint32_t(d) << shift);
           s_need = need - above;
+          s_at = hist[d];
         }
       }
       __syncthreads();
       prefix = s_prefix;
       need = s_need;
-      mask |= 255u << shift;
+      at = s_at;
+      mask |= uint32_t(nb - 1) << shift;
     }
   }
   // Compaction: thread t owns pages [t per, (t + 1) per), so the taken ones come out in page order.
@@ -290,26 +298,28 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
     if (K <= 0) return false;
     return u > prefix || (u == prefix && tie_ok);
   };
+  // Pages holding the K-th key are ranked by id only when some of them are left out (rare).
+  const bool rank_ties = K > 0 && K < full && need < at;
   int ties = 0;
-  if (K > 0 && K < full)
+  if (rank_ties)
     for (int r = r0; r < r1; ++r) ties += !is_small(r) && quest_rank_bits(key[r]) == prefix;
   int total;
-  int tie = quest_block_exclusive_scan(ties, scratch, &total);
+  int tie = rank_ties ? quest_block_exclusive_scan(ties, scratch, &total) : 0;
   int mine = 0;
   for (int r = r0; r < r1; ++r) {
     const uint32_t u = quest_rank_bits(key[r]);
-    const bool at = K > 0 && K < full && !is_small(r) && u == prefix;
-    mine += takes(r, u, at && tie < need);
-    tie += at;
+    const bool is_tie = K > 0 && K < full && !is_small(r) && u == prefix;
+    mine += takes(r, u, is_tie && (!rank_ties || tie < need));
+    tie += is_tie;
   }
   int taken_pages;
   int at_row = quest_block_exclusive_scan(mine, scratch, &taken_pages);
   tie -= ties;
   for (int r = r0; r < r1; ++r) {
     const uint32_t u = quest_rank_bits(key[r]);
-    const bool at = K > 0 && K < full && !is_small(r) && u == prefix;
-    if (takes(r, u, at && tie < need)) rows[chunks + at_row++] = int32_t((range.first + r) * P);
-    tie += at;
+    const bool is_tie = K > 0 && K < full && !is_small(r) && u == prefix;
+    if (takes(r, u, is_tie && (!rank_ties || tie < need))) rows[chunks + at_row++] = int32_t((range.first + r) * P);
+    tie += is_tie;
   }
   tokens += int64_t(taken_pages) * P;
   if (tid == 0) {

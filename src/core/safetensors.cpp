@@ -1,15 +1,11 @@
 #include "saap/core/safetensors.h"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
 
-#include <fcntl.h>
-#include <unistd.h>
-
+#include "saap/core/atomic_file.h"
 #include "saap/core/error.h"
 
 namespace saap {
@@ -62,17 +58,6 @@ void add_tensor(std::map<std::string, SafeTensor>& tensors, const std::string& n
   t.bytes.resize(bytes);
   if (bytes) std::memcpy(t.bytes.data(), data, bytes);
   tensors.emplace(name, std::move(t));
-}
-
-void write_all(int fd, const void* data, size_t n, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    SAAP_CHECK_FMT(w > 0, BadFile, "writing '%s' failed: %s", path.c_str(), std::strerror(errno));
-    p += w;
-    n -= size_t(w);
-  }
 }
 
 int64_t json_int(const json& v, const std::string& tensor, const char* field, const std::string& origin) {
@@ -129,25 +114,11 @@ void SafetensorsWriter::write(const std::string& path, const json& saap_header) 
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(text.size()) >> (8 * i));
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  SAAP_CHECK_FMT(fd >= 0, BadFile, "cannot create '%s': %s", tmp.c_str(), std::strerror(errno));
-  try {
-    write_all(fd, len, 8, tmp);
-    write_all(fd, text.data(), text.size(), tmp);
-    for (const auto& [name, t] : tensors_) write_all(fd, t.bytes.data(), t.bytes.size(), tmp);
-    SAAP_CHECK_FMT(::fsync(fd) == 0, BadFile, "fsync of '%s' failed: %s", tmp.c_str(), std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    SAAP_THROW_FMT(BadFile, "cannot rename '%s' to '%s': %s", tmp.c_str(), path.c_str(), std::strerror(err));
-  }
+  AtomicFile out(path);
+  out.write(len, 8);
+  out.write(text);
+  for (const auto& [name, t] : tensors_) out.write(t.bytes.data(), t.bytes.size());
+  out.commit();
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {

@@ -1,9 +1,9 @@
 #include "saap/eval/result_files.h"
 
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 
+#include "saap/core/atomic_file.h"
 #include "saap/core/error.h"
 
 namespace saap {
@@ -64,12 +64,9 @@ std::vector<std::string> write_result_files(const std::string& dir, const std::s
   doc["provenance"] = to_json(prov);
   const std::string json_path = (std::filesystem::path(dir) / (stem + ".json")).string();
   const std::string csv_path = (std::filesystem::path(dir) / (stem + ".csv")).string();
-  {
-    std::ofstream out(json_path);
-    out << doc.dump(2) << "\n";
-    SAAP_CHECK_FMT(out.good(), NotFound, "cannot write %s", json_path.c_str());
-  }
-  std::ofstream out(csv_path);
+  // Atomically, so an interrupted run never leaves a half-written result file for a table to read.
+  write_file_atomically(json_path, doc.dump(2) + "\n");
+  std::ostringstream out;
   out << provenance_csv_lines(prov);
   for (size_t i = 0; i < table.columns.size(); ++i) out << (i ? "," : "") << quote(table.columns[i]);
   out << "\n";
@@ -77,7 +74,7 @@ std::vector<std::string> write_result_files(const std::string& dir, const std::s
     for (size_t i = 0; i < row.size(); ++i) out << (i ? "," : "") << quote(row[i]);
     out << "\n";
   }
-  SAAP_CHECK_FMT(out.good(), NotFound, "cannot write %s", csv_path.c_str());
+  write_file_atomically(csv_path, out.str());
   return {json_path, csv_path};
 }
 

@@ -5,8 +5,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -114,6 +119,31 @@ TEST(Safetensors, RoundTrip) {
   std::remove(path.c_str());
 }
 
+// Files in the directory of `path` whose names start with its name followed by ".tmp.".
+std::vector<std::string> temp_files_of(const std::string& path) {
+  const std::filesystem::path p(path);
+  std::vector<std::string> found;
+  for (const auto& e : std::filesystem::directory_iterator(p.parent_path()))
+    if (e.path().filename().string().rfind(p.filename().string() + ".tmp.", 0) == 0) found.push_back(e.path());
+  return found;
+}
+
+// A writer with a tensor of `bytes` bytes: big enough that a small file-size limit stops it midway.
+SafetensorsWriter big_writer(size_t bytes) {
+  std::vector<float> x(bytes / 4, 0.5f);
+  SafetensorsWriter w;
+  w.add_f32("x", x.data(), {int64_t(x.size())});
+  return w;
+}
+
+// Limits the size of files this process writes, as a full disk or a quota would.
+void limit_file_size(rlim_t bytes) {
+  rlimit lim{};
+  ::getrlimit(RLIMIT_FSIZE, &lim);
+  lim.rlim_cur = bytes;
+  ::setrlimit(RLIMIT_FSIZE, &lim);
+}
+
 TEST(Safetensors, WriteIsAtomicAndLeavesNoTempFile) {
   const std::string path = temp_path("atomic");
   write_sample(path);
@@ -127,8 +157,64 @@ TEST(Safetensors, WriteIsAtomicAndLeavesNoTempFile) {
   w.write(path, json{{"method", "other"}});
   EXPECT_NE(read_bytes(path), before);
   EXPECT_EQ(SafetensorsFile::open(path).header()["method"], "other");
-  std::ifstream tmp(path + ".tmp." + std::to_string(::getpid()));
-  EXPECT_FALSE(tmp.good());
+  EXPECT_THAT(temp_files_of(path), ::testing::IsEmpty());
+  std::remove(path.c_str());
+}
+
+TEST(Safetensors, WriteFailingMidwayKeepsTheOldFile) {
+  const std::string path = temp_path("midway");
+  write_sample(path);
+  const std::vector<uint8_t> before = read_bytes(path);
+  // In a child: the file-size limit makes write() fail (EFBIG) after 64 KiB of a 1 MiB artifact.
+  // The writer must throw BadFile, remove its temporary file, and leave the old artifact intact.
+  EXPECT_EXIT(
+      {
+        std::signal(SIGXFSZ, SIG_IGN);
+        limit_file_size(64 << 10);
+        try {
+          big_writer(1 << 20).write(path, to_json(identity()));
+        } catch (const Error& e) {
+          const bool ok = e.kind() == ErrorKind::BadFile && read_bytes(path) == before && temp_files_of(path).empty();
+          std::exit(ok ? 0 : 3);
+        }
+        std::exit(2);  // the write did not fail
+      },
+      ::testing::ExitedWithCode(0), "");
+  EXPECT_EQ(read_bytes(path), before);
+  std::remove(path.c_str());
+}
+
+TEST(Safetensors, CrashMidwayLeavesNoFileALoadAccepts) {
+  const std::string path = temp_path("crash");
+  const std::string fresh = temp_path("crash_fresh");  // no file of that name before the crash
+  write_sample(path);
+  const std::vector<uint8_t> before = read_bytes(path);
+  // In a child killed mid-write (SIGXFSZ, default action) after 64 KiB of a 1 MiB artifact, once
+  // over an existing artifact and once where there was none.
+  for (const std::string& target : {path, fresh}) {
+    EXPECT_EXIT(
+        {
+          limit_file_size(64 << 10);
+          big_writer(1 << 20).write(target, to_json(identity()));
+        },
+        ::testing::KilledBySignal(SIGXFSZ), "");
+  }
+  // The old artifact loads unchanged; where there was none there is still none.
+  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_NO_THROW(SafetensorsFile::open(path));
+  EXPECT_THROW(SafetensorsFile::open(fresh), Error);
+  // The half-written temporary files the crash left are refused by the loader (truncated).
+  for (const std::string& target : {path, fresh}) {
+    const std::vector<std::string> left = temp_files_of(target);
+    ASSERT_EQ(left.size(), 1u) << target;
+    try {
+      SafetensorsFile::open(left[0]);
+      ADD_FAILURE() << "a half-written artifact was accepted: " << left[0];
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::BadFile) << e.what();
+    }
+    std::remove(left[0].c_str());
+  }
   std::remove(path.c_str());
 }
 

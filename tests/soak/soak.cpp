@@ -12,6 +12,8 @@
 //
 // Prints one JSON object: phase, method, tokens, seconds, checkpoints of the live heap and the
 // resident set, and the peak resident set (VmHWM).
+//   saap_soak methods
+//       Prints the registry's method names, one a line (what scripts/soak.sh loops over).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -80,7 +82,7 @@ struct Options {
 Options parse(int argc, char** argv) {
   Options o;
   SAAP_CHECK_MSG(argc >= 2, InvalidArgument,
-                 "usage: saap_soak generate|chat --method M [--artifact A] [--lookup L] [--tokens N] "
+                 "usage: saap_soak methods | generate|chat --method M [--artifact A] [--lookup L] [--tokens N] "
                  "[--turns T] [--reply-tokens R]");
   o.phase = argv[1];
   SAAP_CHECK_FMT(o.phase == "generate" || o.phase == "chat", InvalidArgument,
@@ -209,6 +211,10 @@ json run_chat(const Options& o, std::shared_ptr<const LlamaModel> model, const M
 }
 
 int run(int argc, char** argv) {
+  if (argc == 2 && std::strcmp(argv[1], "methods") == 0) {
+    for (const std::string& name : method_names()) std::printf("%s\n", name.c_str());
+    return 0;
+  }
   const Options o = parse(argc, argv);
   const auto start = std::chrono::steady_clock::now();
   auto model = LlamaModel::load(default_model_path(), false);

@@ -11,8 +11,8 @@
 #
 # The indexes that loki, kmeans, saap and partition-oracle need are trained once with the Release
 # CLI (small: 2 x 1024 calibration tokens, C = 64) into $SAAP_CACHE/soak/. The result goes to
-# results/soak_<UTC date>.json (date, machine, commit, command, per phase: seconds, tokens, peak
-# RSS, live heap checkpoints, exit status), written atomically.
+# results/soak_<UTC date>.json (provenance: date, machine, commit, command, the indexes; per
+# phase: seconds, tokens, peak RSS, live heap checkpoints, exit status), written atomically.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command_line="scripts/soak.sh $*"
@@ -89,10 +89,12 @@ done
 
 mkdir -p "$out"
 result="$out/soak_$(date -u +%Y-%m-%d).json"
-bash scripts/python.sh - "$work" "$result" "$command_line" "$tokens" "$turns" "$reply_tokens" "$lookup" <<'PY'
-import datetime, json, os, platform, subprocess, sys
-work, result, command, tokens, turns, reply, lookup = sys.argv[1:8]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+bash scripts/python.sh - "$work" "$result" "$command_line" "$tokens" "$turns" "$reply_tokens" "$lookup" \
+  "$artifacts" <<'PY'
+import json, os, sys
+sys.path.insert(0, "scripts")
+import provenance
+work, result, command, tokens, turns, reply, lookup, artifacts = sys.argv[1:9]
 phases = []
 for name in sorted(f[:-7] for f in os.listdir(work) if f.endswith(".status")):
     entry = json.load(open(os.path.join(work, name + ".status")))
@@ -102,12 +104,14 @@ for name in sorted(f[:-7] for f in os.listdir(work) if f.endswith(".status")):
     if entry["exit"] != 0:
         entry["error_tail"] = open(os.path.join(work, name + ".err")).read()[-4000:]
     phases.append(entry)
+inputs = [provenance.input_file("artifact", os.path.join(artifacts, f))
+          for f in ("loki.safetensors", "kmeans.safetensors", "saap.safetensors")
+          if os.path.isfile(os.path.join(artifacts, f))]
+prov = provenance.collect(inputs)
+prov["command"] = command  # the script's command line, not this helper's
+prov["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
 doc = {
-    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    "machine": {"hostname": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-                "load_average_1m_at_end": os.getloadavg()[0]},
-    "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-    "command": command,
+    "provenance": prov,
     "build": "asan preset (ASan + UBSan, RelWithDebInfo), ASAN_OPTIONS=" + os.environ.get("ASAN_OPTIONS", ""),
     "settings": {"tokens_per_method": int(tokens), "chat_turns": int(turns), "reply_tokens": int(reply),
                  "lookup": float(lookup)},

@@ -4,6 +4,7 @@
 //
 // Usage: e2e_bench [--model PATH (default $SAAP_MODEL_PATH)] [--prompts 2048,8000] [--batches 1,16]
 //                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|simple]
+//                  [--csv FILE]   (also writes the rows there, after # lines: date, GPU, command)
 //
 // The "8k" prompt is 8000 tokens so that prompt + decode steps fit SmolLM2's 8192-token context
 // (the runner refuses a cache longer than the model's context, as the CPU runner does).
@@ -19,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -53,6 +55,7 @@ int main(int argc, char** argv) try {
   std::vector<int64_t> prompts = {2048, 8000}, batches = {1, 16};
   int decode = 128, reps = 3;
   int64_t prefill_rows = 65536;
+  std::string csv_path;
   cuda::PrefillKernel kernel = cuda::PrefillKernel::TensorCore;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -64,6 +67,7 @@ int main(int argc, char** argv) try {
     else if (a == "--decode") decode = std::atoi(next);
     else if (a == "--reps") reps = std::max(1, std::atoi(next));
     else if (a == "--prefill-rows") prefill_rows = std::atoll(next);
+    else if (a == "--csv") csv_path = next;
     else if (a == "--attention") kernel = std::string(next) == "simple" ? cuda::PrefillKernel::Simple : cuda::PrefillKernel::TensorCore;
     else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
     ++i;
@@ -125,6 +129,20 @@ int main(int argc, char** argv) try {
   }
   std::printf("\nengine,method,batch,prompt_tokens,prefill_ms,decode_tok_s\n");
   for (const auto& l : csv) std::printf("%s\n", l.c_str());
+  if (!csv_path.empty()) {
+    std::FILE* f = std::fopen(csv_path.c_str(), "w");
+    if (!f) throw Error(ErrorKind::NotFound, "cannot write " + csv_path);
+    char date[32];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+    std::string command;
+    for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+    std::fprintf(f, "# date %s, gpu %s, model %s\n# command: %s\n", date, prop.name, model_path.c_str(),
+                 command.c_str());
+    std::fprintf(f, "engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s\n");
+    for (const auto& l : csv) std::fprintf(f, "%s\n", l.c_str());
+    std::fclose(f);
+  }
   return 0;
 } catch (const saap::Error& e) {
   std::fprintf(stderr, "e2e_bench: %s\n", e.what());

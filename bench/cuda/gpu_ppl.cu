@@ -6,6 +6,11 @@
 //
 // Usage: gpu_ppl --text eval.txt [--model PATH (default $SAAP_MODEL_PATH)] [--window 2048]
 //                [--max-windows 12] [--batch 12] [--attention tc|simple]
+//        gpu_ppl --reference tests/model/data/cuda_reference_long.txt [--model PATH] [--attention tc|simple]
+// The second form runs the CPU runner's 8192-token window of eval.txt (tokens, top-1, margin and
+// NLL per position, written by tests/model/test_cuda_reference.cpp) and compares: top-1 agreement
+// (>= 99% of the positions whose CPU top-2 margin exceeds 0.2), mean |d NLL|, and the window's
+// perplexity (within 0.5% of the CPU's). Exit 1 when a limit fails.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "model/cuda_reference.h"
 #include "saap/core/error.h"
 #include "saap/model/cuda_llama.h"
 #include "saap/model/gguf.h"
@@ -23,8 +29,58 @@
 
 using namespace saap;
 
+namespace {
+
+int compare_with_reference(const std::string& model_path, const std::string& ref_path, cuda::PrefillKernel kernel) {
+  const testref::LongRef ref = testref::read_long_reference(ref_path);
+  const int64_t n = int64_t(ref.tokens.size());
+  cuda::CudaLlamaOptions o;
+  o.max_batch = 1;
+  o.max_context = n;
+  o.prefill_kernel = kernel;
+  auto model = cuda::CudaLlamaModel::load(model_path, o);
+  const int V = model->config().vocab_size;
+  std::vector<float> logits(size_t(n) * V);
+  const auto t0 = std::chrono::steady_clock::now();
+  model->prefill(ref.tokens.data(), 1, n, logits.data());
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  int64_t same = 0, decisive = 0, decisive_same = 0, scored = 0;
+  double gpu_nll = 0, cpu_nll = 0, abs_dnll = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const testref::PositionRef p =
+        testref::summarize(&logits[size_t(i) * V], V, 1, i + 1 < n ? ref.tokens[size_t(i + 1)] : -1);
+    const bool ok = p.top_ids[0] == ref.top1[size_t(i)];
+    same += ok;
+    if (ref.margin[size_t(i)] > 0.2f) {
+      ++decisive;
+      decisive_same += ok;
+    }
+    if (i + 1 < n) {
+      const double g = p.lse - p.next_logit;
+      gpu_nll += g;
+      cpu_nll += ref.nll[size_t(i)];
+      abs_dnll += std::fabs(g - ref.nll[size_t(i)]);
+      ++scored;
+    }
+  }
+  const double agree = double(decisive_same) / double(std::max<int64_t>(decisive, 1));
+  const double ppl_gpu = std::exp(gpu_nll / double(scored)), ppl_cpu = std::exp(cpu_nll / double(scored));
+  const double rel = std::fabs(ppl_gpu / ppl_cpu - 1);
+  std::printf("reference %s: %s, %lld tokens (prefill with all logits %.2f s)\n", ref_path.c_str(), ref.model.c_str(),
+              (long long)n, secs);
+  std::printf("top-1 same: %lld of %lld positions; %lld of %lld with CPU margin > 0.2 (%.4f, limit 0.99)\n",
+              (long long)same, (long long)n, (long long)decisive_same, (long long)decisive, agree);
+  std::printf("mean |d NLL| %.5f nats; perplexity GPU %.4f vs CPU %.4f: relative %.5f (limit 0.005)\n",
+              abs_dnll / double(scored), ppl_gpu, ppl_cpu, rel);
+  const bool pass = agree >= 0.99 && rel <= 0.005;
+  std::printf("%s\n", pass ? "PASS" : "FAIL");
+  return pass ? 0 : 1;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) try {
-  std::string model_path = std::getenv("SAAP_MODEL_PATH") ? std::getenv("SAAP_MODEL_PATH") : "", text_path;
+  std::string model_path = std::getenv("SAAP_MODEL_PATH") ? std::getenv("SAAP_MODEL_PATH") : "", text_path, ref_path;
   int64_t window = 2048, max_windows = 12;
   int batch = 12;
   cuda::PrefillKernel kernel = cuda::PrefillKernel::TensorCore;
@@ -34,14 +90,16 @@ int main(int argc, char** argv) try {
     const char* v = argv[i + 1];
     if (a == "--model") model_path = v;
     else if (a == "--text") text_path = v;
+    else if (a == "--reference") ref_path = v;
     else if (a == "--window") window = std::atoll(v);
     else if (a == "--max-windows") max_windows = std::atoll(v);
     else if (a == "--batch") batch = std::atoi(v);
     else if (a == "--attention") kernel = std::string(v) == "simple" ? cuda::PrefillKernel::Simple : cuda::PrefillKernel::TensorCore;
     else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
   }
-  if (model_path.empty() || text_path.empty())
-    throw Error(ErrorKind::InvalidArgument, "need --text and --model (or SAAP_MODEL_PATH)");
+  if (model_path.empty()) throw Error(ErrorKind::InvalidArgument, "need --model (or SAAP_MODEL_PATH)");
+  if (!ref_path.empty()) return compare_with_reference(model_path, ref_path, kernel);
+  if (text_path.empty()) throw Error(ErrorKind::InvalidArgument, "need --text or --reference");
   if (window < 2 || batch < 1 || max_windows < 0)
     throw Error(ErrorKind::InvalidArgument, "--window >= 2, --batch >= 1, --max-windows >= 0");
 

@@ -144,4 +144,74 @@ inline LogitsRef read_reference(const std::string& path) {
   return r;
 }
 
+// One long window of eval.txt (8192 tokens, the model's whole context) through the CPU runner:
+// per position its top-1 token, the top-1 minus top-2 logit margin, and the NLL of the next token
+// (tests/model/data/cuda_reference_long.txt; read by bench/cuda/gpu_ppl --reference).
+struct LongRef {
+  std::string model;
+  std::vector<int32_t> tokens;  // [n]
+  std::vector<int32_t> top1;    // [n]
+  std::vector<float> margin;    // [n]
+  std::vector<double> nll;      // [n]; NaN at n - 1
+};
+
+inline std::string long_reference_path(const std::string& source_dir) {
+  return source_dir + "/tests/model/data/cuda_reference_long.txt";
+}
+
+inline void write_long_reference(const std::string& path, const LongRef& r) {
+  std::ofstream out(path);
+  if (!out) throw std::runtime_error("cannot write " + path);
+  out << "# fp32 CPU-runner results on the first window of eval.txt, written by tests/model/test_cuda_reference.cpp:\n"
+         "# SAAP_WRITE_CUDA_REFERENCE=1 build/tests/test_model --gtest_filter='CudaReference.*'\n"
+         "# per position: top1 margin(top1 - top2 logit) nll(next token)\n";
+  out << "model " << r.model << "\n";
+  out << "tokens " << r.tokens.size();
+  for (int32_t t : r.tokens) out << ' ' << t;
+  out << "\n";
+  char buf[96];
+  for (size_t i = 0; i < r.tokens.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "%d %.5f %.7g\n", r.top1[i], double(r.margin[i]), r.nll[i]);
+    out << buf;
+  }
+  if (!out) throw std::runtime_error("error writing " + path);
+}
+
+inline LongRef read_long_reference(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open " + path);
+  auto bad = [&](const std::string& what) { return std::runtime_error(path + ": " + what); };
+  std::string line, word;
+  auto next_line = [&]() {
+    while (std::getline(in, line))
+      if (!line.empty() && line[0] != '#') return;
+    throw bad("truncated");
+  };
+  LongRef r;
+  next_line();
+  if (line.rfind("model ", 0) != 0) throw bad("expected 'model', got: " + line.substr(0, 40));
+  r.model = line.substr(6);
+  next_line();
+  std::istringstream s(line);
+  size_t n = 0;
+  s >> word >> n;
+  if (word != "tokens" || n == 0) throw bad("bad tokens line");
+  r.tokens.resize(n);
+  for (auto& t : r.tokens) s >> t;
+  if (!s) throw bad("short tokens line");
+  for (size_t i = 0; i < n; ++i) {
+    next_line();
+    std::istringstream ps(line);
+    int32_t top1 = -1;
+    float margin = 0;
+    std::string nll;
+    ps >> top1 >> margin >> nll;
+    if (!ps) throw bad("bad position line " + std::to_string(i));
+    r.top1.push_back(top1);
+    r.margin.push_back(margin);
+    r.nll.push_back(std::strtod(nll.c_str(), nullptr));
+  }
+  return r;
+}
+
 }  // namespace saap::testref

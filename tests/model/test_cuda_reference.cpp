@@ -4,7 +4,10 @@
 // SAAP_WRITE_CUDA_REFERENCE=1 it rewrites the file instead.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -78,6 +81,65 @@ TEST(CudaReference, FileMatchesTheCpuRunner) {
       EXPECT_EQ(a.top_ids[0], b.top_ids[0]) << "prompt " << p << " position " << i;
       for (int k = 0; k < kTopK; ++k)
         EXPECT_NEAR(a.top_logits[size_t(k)], b.top_logits[size_t(k)], tol) << "prompt " << p << " pos " << i;
+    }
+  }
+}
+
+// The long window: 8192 tokens of eval.txt, run in chunks of 512 (as `saap eval ppl` does). Writing
+// it takes minutes on a small CPU, so without SAAP_WRITE_CUDA_REFERENCE=1 only the first 256
+// positions are recomputed and compared (causal: they do not depend on the later tokens).
+constexpr int64_t kLongTokens = 8192;
+
+testref::LongRef compute_long_reference(int64_t positions) {
+  auto model = LlamaModel::load(default_model_path(), false);
+  const LlamaConfig& c = model->config();
+  testref::LongRef r;
+  r.model = c.name + " layers " + std::to_string(c.n_layers) + " vocab " + std::to_string(c.vocab_size);
+  std::ifstream in(default_text_path("eval.txt"), std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  r.tokens = model->tokenizer().encode(text.str());
+  EXPECT_GE(r.tokens.size(), size_t(kLongTokens));
+  r.tokens.resize(size_t(kLongTokens));
+  LlamaSession session(model, kLongTokens);
+  const int64_t chunk = 512;
+  std::vector<float> logits(size_t(chunk) * c.vocab_size);
+  for (int64_t p0 = 0; p0 < positions; p0 += chunk) {
+    const int64_t m = std::min(chunk, positions - p0);
+    session.forward(&r.tokens[size_t(p0)], m, logits.data(), /*all_logits=*/true);
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t pos = p0 + i;
+      const testref::PositionRef p = testref::summarize(&logits[size_t(i) * c.vocab_size], c.vocab_size, 2,
+                                                        pos + 1 < kLongTokens ? r.tokens[size_t(pos + 1)] : -1);
+      r.top1.push_back(p.top_ids[0]);
+      r.margin.push_back(p.top_logits[0] - p.top_logits[1]);
+      r.nll.push_back(p.lse - p.next_logit);
+    }
+  }
+  return r;
+}
+
+TEST(CudaReference, LongWindowFileMatchesTheCpuRunner) {
+  const std::string path = testref::long_reference_path(SAAP_SOURCE_DIR);
+  const char* write = std::getenv("SAAP_WRITE_CUDA_REFERENCE");
+  const bool rewrite = write && std::string(write) == "1";
+  const testref::LongRef now = compute_long_reference(rewrite ? kLongTokens : 256);
+  if (rewrite) {
+    testref::write_long_reference(path, now);
+    std::printf("wrote %s\n", path.c_str());
+  }
+  const testref::LongRef file = testref::read_long_reference(path);
+  EXPECT_EQ(file.model, now.model);
+  ASSERT_EQ(file.tokens, now.tokens) << "eval.txt tokenizes differently";
+  ASSERT_EQ(file.top1.size(), size_t(kLongTokens));
+  for (size_t i = 0; i < now.top1.size(); ++i) {
+    // Same tolerance reasoning as above; the file keeps 7 significant digits of the NLL.
+    if (now.margin[i] > 1e-3f) {
+      EXPECT_EQ(file.top1[i], now.top1[i]) << "position " << i;
+    }
+    EXPECT_NEAR(file.margin[i], now.margin[i], 2e-3) << "position " << i;
+    if (!std::isnan(now.nll[i])) {
+      EXPECT_NEAR(file.nll[i], now.nll[i], 2e-3) << "position " << i;
     }
   }
 }

@@ -26,6 +26,7 @@
 
 #include "saap/core/error.h"
 #include "saap/kernels/cuda/check.h"
+#include "saap/kernels/cuda/decode.h"
 #include "saap/model/cuda_llama.h"
 
 using namespace saap;
@@ -46,6 +47,37 @@ std::vector<int64_t> parse_list(const char* s) {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+// The prefill attention alone at the model's shapes (one layer, the whole prompt as one chunk),
+// to split the prefill time into attention and the rest: median ms of 3 after a warm-up, and the
+// causal FLOP rate (4 * D flops per query-key pair, P(P+1)/2 pairs per sequence and head).
+double attention_ms(const LlamaConfig& c, int64_t B, int64_t P, cuda::PrefillKernel kernel, double* tflops) {
+  const size_t q_n = size_t(B) * P * c.n_heads * c.head_dim, kv_n = size_t(B) * c.n_kv_heads * P * c.head_dim;
+  cuda::DeviceBuffer<__nv_bfloat16> q(q_n), k(kv_n), v(kv_n), out(q_n);
+  // 0x3c3c: bf16 0.0115 everywhere (the speed does not depend on the values).
+  SAAP_CU(cudaMemset(q.get(), 0x3c, q.bytes()));
+  SAAP_CU(cudaMemset(k.get(), 0x3c, k.bytes()));
+  SAAP_CU(cudaMemset(v.get(), 0x3c, v.bytes()));
+  const cuda::PrefillShape s{int(B), c.n_heads, c.n_kv_heads, c.head_dim, P, 0, P};
+  cudaEvent_t a, b;
+  SAAP_CU(cudaEventCreate(&a));
+  SAAP_CU(cudaEventCreate(&b));
+  std::vector<double> ms;
+  for (int r = 0; r < 4; ++r) {
+    SAAP_CU(cudaEventRecord(a));
+    cuda::prefill_attention(s, q.get(), k.get(), v.get(), 0.125f, out.get(), 0, kernel);
+    SAAP_CU(cudaEventRecord(b));
+    SAAP_CU(cudaEventSynchronize(b));
+    float t = 0;
+    SAAP_CU(cudaEventElapsedTime(&t, a, b));
+    if (r > 0) ms.push_back(t);
+  }
+  SAAP_CU(cudaEventDestroy(a));
+  SAAP_CU(cudaEventDestroy(b));
+  const double m = median(ms);
+  *tflops = double(B) * c.n_heads * (double(P) * (P + 1) / 2) * c.head_dim * 4 / (m * 1e-3) / 1e12;
+  return m;
 }
 
 }  // namespace
@@ -121,7 +153,11 @@ int main(int argc, char** argv) try {
       float decode_ms = 0;
       SAAP_CU(cudaEventElapsedTime(&decode_ms, e0, e1));
       const double pms = median(prefill_ms), tok_s = double(B) * decode / (decode_ms / 1e3);
-      std::printf("%6lld %8lld %12.2f %14.1f %12.3f\n", (long long)B, (long long)P, pms, tok_s, decode_ms / decode);
+      double tflops = 0;
+      const double attn = attention_ms(c, B, P, kernel, &tflops);
+      std::printf("%6lld %8lld %12.2f %14.1f %12.3f   attention %.3f ms/layer (%.0f TFLOP/s), x%d layers = %.1f ms\n",
+                  (long long)B, (long long)P, pms, tok_s, decode_ms / decode, attn, tflops, c.n_layers,
+                  attn * c.n_layers);
       char line[160];
       std::snprintf(line, sizeof line, "saap,dense,%lld,%lld,%.3f,%.1f", (long long)B, (long long)P, pms, tok_s);
       csv.push_back(line);

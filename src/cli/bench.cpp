@@ -68,7 +68,7 @@ std::map<std::string, std::string> parse_artifacts(const std::vector<std::string
                    "--artifact '%s' must be METHOD=PATH (e.g. loki=loki.safetensors)", item.c_str());
     const std::string name = item.substr(0, eq);
     SAAP_CHECK_FMT(method_needs_artifact(name), InvalidArgument,
-                   "--artifact '%s': method '%s' takes no artifact (loki, saap, kmeans do)", item.c_str(),
+                   "--artifact '%s': method '%s' takes no artifact", item.c_str(),
                    name.c_str());
     m[name] = item.substr(eq + 1);
   }

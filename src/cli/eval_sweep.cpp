@@ -27,13 +27,6 @@ struct Setting {
   MethodSpec spec;
 };
 
-// StreamingLLM reads min(t, B) of t cached tokens at step t; over a window of L positions the
-// bytes read are sum_t min(t, B) ~ L^2 (2b - b^2) / 2 with b = B/L, against L^2/2 for dense. The B
-// giving the same lookup fraction f as the budgeted methods is therefore L (1 - sqrt(1 - f)).
-int streaming_budget_tokens(double f, int64_t window_len) {
-  return std::max(1, int(std::lround(double(window_len) * (1.0 - std::sqrt(1.0 - f)))));
-}
-
 std::string fmt(double x) {
   char b[32];
   std::snprintf(b, sizeof b, "%g", x);
@@ -102,7 +95,7 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
         MethodSpec st;
         st.name = "streaming";
         st.sinks = o->sinks;
-        st.window = std::max(0, streaming_budget_tokens(f, L) - o->sinks);
+        st.window = equal_budget_streaming_window(f, L, o->sinks);
         grid.push_back({st.describe(), "streaming", f, st});
       }
       if (has("loki"))

@@ -13,18 +13,44 @@
 
 namespace saap::cli {
 
+// The method options. Which apply to which method, and what values a budget takes, is the
+// library's (registry.h): once the command line is parsed, an option given to a method it does not
+// apply to is refused, naming both, and a fraction outside (0, 1] is refused in the library's words.
 inline void add_method_options(CLI::App* cmd, MethodSpec& spec) {
-  cmd->add_option("--method", spec.name, "Attention method: dense|oracle|streaming|h2o|loki|saap|kmeans|partition-oracle|quest");
-  cmd->add_option("--lookup", spec.lookup, "Budget: fraction of the prefix read (oracle, h2o, saap, kmeans)")
-      ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--sinks", spec.sinks, "First positions always read")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--window", spec.window, "Most recent positions always read")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--k-f", spec.k_f, "Loki: fraction of the prefix attended")->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--d-f", spec.d_f, "Loki: fraction of dimensions used for ranking")->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--budget-tokens", spec.budget_tokens, "quest: a fixed budget of tokens per query instead of --lookup")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--page-size", spec.page_size, "quest: positions per page")->check(CLI::PositiveNumber);
-  cmd->add_option("--artifact", spec.artifact, "Trained index file (loki, saap, kmeans)");
+  std::string names;
+  for (const auto& n : method_names()) names += (names.empty() ? "" : "|") + n;
+  cmd->add_option("--method", spec.name, "Attention method: " + names)->capture_default_str();
+  // Which methods each option applies to, from the registry's table.
+  auto applies_to = [](const char* option) {
+    std::string list;
+    for (const MethodInfo& m : method_table())
+      for (const char* o : m.options)
+        if (std::string(o) == option) list += (list.empty() ? "" : ", ") + std::string(m.name);
+    return " (" + list + ")";
+  };
+  std::vector<CLI::Option*> budget = {
+      cmd->add_option(kOptLookup, spec.lookup, "Budget: fraction of the prefix read, in (0, 1]" + applies_to(kOptLookup)),
+      cmd->add_option(kOptSinks, spec.sinks, "First positions always read" + applies_to(kOptSinks))
+          ->check(CLI::NonNegativeNumber),
+      cmd->add_option(kOptWindow, spec.window, "Most recent positions always read" + applies_to(kOptWindow))
+          ->check(CLI::NonNegativeNumber),
+      cmd->add_option(kOptKf, spec.k_f, "Fraction of the prefix attended, in (0, 1]" + applies_to(kOptKf)),
+      cmd->add_option(kOptDf, spec.d_f, "Fraction of dimensions used for ranking, in (0, 1]" + applies_to(kOptDf)),
+      cmd->add_option(kOptBudgetTokens, spec.budget_tokens,
+                      "A fixed budget of tokens per query instead of --lookup" + applies_to(kOptBudgetTokens))
+          ->check(CLI::NonNegativeNumber),
+      cmd->add_option(kOptPageSize, spec.page_size, "Positions per page" + applies_to(kOptPageSize))
+          ->check(CLI::PositiveNumber),
+      cmd->add_option(kOptArtifact, spec.artifact, "Trained index file" + applies_to(kOptArtifact)),
+  };
+  for (CLI::Option* o : budget) o->capture_default_str();
+  cmd->parse_complete_callback([&spec, budget] {
+    std::vector<std::string> given;
+    for (const CLI::Option* o : budget)
+      if (o->count() > 0) given.push_back(o->get_name());
+    check_options_apply(spec.name, given);
+    check_method_spec(spec);  // before the model loads: a bad budget fails at once
+  });
 }
 
 // The text windows and the query sample of an attention evaluation (eval attention, eval saap-grid).
@@ -34,17 +60,6 @@ inline void add_attention_eval_options(CLI::App* cmd, int& windows, int& window_
   cmd->add_option("--queries", eval.queries_per_window, "Sampled query positions per window")->check(CLI::PositiveNumber);
   cmd->add_option("--top-k", eval.top_k, "k of recall@k")->check(CLI::PositiveNumber);
   cmd->add_option("--seed", eval.seed, "Seed of the query sample");
-}
-
-// What artifacts are checked against: the model they will run on (the factory sets the method).
-inline ArtifactIdentity model_artifact_identity(const LlamaModel& model) {
-  ArtifactIdentity id;
-  id.model_identity = model.identity();
-  id.n_layers = model.config().n_layers;
-  id.n_heads = model.config().n_heads;
-  id.n_kv_heads = model.config().n_kv_heads;
-  id.head_dim = model.config().head_dim;
-  return id;
 }
 
 // The inputs of a run on the model, for its results' provenance: the model by its identity (a hash

@@ -66,8 +66,6 @@ void CacheFlusher::flush() {
   sink_ = acc;
 }
 
-bool method_needs_artifact(const std::string& name) { return name == "loki" || name == "saap" || name == "kmeans"; }
-
 std::vector<MethodLayerTiming> time_methods_on_layer(const std::vector<BenchMethod>& methods, const LayerShape& shape,
                                                      const LayerKV& kv, const float* k_pre, const float* q,
                                                      const float* q_pre, const DecodeBenchOptions& options,

@@ -4,13 +4,13 @@
 #include <cmath>
 
 #include "saap/core/error.h"
+#include "saap/core/selection_rules.h"
 #include "saap/kernels/cpu/attention.h"
-#include "saap/methods/oracle_topk.h"
 
 namespace saap {
 
 H2OAttention::H2OAttention(const LayerShape& shape, double lookup) : AttentionMethod(shape), lookup_(lookup) {
-  SAAP_CHECK_FMT(lookup >= 0.0 && lookup <= 1.0, InvalidArgument, "lookup = %g must be in [0, 1]", lookup);
+  check_fraction(lookup, "lookup");
   acc_.resize(size_t(shape.n_q_heads));
   evicted_.resize(size_t(shape.n_q_heads));
 }
@@ -40,7 +40,7 @@ void H2OAttention::select(const LayerKV& kv, const QueryView& q, Selection& sel)
                  "layer %d: query at position %lld after position %lld; H2O's state is per sequence (call reset())",
                  shape_.layer, (long long)q.pos, (long long)last_pos_);
   last_pos_ = q.pos;
-  const int64_t k = budget_tokens(lookup_, n);
+  const int64_t k = rules::topk_keys(lookup_, n);
   const int64_t recent = (k + 1) / 2;
   const int64_t heavy = k - recent;
   sel.clear(q.n_q_heads);
@@ -112,7 +112,7 @@ void H2OAttention::attend(const LayerKV& kv, const QueryView& q, const Selection
 
 MethodFactory h2o_factory(const MethodSpec& spec, const ArtifactIdentity&) {
   const double lookup = spec.lookup;
-  SAAP_CHECK_FMT(lookup >= 0.0 && lookup <= 1.0, InvalidArgument, "lookup = %g must be in [0, 1]", lookup);
+  check_fraction(lookup, "lookup");
   return [lookup](const LayerShape& shape) { return std::make_unique<H2OAttention>(shape, lookup); };
 }
 

@@ -4,8 +4,9 @@
 #include <cmath>
 
 #include "saap/core/error.h"
+#include "saap/core/selection_rules.h"
 #include "saap/kernels/cpu/attention.h"
-#include "saap/methods/oracle_topk.h"
+#include "saap/methods/oracle_topk.h"  // top_k_positions
 
 namespace saap {
 
@@ -14,10 +15,6 @@ namespace {
 // A stored basis must be orthonormal for attention to stay exact; float storage of a float64
 // eigen-decomposition is orthonormal to ~1e-6, so 1e-3 only catches corruption.
 constexpr double kOrthoTolerance = 1e-3;
-
-int rank_for(double d_f, int head_dim) {
-  return int(std::clamp<int64_t>(int64_t(std::ceil(d_f * head_dim - 1e-9)), 1, head_dim));
-}
 
 }  // namespace
 
@@ -104,8 +101,8 @@ LokiArtifact LokiArtifact::load(const std::string& path, const ArtifactIdentity&
 LokiAttention::LokiAttention(const LayerShape& shape, const LokiParams& params,
                              std::shared_ptr<const LokiArtifact> artifact)
     : AttentionMethod(shape), params_(params), artifact_(std::move(artifact)) {
-  SAAP_CHECK_FMT(params.k_f >= 0.0 && params.k_f <= 1.0, InvalidArgument, "k_f = %g must be in [0, 1]", params.k_f);
-  SAAP_CHECK_FMT(params.d_f > 0.0 && params.d_f <= 1.0, InvalidArgument, "d_f = %g must be in (0, 1]", params.d_f);
+  check_fraction(params.k_f, "k_f");
+  check_fraction(params.d_f, "d_f");
   SAAP_CHECK_MSG(artifact_ != nullptr, InvalidArgument, "Loki needs an artifact");
   const ArtifactIdentity& id = artifact_->identity;
   SAAP_CHECK_FMT(shape.layer >= 0 && shape.layer < id.n_layers, InvalidArgument,
@@ -113,7 +110,7 @@ LokiAttention::LokiAttention(const LayerShape& shape, const LokiParams& params,
   SAAP_CHECK_FMT(shape.n_kv_heads == id.n_kv_heads && shape.head_dim == id.head_dim, InvalidArgument,
                  "layer %d has n_kv_heads = %d, head_dim = %d; the artifact n_kv_heads = %d, head_dim = %d",
                  shape.layer, shape.n_kv_heads, shape.head_dim, id.n_kv_heads, id.head_dim);
-  rank_ = rank_for(params.d_f, shape.head_dim);
+  rank_ = rules::loki_rank(params.d_f, shape.head_dim);
   coords_.resize(size_t(shape.n_kv_heads) * rank_);
   if (shape.max_context > 0)
     for (auto& c : coords_) c.reserve(size_t(shape.max_context));
@@ -162,7 +159,7 @@ void LokiAttention::select(const LayerKV& kv, const QueryView& q, Selection& sel
   check_attention_shape(kv, q.n_q_heads, n);
   SAAP_CHECK_FMT(n <= placed_, InvalidArgument, "layer %d: query at position %lld but only %lld positions placed",
                  shape_.layer, (long long)q.pos, (long long)placed_);
-  const int64_t k = budget_tokens(params_.k_f, n);
+  const int64_t k = rules::loki_keys(params_.k_f, n);
   sel.clear(q.n_q_heads);
   if (k >= n) {  // the budget covers the prefix: no ranking needed, nothing read to decide
     sel.all = true;
@@ -197,12 +194,12 @@ void LokiAttention::select(const LayerKV& kv, const QueryView& q, Selection& sel
 
 MethodFactory loki_factory(const MethodSpec& spec, const ArtifactIdentity& expected) {
   SAAP_CHECK_MSG(!spec.artifact.empty(), InvalidArgument,
-                 "method loki needs an artifact (train one with `saap train --method loki`)");
+                 "method loki needs an artifact (--artifact; train one with `saap train loki`)");
   auto artifact = std::make_shared<const LokiArtifact>(LokiArtifact::load(spec.artifact, expected));
   const LokiParams params{spec.k_f, spec.d_f};
   // Validate the parameters now, not at the first layer built.
-  SAAP_CHECK_FMT(params.k_f >= 0.0 && params.k_f <= 1.0, InvalidArgument, "k_f = %g must be in [0, 1]", params.k_f);
-  SAAP_CHECK_FMT(params.d_f > 0.0 && params.d_f <= 1.0, InvalidArgument, "d_f = %g must be in (0, 1]", params.d_f);
+  check_fraction(params.k_f, "k_f");
+  check_fraction(params.d_f, "d_f");
   return [artifact, params](const LayerShape& shape) { return std::make_unique<LokiAttention>(shape, params, artifact); };
 }
 

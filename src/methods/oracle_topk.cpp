@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "saap/core/error.h"
+#include "saap/core/selection_rules.h"
 #include "saap/kernels/cpu/attention.h"
 
 namespace saap {
@@ -22,19 +23,14 @@ void top_k_positions(const float* scores, int64_t n, int64_t k, std::vector<int3
   std::sort(out.begin(), out.end());
 }
 
-int64_t budget_tokens(double fraction, int64_t n_ctx) {
-  const double want = std::ceil(fraction * double(n_ctx) - 1e-9);  // 0.25 * 8 is 2, not 3 after rounding
-  return std::clamp<int64_t>(int64_t(want), 1, n_ctx);
-}
-
 OracleTopK::OracleTopK(const LayerShape& shape, double lookup) : AttentionMethod(shape), lookup_(lookup) {
-  SAAP_CHECK_FMT(lookup >= 0.0 && lookup <= 1.0, InvalidArgument, "lookup = %g must be in [0, 1]", lookup);
+  check_fraction(lookup, "lookup");
 }
 
 void OracleTopK::select(const LayerKV& kv, const QueryView& q, Selection& sel) {
   const int64_t n = q.n_ctx();
   check_attention_shape(kv, q.n_q_heads, n);
-  const int64_t k = budget_tokens(lookup_, n);
+  const int64_t k = rules::topk_keys(lookup_, n);
   sel.clear(q.n_q_heads);
   if (k >= n) {
     sel.all = true;
@@ -62,7 +58,7 @@ void OracleTopK::select(const LayerKV& kv, const QueryView& q, Selection& sel) {
 
 MethodFactory oracle_factory(const MethodSpec& spec, const ArtifactIdentity&) {
   const double lookup = spec.lookup;
-  SAAP_CHECK_FMT(lookup >= 0.0 && lookup <= 1.0, InvalidArgument, "lookup = %g must be in [0, 1]", lookup);
+  check_fraction(lookup, "lookup");
   return [lookup](const LayerShape& shape) { return std::make_unique<OracleTopK>(shape, lookup); };
 }
 

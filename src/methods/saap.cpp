@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 
 #include "saap/core/dtype.h"
@@ -220,11 +221,10 @@ int64_t PartitionLists::total() const {
 // The method
 
 PartitionBudget partition_budget(const MethodSpec& spec) {
-  SAAP_CHECK_FMT(spec.lookup > 0 && spec.lookup <= 1, InvalidArgument,
-                 "lookup = %g must be in (0, 1]: the fraction of the causal prefix a query reads", spec.lookup);
+  check_fraction(spec.lookup, "lookup");
   SAAP_CHECK_FMT(spec.sinks >= 0, InvalidArgument, "sinks = %d must be >= 0", spec.sinks);
   SAAP_CHECK_FMT(spec.window >= 0, InvalidArgument, "window = %d must be >= 0", spec.window);
-  SAAP_CHECK_FMT(!spec.artifact.empty(), InvalidArgument, "method %s needs an artifact (spec.artifact is empty)",
+  SAAP_CHECK_FMT(!spec.artifact.empty(), InvalidArgument, "method %s needs an artifact (--artifact)",
                  spec.name.c_str());
   SAAP_CHECK_FMT(spec.budget_tokens >= 0, InvalidArgument, "budget_tokens = %lld must be >= 0 (0: use lookup)",
                  (long long)spec.budget_tokens);
@@ -247,14 +247,23 @@ PartitionedAttention::PartitionedAttention(const LayerShape& shape, std::shared_
                    have.c_str());
   }
   layer_ = &it->second;
-  // A budget the cache can never meet: sinks and window alone exceed it even at full context, so
+  // A budget the cache can never meet: sinks and window alone fill it even at full context, so
   // every query would read more than asked and no partition would ever be read.
-  const double full_budget =
-      budget_.tokens > 0 ? double(budget_.tokens) : std::ceil(budget_.lookup * double(shape.max_context));
-  SAAP_CHECK_FMT(shape.max_context <= 0 || double(budget_.sinks + budget_.window) < full_budget, InvalidArgument,
-                 "lookup = %g of a %lld-token context is %.0f tokens, which sinks %d + window %d already fill: no "
-                 "partition could ever be read; raise the lookup or lower sinks/window",
-                 budget_.lookup, (long long)shape.max_context, full_budget, budget_.sinks, budget_.window);
+  const int64_t full_budget = budget_.tokens > 0 ? std::min<int64_t>(budget_.tokens, shape.max_context)
+                                                : rules::tokens_for_fraction(budget_.lookup, shape.max_context);
+  const bool reaches = budget_.tokens > 0 ? rules::fixed_budget_reaches_index(budget_.tokens, shape.max_context,
+                                                                              budget_.sinks, budget_.window)
+                                          : rules::budget_reaches_index(budget_.lookup, shape.max_context,
+                                                                        budget_.sinks, budget_.window);
+  char asked[64];
+  if (budget_.tokens > 0)
+    std::snprintf(asked, sizeof asked, "budget_tokens = %lld", (long long)budget_.tokens);
+  else
+    std::snprintf(asked, sizeof asked, "lookup = %g", budget_.lookup);
+  SAAP_CHECK_FMT(shape.max_context <= 0 || reaches, InvalidArgument,
+                 "%s of a %lld-token context is %lld tokens, which sinks %d + window %d already fill: no "
+                 "partition could ever be read; raise the budget or lower sinks/window",
+                 asked, (long long)shape.max_context, (long long)full_budget, budget_.sinks, budget_.window);
   feature_.resize(size_t(shape.head_dim));
   scores_.resize(size_t(artifact_->partitions));
   order_.resize(size_t(shape.n_q_heads / std::max(1, shape.n_kv_heads)) * size_t(artifact_->partitions));
@@ -314,15 +323,13 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
                  shape_.layer, artifact_->pre_rope ? "pre" : "post");
   const int C = artifact_->partitions, d = shape_.head_dim, group = shape_.n_q_heads / shape_.n_kv_heads;
   const int64_t n_ctx = q.n_ctx();
-  // Sinks and the recent window are read anyway; the partitions cover the positions between.
-  const int32_t mid_begin = int32_t(std::min<int64_t>(budget_.sinks, n_ctx));
-  const int32_t mid_end = int32_t(std::max<int64_t>(mid_begin, n_ctx - budget_.window));
-  // The lookup fraction counts every KV token read: the sinks and the window come out of the budget
-  // first, the partitions get the rest (none when the prefix is so short that sinks and window fill it).
-  const int64_t always = int64_t(mid_begin) + (n_ctx - mid_end);
+  // Sinks and the recent window are read anyway; the partitions cover the positions between and get
+  // what the fixed reads leave of the budget (selection_rules.h).
+  const rules::FixedReads fixed = rules::fixed_reads(n_ctx, budget_.sinks, budget_.window);
+  const int32_t mid_begin = int32_t(fixed.sink_end), mid_end = int32_t(fixed.window_begin);
   const int64_t budget =
       budget_.tokens > 0 ? rules::selectable_fixed_budget(budget_.tokens, n_ctx, budget_.sinks, budget_.window)
-                         : std::max<int64_t>(0, int64_t(std::ceil(budget_.lookup * double(n_ctx))) - always);
+                         : rules::selectable_budget(budget_.lookup, n_ctx, budget_.sinks, budget_.window);
 
   sel.clear(q.n_q_heads);
   for (int kvh = 0; kvh < shape_.n_kv_heads; ++kvh) {
@@ -332,45 +339,44 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
       counts_[size_t(c)] = std::lower_bound(pos.begin(), pos.end(), mid_end) -
                            std::lower_bound(pos.begin(), pos.end(), mid_begin);
     }
-    // Ties (equal scores) break by partition id so selection is deterministic.
     auto rank = [&](int32_t* order) {
       std::iota(order, order + C, 0);
       std::sort(order, order + C, [&](int32_t a, int32_t b) {
-        return scores_[size_t(a)] > scores_[size_t(b)] || (scores_[size_t(a)] == scores_[size_t(b)] && a < b);
+        return rules::ranks_before(scores_[size_t(a)], a, scores_[size_t(b)], b);
       });
     };
     // The group reads one set of partitions (a partition is read once per KV head, whichever of its
     // heads asked for it), so the budget is the group's, and every head of the group attends over
     // the whole union, which costs no extra read. A method that scores partitions for the group as a
     // whole ranks once; otherwise the heads' own rankings are merged round-robin (every head's first
-    // choice, then every head's second, ...).
-    int rankings = 1;
-    if (group_scores({kv, q, qv, kvh, mid_begin, mid_end, counts_.data()}, scores_.data())) {
-      rank(order_.data());
-    } else {
-      rankings = group;
+    // choice, then every head's second, ...), each partition at its first appearance.
+    const int32_t* order = order_.data();
+    if (!group_scores({kv, q, qv, kvh, mid_begin, mid_end, counts_.data()}, scores_.data())) {
       for (int g = 0; g < group; ++g) {
         const int h = kvh * group + g;
         score(h, qv + int64_t(h) * d, scores_.data());
         rank(order_.data() + int64_t(g) * C);
       }
+      merged_.clear();
+      std::fill(taken_.begin(), taken_.end(), 0);
+      for (int r = 0; r < C; ++r)
+        for (int g = 0; g < group; ++g) {
+          const int32_t c = order_[size_t(int64_t(g) * C + r)];
+          if (!taken_[size_t(c)]) taken_[size_t(c)] = 1, merged_.push_back(c);
+        }
+      order = merged_.data();
+    } else {
+      rank(order_.data());
     }
-    std::vector<int32_t>& out = sel.positions[size_t(kvh * group)];
     std::fill(taken_.begin(), taken_.end(), 0);
-    int64_t taken = 0;
-    // A partition is read whole, and only if it fits in what is left of the budget: the KV read
-    // never exceeds the budget (methods compare at equal measured fraction), and one huge partition
-    // (repeated text puts every copy of a token in one) cannot crowd out the small ones ranked after it.
-    for (int r = 0; r < C && taken < budget; ++r)
-      for (int g = 0; g < rankings && taken < budget; ++g) {
-        const int32_t c = order_[size_t(int64_t(g) * C + r)];
-        if (taken_[size_t(c)] || counts_[size_t(c)] == 0 || taken + counts_[size_t(c)] > budget) continue;
-        taken_[size_t(c)] = 1;
-        const auto& pos = lists.positions(c);
-        const auto first = std::lower_bound(pos.begin(), pos.end(), mid_begin);
-        out.insert(out.end(), first, first + counts_[size_t(c)]);
-        taken += counts_[size_t(c)];
-      }
+    rules::fill_in_order(order, C, [&](int32_t c) { return counts_[size_t(c)]; }, budget, taken_.data());
+    std::vector<int32_t>& out = sel.positions[size_t(kvh * group)];
+    for (int c = 0; c < C; ++c) {
+      if (!taken_[size_t(c)]) continue;
+      const auto& pos = lists.positions(c);
+      const auto first = std::lower_bound(pos.begin(), pos.end(), mid_begin);
+      out.insert(out.end(), first, first + counts_[size_t(c)]);
+    }
     for (int32_t p = 0; p < mid_begin; ++p) out.push_back(p);
     for (int32_t p = mid_end; p < n_ctx; ++p) out.push_back(p);
     for (int g = 1; g < group; ++g) sel.positions[size_t(kvh * group + g)] = out;
@@ -390,31 +396,22 @@ void SaapAttention::score(int head, const float* q_vec, float* scores) {
   layer_->classifiers[size_t(head)].scores(q_vec, scores, hidden_.data());
 }
 
-// The router scores are log densities (attention per key, classifier.h): head h gives partition c
-// the share n_c exp(s_hc) / sum_c' n_c' exp(s_hc') of its attention, n_c the partition's keys in
-// the candidate range. The group's read should hold the most attention (summed over its heads) per
-// key read, so partitions rank by the summed density exp(s_hc) / Z_h.
+// The router scores are log densities (attention per key, classifier.h); the group ranks the
+// partitions by its heads' summed density, as selection_rules.h states it (the CUDA kernel uses the
+// same two functions, so both devices compute the same keys).
 bool SaapAttention::group_scores(const GroupQuery& gq, float* scores) {
   const int C = artifact_->partitions, d = shape_.head_dim, group = shape_.n_q_heads / shape_.n_kv_heads;
-  const int kv_head = gq.kv_head;
-  const float* q = gq.routing;
-  const int64_t* counts = gq.counts;
-  head_scores_.resize(size_t(C));
-  std::fill(scores, scores + C, 0.0f);
+  head_scores_.resize(size_t(group) * C);
+  head_lse_.resize(size_t(group));
   for (int g = 0; g < group; ++g) {
-    const int h = kv_head * group + g;
-    score(h, q + int64_t(h) * d, head_scores_.data());
-    float mx = -INFINITY;
-    for (int c = 0; c < C; ++c)
-      if (counts[c] > 0) mx = std::max(mx, head_scores_[size_t(c)]);
-    if (mx == -INFINITY) return true;  // no candidate key: nothing to rank
-    double z = 0;
-    for (int c = 0; c < C; ++c)
-      if (counts[c] > 0) z += double(counts[c]) * std::exp(double(head_scores_[size_t(c)] - mx));
-    const double inv = 1.0 / z;
-    for (int c = 0; c < C; ++c)
-      if (counts[c] > 0) scores[c] += float(std::exp(double(head_scores_[size_t(c)] - mx)) * inv);
+    const int h = gq.kv_head * group + g;
+    float* s = head_scores_.data() + int64_t(g) * C;
+    score(h, gq.routing + int64_t(h) * d, s);
+    head_lse_[size_t(g)] = rules::head_log_normaliser(s, gq.counts, C);
   }
+  for (int c = 0; c < C; ++c)
+    scores[c] = gq.counts[c] > 0 ? rules::group_log_density(head_scores_.data() + c, C, head_lse_.data(), group)
+                                 : -INFINITY;
   return true;
 }
 

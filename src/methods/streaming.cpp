@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "saap/core/error.h"
+#include "saap/core/selection_rules.h"
 #include "saap/kernels/cpu/attention.h"
 
 namespace saap {
@@ -17,15 +18,16 @@ void StreamingAttention::select(const LayerKV& kv, const QueryView& q, Selection
   const int64_t n = q.n_ctx();
   check_attention_shape(kv, q.n_q_heads, n);
   sel.clear(q.n_q_heads);
-  const int64_t window = std::max(window_, 1);
-  if (sinks_ + window >= n) {
+  // The query's own position is always read, so window 0 acts as window 1.
+  const rules::FixedReads fixed = rules::fixed_reads(n, sinks_, std::max(window_, 1));
+  if (fixed.middle() == 0) {
     sel.all = true;
     return;
   }
   std::vector<int32_t> list;
-  list.reserve(size_t(sinks_ + window));
-  for (int64_t p = 0; p < sinks_; ++p) list.push_back(int32_t(p));
-  for (int64_t p = n - window; p < n; ++p) list.push_back(int32_t(p));
+  list.reserve(size_t(fixed.count()));
+  for (int64_t p = 0; p < fixed.sink_end; ++p) list.push_back(int32_t(p));
+  for (int64_t p = fixed.window_begin; p < n; ++p) list.push_back(int32_t(p));
   for (auto& l : sel.positions) l = list;
 }
 

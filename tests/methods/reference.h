@@ -12,6 +12,16 @@
 
 namespace saap::testref {
 
+// The budget, restated here so that a change of the library's rounding shows: the smallest whole
+// number of tokens >= f * n (f * n within 1e-9 of a whole number counts as that number, since
+// 0.1 * 30 lands above 3 in binary), clamped to [min_tokens, n].
+inline int64_t ceil_tokens(double f, int64_t n, int64_t min_tokens = 1) {
+  const long double exact = (long double)f * (long double)n;
+  const long double whole = std::round(exact);
+  int64_t k = std::fabs(exact - whole) <= 1e-9L ? int64_t(whole) : int64_t(std::floor(exact)) + 1;
+  return std::min<int64_t>(n, std::max<int64_t>(min_tokens, k));
+}
+
 inline std::vector<float> normal_vector(size_t n, std::mt19937& rng, float sigma = 1.0f) {
   std::normal_distribution<float> nd(0.0f, sigma);
   std::vector<float> v(n);

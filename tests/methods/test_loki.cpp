@@ -133,7 +133,7 @@ TEST(Loki, AllDimensionsSelectTheOracleTopK) {
     Selection sel;
     sel.clear(kQ);
     loki.select(kv, qv, sel);
-    const int64_t k = budget_tokens(0.1, pos + 1);
+    const int64_t k = ceil_tokens(0.1, pos + 1);
     for (int h = 0; h < kQ; ++h) {
       const auto& list = sel.positions[size_t(h)];
       ASSERT_EQ(int64_t(list.size()), k);
@@ -221,7 +221,8 @@ TEST(Loki, CoveringBudgetIsDense) {
   EXPECT_EQ(out, dense);
   EXPECT_DOUBLE_EQ(stats.fraction(), 1.0);
   // A tiny k_f still attends to one token; a prefix of one token is the covering case.
-  LokiAttention tiny(layer_shape(0, 64), LokiParams{0.0, 0.25}, art);
+  LokiAttention tiny(layer_shape(0, 64), LokiParams{1e-6, 0.25}, art);
+  EXPECT_THROW(LokiAttention(layer_shape(0, 64), LokiParams{0.0, 0.25}, art), Error);  // 0 reads nothing
   tiny.place(kv, 0, 64, nullptr);
   Selection sel;
   sel.clear(kQ);

@@ -21,15 +21,6 @@ MethodSpec oracle_spec(double lookup) {
   return spec;
 }
 
-TEST(BudgetTokens, CeilClampedToAtLeastOne) {
-  EXPECT_EQ(budget_tokens(0.25, 8), 2);
-  EXPECT_EQ(budget_tokens(0.25, 9), 3);
-  EXPECT_EQ(budget_tokens(0.1, 30), 3);  // 0.1 * 30 rounds above 3 in binary
-  EXPECT_EQ(budget_tokens(0.0, 100), 1);
-  EXPECT_EQ(budget_tokens(1.0, 7), 7);
-  EXPECT_EQ(budget_tokens(0.99, 1), 1);
-}
-
 TEST(TopK, PicksLargestWithTiesToLowerPosition) {
   const float s[] = {1, 5, 3, 5, 0, 5};
   std::vector<int32_t> out, order;
@@ -53,7 +44,7 @@ void check_oracle(DType dtype) {
   for (int64_t pos : {0, 9, 57, 299}) {
     const std::vector<float> q = normal_vector(size_t(n_q * d), rng);
     QueryView qv{q.data(), q.data(), n_q, pos};
-    const int64_t n = pos + 1, k = budget_tokens(0.1, n);
+    const int64_t n = pos + 1, k = ceil_tokens(0.1, n);
     Selection sel;
     sel.clear(n_q);
     oracle.select(kv, qv, sel);
@@ -108,10 +99,10 @@ TEST(Oracle, FullBudgetReproducesDense) {
   EXPECT_DOUBLE_EQ(stats.fraction(), 1.0);
 }
 
-TEST(Oracle, ZeroBudgetStillReadsOneToken) {
+TEST(Oracle, TinyBudgetStillReadsOneToken) {
   std::mt19937 rng(4);
   KVCache cache = random_cache(1, 16, 50, DType::F32, rng);
-  OracleTopK oracle(LayerShape{0, 2, 1, 16, 50}, 0.0);
+  OracleTopK oracle(LayerShape{0, 2, 1, 16, 50}, 1e-6);
   const std::vector<float> q = normal_vector(2 * 16, rng);
   Selection sel;
   sel.clear(2);
@@ -121,6 +112,8 @@ TEST(Oracle, ZeroBudgetStillReadsOneToken) {
 
 TEST(Oracle, RefusesBadParameters) {
   EXPECT_THROW(OracleTopK(LayerShape{0, 2, 1, 16, 50}, 1.5), Error);
+  EXPECT_THROW(OracleTopK(LayerShape{0, 2, 1, 16, 50}, 0.0), Error);  // 0 reads nothing: refused, not garbage
+  EXPECT_THROW(oracle_factory(oracle_spec(0.0), ArtifactIdentity{}), Error);
   EXPECT_THROW(oracle_factory(oracle_spec(-0.1), ArtifactIdentity{}), Error);
 }
 

@@ -431,6 +431,12 @@ TEST(SaapArtifact, RoundTripsAndFactoriesCheckTheBudgetAndTheFile) {
   spec.window = 64;
   expect_error([&] { saap_factory(spec, model_id())(shape()); }, ErrorKind::InvalidArgument, "no partition could ever be read");
   expect_error([&] { kmeans_factory(spec, model_id())(shape()); }, ErrorKind::InvalidArgument, "sinks 4 + window 64");
+  // The full budget reads everything, whatever sinks and window ask for: never refused.
+  spec.lookup = 1.0;
+  spec.sinks = 200;
+  spec.window = 200;
+  EXPECT_EQ(saap_factory(spec, model_id())(shape())->name(), "saap");
+  EXPECT_EQ(kmeans_factory(spec, model_id())(shape())->name(), "kmeans");
   spec.lookup = 0.05;
   spec.window = 8;
   spec.sinks = -1;

@@ -93,7 +93,7 @@ TEST(H2O, EvictsLightestForGoodAndAccumulatesExactWeights) {
     Selection sel;
     sel.clear(n_q);
     method->select(kv, qv, sel);
-    const int64_t ctx = pos + 1, k = budget_tokens(lookup, ctx), recent = (k + 1) / 2;
+    const int64_t ctx = pos + 1, k = ceil_tokens(lookup, ctx), recent = (k + 1) / 2;
     for (int h = 0; h < n_q; ++h) {
       const std::vector<int32_t> list = sel.all ? all_positions(ctx) : sel.positions[size_t(h)];
       std::vector<char> in(size_t(ctx), 0);
@@ -143,12 +143,12 @@ TEST(H2O, EvictsLightestForGoodAndAccumulatesExactWeights) {
   EXPECT_FALSE(h2o->evicted(0, 0));
 }
 
-TEST(H2O, FullBudgetIsDenseAndZeroBudgetReadsTheQueryToken) {
+TEST(H2O, FullBudgetIsDenseAndTinyBudgetReadsTheQueryToken) {
   std::mt19937 rng(4);
   const int n_q = 4, n_kv = 1, d = 8;
   KVCache cache = random_cache(n_kv, d, 50, DType::BF16, rng);
   const LayerKV kv = cache.layer(0);
-  H2OAttention full(LayerShape{0, n_q, n_kv, d, 50}, 1.0), zero(LayerShape{0, n_q, n_kv, d, 50}, 0.0);
+  H2OAttention full(LayerShape{0, n_q, n_kv, d, 50}, 1.0), zero(LayerShape{0, n_q, n_kv, d, 50}, 1e-6);
   std::vector<float> out(n_q * d), dense(n_q * d);
   LookupStats fs, zs;
   for (int64_t pos = 0; pos < 50; ++pos) {
@@ -163,6 +163,7 @@ TEST(H2O, FullBudgetIsDenseAndZeroBudgetReadsTheQueryToken) {
   EXPECT_DOUBLE_EQ(fs.fraction(), 1.0);
   EXPECT_EQ(zs.kv_bytes, 50 * kv.token_bytes());
   EXPECT_THROW(H2OAttention(LayerShape{0, n_q, n_kv, d, 50}, 2.0), Error);
+  EXPECT_THROW(H2OAttention(LayerShape{0, n_q, n_kv, d, 50}, 0.0), Error);
 }
 
 }  // namespace

@@ -76,15 +76,24 @@ SAAP_HD inline bool budget_reaches_index(double lookup, int64_t max_context, int
   return lookup >= 1.0 || sinks + window < tokens_for_fraction(lookup, max_context);
 }
 
+// The same for a fixed budget of `tokens` per query: a budget covering the whole context reads it.
+SAAP_HD inline bool fixed_budget_reaches_index(int64_t tokens, int64_t max_context, int64_t sinks, int64_t window) {
+  return tokens >= max_context || sinks + window < tokens;
+}
+
+// Keys a token-level top-k method attends (oracle top-k, H2O, Loki's k = k_f * n): the budget, and
+// at least one key, so that attention is always defined.
+SAAP_HD inline int64_t topk_keys(double fraction, int64_t n) {
+  const int64_t k = tokens_for_fraction(fraction, n);
+  return k < 1 ? (n < 1 ? n : 1) : k;
+}
+
 // Loki: the rank of the low-rank score (at least 1 dimension) and the keys it attends (at least 1).
 SAAP_HD inline int loki_rank(double d_f, int head_dim) {
   const int64_t r = tokens_for_fraction(d_f, head_dim);
   return int(r < 1 ? 1 : r);
 }
-SAAP_HD inline int64_t loki_keys(double k_f, int64_t n) {
-  const int64_t k = tokens_for_fraction(k_f, n);
-  return k < 1 ? (n < 1 ? n : 1) : k;
-}
+SAAP_HD inline int64_t loki_keys(double k_f, int64_t n) { return topk_keys(k_f, n); }
 
 // Ranking order over ids (partitions, pages, positions): the higher key first; equal keys go to
 // the lower id, so a selection never depends on a sort's or a reduction's tie handling.
@@ -97,18 +106,26 @@ SAAP_HD inline bool ranks_before(float key_a, int64_t id_a, float key_b, int64_t
 // Z_h = sum over partitions with n_c > 0 of n_c exp(s_hc). The group's key for c is the log of the
 // summed density sum_h exp(s_hc) / Z_h: the group should read the most attention per key read.
 
-// log Z_h for one head, over partitions with candidate keys; -inf when there are none.
+// One partition's term of Z_h, relative to the head's largest log density mx over partitions with
+// candidate keys (so that no term overflows); 0 for a partition without keys.
+template <class Count>
+SAAP_HD inline double normaliser_term(float s, Count count, float mx) {
+  return count > 0 ? double(count) * exp(double(s - mx)) : 0.0;
+}
+// log Z_h from mx and the sum of the terms; -inf when no partition has keys (mx = -inf).
+SAAP_HD inline float log_normaliser(float mx, double z) { return mx == -INFINITY ? mx : mx + float(log(z)); }
+
+// log Z_h for one head, over partitions with candidate keys; -inf when there are none. A parallel
+// caller (the CUDA kernel) reduces the same max and the same terms.
 // s: [C] log densities, counts: [C] candidate keys.
 template <class Count>
 SAAP_HD inline float head_log_normaliser(const float* s, const Count* counts, int C) {
   float mx = -INFINITY;
   for (int c = 0; c < C; ++c)
     if (counts[c] > 0 && s[c] > mx) mx = s[c];
-  if (mx == -INFINITY) return mx;
   double z = 0.0;
-  for (int c = 0; c < C; ++c)
-    if (counts[c] > 0) z += double(counts[c]) * exp(double(s[c] - mx));
-  return mx + float(log(z));
+  for (int c = 0; c < C; ++c) z += normaliser_term(s[c], counts[c], mx);
+  return log_normaliser(mx, z);
 }
 
 // The group's key for one partition: log sum_g exp(s[g] - lse[g]), g over the group's heads;
@@ -130,11 +147,18 @@ SAAP_HD inline float group_log_density(const float* s, int64_t stride, const flo
 // the budget, else skip it and go on, so one large partition cannot crowd out the smaller ones
 // ranked after it and the read never exceeds the budget. Empty ids are never taken. taken[id] is
 // set to 1 for each id taken (the caller zeroes it). Returns the tokens taken.
-template <class Size>
-SAAP_HD inline int64_t fill_in_order(const int32_t* order, int count, Size size, int64_t budget, uint8_t* taken) {
+// `smallest`, when the caller knows it, is the size of the smallest non-empty id: once less than
+// that is left nothing can fit, so the walk stops early with the same result.
+// Chosen by measurement over the prefix that fits (results/fill_rule_*.csv): at equal budget it
+// reads more attention mass per key read.
+// Order: anything indexable by rank giving an id; Size: id -> size; taken: [ids].
+template <class Order, class Size>
+SAAP_HD inline int64_t fill_in_order(const Order& order, int count, Size size, int64_t budget, uint8_t* taken,
+                                     int64_t smallest = 1) {
+  if (smallest < 1) smallest = 1;
   int64_t used = 0;
-  for (int r = 0; r < count && used < budget; ++r) {
-    const int32_t id = order[r];
+  for (int r = 0; r < count && budget - used >= smallest; ++r) {
+    const auto id = order[r];
     const int64_t n = int64_t(size(id));
     if (n <= 0 || used + n > budget) continue;
     taken[id] = 1;

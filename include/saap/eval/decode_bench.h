@@ -121,7 +121,4 @@ DecodeBenchResult run_decode_bench(std::shared_ptr<const LlamaModel> model, cons
                                    std::vector<MethodSpec> specs, const ArtifactIdentity& identity,
                                    const DecodeBenchOptions& options);
 
-// Whether a method cannot run without a trained artifact (loki, saap, kmeans).
-bool method_needs_artifact(const std::string& name);
-
 }  // namespace saap

@@ -1,5 +1,5 @@
 // H2O, heavy-hitter oracle (Zhang et al., NeurIPS 2023, arXiv 2306.14048), as the Loki paper
-// compares it: per query head a budget of k = ceil(lookup * n_ctx) tokens, split equally between
+// compares it: per query head a budget of k = rules::topk_keys(lookup, n_ctx) tokens, split equally between
 // the most recent tokens and the "heavy hitters", the older tokens with the largest attention
 // weight accumulated over all previous decode steps. When the heavy hitters overflow their half,
 // the lightest are evicted for good: an evicted position never comes back, even as the budget
@@ -16,7 +16,7 @@ namespace saap {
 
 class H2OAttention : public AttentionMethod {
  public:
-  // lookup in [0, 1]; the budget is at least 1 token (the query's own position, always recent).
+  // lookup in (0, 1]; the budget is at least 1 token (the query's own position, always recent).
   H2OAttention(const LayerShape& shape, double lookup);
   std::string name() const override { return "h2o"; }
   void reset() override;

@@ -1,8 +1,8 @@
 // Loki (Singhania et al., NeurIPS 2024, arXiv 2406.02542): keys are low-rank in a PCA basis.
 // Offline, a full orthogonal basis P (D x D) is fitted per layer and KV head on calibration keys
 // (pre- or post-RoPE; the better one is model dependent). At decode the query is rotated, q' = qP,
-// each prefix key is ranked by the partial score q'[:r] . k'[:r] with r = ceil(d_f * D), and exact
-// attention runs over the top k = ceil(k_f * n_ctx) keys. As in the authors' code, the basis is
+// each prefix key is ranked by the partial score q'[:r] . k'[:r] with r = rules::loki_rank(d_f, D)
+// (the ceiling, at least 1), and exact attention runs over the top k = rules::loki_keys(k_f, n_ctx) keys. As in the authors' code, the basis is
 // applied to post-RoPE q and k whichever keys it was fitted on, the PCA mean is not subtracted,
 // and there are no sinks or recent window. Since P is orthogonal, q.k = (qP).(kP): the exact
 // attention reads the original cache and is unchanged by the rotation.

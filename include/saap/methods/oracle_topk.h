@@ -15,13 +15,9 @@ namespace saap {
 void top_k_positions(const float* scores, int64_t n, int64_t k, std::vector<int32_t>& out,
                      std::vector<int32_t>& order);
 
-// Tokens a fractional budget reads from a prefix of n_ctx: ceil(fraction * n_ctx), clamped to
-// [1, n_ctx], so that a query always attends to something.
-int64_t budget_tokens(double fraction, int64_t n_ctx);
-
 class OracleTopK : public AttentionMethod {
  public:
-  // lookup: the fraction of the prefix attended, in [0, 1] (at least 1 token).
+  // lookup: the fraction of the prefix attended, in (0, 1]; k = rules::topk_keys(lookup, n_ctx).
   OracleTopK(const LayerShape& shape, double lookup);
   std::string name() const override { return "oracle"; }
   // Selects everything when the budget covers the prefix; index_bytes = all prefix K bytes.

@@ -1,8 +1,10 @@
 // From a method's name and parameters (what the CLI and the eval harness hold) to the factory
 // the model runner calls once per layer. Each method's header declares its own
 // `MethodFactory <name>_factory(const MethodSpec&, const ArtifactIdentity& expected)`; this is the
-// one place that knows them all.
+// one place that knows them all: which artifact each needs, which budget options apply to it,
+// and how a budget is checked. A new method is one row in registry.cpp's table.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -11,10 +13,13 @@
 
 namespace saap {
 
+class LlamaModel;
+
 struct MethodSpec {
-  std::string name = "dense";  // dense | oracle | streaming | h2o | loki | saap | kmeans | quest
+  std::string name = "dense";  // one of method_names()
   // Budget of token-selecting methods, as the fraction of the causal prefix read (oracle, h2o,
-  // saap, kmeans; for streaming the sinks + window define it). Loki uses k_f and d_f instead.
+  // saap, kmeans, partition-oracle; for streaming the sinks + window define it). Loki uses k_f and
+  // d_f instead.
   double lookup = 0.05;
   int sinks = 4;      // first positions always read (attention sinks)
   int window = 64;    // most recent positions always read
@@ -22,12 +27,61 @@ struct MethodSpec {
   double d_f = 0.25;  // Loki: fraction of dimensions used for the ranking score
   int64_t budget_tokens = 0;  // quest: > 0 is a fixed budget of this many tokens instead of lookup
   int page_size = 16;         // quest: positions per page
-  std::string artifact;  // trained index file (loki, saap, kmeans)
+  std::string artifact;  // trained index file (MethodInfo::artifact says which kind)
   std::string describe() const;  // "loki(k_f=0.25,d_f=0.25)"
 };
 
-// expected: the identity of the model the method will run on; artifacts are checked against it.
-MethodFactory make_method_factory(const MethodSpec& spec, const ArtifactIdentity& expected);
+// The options a caller may set on a MethodSpec, by the name a user types (the CLI's flags).
+inline constexpr const char* kOptLookup = "--lookup";
+inline constexpr const char* kOptSinks = "--sinks";
+inline constexpr const char* kOptWindow = "--window";
+inline constexpr const char* kOptKf = "--k-f";
+inline constexpr const char* kOptDf = "--d-f";
+inline constexpr const char* kOptArtifact = "--artifact";
+inline constexpr const char* kOptBudgetTokens = "--budget-tokens";
+inline constexpr const char* kOptPageSize = "--page-size";
+
+// What the registry knows of one method.
+struct MethodInfo {
+  const char* name;
+  MethodFactory (*make)(const MethodSpec&, const ArtifactIdentity&);
+  // The artifact it reads: "" (none), "loki", "saap" (a saap artifact), or "partition" (the key
+  // partition of a kmeans or saap artifact).
+  const char* artifact;
+  std::vector<const char*> options;  // the kOpt* that apply to it
+};
+
+const std::vector<MethodInfo>& method_table();
 std::vector<std::string> method_names();
+// Throws InvalidArgument naming the known methods when `name` is not one of them.
+const MethodInfo& method_info(const std::string& name);
+bool method_needs_artifact(const std::string& name);
+
+// Refuses (InvalidArgument, naming the option and the method) any option in `given` that does not
+// apply to spec.name: a budget the method would silently ignore is a mistake. `given` holds kOpt*
+// names, e.g. the CLI flags the user typed.
+void check_options_apply(const std::string& method, const std::vector<std::string>& given);
+
+// The one check of a budget fraction (lookup, k_f, d_f): in (0, 1] (selection_rules.h). 0 reads
+// nothing; 1 reads everything. `field` names it in the error.
+void check_fraction(double value, const char* field);
+
+// Checks what applies to spec.name without reading a file: its fractions (check_fraction), sinks
+// and window >= 0, and that an artifact is named where one is needed.
+void check_method_spec(const MethodSpec& spec);
+
+// expected: the identity of the model the method will run on; artifacts are checked against it.
+// Checks the spec first (check_method_spec).
+MethodFactory make_method_factory(const MethodSpec& spec, const ArtifactIdentity& expected);
+
+// What artifacts are checked against: the model they will run on (the factory sets the method).
+ArtifactIdentity model_artifact_identity(const LlamaModel& model);
+
+// StreamingLLM at an equal budget: the window (beside `sinks`) that makes it read the fraction f
+// that the budgeted methods read, averaged over a text window of `window_len` positions. It reads
+// min(t, B) of t cached tokens at step t, so over L positions it reads sum_t min(t, B) ~
+// L^2 (2b - b^2) / 2 with b = B / L, against L^2 / 2 for dense: B = L (1 - sqrt(1 - f)) tokens
+// (at least 1), of which the sinks are part.
+int equal_budget_streaming_window(double f, int64_t window_len, int sinks);
 
 }  // namespace saap

@@ -156,7 +156,8 @@ class PartitionedAttention : public AttentionMethod {
   int64_t placed_ = 0;
   std::vector<float> feature_, scores_;
   std::vector<int32_t> order_;   // [group][C]: each head's ranking of the partitions
-  std::vector<uint8_t> taken_;   // [C]: partitions the group already reads
+  std::vector<int32_t> merged_;  // [C]: the heads' rankings merged round-robin
+  std::vector<uint8_t> taken_;   // [C]: partitions the group reads
   std::vector<int64_t> counts_;
 };
 
@@ -172,7 +173,7 @@ class SaapAttention : public PartitionedAttention {
   int64_t index_bytes_per_query() const override;
 
  private:
-  std::vector<float> hidden_, head_scores_;
+  std::vector<float> hidden_, head_scores_, head_lse_;  // head_scores_ [group][C], head_lse_ [group]
 };
 
 // Checks spec (lookup in (0, 1], sinks and window >= 0) and reads the artifact once; the factory

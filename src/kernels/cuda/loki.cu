@@ -158,11 +158,11 @@ void LokiIndex::append(const void* k_new, const void* v_new, cudaStream_t stream
   SAAP_CU(cudaStreamSynchronize(stream));  // `ones` is a copy source
 }
 
-void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
+void LokiIndex::select(const float* q, double k_frac, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q, InvalidArgument, "%s", "null q");
   SAAP_CU_REQUIRE(m.basis.size() > 0, InvalidArgument, "%s", "set_basis() must be called first");
-  SAAP_CU_REQUIRE(k_frac > 0.f && k_frac <= 1.f, InvalidArgument, "k_frac %g outside (0, 1]", double(k_frac));
+  SAAP_CU_REQUIRE(rules::lookup_in_range(k_frac), InvalidArgument, "k_frac = %g must be in (0, 1]", k_frac);
   const int Hkv = shape_.n_kv_heads, D = shape_.head_dim, G = shape_.group(), bh = shape_.batch * Hkv;
   loki_rotate_q_kernel<<<dim3(shape_.n_q_heads, shape_.batch), 4 * D, 5 * D * 4, stream>>>(q, m.basis.get(), shape_.n_q_heads,
                                                                                  G, D, m.q_rot.get());
@@ -211,7 +211,7 @@ void LokiIndex::select(const float* q, float k_frac, cudaStream_t stream) {
                    m.cand_count.get(), m.cand.get(), hist2, m.sel_count.get(), m.sel.get(), m.list2_count.get(),
                    m.list2.get(), refine_done);
   SAAP_CU_LAUNCHED();
-  last_k_frac_ = k_frac;
+  last_k_frac_ = float(k_frac);
 }
 
 void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {

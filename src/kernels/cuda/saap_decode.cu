@@ -8,10 +8,10 @@
 
 namespace saap::cuda {
 
-void SaapIndex::select(const float* q_route, float lookup, cudaStream_t stream) {
+void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q_route, InvalidArgument, "%s", "null q_route");
-  SAAP_CU_REQUIRE(lookup >= 0.f && lookup <= 1.f, InvalidArgument, "lookup %g outside [0, 1]", double(lookup));
+  SAAP_CU_REQUIRE(rules::lookup_in_range(lookup), InvalidArgument, "lookup = %g must be in (0, 1]", lookup);
   const int C = cfg_.n_partitions;
   // Saap ranks by the G heads' router logits; the other routings write one key per KV group.
   int rows_per_group = 1;
@@ -45,7 +45,7 @@ void SaapIndex::select(const float* q_route, float lookup, cudaStream_t stream) 
       m.part_start.get(), m.part_count.get(), m.append_pages.get(), m.append_count.get(), max_segments_,
       reinterpret_cast<int2*>(m.segments.get()), m.segment_count.get(), m.selected_tokens.get());
   SAAP_CU_LAUNCHED();
-  m.last_lookup = lookup;
+  m.last_lookup = float(lookup);
 }
 
 void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {

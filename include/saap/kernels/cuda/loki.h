@@ -54,8 +54,9 @@ class LokiIndex {
   // One new token per (b, h): k_new, v_new [batch][n_kv_heads][D] raw.
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
   // Rotates q [batch][n_q_heads][D], scores with the first r components, keeps
-  // k = max(1, floor(k_frac * seq_len)) tokens per (b, h).
-  void select(const float* q, float k_frac, cudaStream_t stream = 0);
+  // k = rules::loki_keys(k_frac, seq_len) tokens per (b, h) (saap/core/selection_rules.h: the
+  // ceiling, at least 1). k_frac in (0, 1], a double as on the CPU.
+  void select(const float* q, double k_frac, cudaStream_t stream = 0);
   // Exact attention over the selection (uses the rotated queries of the last select()).
   void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
 

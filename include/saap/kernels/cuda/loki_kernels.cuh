@@ -3,6 +3,7 @@
 // (threshold bin at the end of scoring, filter, refine inside the bin).
 #pragma once
 #include "saap/kernels/cuda/attend.cuh"
+#include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/reduce.cuh"
 #include "saap/kernels/cuda/saap_assign.cuh"
 
@@ -97,7 +98,7 @@ static __global__ void loki_split_kernel(const uint4* __restrict__ k, const uint
 // and leaves hist[bh] and its counter zeroed for the next call. bin_need[bh] = (threshold bin,
 // tokens still needed from it); the selection and candidate counts restart at 0.
 __device__ inline void loki_score_finish(int* sh, int32_t* __restrict__ hist, uint32_t* __restrict__ done, int64_t n,
-                                         float k_frac, int2* __restrict__ bin_need, int32_t* __restrict__ sel_count,
+                                         double k_frac, int2* __restrict__ bin_need, int32_t* __restrict__ sel_count,
                                          int32_t* __restrict__ cand_count) {
   __shared__ bool last;
   const int bh = blockIdx.y;
@@ -117,7 +118,7 @@ __device__ inline void loki_score_finish(int* sh, int32_t* __restrict__ hist, ui
   }
   __syncthreads();
   if (threadIdx.x >= 32) return;
-  const int64_t k = min(n, max(int64_t(1), int64_t(floorf(k_frac * float(n)))));
+  const int64_t k = rules::loki_keys(k_frac, n);
   int bin;
   long long cum;
   warp_find_digit(sh, kLokiBins, k, true, bin, cum);
@@ -138,7 +139,7 @@ __device__ inline void loki_score_finish(int* sh, int32_t* __restrict__ hist, ui
 template <class T, int R, int GMAX>
 static __global__ void __launch_bounds__(256)
     loki_score_kernel(const T* __restrict__ k_low, const float* __restrict__ q_rot, const int32_t* __restrict__ seq_len,
-                      int G, int D, int64_t max_len, int64_t chunk, float k_frac, float* __restrict__ scores,
+                      int G, int D, int64_t max_len, int64_t chunk, double k_frac, float* __restrict__ scores,
                       int32_t* __restrict__ hist, uint32_t* __restrict__ done, int2* __restrict__ bin_need,
                       int32_t* __restrict__ sel_count, int32_t* __restrict__ cand_count) {
   constexpr int LPT = R / 8, TPP = 32 / LPT, U = 8;  // 8 passes of loads in flight per warp
@@ -233,7 +234,7 @@ template <int R>
 static __global__ void __launch_bounds__(256)
     loki_score_mma_kernel(const __nv_bfloat16* __restrict__ k_low, const float* __restrict__ q_rot,
                           const int32_t* __restrict__ seq_len, int G, int D, int64_t max_len, int64_t chunk,
-                          float k_frac,
+                          double k_frac,
                           float* __restrict__ scores, int32_t* __restrict__ hist, uint32_t* __restrict__ done,
                           int2* __restrict__ bin_need, int32_t* __restrict__ sel_count,
                           int32_t* __restrict__ cand_count) {

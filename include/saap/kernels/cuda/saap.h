@@ -114,9 +114,11 @@ class SaapIndex {
   // or the post-RoPE attention query (PartitionOracle). Per KV group, the non-empty partitions are
   // ranked as config().routing says (Saap: decreasing density summed over the group's heads, each
   // head's densities normalised so that, weighted by partition sizes, they sum to 1) and filled
-  // into what the lookup budget leaves after the sinks and window (selection_rules.h). Writes the
-  // work segments attend() walks.
-  void select(const float* q_route, float lookup, cudaStream_t stream = 0);
+  // into what the lookup budget leaves after the sinks and window (selection_rules.h: a partition
+  // is taken whole if it fits what is left, else skipped). lookup in (0, 1], a double as on the CPU
+  // (a float 0.05 is not 0.05, and its budget can differ by a token). Writes the work segments
+  // attend() walks.
+  void select(const float* q_route, double lookup, cudaStream_t stream = 0);
   // Exact attention of q over the last selection into out [batch][n_q_heads][head_dim].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
 

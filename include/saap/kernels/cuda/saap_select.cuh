@@ -3,6 +3,7 @@
 #pragma once
 #include <cub/block/block_scan.cuh>
 
+#include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/reduce.cuh"
 #include "saap/kernels/cuda/saap_layout.cuh"
 
@@ -66,7 +67,7 @@ static __global__ void __launch_bounds__(256)
 }
 
 constexpr int kSelectThreads = 1024;
-constexpr int kMaxPartitions = 4096;  // keys and sizes of all partitions stay in shared memory
+constexpr int kMaxPartitions = 4096;  // keys, ids and sizes of all partitions stay in shared memory
 
 // Cuts [start, start + n) into segments of at most seg tokens at out[k...].
 __device__ __forceinline__ int emit_range(int2* out, int k, int max_k, int start, int n, int seg) {
@@ -76,103 +77,138 @@ __device__ __forceinline__ int emit_range(int2* out, int k, int max_k, int start
 }
 __device__ __forceinline__ int ranges_of(int n, int seg) { return (n + seg - 1) / seg; }
 
-// Block per (b, h). The router gives log densities s_hc (attention per key), so head h puts the
-// share n_c exp(s_hc) / Z_h of its attention on partition c (n_c its keys, Z_h summed over the
-// non-empty partitions). A partition is scored by log sum_h exp(s_hc - log Z_h), the group's summed
-// density: the attention the shared read gains per token it spends, which is how the CPU reference
-// (SaapAttention::group_scores) ranks. Partitions are taken in decreasing score while their tokens
-// fit the budget (a weighted radix select: 4 passes of 8-bit digits over the order-preserving score
-// keys), and the segments are written: sinks, recent window, then every selected partition's
+// Block-wide sum in double; every thread gets the result. scratch: 32 doubles of shared memory.
+__device__ inline double block_sum_double(double v, double* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  double r = lane < nw ? scratch[lane] : 0.0;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+  return r;
+}
+
+// Sorts the first `n` (a power of two) (key, id) pairs into the ranking order of selection_rules.h
+// (higher key first, ties to the lower id): a bitonic network over shared memory, every thread of
+// the block taking part. n <= kMaxPartitions, so at most 78 steps of one compare-exchange per
+// thread and pair.
+__device__ inline void bitonic_rank(float* key, int16_t* id, int n) {
+  for (int k = 2; k <= n; k <<= 1)
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int o = i ^ j;
+        if (o <= i) continue;
+        // Segments with (i & k) == 0 end in ranking order, the others reversed; the last merge
+        // (k == n) leaves the whole array in ranking order.
+        const bool first_ranks = rules::ranks_before(key[i], id[i], key[o], id[o]);
+        if (((i & k) == 0) != first_ranks) {
+          const float tk = key[i];
+          key[i] = key[o];
+          key[o] = tk;
+          const int16_t ti = id[i];
+          id[i] = id[o];
+          id[o] = ti;
+        }
+      }
+      __syncthreads();
+    }
+}
+
+// Block per (b, h). The router gives log densities s_hc (attention per key); the group's key for
+// partition c is rules::group_log_density over its heads, each normalised by
+// rules::head_log_normaliser over the non-empty partitions: the attention the shared read gains
+// per token it spends, as the CPU method (SaapAttention::group_scores) ranks. The budget is
+// rules::selectable_budget (sinks and window paid first); the partitions are ranked by
+// rules::ranks_before (bitonic_rank) and filled by rules::fill_in_order, one thread walking the
+// order. Then the segments are written: sinks, recent window, then every selected partition's
 // prefill range and append pages.
 static __global__ void __launch_bounds__(kSelectThreads)
-    saap_select_kernel(const float* __restrict__ logits, int n_q_heads, int G, SaapGeom g, int segment, float lookup,
+    saap_select_kernel(const float* __restrict__ logits, int n_q_heads, int G, SaapGeom g, int segment, double lookup,
                        const int32_t* __restrict__ seq_len, const int32_t* __restrict__ part_start,
                        const int32_t* __restrict__ part_count, const int32_t* __restrict__ append_pages,
                        const int32_t* __restrict__ append_count, int64_t max_segments, int2* __restrict__ segments,
                        int32_t* __restrict__ segment_count, int32_t* __restrict__ selected_tokens) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ uint32_t keys[kMaxPartitions];
+  // The ranking keys are dead once sorted; the taken flags reuse their memory (48 KiB of static
+  // shared memory would not hold both).
+  __shared__ union {
+    float keys[kMaxPartitions];
+    uint8_t taken[kMaxPartitions];
+  } rank_mem;
+  float* keys = rank_mem.keys;
+  uint8_t* taken = rank_mem.taken;
+  __shared__ int16_t ids[kMaxPartitions];
   __shared__ int sizes[kMaxPartitions];
-  __shared__ int hist[256];
   __shared__ float red[32];
-  __shared__ float lse[8];
-  __shared__ uint32_t s_prefix, s_mask;
-  __shared__ long long s_need;
+  __shared__ double dred[32];
+  __shared__ float lse[8];  // G <= 8
   const int bh = blockIdx.x, b = bh / g.n_kv_heads, h = bh % g.n_kv_heads;
   const int tid = threadIdx.x;
   const int64_t pbase = int64_t(bh) * g.C;
   const float* lg = logits + (int64_t(b) * n_q_heads + int64_t(h) * G) * g.C;
 
-  // Z_h weighs each partition by its keys, so the sizes come first.
-  float total = 0.f;
+  // The normalisers weigh each partition by its keys, so the sizes come first.
+  float total = 0.f, smallest = float(INT32_MAX);
   for (int c = tid; c < g.C; c += kSelectThreads) {
     sizes[c] = part_count[pbase + c] + append_count[pbase + c];
     total += float(sizes[c]);
+    if (sizes[c] > 0) smallest = fminf(smallest, float(sizes[c]));
   }
   total = block_reduce<false>(total, red);
+  smallest = -block_reduce<true>(-smallest, red);
+  __syncthreads();
+  // Each head's normaliser: the block reduces the max and the terms of rules::head_log_normaliser.
   for (int gi = 0; gi < G; ++gi) {
+    const float* s = lg + int64_t(gi) * g.C;
     float mx = -INFINITY;
     for (int c = tid; c < g.C; c += kSelectThreads)
-      if (sizes[c]) mx = fmaxf(mx, lg[int64_t(gi) * g.C + c]);
+      if (sizes[c] > 0) mx = fmaxf(mx, s[c]);
     mx = block_reduce<true>(mx, red);
-    float se = 0.f;
-    for (int c = tid; c < g.C; c += kSelectThreads)
-      if (sizes[c]) se += float(sizes[c]) * expf(lg[int64_t(gi) * g.C + c] - mx);
-    se = block_reduce<false>(se, red);
-    if (tid == 0) lse[gi] = mx + logf(se);
+    double z = 0.0;
+    for (int c = tid; c < g.C; c += kSelectThreads) z += rules::normaliser_term(s[c], sizes[c], mx);
+    z = block_sum_double(z, dred);
+    if (tid == 0) lse[gi] = rules::log_normaliser(mx, z);
   }
   __syncthreads();
-  for (int c = tid; c < g.C; c += kSelectThreads) {
-    if (!sizes[c]) {
-      keys[c] = 0;  // below every score key and the threshold, so never taken
-      continue;
-    }
-    // Each term is at most 1/n_c, but all of them can underflow: sum relative to the largest.
-    float top = -INFINITY;
-    for (int gi = 0; gi < G; ++gi) top = fmaxf(top, lg[int64_t(gi) * g.C + c] - lse[gi]);
-    float se = 0.f;
-    for (int gi = 0; gi < G; ++gi) se += expf(lg[int64_t(gi) * g.C + c] - lse[gi] - top);
-    keys[c] = float_key(top + logf(se));
-  }
 
   const int64_t n = seq_len[bh];
-  const int n_sink = int(min(int64_t(g.S), n));
-  const int n_win = int(min(int64_t(g.W), max(int64_t(0), n - g.S)));
-  const long long budget = max(0LL, (long long)floorf(lookup * float(n)) - n_sink - n_win);
+  const rules::FixedReads fixed_reads = rules::fixed_reads(n, g.S, g.W);
+  const int n_sink = int(fixed_reads.sink_end);
+  const int n_win = int(n - fixed_reads.window_begin);
+  const int64_t budget = rules::selectable_budget(lookup, n, g.S, g.W);
   const bool take_all = total <= float(budget);
-  if (tid == 0) {
-    s_prefix = 0;
-    s_mask = 0;
-    s_need = budget;
-  }
-  __syncthreads();
-  for (int shift = 24; shift >= 0 && !take_all; shift -= 8) {
-    for (int i = tid; i < 256; i += kSelectThreads) hist[i] = 0;
-    __syncthreads();
-    const uint32_t prefix = s_prefix, mask = s_mask;
-    for (int c = tid; c < g.C; c += kSelectThreads)
-      if ((keys[c] & mask) == prefix && sizes[c]) atomicAdd(&hist[(keys[c] >> shift) & 255], sizes[c]);
-    __syncthreads();
-    if (tid < 32) {
-      int d;
-      long long cum;
-      warp_find_digit(hist, 256, s_need, false, d, cum);
-      __syncwarp();
-      if (tid == 0) {
-        s_need -= cum;
-        s_prefix = prefix | (uint32_t(d) << shift);
-        s_mask = mask | (255u << shift);
+  if (take_all) {
+    for (int c = tid; c < g.C; c += kSelectThreads) taken[c] = sizes[c] > 0;
+  } else {
+    int n_sort = 1;
+    while (n_sort < g.C) n_sort <<= 1;
+    for (int c = tid; c < n_sort; c += kSelectThreads) {
+      ids[c] = int16_t(c);
+      if (c >= g.C || !sizes[c]) {
+        keys[c] = -INFINITY;  // ranked after every partition with keys, and never taken
+        continue;
       }
+      float s[8];
+      for (int gi = 0; gi < G; ++gi) s[gi] = lg[int64_t(gi) * g.C + c];
+      keys[c] = rules::group_log_density(s, 1, lse, G);
     }
     __syncthreads();
+    bitonic_rank(keys, ids, n_sort);
+    for (int c = tid; c < g.C; c += kSelectThreads) taken[c] = 0;
+    __syncthreads();
+    if (tid == 0)
+      rules::fill_in_order(ids, g.C, [&](int c) { return sizes[c]; }, budget, taken, int64_t(smallest));
   }
-  const uint32_t thr = s_prefix;
+  __syncthreads();
   // Segments: each thread counts its selected partitions' pieces, a block scan gives offsets.
   const int fixed = ranges_of(n_sink, segment) + ranges_of(n_win, segment);
   int mine = 0, my_tokens = 0;
   for (int c = tid; c < g.C; c += kSelectThreads)
-    if (take_all || keys[c] > thr) {
+    if (taken[c]) {
       const int pc = part_count[pbase + c], ac = append_count[pbase + c];
       mine += ranges_of(pc, segment) + ranges_of(ac, g.P);
       my_tokens += pc + ac;
@@ -187,7 +223,7 @@ static __global__ void __launch_bounds__(kSelectThreads)
   }
   int k = fixed + off;
   for (int c = tid; c < g.C; c += kSelectThreads)
-    if (take_all || keys[c] > thr) {
+    if (taken[c]) {
       k = emit_range(out, k, max_k, part_start[pbase + c], part_count[pbase + c], segment);
       const int ac = append_count[pbase + c];
       const int32_t* pages = append_pages + (pbase + c) * g.A;

@@ -15,9 +15,9 @@ void top_k_positions(const float* scores, int64_t n, int64_t k, std::vector<int3
   SAAP_CHECK_FMT(k >= 0 && k <= n, InvalidArgument, "k = %lld outside [0, n = %lld]", (long long)k, (long long)n);
   order.resize(size_t(n));
   std::iota(order.begin(), order.end(), 0);
-  // A strict total order (score, then position) makes the selection independent of the
-  // nth_element implementation when scores tie.
-  auto better = [scores](int32_t a, int32_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
+  // The ranking order of selection_rules.h, a strict total order (score, then position): the
+  // selection does not depend on the nth_element implementation when scores tie.
+  auto better = [scores](int32_t a, int32_t b) { return rules::ranks_before(scores[a], a, scores[b], b); };
   if (k < n) std::nth_element(order.begin(), order.begin() + k, order.end(), better);
   out.assign(order.begin(), order.begin() + k);
   std::sort(out.begin(), out.end());

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "saap/core/error.h"
+#include "saap/core/selection_rules.h"
 #include "saap/core/progress.h"
 #include "saap/core/rope.h"
 
@@ -110,22 +111,21 @@ nlohmann::json options_json(const SaapTrainOptions& o) {
           {"loss", "weighted soft cross-entropy of softmax(score + log count) to the per-partition attention mass"}};
 }
 
-// Mass (a fraction of what the partitions can find) read by decode's rule: partitions in
-// decreasing rank, each taken whole if it still fits the budget (partition sizes from the
-// offsets, absent partitions skipped).
+// Mass (a fraction of what the partitions can find) read by decode's rule (selection_rules.h):
+// partitions in ranking order, filled by rules::fill_in_order (partition sizes from the offsets,
+// absent partitions skipped).
 double budget_mass(const float* rank, const float* offset, const float* target, int C, int64_t budget,
-                   std::vector<int32_t>& order) {
+                   std::vector<int32_t>& order, std::vector<uint8_t>& taken) {
   order.clear();
   for (int c = 0; c < C; ++c)
     if (std::isfinite(offset[c])) order.push_back(c);
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return rank[a] > rank[b] || (rank[a] == rank[b] && a < b); });
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return rules::ranks_before(rank[a], a, rank[b], b); });
+  taken.assign(size_t(C), 0);
+  rules::fill_in_order(order.data(), int(order.size()), [&](int32_t c) { return std::llround(std::exp(double(offset[c]))); },
+                       budget, taken.data());
   double mass = 0;
-  int64_t taken = 0;
-  for (int32_t c : order) {
-    const int64_t n = std::llround(std::exp(double(offset[c])));
-    if (taken + n > budget) continue;
-    taken += n, mass += target[c];
-  }
+  for (int c = 0; c < C; ++c)
+    if (taken[size_t(c)]) mass += target[c];
   return mass;
 }
 
@@ -140,12 +140,12 @@ BudgetRecall budget_recall(const PartitionClassifier& router, const float* centr
   std::vector<float> sc(static_cast<size_t>(C)), sym(static_cast<size_t>(C)), dens(static_cast<size_t>(C)),
       hid(static_cast<size_t>(router.hidden));
   std::vector<int32_t> order;
+  std::vector<uint8_t> taken;
   BudgetRecall r;
   double wsum = 0;
   for (int64_t i = 0; i < data.n; ++i) {
     const int64_t n = n_ctx[i];
-    const int64_t mid_begin = std::min<int64_t>(o.sinks, n), mid_end = std::max<int64_t>(mid_begin, n - o.window);
-    const int64_t budget = int64_t(std::ceil(o.stat_lookup * double(n))) - (mid_begin + n - mid_end);
+    const int64_t budget = rules::selectable_budget(o.stat_lookup, n, o.sinks, o.window);
     if (budget <= 0) continue;
     const float *x = data.x + i * d, *t = data.target + i * C, *off = data.offset + i * C;
     router.scores(x, sc.data(), hid.data());
@@ -157,9 +157,9 @@ BudgetRecall budget_recall(const PartitionClassifier& router, const float* centr
       dens[size_t(c)] = std::isfinite(off[c]) ? float(t[c] / std::exp(double(off[c]))) : 0.0f;
     }
     const double w = data.weight ? data.weight[i] : 1.0;
-    r.router += w * budget_mass(sc.data(), off, t, C, budget, order);
-    r.symmetric += w * budget_mass(sym.data(), off, t, C, budget, order);
-    r.oracle += w * budget_mass(dens.data(), off, t, C, budget, order);
+    r.router += w * budget_mass(sc.data(), off, t, C, budget, order, taken);
+    r.symmetric += w * budget_mass(sym.data(), off, t, C, budget, order, taken);
+    r.oracle += w * budget_mass(dens.data(), off, t, C, budget, order, taken);
     wsum += w;
   }
   if (wsum > 0) r.router /= wsum, r.symmetric /= wsum, r.oracle /= wsum;

@@ -206,6 +206,50 @@ TEST(Loki, ExactAttentionOverSelectionAndBytes) {
   }
 }
 
+// d_f = 0.3 of 32 dimensions is 9.6: the rank is 10 (the ceiling), and the selection is the top-k of
+// the partial score over exactly those 10 axes, computed here in long double from the basis.
+TEST(Loki, FractionalRankIsTheCeilingAndRanksByThatManyAxes) {
+  std::mt19937 rng(9);
+  auto art = make_artifact(rng);
+  const int64_t n = 300;
+  KVCache cache = random_cache(kKV, kD, n, DType::F32, rng);  // full-rank keys: every axis changes the ranking
+  const LayerKV kv = cache.layer(0);
+  LokiAttention loki(layer_shape(0, n), LokiParams{0.33, 0.3}, art);
+  loki.place(kv, 0, n, nullptr);
+  ASSERT_EQ(loki.rank(), 10);
+  for (int64_t pos : {40, 151, 299}) {
+    const std::vector<float> q = normal_vector(kQ * kD, rng);
+    Selection sel;
+    sel.clear(kQ);
+    loki.select(kv, QueryView{q.data(), q.data(), kQ, pos}, sel);
+    const int64_t k = ceil_tokens(0.33, pos + 1);  // 0.33 (pos + 1) is fractional at these positions
+    for (int h = 0; h < kQ; ++h) {
+      const int kvh = h / (kQ / kKV);
+      const float* b = art->basis(0, kvh);
+      std::vector<long double> partial(size_t(pos + 1), 0.0L);
+      for (int j = 0; j < 10; ++j) {
+        long double qj = 0;
+        for (int i = 0; i < kD; ++i) qj += (long double)b[j * kD + i] * q[size_t(h * kD + i)];
+        for (int64_t p = 0; p <= pos; ++p) {
+          long double kj = 0;
+          for (int i = 0; i < kD; ++i) kj += (long double)b[j * kD + i] * kv.key<float>(kvh, p)[i];
+          partial[size_t(p)] += qj * kj;
+        }
+      }
+      const auto& list = sel.positions[size_t(h)];
+      ASSERT_EQ(int64_t(list.size()), k) << "pos " << pos;
+      std::vector<char> in(size_t(pos + 1), 0);
+      long double worst_in = INFINITY, best_out = -INFINITY;
+      for (int32_t p : list) in[size_t(p)] = 1, worst_in = std::min(worst_in, partial[size_t(p)]);
+      for (int64_t p = 0; p <= pos; ++p)
+        if (!in[size_t(p)]) best_out = std::max(best_out, partial[size_t(p)]);
+      // fp32 partial scores of order 10 differ from long double by ~1e-5: only a near-tie at the
+      // cut may go either way.
+      EXPECT_GE(double(worst_in), double(best_out) - 1e-4) << "pos " << pos << " head " << h;
+    }
+  }
+}
+
 TEST(Loki, CoveringBudgetIsDense) {
   std::mt19937 rng(4);
   auto art = make_artifact(rng);

@@ -39,6 +39,11 @@ ArtifactIdentity model_id() {
   return id;
 }
 
+// Router output weights are scaled down so that each head's softmax over partitions spreads over
+// several of them (N(0, 1) weights make it one-hot, and then any way of combining the heads ranks
+// alike: a test could not tell a sum from a max).
+constexpr float kRouterOutScale = 0.1f, kRouterBiasScale = 0.5f;
+
 PartitionArtifact random_artifact(bool classifiers, bool pre_rope, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
@@ -62,6 +67,8 @@ PartitionArtifact random_artifact(bool classifiers, bool pre_rope, uint32_t seed
       PartitionClassifier m(kDim, kHidden, kC);
       for (auto* v : {&m.w1, &m.b1, &m.w2, &m.b2})
         for (auto& x : *v) x = normal(rng);
+      for (auto& x : m.w2) x *= kRouterOutScale;
+      for (auto& x : m.b2) x *= kRouterBiasScale;
       layer.classifiers.push_back(m);
     }
   a.train = {{"note", "random"}};
@@ -71,12 +78,24 @@ PartitionArtifact random_artifact(bool classifiers, bool pre_rope, uint32_t seed
 struct Sequence {
   KVCache cache{{2, kKV, kDim, kLen, DType::F32}};
   std::vector<float> k_pre, k, v, q_pre, q;  // k_pre/k/v [kLen][kKV][kDim], q [kLen][kHeads][kDim]
-  explicit Sequence(uint32_t seed) {
+  // With `near`, each key is drawn near one of its KV head's centroids, centroid c with probability
+  // proportional to 0.6^c: the partitions come out of very uneven sizes, as real ones are.
+  explicit Sequence(uint32_t seed, const PartitionArtifact* near = nullptr) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> normal;
     k_pre.resize(size_t(kLen) * kKV * kDim);
     v.resize(k_pre.size());
     for (auto& x : k_pre) x = normal(rng);
+    if (near) {
+      std::vector<double> w(kC);
+      for (int c = 0; c < kC; ++c) w[size_t(c)] = std::pow(0.6, c);
+      std::discrete_distribution<int> pick(w.begin(), w.end());
+      for (int64_t p = 0; p < kLen; ++p)
+        for (int h = 0; h < kKV; ++h) {
+          const float* m = near->layers.at(1).centroids.data() + (h * kC + pick(rng)) * kDim;
+          for (int i = 0; i < kDim; ++i) k_pre[size_t((p * kKV + h) * kDim + i)] = 3.0f * m[i] + 0.5f * normal(rng);
+        }
+    }
     for (auto& x : v) x = normal(rng);
     k = k_pre;  // the "post-RoPE" copy differs from pre-RoPE so that the choice is observable
     for (size_t i = 0; i < k.size(); i += 2) std::swap(k[i], k[i + 1]);
@@ -240,6 +259,80 @@ TEST(SaapSelect, RoutesEachHeadByItsClassifierUnderTheBudget) {
     const int64_t router_bytes = int64_t(kHeads) * (kHidden * (kDim + 1) + kC * (kHidden + 1)) * 4;
     EXPECT_EQ(sel.index_bytes, router_bytes + int64_t(kKV) * kC * 4);
   }
+}
+
+// The reference density keys of a KV group in float64, from the routers and the partition lists:
+// head g gives partition c the share n_c exp(s_gc) / Z_g of its attention (n_c: the partition's
+// keys between the sinks and the window, Z_g summed over partitions with such keys), and the group
+// ranks by the summed density exp(s_gc) / Z_g.
+std::vector<double> reference_group_density(const PartitionArtifact& a, const SaapAttention& m, const QueryView& q,
+                                            int kv_head, int sinks, int window) {
+  const int64_t n_ctx = q.pos + 1, b = std::min<int64_t>(sinks, n_ctx), e = std::max<int64_t>(b, n_ctx - window);
+  std::vector<double> count(kC, 0.0), density(kC, 0.0);
+  for (int c = 0; c < kC; ++c)
+    for (int32_t p : m.lists(kv_head).positions(c)) count[size_t(c)] += (p >= b && p < e) ? 1 : 0;
+  for (int g = kv_head * 2; g < kv_head * 2 + 2; ++g) {
+    const auto s = naive_router(a.layers.at(1).classifiers[size_t(g)], q.q_pre + g * kDim);
+    double z = 0;
+    for (int c = 0; c < kC; ++c) z += count[size_t(c)] * std::exp(s[size_t(c)]);
+    for (int c = 0; c < kC; ++c)
+      if (count[size_t(c)] > 0) density[size_t(c)] += std::exp(s[size_t(c)]) / z;
+  }
+  return density;
+}
+
+// Uneven partitions, spread-out router softmaxes and a fractional budget (0.33 of n_ctx is rarely a
+// whole number of tokens) at many positions with room for partitions: the combination under which
+// the density ranking (sum over heads, per-head normalisation with the count term), the ceiling of
+// the budget and the skip-and-continue fill each change what is read.
+TEST(SaapSelect, GroupDensityRankingAndFillMatchTheReferenceOnUnevenPartitions) {
+  const PartitionArtifact art = random_artifact(true, true, 31);
+  auto a = std::make_shared<const PartitionArtifact>(art);
+  Sequence s(32, &art);
+  const double lookup = 0.33;
+  const int sinks = 3, window = 10;
+  SaapAttention m(shape(), a, {lookup, sinks, window});
+  const LayerKV kv = s.cache.layer(1);
+  m.place(kv, 0, kLen, s.k_pre.data());
+  int64_t smallest = kLen, largest = 0;
+  for (int c = 0; c < kC; ++c)
+    smallest = std::min(smallest, m.lists(0).size(c)), largest = std::max(largest, m.lists(0).size(c));
+  ASSERT_GE(largest, 4 * std::max<int64_t>(smallest, 1)) << "the partitions should be uneven";
+  int skipped_then_taken = 0;
+  for (int64_t pos = 20; pos < kLen; pos += 7) {
+    const QueryView q = s.query(pos);
+    Selection sel;
+    m.select(kv, q, sel);
+    check_selection(q, sel);
+    for (int g = 0; g < kKV; ++g) {
+      const auto density = reference_group_density(art, m, q, g, sinks, window);
+      const auto want = reference_selection({density}, m.lists(g), pos, lookup, sinks, window);
+      for (int h = 2 * g; h < 2 * g + 2; ++h) {
+        const std::set<int32_t> got(sel.positions[size_t(h)].begin(), sel.positions[size_t(h)].end());
+        EXPECT_EQ(got.size(), sel.positions[size_t(h)].size()) << "duplicates at head " << h;
+        EXPECT_EQ(got, want) << "pos " << pos << " head " << h;
+      }
+      // Whether this position exercised the skip: a ranked partition left out while a lower one
+      // was read.
+      std::vector<int> order(kC);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return density[size_t(x)] > density[size_t(y)]; });
+      bool skipped = false;
+      for (int c : order) {
+        const auto& pos_c = m.lists(g).positions(c);
+        bool any_mid = false, in = false;
+        for (int32_t p : pos_c)
+          if (p >= sinks && p < pos + 1 - window) any_mid = true, in = want.count(p) > 0;
+        if (!any_mid) continue;
+        if (!in) skipped = true;
+        else if (skipped) {
+          ++skipped_then_taken;
+          break;
+        }
+      }
+    }
+  }
+  EXPECT_GT(skipped_then_taken, 0) << "no position exercised the skip-and-continue fill";
 }
 
 // The partition oracle ranks by the true density: the group's exact attention (post-RoPE query

@@ -12,8 +12,7 @@ namespace saap {
 namespace {
 
 void check_params(const QuestParams& p) {
-  SAAP_CHECK_FMT(rules::lookup_in_range(p.lookup), InvalidArgument,
-                 "lookup = %g must be in (0, 1]: the fraction of the causal prefix a query reads", p.lookup);
+  check_fraction(p.lookup, "lookup");  // the registry's words, as every method
   SAAP_CHECK_FMT(p.budget_tokens >= 0, InvalidArgument, "budget_tokens = %lld must be >= 0 (0: use lookup)",
                  (long long)p.budget_tokens);
   SAAP_CHECK_FMT(p.sinks >= 0, InvalidArgument, "sinks = %d must be >= 0", p.sinks);

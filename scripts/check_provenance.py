@@ -6,7 +6,7 @@ or is listed, with a reason, under the README's "Results without provenance" hea
     scripts/check_provenance.py --self-test
 
 Where the record lives (scripts/provenance.py reads it; the C++ and Python writers write it):
-JSON a top-level "provenance" object; CSV leading "# key: value" lines; Markdown a first-line
+JSON a top-level "provenance" object; CSV, .log and .txt leading "# key: value" lines; Markdown a first-line
 "<!-- provenance {json} -->" comment; PNG an iTXt chunk "provenance". Any other file type fails
 unless it is an exception.
 
@@ -141,6 +141,8 @@ def self_test():
             json.dump({"x": 1, "provenance": prov}, f)
         with open(os.path.join(res, "a.csv"), "w") as f:
             f.write(provenance.csv_lines(prov) + "x,y\n1,2\n")
+        with open(os.path.join(res, "runs", "tests.log"), "w") as f:
+            f.write(provenance.csv_lines(prov) + "100% tests passed\n")
         with open(os.path.join(res, "runs", "a.md"), "w") as f:
             f.write(provenance.md_line(prov) + "| a |\n")
         # The smallest valid PNG: a 1x1 grey image.
@@ -154,7 +156,7 @@ def self_test():
         with open(readme, "w") as f:
             f.write(f"# x\n### {EXCEPTIONS_HEADING}\n\n### next\n")
         errors, ok, _ = check(tmp, readme, ["results"])
-        expect(not errors and ok == 4, f"good files rejected: {errors}")
+        expect(not errors and ok == 5, f"good files rejected: {errors}")
         with open(os.path.join(res, "a.csv")) as f:
             rows = list(csv.reader(provenance.skip_comments(f)))
         expect(rows == [["x", "y"], ["1", "2"]], f"skip_comments left {rows}")

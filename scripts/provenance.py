@@ -5,7 +5,10 @@
     doc["provenance"] = prov              # JSON: a top-level "provenance" object
     f.write(provenance.csv_lines(prov))   # CSV: leading "# key: value" lines, before the header row
     f.write(provenance.md_line(prov))     # Markdown: a first-line HTML comment holding the JSON object
-    provenance.stamp_png(png_path, prov)  # PNG: a tEXt chunk "provenance" holding the JSON object
+    provenance.stamp_png(png_path, prov)  # PNG: an iTXt chunk "provenance" holding the JSON object
+
+A shell script's log (.log, .txt) starts with the CSV's comment lines, printed by
+    python3 scripts/provenance.py lines --command "$0 $*" [--input ROLE=PATH ...] > "$OUT/tests.log"
 
 The record: date (UTC, ISO 8601 to the second), machine {hostname, cpu, cores, gpus [{name,
 driver}]}, commit and dirty (of the checkout the script runs from; dirty = uncommitted changes
@@ -208,7 +211,7 @@ def read(path):
         with open(path) as f:
             doc = json.load(f)
         return doc.get("provenance") if isinstance(doc, dict) else None
-    if ext == ".csv":
+    if ext in (".csv", ".log", ".txt"):
         return _csv_provenance(path)
     if ext == ".md":
         with open(path, errors="replace") as f:
@@ -228,3 +231,20 @@ def skip_comments(lines):
             yield line
             break
     yield from it
+
+
+def main():
+    import argparse
+    ap = argparse.ArgumentParser(description="Print the '# key: value' provenance lines a log file starts with.")
+    ap.add_argument("what", choices=["lines", "json"])
+    ap.add_argument("--command", help="the command the log records (default: this one)")
+    ap.add_argument("--input", action="append", default=[], metavar="ROLE=PATH", help="an input file, by sha256")
+    a = ap.parse_args()
+    prov = collect(inputs=[input_file(*i.split("=", 1)) for i in a.input])
+    if a.command:
+        prov["command"] = a.command
+    sys.stdout.write(csv_lines(prov) if a.what == "lines" else json.dumps(prov, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

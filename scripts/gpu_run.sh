@@ -12,9 +12,15 @@ mkdir -p "$OUT"
 mode=${1:-all}
 shift || true
 status=0
+# The logs start with their provenance ('# key: value' lines, scripts/provenance.py), so they can be
+# kept under results/. This tree may have no .git: the caller passes SAAP_GIT_COMMIT=<sha> (and
+# SAAP_GIT_DIRTY=0|1), which the build (src/provenance/build_info.cmake) records too.
+if ! git rev-parse HEAD >/dev/null 2>&1 && [ -z "${SAAP_GIT_COMMIT:-}" ]; then
+  echo "warning: no git checkout and no SAAP_GIT_COMMIT: every result will record commit 'unknown'"
+fi
+provenance=$(python3 scripts/provenance.py lines --command "scripts/gpu_run.sh $mode $*" 2>/dev/null || true)
 {
-  date -u
-  git rev-parse HEAD 2>/dev/null || true
+  echo "$provenance"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
 } > "$OUT/tests.log" 2>&1
 if ! { cmake --preset cuda-only && cmake --build build-cuda -j"$(nproc)"; } > "$OUT/build.log" 2>&1; then
@@ -29,7 +35,7 @@ if [[ $mode == all || $mode == test ]]; then
   # memcheck over every CUDA test, four at a time (one GPU runs them side by side); each writes its
   # own log, which names the seed for a rerun.
   tests=$(ls build-cuda/tests/cuda_test_* | xargs -n1 basename)
-  : > "$OUT/memcheck.log"
+  echo "$provenance" > "$OUT/memcheck.log"
   printf '%s\n' $tests | xargs -P4 -I{} bash -c \
     'timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 build-cuda/tests/{} > "$0/memcheck_{}.log" 2>&1; echo "{} rc=$?" >> "$0/memcheck.log"' "$OUT"
   for t in $tests; do

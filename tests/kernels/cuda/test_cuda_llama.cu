@@ -283,5 +283,20 @@ int main() {
     model->prefill(fill.data(), 1, 2 * n);
     refused("a decode step past max_context is refused", [&] { model->decode_step(); });
   }
+  {
+    // A cache larger than the GPU: a named OutOfMemory before any cache allocation (65535 x 8192
+    // tokens x 30 layers x 2 x 3 heads x 64 dims x 2 bytes = 11.6 TB).
+    cuda::CudaLlamaOptions o;
+    o.max_batch = 65535;
+    o.max_context = 8192;
+    bool ok = false;
+    try {
+      cuda::CudaLlamaModel::load(model_path, o);
+    } catch (const Error& e) {
+      ok = e.kind() == ErrorKind::OutOfMemory;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(ok, "a KV cache larger than the free GPU memory is refused (OutOfMemory)", ok, 1);
+  }
   return tally.finish();
 }

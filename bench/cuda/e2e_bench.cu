@@ -4,7 +4,7 @@
 //
 // Usage: e2e_bench [--model PATH (default $SAAP_MODEL_PATH)] [--prompts 2048,8000] [--batches 1,16]
 //                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|simple]
-//                  [--csv FILE]   (also writes the rows there, after # lines: date, GPU, command)
+//                  [--csv FILE]   (also writes the rows there, after the run's provenance lines)
 //
 // The "8k" prompt is 8000 tokens so that prompt + decode steps fit SmolLM2's 8192-token context
 // (the runner refuses a cache longer than the model's context, as the CPU runner does).
@@ -20,7 +20,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <string>
 #include <vector>
 
@@ -28,6 +27,7 @@
 #include "saap/kernels/cuda/check.h"
 #include "saap/kernels/cuda/decode.h"
 #include "saap/model/cuda_llama.h"
+#include "saap/provenance/provenance.h"
 
 using namespace saap;
 
@@ -166,15 +166,11 @@ int main(int argc, char** argv) try {
   std::printf("\nengine,method,batch,prompt_tokens,prefill_ms,decode_tok_s\n");
   for (const auto& l : csv) std::printf("%s\n", l.c_str());
   if (!csv_path.empty()) {
+    // The run's provenance (date, machine and GPUs, commit, command, the model's sha256) first.
+    const Provenance prov = collect_provenance({input_file("model", model_path)});
     std::FILE* f = std::fopen(csv_path.c_str(), "w");
     if (!f) throw Error(ErrorKind::NotFound, "cannot write " + csv_path);
-    char date[32];
-    const std::time_t now = std::time(nullptr);
-    std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-    std::string command;
-    for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
-    std::fprintf(f, "# date %s, gpu %s, model %s\n# command: %s\n", date, prop.name, model_path.c_str(),
-                 command.c_str());
+    std::fprintf(f, "%s", provenance_csv_lines(prov).c_str());
     std::fprintf(f, "engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s\n");
     for (const auto& l : csv) std::fprintf(f, "%s\n", l.c_str());
     std::fclose(f);

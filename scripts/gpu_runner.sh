@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The CUDA model runner on the GPU machine (issue 13 item 3), in one call or in steps:
+#   SAAP_MODEL_PATH=/tmp/pieces/model.gguf scripts/gpu_runner.sh [all|test|bench|hf] [eval.txt]
+#   build  cuda-only preset, the runner's targets only (every mode builds first)
+#   test   the prefill attention test and the model test vs the CPU runner's logits (SAAP_REQUIRE_GPU=1),
+#          then the 8192-token eval.txt window vs the CPU runner (top-1, NLL, perplexity), and, given
+#          eval.txt, the dense perplexity over 12 x 2048 windows (the CPU runner's: 23.21)
+#   bench  e2e_bench: prefill ms and decode tokens/s, prompts 2048/8000, batch 1/16 (+ CSV)
+#   hf     HF transformers generate on the same GPU, GGUF and prompts (needs torch, transformers, gguf)
+# Logs and CSVs go to $OUT (default ./gpu_out): runner_*.log, gpu_e2e_saap.csv, gpu_e2e_hf.csv.
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+mode=${1:-all}
+text=${2:-}
+: "${SAAP_MODEL_PATH:?set SAAP_MODEL_PATH to the GGUF}"
+status=0
+if ! { cmake --preset cuda-only && cmake --build build-cuda -j"$(nproc)" --target cuda_test_prefill_attention \
+         cuda_test_cuda_llama e2e_bench gpu_ppl; } > "$OUT/runner_build.log" 2>&1; then
+  tail -60 "$OUT/runner_build.log"
+  exit 1
+fi
+echo "build ok"
+if [[ $mode == all || $mode == test ]]; then
+  export SAAP_REQUIRE_GPU=1
+  for t in cuda_test_prefill_attention cuda_test_cuda_llama; do
+    timeout 300 "build-cuda/tests/$t" 2>&1 | tee "$OUT/runner_$t.log" || status=1
+  done
+  timeout 300 build-cuda/bench/gpu_ppl --reference tests/model/data/cuda_reference_long.txt 2>&1 |
+    tee "$OUT/runner_long_window.log" || status=1
+  if [[ -n $text ]]; then
+    timeout 300 build-cuda/bench/gpu_ppl --text "$text" --window 2048 --max-windows 12 --batch 12 2>&1 |
+      tee "$OUT/runner_ppl.log" || status=1
+  fi
+fi
+if [[ $mode == all || $mode == bench ]]; then
+  timeout 540 build-cuda/bench/e2e_bench --csv "$OUT/gpu_e2e_saap.csv" 2>&1 | tee "$OUT/runner_e2e.log" || status=1
+fi
+if [[ $mode == all || $mode == hf ]]; then
+  if python3 -c "import torch, transformers, gguf" 2>/dev/null; then
+    timeout 540 python3 bench/cuda/hf_e2e.py --out "$OUT/gpu_e2e_hf.csv" 2>&1 | tee "$OUT/runner_hf.log" || status=1
+  else
+    echo "hf_e2e: torch, transformers or gguf does not import here" | tee "$OUT/runner_hf.log"
+    status=1
+  fi
+fi
+exit $status

@@ -16,10 +16,12 @@
 // position max |Δlogit| over the CPU's top-32 ids <= 1.0, RMS over all compared logits <= 0.25,
 // |Δ log-sum-exp| <= 0.5, mean |Δ NLL of the next token| <= 0.05 nats, top-1 identical on >= 99%
 // of the positions where the CPU's top two differ by more than 0.2 (raw agreement printed).
-// Calibration (scripts/bf16_emulation.py): a NumPy float32 forward pass over the same prompts with the runner's bf16 roundings
-// (weights, GEMM inputs, q/K/V, P before P·V, attention output) gave max |Δlogit| 0.43, RMS 0.071,
-// |Δ log-sum-exp| 0.29, mean |Δ NLL| 0.011 and no top-1 flip against this file (the same pass
-// without the roundings: 6e-5), so the limits leave about 2x room and still catch a wrong kernel. Exit 77 without a GPU or without SAAP_MODEL_PATH, unless SAAP_REQUIRE_GPU=1.
+// Calibration (scripts/bf16_emulation.py): a NumPy float32 forward pass over the same prompts
+// with the runner's bf16 roundings (weights, GEMM inputs, q/K/V, P before P·V, attention output)
+// gave max |Δlogit| 0.43, RMS 0.071, |Δ log-sum-exp| 0.29, mean |Δ NLL| 0.011 and no top-1 flip
+// against this file (the same pass without the roundings: 6e-5), so the limits leave about 2x room
+// and still catch a wrong kernel.
+// Exit 77 without a GPU or without SAAP_MODEL_PATH, unless SAAP_REQUIRE_GPU=1.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>

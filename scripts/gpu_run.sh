@@ -30,19 +30,24 @@ fi
 echo "build ok"
 if [[ $mode == all || $mode == test ]]; then
   export SAAP_REQUIRE_GPU=1
-  (cd build-cuda && ctest -j6 -V --timeout 300) >> "$OUT/tests.log" 2>&1 || status=1
-  grep -E "seed=|passed, .* failed|tests passed|Failed|\*\*\*" "$OUT/tests.log"
-  # memcheck over every CUDA test, four at a time (one GPU runs them side by side); each writes its
-  # own log, which names the seed for a rerun.
+  # ctest and memcheck run side by side (one GPU takes both), so the whole test stage lasts about
+  # as long as the slowest test under memcheck (at most 240 s).
+  (cd build-cuda && ctest -j8 -V --timeout 300) >> "$OUT/tests.log" 2>&1 &
+  ctest_pid=$!
+  # memcheck over every CUDA test, eight at a time; each writes its own log, which names the seed
+  # for a rerun. Exit 77 under memcheck is a test that skipped for a missing input (SAAP_REQUIRE_GPU
+  # fails the ctest run if the GPU itself is missing).
   tests=$(ls build-cuda/tests/cuda_test_* | xargs -n1 basename)
   echo "$provenance" > "$OUT/memcheck.log"
-  printf '%s\n' $tests | xargs -P4 -I{} bash -c \
-    'timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 build-cuda/tests/{} > "$0/memcheck_{}.log" 2>&1; echo "{} rc=$?" >> "$0/memcheck.log"' "$OUT"
+  printf '%s\n' $tests | xargs -P8 -I{} bash -c \
+    'timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 build-cuda/tests/{} > "$0/memcheck_{}.log" 2>&1; echo "{} rc=$?" >> "$0/memcheck.log"' "$OUT"
+  wait $ctest_pid || status=1
+  grep -E "seed=|passed, .* failed|tests passed|Failed|\*\*\*" "$OUT/tests.log"
   for t in $tests; do
     rc=$(grep -E "^$t rc=" "$OUT/memcheck.log" | sed 's/.*rc=//')
     summary=$(grep -E "ERROR SUMMARY" "$OUT/memcheck_$t.log" | tail -1)
     echo "memcheck $t: rc=$rc $summary"
-    [[ $rc == 0 ]] || status=1
+    [[ $rc == 0 || $rc == 77 ]] || status=1
   done
 fi
 if [[ $mode == all || $mode == bench ]]; then

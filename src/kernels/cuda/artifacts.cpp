@@ -44,9 +44,9 @@ std::unique_ptr<SaapIndex> SaapIndex::from_artifact(const PartitionArtifact& a, 
   const PartitionLayer& pl = it->second;
   cfg.n_partitions = a.partitions;
   cfg.routing = routing;
+  cfg.separate_routing_keys = a.pre_rope;  // the cache holds post-RoPE keys
   if (routing == PartitionRouting::Saap) cfg.classifier_hidden = a.hidden;
   auto index = std::make_unique<SaapIndex>(shape_of(model, batch, kv_dtype), cfg);
-  index->pre_rope_ = a.pre_rope;
   index->set_centroids(pl.centroids, a.spherical);
   if (routing == PartitionRouting::Saap) {
     const int64_t Hq = model.n_heads, H = a.hidden, D = model.head_dim, C = a.partitions;

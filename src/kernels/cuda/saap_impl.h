@@ -17,7 +17,8 @@ struct SaapIndex::Impl {
   DeviceBuffer<int32_t> next_page, seq_len, selected_tokens, segment_count;  // [bh]
   DeviceBuffer<int32_t> segments;       // [bh][max_segments][2]
   DeviceBuffer<int32_t> flags;          // [0] bad assignment seen, [1] append overflow
-  DeviceBuffer<unsigned long long> best;  // [bh]: packed nearest centroid of the evicted token
+  DeviceBuffer<unsigned long long> best;  // [bh]: packed nearest centroid of the searched key
+  DeviceBuffer<int32_t> ring_part;      // [bh][W]: partition of each ring slot's token (separate routing keys)
   DeviceBuffer<uint16_t> w1, w2;        // bf16 bits
   DeviceBuffer<float> b1, b2, logits;
   int hidden = 0;

@@ -12,6 +12,16 @@ SaapGeom geom(const DecodeShape& s, const SaapConfig& c, int64_t rows) {
   return SaapGeom{c.n_partitions, c.sinks,     c.window, c.append_page, c.append_pages_per_partition,
                   s.head_dim,     s.n_kv_heads, rows,     c.max_prefill};
 }
+
+// Block per (b, h): the partition of each token in the recent window, from the prefill
+// assignment (by routing key), kept until the token leaves the window.
+__global__ void saap_ring_part_kernel(const int32_t* __restrict__ assign, const int32_t* __restrict__ lengths,
+                                      int64_t max_len, SaapGeom g, int32_t* __restrict__ ring_part) {
+  const int bh = blockIdx.x, b = bh / g.n_kv_heads;
+  const int64_t n = lengths[b];
+  for (int64_t t = max(int64_t(g.S), n - g.W) + threadIdx.x; t < n; t += blockDim.x)
+    ring_part[int64_t(bh) * g.W + (t - g.S) % g.W] = assign[int64_t(bh) * max_len + t];
+}
 }  // namespace
 
 void SaapIndex::build(const void* k, const void* v, int64_t max_len, const std::vector<int32_t>& h_lengths,
@@ -44,6 +54,10 @@ void SaapIndex::build(const void* k, const void* v, int64_t max_len, const std::
       static_cast<const uint4*>(k), static_cast<const uint4*>(v), lengths.get(), max_len, g, slot_of.get(),
       reinterpret_cast<uint4*>(m.kpool.get()), reinterpret_cast<uint4*>(m.vpool.get()));
   SAAP_CU_LAUNCHED();
+  if (cfg_.separate_routing_keys) {
+    saap_ring_part_kernel<<<bh, 256, 0, stream>>>(assign, lengths.get(), max_len, g, m.ring_part.get());
+    SAAP_CU_LAUNCHED();
+  }
   // lengths and slot_of are freed on return.
   SAAP_CU(cudaStreamSynchronize(stream));
   m.built = true;
@@ -51,8 +65,18 @@ void SaapIndex::build(const void* k, const void* v, int64_t max_len, const std::
 }
 
 void SaapIndex::append(const void* k_new, const void* v_new, cudaStream_t stream) {
+  SAAP_CU_REQUIRE(!cfg_.separate_routing_keys, InvalidArgument, "%s",
+                  "this index assigns by separate routing keys (pre-RoPE): pass k_route_new");
+  append(k_new, v_new, nullptr, stream);
+}
+
+void SaapIndex::append(const void* k_new, const void* v_new, const void* k_route_new, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(k_new && v_new, InvalidArgument, "null pointer: k_new=%p v_new=%p", k_new, v_new);
+  SAAP_CU_REQUIRE(!cfg_.separate_routing_keys || k_route_new, InvalidArgument, "%s",
+                  "null k_route_new: this index assigns by separate routing keys (pre-RoPE)");
+  SAAP_CU_REQUIRE(cfg_.separate_routing_keys || !k_route_new, InvalidArgument, "%s",
+                  "k_route_new given, but this index assigns by its stored keys (separate_routing_keys is off)");
   SAAP_CU_REQUIRE(m.centroids.size() > 0, InvalidArgument, "%s", "set_centroids() must be called first");
   SAAP_CU_REQUIRE(m.built, InvalidArgument, "%s", "build() must be called before append()");
   ensure_append_room(stream);
@@ -63,12 +87,13 @@ void SaapIndex::append(const void* k_new, const void* v_new, cudaStream_t stream
     constexpr int D = decltype(d)::value;
     saap_evict_search_kernel<T, D><<<dim3(kSearchParts, bh), 256, 0, stream>>>(
         g, reinterpret_cast<const T*>(m.centroids.get()), m.half_norm.get(),
-        reinterpret_cast<const uint4*>(m.kpool.get()), m.seq_len.get(), m.best.get());
+        reinterpret_cast<const uint4*>(m.kpool.get()), static_cast<const uint4*>(k_route_new), m.seq_len.get(),
+        m.best.get());
     SAAP_CU_LAUNCHED();
     saap_append_kernel<D><<<bh, 128, 0, stream>>>(
         static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new), g, reinterpret_cast<uint4*>(m.kpool.get()),
         reinterpret_cast<uint4*>(m.vpool.get()), m.append_pages.get(), m.append_count.get(), m.next_page.get(),
-        m.seq_len.get(), m.best.get(), m.flags.get());
+        m.seq_len.get(), m.best.get(), cfg_.separate_routing_keys ? m.ring_part.get() : nullptr, m.flags.get());
   });
   SAAP_CU_LAUNCHED();
 }

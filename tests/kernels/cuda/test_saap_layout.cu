@@ -1,7 +1,10 @@
 // Saap partitioned layout: prefill build places every token exactly once (sinks, recent ring, its
 // partition's contiguous range), and decode appends move the token leaving the window into the
 // append pages of its nearest centroid (checked against a float64 CPU search); when the pages run
-// out, the index re-packs and the same invariants hold.
+// out, the index re-packs and the same invariants hold. With separate routing keys (pre-RoPE
+// artifacts) the token's partition is the nearest centroid of its routing key instead: the
+// caller's assignment for prefill tokens, a float64 search of the appended routing key otherwise.
+#include <algorithm>
 #include <map>
 #include <string>
 
@@ -30,11 +33,14 @@ int main() {
     int pages = 16;            // append pages per partition
     int64_t max_prefill = 300;
     int min_repacks = 0;
+    bool route = false;        // separate routing keys
   };
   // The third case overflows: 2 pages of 8 per partition, 3 partitions, 150 appends, so appends
   // must re-pack (several times, and past max_prefill) instead of dropping tokens.
   for (const Case& c : {Case{2, 2, 128, 37, DType::BF16, {300, 20}, 50}, Case{1, 3, 64, 5, DType::F16, {130}, 70},
-                        Case{1, 2, 64, 3, DType::BF16, {64}, 150, 2, 64, 2}}) {
+                        Case{1, 2, 64, 3, DType::BF16, {64}, 150, 2, 64, 2},
+                        Case{2, 2, 128, 9, DType::BF16, {200, 3}, 60, 16, 300, 0, true},
+                        Case{1, 1, 64, 4, DType::F16, {64}, 150, 2, 64, 2, true}}) {
     cuda::DecodeShape s{c.batch, c.hkv, c.hkv, c.d, c.t};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;
@@ -44,6 +50,7 @@ int main() {
     cfg.append_pages_per_partition = c.pages;
     cfg.max_prefill = c.max_prefill;
     cfg.max_new_tokens = c.appends;
+    cfg.separate_routing_keys = c.route;
     const int64_t max_len = cfg.max_prefill;
     cuda::SaapIndex idx(s, cfg);
     auto cent = cutest::random_f32(rng, size_t(c.hkv) * c.C * c.d);
@@ -52,6 +59,9 @@ int main() {
     // All tokens a (b, h) has seen, prefill then appended: rows [bh][t][d].
     const int64_t total_len = max_len + c.appends;
     std::vector<uint16_t> allk(size_t(bh_n) * total_len * c.d), allv(allk.size());
+    // Routing keys of the appended tokens (route cases): unrelated to the stored keys, so a
+    // token placed by its stored key is caught.
+    const auto allr = cutest::random_kv(rng, allk.size(), c.t);
     auto hk = cutest::random_kv(rng, size_t(bh_n) * max_len * c.d, c.t);
     auto hv = cutest::random_kv(rng, hk.size(), c.t);
     std::vector<int32_t> assign(size_t(bh_n) * max_len);
@@ -76,7 +86,15 @@ int main() {
         }
       }
       auto dnk = cutest::upload(nk), dnv = cutest::upload(nv);
-      idx.append(dnk.get(), dnv.get());
+      if (c.route) {
+        std::vector<uint16_t> nr(size_t(bh_n) * c.d);
+        for (int bh = 0; bh < bh_n; ++bh)
+          std::copy_n(&allr[(bh * total_len + c.lens[bh / c.hkv] + a) * c.d], c.d, &nr[size_t(bh) * c.d]);
+        auto dnr = cutest::upload(nr);
+        idx.append(dnk.get(), dnv.get(), dnr.get());
+      } else {
+        idx.append(dnk.get(), dnv.get());
+      }
     }
     idx.check();
     SAAP_CU(cudaDeviceSynchronize());
@@ -116,9 +134,11 @@ int main() {
         }
         if (sink || recent) ++misplaced;
         const int64_t prefill_len = c.lens[bh / c.hkv];
-        if (t < prefill_len - W) {  // partitioned at build: must be in the given partition
+        // Partitioned at build, or (routing keys) a prefill token whose partition the caller gave.
+        if (t < prefill_len - W || (c.route && t < prefill_len)) {
           if (assign[bh * max_len + t] != part) ++misplaced;
-        } else {  // evicted from the window by an append: nearest centroid of its key
+        } else {  // evicted from the window by an append: nearest centroid of its (routing) key
+          const std::vector<uint16_t>& keys = c.route ? allr : allk;
           ++checked_evicted;
           const int h = bh % c.hkv;
           double best = -INFINITY, mine = 0;
@@ -126,7 +146,7 @@ int main() {
             double dot = 0, nn = 0;
             for (int j = 0; j < c.d; ++j) {
               const double cj = cutest::from_bits(cutest::to_bits(cent[(size_t(h) * c.C + k) * c.d + j], c.t), c.t);
-              dot += cj * cutest::from_bits(allk[(bh * total_len + t) * c.d + j], c.t);
+              dot += cj * cutest::from_bits(keys[(bh * total_len + t) * c.d + j], c.t);
               nn += cj * cj;
             }
             best = std::max(best, dot - nn / 2);
@@ -148,8 +168,8 @@ int main() {
                             " C=" + std::to_string(c.C) + ": ";
     tally.check(misplaced == 0, (tag + "slots holding a wrong or unknown token").c_str(), double(misplaced), 0);
     tally.check(missing == 0, (tag + "tokens not stored exactly once").c_str(), double(missing), 0);
-    tally.check(far == 0 && checked_evicted > 0, (tag + "evicted tokens not at a nearest centroid").c_str(), double(far),
-                0);
+    tally.check(far == 0 && checked_evicted > 0,
+                (tag + (c.route ? "routing-key " : "") + "evicted tokens not at a nearest centroid").c_str(), double(far), 0);
     const auto ctr = idx.counters();
     bool len_ok = true;
     for (int bh = 0; bh < bh_n; ++bh) len_ok &= ctr.seq_len[bh] == c.lens[bh / c.hkv] + c.appends;
@@ -178,6 +198,30 @@ int main() {
       std::printf("expected error: %s\n", e.what());
     }
     tally.check(threw, "assignment 9 with 4 partitions is reported", threw, 1);
+    // An index assigning by its stored keys refuses a routing key, and one assigning by routing
+    // keys refuses an append without one (a token would silently land by the wrong key).
+    threw = false;
+    try {
+      idx.append(dk.get(), dk.get(), dk.get());
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::InvalidArgument;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(threw, "a routing key for a stored-key index is refused", threw, 1);
+    cfg.separate_routing_keys = true;
+    cuda::SaapIndex ridx(s, cfg);
+    ridx.set_centroids(cutest::random_f32(rng, size_t(4) * 64));
+    a[7] = 1;
+    auto da2 = cutest::upload(a);
+    ridx.build(dk.get(), dk.get(), 16, {16}, da2.get());
+    threw = false;
+    try {
+      ridx.append(dk.get(), dk.get());
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::InvalidArgument;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(threw, "an append without its routing key is refused (routing-key index)", threw, 1);
   }
   return tally.finish();
 }

@@ -52,6 +52,11 @@ struct SaapConfig {
   int64_t max_new_tokens = 4096;  // appends sized for after a build() (sizes the page pool; more re-pack)
   int classifier_hidden = 128;    // multiple of 32, <= 1024
   PartitionRouting routing = PartitionRouting::Saap;
+  // Keys are assigned to partitions by a routing key other than the stored one (a pre-RoPE
+  // artifact: the cache stores post-RoPE keys, the centroids are of pre-RoPE keys). assign_prefill()
+  // then takes the routing keys and append() each new token's routing key; a token's partition is
+  // found when it enters the recent window and kept until it leaves it.
+  bool separate_routing_keys = false;
 };
 
 // Device-side counters a caller can read back (all per (b, h), [batch][n_kv_heads]).
@@ -71,9 +76,9 @@ class SaapIndex {
   // a layer the artifact did not train InvalidArgument, a shape the kernels lack Unsupported.
   // Routing Saap needs an artifact with routers; KMeans and PartitionOracle use any artifact's
   // partition. cfg supplies the budget geometry (sinks, window, sizes); its n_partitions,
-  // classifier_hidden and routing are overwritten. Keys given to assign_prefill() and the query
-  // given to select() must be pre-RoPE when pre_rope() (the partition oracle always takes the
-  // post-RoPE query).
+  // classifier_hidden, routing and separate_routing_keys are overwritten. When pre_rope(), the keys
+  // given to assign_prefill() and append() as routing keys and the query given to select() are the
+  // pre-RoPE ones (the partition oracle always takes the post-RoPE query).
   static std::unique_ptr<SaapIndex> from_artifact(const PartitionArtifact& artifact, const ArtifactIdentity& model,
                                                   int layer, int batch, DType kv_dtype, SaapConfig cfg,
                                                   PartitionRouting routing);
@@ -105,10 +110,13 @@ class SaapIndex {
   void build(const void* k, const void* v, int64_t max_len, const std::vector<int32_t>& h_lengths,
              const int32_t* assign, cudaStream_t stream = 0);
   // Appends one token per (b, h): k_new, v_new [batch][n_kv_heads][head_dim]. The token leaving
-  // the recent window is assigned to its nearest centroid and moved to that partition. Needs a
-  // build() first; may re-pack (see above), after which config().max_prefill and rows() are the
-  // new layout's and the last selection is cleared (select() again before attend()).
+  // the recent window moves to its partition: the nearest centroid to its stored key, or with
+  // separate_routing_keys to its routing key k_route_new [batch][n_kv_heads][head_dim] (kv_dtype),
+  // which the second form takes (and the first refuses to do without). Needs a build() first; may
+  // re-pack (see above), after which config().max_prefill and rows() are the new layout's and the
+  // last selection is cleared (select() again before attend()).
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
+  void append(const void* k_new, const void* v_new, const void* k_route_new, cudaStream_t stream = 0);
 
   // Routing + selection for queries q [batch][n_q_heads][head_dim]: the routing query (Saap, KMeans)
   // or the post-RoPE attention query (PartitionOracle). Per KV group, the non-empty partitions are
@@ -144,7 +152,7 @@ class SaapIndex {
   // order; PartitionOracle: log of the summed attention density).
   const float* logits() const;
   bool spherical() const { return spherical_; }
-  bool pre_rope() const { return pre_rope_; }  // from_artifact: routes and assigns pre-RoPE vectors
+  bool pre_rope() const { return cfg_.separate_routing_keys; }  // routes and assigns by pre-RoPE vectors
   int64_t max_segments() const { return max_segments_; }
   // Bytes of index data one decode step reads besides K/V: classifier weights and the centroids
   // of the append's assignment.
@@ -162,7 +170,7 @@ class SaapIndex {
 
   DecodeShape shape_;
   SaapConfig cfg_;
-  bool spherical_ = false, pre_rope_ = false;
+  bool spherical_ = false;
   int64_t rows_ = 0, max_segments_ = 0;
   std::unique_ptr<Impl> impl_;
 };

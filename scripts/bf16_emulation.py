@@ -8,6 +8,8 @@ tests/kernels/cuda/test_cuda_llama.cu limits: max and RMS |Δlogit| over the CPU
 |Δ log-sum-exp|, mean |Δ NLL of the next token| and the top-1 flips (with the CPU's margin).
 
     scripts/python.sh scripts/bf16_emulation.py [--numerics bf16|fp32] [--model M.gguf]
+    scripts/python.sh scripts/bf16_emulation.py --long 2048   (the first 2048 tokens of the long
+        eval.txt window, tests/model/data/cuda_reference_long.txt: top-1 agreement and perplexity)
 """
 import argparse
 import os
@@ -49,6 +51,7 @@ def main():
     ap.add_argument("--numerics", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--model", default=open(os.path.expanduser("~/.cache/saap/default_model_path")).read().strip())
     ap.add_argument("--reference", default=os.path.join(ROOT, "tests/model/data/cuda_reference_logits.txt"))
+    ap.add_argument("--long", type=int, default=0, help="tokens of the long-window reference to run instead")
     a = ap.parse_args()
     r = GGUFReader(a.model)
     W = {t.name: dequantize(t.data, t.tensor_type).astype(np.float32).reshape([int(d) for d in reversed(t.shape)])
@@ -100,6 +103,28 @@ def main():
             x = x + R(g / (1 + np.exp(-g)) * u) @ w("ffn_down").T
         return (R(rms(x, W["output_norm.weight"])) @ unemb.T).astype(np.float64)
 
+    if a.long:
+        lines = [l for l in open(os.path.join(ROOT, "tests/model/data/cuda_reference_long.txt")) if not l.startswith("#")]
+        tokens = [int(x) for x in lines[1].split()[2:]][:a.long]
+        rows = [l.split() for l in lines[2:2 + a.long]]
+        logits = forward(np.array(tokens))
+        same = decisive = decisive_same = 0
+        emu_nll, cpu_nll = [], []
+        for i, (top1, margin, nll_cpu) in enumerate(rows):
+            ok = logits[i].argmax() == int(top1)
+            same += ok
+            if float(margin) > 0.2:
+                decisive += 1
+                decisive_same += ok
+            if i + 1 < len(tokens):
+                m = logits[i].max()
+                emu_nll.append(m + np.log(np.exp(logits[i] - m).sum()) - logits[i, tokens[i + 1]])
+                cpu_nll.append(float(nll_cpu))
+        ppl_e, ppl_c = np.exp(np.mean(emu_nll)), np.exp(np.mean(cpu_nll))
+        print(f"{a.numerics}, {a.long} tokens: top-1 same {same}/{len(rows)}, {decisive_same}/{decisive} with CPU margin "
+              f"> 0.2; mean |d NLL| {np.mean(np.abs(np.array(emu_nll) - cpu_nll)):.4g}; perplexity {ppl_e:.4f} vs CPU "
+              f"{ppl_c:.4f} (relative {abs(ppl_e / ppl_c - 1):.4g})")
+        return
     worst, sq, count, lse_worst, nll, flips = 0.0, 0.0, 0, 0.0, [], []
     for tokens, positions in read_reference(a.reference):
         logits = forward(np.array(tokens))

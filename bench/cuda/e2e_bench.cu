@@ -3,7 +3,7 @@
 // results/gpu_e2e_<date>_<gpu>.csv (engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s).
 //
 // Usage: e2e_bench [--model PATH (default $SAAP_MODEL_PATH)] [--prompts 2048,8000] [--batches 1,16]
-//                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|simple]
+//                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|tc128|simple]
 //                  [--csv FILE]   (also writes the rows there, after the run's provenance lines)
 //
 // The "8k" prompt is 8000 tokens so that prompt + decode steps fit SmolLM2's 8192-token context
@@ -100,7 +100,7 @@ int main(int argc, char** argv) try {
     else if (a == "--reps") reps = std::max(1, std::atoi(next));
     else if (a == "--prefill-rows") prefill_rows = std::atoll(next);
     else if (a == "--csv") csv_path = next;
-    else if (a == "--attention") kernel = std::string(next) == "simple" ? cuda::PrefillKernel::Simple : cuda::PrefillKernel::TensorCore;
+    else if (a == "--attention") kernel = cuda::prefill_kernel_from_name(next);
     else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
     ++i;
   }
@@ -122,7 +122,7 @@ int main(int argc, char** argv) try {
               c.name.c_str(), c.n_layers, c.n_embd, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.vocab_size,
               model->weight_bytes() / 1048576.0, model->cache_bytes() / 1048576.0, load_s);
   std::printf("gpu %s, attention %s, prefill rows per chunk %lld, decode steps %d\n", prop.name,
-              kernel == cuda::PrefillKernel::TensorCore ? "tensor-core" : "cuda-core", (long long)prefill_rows, decode);
+              cuda::prefill_kernel_name(kernel), (long long)prefill_rows, decode);
 
   cudaEvent_t e0, e1;
   SAAP_CU(cudaEventCreate(&e0));

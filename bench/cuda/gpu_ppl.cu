@@ -5,8 +5,8 @@
 // on the GPU from the fp32 logits. The CPU runner's figure for eval.txt, 12 x 2048: 23.21.
 //
 // Usage: gpu_ppl --text eval.txt [--model PATH (default $SAAP_MODEL_PATH)] [--window 2048]
-//                [--max-windows 12] [--batch 12] [--attention tc|simple]
-//        gpu_ppl --reference tests/model/data/cuda_reference_long.txt [--model PATH] [--attention tc|simple]
+//                [--max-windows 12] [--batch 12] [--attention tc|tc128|simple]
+//        gpu_ppl --reference tests/model/data/cuda_reference_long.txt [--model PATH] [--attention tc|tc128|simple]
 // The second form runs the CPU runner's 8192-token window of eval.txt (tokens, top-1, margin and
 // NLL per position, written by tests/model/test_cuda_reference.cpp) and compares: top-1 agreement
 // (>= 99% of the positions whose CPU top-2 margin exceeds 0.2), mean |d NLL|, and the window's
@@ -94,7 +94,7 @@ int main(int argc, char** argv) try {
     else if (a == "--window") window = std::atoll(v);
     else if (a == "--max-windows") max_windows = std::atoll(v);
     else if (a == "--batch") batch = std::atoi(v);
-    else if (a == "--attention") kernel = std::string(v) == "simple" ? cuda::PrefillKernel::Simple : cuda::PrefillKernel::TensorCore;
+    else if (a == "--attention") kernel = cuda::prefill_kernel_from_name(v);
     else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
   }
   if (model_path.empty()) throw Error(ErrorKind::InvalidArgument, "need --model (or SAAP_MODEL_PATH)");

@@ -40,9 +40,9 @@ constexpr int kD = 64;
 // Shared rows are padded to 72 elements (144 bytes) so the 8 row addresses of one ldmatrix
 // phase fall in 8 different 16-byte bank groups.
 
-constexpr int kTcWarps = 4;
-constexpr int kTcRows = 16 * kTcWarps;  // queries per block
-constexpr int kTcKeys = 64;             // keys per tile
+// W warps per block own 16 query rows each (W = 4: 64 rows; W = 8: 128 rows, half the key/value
+// tile loads per query, in dynamic shared memory past the 48 KB static limit).
+constexpr int kTcKeys = 64;  // keys per tile
 constexpr int kPitch = kD + 8;
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -80,16 +80,20 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+template <int ROWS>
 struct alignas(16) TcShared {
-  __nv_bfloat16 q[kTcRows][kPitch];
+  __nv_bfloat16 q[ROWS][kPitch];
   __nv_bfloat16 k[2][kTcKeys][kPitch];
   __nv_bfloat16 v[2][kTcKeys][kPitch];
 };
 
-__global__ void __launch_bounds__(kTcWarps * 32)
+template <int W>
+__global__ void __launch_bounds__(W * 32)
     prefill_tc_kernel(PrefillShape s, const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
                       const __nv_bfloat16* __restrict__ v, float scale_log2, __nv_bfloat16* __restrict__ out) {
-  __shared__ TcShared sh;
+  constexpr int kTcRows = 16 * W;  // queries per block
+  extern __shared__ uint4 smem_raw[];  // TcShared<kTcRows>, 16-byte aligned
+  TcShared<kTcRows>& sh = *reinterpret_cast<TcShared<kTcRows>*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   // Largest tiles first: the causal work grows with the tile index, so the long blocks start early.
   const int64_t q0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kTcRows;
@@ -101,11 +105,12 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   const __nv_bfloat16* kh = k + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
   const __nv_bfloat16* vh = v + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
 
-  // Each thread moves 4 of the 512 16-byte chunks of a 64 x 64 tile: row c / 8, column (c % 8) * 8.
+  // The threads move the 512 16-byte chunks of a 64 x 64 tile, chunk c = row c / 8, column (c % 8) * 8
+  // (16 / W chunks each), and the 8 chunks of each of the block's query rows (4 each).
   auto load_kv = [&](int tile, int buf) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int c = tid + i * kTcWarps * 32, row = c >> 3, col = (c & 7) * 8;
+    for (int i = 0; i < 16 / W; ++i) {
+      const int c = tid + i * W * 32, row = c >> 3, col = (c & 7) * 8;
       const int64_t key = int64_t(tile) * kTcKeys + row;
       const bool ok = key < kv_len;
       const int64_t off = (ok ? key : 0) * kD + col;
@@ -115,7 +120,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   };
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int c = tid + i * kTcWarps * 32, row = c >> 3, col = (c & 7) * 8;
+    const int c = tid + i * W * 32, row = c >> 3, col = (c & 7) * 8;
     const bool ok = q0 + row < s.n;
     const int64_t off = ((int64_t(b) * s.n + (ok ? q0 + row : 0)) * s.n_q_heads + hq) * kD + col;
     cp_async16(&sh.q[row][col], q + off, ok ? 16 : 0);
@@ -148,77 +153,81 @@ __global__ void __launch_bounds__(kTcWarps * 32)
         ldmatrix_x4(qf[ks], &sh.q[warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][ks * 16 + (lane >> 4) * 8]);
     }
 
-    // S = Q Kᵀ: n-tile j holds keys 8j..8j+7 of the tile.
-    float sc[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {  // dims 32*half .. 32*half+31: k-steps 2*half, 2*half+1
-        uint32_t kb[4];
-        ldmatrix_x4(kb, &sh.k[buf][j * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
-        mma_bf16(sc[j], qf[2 * half], kb[0], kb[1]);
-        mma_bf16(sc[j], qf[2 * half + 1], kb[2], kb[3]);
-      }
-    }
-
-    // Online softmax (base 2). Keys past a row's limit are masked; only tiles that reach past the
-    // block's first query need the test.
+    // A warp whose 16 rows all sit before the tile's first key has nothing to add (the diagonal
+    // tiles of a 128-row block); it still takes part in the barriers.
     const int64_t key0 = int64_t(kt) * kTcKeys;
-    const bool diagonal = key0 + kTcKeys - 1 > s.pos0 + q0;
-    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+    if (key0 <= s.pos0 + q0 + warp * 16 + 15) {
+      // S = Q Kᵀ: n-tile j holds keys 8j..8j+7 of the tile.
+      float sc[8][4];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+      for (int j = 0; j < 8; ++j) {
+        sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = sc[j][e] * scale_log2;
-        if (diagonal) {
-          const int64_t key = key0 + j * 8 + 2 * t + (e & 1);
-          if (key > (e < 2 ? lim_lo : lim_hi)) x = -INFINITY;
+        for (int half = 0; half < 2; ++half) {  // dims 32*half .. 32*half+31: k-steps 2*half, 2*half+1
+          uint32_t kb[4];
+          ldmatrix_x4(kb, &sh.k[buf][j * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
+          mma_bf16(sc[j], qf[2 * half], kb[0], kb[1]);
+          mma_bf16(sc[j], qf[2 * half + 1], kb[2], kb[3]);
         }
-        sc[j][e] = x;
       }
-      mx_lo = fmaxf(mx_lo, fmaxf(sc[j][0], sc[j][1]));
-      mx_hi = fmaxf(mx_hi, fmaxf(sc[j][2], sc[j][3]));
-    }
-    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-    const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
-    const float alpha_lo = exp2f(m_lo - new_lo), alpha_hi = exp2f(m_hi - new_hi);
-    m_lo = new_lo;
-    m_hi = new_hi;
-    l_lo *= alpha_lo;
-    l_hi *= alpha_hi;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      o[j][0] *= alpha_lo;
-      o[j][1] *= alpha_lo;
-      o[j][2] *= alpha_hi;
-      o[j][3] *= alpha_hi;
-      sc[j][0] = exp2f(sc[j][0] - m_lo);
-      sc[j][1] = exp2f(sc[j][1] - m_lo);
-      sc[j][2] = exp2f(sc[j][2] - m_hi);
-      sc[j][3] = exp2f(sc[j][3] - m_hi);
-      l_lo += sc[j][0] + sc[j][1];
-      l_hi += sc[j][2] + sc[j][3];
-    }
 
-    // O += P V: k-step kk covers keys 16kk..16kk+15 = S n-tiles 2kk, 2kk+1.
+      // Online softmax (base 2). Keys past a row's limit are masked; only tiles that reach past the
+      // block's first query need the test.
+      const bool diagonal = key0 + kTcKeys - 1 > s.pos0 + q0;
+      float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      for (int j = 0; j < 8; ++j) {
 #pragma unroll
-      for (int dp = 0; dp < 4; ++dp) {  // dims 16dp..16dp+15 = output tiles 2dp, 2dp+1
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, &sh.v[buf][kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][dp * 16 + (lane >> 4) * 8]);
-        mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
-        mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
+        for (int e = 0; e < 4; ++e) {
+          float x = sc[j][e] * scale_log2;
+          if (diagonal) {
+            const int64_t key = key0 + j * 8 + 2 * t + (e & 1);
+            if (key > (e < 2 ? lim_lo : lim_hi)) x = -INFINITY;
+          }
+          sc[j][e] = x;
+        }
+        mx_lo = fmaxf(mx_lo, fmaxf(sc[j][0], sc[j][1]));
+        mx_hi = fmaxf(mx_hi, fmaxf(sc[j][2], sc[j][3]));
+      }
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+      const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
+      const float alpha_lo = exp2f(m_lo - new_lo), alpha_hi = exp2f(m_hi - new_hi);
+      m_lo = new_lo;
+      m_hi = new_hi;
+      l_lo *= alpha_lo;
+      l_hi *= alpha_hi;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        o[j][0] *= alpha_lo;
+        o[j][1] *= alpha_lo;
+        o[j][2] *= alpha_hi;
+        o[j][3] *= alpha_hi;
+        sc[j][0] = exp2f(sc[j][0] - m_lo);
+        sc[j][1] = exp2f(sc[j][1] - m_lo);
+        sc[j][2] = exp2f(sc[j][2] - m_hi);
+        sc[j][3] = exp2f(sc[j][3] - m_hi);
+        l_lo += sc[j][0] + sc[j][1];
+        l_hi += sc[j][2] + sc[j][3];
+      }
+
+      // O += P V: k-step kk covers keys 16kk..16kk+15 = S n-tiles 2kk, 2kk+1.
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t pa[4];
+        pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+        pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+        pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < 4; ++dp) {  // dims 16dp..16dp+15 = output tiles 2dp, 2dp+1
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, &sh.v[buf][kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][dp * 16 + (lane >> 4) * 8]);
+          mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
+          mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
+        }
       }
     }
     __syncthreads();  // every warp is done with buffer `buf` before it is refilled
@@ -327,7 +336,40 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
   }
 }
 
+template <int W>
+void launch_tc(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+               float scale_log2, __nv_bfloat16* out, cudaStream_t stream) {
+  constexpr int rows = 16 * W;
+  constexpr size_t smem = sizeof(TcShared<rows>);
+  static const bool configured = [] {  // once per process, before the first launch (not inside a capture)
+    SAAP_CU(cudaFuncSetAttribute(prefill_tc_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    return true;
+  }();
+  (void)configured;
+  const int64_t tiles = (s.n + rows - 1) / rows;
+  SAAP_CU_REQUIRE(tiles <= INT32_MAX, InvalidArgument, "n = %lld queries is too many", (long long)s.n);
+  dim3 grid(unsigned(tiles), unsigned(s.n_q_heads), unsigned(s.batch));
+  prefill_tc_kernel<W><<<grid, W * 32, smem, stream>>>(s, q, k, v, scale_log2, out);
+}
+
 }  // namespace
+
+PrefillKernel prefill_kernel_from_name(const std::string& name) {
+  if (name == "tc") return PrefillKernel::TensorCore;
+  if (name == "tc128") return PrefillKernel::TensorCore128;
+  if (name == "simple") return PrefillKernel::Simple;
+  fail(ErrorKind::InvalidArgument, __func__, "prefill attention kernel \"%s\": expected tc, tc128 or simple",
+       name.c_str());
+}
+
+const char* prefill_kernel_name(PrefillKernel kernel) {
+  switch (kernel) {
+    case PrefillKernel::TensorCore: return "tc";
+    case PrefillKernel::TensorCore128: return "tc128";
+    case PrefillKernel::Simple: return "simple";
+  }
+  return "unknown";
+}
 
 void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
                        const __nv_bfloat16* v, float scale, __nv_bfloat16* out, cudaStream_t stream,
@@ -337,10 +379,9 @@ void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv
                   (const void*)k, (const void*)v, (void*)out);
   const float scale_log2 = scale * kLog2e;
   if (kernel == PrefillKernel::TensorCore) {
-    const int64_t tiles = (s.n + kTcRows - 1) / kTcRows;
-    SAAP_CU_REQUIRE(tiles <= INT32_MAX, InvalidArgument, "n = %lld queries is too many", (long long)s.n);
-    dim3 grid(unsigned(tiles), unsigned(s.n_q_heads), unsigned(s.batch));
-    prefill_tc_kernel<<<grid, kTcWarps * 32, 0, stream>>>(s, q, k, v, scale_log2, out);
+    launch_tc<4>(s, q, k, v, scale_log2, out, stream);
+  } else if (kernel == PrefillKernel::TensorCore128) {
+    launch_tc<8>(s, q, k, v, scale_log2, out, stream);
   } else {
     const int64_t tiles = (s.n + kSimpleRows - 1) / kSimpleRows;
     SAAP_CU_REQUIRE(tiles <= INT32_MAX, InvalidArgument, "n = %lld queries is too many", (long long)s.n);

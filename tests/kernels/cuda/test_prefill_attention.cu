@@ -26,6 +26,7 @@ int main() {
       {1, 9, 3, 1000, 0, 1000},
       {3, 8, 2, 1, 70, 71},     // one query per sequence
       {2, 6, 3, 64, 64, 256},   // tile-aligned chunk after one full tile
+      {1, 9, 3, 300, 37, 400},  // 128-row blocks whose warps start and end mid key tile
   };
   const int D = 64;
   const float scale = 1.f / std::sqrt(float(D));
@@ -48,7 +49,8 @@ int main() {
           const size_t kvoff = (size_t(b) * c.hkv + h / G) * c.max_len * D;
           cutest::ref_attention(qrow.data(), &hk[kvoff], &hv[kvoff], pos, D, scale, DType::BF16, &ref[qoff]);
         }
-    for (auto kernel : {cuda::PrefillKernel::Simple, cuda::PrefillKernel::TensorCore}) {
+    for (auto kernel :
+         {cuda::PrefillKernel::Simple, cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128}) {
       cuda::DeviceBuffer<uint16_t> dout(q_n);
       cutest::poison(dout);
       const cuda::PrefillShape s{c.batch, c.hq, c.hkv, D, c.n, c.pos0, c.max_len};
@@ -61,9 +63,12 @@ int main() {
       std::vector<float> out(q_n);
       for (size_t i = 0; i < q_n; ++i) out[i] = float(cutest::from_bits(bits[i], DType::BF16));
       const double err = cutest::rel_error(out, ref);
-      const bool tc = kernel == cuda::PrefillKernel::TensorCore;
+      const bool tc = kernel != cuda::PrefillKernel::Simple;
       const double limit = tc ? 6e-3 : 4e-3;
-      const std::string what = std::string(tc ? "tensor-core" : "cuda-core") + " b=" + std::to_string(c.batch) +
+      const char* name = kernel == cuda::PrefillKernel::Simple       ? "cuda-core"
+                         : kernel == cuda::PrefillKernel::TensorCore ? "tensor-core"
+                                                                     : "tensor-core-128";
+      const std::string what = std::string(name) + " b=" + std::to_string(c.batch) +
                                 " hq=" + std::to_string(c.hq) + " hkv=" + std::to_string(c.hkv) +
                                 " n=" + std::to_string(c.n) + " pos0=" + std::to_string(c.pos0);
       tally.check(err < limit, what.c_str(), err, limit);

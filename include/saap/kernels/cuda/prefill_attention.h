@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 namespace saap::cuda {
 
@@ -28,9 +29,14 @@ struct PrefillShape {
 };
 
 enum class PrefillKernel {
-  TensorCore,  // mma.sync bf16 tiles (64 queries x 64 keys per step), fp32 softmax and accumulators
+  TensorCore,     // mma.sync bf16 tiles (64 queries x 64 keys per step), fp32 softmax and accumulators
+  TensorCore128,  // the same with 128 queries (8 warps) per block: half the key/value tile loads
   Simple,      // CUDA-core fp32 reference kernel: correct, several times slower; for tests and fallback
 };
+
+// "tc", "tc128", "simple" (command-line names); InvalidArgument naming the value otherwise.
+PrefillKernel prefill_kernel_from_name(const std::string& name);
+const char* prefill_kernel_name(PrefillKernel kernel);
 
 void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
                        const __nv_bfloat16* v, float scale, __nv_bfloat16* out, cudaStream_t stream = 0,

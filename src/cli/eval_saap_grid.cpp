@@ -20,7 +20,8 @@ namespace saap::cli {
 
 namespace {
 
-// "label=method:artifact" or "method:artifact" (oracle and quest take no artifact: "oracle:", "quest:").
+// "label=method:artifact" or "method:artifact" (oracle and quest take no artifact: "oracle:", "quest:";
+// loki reads its basis: "loki:loki.safetensors", k_f = the fraction, d_f = 0.25).
 MethodSpec parse_run(const std::string& run, std::string& label) {
   std::string body = run;
   const size_t eq = run.find('=');
@@ -34,8 +35,9 @@ MethodSpec parse_run(const std::string& run, std::string& label) {
   spec.name = body.substr(0, colon);
   spec.artifact = body.substr(colon + 1);
   SAAP_CHECK_FMT(spec.name == "saap" || spec.name == "kmeans" || spec.name == "partition-oracle" ||
-                     spec.name == "oracle" || spec.name == "quest",
-                 InvalidArgument, "--run '%s': method '%s' must be saap, kmeans, partition-oracle, oracle or quest", run.c_str(),
+                     spec.name == "oracle" || spec.name == "quest" || spec.name == "loki",
+                 InvalidArgument, "--run '%s': method '%s' must be saap, kmeans, partition-oracle, oracle, quest or loki",
+                 run.c_str(),
                  spec.name.c_str());
   if (label.empty()) label = spec.name;
   return spec;
@@ -57,7 +59,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--text", o->text, "Evaluation text (default: eval.txt in the cache)");
-  cmd->add_option("--run", o->runs, "[label=]method:artifact, method saap|kmeans|partition-oracle|oracle|quest (repeatable)")
+  cmd->add_option("--run", o->runs, "[label=]method:artifact, method saap|kmeans|partition-oracle|oracle|quest|loki (repeatable)")
       ->required();
   cmd->add_option("--fractions", o->fractions, "Lookup fractions (KV tokens read over the prefix)");
   cmd->add_option("--budget-tokens", o->budget_tokens,
@@ -84,7 +86,9 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
       std::string label;
       const MethodSpec base = parse_run(run, label);
       nlohmann::json art = nlohmann::json::object();
-      if (base.name != "oracle" && base.name != "quest") {
+      if (base.name == "loki") {
+        art = {{"path", base.artifact}};
+      } else if (base.name != "oracle" && base.name != "quest") {
         ArtifactIdentity want = id;
         want.method = base.name == "saap" ? "saap" : "kmeans";  // the others read any artifact's partition
         const PartitionArtifact a = PartitionArtifact::load(base.artifact, want);
@@ -95,13 +99,14 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
       for (double f : o->fractions) {
         MethodSpec spec = base;
         spec.lookup = f;
+        spec.k_f = f;  // Loki's budget (the other methods ignore k_f)
         spec.sinks = o->sinks;
         spec.window = o->window;
         rows.push_back({label, spec, art});
         factories.push_back(make_method_factory(spec, id));
       }
       for (int64_t tokens : o->budget_tokens) {
-        if (base.name == "oracle") continue;  // oracle top-k takes a fraction only
+        if (base.name == "oracle" || base.name == "loki") continue;  // they take a fraction only
         MethodSpec spec = base;
         spec.budget_tokens = tokens;
         spec.sinks = o->sinks;

@@ -158,6 +158,13 @@ int main(int argc, char** argv) try {
       std::printf("%6lld %8lld %12.2f %14.1f %12.3f   attention %.3f ms/layer (%.0f TFLOP/s), x%d layers = %.1f ms\n",
                   (long long)B, (long long)P, pms, tok_s, decode_ms / decode, attn, tflops, c.n_layers,
                   attn * c.n_layers);
+      // The other tensor-core variant at the same shape, to choose the default by measurement.
+      const cuda::PrefillKernel other = kernel == cuda::PrefillKernel::TensorCore128 ? cuda::PrefillKernel::TensorCore
+                                                                                     : cuda::PrefillKernel::TensorCore128;
+      double other_tflops = 0;
+      const double other_ms = attention_ms(c, B, P, other, &other_tflops);
+      std::printf("%56s attention with %s: %.3f ms/layer (%.0f TFLOP/s)\n", "", cuda::prefill_kernel_name(other),
+                  other_ms, other_tflops);
       char line[160];
       std::snprintf(line, sizeof line, "saap,dense,%lld,%lld,%.3f,%.1f", (long long)B, (long long)P, pms, tok_s);
       csv.push_back(line);

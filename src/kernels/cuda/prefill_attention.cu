@@ -27,7 +27,7 @@ namespace {
 constexpr int kD = 64;
 
 // ---------------------------------------------------------------------------------------------
-// Tensor-core kernel. Block = 4 warps = 64 query rows of one (sequence, query head); each warp
+// Tensor-core kernel. Block = W warps = 16W query rows of one (sequence, query head); each warp
 // owns 16 rows. Key/value tiles of 64 rows are double-buffered in shared memory by cp.async.
 // Per tile, each warp computes S = Q Kᵀ (16 x 64) with mma.m16n8k16 (bf16 in, fp32 out), the
 // online softmax in fp32 (base 2, scale folded in), and O += P V with P rounded to bf16 (the

@@ -71,7 +71,7 @@ def main():
                 for r in range(a.reps + 1):  # r = 0 is the warm-up
                     torch.cuda.synchronize()
                     t0 = time.perf_counter()
-                    out = model(ids, attention_mask=mask, use_cache=True, **keep)
+                    out = model(ids, use_cache=True, **keep)  # no mask: SDPA's causal path, as in generate
                     torch.cuda.synchronize()
                     if r:
                         times.append((time.perf_counter() - t0) * 1e3)

@@ -1,5 +1,5 @@
-// Error reporting for the CUDA library. saap_cuda must build on the GPU machine with CUDA + CMake
-// alone (no saap_core), so it throws saap::Error (header-only) with messages formatted here.
+// Error reporting for the CUDA kernels' host code: saap::Error (core/error.h) with printf-style
+// messages that name the calling function, and CUDA error codes turned into error kinds.
 #pragma once
 #include <cuda_runtime_api.h>
 

@@ -35,7 +35,8 @@
 #endif
 #endif
 #if defined(SAAP_SOAK_ASAN)
-#include <sanitizer/allocator_interface.h>
+// From the sanitizer runtime (sanitizer/allocator_interface.h, which GCC does not install).
+extern "C" size_t __sanitizer_get_current_allocated_bytes();
 #else
 #include <malloc.h>
 #endif

@@ -61,6 +61,47 @@ artifact_of() {
 # resident set close to what the program holds.
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:quarantine_size_mb=64:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:${UBSAN_OPTIONS:-}"
+mkdir -p "$out"
+result="$out/soak_$(date -u +%Y-%m-%d).json"
+# Rewrites the results file (atomically) from the phases done so far, so that a soak stopped
+# midway still leaves a valid record of what it ran.
+write_results() {
+  bash scripts/python.sh - "$work" "$result" "$command_line" "$tokens" "$turns" "$reply_tokens" "$lookup" \
+    "$artifacts" <<'PY'
+import json, os, sys
+sys.path.insert(0, "scripts")
+import provenance
+work, result, command, tokens, turns, reply, lookup, artifacts = sys.argv[1:9]
+phases = []
+for name in sorted(f[:-7] for f in os.listdir(work) if f.endswith(".status")):
+    entry = json.load(open(os.path.join(work, name + ".status")))
+    text = open(os.path.join(work, name + ".json")).read().strip()
+    if text:
+        entry.update(json.loads(text.splitlines()[-1]))
+    if entry["exit"] != 0:
+        entry["error_tail"] = open(os.path.join(work, name + ".err")).read()[-4000:]
+    phases.append(entry)
+inputs = [provenance.input_file("artifact", os.path.join(artifacts, f))
+          for f in ("loki.safetensors", "kmeans.safetensors", "saap.safetensors")
+          if os.path.isfile(os.path.join(artifacts, f))]
+prov = provenance.collect(inputs)
+prov["command"] = command  # the script's command line, not this helper's
+prov["machine"]["load_average_1m_at_write"] = os.getloadavg()[0]
+doc = {
+    "provenance": prov,
+    "build": "asan preset (ASan + UBSan, RelWithDebInfo), ASAN_OPTIONS=" + os.environ.get("ASAN_OPTIONS", ""),
+    "settings": {"tokens_per_method": int(tokens), "chat_turns": int(turns), "reply_tokens": int(reply),
+                 "lookup": float(lookup)},
+    "phases": phases,
+}
+tmp = result + ".tmp"
+with open(tmp, "w") as f:
+    json.dump(doc, f, indent=1)
+    f.write("\n")
+os.replace(tmp, result)  # atomic: a crash never leaves a half-written results file
+print(f"soak.sh: wrote {result}", file=sys.stderr)
+PY
+}
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 failed=0
@@ -81,47 +122,11 @@ phase() {
   else
     echo "soak.sh: $name ok ($((SECONDS - start)) s)" >&2
   fi
+  write_results
 }
 for m in $methods; do phase "generate_$m" generate --method "$m" --tokens "$tokens"; done
 for m in dense saap; do
   case " $methods " in *" $m "*) phase "chat_$m" chat --method "$m" --turns "$turns" --reply-tokens "$reply_tokens" ;; esac
 done
 
-mkdir -p "$out"
-result="$out/soak_$(date -u +%Y-%m-%d).json"
-bash scripts/python.sh - "$work" "$result" "$command_line" "$tokens" "$turns" "$reply_tokens" "$lookup" \
-  "$artifacts" <<'PY'
-import json, os, sys
-sys.path.insert(0, "scripts")
-import provenance
-work, result, command, tokens, turns, reply, lookup, artifacts = sys.argv[1:9]
-phases = []
-for name in sorted(f[:-7] for f in os.listdir(work) if f.endswith(".status")):
-    entry = json.load(open(os.path.join(work, name + ".status")))
-    text = open(os.path.join(work, name + ".json")).read().strip()
-    if text:
-        entry.update(json.loads(text.splitlines()[-1]))
-    if entry["exit"] != 0:
-        entry["error_tail"] = open(os.path.join(work, name + ".err")).read()[-4000:]
-    phases.append(entry)
-inputs = [provenance.input_file("artifact", os.path.join(artifacts, f))
-          for f in ("loki.safetensors", "kmeans.safetensors", "saap.safetensors")
-          if os.path.isfile(os.path.join(artifacts, f))]
-prov = provenance.collect(inputs)
-prov["command"] = command  # the script's command line, not this helper's
-prov["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
-doc = {
-    "provenance": prov,
-    "build": "asan preset (ASan + UBSan, RelWithDebInfo), ASAN_OPTIONS=" + os.environ.get("ASAN_OPTIONS", ""),
-    "settings": {"tokens_per_method": int(tokens), "chat_turns": int(turns), "reply_tokens": int(reply),
-                 "lookup": float(lookup)},
-    "phases": phases,
-}
-tmp = result + ".tmp"
-with open(tmp, "w") as f:
-    json.dump(doc, f, indent=1)
-    f.write("\n")
-os.replace(tmp, result)  # atomic: a crash never leaves a half-written results file
-print(f"soak.sh: wrote {result}")
-PY
 exit "$failed"

@@ -228,14 +228,21 @@ int main() {
       // fp32 rotation of an fp32 query: relative error near 1e-7.
       const double qerr = cutest::rel_error(qrot, qref);
       tally.check(qerr < 1e-5, (kt + "rotated query rel error").c_str(), qerr, 1e-5);
-      // fp32 scores of the stored keys; the rare stored value off the exact rounding adds its ulp.
+      // The device rotates keys in fp32 and stores them in 16 bits; an element whose fp32 rotation
+      // falls on the other side of a rounding midpoint than the float64 one is stored one ulp
+      // (2^-8 for bf16) away from the reference's. Those flips, not the fp32 dot products (~1e-6),
+      // set the scores' error: up to 1.04e-4 over 4 seeds on the H200. 5e-4 keeps a margin; a
+      // wrong rank or basis is off by > 1e-2.
       const double serr = cutest::rel_error(sgot, sref);
-      tally.check(serr < 1e-4, (kt + "low-rank scores rel error").c_str(), serr, 1e-4);
+      tally.check(serr < 5e-4, (kt + "low-rank scores rel error").c_str(), serr, 5e-4);
       tally.check(topk_errors == 0, (kt + "top-k errors (count, duplicates, set vs reference)").c_str(),
                   double(topk_errors), 0);
-      // Same rounded keys and values on both sides, fp32 accumulation on the device (near 1e-6).
+      // Same values on both sides and fp32 accumulation (~1e-6), but the stored keys carry the
+      // one-ulp flips above, which move their logits and so the output: up to 4.3e-4 over 4 seeds
+      // on the H200. 2e-3 keeps a margin; a wrong set is caught exactly above, and a wrong weight
+      // or a missed key moves the output by > 1e-2.
       const double err = cutest::rel_error(got_rows, ref_rows);
-      tally.check(err < 1e-4 && !got_rows.empty(), (kt + "attention rel error").c_str(), err, 1e-4);
+      tally.check(err < 2e-3 && !got_rows.empty(), (kt + "attention rel error").c_str(), err, 2e-3);
       if (!raw_rows.empty()) {
         // Raw keys vs the stored rotated ones: each logit moves by the storage rounding of k'
         // (2^-8 relative for bf16), so the output by about that much.

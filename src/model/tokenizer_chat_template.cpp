@@ -1,7 +1,9 @@
 // Chat templates. GGUF files carry a Jinja template; saap does not embed a Jinja engine but
 // recognises the ChatML family (SmolLM2, Qwen, ...) and reproduces what its template renders,
 // including a default system prompt the template inserts when the conversation has none.
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "saap/core/error.h"
 #include "saap/model/tokenizer.h"
@@ -61,17 +63,59 @@ bool default_system_prompt(const std::string& tpl, std::string* prompt) {
 
 }  // namespace
 
-std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages,
-                                           bool add_generation_prompt) const {
+// The rendered conversation as runs of text, each either a control token the template inserts
+// (<|im_start|>, <|im_end|>) or text: roles, newlines, the default system prompt, and the
+// messages' content, which is the user's and may hold anything, control-token text included.
+std::vector<Tokenizer::ChatRun> Tokenizer::render_chat(const std::vector<ChatMessage>& messages,
+                                                       bool add_generation_prompt) const {
   SAAP_CHECK_FMT(chat_template_.empty() || chat_template_.find(kImStart) != std::string::npos, Unsupported,
                  "tokenizer.chat_template is not ChatML (the only family saap renders); it starts '%.60s'",
                  chat_template_.c_str());
-  std::string out;
+  std::vector<ChatRun> runs;
+  auto turn = [&](const std::string& role, const std::string& content, bool close) {
+    runs.push_back({kImStart, true});
+    runs.push_back({role + "\n" + content, false});
+    if (close) {
+      runs.push_back({kImEnd, true});
+      runs.push_back({"\n", false});
+    }
+  };
   std::string system;
   if (!messages.empty() && messages[0].role != "system" && default_system_prompt(chat_template_, &system))
-    out += kImStart + "system\n" + system + kImEnd + "\n";
-  for (const ChatMessage& m : messages) out += kImStart + m.role + "\n" + m.content + kImEnd + "\n";
-  if (add_generation_prompt) out += kImStart + "assistant\n";
+    turn("system", system, true);
+  for (const ChatMessage& m : messages) turn(m.role, m.content, true);
+  if (add_generation_prompt) turn("assistant", "", false);
+  return runs;
+}
+
+std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages,
+                                           bool add_generation_prompt) const {
+  std::string out;
+  for (const ChatRun& run : render_chat(messages, add_generation_prompt)) out += run.text;
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                                            bool add_bos) const {
+  std::vector<int32_t> out;
+  if (add_bos && add_bos_ && bos_ >= 0) out.push_back(bos_);
+  // Text between two control tokens is encoded as one run, exactly as encode(rendered, ..., true)
+  // would split it, so a conversation without control-token text in its content encodes to the
+  // same ids either way; only the runs the template inserts can become control tokens.
+  std::string text;
+  for (const ChatRun& run : render_chat(messages, add_generation_prompt)) {
+    const auto found = run.control ? piece_to_id_.find(run.text) : piece_to_id_.end();
+    const bool special = found != piece_to_id_.end() &&
+                         std::find(special_ids_.begin(), special_ids_.end(), found->second) != special_ids_.end();
+    if (!special) {  // content, or a vocabulary without ChatML's tokens: text, as encode would see it
+      text += run.text;
+      continue;
+    }
+    encode_text(text, true, out);
+    text.clear();
+    out.push_back(found->second);
+  }
+  encode_text(text, true, out);
   return out;
 }
 

@@ -40,9 +40,21 @@ class Tokenizer {
   bool is_end_of_generation(int32_t id) const;
   // The model's chat template applied to messages (ChatML when the GGUF carries ChatML or none).
   std::string apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+  // The conversation as ids: only the control tokens the template inserts become control ids;
+  // the messages' content is encoded with special tokens off, so a user who types
+  // "<|im_end|><|im_start|>system" gets those characters as text, not a new turn (llama.cpp
+  // treats user content the same way). Without such text in the content, this equals
+  // encode(apply_chat_template(messages, ...), add_bos, /*parse_special=*/true).
+  std::vector<int32_t> encode_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                                   bool add_bos = true) const;
 
  private:
   friend class TokenizerBuilder;
+  struct ChatRun {
+    std::string text;
+    bool control;  // a control token the template inserts, e.g. <|im_start|>
+  };
+  std::vector<ChatRun> render_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
   bool is_spm() const { return model_ == "llama"; }
   void encode_text(const std::string& text, bool after_special, std::vector<int32_t>& out) const;
   void encode_bpe_piece(const std::string& piece, std::vector<int32_t>& out) const;

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/method_options.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
@@ -151,24 +152,24 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--text", o->text, "Text whose tokens fill the KV cache (default: eval.txt in the cache)");
   cmd->add_option("--context", o->bench.context, "Context length: n_ctx of the last timed query (<= the model's)")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_at_least(1));
   cmd->add_option("--layers", o->bench.layers, "Layers to time (default: first, middle, last)")->delimiter(',');
   cmd->add_option("--reps", o->bench.reps, "Timed decode steps per method and layer (median reported)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", o->bench.warmup, "Untimed steps before them")->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(1));
+  cmd->add_option("--warmup", o->bench.warmup, "Untimed steps before them")->check(whole_at_least(0));
   cmd->add_option("--methods", o->methods, "Methods: dense oracle streaming h2o loki saap kmeans")->delimiter(',');
   cmd->add_option("--lookup", o->lookups, "Budgets as fractions of the context (oracle, streaming, h2o, saap, kmeans)")
       ->delimiter(',')
-      ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--sinks", o->base.sinks, "First positions always read")->check(CLI::NonNegativeNumber);
+      ->check(in_range(0, 1));
+  cmd->add_option("--sinks", o->base.sinks, "First positions always read")->check(whole_at_least(0));
   cmd->add_option("--window", o->base.window, "Most recent positions always read (saap, kmeans)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--k-f", o->base.k_f, "Loki: fraction of the prefix attended")->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--d-f", o->base.d_f, "Loki: fraction of dimensions used for ranking")->check(CLI::Range(0.0, 1.0));
+      ->check(whole_at_least(0));
+  cmd->add_option("--k-f", o->base.k_f, "Loki: fraction of the prefix attended")->check(in_range(0, 1));
+  cmd->add_option("--d-f", o->base.d_f, "Loki: fraction of dimensions used for ranking")->check(in_range(0, 1));
   cmd->add_option("--artifact", o->artifacts, "METHOD=PATH: trained index of loki, saap or kmeans (repeatable)");
   cmd->add_option("--timing-threads", o->bench.threads,
                   "OpenMP threads of the timed steps (default: those of --threads; the prefill uses those)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(0));
   cmd->add_flag("--no-flush", o->no_flush, "Do not evict the CPU caches before each timed step");
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   cmd->add_option("--stem", o->stem, "Result file stem (default cpu_bench_<date>)");

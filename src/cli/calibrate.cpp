@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/method_options.h"
+#include "cli/validators.h"
 #include "saap/core/paths.h"
 #include "saap/train/capture.h"
 
@@ -18,10 +19,10 @@ void register_calibrate(CLI::App& app, const GlobalOptions& global) {
   auto opts = std::make_shared<Opts>();
   cmd->add_option("--model", opts->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--text", opts->text, "Calibration text (default: calib.txt in the cache)");
-  cmd->add_option("--windows", opts->capture.windows, "Windows of text")->check(CLI::PositiveNumber);
-  cmd->add_option("--window-len", opts->capture.window_len, "Tokens per window")->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--windows", opts->capture.windows, "Windows of text")->check(whole_at_least(1));
+  cmd->add_option("--window-len", opts->capture.window_len, "Tokens per window")->check(whole_in_range(2, 1 << 20));
   cmd->add_option("--queries", opts->capture.queries_per_window, "Queries sampled per window")
-      ->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(0));
   cmd->add_option("--seed", opts->capture.seed, "Seed of the query sample");
   cmd->add_option("--out", opts->out, "Output file (default: <cache>/calibration/<model>.safetensors)");
   cmd->callback([opts, &global] {

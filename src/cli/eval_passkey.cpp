@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/method_options.h"
 #include "saap/core/paths.h"
 #include "saap/eval/passkey.h"
@@ -21,14 +22,14 @@ void register_eval_passkey(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--lengths", o->pk.lengths, "Context lengths in tokens (default 1024 2048 4096 8192)");
   cmd->add_option("--depths", o->pk.depths, "Relative needle depths (default 0 0.25 0.5 0.75 1)");
-  cmd->add_option("--trials", o->pk.trials, "Trials per length and depth")->check(CLI::PositiveNumber);
+  cmd->add_option("--trials", o->pk.trials, "Trials per length and depth")->check(whole_at_least(1));
   cmd->add_option("--haystack", o->haystack, "repeated (the passkey task) or text (needle in real text)")
       ->check(CLI::IsMember({"repeated", "text"}));
   cmd->add_option("--filler", o->filler, "Filler text for --haystack text (default: eval.txt in the cache)");
   cmd->add_flag("--method-prefill", o->pk.method_prefill,
                 "Run the haystack prefill through the method too (default: exact prefill, method from the question on)");
   cmd->add_option("--max-new-tokens", o->pk.max_new_tokens, "Tokens generated for the answer")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_at_least(1));
   cmd->add_option("--seed", o->pk.seed, "Seed of the pass keys and filler offsets");
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);

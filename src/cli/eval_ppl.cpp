@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/method_options.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
@@ -23,12 +24,12 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
   o->ppl.max_windows = 0;
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   cmd->add_option("--text", o->text, "Text file (default: eval.txt in the cache, the Debian handbook)");
-  cmd->add_option("--window-len", o->ppl.window, "Tokens per window")->check(CLI::Range(int64_t(2), int64_t(1) << 30));
+  cmd->add_option("--window-len", o->ppl.window, "Tokens per window")->check(whole_in_range(2, 1 << 30));
   cmd->add_option("--first-window", o->ppl.first_window, "Windows to skip from the start (shards an evaluation)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(0));
   cmd->add_option("--max-windows", o->ppl.max_windows, "Windows to evaluate at most (0: the whole text)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--chunk", o->ppl.chunk, "Tokens per forward call")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+      ->check(whole_at_least(0));
+  cmd->add_option("--chunk", o->ppl.chunk, "Tokens per forward call")->check(whole_in_range(2, 1 << 20));
   cmd->add_flag("--dense-prefill", o->dense_prefill,
                 "Run windows as exact prefill chunks (only lone decode steps use the method); by default every "
                 "position attends through the method. For --method dense both give the same numbers, and the "

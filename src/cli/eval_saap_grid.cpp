@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/method_options.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
@@ -64,9 +65,9 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--fractions", o->fractions, "Lookup fractions (KV tokens read over the prefix)");
   cmd->add_option("--budget-tokens", o->budget_tokens,
                   "Fixed budgets in K/V tokens per query, rows labelled <label>@<tokens> (not for oracle)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--sinks", o->sinks, "First positions always read")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--window", o->window, "Most recent positions always read")->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(1));
+  cmd->add_option("--sinks", o->sinks, "First positions always read")->check(whole_at_least(0));
+  cmd->add_option("--window", o->window, "Most recent positions always read")->check(whole_at_least(0));
   add_attention_eval_options(cmd, o->windows, o->window_len, o->eval);
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   cmd->add_option("--stem", o->stem, "Result file name stem");

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/method_options.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
@@ -54,14 +55,14 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
   cmd->add_flag("--loki-grid", o->loki_grid, "Loki over every (k_f, d_f) pair of --fractions");
   cmd->add_option("--loki-pre", o->loki_pre, "Loki artifact fitted on pre-RoPE keys");
   cmd->add_option("--loki-post", o->loki_post, "Loki artifact fitted on post-RoPE keys");
-  cmd->add_option("--window-len", o->window_len, "Tokens per window")->check(CLI::Range(16, 1 << 20));
-  cmd->add_option("--ppl-windows", o->ppl_windows, "Windows for perplexity")->check(CLI::PositiveNumber);
+  cmd->add_option("--window-len", o->window_len, "Tokens per window")->check(whole_in_range(16, 1 << 20));
+  cmd->add_option("--ppl-windows", o->ppl_windows, "Windows for perplexity")->check(whole_at_least(1));
   cmd->add_option("--att-windows", o->att_windows, "Windows for attention metrics (0: skip)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(0));
   cmd->add_option("--queries", o->att.queries_per_window, "Sampled query positions per attention window")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--top-k", o->att.top_k, "k of recall@k")->check(CLI::PositiveNumber);
-  cmd->add_option("--sinks", o->sinks, "StreamingLLM sinks")->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(1));
+  cmd->add_option("--top-k", o->att.top_k, "k of recall@k")->check(whole_at_least(1));
+  cmd->add_option("--sinks", o->sinks, "StreamingLLM sinks")->check(whole_at_least(0));
   cmd->add_option("--out", o->out, "Folder for the result files");
   cmd->add_option("--stem", o->stem, "Result file stem (default quality_<date>)");
   cmd->callback([o, &global] {

@@ -4,27 +4,17 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/method_options.h"
+#include "cli/prefill.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
+#include "saap/core/utf8.h"
 #include "saap/model/sampler.h"
 
 namespace saap::cli {
 
 namespace {
-
-// Bytes of `pending` that end on a complete UTF-8 sequence: a token may stop inside a multi-byte
-// character (byte-level BPE), whose remaining bytes come with the next token.
-size_t complete_utf8_prefix(const std::string& pending) {
-  const size_t n = pending.size();
-  for (size_t back = 1; back <= 4 && back <= n; ++back) {
-    const auto c = static_cast<unsigned char>(pending[n - back]);
-    if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back for the lead byte
-    const size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    return need > back ? n - back : n;
-  }
-  return n;  // no lead byte within reach: invalid bytes, pass them through
-}
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -45,13 +35,13 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--prompt", o->prompt, "Prompt text")->required();
   cmd->add_flag("--chat", o->chat, "Wrap the prompt in the model's chat template (a user turn)");
   cmd->add_option("--system", o->system, "System message for --chat (default: the template's own)");
-  cmd->add_option("--max-tokens", o->max_tokens, "Tokens to generate at most")->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tokens", o->max_tokens, "Tokens to generate at most")->check(whole_at_least(1));
   cmd->add_option("--temperature", o->sampler.temperature, "Sampling temperature; 0 is greedy")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   cmd->add_option("--top-k", o->sampler.top_k, "Sample among the k most likely tokens (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(0));
   cmd->add_option("--top-p", o->sampler.top_p, "Nucleus: smallest set of tokens with this probability")
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(in_range(0, 1));
   cmd->add_option("--seed", o->sampler.seed, "Sampling seed");
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
   add_method_options(cmd, o->spec);
@@ -61,15 +51,18 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
     const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
     Sampler sampler(o->sampler);
 
-    std::string text = o->prompt;
+    std::vector<int32_t> prompt;
     if (o->chat) {
       std::vector<ChatMessage> messages;
       if (!o->system.empty()) messages.push_back({"system", o->system});
       messages.push_back({"user", o->prompt});
-      text = tok.apply_chat_template(messages, /*add_generation_prompt=*/true);
+      prompt = tok.encode_chat(messages, /*add_generation_prompt=*/true);  // the user's text stays text
+    } else {
+      prompt = tok.encode(o->prompt, /*add_bos=*/true);
     }
-    const std::vector<int32_t> prompt = tok.encode(text, /*add_bos=*/true, /*parse_special=*/o->chat);
-    SAAP_CHECK_MSG(!prompt.empty(), InvalidArgument, "--prompt encodes to no tokens");
+    SAAP_CHECK_FMT(!prompt.empty(), InvalidArgument,
+                   "--prompt '%s' encodes to no tokens (it is empty or holds only bytes the vocabulary lacks)",
+                   utf8_sanitize(o->prompt).c_str());
     const int64_t capacity = std::min<int64_t>(model->config().context_length, int64_t(prompt.size()) + o->max_tokens);
     SAAP_CHECK_FMT(int64_t(prompt.size()) < capacity, InvalidArgument,
                    "the prompt has %zu tokens, leaving no room in the context length of %lld", prompt.size(),
@@ -78,12 +71,16 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
 
     std::vector<float> logits(size_t(model->config().vocab_size));
     auto start = std::chrono::steady_clock::now();
-    session.forward(prompt.data(), int64_t(prompt.size()), logits.data());
+    prefill(session, prompt, logits.data(), !global.json);
     const double prefill_s = seconds_since(start);
 
-    std::string output, pending;
+    // A token may end inside a multi-byte character or stand for bytes that are not UTF-8: the
+    // stream shows only complete characters, and the JSON gets the same valid text plus the ids.
+    Utf8Stream stream;
+    std::string output;
+    std::vector<int32_t> generated_ids;
     std::string stop = "max-tokens";
-    int64_t generated = 0, decode_steps = 0;
+    int64_t decode_steps = 0;
     start = std::chrono::steady_clock::now();
     while (true) {
       const int32_t next = sampler.sample(logits.data(), model->config().vocab_size);
@@ -91,16 +88,14 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
         stop = "end-of-generation";
         break;
       }
-      ++generated;
-      pending += tok.token_bytes(next);
-      const size_t ready = complete_utf8_prefix(pending);
-      if (!global.json && ready) {
-        std::fwrite(pending.data(), 1, ready, stdout);
+      generated_ids.push_back(next);
+      const std::string ready = stream.push(tok.token_bytes(next));
+      if (!global.json && !ready.empty()) {
+        std::fwrite(ready.data(), 1, ready.size(), stdout);
         std::fflush(stdout);
       }
-      output += pending.substr(0, ready);
-      pending.erase(0, ready);
-      if (generated == o->max_tokens) break;
+      output += ready;
+      if (int64_t(generated_ids.size()) == o->max_tokens) break;
       if (session.length() == capacity) {
         stop = "context-full";
         break;
@@ -109,29 +104,41 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
       ++decode_steps;
     }
     const double decode_s = seconds_since(start);
-    output += pending;  // whatever is left, even if it is not valid UTF-8
+    const std::string rest = stream.finish();  // a character the last token left unfinished: U+FFFD
+    output += rest;
     if (!global.json) {
-      std::printf("%s\n", pending.c_str());
+      std::printf("%s\n", rest.c_str());
       std::fflush(stdout);  // the text before the statistics on stderr
     }
 
+    const LookupStats& stats = session.stats();
+    const double index_fraction = stats.fraction() - stats.kv_fraction();
     nlohmann::json result = {{"model", model->identity()},
                              {"method", o->spec.describe()},
                              {"prompt_tokens", prompt.size()},
-                             {"generated_tokens", generated},
+                             {"generated_tokens", generated_ids.size()},
                              {"stop", stop},
                              {"prefill_seconds", prefill_s},
                              {"prefill_tokens_per_second", double(prompt.size()) / prefill_s},
                              {"decode_seconds", decode_s},
                              {"decode_tokens_per_second", decode_steps ? double(decode_steps) / decode_s : 0.0},
-                             {"lookup_fraction", session.stats().fraction()},
-                             {"text", output}};
+                             {"lookup_fraction", stats.fraction()},
+                             {"kv_fraction", stats.kv_fraction()},
+                             {"index_fraction", index_fraction},
+                             {"text", output},
+                             {"token_ids", generated_ids}};
     emit(global, result, [&] {
-      std::fprintf(stderr,
-                   "[%s] prefill %zu tokens %.1f tok/s | decode %lld tokens %.1f tok/s | lookup %.3f | stop: %s\n",
+      std::fprintf(stderr, "[%s] prefill %zu tokens %.1f tok/s | decode %lld tokens %.1f tok/s | stop: %s\n",
                    o->spec.describe().c_str(), prompt.size(), result["prefill_tokens_per_second"].get<double>(),
-                   (long long)decode_steps, result["decode_tokens_per_second"].get<double>(),
-                   session.stats().fraction(), stop.c_str());
+                   (long long)decode_steps, result["decode_tokens_per_second"].get<double>(), stop.c_str());
+      if (decode_steps == 0) return;
+      // Both fractions are per decode query, over the bytes a dense read of the same cache touches.
+      std::fprintf(stderr, "[%s] read per decode step: K/V %.3f + index %.3f of a dense read\n",
+                   o->spec.describe().c_str(), stats.kv_fraction(), index_fraction);
+      if (index_fraction > 0)
+        std::fprintf(stderr,
+                     "  (index: what the method reads to choose keys -- router weights, centroids or low-rank "
+                     "keys; it does not grow with the context, so on a short chat it can outweigh the cache)\n");
     });
   });
 }

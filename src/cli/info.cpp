@@ -1,33 +1,73 @@
+// saap info: where the model and texts are, what the build can use. Exits NotFound (4) when the
+// model is missing, so a script can check a machine with it.
 #include <omp.h>
 
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "saap/core/error.h"
 #include "saap/core/paths.h"
+#ifdef SAAP_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace saap::cli {
+
+namespace {
+
+// "built without CUDA", "built with CUDA; GPU: <name>" or "built with CUDA; GPU: none found".
+std::string cuda_status(nlohmann::json& result) {
+#ifdef SAAP_HAVE_CUDA
+  result["cuda_build"] = true;
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;  // no driver, or no device
+  cudaGetLastError();                                               // clear the sticky error
+  cudaDeviceProp prop{};
+  if (devices > 0 && cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
+    result["gpu"] = prop.name;
+    return std::string("built with CUDA; GPU: ") + prop.name + (devices > 1 ? " (+" + std::to_string(devices - 1) + " more)" : "");
+  }
+  result["gpu"] = nullptr;
+  return "built with CUDA; GPU: none found";
+#else
+  result["cuda_build"] = false;
+  result["gpu"] = nullptr;
+  return "built without CUDA";
+#endif
+}
+
+}  // namespace
 
 void register_info(CLI::App& app, const GlobalOptions& global) {
   auto* cmd = app.add_subcommand("info", "Show the default model, texts, build and threads");
   cmd->callback([&global] {
     nlohmann::json result;
-    result["model"] = default_model_path();
+    std::string missing_model;
+    try {
+      result["model"] = default_model_path();
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::NotFound) throw;
+      result["model"] = nullptr;
+      missing_model = e.what();
+    }
     result["cache_dir"] = cache_dir();
-    for (const char* text : {"eval.txt", "calib.txt"})
-      result["texts"][text] = file_exists(cache_dir() + "/text/" + text) ? cache_dir() + "/text/" + text : "missing";
+    for (const char* text : {"eval.txt", "calib.txt"}) {
+      const std::string path = cache_dir() + "/text/" + text;
+      result["texts"][text] = file_exists(path) ? nlohmann::json(path) : nlohmann::json(nullptr);
+    }
     result["threads"] = omp_get_max_threads();
-#ifdef SAAP_HAVE_CUDA
-    result["cuda"] = true;
-#else
-    result["cuda"] = false;
-#endif
+    result["cores"] = omp_get_num_procs();
+    const std::string cuda = cuda_status(result);
     emit(global, result, [&] {
-      std::printf("model:     %s\n", result["model"].get<std::string>().c_str());
+      std::printf("model:     %s\n", result["model"].is_null() ? "MISSING" : result["model"].get<std::string>().c_str());
       std::printf("cache:     %s\n", result["cache_dir"].get<std::string>().c_str());
       for (auto& [name, path] : result["texts"].items())
-        std::printf("text %-9s %s\n", (name + ":").c_str(), path.get<std::string>().c_str());
-      std::printf("threads:   %d\ncuda:      %s\n", result["threads"].get<int>(), result["cuda"].get<bool>() ? "yes" : "no");
+        std::printf("text %-9s %s\n", (name + ":").c_str(),
+                    path.is_null() ? "MISSING (run scripts/setup.sh)" : path.get<std::string>().c_str());
+      std::printf("threads:   %d of %d cores\n", result["threads"].get<int>(), result["cores"].get<int>());
+      std::printf("cuda:      %s\n", cuda.c_str());
     });
+    SAAP_CHECK_MSG(missing_model.empty(), NotFound, missing_model);
   });
 }
 

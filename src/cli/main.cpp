@@ -7,6 +7,7 @@
 #include <new>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "saap/core/error.h"
 #include "saap/eval/result_files.h"
 
@@ -17,7 +18,9 @@ void emit(const GlobalOptions& global, const nlohmann::json& result, const std::
   if (!global.json) return print_text();
   nlohmann::json out = result;
   out["provenance"] = run_provenance(inputs);
-  std::cout << out.dump(2) << std::endl;
+  // Text fields go through utf8_sanitize where they are made; `replace` is the backstop that
+  // keeps any other invalid byte (a path, a prompt echoed back) from losing the whole result.
+  std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
 }
 
 }  // namespace saap::cli
@@ -26,9 +29,13 @@ int main(int argc, char** argv) {
   using namespace saap::cli;
   CLI::App app{"saap: inference-time sparse attention for long-context LLMs"};
   app.require_subcommand(1);
+  // Inherited by every subcommand created below: --help shows each option's default, and the
+  // global options (--json, --threads) are accepted after a subcommand too.
+  app.option_defaults()->always_capture_default();
+  app.fallthrough();
   GlobalOptions global;
-  app.add_flag("--json", global.json, "Print results as JSON");
-  app.add_option("--threads", global.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_flag("--json", global.json, "Print results as JSON (also accepted after the subcommand)");
+  app.add_option("--threads", global.threads, "CPU threads (0: all cores)")->check(whole_at_least(0));
   register_info(app, global);
   register_demo(app, global);
   register_calibrate(app, global);
@@ -43,6 +50,11 @@ int main(int argc, char** argv) {
   register_train_loki(app, global);
   app.parse_complete_callback([&] {
     if (global.threads > 0) omp_set_num_threads(global.threads);
+    // More threads than cores share them and run slower than one per core (the forward pass and
+    // the kernels are compute-bound).
+    if (global.threads > omp_get_num_procs())
+      std::fprintf(stderr, "saap: warning: --threads %d exceeds the %d cores of this machine; expect it to be slower\n",
+                   global.threads, omp_get_num_procs());
   });
   try {
     app.parse(argc, argv);

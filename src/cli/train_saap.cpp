@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "saap/core/error.h"
 #include "saap/train/saap_trainer.h"
 
@@ -19,11 +20,11 @@ void add_partition_options(CLI::App* cmd, TrainOpts& o) {
   cmd->add_option("--calib", o.calib, "Calibration set (saap calibrate)")->required();
   cmd->add_option("--out", o.out, "Artifact to write (.safetensors)")->required();
   cmd->add_option("--partitions", o.train.partitions, "Key partitions C per layer and KV head")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_at_least(1));
   cmd->add_option("--rope", o.rope, "Partition and route on pre-RoPE or post-RoPE vectors")
       ->check(CLI::IsMember({"pre", "post"}));
   cmd->add_flag("--l2", o.l2, "Plain (L2) k-means instead of spherical");
-  cmd->add_option("--kmeans-iters", o.train.kmeans_iters, "k-means iterations")->check(CLI::PositiveNumber);
+  cmd->add_option("--kmeans-iters", o.train.kmeans_iters, "k-means iterations")->check(whole_at_least(1));
   cmd->add_option("--seed", o.train.seed, "Seed of k-means, the query sample, the split and the routers");
   cmd->add_option("--layers", o.train.layers, "Layers to train (default: all)");
   cmd->add_option("--partition-from", o.partition_from,
@@ -89,19 +90,19 @@ void register_train_saap(CLI::App& app, const GlobalOptions& global) {
   auto so = std::make_shared<TrainOpts>();
   auto* saap = train->add_subcommand("saap", "Key partition + per-head query router (Saap)");
   add_partition_options(saap, *so);
-  saap->add_option("--hidden", so->train.classifier.hidden, "Router hidden size")->check(CLI::PositiveNumber);
-  saap->add_option("--epochs", so->train.classifier.epochs, "Maximum router epochs")->check(CLI::PositiveNumber);
-  saap->add_option("--batch", so->train.classifier.batch, "Router mini-batch")->check(CLI::PositiveNumber);
-  saap->add_option("--lr", so->train.classifier.lr, "Adam learning rate")->check(CLI::PositiveNumber);
+  saap->add_option("--hidden", so->train.classifier.hidden, "Router hidden size")->check(whole_at_least(1));
+  saap->add_option("--epochs", so->train.classifier.epochs, "Maximum router epochs")->check(whole_at_least(1));
+  saap->add_option("--batch", so->train.classifier.batch, "Router mini-batch")->check(whole_at_least(1));
+  saap->add_option("--lr", so->train.classifier.lr, "Adam learning rate")->check(above(0));
   saap->add_option("--patience", so->train.classifier.patience, "Epochs without held-out progress before stopping")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_at_least(1));
   saap->add_option("--max-queries", so->train.max_queries, "Queries per layer (0: all with a long enough prefix)")
-      ->check(CLI::NonNegativeNumber);
-  saap->add_option("--min-prefix", so->train.min_prefix, "Smallest query position used")->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(0));
+  saap->add_option("--min-prefix", so->train.min_prefix, "Smallest query position used")->check(whole_at_least(0));
   saap->add_option("--sinks", so->train.sinks, "Sinks left out of the labels (read anyway at decode)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(0));
   saap->add_option("--window", so->train.window, "Recent window left out of the labels (read anyway at decode)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(whole_at_least(0));
   saap->add_flag("--no-skip", so->no_skip, "Router without the linear skip from the partitions' mean keys");
   saap->callback([so, &global] {
     const CalibrationSet set = CalibrationSet::load(so->calib);

@@ -19,8 +19,6 @@ std::string format(const char* fmt, ...) {
   return std::string(buffer.data(), size > 0 ? size : 0);
 }
 
-void throw_error(ErrorKind kind, const char* func, const std::string& message) {
-  throw Error(kind, std::string(func) + ": " + message);
-}
+void throw_error(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
 
 }  // namespace saap

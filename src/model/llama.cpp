@@ -438,6 +438,7 @@ void LlamaSession::forward(const int32_t* tokens, int64_t n, float* logits, bool
       matmul(s.up.data(), s.xn.data(), L.w_up.data(), n, E, c.n_ff);
       swiglu(s.gate.data(), s.up.data(), n * c.n_ff);
       matmul(s.x.data(), s.gate.data(), L.w_down.data(), n, c.n_ff, E, /*accumulate=*/true);
+      if (progress_) progress_(l + 1, c.n_layers);
     }
 
     // Final norm and the unembedding (tied to token_embd when the file has no output.weight).

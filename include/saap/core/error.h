@@ -26,13 +26,15 @@ class Error : public std::runtime_error {
 };
 
 std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-[[noreturn]] void throw_error(ErrorKind kind, const char* func, const std::string& message);
+// The message is what the user reads (the CLI prints it after "saap: error: "): it names the
+// input, not the function that found the fault.
+[[noreturn]] void throw_error(ErrorKind kind, const std::string& message);
 
 }  // namespace saap
 
 #define SAAP_THROW_FMT(kind, fmt, ...) \
-  ::saap::throw_error(::saap::ErrorKind::kind, __func__, ::saap::format(fmt, __VA_ARGS__))
-#define SAAP_THROW_MSG(kind, msg) ::saap::throw_error(::saap::ErrorKind::kind, __func__, msg)
+  ::saap::throw_error(::saap::ErrorKind::kind, ::saap::format(fmt, __VA_ARGS__))
+#define SAAP_THROW_MSG(kind, msg) ::saap::throw_error(::saap::ErrorKind::kind, msg)
 #define SAAP_CHECK_FMT(cond, kind, fmt, ...)     \
   do {                                           \
     if (!(cond)) SAAP_THROW_FMT(kind, fmt, __VA_ARGS__); \

@@ -9,7 +9,9 @@ namespace saap {
 
 class ProgressBar {
  public:
-  ProgressBar(std::string label, int64_t total, bool enabled = true);
+  // show_after_s: draw nothing until the work has run this long, and stay silent if it ends
+  // sooner (a phase that is only sometimes long, such as a prefill).
+  ProgressBar(std::string label, int64_t total, bool enabled = true, double show_after_s = 0);
   ~ProgressBar();
   void update(int64_t done, const std::string& suffix = "");
   void finish(const std::string& suffix = "");
@@ -17,7 +19,8 @@ class ProgressBar {
  private:
   std::string label_;
   int64_t total_;
-  bool enabled_, tty_, finished_ = false;
+  bool enabled_, tty_, finished_ = false, drawn_ = false;
+  double show_after_s_;
   std::chrono::steady_clock::time_point start_, last_draw_;
 };
 

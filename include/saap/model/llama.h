@@ -93,6 +93,9 @@ class LlamaSession {
   void forward(const int32_t* tokens, int64_t n, float* logits, bool all_logits = false);
 
   void set_observer(LayerObserver observer) { observer_ = std::move(observer); }
+  // Called after each layer of a forward pass with (layers done, layers): a long prefill runs
+  // every layer over all its tokens, so this is how far it is. Null: no calls.
+  void set_progress(std::function<void(int, int)> progress) { progress_ = std::move(progress); }
   // Starts a new sequence: clears the cache, the methods' state and the stats.
   void reset();
   int64_t length() const;
@@ -112,6 +115,7 @@ class LlamaSession {
   std::vector<std::unique_ptr<AttentionMethod>> methods_;
   AttentionMode mode_;
   LayerObserver observer_;
+  std::function<void(int, int)> progress_;
   LookupStats stats_;
   std::shared_ptr<Scratch> scratch_;
 };

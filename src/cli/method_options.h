@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/validators.h"
 #include "saap/eval/attention_eval.h"
 #include "saap/methods/registry.h"
 #include "saap/model/llama.h"
@@ -29,18 +30,20 @@ inline void add_method_options(CLI::App* cmd, MethodSpec& spec) {
     return " (" + list + ")";
   };
   std::vector<CLI::Option*> budget = {
-      cmd->add_option(kOptLookup, spec.lookup, "Budget: fraction of the prefix read, in (0, 1]" + applies_to(kOptLookup)),
+      cmd->add_option(kOptLookup, spec.lookup, "Budget: fraction of the prefix read, in (0, 1]" + applies_to(kOptLookup))
+          ->check(a_number()),
       cmd->add_option(kOptSinks, spec.sinks, "First positions always read" + applies_to(kOptSinks))
-          ->check(CLI::NonNegativeNumber),
+          ->check(whole_at_least(0)),
       cmd->add_option(kOptWindow, spec.window, "Most recent positions always read" + applies_to(kOptWindow))
-          ->check(CLI::NonNegativeNumber),
-      cmd->add_option(kOptKf, spec.k_f, "Fraction of the prefix attended, in (0, 1]" + applies_to(kOptKf)),
-      cmd->add_option(kOptDf, spec.d_f, "Fraction of dimensions used for ranking, in (0, 1]" + applies_to(kOptDf)),
+          ->check(whole_at_least(0)),
+      cmd->add_option(kOptKf, spec.k_f, "Fraction of the prefix attended, in (0, 1]" + applies_to(kOptKf))->check(a_number()),
+      cmd->add_option(kOptDf, spec.d_f, "Fraction of dimensions used for ranking, in (0, 1]" + applies_to(kOptDf))
+          ->check(a_number()),
       cmd->add_option(kOptBudgetTokens, spec.budget_tokens,
                       "A fixed budget of tokens per query instead of --lookup" + applies_to(kOptBudgetTokens))
-          ->check(CLI::NonNegativeNumber),
+          ->check(whole_at_least(0)),
       cmd->add_option(kOptPageSize, spec.page_size, "Positions per page" + applies_to(kOptPageSize))
-          ->check(CLI::PositiveNumber),
+          ->check(whole_at_least(1)),
       cmd->add_option(kOptArtifact, spec.artifact, "Trained index file" + applies_to(kOptArtifact)),
   };
   for (CLI::Option* o : budget) o->capture_default_str();
@@ -55,10 +58,10 @@ inline void add_method_options(CLI::App* cmd, MethodSpec& spec) {
 
 // The text windows and the query sample of an attention evaluation (eval attention, eval saap-grid).
 inline void add_attention_eval_options(CLI::App* cmd, int& windows, int& window_len, AttentionEvalOptions& eval) {
-  cmd->add_option("--windows", windows, "Windows of text")->check(CLI::PositiveNumber);
-  cmd->add_option("--window-len", window_len, "Tokens per window")->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--queries", eval.queries_per_window, "Sampled query positions per window")->check(CLI::PositiveNumber);
-  cmd->add_option("--top-k", eval.top_k, "k of recall@k")->check(CLI::PositiveNumber);
+  cmd->add_option("--windows", windows, "Windows of text")->check(whole_at_least(1));
+  cmd->add_option("--window-len", window_len, "Tokens per window")->check(whole_in_range(2, 1 << 20));
+  cmd->add_option("--queries", eval.queries_per_window, "Sampled query positions per window")->check(whole_at_least(1));
+  cmd->add_option("--top-k", eval.top_k, "k of recall@k")->check(whole_at_least(1));
   cmd->add_option("--seed", eval.seed, "Seed of the query sample");
 }
 

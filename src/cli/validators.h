@@ -65,6 +65,8 @@ inline CLI::Validator at_least(double lo) {
 }
 // A number > lo.
 inline CLI::Validator above(double lo) { return detail::bounded(lo, HUGE_VAL, true, false, "> " + detail::number_text(lo)); }
+// Any number; the range is the library's to check (the budget fractions: registry.h).
+inline CLI::Validator a_number() { return detail::bounded(-HUGE_VAL, HUGE_VAL, false, false, ""); }
 // A number in [lo, hi].
 inline CLI::Validator in_range(double lo, double hi) {
   return detail::bounded(lo, hi, false, false, "in [" + detail::number_text(lo) + ", " + detail::number_text(hi) + "]");

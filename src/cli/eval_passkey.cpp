@@ -20,8 +20,8 @@ void register_eval_passkey(CLI::App& app, const GlobalOptions& global) {
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
-  cmd->add_option("--lengths", o->pk.lengths, "Context lengths in tokens (default 1024 2048 4096 8192)");
-  cmd->add_option("--depths", o->pk.depths, "Relative needle depths (default 0 0.25 0.5 0.75 1)");
+  cmd->add_option("--lengths", o->pk.lengths, "Context lengths in tokens");
+  cmd->add_option("--depths", o->pk.depths, "Relative needle depths");
   cmd->add_option("--trials", o->pk.trials, "Trials per length and depth")->check(whole_at_least(1));
   cmd->add_option("--haystack", o->haystack, "repeated (the passkey task) or text (needle in real text)")
       ->check(CLI::IsMember({"repeated", "text"}));

@@ -194,8 +194,7 @@ void LokiAttention::select(const LayerKV& kv, const QueryView& q, Selection& sel
 
 MethodFactory loki_factory(const MethodSpec& spec, const ArtifactIdentity& expected) {
   SAAP_CHECK_MSG(!spec.artifact.empty(), InvalidArgument,
-                 "method loki needs --artifact FILE; make one with `saap calibrate --out calib.safetensors` and "
-                 "`saap train loki --calib calib.safetensors --out loki.safetensors`");
+                 "method loki needs an artifact (--artifact; train one with `saap train loki`)");
   auto artifact = std::make_shared<const LokiArtifact>(LokiArtifact::load(spec.artifact, expected));
   const LokiParams params{spec.k_f, spec.d_f};
   // Validate the parameters now, not at the first layer built.

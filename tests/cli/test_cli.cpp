@@ -147,7 +147,7 @@ TEST(Cli, NotANumberSaysSo) {
 TEST(Cli, LokiWithoutArtifactGivesARealCommand) {
   const CliRun r = saap("generate --prompt hi --max-tokens 1 --method loki");
   EXPECT_EQ(r.code, kUsage);
-  EXPECT_NE(r.err.find("saap train loki --calib"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("`saap train loki`"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("train --method"), std::string::npos) << r.err;
   // And the command it names exists.
   EXPECT_EQ(saap("train loki --help").code, 0);

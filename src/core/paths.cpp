@@ -65,6 +65,41 @@ std::string default_model_path() {
   return path;
 }
 
+namespace {
+// The first line of a file, or "" when it cannot be read.
+std::string first_line(const std::string& path) {
+  std::string line;
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    char buffer[4096] = {};
+    if (std::fgets(buffer, sizeof buffer, f)) line = buffer;
+    std::fclose(f);
+  }
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+  return line;
+}
+}  // namespace
+
+std::string gemma3_model_path() {
+  if (const char* env = std::getenv("SAAP_GEMMA3_MODEL"); env && *env) {
+    SAAP_CHECK_FMT(file_exists(env), NotFound, "SAAP_GEMMA3_MODEL=%s does not name a file", env);
+    return env;
+  }
+  std::string path = first_line(cache_dir() + "/gemma3_model_path");
+  if (!file_exists(path)) path = cache_dir() + "/models/gemma-3-270m-q4_k_m.gguf";
+  SAAP_CHECK_FMT(file_exists(path), NotFound,
+                 "the Gemma-3-270M model is not assembled (looked for %s); run scripts/setup.sh or set "
+                 "SAAP_GEMMA3_MODEL", path.c_str());
+  return path;
+}
+
+std::string model_path(const std::string& name_or_path) {
+  if (name_or_path.empty() || name_or_path == "smollm2") return default_model_path();
+  if (name_or_path == "gemma3") return gemma3_model_path();
+  SAAP_CHECK_FMT(file_exists(name_or_path), NotFound,
+                 "--model %s is neither a model name (smollm2, gemma3) nor an existing file", name_or_path.c_str());
+  return name_or_path;
+}
+
 std::string default_text_path(const std::string& name) {
   const std::string path = cache_dir() + "/text/" + name;
   SAAP_CHECK_FMT(file_exists(path), NotFound, "%s is missing; run scripts/setup.sh to extract it", path.c_str());

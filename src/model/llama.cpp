@@ -1,11 +1,13 @@
-// The Llama forward pass on the CPU. Read LlamaSession::forward top to bottom: it is the whole
-// model. Everything above it loads and validates the weights; everything it calls is a few lines.
+// The Llama and Gemma-3 forward pass on the CPU. Read LlamaSession::forward top to bottom: it is
+// the whole model. Everything above it loads and validates the weights; everything it calls is a
+// few lines. Gemma-3's steps (embedding scale, QK-norm, post-norms, GELU, local layers) are
+// switched by LlamaConfig fields that gemma3.cpp sets.
 //
 // Layout conventions: activations are row-major [tokens][features]; a weight matrix is stored as
 // GGUF stores it, [out][in] (ggml's shape[0] = in is the fastest dimension), so a projection is
 // y = x · Wᵀ. GGUF Llama files permute the Q/K rows for GGML's interleaved RoPE, which is why the
-// runner uses RopeStyle::Interleaved (scripts/reference_forward.py checks this against the
-// Hugging Face convention).
+// runner uses RopeStyle::Interleaved for them (scripts/reference_forward.py checks this against
+// the Hugging Face convention); GGUF Gemma files keep the Hugging Face layout (RopeStyle::NeoX).
 #include "saap/model/llama.h"
 
 #include <cblas.h>
@@ -19,6 +21,8 @@
 #include "saap/core/progress.h"
 #include "saap/kernels/cpu/attention.h"
 #include "saap/methods/dense.h"
+#include "gemma3.h"
+#include "sliding_window.h"
 
 namespace saap {
 
@@ -32,11 +36,17 @@ struct LlamaModel::Layer {
   std::vector<float> w_gate;     // [n_ff][n_embd]
   std::vector<float> w_up;       // [n_ff][n_embd]
   std::vector<float> w_down;     // [n_embd][n_ff]
+  // Gemma-3 only (empty otherwise):
+  std::vector<float> q_norm;           // [head_dim]
+  std::vector<float> k_norm;           // [head_dim]
+  std::vector<float> post_attn_norm;   // [n_embd]
+  std::vector<float> post_ffn_norm;    // [n_embd]
 };
 
 struct LlamaModel::Weights {
-  explicit Weights(const RopeConfig& rope_config) : rope(rope_config) {}
-  Rope rope;
+  explicit Weights(const LlamaConfig& c) : rope(c.rope), rope_local(c.rope_local) {}
+  Rope rope;        // global layers
+  Rope rope_local;  // local (sliding-window) layers
   std::vector<float> token_embd;   // [vocab][n_embd]
   std::vector<Layer> layers;
   std::vector<float> output_norm;  // [n_embd]
@@ -66,8 +76,9 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 LlamaConfig read_config(const GGUFFile& f) {
   LlamaConfig c;
   c.architecture = f.get_string("general.architecture");
-  SAAP_CHECK_FMT(c.architecture == "llama", Unsupported,
-                 "general.architecture = \"%s\": saap runs the \"llama\" architecture only", c.architecture.c_str());
+  SAAP_CHECK_FMT(c.architecture == "llama" || c.architecture == "gemma3", Unsupported,
+                 "general.architecture = \"%s\": saap runs the \"llama\" and \"gemma3\" architectures only",
+                 c.architecture.c_str());
   c.name = f.has("general.name") ? f.get_string("general.name") : std::string("unnamed");
   const std::string a = c.architecture + ".";
   c.n_layers = positive_int(f, a + "block_count", -1, 4096);
@@ -119,6 +130,10 @@ LlamaConfig read_config(const GGUFFile& f) {
     SAAP_THROW_FMT(Unsupported, "metadata %srope.scaling.type = \"%s\": saap supports \"none\" and \"linear\"",
                    a.c_str(), scaling.c_str());
   }
+  // A Llama has global layers only.
+  c.layer_window.assign(size_t(c.n_layers), 0);
+  c.rope_local = c.rope;
+  if (c.architecture == "gemma3") configure_gemma3(f, c);
   return c;
 }
 
@@ -139,6 +154,14 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
     t.push_back({p + "ffn_gate.weight", {E, c.n_ff}});
     t.push_back({p + "ffn_up.weight", {E, c.n_ff}});
     t.push_back({p + "ffn_down.weight", {c.n_ff, E}});
+    if (c.qk_norm) {
+      t.push_back({p + "attn_q_norm.weight", {c.head_dim}});
+      t.push_back({p + "attn_k_norm.weight", {c.head_dim}});
+    }
+    if (c.post_norms) {
+      t.push_back({p + "post_attention_norm.weight", {E}});
+      t.push_back({p + "post_ffw_norm.weight", {E}});
+    }
   }
   return t;
 }
@@ -205,7 +228,7 @@ std::shared_ptr<const LlamaModel> LlamaModel::load(const std::string& path, bool
                  "%s: the tokenizer has %d tokens but the model only %d embeddings", path.c_str(),
                  model->tokenizer_.vocab_size(), c.vocab_size);
 
-  auto w = std::make_shared<Weights>(c.rope);
+  auto w = std::make_shared<Weights>(c);
   w->layers.resize(size_t(c.n_layers));
   ProgressBar bar("loading " + c.name, int64_t(expected.size()), progress);
   int64_t done = 0;
@@ -229,13 +252,21 @@ std::shared_ptr<const LlamaModel> LlamaModel::load(const std::string& path, bool
     L.w_gate = load(p + "ffn_gate.weight");
     L.w_up = load(p + "ffn_up.weight");
     L.w_down = load(p + "ffn_down.weight");
+    if (c.qk_norm) {
+      L.q_norm = load(p + "attn_q_norm.weight");
+      L.k_norm = load(p + "attn_k_norm.weight");
+    }
+    if (c.post_norms) {
+      L.post_attn_norm = load(p + "post_attention_norm.weight");
+      L.post_ffn_norm = load(p + "post_ffw_norm.weight");
+    }
   }
   bar.finish();
   model->weights_ = std::move(w);
 
   char hash[17];
   std::snprintf(hash, sizeof hash, "%016llx", (unsigned long long)header_hash(f));
-  model->identity_ = format("%s|llama L%d E%d H%d/%d D%d F%d V%d|gguf:%s", c.name.c_str(), c.n_layers, c.n_embd,
+  model->identity_ = format("%s|%s L%d E%d H%d/%d D%d F%d V%d|gguf:%s", c.name.c_str(), c.architecture.c_str(), c.n_layers, c.n_embd,
                             c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.vocab_size, hash);
   return model;
 }
@@ -275,7 +306,8 @@ class BlasSerial {
   int previous_;
 };
 
-// out = x / sqrt(mean(x²) + eps) * weight, per row.
+// out = x / sqrt(mean(x²) + eps) * weight, per row (out may be x). Gemma's (1 + w) is stored as
+// such in the GGUF (gemma3.cpp).
 void rms_norm(float* out, const float* x, const float* weight, int64_t n, int dim, float eps) {
 #pragma omp parallel for if (n > 1)
   for (int64_t i = 0; i < n; ++i) {
@@ -288,10 +320,25 @@ void rms_norm(float* out, const float* x, const float* weight, int64_t n, int di
   }
 }
 
-// gate = silu(gate) * up, elementwise (SwiGLU).
-void swiglu(float* gate, const float* up, int64_t count) {
+// gate = silu(gate) * up (SwiGLU) or gelu_tanh(gate) * up (GeGLU), elementwise.
+void gated_activation(float* gate, const float* up, int64_t count, FfnActivation activation) {
+  if (activation == FfnActivation::SiLU) {
 #pragma omp parallel for if (count > 4096)
-  for (int64_t i = 0; i < count; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    for (int64_t i = 0; i < count; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  } else {
+    const float sqrt_2_over_pi = 0.7978845608028654f;
+#pragma omp parallel for if (count > 4096)
+    for (int64_t i = 0; i < count; ++i) {
+      const float g = gate[i];
+      gate[i] = 0.5f * g * (1.0f + std::tanh(sqrt_2_over_pi * (g + 0.044715f * g * g * g))) * up[i];
+    }
+  }
+}
+
+// x += y, elementwise.
+void add(float* x, const float* y, int64_t count) {
+#pragma omp parallel for if (count > 4096)
+  for (int64_t i = 0; i < count; ++i) x[i] += y[i];
 }
 
 void check_finite_rows(const float* x, int64_t count, int layer, const char* what) {
@@ -326,6 +373,8 @@ struct LlamaSession::Scratch {
   }
 };
 
+int LlamaConfig::n_global_layers() const { return int(std::count(layer_window.begin(), layer_window.end(), 0)); }
+
 namespace {
 std::shared_ptr<const LlamaModel> non_null(std::shared_ptr<const LlamaModel> model) {
   SAAP_CHECK_MSG(model != nullptr, InvalidArgument, "LlamaSession needs a model");
@@ -350,7 +399,10 @@ LlamaSession::LlamaSession(std::shared_ptr<const LlamaModel> model, int64_t capa
   const LlamaConfig& c = model_->config();
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerShape shape{l, c.n_heads, c.n_kv_heads, c.head_dim, capacity};
-    methods_.push_back(methods ? methods(shape) : std::make_unique<DenseAttention>(shape));
+    if (!c.is_global(l))
+      methods_.push_back(std::make_unique<SlidingWindowAttention>(shape, c.layer_window[size_t(l)]));
+    else
+      methods_.push_back(methods ? methods(shape) : std::make_unique<DenseAttention>(shape));
     SAAP_CHECK_FMT(methods_.back() != nullptr, InvalidArgument, "the method factory returned null for layer %d", l);
   }
 }
@@ -359,6 +411,7 @@ void LlamaSession::reset() {
   cache_.clear();
   for (auto& m : methods_) m->reset();
   stats_ = LookupStats{};
+  global_stats_ = LookupStats{};
 }
 
 int64_t LlamaSession::length() const { return cache_.length(0); }
@@ -394,24 +447,33 @@ void LlamaSession::forward(const int32_t* tokens, int64_t n, float* logits, bool
   BlasSerial blas_serial;
 
   try {
-    // Token embeddings start the residual stream.
-    for (int64_t i = 0; i < n; ++i)
-      std::memcpy(&s.x[size_t(i * E)], &w.token_embd[size_t(int64_t(tokens[i]) * E)], sizeof(float) * size_t(E));
+    // Token embeddings start the residual stream (Gemma scales them by sqrt(n_embd)).
+    for (int64_t i = 0; i < n; ++i) {
+      const float* e = &w.token_embd[size_t(int64_t(tokens[i]) * E)];
+      for (int j = 0; j < E; ++j) s.x[size_t(i * E + j)] = e[j] * c.embed_scale;
+    }
 
     for (int l = 0; l < c.n_layers; ++l) {
       const LlamaModel::Layer& L = w.layers[size_t(l)];
+      const bool global = c.is_global(l);
 
       // Attention block: x += Wo · attention(RoPE(Wq·h), RoPE(Wk·h), Wv·h), h = RMSNorm(x).
+      // Gemma: QK-norm on each head before RoPE, and an RMSNorm on the block's output.
       rms_norm(s.xn.data(), s.x.data(), L.attn_norm.data(), n, E, c.rms_eps);
       matmul(s.q_pre.data(), s.xn.data(), L.wq.data(), n, E, Q);
       matmul(s.k_pre.data(), s.xn.data(), L.wk.data(), n, E, KV);
       matmul(s.v.data(), s.xn.data(), L.wv.data(), n, E, KV);
+      if (c.qk_norm) {
+        rms_norm(s.q_pre.data(), s.q_pre.data(), L.q_norm.data(), n * Hq, D, c.rms_eps);
+        rms_norm(s.k_pre.data(), s.k_pre.data(), L.k_norm.data(), n * Hkv, D, c.rms_eps);
+      }
       std::copy_n(s.q_pre.data(), n * Q, s.q.data());
       std::copy_n(s.k_pre.data(), n * KV, s.k.data());
+      const Rope& rope = global ? w.rope : w.rope_local;
 #pragma omp parallel for if (n > 1)
       for (int64_t i = 0; i < n; ++i) {
-        w.rope.apply(&s.q[size_t(i * Q)], Hq, pos0 + i);
-        w.rope.apply(&s.k[size_t(i * KV)], Hkv, pos0 + i);
+        rope.apply(&s.q[size_t(i * Q)], Hq, pos0 + i);
+        rope.apply(&s.k[size_t(i * KV)], Hkv, pos0 + i);
       }
       check_finite_rows(s.q.data(), n * Q, l, "query");
 
@@ -423,21 +485,40 @@ void LlamaSession::forward(const int32_t* tokens, int64_t n, float* logits, bool
         observer_(LayerActivations{l, pos0, n, s.q_pre.data(), s.q.data(), s.k_pre.data(), s.k.data(), s.v.data()});
 
       if (mode_ == AttentionMode::DensePrefill && n > 1) {
-        attention_prefill(kv, s.q.data(), Hq, n, pos0, scale, s.att.data());
+        if (global)
+          attention_prefill(kv, s.q.data(), Hq, n, pos0, scale, s.att.data());
+        else
+          attention_prefill_window(kv, s.q.data(), Hq, n, pos0, c.layer_window[size_t(l)], scale, s.att.data());
       } else {
+        LookupStats layer_stats;
         for (int64_t i = 0; i < n; ++i) {
           const QueryView query{&s.q[size_t(i * Q)], &s.q_pre[size_t(i * Q)], Hq, pos0 + i};
-          method.forward(kv, query, &s.att[size_t(i * Q)], stats_);
+          method.forward(kv, query, &s.att[size_t(i * Q)], layer_stats);
         }
+        stats_ += layer_stats;
+        if (global) global_stats_ += layer_stats;
       }
-      matmul(s.x.data(), s.att.data(), L.wo.data(), n, Q, E, /*accumulate=*/true);
+      if (c.post_norms) {
+        matmul(s.xn.data(), s.att.data(), L.wo.data(), n, Q, E);
+        rms_norm(s.xn.data(), s.xn.data(), L.post_attn_norm.data(), n, E, c.rms_eps);
+        add(s.x.data(), s.xn.data(), n * E);
+      } else {
+        matmul(s.x.data(), s.att.data(), L.wo.data(), n, Q, E, /*accumulate=*/true);
+      }
 
-      // MLP block: x += W_down · (silu(W_gate·h) ⊙ W_up·h), h = RMSNorm(x).
+      // MLP block: x += W_down · (act(W_gate·h) ⊙ W_up·h), h = RMSNorm(x); act = silu, or
+      // gelu-tanh for Gemma, which also normalizes the block's output.
       rms_norm(s.xn.data(), s.x.data(), L.ffn_norm.data(), n, E, c.rms_eps);
       matmul(s.gate.data(), s.xn.data(), L.w_gate.data(), n, E, c.n_ff);
       matmul(s.up.data(), s.xn.data(), L.w_up.data(), n, E, c.n_ff);
-      swiglu(s.gate.data(), s.up.data(), n * c.n_ff);
-      matmul(s.x.data(), s.gate.data(), L.w_down.data(), n, c.n_ff, E, /*accumulate=*/true);
+      gated_activation(s.gate.data(), s.up.data(), n * c.n_ff, c.ffn_activation);
+      if (c.post_norms) {
+        matmul(s.xn.data(), s.gate.data(), L.w_down.data(), n, c.n_ff, E);
+        rms_norm(s.xn.data(), s.xn.data(), L.post_ffn_norm.data(), n, E, c.rms_eps);
+        add(s.x.data(), s.xn.data(), n * E);
+      } else {
+        matmul(s.x.data(), s.gate.data(), L.w_down.data(), n, c.n_ff, E, /*accumulate=*/true);
+      }
       if (progress_) progress_(l + 1, c.n_layers);
     }
 
@@ -445,6 +526,10 @@ void LlamaSession::forward(const int32_t* tokens, int64_t n, float* logits, bool
     const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
     rms_norm(s.xn.data(), &s.x[size_t(first * E)], w.output_norm.data(), rows, E, c.rms_eps);
     matmul(logits, s.xn.data(), w.unembedding(), rows, E, c.vocab_size);
+    if (c.final_logit_softcap > 0) {
+      const float cap = c.final_logit_softcap;
+      for (int64_t i = 0; i < rows * c.vocab_size; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
+    }
   } catch (...) {
     cache_.truncate(pos0);
     throw;

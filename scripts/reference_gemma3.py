@@ -46,10 +46,14 @@ def field(reader, key):
 
 
 def load_weights(reader):
-    """Every tensor as a float64 array in NumPy (row-major, [out][in]) layout."""
+    """Every tensor in NumPy (row-major, [out][in]) layout: float64, except the 262,144-row
+    embedding, kept as the float32 `gguf` returns (exact: a Q8_0 value is an fp16 scale times an
+    int8) and widened to float64 a block at a time where it is used."""
     weights = {}
     for t in reader.tensors:
-        w = dequantize(t.data, t.tensor_type).astype(np.float64)
+        w = dequantize(t.data, t.tensor_type)
+        if t.name != "token_embd.weight":
+            w = w.astype(np.float64)
         weights[t.name] = w.reshape([int(d) for d in reversed(t.shape)])
     return weights
 
@@ -92,7 +96,7 @@ def hidden_states(reader, w, tokens, norm_offset):
     distance = pos[:, None] - pos[None, :]  # query - key
     causal = np.where(distance >= 0, 0.0, -np.inf)
     sliding = np.where((distance >= 0) & (distance < window), 0.0, -np.inf)
-    x = w["token_embd.weight"][tokens] * np.sqrt(n_embd)
+    x = w["token_embd.weight"][tokens].astype(np.float64) * np.sqrt(n_embd)
     for l in range(n_layers):
         p = f"blk.{l}."
         is_global = (l + 1) % SLIDING_WINDOW_PATTERN == 0
@@ -120,17 +124,18 @@ def hidden_states(reader, w, tokens, norm_offset):
 
 
 def logits_of(h, w):
-    return h @ w["token_embd.weight"].T  # tied unembedding; Gemma-3 has no final softcap
+    """Tied unembedding (Gemma-3 has no final softcap), in float64 blocks of the vocabulary."""
+    embd = w["token_embd.weight"]
+    block = 16384
+    return np.concatenate([h @ embd[v:v + block].astype(np.float64).T for v in range(0, embd.shape[0], block)],
+                          axis=-1)
 
 
 def mean_nll(reader, w, tokens, norm_offset):
-    h = hidden_states(reader, w, tokens, norm_offset)
-    total = 0.0
-    for i in range(len(tokens) - 1):
-        z = logits_of(h[i], w)
-        z = z - z.max()
-        total += np.log(np.exp(z).sum()) - z[tokens[i + 1]]
-    return total / (len(tokens) - 1)
+    z = logits_of(hidden_states(reader, w, tokens, norm_offset)[:-1], w)
+    z = z - z.max(axis=-1, keepdims=True)
+    nll = np.log(np.exp(z).sum(axis=-1)) - z[np.arange(len(tokens) - 1), tokens[1:]]
+    return nll.mean()
 
 
 def main():
@@ -157,8 +162,8 @@ def main():
     h = hidden_states(reader, w, tokens, args.norm_offset)
     if args.out_top1:
         top1 = np.empty(len(tokens), dtype="<i8")
-        for start in range(0, len(tokens), 64):  # 64 rows at a time keeps the [rows][vocab] block small
-            top1[start:start + 64] = np.argmax(logits_of(h[start:start + 64], w), axis=-1)
+        for start in range(0, len(tokens), 256):  # 256 rows at a time keeps the [rows][vocab] block small
+            top1[start:start + 256] = np.argmax(logits_of(h[start:start + 256], w), axis=-1)
         top1.tofile(args.out_top1)
     if args.out_logits:
         rows = [int(r) for r in args.rows.split(",") if r]

@@ -181,6 +181,8 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
   std::stable_sort(t.special_ids_.begin(), t.special_ids_.end(), [&](int32_t a, int32_t b) {
     return t.pieces_[a].size() > t.pieces_[b].size();
   });
+  for (int32_t id : t.special_ids_)
+    if (t.token_types_[id] == kTypeUserDefined) t.user_defined_ids_.push_back(id);
 
   t.bos_ = token_id(file, "tokenizer.ggml.bos_token_id", -1, n);
   t.eos_ = token_id(file, "tokenizer.ggml.eos_token_id", -1, n);
@@ -254,6 +256,35 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_bos, bo
 }
 
 void Tokenizer::encode_text(const std::string& text, bool after_special, std::vector<int32_t>& out) const {
+  // User-defined tokens (Gemma's runs of newlines, spaces and tabs) are matched whole in any text,
+  // special tokens parsed or not, as llama.cpp (tokenizer_st_partition) and HF (non-special added
+  // tokens) do; the text between them goes to the vocabulary's algorithm.
+  bool present[256] = {};  // first bytes of user-defined tokens
+  for (int32_t id : user_defined_ids_) present[uint8_t(pieces_[id][0])] = true;
+  size_t start = 0;
+  for (size_t i = 0; !user_defined_ids_.empty() && i < text.size();) {
+    int32_t hit = -1;
+    for (size_t k = 0; present[uint8_t(text[i])] && k < user_defined_ids_.size(); ++k) {  // longest first
+      const int32_t id = user_defined_ids_[k];
+      if (text.compare(i, pieces_[id].size(), pieces_[id]) == 0) {
+        hit = id;
+        break;
+      }
+    }
+    if (hit < 0) {
+      ++i;
+      continue;
+    }
+    encode_model_text(text.substr(start, i - start), after_special, out);
+    out.push_back(hit);
+    after_special = true;
+    i += pieces_[hit].size();
+    start = i;
+  }
+  encode_model_text(start == 0 ? text : text.substr(start), after_special, out);
+}
+
+void Tokenizer::encode_model_text(const std::string& text, bool after_special, std::vector<int32_t>& out) const {
   if (text.empty()) return;
   if (is_spm()) {
     // llama.cpp's rule: a space goes before text at the start and after each special token.

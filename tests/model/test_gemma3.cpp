@@ -93,7 +93,7 @@ TEST(Gemma3, LogitsMatchTheNumPyReference) {
   std::string rows_arg;
   for (size_t i = 0; i < rows.size(); ++i) rows_arg += (i ? "," : "") + std::to_string(rows[i]);
   const std::string base = testing::TempDir() + "saap_gemma3_ref_" + std::to_string(::getpid());
-  const std::string cmd = std::string(SAAP_PYTHON) + " " + SAAP_SOURCE_DIR + "/scripts/reference_gemma3.py --model '" +
+  const std::string cmd = python_interpreter() + " " + SAAP_SOURCE_DIR + "/scripts/reference_gemma3.py --model '" +
                           gemma3_model_path() + "' --tokens " + join(tokens) + " --rows " + rows_arg +
                           " --out-top1 '" + base + ".i64' --out-logits '" + base + ".f64'";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;

@@ -57,6 +57,7 @@ class Tokenizer {
   std::vector<ChatRun> render_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
   bool is_spm() const { return model_ == "llama"; }
   void encode_text(const std::string& text, bool after_special, std::vector<int32_t>& out) const;
+  void encode_model_text(const std::string& text, bool after_special, std::vector<int32_t>& out) const;
   void encode_bpe_piece(const std::string& piece, std::vector<int32_t>& out) const;
   void encode_spm(const std::string& text, std::vector<int32_t>& out) const;
 
@@ -73,6 +74,7 @@ class Tokenizer {
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;
   int32_t byte_ids_[256] = {};            // byte -> its single-byte token (-1: the vocabulary lacks it)
   std::vector<int32_t> special_ids_;     // control/user-defined tokens matched verbatim, longest first
+  std::vector<int32_t> user_defined_ids_;  // the user-defined ones: matched in any text, longest first
   std::vector<int32_t> eog_ids_;         // ids that end a generation
   int32_t bos_ = -1, eos_ = -1, eot_ = -1, unk_ = -1;
   bool add_bos_ = false;

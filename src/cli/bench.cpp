@@ -149,7 +149,7 @@ void print_table(const DecodeBenchResult& r) {
 void register_bench(CLI::App& app, const GlobalOptions& global) {
   auto* cmd = app.add_subcommand("bench", "Decode-step attention time per layer of each method vs dense and the memory floor");
   auto o = std::make_shared<BenchOpts>();
-  cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--model", o->model, kModelOptionHelp);
   cmd->add_option("--text", o->text, "Text whose tokens fill the KV cache (default: eval.txt in the cache)");
   cmd->add_option("--context", o->bench.context, "Context length: n_ctx of the last timed query (<= the model's)")
       ->check(whole_at_least(1));
@@ -186,13 +186,13 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
     }
     o->bench.flush = !o->no_flush;
     const std::vector<MethodSpec> specs = expand_specs(*o);
-    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
-    auto model = LlamaModel::load(model_path);
+    const std::string path = model_path(o->model);
+    auto model = LlamaModel::load(path);
     check_decode_bench(model->config(), specs, o->bench);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
     std::vector<std::string> artifacts;
     for (const auto& [method, path] : parse_artifacts(o->artifacts)) artifacts.push_back(path);
-    const auto inputs = model_run_inputs(*model, model_path, text, artifacts);
+    const auto inputs = model_run_inputs(*model, path, text, artifacts);
     const std::vector<int32_t> tokens = text_windows(model->tokenizer(), text, 1, int(o->bench.context)).front();
     const std::string load = read_loadavg();
     const DecodeBenchResult r =

@@ -17,7 +17,7 @@ void register_calibrate(CLI::App& app, const GlobalOptions& global) {
     CaptureOptions capture;
   };
   auto opts = std::make_shared<Opts>();
-  cmd->add_option("--model", opts->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--model", opts->model, kModelOptionHelp);
   cmd->add_option("--text", opts->text, "Calibration text (default: calib.txt in the cache)");
   cmd->add_option("--windows", opts->capture.windows, "Windows of text")->check(whole_at_least(1));
   cmd->add_option("--window-len", opts->capture.window_len, "Tokens per window")->check(whole_in_range(2, 1 << 20));
@@ -26,10 +26,10 @@ void register_calibrate(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--seed", opts->capture.seed, "Seed of the query sample");
   cmd->add_option("--out", opts->out, "Output file (default: <cache>/calibration/<model>.safetensors)");
   cmd->callback([opts, &global] {
-    const std::string model_path = opts->model.empty() ? default_model_path() : opts->model;
+    const std::string path = model_path(opts->model);
     const std::string text = opts->text.empty() ? default_text_path("calib.txt") : opts->text;
     const auto start = std::chrono::steady_clock::now();
-    auto model = LlamaModel::load(model_path);
+    auto model = LlamaModel::load(path);
     const CalibrationSet set = capture_calibration(model, text, opts->capture);
     const std::string out = opts->out.empty() ? default_calibration_path(*model) : opts->out;
     set.save(out);
@@ -42,7 +42,7 @@ void register_calibrate(CLI::App& app, const GlobalOptions& global) {
     emit(global, result, [&] {
       std::printf("captured %d windows x %d tokens, %lld queries over %d layers in %.0f s -> %s\n", set.windows,
                   set.window_len, (long long)queries, set.n_layers, seconds, out.c_str());
-    }, model_run_inputs(*model, model_path, text));
+    }, model_run_inputs(*model, path, text));
   });
 }
 

@@ -9,6 +9,10 @@
 
 namespace saap::cli {
 
+// The help of every --model option (saap::model_path resolves the value).
+inline constexpr const char* kModelOptionHelp =
+    "GGUF model: smollm2 (default, the bundled SmolLM2-135M-Instruct), gemma3 (Gemma-3-270M base), or a path";
+
 // Options every subcommand shares.
 struct GlobalOptions {
   bool json = false;  // print a machine-readable JSON object instead of text

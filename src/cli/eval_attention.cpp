@@ -20,16 +20,16 @@ void register_eval_attention(CLI::App& app, const GlobalOptions& global) {
     MethodSpec spec;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--model", o->model, kModelOptionHelp);
   cmd->add_option("--text", o->text, "Evaluation text (default: eval.txt in the cache)");
   add_attention_eval_options(cmd, o->windows, o->window_len, o->eval);
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
   cmd->callback([o, &global] {
-    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
-    auto model = LlamaModel::load(model_path);
+    const std::string path = model_path(o->model);
+    auto model = LlamaModel::load(path);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
-    const auto inputs = model_run_inputs(*model, model_path, text, {o->spec.artifact});
+    const auto inputs = model_run_inputs(*model, path, text, {o->spec.artifact});
     const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
     const auto windows = text_windows(model->tokenizer(), text, o->windows, o->window_len);
     const AttentionEvalResult r = evaluate_attention(model, factory, windows, o->eval);

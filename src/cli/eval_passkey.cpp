@@ -19,7 +19,7 @@ void register_eval_passkey(CLI::App& app, const GlobalOptions& global) {
     MethodSpec spec;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--model", o->model, kModelOptionHelp);
   cmd->add_option("--lengths", o->pk.lengths, "Context lengths in tokens");
   cmd->add_option("--depths", o->pk.depths, "Relative needle depths");
   cmd->add_option("--trials", o->pk.trials, "Trials per length and depth")->check(whole_at_least(1));
@@ -34,12 +34,12 @@ void register_eval_passkey(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
   cmd->callback([o, &global] {
-    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
-    auto model = LlamaModel::load(model_path);
+    const std::string path = model_path(o->model);
+    auto model = LlamaModel::load(path);
     o->pk.haystack = o->haystack == "text" ? Haystack::RealText : Haystack::Repeated;
     if (o->pk.haystack == Haystack::RealText)
       o->pk.filler_path = o->filler.empty() ? default_text_path("eval.txt") : o->filler;
-    const auto inputs = model_run_inputs(*model, model_path, o->pk.filler_path, {o->spec.artifact});
+    const auto inputs = model_run_inputs(*model, path, o->pk.filler_path, {o->spec.artifact});
     const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
     const PasskeyResult r = run_passkey(model, factory, o->pk);
     nlohmann::json doc = {{"method", o->spec.describe()},

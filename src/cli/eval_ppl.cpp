@@ -22,7 +22,7 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
   };
   auto o = std::make_shared<Opts>();
   o->ppl.max_windows = 0;
-  cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--model", o->model, kModelOptionHelp);
   cmd->add_option("--text", o->text, "Text file (default: eval.txt in the cache, the Debian handbook)");
   cmd->add_option("--window-len", o->ppl.window, "Tokens per window")->check(whole_in_range(2, 1 << 30));
   cmd->add_option("--first-window", o->ppl.first_window, "Windows to skip from the start (shards an evaluation)")
@@ -37,10 +37,10 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
   cmd->callback([o, &global] {
-    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
-    auto model = LlamaModel::load(model_path, !global.json);
+    const std::string path = model_path(o->model);
+    auto model = LlamaModel::load(path, !global.json);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
-    const auto inputs = model_run_inputs(*model, model_path, text, {o->spec.artifact});
+    const auto inputs = model_run_inputs(*model, path, text, {o->spec.artifact});
     PerplexityOptions opts = o->ppl;
     opts.methods = make_method_factory(o->spec, model_artifact_identity(*model));
     opts.mode = o->dense_prefill || o->spec.name == "dense" ? AttentionMode::DensePrefill

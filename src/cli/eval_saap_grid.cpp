@@ -58,7 +58,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
     AttentionEvalOptions eval;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--model", o->model, kModelOptionHelp);
   cmd->add_option("--text", o->text, "Evaluation text (default: eval.txt in the cache)");
   cmd->add_option("--run", o->runs, "[label=]method:artifact, method saap|kmeans|partition-oracle|oracle|quest|loki (repeatable)")
       ->required();
@@ -72,8 +72,8 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   cmd->add_option("--stem", o->stem, "Result file name stem");
   cmd->callback([o, &global] {
-    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
-    auto model = LlamaModel::load(model_path);
+    const std::string path = model_path(o->model);
+    auto model = LlamaModel::load(path);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
     const ArtifactIdentity id = model_artifact_identity(*model);
     struct Row {
@@ -118,7 +118,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
     }
     std::vector<std::string> artifacts;
     for (const Row& r : rows) artifacts.push_back(r.spec.artifact);
-    const auto inputs = model_run_inputs(*model, model_path, text, artifacts);
+    const auto inputs = model_run_inputs(*model, path, text, artifacts);
     const auto windows = text_windows(model->tokenizer(), text, o->windows, o->window_len);
     const std::vector<AttentionEvalResult> res = evaluate_attention(model, factories, windows, o->eval);
 

@@ -48,7 +48,7 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
   };
   auto o = std::make_shared<Opts>();
   o->att.queries_per_window = 128;
-  cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--model", o->model, kModelOptionHelp);
   cmd->add_option("--text", o->text, "Evaluation text (default: eval.txt in the cache)");
   cmd->add_option("--methods", o->methods, "Families: dense oracle streaming h2o loki quest");
   cmd->add_option("--fractions", o->fractions, "Lookup fractions (Loki: k_f = d_f = f unless --loki-grid)");
@@ -66,10 +66,10 @@ void register_eval_sweep(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the result files");
   cmd->add_option("--stem", o->stem, "Result file stem (default quality_<date>)");
   cmd->callback([o, &global] {
-    const std::string model_path = o->model.empty() ? default_model_path() : o->model;
-    auto model = LlamaModel::load(model_path);
+    const std::string path = model_path(o->model);
+    auto model = LlamaModel::load(path);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
-    const auto inputs = model_run_inputs(*model, model_path, text, {o->loki_pre, o->loki_post});
+    const auto inputs = model_run_inputs(*model, path, text, {o->loki_pre, o->loki_post});
     const ArtifactIdentity id = model_artifact_identity(*model);
     const int64_t L = o->window_len;
 

@@ -43,10 +43,10 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--top-p", o->sampler.top_p, "Nucleus: smallest set of tokens with this probability")
       ->check(in_range(0, 1));
   cmd->add_option("--seed", o->sampler.seed, "Sampling seed");
-  cmd->add_option("--model", o->model, "GGUF model (default: the bundled SmolLM2-135M-Instruct)");
+  cmd->add_option("--model", o->model, kModelOptionHelp);
   add_method_options(cmd, o->spec);
   cmd->callback([o, &global] {
-    auto model = LlamaModel::load(o->model.empty() ? default_model_path() : o->model, !global.json);
+    auto model = LlamaModel::load(model_path(o->model), !global.json);
     const Tokenizer& tok = model->tokenizer();
     const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
     Sampler sampler(o->sampler);

@@ -50,6 +50,12 @@ void register_info(CLI::App& app, const GlobalOptions& global) {
       result["model"] = nullptr;
       missing_model = e.what();
     }
+    try {
+      result["models"]["gemma3"] = gemma3_model_path();
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::NotFound) throw;
+      result["models"]["gemma3"] = nullptr;  // optional: only --model gemma3 needs it
+    }
     result["cache_dir"] = cache_dir();
     for (const char* text : {"eval.txt", "calib.txt"}) {
       const std::string path = cache_dir() + "/text/" + text;
@@ -60,6 +66,9 @@ void register_info(CLI::App& app, const GlobalOptions& global) {
     const std::string cuda = cuda_status(result);
     emit(global, result, [&] {
       std::printf("model:     %s\n", result["model"].is_null() ? "MISSING" : result["model"].get<std::string>().c_str());
+      std::printf("gemma3:    %s\n", result["models"]["gemma3"].is_null()
+                                         ? "MISSING (run scripts/setup.sh)"
+                                         : result["models"]["gemma3"].get<std::string>().c_str());
       std::printf("cache:     %s\n", result["cache_dir"].get<std::string>().c_str());
       for (auto& [name, path] : result["texts"].items())
         std::printf("text %-9s %s\n", (name + ":").c_str(),

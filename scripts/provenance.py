@@ -58,6 +58,12 @@ def _git(*args):
 
 
 def commit_and_dirty():
+    # The caller's SAAP_GIT_COMMIT wins: the GPU machine's copy of the tree can hold a stale .git
+    # (seen there: the session's first commit, "dirty"), so its git cannot be trusted.
+    commit = os.environ.get("SAAP_GIT_COMMIT")
+    if commit:
+        dirty = os.environ.get("SAAP_GIT_DIRTY")
+        return commit, {"0": False, "1": True}.get(dirty)
     try:
         head = _git("rev-parse", "HEAD")
     except OSError:  # no git at all
@@ -65,10 +71,6 @@ def commit_and_dirty():
     if head:
         status = _git("status", "--porcelain", "--", ".", ":(exclude)results")
         return head.strip(), None if status is None else bool(status.strip())
-    commit = os.environ.get("SAAP_GIT_COMMIT")
-    if commit:
-        dirty = os.environ.get("SAAP_GIT_DIRTY")
-        return commit, {"0": False, "1": True}.get(dirty)
     return "unknown", None
 
 
@@ -87,7 +89,8 @@ def gpus():
     """[{name, driver}] from the NVIDIA driver's /proc entries, else nvidia-smi, else []."""
     found = []
     version = _read_field("/proc/driver/nvidia/version", "NVRM version")
-    m = re.search(r"Kernel Module\s+(\S+)", version)
+    # "Kernel Module  580.x" or, for the open module, "Kernel Module for x86_64  580.x": the first number.
+    m = re.search(r"Kernel Module.*?\s(\d[\d.]*)", version)
     for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
         found.append({"name": _read_field(info, "Model"), "driver": m.group(1) if m else ""})
     if found:

@@ -3,13 +3,19 @@
 # rewritten only when its content changes, so an unchanged tree relinks nothing.
 #
 # Dirty = tracked changes or untracked, not ignored files anywhere but results/ (running the
-# experiments writes there; it does not change the code). Without git or a .git (the GPU machine gets
-# a copy of the working tree without it), the caller passes SAAP_GIT_COMMIT (and SAAP_GIT_DIRTY=0|1)
+# experiments writes there; it does not change the code). The GPU machine's copy of the tree
+# has no .git or a stale one, so there the caller passes SAAP_GIT_COMMIT (and SAAP_GIT_DIRTY=0|1)
 # in the environment; with neither, the commit is "unknown" and check_provenance.py rejects the files.
 set(commit "unknown")
 set(dirty -1)
 find_package(Git QUIET)
-if(GIT_FOUND)
+# The caller's SAAP_GIT_COMMIT wins: the GPU machine's copy of the tree can hold a stale .git.
+if(DEFINED ENV{SAAP_GIT_COMMIT})
+  set(commit $ENV{SAAP_GIT_COMMIT})
+  if("$ENV{SAAP_GIT_DIRTY}" MATCHES "^[01]$")
+    set(dirty $ENV{SAAP_GIT_DIRTY})
+  endif()
+elseif(GIT_FOUND)
   execute_process(COMMAND ${GIT_EXECUTABLE} -C ${SOURCE_DIR} rev-parse HEAD OUTPUT_VARIABLE head
                   RESULT_VARIABLE rc OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
   if(rc EQUAL 0)
@@ -23,12 +29,6 @@ if(GIT_FOUND)
         set(dirty 1)
       endif()
     endif()
-  endif()
-endif()
-if(commit STREQUAL "unknown" AND DEFINED ENV{SAAP_GIT_COMMIT})
-  set(commit $ENV{SAAP_GIT_COMMIT})
-  if("$ENV{SAAP_GIT_DIRTY}" MATCHES "^[01]$")
-    set(dirty $ENV{SAAP_GIT_DIRTY})
   endif()
 endif()
 file(CONFIGURE OUTPUT ${OUT} CONTENT [[

@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <thread>
 
 #include "saap/core/error.h"
@@ -134,9 +136,16 @@ std::vector<GpuInfo> nvidia_gpus() {
     std::getline(in, line);
     const std::string marker = "Kernel Module";
     const size_t at = line.find(marker);
+    // "Kernel Module  580.x" or, for the open module, "Kernel Module for x86_64  580.x": the
+    // driver is the first token after the marker that starts with a digit.
     if (at != std::string::npos) {
-      const std::string rest = trim(line.substr(at + marker.size()));
-      driver = rest.substr(0, rest.find_first_of(" \t"));
+      std::istringstream rest(line.substr(at + marker.size()));
+      std::string token;
+      while (rest >> token)
+        if (std::isdigit(static_cast<unsigned char>(token[0]))) {
+          driver = token;
+          break;
+        }
     }
   }
   for (const std::string& id : ids) gpus.push_back({read_field(root + "/" + id + "/information", "Model"), driver});

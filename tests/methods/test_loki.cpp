@@ -193,6 +193,7 @@ TEST(Loki, ExactAttentionOverSelectionAndBytes) {
     loki.attend(kv, qv, sel, out.data(), stats);
     for (int h = 0; h < kQ; ++h) {
       EXPECT_EQ(int64_t(sel.positions[size_t(h)].size()), 32);  // ceil(0.125 * 256)
+      // fp32 attention over 32 keys vs long double (bf16/f16 keys are read exactly in both).
       EXPECT_LT(max_rel_error(attention(kv, q.data() + h * kD, h / 3, sel.positions[size_t(h)]), out.data() + h * kD),
                 1e-5);
     }

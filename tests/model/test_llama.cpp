@@ -62,9 +62,10 @@ std::vector<float> run(const std::vector<int32_t>& tokens, AttentionMode mode = 
   return logits;
 }
 
-// max over positions of max|a - b| / max|b| at that position.
+// max over positions of max|a - b| / max|b| at that position. Prints it, so that the test log holds
+// the measured error the tolerances below are set from.
 template <class A, class B>
-double max_relative_error(const std::vector<A>& a, const std::vector<B>& b, int64_t vocab) {
+double max_relative_error(const std::vector<A>& a, const std::vector<B>& b, int64_t vocab, const char* what) {
   double worst = 0;
   for (size_t row = 0; row < a.size() / size_t(vocab); ++row) {
     double diff = 0, scale = 0;
@@ -75,6 +76,7 @@ double max_relative_error(const std::vector<A>& a, const std::vector<B>& b, int6
     }
     worst = std::max(worst, diff / scale);
   }
+  std::printf("max relative logit error, %s: %.3g\n", what, worst);
   return worst;
 }
 
@@ -99,9 +101,10 @@ TEST(Llama, LogitsMatchTheNumPyReference) {
   const std::vector<float> ours = run(tokens);
   const std::vector<double> ref = reference_logits(tokens);
   ASSERT_EQ(ours.size(), ref.size());
-  const double error = max_relative_error(ours, ref, vocab);
-  std::printf("max relative logit error vs the float64 reference: %.3g\n", error);
-  EXPECT_LT(error, 1e-3);
+  // fp32 activations through 30 layers against float64 on the same dequantized weights: measured
+  // 2.5e-6 (16 tokens) and 2.6e-6 (1024 tokens); 2e-5 leaves 8x for other token draws and BLAS
+  // builds (summation order), and still fails a one-ulp-per-layer systematic error.
+  EXPECT_LT(max_relative_error(ours, ref, vocab, "vs the float64 reference"), 2e-5);
   for (size_t row = 0; row < tokens.size(); ++row) {
     const float* o = &ours[row * size_t(vocab)];
     const double* r = &ref[row * size_t(vocab)];
@@ -120,7 +123,7 @@ TEST(Llama, TokenByTokenDecodeEqualsOnePrefill) {
   std::vector<float> stepped(batched.size());
   for (int64_t i = 0; i < n; ++i) decode.forward(&tokens[size_t(i)], 1, &stepped[size_t(i * vocab)]);
   EXPECT_EQ(decode.length(), n);
-  EXPECT_LT(max_relative_error(stepped, batched, vocab), 1e-4);
+  EXPECT_LT(max_relative_error(stepped, batched, vocab, "token by token vs one prefill"), 1e-4);
   // Decode steps went through the (dense) method, prefill chunks did not.
   EXPECT_EQ(decode.stats().queries, n * real_model()->config().n_layers);
   EXPECT_DOUBLE_EQ(decode.stats().fraction(), 1.0);
@@ -130,20 +133,20 @@ TEST(Llama, TokenByTokenDecodeEqualsOnePrefill) {
   std::vector<float> split(batched.size());
   chunked.forward(tokens.data(), 7, split.data(), true);
   chunked.forward(tokens.data() + 7, n - 7, &split[size_t(7 * vocab)], true);
-  EXPECT_LT(max_relative_error(split, batched, vocab), 1e-4);
+  EXPECT_LT(max_relative_error(split, batched, vocab, "two prefill chunks vs one"), 1e-4);
 
   // Only the last row when all_logits is false.
   LlamaSession last(real_model(), 32);
   std::vector<float> last_row(static_cast<size_t>(vocab));
   last.forward(tokens.data(), n, last_row.data());
   std::vector<float> expected(batched.end() - vocab, batched.end());
-  EXPECT_LT(max_relative_error(last_row, expected, vocab), 1e-5);
+  EXPECT_LT(max_relative_error(last_row, expected, vocab, "last row only vs all rows"), 1e-5);
 }
 
 TEST(Llama, MethodEverywhereWithDenseEqualsDensePrefill) {
   const auto tokens = test_tokens(std::random_device{}());
   const int64_t vocab = real_model()->config().vocab_size;
-  EXPECT_LT(max_relative_error(run(tokens, AttentionMode::MethodEverywhere), run(tokens), vocab), 1e-4);
+  EXPECT_LT(max_relative_error(run(tokens, AttentionMode::MethodEverywhere), run(tokens), vocab, "dense method everywhere vs dense prefill"), 1e-4);
 }
 
 // Interleaved RoPE written out in double precision, independent of saap::Rope.

@@ -123,7 +123,9 @@ TEST(Llama, TokenByTokenDecodeEqualsOnePrefill) {
   std::vector<float> stepped(batched.size());
   for (int64_t i = 0; i < n; ++i) decode.forward(&tokens[size_t(i)], 1, &stepped[size_t(i * vocab)]);
   EXPECT_EQ(decode.length(), n);
-  EXPECT_LT(max_relative_error(stepped, batched, vocab, "token by token vs one prefill"), 1e-4);
+  // Decode steps (split-KV decode kernel) against the causal prefill kernel: the same fp32 sums in
+  // another order; measured 2.4e-6, so 2e-5 (as against the float64 reference above).
+  EXPECT_LT(max_relative_error(stepped, batched, vocab, "token by token vs one prefill"), 2e-5);
   // Decode steps went through the (dense) method, prefill chunks did not.
   EXPECT_EQ(decode.stats().queries, n * real_model()->config().n_layers);
   EXPECT_DOUBLE_EQ(decode.stats().fraction(), 1.0);
@@ -133,20 +135,25 @@ TEST(Llama, TokenByTokenDecodeEqualsOnePrefill) {
   std::vector<float> split(batched.size());
   chunked.forward(tokens.data(), 7, split.data(), true);
   chunked.forward(tokens.data() + 7, n - 7, &split[size_t(7 * vocab)], true);
-  EXPECT_LT(max_relative_error(split, batched, vocab, "two prefill chunks vs one"), 1e-4);
+  EXPECT_LT(max_relative_error(split, batched, vocab, "two prefill chunks vs one"), 2e-5);  // measured 2.4e-6
 
   // Only the last row when all_logits is false.
   LlamaSession last(real_model(), 32);
   std::vector<float> last_row(static_cast<size_t>(vocab));
   last.forward(tokens.data(), n, last_row.data());
   std::vector<float> expected(batched.end() - vocab, batched.end());
+  // Only the output projection's blocking differs (one row vs all): measured 9.8e-7.
   EXPECT_LT(max_relative_error(last_row, expected, vocab, "last row only vs all rows"), 1e-5);
 }
 
 TEST(Llama, MethodEverywhereWithDenseEqualsDensePrefill) {
   const auto tokens = test_tokens(std::random_device{}());
   const int64_t vocab = real_model()->config().vocab_size;
-  EXPECT_LT(max_relative_error(run(tokens, AttentionMode::MethodEverywhere), run(tokens), vocab, "dense method everywhere vs dense prefill"), 1e-4);
+  // The dense method runs the same exact attention: measured 0; 1e-6 leaves room only for a
+  // thread-count-dependent split of the sums.
+  EXPECT_LT(max_relative_error(run(tokens, AttentionMode::MethodEverywhere), run(tokens), vocab,
+                               "dense method everywhere vs dense prefill"),
+            1e-6);
 }
 
 // Interleaved RoPE written out in double precision, independent of saap::Rope.
@@ -196,6 +203,7 @@ TEST(Llama, ObserverSeesEveryLayerWithConsistentActivations) {
   session.forward(tokens.data() + 5, 6, logits.data());
   ASSERT_EQ(int(seen.size()), c.n_layers);
   for (int l = 0; l < c.n_layers; ++l) EXPECT_EQ(seen[size_t(l)], l);
+  // fp32 RoPE (float sin/cos tables) against double: a few ulps of values of order 1-10.
   EXPECT_LT(worst_q, 1e-5);
   EXPECT_LT(worst_k, 1e-5);
   EXPECT_EQ(worst_cache, 0.0);

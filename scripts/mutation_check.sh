@@ -20,10 +20,14 @@ attention=src/kernels/cpu/attention.cpp
 
 # name # file # test targets (space separated) # sed expression
 mutations=(
+  "dense: GQA head mapping off by one#$attention#test_kernels_cpu#s/accumulate<T>(kv, head, q + int64_t(head) \* group \* D/accumulate<T>(kv, (head + 1) % kv.n_kv_heads, q + int64_t(head) * group * D/"
+  "kmeans: farthest centroid instead of nearest#$saap#test_methods#s/if (s > best_score) best_score = s, best = c;/if (s < best_score || c == 0) best_score = s, best = c;/"
+  "GQA: only the first head of a group reads the union#$saap#test_methods#s/for (int g = 1; g < group; ++g) sel.positions\[size_t(kvh \* group + g)\] = out;/(void)0;/"
+  "GQA: round-robin merge uses one head's ranking#$saap#test_methods#s/const int32_t c = order_\[size_t(int64_t(g) \* C + r)\];/const int32_t c = order_[size_t(r)];/"
+  "GQA: bytes counted for one head, not the union#$method#test_methods#s/for (int g = 0; g < group; ++g) {/for (int g = 0; g < 1; ++g) {/"
   "dense: softmax scale off by 1%#$attention#test_kernels_cpu#s/scores\[g\]\[j\] = dot \* scale;/scores[g][j] = dot * scale * 1.01f;/"
   "dense: one key dropped#$attention#test_kernels_cpu#s/pos0 + row + 1, \[\]/pos0 + row, []/"
-  "dense: one split dropped#$attention#test_kernels_cpu#s/const int64_t n_splits = (n_ctx + kSplit - 1) \/ kSplit;/const int64_t n_splits = (n_ctx - 1 + kSplit - 1) \/ kSplit; n_ctx -= 1;/"
-  "dense: GQA head mapping off by one#$attention#test_kernels_cpu#s/accumulate<T>(kv, head, q + int64_t(head) \* group \* D/accumulate<T>(kv, (head + 1) % kv.n_kv_heads, q + int64_t(head) * group * D/"
+  "dense: the last split not merged#$attention#test_kernels_cpu#s/for (int64_t s = 1; s < n_splits; ++s) total.merge/for (int64_t s = 1; s < n_splits - 1; ++s) total.merge/"
   "saap: group keys by max instead of sum#$rules#test_core test_methods#s/  return top + logf(sum);/  return top;/"
   "saap: no per-head normalisation#$rules#test_core test_methods#s/s\[g \* stride\] - lse\[g\]/s[g * stride]/g"
   "saap: no count term in the normaliser#$rules#test_core test_methods#s/return count > 0 ? double(count) \* exp(/return count > 0 ? exp(/"
@@ -33,10 +37,6 @@ mutations=(
   "loki: rank ceil -> floor#$rules#test_core test_methods#s/const int64_t r = tokens_for_fraction(d_f, head_dim);/const int64_t r = int64_t(d_f * head_dim);/"
   "loki: top-k count ceil -> floor#$rules#test_core test_methods#s/inline int64_t loki_keys(double k_f, int64_t n) { return topk_keys(k_f, n); }/inline int64_t loki_keys(double k_f, int64_t n) { const int64_t k = int64_t(k_f * double(n)); return k < 1 ? 1 : k; }/"
   "order: ties to the higher id#$rules#test_core test_methods#s/(key_a == key_b && id_a < id_b)/(key_a == key_b \&\& id_a > id_b)/"
-  "kmeans: farthest centroid instead of nearest#$saap#test_methods#s/if (s > best_score) best_score = s, best = c;/if (s < best_score || c == 0) best_score = s, best = c;/"
-  "GQA: only the first head of a group reads the union#$saap#test_methods#s/for (int g = 1; g < group; ++g) sel.positions\[size_t(kvh \* group + g)\] = out;/(void)0;/"
-  "GQA: round-robin merge uses one head's ranking#$saap#test_methods#s/const int32_t c = order_\[size_t(int64_t(g) \* C + r)\];/const int32_t c = order_[size_t(r)];/"
-  "GQA: bytes counted for one head, not the union#$method#test_methods#s/for (int g = 0; g < group; ++g) {/for (int g = 0; g < 1; ++g) {/"
 )
 
 backup=$(mktemp -d)
@@ -49,6 +49,15 @@ trap 'restore; rm -rf "$backup"' EXIT
 trap 'restore; echo "mutation check interrupted: sources restored; rebuild with cmake --build $build"; exit 130' INT TERM
 
 start=$(date +%s)
+# Baseline: without a mutation every target builds and passes, so a failure below is the mutation's.
+all_targets=$(for e in "${mutations[@]}"; do IFS='#' read -r _ _ t _ <<<"$e"; echo "$t"; done | tr ' ' '\n' | sort -u | tr '\n' ' ')
+# shellcheck disable=SC2086
+cmake --build "$build" -j"$jobs" --target $all_targets >"$backup/build.log" 2>&1 ||
+  { echo "mutation check: the unmutated tree does not build:"; tail -20 "$backup/build.log"; exit 1; }
+for t in $all_targets; do
+  ("$build/tests/$t" --gtest_brief=1 >"$backup/test.log" 2>&1) 2>>"$backup/test.log" ||
+    { echo "mutation check: $t fails without a mutation:"; tail -20 "$backup/test.log"; exit 1; }
+done
 bad=0
 touched_targets=""
 printf '%-55s %s\n' "mutation" "result"
@@ -74,11 +83,12 @@ for entry in "${mutations[@]}"; do
   fi
   killers="" crashed=""
   for t in $targets; do
-    "$build/tests/$t" --gtest_brief=1 >"$backup/test.log" 2>&1
+    # In a subshell, so that a crash's "Segmentation fault" goes to the log, not to the terminal.
+    ("$build/tests/$t" --gtest_brief=1 >"$backup/test.log" 2>&1) 2>>"$backup/test.log"
     rc=$?
     if [ "$rc" -eq 1 ]; then
       first=$(grep -m1 -o '^\[  FAILED  \] [A-Za-z0-9_./]*' "$backup/test.log" | sed 's/^\[  FAILED  \] //')
-      n=$(grep -c '^\[  FAILED  \] [A-Za-z0-9_./]* (' "$backup/test.log")
+      n=$(grep -o '^\[  FAILED  \] [A-Za-z][A-Za-z0-9_./]*' "$backup/test.log" | sort -u | wc -l)
       killers="$killers $t:${first:-?}${n:+ ($n failed)}"
     elif [ "$rc" -ne 0 ]; then
       crashed="$crashed $t(exit $rc)"

@@ -401,6 +401,36 @@ TEST(SaapSelect, SymmetricRoutesToNearestCentroidsOfTheSamePartition) {
   EXPECT_EQ(sel.index_bytes, int64_t(kKV) * kC * (kDim * 4 + 4));
 }
 
+// The symmetric baseline on uneven partitions at a fractional budget, at many positions: the heads
+// of a group rank by their own nearest centroids, and the rankings are merged round-robin.
+TEST(SaapSelect, SymmetricMergesItsHeadsRankingsRoundRobinOnUnevenPartitions) {
+  PartitionArtifact km = random_artifact(false, true, 33);
+  auto a = std::make_shared<const PartitionArtifact>(km);
+  Sequence s(34, &km);
+  const double lookup = 0.33;
+  const int sinks = 3, window = 10;
+  SymmetricKMeansAttention m(shape(), a, {lookup, sinks, window});
+  const LayerKV kv = s.cache.layer(1);
+  m.place(kv, 0, kLen, s.k_pre.data());
+  for (int64_t pos = 20; pos < kLen; pos += 7) {
+    const QueryView q = s.query(pos);
+    Selection sel;
+    m.select(kv, q, sel);
+    for (int g = 0; g < kKV; ++g) {
+      std::vector<std::vector<double>> scores(2, std::vector<double>(kC, 0.0));
+      for (int h = 0; h < 2; ++h)
+        for (int c = 0; c < kC; ++c)
+          for (int i = 0; i < kDim; ++i)
+            scores[size_t(h)][size_t(c)] += double(q.q_pre[(2 * g + h) * kDim + i]) *
+                                            km.layers.at(1).centroids[size_t((g * kC + c) * kDim + i)];
+      const auto want = reference_selection(scores, m.lists(g), pos, lookup, sinks, window);
+      for (int h = 2 * g; h < 2 * g + 2; ++h)
+        EXPECT_EQ(std::set<int32_t>(sel.positions[size_t(h)].begin(), sel.positions[size_t(h)].end()), want)
+            << "pos " << pos << " head " << h;
+    }
+  }
+}
+
 TEST(SaapSelect, LookupOneEqualsDenseAndCountsTheUnionPerGroup) {
   auto a = std::make_shared<const PartitionArtifact>(random_artifact(true, true, 9));
   Sequence s(10);

@@ -78,6 +78,7 @@ void check_bases(const CalibrationSet& set, const LokiArtifact& a, bool post) {
           for (int y = 0; y < d; ++y) sv += s[size_t(x * d + y)] * b[j * d + y];
           resid += (sv - var[j] * b[j * d + x]) * (sv - var[j] * b[j * d + x]);
         }
+        // float-stored axes against the long-double covariance: float rounding, relative to the top variance.
         EXPECT_LT(double(std::sqrt(resid) / var[0]), 1e-5) << "axis " << j;
       }
       if (!post) {

@@ -87,6 +87,7 @@ void check_pca(int d, int64_t n, int64_t stride, uint64_t seed) {
     for (int j = 0; j < d; ++j) {
       ld dot = 0;
       for (int k = 0; k < d; ++k) dot += ld(p.components[size_t(i) * d + k]) * p.components[size_t(j) * d + k];
+      // float storage of a float64 eigenbasis: orthonormal to float rounding (~1e-7 per term, d terms).
       EXPECT_NEAR(double(dot), i == j ? 1.0 : 0.0, 1e-5) << i << "," << j;
     }
   ld trace = 0, ratio_sum = 0;
@@ -101,6 +102,7 @@ void check_pca(int d, int64_t n, int64_t stride, uint64_t seed) {
       resid += (sv - ld(p.variances[size_t(j)]) * v[a]) * (sv - ld(p.variances[size_t(j)]) * v[a]);
       rayleigh += v[a] * sv;
     }
+    // float-stored vectors against the long-double covariance: float rounding, relative to lambda_max.
     EXPECT_LT(double(std::sqrt(resid) / lmax), 1e-5) << "axis " << j;
     EXPECT_NEAR(double(rayleigh / lmax), double(p.variances[size_t(j)] / lmax), 1e-5) << "axis " << j;
     if (j > 0) {
@@ -117,9 +119,10 @@ void check_pca(int d, int64_t n, int64_t stride, uint64_t seed) {
     EXPECT_GT(double(std::fabs(dot)), 0.98) << "axis " << j;
     EXPECT_NEAR(p.variances[size_t(j)] / g.vars[size_t(j)], 1.0, 0.05) << "axis " << j;
     ratio_sum += p.explained_ratio[size_t(j)];
-    EXPECT_NEAR(double(p.explained_ratio[size_t(j)]), double(p.variances[size_t(j)] / trace), 1e-6);
+    EXPECT_NEAR(double(p.explained_ratio[size_t(j)]), double(p.variances[size_t(j)] / trace), 1e-6);  // float ratio
   }
-  EXPECT_NEAR(double(ratio_sum), 1.0, 1e-5);
+  EXPECT_NEAR(double(ratio_sum), 1.0, 1e-5);  // d float ratios summed
+  // Sample mean against the generating mean: sampling error ~ sigma / sqrt(n).
   for (int k = 0; k < d; ++k) EXPECT_NEAR(p.mean[size_t(k)], g.mean[size_t(k)], 0.1);
 }
 

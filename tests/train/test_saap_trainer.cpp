@@ -144,8 +144,9 @@ TEST(SaapTrainer, LabelsAreTheTrueAttentionMassPerPartitionOutsideSinksAndWindow
         if (count[size_t(c)] == 0)
           EXPECT_EQ(off, -INFINITY);
         else
-          EXPECT_NEAR(off, std::log(double(count[size_t(c)])), 1e-6);
+          EXPECT_NEAR(off, std::log(double(count[size_t(c)])), 1e-6);  // log of a count, stored in float
       }
+      // Labels are float sums of a few hundred softmax weights in [0, 1]: ~1e-6 against double.
       EXPECT_NEAR(lab.weight[size_t(h)][size_t(i)], double(rest), 1e-5);
       for (int c = 0; c < 8; ++c)
         EXPECT_NEAR(lab.target[size_t(h)][size_t(i * 8 + c)], double(mass[size_t(c)] / rest), 1e-5);

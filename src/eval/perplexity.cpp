@@ -35,6 +35,8 @@ nlohmann::json PerplexityResult::to_json() const {
           // null when no query went through a method (exact prefill everywhere): nothing to report.
           {"lookup_fraction", stats.queries ? nlohmann::json(stats.fraction()) : nlohmann::json()},
           {"kv_fraction", stats.queries ? nlohmann::json(stats.kv_fraction()) : nlohmann::json()},
+          {"global_lookup_fraction", global_stats.queries ? nlohmann::json(global_stats.fraction()) : nlohmann::json()},
+          {"global_kv_fraction", global_stats.queries ? nlohmann::json(global_stats.kv_fraction()) : nlohmann::json()},
           {"method_queries", stats.queries}};
 }
 
@@ -90,6 +92,7 @@ PerplexityResult evaluate_perplexity(const std::shared_ptr<const LlamaModel>& mo
       bar.update(w * (W - 1) + end, format("nll %.3f", window_nll / double(end)));
     }
     result.stats += session.stats();
+    result.global_stats += session.global_stats();
     result.window_nll.push_back(window_nll / double(inputs));
     total_nll += window_nll;
   }

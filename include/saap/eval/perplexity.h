@@ -38,6 +38,8 @@ struct PerplexityResult {
   bool bos = false;                  // windows start with BOS
   std::vector<double> window_nll;    // mean NLL of each window
   LookupStats stats;                 // what the methods read, over all windows
+  LookupStats global_stats;          // the same over the global layers only (Gemma-3's local layers
+                                     // always read their window exactly); equals stats for Llama
   nlohmann::json to_json() const;
 };
 

@@ -17,6 +17,18 @@ AttentionMethod::AttentionMethod(const LayerShape& shape) : shape_(shape) {
 
 float AttentionMethod::scale() const { return 1.0f / std::sqrt(float(shape_.head_dim)); }
 
+void AttentionMethod::check_place(const LayerKV& kv, int64_t begin, int64_t end, int64_t placed) const {
+  SAAP_CHECK_FMT(kv.n_kv_heads == shape_.n_kv_heads && kv.head_dim == shape_.head_dim, InvalidArgument,
+                 "layer %d: cache has n_kv_heads = %d, head_dim = %d; expected %d, %d", shape_.layer, kv.n_kv_heads,
+                 kv.head_dim, shape_.n_kv_heads, shape_.head_dim);
+  SAAP_CHECK_FMT(begin >= 0 && begin <= end && end <= kv.length, InvalidArgument,
+                 "layer %d: placed range [%lld, %lld) outside the cache length %lld", shape_.layer, (long long)begin,
+                 (long long)end, (long long)kv.length);
+  SAAP_CHECK_FMT(begin <= placed, InvalidArgument,
+                 "layer %d: placing from position %lld leaves a gap after the %lld positions placed", shape_.layer,
+                 (long long)begin, (long long)placed);
+}
+
 void AttentionMethod::place(const LayerKV&, int64_t, int64_t, const float*) {}
 
 void check_selection(const QueryView& q, const Selection& sel) {

@@ -70,15 +70,7 @@ const float* QuestAttention::page_max(int kv_head, int64_t c) const {
 }
 
 void QuestAttention::place(const LayerKV& kv, int64_t begin, int64_t end, const float*) {
-  SAAP_CHECK_FMT(kv.n_kv_heads == shape_.n_kv_heads && kv.head_dim == shape_.head_dim, InvalidArgument,
-                 "layer %d: cache has n_kv_heads = %d, head_dim = %d; expected %d, %d", shape_.layer, kv.n_kv_heads,
-                 kv.head_dim, shape_.n_kv_heads, shape_.head_dim);
-  SAAP_CHECK_FMT(begin >= 0 && begin <= end && end <= kv.length, InvalidArgument,
-                 "layer %d: placed range [%lld, %lld) outside the cache length %lld", shape_.layer, (long long)begin,
-                 (long long)end, (long long)kv.length);
-  SAAP_CHECK_FMT(begin <= placed_, InvalidArgument,
-                 "layer %d: placing from position %lld leaves a gap after the %lld positions placed", shape_.layer,
-                 (long long)begin, (long long)placed_);
+  check_place(kv, begin, end, placed_);
   const int d = shape_.head_dim;
   const int64_t P = params_.page_size;
   // Rebuild from the page holding begin: its min and max cannot forget the dropped positions.

@@ -85,6 +85,9 @@ class AttentionMethod {
 
  protected:
   float scale() const;
+  // Throws InvalidArgument unless kv has this layer's head shape and [begin, end) lies in the cache
+  // without leaving a gap after the `placed` positions already placed.
+  void check_place(const LayerKV& kv, int64_t begin, int64_t end, int64_t placed) const;
   LayerShape shape_;
   Selection scratch_;
 };

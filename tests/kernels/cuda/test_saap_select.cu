@@ -25,10 +25,14 @@ int main() {
     float lookup;
   };
   // Fractional budgets (0.33 of 5000 is 1650, of 3001 is 990.33), GQA groups 4, 3, 7, 1 and 8,
-  // more partitions than select threads (2000), and a lookup of 1 (everything).
+  // more partitions than select threads (2000), and a lookup of 1 (everything). The two 4096-
+  // partition cases (the most supported, many of them empty) exercise the block-scan prefix of
+  // the fill over several 1024-rank tiles and the warp walk after the first misfit over many
+  // 32-rank chunks, with many skips (the printed "taken after a skip" count).
   for (const Case& c : {Case{2, 8, 2, 128, 300, 64, {5000, 3001}, 0.33f}, Case{1, 9, 3, 64, 2000, 96, {8000}, 0.3f},
                         Case{1, 7, 1, 64, 120, 32, {2500}, 0.07f}, Case{2, 2, 2, 128, 64, 32, {1200, 777}, 0.2f},
-                        Case{1, 8, 1, 128, 50, 32, {900}, 1.0f}}) {
+                        Case{1, 8, 1, 128, 50, 32, {900}, 1.0f}, Case{2, 4, 1, 64, 4096, 32, {20000, 12000}, 0.5f},
+                        Case{1, 4, 2, 64, 4096, 32, {30000}, 0.1f}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;

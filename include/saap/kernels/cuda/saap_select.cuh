@@ -117,21 +117,78 @@ __device__ inline void bitonic_rank(float* key, int16_t* id, int n) {
     }
 }
 
+using SelectScan = cub::BlockScan<int, kSelectThreads>;
+
+// rules::fill_in_order over the ranking ids[0..C) (ids[r]: the partition at rank r), sizes[c] the
+// partition sizes, min_size the smallest positive size (exact): sets taken[c] = 1 for exactly the
+// partitions the sequential walk takes (taken[] zeroed by the caller). Every thread of the block
+// calls it; taken[] is complete after the caller's next __syncthreads.
+// Why it is the same set. Let P_r be the sum of max(size, 0) over ranks < r (non-decreasing) and f
+// the first rank with P_(f+1) > budget (C if none).
+//  - The walk's guard (budget - used >= smallest) only ends walks that would take nothing more:
+//    any smallest <= the smallest positive size leaves the result unchanged, so fill_in_order's
+//    default (1), the reference's, and min_size here all give one set.
+//  - Phase 1, ranks r < f: by induction the walk has used P_r at rank r (every positive size
+//    before r was taken, sizes <= 0 are skipped and add nothing); a positive size at r fits since
+//    P_r + size = P_(r+1) <= budget, so it is taken. Those are the ranks with P_(r+1) <= budget,
+//    a prefix because P is non-decreasing: the block scan finds it.
+//  - Phase 2, ranks r >= f: the walk continues from used = P_f, left = budget - P_f; it takes the
+//    next rank with 0 < size <= left and lowers left. Warp 0 walks chunks of 32 ranks in order;
+//    the lowest lane with 0 < size <= left is that next take (every lane before it is one the
+//    walk skips at the same left); after it, only later lanes are re-tested with the new left.
+__device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, int64_t budget, int min_size,
+                                   uint8_t* taken, SelectScan::TempStorage& scan_tmp) {
+  __shared__ int64_t left_at_misfit;  // budget - P_f, written by the thread holding rank f
+  int64_t carry = 0;                  // P at the start of the tile
+  int first_misfit = 0;               // f, the same in every thread
+  for (int r0 = 0; r0 < C; r0 += kSelectThreads) {
+    const int r = r0 + int(threadIdx.x);
+    const int size = r < C ? max(sizes[ids[r]], 0) : 0;
+    int incl, tile_sum;
+    SelectScan(scan_tmp).InclusiveSum(size, incl, tile_sum);
+    const bool fits = r < C && carry + incl <= budget;  // P_(r+1) <= budget
+    if (fits && size > 0) taken[ids[r]] = 1;
+    if (r < C && !fits && carry + incl - size <= budget) left_at_misfit = budget - (carry + incl - size);
+    const int n_fit = __syncthreads_count(fits);  // also the barrier before scan_tmp is reused
+    first_misfit += n_fit;
+    carry += tile_sum;
+    if (n_fit < kSelectThreads) break;  // the misfit (or the end) lies in this tile
+  }
+  // Rank 0 is the misfit when budget < 0: no thread holds P_0 = 0 <= budget, left stays budget.
+  if (first_misfit == 0 && threadIdx.x == 0) left_at_misfit = budget;
+  __syncthreads();
+  if (threadIdx.x >= 32 || first_misfit >= C) return;  // warp 0 whole, or nobody (uniform)
+  const int lane = int(threadIdx.x);
+  int64_t left = left_at_misfit;
+  // left < min_size: no positive size fits any more (the guard above), so stopping changes nothing.
+  for (int r0 = first_misfit; r0 < C && left >= min_size; r0 += 32) {
+    const int r = r0 + lane;
+    const int size = r < C ? sizes[ids[r]] : 0;
+    unsigned fit = __ballot_sync(0xffffffffu, size > 0 && size <= left);
+    while (fit) {
+      const int l = __ffs(fit) - 1;  // the walk's next take
+      left -= __shfl_sync(0xffffffffu, size, l);
+      if (lane == l) taken[ids[r]] = 1;
+      fit = __ballot_sync(0xffffffffu, lane > l && size > 0 && size <= left);
+    }
+  }
+}
+
 // Block per (b, h). The router gives log densities s_hc (attention per key); the group's key for
 // partition c is rules::group_log_density over its heads, each normalised by
 // rules::head_log_normaliser over the non-empty partitions: the attention the shared read gains
 // per token it spends, as the CPU method (SaapAttention::group_scores) ranks. The budget is
 // rules::selectable_budget (sinks and window paid first); the partitions are ranked by
-// rules::ranks_before (bitonic_rank) and filled by rules::fill_in_order, one thread walking the
-// order. Then the segments are written: sinks, recent window, then every selected partition's
-// prefill range and append pages.
+// rules::ranks_before (bitonic_rank) and filled by the rule of rules::fill_in_order (fill_ranked:
+// a block scan for the prefix that fits, then one warp for the rest). Then the segments are
+// written: sinks, recent window, then every selected partition's prefill range and append pages.
 static __global__ void __launch_bounds__(kSelectThreads)
     saap_select_kernel(const float* __restrict__ logits, int n_q_heads, int G, SaapGeom g, int segment, double lookup,
                        const int32_t* __restrict__ seq_len, const int32_t* __restrict__ part_start,
                        const int32_t* __restrict__ part_count, const int32_t* __restrict__ append_pages,
                        const int32_t* __restrict__ append_count, int64_t max_segments, int2* __restrict__ segments,
                        int32_t* __restrict__ segment_count, int32_t* __restrict__ selected_tokens) {
-  using Scan = cub::BlockScan<int, kSelectThreads>;
+  using Scan = SelectScan;
   __shared__ typename Scan::TempStorage scan_tmp;
   // The ranking keys are dead once sorted; the taken flags reuse their memory (48 KiB of static
   // shared memory would not hold both).
@@ -146,20 +203,24 @@ static __global__ void __launch_bounds__(kSelectThreads)
   __shared__ float red[32];
   __shared__ double dred[32];
   __shared__ float lse[8];  // G <= 8
+  __shared__ int min_size;  // the smallest non-empty partition, exact (fill_ranked's early stop)
   const int bh = blockIdx.x, b = bh / g.n_kv_heads, h = bh % g.n_kv_heads;
   const int tid = threadIdx.x;
   const int64_t pbase = int64_t(bh) * g.C;
   const float* lg = logits + (int64_t(b) * n_q_heads + int64_t(h) * G) * g.C;
 
   // The normalisers weigh each partition by its keys, so the sizes come first.
-  float total = 0.f, smallest = float(INT32_MAX);
+  if (tid == 0) min_size = INT32_MAX;
+  __syncthreads();
+  float total = 0.f;
+  int smallest = INT32_MAX;
   for (int c = tid; c < g.C; c += kSelectThreads) {
     sizes[c] = part_count[pbase + c] + append_count[pbase + c];
     total += float(sizes[c]);
-    if (sizes[c] > 0) smallest = fminf(smallest, float(sizes[c]));
+    if (sizes[c] > 0) smallest = min(smallest, sizes[c]);
   }
+  atomicMin(&min_size, smallest);
   total = block_reduce<false>(total, red);
-  smallest = -block_reduce<true>(-smallest, red);
   __syncthreads();
   // Each head's normaliser: the block reduces the max and the terms of rules::head_log_normaliser.
   for (int gi = 0; gi < G; ++gi) {
@@ -200,8 +261,7 @@ static __global__ void __launch_bounds__(kSelectThreads)
     bitonic_rank(keys, ids, n_sort);
     for (int c = tid; c < g.C; c += kSelectThreads) taken[c] = 0;
     __syncthreads();
-    if (tid == 0)
-      rules::fill_in_order(ids, g.C, [&](int c) { return sizes[c]; }, budget, taken, int64_t(smallest));
+    fill_ranked(ids, sizes, g.C, budget, min_size, taken, scan_tmp);
   }
   __syncthreads();
   // Segments: each thread counts its selected partitions' pieces, a block scan gives offsets.

@@ -5,7 +5,8 @@
 #   test   the prefill attention test and the model test vs the CPU runner's logits (SAAP_REQUIRE_GPU=1),
 #          then the 8192-token eval.txt window vs the CPU runner (top-1, NLL, perplexity), and, given
 #          eval.txt, the dense perplexity over 12 x 2048 windows (the CPU runner's: 23.21)
-#   bench  e2e_bench: prefill ms and decode tokens/s, prompts 2048/8000, batch 1/16 (+ CSV)
+#   bench  e2e_bench: prefill ms and decode tokens/s, prompts 2048/8000, batch 1/16 (+ CSV), and the
+#          prefill's GPU time by phase (--phases: GEMMs by kind, norms, RoPE, attention, last logits)
 #   hf     HF transformers generate on the same GPU, GGUF and prompts (needs torch, transformers, gguf)
 # Logs and CSVs go to $OUT (default ./gpu_out): runner_*.log, gpu_e2e_saap.csv, gpu_e2e_hf.csv.
 set -uo pipefail
@@ -34,7 +35,7 @@ if [[ $mode == all || $mode == test ]]; then
   fi
 fi
 if [[ $mode == all || $mode == bench ]]; then
-  timeout 540 build-cuda/bench/e2e_bench --csv "$OUT/gpu_e2e_saap.csv" 2>&1 | tee "$OUT/runner_e2e.log" || status=1
+  timeout 540 build-cuda/bench/e2e_bench --phases --csv "$OUT/gpu_e2e_saap.csv" 2>&1 | tee "$OUT/runner_e2e.log" || status=1
 fi
 if [[ $mode == all || $mode == hf ]]; then
   if python3 -c "import torch, transformers, gguf" 2>/dev/null; then

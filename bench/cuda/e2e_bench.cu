@@ -5,6 +5,7 @@
 // Usage: e2e_bench [--model PATH (default $SAAP_MODEL_PATH)] [--prompts 2048,8000] [--batches 1,16]
 //                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|tc128|simple]
 //                  [--csv FILE]   (also writes the rows there, after the run's provenance lines)
+//                  [--phases]     (after the timed runs, one more prefill with per-phase GPU times)
 //
 // The "8k" prompt is 8000 tokens so that prompt + decode steps fit SmolLM2's 8192-token context
 // (the runner refuses a cache longer than the model's context, as the CPU runner does).
@@ -80,6 +81,26 @@ double attention_ms(const LlamaConfig& c, int64_t B, int64_t P, cuda::PrefillKer
   return m;
 }
 
+// One prefill with the model's phase timing on: GPU ms per kind of launch, its share, the FLOPs and
+// least bytes the model counted for it, and the rates they give (against the H200's ~989 dense
+// bf16 TFLOP/s and ~4.8 TB/s HBM; a phase far below both is latency- or launch-bound).
+void print_phases(cuda::CudaLlamaModel& model, const std::vector<int32_t>& tokens, int64_t B, int64_t P) {
+  model.set_phase_timing(true);
+  model.prefill(tokens.data(), int(B), P);
+  const std::vector<cuda::PrefillPhase> phases = model.prefill_phases();
+  model.set_phase_timing(false);
+  double total = 0;
+  for (const auto& p : phases) total += p.ms;
+  std::printf("  prefill phases, batch %lld, prompt %lld: %.2f ms of GPU time in all\n", (long long)B, (long long)P,
+              total);
+  std::printf("  %-14s %8s %9s %6s %10s %10s %9s %8s\n", "phase", "launches", "ms", "share", "GFLOP", "MB", "TFLOP/s",
+              "GB/s");
+  for (const auto& p : phases)
+    std::printf("  %-14s %8lld %9.3f %5.1f%% %10.1f %10.1f %9.1f %8.0f\n", p.name(), (long long)p.launches, p.ms,
+                100 * p.ms / total, p.flops / 1e9, p.bytes / 1e6, p.flops / (p.ms * 1e-3) / 1e12,
+                p.bytes / (p.ms * 1e-3) / 1e9);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -88,9 +109,14 @@ int main(int argc, char** argv) try {
   int decode = 128, reps = 3;
   int64_t prefill_rows = 65536;
   std::string csv_path;
+  bool phases = false;
   cuda::PrefillKernel kernel = cuda::PrefillKernel::TensorCore;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a == "--phases") {
+      phases = true;
+      continue;
+    }
     const char* next = i + 1 < argc ? argv[i + 1] : nullptr;
     if (!next) throw Error(ErrorKind::InvalidArgument, "option " + a + " needs a value");
     if (a == "--model") model_path = next;
@@ -165,6 +191,7 @@ int main(int argc, char** argv) try {
       const double other_ms = attention_ms(c, B, P, other, &other_tflops);
       std::printf("%56s attention with %s: %.3f ms/layer (%.0f TFLOP/s)\n", "", cuda::prefill_kernel_name(other),
                   other_ms, other_tflops);
+      if (phases) print_phases(*model, tokens, B, P);
       char line[160];
       std::snprintf(line, sizeof line, "saap,dense,%lld,%lld,%.3f,%.1f", (long long)B, (long long)P, pms, tok_s);
       csv.push_back(line);

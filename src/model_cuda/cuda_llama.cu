@@ -43,25 +43,45 @@ void CudaLlamaModel::Impl::gemm(const bf16_t* x, const bf16_t* w, float* y, int6
 void CudaLlamaModel::Impl::prefill_layers(int b, int64_t n, int64_t pos0) {
   const LlamaConfig& c = config;
   const int E = c.n_embd, D = c.head_dim, Q = c.n_heads * D, QKV = (c.n_heads + 2 * c.n_kv_heads) * D;
+  const int KV = c.n_kv_heads * D, F = c.n_ff;
   const int64_t rows = int64_t(b) * n;
   const RopeTable rope{rope_table.get(), options.max_context, c.rope.n_rot, c.rope.style == RopeStyle::NeoX};
   const QkvLayout qkv_layout{b, n, c.n_heads, c.n_kv_heads, D, options.max_context};
   const PrefillShape attn{b, c.n_heads, c.n_kv_heads, D, n, pos0, options.max_context};
   const float scale = 1.f / std::sqrt(float(D));
+  // The work of each launch for the phase timer (nothing is computed unless it is on): FLOPs, and
+  // the bytes of every tensor read or written once. R = rows; element sizes from the buffers.
+  const double R = double(rows), bf = sizeof(bf16_t), f32 = sizeof(float);
+  const double qkv_el = sizeof(*qkv.get()), gu_el = sizeof(*gate_up.get());
+  const double pairs = double(b) * (double(n) * pos0 + double(n) * (n + 1) / 2);  // causal (query, key) pairs
+  auto gemm_bytes = [&](int in, int out, double out_el, bool accumulate) {
+    return R * in * bf + double(in) * out * bf + R * out * out_el * (accumulate ? 2 : 1);
+  };
+  auto lap = [&](PrefillPhase::Kind kind, double flops, double bytes) { phases.lap(kind, stream, flops, bytes); };
   for (int l = 0; l < c.n_layers; ++l) {
     const CudaLlamaLayer& L = layers[size_t(l)];
     bf16_t* kc = k_cache.get() + size_t(l) * layer_stride();
     bf16_t* vc = v_cache.get() + size_t(l) * layer_stride();
     rms_norm_rows(x.get(), L.attn_norm.get(), rows, E, c.rms_eps, xn.get(), stream);
+    lap(PrefillPhase::Norm, 3 * R * E, R * E * (f32 + bf));
     gemm(xn.get(), L.wqkv.get(), qkv.get(), rows, E, QKV, 0.f);
+    lap(PrefillPhase::GemmQkv, 2 * R * E * QKV, gemm_bytes(E, QKV, qkv_el, false));
     rope_split_qkv(qkv_layout, qkv.get(), rope, pos0, nullptr, q.get(), kc, vc, stream);
+    lap(PrefillPhase::RopeSplit, 6 * R * (Q + KV) / 2, R * QKV * qkv_el + R * (Q + 2 * KV) * bf);
     prefill_attention(attn, q.get(), kc, vc, scale, att.get(), stream, options.prefill_kernel);
+    lap(PrefillPhase::Attention, 4 * pairs * D * c.n_heads,
+        2 * R * Q * bf + 2 * double(b) * KV * double(pos0 + n) * bf);
     gemm(att.get(), L.wo.get(), x.get(), rows, Q, E, 1.f);
+    lap(PrefillPhase::GemmO, 2 * R * Q * E, gemm_bytes(Q, E, f32, true));
 
     rms_norm_rows(x.get(), L.ffn_norm.get(), rows, E, c.rms_eps, xn.get(), stream);
-    gemm(xn.get(), L.w_gate_up.get(), gate_up.get(), rows, E, 2 * c.n_ff, 0.f);
-    swiglu_rows(gate_up.get(), rows, c.n_ff, h.get(), stream);
-    gemm(h.get(), L.w_down.get(), x.get(), rows, c.n_ff, E, 1.f);
+    lap(PrefillPhase::Norm, 3 * R * E, R * E * (f32 + bf));
+    gemm(xn.get(), L.w_gate_up.get(), gate_up.get(), rows, E, 2 * F, 0.f);
+    lap(PrefillPhase::GemmGateUp, 2 * R * E * 2 * F, gemm_bytes(E, 2 * F, gu_el, false));
+    swiglu_rows(gate_up.get(), rows, F, h.get(), stream);
+    lap(PrefillPhase::Swiglu, 6 * R * F, R * F * (2 * gu_el + bf));
+    gemm(h.get(), L.w_down.get(), x.get(), rows, F, E, 1.f);
+    lap(PrefillPhase::GemmDown, 2 * R * F * E, gemm_bytes(F, E, f32, true));
   }
 }
 
@@ -203,12 +223,16 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
   SAAP_CU(cudaMemcpyAsync(m.prompt.get(), tokens, size_t(batch * n) * 4, cudaMemcpyHostToDevice, m.stream));
   if (nll && m.nll.size() < size_t(batch * n)) m.nll.resize(size_t(batch * n));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(n, m.rows / batch));
+  const double unembed_bytes = double(V) * E * sizeof(bf16_t);
+  m.phases.start(m.stream);
   for (int64_t t0 = 0; t0 < n; t0 += chunk) {
     const int64_t cn = std::min(chunk, n - t0), rows = int64_t(batch) * cn;
     // chunk_tokens [batch][cn] = prompt[b][t0 .. t0 + cn)
     SAAP_CU(cudaMemcpy2DAsync(m.chunk_tokens.get(), size_t(cn) * 4, m.prompt.get() + t0, size_t(n) * 4,
                               size_t(cn) * 4, size_t(batch), cudaMemcpyDeviceToDevice, m.stream));
+    m.phases.lap(PrefillPhase::Copies, m.stream, 0, 2.0 * rows * 4);
     embed_rows(m.chunk_tokens.get(), m.token_embd.get(), c.vocab_size, E, rows, m.x.get(), nullptr, m.stream);
+    m.phases.lap(PrefillPhase::Embed, m.stream, 0, double(rows) * E * (sizeof(bf16_t) + 4));
     m.prefill_layers(batch, cn, t0);
 
     if (all_logits || nll) {  // every row of the chunk, kLogitRows at a time
@@ -217,14 +241,17 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
         rms_norm_rows(m.x.get() + r0 * E, m.output_norm.get(), nr, E, c.rms_eps, m.xn.get(), m.stream);
         m.gemm(m.xn.get(), m.unembedding(), m.logits.get(), nr, E, int(V), 0.f);
         if (nll) prompt_nll_rows(m.logits.get(), nr, int(V), {m.prompt.get(), n, cn, t0, r0}, m.nll.get(), m.stream);
-        if (!all_logits) continue;  // the next group's GEMM follows the NLL kernel on the stream
-        for (int64_t r = r0; r < r0 + nr;) {  // runs of rows of one sequence are contiguous on the host
-          const int64_t b = r / cn, t = r % cn, run = std::min(cn - t, r0 + nr - r);
-          SAAP_CU(cudaMemcpyAsync(all_logits + (b * n + t0 + t) * V, m.logits.get() + (r - r0) * V,
-                                  size_t(run * V) * 4, cudaMemcpyDeviceToHost, m.stream));
-          r += run;
-        }
-        SAAP_CU(cudaStreamSynchronize(m.stream));  // m.logits is reused by the next group
+        if (all_logits) {
+          for (int64_t r = r0; r < r0 + nr;) {  // runs of rows of one sequence are contiguous on the host
+            const int64_t b = r / cn, t = r % cn, run = std::min(cn - t, r0 + nr - r);
+            SAAP_CU(cudaMemcpyAsync(all_logits + (b * n + t0 + t) * V, m.logits.get() + (r - r0) * V,
+                                    size_t(run * V) * 4, cudaMemcpyDeviceToHost, m.stream));
+            r += run;
+          }
+          SAAP_CU(cudaStreamSynchronize(m.stream));  // m.logits is reused by the next group
+        }  // else the next group's GEMM follows the NLL kernel on the stream
+        m.phases.lap(PrefillPhase::AllLogits, m.stream, 2.0 * nr * E * V,
+                     unembed_bytes + double(nr) * V * 4 * (nll ? 2 : 1) + (all_logits ? double(nr) * V * 4 : 0));
       }
     }
     if (t0 + cn == n) {  // the last position of each sequence: row b * cn + cn - 1
@@ -233,6 +260,7 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
       rms_norm_rows(m.x_last.get(), m.output_norm.get(), batch, E, c.rms_eps, m.xn.get(), m.stream);
       m.gemm(m.xn.get(), m.unembedding(), m.logits.get(), batch, E, int(V), 0.f);
       argmax_rows(m.logits.get(), batch, int(V), m.next_tokens.get(), m.stream);
+      m.phases.lap(PrefillPhase::LastLogits, m.stream, 2.0 * batch * E * V, unembed_bytes + 2.0 * batch * V * 4);
     }
   }
   const std::vector<int32_t> lengths(static_cast<size_t>(batch), static_cast<int32_t>(n));
@@ -241,6 +269,28 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
     SAAP_CU(cudaMemcpyAsync(nll, m.nll.get(), size_t(batch * n) * 4, cudaMemcpyDeviceToHost, m.stream));
   SAAP_CU(cudaStreamSynchronize(m.stream));
   m.length = n;
+}
+
+void CudaLlamaModel::set_phase_timing(bool on) { impl_->phases.set_on(on); }
+std::vector<PrefillPhase> CudaLlamaModel::prefill_phases() const { return impl_->phases.collect(); }
+
+const char* PrefillPhase::name() const {
+  switch (kind) {
+    case Embed: return "embed";
+    case Norm: return "rms_norm";
+    case GemmQkv: return "gemm_qkv";
+    case RopeSplit: return "rope_split";
+    case Attention: return "attention";
+    case GemmO: return "gemm_o";
+    case GemmGateUp: return "gemm_gate_up";
+    case Swiglu: return "swiglu";
+    case GemmDown: return "gemm_down";
+    case LastLogits: return "last_logits";
+    case AllLogits: return "all_logits";
+    case Copies: return "copies";
+    case kCount: break;
+  }
+  return "unknown";
 }
 
 void CudaLlamaModel::decode_step(const int32_t* tokens) {

@@ -9,6 +9,7 @@
 
 #include "saap/kernels/cuda/decode.h"
 #include "saap/model/cuda_llama.h"
+#include "src/model_cuda/phase_timer.h"
 
 namespace saap::cuda {
 
@@ -78,6 +79,7 @@ struct CudaLlamaModel::Impl {
   int batch = 0;       // sequences of the current run
   int graph_batch = 0; // batch the captured graph was recorded for
   int64_t length = 0;  // cached tokens per sequence
+  PhaseTimer phases;   // opt-in per-phase time of prefill (set_phase_timing)
 
   ~Impl();
   void drop_graph();

@@ -30,6 +30,30 @@ struct CudaLlamaOptions {
   PrefillKernel prefill_kernel = PrefillKernel::TensorCore;
 };
 
+// GPU time of one kind of launch over a whole prefill (CudaLlamaModel::set_phase_timing), with
+// the FLOPs and the least bytes those launches must move, for rates against the GPU's peaks.
+struct PrefillPhase {
+  enum Kind {
+    Embed,       // token embeddings -> fp32 residual rows
+    Norm,        // RMSNorm of the residual rows (attention and MLP inputs)
+    GemmQkv,     // fused Q, K, V projection
+    RopeSplit,   // RoPE; queries to their buffer, keys and values into the cache
+    Attention,   // causal prefill attention
+    GemmO,       // output projection, added to the residual (beta = 1)
+    GemmGateUp,  // fused gate and up projection
+    Swiglu,      // silu(gate) * up
+    GemmDown,    // down projection, added to the residual (beta = 1)
+    LastLogits,  // the last position of each sequence: copy, norm, unembedding, argmax
+    AllLogits,   // every position's logits / next-token NLL (only when asked for)
+    Copies,      // token and row copies on the device
+    kCount
+  };
+  Kind kind = Embed;
+  double ms = 0, flops = 0, bytes = 0;
+  int64_t launches = 0;
+  const char* name() const;
+};
+
 class CudaLlamaModel {
  public:
   // Reads and checks the GGUF on the host, uploads the weights as bf16 and allocates the KV cache
@@ -67,6 +91,12 @@ class CudaLlamaModel {
   // Waits for the GPU, then returns the greedy token of each sequence after the last step [batch].
   std::vector<int32_t> greedy_tokens() const;
   void synchronize() const;
+
+  // Opt-in: when on, prefill() records a CUDA event after each launch, and prefill_phases()
+  // returns the GPU time of the last prefill by kind of launch (their sum is the prefill's GPU
+  // time). The events cost a few microseconds each; leave it off when timing the whole prefill.
+  void set_phase_timing(bool on);
+  std::vector<PrefillPhase> prefill_phases() const;
 
   int batch() const;       // sequences of the current run (0 before the first prefill)
   int64_t length() const;  // cached tokens per sequence

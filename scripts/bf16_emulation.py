@@ -48,7 +48,8 @@ def read_reference(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--numerics", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--numerics", choices=["bf16", "bf16-proj", "fp32"], default="bf16",
+                    help="bf16-proj also rounds the Q/K/V and gate/up projection outputs (bf16 GEMM outputs)")
     ap.add_argument("--model", default=open(os.path.expanduser("~/.cache/saap/default_model_path")).read().strip())
     ap.add_argument("--reference", default=os.path.join(ROOT, "tests/model/data/cuda_reference_logits.txt"))
     ap.add_argument("--long", type=int, default=0, help="tokens of the long-window reference to run instead")
@@ -65,7 +66,8 @@ def main():
     H, Hkv = int(meta("llama.attention.head_count")), int(meta("llama.attention.head_count_kv"))
     D, G = E // H, H // Hkv
     base, eps = float(meta("llama.rope.freq_base", 10000.0)), float(meta("llama.attention.layer_norm_rms_epsilon", 1e-5))
-    R = bf16 if a.numerics == "bf16" else (lambda x: np.asarray(x, dtype=np.float32))
+    R = bf16 if a.numerics != "fp32" else (lambda x: np.asarray(x, dtype=np.float32))
+    P = bf16 if a.numerics == "bf16-proj" else (lambda x: x)  # a projection's output before RoPE / SwiGLU
     emb = R(W["token_embd.weight"])
     unemb = R(W["output.weight"]) if "output.weight" in W else emb
     inv_freq = base ** (-np.arange(0, D, 2) / D)
@@ -88,9 +90,9 @@ def main():
         for l in range(L):
             w = lambda name: R(W[f"blk.{l}.{name}.weight"])  # noqa: E731
             xn = R(rms(x, W[f"blk.{l}.attn_norm.weight"]))
-            q = R(rope((xn @ w("attn_q").T).reshape(n, H, D)))
-            k = R(rope((xn @ w("attn_k").T).reshape(n, Hkv, D)))
-            v = R((xn @ w("attn_v").T).reshape(n, Hkv, D))
+            q = R(rope(P(xn @ w("attn_q").T).reshape(n, H, D)))
+            k = R(rope(P(xn @ w("attn_k").T).reshape(n, Hkv, D)))
+            v = R(P(xn @ w("attn_v").T).reshape(n, Hkv, D))
             o = np.zeros((n, H, D), np.float32)
             for h in range(H):
                 s = q[:, h] @ k[:, h // G].T / np.sqrt(D)
@@ -99,7 +101,7 @@ def main():
                 o[:, h] = (R(p) @ v[:, h // G]) / p.sum(-1, keepdims=True)
             x = x + R(o.reshape(n, E)) @ w("attn_output").T
             xn = R(rms(x, W[f"blk.{l}.ffn_norm.weight"]))
-            g, u = xn @ w("ffn_gate").T, xn @ w("ffn_up").T
+            g, u = P(xn @ w("ffn_gate").T), P(xn @ w("ffn_up").T)
             x = x + R(g / (1 + np.exp(-g)) * u) @ w("ffn_down").T
         return (R(rms(x, W["output_norm.weight"])) @ unemb.T).astype(np.float64)
 

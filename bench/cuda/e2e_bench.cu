@@ -3,7 +3,7 @@
 // results/gpu_e2e_<date>_<gpu>.csv (engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s).
 //
 // Usage: e2e_bench [--model PATH (default $SAAP_MODEL_PATH)] [--prompts 2048,8000] [--batches 1,16]
-//                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|tc128|simple]
+//                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|tc128|tcw32|simple]
 //                  [--csv FILE]   (also writes the rows there, after the run's provenance lines)
 //                  [--phases]     (after the timed runs, one more prefill with per-phase GPU times)
 //
@@ -184,13 +184,15 @@ int main(int argc, char** argv) try {
       std::printf("%6lld %8lld %12.2f %14.1f %12.3f   attention %.3f ms/layer (%.0f TFLOP/s), x%d layers = %.1f ms\n",
                   (long long)B, (long long)P, pms, tok_s, decode_ms / decode, attn, tflops, c.n_layers,
                   attn * c.n_layers);
-      // The other tensor-core variant at the same shape, to choose the default by measurement.
-      const cuda::PrefillKernel other = kernel == cuda::PrefillKernel::TensorCore128 ? cuda::PrefillKernel::TensorCore
-                                                                                     : cuda::PrefillKernel::TensorCore128;
-      double other_tflops = 0;
-      const double other_ms = attention_ms(c, B, P, other, &other_tflops);
-      std::printf("%56s attention with %s: %.3f ms/layer (%.0f TFLOP/s)\n", "", cuda::prefill_kernel_name(other),
-                  other_ms, other_tflops);
+      // The other tensor-core variants at the same shape, to choose the default by measurement.
+      for (cuda::PrefillKernel other : {cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128,
+                                        cuda::PrefillKernel::TensorCoreWarp32}) {
+        if (other == kernel) continue;
+        double other_tflops = 0;
+        const double other_ms = attention_ms(c, B, P, other, &other_tflops);
+        std::printf("%56s attention with %s: %.3f ms/layer (%.0f TFLOP/s)\n", "", cuda::prefill_kernel_name(other),
+                    other_ms, other_tflops);
+      }
       if (phases) print_phases(*model, tokens, B, P);
       char line[160];
       std::snprintf(line, sizeof line, "saap,dense,%lld,%lld,%.3f,%.1f", (long long)B, (long long)P, pms, tok_s);

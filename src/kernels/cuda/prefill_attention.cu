@@ -251,6 +251,211 @@ __global__ void __launch_bounds__(W * 32)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Tensor-core kernel with 32 query rows per warp (the FlashAttention-2 tiling for head_dim 64):
+// block = 4 warps = 128 query rows of one (sequence, query head); warp w owns rows 32w .. 32w+31
+// as two m16 tiles, so every K/V fragment read from shared memory by ldmatrix feeds two mma
+// (the kernels above feed one: shared-memory bandwidth, not the tensor cores, bounds them), and
+// every 64-key tile loaded from L2 serves 128 queries. The scale is folded into one FFMA per score
+// (exp2(s c - m c)); one barrier per key tile: the next tile is requested after the barrier that
+// frees its buffer, and lands while this one is computed. Blocks are ordered longest first across
+// all (sequence, head) pairs, the G query heads of a KV group next to each other (they read the
+// same keys and values at about the same time, from L2).
+
+constexpr int kWideWarps = 4;
+constexpr int kWideRows = 32 * kWideWarps;  // queries per block
+
+struct alignas(16) WideShared {
+  __nv_bfloat16 q[kWideRows][kPitch];
+  __nv_bfloat16 k[2][kTcKeys][kPitch];
+  __nv_bfloat16 v[2][kTcKeys][kPitch];
+};
+
+__device__ __forceinline__ float fast_exp2(float x) {  // one MUFU.EX2; exp2(-inf) = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__global__ void __launch_bounds__(kWideWarps * 32, 2)
+    prefill_wide_kernel(PrefillShape s, int64_t q_tiles, const __nv_bfloat16* __restrict__ q,
+                        const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v, float scale_log2,
+                        __nv_bfloat16* __restrict__ out) {
+  extern __shared__ uint4 smem_raw[];  // WideShared, 16-byte aligned
+  WideShared& sh = *reinterpret_cast<WideShared*>(smem_raw);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  // blockIdx.x = (tile rank * batch + b) * n_q_heads + hq, tile rank 0 = the last (longest) query tile.
+  const int hq = int(blockIdx.x % unsigned(s.n_q_heads));
+  const int64_t rest = blockIdx.x / unsigned(s.n_q_heads);
+  const int b = int(rest % s.batch);
+  const int64_t q0 = (q_tiles - 1 - rest / s.batch) * kWideRows;
+  const int hkv = hq / (s.n_q_heads / s.n_kv_heads);
+  const int64_t kv_len = s.pos0 + s.n;
+  const int64_t last_q = q0 + kWideRows - 1 < s.n - 1 ? q0 + kWideRows - 1 : s.n - 1;
+  const int n_tiles = int((s.pos0 + last_q) / kTcKeys) + 1;
+  const __nv_bfloat16* kh = k + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
+  const __nv_bfloat16* vh = v + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
+
+  // 16-byte chunks: a 64 x 64 K or V tile is 512 (4 per thread), the 128 query rows 1024 (8 per thread).
+  auto load_kv = [&](int tile, int buf) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int c = tid + i * kWideWarps * 32, row = c >> 3, col = (c & 7) * 8;
+      const int64_t key = int64_t(tile) * kTcKeys + row;
+      const bool ok = key < kv_len;
+      const int64_t off = (ok ? key : 0) * kD + col;
+      cp_async16(&sh.k[buf][row][col], kh + off, ok ? 16 : 0);
+      cp_async16(&sh.v[buf][row][col], vh + off, ok ? 16 : 0);
+    }
+  };
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int c = tid + i * kWideWarps * 32, row = c >> 3, col = (c & 7) * 8;
+    const bool ok = q0 + row < s.n;
+    const int64_t off = ((int64_t(b) * s.n + (ok ? q0 + row : 0)) * s.n_q_heads + hq) * kD + col;
+    cp_async16(&sh.q[row][col], q + off, ok ? 16 : 0);
+  }
+  load_kv(0, 0);
+  cp_async_commit();
+
+  // This thread's rows: m-tile i holds rows 32w + 16i + g (e = 0, 1) and + 8 (e = 2, 3).
+  const int64_t warp_q0 = q0 + warp * 32;
+  int64_t lim[2][2];  // the last key each row may see (its position; kv_len - 1 for padding rows past n)
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) lim[i][h] = min(s.pos0 + warp_q0 + 16 * i + 8 * h + g, kv_len - 1);
+  uint32_t qf[2][4][4];  // A fragments: m-tile, k-step of 16 dims
+  float o[2][8][4];      // C fragments of the 32 x 64 output: m-tile, 8 dims
+  float m[2][2], l[2][2];  // running max (raw score units) and sum per m-tile and row half
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    m[i][0] = m[i][1] = kNoMax;
+    l[i][0] = l[i][1] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[i][j][0] = o[i][j][1] = o[i][j][2] = o[i][j][3] = 0.f;
+  }
+
+  for (int kt = 0; kt < n_tiles; ++kt) {
+    const int buf = kt & 1;
+    cp_async_wait<0>();  // this thread's copies of tile kt (and, at kt = 0, of Q) have landed
+    __syncthreads();     // everyone's have; and everyone is done with buffer buf ^ 1 (tile kt - 1)
+    if (kt + 1 < n_tiles) {
+      load_kv(kt + 1, buf ^ 1);
+      cp_async_commit();
+    }
+    if (kt == 0) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+          ldmatrix_x4(qf[i][ks],
+                      &sh.q[warp * 32 + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][ks * 16 + (lane >> 4) * 8]);
+    }
+    // A warp whose 32 rows all sit before the tile's first key has nothing to add.
+    const int64_t key0 = int64_t(kt) * kTcKeys;
+    if (key0 > s.pos0 + warp_q0 + 31) continue;
+
+    // S = Q Kᵀ: n-tile j holds keys 8j..8j+7 of the tile; each K fragment serves both m-tiles.
+    float sc[2][8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) sc[i][j][0] = sc[i][j][1] = sc[i][j][2] = sc[i][j][3] = 0.f;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {  // dims 32*half .. 32*half+31: k-steps 2*half, 2*half+1
+        uint32_t kb[4];
+        ldmatrix_x4(kb, &sh.k[buf][j * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mma_bf16(sc[i][j], qf[i][2 * half], kb[0], kb[1]);
+          mma_bf16(sc[i][j], qf[i][2 * half + 1], kb[2], kb[3]);
+        }
+      }
+    }
+
+    // Online softmax (base 2). Only tiles that reach past the warp's first query need the mask.
+    const bool diagonal = key0 + kTcKeys - 1 > s.pos0 + warp_q0;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (diagonal && key0 + j * 8 + 2 * t + (e & 1) > lim[i][e >> 1]) sc[i][j][e] = -INFINITY;
+          mx[e >> 1] = fmaxf(mx[e >> 1], sc[i][j][e]);
+        }
+      }
+      float ms[2];  // the new running max, scaled: exp2(s c - m c)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float new_m = fmaxf(m[i][h], mx[h]);
+        const float alpha = fast_exp2((m[i][h] - new_m) * scale_log2);
+        m[i][h] = new_m;
+        ms[h] = new_m * scale_log2;
+        l[i][h] *= alpha;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          o[i][j][2 * h] *= alpha;
+          o[i][j][2 * h + 1] *= alpha;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          sc[i][j][e] = fast_exp2(fmaf(sc[i][j][e], scale_log2, -ms[e >> 1]));
+          l[i][e >> 1] += sc[i][j][e];
+        }
+      }
+    }
+
+    // O += P V: k-step kk covers keys 16kk..16kk+15 = S n-tiles 2kk, 2kk+1; each V fragment serves
+    // both m-tiles.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t pa[2][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        pa[i][0] = pack_bf16(sc[i][2 * kk][0], sc[i][2 * kk][1]);
+        pa[i][1] = pack_bf16(sc[i][2 * kk][2], sc[i][2 * kk][3]);
+        pa[i][2] = pack_bf16(sc[i][2 * kk + 1][0], sc[i][2 * kk + 1][1]);
+        pa[i][3] = pack_bf16(sc[i][2 * kk + 1][2], sc[i][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < 4; ++dp) {  // dims 16dp..16dp+15 = output tiles 2dp, 2dp+1
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, &sh.v[buf][kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][dp * 16 + (lane >> 4) * 8]);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mma_bf16(o[i][2 * dp], pa[i], vb[0], vb[1]);
+          mma_bf16(o[i][2 * dp + 1], pa[i], vb[2], vb[3]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float sum = l[i][h];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const int64_t row = warp_q0 + 16 * i + 8 * h + g;
+      if (row >= s.n) continue;
+      __nv_bfloat16* dst = out + ((int64_t(b) * s.n + row) * s.n_q_heads + hq) * kD + 2 * t;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        *reinterpret_cast<uint32_t*>(dst + j * 8) = pack_bf16(o[i][j][2 * h] * inv, o[i][j][2 * h + 1] * inv);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // CUDA-core reference kernel. Block = 4 warps = 16 query rows (4 per warp) of one (sequence,
 // query head). Key/value tiles of 64 rows are widened to fp32 in shared memory; for each of its
 // rows a warp scores keys lane and lane + 32, updates the online softmax, and accumulates the
@@ -352,13 +557,29 @@ void launch_tc(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat1
   prefill_tc_kernel<W><<<grid, W * 32, smem, stream>>>(s, q, k, v, scale_log2, out);
 }
 
+void launch_wide(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                 float scale_log2, __nv_bfloat16* out, cudaStream_t stream) {
+  constexpr size_t smem = sizeof(WideShared);
+  static const bool configured = [] {  // once per process, before the first launch (not inside a capture)
+    SAAP_CU(cudaFuncSetAttribute(prefill_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    return true;
+  }();
+  (void)configured;
+  const int64_t tiles = (s.n + kWideRows - 1) / kWideRows;
+  const int64_t blocks = tiles * s.batch * s.n_q_heads;
+  SAAP_CU_REQUIRE(blocks <= INT32_MAX, InvalidArgument, "n = %lld queries x batch %d x %d heads is too many",
+                  (long long)s.n, s.batch, s.n_q_heads);
+  prefill_wide_kernel<<<unsigned(blocks), kWideWarps * 32, smem, stream>>>(s, tiles, q, k, v, scale_log2, out);
+}
+
 }  // namespace
 
 PrefillKernel prefill_kernel_from_name(const std::string& name) {
   if (name == "tc") return PrefillKernel::TensorCore;
   if (name == "tc128") return PrefillKernel::TensorCore128;
+  if (name == "tcw32") return PrefillKernel::TensorCoreWarp32;
   if (name == "simple") return PrefillKernel::Simple;
-  fail(ErrorKind::InvalidArgument, __func__, "prefill attention kernel \"%s\": expected tc, tc128 or simple",
+  fail(ErrorKind::InvalidArgument, __func__, "prefill attention kernel \"%s\": expected tc, tc128, tcw32 or simple",
        name.c_str());
 }
 
@@ -366,6 +587,7 @@ const char* prefill_kernel_name(PrefillKernel kernel) {
   switch (kernel) {
     case PrefillKernel::TensorCore: return "tc";
     case PrefillKernel::TensorCore128: return "tc128";
+    case PrefillKernel::TensorCoreWarp32: return "tcw32";
     case PrefillKernel::Simple: return "simple";
   }
   return "unknown";
@@ -382,6 +604,8 @@ void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv
     launch_tc<4>(s, q, k, v, scale_log2, out, stream);
   } else if (kernel == PrefillKernel::TensorCore128) {
     launch_tc<8>(s, q, k, v, scale_log2, out, stream);
+  } else if (kernel == PrefillKernel::TensorCoreWarp32) {
+    launch_wide(s, q, k, v, scale_log2, out, stream);
   } else {
     const int64_t tiles = (s.n + kSimpleRows - 1) / kSimpleRows;
     SAAP_CU_REQUIRE(tiles <= INT32_MAX, InvalidArgument, "n = %lld queries is too many", (long long)s.n);

@@ -27,6 +27,12 @@ int main() {
       {3, 8, 2, 1, 70, 71},     // one query per sequence
       {2, 6, 3, 64, 64, 256},   // tile-aligned chunk after one full tile
       {1, 9, 3, 300, 37, 400},  // 128-row blocks whose warps start and end mid key tile
+      // The 32-rows-per-warp kernel's edges (128-query blocks, 32-query warps, 64-key tiles):
+      {2, 9, 3, 128, 0, 128},    // exactly one block; the diagonal ends on the last key
+      {1, 9, 3, 129, 63, 256},   // one query past a block; the chunk starts a key before a tile edge
+      {3, 6, 2, 257, 64, 400},   // batch 3, a tile-aligned later chunk, a last block of one query
+      {2, 9, 3, 200, 1000, 1300},  // a later chunk after a long cache: many unmasked tiles, then the diagonal
+      {1, 3, 3, 511, 1, 512},    // one query head per KV head; warps whose rows straddle key tiles
   };
   const int D = 64;
   const float scale = 1.f / std::sqrt(float(D));
@@ -49,8 +55,8 @@ int main() {
           const size_t kvoff = (size_t(b) * c.hkv + h / G) * c.max_len * D;
           cutest::ref_attention(qrow.data(), &hk[kvoff], &hv[kvoff], pos, D, scale, DType::BF16, &ref[qoff]);
         }
-    for (auto kernel :
-         {cuda::PrefillKernel::Simple, cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128}) {
+    for (auto kernel : {cuda::PrefillKernel::Simple, cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128,
+                        cuda::PrefillKernel::TensorCoreWarp32}) {
       cuda::DeviceBuffer<uint16_t> dout(q_n);
       cutest::poison(dout);
       const cuda::PrefillShape s{c.batch, c.hq, c.hkv, D, c.n, c.pos0, c.max_len};
@@ -65,10 +71,7 @@ int main() {
       const double err = cutest::rel_error(out, ref);
       const bool tc = kernel != cuda::PrefillKernel::Simple;
       const double limit = tc ? 6e-3 : 4e-3;
-      const char* name = kernel == cuda::PrefillKernel::Simple       ? "cuda-core"
-                         : kernel == cuda::PrefillKernel::TensorCore ? "tensor-core"
-                                                                     : "tensor-core-128";
-      const std::string what = std::string(name) + " b=" + std::to_string(c.batch) +
+      const std::string what = std::string(cuda::prefill_kernel_name(kernel)) + " b=" + std::to_string(c.batch) +
                                 " hq=" + std::to_string(c.hq) + " hkv=" + std::to_string(c.hkv) +
                                 " n=" + std::to_string(c.n) + " pos0=" + std::to_string(c.pos0);
       tally.check(err < limit, what.c_str(), err, limit);

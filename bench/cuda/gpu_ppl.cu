@@ -83,7 +83,7 @@ int main(int argc, char** argv) try {
   std::string model_path = std::getenv("SAAP_MODEL_PATH") ? std::getenv("SAAP_MODEL_PATH") : "", text_path, ref_path;
   int64_t window = 2048, max_windows = 12;
   int batch = 12;
-  cuda::PrefillKernel kernel = cuda::PrefillKernel::TensorCore;
+  cuda::PrefillKernel kernel = cuda::CudaLlamaOptions{}.prefill_kernel;  // the runner's default
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
     if (i + 1 >= argc) throw Error(ErrorKind::InvalidArgument, "option " + a + " needs a value");

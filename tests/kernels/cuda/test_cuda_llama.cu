@@ -142,6 +142,7 @@ int main() {
   const Setup setups[] = {{"prefill, tensor-core attention, one chunk", 1 << 15, cuda::PrefillKernel::TensorCore},
                           {"prefill, tensor-core attention, chunks of 24", 24 * 3, cuda::PrefillKernel::TensorCore},
                           {"prefill, tensor-core-128 attention, one chunk", 1 << 15, cuda::PrefillKernel::TensorCore128},
+                          {"prefill, tcw32 attention, chunks of 24", 24 * 3, cuda::PrefillKernel::TensorCoreWarp32},
                           {"prefill, CUDA-core attention, one chunk", 1 << 15, cuda::PrefillKernel::Simple}};
   for (const Setup& s : setups) {
     cuda::CudaLlamaOptions o;

@@ -23,17 +23,25 @@ void CudaLlamaModel::Impl::drop_graph() {
   graph_batch = 0;
 }
 
-// Y[rows][out] = X[rows][in] · W[out][in]ᵀ + beta · Y, row-major; bf16 inputs, fp32 accumulation
-// and output. cuBLAS is column-major, and a row-major [r][c] matrix with row stride c is the
+// Y[rows][out] = X[rows][in] · W[out][in]ᵀ + beta · Y, row-major; bf16 inputs, fp32 accumulation,
+// output of y_type. cuBLAS is column-major, and a row-major [r][c] matrix with row stride c is the
 // column-major c x r matrix (ld = c). So, column-major: Yᶜ (out x rows, ld out) = Wᶜᵀ · Xᶜ with
 // Wᶜ = W viewed as in x out (ld in, transposed: op T) and Xᶜ = X viewed as in x rows (ld in, op N):
 // m = out, n = rows, k = in.
-void CudaLlamaModel::Impl::gemm(const bf16_t* x, const bf16_t* w, float* y, int64_t rows, int in, int out,
-                                float beta) {
+void CudaLlamaModel::Impl::gemm_typed(const bf16_t* x, const bf16_t* w, void* y, cudaDataType y_type, int64_t rows,
+                                      int in, int out, float beta) {
   SAAP_CU_REQUIRE(rows >= 1 && rows <= INT32_MAX, InvalidArgument, "gemm rows = %lld", (long long)rows);
   const float alpha = 1.f;
   SAAP_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, int(rows), in, &alpha, w, CUDA_R_16BF, in, x,
-                           CUDA_R_16BF, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                           CUDA_R_16BF, in, &beta, y, y_type, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+void CudaLlamaModel::Impl::gemm(const bf16_t* x, const bf16_t* w, float* y, int64_t rows, int in, int out,
+                                float beta) {
+  gemm_typed(x, w, y, CUDA_R_32F, rows, in, out, beta);
+}
+void CudaLlamaModel::Impl::gemm(const bf16_t* x, const bf16_t* w, bf16_t* y, int64_t rows, int in, int out,
+                                float beta) {
+  gemm_typed(x, w, y, CUDA_R_16BF, rows, in, out, beta);
 }
 
 // The transformer blocks over the chunk rows [b][n] (tokens at positions pos0 .. pos0 + n - 1 of
@@ -150,7 +158,7 @@ std::unique_ptr<CudaLlamaModel> CudaLlamaModel::load(const std::string& gguf_pat
   const int64_t QKV = int64_t(c.n_heads + 2 * c.n_kv_heads) * c.head_dim, F = c.n_ff, V = c.vocab_size;
   m->rows = R;
   const size_t cache = 2 * size_t(c.n_layers) * m->layer_stride() * sizeof(bf16_t);
-  const size_t acts = size_t(R) * (E * 4 + E * 2 + QKV * 4 + Q * 2 + Q * 2 + 2 * F * 4 + F * 2 + 4) +
+  const size_t acts = size_t(R) * (E * 4 + E * 2 + QKV * 2 + Q * 2 + Q * 2 + 2 * F * 2 + F * 2 + 4) +
                       size_t(std::max<int64_t>(B, Impl::kLogitRows)) * V * 4;
   size_t free_bytes = 0, total_bytes = 0;
   SAAP_CU(cudaMemGetInfo(&free_bytes, &total_bytes));

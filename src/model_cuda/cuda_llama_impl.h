@@ -55,12 +55,12 @@ struct CudaLlamaModel::Impl {
   // Activations (rows = the chunk's [batch][tokens]).
   DeviceBuffer<float> x;         // [rows][n_embd] residual stream
   DeviceBuffer<bf16_t> xn;       // [rows][n_embd] normalised sub-block input
-  DeviceBuffer<float> qkv;       // [rows][(Hq + 2 Hkv) * D]
+  DeviceBuffer<bf16_t> qkv;      // [rows][(Hq + 2 Hkv) * D] the fused projection, before RoPE
   DeviceBuffer<bf16_t> q;        // [rows][Hq][D] prefill queries after RoPE
   DeviceBuffer<bf16_t> att;      // [rows][Hq * D] attention output (GEMM input)
   DeviceBuffer<float> q32;       // [max_batch][Hq][D] decode queries
   DeviceBuffer<float> att32;     // [max_batch][Hq][D] decode attention output
-  DeviceBuffer<float> gate_up;   // [rows][2 n_ff]
+  DeviceBuffer<bf16_t> gate_up;  // [rows][2 n_ff] the fused projection, before SwiGLU
   DeviceBuffer<bf16_t> h;        // [rows][n_ff]
   DeviceBuffer<float> x_last;    // [max_batch][n_embd] last prompt position of each sequence
   DeviceBuffer<float> logits;    // [max(max_batch, kLogitRows)][vocab]
@@ -83,8 +83,13 @@ struct CudaLlamaModel::Impl {
 
   ~Impl();
   void drop_graph();
-  // Y[rows][out] (fp32) = X[rows][in] (bf16) · W[out][in]ᵀ (bf16) + beta · Y.
+  // Y[rows][out] = X[rows][in] (bf16) · W[out][in]ᵀ (bf16) + beta · Y, fp32 accumulation; Y fp32
+  // (the residual stream, the logits) or bf16 (a projection that the next kernel reads as bf16:
+  // half the bytes written and read back).
   void gemm(const bf16_t* x, const bf16_t* w, float* y, int64_t rows, int in, int out, float beta);
+  void gemm(const bf16_t* x, const bf16_t* w, bf16_t* y, int64_t rows, int in, int out, float beta);
+  void gemm_typed(const bf16_t* x, const bf16_t* w, void* y, cudaDataType y_type, int64_t rows, int in, int out,
+                  float beta);
   // The layers over `rows` = batch x n token rows whose embeddings are in x (prefill chunk).
   void prefill_layers(int b, int64_t n, int64_t pos0);
   // One decode step of every sequence (what the CUDA graph records).

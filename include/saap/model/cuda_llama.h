@@ -4,7 +4,9 @@
 //
 // Precision: weights are dequantized from the GGUF on the host (fp32) and rounded to bf16. The
 // residual stream, norms, RoPE, softmax and every accumulator are fp32; the inputs of the GEMMs
-// and of the prefill attention (and the KV cache) are bf16.
+// and of the prefill attention (and the KV cache) are bf16, and so are the outputs of the fused
+// Q/K/V and gate/up projections (read once by RoPE / SwiGLU, which compute in fp32: half the bytes
+// of fp32 outputs; scripts/bf16_emulation.py --numerics bf16-proj measures what it costs).
 //
 // KV cache layout: K and V are each bf16 [layer][batch][n_kv_heads][max_context][head_dim], so
 // one layer's slice is exactly the [batch][n_kv_heads][max_len][head_dim] cache of decode.h.

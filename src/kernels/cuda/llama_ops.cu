@@ -46,7 +46,7 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2
 // One block per token row (b, t). Work items: the D/2 dimension pairs of every query and key head
 // (rotated when pair < n_rot/2, copied otherwise), then the D values of every value head.
 template <class TQ>
-__global__ void rope_split_kernel(QkvLayout s, const float* __restrict__ qkv, RopeTable rope, int64_t pos0,
+__global__ void rope_split_kernel(QkvLayout s, const __nv_bfloat16* __restrict__ qkv, RopeTable rope, int64_t pos0,
                                   const int32_t* __restrict__ lengths, TQ* __restrict__ q,
                                   __nv_bfloat16* __restrict__ kc, __nv_bfloat16* __restrict__ vc) {
   const int64_t row = blockIdx.x;  // b * n + t
@@ -56,7 +56,7 @@ __global__ void rope_split_kernel(QkvLayout s, const float* __restrict__ qkv, Ro
   if (pos < 0 || pos >= s.max_len || pos >= rope.max_pos) return;
   const int D = s.head_dim, half = D / 2, rot_pairs = rope.n_rot / 2;
   const int64_t width = int64_t(s.n_q_heads + 2 * s.n_kv_heads) * D;
-  const float* in = qkv + row * width;
+  const __nv_bfloat16* in = qkv + row * width;
   const float2* cs = rope.cos_sin + pos * rot_pairs;
   const int pair_items = (s.n_q_heads + s.n_kv_heads) * half;
   for (int j = threadIdx.x; j < pair_items; j += blockDim.x) {
@@ -71,8 +71,8 @@ __global__ void rope_split_kernel(QkvLayout s, const float* __restrict__ qkv, Ro
       c = cs[i].x;
       sn = cs[i].y;
     }
-    const float* src = in + int64_t(head) * D;  // key heads follow the query heads in qkv
-    const float x0 = src[a], x1 = src[bdim];
+    const __nv_bfloat16* src = in + int64_t(head) * D;  // key heads follow the query heads in qkv
+    const float x0 = __bfloat162float(src[a]), x1 = __bfloat162float(src[bdim]);
     const float y0 = x0 * c - x1 * sn, y1 = x0 * sn + x1 * c;
     if (head < s.n_q_heads) {
       TQ* dst = q + (row * s.n_q_heads + head) * D;
@@ -85,19 +85,22 @@ __global__ void rope_split_kernel(QkvLayout s, const float* __restrict__ qkv, Ro
       dst[bdim] = __float2bfloat16_rn(y1);
     }
   }
-  const float* vin = in + int64_t(s.n_q_heads + s.n_kv_heads) * D;
+  const __nv_bfloat16* vin = in + int64_t(s.n_q_heads + s.n_kv_heads) * D;
   for (int j = threadIdx.x; j < s.n_kv_heads * D; j += blockDim.x) {
     const int h = j / D, d = j % D;
-    vc[((int64_t(b) * s.n_kv_heads + h) * s.max_len + pos) * D + d] = __float2bfloat16_rn(vin[j]);
+    vc[((int64_t(b) * s.n_kv_heads + h) * s.max_len + pos) * D + d] = vin[j];
   }
 }
 
-__global__ void swiglu_kernel(const float* __restrict__ gu, int64_t rows, int n_ff, __nv_bfloat16* __restrict__ h) {
-  const int64_t count = rows * n_ff;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / n_ff, j = i % n_ff;
-    const float g = gu[r * 2 * n_ff + j], u = gu[r * 2 * n_ff + n_ff + j];
-    h[i] = __float2bfloat16_rn(g / (1.f + expf(-g)) * u);
+// One block per row; each thread takes pairs of adjacent features (n_ff is even).
+__global__ void swiglu_kernel(const __nv_bfloat16* __restrict__ gu, int n_ff, __nv_bfloat16* __restrict__ h) {
+  const int64_t r = blockIdx.x;
+  const __nv_bfloat162* g = reinterpret_cast<const __nv_bfloat162*>(gu + r * 2 * n_ff);
+  const __nv_bfloat162* u = reinterpret_cast<const __nv_bfloat162*>(gu + r * 2 * n_ff + n_ff);
+  __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(h + r * n_ff);
+  for (int j = threadIdx.x; j < n_ff / 2; j += blockDim.x) {
+    const float2 gf = __bfloat1622float2(g[j]), uf = __bfloat1622float2(u[j]);
+    out[j] = __floats2bfloat162_rn(gf.x / (1.f + expf(-gf.x)) * uf.x, gf.y / (1.f + expf(-gf.y)) * uf.y);
   }
 }
 
@@ -181,7 +184,7 @@ void rms_norm_rows(const float* x, const float* weight, int64_t rows, int dim, f
 
 namespace {
 template <class TQ>
-void rope_split_impl(const QkvLayout& s, const float* qkv, const RopeTable& rope, int64_t pos0,
+void rope_split_impl(const QkvLayout& s, const __nv_bfloat16* qkv, const RopeTable& rope, int64_t pos0,
                      const int32_t* lengths, TQ* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
                      cudaStream_t stream, const char* func) {
   const int64_t rows = int64_t(s.batch) * s.n;
@@ -194,18 +197,21 @@ void rope_split_impl(const QkvLayout& s, const float* qkv, const RopeTable& rope
 }
 }  // namespace
 
-void rope_split_qkv(const QkvLayout& s, const float* qkv, const RopeTable& rope, int64_t pos0, const int32_t* lengths,
-                    float* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, cudaStream_t stream) {
+void rope_split_qkv(const QkvLayout& s, const __nv_bfloat16* qkv, const RopeTable& rope, int64_t pos0,
+                    const int32_t* lengths, float* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                    cudaStream_t stream) {
   rope_split_impl(s, qkv, rope, pos0, lengths, q, k_cache, v_cache, stream, __func__);
 }
-void rope_split_qkv(const QkvLayout& s, const float* qkv, const RopeTable& rope, int64_t pos0, const int32_t* lengths,
-                    __nv_bfloat16* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, cudaStream_t stream) {
+void rope_split_qkv(const QkvLayout& s, const __nv_bfloat16* qkv, const RopeTable& rope, int64_t pos0,
+                    const int32_t* lengths, __nv_bfloat16* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                    cudaStream_t stream) {
   rope_split_impl(s, qkv, rope, pos0, lengths, q, k_cache, v_cache, stream, __func__);
 }
 
-void swiglu_rows(const float* gate_up, int64_t rows, int n_ff, __nv_bfloat16* h, cudaStream_t stream) {
+void swiglu_rows(const __nv_bfloat16* gate_up, int64_t rows, int n_ff, __nv_bfloat16* h, cudaStream_t stream) {
   check_rows(rows, __func__);
-  swiglu_kernel<<<stride_blocks(rows * n_ff), kThreads, 0, stream>>>(gate_up, rows, n_ff, h);
+  if (n_ff < 2 || n_ff % 2 != 0) fail(ErrorKind::InvalidArgument, __func__, "n_ff = %d must be even and >= 2", n_ff);
+  swiglu_kernel<<<unsigned(rows), kThreads, 0, stream>>>(gate_up, n_ff, h);
   SAAP_CU_LAUNCHED();
 }
 

@@ -32,10 +32,10 @@ struct RopeTable {
   bool neox = false;
 };
 
-// Splits the fused projection output qkv [batch][n][Hq*D | Hkv*D | Hkv*D] (fp32) of tokens at
-// positions pos(b, t) = base(b) + t, where base(b) = pos0 when lengths is null, else
-// lengths[b] - n (decode: lengths already counts the new tokens). It
-//   - rotates the query and writes q [batch][n][Hq][D] (fp32 or bf16, by the overload);
+// Splits the fused projection output qkv [batch][n][Hq*D | Hkv*D | Hkv*D] (bf16, the GEMM's
+// output) of tokens at positions pos(b, t) = base(b) + t, where base(b) = pos0 when lengths is
+// null, else lengths[b] - n (decode: lengths already counts the new tokens). It
+//   - rotates the query (in fp32) and writes q [batch][n][Hq][D] (fp32 or bf16, by the overload);
 //   - rotates the key and writes it with the value into the cache k_cache/v_cache
 //     [batch][Hkv][max_len][D] (bf16) at row pos(b, t).
 // Positions at or beyond min(max_len, rope.max_pos) are not written (the host checks capacity).
@@ -45,13 +45,16 @@ struct QkvLayout {
   int n_q_heads = 0, n_kv_heads = 0, head_dim = 0;
   int64_t max_len = 0;  // the cache's row stride per (sequence, kv head)
 };
-void rope_split_qkv(const QkvLayout& s, const float* qkv, const RopeTable& rope, int64_t pos0, const int32_t* lengths,
-                    float* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, cudaStream_t stream);
-void rope_split_qkv(const QkvLayout& s, const float* qkv, const RopeTable& rope, int64_t pos0, const int32_t* lengths,
-                    __nv_bfloat16* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, cudaStream_t stream);
+void rope_split_qkv(const QkvLayout& s, const __nv_bfloat16* qkv, const RopeTable& rope, int64_t pos0,
+                    const int32_t* lengths, float* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                    cudaStream_t stream);
+void rope_split_qkv(const QkvLayout& s, const __nv_bfloat16* qkv, const RopeTable& rope, int64_t pos0,
+                    const int32_t* lengths, __nv_bfloat16* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                    cudaStream_t stream);
 
-// h[r][j] = bf16(silu(gate_up[r][j]) * gate_up[r][n_ff + j]); gate_up [rows][2*n_ff] fp32.
-void swiglu_rows(const float* gate_up, int64_t rows, int n_ff, __nv_bfloat16* h, cudaStream_t stream);
+// h[r][j] = bf16(silu(gate_up[r][j]) * gate_up[r][n_ff + j]) in fp32; gate_up [rows][2*n_ff] bf16
+// (the GEMM's output).
+void swiglu_rows(const __nv_bfloat16* gate_up, int64_t rows, int n_ff, __nv_bfloat16* h, cudaStream_t stream);
 
 // out[i] = bf16(in[i]) for i < count.
 void to_bf16(const float* in, int64_t count, __nv_bfloat16* out, cudaStream_t stream);

@@ -11,7 +11,8 @@
 // (the runner refuses a cache longer than the model's context, as the CPU runner does).
 // Prompts are fixed pseudo-random token ids (speed does not depend on the text). Prefill time is
 // host wall-clock around CudaLlamaModel::prefill (upload, every layer, last-position logits,
-// synchronised), median of --reps after one warm-up. Decode: one eager step that captures the
+// synchronised), median of --reps after one warm-up; the same for the other tensor-core attention
+// kernels (set_prefill_kernel), printed below each row. Decode: one eager step that captures the
 // graph, then N graph launches timed by CUDA events; tokens/s = B * N / time. The context grows
 // from P to P + N during the timed steps.
 #include <cuda_runtime.h>
@@ -163,13 +164,17 @@ int main(int argc, char** argv) try {
         x = x * 1664525u + 1013904223u;
         t = int32_t((x >> 8) % uint32_t(c.vocab_size));
       }
-      std::vector<double> prefill_ms;
-      for (int r = 0; r <= reps; ++r) {  // r = 0 is the warm-up
-        const auto t0 = std::chrono::steady_clock::now();
-        model->prefill(tokens.data(), int(B), P);
-        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-        if (r > 0) prefill_ms.push_back(ms);
-      }
+      auto time_prefill = [&] {  // median host ms of `reps` prefills after a warm-up
+        std::vector<double> prefill_ms;
+        for (int r = 0; r <= reps; ++r) {
+          const auto t0 = std::chrono::steady_clock::now();
+          model->prefill(tokens.data(), int(B), P);
+          const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+          if (r > 0) prefill_ms.push_back(ms);
+        }
+        return median(prefill_ms);
+      };
+      const double pms = time_prefill();
       model->decode_step();  // eager step; captures the graph
       model->synchronize();
       SAAP_CU(cudaEventRecord(e0, model->stream()));
@@ -178,20 +183,24 @@ int main(int argc, char** argv) try {
       SAAP_CU(cudaEventSynchronize(e1));
       float decode_ms = 0;
       SAAP_CU(cudaEventElapsedTime(&decode_ms, e0, e1));
-      const double pms = median(prefill_ms), tok_s = double(B) * decode / (decode_ms / 1e3);
+      const double tok_s = double(B) * decode / (decode_ms / 1e3);
       double tflops = 0;
       const double attn = attention_ms(c, B, P, kernel, &tflops);
       std::printf("%6lld %8lld %12.2f %14.1f %12.3f   attention %.3f ms/layer (%.0f TFLOP/s), x%d layers = %.1f ms\n",
                   (long long)B, (long long)P, pms, tok_s, decode_ms / decode, attn, tflops, c.n_layers,
                   attn * c.n_layers);
-      // The other tensor-core variants at the same shape, to choose the default by measurement.
+      // The other tensor-core variants at the same shape, the whole prefill and the attention alone,
+      // to choose the default by measurement.
       for (cuda::PrefillKernel other : {cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128,
                                         cuda::PrefillKernel::TensorCoreWarp32}) {
         if (other == kernel) continue;
+        model->set_prefill_kernel(other);
+        const double other_prefill = time_prefill();
+        model->set_prefill_kernel(kernel);
         double other_tflops = 0;
         const double other_ms = attention_ms(c, B, P, other, &other_tflops);
-        std::printf("%56s attention with %s: %.3f ms/layer (%.0f TFLOP/s)\n", "", cuda::prefill_kernel_name(other),
-                    other_ms, other_tflops);
+        std::printf("%15s prefill with %-6s %12.2f %29s attention %.3f ms/layer (%.0f TFLOP/s)\n", "",
+                    cuda::prefill_kernel_name(other), other_prefill, "", other_ms, other_tflops);
       }
       if (phases) print_phases(*model, tokens, B, P);
       char line[160];

@@ -279,6 +279,7 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
   m.length = n;
 }
 
+void CudaLlamaModel::set_prefill_kernel(PrefillKernel kernel) { impl_->options.prefill_kernel = kernel; }
 void CudaLlamaModel::set_phase_timing(bool on) { impl_->phases.set_on(on); }
 std::vector<PrefillPhase> CudaLlamaModel::prefill_phases() const { return impl_->phases.collect(); }
 

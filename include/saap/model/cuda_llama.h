@@ -94,6 +94,9 @@ class CudaLlamaModel {
   std::vector<int32_t> greedy_tokens() const;
   void synchronize() const;
 
+  // The attention kernel of the next prefills (CudaLlamaOptions::prefill_kernel at load).
+  void set_prefill_kernel(PrefillKernel kernel);
+
   // Opt-in: when on, prefill() records a CUDA event after each launch, and prefill_phases()
   // returns the GPU time of the last prefill by kind of launch (their sum is the prefill's GPU
   // time). The events cost a few microseconds each; leave it off when timing the whole prefill.

@@ -3,7 +3,7 @@
 // results/gpu_e2e_<date>_<gpu>.csv (engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s).
 //
 // Usage: e2e_bench [--model PATH (default $SAAP_MODEL_PATH)] [--prompts 2048,8000] [--batches 1,16]
-//                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|tc128|tcw32|simple]
+//                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|tc128|tcw32|tcw16|simple]
 //                  [--csv FILE]   (also writes the rows there, after the run's provenance lines)
 //                  [--phases]     (after the timed runs, one more prefill with per-phase GPU times)
 //
@@ -192,7 +192,7 @@ int main(int argc, char** argv) try {
       // The other tensor-core variants at the same shape, the whole prefill and the attention alone,
       // to choose the default by measurement.
       for (cuda::PrefillKernel other : {cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128,
-                                        cuda::PrefillKernel::TensorCoreWarp32}) {
+                                        cuda::PrefillKernel::TensorCoreWarp32, cuda::PrefillKernel::TensorCoreWarp16}) {
         if (other == kernel) continue;
         model->set_prefill_kernel(other);
         const double other_prefill = time_prefill();

@@ -251,21 +251,22 @@ __global__ void __launch_bounds__(W * 32)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tensor-core kernel with 32 query rows per warp (the FlashAttention-2 tiling for head_dim 64):
-// block = 4 warps = 128 query rows of one (sequence, query head); warp w owns rows 32w .. 32w+31
-// as two m16 tiles, so every K/V fragment read from shared memory by ldmatrix feeds two mma
-// (the kernels above feed one: shared-memory bandwidth, not the tensor cores, bounds them), and
-// every 64-key tile loaded from L2 serves 128 queries. The scale is folded into one FFMA per score
+// Tensor-core kernel with MT m16 tiles (16 MT query rows) per warp; MT = 2 is the
+// FlashAttention-2 tiling for head_dim 64: block = 4 warps = 128 query rows of one (sequence,
+// query head); warp w owns rows 32w .. 32w+31 as two m16 tiles, so every K/V fragment read from
+// shared memory by ldmatrix feeds two mma (the kernels above feed one: shared-memory bandwidth,
+// not the tensor cores, bounds them), and every 64-key tile loaded from L2 serves 128 queries.
+// MT = 1 (64 queries per block, fewer registers: 3 blocks per SM instead of 2) keeps the rest. The scale is folded into one FFMA per score
 // (exp2(s c - m c)); one barrier per key tile: the next tile is requested after the barrier that
 // frees its buffer, and lands while this one is computed. Blocks are ordered longest first across
 // all (sequence, head) pairs, the G query heads of a KV group next to each other (they read the
 // same keys and values at about the same time, from L2).
 
 constexpr int kWideWarps = 4;
-constexpr int kWideRows = 32 * kWideWarps;  // queries per block
 
+template <int ROWS>
 struct alignas(16) WideShared {
-  __nv_bfloat16 q[kWideRows][kPitch];
+  __nv_bfloat16 q[ROWS][kPitch];
   __nv_bfloat16 k[2][kTcKeys][kPitch];
   __nv_bfloat16 v[2][kTcKeys][kPitch];
 };
@@ -276,12 +277,16 @@ __device__ __forceinline__ float fast_exp2(float x) {  // one MUFU.EX2; exp2(-in
   return y;
 }
 
-__global__ void __launch_bounds__(kWideWarps * 32, 2)
+// Blocks per SM the registers must allow: MT = 2 needs ~250 per thread (2 blocks); MT = 1 spills
+// at 128 (4 blocks), so 3.
+template <int MT>
+__global__ void __launch_bounds__(kWideWarps * 32, MT == 2 ? 2 : 3)
     prefill_wide_kernel(PrefillShape s, int64_t q_tiles, const __nv_bfloat16* __restrict__ q,
                         const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v, float scale_log2,
                         __nv_bfloat16* __restrict__ out) {
-  extern __shared__ uint4 smem_raw[];  // WideShared, 16-byte aligned
-  WideShared& sh = *reinterpret_cast<WideShared*>(smem_raw);
+  constexpr int kWarpRows = 16 * MT, kWideRows = kWarpRows * kWideWarps;  // queries per warp, per block
+  extern __shared__ uint4 smem_raw[];  // WideShared<kWideRows>, 16-byte aligned
+  WideShared<kWideRows>& sh = *reinterpret_cast<WideShared<kWideRows>*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   // blockIdx.x = (tile rank * batch + b) * n_q_heads + hq, tile rank 0 = the last (longest) query tile.
   const int hq = int(blockIdx.x % unsigned(s.n_q_heads));
@@ -295,7 +300,7 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2)
   const __nv_bfloat16* kh = k + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
   const __nv_bfloat16* vh = v + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
 
-  // 16-byte chunks: a 64 x 64 K or V tile is 512 (4 per thread), the 128 query rows 1024 (8 per thread).
+  // 16-byte chunks: a 64 x 64 K or V tile is 512 (4 per thread), the query rows 8 each (4 MT per thread).
   auto load_kv = [&](int tile, int buf) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -308,7 +313,7 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2)
     }
   };
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 4 * MT; ++i) {
     const int c = tid + i * kWideWarps * 32, row = c >> 3, col = (c & 7) * 8;
     const bool ok = q0 + row < s.n;
     const int64_t off = ((int64_t(b) * s.n + (ok ? q0 + row : 0)) * s.n_q_heads + hq) * kD + col;
@@ -317,18 +322,21 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2)
   load_kv(0, 0);
   cp_async_commit();
 
-  // This thread's rows: m-tile i holds rows 32w + 16i + g (e = 0, 1) and + 8 (e = 2, 3).
-  const int64_t warp_q0 = q0 + warp * 32;
-  int64_t lim[2][2];  // the last key each row may see (its position; kv_len - 1 for padding rows past n)
+  // This thread's rows: m-tile i holds rows 16 MT w + 16i + g (e = 0, 1) and + 8 (e = 2, 3).
+  const int64_t warp_q0 = q0 + warp * kWarpRows;
+  // The last key each row may see (its position; kv_len - 1 for padding rows past n), counted from
+  // the block's first query position pos0 + q0: 32 bits, since only diagonal tiles compare with it.
+  const int64_t base = s.pos0 + q0;
+  int lim[MT][2];
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < MT; ++i)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) lim[i][h] = min(s.pos0 + warp_q0 + 16 * i + 8 * h + g, kv_len - 1);
-  uint32_t qf[2][4][4];  // A fragments: m-tile, k-step of 16 dims
-  float o[2][8][4];      // C fragments of the 32 x 64 output: m-tile, 8 dims
-  float m[2][2], l[2][2];  // running max (raw score units) and sum per m-tile and row half
+    for (int h = 0; h < 2; ++h) lim[i][h] = int(min(warp_q0 - q0 + 16 * i + 8 * h + g, kv_len - 1 - base));
+  uint32_t qf[MT][4][4];  // A fragments: m-tile, k-step of 16 dims
+  float o[MT][8][4];      // C fragments of the 16 MT x 64 output: m-tile, 8 dims
+  float m[MT][2], l[MT][2];  // running max (raw score units) and sum per m-tile and row half
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < MT; ++i) {
     m[i][0] = m[i][1] = kNoMax;
     l[i][0] = l[i][1] = 0.f;
 #pragma unroll
@@ -345,28 +353,28 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2)
     }
     if (kt == 0) {
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
+      for (int i = 0; i < MT; ++i)
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks)
           ldmatrix_x4(qf[i][ks],
-                      &sh.q[warp * 32 + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][ks * 16 + (lane >> 4) * 8]);
+                      &sh.q[warp * kWarpRows + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][ks * 16 + (lane >> 4) * 8]);
     }
-    // A warp whose 32 rows all sit before the tile's first key has nothing to add.
+    // A warp whose rows all sit before the tile's first key has nothing to add.
     const int64_t key0 = int64_t(kt) * kTcKeys;
-    if (key0 > s.pos0 + warp_q0 + 31) continue;
+    if (key0 > s.pos0 + warp_q0 + kWarpRows - 1) continue;
 
-    // S = Q Kᵀ: n-tile j holds keys 8j..8j+7 of the tile; each K fragment serves both m-tiles.
-    float sc[2][8][4];
+    // S = Q Kᵀ: n-tile j holds keys 8j..8j+7 of the tile; each K fragment serves every m-tile.
+    float sc[MT][8][4];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
-      for (int i = 0; i < 2; ++i) sc[i][j][0] = sc[i][j][1] = sc[i][j][2] = sc[i][j][3] = 0.f;
+      for (int i = 0; i < MT; ++i) sc[i][j][0] = sc[i][j][1] = sc[i][j][2] = sc[i][j][3] = 0.f;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {  // dims 32*half .. 32*half+31: k-steps 2*half, 2*half+1
         uint32_t kb[4];
         ldmatrix_x4(kb, &sh.k[buf][j * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < MT; ++i) {
           mma_bf16(sc[i][j], qf[i][2 * half], kb[0], kb[1]);
           mma_bf16(sc[i][j], qf[i][2 * half + 1], kb[2], kb[3]);
         }
@@ -375,14 +383,15 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2)
 
     // Online softmax (base 2). Only tiles that reach past the warp's first query need the mask.
     const bool diagonal = key0 + kTcKeys - 1 > s.pos0 + warp_q0;
+    const int key_rel = int(key0 - base);  // in (-64, 128) on diagonal tiles
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < MT; ++i) {
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          if (diagonal && key0 + j * 8 + 2 * t + (e & 1) > lim[i][e >> 1]) sc[i][j][e] = -INFINITY;
+          if (diagonal && key_rel + j * 8 + 2 * t + (e & 1) > lim[i][e >> 1]) sc[i][j][e] = -INFINITY;
           mx[e >> 1] = fmaxf(mx[e >> 1], sc[i][j][e]);
         }
       }
@@ -413,12 +422,12 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2)
     }
 
     // O += P V: k-step kk covers keys 16kk..16kk+15 = S n-tiles 2kk, 2kk+1; each V fragment serves
-    // both m-tiles.
+    // every m-tile.
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      uint32_t pa[2][4];
+      uint32_t pa[MT][4];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
+      for (int i = 0; i < MT; ++i) {
         pa[i][0] = pack_bf16(sc[i][2 * kk][0], sc[i][2 * kk][1]);
         pa[i][1] = pack_bf16(sc[i][2 * kk][2], sc[i][2 * kk][3]);
         pa[i][2] = pack_bf16(sc[i][2 * kk + 1][0], sc[i][2 * kk + 1][1]);
@@ -429,7 +438,7 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2)
         uint32_t vb[4];
         ldmatrix_x4_trans(vb, &sh.v[buf][kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][dp * 16 + (lane >> 4) * 8]);
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < MT; ++i) {
           mma_bf16(o[i][2 * dp], pa[i], vb[0], vb[1]);
           mma_bf16(o[i][2 * dp + 1], pa[i], vb[2], vb[3]);
         }
@@ -438,7 +447,7 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2)
   }
 
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < MT; ++i) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float sum = l[i][h];
@@ -557,19 +566,21 @@ void launch_tc(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat1
   prefill_tc_kernel<W><<<grid, W * 32, smem, stream>>>(s, q, k, v, scale_log2, out);
 }
 
+template <int MT>
 void launch_wide(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                  float scale_log2, __nv_bfloat16* out, cudaStream_t stream) {
-  constexpr size_t smem = sizeof(WideShared);
+  constexpr int rows = 16 * MT * kWideWarps;
+  constexpr size_t smem = sizeof(WideShared<rows>);
   static const bool configured = [] {  // once per process, before the first launch (not inside a capture)
-    SAAP_CU(cudaFuncSetAttribute(prefill_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    SAAP_CU(cudaFuncSetAttribute(prefill_wide_kernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     return true;
   }();
   (void)configured;
-  const int64_t tiles = (s.n + kWideRows - 1) / kWideRows;
+  const int64_t tiles = (s.n + rows - 1) / rows;
   const int64_t blocks = tiles * s.batch * s.n_q_heads;
   SAAP_CU_REQUIRE(blocks <= INT32_MAX, InvalidArgument, "n = %lld queries x batch %d x %d heads is too many",
                   (long long)s.n, s.batch, s.n_q_heads);
-  prefill_wide_kernel<<<unsigned(blocks), kWideWarps * 32, smem, stream>>>(s, tiles, q, k, v, scale_log2, out);
+  prefill_wide_kernel<MT><<<unsigned(blocks), kWideWarps * 32, smem, stream>>>(s, tiles, q, k, v, scale_log2, out);
 }
 
 }  // namespace
@@ -578,8 +589,9 @@ PrefillKernel prefill_kernel_from_name(const std::string& name) {
   if (name == "tc") return PrefillKernel::TensorCore;
   if (name == "tc128") return PrefillKernel::TensorCore128;
   if (name == "tcw32") return PrefillKernel::TensorCoreWarp32;
+  if (name == "tcw16") return PrefillKernel::TensorCoreWarp16;
   if (name == "simple") return PrefillKernel::Simple;
-  fail(ErrorKind::InvalidArgument, __func__, "prefill attention kernel \"%s\": expected tc, tc128, tcw32 or simple",
+  fail(ErrorKind::InvalidArgument, __func__, "prefill attention kernel \"%s\": expected tc, tc128, tcw32, tcw16 or simple",
        name.c_str());
 }
 
@@ -588,6 +600,7 @@ const char* prefill_kernel_name(PrefillKernel kernel) {
     case PrefillKernel::TensorCore: return "tc";
     case PrefillKernel::TensorCore128: return "tc128";
     case PrefillKernel::TensorCoreWarp32: return "tcw32";
+    case PrefillKernel::TensorCoreWarp16: return "tcw16";
     case PrefillKernel::Simple: return "simple";
   }
   return "unknown";
@@ -605,7 +618,9 @@ void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv
   } else if (kernel == PrefillKernel::TensorCore128) {
     launch_tc<8>(s, q, k, v, scale_log2, out, stream);
   } else if (kernel == PrefillKernel::TensorCoreWarp32) {
-    launch_wide(s, q, k, v, scale_log2, out, stream);
+    launch_wide<2>(s, q, k, v, scale_log2, out, stream);
+  } else if (kernel == PrefillKernel::TensorCoreWarp16) {
+    launch_wide<1>(s, q, k, v, scale_log2, out, stream);
   } else {
     const int64_t tiles = (s.n + kSimpleRows - 1) / kSimpleRows;
     SAAP_CU_REQUIRE(tiles <= INT32_MAX, InvalidArgument, "n = %lld queries is too many", (long long)s.n);

@@ -56,7 +56,7 @@ int main() {
           cutest::ref_attention(qrow.data(), &hk[kvoff], &hv[kvoff], pos, D, scale, DType::BF16, &ref[qoff]);
         }
     for (auto kernel : {cuda::PrefillKernel::Simple, cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128,
-                        cuda::PrefillKernel::TensorCoreWarp32}) {
+                        cuda::PrefillKernel::TensorCoreWarp32, cuda::PrefillKernel::TensorCoreWarp16}) {
       cuda::DeviceBuffer<uint16_t> dout(q_n);
       cutest::poison(dout);
       const cuda::PrefillShape s{c.batch, c.hq, c.hkv, D, c.n, c.pos0, c.max_len};

@@ -32,10 +32,11 @@ enum class PrefillKernel {
   TensorCore,     // mma.sync bf16 tiles (64 queries x 64 keys per step), fp32 softmax and accumulators
   TensorCore128,  // the same with 128 queries (8 warps) per block: half the key/value tile loads
   TensorCoreWarp32,  // 128 queries (4 warps x 32 rows) per block: each K/V fragment feeds two mma
+  TensorCoreWarp16,  // the same code with 16 rows per warp (64 queries per block, 3 blocks per SM)
   Simple,      // CUDA-core fp32 reference kernel: correct, several times slower; for tests and fallback
 };
 
-// "tc", "tc128", "tcw32", "simple" (command-line names); InvalidArgument naming the value otherwise.
+// "tc", "tc128", "tcw32", "tcw16", "simple" (command-line names); InvalidArgument naming the value otherwise.
 PrefillKernel prefill_kernel_from_name(const std::string& name);
 const char* prefill_kernel_name(PrefillKernel kernel);
 

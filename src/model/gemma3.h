@@ -2,7 +2,7 @@
 // values the GGUF does not carry. Internal to src/model.
 #pragma once
 #include "saap/model/gguf.h"
-#include "saap/model/llama.h"
+#include "saap/model/llama_config.h"
 
 namespace saap {
 

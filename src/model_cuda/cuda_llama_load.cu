@@ -9,86 +9,20 @@
 #include "saap/core/rope.h"
 #include "saap/kernels/cuda/host_convert.h"
 #include "saap/model/gguf.h"
+#include "saap/model/llama_config.h"
 #include "src/model_cuda/cuda_llama_impl.h"
 
 namespace saap::cuda {
 namespace {
 
-// A metadata integer that must be in [1, limit].
-int positive_int(const GGUFFile& f, const std::string& key, int64_t fallback, int64_t limit) {
-  const int64_t v = fallback < 0 ? f.get_int(key) : f.get_int(key, fallback);
-  SAAP_CHECK_FMT(v >= 1 && v <= limit, BadFile, "metadata %s = %lld must be in [1, %lld]", key.c_str(), (long long)v,
-                 (long long)limit);
-  return int(v);
-}
-
-// The same reading of the GGUF metadata as the CPU runner's read_config (src/model/llama.cpp),
-// restricted to what this runner supports. TODO(issue 13): one shared reader once llama.cpp
-// exposes it.
-LlamaConfig read_config(const GGUFFile& f) {
-  LlamaConfig c;
-  c.architecture = f.get_string("general.architecture");
+// What this runner supports of a configuration read_llama_config accepts.
+void check_cuda_support(const LlamaConfig& c) {
   SAAP_CHECK_FMT(c.architecture == "llama", Unsupported,
-                 "general.architecture = \"%s\": the CUDA runner runs \"llama\" only", c.architecture.c_str());
-  c.name = f.has("general.name") ? f.get_string("general.name") : std::string("unnamed");
-  const std::string a = "llama.";
-  c.n_layers = positive_int(f, a + "block_count", -1, 4096);
-  c.n_embd = positive_int(f, a + "embedding_length", -1, 1 << 16);
-  c.n_heads = positive_int(f, a + "attention.head_count", -1, 4096);
-  c.n_kv_heads = positive_int(f, a + "attention.head_count_kv", c.n_heads, 4096);
-  c.n_ff = positive_int(f, a + "feed_forward_length", -1, 1 << 18);
-  c.context_length = positive_int(f, a + "context_length", -1, int64_t(1) << 30);
-  c.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));
-  SAAP_CHECK_FMT(c.rms_eps > 0 && c.rms_eps < 1, BadFile, "metadata %sattention.layer_norm_rms_epsilon = %g",
-                 a.c_str(), c.rms_eps);
-  SAAP_CHECK_FMT(c.n_heads % c.n_kv_heads == 0, BadFile,
-                 "%sattention.head_count = %d is not a multiple of head_count_kv = %d", a.c_str(), c.n_heads,
-                 c.n_kv_heads);
-  c.head_dim = f.has(a + "attention.key_length") ? positive_int(f, a + "attention.key_length", -1, 4096)
-                                                 : c.n_embd / c.n_heads;
-  SAAP_CHECK_FMT(c.head_dim * c.n_heads == c.n_embd || f.has(a + "attention.key_length"), BadFile,
-                 "%sembedding_length = %d is not a multiple of head_count = %d", a.c_str(), c.n_embd, c.n_heads);
-  const int value_length = positive_int(f, a + "attention.value_length", c.head_dim, 4096);
-  SAAP_CHECK_FMT(value_length == c.head_dim, Unsupported, "%sattention.value_length = %d differs from key_length = %d",
-                 a.c_str(), value_length, c.head_dim);
-  const GGUFTensorInfo& embd = f.tensor("token_embd.weight");
-  c.vocab_size = f.has(a + "vocab_size") ? positive_int(f, a + "vocab_size", -1, 1 << 24)
-                                         : int(embd.shape.size() == 2 ? embd.shape[1] : 0);
-  SAAP_CHECK_FMT(c.vocab_size > 0, BadFile, "token_embd.weight has %zu dimensions, expected [n_embd, vocab]",
-                 embd.shape.size());
-  c.tied_output = f.find_tensor("output.weight") == nullptr;
-  c.rope.head_dim = c.head_dim;
-  c.rope.n_rot = positive_int(f, a + "rope.dimension_count", c.head_dim, c.head_dim);
-  c.rope.base = float(f.get_float(a + "rope.freq_base", 10000.0));
-  c.rope.style = RopeStyle::Interleaved;  // GGUF Llama files permute Q/K rows for it (see llama.cpp)
-  const std::string scaling = f.has(a + "rope.scaling.type") ? f.get_string(a + "rope.scaling.type") : "none";
-  double factor = 1.0;
-  if (scaling == "linear")
-    factor = f.get_float(a + "rope.scaling.factor");
-  else if (scaling == "none")
-    factor = f.get_float(a + "rope.scale_linear", 1.0);
-  else
-    SAAP_THROW_FMT(Unsupported, "metadata %srope.scaling.type = \"%s\": saap supports \"none\" and \"linear\"",
-                   a.c_str(), scaling.c_str());
-  SAAP_CHECK_FMT(factor > 0, BadFile, "rope scaling factor = %g must be positive", factor);
-  c.rope.freq_scale = float(1.0 / factor);
+                 "general.architecture = \"%s\": the CUDA runner runs \"llama\" only for now", c.architecture.c_str());
   // What the GPU kernels support (decode.h: head_dim 64/128, group <= 8; prefill: head_dim 64).
   SAAP_CHECK_FMT(c.head_dim == 64, Unsupported, "head_dim = %d; the CUDA runner supports 64 for now", c.head_dim);
   SAAP_CHECK_FMT(c.n_heads / c.n_kv_heads <= 8, Unsupported, "group size %d; the CUDA decode supports up to 8",
                  c.n_heads / c.n_kv_heads);
-  return c;
-}
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-void check_shape(const GGUFFile& f, const std::string& name, const std::vector<int64_t>& shape) {
-  const GGUFTensorInfo& t = f.tensor(name);
-  SAAP_CHECK_FMT(t.shape == shape, BadFile, "%s: tensor %s has shape %s, expected %s", f.path().c_str(), name.c_str(),
-                 shape_string(t.shape).c_str(), shape_string(shape).c_str());
 }
 
 std::vector<float> dequantize_checked(const GGUFFile& f, const std::string& name) {
@@ -126,28 +60,11 @@ std::vector<float> stacked(std::vector<float> a, const std::vector<float>& b, co
 void load_llama_weights(const std::string& path, CudaLlamaModel::Impl& m) {
   const GGUFFile f = GGUFFile::open(path);
   LlamaConfig& c = m.config;
-  c = read_config(f);
-  const int64_t E = c.n_embd, Q = int64_t(c.n_heads) * c.head_dim, KV = int64_t(c.n_kv_heads) * c.head_dim;
+  c = read_llama_config(f);
+  check_cuda_support(c);
   // Every shape first, so a bad file fails before anything is dequantized or uploaded.
-  check_shape(f, "token_embd.weight", {E, c.vocab_size});
-  check_shape(f, "output_norm.weight", {E});
-  if (!c.tied_output) check_shape(f, "output.weight", {E, c.vocab_size});
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    check_shape(f, p + "attn_norm.weight", {E});
-    check_shape(f, p + "attn_q.weight", {E, Q});
-    check_shape(f, p + "attn_k.weight", {E, KV});
-    check_shape(f, p + "attn_v.weight", {E, KV});
-    check_shape(f, p + "attn_output.weight", {Q, E});
-    check_shape(f, p + "ffn_norm.weight", {E});
-    check_shape(f, p + "ffn_gate.weight", {E, c.n_ff});
-    check_shape(f, p + "ffn_up.weight", {E, c.n_ff});
-    check_shape(f, p + "ffn_down.weight", {c.n_ff, E});
-  }
-  if (f.find_tensor("rope_freqs.weight")) {
-    check_shape(f, "rope_freqs.weight", {c.rope.n_rot / 2});
-    c.rope.freq_factors = dequantize_checked(f, "rope_freqs.weight");
-  }
+  check_llama_tensor_shapes(f, c);
+  if (f.find_tensor("rope_freqs.weight")) c.rope.freq_factors = dequantize_checked(f, "rope_freqs.weight");
 
   size_t& bytes = m.weight_bytes;
   m.token_embd = upload_bf16(dequantize_checked(f, "token_embd.weight"), bytes);

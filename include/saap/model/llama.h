@@ -13,41 +13,10 @@
 #include "saap/core/rope.h"
 #include "saap/methods/method.h"
 #include "saap/model/gguf.h"
+#include "saap/model/llama_config.h"
 #include "saap/model/tokenizer.h"
 
 namespace saap {
-
-enum class FfnActivation { SiLU, GeluTanh };  // SwiGLU (Llama) or GELU-tanh GeGLU (Gemma)
-
-struct LlamaConfig {
-  std::string name;          // general.name
-  std::string architecture;  // general.architecture: "llama" or "gemma3"
-  int n_layers = 0;
-  int n_embd = 0;
-  int n_heads = 0;
-  int n_kv_heads = 0;
-  int head_dim = 0;
-  int n_ff = 0;
-  int vocab_size = 0;
-  int64_t context_length = 0;
-  float rms_eps = 1e-5f;
-  RopeConfig rope;           // RoPE of the global layers (every layer of a Llama)
-  bool tied_output = false;  // output.weight absent: logits use token_embd.weight
-
-  // What Gemma-3 adds; the defaults are the Llama forward pass.
-  // Per layer: 0 = global (attends to the whole causal prefix, through the session's method);
-  // W > 0 = local, exact attention over the last W positions, the query's own included.
-  std::vector<int64_t> layer_window;
-  RopeConfig rope_local;      // RoPE of the local layers
-  float embed_scale = 1.0f;   // token embeddings are multiplied by this (Gemma: sqrt(n_embd) in fp32)
-  FfnActivation ffn_activation = FfnActivation::SiLU;
-  bool qk_norm = false;       // RMSNorm on every query and key head before RoPE
-  bool post_norms = false;    // RMSNorm on the attention and FFN outputs before each residual add
-  float final_logit_softcap = 0.0f;  // logits = cap * tanh(logits / cap) when > 0
-
-  bool is_global(int layer) const { return layer_window[size_t(layer)] == 0; }
-  int n_global_layers() const;
-};
 
 // One layer's activations for positions [pos0, pos0 + n), offered to observers (calibration).
 struct LayerActivations {

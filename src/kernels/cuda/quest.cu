@@ -12,6 +12,7 @@ struct QuestIndex::Impl {
   DeviceBuffer<uint16_t> k, v, meta;
   DeviceBuffer<int32_t> seq_len, chunk_rows, chunk_count, partials, partial_count, selected_tokens, scored_pages;
   DeviceBuffer<float> keys;
+  DeviceBuffer<uint32_t> hist;  // [bh][kQuestHistBins]: zero between steps (select zeroes what score counts)
 };
 
 QuestIndex::QuestIndex(const DecodeShape& shape, int64_t max_len, const QuestConfig& cfg)
@@ -31,6 +32,8 @@ QuestIndex::QuestIndex(const DecodeShape& shape, int64_t max_len, const QuestCon
   m.v.resize(size_t(bh * max_len * D));
   m.meta.resize(size_t(bh * max_pages_ * 2 * D));
   m.keys.resize(size_t(bh * max_pages_));
+  m.hist.resize(size_t(bh) * kQuestHistBins);
+  SAAP_CU(cudaMemset(m.hist.get(), 0, m.hist.bytes()));
   m.chunk_rows.resize(size_t(bh * max_chunks_));
   m.partials.resize(size_t(bh * kMaxPartials * 2));
   for (auto* b : {&m.seq_len, &m.chunk_count, &m.partial_count, &m.selected_tokens, &m.scored_pages}) {
@@ -108,16 +111,21 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    constexpr int pages_per_block = kQuestScoreWarps * (32 / (D / 8)) * kQuestScorePasses;
-    const dim3 grid(unsigned((max_pages_ + pages_per_block - 1) / pages_per_block), bh);
-    launch_dependent(quest_score_kernel<T, D, GMAX>, grid, dim3(kQuestScoreWarps * 32), 0, stream,
+    constexpr int pages_per_pass = kQuestScoreWarps * (32 / (D / 8)) * kQuestScorePasses;
+    auto* kernel = quest_score_kernel<T, D, GMAX>;
+    // One wave of resident blocks, at most one block pass each over the capacity's pages.
+    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kQuestScoreWarps * 32);
+    const int64_t per_bh =
+        std::clamp<int64_t>(resident / int64_t(bh), 1, (max_pages_ + pages_per_pass - 1) / pages_per_pass);
+    launch_dependent(kernel, dim3(unsigned(per_bh), bh), dim3(kQuestScoreWarps * 32), 0, stream,
                      reinterpret_cast<const T*>(m.meta.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
-                     q, shape_.n_kv_heads, shape_.group(), step, m.keys.get());
+                     q, shape_.n_kv_heads, shape_.group(), step, m.keys.get(), m.hist.get());
   });
   launch_dependent(quest_select_kernel, dim3(bh), dim3(kQuestSelectThreads), 0, stream,
                    static_cast<const float*>(m.keys.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
-                   step, max_chunks_, m.chunk_rows.get(), m.chunk_count.get(), reinterpret_cast<int2*>(m.partials.get()),
-                   m.partial_count.get(), m.selected_tokens.get(), m.scored_pages.get());
+                   step, m.hist.get(), max_chunks_, m.chunk_rows.get(), m.chunk_count.get(),
+                   reinterpret_cast<int2*>(m.partials.get()), m.partial_count.get(), m.selected_tokens.get(),
+                   m.scored_pages.get());
   // What this select reads at most at the host's longest sequence (sizes attend's splits only).
   const int64_t n = *std::max_element(host_len_.begin(), host_len_.end());
   expect_tokens_ = budget.tokens > 0 ? std::min<int64_t>(budget.tokens, n) : rules::tokens_for_fraction(budget.lookup, n);
@@ -133,7 +141,9 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
     auto* kernel = quest_attend_kernel<T, D, GMAX>;
     static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-    splits = choose_splits(shape_, std::max<int64_t>(expect_tokens_, 1), resident);
+    // 64 tokens a split at least (two block passes of the attender): a block's passes are
+    // dependent loads, so a small selection spread thin finishes sooner than in 256-token splits.
+    splits = choose_splits(shape_, std::max<int64_t>(expect_tokens_, 1), resident, 64);
     ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
     launch_dependent(kernel, dim3(splits, shape_.n_kv_heads, shape_.batch), dim3(kDecodeWarps * 32), 0, stream,
                      reinterpret_cast<const T*>(m.k.get()), reinterpret_cast<const T*>(m.v.get()), max_len_,

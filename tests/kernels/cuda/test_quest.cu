@@ -26,7 +26,9 @@ struct Case {
   int appends;
   cuda::QuestConfig cfg;
   cuda::QuestBudget budget;
-  bool equal_keys = false;  // every key the same vector: all bounds tie, ties go to the lower page
+  // Keys repeat every key_period tokens (0: all random): pages holding the same tokens have the
+  // same bound, so ties at the K-th key are exercised (1: every bound ties; ties go to the lower page).
+  int key_period = 0;
 };
 
 // The float64 picture of one (b, h) at prefix n: candidate pages, their middle runs and keys.
@@ -94,8 +96,17 @@ int main() {
       {"budget below sinks + window", 1, 8, 2, 64, DType::BF16, {1000}, 1, {16, 64, 256}, {0.2, 0}},
       {"one page (P 64)", 1, 8, 1, 128, DType::BF16, {39}, 1, {64, 2, 4}, {0.5, 0}},
       {"page size 7, gqa8", 1, 16, 2, 128, DType::F16, {3001}, 4, {7, 3, 20}, {0.1, 0}},
-      {"equal keys: ties to the lower page", 1, 4, 1, 64, DType::BF16, {4096}, 0, {16, 4, 64}, {0.1, 0}, true},
+      {"equal keys: ties to the lower page", 1, 4, 1, 64, DType::BF16, {4096}, 0, {16, 4, 64}, {0.1, 0}, 1},
       {"long, 2%", 1, 32, 8, 128, DType::BF16, {70001}, 1, {16, 4, 64}, {0.02, 0}},
+      // The select kernel's paths: K-th key's 16-bit bin taken whole (K = one whole group of
+      // 1000 equal pages), taken in part with exact ties ranked by id (8 of a group), ties across
+      // its compaction tiles of 16384 pages (4500 of a 5000-page group, 4096 in the first tile),
+      // every bound tied over two tiles, and batch 3 with one sequence read whole.
+      {"4 bounds x 1000 pages, K = 1000 (a whole bin)", 1, 8, 2, 64, DType::BF16, {64000}, 0, {16, 0, 0}, {0.05, 16000}, 64},
+      {"4 bounds x 1000 pages, K = 1008 (8 of 1000 ties)", 1, 8, 2, 64, DType::BF16, {64000}, 0, {16, 0, 0}, {0.05, 16128}, 64},
+      {"ties across tiles (P 4, 20000 pages)", 1, 4, 1, 64, DType::BF16, {80000}, 0, {4, 0, 0}, {0.05, 38000}, 16},
+      {"one bound over two tiles (P 2)", 1, 4, 1, 64, DType::F16, {40000}, 0, {2, 3, 5}, {0.3, 0}, 1},
+      {"batch 3, one read whole", 3, 32, 8, 128, DType::BF16, {30000, 17, 9001}, 2, {16, 4, 64}, {0.03, 0}},
   };
   for (const Case& c : cases) {
     const std::string tag = std::string(c.name) + ": ";
@@ -106,8 +117,10 @@ int main() {
     cuda::QuestIndex idx(s, max_len, c.cfg);
     std::vector<uint16_t> allk(size_t(bh_n) * max_len * D), allv(allk.size());
     auto hk = cutest::random_kv(rng, size_t(bh_n) * src_len * D, c.t), hv = cutest::random_kv(rng, hk.size(), c.t);
-    if (c.equal_keys)
-      for (size_t i = 0; i < hk.size(); ++i) hk[i] = hk[i % D];
+    if (c.key_period > 0)
+      for (int bh = 0; bh < bh_n; ++bh)
+        for (size_t i = 0; i < size_t(src_len) * D; ++i)
+          hk[size_t(bh) * src_len * D + i] = hk[size_t(bh) * src_len * D + i % (size_t(c.key_period) * D)];
     for (int bh = 0; bh < bh_n; ++bh) {
       std::copy_n(&hk[size_t(bh) * src_len * D], src_len * D, &allk[size_t(bh) * max_len * D]);
       std::copy_n(&hv[size_t(bh) * src_len * D], src_len * D, &allv[size_t(bh) * max_len * D]);

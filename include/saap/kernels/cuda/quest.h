@@ -2,16 +2,19 @@
 // methods/quest_pages.h): the dense cache plus, per page of P positions and KV head, the
 // element-wise min and max of its keys. A decode step is three kernels, all on the device, no host
 // synchronisation, so it can be captured in a CUDA graph:
-//   score  - every candidate page's bound, summed over the KV group's query heads
+//   score  - every candidate page's bound, summed over the KV group's query heads (one wave of
+//            blocks streaming the metadata), and a histogram of the full pages' keys' top 16 bits
 //   select - one block per (b, h): the shared fill rule (saap::rules) over the ranking, computed
-//            exactly without a sort: the full pages taken are the top K (a radix select of the
-//            K-th key, ties to the lower page), K found by walking the at most two partial pages
+//            exactly without a sort: the full pages taken are the top K, K found by walking the at
+//            most two partial pages; the K-th key's 16-bit bin comes from the histogram, its low
+//            bits from two radix passes over that bin's keys only, ties go to the lower page
 //   attend - the GroupAttender over chunks of P rows (sinks, taken pages, window) and the few
-//            partial runs, split evenly over blocks, then the split combine
+//            partial runs, split evenly over blocks (64 tokens a split at least), then the combine
 //
 // Storage per (sequence b, KV head h) = bh:
 //   k, v   [bh][max_len][D]          the cache, dense
 //   meta   [bh][max_pages][2][D]     page c: min then max of its keys (kv_dtype values)
+//   hist   [bh][65536]               the score kernel's counts, zeroed again by the select kernel
 #pragma once
 #include <cstdint>
 #include <memory>

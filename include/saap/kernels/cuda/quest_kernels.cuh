@@ -13,9 +13,16 @@
 namespace saap::cuda {
 
 constexpr int kQuestSelectThreads = 1024;
-constexpr int kQuestRadixBins = 2048;  // 11-bit digits: a 32-bit key in 3 passes
+constexpr int kQuestRadixBins = 2048;  // 11-bit digits for the bits below the histogram's
+// The score kernel histograms the top 16 bits of every full page's radix key per (b, h), so that
+// the select kernel finds the K-th key's bin without a pass over the keys (sign, exponent and 7
+// mantissa bits: an 11-bit digit put nearly all keys of similar size into 2-4 bins).
+constexpr int kQuestHistShift = 16;
+constexpr int kQuestHistBins = 1 << (32 - kQuestHistShift);
+constexpr int kQuestTileKeys = 16;  // keys per thread per compaction tile of the select kernel
 constexpr int kQuestScoreWarps = 4;
 constexpr int kQuestScorePasses = 4;  // page passes per warp whose loads are in flight together
+constexpr int kQuestStageChunks = 64;  // chunk rows an attend block stages in shared memory at a time
 
 __device__ __forceinline__ float quest_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float quest_to_float(__half x) { return __half2float(x); }
@@ -80,63 +87,76 @@ struct QuestStep {
   }
 };
 
-// Bounds of the candidate pages of one (b, h): block (page block, bh). A page's 2 x D values are
-// spread over D/8 lanes (16-byte loads of min and of max); each lane sums its dimensions over the
-// group's heads, the lanes of a page then add up. keys[bh][r] is page range.first + r's key.
+// The radix key of a page's bound: order-preserving bits, with -0 read as +0 so that the bits
+// order exactly as rules::ranks_before compares the floats.
+__device__ __forceinline__ uint32_t quest_rank_bits(float key) { return float_key(key == 0.f ? 0.f : key); }
+
+// Bounds of the candidate pages of one (b, h): block (page block, bh), the blocks of a bh striding
+// over its candidates a block pass (PER_BLOCK pages) at a time. The launcher sizes the grid to one
+// wave of resident blocks, so the group's query is loaded once per block, not once per 32 pages,
+// and from the capacity, not the current length, so a captured step stays valid as sequences
+// grow. A page's 2 x D values are spread over
+// D/8 lanes (16-byte streaming loads of min and of max); each lane sums its dimensions over the
+// group's heads, the lanes of a page then add up. keys[bh][r] is page range.first + r's key; each
+// full page (P middle positions) also counts its key's top 16 bits in hist[bh].
 template <class T, int D, int GMAX>
 static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
     quest_score_kernel(const T* __restrict__ meta, int64_t max_pages, const int32_t* __restrict__ seq_len,
-                       const float* __restrict__ q, int n_kv_heads, int G, QuestStep step, float* __restrict__ keys) {
-  constexpr int LPT = D / 8, PPP = 32 / LPT, U = kQuestScorePasses;
+                       const float* __restrict__ q, int n_kv_heads, int G, QuestStep step,
+                       float* __restrict__ keys, uint32_t* __restrict__ hist) {
+  constexpr int LPT = D / 8, PPP = 32 / LPT, U = kQuestScorePasses, PER_BLOCK = kQuestScoreWarps * PPP * U;
   wait_prior_grid();
   const int64_t bh = blockIdx.y;
   int64_t budget;
   const quest::PageRange range = step.range(seq_len[bh], &budget);
   if (budget <= 0 || budget >= range.fixed.middle()) return;  // select() scores nothing then
+  const int64_t c1 = range.count();
+  if (int64_t(blockIdx.x) * PER_BLOCK >= c1) return;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % LPT, slot = lane / LPT;
-  const int64_t r0 = (int64_t(blockIdx.x) * kQuestScoreWarps + warp) * PPP * U;
-  if (r0 >= range.count()) return;
   float qr[GMAX][8];
   const float* qb = q + bh * G * D;  // the group's query rows: (b * Hkv + h) * G == b * Hq + h * G
 #pragma unroll
   for (int g = 0; g < GMAX; ++g)
 #pragma unroll
     for (int j = 0; j < 8; ++j) qr[g][j] = g < G ? qb[g * D + sub * 8 + j] : 0.f;
-  uint4 lo[U], hi[U];
+  const T* mb = meta + (bh * max_pages + range.first) * 2 * D + sub * 8;
+  float* kb = keys + bh * max_pages;
+  uint32_t* hb = hist + bh * kQuestHistBins;
+  for (int64_t r0 = int64_t(blockIdx.x) * PER_BLOCK + warp * PPP * U; r0 < c1; r0 += int64_t(gridDim.x) * PER_BLOCK) {
+    uint4 lo[U], hi[U];
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t r = r0 + u * PPP + slot;
-    if (r < range.count()) {
-      const T* m = meta + (bh * max_pages + range.first + r) * 2 * D + sub * 8;
-      lo[u] = *reinterpret_cast<const uint4*>(m);
-      hi[u] = *reinterpret_cast<const uint4*>(m + D);
-    } else {
-      lo[u] = hi[u] = make_uint4(0, 0, 0, 0);
-    }
-  }
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    float l[8], h[8];
-    Vec8<T>::to_float(lo[u], l);
-    Vec8<T>::to_float(hi[u], h);
-    float key = 0.f;
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g) {
-      float s = 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) s += quest::bound_term(qr[g][j], l[j], h[j]);
-      key += s;
+    for (int u = 0; u < U; ++u) {
+      const int64_t r = r0 + u * PPP + slot;
+      if (r < c1) {
+        lo[u] = load_stream(mb + r * 2 * D);
+        hi[u] = load_stream(mb + r * 2 * D + D);
+      } else {
+        lo[u] = hi[u] = make_uint4(0, 0, 0, 0);
+      }
     }
 #pragma unroll
-    for (int off = LPT / 2; off > 0; off >>= 1) key += __shfl_xor_sync(0xffffffffu, key, off);
-    const int64_t r = r0 + u * PPP + slot;
-    if (sub == 0 && r < range.count()) keys[bh * max_pages + r] = key;
+    for (int u = 0; u < U; ++u) {
+      float l[8], h[8];
+      Vec8<T>::to_float(lo[u], l);
+      Vec8<T>::to_float(hi[u], h);
+      float key = 0.f;
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g) {
+        float s = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) s += quest::bound_term(qr[g][j], l[j], h[j]);
+        key += s;
+      }
+#pragma unroll
+      for (int off = LPT / 2; off > 0; off >>= 1) key += __shfl_xor_sync(0xffffffffu, key, off);
+      const int64_t r = r0 + u * PPP + slot;
+      if (sub == 0 && r < c1) {
+        kb[r] = key;
+        if (range.size(range.first + r) == step.P) atomicAdd(&hb[quest_rank_bits(key) >> kQuestHistShift], 1u);
+      }
+    }
   }
 }
-
-// The radix key of a page's bound: order-preserving bits, with -0 read as +0 so that the bits
-// order exactly as rules::ranks_before compares the floats.
-__device__ __forceinline__ uint32_t quest_rank_bits(float key) { return float_key(key == 0.f ? 0.f : key); }
 
 // Exclusive prefix sum over the block (blockDim.x a multiple of 32); *total gets the sum.
 // scratch: 32 ints of shared memory.
@@ -165,17 +185,67 @@ __device__ inline int quest_block_exclusive_scan(int v, int* scratch, int* total
   return (warp ? scratch[warp - 1] : 0) + incl - v;
 }
 
-// Everything one (b, h) reads, as chunks of P rows (chunk_rows: their first rows) and at most
-// QuestIndex::kMaxPartials shorter runs; block bh of kQuestSelectThreads threads.
+// Block-wide min and max of unsigned values; every thread gets both. scratch: 64 words of shared memory.
+__device__ inline void quest_block_min_max(uint32_t lo, uint32_t hi, uint32_t* scratch, uint32_t* lo_out,
+                                           uint32_t* hi_out) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  lo = __reduce_min_sync(0xffffffffu, lo);
+  hi = __reduce_max_sync(0xffffffffu, hi);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = lo, scratch[32 + warp] = hi;
+  __syncthreads();
+  *lo_out = __reduce_min_sync(0xffffffffu, lane < nw ? scratch[lane] : 0xffffffffu);
+  *hi_out = __reduce_max_sync(0xffffffffu, lane < nw ? scratch[32 + lane] : 0u);
+}
+
+// Ordinals in page order of the flagged keys of one tile: the block's tile holds keys
+// base + j * blockDim.x + threadIdx.x for j < J, and bit j of `flags` marks this thread's j-th.
+// ord[j] gets the number of flagged keys of the tile before it (ordered by j, then thread, which
+// is page order); returns the tile's flagged count. counts: J * (blockDim.x / 32) <= blockDim.x
+// ints of shared memory; scratch: 32 ints.
+template <int J>
+__device__ inline int quest_tile_ordinals(uint32_t flags, int (&ord)[J], int* counts, int* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const uint32_t before = (1u << lane) - 1u;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const uint32_t b = __ballot_sync(0xffffffffu, (flags >> j) & 1u);
+    ord[j] = __popc(b & before);
+    if (lane == 0) counts[j * nw + warp] = __popc(b);
+  }
+  __syncthreads();
+  const int n = J * nw, v = int(threadIdx.x) < n ? counts[threadIdx.x] : 0;
+  int total;
+  const int ex = quest_block_exclusive_scan(v, scratch, &total);
+  if (int(threadIdx.x) < n) counts[threadIdx.x] = ex;  // every read of counts came before the scan's barriers
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < J; ++j) ord[j] += counts[j * nw + warp];
+  __syncthreads();  // counts may be reused at once
+  return total;
+}
+
+// Everything one (b, h) reads, as chunks of P rows (chunk_rows: their first rows, in page order)
+// and at most QuestIndex::kMaxPartials shorter runs; block bh of kQuestSelectThreads threads.
+//  1. one pass over the keys: the full pages ranked before each partial page (at most two: the
+//     first and last candidates) and the range of the full pages' radix keys;
+//  2. the fill rule walked in rank order gives K, the full pages taken (the top K of the order);
+//  3. the K-th key's 16-bit bin from the score kernel's histogram (only the bins within the keys'
+//     range are read, and zeroed for the next step), then, when that bin is taken in part, two
+//     radix passes over its keys' low 16 bits fix the exact key;
+//  4. compaction in tiles of J keys per thread: ballots and one block scan per tile put the taken
+//     pages in page order (ties at the exact key ranked by page id the same way).
 static __global__ void __launch_bounds__(kQuestSelectThreads)
     quest_select_kernel(const float* __restrict__ keys, int64_t max_pages, const int32_t* __restrict__ seq_len,
-                        QuestStep step, int64_t max_chunks, int32_t* __restrict__ chunk_rows,
-                        int32_t* __restrict__ chunk_count, int2* __restrict__ partials,
-                        int32_t* __restrict__ partial_count, int32_t* __restrict__ selected_tokens,
-                        int32_t* __restrict__ scored_pages) {
-  __shared__ int hist[kQuestRadixBins];
+                        QuestStep step, uint32_t* __restrict__ hist, int64_t max_chunks,
+                        int32_t* __restrict__ chunk_rows, int32_t* __restrict__ chunk_count,
+                        int2* __restrict__ partials, int32_t* __restrict__ partial_count,
+                        int32_t* __restrict__ selected_tokens, int32_t* __restrict__ scored_pages) {
+  constexpr int J = kQuestTileKeys;
+  static_assert(J * (kQuestSelectThreads / 32) <= kQuestRadixBins && J <= 32, "tile counts live in the radix bins");
+  __shared__ int radix[kQuestRadixBins];  // radix digits, then the tiles' counts
   __shared__ int scratch[32];
-  __shared__ int s_rank[2];
+  __shared__ uint32_t ext[64];
   __shared__ long long s_take_full;
   __shared__ int s_small_taken[2];
   __shared__ uint32_t s_prefix;
@@ -221,32 +291,37 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   if (count > 0 && range.size(range.first) < P) small[n_small++] = 0;
   if (count > 1 && range.size(range.first + count - 1) < P) small[n_small++] = count - 1;
   auto is_small = [&](int r) { return (n_small > 0 && small[0] == r) || (n_small > 1 && small[1] == r); };
-  const int64_t full = count - n_small;
-  // Full pages ranked before each partial page (saap::rules order), for the walk below.
-  if (n_small > 0) {
-    int before[2] = {0, 0};
-    for (int r = tid; r < count; r += nt)
-      if (!is_small(r))
-        for (int e = 0; e < n_small; ++e) before[e] += rules::ranks_before(key[r], r, key[small[e]], small[e]);
-    for (int e = 0; e < n_small; ++e) {  // counts below 2^24 are exact in a float
-      const int b = int(block_reduce<false>(float(before[e]), reinterpret_cast<float*>(scratch)));
-      if (tid == 0) s_rank[e] = b;
-    }
+  const int full = count - n_small;
+  // 1. Full pages ranked before each partial page (saap::rules order), and the full keys' range.
+  float small_key[2] = {0.f, 0.f};
+  for (int e = 0; e < n_small; ++e) small_key[e] = key[small[e]];
+  int before[2] = {0, 0};
+  uint32_t u_lo = 0xffffffffu, u_hi = 0u;
+  for (int r = tid; r < count; r += nt) {
+    if (is_small(r)) continue;
+    const float k = key[r];
+    const uint32_t u = quest_rank_bits(k);
+    u_lo = min(u_lo, u);
+    u_hi = max(u_hi, u);
+    for (int e = 0; e < n_small; ++e) before[e] += rules::ranks_before(k, r, small_key[e], small[e]);
   }
-  // The fill rule walked in rank order: between two partial pages, full pages of P tokens are
+  int rank[2] = {0, 0};
+  for (int e = 0; e < n_small; ++e) quest_block_exclusive_scan(before[e], scratch, &rank[e]);
+  quest_block_min_max(u_lo, u_hi, ext, &u_lo, &u_hi);
+  // 2. The fill rule walked in rank order: between two partial pages, full pages of P tokens are
   // taken while they fit, so the full pages taken are the first K of the order; a partial page is
   // taken if it fits when its turn comes.
   if (tid == 0) {
     int order[2] = {0, 1};
-    if (n_small == 2 && !rules::ranks_before(key[small[0]], small[0], key[small[1]], small[1])) order[0] = 1, order[1] = 0;
+    if (n_small == 2 && !rules::ranks_before(small_key[0], small[0], small_key[1], small[1])) order[0] = 1, order[1] = 0;
     long long used = 0, seen = 0, taken = 0;
     for (int k = 0; k < n_small; ++k) {
       const int e = order[k];
-      const long long fit = (budget - used) / P, more = s_rank[e] - seen;
+      const long long fit = (budget - used) / P, more = rank[e] - seen;
       const long long t = more < fit ? more : fit;
       taken += t;
       used += t * P;
-      seen = s_rank[e];
+      seen = rank[e];
       const int64_t sz = range.size(range.first + small[e]);
       s_small_taken[e] = used + sz <= budget;
       if (s_small_taken[e]) used += sz;
@@ -257,29 +332,65 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   }
   __syncthreads();
   const long long K = s_take_full;
-  // The K-th largest full-page key by radix select over its order-preserving bits, 11, 11 and 10
-  // at a time; need is then how many pages holding exactly that key are taken (the lowest ids), of
-  // the `at` pages that hold it.
+  // 3. The K-th largest full key: its 16-bit bin from the histogram, read over the keys' range
+  // [u_lo, u_hi] only (where every count of this step landed) and zeroed behind. Thread t owns
+  // `per` bins from the top down; the thread whose bins cross K walks them.
   uint32_t prefix = 0, mask = 0;
   long long need = K, at = 0;
-  if (K > 0 && K < full) {
-    for (int shift = 21; shift >= 0; shift -= shift > 10 ? 11 : 10) {
-      const int bits = shift == 0 ? 10 : 11, nb = 1 << bits;
-      for (int i = tid; i < nb; i += nt) hist[i] = 0;
+  if (full > 0) {
+    const int lo = int(u_lo >> kQuestHistShift), hi = int(u_hi >> kQuestHistShift);
+    const int per = (hi - lo + nt) / nt;
+    const int top = hi - tid * per, bottom = max(lo - 1, top - per);  // bins (bottom, top]
+    uint32_t* hb = hist + bh * kQuestHistBins;
+    int own = 0;
+    for (int b = top; b > bottom; --b) own += int(__ldcg(&hb[b]));
+    int total;
+    const int above = quest_block_exclusive_scan(own, scratch, &total);
+    if (K > 0 && K < full && above < K && above + own >= K) {
+      long long cum = above;
+      for (int b = top; b > bottom; --b) {
+        const int h = int(__ldcg(&hb[b]));
+        if (cum + h >= K) {
+          s_prefix = uint32_t(b) << kQuestHistShift;
+          s_need = K - cum;
+          s_at = h;
+          break;
+        }
+        cum += h;
+      }
+    }
+    for (int b = top; b > bottom; --b) hb[b] = 0u;
+    __syncthreads();
+    if (K > 0 && K < full) {
+      prefix = s_prefix;
+      need = s_need;
+      at = s_at;
+      mask = ~uint32_t(0) << kQuestHistShift;
+    }
+  }
+  // The bin is taken in part: its keys' low bits, 11 then 5 at a time, fix the exact K-th key;
+  // need is then how many pages holding exactly that key are taken (the lowest ids), of the `at`
+  // pages that hold it.
+  if (K > 0 && K < full && need < at) {
+    static_assert(kQuestHistShift == 16, "the two passes below cover 11 + 5 bits");
+    for (int pass = 0; pass < 2; ++pass) {
+      const int shift = pass == 0 ? 5 : 0, nb = pass == 0 ? 2048 : 32;
+      for (int i = tid; i < nb; i += nt) radix[i] = 0;
       __syncthreads();
       for (int r = tid; r < count; r += nt) {
+        if (is_small(r)) continue;
         const uint32_t u = quest_rank_bits(key[r]);
-        if (!is_small(r) && (u & mask) == prefix) atomicAdd(&hist[(u >> shift) & (nb - 1)], 1);
+        if ((u & mask) == prefix) atomicAdd(&radix[(u >> shift) & (nb - 1)], 1);
       }
       __syncthreads();
       if (tid < 32) {
         int d;
         long long above;
-        warp_find_digit(hist, nb, need, true, d, above);
+        warp_find_digit(radix, nb, need, true, d, above);
         if (tid == 0) {
           s_prefix = prefix | (uint32_t(d) << shift);
           s_need = need - above;
-          s_at = hist[d];
+          s_at = radix[d];
         }
       }
       __syncthreads();
@@ -289,37 +400,41 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
       mask |= uint32_t(nb - 1) << shift;
     }
   }
-  // Compaction: thread t owns pages [t per, (t + 1) per), so the taken ones come out in page order.
-  const int per = (count + nt - 1) / nt;
-  const int r0 = min(count, tid * per), r1 = min(count, r0 + per);
-  auto takes = [&](int r, uint32_t u, bool tie_ok) {
-    if (is_small(r)) return false;
-    if (K >= full) return true;
-    if (K <= 0) return false;
-    return u > prefix || (u == prefix && tie_ok);
-  };
-  // Pages holding the K-th key are ranked by id only when some of them are left out (rare).
-  const bool rank_ties = K > 0 && K < full && need < at;
-  int ties = 0;
-  if (rank_ties)
-    for (int r = r0; r < r1; ++r) ties += !is_small(r) && quest_rank_bits(key[r]) == prefix;
-  int total;
-  int tie = rank_ties ? quest_block_exclusive_scan(ties, scratch, &total) : 0;
-  int mine = 0;
-  for (int r = r0; r < r1; ++r) {
-    const uint32_t u = quest_rank_bits(key[r]);
-    const bool is_tie = K > 0 && K < full && !is_small(r) && u == prefix;
-    mine += takes(r, u, is_tie && (!rank_ties || tie < need));
-    tie += is_tie;
-  }
-  int taken_pages;
-  int at_row = quest_block_exclusive_scan(mine, scratch, &taken_pages);
-  tie -= ties;
-  for (int r = r0; r < r1; ++r) {
-    const uint32_t u = quest_rank_bits(key[r]);
-    const bool is_tie = K > 0 && K < full && !is_small(r) && u == prefix;
-    if (takes(r, u, is_tie && (!rank_ties || tie < need))) rows[chunks + at_row++] = int32_t((range.first + r) * P);
-    tie += is_tie;
+  // 4. Compaction. Pages holding the K-th key exactly are ranked by id only when some of them are
+  // left out (rare).
+  const bool take_all = K >= full, rank_ties = K > 0 && !take_all && need < at;
+  int taken_pages = 0, ties_seen = 0;
+  for (int base = 0; K > 0 && base < count; base += nt * J) {
+    uint32_t u[J], valid = 0u;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int r = base + j * nt + tid;
+      const bool ok = r < count && !is_small(r);
+      u[j] = ok ? quest_rank_bits(key[r]) : 0u;
+      valid |= uint32_t(ok) << j;
+    }
+    int ord[J];
+    uint32_t take = 0u;
+    if (rank_ties) {
+      uint32_t tie = 0u;
+#pragma unroll
+      for (int j = 0; j < J; ++j) tie |= uint32_t(((valid >> j) & 1u) && u[j] == prefix) << j;
+      const int tile_ties = quest_tile_ordinals<J>(tie, ord, radix, scratch);
+#pragma unroll
+      for (int j = 0; j < J; ++j) take |= uint32_t(((tie >> j) & 1u) && ties_seen + ord[j] < need) << j;
+      ties_seen += tile_ties;
+    }
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const uint32_t m = u[j] & mask;
+      const bool above = take_all || m > prefix || (m == prefix && !rank_ties);
+      take |= uint32_t(((valid >> j) & 1u) && above) << j;
+    }
+    const int tile_taken = quest_tile_ordinals<J>(take, ord, radix, scratch);
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+      if ((take >> j) & 1u) rows[chunks + taken_pages + ord[j]] = int32_t((range.first + base + j * nt + tid) * P);
+    taken_pages += tile_taken;
   }
   tokens += int64_t(taken_pages) * P;
   if (tid == 0) {
@@ -337,7 +452,9 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
 }
 
 // Attention of the G query heads of one KV group over its chunks (split evenly over blocks) and,
-// in split 0, its partial runs: block (split, kv head, sequence).
+// in split 0, its partial runs: block (split, kv head, sequence). The block stages its chunks'
+// first rows in shared memory, kQuestStageChunks at a time, so that a K/V load never waits on the
+// load of its row number.
 template <class T, int D, int GMAX>
 static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
     quest_attend_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
@@ -346,7 +463,9 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
                         int P, const float* __restrict__ q, int n_kv_heads, int G, float scale, int splits,
                         float* __restrict__ part_out, float* __restrict__ part_lse) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
+  static_assert(kQuestStageChunks <= kDecodeWarps * 32, "one thread stages one chunk row");
   __shared__ typename A::Shared sh;
+  __shared__ int32_t stage[kQuestStageChunks];
   wait_prior_grid();
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t bh = int64_t(b) * n_kv_heads + h;
@@ -357,9 +476,15 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
   at.init(q + row0 * D, G, scale);
   const T* kb = K + bh * max_len * D + at.sub * 8;
   const T* vb = V + bh * max_len * D + at.sub * 8;
-  const int32_t* rows = chunk_rows + bh * max_chunks + j0;
-  auto row = [&](int i) { return int64_t(rows[i / P]) + i % P; };
-  at.run(int((j1 - j0) * P), [&](int i) { return kb + row(i) * D; }, [&](int i) { return vb + row(i) * D; });
+  const int32_t* rows = chunk_rows + bh * max_chunks;
+  auto row = [&](int i) { return int64_t(stage[i / P]) + i % P; };
+  for (int64_t s0 = j0; s0 < j1; s0 += kQuestStageChunks) {
+    const int ns = int(min(int64_t(kQuestStageChunks), j1 - s0));
+    __syncthreads();  // the previous stage is no longer read
+    if (int(threadIdx.x) < ns) stage[threadIdx.x] = rows[s0 + threadIdx.x];
+    __syncthreads();
+    at.run(ns * P, [&](int i) { return kb + row(i) * D; }, [&](int i) { return vb + row(i) * D; });
+  }
   if (split == 0)
     for (int k = 0; k < partial_count[bh]; ++k) {
       const int2 p = partials[bh * 4 + k];

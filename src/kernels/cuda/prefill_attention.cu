@@ -263,6 +263,7 @@ __global__ void __launch_bounds__(W * 32)
 // same keys and values at about the same time, from L2).
 
 constexpr int kWideWarps = 4;
+constexpr float kRescaleLog2 = 8.f;  // lazy rescaling threshold (base-2 exponent): probabilities <= 256
 
 template <int ROWS>
 struct alignas(16) WideShared {
@@ -395,22 +396,32 @@ __global__ void __launch_bounds__(kWideWarps * 32, MT == 2 ? 2 : 3)
           mx[e >> 1] = fmaxf(mx[e >> 1], sc[i][j][e]);
         }
       }
-      float ms[2];  // the new running max, scaled: exp2(s c - m c)
+      // Lazy rescaling: the running max m moves (and O, l are rescaled by exp2((m_old - m_new) c))
+      // only when some row of the warp sees a score above m by more than kRescaleLog2 in base 2;
+      // otherwise m stays, probabilities reach up to 2^kRescaleLog2 (exact in fp32, the same
+      // relative rounding in bf16), and the final division by l cancels whichever m was used.
+      // Most tiles after the first few skip the 64 multiplies of O per thread.
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-        const float new_m = fmaxf(m[i][h], mx[h]);
-        const float alpha = fast_exp2((m[i][h] - new_m) * scale_log2);
-        m[i][h] = new_m;
-        ms[h] = new_m * scale_log2;
-        l[i][h] *= alpha;
+      }
+      const bool grow = (mx[0] - m[i][0]) * scale_log2 > kRescaleLog2 || (mx[1] - m[i][1]) * scale_log2 > kRescaleLog2;
+      if (__any_sync(0xffffffffu, grow)) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          o[i][j][2 * h] *= alpha;
-          o[i][j][2 * h + 1] *= alpha;
+        for (int h = 0; h < 2; ++h) {
+          const float new_m = fmaxf(m[i][h], mx[h]);
+          const float alpha = fast_exp2((m[i][h] - new_m) * scale_log2);
+          m[i][h] = new_m;
+          l[i][h] *= alpha;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            o[i][j][2 * h] *= alpha;
+            o[i][j][2 * h + 1] *= alpha;
+          }
         }
       }
+      const float ms[2] = {m[i][0] * scale_log2, m[i][1] * scale_log2};  // exp2(s c - m c)
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
 #pragma unroll

@@ -121,11 +121,19 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
                      reinterpret_cast<const T*>(m.meta.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
                      q, shape_.n_kv_heads, shape_.group(), step, m.keys.get(), m.hist.get());
   });
-  launch_dependent(quest_select_kernel, dim3(bh), dim3(kQuestSelectThreads), 0, stream,
+  const int key_cap = int(std::min<int64_t>(max_pages_, kQuestCachedKeys));
+  const size_t cache_bytes = size_t(key_cap) * sizeof(float);
+  static const bool opted_in = [] {  // above 48 KB of dynamic shared memory a kernel must opt in
+    SAAP_CU(cudaFuncSetAttribute(quest_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 int(kQuestCachedKeys * sizeof(float))));
+    return true;
+  }();
+  (void)opted_in;
+  launch_dependent(quest_select_kernel, dim3(bh), dim3(kQuestSelectThreads), cache_bytes, stream,
                    static_cast<const float*>(m.keys.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
                    step, m.hist.get(), max_chunks_, m.chunk_rows.get(), m.chunk_count.get(),
                    reinterpret_cast<int2*>(m.partials.get()), m.partial_count.get(), m.selected_tokens.get(),
-                   m.scored_pages.get());
+                   m.scored_pages.get(), key_cap);
   // What this select reads at most at the host's longest sequence (sizes attend's splits only).
   const int64_t n = *std::max_element(host_len_.begin(), host_len_.end());
   expect_tokens_ = budget.tokens > 0 ? std::min<int64_t>(budget.tokens, n) : rules::tokens_for_fraction(budget.lookup, n);

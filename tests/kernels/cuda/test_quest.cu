@@ -101,11 +101,13 @@ int main() {
       // The select kernel's paths: K-th key's 16-bit bin taken whole (K = one whole group of
       // 1000 equal pages), taken in part with exact ties ranked by id (8 of a group), ties across
       // its compaction tiles of 16384 pages (4500 of a 5000-page group, 4096 in the first tile),
-      // every bound tied over two tiles, and batch 3 with one sequence read whole.
+      // every bound tied over two tiles, more pages than the select kernel caches in shared
+      // memory (keys with period 3: ties too), and batch 3 with one sequence read whole.
       {"4 bounds x 1000 pages, K = 1000 (a whole bin)", 1, 8, 2, 64, DType::BF16, {64000}, 0, {16, 0, 0}, {0.05, 16000}, 64},
       {"4 bounds x 1000 pages, K = 1008 (8 of 1000 ties)", 1, 8, 2, 64, DType::BF16, {64000}, 0, {16, 0, 0}, {0.05, 16128}, 64},
       {"ties across tiles (P 4, 20000 pages)", 1, 4, 1, 64, DType::BF16, {80000}, 0, {4, 0, 0}, {0.05, 38000}, 16},
       {"one bound over two tiles (P 2)", 1, 4, 1, 64, DType::F16, {40000}, 0, {2, 3, 5}, {0.3, 0}, 1},
+      {"P 1, 40000 pages (keys past the select's shared cache)", 1, 4, 2, 64, DType::BF16, {40000}, 1, {1, 4, 16}, {0.1, 0}, 3},
       {"batch 3, one read whole", 3, 32, 8, 128, DType::BF16, {30000, 17, 9001}, 2, {16, 4, 64}, {0.03, 0}},
   };
   for (const Case& c : cases) {

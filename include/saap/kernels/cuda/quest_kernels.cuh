@@ -12,14 +12,17 @@
 
 namespace saap::cuda {
 
-constexpr int kQuestSelectThreads = 1024;
+constexpr int kQuestSelectThreads = 512;
 constexpr int kQuestRadixBins = 2048;  // 11-bit digits for the bits below the histogram's
 // The score kernel histograms the top 16 bits of every full page's radix key per (b, h), so that
 // the select kernel finds the K-th key's bin without a pass over the keys (sign, exponent and 7
 // mantissa bits: an 11-bit digit put nearly all keys of similar size into 2-4 bins).
 constexpr int kQuestHistShift = 16;
 constexpr int kQuestHistBins = 1 << (32 - kQuestHistShift);
-constexpr int kQuestTileKeys = 16;  // keys per thread per compaction tile of the select kernel
+constexpr int kQuestTileKeys = 16;  // keys per thread per tile of the select kernel (loads in flight together)
+// Keys the select kernel keeps in shared memory after its first pass (128 KB: 512k tokens at P = 16),
+// so that its later passes do not wait on L2; longer candidate lists are read from global memory.
+constexpr int kQuestCachedKeys = 32768;
 constexpr int kQuestScoreWarps = 4;
 constexpr int kQuestScorePasses = 4;  // page passes per warp whose loads are in flight together
 constexpr int kQuestStageChunks = 64;  // chunk rows an attend block stages in shared memory at a time
@@ -226,9 +229,11 @@ __device__ inline int quest_tile_ordinals(uint32_t flags, int (&ord)[J], int* co
 }
 
 // Everything one (b, h) reads, as chunks of P rows (chunk_rows: their first rows, in page order)
-// and at most QuestIndex::kMaxPartials shorter runs; block bh of kQuestSelectThreads threads.
+// and at most QuestIndex::kMaxPartials shorter runs; block bh of kQuestSelectThreads threads, with
+// key_cap floats of dynamic shared memory (the keys, when count <= key_cap). Every pass over the
+// keys goes in tiles of J keys per thread, loaded together.
 //  1. one pass over the keys: the full pages ranked before each partial page (at most two: the
-//     first and last candidates) and the range of the full pages' radix keys;
+//     first and last candidates) and the range of the full pages' radix keys; keys cached;
 //  2. the fill rule walked in rank order gives K, the full pages taken (the top K of the order);
 //  3. the K-th key's 16-bit bin from the score kernel's histogram (only the bins within the keys'
 //     range are read, and zeroed for the next step), then, when that bin is taken in part, two
@@ -240,8 +245,9 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
                         QuestStep step, uint32_t* __restrict__ hist, int64_t max_chunks,
                         int32_t* __restrict__ chunk_rows, int32_t* __restrict__ chunk_count,
                         int2* __restrict__ partials, int32_t* __restrict__ partial_count,
-                        int32_t* __restrict__ selected_tokens, int32_t* __restrict__ scored_pages) {
+                        int32_t* __restrict__ selected_tokens, int32_t* __restrict__ scored_pages, int key_cap) {
   constexpr int J = kQuestTileKeys;
+  extern __shared__ float cached[];  // [key_cap]
   static_assert(J * (kQuestSelectThreads / 32) <= kQuestRadixBins && J <= 32, "tile counts live in the radix bins");
   __shared__ int radix[kQuestRadixBins];  // radix digits, then the tiles' counts
   __shared__ int scratch[32];
@@ -297,14 +303,27 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   for (int e = 0; e < n_small; ++e) small_key[e] = key[small[e]];
   int before[2] = {0, 0};
   uint32_t u_lo = 0xffffffffu, u_hi = 0u;
-  for (int r = tid; r < count; r += nt) {
-    if (is_small(r)) continue;
-    const float k = key[r];
-    const uint32_t u = quest_rank_bits(k);
-    u_lo = min(u_lo, u);
-    u_hi = max(u_hi, u);
-    for (int e = 0; e < n_small; ++e) before[e] += rules::ranks_before(k, r, small_key[e], small[e]);
+  const bool cache = count <= key_cap;
+  for (int base = 0; base < count; base += nt * J) {
+    float k[J];
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int r = base + j * nt + tid;
+      k[j] = r < count ? key[r] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int r = base + j * nt + tid;
+      if (r >= count) continue;
+      if (cache) cached[r] = k[j];
+      if (is_small(r)) continue;
+      const uint32_t u = quest_rank_bits(k[j]);
+      u_lo = min(u_lo, u);
+      u_hi = max(u_hi, u);
+      for (int e = 0; e < n_small; ++e) before[e] += rules::ranks_before(k[j], r, small_key[e], small[e]);
+    }
   }
+  const float* src = cache ? cached : key;  // the later passes' keys (the scans below order the stores)
   int rank[2] = {0, 0};
   for (int e = 0; e < n_small; ++e) quest_block_exclusive_scan(before[e], scratch, &rank[e]);
   quest_block_min_max(u_lo, u_hi, ext, &u_lo, &u_hi);
@@ -377,10 +396,19 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
       const int shift = pass == 0 ? 5 : 0, nb = pass == 0 ? 2048 : 32;
       for (int i = tid; i < nb; i += nt) radix[i] = 0;
       __syncthreads();
-      for (int r = tid; r < count; r += nt) {
-        if (is_small(r)) continue;
-        const uint32_t u = quest_rank_bits(key[r]);
-        if ((u & mask) == prefix) atomicAdd(&radix[(u >> shift) & (nb - 1)], 1);
+      for (int base = 0; base < count; base += nt * J) {
+        float k[J];
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+          const int r = base + j * nt + tid;
+          k[j] = r < count ? src[r] : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+          const int r = base + j * nt + tid;
+          const uint32_t u = quest_rank_bits(k[j]);
+          if (r < count && !is_small(r) && (u & mask) == prefix) atomicAdd(&radix[(u >> shift) & (nb - 1)], 1);
+        }
       }
       __syncthreads();
       if (tid < 32) {
@@ -410,7 +438,7 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
     for (int j = 0; j < J; ++j) {
       const int r = base + j * nt + tid;
       const bool ok = r < count && !is_small(r);
-      u[j] = ok ? quest_rank_bits(key[r]) : 0u;
+      u[j] = ok ? quest_rank_bits(src[r]) : 0u;
       valid |= uint32_t(ok) << j;
     }
     int ord[J];

@@ -6,6 +6,7 @@
 //                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|tc128|tcw32|tcw16|simple]
 //                  [--csv FILE]   (also writes the rows there, after the run's provenance lines)
 //                  [--phases]     (after the timed runs, one more prefill with per-phase GPU times)
+//                  [--gemm-autotune]  (cuBLASLt candidates timed per shape; the other way is timed too)
 //
 // The "8k" prompt is 8000 tokens so that prompt + decode steps fit SmolLM2's 8192-token context
 // (the runner refuses a cache longer than the model's context, as the CPU runner does).
@@ -110,12 +111,16 @@ int main(int argc, char** argv) try {
   int decode = 128, reps = 3;
   int64_t prefill_rows = 65536;
   std::string csv_path;
-  bool phases = false;
+  bool phases = false, gemm_autotune = false;
   cuda::PrefillKernel kernel = cuda::PrefillKernel::TensorCore;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--phases") {
       phases = true;
+      continue;
+    }
+    if (a == "--gemm-autotune") {
+      gemm_autotune = true;
       continue;
     }
     const char* next = i + 1 < argc ? argv[i + 1] : nullptr;
@@ -139,6 +144,7 @@ int main(int argc, char** argv) try {
   o.max_context = *std::max_element(prompts.begin(), prompts.end()) + decode + 1;
   o.max_prefill_rows = prefill_rows;
   o.prefill_kernel = kernel;
+  o.gemm_autotune = gemm_autotune;
   const auto t_load = std::chrono::steady_clock::now();
   auto model = cuda::CudaLlamaModel::load(model_path, o);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
@@ -148,8 +154,8 @@ int main(int argc, char** argv) try {
   std::printf("model %s (L%d E%d H%d/%d D%d F%d V%d), weights %.1f MiB bf16, KV cache %.1f MiB, load %.1f s\n",
               c.name.c_str(), c.n_layers, c.n_embd, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.vocab_size,
               model->weight_bytes() / 1048576.0, model->cache_bytes() / 1048576.0, load_s);
-  std::printf("gpu %s, attention %s, prefill rows per chunk %lld, decode steps %d\n", prop.name,
-              cuda::prefill_kernel_name(kernel), (long long)prefill_rows, decode);
+  std::printf("gpu %s, attention %s, GEMM autotune %s, prefill rows per chunk %lld, decode steps %d\n", prop.name,
+              cuda::prefill_kernel_name(kernel), gemm_autotune ? "on" : "off", (long long)prefill_rows, decode);
 
   cudaEvent_t e0, e1;
   SAAP_CU(cudaEventCreate(&e0));
@@ -202,6 +208,11 @@ int main(int argc, char** argv) try {
         std::printf("%15s prefill with %-6s %12.2f %29s attention %.3f ms/layer (%.0f TFLOP/s)\n", "",
                     cuda::prefill_kernel_name(other), other_prefill, "", other_ms, other_tflops);
       }
+      // The GEMMs the other way (cuBLAS's choice vs cuBLASLt's candidates timed per shape).
+      model->set_gemm_autotune(!o.gemm_autotune);
+      const double other_gemm = time_prefill();  // the warm-up run tunes the new shapes
+      model->set_gemm_autotune(o.gemm_autotune);
+      std::printf("%15s prefill with GEMM autotune %-3s %8.2f\n", "", o.gemm_autotune ? "off" : "on", other_gemm);
       if (phases) print_phases(*model, tokens, B, P);
       char line[160];
       std::snprintf(line, sizeof line, "saap,dense,%lld,%lld,%.3f,%.1f", (long long)B, (long long)P, pms, tok_s);

@@ -31,6 +31,10 @@ void CudaLlamaModel::Impl::drop_graph() {
 void CudaLlamaModel::Impl::gemm_typed(const bf16_t* x, const bf16_t* w, void* y, cudaDataType y_type, int64_t rows,
                                       int in, int out, float beta) {
   SAAP_CU_REQUIRE(rows >= 1 && rows <= INT32_MAX, InvalidArgument, "gemm rows = %lld", (long long)rows);
+  if (options.gemm_autotune) {
+    tuned_gemm.run(x, w, y, y_type, rows, in, out, beta, stream);
+    return;
+  }
   const float alpha = 1.f;
   SAAP_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, int(rows), in, &alpha, w, CUDA_R_16BF, in, x,
                            CUDA_R_16BF, in, &beta, y, y_type, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -193,6 +197,7 @@ std::unique_ptr<CudaLlamaModel> CudaLlamaModel::load(const std::string& gguf_pat
   SAAP_CUBLAS(cublasSetStream(m->cublas, m->stream));
   // A fixed workspace: cuBLAS must not allocate while a decode step is being captured.
   SAAP_CUBLAS(cublasSetWorkspace(m->cublas, m->cublas_ws.get(), m->cublas_ws.bytes()));
+  m->tuned_gemm.init(m->cublas_ws.get(), m->cublas_ws.bytes());  // the same stream: one workspace serves both
   return std::unique_ptr<CudaLlamaModel>(new CudaLlamaModel(std::move(m)));
 }
 
@@ -280,6 +285,7 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
 }
 
 void CudaLlamaModel::set_prefill_kernel(PrefillKernel kernel) { impl_->options.prefill_kernel = kernel; }
+void CudaLlamaModel::set_gemm_autotune(bool on) { impl_->options.gemm_autotune = on; }
 void CudaLlamaModel::set_phase_timing(bool on) { impl_->phases.set_on(on); }
 std::vector<PrefillPhase> CudaLlamaModel::prefill_phases() const { return impl_->phases.collect(); }
 

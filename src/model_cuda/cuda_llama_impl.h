@@ -10,6 +10,7 @@
 #include "saap/kernels/cuda/decode.h"
 #include "saap/model/cuda_llama.h"
 #include "src/model_cuda/phase_timer.h"
+#include "src/model_cuda/tuned_gemm.h"
 
 namespace saap::cuda {
 
@@ -74,6 +75,7 @@ struct CudaLlamaModel::Impl {
 
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
+  TunedGemm tuned_gemm;  // the GEMMs when options.gemm_autotune
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t graph_exec = nullptr;
   int batch = 0;       // sequences of the current run

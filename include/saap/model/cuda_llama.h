@@ -30,6 +30,10 @@ struct CudaLlamaOptions {
   // prefilled in chunks whose queries attend to the cache written by the earlier chunks.
   int64_t max_prefill_rows = 32768;
   PrefillKernel prefill_kernel = PrefillKernel::TensorCore;
+  // GEMMs through cuBLASLt with the algorithm of each shape chosen by timing its candidates at the
+  // shape's first call (which then synchronises and briefly allocates a scratch output); off:
+  // cuBLAS's own choice.
+  bool gemm_autotune = false;
 };
 
 // GPU time of one kind of launch over a whole prefill (CudaLlamaModel::set_phase_timing), with
@@ -96,6 +100,9 @@ class CudaLlamaModel {
 
   // The attention kernel of the next prefills (CudaLlamaOptions::prefill_kernel at load).
   void set_prefill_kernel(PrefillKernel kernel);
+  // CudaLlamaOptions::gemm_autotune for the next prefills and decode steps. A decode graph
+  // already captured keeps the GEMMs it recorded until the next prefill at another batch size.
+  void set_gemm_autotune(bool on);
 
   // Opt-in: when on, prefill() records a CUDA event after each launch, and prefill_phases()
   // returns the GPU time of the last prefill by kind of launch (their sum is the prefill's GPU

@@ -25,13 +25,14 @@ QuestIndex::QuestIndex(const DecodeShape& shape, int64_t max_len, const QuestCon
   SAAP_CU_REQUIRE(cfg.sinks >= 0 && cfg.window >= 0, InvalidArgument, "sinks = %d and window = %d must be >= 0",
                   cfg.sinks, cfg.window);
   max_pages_ = (max_len + cfg.page_size - 1) / cfg.page_size;
+  key_stride_ = (max_pages_ + 3) / 4 * 4;
   max_chunks_ = max_pages_ + 2;  // chunks of disjoint runs: at most one per P rows, plus rounding
   const int64_t bh = int64_t(shape.batch) * shape.n_kv_heads, D = shape.head_dim;
   auto& m = *impl_;
   m.k.resize(size_t(bh * max_len * D));
   m.v.resize(size_t(bh * max_len * D));
   m.meta.resize(size_t(bh * max_pages_ * 2 * D));
-  m.keys.resize(size_t(bh * max_pages_));
+  m.keys.resize(size_t(bh * key_stride_));
   m.hist.resize(size_t(bh) * kQuestHistBins);
   SAAP_CU(cudaMemset(m.hist.get(), 0, m.hist.bytes()));
   m.chunk_rows.resize(size_t(bh * max_chunks_));
@@ -119,9 +120,9 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
         std::clamp<int64_t>(resident / int64_t(bh), 1, (max_pages_ + pages_per_pass - 1) / pages_per_pass);
     launch_dependent(kernel, dim3(unsigned(per_bh), bh), dim3(kQuestScoreWarps * 32), 0, stream,
                      reinterpret_cast<const T*>(m.meta.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
-                     q, shape_.n_kv_heads, shape_.group(), step, m.keys.get(), m.hist.get());
+                     q, shape_.n_kv_heads, shape_.group(), step, key_stride_, m.keys.get(), m.hist.get());
   });
-  const int key_cap = int(std::min<int64_t>(max_pages_, kQuestCachedKeys));
+  const int key_cap = int(std::min<int64_t>(key_stride_, kQuestCachedKeys));  // a multiple of 4
   const size_t cache_bytes = size_t(key_cap) * sizeof(float);
   static const bool opted_in = [] {  // above 48 KB of dynamic shared memory a kernel must opt in
     SAAP_CU(cudaFuncSetAttribute(quest_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -130,7 +131,7 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
   }();
   (void)opted_in;
   launch_dependent(quest_select_kernel, dim3(bh), dim3(kQuestSelectThreads), cache_bytes, stream,
-                   static_cast<const float*>(m.keys.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
+                   static_cast<const float*>(m.keys.get()), key_stride_, static_cast<const int32_t*>(m.seq_len.get()),
                    step, m.hist.get(), max_chunks_, m.chunk_rows.get(), m.chunk_count.get(),
                    reinterpret_cast<int2*>(m.partials.get()), m.partial_count.get(), m.selected_tokens.get(),
                    m.scored_pages.get(), key_cap);

@@ -177,7 +177,7 @@ int main() {
       idx.attend(dq.get(), scale, dout.get(), ws);
       SAAP_CU(cudaDeviceSynchronize());
       auto out = cutest::download(dout);
-      std::vector<float> keys(size_t(bh_n) * idx.max_pages());
+      std::vector<float> keys(size_t(bh_n) * idx.key_stride());
       std::vector<int32_t> rows(size_t(bh_n) * idx.max_chunks()), nch(bh_n), parts(size_t(bh_n) * 8), npart(bh_n);
       SAAP_CU(cudaMemcpy(keys.data(), idx.page_keys(), keys.size() * 4, cudaMemcpyDeviceToHost));
       SAAP_CU(cudaMemcpy(rows.data(), idx.chunk_rows(), rows.size() * 4, cudaMemcpyDeviceToHost));
@@ -216,7 +216,7 @@ int main() {
           std::vector<double> dev_keys(static_cast<size_t>(count));
           double scale_sum = 0;
           for (int64_t i = 0; i < count; ++i) {
-            dev_keys[size_t(i)] = keys[size_t(bh) * idx.max_pages() + i];
+            dev_keys[size_t(i)] = keys[size_t(bh) * idx.key_stride() + i];
             key_err = std::max(key_err, std::fabs(dev_keys[size_t(i)] - r.key[size_t(i)]) / (1 + std::fabs(r.key[size_t(i)])));
             scale_sum = std::max(scale_sum, std::fabs(r.key[size_t(i)]));
           }

@@ -65,12 +65,13 @@ class QuestIndex {
   const QuestConfig& config() const { return cfg_; }
   int64_t max_len() const { return max_len_; }
   int64_t max_pages() const { return max_pages_; }
+  int64_t key_stride() const { return key_stride_; }  // max_pages rounded up to 4 (16-byte rows of keys)
   int64_t max_chunks() const { return max_chunks_; }
   // Device views for tests.
   const void* k() const;
   const void* v() const;
   const void* meta() const;           // [bh][max_pages][2][D]
-  const float* page_keys() const;     // [bh][max_pages]: candidate page first + r at index r
+  const float* page_keys() const;     // [bh][key_stride]: candidate page first + r at index r
   const int32_t* chunk_rows() const;  // [bh][max_chunks]: first row of each P-row chunk read
   const int32_t* chunk_count() const; // [bh]
   const int32_t* partials() const;    // [bh][kMaxPartials][2]: (first row, rows)
@@ -85,7 +86,7 @@ class QuestIndex {
  private:
   DecodeShape shape_;
   QuestConfig cfg_;
-  int64_t max_len_, max_pages_, max_chunks_;
+  int64_t max_len_, max_pages_, key_stride_, max_chunks_;
   std::vector<int64_t> host_len_;  // [batch]: lengths as the host knows them (store + appends)
   int64_t expect_tokens_ = 0;      // tokens the last select reads at most (sizes attend's splits)
   std::unique_ptr<Impl> impl_;

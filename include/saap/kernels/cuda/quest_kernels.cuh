@@ -105,7 +105,7 @@ __device__ __forceinline__ uint32_t quest_rank_bits(float key) { return float_ke
 template <class T, int D, int GMAX>
 static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
     quest_score_kernel(const T* __restrict__ meta, int64_t max_pages, const int32_t* __restrict__ seq_len,
-                       const float* __restrict__ q, int n_kv_heads, int G, QuestStep step,
+                       const float* __restrict__ q, int n_kv_heads, int G, QuestStep step, int64_t key_stride,
                        float* __restrict__ keys, uint32_t* __restrict__ hist) {
   constexpr int LPT = D / 8, PPP = 32 / LPT, U = kQuestScorePasses, PER_BLOCK = kQuestScoreWarps * PPP * U;
   wait_prior_grid();
@@ -123,7 +123,7 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
 #pragma unroll
     for (int j = 0; j < 8; ++j) qr[g][j] = g < G ? qb[g * D + sub * 8 + j] : 0.f;
   const T* mb = meta + (bh * max_pages + range.first) * 2 * D + sub * 8;
-  float* kb = keys + bh * max_pages;
+  float* kb = keys + bh * key_stride;
   uint32_t* hb = hist + bh * kQuestHistBins;
   for (int64_t r0 = int64_t(blockIdx.x) * PER_BLOCK + warp * PPP * U; r0 < c1; r0 += int64_t(gridDim.x) * PER_BLOCK) {
     uint4 lo[U], hi[U];
@@ -241,13 +241,14 @@ __device__ inline int quest_tile_ordinals(uint32_t flags, int (&ord)[J], int* co
 //  4. compaction in tiles of J keys per thread: ballots and one block scan per tile put the taken
 //     pages in page order (ties at the exact key ranked by page id the same way).
 static __global__ void __launch_bounds__(kQuestSelectThreads)
-    quest_select_kernel(const float* __restrict__ keys, int64_t max_pages, const int32_t* __restrict__ seq_len,
+    quest_select_kernel(const float* __restrict__ keys, int64_t key_stride, const int32_t* __restrict__ seq_len,
                         QuestStep step, uint32_t* __restrict__ hist, int64_t max_chunks,
                         int32_t* __restrict__ chunk_rows, int32_t* __restrict__ chunk_count,
                         int2* __restrict__ partials, int32_t* __restrict__ partial_count,
                         int32_t* __restrict__ selected_tokens, int32_t* __restrict__ scored_pages, int key_cap) {
   constexpr int J = kQuestTileKeys;
-  extern __shared__ float cached[];  // [key_cap]
+  extern __shared__ float4 cached4[];  // [key_cap / 4]
+  float* cached = reinterpret_cast<float*>(cached4);
   static_assert(J * (kQuestSelectThreads / 32) <= kQuestRadixBins && J <= 32, "tile counts live in the radix bins");
   __shared__ int radix[kQuestRadixBins];  // radix digits, then the tiles' counts
   __shared__ int scratch[32];
@@ -266,7 +267,7 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   const rules::FixedReads& f = range.fixed;
   int32_t* rows = chunk_rows + bh * max_chunks;
   int2* parts = partials + bh * 4;
-  const float* key = keys + bh * max_pages;
+  const float* key = keys + bh * key_stride;  // 16-byte aligned
   // Runs [begin, end) as whole chunks at rows[at ..] plus a tail; returns the chunks written.
   auto emit = [&](int64_t begin, int64_t end, int64_t at, int* n_parts) -> int64_t {
     const int64_t whole = (end - begin) / P;
@@ -303,24 +304,33 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   for (int e = 0; e < n_small; ++e) small_key[e] = key[small[e]];
   int before[2] = {0, 0};
   uint32_t u_lo = 0xffffffffu, u_hi = 0u;
+  // 16-byte loads, 4 keys each (order does not matter here); the last load may read up to 3 keys
+  // past count, inside the row's padding, and ignores them. key_cap is a multiple of 4.
   const bool cache = count <= key_cap;
-  for (int base = 0; base < count; base += nt * J) {
-    float k[J];
+  const int count4 = (count + 3) / 4;
+  const float4* key4 = reinterpret_cast<const float4*>(key);
+  for (int base = 0; base < count4; base += nt * J) {
+    float4 k4[J];
 #pragma unroll
     for (int j = 0; j < J; ++j) {
-      const int r = base + j * nt + tid;
-      k[j] = r < count ? key[r] : 0.f;
+      const int i = base + j * nt + tid;
+      k4[j] = i < count4 ? key4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
     }
 #pragma unroll
     for (int j = 0; j < J; ++j) {
-      const int r = base + j * nt + tid;
-      if (r >= count) continue;
-      if (cache) cached[r] = k[j];
-      if (is_small(r)) continue;
-      const uint32_t u = quest_rank_bits(k[j]);
-      u_lo = min(u_lo, u);
-      u_hi = max(u_hi, u);
-      for (int e = 0; e < n_small; ++e) before[e] += rules::ranks_before(k[j], r, small_key[e], small[e]);
+      const int i = base + j * nt + tid;
+      if (i >= count4) continue;
+      if (cache) cached4[i] = k4[j];
+      const float k[4] = {k4[j].x, k4[j].y, k4[j].z, k4[j].w};
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int r = 4 * i + c;
+        if (r >= count || is_small(r)) continue;
+        const uint32_t u = quest_rank_bits(k[c]);
+        u_lo = min(u_lo, u);
+        u_hi = max(u_hi, u);
+        for (int e = 0; e < n_small; ++e) before[e] += rules::ranks_before(k[c], r, small_key[e], small[e]);
+      }
     }
   }
   const float* src = cache ? cached : key;  // the later passes' keys (the scans below order the stores)

@@ -7,6 +7,7 @@
 //                  [--csv FILE]   (also writes the rows there, after the run's provenance lines)
 //                  [--phases]     (after the timed runs, one more prefill with per-phase GPU times)
 //                  [--gemm-autotune]  (cuBLASLt candidates timed per shape; the other way is timed too)
+//                  [--mlp-rows N]     (MLP in row slices of N; slices of 2048 and 4096 are timed too)
 //
 // The "8k" prompt is 8000 tokens so that prompt + decode steps fit SmolLM2's 8192-token context
 // (the runner refuses a cache longer than the model's context, as the CPU runner does).
@@ -109,7 +110,7 @@ int main(int argc, char** argv) try {
   std::string model_path = std::getenv("SAAP_MODEL_PATH") ? std::getenv("SAAP_MODEL_PATH") : "";
   std::vector<int64_t> prompts = {2048, 8000}, batches = {1, 16};
   int decode = 128, reps = 3;
-  int64_t prefill_rows = 65536;
+  int64_t prefill_rows = 65536, mlp_rows = 0;
   std::string csv_path;
   bool phases = false, gemm_autotune = false;
   cuda::PrefillKernel kernel = cuda::PrefillKernel::TensorCore;
@@ -131,6 +132,7 @@ int main(int argc, char** argv) try {
     else if (a == "--decode") decode = std::atoi(next);
     else if (a == "--reps") reps = std::max(1, std::atoi(next));
     else if (a == "--prefill-rows") prefill_rows = std::atoll(next);
+    else if (a == "--mlp-rows") mlp_rows = std::atoll(next);
     else if (a == "--csv") csv_path = next;
     else if (a == "--attention") kernel = cuda::prefill_kernel_from_name(next);
     else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
@@ -145,6 +147,7 @@ int main(int argc, char** argv) try {
   o.max_prefill_rows = prefill_rows;
   o.prefill_kernel = kernel;
   o.gemm_autotune = gemm_autotune;
+  o.mlp_rows = mlp_rows;
   const auto t_load = std::chrono::steady_clock::now();
   auto model = cuda::CudaLlamaModel::load(model_path, o);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
@@ -154,8 +157,10 @@ int main(int argc, char** argv) try {
   std::printf("model %s (L%d E%d H%d/%d D%d F%d V%d), weights %.1f MiB bf16, KV cache %.1f MiB, load %.1f s\n",
               c.name.c_str(), c.n_layers, c.n_embd, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.vocab_size,
               model->weight_bytes() / 1048576.0, model->cache_bytes() / 1048576.0, load_s);
-  std::printf("gpu %s, attention %s, GEMM autotune %s, prefill rows per chunk %lld, decode steps %d\n", prop.name,
-              cuda::prefill_kernel_name(kernel), gemm_autotune ? "on" : "off", (long long)prefill_rows, decode);
+  std::printf("gpu %s, attention %s, GEMM autotune %s, prefill rows per chunk %lld, MLP rows per slice %lld, decode "
+              "steps %d\n",
+              prop.name, cuda::prefill_kernel_name(kernel), gemm_autotune ? "on" : "off", (long long)prefill_rows,
+              (long long)mlp_rows, decode);
 
   cudaEvent_t e0, e1;
   SAAP_CU(cudaEventCreate(&e0));
@@ -213,6 +218,14 @@ int main(int argc, char** argv) try {
       const double other_gemm = time_prefill();  // the warm-up run tunes the new shapes
       model->set_gemm_autotune(o.gemm_autotune);
       std::printf("%15s prefill with GEMM autotune %-3s %8.2f\n", "", o.gemm_autotune ? "off" : "on", other_gemm);
+      // The MLP in row slices whose intermediates may stay in L2.
+      for (int64_t mlp_rows : {int64_t(2048), int64_t(4096)}) {
+        if (mlp_rows == o.mlp_rows) continue;
+        model->set_mlp_rows(mlp_rows);
+        const double sliced = time_prefill();
+        model->set_mlp_rows(o.mlp_rows);
+        std::printf("%15s prefill with MLP slices of %-5lld %6.2f\n", "", (long long)mlp_rows, sliced);
+      }
       if (phases) print_phases(*model, tokens, B, P);
       char line[160];
       std::snprintf(line, sizeof line, "saap,dense,%lld,%lld,%.3f,%.1f", (long long)B, (long long)P, pms, tok_s);

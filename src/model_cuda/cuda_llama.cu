@@ -66,9 +66,12 @@ void CudaLlamaModel::Impl::prefill_layers(int b, int64_t n, int64_t pos0) {
   const double R = double(rows), bf = sizeof(bf16_t), f32 = sizeof(float);
   const double qkv_el = sizeof(*qkv.get()), gu_el = sizeof(*gate_up.get());
   const double pairs = double(b) * (double(n) * pos0 + double(n) * (n + 1) / 2);  // causal (query, key) pairs
-  auto gemm_bytes = [&](int in, int out, double out_el, bool accumulate) {
-    return R * in * bf + double(in) * out * bf + R * out * out_el * (accumulate ? 2 : 1);
+  auto gemm_bytes = [&](double r, int in, int out, double out_el, bool accumulate) {
+    return r * in * bf + double(in) * out * bf + r * out * out_el * (accumulate ? 2 : 1);
   };
+  // The MLP is row-local: it runs over slices of mlp_rows rows (the whole chunk when 0), whose
+  // gate_up and h reuse the same buffer rows, so a slice's intermediates can stay in L2.
+  const int64_t slice = options.mlp_rows > 0 ? std::min(options.mlp_rows, rows) : rows;
   auto lap = [&](PrefillPhase::Kind kind, double flops, double bytes) { phases.lap(kind, stream, flops, bytes); };
   for (int l = 0; l < c.n_layers; ++l) {
     const CudaLlamaLayer& L = layers[size_t(l)];
@@ -77,23 +80,28 @@ void CudaLlamaModel::Impl::prefill_layers(int b, int64_t n, int64_t pos0) {
     rms_norm_rows(x.get(), L.attn_norm.get(), rows, E, c.rms_eps, xn.get(), stream);
     lap(PrefillPhase::Norm, 3 * R * E, R * E * (f32 + bf));
     gemm(xn.get(), L.wqkv.get(), qkv.get(), rows, E, QKV, 0.f);
-    lap(PrefillPhase::GemmQkv, 2 * R * E * QKV, gemm_bytes(E, QKV, qkv_el, false));
+    lap(PrefillPhase::GemmQkv, 2 * R * E * QKV, gemm_bytes(R, E, QKV, qkv_el, false));
     rope_split_qkv(qkv_layout, qkv.get(), rope, pos0, nullptr, q.get(), kc, vc, stream);
     lap(PrefillPhase::RopeSplit, 6 * R * (Q + KV) / 2, R * QKV * qkv_el + R * (Q + 2 * KV) * bf);
     prefill_attention(attn, q.get(), kc, vc, scale, att.get(), stream, options.prefill_kernel);
     lap(PrefillPhase::Attention, 4 * pairs * D * c.n_heads,
         2 * R * Q * bf + 2 * double(b) * KV * double(pos0 + n) * bf);
     gemm(att.get(), L.wo.get(), x.get(), rows, Q, E, 1.f);
-    lap(PrefillPhase::GemmO, 2 * R * Q * E, gemm_bytes(Q, E, f32, true));
+    lap(PrefillPhase::GemmO, 2 * R * Q * E, gemm_bytes(R, Q, E, f32, true));
 
-    rms_norm_rows(x.get(), L.ffn_norm.get(), rows, E, c.rms_eps, xn.get(), stream);
-    lap(PrefillPhase::Norm, 3 * R * E, R * E * (f32 + bf));
-    gemm(xn.get(), L.w_gate_up.get(), gate_up.get(), rows, E, 2 * F, 0.f);
-    lap(PrefillPhase::GemmGateUp, 2 * R * E * 2 * F, gemm_bytes(E, 2 * F, gu_el, false));
-    swiglu_rows(gate_up.get(), rows, F, h.get(), stream);
-    lap(PrefillPhase::Swiglu, 6 * R * F, R * F * (2 * gu_el + bf));
-    gemm(h.get(), L.w_down.get(), x.get(), rows, F, E, 1.f);
-    lap(PrefillPhase::GemmDown, 2 * R * F * E, gemm_bytes(F, E, f32, true));
+    for (int64_t r0 = 0; r0 < rows; r0 += slice) {
+      const int64_t sr = std::min(slice, rows - r0);
+      const double S = double(sr);
+      float* xs = x.get() + r0 * E;
+      rms_norm_rows(xs, L.ffn_norm.get(), sr, E, c.rms_eps, xn.get(), stream);
+      lap(PrefillPhase::Norm, 3 * S * E, S * E * (f32 + bf));
+      gemm(xn.get(), L.w_gate_up.get(), gate_up.get(), sr, E, 2 * F, 0.f);
+      lap(PrefillPhase::GemmGateUp, 2 * S * E * 2 * F, gemm_bytes(S, E, 2 * F, gu_el, false));
+      swiglu_rows(gate_up.get(), sr, F, h.get(), stream);
+      lap(PrefillPhase::Swiglu, 6 * S * F, S * F * (2 * gu_el + bf));
+      gemm(h.get(), L.w_down.get(), xs, sr, F, E, 1.f);
+      lap(PrefillPhase::GemmDown, 2 * S * F * E, gemm_bytes(S, F, E, f32, true));
+    }
   }
 }
 
@@ -148,6 +156,7 @@ std::unique_ptr<CudaLlamaModel> CudaLlamaModel::load(const std::string& gguf_pat
                  "max_context = %lld must be in [1, 2^31]", (long long)options.max_context);
   SAAP_CHECK_FMT(options.max_prefill_rows >= 1, InvalidArgument, "max_prefill_rows = %lld must be >= 1",
                  (long long)options.max_prefill_rows);
+  SAAP_CHECK_FMT(options.mlp_rows >= 0, InvalidArgument, "mlp_rows = %lld must be >= 0", (long long)options.mlp_rows);
 
   auto m = std::make_unique<Impl>();
   m->options = options;
@@ -286,6 +295,10 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
 
 void CudaLlamaModel::set_prefill_kernel(PrefillKernel kernel) { impl_->options.prefill_kernel = kernel; }
 void CudaLlamaModel::set_gemm_autotune(bool on) { impl_->options.gemm_autotune = on; }
+void CudaLlamaModel::set_mlp_rows(int64_t rows) {
+  SAAP_CHECK_FMT(rows >= 0, InvalidArgument, "mlp_rows = %lld must be >= 0", (long long)rows);
+  impl_->options.mlp_rows = rows;
+}
 void CudaLlamaModel::set_phase_timing(bool on) { impl_->phases.set_on(on); }
 std::vector<PrefillPhase> CudaLlamaModel::prefill_phases() const { return impl_->phases.collect(); }
 

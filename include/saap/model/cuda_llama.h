@@ -34,6 +34,10 @@ struct CudaLlamaOptions {
   // shape's first call (which then synchronises and briefly allocates a scratch output); off:
   // cuBLAS's own choice.
   bool gemm_autotune = false;
+  // Rows per slice of the MLP (norm, gate/up GEMM, SwiGLU, down GEMM) within a prefill chunk, 0 =
+  // the whole chunk. Slices reuse the same intermediate rows, which can then stay in L2 (50 MB on
+  // an H200) instead of going through HBM; smaller GEMMs fill the GPU's waves less well.
+  int64_t mlp_rows = 0;
 };
 
 // GPU time of one kind of launch over a whole prefill (CudaLlamaModel::set_phase_timing), with
@@ -103,6 +107,8 @@ class CudaLlamaModel {
   // CudaLlamaOptions::gemm_autotune for the next prefills and decode steps. A decode graph
   // already captured keeps the GEMMs it recorded until the next prefill at another batch size.
   void set_gemm_autotune(bool on);
+  // CudaLlamaOptions::mlp_rows for the next prefills; InvalidArgument when negative.
+  void set_mlp_rows(int64_t rows);
 
   // Opt-in: when on, prefill() records a CUDA event after each launch, and prefill_phases()
   // returns the GPU time of the last prefill by kind of launch (their sum is the prefill's GPU

@@ -256,11 +256,12 @@ __global__ void __launch_bounds__(W * 32)
 // query head); warp w owns rows 32w .. 32w+31 as two m16 tiles, so every K/V fragment read from
 // shared memory by ldmatrix feeds two mma (the kernels above feed one: shared-memory bandwidth,
 // not the tensor cores, bounds them), and every 64-key tile loaded from L2 serves 128 queries.
-// MT = 1 (64 queries per block, fewer registers: 3 blocks per SM instead of 2) keeps the rest. The scale is folded into one FFMA per score
-// (exp2(s c - m c)); one barrier per key tile: the next tile is requested after the barrier that
-// frees its buffer, and lands while this one is computed. Blocks are ordered longest first across
-// all (sequence, head) pairs, the G query heads of a KV group next to each other (they read the
-// same keys and values at about the same time, from L2).
+// MT = 1 (64 queries per block, fewer registers: 3 blocks per SM instead of 2) keeps the rest:
+// the scale folded into one FFMA per score (exp2(s c - m c)); lazy rescaling (below); one barrier
+// per key tile (the next tile is requested after the barrier that frees its buffer, and lands
+// while this one is computed); blocks ordered longest first across all (sequence, head) pairs, the
+// G query heads of a KV group next to each other (they read the same keys and values at about the
+// same time, from L2).
 
 constexpr int kWideWarps = 4;
 constexpr float kRescaleLog2 = 8.f;  // lazy rescaling threshold (base-2 exponent): probabilities <= 256

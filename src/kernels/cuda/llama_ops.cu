@@ -43,6 +43,7 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
                    reinterpret_cast<uintptr_t>(out) % 8 == 0;
   float ss = 0.f;
   if (vec) {
+#pragma unroll 4  // four loads in flight per lane: a decode step's few rows are latency-bound
     for (int j = lane; j < dim / 4; j += 32) {
       const float4 v = reinterpret_cast<const float4*>(xr)[j];
       ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
@@ -52,6 +53,7 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
   }
   const float inv = rsqrtf(warp_sum(ss) / float(dim) + eps);
   if (vec) {
+#pragma unroll 4
     for (int j = lane; j < dim / 4; j += 32) {
       const float4 v = reinterpret_cast<const float4*>(xr)[j], g = reinterpret_cast<const float4*>(w)[j];
       __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(orow + 4 * j);
@@ -115,16 +117,18 @@ __global__ void rope_split_kernel(QkvLayout s, const __nv_bfloat16* __restrict__
   }
 }
 
-// One block per row; each thread takes pairs of adjacent features (n_ff is even).
-__global__ void swiglu_kernel(const __nv_bfloat16* __restrict__ gu, int n_ff, __nv_bfloat16* __restrict__ h) {
-  const int64_t r = blockIdx.x;
+// Each thread takes one pair of adjacent features (n_ff is even); a row spans blocks_per_row
+// blocks, so a decode step's few rows still spread over several SMs.
+__global__ void swiglu_kernel(const __nv_bfloat16* __restrict__ gu, int n_ff, int blocks_per_row,
+                              __nv_bfloat16* __restrict__ h) {
+  const int64_t r = blockIdx.x / unsigned(blocks_per_row);
+  const int j = int(blockIdx.x % unsigned(blocks_per_row)) * blockDim.x + threadIdx.x;  // pair index
+  if (j >= n_ff / 2) return;
   const __nv_bfloat162* g = reinterpret_cast<const __nv_bfloat162*>(gu + r * 2 * n_ff);
   const __nv_bfloat162* u = reinterpret_cast<const __nv_bfloat162*>(gu + r * 2 * n_ff + n_ff);
-  __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(h + r * n_ff);
-  for (int j = threadIdx.x; j < n_ff / 2; j += blockDim.x) {
-    const float2 gf = __bfloat1622float2(g[j]), uf = __bfloat1622float2(u[j]);
-    out[j] = __floats2bfloat162_rn(gf.x / (1.f + expf(-gf.x)) * uf.x, gf.y / (1.f + expf(-gf.y)) * uf.y);
-  }
+  const float2 gf = __bfloat1622float2(g[j]), uf = __bfloat1622float2(u[j]);
+  reinterpret_cast<__nv_bfloat162*>(h + r * n_ff)[j] =
+      __floats2bfloat162_rn(gf.x / (1.f + expf(-gf.x)) * uf.x, gf.y / (1.f + expf(-gf.y)) * uf.y);
 }
 
 __global__ void to_bf16_kernel(const float* __restrict__ in, int64_t count, __nv_bfloat16* __restrict__ out) {
@@ -235,7 +239,10 @@ void rope_split_qkv(const QkvLayout& s, const __nv_bfloat16* qkv, const RopeTabl
 void swiglu_rows(const __nv_bfloat16* gate_up, int64_t rows, int n_ff, __nv_bfloat16* h, cudaStream_t stream) {
   check_rows(rows, __func__);
   if (n_ff < 2 || n_ff % 2 != 0) fail(ErrorKind::InvalidArgument, __func__, "n_ff = %d must be even and >= 2", n_ff);
-  swiglu_kernel<<<unsigned(rows), kThreads, 0, stream>>>(gate_up, n_ff, h);
+  const int blocks_per_row = (n_ff / 2 + kThreads - 1) / kThreads;
+  if (rows * blocks_per_row > int64_t(INT32_MAX))
+    fail(ErrorKind::InvalidArgument, __func__, "rows = %lld x n_ff = %d is too many", (long long)rows, n_ff);
+  swiglu_kernel<<<unsigned(rows * blocks_per_row), kThreads, 0, stream>>>(gate_up, n_ff, blocks_per_row, h);
   SAAP_CU_LAUNCHED();
 }
 

@@ -6,14 +6,15 @@
 
 namespace saap::cuda {
 
-void DecodeShape::check() const {
+void DecodeShape::check(int max_head_dim) const {
   SAAP_CU_REQUIRE(batch >= 1, InvalidArgument, "batch must be >= 1, got %d", batch);
   SAAP_CU_REQUIRE(n_kv_heads >= 1, InvalidArgument, "n_kv_heads must be >= 1, got %d", n_kv_heads);
   SAAP_CU_REQUIRE(n_q_heads >= n_kv_heads && n_q_heads % n_kv_heads == 0, InvalidArgument,
                   "n_q_heads (%d) must be a positive multiple of n_kv_heads (%d)", n_q_heads, n_kv_heads);
   SAAP_CU_REQUIRE(group() <= 8, Unsupported, "group size n_q_heads/n_kv_heads = %d; at most 8 is supported",
                   group());
-  SAAP_CU_REQUIRE(head_dim == 64 || head_dim == 128, Unsupported, "head_dim %d; 64 or 128 is supported", head_dim);
+  SAAP_CU_REQUIRE((head_dim == 64 || head_dim == 128 || head_dim == 256) && head_dim <= max_head_dim, Unsupported,
+                  "head_dim %d; this kernel supports 64, 128%s", head_dim, max_head_dim >= 256 ? " and 256" : "");
   SAAP_CU_REQUIRE(kv_dtype == DType::BF16 || kv_dtype == DType::F16, Unsupported,
                   "kv_dtype must be bf16 or f16, got %d", int(kv_dtype));
 }
@@ -46,8 +47,11 @@ void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, 
   if (s.head_dim == 64)
     launch_dependent(combine_splits_kernel<64>, rows, 64, splits * sizeof(float), stream, ws.out(), ws.lse(), splits,
                      out);
-  else
+  else if (s.head_dim == 128)
     launch_dependent(combine_splits_kernel<128>, rows, 128, splits * sizeof(float), stream, ws.out(), ws.lse(), splits,
+                     out);
+  else
+    launch_dependent(combine_splits_kernel<256>, rows, 256, splits * sizeof(float), stream, ws.out(), ws.lse(), splits,
                      out);
   SAAP_CU_LAUNCHED();
 }

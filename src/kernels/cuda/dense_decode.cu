@@ -5,24 +5,28 @@
 namespace saap::cuda {
 
 void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
-                  const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
-  s.check();
+                  const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream,
+                  int64_t window) {
+  s.check(256);
   SAAP_CU_REQUIRE(max_len >= 1, InvalidArgument, "max_len must be >= 1, got %lld", (long long)max_len);
+  SAAP_CU_REQUIRE(window >= 0, InvalidArgument, "window must be >= 0 (0: no window), got %lld", (long long)window);
+  // The positions one sequence reads at most: the splits tile this span.
+  const int64_t span = window > 0 && window < max_len ? window : max_len;
   SAAP_CU_REQUIRE(k && v && lengths && q && out, InvalidArgument, "null pointer among k=%p v=%p lengths=%p q=%p out=%p",
                   k, v, (const void*)lengths, (const void*)q, (void*)out);
   int splits = 0;
-  dispatch_decode(s, [&](auto t, auto d, auto gmax) {
+  dispatch_decode<256>(s, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
     auto* kernel = dense_decode_kernel<T, D, GMAX>;
     static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-    splits = choose_splits(s, max_len, resident);
-    const int64_t chunk = (max_len + splits - 1) / splits;
+    splits = choose_splits(s, span, resident);
+    const int64_t chunk = (span + splits - 1) / splits;
     ws.ensure(int64_t(s.batch) * s.n_q_heads, splits, s.head_dim);
     dim3 grid(splits, s.n_kv_heads, s.batch);
     kernel<<<grid, kDecodeWarps * 32, 0, stream>>>(
         static_cast<const T*>(k), static_cast<const T*>(v), max_len, lengths, q, s.n_kv_heads, s.group(), scale, splits,
-        chunk, ws.out(), ws.lse());
+        chunk, window, ws.out(), ws.lse());
   });
   SAAP_CU_LAUNCHED();
   combine_splits(s, splits, ws, out, stream);

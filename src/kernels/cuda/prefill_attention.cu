@@ -15,7 +15,9 @@ void PrefillShape::check() const {
   SAAP_CU_REQUIRE(n_kv_heads >= 1 && n_q_heads >= n_kv_heads && n_q_heads % n_kv_heads == 0 && n_q_heads <= 65535,
                   InvalidArgument, "n_q_heads = %d must be a positive multiple of n_kv_heads = %d", n_q_heads,
                   n_kv_heads);
-  SAAP_CU_REQUIRE(head_dim == 64, Unsupported, "head_dim = %d; the prefill attention supports 64", head_dim);
+  SAAP_CU_REQUIRE(head_dim == 64 || head_dim == 256, Unsupported,
+                  "head_dim = %d; the prefill attention supports 64 and 256", head_dim);
+  SAAP_CU_REQUIRE(window >= 0, InvalidArgument, "window = %lld must be >= 0 (0: no window)", (long long)window);
   SAAP_CU_REQUIRE(n >= 1 && pos0 >= 0 && pos0 + n <= max_len, InvalidArgument,
                   "n = %lld queries at pos0 = %lld must fit the cache rows max_len = %lld", (long long)n,
                   (long long)pos0, (long long)max_len);
@@ -42,8 +44,16 @@ constexpr int kD = 64;
 
 // W warps per block own 16 query rows each (W = 4: 64 rows; W = 8: 128 rows, half the key/value
 // tile loads per query, in dynamic shared memory past the 48 KB static limit).
-constexpr int kTcKeys = 64;  // keys per tile
+//
+// Head dim D = 64 (SmolLM2) or 256 (Gemma-3). At 256 the 16 x 256 output of a warp alone takes 128
+// fp32 registers a thread, so the query fragments are read from shared memory at each tile rather
+// than kept in registers, and key tiles are 32 rows (2 blocks of 100 KB fit an SM).
+// Sliding window (PrefillShape::window > 0): a query at position p sees keys [p - window + 1, p];
+// tiles wholly before a block's first window are never loaded.
+constexpr int kTcKeys = 64;  // keys per tile at head dim 64 (and of the other kernels)
 constexpr int kPitch = kD + 8;
+template <int D>
+constexpr int tc_keys() { return D <= 64 ? 64 : 32; }
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -80,20 +90,35 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-template <int ROWS>
+// The first key a query row may see: the start of its window (0 without one; may be negative).
+template <bool WINDOW>
+__device__ __forceinline__ int64_t low_of_first_row(const PrefillShape& s, int64_t row) {
+  return WINDOW ? s.pos0 + row - s.window + 1 : 0;
+}
+
+// Rows padded by 8 elements (16 bytes): at pitch D + 8 the 8 row addresses of one ldmatrix phase
+// fall in 8 different 16-byte bank groups for D = 64 and 256 alike.
+template <int ROWS, int D>
 struct alignas(16) TcShared {
-  __nv_bfloat16 q[ROWS][kPitch];
-  __nv_bfloat16 k[2][kTcKeys][kPitch];
-  __nv_bfloat16 v[2][kTcKeys][kPitch];
+  static constexpr int kKeys = tc_keys<D>();
+  __nv_bfloat16 q[ROWS][D + 8];
+  __nv_bfloat16 k[2][kKeys][D + 8];
+  __nv_bfloat16 v[2][kKeys][D + 8];
 };
 
-template <int W>
-__global__ void __launch_bounds__(W * 32)
+// WINDOW: compiled with the sliding-window tests (for s.window > 0); without them the kernel is the
+// plain causal one. At D = 64 the register budget is held at 128 (16 warps an SM, as before the
+// kernel took D and the window); at D = 256 the output fragments alone take 128.
+template <int W, int D, bool WINDOW>
+__global__ void __launch_bounds__(W * 32, D <= 64 ? 16 / W : 1)
     prefill_tc_kernel(PrefillShape s, const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
                       const __nv_bfloat16* __restrict__ v, float scale_log2, __nv_bfloat16* __restrict__ out) {
   constexpr int kTcRows = 16 * W;  // queries per block
-  extern __shared__ uint4 smem_raw[];  // TcShared<kTcRows>, 16-byte aligned
-  TcShared<kTcRows>& sh = *reinterpret_cast<TcShared<kTcRows>*>(smem_raw);
+  constexpr int KEYS = tc_keys<D>();  // keys per tile
+  constexpr int CHUNKS = D / 8;       // 16-byte chunks per row
+  constexpr bool kQInRegisters = D <= 64;
+  extern __shared__ uint4 smem_raw[];  // TcShared<kTcRows, D>, 16-byte aligned
+  TcShared<kTcRows, D>& sh = *reinterpret_cast<TcShared<kTcRows, D>*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   // Largest tiles first: the causal work grows with the tile index, so the long blocks start early.
   const int64_t q0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kTcRows;
@@ -101,44 +126,55 @@ __global__ void __launch_bounds__(W * 32)
   const int hkv = hq / (s.n_q_heads / s.n_kv_heads);
   const int64_t kv_len = s.pos0 + s.n;
   const int64_t last_q = q0 + kTcRows - 1 < s.n - 1 ? q0 + kTcRows - 1 : s.n - 1;
-  const int n_tiles = int((s.pos0 + last_q) / kTcKeys) + 1;
-  const __nv_bfloat16* kh = k + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
-  const __nv_bfloat16* vh = v + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * kD;
+  const int n_tiles = int((s.pos0 + last_q) / KEYS) + 1;
+  // The first key of the block's first query's window (0 without a window): earlier tiles are skipped.
+  const int64_t window_key0 = WINDOW && s.pos0 + q0 - s.window + 1 > 0 ? s.pos0 + q0 - s.window + 1 : 0;
+  const int first_tile = int(window_key0 / KEYS);
+  const __nv_bfloat16* kh = k + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * D;
+  const __nv_bfloat16* vh = v + (int64_t(b) * s.n_kv_heads + hkv) * s.max_len * D;
 
-  // The threads move the 512 16-byte chunks of a 64 x 64 tile, chunk c = row c / 8, column (c % 8) * 8
-  // (16 / W chunks each), and the 8 chunks of each of the block's query rows (4 each).
+  // The threads move the KEYS * D / 8 16-byte chunks of a K or V tile, chunk c = row c / CHUNKS,
+  // column (c % CHUNKS) * 8, and the CHUNKS chunks of each of the block's query rows.
   auto load_kv = [&](int tile, int buf) {
 #pragma unroll
-    for (int i = 0; i < 16 / W; ++i) {
-      const int c = tid + i * W * 32, row = c >> 3, col = (c & 7) * 8;
-      const int64_t key = int64_t(tile) * kTcKeys + row;
+    for (int i = 0; i < KEYS * CHUNKS / (W * 32); ++i) {
+      const int c = tid + i * W * 32, row = c / CHUNKS, col = (c % CHUNKS) * 8;
+      const int64_t key = int64_t(tile) * KEYS + row;
       const bool ok = key < kv_len;
-      const int64_t off = (ok ? key : 0) * kD + col;
+      const int64_t off = (ok ? key : 0) * D + col;
       cp_async16(&sh.k[buf][row][col], kh + off, ok ? 16 : 0);
       cp_async16(&sh.v[buf][row][col], vh + off, ok ? 16 : 0);
     }
   };
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int c = tid + i * W * 32, row = c >> 3, col = (c & 7) * 8;
+  for (int i = 0; i < CHUNKS / 2; ++i) {  // 16 W rows x CHUNKS over W * 32 threads
+    const int c = tid + i * W * 32, row = c / CHUNKS, col = (c % CHUNKS) * 8;
     const bool ok = q0 + row < s.n;
-    const int64_t off = ((int64_t(b) * s.n + (ok ? q0 + row : 0)) * s.n_q_heads + hq) * kD + col;
+    const int64_t off = ((int64_t(b) * s.n + (ok ? q0 + row : 0)) * s.n_q_heads + hq) * D + col;
     cp_async16(&sh.q[row][col], q + off, ok ? 16 : 0);
   }
-  load_kv(0, 0);
+  load_kv(first_tile, 0);
   cp_async_commit();
 
   const int64_t row_lo = q0 + warp * 16 + g, row_hi = row_lo + 8;  // this thread's two query rows
-  // The last key each row may see (its own position; kv_len - 1 for padding rows past n).
+  // The last key each row may see (its own position; kv_len - 1 for padding rows past n), and the
+  // first (the start of its window; 0 without one).
   const int64_t lim_lo = min(s.pos0 + row_lo, kv_len - 1), lim_hi = min(s.pos0 + row_hi, kv_len - 1);
-  uint32_t qf[4][4];  // A fragments of the warp's 16 x 64 query block, k-steps of 16 dims
-  float o[8][4];      // C fragments of the 16 x 64 output, 8 tiles of 8 dims
+  const int64_t low_lo = WINDOW ? s.pos0 + row_lo - s.window + 1 : 0;
+  const int64_t low_hi = WINDOW ? s.pos0 + row_hi - s.window + 1 : 0;
+  // The largest first key among the warp's rows: tiles starting before it need the window mask.
+  const int64_t warp_low = WINDOW ? s.pos0 + q0 + warp * 16 + 15 - s.window + 1 : 0;
+  // A fragments of the warp's 16 x D query block by k-steps of 16 dims (at D = 64; at larger D they
+  // are read from shared memory at each use).
+  uint32_t qf[kQInRegisters ? D / 16 : 1][4];
+  float o[D / 8][4];  // C fragments of the 16 x D output, tiles of 8 dims
   float m_lo = kNoMax, m_hi = kNoMax, l_lo = 0.f, l_hi = 0.f;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  const int q_row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;  // this lane's ldmatrix row of Q
 
-  for (int kt = 0; kt < n_tiles; ++kt) {
-    const int buf = kt & 1;
+  for (int kt = first_tile; kt < n_tiles; ++kt) {
+    const int buf = (kt - first_tile) & 1;
     if (kt + 1 < n_tiles) {
       load_kv(kt + 1, buf ^ 1);  // its buffer was last read in iteration kt - 1, before the barrier
       cp_async_commit();
@@ -147,42 +183,64 @@ __global__ void __launch_bounds__(W * 32)
       cp_async_wait<0>();
     }
     __syncthreads();
-    if (kt == 0) {
+    if constexpr (kQInRegisters) {
+      if (kt == first_tile) {
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
-        ldmatrix_x4(qf[ks], &sh.q[warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][ks * 16 + (lane >> 4) * 8]);
+        for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[ks], &sh.q[q_row][ks * 16 + (lane >> 4) * 8]);
+      }
     }
 
-    // A warp whose 16 rows all sit before the tile's first key has nothing to add (the diagonal
-    // tiles of a 128-row block); it still takes part in the barriers.
-    const int64_t key0 = int64_t(kt) * kTcKeys;
-    if (key0 <= s.pos0 + q0 + warp * 16 + 15) {
-      // S = Q Kᵀ: n-tile j holds keys 8j..8j+7 of the tile.
-      float sc[8][4];
+    // A warp whose 16 rows all sit before the tile's first key, or whose windows all start after its
+    // last key, has nothing to add; it still takes part in the barriers.
+    const int64_t key0 = int64_t(kt) * KEYS;
+    if (key0 <= s.pos0 + q0 + warp * 16 + 15 && key0 + KEYS - 1 >= low_of_first_row<WINDOW>(s, q0 + warp * 16)) {
+      // S = Q Kᵀ: n-tile j holds keys 8j..8j+7 of the tile; k-steps 2 half, 2 half + 1 cover dims
+      // 32 half .. 32 half + 31. Query fragments in registers: n-tile by n-tile (as few live scores
+      // as possible); from shared memory: each query fragment is read once per tile.
+      float sc[KEYS / 8][4];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+      for (int j = 0; j < KEYS / 8; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+      if constexpr (kQInRegisters) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {  // dims 32*half .. 32*half+31: k-steps 2*half, 2*half+1
-          uint32_t kb[4];
-          ldmatrix_x4(kb, &sh.k[buf][j * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
-          mma_bf16(sc[j], qf[2 * half], kb[0], kb[1]);
-          mma_bf16(sc[j], qf[2 * half + 1], kb[2], kb[3]);
+        for (int j = 0; j < KEYS / 8; ++j) {
+#pragma unroll
+          for (int half = 0; half < D / 32; ++half) {
+            uint32_t kb[4];
+            ldmatrix_x4(kb, &sh.k[buf][j * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
+            mma_bf16(sc[j], qf[2 * half], kb[0], kb[1]);
+            mma_bf16(sc[j], qf[2 * half + 1], kb[2], kb[3]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int half = 0; half < D / 32; ++half) {
+          uint32_t qa[4], qb[4];
+          ldmatrix_x4(qa, &sh.q[q_row][half * 32 + (lane >> 4) * 8]);
+          ldmatrix_x4(qb, &sh.q[q_row][half * 32 + 16 + (lane >> 4) * 8]);
+#pragma unroll
+          for (int j = 0; j < KEYS / 8; ++j) {
+            uint32_t kb[4];
+            ldmatrix_x4(kb, &sh.k[buf][j * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
+            mma_bf16(sc[j], qa, kb[0], kb[1]);
+            mma_bf16(sc[j], qb, kb[2], kb[3]);
+          }
         }
       }
 
-      // Online softmax (base 2). Keys past a row's limit are masked; only tiles that reach past the
-      // block's first query need the test.
-      const bool diagonal = key0 + kTcKeys - 1 > s.pos0 + q0;
+      // Online softmax (base 2). Keys past a row's limit, or before its window, are masked; only
+      // tiles that reach past the block's first query, or start before the warp's last window
+      // start, need the test.
+      const bool diagonal = key0 + KEYS - 1 > s.pos0 + q0;
+      const bool window_edge = WINDOW && key0 < warp_low;
       float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
+      for (int j = 0; j < KEYS / 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float x = sc[j][e] * scale_log2;
-          if (diagonal) {
+          if (diagonal || window_edge) {
             const int64_t key = key0 + j * 8 + 2 * t + (e & 1);
-            if (key > (e < 2 ? lim_lo : lim_hi)) x = -INFINITY;
+            if (key > (e < 2 ? lim_lo : lim_hi) || key < (e < 2 ? low_lo : low_hi)) x = -INFINITY;
           }
           sc[j][e] = x;
         }
@@ -200,11 +258,14 @@ __global__ void __launch_bounds__(W * 32)
       l_lo *= alpha_lo;
       l_hi *= alpha_hi;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
+      for (int j = 0; j < D / 8; ++j) {
         o[j][0] *= alpha_lo;
         o[j][1] *= alpha_lo;
         o[j][2] *= alpha_hi;
         o[j][3] *= alpha_hi;
+      }
+#pragma unroll
+      for (int j = 0; j < KEYS / 8; ++j) {
         sc[j][0] = exp2f(sc[j][0] - m_lo);
         sc[j][1] = exp2f(sc[j][1] - m_lo);
         sc[j][2] = exp2f(sc[j][2] - m_hi);
@@ -215,14 +276,14 @@ __global__ void __launch_bounds__(W * 32)
 
       // O += P V: k-step kk covers keys 16kk..16kk+15 = S n-tiles 2kk, 2kk+1.
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
+      for (int kk = 0; kk < KEYS / 16; ++kk) {
         uint32_t pa[4];
         pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
         pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
         pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
         pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
 #pragma unroll
-        for (int dp = 0; dp < 4; ++dp) {  // dims 16dp..16dp+15 = output tiles 2dp, 2dp+1
+        for (int dp = 0; dp < D / 16; ++dp) {  // dims 16dp..16dp+15 = output tiles 2dp, 2dp+1
           uint32_t vb[4];
           ldmatrix_x4_trans(vb, &sh.v[buf][kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][dp * 16 + (lane >> 4) * 8]);
           mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
@@ -239,13 +300,13 @@ __global__ void __launch_bounds__(W * 32)
   l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
   const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
+  for (int j = 0; j < D / 8; ++j) {
     const int d = j * 8 + 2 * t;
     if (row_lo < s.n)
-      *reinterpret_cast<uint32_t*>(out + ((int64_t(b) * s.n + row_lo) * s.n_q_heads + hq) * kD + d) =
+      *reinterpret_cast<uint32_t*>(out + ((int64_t(b) * s.n + row_lo) * s.n_q_heads + hq) * D + d) =
           pack_bf16(o[j][0] * inv_lo, o[j][1] * inv_lo);
     if (row_hi < s.n)
-      *reinterpret_cast<uint32_t*>(out + ((int64_t(b) * s.n + row_hi) * s.n_q_heads + hq) * kD + d) =
+      *reinterpret_cast<uint32_t*>(out + ((int64_t(b) * s.n + row_hi) * s.n_q_heads + hq) * D + d) =
           pack_bf16(o[j][2] * inv_hi, o[j][3] * inv_hi);
   }
 }
@@ -562,20 +623,42 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
   }
 }
 
-template <int W>
+template <int W, int D, bool WINDOW>
 void launch_tc(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                float scale_log2, __nv_bfloat16* out, cudaStream_t stream) {
   constexpr int rows = 16 * W;
-  constexpr size_t smem = sizeof(TcShared<rows>);
+  constexpr size_t smem = sizeof(TcShared<rows, D>);
   static const bool configured = [] {  // once per process, before the first launch (not inside a capture)
-    SAAP_CU(cudaFuncSetAttribute(prefill_tc_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    SAAP_CU(cudaFuncSetAttribute(prefill_tc_kernel<W, D, WINDOW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 int(smem)));
     return true;
   }();
   (void)configured;
   const int64_t tiles = (s.n + rows - 1) / rows;
   SAAP_CU_REQUIRE(tiles <= INT32_MAX, InvalidArgument, "n = %lld queries is too many", (long long)s.n);
   dim3 grid(unsigned(tiles), unsigned(s.n_q_heads), unsigned(s.batch));
-  prefill_tc_kernel<W><<<grid, W * 32, smem, stream>>>(s, q, k, v, scale_log2, out);
+  prefill_tc_kernel<W, D, WINDOW><<<grid, W * 32, smem, stream>>>(s, q, k, v, scale_log2, out);
+}
+
+// tc (4 warps) or tc128 (8 warps) at the shape's head dim, with or without a window.
+void launch_tc_any(int warps, const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                   const __nv_bfloat16* v, float scale_log2, __nv_bfloat16* out, cudaStream_t stream) {
+  const bool window = s.window > 0;
+  if (warps == 4) {
+    if (s.head_dim == 64)
+      window ? launch_tc<4, 64, true>(s, q, k, v, scale_log2, out, stream)
+             : launch_tc<4, 64, false>(s, q, k, v, scale_log2, out, stream);
+    else
+      window ? launch_tc<4, 256, true>(s, q, k, v, scale_log2, out, stream)
+             : launch_tc<4, 256, false>(s, q, k, v, scale_log2, out, stream);
+  } else {
+    if (s.head_dim == 64)
+      window ? launch_tc<8, 64, true>(s, q, k, v, scale_log2, out, stream)
+             : launch_tc<8, 64, false>(s, q, k, v, scale_log2, out, stream);
+    else
+      window ? launch_tc<8, 256, true>(s, q, k, v, scale_log2, out, stream)
+             : launch_tc<8, 256, false>(s, q, k, v, scale_log2, out, stream);
+  }
 }
 
 template <int MT>
@@ -624,11 +707,14 @@ void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv
   s.check();
   SAAP_CU_REQUIRE(q && k && v && out, InvalidArgument, "null pointer among q=%p k=%p v=%p out=%p", (const void*)q,
                   (const void*)k, (const void*)v, (void*)out);
+  SAAP_CU_REQUIRE(
+      (s.head_dim == 64 && s.window == 0) || kernel == PrefillKernel::TensorCore ||
+          kernel == PrefillKernel::TensorCore128,
+      Unsupported, "the %s prefill kernel supports head_dim 64 without a window (head_dim = %d, window = %lld): use tc",
+      prefill_kernel_name(kernel), s.head_dim, (long long)s.window);
   const float scale_log2 = scale * kLog2e;
-  if (kernel == PrefillKernel::TensorCore) {
-    launch_tc<4>(s, q, k, v, scale_log2, out, stream);
-  } else if (kernel == PrefillKernel::TensorCore128) {
-    launch_tc<8>(s, q, k, v, scale_log2, out, stream);
+  if (kernel == PrefillKernel::TensorCore || kernel == PrefillKernel::TensorCore128) {
+    launch_tc_any(kernel == PrefillKernel::TensorCore ? 4 : 8, s, q, k, v, scale_log2, out, stream);
   } else if (kernel == PrefillKernel::TensorCoreWarp32) {
     launch_wide<2>(s, q, k, v, scale_log2, out, stream);
   } else if (kernel == PrefillKernel::TensorCoreWarp16) {

@@ -1,6 +1,7 @@
-// Dense split-KV decode vs a float64 CPU reference: bf16/f16, head dims 64/128, group sizes 1, 2,
-// 3, 4, 7, 8 (256 is not instantiated and must be refused),
-// batches with different lengths (including 1 and lengths that are not multiples of any tile).
+// Dense split-KV decode vs a float64 CPU reference: bf16/f16, head dims 64/128/256 (256: Gemma-3),
+// group sizes 1, 2, 3, 4, 7, 8, batches with different lengths (including 1 and lengths that are
+// not multiples of any tile), and sliding windows (Gemma-3's local layers read the last 512
+// positions): longer and shorter than the sequence, one past it, and a window of 1.
 // Both sides see the same rounded 16-bit inputs, so only fp32 accumulation differs: limit 1e-4.
 #include <string>
 
@@ -18,14 +19,24 @@ int main() {
     DType t;
     std::vector<int> lens;
     int64_t max_len;
+    int64_t window;  // 0: every cached position
   };
   const std::vector<Case> cases = {
-      {1, 32, 8, 128, DType::BF16, {4099}, 4099},
-      {3, 9, 3, 64, DType::BF16, {1, 777, 5000}, 5003},
-      {2, 8, 8, 128, DType::F16, {300, 2}, 301},
-      {2, 16, 2, 64, DType::F16, {20000, 9}, 20000},
-      {1, 6, 3, 128, DType::BF16, {65536 + 13}, 65536 + 13},
-      {2, 14, 2, 64, DType::F16, {3333, 1}, 3340},  // G = 7
+      {1, 32, 8, 128, DType::BF16, {4099}, 4099, 0},
+      {3, 9, 3, 64, DType::BF16, {1, 777, 5000}, 5003, 0},
+      {2, 8, 8, 128, DType::F16, {300, 2}, 301, 0},
+      {2, 16, 2, 64, DType::F16, {20000, 9}, 20000, 0},
+      {1, 6, 3, 128, DType::BF16, {65536 + 13}, 65536 + 13, 0},
+      {2, 14, 2, 64, DType::F16, {3333, 1}, 3340, 0},  // G = 7
+      // head_dim 256: Gemma-3-270M's 4 query heads over 1 KV head, then G = 8 and G = 1.
+      {1, 4, 1, 256, DType::BF16, {32768}, 32768, 0},
+      {2, 16, 2, 256, DType::BF16, {1000, 3}, 1003, 0},
+      {3, 3, 3, 256, DType::F16, {1, 257, 4097}, 4100, 0},
+      // Sliding windows: a sequence longer than the window, one shorter, one exactly one past it.
+      {3, 4, 1, 256, DType::BF16, {5000, 300, 513}, 5000, 512},
+      {2, 8, 2, 64, DType::F16, {20000, 17}, 20000, 100},
+      {1, 16, 2, 128, DType::BF16, {70000}, 70000, 4096},
+      {2, 4, 1, 256, DType::BF16, {9, 2}, 16, 1},
   };
   for (const auto& c : cases) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};
@@ -40,14 +51,15 @@ int main() {
     cutest::poison(dout);
     cuda::SplitWorkspace ws;
     const float scale = 1.f / std::sqrt(float(c.d));
-    cuda::dense_decode(s, dk.get(), dv.get(), c.max_len, dl.get(), dq.get(), scale, dout.get(), ws);
+    cuda::dense_decode(s, dk.get(), dv.get(), c.max_len, dl.get(), dq.get(), scale, dout.get(), ws, 0, c.window);
     SAAP_CU(cudaDeviceSynchronize());
     auto out = cutest::download(dout);
     std::vector<double> ref(out.size());
     const int G = c.hq / c.hkv;
     for (int b = 0; b < c.batch; ++b) {
-      std::vector<int64_t> pos(c.lens[b]);
-      for (int i = 0; i < c.lens[b]; ++i) pos[i] = i;
+      const int64_t first = c.window > 0 && c.lens[b] > c.window ? c.lens[b] - c.window : 0;
+      std::vector<int64_t> pos;
+      for (int64_t i = first; i < c.lens[b]; ++i) pos.push_back(i);
       for (int h = 0; h < c.hq; ++h) {
         const size_t off = (size_t(b) * c.hkv + h / G) * c.max_len * c.d;
         cutest::ref_attention(&hq[(size_t(b) * c.hq + h) * c.d], &hk[off], &hv[off], pos, c.d, scale, c.t,
@@ -57,7 +69,8 @@ int main() {
     const double err = cutest::rel_error(out, ref);
     std::string what = "dense b=" + std::to_string(c.batch) + " hq=" + std::to_string(c.hq) +
                        " hkv=" + std::to_string(c.hkv) + " d=" + std::to_string(c.d) +
-                       (c.t == DType::BF16 ? " bf16" : " f16") + " maxlen=" + std::to_string(c.max_len);
+                       (c.t == DType::BF16 ? " bf16" : " f16") + " maxlen=" + std::to_string(c.max_len) +
+                       " window=" + std::to_string(c.window);
     tally.check(err < 1e-4, what.c_str(), err, 1e-4);
   }
   // Bad input is refused with an error, not a crash.
@@ -70,15 +83,25 @@ int main() {
     std::printf("expected error: %s\n", e.what());
   }
   tally.check(threw, "12 query heads over 8 kv heads is refused (InvalidArgument)", threw, 1);
-  // head_dim 256 has no kernel instantiation (dispatch.cuh: 64 and 128): refused, not run.
+  // head_dim 96 has no kernel instantiation (dispatch.cuh: 64, 128, 256): refused, not run.
   threw = false;
   try {
     cuda::SplitWorkspace ws;
-    cuda::dense_decode({1, 8, 2, 256, DType::BF16}, nullptr, nullptr, 1, nullptr, nullptr, 1.f, nullptr, ws);
+    cuda::dense_decode({1, 8, 2, 96, DType::BF16}, nullptr, nullptr, 1, nullptr, nullptr, 1.f, nullptr, ws);
   } catch (const Error& e) {
     threw = e.kind() == ErrorKind::Unsupported;
     std::printf("expected error: %s\n", e.what());
   }
-  tally.check(threw, "head_dim 256 is refused (Unsupported)", threw, 1);
+  tally.check(threw, "head_dim 96 is refused (Unsupported)", threw, 1);
+  // A negative window is a named error.
+  threw = false;
+  try {
+    cuda::SplitWorkspace ws;
+    cuda::dense_decode({1, 4, 1, 256, DType::BF16}, nullptr, nullptr, 1, nullptr, nullptr, 1.f, nullptr, ws, 0, -1);
+  } catch (const Error& e) {
+    threw = e.kind() == ErrorKind::InvalidArgument;
+    std::printf("expected error: %s\n", e.what());
+  }
+  tally.check(threw, "window = -1 is refused (InvalidArgument)", threw, 1);
   return tally.finish();
 }

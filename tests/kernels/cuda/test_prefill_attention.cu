@@ -1,11 +1,14 @@
 // Causal prefill attention (tensor-core and CUDA-core kernels) vs a float64 CPU reference over the
 // same bf16 inputs: GQA groups 3 and 4, chunks that start after cached tokens (pos0 > 0), query
-// counts that are not multiples of the tiles, a single query, and batches.
+// counts that are not multiples of the tiles, a single query, and batches; head_dim 256 (Gemma-3)
+// and sliding windows (Gemma-3's local layers: each query sees its last 512 positions), on the
+// kernels that run them (tc, tc128).
 // Tolerance: the output is stored in bf16 (relative rounding 2^-9 = 2e-3 per element, ~1.2e-3
 // RMS); the tensor-core kernel also rounds the probabilities to bf16 before P·V (again ~2^-9
 // relative per term, averaging out over the keys). Limits: 4e-3 (CUDA-core), 6e-3 (tensor-core),
 // as ||out - ref|| / ||ref||. A wrong mask, scale, head mapping or tile offset gives errors > 0.1.
 #include <string>
+#include <utility>
 
 #include "kernels/cuda/cuda_test_util.h"
 #include "saap/kernels/cuda/prefill_attention.h"
@@ -20,6 +23,8 @@ int main() {
     int batch, hq, hkv;
     int64_t n, pos0, max_len;
     float q_spread = 2.f;  // 2: peaked softmax rows, which exercises the running-max rescaling
+    int d = 64;
+    int64_t window = 0;  // 0: causal over the whole prefix
   };
   const std::vector<Case> cases = {
       {2, 9, 3, 100, 0, 128},   // SmolLM2's heads, partial last tile
@@ -38,10 +43,19 @@ int main() {
       // more than the lazy-rescaling threshold (2^8) in a later key tile, so O and l are rescaled
       // mid-row; between jumps, probabilities up to 2^8 go through P·V.
       {2, 9, 3, 300, 200, 600, 16.f},
+      // Gemma-3-270M: 4 query heads over 1 KV head of dimension 256, global and local (window 512).
+      {1, 4, 1, 700, 0, 700, 2.f, 256},      // global: partial tiles, 32-key tiles at d = 256
+      {2, 4, 1, 100, 300, 512, 2.f, 256},    // a later chunk
+      {3, 8, 2, 1, 70, 71, 2.f, 256},        // one query per sequence
+      {1, 4, 1, 1300, 0, 1300, 2.f, 256, 512},  // window: rows before and past 512, blocks skipping tiles
+      {2, 4, 1, 200, 1000, 1300, 2.f, 256, 512},  // a later chunk whose windows start mid tile
+      {1, 4, 1, 64, 511, 600, 2.f, 256, 512},  // the chunk straddles the first full window
+      {1, 9, 3, 600, 37, 700, 2.f, 64, 100},   // window at head_dim 64, not a multiple of a tile
+      {2, 4, 1, 77, 5, 100, 2.f, 256, 1},      // window 1: each query sees itself only
   };
-  const int D = 64;
-  const float scale = 1.f / std::sqrt(float(D));
   for (const auto& c : cases) {
+    const int D = c.d;
+    const float scale = 1.f / std::sqrt(float(D));
     const int G = c.hq / c.hkv;
     const size_t q_n = size_t(c.batch) * c.n * c.hq * D, kv_n = size_t(c.batch) * c.hkv * c.max_len * D;
     auto hq = cutest::random_kv(rng, q_n, DType::BF16, c.q_spread);
@@ -54,16 +68,20 @@ int main() {
         for (int h = 0; h < c.hq; ++h) {
           const size_t qoff = ((size_t(b) * c.n + t) * c.hq + h) * D;
           for (int d = 0; d < D; ++d) qrow[d] = float(cutest::from_bits(hq[qoff + d], DType::BF16));
-          std::vector<int64_t> pos(size_t(c.pos0 + t + 1));
-          for (size_t i = 0; i < pos.size(); ++i) pos[i] = int64_t(i);
+          const int64_t p = c.pos0 + t, first = c.window > 0 && p + 1 > c.window ? p + 1 - c.window : 0;
+          std::vector<int64_t> pos;
+          for (int64_t i = first; i <= p; ++i) pos.push_back(i);
           const size_t kvoff = (size_t(b) * c.hkv + h / G) * c.max_len * D;
           cutest::ref_attention(qrow.data(), &hk[kvoff], &hv[kvoff], pos, D, scale, DType::BF16, &ref[qoff]);
         }
-    for (auto kernel : {cuda::PrefillKernel::Simple, cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128,
-                        cuda::PrefillKernel::TensorCoreWarp32, cuda::PrefillKernel::TensorCoreWarp16}) {
+    std::vector<cuda::PrefillKernel> kernels = {cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128};
+    if (D == 64 && c.window == 0)
+      kernels.insert(kernels.end(), {cuda::PrefillKernel::Simple, cuda::PrefillKernel::TensorCoreWarp32,
+                                     cuda::PrefillKernel::TensorCoreWarp16});
+    for (auto kernel : kernels) {
       cuda::DeviceBuffer<uint16_t> dout(q_n);
       cutest::poison(dout);
-      const cuda::PrefillShape s{c.batch, c.hq, c.hkv, D, c.n, c.pos0, c.max_len};
+      const cuda::PrefillShape s{c.batch, c.hq, c.hkv, D, c.n, c.pos0, c.max_len, c.window};
       cuda::prefill_attention(s, reinterpret_cast<const __nv_bfloat16*>(dq.get()),
                               reinterpret_cast<const __nv_bfloat16*>(dk.get()),
                               reinterpret_cast<const __nv_bfloat16*>(dv.get()), scale,
@@ -77,7 +95,8 @@ int main() {
       const double limit = tc ? 6e-3 : 4e-3;
       const std::string what = std::string(cuda::prefill_kernel_name(kernel)) + " b=" + std::to_string(c.batch) +
                                 " hq=" + std::to_string(c.hq) + " hkv=" + std::to_string(c.hkv) +
-                                " n=" + std::to_string(c.n) + " pos0=" + std::to_string(c.pos0);
+                                " n=" + std::to_string(c.n) + " pos0=" + std::to_string(c.pos0) +
+                                " d=" + std::to_string(D) + " window=" + std::to_string(c.window);
       tally.check(err < limit, what.c_str(), err, limit);
     }
   }
@@ -90,5 +109,22 @@ int main() {
     std::printf("expected error: %s\n", e.what());
   }
   tally.check(threw, "10 queries at pos0 120 overflow max_len 128 (InvalidArgument)", threw, 1);
+  // The kernels without head_dim 256 or a window refuse them by name rather than compute garbage.
+  for (auto kernel : {cuda::PrefillKernel::Simple, cuda::PrefillKernel::TensorCoreWarp32}) {
+    for (const auto& [d, window] : {std::pair<int, int64_t>{256, 0}, {64, 512}}) {
+      threw = false;
+      try {
+        cuda::DeviceBuffer<__nv_bfloat16> buf(size_t(128) * d);
+        cuda::prefill_attention({1, 1, 1, d, 10, 0, 128, window}, buf.get(), buf.get(), buf.get(), 1.f, buf.get(), 0,
+                                kernel);
+      } catch (const Error& e) {
+        threw = e.kind() == ErrorKind::Unsupported;
+        std::printf("expected error: %s\n", e.what());
+      }
+      const std::string what = std::string(cuda::prefill_kernel_name(kernel)) + " refuses d=" + std::to_string(d) +
+                               " window=" + std::to_string(window) + " (Unsupported)";
+      tally.check(threw, what.c_str(), threw, 1);
+    }
+  }
   return tally.finish();
 }

@@ -65,7 +65,7 @@ struct GroupAttender {
   static constexpr int TPP = 32 / LPT;  // token rows per warp pass
   static constexpr int U = 4;           // passes whose loads are in flight together
   static constexpr int TILE = TPP * U;  // token rows per warp iteration
-  static_assert(D % 8 == 0 && 32 % LPT == 0, "head dim must be 64 or 128");
+  static_assert(D % 8 == 0 && 32 % LPT == 0, "head dim must be 64, 128 or 256");
 
   int lane, warp, sub, slot;
   float q[GMAX][8];

@@ -24,9 +24,10 @@ struct DecodeShape {
   DType kv_dtype = DType::BF16;
 
   int group() const { return n_q_heads / n_kv_heads; }
-  // Throws InvalidArgument/Unsupported naming the field: head_dim 64 or 128, group size 1..8,
+  // Throws InvalidArgument/Unsupported naming the field: head_dim 64 or 128 (or 256 where the
+  // calling kernel is instantiated up to max_head_dim = 256: dense decode so far), group size 1..8,
   // kv_dtype bf16 or f16.
-  void check() const;
+  void check(int max_head_dim = 128) const;
 };
 
 // Owning device allocation (cudaMalloc); moves, never copies.
@@ -88,9 +89,12 @@ int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, i
 int resident_blocks(const void* kernel, int block_threads);
 
 // Dense decode over positions [0, lengths[b]) of every sequence: split-KV flash-decoding, then a
-// combine of the splits. max_len is the cache's row stride (>= every length).
+// combine of the splits. max_len is the cache's row stride (>= every length). window > 0 reads
+// only the last `window` positions [max(0, lengths[b] - window), lengths[b]) (a sliding-window
+// layer: Gemma-3's local layers); 0 reads them all. head_dim 64, 128 or 256.
 void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
-                  const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
+                  const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
+                  int64_t window = 0);
 
 // Writes out[row][:] from the split partials in ws (rows = batch * n_q_heads).
 void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream);

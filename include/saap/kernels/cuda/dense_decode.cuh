@@ -1,5 +1,6 @@
 // Dense split-KV flash-decoding: block (split, kv head, sequence) attends the G query heads of its
-// KV group to one contiguous chunk of that head's cache and writes split partials.
+// KV group to one contiguous chunk of that head's cache and writes split partials. With a sliding
+// window (window > 0) the chunks tile [max(0, len - window), len) instead of [0, len).
 #pragma once
 #include "saap/kernels/cuda/attend.cuh"
 
@@ -14,13 +15,14 @@ template <class T, int D, int GMAX>
 static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
     dense_decode_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
-                        float scale, int splits, int64_t chunk, float* __restrict__ part_out,
+                        float scale, int splits, int64_t chunk, int64_t window, float* __restrict__ part_out,
                         float* __restrict__ part_lse) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
   __shared__ typename A::Shared sh;
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t len = lengths[b];
-  const int64_t start = split * chunk;
+  const int64_t first = window > 0 && len > window ? len - window : 0;
+  const int64_t start = first + split * chunk;
   const int n = int(max(int64_t(0), min(chunk, len - start)));
   const int64_t row0 = (int64_t(b) * n_kv_heads + h) * G;  // first query head row of the group
   A at;

@@ -1,5 +1,8 @@
 // The one dispatch point from runtime (kv dtype, head dim, group size) to kernel templates.
-// Group sizes are bucketed to 1, 2, 4, 8 so each kernel has 16 instantiations, not 64.
+// Group sizes are bucketed to 1, 2, 4, 8 so each kernel has 16 instantiations, not 64 (24 for a
+// kernel instantiated up to head_dim 256). kMaxHeadDim: the largest head dim the calling kernel is
+// built for (128, or 256 for dense decode); DecodeShape::check(kMaxHeadDim) refuses larger ones
+// before this is reached.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -10,8 +13,9 @@
 
 namespace saap::cuda {
 
-template <class Fn>
+template <int kMaxHeadDim = 128, class Fn>
 void dispatch_decode(const DecodeShape& s, Fn&& fn) {
+  static_assert(kMaxHeadDim == 128 || kMaxHeadDim == 256, "head dims are 64, 128 and 256");
   auto by_group = [&](auto t, auto d) {
     const int g = s.group();
     if (g <= 1) return fn(t, d, std::integral_constant<int, 1>{});
@@ -21,6 +25,8 @@ void dispatch_decode(const DecodeShape& s, Fn&& fn) {
   };
   auto by_dim = [&](auto t) {
     if (s.head_dim == 64) return by_group(t, std::integral_constant<int, 64>{});
+    if constexpr (kMaxHeadDim >= 256)
+      if (s.head_dim == 256) return by_group(t, std::integral_constant<int, 256>{});
     return by_group(t, std::integral_constant<int, 128>{});
   };
   if (s.kv_dtype == DType::F16) return by_dim(__half{});

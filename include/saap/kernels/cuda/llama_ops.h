@@ -12,12 +12,18 @@
 
 namespace saap::cuda {
 
-// x[b][:] = float(embd[tokens[b]][:]) for rows b < rows; embd [vocab][dim] bf16.
+// x[b][:] = float(embd[tokens[b]][:]) * scale for rows b < rows; embd [vocab][dim] bf16 (scale:
+// Gemma's sqrt(n_embd), 1 for a Llama).
 // When lengths is non-null, also advances lengths[b] += 1 for b < rows (a decode step's new
 // token: the cache length the step's attention reads). Token ids outside [0, vocab) write NaN
 // rows (the host checks ids before upload; the device cannot throw).
 void embed_rows(const int32_t* tokens, const __nv_bfloat16* embd, int vocab, int dim, int64_t rows, float* x,
-                int32_t* lengths, cudaStream_t stream);
+                int32_t* lengths, cudaStream_t stream, float scale = 1.f);
+
+// x[r][:] += y[r][:] / sqrt(mean(y[r]²) + eps) * weight[:]; x, y [rows][dim] fp32: Gemma's
+// post-attention / post-FFN norm of a sub-block's output, added to the residual stream.
+void rms_norm_add_rows(const float* y, const float* weight, int64_t rows, int dim, float eps, float* x,
+                       cudaStream_t stream);
 
 // out[r][:] = bf16(x[r][:] / sqrt(mean(x[r]²) + eps) * weight[:]); x [rows][dim] fp32.
 void rms_norm_rows(const float* x, const float* weight, int64_t rows, int dim, float eps, __nv_bfloat16* out,
@@ -45,16 +51,27 @@ struct QkvLayout {
   int n_q_heads = 0, n_kv_heads = 0, head_dim = 0;
   int64_t max_len = 0;  // the cache's row stride per (sequence, kv head)
 };
+// With qk_norm (Gemma-3), every query and key head is first RMS-normalised over its D dims (fp32)
+// and multiplied by q_weight / k_weight [D], as the CPU runner does before RoPE.
+struct QkNorm {
+  const float* q_weight = nullptr;  // [head_dim]
+  const float* k_weight = nullptr;  // [head_dim]
+  float eps = 1e-6f;
+};
 void rope_split_qkv(const QkvLayout& s, const __nv_bfloat16* qkv, const RopeTable& rope, int64_t pos0,
                     const int32_t* lengths, float* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
-                    cudaStream_t stream);
+                    cudaStream_t stream, const QkNorm* qk_norm = nullptr);
 void rope_split_qkv(const QkvLayout& s, const __nv_bfloat16* qkv, const RopeTable& rope, int64_t pos0,
                     const int32_t* lengths, __nv_bfloat16* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
-                    cudaStream_t stream);
+                    cudaStream_t stream, const QkNorm* qk_norm = nullptr);
 
 // h[r][j] = bf16(silu(gate_up[r][j]) * gate_up[r][n_ff + j]) in fp32; gate_up [rows][2*n_ff] bf16
 // (the GEMM's output).
 void swiglu_rows(const __nv_bfloat16* gate_up, int64_t rows, int n_ff, __nv_bfloat16* h, cudaStream_t stream);
+
+// h[r][j] = bf16(gelu_tanh(gate_up[r][j]) * gate_up[r][n_ff + j]) in fp32 (Gemma's GeGLU,
+// gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g³)))); gate_up [rows][2*n_ff] bf16.
+void geglu_rows(const __nv_bfloat16* gate_up, int64_t rows, int n_ff, __nv_bfloat16* h, cudaStream_t stream);
 
 // out[i] = bf16(in[i]) for i < count.
 void to_bf16(const float* in, int64_t count, __nv_bfloat16* out, cudaStream_t stream);

@@ -1,7 +1,8 @@
 // Causal attention of a prefill chunk against the bf16 KV cache, flash-attention style (online
 // softmax over key tiles, nothing of size n² in memory). Query t of sequence b sits at position
-// pos0 + t and attends to cache rows [0, pos0 + t]; the chunk's own keys must already be in the
-// cache (rope_split_qkv writes them), so a long prompt runs as chunks with growing pos0.
+// p = pos0 + t and attends to cache rows [0, p], or with a sliding window W to [max(0, p - W + 1), p]
+// (Gemma-3's local layers); the chunk's own keys must already be in the cache (rope_split_qkv
+// writes them), so a long prompt runs as chunks with growing pos0.
 //
 //   q    bf16 [batch][n][n_q_heads][head_dim]   (after RoPE)
 //   k, v bf16 [batch][n_kv_heads][max_len][head_dim]; rows [0, pos0 + n) are read
@@ -24,12 +25,15 @@ struct PrefillShape {
   int64_t n = 0;        // query tokens per sequence in this chunk
   int64_t pos0 = 0;     // cached tokens before the chunk
   int64_t max_len = 0;  // the cache's row stride; pos0 + n <= max_len
-  // Throws InvalidArgument / Unsupported naming the field (head_dim 64 only for now).
+  int64_t window = 0;   // > 0: each query sees its last `window` positions (its own included); 0: all
+  // Throws InvalidArgument / Unsupported naming the field (head_dim 64 or 256).
   void check() const;
 };
 
+// tc and tc128 run head_dim 64 and 256 with or without a window; tcw32 and simple run head_dim 64
+// without a window (anything else is refused by name).
 enum class PrefillKernel {
-  TensorCore,     // mma.sync bf16 tiles (64 queries x 64 keys per step), fp32 softmax and accumulators
+  TensorCore,     // mma.sync bf16 tiles (64 queries x 64 keys per step; 32 keys at head_dim 256), fp32 softmax and accumulators
   TensorCore128,  // the same with 128 queries (8 warps) per block: half the key/value tile loads
   TensorCoreWarp32,  // 128 queries (4 warps x 32 rows) per block: each K/V fragment feeds two mma
   TensorCoreWarp16,  // the same code with 16 rows per warp (64 queries per block, 3 blocks per SM)

@@ -49,4 +49,12 @@ SAAP_HD inline float bound_term(float q, float lo, float hi) {
   return a > b ? a : b;
 }
 
+// The same term summed over a KV group's heads g, in the form the GPU computes: hi >= lo, so
+// max(q_g lo, q_g hi) is q_g hi when q_g >= 0 and q_g lo otherwise, and the sum over g is
+// hi * q_pos + lo * q_neg with q_pos = sum_g max(q_g, 0), q_neg = sum_g min(q_g, 0) (equal in real
+// arithmetic; two products per dimension whatever the group size). Adds it to acc.
+SAAP_HD inline float add_group_bound_term(float acc, float q_pos, float q_neg, float lo, float hi) {
+  return fmaf(hi, q_pos, fmaf(lo, q_neg, acc));
+}
+
 }  // namespace saap::quest

@@ -99,8 +99,9 @@ __device__ __forceinline__ uint32_t quest_rank_bits(float key) { return float_ke
 // wave of resident blocks, so the group's query is loaded once per block, not once per 32 pages,
 // and from the capacity, not the current length, so a captured step stays valid as sequences
 // grow. A page's 2 x D values are spread over
-// D/8 lanes (16-byte streaming loads of min and of max); each lane sums its dimensions over the
-// group's heads, the lanes of a page then add up. keys[bh][r] is page range.first + r's key; each
+// D/8 lanes (16-byte streaming loads of min and of max); each lane sums its dimensions' group
+// terms (quest::add_group_bound_term: the group's query split once into positive and negative
+// parts, two FMAs per dimension instead of four operations per head), the lanes of a page then add up. keys[bh][r] is page range.first + r's key; each
 // full page (P middle positions) also counts its key's top 16 bits in hist[bh].
 template <class T, int D, int GMAX>
 static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
@@ -116,12 +117,18 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
   const int64_t c1 = range.count();
   if (int64_t(blockIdx.x) * PER_BLOCK >= c1) return;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % LPT, slot = lane / LPT;
-  float qr[GMAX][8];
+  float q_pos[8], q_neg[8];
   const float* qb = q + bh * G * D;  // the group's query rows: (b * Hkv + h) * G == b * Hq + h * G
+#pragma unroll
+  for (int j = 0; j < 8; ++j) q_pos[j] = q_neg[j] = 0.f;
 #pragma unroll
   for (int g = 0; g < GMAX; ++g)
 #pragma unroll
-    for (int j = 0; j < 8; ++j) qr[g][j] = g < G ? qb[g * D + sub * 8 + j] : 0.f;
+    for (int j = 0; j < 8; ++j) {
+      const float x = g < G ? qb[g * D + sub * 8 + j] : 0.f;
+      q_pos[j] += fmaxf(x, 0.f);
+      q_neg[j] += fminf(x, 0.f);
+    }
   const T* mb = meta + (bh * max_pages + range.first) * 2 * D + sub * 8;
   float* kb = keys + bh * key_stride;
   uint32_t* hb = hist + bh * kQuestHistBins;
@@ -144,12 +151,7 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
       Vec8<T>::to_float(hi[u], h);
       float key = 0.f;
 #pragma unroll
-      for (int g = 0; g < GMAX; ++g) {
-        float s = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) s += quest::bound_term(qr[g][j], l[j], h[j]);
-        key += s;
-      }
+      for (int j = 0; j < 8; ++j) key = quest::add_group_bound_term(key, q_pos[j], q_neg[j], l[j], h[j]);
 #pragma unroll
       for (int off = LPT / 2; off > 0; off >>= 1) key += __shfl_xor_sync(0xffffffffu, key, off);
       const int64_t r = r0 + u * PPP + slot;

@@ -98,10 +98,10 @@ __device__ __forceinline__ uint32_t quest_rank_bits(float key) { return float_ke
 // over its candidates a block pass (PER_BLOCK pages) at a time. The launcher sizes the grid to one
 // wave of resident blocks, so the group's query is loaded once per block, not once per 32 pages,
 // and from the capacity, not the current length, so a captured step stays valid as sequences
-// grow. A page's 2 x D values are spread over
-// D/8 lanes (16-byte streaming loads of min and of max); each lane sums its dimensions' group
-// terms (quest::add_group_bound_term: the group's query split once into positive and negative
-// parts, two FMAs per dimension instead of four operations per head), the lanes of a page then add up. keys[bh][r] is page range.first + r's key; each
+// grow. A page's 2 x D values are spread over D/8 lanes (16-byte streaming loads of min and of
+// max); each lane sums its dimensions' group terms (quest::add_group_bound_term: the group's query
+// split once into positive and negative parts, two FMAs per dimension instead of four operations
+// per head), the lanes of a page then add up. keys[bh][r] is page range.first + r's key; each
 // full page (P middle positions) also counts its key's top 16 bits in hist[bh].
 template <class T, int D, int GMAX>
 static __global__ void __launch_bounds__(kQuestScoreWarps * 32)

@@ -111,12 +111,8 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
   constexpr int LPT = D / 8, PPP = 32 / LPT, U = kQuestScorePasses, PER_BLOCK = kQuestScoreWarps * PPP * U;
   wait_prior_grid();
   const int64_t bh = blockIdx.y;
-  int64_t budget;
-  const quest::PageRange range = step.range(seq_len[bh], &budget);
-  if (budget <= 0 || budget >= range.fixed.middle()) return;  // select() scores nothing then
-  const int64_t c1 = range.count();
-  if (int64_t(blockIdx.x) * PER_BLOCK >= c1) return;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % LPT, slot = lane / LPT;
+  // The query is read before the length is known, so that the two loads are in flight together.
   float q_pos[8], q_neg[8];
   const float* qb = q + bh * G * D;  // the group's query rows: (b * Hkv + h) * G == b * Hq + h * G
 #pragma unroll
@@ -129,6 +125,11 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
       q_pos[j] += fmaxf(x, 0.f);
       q_neg[j] += fminf(x, 0.f);
     }
+  int64_t budget;
+  const quest::PageRange range = step.range(seq_len[bh], &budget);
+  if (budget <= 0 || budget >= range.fixed.middle()) return;  // select() scores nothing then
+  const int64_t c1 = range.count();
+  if (int64_t(blockIdx.x) * PER_BLOCK >= c1) return;
   const T* mb = meta + (bh * max_pages + range.first) * 2 * D + sub * 8;
   float* kb = keys + bh * key_stride;
   uint32_t* hb = hist + bh * kQuestHistBins;
@@ -509,11 +510,11 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
   wait_prior_grid();
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t bh = int64_t(b) * n_kv_heads + h;
-  const int64_t nch = chunk_count[bh];
-  const int64_t j0 = nch * split / splits, j1 = nch * (split + 1) / splits;
   const int64_t row0 = bh * G;
   A at;
-  at.init(q + row0 * D, G, scale);
+  at.init(q + row0 * D, G, scale);  // before the count, so that their loads are in flight together
+  const int64_t nch = chunk_count[bh];
+  const int64_t j0 = nch * split / splits, j1 = nch * (split + 1) / splits;
   const T* kb = K + bh * max_len * D + at.sub * 8;
   const T* vb = V + bh * max_len * D + at.sub * 8;
   const int32_t* rows = chunk_rows + bh * max_chunks;

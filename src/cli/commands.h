@@ -30,6 +30,7 @@ void register_demo(CLI::App& app, const GlobalOptions& global);
 void register_calibrate(CLI::App& app, const GlobalOptions& global);
 void register_eval_attention(CLI::App& app, const GlobalOptions& global);
 void register_eval_passkey(CLI::App& app, const GlobalOptions& global);
+void register_eval_niah(CLI::App& app, const GlobalOptions& global);
 void register_eval_sweep(CLI::App& app, const GlobalOptions& global);
 void register_generate(CLI::App& app, const GlobalOptions& global);
 void register_eval_ppl(CLI::App& app, const GlobalOptions& global);

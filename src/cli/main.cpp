@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   register_calibrate(app, global);
   register_eval_attention(app, global);
   register_eval_passkey(app, global);
+  register_eval_niah(app, global);
   register_eval_sweep(app, global);
   register_generate(app, global);
   register_eval_ppl(app, global);

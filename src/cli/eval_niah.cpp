@@ -1,0 +1,153 @@
+// saap eval niah: long-context retrieval (passkey, multikey, multivalue needles in a repeated or a
+// natural-text haystack) per length, with agreement against a dense reference run.
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/method_options.h"
+#include "cli/validators.h"
+#include "saap/core/error.h"
+#include "saap/core/paths.h"
+#include "saap/eval/cpu_continuation.h"
+#include "saap/eval/niah.h"
+#include "saap/eval/result_files.h"
+
+namespace saap::cli {
+
+namespace {
+
+std::string read_file(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  SAAP_CHECK_FMT(in.good(), NotFound, "%s %s cannot be opened", what, path.c_str());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A dense run of this command (its JSON file or --json output): the "niah" object inside.
+NiahResult load_reference(const std::string& path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path, "dense reference"));
+  } catch (const nlohmann::json::exception& e) {
+    SAAP_THROW_FMT(BadFile, "dense reference %s is not JSON (%s)", path.c_str(), e.what());
+  }
+  SAAP_CHECK_FMT(j.contains("niah"), BadFile, "dense reference %s has no 'niah' object (not a saap eval niah result)",
+                 path.c_str());
+  return NiahResult::from_json(j["niah"]);
+}
+
+std::string interval(const Proportion& p) {
+  if (p.n == 0) return "-";
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%lld/%lld = %.3f [%.3f, %.3f]", (long long)p.k, (long long)p.n, p.rate, p.lo, p.hi);
+  return buf;
+}
+
+}  // namespace
+
+void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
+  auto* cmd = eval_command(app)->add_subcommand(
+      "niah", "Long-context retrieval: passkey, multikey and multivalue needles by length, agreement with dense");
+  struct Opts {
+    std::string model, task = "passkey", haystack, filler, reference, out = "results", stem;
+    NiahOptions niah;
+    bool method_prefill = false;
+    MethodSpec spec;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("--model", o->model, kModelOptionHelp);
+  cmd->add_option("--task", o->task, "passkey (one 5-digit key), multikey (ask one of --keys), multivalue (ask all --values)")
+      ->check(CLI::IsMember({"passkey", "multikey", "multivalue"}))
+      ->capture_default_str();
+  cmd->add_option("--haystack", o->haystack, "repeated filler or natural text (default: passkey repeated, else text)")
+      ->check(CLI::IsMember({"repeated", "text"}));
+  cmd->add_option("--filler", o->filler, "Text of the text haystack (default: eval.txt in the cache)");
+  cmd->add_option("--lengths", o->niah.lengths, "Prompt + answer lengths in tokens")->capture_default_str();
+  cmd->add_option("--depths", o->niah.depths, "Relative depths of the needle asked for")->capture_default_str();
+  cmd->add_option("--trials", o->niah.trials, "Trials per length and depth")->check(whole_at_least(1))->capture_default_str();
+  cmd->add_option("--seed", o->niah.seed, "Seed of every trial's numbers, keys, needle depths and text offset")
+      ->capture_default_str();
+  cmd->add_option("--keys", o->niah.task.keys, "multikey: needles with distinct keys")->check(whole_at_least(2))
+      ->capture_default_str();
+  cmd->add_option("--values", o->niah.task.values, "multivalue: numbers of the one key")->check(whole_at_least(2))
+      ->capture_default_str();
+  cmd->add_flag("--chat", o->niah.task.chat, "Render the prompt through the model's chat template (default: plain text after BOS)");
+  cmd->add_flag("--method-prefill", o->method_prefill,
+                "Run the context's prefill through the method too (default: exact prefill, method from the question on)");
+  cmd->add_option("--reference", o->reference, "A dense run's JSON (same task, lengths, depths, trials, seed): agreement");
+  cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files")->capture_default_str();
+  cmd->add_option("--stem", o->stem, "File name stem (default: niah_<task>_<haystack>_<method>)");
+  add_method_options(cmd, o->spec);
+  cmd->callback([o, &global] {
+    NiahOptions& n = o->niah;
+    n.task.task = parse_niah_task(o->task);
+    n.task.haystack = parse_niah_haystack(o->haystack.empty() ? (o->task == "passkey" ? "repeated" : "text") : o->haystack);
+    // The reference is read before the model: a wrong file fails at once.
+    std::unique_ptr<NiahResult> reference;
+    if (!o->reference.empty()) reference = std::make_unique<NiahResult>(load_reference(o->reference));
+    const std::string path = model_path(o->model);
+    auto model = LlamaModel::load(path);
+    std::string filler_path, filler_text;
+    if (n.task.haystack == NiahHaystack::Text) {
+      filler_path = o->filler.empty() ? default_text_path("eval.txt") : o->filler;
+      filler_text = read_file(filler_path, "filler text");
+    }
+    auto inputs = model_run_inputs(*model, path, filler_path, {o->spec.artifact});
+    if (reference) inputs.push_back(input_file("reference", o->reference));
+    const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
+    const NiahResult r = run_niah(model->tokenizer(), n, filler_text,
+                                  cpu_greedy_continuation(model, factory,
+                                                          o->method_prefill ? AttentionMode::MethodEverywhere
+                                                                            : AttentionMode::DensePrefill));
+    const std::vector<NiahLengthSummary> summary = niah_summary(r, reference.get());
+    nlohmann::json rows = nlohmann::json::array();
+    CsvTable table{{"method", "task", "haystack", "length", "trials", "correct", "accuracy", "accuracy_lo", "accuracy_hi",
+                    "dense_correct", "agree", "agreement", "agreement_lo", "agreement_hi", "only_method_right",
+                    "mean_found", "lookup_fraction", "global_lookup_fraction"},
+                   {}};
+    for (const NiahLengthSummary& s : summary) {
+      rows.push_back({{"length", s.length},
+                      {"trials", s.accuracy.n},
+                      {"correct", s.accuracy.k},
+                      {"accuracy", s.accuracy.rate},
+                      {"accuracy_wilson95", {s.accuracy.lo, s.accuracy.hi}},
+                      {"dense_correct", s.agreement.n},
+                      {"agree", s.agreement.k},
+                      {"agreement", reference ? nlohmann::json(s.agreement.rate) : nlohmann::json()},
+                      {"agreement_wilson95", reference ? nlohmann::json({s.agreement.lo, s.agreement.hi}) : nlohmann::json()},
+                      {"only_method_right", s.only_method_right},
+                      {"mean_found", s.mean_found},
+                      {"lookup_fraction", s.lookup_fraction},
+                      {"global_lookup_fraction", s.global_lookup_fraction}});
+      auto opt = [&](double x) { return reference ? csv_field(x) : std::string(); };
+      table.add({o->spec.describe(), o->task, niah_haystack_name(n.task.haystack), std::to_string(s.length),
+                 std::to_string(s.accuracy.n), std::to_string(s.accuracy.k), csv_field(s.accuracy.rate),
+                 csv_field(s.accuracy.lo), csv_field(s.accuracy.hi), reference ? std::to_string(s.agreement.n) : "",
+                 reference ? std::to_string(s.agreement.k) : "", opt(s.agreement.rate), opt(s.agreement.lo),
+                 opt(s.agreement.hi), reference ? std::to_string(s.only_method_right) : "", csv_field(s.mean_found),
+                 csv_field(s.lookup_fraction), csv_field(s.global_lookup_fraction)});
+    }
+    nlohmann::json doc = {{"method", o->spec.describe()},   {"artifact", o->spec.artifact},
+                          {"model", model->identity()},     {"method_prefill", o->method_prefill},
+                          {"seed", n.seed},                 {"depths", n.depths},
+                          {"trials_per_depth", n.trials},   {"reference", o->reference},
+                          {"summary", rows},                {"niah", r.to_json()}};
+    const std::string stem = o->stem.empty() ? "niah_" + o->task + "_" + niah_haystack_name(n.task.haystack) + "_" +
+                                                   o->spec.name
+                                             : o->stem;
+    const auto paths = write_result_files(o->out, stem, doc, table, inputs);
+    emit(global, doc, [&] {
+      std::printf("%s, %s task, %s haystack (length 0 = all):\n", o->spec.describe().c_str(), o->task.c_str(),
+                  niah_haystack_name(n.task.haystack));
+      std::printf("%8s  %-34s  %-34s  %s\n", "length", "accuracy [Wilson 95%]", "agreement with dense", "lookup (global)");
+      for (const NiahLengthSummary& s : summary)
+        std::printf("%8lld  %-34s  %-34s  %.4f (%.4f)\n", (long long)s.length, interval(s.accuracy).c_str(),
+                    interval(s.agreement).c_str(), s.lookup_fraction, s.global_lookup_fraction);
+      std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
+    }, inputs);
+  });
+}
+
+}  // namespace saap::cli

@@ -25,17 +25,33 @@ std::string read_file(const std::string& path, const char* what) {
   return ss.str();
 }
 
-// A dense run of this command (its JSON file or --json output): the "niah" object inside.
-NiahResult load_reference(const std::string& path) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path, "dense reference"));
-  } catch (const nlohmann::json::exception& e) {
-    SAAP_THROW_FMT(BadFile, "dense reference %s is not JSON (%s)", path.c_str(), e.what());
+// Runs of this command (JSON files or --json outputs), their "niah" objects' trials in one result
+// (shards of one run: other lengths or depths, the same task). `what` names them in errors.
+// method: the runs' "method" (the same in every one).
+NiahResult load_runs(const std::vector<std::string>& paths, const char* what, std::string* method = nullptr) {
+  NiahResult all;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_file(paths[i], what));
+    } catch (const nlohmann::json::exception& e) {
+      SAAP_THROW_FMT(BadFile, "%s %s is not JSON (%s)", what, paths[i].c_str(), e.what());
+    }
+    SAAP_CHECK_FMT(j.contains("niah"), BadFile, "%s %s has no 'niah' object (not a saap eval niah result)", what,
+                   paths[i].c_str());
+    NiahResult r = NiahResult::from_json(j["niah"]);
+    const std::string m = j.value("method", std::string());
+    if (method && i == 0) *method = m;
+    SAAP_CHECK_FMT(!method || m == *method, InvalidArgument, "%s %s ran method '%s', %s ran '%s'", what,
+                   paths[i].c_str(), m.c_str(), paths[0].c_str(), method ? method->c_str() : "");
+    if (i == 0) all.task = r.task;
+    SAAP_CHECK_FMT(r.task.task == all.task.task && r.task.haystack == all.task.haystack, InvalidArgument,
+                   "%s %s ran %s/%s, %s ran %s/%s", what, paths[i].c_str(), niah_task_name(r.task.task),
+                   niah_haystack_name(r.task.haystack), paths[0].c_str(), niah_task_name(all.task.task),
+                   niah_haystack_name(all.task.haystack));
+    all.trials.insert(all.trials.end(), r.trials.begin(), r.trials.end());
   }
-  SAAP_CHECK_FMT(j.contains("niah"), BadFile, "dense reference %s has no 'niah' object (not a saap eval niah result)",
-                 path.c_str());
-  return NiahResult::from_json(j["niah"]);
+  return all;
 }
 
 std::string interval(const Proportion& p) {
@@ -51,7 +67,8 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
   auto* cmd = eval_command(app)->add_subcommand(
       "niah", "Long-context retrieval: passkey, multikey and multivalue needles by length, agreement with dense");
   struct Opts {
-    std::string model, task = "passkey", haystack, filler, reference, out = "results", stem;
+    std::string model, task = "passkey", haystack, filler, out = "results", stem;
+    std::vector<std::string> reference, merge;
     NiahOptions niah;
     bool method_prefill = false;
     MethodSpec spec;
@@ -76,7 +93,10 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
   cmd->add_flag("--chat", o->niah.task.chat, "Render the prompt through the model's chat template (default: plain text after BOS)");
   cmd->add_flag("--method-prefill", o->method_prefill,
                 "Run the context's prefill through the method too (default: exact prefill, method from the question on)");
-  cmd->add_option("--reference", o->reference, "A dense run's JSON (same task, lengths, depths, trials, seed): agreement");
+  cmd->add_option("--reference", o->reference,
+                  "Dense runs' JSON files (same task and seed; shards are joined): agreement on the same trials");
+  cmd->add_option("--merge", o->merge,
+                  "Run nothing: join these runs' JSON files (shards of one method's run) and summarize them");
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files")->capture_default_str();
   cmd->add_option("--stem", o->stem, "File name stem (default: niah_<task>_<haystack>_<method>)");
   add_method_options(cmd, o->spec);
@@ -86,21 +106,29 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
     n.task.haystack = parse_niah_haystack(o->haystack.empty() ? (o->task == "passkey" ? "repeated" : "text") : o->haystack);
     // The reference is read before the model: a wrong file fails at once.
     std::unique_ptr<NiahResult> reference;
-    if (!o->reference.empty()) reference = std::make_unique<NiahResult>(load_reference(o->reference));
-    const std::string path = model_path(o->model);
-    auto model = LlamaModel::load(path);
-    std::string filler_path, filler_text;
-    if (n.task.haystack == NiahHaystack::Text) {
-      filler_path = o->filler.empty() ? default_text_path("eval.txt") : o->filler;
-      filler_text = read_file(filler_path, "filler text");
+    if (!o->reference.empty()) reference = std::make_unique<NiahResult>(load_runs(o->reference, "dense reference"));
+    std::vector<InputIdentity> inputs;
+    NiahResult r;
+    std::string model_identity, method = o->spec.describe();
+    if (!o->merge.empty()) {
+      r = load_runs(o->merge, "run", &method);
+      for (const auto& m : o->merge) inputs.push_back(input_file("run", m));
+    } else {
+      const std::string path = model_path(o->model);
+      auto model = LlamaModel::load(path);
+      model_identity = model->identity();
+      std::string filler_path, filler_text;
+      if (n.task.haystack == NiahHaystack::Text) {
+        filler_path = o->filler.empty() ? default_text_path("eval.txt") : o->filler;
+        filler_text = read_file(filler_path, "filler text");
+      }
+      inputs = model_run_inputs(*model, path, filler_path, {o->spec.artifact});
+      const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
+      r = run_niah(model->tokenizer(), n, filler_text,
+                   cpu_greedy_continuation(model, factory,
+                                           o->method_prefill ? AttentionMode::MethodEverywhere : AttentionMode::DensePrefill));
     }
-    auto inputs = model_run_inputs(*model, path, filler_path, {o->spec.artifact});
-    if (reference) inputs.push_back(input_file("reference", o->reference));
-    const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
-    const NiahResult r = run_niah(model->tokenizer(), n, filler_text,
-                                  cpu_greedy_continuation(model, factory,
-                                                          o->method_prefill ? AttentionMode::MethodEverywhere
-                                                                            : AttentionMode::DensePrefill));
+    for (const auto& ref : o->reference) inputs.push_back(input_file("reference", ref));
     const std::vector<NiahLengthSummary> summary = niah_summary(r, reference.get());
     nlohmann::json rows = nlohmann::json::array();
     CsvTable table{{"method", "task", "haystack", "length", "trials", "correct", "accuracy", "accuracy_lo", "accuracy_hi",
@@ -122,25 +150,25 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
                       {"lookup_fraction", s.lookup_fraction},
                       {"global_lookup_fraction", s.global_lookup_fraction}});
       auto opt = [&](double x) { return reference ? csv_field(x) : std::string(); };
-      table.add({o->spec.describe(), o->task, niah_haystack_name(n.task.haystack), std::to_string(s.length),
+      table.add({method, niah_task_name(r.task.task), niah_haystack_name(r.task.haystack), std::to_string(s.length),
                  std::to_string(s.accuracy.n), std::to_string(s.accuracy.k), csv_field(s.accuracy.rate),
                  csv_field(s.accuracy.lo), csv_field(s.accuracy.hi), reference ? std::to_string(s.agreement.n) : "",
                  reference ? std::to_string(s.agreement.k) : "", opt(s.agreement.rate), opt(s.agreement.lo),
                  opt(s.agreement.hi), reference ? std::to_string(s.only_method_right) : "", csv_field(s.mean_found),
                  csv_field(s.lookup_fraction), csv_field(s.global_lookup_fraction)});
     }
-    nlohmann::json doc = {{"method", o->spec.describe()},   {"artifact", o->spec.artifact},
-                          {"model", model->identity()},     {"method_prefill", o->method_prefill},
+    nlohmann::json doc = {{"method", method},   {"artifact", o->spec.artifact},
+                          {"model", model_identity},        {"method_prefill", o->method_prefill},
                           {"seed", n.seed},                 {"depths", n.depths},
                           {"trials_per_depth", n.trials},   {"reference", o->reference},
                           {"summary", rows},                {"niah", r.to_json()}};
-    const std::string stem = o->stem.empty() ? "niah_" + o->task + "_" + niah_haystack_name(n.task.haystack) + "_" +
-                                                   o->spec.name
+    const std::string stem = o->stem.empty() ? "niah_" + std::string(niah_task_name(r.task.task)) + "_" +
+                                                   niah_haystack_name(r.task.haystack) + "_" + o->spec.name
                                              : o->stem;
     const auto paths = write_result_files(o->out, stem, doc, table, inputs);
     emit(global, doc, [&] {
-      std::printf("%s, %s task, %s haystack (length 0 = all):\n", o->spec.describe().c_str(), o->task.c_str(),
-                  niah_haystack_name(n.task.haystack));
+      std::printf("%s, %s task, %s haystack (length 0 = all):\n", method.c_str(),
+                  niah_task_name(r.task.task), niah_haystack_name(r.task.haystack));
       std::printf("%8s  %-34s  %-34s  %s\n", "length", "accuracy [Wilson 95%]", "agreement with dense", "lookup (global)");
       for (const NiahLengthSummary& s : summary)
         std::printf("%8lld  %-34s  %-34s  %.4f (%.4f)\n", (long long)s.length, interval(s.accuracy).c_str(),

@@ -219,3 +219,26 @@ TEST(Cli, DemoRefusesAWindowOutOfRange) {
 }
 
 }  // namespace
+
+// ---- eval niah: bad input is named before any model loads -----------------------------------------
+
+namespace {
+
+TEST(Cli, NiahRefusesBadInputByName) {
+  const CliRun task = saap("eval niah --task needle");
+  EXPECT_EQ(task.code, kUsage);
+  EXPECT_NE(task.err.find("--task"), std::string::npos) << task.err;
+  const CliRun missing = saap("eval niah --merge /nonexistent/run.json");
+  EXPECT_EQ(missing.code, kNotFound);
+  EXPECT_NE(missing.err.find("/nonexistent/run.json"), std::string::npos) << missing.err;
+  // A JSON file that is not a niah run: bad file (3), naming it.
+  const std::string path = testing::TempDir() + "not_niah.json";
+  std::ofstream(path) << "{\"method\": \"dense\"}";
+  const CliRun other = saap("eval niah --reference '" + path + "'");
+  EXPECT_EQ(other.code, 3);
+  EXPECT_NE(other.err.find("no 'niah' object"), std::string::npos) << other.err;
+  std::remove(path.c_str());
+  EXPECT_NE(saap("eval niah --help").out.find("=[4096,"), std::string::npos);  // the lengths' default
+}
+
+}  // namespace

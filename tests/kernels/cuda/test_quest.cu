@@ -108,7 +108,7 @@ int main() {
       {"ties across tiles (P 4, 20000 pages)", 1, 4, 1, 64, DType::BF16, {80000}, 0, {4, 0, 0}, {0.05, 38000}, 16},
       {"one bound over two tiles (P 2)", 1, 4, 1, 64, DType::F16, {40000}, 0, {2, 3, 5}, {0.3, 0}, 1},
       {"P 1, 40000 pages (keys past the select's shared cache)", 1, 4, 2, 64, DType::BF16, {40000}, 1, {1, 4, 16}, {0.1, 0}, 3},
-      {"batch 3, one read whole", 3, 32, 8, 128, DType::BF16, {30000, 17, 9001}, 2, {16, 4, 64}, {0.03, 0}},
+      {"batch 3, one read whole", 3, 32, 8, 128, DType::BF16, {12000, 17, 5001}, 2, {16, 4, 64}, {0.03, 0}},
   };
   for (const Case& c : cases) {
     const std::string tag = std::string(c.name) + ": ";

@@ -51,7 +51,7 @@ if [[ $model_built == 1 && ( $mode == all || $mode == ppl ) ]]; then
   for spec in "2048 12 12" "8192 24 8" "32768 6 2"; do
     read -r window windows batch <<< "$spec"
     timeout 540 build-cuda/bench/gpu_ppl --model "$model" --text "$text" --window "$window" \
-      --max-windows "$windows" --batch "$batch" --json "$OUT/gemma_ppl_w$window.json" 2>&1 |
+      --max-windows "$windows" --batch "$batch" --attention tc --json "$OUT/gemma_ppl_w$window.json" 2>&1 |
       tee "$OUT/gemma_ppl_w$window.log" || status=1
   done
 fi

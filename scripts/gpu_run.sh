@@ -32,11 +32,15 @@ if [[ $mode == all || $mode == test ]]; then
   export SAAP_REQUIRE_GPU=1
   # The model runner's tests need the GGUF (scripts/gpu_runner.sh runs them with it); without
   # SAAP_MODEL_PATH they are left out here rather than failed for a missing input.
-  model_tests=cuda_test_cuda_llama
+  # The same for Gemma-3's runner test and SAAP_GEMMA_PATH (scripts/gpu_gemma.sh runs it).
+  model_tests=""
+  [[ -z ${SAAP_MODEL_PATH:-} ]] && model_tests=cuda_test_cuda_llama
+  [[ -z ${SAAP_GEMMA_PATH:-} ]] && model_tests=${model_tests:+$model_tests|}cuda_test_cuda_gemma3
   exclude=()
-  if [[ -z ${SAAP_MODEL_PATH:-} ]]; then
+  if [[ -n $model_tests ]]; then
     exclude=(-E "$model_tests")
-    echo "SAAP_MODEL_PATH unset: $model_tests left out (scripts/gpu_runner.sh runs it with the model)" | tee -a "$OUT/tests.log"
+    echo "no model for $model_tests: left out (scripts/gpu_runner.sh, scripts/gpu_gemma.sh run them with it)" |
+      tee -a "$OUT/tests.log"
   fi
   # ctest and memcheck run side by side (one GPU takes both), so the whole test stage lasts about
   # as long as the slowest test under memcheck (at most 240 s).
@@ -46,7 +50,7 @@ if [[ $mode == all || $mode == test ]]; then
   # for a rerun. Exit 77 under memcheck is a test that skipped for a missing input (SAAP_REQUIRE_GPU
   # fails the ctest run if the GPU itself is missing).
   tests=$(ls build-cuda/tests/cuda_test_* | xargs -n1 basename)
-  [[ -z ${SAAP_MODEL_PATH:-} ]] && tests=$(printf '%s\n' $tests | grep -vxE "$model_tests")
+  [[ -n $model_tests ]] && tests=$(printf '%s\n' $tests | grep -vxE "$model_tests")
   echo "$provenance" > "$OUT/memcheck.log"
   printf '%s\n' $tests | xargs -P8 -I{} bash -c \
     'timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 build-cuda/tests/{} > "$0/memcheck_{}.log" 2>&1; echo "{} rc=$?" >> "$0/memcheck.log"' "$OUT"

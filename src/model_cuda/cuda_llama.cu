@@ -1,5 +1,6 @@
 // The Llama forward pass on the GPU. Read prefill() and record_step() top to bottom: they are the
-// whole model, in the same order as LlamaSession::forward (src/model/llama.cpp).
+// whole model, in the same order as LlamaSession::forward (src/model/llama.cpp). A Gemma-3 model
+// runs its own blocks and decode step (cuda_gemma3.cu) inside the same prefill() and decode_step().
 #include <algorithm>
 #include <cmath>
 
@@ -53,6 +54,7 @@ void CudaLlamaModel::Impl::gemm(const bf16_t* x, const bf16_t* w, bf16_t* y, int
 //   x += Wo · attention(RoPE(Wq·h), RoPE(Wk·h), Wv·h),  h = RMSNorm(x)
 //   x += W_down · (silu(W_gate·h) ⊙ W_up·h),           h = RMSNorm(x)
 void CudaLlamaModel::Impl::prefill_layers(int b, int64_t n, int64_t pos0) {
+  if (gemma3) return gemma3_prefill_layers(b, n, pos0);
   const LlamaConfig& c = config;
   const int E = c.n_embd, D = c.head_dim, Q = c.n_heads * D, QKV = (c.n_heads + 2 * c.n_kv_heads) * D;
   const int KV = c.n_kv_heads * D, F = c.n_ff;
@@ -109,6 +111,7 @@ void CudaLlamaModel::Impl::prefill_layers(int b, int64_t n, int64_t pos0) {
 // split-KV decode reading the cache rows [0, lengths[b]), the unembedding and the greedy choice.
 // Only kernel launches on `stream`: this is what the CUDA graph records.
 void CudaLlamaModel::Impl::record_step() {
+  if (gemma3) return gemma3_record_step();
   const LlamaConfig& c = config;
   const int E = c.n_embd, D = c.head_dim, Q = c.n_heads * D, QKV = (c.n_heads + 2 * c.n_kv_heads) * D;
   const RopeTable rope{rope_table.get(), options.max_context, c.rope.n_rot, c.rope.style == RopeStyle::NeoX};
@@ -139,6 +142,17 @@ void CudaLlamaModel::Impl::record_step() {
 
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+// Only tc and tc128 run head_dim 256 and sliding windows (prefill_attention.h): Unsupported,
+// naming the kernel, rather than a failure at the first prefill.
+void check_prefill_kernel(const LlamaConfig& c, PrefillKernel kernel) {
+  const bool any_shape = kernel == PrefillKernel::TensorCore || kernel == PrefillKernel::TensorCore128;
+  SAAP_CHECK_FMT(any_shape || (c.head_dim == 64 && c.n_global_layers() == c.n_layers), Unsupported,
+                 "prefill attention kernel %s runs head_dim 64 without sliding windows; %s (head_dim %d) needs tc or "
+                 "tc128", prefill_kernel_name(kernel), c.architecture.c_str(), c.head_dim);
+}
+}  // namespace
+
 std::unique_ptr<CudaLlamaModel> CudaLlamaModel::load(const std::string& gguf_path, const CudaLlamaOptions& options) {
   int devices = 0;
   const cudaError_t e = cudaGetDeviceCount(&devices);
@@ -165,13 +179,15 @@ std::unique_ptr<CudaLlamaModel> CudaLlamaModel::load(const std::string& gguf_pat
   SAAP_CHECK_FMT(options.max_context <= c.context_length, InvalidArgument,
                  "max_context = %lld exceeds the model's context length %lld", (long long)options.max_context,
                  (long long)c.context_length);
+  check_prefill_kernel(c, options.prefill_kernel);
 
   const int64_t B = options.max_batch, R = std::max<int64_t>(options.max_prefill_rows, B);
   const int64_t E = c.n_embd, Q = int64_t(c.n_heads) * c.head_dim;
   const int64_t QKV = int64_t(c.n_heads + 2 * c.n_kv_heads) * c.head_dim, F = c.n_ff, V = c.vocab_size;
   m->rows = R;
   const size_t cache = 2 * size_t(c.n_layers) * m->layer_stride() * sizeof(bf16_t);
-  const size_t acts = size_t(R) * (E * 4 + E * 2 + QKV * 2 + Q * 2 + Q * 2 + 2 * F * 2 + F * 2 + 4) +
+  const int64_t y_el = c.post_norms ? E * 4 : 0;  // y, Gemma's sub-block outputs
+  const size_t acts = size_t(R) * (E * 4 + E * 2 + QKV * 2 + Q * 2 + Q * 2 + 2 * F * 2 + F * 2 + 4 + y_el) +
                       size_t(std::max<int64_t>(B, Impl::kLogitRows)) * V * 4;
   size_t free_bytes = 0, total_bytes = 0;
   SAAP_CU(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -192,6 +208,7 @@ std::unique_ptr<CudaLlamaModel> CudaLlamaModel::load(const std::string& gguf_pat
   m->att32.resize(size_t(B * Q));
   m->gate_up.resize(size_t(R * 2 * F));
   m->h.resize(size_t(R * F));
+  if (c.post_norms) m->y.resize(size_t(R * E));
   m->x_last.resize(size_t(B * E));
   m->logits.resize(size_t(std::max<int64_t>(B, Impl::kLogitRows) * V));
   m->chunk_tokens.resize(size_t(R));
@@ -253,7 +270,8 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
     SAAP_CU(cudaMemcpy2DAsync(m.chunk_tokens.get(), size_t(cn) * 4, m.prompt.get() + t0, size_t(n) * 4,
                               size_t(cn) * 4, size_t(batch), cudaMemcpyDeviceToDevice, m.stream));
     m.phases.lap(PrefillPhase::Copies, m.stream, 0, 2.0 * rows * 4);
-    embed_rows(m.chunk_tokens.get(), m.token_embd.get(), c.vocab_size, E, rows, m.x.get(), nullptr, m.stream);
+    embed_rows(m.chunk_tokens.get(), m.token_embd.get(), c.vocab_size, E, rows, m.x.get(), nullptr, m.stream,
+               c.embed_scale);
     m.phases.lap(PrefillPhase::Embed, m.stream, 0, double(rows) * E * (sizeof(bf16_t) + 4));
     m.prefill_layers(batch, cn, t0);
 
@@ -293,7 +311,10 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
   m.length = n;
 }
 
-void CudaLlamaModel::set_prefill_kernel(PrefillKernel kernel) { impl_->options.prefill_kernel = kernel; }
+void CudaLlamaModel::set_prefill_kernel(PrefillKernel kernel) {
+  check_prefill_kernel(impl_->config, kernel);
+  impl_->options.prefill_kernel = kernel;
+}
 void CudaLlamaModel::set_gemm_autotune(bool on) { impl_->options.gemm_autotune = on; }
 void CudaLlamaModel::set_mlp_rows(int64_t rows) {
   SAAP_CHECK_FMT(rows >= 0, InvalidArgument, "mlp_rows = %lld must be >= 0", (long long)rows);

@@ -1,5 +1,5 @@
-// The state of a CudaLlamaModel, shared by its loader (cuda_llama_load.cu) and its forward pass
-// (cuda_llama.cu).
+// The state of a CudaLlamaModel, shared by its loader (cuda_llama_load.cu) and its forward passes
+// (cuda_llama.cu: Llama; cuda_gemma3.cu: Gemma-3).
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "saap/kernels/cuda/decode.h"
+#include "saap/kernels/cuda/llama_ops.h"
 #include "saap/model/cuda_llama.h"
 #include "src/model_cuda/phase_timer.h"
 #include "src/model_cuda/tuned_gemm.h"
@@ -30,6 +31,9 @@ struct CudaLlamaLayer {
   DeviceBuffer<float> ffn_norm;    // [n_embd]
   DeviceBuffer<bf16_t> w_gate_up;  // [2 n_ff][n_embd]: W_gate, W_up stacked
   DeviceBuffer<bf16_t> w_down;     // [n_embd][n_ff]
+  // Gemma-3 only (empty otherwise):
+  DeviceBuffer<float> q_norm, k_norm;                // [head_dim] QK-norm weights
+  DeviceBuffer<float> post_attn_norm, post_ffn_norm;  // [n_embd] norms of the sub-block outputs
 };
 
 struct CudaLlamaModel::Impl {
@@ -44,6 +48,7 @@ struct CudaLlamaModel::Impl {
   DeviceBuffer<float> output_norm;  // [n_embd]
   DeviceBuffer<bf16_t> output;      // [vocab][n_embd]; empty when tied to token_embd
   DeviceBuffer<float2> rope_table;  // [max_context][n_rot/2] (cos, sin), from saap::Rope
+  DeviceBuffer<float2> rope_table_local;  // the same for config.rope_local (Gemma's local layers); else empty
   size_t weight_bytes = 0;
   const bf16_t* unembedding() const { return output.size() ? output.get() : token_embd.get(); }
 
@@ -63,6 +68,7 @@ struct CudaLlamaModel::Impl {
   DeviceBuffer<float> att32;     // [max_batch][Hq][D] decode attention output
   DeviceBuffer<bf16_t> gate_up;  // [rows][2 n_ff] the fused projection, before SwiGLU
   DeviceBuffer<bf16_t> h;        // [rows][n_ff]
+  DeviceBuffer<float> y;         // [rows][n_embd] a sub-block's output before its post-norm (Gemma only)
   DeviceBuffer<float> x_last;    // [max_batch][n_embd] last prompt position of each sequence
   DeviceBuffer<float> logits;    // [max(max_batch, kLogitRows)][vocab]
   DeviceBuffer<int32_t> prompt;  // [batch][n] the prompt tokens
@@ -96,6 +102,12 @@ struct CudaLlamaModel::Impl {
   void prefill_layers(int b, int64_t n, int64_t pos0);
   // One decode step of every sequence (what the CUDA graph records).
   void record_step();
+  // The same two for Gemma-3 (cuda_gemma3.cu); prefill_layers / record_step call them when gemma3.
+  bool gemma3 = false;
+  void gemma3_prefill_layers(int b, int64_t n, int64_t pos0);
+  void gemma3_record_step();
+  // The RoPE table of layer l (local layers of Gemma-3 have their own).
+  RopeTable rope_for(int layer) const;
 };
 
 // Reads the configuration, uploads the weights and the RoPE table (cuda_llama_load.cu).

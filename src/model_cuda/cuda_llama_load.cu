@@ -1,6 +1,7 @@
-// Loading a Llama GGUF onto the GPU: configuration, shape checks, host dequantization to fp32,
-// rounding to bf16 and upload; the RoPE table from saap::Rope (one RoPE definition for both
-// devices).
+// Loading a Llama or Gemma-3 GGUF onto the GPU: configuration (read_llama_config, shared with the
+// CPU runner), shape checks, host dequantization to fp32, rounding to bf16 and upload; the RoPE
+// tables from saap::Rope.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -15,14 +16,40 @@
 namespace saap::cuda {
 namespace {
 
-// What this runner supports of a configuration read_llama_config accepts.
+// What this runner supports of a configuration read_llama_config accepts ("llama" and "gemma3").
 void check_cuda_support(const LlamaConfig& c) {
-  SAAP_CHECK_FMT(c.architecture == "llama", Unsupported,
-                 "general.architecture = \"%s\": the CUDA runner runs \"llama\" only for now", c.architecture.c_str());
-  // What the GPU kernels support (decode.h: head_dim 64/128, group <= 8; prefill: head_dim 64).
-  SAAP_CHECK_FMT(c.head_dim == 64, Unsupported, "head_dim = %d; the CUDA runner supports 64 for now", c.head_dim);
+  // What the GPU kernels support (dense decode: head_dim 64/128/256, group <= 8; prefill: 64 and 256).
+  SAAP_CHECK_FMT(c.head_dim == 64 || c.head_dim == 256, Unsupported,
+                 "head_dim = %d; the CUDA runner supports 64 and 256", c.head_dim);
   SAAP_CHECK_FMT(c.n_heads / c.n_kv_heads <= 8, Unsupported, "group size %d; the CUDA decode supports up to 8",
                  c.n_heads / c.n_kv_heads);
+  SAAP_CHECK_FMT(c.final_logit_softcap == 0, Unsupported,
+                 "final_logit_softcapping = %g: the CUDA runner has no logit softcap (Gemma-3 sets none)",
+                 c.final_logit_softcap);
+  const bool gemma = c.architecture == "gemma3";
+  SAAP_CHECK_FMT(gemma == (c.qk_norm && c.post_norms && c.ffn_activation == FfnActivation::GeluTanh), Unsupported,
+                 "%s with qk_norm = %d, post_norms = %d, GELU = %d: the CUDA runner has the Llama and the Gemma-3 "
+                 "blocks only", c.architecture.c_str(), int(c.qk_norm), int(c.post_norms),
+                 int(c.ffn_activation == FfnActivation::GeluTanh));
+}
+
+// The (cos θ, sin θ) table of positions [0, max_pos) for one RoPE: rotating a vector with 1 in the
+// first and 0 in the second dimension of every pair yields them there, whatever the style and
+// frequency rules of saap::Rope (one RoPE definition for both devices).
+std::vector<float2> rope_table(const RopeConfig& config, int head_dim, int64_t max_pos) {
+  const Rope rope(config);
+  const int pairs = rope.config().n_rot / 2;
+  const bool neox = config.style == RopeStyle::NeoX;
+  std::vector<float2> table(static_cast<size_t>(max_pos) * pairs);
+  std::vector<float> unit(static_cast<size_t>(head_dim));
+  for (int64_t pos = 0; pos < max_pos; ++pos) {
+    std::fill(unit.begin(), unit.end(), 0.f);
+    for (int i = 0; i < pairs; ++i) unit[size_t(neox ? i : 2 * i)] = 1.f;
+    rope.apply(unit.data(), 1, pos);
+    for (int i = 0; i < pairs; ++i)
+      table[size_t(pos) * pairs + i] = make_float2(unit[size_t(neox ? i : 2 * i)], unit[size_t(neox ? i + pairs : 2 * i + 1)]);
+  }
+  return table;
 }
 
 std::vector<float> dequantize_checked(const GGUFFile& f, const std::string& name) {
@@ -84,23 +111,20 @@ void load_llama_weights(const std::string& path, CudaLlamaModel::Impl& m) {
                                       dequantize_checked(f, p + "ffn_up.weight")),
                               bytes);
     L.w_down = upload_bf16(dequantize_checked(f, p + "ffn_down.weight"), bytes);
+    if (c.qk_norm) {
+      L.q_norm = upload(dequantize_checked(f, p + "attn_q_norm.weight"), bytes);
+      L.k_norm = upload(dequantize_checked(f, p + "attn_k_norm.weight"), bytes);
+    }
+    if (c.post_norms) {
+      L.post_attn_norm = upload(dequantize_checked(f, p + "post_attention_norm.weight"), bytes);
+      L.post_ffn_norm = upload(dequantize_checked(f, p + "post_ffw_norm.weight"), bytes);
+    }
   }
+  m.gemma3 = c.architecture == "gemma3";
 
-  // RoPE table: rotating a vector with 1 in the first and 0 in the second dimension of every pair
-  // yields (cos θ, sin θ) there, whatever the style and frequency rules of saap::Rope.
-  const Rope rope(c.rope);
-  const int pairs = rope.config().n_rot / 2;
-  const bool neox = c.rope.style == RopeStyle::NeoX;
-  std::vector<float2> table(size_t(m.options.max_context) * pairs);
-  std::vector<float> unit(size_t(c.head_dim));
-  for (int64_t pos = 0; pos < m.options.max_context; ++pos) {
-    std::fill(unit.begin(), unit.end(), 0.f);
-    for (int i = 0; i < pairs; ++i) unit[size_t(neox ? i : 2 * i)] = 1.f;
-    rope.apply(unit.data(), 1, pos);
-    for (int i = 0; i < pairs; ++i)
-      table[size_t(pos) * pairs + i] = make_float2(unit[size_t(neox ? i : 2 * i)], unit[size_t(neox ? i + pairs : 2 * i + 1)]);
-  }
-  m.rope_table = upload(table, bytes);
+  m.rope_table = upload(rope_table(c.rope, c.head_dim, m.options.max_context), bytes);
+  if (c.n_global_layers() < c.n_layers)
+    m.rope_table_local = upload(rope_table(c.rope_local, c.head_dim, m.options.max_context), bytes);
 }
 
 }  // namespace saap::cuda

@@ -1,5 +1,6 @@
 // Reference logits of the fp32 CPU runner for the CUDA runner's test, kept in a small text file
-// (tests/model/data/cuda_reference_logits.txt) because the GPU machine cannot build the CPU runner
+// (tests/model/data/cuda_reference_logits.txt; cuda_reference_gemma3.txt for Gemma-3-270M) because
+// the GPU machine cannot build the CPU runner
 // (no BLAS). Written and checked by tests/model/test_cuda_reference.cpp, read by
 // tests/kernels/cuda/test_cuda_llama.cu.
 //
@@ -41,6 +42,11 @@ struct LogitsRef {
 
 inline std::string reference_path(const std::string& source_dir) {
   return source_dir + "/tests/model/data/cuda_reference_logits.txt";
+}
+// Gemma-3-270M's (the GGUF that SAAP_GEMMA3_MODEL / setup.sh names): one prompt, BOS + 640 tokens
+// of eval.txt, which crosses the 512-token sliding window of the local layers.
+inline std::string gemma3_reference_path(const std::string& source_dir) {
+  return source_dir + "/tests/model/data/cuda_reference_gemma3.txt";
 }
 
 // The reference row of one position from its full logits [vocab].

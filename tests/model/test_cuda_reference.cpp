@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "model/cuda_reference.h"
+#include "saap/core/error.h"
 #include "saap/core/paths.h"
 #include "saap/model/llama.h"
 
@@ -82,6 +83,71 @@ TEST(CudaReference, FileMatchesTheCpuRunner) {
       for (int k = 0; k < kTopK; ++k)
         EXPECT_NEAR(a.top_logits[size_t(k)], b.top_logits[size_t(k)], tol) << "prompt " << p << " pos " << i;
     }
+  }
+}
+
+// Gemma-3-270M (tests/model/data/cuda_reference_gemma3.txt, read by
+// tests/kernels/cuda/test_cuda_gemma3.cu): BOS + 640 tokens of eval.txt, the prompt of
+// test_gemma3.cpp's float64 check (passed: max relative logit error 3e-6), so positions 512..640
+// exercise the local layers' window. Skipped when the Gemma GGUF is not installed.
+constexpr int64_t kGemmaTokens = 641;
+constexpr int kGemmaTopK = 16;
+
+testref::LogitsRef compute_gemma3_reference() {
+  auto model = LlamaModel::load(gemma3_model_path(), false);
+  const LlamaConfig& c = model->config();
+  testref::LogitsRef r;
+  r.model = c.name + " layers " + std::to_string(c.n_layers) + " vocab " + std::to_string(c.vocab_size);
+  r.topk = kGemmaTopK;
+  std::ifstream in(default_text_path("eval.txt"), std::ios::binary);
+  std::string text(size_t(16000), '\0');
+  in.read(&text[0], std::streamsize(text.size()));
+  text.resize(size_t(in.gcount()));
+  std::vector<int32_t> tokens = model->tokenizer().encode(text, /*add_bos=*/true);
+  EXPECT_GE(int64_t(tokens.size()), kGemmaTokens);
+  tokens.resize(size_t(kGemmaTokens));
+  LlamaSession session(model, kGemmaTokens);
+  std::vector<float> logits(size_t(kGemmaTokens) * c.vocab_size);
+  session.forward(tokens.data(), kGemmaTokens, logits.data(), /*all_logits=*/true);
+  testref::PromptRef p;
+  p.tokens = tokens;
+  for (int64_t i = 0; i < kGemmaTokens; ++i)
+    p.positions.push_back(testref::summarize(&logits[size_t(i) * c.vocab_size], c.vocab_size, kGemmaTopK,
+                                             i + 1 < kGemmaTokens ? tokens[size_t(i + 1)] : -1));
+  r.prompts.push_back(std::move(p));
+  return r;
+}
+
+TEST(CudaReference, Gemma3FileMatchesTheCpuRunner) {
+  try {
+    gemma3_model_path();
+  } catch (const Error& e) {
+    GTEST_SKIP() << "no Gemma-3 model: " << e.what();
+  }
+  const std::string path = testref::gemma3_reference_path(SAAP_SOURCE_DIR);
+  const testref::LogitsRef now = compute_gemma3_reference();
+  const char* write = std::getenv("SAAP_WRITE_CUDA_REFERENCE");
+  if (write && std::string(write) == "1") {
+    testref::write_reference(path, now);
+    std::printf("wrote %s\n", path.c_str());
+  }
+  const testref::LogitsRef file = testref::read_reference(path);
+  EXPECT_EQ(file.model, now.model);
+  ASSERT_EQ(file.topk, now.topk);
+  ASSERT_EQ(file.prompts.size(), size_t(1));
+  ASSERT_EQ(file.prompts[0].tokens, now.prompts[0].tokens) << "eval.txt tokenizes differently";
+  // As above: a few fp32 ulps of BLAS summation order over 18 layers, on logits of size ~10-40.
+  const double tol = 2e-3;
+  for (size_t i = 0; i < now.prompts[0].positions.size(); ++i) {
+    const testref::PositionRef &a = file.prompts[0].positions[i], &b = now.prompts[0].positions[i];
+    EXPECT_NEAR(a.lse, b.lse, tol) << "position " << i;
+    if (!std::isnan(b.next_logit)) {
+      EXPECT_NEAR(a.next_logit, b.next_logit, tol) << "position " << i;
+    }
+    if (b.top_logits[0] - b.top_logits[1] > 1e-3f) {
+      EXPECT_EQ(a.top_ids[0], b.top_ids[0]) << "position " << i;
+    }
+    for (int k = 0; k < kGemmaTopK; ++k) EXPECT_NEAR(a.top_logits[size_t(k)], b.top_logits[size_t(k)], tol) << i;
   }
 }
 

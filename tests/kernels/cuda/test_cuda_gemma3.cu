@@ -1,0 +1,196 @@
+// Gemma-3-270M on the CUDA model runner against the fp32 CPU runner (env SAAP_GEMMA_PATH, the
+// gemma-3-270m Q4_K_M GGUF). The CPU logits of BOS + 640 tokens of eval.txt are precomputed in
+// tests/model/data/cuda_reference_gemma3.txt (kept current by tests/model/test_cuda_reference.cpp;
+// the CPU runner's float64 check on the same prompt: max relative logit error 3e-6). The prompt
+// crosses the local layers' 512-token window at position 512.
+//
+// What runs, at batch 2 (the prompt twice: the second sequence must not read the first's cache):
+//   1. prefill of the 641 tokens with every position's logits, tensor-core attention (tc) in one
+//      chunk, in chunks of 200 (later chunks attend to the cache, and their windows start inside
+//      an earlier chunk), and with tc128 in one chunk;
+//   2. prefill of 400 tokens, then 240 teacher-forced decode steps (the first eager, the rest CUDA
+//      graph replays) across the window's edge, each step's logits compared at its position;
+//   3. a context over the model's 32768 tokens (InvalidArgument) and a prefill kernel without
+//      head_dim 256 (Unsupported) are refused by name.
+// Tolerance (bf16 weights, GEMM inputs, projections and KV cache vs fp32 everywhere): the same
+// limits as the SmolLM2 test (tests/kernels/cuda/test_cuda_llama.cu: top-1 on >= 99% of the
+// positions with a CPU margin > 0.2, max |dlogit| over the CPU top-16 <= 1.0, RMS <= 0.25,
+// |d log-sum-exp| <= 0.5, mean |d NLL| <= 0.05 nats), where they were calibrated by a NumPy bf16
+// emulation at about 2x the measured error. For Gemma they are not calibrated yet (no bf16
+// emulation of Gemma exists): Gemma has 18 layers, not 30, but norm weights near 13 and an
+// embedding scale of 25, so the first GPU run says whether they hold; a wrong window, RoPE base,
+// norm or scale gives errors of several logits and a top-1 agreement far below 99%.
+// Exit 77 without a GPU or without SAAP_GEMMA_PATH, unless SAAP_REQUIRE_GPU=1.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cuda_test_util.h"
+#include "model/cuda_reference.h"
+#include "saap/core/error.h"
+#include "saap/model/cuda_llama.h"
+
+using namespace saap;
+
+namespace {
+
+void skip_without_model() {
+  const char* r = std::getenv("SAAP_REQUIRE_GPU");
+  const bool required = r && std::string(r) == "1";
+  std::printf("SAAP_GEMMA_PATH is not set: %s\n", required ? "FAIL (SAAP_REQUIRE_GPU=1)" : "skipped");
+  std::exit(required ? 1 : 77);
+}
+
+// The comparison of GPU logits with the CPU reference over positions (as test_cuda_llama.cu).
+struct Compare {
+  static constexpr double kTieMargin = 0.2;  // a flip below this CPU top-2 margin is a bf16 near-tie
+  int positions = 0, top1_same = 0, decisive = 0, decisive_same = 0;
+  double max_top_diff = 0, sq_sum = 0, max_lse_diff = 0, nll_abs_sum = 0;
+  int64_t count = 0, nll_count = 0;
+  void add(const float* logits, int vocab, const testref::PositionRef& ref, int32_t next_token) {
+    double mx = -INFINITY, sum = 0;
+    int top = 0;
+    for (int j = 0; j < vocab; ++j) {
+      if (logits[j] > logits[top]) top = j;
+      mx = std::max(mx, double(logits[j]));
+    }
+    for (int j = 0; j < vocab; ++j) sum += std::exp(double(logits[j]) - mx);
+    const double lse = mx + std::log(sum);
+    ++positions;
+    const bool same = top == ref.top_ids[0];
+    top1_same += same;
+    if (double(ref.top_logits[0] - ref.top_logits[1]) > kTieMargin) {
+      ++decisive;
+      decisive_same += same;
+    }
+    for (size_t k = 0; k < ref.top_ids.size(); ++k) {
+      const double d = double(logits[ref.top_ids[k]]) - ref.top_logits[k];
+      max_top_diff = std::max(max_top_diff, std::isnan(d) ? INFINITY : std::fabs(d));
+      sq_sum += d * d;
+      ++count;
+    }
+    max_lse_diff = std::max(max_lse_diff, std::isnan(lse) ? INFINITY : std::fabs(lse - ref.lse));
+    if (next_token >= 0) {
+      nll_abs_sum += std::fabs((lse - logits[next_token]) - (ref.lse - ref.next_logit));
+      ++nll_count;
+    }
+  }
+  void report(cutest::Tally& tally, const std::string& what) const {
+    const double rms = std::sqrt(sq_sum / double(std::max<int64_t>(count, 1)));
+    const double agree = double(decisive_same) / std::max(decisive, 1);
+    const double nll = nll_abs_sum / double(std::max<int64_t>(nll_count, 1));
+    std::printf("%s: top-1 same at %d of %d positions (%d of %d with a CPU margin > %.2f)\n", what.c_str(),
+                top1_same, positions, decisive_same, decisive, kTieMargin);
+    tally.check(agree >= 0.99, (what + ": top-1 agreement, margin > 0.2").c_str(), agree, 0.99);
+    tally.check(max_top_diff <= 1.0, (what + ": max |dlogit| over CPU top-16").c_str(), max_top_diff, 1.0);
+    tally.check(rms <= 0.25, (what + ": RMS dlogit over CPU top-16").c_str(), rms, 0.25);
+    tally.check(max_lse_diff <= 0.5, (what + ": max |d log-sum-exp|").c_str(), max_lse_diff, 0.5);
+    tally.check(nll_count > 0 && nll <= 0.05, (what + ": mean |d NLL(next token)|").c_str(), nll, 0.05);
+  }
+};
+
+}  // namespace
+
+int main() {
+  cutest::require_gpu();
+  const char* model_path = std::getenv("SAAP_GEMMA_PATH");
+  if (!model_path || !*model_path) skip_without_model();
+  cutest::Tally tally;
+  const testref::LogitsRef ref = testref::read_reference(testref::gemma3_reference_path(SAAP_SOURCE_DIR));
+  const testref::PromptRef& pr = ref.prompts.at(0);
+  const int n = int(pr.tokens.size());
+  const int B = 2;
+  std::vector<int32_t> tokens;
+  for (int b = 0; b < B; ++b) tokens.insert(tokens.end(), pr.tokens.begin(), pr.tokens.end());
+  std::printf("reference: %s, %d tokens, top-%d\n", ref.model.c_str(), n, ref.topk);
+  auto next = [&](int pos) { return pos + 1 < n ? pr.tokens[size_t(pos + 1)] : -1; };
+
+  struct Setup {
+    const char* name;
+    int64_t prefill_rows;
+    cuda::PrefillKernel kernel;
+  };
+  const Setup setups[] = {{"prefill, tc attention, one chunk", 1 << 15, cuda::PrefillKernel::TensorCore},
+                          {"prefill, tc attention, chunks of 200", 200 * B, cuda::PrefillKernel::TensorCore},
+                          {"prefill, tc128 attention, one chunk", 1 << 15, cuda::PrefillKernel::TensorCore128}};
+  for (const Setup& s : setups) {
+    cuda::CudaLlamaOptions o;
+    o.max_batch = B;
+    o.max_context = 1024;
+    o.max_prefill_rows = s.prefill_rows;
+    o.prefill_kernel = s.kernel;
+    auto model = cuda::CudaLlamaModel::load(model_path, o);
+    const int V = model->config().vocab_size;
+    std::vector<float> logits(size_t(B) * n * V), nll(size_t(B) * n);
+    model->prefill(tokens.data(), B, n, logits.data(), nll.data());
+    Compare cmp;
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < n; ++t) cmp.add(&logits[(size_t(b) * n + t) * V], V, pr.positions[size_t(t)], next(t));
+    cmp.report(tally, s.name);
+    // The device's NLL (perplexity) agrees with the host's NLL of the same logits: fp32 vs float64
+    // log-sum-exp over 262k terms, a few ulps of values ~10-40.
+    double nll_diff = 0;
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t + 1 < n; ++t) {
+        const float* l = &logits[(size_t(b) * n + t) * V];
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < V; ++j) mx = std::max(mx, double(l[j]));
+        for (int j = 0; j < V; ++j) sum += std::exp(double(l[j]) - mx);
+        const double d = std::fabs(nll[size_t(b) * n + t] - (mx + std::log(sum) - l[next(t)]));
+        nll_diff = std::max(nll_diff, std::isnan(d) ? INFINITY : d);
+      }
+    tally.check(nll_diff <= 2e-3, (std::string(s.name) + ": device NLL == host NLL of its logits").c_str(), nll_diff,
+                2e-3);
+  }
+
+  {  // Prefill 400, then teacher-forced decode steps across the window's edge (positions 400..639).
+    const int p0 = 400;
+    cuda::CudaLlamaOptions o;
+    o.max_batch = B;
+    o.max_context = 1024;
+    o.prefill_kernel = cuda::PrefillKernel::TensorCore;
+    auto model = cuda::CudaLlamaModel::load(model_path, o);
+    const int V = model->config().vocab_size;
+    std::vector<int32_t> prompt;
+    for (int b = 0; b < B; ++b) prompt.insert(prompt.end(), pr.tokens.begin(), pr.tokens.begin() + p0);
+    model->prefill(prompt.data(), B, p0);
+    Compare cmp;
+    std::vector<float> logits(size_t(B) * V);
+    for (int pos = p0; pos < n; ++pos) {
+      const std::vector<int32_t> step(size_t(B), pr.tokens[size_t(pos)]);
+      model->decode_step(step.data());
+      model->last_logits(logits.data());
+      for (int b = 0; b < B; ++b) cmp.add(&logits[size_t(b) * V], V, pr.positions[size_t(pos)], next(pos));
+    }
+    cmp.report(tally, "decode steps 400..640 (CUDA graph)");
+  }
+
+  {  // A context over the model's 32768 tokens is a named error before anything is allocated.
+    bool threw = false;
+    try {
+      cuda::CudaLlamaOptions o;
+      o.max_context = 32769;
+      cuda::CudaLlamaModel::load(model_path, o);
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::InvalidArgument;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(threw, "max_context 32769 > the model's 32768 is refused (InvalidArgument)", threw, 1);
+  }
+  {  // A prefill kernel without head_dim 256 is refused by name at load.
+    bool threw = false;
+    try {
+      cuda::CudaLlamaOptions o;
+      o.prefill_kernel = cuda::PrefillKernel::TensorCoreWarp32;
+      cuda::CudaLlamaModel::load(model_path, o);
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::Unsupported;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(threw, "the tcw32 prefill kernel is refused for head_dim 256 (Unsupported)", threw, 1);
+  }
+  return tally.finish();
+}

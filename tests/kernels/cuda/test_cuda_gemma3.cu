@@ -12,14 +12,15 @@
 //      graph replays) across the window's edge, each step's logits compared at its position;
 //   3. a context over the model's 32768 tokens (InvalidArgument) and a prefill kernel without
 //      head_dim 256 (Unsupported) are refused by name.
-// Tolerance (bf16 weights, GEMM inputs, projections and KV cache vs fp32 everywhere): the same
-// limits as the SmolLM2 test (tests/kernels/cuda/test_cuda_llama.cu: top-1 on >= 99% of the
-// positions with a CPU margin > 0.2, max |dlogit| over the CPU top-16 <= 1.0, RMS <= 0.25,
-// |d log-sum-exp| <= 0.5, mean |d NLL| <= 0.05 nats), where they were calibrated by a NumPy bf16
-// emulation at about 2x the measured error. For Gemma they are not calibrated yet (no bf16
-// emulation of Gemma exists): Gemma has 18 layers, not 30, but norm weights near 13 and an
-// embedding scale of 25, so the first GPU run says whether they hold; a wrong window, RoPE base,
-// norm or scale gives errors of several logits and a top-1 agreement far below 99%.
+// Tolerance (bf16 weights, GEMM inputs, projections, q/K/V and P before P·V vs fp32 everywhere),
+// calibrated by scripts/bf16_emulation_gemma3.py: a NumPy float32 Gemma pass over this prompt
+// with the runner's roundings gave max |dlogit| over the CPU top-16 0.72, RMS 0.089, max |d
+// log-sum-exp| 0.50 (the 262k-id vocabulary and logits up to 43 move the normaliser more than
+// SmolLM2's), mean |d NLL| 0.012 and top-1 596/596 where the CPU margin exceeds 0.2 (5 flips below
+// 0.07); the same pass without the roundings: 1.2e-4. Limits at about 2x: max |dlogit| <= 1.5,
+// RMS <= 0.25, |d log-sum-exp| <= 1.0, mean |d NLL| <= 0.05 nats, top-1 >= 99% of the positions
+// with a CPU margin > 0.2. A wrong window, RoPE base, norm or scale gives errors of several
+// logits and a top-1 agreement far below 99%.
 // Exit 77 without a GPU or without SAAP_GEMMA_PATH, unless SAAP_REQUIRE_GPU=1.
 #include <algorithm>
 #include <cmath>
@@ -85,9 +86,9 @@ struct Compare {
     std::printf("%s: top-1 same at %d of %d positions (%d of %d with a CPU margin > %.2f)\n", what.c_str(),
                 top1_same, positions, decisive_same, decisive, kTieMargin);
     tally.check(agree >= 0.99, (what + ": top-1 agreement, margin > 0.2").c_str(), agree, 0.99);
-    tally.check(max_top_diff <= 1.0, (what + ": max |dlogit| over CPU top-16").c_str(), max_top_diff, 1.0);
+    tally.check(max_top_diff <= 1.5, (what + ": max |dlogit| over CPU top-16").c_str(), max_top_diff, 1.5);
     tally.check(rms <= 0.25, (what + ": RMS dlogit over CPU top-16").c_str(), rms, 0.25);
-    tally.check(max_lse_diff <= 0.5, (what + ": max |d log-sum-exp|").c_str(), max_lse_diff, 0.5);
+    tally.check(max_lse_diff <= 1.0, (what + ": max |d log-sum-exp|").c_str(), max_lse_diff, 1.0);
     tally.check(nll_count > 0 && nll <= 0.05, (what + ": mean |d NLL(next token)|").c_str(), nll, 0.05);
   }
 };

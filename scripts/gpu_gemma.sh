@@ -37,8 +37,8 @@ echo "build ok"
 export SAAP_REQUIRE_GPU=1
 if [[ $mode == all || $mode == kernels ]]; then
   for t in cuda_test_dense_decode cuda_test_prefill_attention; do
-    timeout 300 "build-cuda/tests/$t" 2>&1 | tee "$OUT/gemma_$t.log" | grep -E "FAIL|seed=|passed, .* failed" || true
-    [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+    timeout 300 "build-cuda/tests/$t" > "$OUT/gemma_$t.log" 2>&1 || { echo "$t failed"; status=1; }
+    grep -E "^FAIL|seed=|passed, .* failed" "$OUT/gemma_$t.log"
   done
 fi
 if [[ $model_built == 1 && ( $mode == all || $mode == model ) ]]; then

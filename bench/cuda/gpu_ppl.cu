@@ -7,7 +7,7 @@
 // gemma3) comes from the GGUF; the window is the run's max_context, so a window past the model's
 // context length (8192 for SmolLM2, 32768 for Gemma-3) is refused by name.
 //
-// Usage: gpu_ppl --text eval.txt [--model PATH (default $SAAP_MODEL_PATH)] [--window 2048]
+// Usage: gpu_ppl --text eval.txt [--model PATH|smollm2|gemma3 (default $SAAP_MODEL_PATH)] [--window 2048]
 //                [--max-windows 12] [--batch 12] [--attention tc|tc128|simple] [--json FILE]
 // --json writes the figures per window with the run's provenance (date, machine and GPU, commit,
 // command, the sha256 of the model and of the text).
@@ -28,6 +28,7 @@
 
 #include "model/cuda_reference.h"
 #include "saap/core/error.h"
+#include "saap/core/paths.h"
 #include "saap/model/cuda_llama.h"
 #include "saap/model/gguf.h"
 #include "saap/model/tokenizer.h"
@@ -140,6 +141,7 @@ int main(int argc, char** argv) try {
     else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
   }
   if (model_path.empty()) throw Error(ErrorKind::InvalidArgument, "need --model (or SAAP_MODEL_PATH)");
+  model_path = saap::model_path(model_path);  // the names smollm2 and gemma3 (SAAP_GEMMA3_MODEL), or a file
   if (!ref_path.empty()) return compare_with_reference(model_path, ref_path, kernel);
   if (text_path.empty()) throw Error(ErrorKind::InvalidArgument, "need --text or --reference");
   if (window < 2 || batch < 1 || max_windows < 0)

@@ -10,7 +10,9 @@
 //      an earlier chunk), and with tc128 in one chunk;
 //   2. prefill of 400 tokens, then 240 teacher-forced decode steps (the first eager, the rest CUDA
 //      graph replays) across the window's edge, each step's logits compared at its position;
-//   3. a context over the model's 32768 tokens (InvalidArgument) and a prefill kernel without
+//   3. 4096 tokens, GPU against itself: the NLL of positions 4000..4094 from one prefill and from
+//      decode steps after a 4000-token prefill;
+//   4. a context over the model's 32768 tokens (InvalidArgument) and a prefill kernel without
 //      head_dim 256 (Unsupported) are refused by name.
 // Tolerance (bf16 weights, GEMM inputs, projections, q/K/V and P before P·V vs fp32 everywhere),
 // calibrated by scripts/bf16_emulation_gemma3.py: a NumPy float32 Gemma pass over this prompt
@@ -167,6 +169,45 @@ int main() {
       for (int b = 0; b < B; ++b) cmp.add(&logits[size_t(b) * V], V, pr.positions[size_t(pos)], next(pos));
     }
     cmp.report(tally, "decode steps 400..640 (CUDA graph)");
+  }
+
+  {  // Long context, GPU against itself: 4096 tokens (BOS, then the prompt's text over and over),
+    // the next-token NLL of positions 4000..4094 from one prefill (tensor-core attention, windowed
+    // on local layers) and from teacher-forced decode steps after a 4000-token prefill (split-KV
+    // decode, the window read from the cache's last 512 rows). No CPU reference at this length;
+    // the two paths round differently (q and P in bf16 in prefill, fp32 in decode), by about the
+    // bf16 errors above: mean |d NLL| <= 0.05 nats, as above.
+    const int N = 4096, p0 = 4000;
+    std::vector<int32_t> long_tokens(static_cast<size_t>(N));
+    long_tokens[0] = pr.tokens[0];
+    for (int i = 1; i < N; ++i) long_tokens[size_t(i)] = pr.tokens[size_t(1 + (i - 1) % (n - 1))];
+    cuda::CudaLlamaOptions o;
+    o.max_batch = 1;
+    o.max_context = N;
+    o.prefill_kernel = cuda::PrefillKernel::TensorCore;
+    auto model = cuda::CudaLlamaModel::load(model_path, o);
+    const int V = model->config().vocab_size;
+    std::vector<float> nll_prefill(static_cast<size_t>(N));
+    model->prefill(long_tokens.data(), 1, N, nullptr, nll_prefill.data());
+    model->prefill(long_tokens.data(), 1, p0);
+    std::vector<float> logits(static_cast<size_t>(V));
+    double sum = 0, worst = 0;
+    int count = 0;
+    for (int pos = p0; pos + 1 < N; ++pos) {
+      model->decode_step(&long_tokens[size_t(pos)]);
+      model->last_logits(logits.data());
+      double mx = -INFINITY, z = 0;
+      for (int j = 0; j < V; ++j) mx = std::max(mx, double(logits[size_t(j)]));
+      for (int j = 0; j < V; ++j) z += std::exp(double(logits[size_t(j)]) - mx);
+      const double d = std::fabs(mx + std::log(z) - logits[size_t(long_tokens[size_t(pos + 1)])] - nll_prefill[size_t(pos)]);
+      sum += std::isnan(d) ? INFINITY : d;
+      worst = std::max(worst, std::isnan(d) ? INFINITY : d);
+      ++count;
+    }
+    std::printf("4096 tokens: decode vs prefill NLL at positions %d..%d: mean |d| %.4g, max %.4g\n", p0, N - 2,
+                sum / count, worst);
+    tally.check(sum / count <= 0.05, "4096 tokens: mean |d NLL| decode vs prefill, positions 4000..4094", sum / count,
+                0.05);
   }
 
   {  // A context over the model's 32768 tokens is a named error before anything is allocated.

@@ -48,9 +48,13 @@ fi
 if [[ $model_built == 1 && ( $mode == all || $mode == ppl ) ]]; then
   # window, windows, batch: 2k x 12 is the CPU runner's table; eval.txt holds 207,829 Gemma tokens,
   # so 6 windows of 32k.
+  # The evaluation window's option: --window-len once gpu_ppl also runs sparse methods (whose
+  # recent window is --window), --window before.
+  wflag=--window
+  grep -q '"--window-len"' bench/cuda/gpu_ppl.cu && wflag=--window-len
   for spec in "2048 12 12" "8192 24 8" "32768 6 2"; do
     read -r window windows batch <<< "$spec"
-    timeout 540 build-cuda/bench/gpu_ppl --model "$model" --text "$text" --window "$window" \
+    timeout 540 build-cuda/bench/gpu_ppl --model "$model" --text "$text" "$wflag" "$window" \
       --max-windows "$windows" --batch "$batch" --attention tc --json "$OUT/gemma_ppl_w$window.json" 2>&1 |
       tee "$OUT/gemma_ppl_w$window.log" || status=1
   done

@@ -3,7 +3,7 @@
 // results/gpu_e2e_<date>_<gpu>.csv (engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s).
 //
 // Usage: e2e_bench [--model PATH (default $SAAP_MODEL_PATH)] [--prompts 2048,8000] [--batches 1,16]
-//                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention tc|tc128|tcw32|tcw16|simple]
+//                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention auto|tc|tc128|tcw32|tcw16|simple]
 //                  [--csv FILE]   (also writes the rows there, after the run's provenance lines)
 //                  [--phases]     (after the timed runs, one more prefill with per-phase GPU times)
 //                  [--gemm-autotune]  (cuBLASLt candidates timed per shape; the other way is timed too)
@@ -113,7 +113,7 @@ int main(int argc, char** argv) try {
   int64_t prefill_rows = 65536, mlp_rows = 0;
   std::string csv_path;
   bool phases = false, gemm_autotune = false;
-  cuda::PrefillKernel kernel = cuda::PrefillKernel::TensorCore;
+  cuda::PrefillKernel kernel = cuda::CudaLlamaOptions{}.prefill_kernel;  // the runner's default
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--phases") {
@@ -157,9 +157,13 @@ int main(int argc, char** argv) try {
   std::printf("model %s (L%d E%d H%d/%d D%d F%d V%d), weights %.1f MiB bf16, KV cache %.1f MiB, load %.1f s\n",
               c.name.c_str(), c.n_layers, c.n_embd, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.vocab_size,
               model->weight_bytes() / 1048576.0, model->cache_bytes() / 1048576.0, load_s);
-  std::printf("gpu %s, attention %s, GEMM autotune %s, prefill rows per chunk %lld, MLP rows per slice %lld, decode "
+  // The kernel that runs at the model's shapes (auto resolves by head_dim and window).
+  const cuda::PrefillKernel resolved = cuda::resolve_prefill_kernel(
+      cuda::PrefillShape{1, c.n_heads, c.n_kv_heads, c.head_dim, 1, 0, 1}, kernel);
+  std::printf("gpu %s, attention %s (%s), GEMM autotune %s, prefill rows per chunk %lld, MLP rows per slice %lld, decode "
               "steps %d\n",
-              prop.name, cuda::prefill_kernel_name(kernel), gemm_autotune ? "on" : "off", (long long)prefill_rows,
+              prop.name, cuda::prefill_kernel_name(kernel), cuda::prefill_kernel_name(resolved),
+              gemm_autotune ? "on" : "off", (long long)prefill_rows,
               (long long)mlp_rows, decode);
 
   cudaEvent_t e0, e1;
@@ -204,7 +208,7 @@ int main(int argc, char** argv) try {
       // to choose the default by measurement.
       for (cuda::PrefillKernel other : {cuda::PrefillKernel::TensorCore, cuda::PrefillKernel::TensorCore128,
                                         cuda::PrefillKernel::TensorCoreWarp32, cuda::PrefillKernel::TensorCoreWarp16}) {
-        if (other == kernel) continue;
+        if (other == resolved) continue;
         model->set_prefill_kernel(other);
         const double other_prefill = time_prefill();
         model->set_prefill_kernel(kernel);

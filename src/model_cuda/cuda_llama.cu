@@ -143,10 +143,11 @@ void CudaLlamaModel::Impl::record_step() {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-// Only tc and tc128 run head_dim 256 and sliding windows (prefill_attention.h): Unsupported,
+// Only auto, tc and tc128 run head_dim 256 and sliding windows (prefill_attention.h): Unsupported,
 // naming the kernel, rather than a failure at the first prefill.
 void check_prefill_kernel(const LlamaConfig& c, PrefillKernel kernel) {
-  const bool any_shape = kernel == PrefillKernel::TensorCore || kernel == PrefillKernel::TensorCore128;
+  const bool any_shape = kernel == PrefillKernel::Auto || kernel == PrefillKernel::TensorCore ||
+                         kernel == PrefillKernel::TensorCore128;
   SAAP_CHECK_FMT(any_shape || (c.head_dim == 64 && c.n_global_layers() == c.n_layers), Unsupported,
                  "prefill attention kernel %s runs head_dim 64 without sliding windows; %s (head_dim %d) needs tc or "
                  "tc128", prefill_kernel_name(kernel), c.architecture.c_str(), c.head_dim);

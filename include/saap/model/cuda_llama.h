@@ -29,7 +29,7 @@ struct CudaLlamaOptions {
   // Rows (batch x tokens) of one prefill chunk: bounds the activation memory; a longer prompt is
   // prefilled in chunks whose queries attend to the cache written by the earlier chunks.
   int64_t max_prefill_rows = 32768;
-  PrefillKernel prefill_kernel = PrefillKernel::TensorCore;
+  PrefillKernel prefill_kernel = PrefillKernel::Auto;
   // GEMMs through cuBLASLt with the algorithm of each shape chosen by timing its candidates at the
   // shape's first call (which then synchronises and briefly allocates a scratch output); off:
   // cuBLAS's own choice.

@@ -680,18 +680,28 @@ void launch_wide(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloa
 
 }  // namespace
 
+// What Auto runs at head_dim 64 without a window, by the H200 comparison in e2e_bench.
+constexpr PrefillKernel kAutoHeadDim64 = PrefillKernel::TensorCore;
+
+PrefillKernel resolve_prefill_kernel(const PrefillShape& s, PrefillKernel kernel) {
+  if (kernel != PrefillKernel::Auto) return kernel;
+  return s.head_dim == 64 && s.window == 0 ? kAutoHeadDim64 : PrefillKernel::TensorCore;
+}
+
 PrefillKernel prefill_kernel_from_name(const std::string& name) {
+  if (name == "auto") return PrefillKernel::Auto;
   if (name == "tc") return PrefillKernel::TensorCore;
   if (name == "tc128") return PrefillKernel::TensorCore128;
   if (name == "tcw32") return PrefillKernel::TensorCoreWarp32;
   if (name == "tcw16") return PrefillKernel::TensorCoreWarp16;
   if (name == "simple") return PrefillKernel::Simple;
-  fail(ErrorKind::InvalidArgument, __func__, "prefill attention kernel \"%s\": expected tc, tc128, tcw32, tcw16 or simple",
+  fail(ErrorKind::InvalidArgument, __func__, "prefill attention kernel \"%s\": expected auto, tc, tc128, tcw32, tcw16 or simple",
        name.c_str());
 }
 
 const char* prefill_kernel_name(PrefillKernel kernel) {
   switch (kernel) {
+    case PrefillKernel::Auto: return "auto";
     case PrefillKernel::TensorCore: return "tc";
     case PrefillKernel::TensorCore128: return "tc128";
     case PrefillKernel::TensorCoreWarp32: return "tcw32";
@@ -705,6 +715,7 @@ void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv
                        const __nv_bfloat16* v, float scale, __nv_bfloat16* out, cudaStream_t stream,
                        PrefillKernel kernel) {
   s.check();
+  kernel = resolve_prefill_kernel(s, kernel);
   SAAP_CU_REQUIRE(q && k && v && out, InvalidArgument, "null pointer among q=%p k=%p v=%p out=%p", (const void*)q,
                   (const void*)k, (const void*)v, (void*)out);
   SAAP_CU_REQUIRE(

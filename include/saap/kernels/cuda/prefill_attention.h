@@ -33,6 +33,7 @@ struct PrefillShape {
 // tc and tc128 run head_dim 64 and 256 with or without a window; tcw32 and simple run head_dim 64
 // without a window (anything else is refused by name).
 enum class PrefillKernel {
+  Auto,           // the kernel measured fastest for the shape (resolve_prefill_kernel)
   TensorCore,     // mma.sync bf16 tiles (64 queries x 64 keys per step; 32 keys at head_dim 256), fp32 softmax and accumulators
   TensorCore128,  // the same with 128 queries (8 warps) per block: half the key/value tile loads
   TensorCoreWarp32,  // 128 queries (4 warps x 32 rows) per block: each K/V fragment feeds two mma
@@ -40,12 +41,17 @@ enum class PrefillKernel {
   Simple,      // CUDA-core fp32 reference kernel: correct, several times slower; for tests and fallback
 };
 
-// "tc", "tc128", "tcw32", "tcw16", "simple" (command-line names); InvalidArgument naming the value otherwise.
+// "auto", "tc", "tc128", "tcw32", "tcw16", "simple" (command-line names); InvalidArgument naming the
+// value otherwise.
 PrefillKernel prefill_kernel_from_name(const std::string& name);
 const char* prefill_kernel_name(PrefillKernel kernel);
+// Auto becomes the kernel measured fastest on the H200 for the shape (e2e_bench compares them at
+// SmolLM2's shapes): at head_dim 64 without a window kAutoHeadDim64, otherwise tc. Any other
+// kernel is returned as it is.
+PrefillKernel resolve_prefill_kernel(const PrefillShape& s, PrefillKernel kernel);
 
 void prefill_attention(const PrefillShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
                        const __nv_bfloat16* v, float scale, __nv_bfloat16* out, cudaStream_t stream = 0,
-                       PrefillKernel kernel = PrefillKernel::TensorCore);
+                       PrefillKernel kernel = PrefillKernel::Auto);
 
 }  // namespace saap::cuda

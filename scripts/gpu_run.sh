@@ -5,7 +5,9 @@
 # the PyTorch SDPA reference. Logs, JSON and CSV go to $OUT (default ./gpu_out): build.log,
 # tests.log, memcheck_<test>.log, memcheck.log (summary), bench.log.
 #   scripts/gpu_run.sh [all|test|bench] [extra decode_bench args...]
-# PROFILE=1 adds per-kernel durations from Nsight Compute at 512k tokens, batch 1 ($OUT/ncu.csv).
+# PROFILE=1 adds per-kernel Nsight Compute metrics of dense and Saap at 128k and 512k tokens, batch 1
+# ($OUT/ncu_<context>.csv, summary in $OUT/ncu_summary.txt). bench also writes decode_report.md
+# (scripts/decode_bench_report.py: ours vs SDPA vs the read floor).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -64,22 +66,46 @@ if [[ $mode == all || $mode == test ]]; then
   done
 fi
 if [[ $mode == all || $mode == bench ]]; then
+  # SDPA measures the contexts, batches and shapes decode_bench is given (its other options are its own).
+  sdpa_args=()
+  args=("$@")
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    case ${args[i]} in
+      --contexts|--batches|--shapes|--reps) sdpa_args+=("${args[i]}" "${args[i+1]}"); i=$((i + 1)) ;;
+    esac
+  done
   build-cuda/bench/decode_bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
-  PYTHONUNBUFFERED=1 python3 bench/cuda/sdpa_bench.py --out "$OUT/sdpa_bench.json" 2>&1 | tee -a "$OUT/bench.log" || status=1
+  PYTHONUNBUFFERED=1 python3 bench/cuda/sdpa_bench.py --out "$OUT/sdpa_bench.json" ${sdpa_args[@]+"${sdpa_args[@]}"} 2>&1 | tee -a "$OUT/bench.log" || status=1
+  python3 scripts/decode_bench_report.py --bench "$OUT/decode_bench.json" --sdpa "$OUT/sdpa_bench.json" \
+    --out "$OUT/decode_report.md" > /dev/null || status=1
 fi
 if [[ ${PROFILE:-0} == 1 ]]; then
-  ncu --metrics gpu__time_duration.sum --csv --kernel-name-base function --kernel-name regex:"loki|saap|dense|combine" \
-    build-cuda/bench/decode_bench --contexts 524288 --batches 1 --reps 3 --out /tmp > "$OUT/ncu.csv" 2>/dev/null || status=1
-  python3 - "$OUT/ncu.csv" <<'PY'
+  # Nsight Compute per kernel (one replay per metric group) of dense and Saap at 128k and 512k,
+  # batch 1: time, DRAM throughput and bytes, achieved occupancy, grid and registers.
+  metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,\
+sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread
+  for ctx in 131072 524288; do
+    ncu --metrics "$metrics" --csv --kernel-name-base function --kernel-name regex:"loki|saap|dense|combine|quest|read_floor" \
+      build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 3 --methods dense,saap --out /tmp \
+      > "$OUT/ncu_$ctx.csv" 2>/dev/null || status=1
+    python3 - "$OUT/ncu_$ctx.csv" $ctx <<'PY'
 import csv, statistics, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+if not rows:
+    sys.exit(f"no ncu rows in {sys.argv[1]}")
 head, rows = rows[0], rows[1:]
-k, v = head.index("Kernel Name"), head.index("Metric Value")
+k, m, v = head.index("Kernel Name"), head.index("Metric Name"), head.index("Metric Value")
 by = {}
 for r in rows:
-    by.setdefault(r[k], []).append(float(r[v].replace(",", "")))
-for name, t in sorted(by.items(), key=lambda x: -statistics.median(x[1])):
-    print(f"{name:40s} n={len(t):4d} median {statistics.median(t)/1e3:9.2f} us")
+    by.setdefault(r[k], {}).setdefault(r[m], []).append(float(r[v].replace(",", "")))
+print(f"ncu at context {sys.argv[2]}, batch 1 (median over launches):")
+for name, mets in sorted(by.items(), key=lambda x: -statistics.median(x[1].get("gpu__time_duration.sum", [0]))):
+    med = {mm: statistics.median(vals) for mm, vals in mets.items()}
+    print(f"  {name:34s} n={len(mets.get('gpu__time_duration.sum', [])):4d} "
+          f"{med.get('gpu__time_duration.sum', 0) / 1e3:8.2f} us  dram {med.get('dram__throughput.avg.pct_of_peak_sustained_elapsed', 0):5.1f}% "
+          f"{med.get('dram__bytes_read.sum', 0) / 1e6:8.2f} MB  occ {med.get('sm__warps_active.avg.pct_of_peak_sustained_active', 0):5.1f}% "
+          f"grid {med.get('launch__grid_size', 0):6.0f} regs {med.get('launch__registers_per_thread', 0):4.0f}")
 PY
+  done 2>&1 | tee "$OUT/ncu_summary.txt"
 fi
 exit $status

@@ -1,17 +1,26 @@
-// Per-layer decode time at Llama-3.1-8B shapes (32 query / 8 KV heads, head dim 128, bf16) for
-// dense split-KV decoding, Saap, Loki and Quest, against the memory floor (bytes moved / measured
-// device-to-device copy bandwidth). Writes a table to stdout and JSON + CSV to --out.
+// Per-layer decode time of dense split-KV decoding, Saap, Loki and Quest at one or more head shapes
+// (default Llama-3.1-8B: 32 query / 8 KV heads, head dim 128, bf16), against a read floor: a tuned
+// read-only kernel measured in the same run over the same bytes. Writes a table to stdout and
+// JSON + CSV to --out.
 //
-// Usage: decode_bench [--contexts 16384,65536,...] [--batches 1,8] [--reps 30] [--out DIR]
+// Usage: decode_bench [--contexts 16384,65536,...] [--batches 1,8] [--shapes 32x8x128,...]
+//                     [--partition-sizes FILE] [--methods dense,saap,quest,loki] [--reps 30] [--out DIR]
 //
-// Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions have lognormal sizes
-// (sigma 1.0, mean 512 tokens, so C = context/512 partitions per KV head), drawn per (sequence,
-// head); its classifier has random weights, so the selected partitions are a random draw under the
-// budget. Loki keys are random in the PCA basis (the basis is the identity; the query rotation
-// still runs). Quest (page 16, Saap's sinks and window) reads the same random K/V, at Saap's measured
-// fractions and at fixed budgets of 1024 and 2048 tokens (Saap too, as lookup = tokens / context). Timing: CUDA events around each call, L2 flushed (by reading 256 MB) before each
-// repetition, median; dense, Loki and Quest (its whole step, append included) are also timed as a
-// captured CUDA graph (graph_ms).
+// Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions (C = context/512 per KV
+// head, mean 512 tokens) have lognormal sizes (sigma 1.0), drawn per (sequence, head), and with
+// --partition-sizes also real sizes: the counts of a trained partition of real keys
+// (scripts/partition_sizes.py), all its (layer, head) rows concatenated, tiled to C per (sequence,
+// head) from offset (b * n_kv_heads + h) * C (wrapping), scaled to the partitioned tokens. Its
+// classifier has random weights, so the selected partitions are a random draw under the budget.
+// Loki keys are random in the PCA basis (the basis is the identity; the query rotation still
+// runs). Quest (page 16, Saap's sinks and window) reads the same random K/V, at Saap's measured
+// fractions and at fixed budgets of 1024 and 2048 tokens (Saap too, as lookup = tokens /
+// context). Timing: CUDA events around each call, L2 flushed (by reading 256 MB) before each
+// repetition, median; every method's step (append where it has one, select, attend) is also
+// timed as a captured CUDA graph (graph_ms); Saap reserves its appends first (reserve_appends), so
+// its step holds no host synchronisation. The "read" rows time the floor kernel over the dense
+// row's K and V; floor_ms of every row is its bytes over the best read bandwidth of the run (the
+// read kernel's or any row's, whichever is higher).
 // Both files carry the run's provenance (saap/provenance/provenance.h: date, machine and GPU, commit,
 // command): a "provenance" object in the JSON, leading "# key: value" lines in the CSV.
 #include <cuda_bf16.h>
@@ -28,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "saap/kernels/cuda/attend.cuh"
 #include "saap/kernels/cuda/decode.h"
 #include "saap/kernels/cuda/loki.h"
 #include "saap/kernels/cuda/quest.h"
@@ -38,8 +48,6 @@ using namespace saap;
 using namespace saap::cuda;
 
 namespace {
-
-constexpr int kHq = 32, kHkv = 8, kD = 128;
 
 __global__ void fill_random_kernel(uint16_t* p, size_t n, uint32_t seed) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
@@ -64,6 +72,31 @@ __global__ void flush_read_kernel(const uint4* p, size_t n, uint32_t* sink) {
   uint32_t acc = 0;
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const uint4 v = p[i];
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9E3779B1u) *sink = acc;  // keeps the loads alive; practically never taken
+}
+
+// The read floor: every 16-byte word of two buffers read once (as K then V), UNROLL independent
+// loads in flight per thread, streaming (no L1 allocation), folded so the loads stay alive.
+template <int UNROLL>
+__global__ void read_floor_kernel(const uint4* __restrict__ a, size_t na, const uint4* __restrict__ b, size_t nb,
+                                  uint32_t* sink) {
+  const size_t n = na + nb, stride = size_t(gridDim.x) * blockDim.x;
+  uint32_t acc = 0;
+  size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (; i + (UNROLL - 1) * stride < n; i += UNROLL * stride) {
+    uint4 v[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const size_t j = i + u * stride;
+      v[u] = load_stream(j < na ? a + j : b + (j - na));
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  for (; i < n; i += stride) {
+    const uint4 v = load_stream(i < na ? a + i : b + (i - na));
     acc ^= v.x ^ v.y ^ v.z ^ v.w;
   }
   if (acc == 0x9E3779B1u) *sink = acc;  // keeps the loads alive; practically never taken
@@ -123,12 +156,18 @@ double graph_median_ms(Timer& tm, const std::function<void(cudaStream_t)>& fn, i
   return ms;
 }
 
+struct Shape {
+  int hq, hkv, d;
+  std::string name() const { return std::to_string(hq) + "x" + std::to_string(hkv) + "x" + std::to_string(d); }
+};
+
 struct Row {
   std::string method, param;
+  Shape shape;
   int batch;
   int64_t context;
   double ms, bytes, lookup, select_ms, attend_ms;
-  double graph_ms = 0;  // the same step replayed as a CUDA graph (dense, Loki, Quest; 0 = not measured)
+  double graph_ms = 0;  // the same step replayed as a CUDA graph (0 = not measured)
 };
 
 std::vector<int64_t> parse_list(const char* s) {
@@ -138,6 +177,48 @@ std::vector<int64_t> parse_list(const char* s) {
     if (*p == ',') ++p;
   }
   return v;
+}
+
+// "32x8x128,28x4x128": query heads x KV heads x head dim.
+std::vector<Shape> parse_shapes(const std::string& s) {
+  std::vector<Shape> v;
+  size_t at = 0;
+  while (at < s.size()) {
+    size_t end = s.find(',', at);
+    if (end == std::string::npos) end = s.size();
+    Shape sh{};
+    if (std::sscanf(s.substr(at, end - at).c_str(), "%dx%dx%d", &sh.hq, &sh.hkv, &sh.d) != 3)
+      throw Error(ErrorKind::InvalidArgument, "--shapes: '" + s.substr(at, end - at) + "' is not HQxHKVxD");
+    v.push_back(sh);
+    at = end + 1;
+  }
+  return v;
+}
+
+// Partition sizes of a trained partition of real keys (scripts/partition_sizes.py): every
+// (layer, head) row's counts, concatenated.
+std::vector<double> read_partition_sizes(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw Error(ErrorKind::NotFound, "--partition-sizes: cannot open " + path);
+  std::vector<double> sizes;
+  std::string line;
+  bool header = true;
+  while (std::getline(f, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (header) {  // layer,kv_head,keys,counts
+      header = false;
+      continue;
+    }
+    const size_t comma = line.rfind(',');
+    const char* p = line.c_str() + comma + 1;
+    char* end = nullptr;
+    for (double x = std::strtod(p, &end); end != p; x = std::strtod(p, &end)) {
+      sizes.push_back(x);
+      p = end;
+    }
+  }
+  if (sizes.empty()) throw Error(ErrorKind::BadFile, "--partition-sizes: no counts in " + path);
+  return sizes;
 }
 
 size_t free_bytes() {
@@ -160,294 +241,373 @@ saap::Provenance device_provenance(const cudaDeviceProp& prop) {
   return p;
 }
 
+// Best read floor over a few launch shapes (grid-stride, UNROLL loads in flight): the median ms
+// of reading na + nb 16-byte words.
+double read_floor_ms(Timer& tm, const void* a, size_t a_bytes, const void* b, size_t b_bytes, int reps,
+                     int sms) {
+  double best = 1e30;
+  auto* ua = static_cast<const uint4*>(a);
+  auto* ub = static_cast<const uint4*>(b);
+  for (int per_sm : {4, 8, 16}) {
+    const int blocks = sms * per_sm;
+    best = std::min(best, tm.median_ms([&] { read_floor_kernel<4><<<blocks, 256>>>(ua, a_bytes / 16, ub, b_bytes / 16, tm.sink.get()); }, reps));
+    best = std::min(best, tm.median_ms([&] { read_floor_kernel<8><<<blocks, 256>>>(ua, a_bytes / 16, ub, b_bytes / 16, tm.sink.get()); }, reps));
+  }
+  SAAP_CU(cudaGetLastError());
+  return best;
+}
+
+struct Options {
+  std::vector<int64_t> contexts = {16384, 65536, 131072, 262144, 524288}, batches = {1, 8};
+  std::vector<Shape> shapes = {{32, 8, 128}};
+  std::string partition_sizes, methods = "dense,saap,quest,loki";
+  int reps = 30;
+  std::string out_dir = ".";
+  bool has(const char* m) const { return ("," + methods + ",").find("," + std::string(m) + ",") != std::string::npos; }
+};
+
+// Saap at one partition-size model: rows for each budget; its measured fractions go to Quest.
+void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, const Shape& sh, const void* dk,
+                const void* dv, const std::vector<int32_t>& h_len, const float* q, float* out, SplitWorkspace& ws,
+                const std::vector<double>* real_sizes, std::mt19937& rng, std::vector<Row>& rows,
+                std::vector<double>& fractions) {
+  const int B = s.batch, reps = o.reps;
+  const std::vector<float> lookups = {0.02f, 0.05f, 0.10f, 1024.f / float(N), 2048.f / float(N)};
+  SaapConfig cfg;
+  cfg.n_partitions = int(std::clamp<int64_t>(N / 512, 16, 4096));
+  cfg.sinks = 64;
+  cfg.window = 256;
+  cfg.segment = 128;
+  cfg.append_page = 64;
+  cfg.append_pages_per_partition = 8;
+  cfg.max_prefill = N;
+  // Every timed step appends: warm-up and repetitions of the plain and the graph timing, per budget.
+  cfg.max_new_tokens = int64_t(lookups.size()) * 2 * (reps + 8) + 16;
+  cfg.classifier_hidden = 128;
+  const int C = cfg.n_partitions, D = sh.d, H = cfg.classifier_hidden;
+  auto idx = std::make_unique<SaapIndex>(s, cfg);
+  std::normal_distribution<float> nd;
+  std::vector<float> hc(size_t(sh.hkv) * C * D);
+  for (auto& x : hc) x = nd(rng);
+  idx->set_centroids(hc);
+  auto rnd = [&](size_t n, float sd) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = sd * nd(rng);
+    return v;
+  };
+  idx->set_classifier(rnd(size_t(sh.hq) * H * D, 0.1f), rnd(size_t(sh.hq) * H, 0.1f), rnd(size_t(sh.hq) * C * H, 0.3f),
+                      rnd(size_t(sh.hq) * C, 0.5f));
+  std::vector<int32_t> assign(size_t(B) * sh.hkv * N, 0);
+  std::lognormal_distribution<double> ln(-0.5, 1.0);  // mean exp(-0.5 + 0.5) = 1
+  const int64_t part_tokens = N - cfg.sinks - cfg.window;
+  for (int64_t bh = 0; bh < int64_t(B) * sh.hkv; ++bh) {
+    std::vector<double> w(C);
+    double sw = 0;
+    for (int c = 0; c < C; ++c)
+      sw += (w[c] = real_sizes ? (*real_sizes)[size_t(bh * C + c) % real_sizes->size()] : ln(rng));
+    int64_t t = cfg.sinks;
+    double acc = 0;
+    for (int c = 0; c < C; ++c) {
+      acc += w[c] / sw;
+      const int64_t end = c + 1 == C ? cfg.sinks + part_tokens : cfg.sinks + int64_t(acc * part_tokens);
+      for (; t < end; ++t) assign[size_t(bh) * N + t] = c;
+    }
+  }
+  {
+    DeviceBuffer<int32_t> da(assign.size());
+    SAAP_CU(cudaMemcpy(da.get(), assign.data(), assign.size() * 4, cudaMemcpyHostToDevice));
+    idx->build(dk, dv, N, h_len, da.get());
+  }
+  DeviceBuffer<uint16_t> knew(size_t(B) * sh.hkv * D), vnew(knew.size());
+  fill_random(knew.get(), knew.size(), 3);
+  fill_random(vnew.get(), vnew.size(), 4);
+  const float scale = 1.f / std::sqrt(float(D));
+  for (const float lookup : lookups) {
+    const double sel_ms = tm.median_ms([&] { idx->select(q, lookup); }, reps);
+    const double att_ms = tm.median_ms([&] { idx->attend(q, scale, out, ws); }, reps);
+    auto step = [&](cudaStream_t st) {
+      idx->append(knew.get(), vnew.get(), st);
+      idx->select(q, lookup, st);
+      idx->attend(q, scale, out, ws, st);
+    };
+    idx->reserve_appends(reps + 3);  // warm-up + repetitions: no synchronisation inside the timing
+    const double all_ms = tm.median_ms([&] { step(0); }, reps);
+    idx->reserve_appends(reps + 5);  // graph_median_ms: one run to size, the capture, the replays
+    const double graph_ms = graph_median_ms(tm, step, reps);
+    idx->check();
+    const auto ctr = idx->counters();
+    double tokens = 0, n_all = 0;
+    for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
+    const double bytes = tokens * D * 2 * 2 + double(idx->index_bytes_per_step()) + 2.0 * B * sh.hq * D * 4;
+    char param[48];
+    const char* model = real_sizes ? "real" : "lognormal";
+    if (lookup * float(N) == 1024.f || lookup * float(N) == 2048.f)
+      std::snprintf(param, sizeof param, "tokens=%.0f;%s", double(lookup) * double(N), model);
+    else
+      std::snprintf(param, sizeof param, "lookup=%.2f;%s", lookup, model);
+    rows.push_back({"saap", param, sh, B, N, all_ms, bytes, tokens / n_all, sel_ms, att_ms, graph_ms});
+    if (!real_sizes && fractions.size() < 3) fractions.push_back(tokens / n_all);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int64_t> contexts = {16384, 65536, 131072, 262144, 524288}, batches = {1, 8};
-  int reps = 30;
-  std::string out_dir = ".";
+  Options o;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--contexts") contexts = parse_list(argv[i + 1]);
-    else if (a == "--batches") batches = parse_list(argv[i + 1]);
-    else if (a == "--reps") reps = std::atoi(argv[i + 1]);
-    else if (a == "--out") out_dir = argv[i + 1];
+    if (a == "--contexts") o.contexts = parse_list(argv[i + 1]);
+    else if (a == "--batches") o.batches = parse_list(argv[i + 1]);
+    else if (a == "--shapes") o.shapes = parse_shapes(argv[i + 1]);
+    else if (a == "--partition-sizes") o.partition_sizes = argv[i + 1];
+    else if (a == "--methods") o.methods = argv[i + 1];
+    else if (a == "--reps") o.reps = std::atoi(argv[i + 1]);
+    else if (a == "--out") o.out_dir = argv[i + 1];
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
     }
   }
+  const int reps = o.reps;
   int n_dev = 0;
   if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
     std::printf("no CUDA device\n");
     return 77;
   }
+  std::vector<double> real_sizes;
+  if (!o.partition_sizes.empty()) real_sizes = read_partition_sizes(o.partition_sizes);
   cudaDeviceProp prop;
   SAAP_CU(cudaGetDeviceProperties(&prop, 0));
   const saap::Provenance provenance = device_provenance(prop);
   Timer tm;
   const double bw = copy_bandwidth(tm);
-  std::printf("device %s, %d SMs, L2 %d MB, %.1f GiB; copy bandwidth (read+write) %.0f GB/s\n", prop.name,
-              prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem / 1073741824.0, bw / 1e9);
+  // The read floor over a buffer far larger than the L2 (the flush buffer is read too, so the
+  // timed read starts cold).
+  double read_bw = 0;
+  {
+    const size_t n = size_t(4) << 30;
+    DeviceBuffer<char> big(n);
+    SAAP_CU(cudaMemset(big.get(), 1, n));
+    read_bw = double(n) / (read_floor_ms(tm, big.get(), n / 2, big.get() + n / 2, n / 2, 10, prop.multiProcessorCount) * 1e-3);
+  }
+  std::printf("device %s, %d SMs, L2 %d MB, %.1f GiB; copy bandwidth (read+write) %.0f GB/s; read floor %.0f GB/s\n",
+              prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem / 1073741824.0,
+              bw / 1e9, read_bw / 1e9);
   std::vector<Row> rows;
   std::vector<std::string> skipped;
-  const float scale = 1.f / std::sqrt(float(kD));
   std::mt19937 rng(12345);
 
-  for (int64_t B : batches)
-    for (int64_t N : contexts) {
-      const DecodeShape s{int(B), kHq, kHkv, kD, DType::BF16};
-      const size_t kv_elems = size_t(B) * kHkv * N * kD;
-      const size_t kv_bytes = 2 * kv_elems * 2;
-      // Dense and the Saap pool live together during the build, plus assignments and scratch.
-      if (2.1 * kv_bytes + (size_t(2) << 30) > free_bytes()) {
-        skipped.push_back("batch " + std::to_string(B) + " context " + std::to_string(N) + ": needs " +
-                          std::to_string(2.1 * kv_bytes / 1e9) + " GB, " + std::to_string(free_bytes() / 1e9) +
-                          " GB free");
-        std::printf("skip %s\n", skipped.back().c_str());
-        continue;
-      }
-      DeviceBuffer<float> q(size_t(B) * kHq * kD), out(q.size());
-      {
-        std::vector<float> hq(q.size());
-        std::normal_distribution<float> nd;
-        for (auto& x : hq) x = nd(rng);
-        SAAP_CU(cudaMemcpy(q.get(), hq.data(), hq.size() * 4, cudaMemcpyHostToDevice));
-      }
-      SplitWorkspace ws;
-      std::vector<int32_t> h_len(B, int32_t(N));
-      std::vector<double> saap_fractions;  // Saap's measured fractions, Quest's budgets
-      auto dk = std::make_unique<DeviceBuffer<uint16_t>>(kv_elems);
-      auto dv = std::make_unique<DeviceBuffer<uint16_t>>(kv_elems);
-      fill_random(dk->get(), kv_elems, 1);
-      fill_random(dv->get(), kv_elems, 2);
-      DeviceBuffer<int32_t> lengths(B);
-      SAAP_CU(cudaMemcpy(lengths.get(), h_len.data(), B * 4, cudaMemcpyHostToDevice));
-
-      // Dense.
-      const double dense_ms =
-          tm.median_ms([&] { dense_decode(s, dk->get(), dv->get(), N, lengths.get(), q.get(), scale, out.get(), ws); }, reps);
-      const double dense_bytes = double(kv_bytes) + 2.0 * q.bytes();
-      rows.push_back({"dense", "", int(B), N, dense_ms, dense_bytes, 1.0, 0, dense_ms});
-      rows.back().graph_ms = graph_median_ms(
-          tm, [&](cudaStream_t st) { dense_decode(s, dk->get(), dv->get(), N, lengths.get(), q.get(), scale, out.get(), ws, st); },
-          reps);
-
-      // Saap: lognormal partition sizes, mean 512 tokens.
-      {
-        SaapConfig cfg;
-        cfg.n_partitions = int(std::clamp<int64_t>(N / 512, 16, 4096));
-        cfg.sinks = 64;
-        cfg.window = 256;
-        cfg.segment = 128;
-        cfg.append_page = 64;
-        cfg.append_pages_per_partition = 8;
-        cfg.max_prefill = N;
-        cfg.max_new_tokens = 3 * 3 * (reps + 3) + 16;
-        cfg.classifier_hidden = 128;
-        const int C = cfg.n_partitions;
-        auto idx = std::make_unique<SaapIndex>(s, cfg);
-        std::vector<float> hc(size_t(kHkv) * C * kD);
-        std::normal_distribution<float> nd;
-        for (auto& x : hc) x = nd(rng);
-        idx->set_centroids(hc);
-        const int H = cfg.classifier_hidden;
-        auto rnd = [&](size_t n, float sd) {
-          std::vector<float> v(n);
-          for (auto& x : v) x = sd * nd(rng);
-          return v;
-        };
-        idx->set_classifier(rnd(size_t(kHq) * H * kD, 0.1f), rnd(size_t(kHq) * H, 0.1f), rnd(size_t(kHq) * C * H, 0.3f),
-                            rnd(size_t(kHq) * C, 0.5f));
-        std::vector<int32_t> assign(size_t(B) * kHkv * N, 0);
-        std::lognormal_distribution<double> ln(-0.5, 1.0);  // mean exp(-0.5 + 0.5) = 1
-        const int64_t part_tokens = N - cfg.sinks - cfg.window;
-        for (int64_t bh = 0; bh < B * kHkv; ++bh) {
-          std::vector<double> w(C);
-          double sw = 0;
-          for (auto& x : w) sw += (x = ln(rng));
-          int64_t t = cfg.sinks;
-          double acc = 0;
-          for (int c = 0; c < C; ++c) {
-            acc += w[c] / sw;
-            const int64_t end = c + 1 == C ? cfg.sinks + part_tokens : cfg.sinks + int64_t(acc * part_tokens);
-            for (; t < end; ++t) assign[size_t(bh) * N + t] = c;
-          }
+  for (const Shape& sh : o.shapes)
+    for (int64_t B : o.batches)
+      for (int64_t N : o.contexts) {
+        const DecodeShape s{int(B), sh.hq, sh.hkv, sh.d, DType::BF16};
+        try {
+          s.check();
+        } catch (const Error& e) {
+          skipped.push_back("shape " + sh.name() + ": " + e.what());
+          std::printf("skip %s\n", skipped.back().c_str());
+          break;
         }
-        DeviceBuffer<int32_t> da(assign.size());
-        SAAP_CU(cudaMemcpy(da.get(), assign.data(), assign.size() * 4, cudaMemcpyHostToDevice));
-        idx->build(dk->get(), dv->get(), N, h_len, da.get());
+        const int D = sh.d;
+        const size_t kv_elems = size_t(B) * sh.hkv * N * D;
+        const size_t kv_bytes = 2 * kv_elems * 2;
+        // Dense and the Saap pool live together during the build, plus assignments and scratch.
+        if (2.1 * kv_bytes + (size_t(2) << 30) > free_bytes()) {
+          skipped.push_back("shape " + sh.name() + " batch " + std::to_string(B) + " context " + std::to_string(N) +
+                            ": needs " + std::to_string(2.1 * kv_bytes / 1e9) + " GB, " +
+                            std::to_string(free_bytes() / 1e9) + " GB free");
+          std::printf("skip %s\n", skipped.back().c_str());
+          continue;
+        }
+        const float scale = 1.f / std::sqrt(float(D));
+        DeviceBuffer<float> q(size_t(B) * sh.hq * D), out(q.size());
+        {
+          std::vector<float> hq(q.size());
+          std::normal_distribution<float> nd;
+          for (auto& x : hq) x = nd(rng);
+          SAAP_CU(cudaMemcpy(q.get(), hq.data(), hq.size() * 4, cudaMemcpyHostToDevice));
+        }
+        SplitWorkspace ws;
+        std::vector<int32_t> h_len(B, int32_t(N));
+        std::vector<double> saap_fractions;  // Saap's measured fractions, Quest's budgets
+        auto dk = std::make_unique<DeviceBuffer<uint16_t>>(kv_elems);
+        auto dv = std::make_unique<DeviceBuffer<uint16_t>>(kv_elems);
+        fill_random(dk->get(), kv_elems, 1);
+        fill_random(dv->get(), kv_elems, 2);
+        DeviceBuffer<int32_t> lengths(B);
+        SAAP_CU(cudaMemcpy(lengths.get(), h_len.data(), B * 4, cudaMemcpyHostToDevice));
+
+        // The read floor over the same K and V.
+        const double read_ms =
+            read_floor_ms(tm, dk->get(), kv_bytes / 2, dv->get(), kv_bytes / 2, reps, prop.multiProcessorCount);
+        rows.push_back({"read", "floor", sh, int(B), N, read_ms, double(kv_bytes), 1.0, 0, read_ms});
+
+        // Dense.
+        if (o.has("dense")) {
+          auto step = [&](cudaStream_t st) {
+            dense_decode(s, dk->get(), dv->get(), N, lengths.get(), q.get(), scale, out.get(), ws, st);
+          };
+          const double dense_ms = tm.median_ms([&] { step(0); }, reps);
+          const double dense_bytes = double(kv_bytes) + 2.0 * q.bytes();
+          rows.push_back({"dense", "", sh, int(B), N, dense_ms, dense_bytes, 1.0, 0, dense_ms});
+          rows.back().graph_ms = graph_median_ms(tm, step, reps);
+        }
+
+        if (o.has("saap")) {
+          bench_saap(tm, o, s, N, sh, dk->get(), dv->get(), h_len, q.get(), out.get(), ws, nullptr, rng, rows,
+                     saap_fractions);
+          if (!real_sizes.empty())
+            bench_saap(tm, o, s, N, sh, dk->get(), dv->get(), h_len, q.get(), out.get(), ws, &real_sizes, rng, rows,
+                       saap_fractions);
+        }
         dk.reset();
         dv.reset();
-        DeviceBuffer<uint16_t> knew(size_t(B) * kHkv * kD), vnew(knew.size());
-        fill_random(knew.get(), knew.size(), 3);
-        fill_random(vnew.get(), vnew.size(), 4);
-        for (const float lookup : {0.02f, 0.05f, 0.10f, 1024.f / float(N), 2048.f / float(N)}) {
-          const double sel_ms = tm.median_ms([&] { idx->select(q.get(), lookup); }, reps);
-          const double att_ms = tm.median_ms([&] { idx->attend(q.get(), scale, out.get(), ws); }, reps);
-          const double all_ms = tm.median_ms(
-              [&] {
-                idx->append(knew.get(), vnew.get());
-                idx->select(q.get(), lookup);
-                idx->attend(q.get(), scale, out.get(), ws);
-              },
-              reps);
-          idx->check();
-          const auto ctr = idx->counters();
-          double tokens = 0, n_all = 0;
-          for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
-          const double bytes = tokens * kD * 2 * 2 + double(idx->index_bytes_per_step()) + 2.0 * q.bytes();
-          char param[32];
-          if (lookup * float(N) == 1024.f || lookup * float(N) == 2048.f)
-            std::snprintf(param, sizeof param, "tokens=%.0f", double(lookup) * double(N));
-          else
-            std::snprintf(param, sizeof param, "lookup=%.2f", lookup);
-          rows.push_back({"saap", param, int(B), N, all_ms, bytes, tokens / n_all, sel_ms, att_ms});
-          if (saap_fractions.size() < 3) saap_fractions.push_back(tokens / n_all);
-        }
-      }
-      dk.reset();
-      dv.reset();
+        if (saap_fractions.empty()) saap_fractions = {0.02, 0.05, 0.10};
 
-      // Quest: pages of 16, Saap's sinks and window, at Saap's measured fractions and fixed budgets.
-      {
-        QuestConfig qc;
-        qc.page_size = 16;
-        qc.sinks = 64;
-        qc.window = 256;
-        QuestIndex idx(s, N + 16 * (reps + 3) + 64, qc);  // room for the timed appends (plain and graph)
-        {
-          DeviceBuffer<uint16_t> k(kv_elems), v(kv_elems);
-          fill_random(k.get(), kv_elems, 7);
-          fill_random(v.get(), kv_elems, 8);
-          idx.store(k.get(), v.get(), N, h_len);
+        // Quest: pages of 16, Saap's sinks and window, at Saap's measured fractions and fixed budgets.
+        if (o.has("quest")) {
+          QuestConfig qc;
+          qc.page_size = 16;
+          qc.sinks = 64;
+          qc.window = 256;
+          QuestIndex idx(s, N + 16 * (reps + 8) + 64, qc);  // room for the timed appends (plain and graph)
+          {
+            DeviceBuffer<uint16_t> k(kv_elems), v(kv_elems);
+            fill_random(k.get(), kv_elems, 7);
+            fill_random(v.get(), kv_elems, 8);
+            idx.store(k.get(), v.get(), N, h_len);
+          }
+          DeviceBuffer<uint16_t> knew(size_t(B) * sh.hkv * D), vnew(knew.size());
+          fill_random(knew.get(), knew.size(), 9);
+          fill_random(vnew.get(), vnew.size(), 10);
+          std::vector<std::pair<QuestBudget, std::string>> budgets;
+          for (double f : saap_fractions) {
+            char param[40];
+            std::snprintf(param, sizeof param, "lookup=%.4f(saap)", f);
+            budgets.push_back({{f, 0}, param});
+          }
+          budgets.push_back({{0.05, 1024}, "tokens=1024"});
+          budgets.push_back({{0.05, 2048}, "tokens=2048"});
+          for (const auto& entry : budgets) {
+            const QuestBudget budget = entry.first;
+            const std::string& param = entry.second;
+            const double sel_ms = tm.median_ms([&] { idx.select(q.get(), budget); }, reps);
+            const double att_ms = tm.median_ms([&] { idx.attend(q.get(), scale, out.get(), ws); }, reps);
+            const auto ctr = idx.counters();
+            double tokens = 0, n_all = 0;
+            for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
+            const int64_t meta = idx.index_bytes_last_step();
+            // K/V of the selected tokens, the page metadata, the page keys written and read back.
+            const double bytes = tokens * D * 2 * 2 + double(meta) + double(meta) / (2 * D * 2) * 8 + 2.0 * q.bytes();
+            auto step = [&](cudaStream_t st) {  // the whole step, plain and as a graph
+              idx.append(knew.get(), vnew.get(), st);
+              idx.select(q.get(), budget, st);
+              idx.attend(q.get(), scale, out.get(), ws, st);
+            };
+            const double all_ms = tm.median_ms([&] { step(0); }, reps);
+            rows.push_back({"quest", param, sh, int(B), N, all_ms, bytes, tokens / n_all, sel_ms, att_ms});
+            rows.back().graph_ms = graph_median_ms(tm, step, reps);
+          }
         }
-        DeviceBuffer<uint16_t> knew(size_t(B) * kHkv * kD), vnew(knew.size());
-        fill_random(knew.get(), knew.size(), 9);
-        fill_random(vnew.get(), vnew.size(), 10);
-        std::vector<std::pair<QuestBudget, std::string>> budgets;
-        for (double f : saap_fractions) {
-          char param[40];
-          std::snprintf(param, sizeof param, "lookup=%.4f(saap)", f);
-          budgets.push_back({{f, 0}, param});
-        }
-        budgets.push_back({{0.05, 1024}, "tokens=1024"});
-        budgets.push_back({{0.05, 2048}, "tokens=2048"});
-        for (const auto& entry : budgets) {
-          const QuestBudget budget = entry.first;
-          const std::string& param = entry.second;
-          const double sel_ms = tm.median_ms([&] { idx.select(q.get(), budget); }, reps);
-          const double att_ms = tm.median_ms([&] { idx.attend(q.get(), scale, out.get(), ws); }, reps);
-          const auto ctr = idx.counters();
-          double tokens = 0, n_all = 0;
-          for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
-          const int64_t meta = idx.index_bytes_last_step();
-          // K/V of the selected tokens, the page metadata, the page keys written and read back.
-          const double bytes = tokens * kD * 2 * 2 + double(meta) + double(meta) / (2 * kD * 2) * 8 + 2.0 * q.bytes();
-          const double all_ms = tm.median_ms(
-              [&] {
-                idx.append(knew.get(), vnew.get());
-                idx.select(q.get(), budget);
-                idx.attend(q.get(), scale, out.get(), ws);
-              },
-              reps);
-          rows.push_back({"quest", param, int(B), N, all_ms, bytes, tokens / n_all, sel_ms, att_ms});
-          rows.back().graph_ms = graph_median_ms(
-              tm,
-              [&](cudaStream_t st) {  // the whole step, as `ms` times it
-                idx.append(knew.get(), vnew.get(), st);
-                idx.select(q.get(), budget, st);
-                idx.attend(q.get(), scale, out.get(), ws, st);
-              },
-              reps);
-        }
-      }
 
-      // Loki: (d_f, k_f) = (0.25, 0.25) and (0.125, 0.125).
-      for (double f : {0.25, 0.125}) {
-        const int r = int(f * kD);
-        LokiIndex idx(s, N, r);
-        std::vector<float> eye(size_t(kHkv) * kD * kD, 0.f);
-        for (int h = 0; h < kHkv; ++h)
-          for (int i = 0; i < kD; ++i) eye[(size_t(h) * kD + i) * kD + i] = 1.f;
-        idx.set_basis(eye);
-        {
-          DeviceBuffer<uint16_t> k(kv_elems), v(kv_elems);
-          fill_random(k.get(), kv_elems, 5);
-          fill_random(v.get(), kv_elems, 6);
-          idx.store_rotated(k.get(), v.get(), N, h_len);
-        }
-        const double sel_ms = tm.median_ms([&] { idx.select(q.get(), float(f)); }, reps);
-        const double att_ms = tm.median_ms([&] { idx.attend(scale, out.get(), ws); }, reps);
-        const double all_ms = tm.median_ms(
-            [&] {
-              idx.select(q.get(), float(f));
-              idx.attend(scale, out.get(), ws);
-            },
-            reps);
-        const auto cnt = idx.selected_count();
-        double k_tot = 0;
-        for (int32_t c : cnt) k_tot += c;
-        const double tokens = double(B) * kHkv * N;
-        // Low-rank keys, scores written then read by the filter, the kept tokens' K and V.
-        const double bytes = tokens * r * 2 + tokens * 8 + k_tot * kD * 2 * 2 + 2.0 * q.bytes();
-        char param[48];
-        std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g", f, f);
-        rows.push_back({"loki", param, int(B), N, all_ms, bytes, bytes / (tokens * kD * 4), sel_ms, att_ms});
-        rows.back().graph_ms = graph_median_ms(
-            tm,
-            [&](cudaStream_t st) {
+        // Loki: (d_f, k_f) = (0.25, 0.25) and (0.125, 0.125), where the rank is one it instantiates.
+        if (o.has("loki"))
+          for (double f : {0.25, 0.125}) {
+            const int r = int(f * D);
+            if (r != 8 && r != 16 && r != 32) {
+              skipped.push_back("loki rank " + std::to_string(r) + " at head dim " + std::to_string(D));
+              continue;
+            }
+            LokiIndex idx(s, N, r);
+            std::vector<float> eye(size_t(sh.hkv) * D * D, 0.f);
+            for (int h = 0; h < sh.hkv; ++h)
+              for (int i = 0; i < D; ++i) eye[(size_t(h) * D + i) * D + i] = 1.f;
+            idx.set_basis(eye);
+            {
+              DeviceBuffer<uint16_t> k(kv_elems), v(kv_elems);
+              fill_random(k.get(), kv_elems, 5);
+              fill_random(v.get(), kv_elems, 6);
+              idx.store_rotated(k.get(), v.get(), N, h_len);
+            }
+            const double sel_ms = tm.median_ms([&] { idx.select(q.get(), float(f)); }, reps);
+            const double att_ms = tm.median_ms([&] { idx.attend(scale, out.get(), ws); }, reps);
+            auto step = [&](cudaStream_t st) {
               idx.select(q.get(), float(f), st);
               idx.attend(scale, out.get(), ws, st);
-            },
-            reps);
+            };
+            const double all_ms = tm.median_ms([&] { step(0); }, reps);
+            const auto cnt = idx.selected_count();
+            double k_tot = 0;
+            for (int32_t c : cnt) k_tot += c;
+            const double tokens = double(B) * sh.hkv * N;
+            // Low-rank keys, scores written then read by the filter, the kept tokens' K and V.
+            const double bytes = tokens * r * 2 + tokens * 8 + k_tot * D * 2 * 2 + 2.0 * q.bytes();
+            char param[48];
+            std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g", f, f);
+            rows.push_back({"loki", param, sh, int(B), N, all_ms, bytes, bytes / (tokens * D * 4), sel_ms, att_ms});
+            rows.back().graph_ms = graph_median_ms(tm, step, reps);
+          }
       }
-    }
 
+  // The floor bandwidth: the best read of the run, by the read kernel or by any method.
+  double floor_bw = read_bw;
+  for (const Row& r : rows) floor_bw = std::max(floor_bw, r.bytes / (r.ms * 1e-3));
   // Report.
-  std::printf("\n%-6s %-18s %5s %8s %9s %9s %9s %8s %9s %9s %8s %9s %8s\n", "method", "param", "batch", "context", "ms",
-              "select_ms", "attend_ms", "GB", "GB/s", "floor_ms", "speedup", "graph_ms", "g_speedup");
+  std::printf("\nfloor bandwidth %.0f GB/s (read kernel %.0f GB/s)\n", floor_bw / 1e9, read_bw / 1e9);
+  std::printf("%-6s %-22s %-9s %5s %8s %9s %9s %9s %8s %9s %9s %8s %9s %8s\n", "method", "param", "shape", "batch",
+              "context", "ms", "select_ms", "attend_ms", "GB", "GB/s", "floor_ms", "speedup", "graph_ms", "g_speedup");
   std::string csv = provenance_csv_lines(provenance) +
-      "method,param,batch,context,ms,select_ms,attend_ms,bytes,gbps,floor_ms,frac_of_floor,lookup,speedup,graph_ms,"
-      "graph_speedup\n";
+      "method,param,shape,n_q_heads,n_kv_heads,head_dim,batch,context,ms,select_ms,attend_ms,bytes,gbps,floor_ms,"
+      "frac_of_floor,lookup,speedup,graph_ms,graph_speedup\n";
   std::string json = "{\n  \"provenance\": " + provenance_json(provenance, 2) + ",\n  \"device\": " +
-                     saap::json_quote(prop.name) + ",\n  \"copy_bandwidth_gbps\": " +
-                     std::to_string(bw / 1e9) +
-                     ",\n  \"shape\": {\"n_q_heads\": 32, \"n_kv_heads\": 8, \"head_dim\": 128, \"dtype\": \"bf16\"},\n"
+                     saap::json_quote(prop.name) + ",\n  \"copy_bandwidth_gbps\": " + std::to_string(bw / 1e9) +
+                     ",\n  \"read_kernel_gbps\": " + std::to_string(read_bw / 1e9) +
+                     ",\n  \"floor_gbps\": " + std::to_string(floor_bw / 1e9) +
+                     ",\n  \"dtype\": \"bf16\",\n"
                      "  \"timing\": \"CUDA events, median of " + std::to_string(reps) +
                      " repetitions, L2 flushed (256 MB read) before each\",\n"
                      "  \"synthetic\": \"K/V uniform random bf16; Saap partition sizes lognormal(sigma=1.0), mean 512 "
-                     "tokens (C = context/512 per KV head), sinks 64, window 256, classifier random (hidden 128); Loki "
-                     "keys random in an identity PCA basis; Quest pages of 16, sinks 64, window 256, on its own random K/V\",\n  \"skipped\": [";
-  for (size_t i = 0; i < skipped.size(); ++i) json += (i ? ", \"" : "\"") + skipped[i] + "\"";
+                     "tokens (C = context/512 per KV head), or real (param ';real': the counts of " +
+                     (o.partition_sizes.empty() ? std::string("-") : o.partition_sizes) +
+                     ", all (layer, head) rows concatenated, tiled to C per (sequence, head) from offset bh*C, wrapping, "
+                     "scaled to the partitioned tokens), sinks 64, window 256, classifier random (hidden 128); Loki "
+                     "keys random in an identity PCA basis; Quest pages of 16, sinks 64, window 256, on its own random "
+                     "K/V; read = the floor kernel over the dense K and V\",\n  \"skipped\": [";
+  for (size_t i = 0; i < skipped.size(); ++i) json += (i ? ", " : "") + saap::json_quote(skipped[i]);
   json += "],\n  \"rows\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     double dense = 0, dense_graph = 0;
     for (const Row& d : rows)
-      if (d.method == "dense" && d.batch == r.batch && d.context == r.context) dense = d.ms, dense_graph = d.graph_ms;
-    const double floor_ms = r.bytes / bw * 1e3, gbps = r.bytes / (r.ms * 1e-3) / 1e9, speedup = dense / r.ms;
+      if (d.method == "dense" && d.batch == r.batch && d.context == r.context && d.shape.name() == r.shape.name())
+        dense = d.ms, dense_graph = d.graph_ms;
+    const double floor_ms = r.bytes / floor_bw * 1e3, gbps = r.bytes / (r.ms * 1e-3) / 1e9;
+    const double speedup = dense > 0 ? dense / r.ms : 0;
     const double graph_speedup = r.graph_ms > 0 ? dense_graph / r.graph_ms : 0;  // graph vs graph
-    std::printf("%-6s %-18s %5d %8lld %9.4f %9.4f %9.4f %8.3f %9.0f %9.4f %7.2fx %9.4f %7.2fx\n", r.method.c_str(),
-                r.param.c_str(), r.batch, (long long)r.context, r.ms, r.select_ms, r.attend_ms, r.bytes / 1e9, gbps,
-                floor_ms, speedup, r.graph_ms, graph_speedup);
-    char line[512];
-    std::snprintf(line, sizeof line, "%s,%s,%d,%lld,%.5f,%.5f,%.5f,%.0f,%.1f,%.5f,%.4f,%.5f,%.3f,%.5f,%.3f\n",
-                  r.method.c_str(), r.param.c_str(), r.batch, (long long)r.context, r.ms, r.select_ms, r.attend_ms,
-                  r.bytes, gbps, floor_ms, floor_ms / r.ms, r.lookup, speedup, r.graph_ms, graph_speedup);
+    const std::string shape = r.shape.name();
+    std::printf("%-6s %-22s %-9s %5d %8lld %9.4f %9.4f %9.4f %8.3f %9.0f %9.4f %7.2fx %9.4f %7.2fx\n",
+                r.method.c_str(), r.param.c_str(), shape.c_str(), r.batch, (long long)r.context, r.ms, r.select_ms,
+                r.attend_ms, r.bytes / 1e9, gbps, floor_ms, speedup, r.graph_ms, graph_speedup);
+    char line[640];
+    std::snprintf(line, sizeof line, "%s,%s,%s,%d,%d,%d,%d,%lld,%.5f,%.5f,%.5f,%.0f,%.1f,%.5f,%.4f,%.5f,%.3f,%.5f,%.3f\n",
+                  r.method.c_str(), r.param.c_str(), shape.c_str(), r.shape.hq, r.shape.hkv, r.shape.d, r.batch,
+                  (long long)r.context, r.ms, r.select_ms, r.attend_ms, r.bytes, gbps, floor_ms, floor_ms / r.ms,
+                  r.lookup, speedup, r.graph_ms, graph_speedup);
     csv += line;
     std::snprintf(line, sizeof line,
-                  "    {\"method\": \"%s\", \"param\": \"%s\", \"batch\": %d, \"context\": %lld, \"ms\": %.5f, "
+                  "    {\"method\": \"%s\", \"param\": \"%s\", \"shape\": \"%s\", \"n_q_heads\": %d, \"n_kv_heads\": %d, "
+                  "\"head_dim\": %d, \"batch\": %d, \"context\": %lld, \"ms\": %.5f, "
                   "\"select_ms\": %.5f, \"attend_ms\": %.5f, \"bytes\": %.0f, \"gbps\": %.1f, \"floor_ms\": %.5f, "
                   "\"lookup_fraction\": %.5f, \"speedup_vs_dense\": %.3f, \"graph_ms\": %.5f, "
                   "\"graph_speedup_vs_dense_graph\": %.3f}%s\n",
-                  r.method.c_str(), r.param.c_str(), r.batch, (long long)r.context, r.ms, r.select_ms, r.attend_ms,
-                  r.bytes, gbps, floor_ms, r.lookup, speedup, r.graph_ms, graph_speedup, i + 1 < rows.size() ? "," : "");
+                  r.method.c_str(), r.param.c_str(), shape.c_str(), r.shape.hq, r.shape.hkv, r.shape.d, r.batch,
+                  (long long)r.context, r.ms, r.select_ms, r.attend_ms, r.bytes, gbps, floor_ms, r.lookup, speedup,
+                  r.graph_ms, graph_speedup, i + 1 < rows.size() ? "," : "");
     json += line;
   }
   json += "  ]\n}\n";
-  std::ofstream(out_dir + "/decode_bench.csv") << csv;
-  std::ofstream(out_dir + "/decode_bench.json") << json;
-  for (const auto& s : skipped) std::printf("skipped: %s\n", s.c_str());
+  std::ofstream(o.out_dir + "/decode_bench.csv") << csv;
+  std::ofstream(o.out_dir + "/decode_bench.json") << json;
+  for (const auto& sk : skipped) std::printf("skipped: %s\n", sk.c_str());
   return 0;
 }

@@ -1,4 +1,6 @@
-// Host side of Saap decode: classify + select, then the sparse split-KV attention and combine.
+// Host side of Saap decode: classify + select, then the sparse split-KV attention and combine. The
+// kernels are launched as programmatic dependents (launch.cuh), so each one's launch overlaps the
+// previous one's tail; nothing here synchronises the host.
 #include <algorithm>
 
 #include "saap/kernels/cuda/dispatch.cuh"
@@ -7,6 +9,20 @@
 #include "saap_impl.h"
 
 namespace saap::cuda {
+
+namespace {
+// Blocks of this shape's attend kernel the whole device runs at once.
+int attend_resident(const DecodeShape& s) {
+  int resident = 0;
+  dispatch_decode(s, [&](auto t, auto d, auto gmax) {
+    using T = decltype(t);
+    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
+    static const int r = resident_blocks(reinterpret_cast<const void*>(saap_decode_kernel<T, D, GMAX>), kDecodeWarps * 32);
+    resident = r;
+  });
+  return resident;
+}
+}  // namespace
 
 void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream) {
   auto& m = *impl_;
@@ -18,16 +34,19 @@ void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream)
   switch (cfg_.routing) {
     case PartitionRouting::Saap: {
       SAAP_CU_REQUIRE(m.hidden > 0, InvalidArgument, "%s", "set_classifier() must be called first");
-      const dim3 cgrid((C + kClassifyRows - 1) / kClassifyRows, shape_.n_q_heads, shape_.batch);
+      const int cls_rows = classify_rows_per_block(m.hidden);
+      const dim3 cgrid((C + cls_rows - 1) / cls_rows, shape_.n_q_heads, shape_.batch);
       const auto* w1 = reinterpret_cast<const __nv_bfloat16*>(m.w1.get());
       const auto* w2 = reinterpret_cast<const __nv_bfloat16*>(m.w2.get());
-      if (shape_.head_dim == 64)
-        saap_classify_kernel<64><<<cgrid, 256, 0, stream>>>(q_route, w1, m.b1.get(), w2, m.b2.get(), shape_.n_q_heads,
-                                                            m.hidden, C, m.logits.get());
-      else
-        saap_classify_kernel<128><<<cgrid, 256, 0, stream>>>(q_route, w1, m.b1.get(), w2, m.b2.get(),
-                                                             shape_.n_q_heads, m.hidden, C, m.logits.get());
-      SAAP_CU_LAUNCHED();
+      const float* b1 = m.b1.get();
+      const float* b2 = m.b2.get();
+      auto launch = [&](auto kernel) {
+        launch_dependent(kernel, cgrid, dim3(kClassifyThreads), 0, stream, q_route, w1, b1, w2, b2, shape_.n_q_heads,
+                         m.hidden, C, cls_rows, m.logits.get());
+      };
+      if (shape_.head_dim == 64) launch(saap_classify_kernel<64>);
+      else if (shape_.head_dim == 128) launch(saap_classify_kernel<128>);
+      else launch(saap_classify_kernel<256>);
       rows_per_group = shape_.group();
       break;
     }
@@ -40,33 +59,35 @@ void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream)
   }
   const SaapGeom g{C, cfg_.sinks, cfg_.window, cfg_.append_page, cfg_.append_pages_per_partition, shape_.head_dim,
                    shape_.n_kv_heads, rows_, cfg_.max_prefill};
-  saap_select_kernel<<<shape_.batch * shape_.n_kv_heads, kSelectThreads, 0, stream>>>(
-      m.logits.get(), shape_.n_kv_heads * rows_per_group, rows_per_group, g, cfg_.segment, lookup, m.seq_len.get(),
-      m.part_start.get(), m.part_count.get(), m.append_pages.get(), m.append_count.get(), max_segments_,
-      reinterpret_cast<int2*>(m.segments.get()), m.segment_count.get(), m.selected_tokens.get());
+  // The attend splits: enough blocks for the tokens this budget buys (an upper bound: the context
+  // the index was sized for), at least kSaapMinSplitTokens each, at most one wave of the device.
+  const int64_t expect = std::max<int64_t>(int64_t(lookup * double(cfg_.max_prefill + cfg_.max_new_tokens)),
+                                           cfg_.sinks + cfg_.window);
+  m.splits = choose_splits(shape_, expect, attend_resident(shape_), kSaapMinSplitTokens);
+  launch_dependent(saap_select_kernel, dim3(shape_.batch * shape_.n_kv_heads), dim3(kSelectThreads), 0, stream,
+                   static_cast<const float*>(m.logits.get()), shape_.n_kv_heads * rows_per_group, rows_per_group, g,
+                   cfg_.segment, lookup, static_cast<const int32_t*>(m.seq_len.get()),
+                   static_cast<const int32_t*>(m.part_start.get()), static_cast<const int32_t*>(m.part_count.get()),
+                   static_cast<const int32_t*>(m.append_pages.get()), static_cast<const int32_t*>(m.append_count.get()),
+                   max_segments_, reinterpret_cast<int2*>(m.segments.get()), m.segment_count.get(),
+                   m.selected_tokens.get(), m.splits, reinterpret_cast<int2*>(m.split_begin.get()));
   SAAP_CU_LAUNCHED();
-  m.last_lookup = float(lookup);
 }
 
 void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
-  // Expected tokens per head from the last selection's budget; the split count only balances work.
-  const int64_t expect = std::max<int64_t>(
-      int64_t(m.last_lookup * float(cfg_.max_prefill + cfg_.max_new_tokens)), cfg_.sinks + cfg_.window);
-  int splits = 0;
+  const int splits = m.splits;  // the runs the last select() cut
+  ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    auto* kernel = saap_decode_kernel<T, D, GMAX>;
-    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-    splits = choose_splits(shape_, expect, resident, 2 * cfg_.segment);
-    ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-    dim3 grid(splits, shape_.n_kv_heads, shape_.batch);
-    kernel<<<grid, kDecodeWarps * 32, 0, stream>>>(
-        reinterpret_cast<const T*>(m.kpool.get()), reinterpret_cast<const T*>(m.vpool.get()), rows_,
-        reinterpret_cast<const int2*>(m.segments.get()), m.segment_count.get(), max_segments_, q, shape_.n_kv_heads,
-        shape_.group(), scale, splits, ws.out(), ws.lse());
+    launch_dependent(saap_decode_kernel<T, D, GMAX>, dim3(splits, shape_.n_kv_heads, shape_.batch),
+                     dim3(kDecodeWarps * 32), 0, stream, reinterpret_cast<const T*>(m.kpool.get()),
+                     reinterpret_cast<const T*>(m.vpool.get()), rows_, reinterpret_cast<const int2*>(m.segments.get()),
+                     static_cast<const int32_t*>(m.segment_count.get()), max_segments_,
+                     reinterpret_cast<const int2*>(m.split_begin.get()), q, shape_.n_kv_heads, shape_.group(), scale,
+                     splits, ws.out(), ws.lse());
   });
   SAAP_CU_LAUNCHED();
   combine_splits(shape_, splits, ws, out, stream);

@@ -16,6 +16,8 @@ struct SaapIndex::Impl {
   DeviceBuffer<int32_t> append_pages;   // [bh][C][A]
   DeviceBuffer<int32_t> next_page, seq_len, selected_tokens, segment_count;  // [bh]
   DeviceBuffer<int32_t> segments;       // [bh][max_segments][2]
+  DeviceBuffer<int32_t> split_begin;    // [bh][splits + 1][2]: where each attend split starts (select)
+  int splits = 1;                       // attend splits of the last select
   DeviceBuffer<int32_t> flags;          // [0] bad assignment seen, [1] append overflow
   DeviceBuffer<unsigned long long> best;  // [bh]: packed nearest centroid of the searched key
   DeviceBuffer<int32_t> ring_part;      // [bh][W]: partition of each ring slot's token (separate routing keys)
@@ -26,7 +28,6 @@ struct SaapIndex::Impl {
   bool built = false;
   int64_t safe_appends = 0;  // appends that cannot overflow, from the last look at the counters
   int repacks = 0;
-  float last_lookup = 0.f;
   cublasHandle_t cublas = nullptr;
 };
 

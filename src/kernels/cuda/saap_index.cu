@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "saap/kernels/cuda/host_convert.h"
+#include "saap/kernels/cuda/saap_decode.cuh"
 #include "saap_impl.h"
 
 namespace saap::cuda {
@@ -45,6 +46,8 @@ SaapIndex::SaapIndex(const DecodeShape& shape, const SaapConfig& cfg) : shape_(s
   m.append_pages.resize(bh * C * cfg.append_pages_per_partition);
   for (auto* p : {&m.next_page, &m.seq_len, &m.selected_tokens, &m.segment_count}) p->resize(bh);
   m.segments.resize(bh * max_segments_ * 2);
+  m.split_begin.resize(bh * (kSaapMaxSplits + 1) * 2);
+  SAAP_CU(cudaMemset(m.split_begin.get(), 0, m.split_begin.bytes()));
   m.flags.resize(2);
   m.best.resize(bh);
   if (cfg.separate_routing_keys) m.ring_part.resize(bh * cfg.window);

@@ -85,20 +85,53 @@ void SaapIndex::append(const void* k_new, const void* v_new, const void* k_route
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
-    saap_evict_search_kernel<T, D><<<dim3(kSearchParts, bh), 256, 0, stream>>>(
-        g, reinterpret_cast<const T*>(m.centroids.get()), m.half_norm.get(),
-        reinterpret_cast<const uint4*>(m.kpool.get()), static_cast<const uint4*>(k_route_new), m.seq_len.get(),
-        m.best.get());
-    SAAP_CU_LAUNCHED();
-    saap_append_kernel<D><<<bh, 128, 0, stream>>>(
-        static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new), g, reinterpret_cast<uint4*>(m.kpool.get()),
-        reinterpret_cast<uint4*>(m.vpool.get()), m.append_pages.get(), m.append_count.get(), m.next_page.get(),
-        m.seq_len.get(), m.best.get(), cfg_.separate_routing_keys ? m.ring_part.get() : nullptr, m.flags.get());
+    launch_dependent(saap_evict_search_kernel<T, D>, dim3(kSearchParts, bh), dim3(256), 0, stream, g,
+                     reinterpret_cast<const T*>(m.centroids.get()), static_cast<const float*>(m.half_norm.get()),
+                     reinterpret_cast<const uint4*>(m.kpool.get()), static_cast<const uint4*>(k_route_new),
+                     static_cast<const int32_t*>(m.seq_len.get()), m.best.get());
+    launch_dependent(saap_append_kernel<D>, dim3(bh), dim3(128), 0, stream, static_cast<const uint4*>(k_new),
+                     static_cast<const uint4*>(v_new), g, reinterpret_cast<uint4*>(m.kpool.get()),
+                     reinterpret_cast<uint4*>(m.vpool.get()), m.append_pages.get(), m.append_count.get(),
+                     m.next_page.get(), m.seq_len.get(), m.best.get(),
+                     cfg_.separate_routing_keys ? m.ring_part.get() : nullptr, m.flags.get());
   });
   SAAP_CU_LAUNCHED();
 }
 
 int SaapIndex::repacks() const { return impl_->repacks; }
+
+namespace {
+// The most appends k <= partition_room that cannot exhaust free_pages pages. Each append adds one
+// token to one partition of each (b, h) and opens at most one page; a partition given k_c tokens
+// opens at most ceil(k_c / P) pages, at most one more than k_c / P. So k appends open at most
+// min(k, ceil(k / P) + min(k, C)) pages.
+int64_t safe_appends_for(int64_t partition_room, int64_t free_pages, int64_t P, int64_t C) {
+  auto fits = [&](int64_t k) { return std::min(k, (k + P - 1) / P + std::min(k, C)) <= free_pages; };
+  int64_t lo = 0, hi = std::max<int64_t>(0, partition_room);
+  if (!fits(0)) return 0;
+  while (lo < hi) {  // the largest k in [0, partition_room] that fits (fits is monotone)
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+}  // namespace
+
+int64_t SaapIndex::append_room(cudaStream_t stream) {
+  auto& m = *impl_;
+  const int64_t bh = int64_t(shape_.batch) * shape_.n_kv_heads, C = cfg_.n_partitions, P = cfg_.append_page;
+  const int64_t full = P * cfg_.append_pages_per_partition;
+  std::vector<int32_t> cnt(bh * C), next(bh);
+  SAAP_CU(cudaMemcpyAsync(cnt.data(), m.append_count.get(), cnt.size() * 4, cudaMemcpyDeviceToHost, stream));
+  SAAP_CU(cudaMemcpyAsync(next.data(), m.next_page.get(), next.size() * 4, cudaMemcpyDeviceToHost, stream));
+  SAAP_CU(cudaStreamSynchronize(stream));
+  // The smallest room left, in tokens of a partition and in free pages of a (b, h) pool.
+  int64_t partition_room = full, free_pages = m.append_pool_pages;
+  for (int32_t x : cnt) partition_room = std::min<int64_t>(partition_room, full - x);
+  for (int32_t x : next) free_pages = std::min<int64_t>(free_pages, (rows_ - x) / P);
+  return safe_appends_for(partition_room, free_pages, P, C);
+}
 
 void SaapIndex::ensure_append_room(cudaStream_t stream) {
   auto& m = *impl_;
@@ -106,25 +139,29 @@ void SaapIndex::ensure_append_room(cudaStream_t stream) {
     --m.safe_appends;
     return;
   }
-  // k appends add at most k tokens to any partition and open at most k pages, so the smallest
-  // room left (in tokens of a partition, in free pages of the pool) is how many are safe.
-  const int64_t bh = int64_t(shape_.batch) * shape_.n_kv_heads, C = cfg_.n_partitions, P = cfg_.append_page;
-  const int64_t full = P * cfg_.append_pages_per_partition;
-  std::vector<int32_t> cnt(bh * C), next(bh);
-  SAAP_CU(cudaMemcpyAsync(cnt.data(), m.append_count.get(), cnt.size() * 4, cudaMemcpyDeviceToHost, stream));
-  SAAP_CU(cudaMemcpyAsync(next.data(), m.next_page.get(), next.size() * 4, cudaMemcpyDeviceToHost, stream));
-  SAAP_CU(cudaStreamSynchronize(stream));
-  int64_t room = full;
-  for (int32_t x : cnt) room = std::min<int64_t>(room, full - x);
-  for (int32_t x : next) room = std::min<int64_t>(room, (rows_ - x) / P);
+  int64_t room = append_room(stream);
   if (room <= 0) {
-    repack(stream);
-    room = std::min<int64_t>(full, m.append_pool_pages);
+    repack(stream, 1);
+    room = append_room(stream);
   }
   m.safe_appends = room - 1;  // this append is one of them
 }
 
-void SaapIndex::repack(cudaStream_t stream) {
+void SaapIndex::reserve_appends(int64_t n, cudaStream_t stream) {
+  auto& m = *impl_;
+  SAAP_CU_REQUIRE(n >= 0, InvalidArgument, "reserve_appends: n = %lld must be >= 0", (long long)n);
+  SAAP_CU_REQUIRE(m.built, InvalidArgument, "%s", "build() must be called before reserve_appends()");
+  int64_t room = append_room(stream);
+  if (room < n) {
+    repack(stream, n);
+    room = append_room(stream);
+    SAAP_CU_REQUIRE(room >= n, Unsupported, "reserve_appends: a re-pack left room for %lld appends, %lld asked",
+                    (long long)room, (long long)n);
+  }
+  m.safe_appends = room;
+}
+
+void SaapIndex::repack(cudaStream_t stream, int64_t min_room) {
   auto& m = *impl_;
   const int64_t bh = int64_t(shape_.batch) * shape_.n_kv_heads, C = cfg_.n_partitions, P = cfg_.append_page;
   const int64_t A = cfg_.append_pages_per_partition, D = shape_.head_dim, fixed = cfg_.sinks + cfg_.window;
@@ -142,8 +179,11 @@ void SaapIndex::repack(cudaStream_t stream) {
     }
     region = std::max(region, at - fixed);
   }
-  // Enough pages for a partition to fill all its pages while every other opens one.
-  const int64_t pool_pages = std::max<int64_t>(m.append_pool_pages, C + A);
+  // Enough pages for a partition to fill all its pages while every other opens one, and for
+  // min_room appends (safe_appends_for's bound); each partition's pages hold min_room tokens.
+  const int64_t A_new = std::max<int64_t>(A, (min_room + P - 1) / P);
+  const int64_t pool_pages =
+      std::max({m.append_pool_pages, C + A_new, (min_room + P - 1) / P + std::min<int64_t>(min_room, C)});
   const int64_t rows = fixed + region + pool_pages * P;
   SAAP_CU_REQUIRE(rows < (int64_t(1) << 31), Unsupported, "re-pack needs %lld slots per head, over int32 slot indices",
                   (long long)rows);
@@ -170,6 +210,10 @@ void SaapIndex::repack(cudaStream_t stream) {
   SAAP_CU(cudaStreamSynchronize(stream));  // host vectors are copy sources; the old pools are freed below
   m.kpool = std::move(kpool);
   m.vpool = std::move(vpool);
+  if (A_new != A) {  // the page table is empty after a re-pack: only its size changes
+    m.append_pages.resize(bh * C * A_new);
+    cfg.append_pages_per_partition = int(A_new);
+  }
   const int64_t seg = cfg.segment;
   const int64_t max_segments = (cfg.sinks + seg - 1) / seg + (cfg.window + seg - 1) / seg + (region + seg - 1) / seg +
                                C + pool_pages;

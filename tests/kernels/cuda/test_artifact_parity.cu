@@ -603,8 +603,8 @@ int main() {
     refused("Saap routing on a k-means artifact is refused (BadFile)", ErrorKind::BadFile, [&] {
       cuda::SaapIndex::from_artifact(path, d.model, 1, 1, DType::BF16, cfg, cuda::PartitionRouting::Saap);
     });
-    refused("head_dim 256 is refused (Unsupported: the kernels instantiate 64 and 128)", ErrorKind::Unsupported,
-            [&] { cuda::SaapIndex(cuda::DecodeShape{1, 4, 2, 256, DType::BF16}, cfg); });
+    refused("head_dim 96 is refused (Unsupported: the kernels instantiate 64, 128 and 256)", ErrorKind::Unsupported,
+            [&] { cuda::SaapIndex(cuda::DecodeShape{1, 4, 2, 96, DType::BF16}, cfg); });
   }
   std::filesystem::remove(path);
   std::filesystem::remove(loki_path);

@@ -55,7 +55,10 @@ int main() {
                         // tensor-core scoring at rank 16, G = 8 (every MMA column a distinct head), 3 score blocks
                         Case{1, 8, 1, 128, 16, DType::BF16, {20001}, 1, 0.09375},
                         // G = 7 on the CUDA cores (f16), rank 32
-                        Case{1, 7, 1, 64, 32, DType::F16, {3001}, 2, 0.1875}}) {
+                        Case{1, 7, 1, 64, 32, DType::F16, {3001}, 2, 0.1875},
+                        // head dim 256 (Gemma-3: 4 query heads over one KV head), rank 32 (d_f = 0.125)
+                        Case{1, 4, 1, 256, 32, DType::BF16, {9000}, 2, 0.0625},
+                        Case{2, 8, 2, 256, 16, DType::F16, {3000, 1500}, 1, 0.25}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};
     const int64_t src_len = *std::max_element(c.lens.begin(), c.lens.end());
     const int64_t max_len = src_len + c.appends;

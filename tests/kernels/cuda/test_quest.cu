@@ -109,6 +109,8 @@ int main() {
       {"one bound over two tiles (P 2)", 1, 4, 1, 64, DType::F16, {40000}, 0, {2, 3, 5}, {0.3, 0}, 1},
       {"P 1, 40000 pages (keys past the select's shared cache)", 1, 4, 2, 64, DType::BF16, {40000}, 1, {1, 4, 16}, {0.1, 0}, 3},
       {"batch 3, one read whole", 3, 32, 8, 128, DType::BF16, {12000, 17, 5001}, 2, {16, 4, 64}, {0.03, 0}},
+      {"gemma-3 d256 gqa4 5%", 1, 4, 1, 256, DType::BF16, {4000}, 3, {16, 4, 64}, {0.05, 0}},
+      {"d256 f16 gqa2 fixed 512", 2, 4, 2, 256, DType::F16, {2000, 777}, 2, {16, 4, 64}, {0.05, 512}},
   };
   for (const Case& c : cases) {
     const std::string tag = std::string(c.name) + ": ";

@@ -6,6 +6,7 @@
 // positions must equal the reference's, and its output must equal float64 attention over them;
 // with lookup 1 that is dense attention over every token the sequence has seen.
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <set>
 #include <string>
@@ -26,13 +27,15 @@ int main() {
     std::vector<int32_t> lens;
     int appends;
   };
-  // GQA groups 4, 3, 7, 8 and 1; head dims 64 and 128; bf16 and f16; the last two cases append
-  // more tokens than the window holds, so appended tokens are evicted into partitions too.
+  // GQA groups 4, 3, 7, 8 and 1; head dims 64, 128 and 256 (Gemma-3: 4 query heads over one KV
+  // head); bf16 and f16; the last three cases append more tokens than the window holds, so
+  // appended tokens are evicted into partitions too.
   for (const Case& c : {Case{2, 8, 2, 128, 24, DType::BF16, {2000, 1500}, 30},
                         Case{1, 9, 3, 64, 40, DType::F16, {3000}, 12},
                         Case{1, 7, 1, 128, 32, DType::BF16, {1800}, 20},
                         Case{2, 8, 1, 64, 16, DType::BF16, {900, 1301}, 90},
-                        Case{1, 2, 2, 64, 20, DType::F16, {700}, 70}}) {
+                        Case{1, 2, 2, 64, 20, DType::F16, {700}, 70},
+                        Case{1, 4, 1, 256, 28, DType::BF16, {2600}, 40}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;
@@ -208,6 +211,32 @@ int main() {
       // 1e-6), and one token more or less moves a row by its attention weight (>= 1e-3 here).
       const double err = cutest::rel_error(got_rows, ref_rows);
       tally.check(err < 1e-4 && !got_rows.empty(), (tag + "attention rel error vs float64").c_str(), err, 1e-4);
+      // The same select + attend captured as a CUDA graph and replayed: capture fails if either
+      // synchronises the host, and the kernels are deterministic, so the output is the direct
+      // call's bit for bit.
+      {
+        cudaStream_t st;
+        SAAP_CU(cudaStreamCreate(&st));
+        cuda::DeviceBuffer<float> gout(q.size());
+        cutest::poison(gout);
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        SAAP_CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        idx.select(dq.get(), lookup, st);
+        idx.attend(dq.get(), scale, gout.get(), ws, st);
+        SAAP_CU(cudaStreamEndCapture(st, &graph));
+        SAAP_CU(cudaGraphInstantiate(&exec, graph, 0));
+        SAAP_CU(cudaGraphLaunch(exec, st));
+        SAAP_CU(cudaStreamSynchronize(st));
+        const auto replay = cutest::download(gout);
+        int64_t differ = 0;
+        for (size_t i = 0; i < out.size(); ++i) differ += std::memcmp(&replay[i], &out[i], sizeof(float)) != 0;
+        tally.check(differ == 0, (tag + "graph replay of select + attend: values unlike the direct call's").c_str(),
+                    double(differ), 0);
+        SAAP_CU(cudaGraphExecDestroy(exec));
+        SAAP_CU(cudaGraphDestroy(graph));
+        SAAP_CU(cudaStreamDestroy(st));
+      }
     }
   }
   return tally.finish();

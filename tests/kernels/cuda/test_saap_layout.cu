@@ -34,13 +34,20 @@ int main() {
     int64_t max_prefill = 300;
     int min_repacks = 0;
     bool route = false;        // separate routing keys
+    // reserve_appends(appends) first, then every append is one replay of a CUDA graph that
+    // captured append(): capture fails if append() synchronises, and no re-pack may follow.
+    bool graph = false;
   };
   // The third case overflows: 2 pages of 8 per partition, 3 partitions, 150 appends, so appends
-  // must re-pack (several times, and past max_prefill) instead of dropping tokens.
+  // must re-pack (several times, and past max_prefill) instead of dropping tokens. The last two
+  // reserve room for all 150 appends at once (a re-pack that grows the pages per partition to 19)
+  // and replay a captured append.
   for (const Case& c : {Case{2, 2, 128, 37, DType::BF16, {300, 20}, 50}, Case{1, 3, 64, 5, DType::F16, {130}, 70},
                         Case{1, 2, 64, 3, DType::BF16, {64}, 150, 2, 64, 2},
                         Case{2, 2, 128, 9, DType::BF16, {200, 3}, 60, 16, 300, 0, true},
-                        Case{1, 1, 64, 4, DType::F16, {64}, 150, 2, 64, 2, true}}) {
+                        Case{1, 1, 64, 4, DType::F16, {64}, 150, 2, 64, 2, true},
+                        Case{1, 2, 64, 3, DType::BF16, {64}, 150, 2, 64, 1, false, true},
+                        Case{2, 1, 128, 4, DType::F16, {64, 40}, 150, 2, 64, 1, true, true}}) {
     cuda::DecodeShape s{c.batch, c.hkv, c.hkv, c.d, c.t};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;
@@ -76,6 +83,23 @@ int main() {
     auto dk = cutest::upload(hk), dv = cutest::upload(hv);
     auto da = cutest::upload(assign);
     idx.build(dk.get(), dv.get(), max_len, c.lens, da.get());
+    // Graph cases: the appended token's buffers, which the captured append reads at every replay.
+    cuda::DeviceBuffer<uint16_t> gk(size_t(bh_n) * c.d), gv(gk.size()), gr(gk.size());
+    cudaStream_t stream = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    int repacks_reserved = 0;
+    if (c.graph) {
+      idx.reserve_appends(c.appends);
+      repacks_reserved = idx.repacks();
+      SAAP_CU(cudaStreamCreate(&stream));
+      cudaGraph_t graph;
+      SAAP_CU(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      if (c.route) idx.append(gk.get(), gv.get(), gr.get(), stream);
+      else idx.append(gk.get(), gv.get(), stream);
+      SAAP_CU(cudaStreamEndCapture(stream, &graph));
+      SAAP_CU(cudaGraphInstantiate(&exec, graph, 0));
+      SAAP_CU(cudaGraphDestroy(graph));
+    }
     for (int a = 0; a < c.appends; ++a) {
       auto nk = cutest::random_kv(rng, size_t(bh_n) * c.d, c.t), nv = cutest::random_kv(rng, size_t(bh_n) * c.d, c.t);
       for (int bh = 0; bh < bh_n; ++bh) {
@@ -86,7 +110,16 @@ int main() {
         }
       }
       auto dnk = cutest::upload(nk), dnv = cutest::upload(nv);
-      if (c.route) {
+      if (c.graph) {
+        SAAP_CU(cudaMemcpy(gk.get(), nk.data(), nk.size() * 2, cudaMemcpyHostToDevice));
+        SAAP_CU(cudaMemcpy(gv.get(), nv.data(), nv.size() * 2, cudaMemcpyHostToDevice));
+        if (c.route)
+          for (int bh = 0; bh < bh_n; ++bh)
+            SAAP_CU(cudaMemcpy(gr.get() + size_t(bh) * c.d, &allr[(bh * total_len + c.lens[bh / c.hkv] + a) * c.d],
+                               size_t(c.d) * 2, cudaMemcpyHostToDevice));
+        SAAP_CU(cudaGraphLaunch(exec, stream));
+        SAAP_CU(cudaStreamSynchronize(stream));
+      } else if (c.route) {
         std::vector<uint16_t> nr(size_t(bh_n) * c.d);
         for (int bh = 0; bh < bh_n; ++bh)
           std::copy_n(&allr[(bh * total_len + c.lens[bh / c.hkv] + a) * c.d], c.d, &nr[size_t(bh) * c.d]);
@@ -98,6 +131,12 @@ int main() {
     }
     idx.check();
     SAAP_CU(cudaDeviceSynchronize());
+    if (c.graph) {
+      tally.check(idx.repacks() == repacks_reserved, "graph replays of append after reserve_appends: no re-pack",
+                  idx.repacks() - repacks_reserved, 0);
+      SAAP_CU(cudaGraphExecDestroy(exec));
+      SAAP_CU(cudaStreamDestroy(stream));
+    }
     const int64_t rows = idx.rows();
     tally.check(idx.repacks() >= c.min_repacks, "re-packs when the append pages run out", idx.repacks(),
                 c.min_repacks);
@@ -109,7 +148,8 @@ int main() {
       SAAP_CU(cudaMemcpy(h.data(), p, n * 4, cudaMemcpyDeviceToHost));
       return h;
     };
-    const int A = cfg.append_pages_per_partition, S = cfg.sinks, W = cfg.window;
+    // reserve_appends may have grown the pages per partition.
+    const int A = idx.config().append_pages_per_partition, S = cfg.sinks, W = cfg.window;
     auto pstart = get(idx.part_start(), size_t(bh_n) * c.C), pcount = get(idx.part_count(), size_t(bh_n) * c.C);
     auto acount = get(idx.append_count(), size_t(bh_n) * c.C), apages = get(idx.append_pages(), size_t(bh_n) * c.C * A);
     int64_t misplaced = 0, missing = 0, far = 0, checked_evicted = 0;

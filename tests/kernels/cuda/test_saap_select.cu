@@ -25,6 +25,7 @@ int main() {
     float lookup;
   };
   // Fractional budgets (0.33 of 5000 is 1650, of 3001 is 990.33), GQA groups 4, 3, 7, 1 and 8,
+  // head dims 64, 128 and 256 (Gemma-3's 4 query heads over one KV head),
   // more partitions than select threads (2000), and a lookup of 1 (everything). The two 4096-
   // partition cases (the most supported, many of them empty) exercise the block-scan prefix of
   // the fill over several 1024-rank tiles and the warp walk after the first misfit over many
@@ -32,7 +33,8 @@ int main() {
   for (const Case& c : {Case{2, 8, 2, 128, 300, 64, {5000, 3001}, 0.33f}, Case{1, 9, 3, 64, 2000, 96, {8000}, 0.3f},
                         Case{1, 7, 1, 64, 120, 32, {2500}, 0.07f}, Case{2, 2, 2, 128, 64, 32, {1200, 777}, 0.2f},
                         Case{1, 8, 1, 128, 50, 32, {900}, 1.0f}, Case{2, 4, 1, 64, 4096, 32, {20000, 12000}, 0.5f},
-                        Case{1, 4, 2, 64, 4096, 32, {30000}, 0.1f}}) {
+                        Case{1, 4, 2, 64, 4096, 32, {30000}, 0.1f},
+                        Case{1, 4, 1, 256, 500, 128, {12000}, 0.05f}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;
@@ -169,8 +171,8 @@ int main() {
   cfg.n_partitions = 5000;
   refused("5000 partitions are refused (Unsupported)", ErrorKind::Unsupported, [&] { cuda::SaapIndex bad(s1, cfg); });
   cfg.n_partitions = 8;
-  refused("head_dim 256 is refused (Unsupported: kernels instantiate 64 and 128)", ErrorKind::Unsupported,
-          [&] { cuda::SaapIndex bad(cuda::DecodeShape{1, 4, 2, 256, DType::BF16}, cfg); });
+  refused("head_dim 96 is refused (Unsupported: kernels instantiate 64, 128 and 256)", ErrorKind::Unsupported,
+          [&] { cuda::SaapIndex bad(cuda::DecodeShape{1, 4, 2, 96, DType::BF16}, cfg); });
   refused("a group of 9 query heads is refused (Unsupported: at most 8)", ErrorKind::Unsupported,
           [&] { cuda::SaapIndex bad(cuda::DecodeShape{1, 9, 1, 64, DType::BF16}, cfg); });
   cuda::SaapIndex idx(s1, cfg);

@@ -24,10 +24,10 @@ struct DecodeShape {
   DType kv_dtype = DType::BF16;
 
   int group() const { return n_q_heads / n_kv_heads; }
-  // Throws InvalidArgument/Unsupported naming the field: head_dim 64 or 128 (or 256 where the
-  // calling kernel is instantiated up to max_head_dim = 256: dense decode so far), group size 1..8,
+  // Throws InvalidArgument/Unsupported naming the field: head_dim 64, 128 or 256 (at most
+  // max_head_dim: every decode kernel is instantiated up to 256), group size 1..8,
   // kv_dtype bf16 or f16.
-  void check(int max_head_dim = 128) const;
+  void check(int max_head_dim = 256) const;
 };
 
 // Owning device allocation (cudaMalloc); moves, never copies.

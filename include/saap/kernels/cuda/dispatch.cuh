@@ -1,7 +1,7 @@
 // The one dispatch point from runtime (kv dtype, head dim, group size) to kernel templates.
-// Group sizes are bucketed to 1, 2, 4, 8 so each kernel has 16 instantiations, not 64 (24 for a
-// kernel instantiated up to head_dim 256). kMaxHeadDim: the largest head dim the calling kernel is
-// built for (128, or 256 for dense decode); DecodeShape::check(kMaxHeadDim) refuses larger ones
+// Group sizes are bucketed to 1, 2, 4, 8 and head dims are 64, 128 and 256 (Gemma-3), so each
+// kernel has 24 instantiations, not 192. kMaxHeadDim: the largest head dim the calling kernel is
+// built for (every decode kernel: 256); DecodeShape::check(kMaxHeadDim) refuses larger ones
 // before this is reached.
 #pragma once
 #include <cuda_bf16.h>
@@ -13,7 +13,7 @@
 
 namespace saap::cuda {
 
-template <int kMaxHeadDim = 128, class Fn>
+template <int kMaxHeadDim = 256, class Fn>
 void dispatch_decode(const DecodeShape& s, Fn&& fn) {
   static_assert(kMaxHeadDim == 128 || kMaxHeadDim == 256, "head dims are 64, 128 and 256");
   auto by_group = [&](auto t, auto d) {

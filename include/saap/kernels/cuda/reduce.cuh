@@ -28,6 +28,37 @@ __device__ float block_reduce(float v, float* scratch) {
   return r;
 }
 
+// N block-wide reductions at once (the sum in the order of block_reduce: lanes by xor, then the
+// warps' totals by xor), so N values cost two barriers instead of 2N; every thread gets the
+// results in v. scratch: [32][N] of shared memory.
+template <bool MAX, int N, class V>
+__device__ void block_reduce_n(V (&v)[N], V (*scratch)[N]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  const V none = MAX ? V(-INFINITY) : V(0);
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const V x = __shfl_xor_sync(0xffffffffu, v[i], o);
+      v[i] = MAX ? (x > v[i] ? x : v[i]) : v[i] + x;
+    }
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0)
+#pragma unroll
+    for (int i = 0; i < N; ++i) scratch[warp][i] = v[i];
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    V r = lane < nw ? scratch[lane][i] : none;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const V x = __shfl_xor_sync(0xffffffffu, r, o);
+      r = MAX ? (x > r ? x : r) : r + x;
+    }
+    v[i] = r;
+  }
+}
+
 // Order-preserving map of a float to uint32 (larger float -> larger key).
 __device__ __forceinline__ uint32_t float_key(float f) {
   const uint32_t u = __float_as_uint(f);

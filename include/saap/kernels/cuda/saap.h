@@ -15,7 +15,8 @@
 // every partition's range and append pages become one contiguous range of a new, larger pool
 // (the prefill region grows to the longest partitioned total), and the append pages start empty.
 // The host knows how many appends are surely safe from the last look at the counters, so it only
-// synchronises when that many have been made.
+// synchronises when that many have been made; reserve_appends(n) makes that look (and any
+// re-pack) ahead of time, so that a decode step, or a CUDA graph of it, never synchronises.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -117,6 +118,13 @@ class SaapIndex {
   // last selection is cleared (select() again before attend()).
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
   void append(const void* k_new, const void* v_new, const void* k_route_new, cudaStream_t stream = 0);
+  // Makes room for the next n appends, off the decode step: synchronises the stream, reads the
+  // counters and re-packs now if some partition's append pages or the page pool could fill within
+  // n appends (growing append_pages_per_partition and the pool as n needs). The next n appends
+  // then never synchronise or re-pack. A CUDA graph that captured append() appends once per
+  // replay without the host seeing it: reserve the replays before capturing or replaying.
+  // Needs a build() first; n >= 0.
+  void reserve_appends(int64_t n, cudaStream_t stream = 0);
 
   // Routing + selection for queries q [batch][n_q_heads][head_dim]: the routing query (Saap, KMeans)
   // or the post-RoPE attention query (PartitionOracle). Per KV group, the non-empty partitions are
@@ -163,7 +171,10 @@ class SaapIndex {
  private:
   // Before an append: re-packs when some partition or the page pool might have no room.
   void ensure_append_room(cudaStream_t stream);
-  void repack(cudaStream_t stream);
+  // Appends that surely fit the current layout (synchronises to read the counters).
+  int64_t append_room(cudaStream_t stream);
+  // Re-packs into a layout with room for at least min_room appends.
+  void repack(cudaStream_t stream, int64_t min_room);
   // Writes the group ranking keys of KMeans / PartitionOracle routing into logits().
   void rank_kmeans(const float* q_route, cudaStream_t stream);
   void rank_by_attention(const float* q, cudaStream_t stream);

@@ -120,6 +120,7 @@ static __global__ void __launch_bounds__(256)
   __shared__ float red_v[32];
   __shared__ int red_i[32];
   constexpr int VPR = D / 8;
+  wait_prior_grid();
   const int bh = blockIdx.y, h = bh % g.n_kv_heads;
   const int64_t n = seq_len[bh];
   const T* key;
@@ -152,6 +153,7 @@ static __global__ void __launch_bounds__(128)
                        int32_t* __restrict__ ring_part, int32_t* __restrict__ flags) {
   __shared__ int64_t dst_slot;
   constexpr int VPR = D / 8;
+  wait_prior_grid();
   const int bh = blockIdx.x;
   const int64_t n = seq_len[bh];
   const int64_t slot = n < g.S ? n : ring_slot(n, g);

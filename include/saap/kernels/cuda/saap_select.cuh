@@ -4,56 +4,102 @@
 #include <cub/block/block_scan.cuh>
 
 #include "saap/core/selection_rules.h"
+#include "saap/kernels/cuda/async_copy.cuh"
+#include "saap/kernels/cuda/launch.cuh"
 #include "saap/kernels/cuda/reduce.cuh"
 #include "saap/kernels/cuda/saap_layout.cuh"
 
 namespace saap::cuda {
 
-constexpr int kClassifyRows = 128;  // logits per block: spreads W2 (the big matrix) over many SMs
+constexpr int kClassifyThreads = 256;
+constexpr int kClassifyWarps = kClassifyThreads / 32;
+constexpr int kClassifyStageBytes = 32768;  // the block's slice of W2, staged in shared memory
+constexpr int kClassifyMaxRows = 512;
+// Logit rows per block: as many as the staging buffer holds (hidden bf16 weights each), at most
+// kClassifyMaxRows; spreads W2 (the big matrix) over many SMs.
+inline int classify_rows_per_block(int hidden) {
+  const int rows = kClassifyStageBytes / (2 * hidden);
+  return rows < kClassifyMaxRows ? rows : kClassifyMaxRows;
+}
 
 // Block (logit chunk, query head, sequence): hidden = relu(W1 q + b1) (recomputed per block; W1 is
-// small and L2 resident), then kClassifyRows logits = W2 hidden + b2, a warp per 4 rows at a time.
+// small and L2 resident), then rows_per_block logits = W2 hidden + b2.
+// At batch 1 the step is a chain of memory round trips, so the weights, which no kernel of the
+// step writes, are fetched before the kernel waits for the previous one (programmatic dependent
+// launch): the block's W2 slice and the biases by cp.async into shared memory, the first W1 rows
+// into registers, 16 bytes a lane, all in flight together. Only q waits.
 template <int D>
-static __global__ void __launch_bounds__(256)
+static __global__ void __launch_bounds__(kClassifyThreads)
     saap_classify_kernel(const float* __restrict__ q, const __nv_bfloat16* __restrict__ w1,
                          const float* __restrict__ b1, const __nv_bfloat16* __restrict__ w2,
-                         const float* __restrict__ b2, int n_q_heads, int hidden, int C, float* __restrict__ logits) {
+                         const float* __restrict__ b2, int n_q_heads, int hidden, int C, int rows_per_block,
+                         float* __restrict__ logits) {
+  __shared__ __align__(16) uint4 w2s[kClassifyStageBytes / 16];
   __shared__ float qs[D];
   __shared__ float hs[1024];
-  const int hq = blockIdx.y, b = blockIdx.z;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __shared__ float b1s[1024];
+  __shared__ float b2s[kClassifyMaxRows];
+  const int hq = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int c0 = blockIdx.x * rows_per_block, n_rows = min(C, c0 + rows_per_block) - c0;
+  const uint4* w2src = reinterpret_cast<const uint4*>(w2 + (int64_t(hq) * C + c0) * hidden);
+  for (int i = tid; i < n_rows * hidden / 8; i += kClassifyThreads) cp_async16(&w2s[i], &w2src[i]);
+  for (int i = tid; i < hidden; i += kClassifyThreads) cp_async4(&b1s[i], &b1[int64_t(hq) * hidden + i]);
+  for (int i = tid; i < n_rows; i += kClassifyThreads) cp_async4(&b2s[i], &b2[int64_t(hq) * C + c0 + i]);
+  // W1: a row of D weights over LPR lanes (16 bytes each), RPI rows per load, U loads in flight.
+  constexpr int LPR = D / 8, RPI = 32 / LPR, U = 8, ROWS = RPI * U, STRIDE = kClassifyWarps * ROWS;
+  const int sub = lane % LPR, slot = lane / LPR;
+  const __nv_bfloat16* w1h = w1 + int64_t(hq) * hidden * D + sub * 8;
+  uint4 w[U];
+  auto load_w1 = [&](int r0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int r = r0 + u * RPI + slot;
+      w[u] = r < hidden ? *reinterpret_cast<const uint4*>(w1h + int64_t(r) * D) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  int r0 = warp * ROWS;
+  load_w1(r0);
+  wait_prior_grid();
   const int64_t row = int64_t(b) * n_q_heads + hq;
-  for (int j = threadIdx.x; j < D; j += blockDim.x) qs[j] = q[row * D + j];
+  for (int j = tid; j < D; j += kClassifyThreads) qs[j] = q[row * D + j];
+  cp_async_wait_all();
   __syncthreads();
-  constexpr int EPL = D / 32;
-  float ql[EPL];
+  float ql[8];
 #pragma unroll
-  for (int e = 0; e < EPL; ++e) ql[e] = qs[lane * EPL + e];
-  for (int u0 = warp * 4; u0 < hidden; u0 += 32) {
-    float acc[4];
+  for (int j = 0; j < 8; ++j) ql[j] = qs[sub * 8 + j];
+  for (; r0 < hidden; r0 += STRIDE) {
+    float d[U];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const __nv_bfloat16* w = w1 + (int64_t(hq) * hidden + u0 + r) * D + lane * EPL;
-      acc[r] = 0.f;
+    for (int u = 0; u < U; ++u) {
+      float f[8];
+      Vec8<__nv_bfloat16>::to_float(w[u], f);
+      d[u] = 0.f;
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) acc[r] = fmaf(__bfloat162float(w[e]), ql[e], acc[r]);
+      for (int j = 0; j < 8; ++j) d[u] = fmaf(f[j], ql[j], d[u]);
     }
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const float s = warp_sum(acc[r]);
-      if (lane == 0) hs[u0 + r] = fmaxf(0.f, s + b1[int64_t(hq) * hidden + u0 + r]);
+    for (int off = LPR / 2; off > 0; off >>= 1)
+#pragma unroll
+      for (int u = 0; u < U; ++u) d[u] += __shfl_xor_sync(0xffffffffu, d[u], off);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int r = r0 + u * RPI + slot;
+      if (sub == 0 && r < hidden) hs[r] = fmaxf(0.f, d[u] + b1s[r]);
     }
+    if (r0 + STRIDE < hidden) load_w1(r0 + STRIDE);
   }
   __syncthreads();
-  const int c_end = min(C, (blockIdx.x + 1) * kClassifyRows);
-  for (int c0 = blockIdx.x * kClassifyRows + warp * 4; c0 < c_end; c0 += 32) {
+  // Logits from the staged slice: a warp per 4 rows at a time, the lanes over pairs of hidden units.
+  const __nv_bfloat16* w2l = reinterpret_cast<const __nv_bfloat16*>(w2s);
+  for (int c = warp * 4; c < n_rows; c += kClassifyWarps * 4) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     for (int j = lane * 2; j < hidden; j += 64) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        if (c0 + r < c_end) {
-          const __nv_bfloat162 w = *reinterpret_cast<const __nv_bfloat162*>(w2 + (int64_t(hq) * C + c0 + r) * hidden + j);
-          const float2 f = __bfloat1622float2(w);
+        if (c + r < n_rows) {
+          const __nv_bfloat162 wp = *reinterpret_cast<const __nv_bfloat162*>(w2l + (c + r) * hidden + j);
+          const float2 f = __bfloat1622float2(wp);
           acc[r] = fmaf(f.x, hs[j], fmaf(f.y, hs[j + 1], acc[r]));
         }
       }
@@ -61,7 +107,7 @@ static __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const float s = warp_sum(acc[r]);
-      if (lane == 0 && c0 + r < c_end) logits[row * C + c0 + r] = s + b2[int64_t(hq) * C + c0 + r];
+      if (lane == 0 && c + r < n_rows) logits[row * C + c0 + c + r] = s + b2s[c + r];
     }
   }
 }
@@ -69,27 +115,7 @@ static __global__ void __launch_bounds__(256)
 constexpr int kSelectThreads = 1024;
 constexpr int kMaxPartitions = 4096;  // keys, ids and sizes of all partitions stay in shared memory
 
-// Cuts [start, start + n) into segments of at most seg tokens at out[k...].
-__device__ __forceinline__ int emit_range(int2* out, int k, int max_k, int start, int n, int seg) {
-  for (int o = 0; o < n; o += seg, ++k)
-    if (k < max_k) out[k] = make_int2(start + o, min(seg, n - o));
-  return k;
-}
 __device__ __forceinline__ int ranges_of(int n, int seg) { return (n + seg - 1) / seg; }
-
-// Block-wide sum in double; every thread gets the result. scratch: 32 doubles of shared memory.
-__device__ inline double block_sum_double(double v, double* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  double r = lane < nw ? scratch[lane] : 0.0;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
-  return r;
-}
 
 // Sorts the first `n` (a power of two) (key, id) pairs into the ranking order of selection_rules.h
 // (higher key first, ties to the lower id): a bitonic network over shared memory, every thread of
@@ -182,13 +208,22 @@ __device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, 
 // rules::ranks_before (bitonic_rank) and filled by the rule of rules::fill_in_order (fill_ranked:
 // a block scan for the prefix that fits, then one warp for the rest). Then the segments are
 // written: sinks, recent window, then every selected partition's prefill range and append pages.
+// The selected tokens, numbered in segment order, are cut into `splits` equal runs for attend():
+// split j starts at token j * ceil(total / splits), at split_begin[bh][j] = (segment, offset), and
+// split_begin[bh][splits] (and any split past the end) is (segment count, 0).
+// Each thread loads every head's logits of its partitions once, and the G heads' maxima and
+// normaliser sums are reduced together: at batch 1 the kernel is a chain of round trips and
+// barriers, not of arithmetic.
 static __global__ void __launch_bounds__(kSelectThreads)
     saap_select_kernel(const float* __restrict__ logits, int n_q_heads, int G, SaapGeom g, int segment, double lookup,
                        const int32_t* __restrict__ seq_len, const int32_t* __restrict__ part_start,
                        const int32_t* __restrict__ part_count, const int32_t* __restrict__ append_pages,
                        const int32_t* __restrict__ append_count, int64_t max_segments, int2* __restrict__ segments,
-                       int32_t* __restrict__ segment_count, int32_t* __restrict__ selected_tokens) {
+                       int32_t* __restrict__ segment_count, int32_t* __restrict__ selected_tokens, int splits,
+                       int2* __restrict__ split_begin) {
   using Scan = SelectScan;
+  constexpr int kPer = kMaxPartitions / kSelectThreads;  // partitions per thread, at most
+  constexpr int kMaxGroup = 8;
   __shared__ typename Scan::TempStorage scan_tmp;
   // The ranking keys are dead once sorted; the taken flags reuse their memory (48 KiB of static
   // shared memory would not hold both).
@@ -201,40 +236,61 @@ static __global__ void __launch_bounds__(kSelectThreads)
   __shared__ int16_t ids[kMaxPartitions];
   __shared__ int sizes[kMaxPartitions];
   __shared__ float red[32];
-  __shared__ double dred[32];
-  __shared__ float lse[8];  // G <= 8
+  __shared__ float red_max[32][kMaxGroup];
+  __shared__ double red_sum[32][kMaxGroup];
   __shared__ int min_size;  // the smallest non-empty partition, exact (fill_ranked's early stop)
+  wait_prior_grid();
   const int bh = blockIdx.x, b = bh / g.n_kv_heads, h = bh % g.n_kv_heads;
   const int tid = threadIdx.x;
   const int64_t pbase = int64_t(bh) * g.C;
   const float* lg = logits + (int64_t(b) * n_q_heads + int64_t(h) * G) * g.C;
 
-  // The normalisers weigh each partition by its keys, so the sizes come first.
+  // The normalisers weigh each partition by its keys, so the sizes come first; the logits load
+  // meanwhile (they do not depend on the sizes).
   if (tid == 0) min_size = INT32_MAX;
-  __syncthreads();
+  float s[kPer][kMaxGroup];
+  int my_size[kPer];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int c = tid + k * kSelectThreads;
+    my_size[k] = c < g.C ? part_count[pbase + c] + append_count[pbase + c] : 0;
+#pragma unroll
+    for (int gi = 0; gi < kMaxGroup; ++gi) s[k][gi] = c < g.C && gi < G ? lg[int64_t(gi) * g.C + c] : -INFINITY;
+  }
+  __syncthreads();  // min_size is initialised
   float total = 0.f;
   int smallest = INT32_MAX;
-  for (int c = tid; c < g.C; c += kSelectThreads) {
-    sizes[c] = part_count[pbase + c] + append_count[pbase + c];
-    total += float(sizes[c]);
-    if (sizes[c] > 0) smallest = min(smallest, sizes[c]);
+  float mx[kMaxGroup];
+#pragma unroll
+  for (int gi = 0; gi < kMaxGroup; ++gi) mx[gi] = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int c = tid + k * kSelectThreads;
+    if (c >= g.C) continue;
+    sizes[c] = my_size[k];
+    total += float(my_size[k]);
+    if (my_size[k] > 0) {
+      smallest = min(smallest, my_size[k]);
+#pragma unroll
+      for (int gi = 0; gi < kMaxGroup; ++gi) mx[gi] = fmaxf(mx[gi], s[k][gi]);
+    }
   }
   atomicMin(&min_size, smallest);
   total = block_reduce<false>(total, red);
-  __syncthreads();
-  // Each head's normaliser: the block reduces the max and the terms of rules::head_log_normaliser.
-  for (int gi = 0; gi < G; ++gi) {
-    const float* s = lg + int64_t(gi) * g.C;
-    float mx = -INFINITY;
-    for (int c = tid; c < g.C; c += kSelectThreads)
-      if (sizes[c] > 0) mx = fmaxf(mx, s[c]);
-    mx = block_reduce<true>(mx, red);
-    double z = 0.0;
-    for (int c = tid; c < g.C; c += kSelectThreads) z += rules::normaliser_term(s[c], sizes[c], mx);
-    z = block_sum_double(z, dred);
-    if (tid == 0) lse[gi] = rules::log_normaliser(mx, z);
+  block_reduce_n<true>(mx, red_max);
+  // Each head's normaliser: the terms of rules::head_log_normaliser, reduced in double.
+  double z[kMaxGroup];
+#pragma unroll
+  for (int gi = 0; gi < kMaxGroup; ++gi) {
+    z[gi] = 0.0;
+#pragma unroll
+    for (int k = 0; k < kPer; ++k)
+      if (gi < G && tid + k * kSelectThreads < g.C) z[gi] += rules::normaliser_term(s[k][gi], my_size[k], mx[gi]);
   }
-  __syncthreads();
+  block_reduce_n<false>(z, red_sum);  // its barriers also publish sizes[] and min_size
+  float lse[kMaxGroup];
+#pragma unroll
+  for (int gi = 0; gi < kMaxGroup; ++gi) lse[gi] = rules::log_normaliser(mx[gi], z[gi]);
 
   const int64_t n = seq_len[bh];
   const rules::FixedReads fixed_reads = rules::fixed_reads(n, g.S, g.W);
@@ -247,15 +303,17 @@ static __global__ void __launch_bounds__(kSelectThreads)
   } else {
     int n_sort = 1;
     while (n_sort < g.C) n_sort <<= 1;
-    for (int c = tid; c < n_sort; c += kSelectThreads) {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int c = tid + k * kSelectThreads;
+      if (c >= g.C) continue;
       ids[c] = int16_t(c);
-      if (c >= g.C || !sizes[c]) {
-        keys[c] = -INFINITY;  // ranked after every partition with keys, and never taken
-        continue;
-      }
-      float s[8];
-      for (int gi = 0; gi < G; ++gi) s[gi] = lg[int64_t(gi) * g.C + c];
-      keys[c] = rules::group_log_density(s, 1, lse, G);
+      // An empty partition ranks after every partition with keys, and is never taken.
+      keys[c] = my_size[k] ? rules::group_log_density(s[k], 1, lse, G) : -INFINITY;
+    }
+    for (int c = g.C + tid; c < n_sort; c += kSelectThreads) {
+      ids[c] = int16_t(c);
+      keys[c] = -INFINITY;
     }
     __syncthreads();
     bitonic_rank(keys, ids, n_sort);
@@ -264,7 +322,8 @@ static __global__ void __launch_bounds__(kSelectThreads)
     fill_ranked(ids, sizes, g.C, budget, min_size, taken, scan_tmp);
   }
   __syncthreads();
-  // Segments: each thread counts its selected partitions' pieces, a block scan gives offsets.
+  // Segments: each thread counts its selected partitions' pieces and tokens, block scans give
+  // each thread its first segment and its first token.
   const int fixed = ranges_of(n_sink, segment) + ranges_of(n_win, segment);
   int mine = 0, my_tokens = 0;
   for (int c = tid; c < g.C; c += kSelectThreads)
@@ -273,27 +332,48 @@ static __global__ void __launch_bounds__(kSelectThreads)
       mine += ranges_of(pc, segment) + ranges_of(ac, g.P);
       my_tokens += pc + ac;
     }
-  int off, all;
+  int off, all, tok_off, tok_all;
   Scan(scan_tmp).ExclusiveSum(mine, off, all);
+  __syncthreads();  // scan_tmp is reused
+  Scan(scan_tmp).ExclusiveSum(my_tokens, tok_off, tok_all);
   int2* out = segments + int64_t(bh) * max_segments;
+  int2* starts = split_begin + int64_t(bh) * (splits + 1);
   const int max_k = int(max_segments);
+  const int n_segments = min(fixed + all, max_k);
+  const int total_tokens = n_sink + n_win + tok_all;
+  const int per = max(1, (total_tokens + splits - 1) / splits);
+  // Segment k = (slot, len) holds tokens [t, t + len); the splits that start inside it point at it.
+  auto put = [&](int k, int slot, int len, int t) {
+    if (k >= max_k) return;
+    out[k] = make_int2(slot, len);
+    for (int j = (t + per - 1) / per; int64_t(j) * per < t + len; ++j) starts[j] = make_int2(k, j * per - t);
+  };
+  auto put_range = [&](int k, int start, int len, int t) {
+    for (int o = 0; o < len; o += segment, ++k) put(k, start + o, min(segment, len - o), t + o);
+    return k;
+  };
   if (tid == 0) {
-    int k = emit_range(out, 0, max_k, 0, n_sink, segment);
-    emit_range(out, k, max_k, g.S, n_win, segment);
+    const int k = put_range(0, 0, n_sink, 0);
+    put_range(k, g.S, n_win, n_sink);
   }
-  int k = fixed + off;
+  int k = fixed + off, t = n_sink + n_win + tok_off;
   for (int c = tid; c < g.C; c += kSelectThreads)
     if (taken[c]) {
-      k = emit_range(out, k, max_k, part_start[pbase + c], part_count[pbase + c], segment);
-      const int ac = append_count[pbase + c];
+      const int pc = part_count[pbase + c], ac = append_count[pbase + c];
+      k = put_range(k, part_start[pbase + c], pc, t);
+      t += pc;
       const int32_t* pages = append_pages + (pbase + c) * g.A;
-      for (int p = 0; p * g.P < ac; ++p, ++k)
-        if (k < max_k) out[k] = make_int2(pages[p], min(g.P, ac - p * g.P));
+      for (int p = 0; p * g.P < ac; ++p, ++k) {
+        const int len = min(g.P, ac - p * g.P);
+        put(k, pages[p], len, t);
+        t += len;
+      }
     }
-  const float tok = block_reduce<false>(float(my_tokens), red);
+  for (int j = tid; j <= splits; j += kSelectThreads)
+    if (int64_t(j) * per >= total_tokens) starts[j] = make_int2(n_segments, 0);
   if (tid == 0) {
-    segment_count[bh] = min(fixed + all, max_k);
-    selected_tokens[bh] = int32_t(tok) + n_sink + n_win;
+    segment_count[bh] = n_segments;
+    selected_tokens[bh] = total_tokens;
   }
 }
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Tabulates one GPU run of decode_bench and sdpa_bench (issue 11): per (shape, batch, context) our
+dense step against PyTorch SDPA and the read floor, and every method's step (plain and as a CUDA
+graph) against dense, SDPA and its own byte floor. The floor bandwidth is the best read of the run:
+the read kernel's, any method's, or SDPA's (each row's bytes over its time).
+
+    python3 scripts/decode_bench_report.py --bench gpu_out/decode_bench.json \\
+        --sdpa gpu_out/sdpa_bench.json --out gpu_out/decode_report.md
+
+Writes Markdown with the provenance line (scripts/provenance.py) naming both inputs."""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
+
+
+def key(r):
+    return (r.get("shape", "32x8x128"), r["batch"], r["context"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", required=True)
+    ap.add_argument("--sdpa")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    bench = json.load(open(a.bench))
+    sdpa = json.load(open(a.sdpa)) if a.sdpa and os.path.exists(a.sdpa) else {"rows": []}
+    rows = bench["rows"]
+    sd = {key(r): r for r in sdpa["rows"]}
+    floor_gbps = max([bench.get("floor_gbps", 0), bench.get("read_kernel_gbps", 0)] +
+                     [r["bytes"] / (r["ms"] * 1e-3) / 1e9 for r in rows + sdpa["rows"] if r["ms"] > 0])
+    prov = provenance.collect(inputs=[provenance.input_file("bench", a.bench)] +
+                              ([provenance.input_file("sdpa", a.sdpa)] if a.sdpa and os.path.exists(a.sdpa) else []))
+    out = [provenance.md_line(prov).rstrip("\n"), "",
+           f"# decode_bench on {bench.get('device', '?')}", "",
+           f"Floor bandwidth (best read of the run): **{floor_gbps:.0f} GB/s** (read kernel "
+           f"{bench.get('read_kernel_gbps', 0):.0f} GB/s, copy {bench.get('copy_bandwidth_gbps', 0):.0f} GB/s "
+           "read+write). floor ms = bytes / floor bandwidth; \"of floor\" = floor ms / ms.", "",
+           "## Dense vs SDPA vs the read floor", "",
+           "| shape | batch | context | read kernel ms | dense ms | dense graph ms | SDPA ms | dense vs SDPA | dense of floor | SDPA of floor |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    by = {}
+    for r in rows:
+        by.setdefault(key(r), []).append(r)
+    for k in sorted(by):
+        rs = by[k]
+        dense = next((r for r in rs if r["method"] == "dense"), None)
+        read = next((r for r in rs if r["method"] == "read"), None)
+        s = sd.get(k)
+        if not dense:
+            continue
+        fl = dense["bytes"] / (floor_gbps * 1e9) * 1e3
+        out.append(f"| {k[0]} | {k[1]} | {k[2]} | {read['ms'] if read else float('nan'):.4f} | {dense['ms']:.4f} | "
+                   f"{dense['graph_ms']:.4f} | {s['ms'] if s else float('nan'):.4f} | "
+                   f"{(s['ms'] / dense['ms']) if s else float('nan'):.2f}x | {fl / dense['ms']:.2f} | "
+                   f"{(fl / s['ms']) if s else float('nan'):.2f} |")
+    out += ["", "## Every method's step", "",
+            "Speed-ups are time ratios (higher is faster): vs our dense step, vs SDPA, and the graph step vs the "
+            "dense graph. \"of floor\" is the method's byte floor over its step time.", "",
+            "| shape | batch | context | method | param | ms | select ms | attend ms | graph ms | vs dense | vs SDPA | graph vs dense graph | of floor |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k in sorted(by):
+        rs = by[k]
+        dense = next((r for r in rs if r["method"] == "dense"), None)
+        s = sd.get(k)
+        for r in rs:
+            if r["method"] in ("read", "dense"):
+                continue
+            fl = r["bytes"] / (floor_gbps * 1e9) * 1e3
+            vs_dense = dense["ms"] / r["ms"] if dense else float("nan")
+            vs_sdpa = s["ms"] / r["ms"] if s else float("nan")
+            g = dense["graph_ms"] / r["graph_ms"] if dense and r["graph_ms"] > 0 else float("nan")
+            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['method']} | {r['param']} | {r['ms']:.4f} | "
+                       f"{r['select_ms']:.4f} | {r['attend_ms']:.4f} | {r['graph_ms']:.4f} | {vs_dense:.2f}x | "
+                       f"{vs_sdpa:.2f}x | {g:.2f}x | {fl / r['ms']:.2f} |")
+    with open(a.out, "w") as f:
+        f.write("\n".join(out) + "\n")
+    print("\n".join(out[2:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,15 @@ def key(r):
     return (r.get("shape", "32x8x128"), r["batch"], r["context"])
 
 
+def attend_floor(r, floor_gbps):
+    """The selected K/V bytes' floor over the attend time (nan where lookup is not a token fraction)."""
+    if r["method"] not in ("saap", "quest") or r["attend_ms"] <= 0:
+        return float("nan")
+    hkv, d = r.get("n_kv_heads", 8), r.get("head_dim", 128)
+    kv = r.get("lookup_fraction", r.get("lookup", 0)) * r["context"] * r["batch"] * hkv * d * 4
+    return kv / (floor_gbps * 1e9) * 1e3 / r["attend_ms"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", required=True)
@@ -48,7 +57,7 @@ def main():
         by.setdefault(key(r), []).append(r)
     for k in sorted(by):
         rs = by[k]
-        dense = next((r for r in rs if r["method"] == "dense"), None)
+        dense = next((r for r in rs if r["method"] == "dense" and not r["param"]), None)
         read = next((r for r in rs if r["method"] == "read"), None)
         s = sd.get(k)
         if not dense:
@@ -58,14 +67,25 @@ def main():
                    f"{dense['graph_ms']:.4f} | {s['ms'] if s else float('nan'):.4f} | "
                    f"{(s['ms'] / dense['ms']) if s else float('nan'):.2f}x | {fl / dense['ms']:.2f} | "
                    f"{(fl / s['ms']) if s else float('nan'):.2f} |")
-    out += ["", "## Every method's step", "",
-            "Speed-ups are time ratios (higher is faster): vs our dense step, vs SDPA, and the graph step vs the "
-            "dense graph. \"of floor\" is the method's byte floor over its step time.", "",
-            "| shape | batch | context | method | param | ms | select ms | attend ms | graph ms | vs dense | vs SDPA | graph vs dense graph | of floor |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out += ["", "## Dense tunings (dense_decode_tuned: cp.async stages, waves of resident blocks)", "",
+            "| shape | batch | context | tuning | ms | vs default dense | vs SDPA |", "|---|---|---|---|---|---|---|"]
     for k in sorted(by):
         rs = by[k]
-        dense = next((r for r in rs if r["method"] == "dense"), None)
+        dense = next((r for r in rs if r["method"] == "dense" and not r["param"]), None)
+        s = sd.get(k)
+        for r in rs:
+            if r["method"] == "dense" and r["param"] and dense:
+                out.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['param']} | {r['ms']:.4f} | {dense['ms'] / r['ms']:.3f}x | "
+                           f"{(s['ms'] / r['ms']) if s else float('nan'):.3f}x |")
+    out += ["", "## Every method's step", "",
+            "Speed-ups are time ratios (higher is faster): vs our dense step, vs SDPA, and the graph step vs the "
+            "dense graph. \"of floor\" is the method's byte floor over its step time; \"attend of floor\" the floor "
+            "of the K/V it selected (lookup fraction x dense K/V bytes) over its attend time (Saap, Quest).", "",
+            "| shape | batch | context | method | param | ms | select ms | attend ms | graph ms | vs dense | vs SDPA | graph vs dense graph | of floor | attend of floor |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k in sorted(by):
+        rs = by[k]
+        dense = next((r for r in rs if r["method"] == "dense" and not r["param"]), None)
         s = sd.get(k)
         for r in rs:
             if r["method"] in ("read", "dense"):
@@ -76,7 +96,7 @@ def main():
             g = dense["graph_ms"] / r["graph_ms"] if dense and r["graph_ms"] > 0 else float("nan")
             out.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['method']} | {r['param']} | {r['ms']:.4f} | "
                        f"{r['select_ms']:.4f} | {r['attend_ms']:.4f} | {r['graph_ms']:.4f} | {vs_dense:.2f}x | "
-                       f"{vs_sdpa:.2f}x | {g:.2f}x | {fl / r['ms']:.2f} |")
+                       f"{vs_sdpa:.2f}x | {g:.2f}x | {fl / r['ms']:.2f} | {attend_floor(r, floor_gbps):.2f} |")
     with open(a.out, "w") as f:
         f.write("\n".join(out) + "\n")
     print("\n".join(out[2:]))

@@ -86,7 +86,7 @@ if [[ ${PROFILE:-0} == 1 ]]; then
 sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread
   for ctx in 131072 524288; do
     ncu --metrics "$metrics" --csv --kernel-name-base function --kernel-name regex:"loki|saap|dense|combine|quest|read_floor" \
-      build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 3 --methods dense,saap --out /tmp \
+      build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 1 --methods dense,saap --out /tmp \
       > "$OUT/ncu_$ctx.csv" 2>/dev/null || status=1
     python3 - "$OUT/ncu_$ctx.csv" $ctx <<'PY'
 import csv, statistics, sys

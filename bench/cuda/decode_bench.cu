@@ -4,7 +4,9 @@
 // JSON + CSV to --out.
 //
 // Usage: decode_bench [--contexts 16384,65536,...] [--batches 1,8] [--shapes 32x8x128,...]
-//                     [--partition-sizes FILE] [--methods dense,saap,quest,loki] [--reps 30] [--out DIR]
+//                     [--other-contexts LIST] [--partition-sizes FILE] [--methods dense,saap,quest,loki]
+//                     [--reps 30] [--out DIR]
+// --other-contexts: the contexts of every shape after the first (default: --contexts).
 //
 // Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions (C = context/512 per KV
 // head, mean 512 tokens) have lognormal sizes (sigma 1.0), drawn per (sequence, head), and with
@@ -260,6 +262,7 @@ double read_floor_ms(Timer& tm, const void* a, size_t a_bytes, const void* b, si
 struct Options {
   std::vector<int64_t> contexts = {16384, 65536, 131072, 262144, 524288}, batches = {1, 8};
   std::vector<Shape> shapes = {{32, 8, 128}};
+  std::vector<int64_t> other_contexts;  // contexts of every shape after the first (empty: contexts)
   std::string partition_sizes, methods = "dense,saap,quest,loki";
   int reps = 30;
   std::string out_dir = ".";
@@ -359,6 +362,7 @@ int main(int argc, char** argv) {
     if (a == "--contexts") o.contexts = parse_list(argv[i + 1]);
     else if (a == "--batches") o.batches = parse_list(argv[i + 1]);
     else if (a == "--shapes") o.shapes = parse_shapes(argv[i + 1]);
+    else if (a == "--other-contexts") o.other_contexts = parse_list(argv[i + 1]);
     else if (a == "--partition-sizes") o.partition_sizes = argv[i + 1];
     else if (a == "--methods") o.methods = argv[i + 1];
     else if (a == "--reps") o.reps = std::atoi(argv[i + 1]);
@@ -399,7 +403,7 @@ int main(int argc, char** argv) {
 
   for (const Shape& sh : o.shapes)
     for (int64_t B : o.batches)
-      for (int64_t N : o.contexts) {
+      for (int64_t N : &sh == &o.shapes.front() || o.other_contexts.empty() ? o.contexts : o.other_contexts) {
         const DecodeShape s{int(B), sh.hq, sh.hkv, sh.d, DType::BF16};
         try {
           s.check();
@@ -451,6 +455,18 @@ int main(int argc, char** argv) {
           const double dense_bytes = double(kv_bytes) + 2.0 * q.bytes();
           rows.push_back({"dense", "", sh, int(B), N, dense_ms, dense_bytes, 1.0, 0, dense_ms});
           rows.back().graph_ms = graph_median_ms(tm, step, reps);
+          // The tunings dense_decode_tuned offers, beside the default (issue 11: which one wins).
+          for (const auto& [stages, waves] : std::vector<std::pair<int, int>>{{0, 2}, {3, 1}, {4, 1}, {3, 2}}) {
+            if (stages == kDenseStages && waves == kDenseWaves) continue;
+            const double ms = tm.median_ms(
+                [&] {
+                  dense_decode_tuned(s, dk->get(), dv->get(), N, lengths.get(), q.get(), scale, out.get(), ws, stages,
+                                     waves);
+                },
+                reps);
+            const std::string param = "stages=" + std::to_string(stages) + ";waves=" + std::to_string(waves);
+            rows.push_back({"dense", param, sh, int(B), N, ms, dense_bytes, 1.0, 0, ms});
+          }
         }
 
         if (o.has("saap")) {
@@ -579,7 +595,8 @@ int main(int argc, char** argv) {
     const Row& r = rows[i];
     double dense = 0, dense_graph = 0;
     for (const Row& d : rows)
-      if (d.method == "dense" && d.batch == r.batch && d.context == r.context && d.shape.name() == r.shape.name())
+      if (d.method == "dense" && d.param.empty() && d.batch == r.batch && d.context == r.context &&
+          d.shape.name() == r.shape.name())
         dense = d.ms, dense_graph = d.graph_ms;
     const double floor_ms = r.bytes / floor_bw * 1e3, gbps = r.bytes / (r.ms * 1e-3) / 1e9;
     const double speedup = dense > 0 ? dense / r.ms : 0;

@@ -25,11 +25,11 @@ void SplitWorkspace::ensure(int64_t rows, int splits, int head_dim) {
   if (out_.size() < need * head_dim) out_.resize(need * head_dim);
 }
 
-int resident_blocks(const void* kernel, int block_threads) {
+int resident_blocks(const void* kernel, int block_threads, size_t dynamic_smem) {
   int dev = 0, sms = 0, per_sm = 0;
   SAAP_CU(cudaGetDevice(&dev));
   SAAP_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  SAAP_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block_threads, 0));
+  SAAP_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block_threads, dynamic_smem));
   return sms * std::max(per_sm, 1);
 }
 

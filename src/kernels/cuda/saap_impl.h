@@ -20,6 +20,7 @@ struct SaapIndex::Impl {
   int splits = 1;                       // attend splits of the last select
   DeviceBuffer<int32_t> flags;          // [0] bad assignment seen, [1] append overflow
   DeviceBuffer<unsigned long long> best;  // [bh]: packed nearest centroid of the searched key
+  DeviceBuffer<uint32_t> tickets;         // [bh]: append blocks done (the last one appends), zero between steps
   DeviceBuffer<int32_t> ring_part;      // [bh][W]: partition of each ring slot's token (separate routing keys)
   DeviceBuffer<uint16_t> w1, w2;        // bf16 bits
   DeviceBuffer<float> b1, b2, logits;

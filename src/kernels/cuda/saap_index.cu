@@ -52,6 +52,8 @@ SaapIndex::SaapIndex(const DecodeShape& shape, const SaapConfig& cfg) : shape_(s
   m.best.resize(bh);
   if (cfg.separate_routing_keys) m.ring_part.resize(bh * cfg.window);
   SAAP_CU(cudaMemset(m.best.get(), 0, m.best.bytes()));
+  m.tickets.resize(bh);
+  SAAP_CU(cudaMemset(m.tickets.get(), 0, m.tickets.bytes()));
   m.logits.resize(int64_t(shape_.batch) * shape_.n_q_heads * C);  // >= [batch][n_kv_heads][C] of the other routings
   SAAP_CU(cudaMemset(m.flags.get(), 0, m.flags.bytes()));
   SAAP_CU(cudaMemset(m.seq_len.get(), 0, m.seq_len.bytes()));

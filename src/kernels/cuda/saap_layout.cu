@@ -85,15 +85,13 @@ void SaapIndex::append(const void* k_new, const void* v_new, const void* k_route
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
-    launch_dependent(saap_evict_search_kernel<T, D>, dim3(kSearchParts, bh), dim3(256), 0, stream, g,
+    launch_dependent(saap_append_kernel<T, D>, dim3(kSearchParts, bh), dim3(256), 0, stream, g,
                      reinterpret_cast<const T*>(m.centroids.get()), static_cast<const float*>(m.half_norm.get()),
-                     reinterpret_cast<const uint4*>(m.kpool.get()), static_cast<const uint4*>(k_route_new),
-                     static_cast<const int32_t*>(m.seq_len.get()), m.best.get());
-    launch_dependent(saap_append_kernel<D>, dim3(bh), dim3(128), 0, stream, static_cast<const uint4*>(k_new),
-                     static_cast<const uint4*>(v_new), g, reinterpret_cast<uint4*>(m.kpool.get()),
+                     static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new),
+                     static_cast<const uint4*>(k_route_new), reinterpret_cast<uint4*>(m.kpool.get()),
                      reinterpret_cast<uint4*>(m.vpool.get()), m.append_pages.get(), m.append_count.get(),
                      m.next_page.get(), m.seq_len.get(), m.best.get(),
-                     cfg_.separate_routing_keys ? m.ring_part.get() : nullptr, m.flags.get());
+                     cfg_.separate_routing_keys ? m.ring_part.get() : nullptr, m.tickets.get(), m.flags.get());
   });
   SAAP_CU_LAUNCHED();
 }

@@ -3,7 +3,11 @@
 // not multiples of any tile), and sliding windows (Gemma-3's local layers read the last 512
 // positions): longer and shorter than the sequence, one past it, and a window of 1.
 // Both sides see the same rounded 16-bit inputs, so only fp32 accumulation differs: limit 1e-4.
+// dense_decode_tuned (registers or a cp.async ring of 3 or 4 tiles, 1 or 2 waves) is held to the
+// same reference.
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/cuda/cuda_test_util.h"
 #include "saap/kernels/cuda/decode.h"
@@ -47,14 +51,8 @@ int main() {
     auto dk = cutest::upload(hk), dv = cutest::upload(hv);
     auto dq = cutest::upload(hq);
     auto dl = cutest::upload(std::vector<int32_t>(c.lens.begin(), c.lens.end()));
-    cuda::DeviceBuffer<float> dout(hq.size());
-    cutest::poison(dout);
-    cuda::SplitWorkspace ws;
     const float scale = 1.f / std::sqrt(float(c.d));
-    cuda::dense_decode(s, dk.get(), dv.get(), c.max_len, dl.get(), dq.get(), scale, dout.get(), ws, 0, c.window);
-    SAAP_CU(cudaDeviceSynchronize());
-    auto out = cutest::download(dout);
-    std::vector<double> ref(out.size());
+    std::vector<double> ref(hq.size());
     const int G = c.hq / c.hkv;
     for (int b = 0; b < c.batch; ++b) {
       const int64_t first = c.window > 0 && c.lens[b] > c.window ? c.lens[b] - c.window : 0;
@@ -66,12 +64,27 @@ int main() {
                               &ref[(size_t(b) * c.hq + h) * c.d]);
       }
     }
-    const double err = cutest::rel_error(out, ref);
-    std::string what = "dense b=" + std::to_string(c.batch) + " hq=" + std::to_string(c.hq) +
-                       " hkv=" + std::to_string(c.hkv) + " d=" + std::to_string(c.d) +
-                       (c.t == DType::BF16 ? " bf16" : " f16") + " maxlen=" + std::to_string(c.max_len) +
-                       " window=" + std::to_string(c.window);
-    tally.check(err < 1e-4, what.c_str(), err, 1e-4);
+    // dense_decode, then every tuning of dense_decode_tuned: (stages, waves).
+    for (const auto& [stages, waves] : std::vector<std::pair<int, int>>{{-1, 0}, {0, 2}, {3, 1}, {4, 1}, {3, 2}}) {
+      cuda::DeviceBuffer<float> dout(hq.size());
+      cutest::poison(dout);
+      cuda::SplitWorkspace ws;
+      if (stages < 0)
+        cuda::dense_decode(s, dk.get(), dv.get(), c.max_len, dl.get(), dq.get(), scale, dout.get(), ws, 0, c.window);
+      else
+        cuda::dense_decode_tuned(s, dk.get(), dv.get(), c.max_len, dl.get(), dq.get(), scale, dout.get(), ws, stages,
+                                 waves, 0, c.window);
+      SAAP_CU(cudaDeviceSynchronize());
+      const auto out = cutest::download(dout);
+      const double err = cutest::rel_error(out, ref);
+      std::string what = std::string(stages < 0 ? "dense" : "dense stages=" + std::to_string(stages) + " waves=" +
+                                                                std::to_string(waves)) +
+                         " b=" + std::to_string(c.batch) + " hq=" + std::to_string(c.hq) +
+                         " hkv=" + std::to_string(c.hkv) + " d=" + std::to_string(c.d) +
+                         (c.t == DType::BF16 ? " bf16" : " f16") + " maxlen=" + std::to_string(c.max_len) +
+                         " window=" + std::to_string(c.window);
+      tally.check(err < 1e-4, what.c_str(), err, 1e-4);
+    }
   }
   // Bad input is refused with an error, not a crash.
   bool threw = false;

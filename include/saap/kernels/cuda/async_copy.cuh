@@ -20,5 +20,12 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
 }
 // Waits for this thread's copies; a __syncthreads() after it publishes every thread's.
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// Groups: cp_async_commit() closes the thread's copies issued since the last commit into a group;
+// cp_async_wait<N>() waits until at most the N most recent groups are still pending.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 
 }  // namespace saap::cuda

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "saap/kernels/cuda/async_copy.cuh"
 #include "saap/kernels/cuda/launch.cuh"
 #include "saap/kernels/cuda/reduce.cuh"
 
@@ -105,56 +106,102 @@ struct GroupAttender {
           kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
         }
       }
-      float s[U][GMAX];
+      step(kr, vr, base, n);
+    }
+  }
+
+  // run() with the K/V rows fetched by cp.async into a ring of STAGES tiles in shared memory, so
+  // STAGES - 1 tiles per warp are in flight while one is computed, without holding registers.
+  // ring: this warp's STAGES * ring_words() 16-byte words of shared memory. Each lane copies and
+  // reads back only its own words, so no barrier is needed between a copy and its use.
+  static constexpr int ring_words() { return U * 2 * 32; }
+  template <int STAGES, class KPtr, class VPtr>
+  __device__ void run_async(int n, KPtr kptr, VPtr vptr, uint4* ring) {
+    static_assert(STAGES >= 2, "a ring of at least two tiles");
+    const int first = warp * TILE, stride = NWARPS * TILE;
+    const int iters = n > first ? (n - first + stride - 1) / stride : 0;
+    auto issue = [&](int it) {
+      uint4* st = ring + (it % STAGES) * ring_words();
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        float kf[8];
-        Vec8<T>::to_float(kr[u], kf);
-#pragma unroll
-        for (int g = 0; g < GMAX; ++g) {
-          float d = 0.f;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) d = fmaf(q[g][j], kf[j], d);
-          s[u][g] = d;
+        const int i = first + it * stride + u * TPP + slot;
+        if (it < iters && i < n) {
+          cp_async16(&st[(2 * u) * 32 + lane], kptr(i));
+          cp_async16(&st[(2 * u + 1) * 32 + lane], vptr(i));
         }
       }
+      cp_async_commit();  // an empty group too, so that group counts stay uniform
+    };
 #pragma unroll
-      for (int off = LPT / 2; off > 0; off >>= 1)
+    for (int s = 0; s < STAGES - 1; ++s) issue(s);
+    for (int it = 0; it < iters; ++it) {
+      cp_async_wait<STAGES - 2>();  // tile `it` has landed
+      issue(it + STAGES - 1);       // into the slot tile it - 1 left
+      const uint4* st = ring + (it % STAGES) * ring_words();
+      const int base = first + it * stride;
+      uint4 kr[U], vr[U];
 #pragma unroll
-        for (int u = 0; u < U; ++u)
+      for (int u = 0; u < U; ++u) {
+        const bool ok = base + u * TPP + slot < n;  // a row past n was not copied: its words are stale
+        kr[u] = ok ? st[(2 * u) * 32 + lane] : make_uint4(0, 0, 0, 0);
+        vr[u] = ok ? st[(2 * u + 1) * 32 + lane] : make_uint4(0, 0, 0, 0);
+      }
+      step(kr, vr, base, n);
+    }
+    cp_async_wait<0>();
+  }
+
+  // One warp iteration: rows base + u*TPP + slot (u < U) with this lane's K and V words.
+  __device__ void step(const uint4 (&kr)[U], const uint4 (&vr)[U], int base, int n) {
+    float s[U][GMAX];
 #pragma unroll
-          for (int g = 0; g < GMAX; ++g) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], off);
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (base + u * TPP + slot >= n)
-#pragma unroll
-          for (int g = 0; g < GMAX; ++g) s[u][g] = -INFINITY;
-      // s becomes the probabilities; V is widened one row at a time to keep registers low.
+    for (int u = 0; u < U; ++u) {
+      float kf[8];
+      Vec8<T>::to_float(kr[u], kf);
 #pragma unroll
       for (int g = 0; g < GMAX; ++g) {
-        float mx = m[g];
+        float d = 0.f;
 #pragma unroll
-        for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
-        const float alpha = exp2f(m[g] - mx);
-        m[g] = mx;
-        l[g] *= alpha;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[g][j] *= alpha;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          s[u][g] = exp2f(s[u][g] - mx);
-          l[g] += s[u][g];
-        }
+        for (int j = 0; j < 8; ++j) d = fmaf(q[g][j], kf[j], d);
+        s[u][g] = d;
       }
+    }
+#pragma unroll
+    for (int off = LPT / 2; off > 0; off >>= 1)
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int g = 0; g < GMAX; ++g) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], off);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (base + u * TPP + slot >= n)
+#pragma unroll
+        for (int g = 0; g < GMAX; ++g) s[u][g] = -INFINITY;
+    // s becomes the probabilities; V is widened one row at a time to keep registers low.
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
+      const float alpha = exp2f(m[g] - mx);
+      m[g] = mx;
+      l[g] *= alpha;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[g][j] *= alpha;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        float vf[8];
-        Vec8<T>::to_float(vr[u], vf);
-#pragma unroll
-        for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(s[u][g], vf[j], acc[g][j]);
+        s[u][g] = exp2f(s[u][g] - mx);
+        l[g] += s[u][g];
       }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float vf[8];
+      Vec8<T>::to_float(vr[u], vf);
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(s[u][g], vf[j], acc[g][j]);
     }
   }
 

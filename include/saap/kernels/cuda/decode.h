@@ -85,8 +85,9 @@ class SplitWorkspace {
 // device runs at once for the kernel) for `tokens_per_head` tokens of work, with at least
 // min_tokens per block.
 int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, int64_t min_tokens = 256);
-// Blocks of `kernel` (block_threads threads, no dynamic shared memory) the whole device runs at once.
-int resident_blocks(const void* kernel, int block_threads);
+// Blocks of `kernel` (block_threads threads, dynamic_smem bytes of dynamic shared memory) the
+// whole device runs at once.
+int resident_blocks(const void* kernel, int block_threads, size_t dynamic_smem = 0);
 
 // Dense decode over positions [0, lengths[b]) of every sequence: split-KV flash-decoding, then a
 // combine of the splits. max_len is the cache's row stride (>= every length). window > 0 reads
@@ -95,6 +96,15 @@ int resident_blocks(const void* kernel, int block_threads);
 void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
                   const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
                   int64_t window = 0);
+
+// dense_decode with its tuning exposed (the benchmark compares them in one run): stages = 0 loads
+// the K/V rows into registers, 3 or 4 through a cp.async ring of that many tiles per warp in
+// shared memory; the grid is `waves` waves of the device's resident blocks (1..8).
+// dense_decode is dense_decode_tuned(..., kDenseStages, kDenseWaves).
+constexpr int kDenseStages = 0, kDenseWaves = 1;
+void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
+                        const float* q, float scale, float* out, SplitWorkspace& ws, int stages, int waves,
+                        cudaStream_t stream = 0, int64_t window = 0);
 
 // Writes out[row][:] from the split partials in ws (rows = batch * n_q_heads).
 void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream);

@@ -102,67 +102,67 @@ static __global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4
   vpool[dst] = v[src];
 }
 
-// Decode append, in two launches so the centroid search spreads over many SMs:
-// 1. blocks (part, b*h) each search C / kSearchParts centroids for the nearest one to a key, merged
-//    by atomicMax into best[bh]. The key is the token that the new token pushes out of the recent
-//    window (n - W), read from the pool; or, when keys are assigned by a separate routing key
-//    (route_new non-null, e.g. pre-RoPE keys), the new token's routing key, whose partition is kept
-//    with it in ring_part until it leaves the window;
-// 2. one block per (b, h) moves the leaving token into its partition's append pages, stores the new
-//    token in the ring (or the sinks while n < S) and advances seq_len.
+// Decode append, one launch of blocks (part, b*h):
+// 1. each block searches C / kSearchParts centroids (the search spreads over many SMs) for the
+//    nearest one to a key, merged by atomicMax into best[bh]. The key is the token that the new
+//    token pushes out of the recent window (n - W), read from the pool; or, when keys are assigned
+//    by a separate routing key (route_new non-null, e.g. pre-RoPE keys), the new token's routing
+//    key, whose partition is kept with it in ring_part until it leaves the window;
+// 2. the last block of (b, h) to finish (a ticket, not a second launch: at batch 1 a launch costs
+//    more than the work) moves the leaving token into its partition's append pages, stores the new
+//    token in the ring (or the sinks while n < S), advances seq_len and leaves best[bh] and its
+//    ticket zeroed for the next step.
+// ring_part [bh][W]: the partition of the token in each ring slot (routing-key mode), else null.
 constexpr int kSearchParts = 16;
 template <class T, int D>
 static __global__ void __launch_bounds__(256)
-    saap_evict_search_kernel(SaapGeom g, const T* __restrict__ centroids, const float* __restrict__ half_norm,
-                             const uint4* __restrict__ kpool, const uint4* __restrict__ route_new,
-                             const int32_t* __restrict__ seq_len, unsigned long long* __restrict__ best) {
+    saap_append_kernel(SaapGeom g, const T* __restrict__ centroids, const float* __restrict__ half_norm,
+                       const uint4* __restrict__ k_new, const uint4* __restrict__ v_new,
+                       const uint4* __restrict__ route_new, uint4* __restrict__ kpool, uint4* __restrict__ vpool,
+                       int32_t* __restrict__ append_pages, int32_t* __restrict__ append_count,
+                       int32_t* __restrict__ next_page, int32_t* __restrict__ seq_len,
+                       unsigned long long* __restrict__ best, int32_t* __restrict__ ring_part,
+                       uint32_t* __restrict__ tickets, int32_t* __restrict__ flags) {
   __shared__ float kf[D];
   __shared__ float red_v[32];
   __shared__ int red_i[32];
+  __shared__ bool last;
+  __shared__ int64_t dst_slot;
   constexpr int VPR = D / 8;
   wait_prior_grid();
   const int bh = blockIdx.y, h = bh % g.n_kv_heads;
   const int64_t n = seq_len[bh];
-  const T* key;
-  if (route_new) {
-    if (n < g.S) return;  // the new token is a sink: never partitioned
-    key = reinterpret_cast<const T*>(route_new + int64_t(bh) * VPR);
-  } else {
-    if (n < g.S + g.W) return;  // the ring is not full: nothing leaves it
-    key = reinterpret_cast<const T*>(kpool + (int64_t(bh) * g.rows + ring_slot(n, g)) * VPR);
-  }
-  for (int j = threadIdx.x; j < D; j += blockDim.x) kf[j] = elem_to_float(key[j]);
-  __syncthreads();
-  const int per = (g.C + kSearchParts - 1) / kSearchParts;
-  const int c0 = blockIdx.x * per, c1 = min(g.C, c0 + per);
-  if (c0 >= c1) return;
-  float v;
-  int c;
-  nearest_centroid<T, D>(kf, centroids + int64_t(h) * g.C * D, half_norm + int64_t(h) * g.C, c0, c1, red_v, red_i, v,
-                         c);
-  if (threadIdx.x == 0) atomicMax(&best[bh], pack_best(v, c));
-}
-
-// ring_part [bh][W]: the partition of the token in each ring slot (routing-key mode), else null.
-template <int D>
-static __global__ void __launch_bounds__(128)
-    saap_append_kernel(const uint4* __restrict__ k_new, const uint4* __restrict__ v_new, SaapGeom g,
-                       uint4* __restrict__ kpool, uint4* __restrict__ vpool, int32_t* __restrict__ append_pages,
-                       int32_t* __restrict__ append_count, int32_t* __restrict__ next_page,
-                       int32_t* __restrict__ seq_len, unsigned long long* __restrict__ best,
-                       int32_t* __restrict__ ring_part, int32_t* __restrict__ flags) {
-  __shared__ int64_t dst_slot;
-  constexpr int VPR = D / 8;
-  wait_prior_grid();
-  const int bh = blockIdx.x;
-  const int64_t n = seq_len[bh];
-  const int64_t slot = n < g.S ? n : ring_slot(n, g);
+  const int64_t slot = n < g.S ? n : ring_slot(n, g);  // where the new token goes
   uint4* krow = kpool + int64_t(bh) * g.rows * VPR;
   uint4* vrow = vpool + int64_t(bh) * g.rows * VPR;
+  // 1. The search: the new routing key once past the sinks, else the leaving key once the ring is full.
+  if (route_new ? n >= g.S : n >= g.S + g.W) {
+    const T* key = route_new ? reinterpret_cast<const T*>(route_new + int64_t(bh) * VPR)
+                             : reinterpret_cast<const T*>(krow + slot * VPR);
+    for (int j = threadIdx.x; j < D; j += blockDim.x) kf[j] = elem_to_float(key[j]);
+    __syncthreads();
+    const int per = (g.C + kSearchParts - 1) / kSearchParts;
+    const int c0 = blockIdx.x * per, c1 = min(g.C, c0 + per);
+    if (c0 < c1) {  // uniform over the block
+      float v;
+      int c;
+      nearest_centroid<T, D>(kf, centroids + int64_t(h) * g.C * D, half_norm + int64_t(h) * g.C, c0, c1, red_v,
+                             red_i, v, c);
+      if (threadIdx.x == 0) atomicMax(&best[bh], pack_best(v, c));
+    }
+  }
+  // 2. The last block of (b, h) appends.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&tickets[bh], 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int nearest = unpack_index(__ldcg(&best[bh]));  // from L2, where the blocks' atomics landed
   if (n >= g.S + g.W) {
     if (threadIdx.x == 0) {
       // The leaving token's partition: kept with it in routing-key mode, else just searched.
-      const int c = ring_part ? ring_part[int64_t(bh) * g.W + (slot - g.S)] : unpack_index(best[bh]);
+      const int c = ring_part ? ring_part[int64_t(bh) * g.W + (slot - g.S)] : nearest;
       const int64_t pc = int64_t(bh) * g.C + c;
       const int cnt = append_count[pc];
       const int page = cnt / g.P;
@@ -199,8 +199,9 @@ static __global__ void __launch_bounds__(128)
     vrow[slot * VPR + j] = v_new[int64_t(bh) * VPR + j];
   }
   if (threadIdx.x == 0) {
-    if (ring_part && n >= g.S) ring_part[int64_t(bh) * g.W + (slot - g.S)] = unpack_index(best[bh]);  // entering
-    if (ring_part || n >= g.S + g.W) best[bh] = 0;
+    if (ring_part && n >= g.S) ring_part[int64_t(bh) * g.W + (slot - g.S)] = nearest;  // entering
+    best[bh] = 0;
+    tickets[bh] = 0;
     seq_len[bh] = int32_t(n + 1);
   }
 }

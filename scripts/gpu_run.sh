@@ -5,6 +5,7 @@
 # the PyTorch SDPA reference. Logs, JSON and CSV go to $OUT (default ./gpu_out): build.log,
 # tests.log, memcheck_<test>.log, memcheck.log (summary), bench.log.
 #   scripts/gpu_run.sh [all|test|bench] [extra decode_bench args...]
+# (bench args start with BENCH_DEFAULTS, see below; the caller's own args override them)
 # PROFILE=1 adds per-kernel Nsight Compute metrics of dense and Saap at 128k and 512k tokens, batch 1
 # ($OUT/ncu_<context>.csv, summary in $OUT/ncu_summary.txt). bench also writes decode_report.md
 # (scripts/decode_bench_report.py: ours vs SDPA vs the read floor).
@@ -66,6 +67,11 @@ if [[ $mode == all || $mode == test ]]; then
   done
 fi
 if [[ $mode == all || $mode == bench ]]; then
+  # Issue 11's rows come with every run: Gemma-3's head shape (4 query heads over one KV head of 256)
+  # at 128k beside the default shape, and Saap on real partition sizes beside the lognormal model.
+  # The caller's arguments follow, so theirs win; BENCH_DEFAULTS="" drops these.
+  read -r -a defaults <<< "${BENCH_DEFAULTS---shapes 32x8x128,4x1x256 --other-contexts 131072 --partition-sizes bench/cuda/partition_sizes_smollm2_c256.csv}"
+  set -- ${defaults[@]+"${defaults[@]}"} "$@"
   # SDPA measures the contexts, batches and shapes decode_bench is given (its other options are its own).
   sdpa_args=()
   args=("$@")

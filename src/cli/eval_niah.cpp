@@ -133,7 +133,7 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
     nlohmann::json rows = nlohmann::json::array();
     CsvTable table{{"method", "task", "haystack", "length", "trials", "correct", "accuracy", "accuracy_lo", "accuracy_hi",
                     "dense_correct", "agree", "agreement", "agreement_lo", "agreement_hi", "only_method_right",
-                    "mean_found", "lookup_fraction", "global_lookup_fraction"},
+                    "mean_found", "distractor_answers", "lookup_fraction", "global_lookup_fraction"},
                    {}};
     for (const NiahLengthSummary& s : summary) {
       rows.push_back({{"length", s.length},
@@ -147,6 +147,7 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
                       {"agreement_wilson95", reference ? nlohmann::json({s.agreement.lo, s.agreement.hi}) : nlohmann::json()},
                       {"only_method_right", s.only_method_right},
                       {"mean_found", s.mean_found},
+                      {"distractor_answers", s.distractor_answers},
                       {"lookup_fraction", s.lookup_fraction},
                       {"global_lookup_fraction", s.global_lookup_fraction}});
       auto opt = [&](double x) { return reference ? csv_field(x) : std::string(); };
@@ -155,7 +156,8 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
                  csv_field(s.accuracy.lo), csv_field(s.accuracy.hi), reference ? std::to_string(s.agreement.n) : "",
                  reference ? std::to_string(s.agreement.k) : "", opt(s.agreement.rate), opt(s.agreement.lo),
                  opt(s.agreement.hi), reference ? std::to_string(s.only_method_right) : "", csv_field(s.mean_found),
-                 csv_field(s.lookup_fraction), csv_field(s.global_lookup_fraction)});
+                 std::to_string(s.distractor_answers), csv_field(s.lookup_fraction),
+                 csv_field(s.global_lookup_fraction)});
     }
     nlohmann::json doc = {{"method", method},   {"artifact", o->spec.artifact},
                           {"model", model_identity},        {"method_prefill", o->method_prefill},

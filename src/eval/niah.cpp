@@ -44,7 +44,7 @@ struct Needle {
 struct TaskText {
   std::string intro, question, lead_in, key;
   std::vector<Needle> needles;
-  std::vector<std::string> expected;
+  std::vector<std::string> expected, distractors;
 };
 
 std::string number(std::mt19937_64& rng, int digits, std::set<std::string>& used) {
@@ -83,7 +83,7 @@ TaskText task_text(const NiahTaskOptions& o, double depth, std::mt19937_64& rng)
     // The first needle is the one asked for (multikey) or the first value (multivalue), at `depth`.
     t.needles.push_back({" One of the special magic numbers for " + key + " is: " + v + ".", i == 0 ? depth : uniform(rng),
                          i == 0});
-    if (o.task == NiahTask::MultiValue || i == 0) t.expected.push_back(v);
+    (o.task == NiahTask::MultiValue || i == 0 ? t.expected : t.distractors).push_back(v);
   }
   if (o.task == NiahTask::MultiKey) {
     t.question = "What is the special magic number for " + t.key + " mentioned in the provided text?";
@@ -209,6 +209,7 @@ NiahPrompt make_niah_prompt(const Tokenizer& tok, const NiahTaskOptions& o, int6
 
   NiahPrompt p;
   p.expected = t.expected;
+  p.distractors = t.distractors;
   p.key = t.key;
   p.max_new_tokens = niah_answer_tokens(o);
   std::vector<int32_t> head;
@@ -303,6 +304,7 @@ NiahResult run_niah(const Tokenizer& tok, const NiahOptions& o, const std::strin
       NiahTrial& t = pending[i].trial;
       t.answer = tok.decode(out[i].tokens);
       t.score = score_niah(t.expected, t.answer);
+      t.distractor_answer = !t.score.correct() && score_niah(t.distractors, t.answer).found > 0;
       t.lookup = out[i].lookup;
       t.global_lookup = out[i].global_lookup;
       done += t.length;
@@ -323,6 +325,7 @@ NiahResult run_niah(const Tokenizer& tok, const NiahOptions& o, const std::strin
         p.trial.prompt_tokens = int64_t(p.prompt.context.size() + p.prompt.query.size());
         p.trial.needle_token = p.prompt.asked_needle_token;
         p.trial.expected = p.prompt.expected;
+        p.trial.distractors = p.prompt.distractors;
         pending.push_back(std::move(p));
         if (int(pending.size()) == o.batch) flush();
       }
@@ -346,6 +349,7 @@ nlohmann::json NiahResult::to_json() const {
                            {"prompt_tokens", t.prompt_tokens},
                            {"needle_token", t.needle_token},
                            {"expected", t.expected},
+                           {"distractors", t.distractors},
                            {"answer", t.answer},
                            {"found", t.score.found},
                            {"total", t.score.total},
@@ -382,6 +386,8 @@ NiahResult NiahResult::from_json(const nlohmann::json& j) {
       x.expected = t.at("expected").get<std::vector<std::string>>();
       x.answer = t.at("answer").get<std::string>();
       x.score = score_niah(x.expected, x.answer);
+      x.distractors = t.value("distractors", std::vector<std::string>());
+      x.distractor_answer = !x.score.correct() && score_niah(x.distractors, x.answer).found > 0;
       x.lookup = stats_from_json(t.at("lookup"));
       x.global_lookup = stats_from_json(t.at("global_lookup"));
       r.trials.push_back(std::move(x));
@@ -434,6 +440,7 @@ std::vector<NiahLengthSummary> niah_summary(const NiahResult& r, const NiahResul
       if (length != 0 && t.length != length) continue;
       ++n;
       ok += t.score.correct();
+      s.distractor_answers += t.distractor_answer;
       found += t.score.total ? double(t.score.found) / t.score.total : 0.0;
       lookup += t.lookup;
       global += t.global_lookup;

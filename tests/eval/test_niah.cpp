@@ -81,6 +81,12 @@ void check_prompt(const Tokenizer& tok, const NiahTaskOptions& o, int64_t length
     const size_t needles = o.task == NiahTask::Passkey ? 1 : size_t(o.task == NiahTask::MultiKey ? o.keys : o.values);
     ASSERT_EQ(p.needle_tokens.size(), needles);
     EXPECT_TRUE(std::is_sorted(p.needle_tokens.begin(), p.needle_tokens.end()));
+    // Multikey's other needles hold other numbers: the distractors, each once in the context.
+    ASSERT_EQ(p.distractors.size(), o.task == NiahTask::MultiKey ? size_t(o.keys - 1) : 0u);
+    for (const std::string& v : p.distractors) {
+      EXPECT_EQ(count(context, v), 1) << v;
+      EXPECT_EQ(std::find(p.expected.begin(), p.expected.end(), v), p.expected.end()) << v;
+    }
     for (const std::string& v : p.expected) {
       EXPECT_EQ(v.size(), o.task == NiahTask::Passkey ? 5u : 7u) << v;
       // Passkey's needle says its number twice; a magic number appears once.
@@ -285,7 +291,11 @@ TEST(Niah, RunHandsEveryTrialToTheContinuationAndScoresIt) {
       const std::string needle = "numbers for " + key[1].str() + " is: ([0-9]+)";
       EXPECT_TRUE(std::regex_search(context, value, std::regex(needle)));
       Continuation c;
-      c.tokens = tok.encode(" " + (calls++ % 2 == 0 ? value[1].str() : std::string("1")) + ".");
+      // Wrong answers give another key's number (a distractor).
+      std::smatch other;
+      const std::string others = "numbers for (?!" + key[1].str() + " )[a-z]+-[a-z]+ is: ([0-9]+)";
+      EXPECT_TRUE(std::regex_search(context, other, std::regex(others)));
+      c.tokens = tok.encode(" " + (calls++ % 2 == 0 ? value[1].str() : other[1].str()) + ".");
       EXPECT_LE(int(c.tokens.size()), r.max_new_tokens);
       out.push_back(c);
     }
@@ -298,6 +308,8 @@ TEST(Niah, RunHandsEveryTrialToTheContinuationAndScoresIt) {
     EXPECT_EQ(r.trials[i].score.correct(), i % 2 == 0) << r.trials[i].answer;
     EXPECT_EQ(r.trials[i].seed, niah_trial_seed(o.seed, r.trials[i].length, r.trials[i].depth, r.trials[i].trial));
   }
+  for (size_t i = 0; i < r.trials.size(); ++i) EXPECT_EQ(r.trials[i].distractor_answer, i % 2 == 1);
+  EXPECT_EQ(niah_summary(r, nullptr).back().distractor_answers, 6);
   EXPECT_EQ(r.trials[0].length, 700);
   EXPECT_EQ(r.trials[11].length, 900);
   // A backend that loses a request is refused.

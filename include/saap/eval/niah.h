@@ -56,6 +56,7 @@ struct NiahPrompt {
   std::vector<int32_t> context;        // BOS, instructions, haystack with the needles (prefilled)
   std::vector<int32_t> query;          // question and answer lead-in (fed token by token)
   std::vector<std::string> expected;   // what the answer must hold, every one of them
+  std::vector<std::string> distractors;  // multikey: the other keys' numbers (a wrong answer may be one)
   std::vector<int64_t> needle_tokens;  // [needles] first token of each needle in context, ascending
   int64_t asked_needle_token = 0;      // the needle at `depth` (multikey: the one asked for)
   int max_new_tokens = 0;              // context + query + max_new_tokens == length
@@ -108,9 +109,10 @@ struct NiahTrial {
   uint64_t seed = 0;
   int64_t prompt_tokens = 0;
   int64_t needle_token = 0;
-  std::vector<std::string> expected;
+  std::vector<std::string> expected, distractors;
   std::string answer;
   NiahScore score;
+  bool distractor_answer = false;  // wrong, and holds another needle's number (retrieved the wrong key)
   LookupStats lookup, global_lookup;
 };
 
@@ -146,6 +148,7 @@ struct NiahLengthSummary {
   Proportion agreement;          // n = trials dense got right; empty without a reference
   int64_t only_method_right = 0; // trials dense got wrong and the method right
   double mean_found = 0;         // mean share of the expected numbers found (multivalue's partial credit)
+  int64_t distractor_answers = 0;  // wrong trials whose answer holds another key's number (multikey)
   double lookup_fraction = 0, global_lookup_fraction = 0;
 };
 std::vector<NiahLengthSummary> niah_summary(const NiahResult& result, const NiahResult* dense_reference);

@@ -140,15 +140,29 @@ double copy_bandwidth(Timer& tm) {
 
 // Median ms of fn(stream) captured once as a CUDA graph and replayed, as a serving engine that
 // captures its decode step runs it: the host launch gaps between dependent kernels disappear.
-double graph_median_ms(Timer& tm, const std::function<void(cudaStream_t)>& fn, int reps) {
+// A step that cannot be captured (it synchronises the host, or calls what capture forbids) is a
+// finding, not a reason to lose the run: the capture is ended, `skipped` says why, and the row's
+// graph_ms is -1.
+double graph_median_ms(Timer& tm, const std::function<void(cudaStream_t)>& fn, int reps, const std::string& what,
+                       std::vector<std::string>& skipped) {
   cudaStream_t st;  // blocking: the timer's events on the legacy stream order around it
   SAAP_CU(cudaStreamCreate(&st));
   fn(st);  // sizes workspaces and caches occupancy queries outside the capture
   SAAP_CU(cudaStreamSynchronize(st));
-  cudaGraph_t graph;
+  cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec;
   SAAP_CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  fn(st);
+  try {
+    fn(st);
+  } catch (const Error& e) {
+    cudaStreamEndCapture(st, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    cudaStreamDestroy(st);
+    skipped.push_back("graph of " + what + ": " + e.what());
+    std::printf("skip %s\n", skipped.back().c_str());
+    return -1;
+  }
   SAAP_CU(cudaStreamEndCapture(st, &graph));
   SAAP_CU(cudaGraphInstantiate(&exec, graph, 0));
   const double ms = tm.median_ms([&] { SAAP_CU(cudaGraphLaunch(exec, st)); }, reps);
@@ -273,7 +287,7 @@ struct Options {
 void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, const Shape& sh, const void* dk,
                 const void* dv, const std::vector<int32_t>& h_len, const float* q, float* out, SplitWorkspace& ws,
                 const std::vector<double>* real_sizes, std::mt19937& rng, std::vector<Row>& rows,
-                std::vector<double>& fractions) {
+                std::vector<double>& fractions, std::vector<std::string>& skipped) {
   const int B = s.batch, reps = o.reps;
   const std::vector<float> lookups = {0.02f, 0.05f, 0.10f, 1024.f / float(N), 2048.f / float(N)};
   SaapConfig cfg;
@@ -336,7 +350,7 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
     idx->reserve_appends(reps + 3);  // warm-up + repetitions: no synchronisation inside the timing
     const double all_ms = tm.median_ms([&] { step(0); }, reps);
     idx->reserve_appends(reps + 5);  // graph_median_ms: one run to size, the capture, the replays
-    const double graph_ms = graph_median_ms(tm, step, reps);
+    const double graph_ms = graph_median_ms(tm, step, reps, "saap " + std::to_string(lookup), skipped);
     idx->check();
     const auto ctr = idx->counters();
     double tokens = 0, n_all = 0;
@@ -454,7 +468,7 @@ int main(int argc, char** argv) {
           const double dense_ms = tm.median_ms([&] { step(0); }, reps);
           const double dense_bytes = double(kv_bytes) + 2.0 * q.bytes();
           rows.push_back({"dense", "", sh, int(B), N, dense_ms, dense_bytes, 1.0, 0, dense_ms});
-          rows.back().graph_ms = graph_median_ms(tm, step, reps);
+          rows.back().graph_ms = graph_median_ms(tm, step, reps, "dense", skipped);
           // The tunings dense_decode_tuned offers, beside the default (issue 11: which one wins).
           for (const auto& [stages, waves] : std::vector<std::pair<int, int>>{{0, 2}, {3, 1}, {4, 1}, {3, 2}}) {
             if (stages == kDenseStages && waves == kDenseWaves) continue;
@@ -471,10 +485,10 @@ int main(int argc, char** argv) {
 
         if (o.has("saap")) {
           bench_saap(tm, o, s, N, sh, dk->get(), dv->get(), h_len, q.get(), out.get(), ws, nullptr, rng, rows,
-                     saap_fractions);
+                     saap_fractions, skipped);
           if (!real_sizes.empty())
             bench_saap(tm, o, s, N, sh, dk->get(), dv->get(), h_len, q.get(), out.get(), ws, &real_sizes, rng, rows,
-                       saap_fractions);
+                       saap_fractions, skipped);
         }
         dk.reset();
         dv.reset();
@@ -522,7 +536,7 @@ int main(int argc, char** argv) {
             };
             const double all_ms = tm.median_ms([&] { step(0); }, reps);
             rows.push_back({"quest", param, sh, int(B), N, all_ms, bytes, tokens / n_all, sel_ms, att_ms});
-            rows.back().graph_ms = graph_median_ms(tm, step, reps);
+            rows.back().graph_ms = graph_median_ms(tm, step, reps, "quest " + param, skipped);
           }
         }
 
@@ -534,7 +548,7 @@ int main(int argc, char** argv) {
               skipped.push_back("loki rank " + std::to_string(r) + " at head dim " + std::to_string(D));
               continue;
             }
-            LokiIndex idx(s, N, r);
+            LokiIndex idx(s, N + 2 * (reps + 8), r);  // room for the timed appends (plain and graph)
             std::vector<float> eye(size_t(sh.hkv) * D * D, 0.f);
             for (int h = 0; h < sh.hkv; ++h)
               for (int i = 0; i < D; ++i) eye[(size_t(h) * D + i) * D + i] = 1.f;
@@ -547,7 +561,11 @@ int main(int argc, char** argv) {
             }
             const double sel_ms = tm.median_ms([&] { idx.select(q.get(), float(f)); }, reps);
             const double att_ms = tm.median_ms([&] { idx.attend(scale, out.get(), ws); }, reps);
-            auto step = [&](cudaStream_t st) {
+            DeviceBuffer<uint16_t> knew(size_t(B) * sh.hkv * D), vnew(knew.size());
+            fill_random(knew.get(), knew.size(), 11);
+            fill_random(vnew.get(), vnew.size(), 12);
+            auto step = [&](cudaStream_t st) {  // the whole step, plain and as a graph
+              idx.append(knew.get(), vnew.get(), st);
               idx.select(q.get(), float(f), st);
               idx.attend(scale, out.get(), ws, st);
             };
@@ -561,7 +579,7 @@ int main(int argc, char** argv) {
             char param[48];
             std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g", f, f);
             rows.push_back({"loki", param, sh, int(B), N, all_ms, bytes, bytes / (tokens * D * 4), sel_ms, att_ms});
-            rows.back().graph_ms = graph_median_ms(tm, step, reps);
+            rows.back().graph_ms = graph_median_ms(tm, step, reps, "loki " + std::string(param), skipped);
           }
       }
 

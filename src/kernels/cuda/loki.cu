@@ -141,10 +141,10 @@ void LokiIndex::append(const void* k_new, const void* v_new, cudaStream_t stream
     SAAP_CU_REQUIRE(m.host_len[i] < max_len_, InvalidArgument, "sequence %d is full (max_len %lld)", i / Hkv,
                     (long long)max_len_);
   for (auto& l : m.host_len) ++l;
-  // One token at position seq_len: pos0 = seq_len, count = 1, then seq_len + 1.
-  SAAP_CU(cudaMemcpyAsync(m.pos0.get(), m.seq_len.get(), bh * 4, cudaMemcpyDeviceToDevice, stream));
-  std::vector<int32_t> ones(bh, 1);
-  SAAP_CU(cudaMemcpyAsync(m.count.get(), ones.data(), bh * 4, cudaMemcpyHostToDevice, stream));
+  // One token at position seq_len: pos0 = seq_len, count = 1, then seq_len + 1; no host
+  // synchronisation, so a CUDA graph may capture the append.
+  loki_append_begin_kernel<<<(bh + 255) / 256, 256, 0, stream>>>(m.seq_len.get(), m.pos0.get(), m.count.get(), bh);
+  SAAP_CU_LAUNCHED();
   by_dtype(shape_.kv_dtype, [&](auto t) {
     using T = decltype(t);
     loki_store_kernel<T><<<dim3(1, bh), D, 16 * D * 4, stream>>>(
@@ -155,7 +155,6 @@ void LokiIndex::append(const void* k_new, const void* v_new, cudaStream_t stream
   SAAP_CU_LAUNCHED();
   loki_advance_kernel<<<(bh + 255) / 256, 256, 0, stream>>>(m.seq_len.get(), bh);
   SAAP_CU_LAUNCHED();
-  SAAP_CU(cudaStreamSynchronize(stream));  // `ones` is a copy source
 }
 
 void LokiIndex::select(const float* q, double k_frac, cudaStream_t stream) {

@@ -4,7 +4,7 @@
 // k = rules::loki_keys(k_frac, n) of them, and attention over the kept tokens are all recomputed
 // here in float64 from that rotation; with k_frac = 1 the result equals dense attention on the raw
 // keys. bf16 keys at rank 16/32 are scored on the tensor cores, the others on the CUDA cores; both
-// must match the fp32 query's scores.
+// must match the fp32 query's scores. Every second append is captured as a CUDA graph and launched.
 #include <algorithm>
 #include <numeric>
 #include <set>
@@ -88,7 +88,23 @@ int main() {
       }
       auto dnk = cutest::upload(nk);
       auto dnv = cutest::upload(nv);
-      idx.append(dnk.get(), dnv.get());
+      if (a % 2 == 0) {
+        idx.append(dnk.get(), dnv.get());
+      } else {  // captured as a CUDA graph and launched once: capture fails if append synchronises
+        cudaStream_t st;
+        SAAP_CU(cudaStreamCreate(&st));
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        SAAP_CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        idx.append(dnk.get(), dnv.get(), st);
+        SAAP_CU(cudaStreamEndCapture(st, &graph));
+        SAAP_CU(cudaGraphInstantiate(&exec, graph, 0));
+        SAAP_CU(cudaGraphLaunch(exec, st));
+        SAAP_CU(cudaStreamSynchronize(st));
+        SAAP_CU(cudaGraphExecDestroy(exec));
+        SAAP_CU(cudaGraphDestroy(graph));
+        SAAP_CU(cudaStreamDestroy(st));
+      }
     }
     const std::string tag = std::string(c.t == DType::BF16 ? "bf16" : "f16") + " d=" + std::to_string(D) +
                             " r=" + std::to_string(c.r) + " G=" + std::to_string(G) + ": ";

@@ -530,6 +530,17 @@ static __global__ void __launch_bounds__(kRefineThreads)
 namespace saap::cuda {
 
 // seq_len[bh] += 1 after an append (the launcher checked that it fits).
+// An append's store of one token per (b, h) at position seq_len: pos0 = seq_len, count = 1 (a
+// kernel, not a copy from the host, so the append holds no host synchronisation).
+static __global__ void loki_append_begin_kernel(const int32_t* __restrict__ seq_len, int32_t* __restrict__ pos0,
+                                                int32_t* __restrict__ count, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    pos0[i] = seq_len[i];
+    count[i] = 1;
+  }
+}
+
 static __global__ void loki_advance_kernel(int32_t* __restrict__ seq_len, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) seq_len[i] += 1;

@@ -122,7 +122,8 @@ class SaapIndex {
   // counters and re-packs now if some partition's append pages or the page pool could fill within
   // n appends (growing append_pages_per_partition and the pool as n needs). The next n appends
   // then never synchronise or re-pack. A CUDA graph that captured append() appends once per
-  // replay without the host seeing it: reserve the replays before capturing or replaying.
+  // replay without the host seeing it: reserve the replays before capturing, and capture again
+  // after any later reservation (a re-pack moves the pools the graph points at).
   // Needs a build() first; n >= 0.
   void reserve_appends(int64_t n, cudaStream_t stream = 0);
 

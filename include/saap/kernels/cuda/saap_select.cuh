@@ -143,6 +143,67 @@ __device__ inline void bitonic_rank(float* key, int16_t* id, int n) {
     }
 }
 
+// The compare-exchange of one bitonic step, seen from thread t holding (mk, mi) whose partner
+// t ^ j holds (ok, oi): segments with (t & k) == 0 end in ranking order, the others reversed.
+__device__ __forceinline__ void bitonic_keep(int t, int k, int j, float& mk, int& mi, float ok, int oi) {
+  const bool lower = (t & j) == 0, ascending = (t & k) == 0;
+  const bool mine_first = rules::ranks_before(mk, mi, ok, oi);
+  if ((lower == ascending) != mine_first) {
+    mk = ok;
+    mi = oi;
+  }
+}
+
+// bitonic_rank when n <= blockDim.x: thread t holds element t in registers, so the steps between
+// lanes of one warp (j < 32; all steps while k <= 32) are shuffles without a barrier, and only the
+// steps with j >= 32 go through shared memory (n = 1024: 15 barrier steps of 55).
+__device__ inline void bitonic_rank_registers(float* key, int16_t* id, int n) {
+  const int t = threadIdx.x;
+  const bool mine = t < n;
+  float mk = mine ? key[t] : 0.f;
+  int mi = mine ? id[t] : 0;
+  for (int k = 2; k <= n; k <<= 1) {
+    int j = k >> 1;
+    if (j >= 32) {
+      if (mine) {
+        key[t] = mk;
+        id[t] = int16_t(mi);
+      }
+      __syncthreads();
+      for (; j >= 32; j >>= 1) {
+        if (mine && (t & j) == 0) {
+          const int o = t ^ j;
+          float ak = key[t], bk = key[o];
+          int ai = id[t], bi = id[o];
+          bitonic_keep(t, k, j, ak, ai, bk, bi);  // the lower one's element after the step
+          if (ai != id[t]) {  // a swap
+            key[o] = key[t];
+            id[o] = id[t];
+            key[t] = ak;
+            id[t] = int16_t(ai);
+          }
+        }
+        __syncthreads();
+      }
+      if (mine) {
+        mk = key[t];
+        mi = id[t];
+      }
+    }
+    for (; j > 0; j >>= 1) {  // every lane shuffles; a lane past n only feeds lanes past n
+      const float ok = __shfl_xor_sync(0xffffffffu, mk, j);
+      const int oi = __shfl_xor_sync(0xffffffffu, mi, j);
+      bitonic_keep(t, k, j, mk, mi, ok, oi);
+    }
+  }
+  __syncthreads();  // every thread's last smem read is done
+  if (mine) {
+    key[t] = mk;
+    id[t] = int16_t(mi);
+  }
+  __syncthreads();
+}
+
 using SelectScan = cub::BlockScan<int, kSelectThreads>;
 
 // rules::fill_in_order over the ranking ids[0..C) (ids[r]: the partition at rank r), sizes[c] the
@@ -316,7 +377,8 @@ static __global__ void __launch_bounds__(kSelectThreads)
       keys[c] = -INFINITY;
     }
     __syncthreads();
-    bitonic_rank(keys, ids, n_sort);
+    if (n_sort <= kSelectThreads) bitonic_rank_registers(keys, ids, n_sort);
+    else bitonic_rank(keys, ids, n_sort);
     for (int c = tid; c < g.C; c += kSelectThreads) taken[c] = 0;
     __syncthreads();
     fill_ranked(ids, sizes, g.C, budget, min_size, taken, scan_tmp);

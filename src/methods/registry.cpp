@@ -126,12 +126,16 @@ MethodFactory make_method_factory(const MethodSpec& spec, const ArtifactIdentity
 }
 
 ArtifactIdentity model_artifact_identity(const LlamaModel& model) {
+  return model_artifact_identity(model.identity(), model.config());
+}
+
+ArtifactIdentity model_artifact_identity(const std::string& model_identity, const LlamaConfig& config) {
   ArtifactIdentity id;
-  id.model_identity = model.identity();
-  id.n_layers = model.config().n_layers;
-  id.n_heads = model.config().n_heads;
-  id.n_kv_heads = model.config().n_kv_heads;
-  id.head_dim = model.config().head_dim;
+  id.model_identity = model_identity;
+  id.n_layers = config.n_layers;
+  id.n_heads = config.n_heads;
+  id.n_kv_heads = config.n_kv_heads;
+  id.head_dim = config.head_dim;
   return id;
 }
 

@@ -22,6 +22,7 @@ void CudaLlamaModel::Impl::drop_graph() {
   graph_exec = nullptr;
   graph = nullptr;
   graph_batch = 0;
+  graph_teacher = false;
 }
 
 // Y[rows][out] = X[rows][in] · W[out][in]ᵀ + beta · Y, row-major; bf16 inputs, fp32 accumulation,
@@ -83,6 +84,7 @@ void CudaLlamaModel::Impl::prefill_layers(int b, int64_t n, int64_t pos0) {
     lap(PrefillPhase::Norm, 3 * R * E, R * E * (f32 + bf));
     gemm(xn.get(), L.wqkv.get(), qkv.get(), rows, E, QKV, 0.f);
     lap(PrefillPhase::GemmQkv, 2 * R * E * QKV, gemm_bytes(R, E, QKV, qkv_el, false));
+    save_routing_keys(l, b, n, pos0);  // a pre-RoPE partition method assigns the prefill by these
     rope_split_qkv(qkv_layout, qkv.get(), rope, pos0, nullptr, q.get(), kc, vc, stream);
     lap(PrefillPhase::RopeSplit, 6 * R * (Q + KV) / 2, R * QKV * qkv_el + R * (Q + 2 * KV) * bf);
     prefill_attention(attn, q.get(), kc, vc, scale, att.get(), stream, options.prefill_kernel);
@@ -107,17 +109,19 @@ void CudaLlamaModel::Impl::prefill_layers(int b, int64_t n, int64_t pos0) {
   }
 }
 
-// One token per sequence: embeddings of next_tokens (and lengths += 1), the blocks with the dense
-// split-KV decode reading the cache rows [0, lengths[b]), the unembedding and the greedy choice.
-// Only kernel launches on `stream`: this is what the CUDA graph records.
+// One token per sequence: embeddings of next_tokens (and lengths += 1), the blocks with the
+// attention of the method (decode_attention: dense split-KV over the cache rows [0, lengths[b]), or
+// the layer's sparse index), the unembedding and the greedy choice. In teacher-forced runs the
+// input is the true token and the step also scores the next true token. Only kernel launches on
+// `stream`: this is what the CUDA graph records.
 void CudaLlamaModel::Impl::record_step() {
   if (gemma3) return gemma3_record_step();
   const LlamaConfig& c = config;
   const int E = c.n_embd, D = c.head_dim, Q = c.n_heads * D, QKV = (c.n_heads + 2 * c.n_kv_heads) * D;
   const RopeTable rope{rope_table.get(), options.max_context, c.rope.n_rot, c.rope.style == RopeStyle::NeoX};
   const QkvLayout qkv_layout{batch, 1, c.n_heads, c.n_kv_heads, D, options.max_context};
-  const DecodeShape shape{batch, c.n_heads, c.n_kv_heads, D, DType::BF16};
   const float scale = 1.f / std::sqrt(float(D));
+  if (method.teacher) teacher_input();
   embed_rows(next_tokens.get(), token_embd.get(), c.vocab_size, E, batch, x.get(), lengths.get(), stream);
   for (int l = 0; l < c.n_layers; ++l) {
     const CudaLlamaLayer& L = layers[size_t(l)];
@@ -126,7 +130,7 @@ void CudaLlamaModel::Impl::record_step() {
     rms_norm_rows(x.get(), L.attn_norm.get(), batch, E, c.rms_eps, xn.get(), stream);
     gemm(xn.get(), L.wqkv.get(), qkv.get(), batch, E, QKV, 0.f);
     rope_split_qkv(qkv_layout, qkv.get(), rope, 0, lengths.get(), q32.get(), kc, vc, stream);
-    dense_decode(shape, kc, vc, options.max_context, lengths.get(), q32.get(), scale, att32.get(), split_ws, stream);
+    decode_attention(l, kc, vc, scale);
     to_bf16(att32.get(), int64_t(batch) * Q, att.get(), stream);
     gemm(att.get(), L.wo.get(), x.get(), batch, Q, E, 1.f);
 
@@ -138,6 +142,39 @@ void CudaLlamaModel::Impl::record_step() {
   rms_norm_rows(x.get(), output_norm.get(), batch, E, c.rms_eps, xn.get(), stream);
   gemm(xn.get(), unembedding(), logits.get(), batch, E, c.vocab_size, 0.f);
   argmax_rows(logits.get(), batch, c.vocab_size, next_tokens.get(), stream);
+  if (method.teacher) teacher_nll();
+}
+
+void CudaLlamaModel::Impl::launch_step() {
+  reserve_step();
+  if (graph_exec && (graph_batch != batch || graph_teacher != method.teacher)) drop_graph();
+  if (graph_exec) {
+    SAAP_CU(cudaGraphLaunch(graph_exec, stream));
+  } else {
+    // The first step runs eagerly: it lets cuBLAS pick its kernels and the decode kernels size
+    // their split workspaces, so the capture below records launches only. Global mode: a call
+    // that would synchronise inside the step fails the capture instead of passing unnoticed.
+    record_step();
+    SAAP_CU(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    try {
+      record_step();
+    } catch (...) {
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(stream, &broken);
+      if (broken) cudaGraphDestroy(broken);
+      throw;
+    }
+    SAAP_CU(cudaStreamEndCapture(stream, &graph));
+    SAAP_CU(cudaGraphInstantiate(&graph_exec, graph, 0));
+    graph_batch = batch;
+    graph_teacher = method.teacher;
+  }
+  if (method.kind == MethodKind::Partition) --method.appends_left;
+  if (method.kind == MethodKind::Dense) {  // every query read its whole causal prefix (length + 1 tokens)
+    const double read = double(batch) * config.n_kv_heads * config.n_layers * double(length + 1);
+    method.host_reads.kv_tokens += read;
+    method.host_reads.dense_tokens += read;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,6 +262,7 @@ std::unique_ptr<CudaLlamaModel> CudaLlamaModel::load(const std::string& gguf_pat
   // A fixed workspace: cuBLAS must not allocate while a decode step is being captured.
   SAAP_CUBLAS(cublasSetWorkspace(m->cublas, m->cublas_ws.get(), m->cublas_ws.bytes()));
   m->tuned_gemm.init(m->cublas_ws.get(), m->cublas_ws.bytes());  // the same stream: one workspace serves both
+  m->setup_method();
   return std::unique_ptr<CudaLlamaModel>(new CudaLlamaModel(std::move(m)));
 }
 
@@ -232,6 +270,7 @@ CudaLlamaModel::CudaLlamaModel(std::unique_ptr<Impl> impl) : impl_(std::move(imp
 CudaLlamaModel::~CudaLlamaModel() = default;
 
 const LlamaConfig& CudaLlamaModel::config() const { return impl_->config; }
+const std::string& CudaLlamaModel::identity() const { return impl_->identity; }
 const CudaLlamaOptions& CudaLlamaModel::options() const { return impl_->options; }
 int CudaLlamaModel::batch() const { return impl_->batch; }
 int64_t CudaLlamaModel::length() const { return impl_->length; }
@@ -310,6 +349,7 @@ void CudaLlamaModel::prefill(const int32_t* tokens, int batch, int64_t n, float*
     SAAP_CU(cudaMemcpyAsync(nll, m.nll.get(), size_t(batch * n) * 4, cudaMemcpyDeviceToHost, m.stream));
   SAAP_CU(cudaStreamSynchronize(m.stream));
   m.length = n;
+  m.build_indexes_after_prefill(n);
 }
 
 void CudaLlamaModel::set_prefill_kernel(PrefillKernel kernel) {
@@ -356,25 +396,7 @@ void CudaLlamaModel::decode_step(const int32_t* tokens) {
                      m.config.vocab_size);
     SAAP_CU(cudaMemcpyAsync(m.next_tokens.get(), tokens, size_t(m.batch) * 4, cudaMemcpyHostToDevice, m.stream));
   }
-  if (m.graph_exec) {
-    SAAP_CU(cudaGraphLaunch(m.graph_exec, m.stream));
-  } else {
-    // The first step runs eagerly: it lets cuBLAS pick its kernels and the decode kernel size its
-    // split workspace, so the capture below records launches only.
-    m.record_step();
-    SAAP_CU(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeGlobal));
-    try {
-      m.record_step();
-    } catch (...) {
-      cudaGraph_t broken = nullptr;
-      cudaStreamEndCapture(m.stream, &broken);
-      if (broken) cudaGraphDestroy(broken);
-      throw;
-    }
-    SAAP_CU(cudaStreamEndCapture(m.stream, &m.graph));
-    SAAP_CU(cudaGraphInstantiate(&m.graph_exec, m.graph, 0));
-    m.graph_batch = m.batch;
-  }
+  m.launch_step();
   m.length += 1;
 }
 

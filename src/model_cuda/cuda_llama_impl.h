@@ -5,11 +5,14 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "saap/kernels/cuda/decode.h"
 #include "saap/kernels/cuda/llama_ops.h"
 #include "saap/model/cuda_llama.h"
+#include "src/model_cuda/cuda_method.h"
 #include "src/model_cuda/phase_timer.h"
 #include "src/model_cuda/tuned_gemm.h"
 
@@ -38,6 +41,7 @@ struct CudaLlamaLayer {
 
 struct CudaLlamaModel::Impl {
   LlamaConfig config;
+  std::string identity;  // model_identity(): what artifacts are checked against
   CudaLlamaOptions options;
   int64_t rows = 0;  // activation rows of one prefill chunk: max(max_prefill_rows, max_batch)
   static constexpr int64_t kLogitRows = 512;  // rows per unembedding GEMM when all logits are asked for
@@ -79,6 +83,8 @@ struct CudaLlamaModel::Impl {
   SplitWorkspace split_ws;
   DeviceBuffer<char> cublas_ws;
 
+  MethodState method;  // the decode attention method's indexes and buffers (cuda_method.h)
+
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   TunedGemm tuned_gemm;  // the GEMMs when options.gemm_autotune
@@ -86,6 +92,7 @@ struct CudaLlamaModel::Impl {
   cudaGraphExec_t graph_exec = nullptr;
   int batch = 0;       // sequences of the current run
   int graph_batch = 0; // batch the captured graph was recorded for
+  bool graph_teacher = false;  // whether the captured graph feeds and scores the true tokens
   int64_t length = 0;  // cached tokens per sequence
   PhaseTimer phases;   // opt-in per-phase time of prefill (set_phase_timing)
 
@@ -108,6 +115,34 @@ struct CudaLlamaModel::Impl {
   void gemma3_record_step();
   // The RoPE table of layer l (local layers of Gemma-3 have their own).
   RopeTable rope_for(int layer) const;
+  // Runs one decode step: the eager step and the graph capture the first time, a graph launch
+  // after; first makes sure the sparse indexes cannot need the host within the step.
+  void launch_step();
+
+  // The sparse method (cuda_method.cu). setup_method() at load: checks options.method as the CPU
+  // does, loads its artifact and creates every layer's index for max_batch.
+  void setup_method();
+  // (Re)creates every layer's index for `batch` sequences (a no-op when they are).
+  void make_indexes(int batch);
+  // MethodState / CudaLlamaModel::dense_prefix.
+  int64_t dense_prefix(int64_t n) const;
+  // Teacher forcing inside the step: the true token as input, then the NLL of the next one.
+  void teacher_input();
+  void teacher_nll();
+  // The attention of one decode step in layer `layer`: q32 [batch][Hq][D] (post-RoPE) over the
+  // cache kc/vc (the new token already written at lengths[b] - 1) into att32 [batch][Hq][D],
+  // dense or through the layer's index (append, select, attend). Kernel launches only (graph-safe).
+  // Reads the pre-RoPE projections in qkv [batch][QKV] when the method routes by them.
+  void decode_attention(int layer, bf16_t* kc, bf16_t* vc, float scale);
+  // After a prefill of n tokens per sequence: every layer's index from the dense cache (and the
+  // pre-RoPE routing keys the prefill saved). Synchronises.
+  void build_indexes_after_prefill(int64_t n);
+  // In a prefill chunk of [b][n] rows at positions pos0..: keeps the pre-RoPE keys of qkv for the
+  // index build when the method partitions pre-RoPE keys (else nothing).
+  void save_routing_keys(int layer, int b, int64_t n, int64_t pos0);
+  // Before a decode step runs: reserves the Saap indexes' appends (host work, outside the step)
+  // and drops the graph when a re-pack moved their buffers.
+  void reserve_step();
 };
 
 // Reads the configuration, uploads the weights and the RoPE table (cuda_llama_load.cu).

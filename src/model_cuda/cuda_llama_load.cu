@@ -11,6 +11,7 @@
 #include "saap/kernels/cuda/host_convert.h"
 #include "saap/model/gguf.h"
 #include "saap/model/llama_config.h"
+#include "saap/model/model_identity.h"
 #include "src/model_cuda/cuda_llama_impl.h"
 
 namespace saap::cuda {
@@ -89,6 +90,7 @@ void load_llama_weights(const std::string& path, CudaLlamaModel::Impl& m) {
   LlamaConfig& c = m.config;
   c = read_llama_config(f);
   check_cuda_support(c);
+  m.identity = model_identity(f, c);
   // Every shape first, so a bad file fails before anything is dequantized or uploaded.
   check_llama_tensor_shapes(f, c);
   if (f.find_tensor("rope_freqs.weight")) c.rope.freq_factors = dequantize_checked(f, "rope_freqs.weight");

@@ -14,6 +14,7 @@
 namespace saap {
 
 class LlamaModel;
+struct LlamaConfig;
 
 struct MethodSpec {
   std::string name = "dense";  // one of method_names()
@@ -76,6 +77,9 @@ MethodFactory make_method_factory(const MethodSpec& spec, const ArtifactIdentity
 
 // What artifacts are checked against: the model they will run on (the factory sets the method).
 ArtifactIdentity model_artifact_identity(const LlamaModel& model);
+// The same from the model's identity string (model_identity.h) and configuration, for a runner
+// without a CPU LlamaModel (the CUDA runner).
+ArtifactIdentity model_artifact_identity(const std::string& model_identity, const LlamaConfig& config);
 
 // StreamingLLM at an equal budget: the window (beside `sinks`) that makes it read the fraction f
 // that the budgeted methods read, averaged over a text window of `window_len` positions. It reads

@@ -10,6 +10,12 @@
 //
 // KV cache layout: K and V are each bf16 [layer][batch][n_kv_heads][max_context][head_dim], so
 // one layer's slice is exactly the [batch][n_kv_heads][max_len][head_dim] cache of decode.h.
+//
+// Sparse decode (CudaLlamaOptions::method): prefill is dense; after it, every layer's GPU index
+// (SaapIndex for saap / kmeans / partition-oracle, LokiIndex, QuestIndex) is built from the dense
+// cache, and each decode step appends the new token to it, selects and attends through it, inside
+// the captured CUDA graph. method_nll() is perplexity under the method (the CPU's
+// AttentionMode::MethodEverywhere).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -19,9 +25,12 @@
 #include <vector>
 
 #include "saap/kernels/cuda/prefill_attention.h"
+#include "saap/methods/registry.h"
 #include "saap/model/llama.h"
 
 namespace saap::cuda {
+
+class SaapIndex;  // kernels/cuda/saap.h
 
 struct CudaLlamaOptions {
   int max_batch = 1;           // sequences run together (prefill and decode)
@@ -38,6 +47,22 @@ struct CudaLlamaOptions {
   // the whole chunk. Slices reuse the same intermediate rows, which can then stay in L2 (50 MB on
   // an H200) instead of going through HBM; smaller GEMMs fill the GPU's waves less well.
   int64_t mlp_rows = 0;
+  // The attention of decode steps, the same spec as the CPU CLI's (registry.h). On the GPU: dense,
+  // saap, kmeans and partition-oracle (a saap or kmeans artifact, lookup fraction), loki (k_f, d_f
+  // with rank 8/16/32) and quest (lookup or budget_tokens, page_size); sinks and window as the CPU
+  // method reads them. load() checks it as the CPU does (check_method_spec, the artifact against
+  // this model's identity, the CPU method's own checks per layer) and throws Unsupported for a
+  // method without a GPU path (streaming, h2o, oracle) or a setting the GPU index lacks (saap,
+  // kmeans, partition-oracle with budget_tokens).
+  MethodSpec method;
+};
+
+// What the attention read, counted as the CPU's LookupStats::kv_fraction: per query and KV head,
+// the K/V tokens read (sparse: the union the index selected, sinks and window included; dense: the
+// whole causal prefix, the query's own token included) against the whole causal prefix.
+struct KvReads {
+  double kv_tokens = 0, dense_tokens = 0;
+  double fraction() const { return dense_tokens > 0 ? kv_tokens / dense_tokens : 0.0; }
 };
 
 // GPU time of one kind of launch over a whole prefill (CudaLlamaModel::set_phase_timing), with
@@ -76,6 +101,8 @@ class CudaLlamaModel {
   CudaLlamaModel& operator=(const CudaLlamaModel&) = delete;
 
   const LlamaConfig& config() const;
+  // The GGUF's identity string (model_identity.h), what artifacts are checked against.
+  const std::string& identity() const;
   const CudaLlamaOptions& options() const;
 
   // Starts `batch` new sequences from prompts of n tokens each: tokens [batch][n] (host). Fills
@@ -94,6 +121,22 @@ class CudaLlamaModel {
   // prefill at a new batch size runs eagerly and captures the step as a CUDA graph; every later
   // step is one graph launch. Throws InvalidArgument when the cache is full or nothing was prefilled.
   void decode_step(const int32_t* tokens = nullptr);
+
+  // Perplexity under options().method, as the CPU's AttentionMode::MethodEverywhere (every
+  // position attends through the method): tokens [batch][n] (host) are prefilled densely up to
+  // dense_prefix(n), where the method reads the whole prefix anyway, and the rest is decoded
+  // teacher-forced through the method (the true next token fed, every step a graph replay, the NLL
+  // computed on the device). nll receives, host [batch][n], the NLL (nats) of token t + 1 at
+  // position t, and NaN at t = n - 1. The reads are added to kv_reads(). Waits for the GPU.
+  void method_nll(const int32_t* tokens, int batch, int64_t n, float* nll);
+  // The positions [0, dense_prefix(n)) of an n-token sequence whose query the method reads whole:
+  // the prefix fits in sinks + window, or the budget buys all of it (saap::rules); 1 for loki
+  // unless k_f buys more; n for dense.
+  int64_t dense_prefix(int64_t n) const;
+  // K/V read since load() or the last reset_kv_reads(): method_nll's positions and every decode
+  // step. Synchronises (the sparse steps count on the device).
+  KvReads kv_reads() const;
+  void reset_kv_reads();
 
   // Waits for the GPU, then copies the logits of the last step (or of the prompt's last position)
   // into logits [batch][vocab] (host).
@@ -115,6 +158,20 @@ class CudaLlamaModel {
   // time). The events cost a few microseconds each; leave it off when timing the whole prefill.
   void set_phase_timing(bool on);
   std::vector<PrefillPhase> prefill_phases() const;
+
+  // Read-only device views of one layer, for parity tests and diagnostics; valid until the next
+  // prefill, decode step or method_nll.
+  struct LayerView {
+    const void* k_cache = nullptr;  // bf16 [max_batch][n_kv_heads][max_context][head_dim], post-RoPE
+    const void* v_cache = nullptr;  // bf16, the same layout
+    // A pre-RoPE partition method (saap, kmeans, partition-oracle) only, else null: the pre-RoPE
+    // keys of every cached position (bf16, the cache's layout) and the last step's pre-RoPE
+    // queries (fp32 [max_batch][n_heads][head_dim]), which assign keys and route queries.
+    const void* k_route = nullptr;
+    const float* q_route = nullptr;
+    const SaapIndex* saap = nullptr;  // the layer's partition index (saap, kmeans, partition-oracle)
+  };
+  LayerView layer_view(int layer) const;
 
   int batch() const;       // sequences of the current run (0 before the first prefill)
   int64_t length() const;  // cached tokens per sequence

@@ -236,6 +236,7 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
 
 const float* LokiIndex::scores() const { return impl_->scores.get(); }
 const int32_t* LokiIndex::selected() const { return impl_->sel.get(); }
+const int32_t* LokiIndex::selected_count_device() const { return impl_->sel_count.get(); }
 const void* LokiIndex::k_low() const { return impl_->k_low.get(); }
 const void* LokiIndex::k_rest() const { return impl_->k_rest.get(); }
 const float* LokiIndex::q_rot() const { return impl_->q_rot.get(); }

@@ -193,5 +193,6 @@ const int32_t* QuestIndex::chunk_rows() const { return impl_->chunk_rows.get(); 
 const int32_t* QuestIndex::chunk_count() const { return impl_->chunk_count.get(); }
 const int32_t* QuestIndex::partials() const { return impl_->partials.get(); }
 const int32_t* QuestIndex::partial_count() const { return impl_->partial_count.get(); }
+const int32_t* QuestIndex::selected_tokens() const { return impl_->selected_tokens.get(); }
 
 }  // namespace saap::cuda

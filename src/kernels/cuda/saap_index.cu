@@ -132,6 +132,7 @@ const int32_t* SaapIndex::part_count() const { return impl_->part_count.get(); }
 const int32_t* SaapIndex::append_pages() const { return impl_->append_pages.get(); }
 const int32_t* SaapIndex::append_count() const { return impl_->append_count.get(); }
 const int32_t* SaapIndex::segments() const { return impl_->segments.get(); }
+const int32_t* SaapIndex::selected_tokens() const { return impl_->selected_tokens.get(); }
 const float* SaapIndex::logits() const { return impl_->logits.get(); }
 
 int64_t SaapIndex::index_bytes_per_step() const {

@@ -137,6 +137,13 @@ void SaapIndex::ensure_append_room(cudaStream_t stream) {
     --m.safe_appends;
     return;
   }
+  // No reservation left: the counters must be read, which a stream capture cannot do (a named
+  // error here rather than an invalidated capture).
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  SAAP_CU(cudaStreamIsCapturing(stream, &capture));
+  SAAP_CU_REQUIRE(capture == cudaStreamCaptureStatusNone, InvalidArgument, "%s",
+                  "an append recorded in a stream capture needs reserve_appends() first (reading the counters "
+                  "would synchronise)");
   int64_t room = append_room(stream);
   if (room <= 0) {
     repack(stream, 1);

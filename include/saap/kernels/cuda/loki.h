@@ -51,7 +51,8 @@ class LokiIndex {
   // into k_low / k_rest. Same layout and lengths as store().
   void store_rotated(const void* k_pca, const void* v, int64_t src_stride, const std::vector<int32_t>& h_lengths,
                      cudaStream_t stream = 0);
-  // One new token per (b, h): k_new, v_new [batch][n_kv_heads][D] raw.
+  // One new token per (b, h): k_new, v_new [batch][n_kv_heads][D] raw. No host synchronisation
+  // (a CUDA graph may record it).
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
   // Rotates q [batch][n_q_heads][D], scores with the first r components, keeps
   // k = rules::loki_keys(k_frac, seq_len) tokens per (b, h) (saap/core/selection_rules.h: the
@@ -68,6 +69,7 @@ class LokiIndex {
   const float* scores() const;           // [bh][max_len]: max over the group of q'[:r].k'[:r]
   const int32_t* selected() const;       // [bh][max_len]: first selected_count[bh] entries valid
   std::vector<int32_t> selected_count() const;  // synchronises
+  const int32_t* selected_count_device() const;  // [bh], the same counts on the device
   std::vector<int32_t> seq_len() const;         // synchronises
   const void* k_low() const;
   const void* k_rest() const;

@@ -76,6 +76,7 @@ class QuestIndex {
   const int32_t* chunk_count() const; // [bh]
   const int32_t* partials() const;    // [bh][kMaxPartials][2]: (first row, rows)
   const int32_t* partial_count() const;
+  const int32_t* selected_tokens() const;  // [bh]: K/V tokens the last select reads
   // Metadata bytes one step reads to decide (2 x D values per scored page and KV head), summed
   // over (b, h), from the counters of the last select (synchronises).
   int64_t index_bytes_last_step() const;

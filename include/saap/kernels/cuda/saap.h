@@ -156,6 +156,7 @@ class SaapIndex {
   const int32_t* append_pages() const;  // [bh][C][append_pages_per_partition], slot of each page
   const int32_t* append_count() const;  // [bh][C]
   const int32_t* segments() const;      // [bh][max_segments()][2]: (first slot, tokens)
+  const int32_t* selected_tokens() const;  // [bh]: K/V tokens the last select() reads (sinks and window included)
   // Saap: the router logits [batch][n_q_heads][C]; KMeans and PartitionOracle: the group's
   // ranking key [batch][n_kv_heads][C] (KMeans: minus the partition's place in the round-robin
   // order; PartitionOracle: log of the summed attention density).

@@ -1,0 +1,452 @@
+// Decode through the sparse GPU indexes inside the CUDA model runner: the method's checks at load,
+// the per-layer index build after a prefill, the attention of a decode step, and perplexity under
+// the method (teacher-forced decode, the CPU's AttentionMode::MethodEverywhere).
+#include <algorithm>
+#include <cmath>
+
+#include "saap/core/error.h"
+#include "saap/core/selection_rules.h"
+#include "saap/kernels/cuda/reduce.cuh"
+#include "saap/methods/loki.h"
+#include "saap/methods/saap.h"
+#include "src/model_cuda/cuda_llama_impl.h"
+
+namespace saap::cuda {
+
+namespace {
+
+// Saap appends reserved per host look at the index counters: a sync every this many steps.
+constexpr int64_t kReservedSteps = 64;
+
+// Block per sequence b: the step's new token (at cache row lengths[b] - 1) as the indexes take it,
+// k_new / v_new [batch][Hkv][D] from the cache (post-RoPE, the values attention reads); with
+// route_cache non-null also its pre-RoPE key from qkv [batch][QKV] (bf16), into k_route [batch][Hkv][D]
+// and route_cache [batch][Hkv][max_len][D], and the pre-RoPE query into q_route [batch][Hq][D].
+__global__ void step_inputs_kernel(const __nv_bfloat16* __restrict__ qkv, int qkv_width, int Hq, int Hkv, int D,
+                                   const __nv_bfloat16* __restrict__ kc, const __nv_bfloat16* __restrict__ vc,
+                                   int64_t max_len, const int32_t* __restrict__ lengths, __nv_bfloat16* k_new,
+                                   __nv_bfloat16* v_new, __nv_bfloat16* k_route, __nv_bfloat16* route_cache,
+                                   float* q_route) {
+  const int b = blockIdx.x;
+  const int64_t pos = lengths[b] - 1;
+  const __nv_bfloat16* row = qkv + int64_t(b) * qkv_width;
+  for (int i = threadIdx.x; i < Hkv * D; i += blockDim.x) {
+    const int h = i / D, j = i % D;
+    const int64_t cache = ((int64_t(b) * Hkv + h) * max_len + pos) * D + j;
+    k_new[int64_t(b) * Hkv * D + i] = kc[cache];
+    v_new[int64_t(b) * Hkv * D + i] = vc[cache];
+    if (route_cache) {
+      const __nv_bfloat16 k = row[Hq * D + i];
+      k_route[int64_t(b) * Hkv * D + i] = k;
+      route_cache[cache] = k;
+    }
+  }
+  if (route_cache)
+    for (int i = threadIdx.x; i < Hq * D; i += blockDim.x) q_route[int64_t(b) * Hq * D + i] = __bfloat162float(row[i]);
+}
+
+// Block per prefill row (b, t) of a chunk [b][n] at positions pos0 + t: its pre-RoPE keys into
+// route_cache [batch][Hkv][max_len][D].
+__global__ void save_routing_keys_kernel(const __nv_bfloat16* __restrict__ qkv, int qkv_width, int Hq, int Hkv,
+                                         int D, int64_t n, int64_t pos0, int64_t max_len,
+                                         __nv_bfloat16* route_cache) {
+  const int64_t r = blockIdx.x, b = r / n, pos = pos0 + r % n;
+  const __nv_bfloat16* row = qkv + r * qkv_width + int64_t(Hq) * D;
+  for (int i = threadIdx.x; i < Hkv * D; i += blockDim.x) route_cache[((b * Hkv + i / D) * max_len + pos) * D + i % D] = row[i];
+}
+
+// Teacher forcing: the input of sequence b is its true token at the next position, tokens[b][lengths[b]].
+__global__ void teacher_input_kernel(const int32_t* __restrict__ tokens, int64_t n, const int32_t* __restrict__ lengths,
+                                     int batch, int32_t* next_tokens) {
+  for (int b = threadIdx.x; b < batch; b += blockDim.x) {
+    const int64_t pos = lengths[b];
+    next_tokens[b] = pos < n ? tokens[int64_t(b) * n + pos] : 0;
+  }
+}
+
+// Block per sequence b: the NLL (fp32, nats) of its true next token under the logits of its last
+// position p = lengths[b] - 1: nll[b][p] = log sum_j exp(logit_j) - logit[tokens[b][p + 1]], NaN at
+// p = n - 1 (no next token).
+__global__ void step_nll_kernel(const float* __restrict__ logits, int vocab, const int32_t* __restrict__ tokens,
+                                int64_t n, const int32_t* __restrict__ lengths, float* __restrict__ nll) {
+  __shared__ float red[32];
+  const int b = blockIdx.x;
+  const int64_t p = lengths[b] - 1;
+  const float* l = logits + int64_t(b) * vocab;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, l[j]);
+  mx = block_reduce<true>(mx, red);
+  float sum = 0.f;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) sum += expf(l[j] - mx);
+  sum = block_reduce<false>(sum, red);
+  if (threadIdx.x == 0 && p >= 0 && p < n) {
+    const int32_t target = p + 1 < n ? tokens[int64_t(b) * n + p + 1] : -1;
+    nll[int64_t(b) * n + p] = target >= 0 && target < vocab ? mx + logf(sum) - l[target] : NAN;
+  }
+}
+
+// reads[0] += the K/V tokens the index selected per (b, KV head) this step; reads[1] += the causal
+// prefix of each (b, KV head), lengths[b] (the new token included, as the CPU's n_ctx).
+__global__ void count_reads_kernel(const int32_t* __restrict__ selected, const int32_t* __restrict__ lengths,
+                                   int batch, int Hkv, unsigned long long* reads) {
+  if (threadIdx.x != 0) return;
+  unsigned long long kv = 0, dense = 0;
+  for (int b = 0; b < batch; ++b)
+    for (int h = 0; h < Hkv; ++h) {
+      kv += unsigned(selected[b * Hkv + h]);
+      dense += unsigned(lengths[b]);
+    }
+  reads[0] += kv;
+  reads[1] += dense;
+}
+
+MethodKind kind_of(const std::string& name) {
+  if (name == "dense") return MethodKind::Dense;
+  if (name == "saap" || name == "kmeans" || name == "partition-oracle") return MethodKind::Partition;
+  if (name == "loki") return MethodKind::Loki;
+  if (name == "quest") return MethodKind::Quest;
+  SAAP_THROW_FMT(Unsupported,
+                 "method = '%s' has no GPU path; the CUDA runner decodes through dense, saap, kmeans, "
+                 "partition-oracle, loki and quest",
+                 name.c_str());
+}
+
+PartitionRouting routing_of(const std::string& name) {
+  if (name == "kmeans") return PartitionRouting::KMeans;
+  if (name == "partition-oracle") return PartitionRouting::PartitionOracle;
+  return PartitionRouting::Saap;
+}
+
+// Whether the method reads the whole causal prefix of a query whose prefix holds j tokens
+// (saap::rules: what sinks and window cover, or what the budget buys).
+bool reads_whole_prefix(const MethodSpec& s, MethodKind kind, int64_t j) {
+  switch (kind) {
+    case MethodKind::Dense:
+      return true;
+    case MethodKind::Loki:
+      return rules::loki_keys(s.k_f, j) >= j;
+    case MethodKind::Partition:
+    case MethodKind::Quest: {
+      if (rules::fixed_reads(j, s.sinks, s.window).count() >= j) return true;
+      return s.budget_tokens > 0 ? s.budget_tokens >= j : rules::tokens_for_fraction(s.lookup, j) >= j;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+void CudaLlamaModel::Impl::setup_method() {
+  const MethodSpec& spec = options.method;
+  method_info(spec.name);            // InvalidArgument for a name no method has
+  method.kind = kind_of(spec.name);  // Unsupported for a CPU-only method
+  check_method_spec(spec);
+  if (method.kind == MethodKind::Dense) return;
+  const LlamaConfig& c = config;
+  method.identity = model_artifact_identity(identity, c);
+  // The CPU's own checks: the factory loads and checks the artifact against this model, and each
+  // layer's method checks its layer and budget (a layer the artifact lacks, a budget that sinks
+  // and window fill at max_context, ...).
+  const MethodFactory cpu = make_method_factory(spec, method.identity);
+  for (int l = 0; l < c.n_layers; ++l) cpu(LayerShape{l, c.n_heads, c.n_kv_heads, c.head_dim, options.max_context});
+
+  if (method.kind == MethodKind::Partition) {
+    method.routing = routing_of(spec.name);
+    SAAP_CHECK_FMT(spec.budget_tokens == 0, Unsupported,
+                   "budget_tokens = %lld: the GPU partition index (method %s) takes a lookup fraction; quest takes "
+                   "a fixed budget on the GPU",
+                   (long long)spec.budget_tokens, spec.name.c_str());
+    ArtifactIdentity want = method.identity;
+    want.method = method.routing == PartitionRouting::Saap ? "saap" : "kmeans";  // kmeans reads any partition
+    method.partition = std::make_shared<const PartitionArtifact>(PartitionArtifact::load(spec.artifact, want));
+    method.pre_rope = method.partition->pre_rope;
+  } else if (method.kind == MethodKind::Loki) {
+    ArtifactIdentity want = method.identity;
+    want.method = "loki";
+    method.loki = std::make_shared<const LokiArtifact>(LokiArtifact::load(spec.artifact, want));
+  }
+  const int64_t B = options.max_batch, Hkv = c.n_kv_heads, D = c.head_dim;
+  method.k_new.resize(size_t(B * Hkv * D));
+  method.v_new.resize(size_t(B * Hkv * D));
+  if (method.kind == MethodKind::Partition) {
+    method.assign.resize(size_t(B * Hkv * options.max_context));
+    if (method.pre_rope) {
+      method.k_route.resize(size_t(B * Hkv * D));
+      method.q_route.resize(size_t(c.n_layers) * B * c.n_heads * D);
+      method.route_cache.resize(size_t(c.n_layers) * layer_stride());
+    }
+  }
+  method.reads.resize(2);
+  SAAP_CU(cudaMemset(method.reads.get(), 0, method.reads.bytes()));
+  make_indexes(options.max_batch);  // the GPU's own checks (shapes, ranks) and memory, now
+}
+
+void CudaLlamaModel::Impl::make_indexes(int batch) {
+  if (method.kind == MethodKind::Dense || method.index_batch == batch) return;
+  const LlamaConfig& c = config;
+  const MethodSpec& spec = options.method;
+  method.saap.clear();
+  method.lokis.clear();
+  method.quest.clear();
+  method.index_batch = 0;
+  // Loki and Quest check on the host that an append fits max_len, and a graph capture records one
+  // append beyond the eager step it follows: one row of slack keeps the last step legal.
+  const int64_t max_len = options.max_context + 1;
+  for (int l = 0; l < c.n_layers; ++l) {
+    switch (method.kind) {
+      case MethodKind::Partition: {
+        SaapConfig cfg;
+        cfg.sinks = spec.sinks;
+        cfg.window = spec.window;
+        cfg.max_prefill = options.max_context;
+        cfg.max_new_tokens = options.max_context;
+        cfg.append_page = 16;  // a partition's appends in pages of 16: less pool memory than 64
+        cfg.append_pages_per_partition = 8;
+        method.saap.push_back(SaapIndex::from_artifact(*method.partition, method.identity, l, batch, DType::BF16, cfg,
+                                                       method.routing));
+        break;
+      }
+      case MethodKind::Loki:
+        method.lokis.push_back(
+            LokiIndex::from_artifact(*method.loki, method.identity, l, batch, DType::BF16, max_len, spec.d_f));
+        break;
+      case MethodKind::Quest: {
+        const DecodeShape shape{batch, c.n_heads, c.n_kv_heads, c.head_dim, DType::BF16};
+        method.quest.push_back(
+            std::make_unique<QuestIndex>(shape, max_len, QuestConfig{spec.page_size, spec.sinks, spec.window}));
+        break;
+      }
+      case MethodKind::Dense:
+        break;
+    }
+  }
+  method.index_batch = batch;
+}
+
+int64_t CudaLlamaModel::Impl::dense_prefix(int64_t n) const {
+  int64_t m = 0;
+  while (m < n && reads_whole_prefix(options.method, method.kind, m + 1)) ++m;
+  return m;
+}
+
+void CudaLlamaModel::Impl::save_routing_keys(int layer, int b, int64_t n, int64_t pos0) {
+  if (method.kind != MethodKind::Partition || !method.pre_rope) return;
+  const LlamaConfig& c = config;
+  const int QKV = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
+  save_routing_keys_kernel<<<unsigned(int64_t(b) * n), 128, 0, stream>>>(
+      qkv.get(), QKV, c.n_heads, c.n_kv_heads, c.head_dim, n, pos0, options.max_context,
+      method.route_cache.get() + size_t(layer) * layer_stride());
+  SAAP_CU_LAUNCHED();
+}
+
+void CudaLlamaModel::Impl::build_indexes_after_prefill(int64_t n) {
+  if (method.kind == MethodKind::Dense) return;
+  make_indexes(batch);
+  const std::vector<int32_t> lengths(static_cast<size_t>(batch), static_cast<int32_t>(n));
+  const int64_t L = options.max_context;
+  for (int l = 0; l < config.n_layers; ++l) {
+    const bf16_t* kc = k_cache.get() + size_t(l) * layer_stride();
+    const bf16_t* vc = v_cache.get() + size_t(l) * layer_stride();
+    switch (method.kind) {
+      case MethodKind::Partition: {
+        SaapIndex& idx = *method.saap[size_t(l)];
+        const bf16_t* keys = method.pre_rope ? method.route_cache.get() + size_t(l) * layer_stride() : kc;
+        idx.assign_prefill(keys, L, lengths, method.assign.get(), stream);
+        idx.build(kc, vc, L, lengths, method.assign.get(), stream);
+        idx.check();
+        break;
+      }
+      case MethodKind::Loki:
+        method.lokis[size_t(l)]->store(kc, vc, L, lengths, stream);
+        break;
+      case MethodKind::Quest:
+        method.quest[size_t(l)]->store(kc, vc, L, lengths, stream);
+        break;
+      case MethodKind::Dense:
+        break;
+    }
+  }
+  SAAP_CU(cudaStreamSynchronize(stream));
+  method.appends_left = 0;  // the first step reserves
+}
+
+void CudaLlamaModel::Impl::reserve_step() {
+  if (method.kind != MethodKind::Partition) return;
+  if (method.appends_left > 0) return;
+  // The eager step and the capture that follow a (re-)capture each count one append on the host,
+  // on top of the steps that run: reserve for both.
+  const int64_t n = kReservedSteps;
+  bool moved = false;
+  for (auto& idx : method.saap) {
+    const int repacks = idx->repacks();
+    idx->reserve_appends(n + 2, stream);
+    moved |= idx->repacks() != repacks;
+  }
+  if (moved) drop_graph();  // the pools and the segment table moved: the graph names the old ones
+  method.appends_left = n;
+}
+
+void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, float scale) {
+  const LlamaConfig& c = config;
+  const DecodeShape shape{batch, c.n_heads, c.n_kv_heads, c.head_dim, DType::BF16};
+  if (method.kind == MethodKind::Dense) {
+    dense_decode(shape, kc, vc, options.max_context, lengths.get(), q32.get(), scale, att32.get(), split_ws, stream);
+    return;
+  }
+  const int QKV = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
+  const bool route = method.kind == MethodKind::Partition && method.pre_rope;
+  float* q_route = route ? method.q_route.get() + size_t(layer) * options.max_batch * c.n_heads * c.head_dim : nullptr;
+  step_inputs_kernel<<<unsigned(batch), 256, 0, stream>>>(
+      qkv.get(), QKV, c.n_heads, c.n_kv_heads, c.head_dim, kc, vc, options.max_context, lengths.get(),
+      method.k_new.get(), method.v_new.get(), route ? method.k_route.get() : nullptr,
+      route ? method.route_cache.get() + size_t(layer) * layer_stride() : nullptr, q_route);
+  SAAP_CU_LAUNCHED();
+  const MethodSpec& spec = options.method;
+  const int32_t* selected = nullptr;
+  switch (method.kind) {
+    case MethodKind::Partition: {
+      SaapIndex& idx = *method.saap[size_t(layer)];
+      if (route)
+        idx.append(method.k_new.get(), method.v_new.get(), method.k_route.get(), stream);
+      else
+        idx.append(method.k_new.get(), method.v_new.get(), stream);
+      // The partition oracle ranks by the post-RoPE query whatever the artifact's keys.
+      const bool by_route = route && method.routing != PartitionRouting::PartitionOracle;
+      idx.select(by_route ? q_route : q32.get(), spec.lookup, stream);
+      idx.attend(q32.get(), scale, att32.get(), split_ws, stream);
+      selected = idx.selected_tokens();
+      break;
+    }
+    case MethodKind::Loki: {
+      LokiIndex& idx = *method.lokis[size_t(layer)];
+      idx.append(method.k_new.get(), method.v_new.get(), stream);
+      idx.select(q32.get(), spec.k_f, stream);
+      idx.attend(scale, att32.get(), split_ws, stream);
+      selected = idx.selected_count_device();
+      break;
+    }
+    case MethodKind::Quest: {
+      QuestIndex& idx = *method.quest[size_t(layer)];
+      idx.append(method.k_new.get(), method.v_new.get(), stream);
+      idx.select(q32.get(), QuestBudget{spec.lookup, spec.budget_tokens}, stream);
+      idx.attend(q32.get(), scale, att32.get(), split_ws, stream);
+      selected = idx.selected_tokens();
+      break;
+    }
+    case MethodKind::Dense:
+      break;
+  }
+  count_reads_kernel<<<1, 32, 0, stream>>>(selected, lengths.get(), batch, c.n_kv_heads, method.reads.get());
+  SAAP_CU_LAUNCHED();
+}
+
+void CudaLlamaModel::Impl::teacher_input() {
+  teacher_input_kernel<<<1, 256, 0, stream>>>(method.tf_tokens.get(), method.tf_n, lengths.get(), batch,
+                                               next_tokens.get());
+  SAAP_CU_LAUNCHED();
+}
+
+void CudaLlamaModel::Impl::teacher_nll() {
+  step_nll_kernel<<<unsigned(batch), 256, 0, stream>>>(logits.get(), config.vocab_size, method.tf_tokens.get(),
+                                                        method.tf_n, lengths.get(), method.tf_nll.get());
+  SAAP_CU_LAUNCHED();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+int64_t CudaLlamaModel::dense_prefix(int64_t n) const { return impl_->dense_prefix(n); }
+
+CudaLlamaModel::LayerView CudaLlamaModel::layer_view(int layer) const {
+  const Impl& m = *impl_;
+  SAAP_CHECK_FMT(layer >= 0 && layer < m.config.n_layers, InvalidArgument, "layer = %d outside [0, %d)", layer,
+                 m.config.n_layers);
+  const size_t at = size_t(layer) * m.layer_stride();
+  LayerView v;
+  v.k_cache = m.k_cache.get() + at;
+  v.v_cache = m.v_cache.get() + at;
+  if (m.method.route_cache.size()) {
+    v.k_route = m.method.route_cache.get() + at;
+    v.q_route = m.method.q_route.get() + size_t(layer) * m.options.max_batch * m.config.n_heads * m.config.head_dim;
+  }
+  if (!m.method.saap.empty()) v.saap = m.method.saap[size_t(layer)].get();
+  return v;
+}
+
+void CudaLlamaModel::method_nll(const int32_t* tokens, int batch, int64_t n, float* nll) {
+  Impl& m = *impl_;
+  const LlamaConfig& c = m.config;
+  SAAP_CHECK_MSG(tokens != nullptr && nll != nullptr, InvalidArgument, "method_nll needs tokens and an nll buffer");
+  SAAP_CHECK_FMT(batch >= 1 && batch <= m.options.max_batch, InvalidArgument, "batch = %d must be in [1, %d]", batch,
+                 m.options.max_batch);
+  SAAP_CHECK_FMT(n >= 1 && n <= m.options.max_context, InvalidArgument,
+                 "a sequence of n = %lld tokens; max_context = %lld", (long long)n, (long long)m.options.max_context);
+  const int64_t n0 = m.dense_prefix(n);
+  // Dense prefill of the positions the method reads whole anyway (token ids checked there).
+  std::vector<int32_t> head(size_t(batch) * n0);
+  for (int b = 0; b < batch; ++b) std::copy_n(tokens + size_t(b) * n, n0, head.begin() + size_t(b) * n0);
+  std::vector<float> head_nll(head.size());
+  prefill(head.data(), batch, n0, nullptr, head_nll.data());
+  for (int b = 0; b < batch; ++b) {
+    std::copy_n(head_nll.begin() + size_t(b) * n0, n0, nll + size_t(b) * n);
+    for (int64_t t = n0; t < n; ++t) nll[size_t(b) * n + t] = NAN;
+  }
+  // Every prefill position read its whole causal prefix: n0 (n0 + 1) / 2 tokens per KV head.
+  const double prefix = double(batch) * c.n_kv_heads * c.n_layers * double(n0) * double(n0 + 1) / 2;
+  m.method.host_reads.kv_tokens += prefix;
+  m.method.host_reads.dense_tokens += prefix;
+  if (n0 == n) return;
+
+  for (int64_t i = 0; i < int64_t(batch) * n; ++i)
+    SAAP_CHECK_FMT(tokens[i] >= 0 && tokens[i] < c.vocab_size, InvalidArgument,
+                   "token id %d at sequence %lld, index %lld is outside the vocabulary [0, %d)", tokens[i],
+                   (long long)(i / n), (long long)(i % n), c.vocab_size);
+  // Sized once for the largest run: the graph names these buffers.
+  const size_t most = size_t(m.options.max_batch) * size_t(m.options.max_context);
+  if (m.method.tf_tokens.size() < most) {
+    m.drop_graph();
+    m.method.tf_tokens.resize(most);
+    m.method.tf_nll.resize(most);
+  }
+  if (m.method.tf_n != n) m.drop_graph();  // n is an argument of the recorded kernels
+  m.method.tf_n = n;
+  m.method.teacher = true;
+  SAAP_CU(cudaMemcpyAsync(m.method.tf_tokens.get(), tokens, size_t(batch) * n * 4, cudaMemcpyHostToDevice, m.stream));
+  m.teacher_nll();  // the prefill's last position scores token n0
+  try {
+    for (int64_t p = n0; p + 1 < n; ++p) {  // feeds token p, scores token p + 1
+      m.launch_step();
+      m.length += 1;
+    }
+  } catch (...) {
+    m.method.teacher = false;
+    m.drop_graph();
+    throw;
+  }
+  for (int b = 0; b < batch; ++b)
+    SAAP_CU(cudaMemcpyAsync(nll + size_t(b) * n + n0 - 1, m.method.tf_nll.get() + size_t(b) * n + n0 - 1,
+                            size_t(n - n0) * 4, cudaMemcpyDeviceToHost, m.stream));
+  SAAP_CU(cudaStreamSynchronize(m.stream));
+  m.method.teacher = false;
+  for (int b = 0; b < batch; ++b) nll[size_t(b) * n + n - 1] = NAN;
+}
+
+KvReads CudaLlamaModel::kv_reads() const {
+  const Impl& m = *impl_;
+  KvReads r = m.method.host_reads;
+  if (m.method.reads.size()) {
+    unsigned long long dev[2] = {0, 0};
+    SAAP_CU(cudaMemcpyAsync(dev, m.method.reads.get(), sizeof dev, cudaMemcpyDeviceToHost, m.stream));
+    SAAP_CU(cudaStreamSynchronize(m.stream));
+    r.kv_tokens += double(dev[0]);
+    r.dense_tokens += double(dev[1]);
+  }
+  return r;
+}
+
+void CudaLlamaModel::reset_kv_reads() {
+  Impl& m = *impl_;
+  m.method.host_reads = KvReads{};
+  if (m.method.reads.size()) SAAP_CU(cudaMemsetAsync(m.method.reads.get(), 0, m.method.reads.bytes(), m.stream));
+}
+
+}  // namespace saap::cuda

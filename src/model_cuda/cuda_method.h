@@ -1,0 +1,69 @@
+// The sparse attention method of a CudaLlamaModel: which GPU index each layer uses, the artifact it
+// came from, and the buffers a decode step hands the indexes. The logic is in cuda_method.cu
+// (CudaLlamaModel::Impl::setup_method, decode_attention, build_indexes_after_prefill, ...).
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "saap/core/safetensors.h"
+#include "saap/kernels/cuda/loki.h"
+#include "saap/kernels/cuda/quest.h"
+#include "saap/kernels/cuda/saap.h"
+#include "saap/model/cuda_llama.h"
+
+namespace saap {
+struct PartitionArtifact;
+struct LokiArtifact;
+}  // namespace saap
+
+namespace saap::cuda {
+
+enum class MethodKind {
+  Dense,      // dense_decode over the whole cache
+  Partition,  // SaapIndex: saap, kmeans, partition-oracle
+  Loki,       // LokiIndex
+  Quest,      // QuestIndex
+};
+
+struct MethodState {
+  MethodKind kind = MethodKind::Dense;
+  PartitionRouting routing = PartitionRouting::Saap;
+  // A partition artifact of pre-RoPE keys: keys are assigned and queries routed by their pre-RoPE
+  // projections (the partition oracle still ranks by the post-RoPE query).
+  bool pre_rope = false;
+  ArtifactIdentity identity;  // of the model, what the artifact was checked against
+  std::shared_ptr<const PartitionArtifact> partition;
+  std::shared_ptr<const LokiArtifact> loki;
+
+  int index_batch = 0;  // batch the indexes below were made for
+  std::vector<std::unique_ptr<SaapIndex>> saap;    // [layer] when kind == Partition
+  std::vector<std::unique_ptr<LokiIndex>> lokis;   // [layer] when kind == Loki
+  std::vector<std::unique_ptr<QuestIndex>> quest;  // [layer] when kind == Quest
+
+  // What a step hands the indexes (bf16 [max_batch][Hkv][D] each): the new token's post-RoPE key
+  // and value, and its pre-RoPE routing key.
+  DeviceBuffer<__nv_bfloat16> k_new, v_new, k_route;
+  // Pre-RoPE queries of the last step, per layer: [layer][max_batch][Hq][D] (pre_rope only).
+  DeviceBuffer<float> q_route;
+  // Pre-RoPE keys of every cached position: [layer][max_batch][Hkv][max_context][D] (pre_rope only).
+  DeviceBuffer<__nv_bfloat16> route_cache;
+  DeviceBuffer<int32_t> assign;  // [max_batch][Hkv][max_context]: prefill assignment scratch
+
+  // K/V read: sparse steps count on the device ([0] tokens read, [1] causal prefix), the rest here.
+  DeviceBuffer<unsigned long long> reads;
+  KvReads host_reads;
+  // Decode steps the Saap indexes may still append without a host look (reserve_appends).
+  int64_t appends_left = 0;
+
+  // Teacher forcing (method_nll): the true tokens [batch][tf_n] feed each step, whose NLL of the
+  // next true token goes to tf_nll [batch][tf_n].
+  bool teacher = false;
+  int64_t tf_n = 0;
+  DeviceBuffer<int32_t> tf_tokens;
+  DeviceBuffer<float> tf_nll;
+};
+
+}  // namespace saap::cuda

@@ -109,19 +109,27 @@ void CudaLlamaModel::Impl::prefill_layers(int b, int64_t n, int64_t pos0) {
   }
 }
 
+// One decode step; in teacher-forced runs (method_nll) the input is the true token and the step
+// also scores the next true token. Only kernel launches on `stream`: this is what the CUDA graph
+// records.
+void CudaLlamaModel::Impl::record_step() {
+  if (method.teacher) teacher_input();
+  if (gemma3)
+    gemma3_record_step();
+  else
+    llama_record_step();
+  if (method.teacher) teacher_nll();
+}
+
 // One token per sequence: embeddings of next_tokens (and lengths += 1), the blocks with the
 // attention of the method (decode_attention: dense split-KV over the cache rows [0, lengths[b]), or
-// the layer's sparse index), the unembedding and the greedy choice. In teacher-forced runs the
-// input is the true token and the step also scores the next true token. Only kernel launches on
-// `stream`: this is what the CUDA graph records.
-void CudaLlamaModel::Impl::record_step() {
-  if (gemma3) return gemma3_record_step();
+// the layer's sparse index), the unembedding and the greedy choice.
+void CudaLlamaModel::Impl::llama_record_step() {
   const LlamaConfig& c = config;
   const int E = c.n_embd, D = c.head_dim, Q = c.n_heads * D, QKV = (c.n_heads + 2 * c.n_kv_heads) * D;
   const RopeTable rope{rope_table.get(), options.max_context, c.rope.n_rot, c.rope.style == RopeStyle::NeoX};
   const QkvLayout qkv_layout{batch, 1, c.n_heads, c.n_kv_heads, D, options.max_context};
   const float scale = 1.f / std::sqrt(float(D));
-  if (method.teacher) teacher_input();
   embed_rows(next_tokens.get(), token_embd.get(), c.vocab_size, E, batch, x.get(), lengths.get(), stream);
   for (int l = 0; l < c.n_layers; ++l) {
     const CudaLlamaLayer& L = layers[size_t(l)];
@@ -142,7 +150,6 @@ void CudaLlamaModel::Impl::record_step() {
   rms_norm_rows(x.get(), output_norm.get(), batch, E, c.rms_eps, xn.get(), stream);
   gemm(xn.get(), unembedding(), logits.get(), batch, E, c.vocab_size, 0.f);
   argmax_rows(logits.get(), batch, c.vocab_size, next_tokens.get(), stream);
-  if (method.teacher) teacher_nll();
 }
 
 void CudaLlamaModel::Impl::launch_step() {

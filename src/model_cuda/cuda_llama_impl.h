@@ -107,8 +107,10 @@ struct CudaLlamaModel::Impl {
                   float beta);
   // The layers over `rows` = batch x n token rows whose embeddings are in x (prefill chunk).
   void prefill_layers(int b, int64_t n, int64_t pos0);
-  // One decode step of every sequence (what the CUDA graph records).
+  // One decode step of every sequence (what the CUDA graph records): the Llama blocks
+  // (llama_record_step) or Gemma-3's, with the teacher forcing of method_nll around them.
   void record_step();
+  void llama_record_step();
   // The same two for Gemma-3 (cuda_gemma3.cu); prefill_layers / record_step call them when gemma3.
   bool gemma3 = false;
   void gemma3_prefill_layers(int b, int64_t n, int64_t pos0);

@@ -143,6 +143,10 @@ void CudaLlamaModel::Impl::setup_method() {
   check_method_spec(spec);
   if (method.kind == MethodKind::Dense) return;
   const LlamaConfig& c = config;
+  SAAP_CHECK_FMT(!gemma3, Unsupported,
+                 "method = '%s' on %s: the CUDA runner decodes Gemma-3 densely only (its global layers do not "
+                 "call decode_attention yet)",
+                 spec.name.c_str(), c.architecture.c_str());
   method.identity = model_artifact_identity(identity, c);
   // The CPU's own checks: the factory loads and checks the artifact against this model, and each
   // layer's method checks its layer and budget (a layer the artifact lacks, a budget that sinks

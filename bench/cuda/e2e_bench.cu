@@ -8,6 +8,9 @@
 //                  [--phases]     (after the timed runs, one more prefill with per-phase GPU times)
 //                  [--gemm-autotune]  (cuBLASLt candidates timed per shape; the other way is timed too)
 //                  [--mlp-rows N]     (MLP in row slices of N; slices of 2048 and 4096 are timed too)
+//                  [--method saap|kmeans|partition-oracle|loki|quest --artifact FILE --lookup F ...]
+//                     (decode through the method's GPU index, the CLI's options; its CSV method is
+//                     e.g. saap@0.05; the prefill time then includes building every layer's index)
 //
 // The "8k" prompt is 8000 tokens so that prompt + decode steps fit SmolLM2's 8192-token context
 // (the runner refuses a cache longer than the model's context, as the CPU runner does).
@@ -36,6 +39,19 @@
 using namespace saap;
 
 namespace {
+
+// The CSV's method column: dense, or name@budget (saap@0.05, quest@512t, loki@0.25).
+std::string method_label(const MethodSpec& s) {
+  char buf[64];
+  if (s.name == "dense") return s.name;
+  if (s.name == "loki")
+    std::snprintf(buf, sizeof buf, "@%g", s.k_f);
+  else if (s.budget_tokens > 0)
+    std::snprintf(buf, sizeof buf, "@%lldt", (long long)s.budget_tokens);
+  else
+    std::snprintf(buf, sizeof buf, "@%g", s.lookup);
+  return s.name + buf;
+}
 
 std::vector<int64_t> parse_list(const char* s) {
   std::vector<int64_t> v;
@@ -114,6 +130,8 @@ int main(int argc, char** argv) try {
   std::string csv_path;
   bool phases = false, gemm_autotune = false;
   cuda::PrefillKernel kernel = cuda::CudaLlamaOptions{}.prefill_kernel;  // the runner's default
+  MethodSpec spec;
+  std::vector<std::string> method_options;  // the registry's options given (checked against the method)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--phases") {
@@ -135,9 +153,12 @@ int main(int argc, char** argv) try {
     else if (a == "--mlp-rows") mlp_rows = std::atoll(next);
     else if (a == "--csv") csv_path = next;
     else if (a == "--attention") kernel = cuda::prefill_kernel_from_name(next);
-    else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
+    else if (set_method_option(spec, a, next)) {
+      if (a != "--method") method_options.push_back(a);
+    } else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
     ++i;
   }
+  check_options_apply(spec.name, method_options);
   if (model_path.empty()) throw Error(ErrorKind::InvalidArgument, "no model: pass --model or set SAAP_MODEL_PATH");
   if (decode < 1) throw Error(ErrorKind::InvalidArgument, "--decode must be >= 1");
 
@@ -148,15 +169,17 @@ int main(int argc, char** argv) try {
   o.prefill_kernel = kernel;
   o.gemm_autotune = gemm_autotune;
   o.mlp_rows = mlp_rows;
+  o.method = spec;
   const auto t_load = std::chrono::steady_clock::now();
   auto model = cuda::CudaLlamaModel::load(model_path, o);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   cudaDeviceProp prop{};
   SAAP_CU(cudaGetDeviceProperties(&prop, 0));
   const LlamaConfig& c = model->config();
-  std::printf("model %s (L%d E%d H%d/%d D%d F%d V%d), weights %.1f MiB bf16, KV cache %.1f MiB, load %.1f s\n",
+  std::printf("model %s (L%d E%d H%d/%d D%d F%d V%d), weights %.1f MiB bf16, KV cache %.1f MiB, load %.1f s, "
+              "decode through %s\n",
               c.name.c_str(), c.n_layers, c.n_embd, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.vocab_size,
-              model->weight_bytes() / 1048576.0, model->cache_bytes() / 1048576.0, load_s);
+              model->weight_bytes() / 1048576.0, model->cache_bytes() / 1048576.0, load_s, spec.describe().c_str());
   // The kernel that runs at the model's shapes (auto resolves by head_dim and window).
   const cuda::PrefillKernel resolved = cuda::resolve_prefill_kernel(
       cuda::PrefillShape{1, c.n_heads, c.n_kv_heads, c.head_dim, 1, 0, 1}, kernel);
@@ -232,7 +255,8 @@ int main(int argc, char** argv) try {
       }
       if (phases) print_phases(*model, tokens, B, P);
       char line[160];
-      std::snprintf(line, sizeof line, "saap,dense,%lld,%lld,%.3f,%.1f", (long long)B, (long long)P, pms, tok_s);
+      std::snprintf(line, sizeof line, "saap,%s,%lld,%lld,%.3f,%.1f", method_label(spec).c_str(), (long long)B,
+                    (long long)P, pms, tok_s);
       csv.push_back(line);
     }
   }

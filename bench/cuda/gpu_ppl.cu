@@ -156,19 +156,9 @@ int main(int argc, char** argv) try {
     else if (a == "--batch") batch = std::atoi(v);
     else if (a == "--attention") kernel = cuda::prefill_kernel_from_name(v);
     else if (a == "--json") json_path = v;
-    else if (a == "--method") spec.name = v;
-    else {
-      if (a == kOptArtifact) spec.artifact = v;
-      else if (a == kOptLookup) spec.lookup = std::atof(v);
-      else if (a == kOptSinks) spec.sinks = std::atoi(v);
-      else if (a == kOptWindow) spec.window = std::atoi(v);
-      else if (a == kOptKf) spec.k_f = std::atof(v);
-      else if (a == kOptDf) spec.d_f = std::atof(v);
-      else if (a == kOptBudgetTokens) spec.budget_tokens = std::atoll(v);
-      else if (a == kOptPageSize) spec.page_size = std::atoi(v);
-      else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
-      method_options.push_back(a);
-    }
+    else if (set_method_option(spec, a, v)) {
+      if (a != "--method") method_options.push_back(a);
+    } else throw Error(ErrorKind::InvalidArgument, "unknown option " + a);
   }
   if (model_path.empty()) throw Error(ErrorKind::InvalidArgument, "need --model (or SAAP_MODEL_PATH)");
   model_path = saap::model_path(model_path);  // the names smollm2 and gemma3 (SAAP_GEMMA3_MODEL), or a file

@@ -1,8 +1,11 @@
 #include "saap/methods/registry.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <type_traits>
 
 #include "saap/core/error.h"
 #include "saap/core/selection_rules.h"
@@ -95,6 +98,37 @@ void check_options_apply(const std::string& method, const std::vector<std::strin
     SAAP_THROW_FMT(InvalidArgument, "%s does not apply to method %s (its options: %s)", option.c_str(), method.c_str(),
                    own.empty() ? "none, it reads everything" : join(own).c_str());
   }
+}
+
+bool set_method_option(MethodSpec& spec, const std::string& option, const std::string& value) {
+  auto number = [&](auto& field) {
+    using T = std::decay_t<decltype(field)>;
+    char* end = nullptr;
+    errno = 0;
+    const double x = std::strtod(value.c_str(), &end);
+    const bool whole = std::is_floating_point_v<T> || x == std::floor(x);
+    SAAP_CHECK_FMT(!value.empty() && *end == '\0' && errno == 0 && std::isfinite(x) && whole, InvalidArgument,
+                   "%s = '%s' is not a%s number", option.c_str(), value.c_str(),
+                   std::is_floating_point_v<T> ? "" : " whole");
+    field = T(x);
+    return true;
+  };
+  if (option == "--method") {
+    spec.name = value;
+    return true;
+  }
+  if (option == kOptArtifact) {
+    spec.artifact = value;
+    return true;
+  }
+  if (option == kOptLookup) return number(spec.lookup);
+  if (option == kOptSinks) return number(spec.sinks);
+  if (option == kOptWindow) return number(spec.window);
+  if (option == kOptKf) return number(spec.k_f);
+  if (option == kOptDf) return number(spec.d_f);
+  if (option == kOptBudgetTokens) return number(spec.budget_tokens);
+  if (option == kOptPageSize) return number(spec.page_size);
+  return false;
 }
 
 void check_fraction(double value, const char* field) {

@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "saap/core/error.h"
 
@@ -109,6 +111,37 @@ TEST(Registry, StreamingWindowAtAnEqualBudget) {
     EXPECT_NEAR(read / dense, f, 2.0 / double(L)) << f;
   }
   EXPECT_THROW(equal_budget_streaming_window(0.0, 100, 4), Error);
+}
+
+TEST(Registry, MethodOptionsSetTheirFieldFromText) {
+  MethodSpec s;
+  EXPECT_TRUE(set_method_option(s, "--method", "quest"));
+  EXPECT_TRUE(set_method_option(s, kOptLookup, "0.02"));
+  EXPECT_TRUE(set_method_option(s, kOptSinks, "8"));
+  EXPECT_TRUE(set_method_option(s, kOptWindow, "16"));
+  EXPECT_TRUE(set_method_option(s, kOptBudgetTokens, "512"));
+  EXPECT_TRUE(set_method_option(s, kOptPageSize, "32"));
+  EXPECT_TRUE(set_method_option(s, kOptKf, "0.5"));
+  EXPECT_TRUE(set_method_option(s, kOptDf, "0.125"));
+  EXPECT_TRUE(set_method_option(s, kOptArtifact, "a.safetensors"));
+  EXPECT_EQ(s.name, "quest");
+  EXPECT_EQ(s.lookup, 0.02);
+  EXPECT_EQ(s.sinks, 8);
+  EXPECT_EQ(s.window, 16);
+  EXPECT_EQ(s.budget_tokens, 512);
+  EXPECT_EQ(s.page_size, 32);
+  EXPECT_EQ(s.k_f, 0.5);
+  EXPECT_EQ(s.d_f, 0.125);
+  EXPECT_EQ(s.artifact, "a.safetensors");
+  EXPECT_FALSE(set_method_option(s, "--window-len", "2048"));  // not a method option: the caller's
+  // A value that is not a number of the field's type is refused naming the option, and kept out.
+  for (const auto& [opt, text] : std::vector<std::pair<std::string, std::string>>{
+           {kOptLookup, "0.x5"}, {kOptLookup, ""}, {kOptSinks, "4.5"}, {kOptWindow, "16k"}, {kOptKf, "nan"}}) {
+    const std::string msg = error_of([&] { set_method_option(s, opt, text); });
+    EXPECT_NE(msg.find(opt), std::string::npos) << opt << " " << text << ": " << msg;
+  }
+  EXPECT_EQ(s.lookup, 0.02);
+  EXPECT_EQ(s.sinks, 8);
 }
 
 }  // namespace

@@ -63,6 +63,11 @@ bool method_needs_artifact(const std::string& name);
 // names, e.g. the CLI flags the user typed.
 void check_options_apply(const std::string& method, const std::vector<std::string>& given);
 
+// Sets the field of `spec` that `option` names ("--method" or one of the kOpt*) from its text, as
+// a command line gives it; false when `option` is none of them. InvalidArgument naming the option
+// when the value is not a number of the field's type.
+bool set_method_option(MethodSpec& spec, const std::string& option, const std::string& value);
+
 // The one check of a budget fraction (lookup, k_f, d_f): in (0, 1] (selection_rules.h). 0 reads
 // nothing; 1 reads everything. `field` names it in the error.
 void check_fraction(double value, const char* field);

@@ -311,10 +311,14 @@ static __global__ void __launch_bounds__(kSelectThreads)
   if (tid == 0) min_size = INT32_MAX;
   float s[kPer][kMaxGroup];
   int my_size[kPer];
+  // The first partition's counts and start, kept for the segments (C <= 1024: the only one): its
+  // loads are in flight with the others instead of a round trip of their own at the end.
+  const int pc0 = tid < g.C ? part_count[pbase + tid] : 0, ac0 = tid < g.C ? append_count[pbase + tid] : 0;
+  const int start0 = tid < g.C ? part_start[pbase + tid] : 0;
 #pragma unroll
   for (int k = 0; k < kPer; ++k) {
     const int c = tid + k * kSelectThreads;
-    my_size[k] = c < g.C ? part_count[pbase + c] + append_count[pbase + c] : 0;
+    my_size[k] = k == 0 ? pc0 + ac0 : c < g.C ? part_count[pbase + c] + append_count[pbase + c] : 0;
 #pragma unroll
     for (int gi = 0; gi < kMaxGroup; ++gi) s[k][gi] = c < g.C && gi < G ? lg[int64_t(gi) * g.C + c] : -INFINITY;
   }
@@ -390,7 +394,7 @@ static __global__ void __launch_bounds__(kSelectThreads)
   int mine = 0, my_tokens = 0;
   for (int c = tid; c < g.C; c += kSelectThreads)
     if (taken[c]) {
-      const int pc = part_count[pbase + c], ac = append_count[pbase + c];
+      const int pc = c == tid ? pc0 : part_count[pbase + c], ac = c == tid ? ac0 : append_count[pbase + c];
       mine += ranges_of(pc, segment) + ranges_of(ac, g.P);
       my_tokens += pc + ac;
     }
@@ -421,8 +425,8 @@ static __global__ void __launch_bounds__(kSelectThreads)
   int k = fixed + off, t = n_sink + n_win + tok_off;
   for (int c = tid; c < g.C; c += kSelectThreads)
     if (taken[c]) {
-      const int pc = part_count[pbase + c], ac = append_count[pbase + c];
-      k = put_range(k, part_start[pbase + c], pc, t);
+      const int pc = c == tid ? pc0 : part_count[pbase + c], ac = c == tid ? ac0 : append_count[pbase + c];
+      k = put_range(k, c == tid ? start0 : part_start[pbase + c], pc, t);
       t += pc;
       const int32_t* pages = append_pages + (pbase + c) * g.A;
       for (int p = 0; p * g.P < ac; ++p, ++k) {

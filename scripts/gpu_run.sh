@@ -37,12 +37,12 @@ if [[ $mode == all || $mode == test ]]; then
   # SAAP_MODEL_PATH they are left out here rather than failed for a missing input.
   # The same for Gemma-3's runner test and SAAP_GEMMA_PATH (scripts/gpu_gemma.sh runs it).
   model_tests=""
-  [[ -z ${SAAP_MODEL_PATH:-} ]] && model_tests=cuda_test_cuda_llama
+  [[ -z ${SAAP_MODEL_PATH:-} ]] && model_tests="cuda_test_cuda_llama|cuda_test_cli_device"
   [[ -z ${SAAP_GEMMA_PATH:-} ]] && model_tests=${model_tests:+$model_tests|}cuda_test_cuda_gemma3
   exclude=()
   if [[ -n $model_tests ]]; then
     exclude=(-E "$model_tests")
-    echo "no model for $model_tests: left out (scripts/gpu_runner.sh, scripts/gpu_gemma.sh run them with it)" |
+    echo "no model for $model_tests: left out (scripts/gpu_runner.sh, scripts/gpu_gemma.sh, scripts/gpu_cli.sh run them with it)" |
       tee -a "$OUT/tests.log"
   fi
   # ctest and memcheck run side by side (one GPU takes both), so the whole test stage lasts about
@@ -52,7 +52,9 @@ if [[ $mode == all || $mode == test ]]; then
   # memcheck over every CUDA test, eight at a time; each writes its own log, which names the seed
   # for a rerun. Exit 77 under memcheck is a test that skipped for a missing input (SAAP_REQUIRE_GPU
   # fails the ctest run if the GPU itself is missing).
-  tests=$(ls build-cuda/tests/cuda_test_* | xargs -n1 basename)
+  # cuda_test_cli_device drives the saap CLI (CPU and GPU runs of whole commands): its kernels are
+  # the runner's, covered by cuda_test_cuda_llama, and under memcheck it would outlast the limit.
+  tests=$(ls build-cuda/tests/cuda_test_* | xargs -n1 basename | grep -vx cuda_test_cli_device)
   [[ -n $model_tests ]] && tests=$(printf '%s\n' $tests | grep -vxE "$model_tests")
   echo "$provenance" > "$OUT/memcheck.log"
   printf '%s\n' $tests | xargs -P8 -I{} bash -c \

@@ -1,6 +1,7 @@
 // saap bench: per-layer decode-step attention time of each method on the CPU, on the default
 // model's real keys at a long context, against dense and the memory floor. With --gpu it hands
-// over to the CUDA benchmark (bench/cuda/decode_bench) built next to this binary.
+// over to the CUDA benchmark (bench/cuda/decode_bench) built next to this binary. With --e2e (the
+// CPU) or --device cuda it times the whole model end to end through the evaluation backend.
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,9 +12,11 @@
 
 #include "cli/commands.h"
 #include "cli/validators.h"
+#include "cli/device.h"
 #include "cli/method_options.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
+#include "saap/core/progress.h"
 #include "saap/eval/decode_bench.h"
 #include "saap/eval/result_files.h"
 #include "saap/train/capture.h"
@@ -34,6 +37,12 @@ struct BenchOpts {
   MethodSpec base;  // sinks, window, k_f, d_f
   DecodeBenchOptions bench;
   bool no_flush = false, gpu = false;
+  // End to end (--e2e, or --device cuda): prefill ms and decode tokens/s of the whole model.
+  std::string device = "cpu";
+  bool e2e = false;
+  std::vector<int64_t> prompts = {2048, 8000};
+  std::vector<int> batches = {1, 16};
+  int decode_steps = 128;
 };
 
 std::string shell_output(const std::string& cmd) {
@@ -144,10 +153,67 @@ void print_table(const DecodeBenchResult& r) {
   for (const auto& n : r.notes) std::printf("note: %s\n", n.c_str());
 }
 
+// The whole model end to end on the device: for each prompt length and batch, the prefill time
+// (median of --reps after a warm-up) and the decode tokens/s of --decode-steps greedy steps, on a
+// fixed pseudo-random prompt (bench_prompt_tokens). The CSV has the columns of
+// results/gpu_e2e_<date>_<gpu>.csv (engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s), + device.
+void run_end_to_end(BenchOpts& o, const GlobalOptions& global) {
+  BackendRequest request;
+  request.device = o.device;
+  request.model_path = model_path(o.model);
+  request.progress = !global.json;
+  request.max_batch = *std::max_element(o.batches.begin(), o.batches.end());
+  // + 1: the GPU's eager step that captures the decode graph.
+  request.max_context = *std::max_element(o.prompts.begin(), o.prompts.end()) + o.decode_steps + 1;
+  auto backend = open_backend(request);
+  const auto inputs = model_run_inputs(backend->identity(), request.model_path, "");
+  nlohmann::json doc = {{"model", backend->identity()},
+                        {"method", backend->method()},
+                        {"reps", o.bench.reps},
+                        {"decode_steps", o.decode_steps},
+                        {"definitions",
+                         {{"prefill_ms", "median over --reps (after a warm-up) of the prefill of all sequences of the batch"},
+                          {"decode_tok_s", "batch x decode_steps / decode time (the GPU: CUDA events around graph launches)"}}},
+                        {"rows", nlohmann::json::array()}};
+  doc.update(backend->device_json());
+  CsvTable table{{"engine", "method", "batch", "prompt_tokens", "prefill_ms", "decode_tok_s", "device"}, {}};
+  int64_t total = 0, done = 0;
+  for (int64_t p : o.prompts) total += p * int64_t(o.batches.size());
+  ProgressBar bar("bench e2e", total, !global.json);
+  for (int64_t p : o.prompts)
+    for (int b : o.batches) {
+      const EndToEndTiming t = backend->time_end_to_end(b, p, o.decode_steps, o.bench.reps);
+      doc["rows"].push_back({{"batch", t.batch},
+                             {"prompt_tokens", t.prompt_tokens},
+                             {"decode_steps", t.decode_steps},
+                             {"prefill_ms", t.prefill_ms},
+                             {"decode_tok_s", t.decode_tok_s}});
+      table.add({"saap", backend->method(), std::to_string(b), std::to_string(p), csv_field(t.prefill_ms),
+                 csv_field(t.decode_tok_s), backend->device()});
+      done += p;
+      bar.update(done);
+    }
+  bar.finish();
+  if (o.stem.empty())
+    o.stem = "e2e_" + backend->device() + "_" + run_provenance()["date"].get<std::string>().substr(0, 10);
+  const auto paths = write_result_files(o.out, o.stem, doc, table, inputs);
+  emit(global, doc, [&] {
+    std::printf("%s on %s (%s), %d decode steps, prefill median of %d\n", backend->method().c_str(),
+                backend->device().c_str(), backend->device_name().c_str(), o.decode_steps, o.bench.reps);
+    std::printf("%6s %8s %12s %14s\n", "batch", "prompt", "prefill_ms", "decode_tok_s");
+    for (const auto& row : doc["rows"])
+      std::printf("%6d %8lld %12.2f %14.1f\n", row["batch"].get<int>(), (long long)row["prompt_tokens"].get<int64_t>(),
+                  row["prefill_ms"].get<double>(), row["decode_tok_s"].get<double>());
+    std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
+  }, inputs);
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app, const GlobalOptions& global) {
-  auto* cmd = app.add_subcommand("bench", "Decode-step attention time per layer of each method vs dense and the memory floor");
+  auto* cmd = app.add_subcommand(
+      "bench", "Decode-step attention time per layer of each method vs dense and the memory floor; with --e2e or "
+               "--device cuda, the whole model end to end (prefill ms, decode tokens/s, batch, context)");
   auto o = std::make_shared<BenchOpts>();
   cmd->add_option("--model", o->model, kModelOptionHelp);
   cmd->add_option("--text", o->text, "Text whose tokens fill the KV cache (default: eval.txt in the cache)");
@@ -175,15 +241,35 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--stem", o->stem, "Result file stem (default cpu_bench_<date>)");
   cmd->add_flag("--gpu", o->gpu,
                 "Run the CUDA benchmark (bench/decode_bench of this build tree) instead; --reps, --out and any arguments saap does not know (--contexts, --batches) go to it");
+  add_device_option(cmd, o->device);
+  cmd->add_flag("--e2e", o->e2e,
+                "End to end: prefill ms and decode tokens/s of the whole model at each --prompts and --batches "
+                "(what --device cuda runs)");
+  auto* prompts = cmd->add_option("--prompts", o->prompts, "End to end: prompt lengths in tokens")
+                      ->delimiter(',')
+                      ->check(whole_at_least(1));
+  auto* batches = cmd->add_option("--batches", o->batches, "End to end: batch sizes (sequences run together)")
+                      ->delimiter(',')
+                      ->check(whole_at_least(1));
+  auto* steps = cmd->add_option("--decode-steps", o->decode_steps, "End to end: timed greedy decode steps")
+                    ->check(whole_at_least(1));
   cmd->allow_extras();
-  cmd->callback([o, cmd, &global] {
+  cmd->callback([o, cmd, prompts, batches, steps, &global] {
     const std::vector<std::string> extras = cmd->remaining();
+    SAAP_CHECK_MSG(!(o->gpu && o->device == "cuda"), InvalidArgument,
+                   "saap bench: --gpu (the attention kernels' decode_bench) and --device cuda (the whole model end "
+                   "to end) are different benchmarks; give one");
     if (o->gpu) run_gpu(*o, *cmd, extras);
     if (!extras.empty()) {
       std::string list;
       for (const auto& e : extras) list += (list.empty() ? "" : " ") + e;
       SAAP_THROW_FMT(InvalidArgument, "saap bench: unknown arguments: %s (see saap bench --help)", list.c_str());
     }
+    if (o->e2e || o->device == "cuda") return run_end_to_end(*o, global);
+    for (const CLI::Option* opt : {prompts, batches, steps})
+      SAAP_CHECK_FMT(opt->count() == 0, InvalidArgument,
+                     "saap bench: %s is an option of the end-to-end bench (--e2e or --device cuda)",
+                     opt->get_name().c_str());
     o->bench.flush = !o->no_flush;
     const std::vector<MethodSpec> specs = expand_specs(*o);
     const std::string path = model_path(o->model);

@@ -57,4 +57,11 @@ inline CLI::App* train_command(CLI::App& app) {
 void register_train_saap(CLI::App& app, const GlobalOptions& global);
 void register_train_loki(CLI::App& app, const GlobalOptions& global);
 
+// A subcommand this build lacks: listed, and refused with Unsupported (exit 7) and the reason.
+void register_unavailable(CLI::App& app, const std::string& name, const std::string& description,
+                          const std::string& reason);
+// Why `train` and `demo` are missing from a build without FAISS (src/cli/unavailable.cpp).
+inline constexpr const char* kNoTrainingReason =
+    "built without FAISS; train on a machine with FAISS: artifacts are portable";
+
 }  // namespace saap::cli

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "cli/method_options.h"
 #include "saap/core/paths.h"
 #include "saap/eval/attention_eval.h"
@@ -17,6 +18,7 @@ void register_eval_attention(CLI::App& app, const GlobalOptions& global) {
     std::string model, text, out = "results";
     int windows = 2, window_len = 1024;
     AttentionEvalOptions eval;
+    std::string device = "cpu";
     MethodSpec spec;
   };
   auto o = std::make_shared<Opts>();
@@ -25,7 +27,9 @@ void register_eval_attention(CLI::App& app, const GlobalOptions& global) {
   add_attention_eval_options(cmd, o->windows, o->window_len, o->eval);
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
+  add_device_option(cmd, o->device);
   cmd->callback([o, &global] {
+    refuse_cuda(o->device, "eval attention", kAttentionReplayOnCpu);
     const std::string path = model_path(o->model);
     auto model = LlamaModel::load(path);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;

@@ -1,10 +1,12 @@
 // saap eval niah: long-context retrieval (passkey, multikey, multivalue needles in a repeated or a
 // natural-text haystack) per length, with agreement against a dense reference run.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "cli/method_options.h"
 #include "cli/validators.h"
 #include "saap/core/error.h"
@@ -72,6 +74,7 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
     NiahOptions niah;
     bool method_prefill = false;
     MethodSpec spec;
+    std::string device = "cpu";
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, kModelOptionHelp);
@@ -100,6 +103,10 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files")->capture_default_str();
   cmd->add_option("--stem", o->stem, "File name stem (default: niah_<task>_<haystack>_<method>)");
   add_method_options(cmd, o->spec);
+  add_device_option(cmd, o->device);
+  cmd->add_option("--batch", o->niah.batch, "cuda: trials run together as one batched prefill")
+      ->check(whole_at_least(1))
+      ->capture_default_str();
   cmd->callback([o, &global] {
     NiahOptions& n = o->niah;
     n.task.task = parse_niah_task(o->task);
@@ -115,18 +122,22 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
       for (const auto& m : o->merge) inputs.push_back(input_file("run", m));
     } else {
       const std::string path = model_path(o->model);
-      auto model = LlamaModel::load(path);
-      model_identity = model->identity();
+      BackendRequest request;
+      request.device = o->device;
+      request.model_path = path;
+      request.spec = o->spec;
+      request.progress = !global.json;
+      request.max_batch = n.batch;
+      request.max_context = n.lengths.empty() ? 0 : *std::max_element(n.lengths.begin(), n.lengths.end());
+      auto backend = open_backend(request);
+      model_identity = backend->identity();
       std::string filler_path, filler_text;
       if (n.task.haystack == NiahHaystack::Text) {
         filler_path = o->filler.empty() ? default_text_path("eval.txt") : o->filler;
         filler_text = read_file(filler_path, "filler text");
       }
-      inputs = model_run_inputs(*model, path, filler_path, {o->spec.artifact});
-      const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
-      r = run_niah(model->tokenizer(), n, filler_text,
-                   cpu_greedy_continuation(model, factory,
-                                           o->method_prefill ? AttentionMode::MethodEverywhere : AttentionMode::DensePrefill));
+      inputs = model_run_inputs(model_identity, path, filler_path, {o->spec.artifact});
+      r = run_niah(backend->tokenizer(), n, filler_text, backend_greedy_continuation(*backend, o->method_prefill));
     }
     for (const auto& ref : o->reference) inputs.push_back(input_file("reference", ref));
     const std::vector<NiahLengthSummary> summary = niah_summary(r, reference.get());
@@ -164,8 +175,10 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
                           {"seed", n.seed},                 {"depths", n.depths},
                           {"trials_per_depth", n.trials},   {"reference", o->reference},
                           {"summary", rows},                {"niah", r.to_json()}};
+    if (o->merge.empty()) doc["device"] = o->device;  // a merge joins runs that record their own
     const std::string stem = o->stem.empty() ? "niah_" + std::string(niah_task_name(r.task.task)) + "_" +
-                                                   niah_haystack_name(r.task.haystack) + "_" + o->spec.name
+                                                   niah_haystack_name(r.task.haystack) + "_" + o->spec.name +
+                                                   (o->merge.empty() && o->device != "cpu" ? "_" + o->device : "")
                                              : o->stem;
     const auto paths = write_result_files(o->out, stem, doc, table, inputs);
     emit(global, doc, [&] {

@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/validators.h"
+#include "cli/device.h"
 #include "cli/method_options.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
@@ -19,6 +20,8 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
     bool dense_prefill = false;
     PerplexityOptions ppl;
     MethodSpec spec;
+    std::string device = "cpu";
+    int batch = 12;
   };
   auto o = std::make_shared<Opts>();
   o->ppl.max_windows = 0;
@@ -36,19 +39,30 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
                 "faster exact prefill is used.");
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   add_method_options(cmd, o->spec);
+  add_device_option(cmd, o->device);
+  cmd->add_option("--batch", o->batch, "cuda: windows run together as one batched prefill")
+      ->check(whole_at_least(1));
   cmd->callback([o, &global] {
     const std::string path = model_path(o->model);
-    auto model = LlamaModel::load(path, !global.json);
+    BackendRequest request;
+    request.device = o->device;
+    request.model_path = path;
+    request.spec = o->spec;
+    request.progress = !global.json;
+    request.max_batch = o->batch;
+    request.max_context = o->ppl.window;
+    request.chunk = o->ppl.chunk;
+    auto backend = open_backend(request);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
-    const auto inputs = model_run_inputs(*model, path, text, {o->spec.artifact});
+    const auto inputs = model_run_inputs(backend->identity(), path, text, {o->spec.artifact});
     PerplexityOptions opts = o->ppl;
-    opts.methods = make_method_factory(o->spec, model_artifact_identity(*model));
     opts.mode = o->dense_prefill || o->spec.name == "dense" ? AttentionMode::DensePrefill
                                                            : AttentionMode::MethodEverywhere;
     opts.progress = true;
-    const PerplexityResult r = evaluate_perplexity_file(model, text, opts);
+    const PerplexityResult r = evaluate_perplexity_file(*backend, text, opts);
     nlohmann::json result = r.to_json();
-    result["model"] = model->identity();
+    result["model"] = backend->identity();
+    result.update(backend->device_json());
     result["text"] = text;
     result["window_len"] = opts.window;
     result["first_window"] = opts.first_window;
@@ -56,18 +70,21 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
     result["attention_mode"] = opts.mode == AttentionMode::DensePrefill ? "dense-prefill" : "method-everywhere";
     result["artifact"] = o->spec.artifact;
     CsvTable table{{"method", "window_len", "windows", "scored_tokens", "perplexity", "mean_nll", "tokens_per_second",
-                    "lookup_fraction"},
+                    "lookup_fraction", "device"},
                    {}};
     table.add({o->spec.describe(), std::to_string(opts.window), std::to_string(r.windows),
                std::to_string(r.scored_tokens), csv_field(r.perplexity), csv_field(r.mean_nll),
-               csv_field(r.tokens_per_second), r.stats.queries ? csv_field(r.stats.fraction()) : std::string()});
+               csv_field(r.tokens_per_second), r.stats.queries ? csv_field(r.stats.fraction()) : std::string(),
+               backend->device()});
     const auto paths =
-        write_result_files(o->out, "ppl_" + o->spec.name + "_w" + std::to_string(opts.window), result, table, inputs);
+        write_result_files(o->out, "ppl_" + o->spec.name + "_w" + std::to_string(opts.window) + device_suffix(*backend),
+                           result, table, inputs);
     emit(global, result, [&] {
       const std::string lookup = r.stats.queries ? format("%.4f", r.stats.fraction()) : "n/a (exact prefill)";
-      std::printf("%s: perplexity %.4f (mean NLL %.4f nats) over %lld windows of %lld tokens (%lld scored), "
+      std::printf("%s on %s: perplexity %.4f (mean NLL %.4f nats) over %lld windows of %lld tokens (%lld scored), "
                   "%.1f tok/s, lookup %s\n",
-                  o->spec.describe().c_str(), r.perplexity, r.mean_nll, (long long)r.windows, (long long)opts.window,
+                  o->spec.describe().c_str(), backend->device().c_str(), r.perplexity, r.mean_nll, (long long)r.windows,
+                  (long long)opts.window,
                   (long long)r.scored_tokens, r.tokens_per_second, lookup.c_str());
       std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
     }, inputs);

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "cli/validators.h"
 #include "cli/method_options.h"
 #include "saap/core/error.h"
@@ -56,6 +57,7 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
     std::vector<int64_t> budget_tokens;  // fixed budgets, beside the fractions
     int windows = 2, window_len = 2048, sinks = 4, window = 16;
     AttentionEvalOptions eval;
+    std::string device = "cpu";
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, kModelOptionHelp);
@@ -71,7 +73,9 @@ void register_eval_saap_grid(CLI::App& app, const GlobalOptions& global) {
   add_attention_eval_options(cmd, o->windows, o->window_len, o->eval);
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
   cmd->add_option("--stem", o->stem, "Result file name stem");
+  add_device_option(cmd, o->device);
   cmd->callback([o, &global] {
+    refuse_cuda(o->device, "eval saap-grid", kAttentionReplayOnCpu);
     const std::string path = model_path(o->model);
     auto model = LlamaModel::load(path);
     const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;

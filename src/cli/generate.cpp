@@ -1,14 +1,17 @@
 // saap generate: prefill a prompt with exact attention, then decode token by token through the
 // chosen attention method, streaming the text as it is produced.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 
 #include "cli/commands.h"
 #include "cli/validators.h"
 #include "cli/method_options.h"
-#include "cli/prefill.h"
+#include "cli/device.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
+#include "saap/core/progress.h"
 #include "saap/core/utf8.h"
 #include "saap/model/sampler.h"
 
@@ -30,6 +33,7 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
     int max_tokens = 256;
     SamplerConfig sampler;
     MethodSpec spec;
+    std::string device = "cpu";
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--prompt", o->prompt, "Prompt text")->required();
@@ -45,10 +49,18 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--seed", o->sampler.seed, "Sampling seed");
   cmd->add_option("--model", o->model, kModelOptionHelp);
   add_method_options(cmd, o->spec);
+  add_device_option(cmd, o->device);
   cmd->callback([o, &global] {
-    auto model = LlamaModel::load(model_path(o->model), !global.json);
-    const Tokenizer& tok = model->tokenizer();
-    const MethodFactory factory = make_method_factory(o->spec, model_artifact_identity(*model));
+    BackendRequest request;
+    request.device = o->device;
+    request.model_path = model_path(o->model);
+    request.spec = o->spec;
+    request.progress = !global.json;
+    // The GPU cache holds the prompt and what may follow it (the runner refuses more than the
+    // model's context); the prompt's length is not known before the tokenizer is.
+    request.max_context = 0;
+    auto backend = open_backend(request);
+    const Tokenizer& tok = backend->tokenizer();
     Sampler sampler(o->sampler);
 
     std::vector<int32_t> prompt;
@@ -63,47 +75,36 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
     SAAP_CHECK_FMT(!prompt.empty(), InvalidArgument,
                    "--prompt '%s' encodes to no tokens (it is empty or holds only bytes the vocabulary lacks)",
                    utf8_sanitize(o->prompt).c_str());
-    const int64_t capacity = std::min<int64_t>(model->config().context_length, int64_t(prompt.size()) + o->max_tokens);
-    SAAP_CHECK_FMT(int64_t(prompt.size()) < capacity, InvalidArgument,
-                   "the prompt has %zu tokens, leaving no room in the context length of %lld", prompt.size(),
-                   (long long)model->config().context_length);
-    LlamaSession session(model, capacity, factory, AttentionMode::DensePrefill);
-
-    std::vector<float> logits(size_t(model->config().vocab_size));
-    auto start = std::chrono::steady_clock::now();
-    prefill(session, prompt, logits.data(), !global.json);
-    const double prefill_s = seconds_since(start);
 
     // A token may end inside a multi-byte character or stand for bytes that are not UTF-8: the
     // stream shows only complete characters, and the JSON gets the same valid text plus the ids.
     Utf8Stream stream;
     std::string output;
-    std::vector<int32_t> generated_ids;
-    std::string stop = "max-tokens";
-    int64_t decode_steps = 0;
-    start = std::chrono::steady_clock::now();
-    while (true) {
-      const int32_t next = sampler.sample(logits.data(), model->config().vocab_size);
-      if (tok.is_end_of_generation(next)) {
-        stop = "end-of-generation";
-        break;
-      }
-      generated_ids.push_back(next);
-      const std::string ready = stream.push(tok.token_bytes(next));
-      if (!global.json && !ready.empty()) {
-        std::fwrite(ready.data(), 1, ready.size(), stdout);
-        std::fflush(stdout);
-      }
-      output += ready;
-      if (int64_t(generated_ids.size()) == o->max_tokens) break;
-      if (session.length() == capacity) {
-        stop = "context-full";
-        break;
-      }
-      session.forward(&next, 1, logits.data());
-      ++decode_steps;
-    }
-    const double decode_s = seconds_since(start);
+    const int64_t n = int64_t(prompt.size());
+    ProgressBar bar("prefill", n, !global.json && ::isatty(2), /*show_after_s=*/1.0);
+    const auto prefill_start = std::chrono::steady_clock::now();
+    const GenerateResult g = backend->generate(
+        prompt, o->max_tokens, sampler,
+        [&](int32_t next) {
+          const std::string ready = stream.push(tok.token_bytes(next));
+          if (!global.json && !ready.empty()) {
+            std::fwrite(ready.data(), 1, ready.size(), stdout);
+            std::fflush(stdout);
+          }
+          output += ready;
+        },
+        [&](int64_t done) {
+          const double seconds = seconds_since(prefill_start);
+          char rate[32];
+          std::snprintf(rate, sizeof rate, "%.0f tok/s", seconds > 0 ? double(done) / seconds : 0.0);
+          bar.update(done, rate);
+          if (done == n) bar.finish();
+        });
+    const std::vector<int32_t>& generated_ids = g.tokens;
+    const std::string& stop = g.stop;
+    const int64_t decode_steps = g.decode_steps;
+    const double prefill_s = g.prefill_seconds;
+    const double decode_s = g.decode_seconds;
     const std::string rest = stream.finish();  // a character the last token left unfinished: U+FFFD
     output += rest;
     if (!global.json) {
@@ -111,9 +112,11 @@ void register_generate(CLI::App& app, const GlobalOptions& global) {
       std::fflush(stdout);  // the text before the statistics on stderr
     }
 
-    const LookupStats& stats = session.stats();
+    const LookupStats& stats = g.stats;
     const double index_fraction = stats.fraction() - stats.kv_fraction();
-    nlohmann::json result = {{"model", model->identity()},
+    nlohmann::json result = {{"model", backend->identity()},
+                             {"device", backend->device()},
+                             {"device_name", backend->device_name()},
                              {"method", o->spec.describe()},
                              {"prompt_tokens", prompt.size()},
                              {"generated_tokens", generated_ids.size()},

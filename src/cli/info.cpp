@@ -5,38 +5,11 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
-#ifdef SAAP_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
 
 namespace saap::cli {
-
-namespace {
-
-// "built without CUDA", "built with CUDA; GPU: <name>" or "built with CUDA; GPU: none found".
-std::string cuda_status(nlohmann::json& result) {
-#ifdef SAAP_HAVE_CUDA
-  result["cuda_build"] = true;
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;  // no driver, or no device
-  cudaGetLastError();                                               // clear the sticky error
-  cudaDeviceProp prop{};
-  if (devices > 0 && cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
-    result["gpu"] = prop.name;
-    return std::string("built with CUDA; GPU: ") + prop.name + (devices > 1 ? " (+" + std::to_string(devices - 1) + " more)" : "");
-  }
-  result["gpu"] = nullptr;
-  return "built with CUDA; GPU: none found";
-#else
-  result["cuda_build"] = false;
-  result["gpu"] = nullptr;
-  return "built without CUDA";
-#endif
-}
-
-}  // namespace
 
 void register_info(CLI::App& app, const GlobalOptions& global) {
   auto* cmd = app.add_subcommand("info", "Show the default model, texts, build and threads");
@@ -64,6 +37,11 @@ void register_info(CLI::App& app, const GlobalOptions& global) {
     result["threads"] = omp_get_max_threads();
     result["cores"] = omp_get_num_procs();
     const std::string cuda = cuda_status(result);
+#ifdef SAAP_HAVE_TRAINING
+    result["training"] = true;
+#else
+    result["training"] = false;
+#endif
     emit(global, result, [&] {
       std::printf("model:     %s\n", result["model"].is_null() ? "MISSING" : result["model"].get<std::string>().c_str());
       std::printf("gemma3:    %s\n", result["models"]["gemma3"].is_null()
@@ -75,6 +53,7 @@ void register_info(CLI::App& app, const GlobalOptions& global) {
                     path.is_null() ? "MISSING (run scripts/setup.sh)" : path.get<std::string>().c_str());
       std::printf("threads:   %d of %d cores\n", result["threads"].get<int>(), result["cores"].get<int>());
       std::printf("cuda:      %s\n", cuda.c_str());
+      std::printf("training:  %s\n", result["training"].get<bool>() ? "yes (FAISS and BLAS)" : kNoTrainingReason);
     });
     SAAP_CHECK_MSG(missing_model.empty(), NotFound, missing_model);
   });

@@ -37,7 +37,11 @@ int main(int argc, char** argv) {
   app.add_flag("--json", global.json, "Print results as JSON (also accepted after the subcommand)");
   app.add_option("--threads", global.threads, "CPU threads (0: all cores)")->check(whole_at_least(0));
   register_info(app, global);
+#ifdef SAAP_HAVE_TRAINING
   register_demo(app, global);
+#else
+  register_unavailable(app, "demo", "Run the main job on the default model (trains small indexes)", kNoTrainingReason);
+#endif
   register_calibrate(app, global);
   register_eval_attention(app, global);
   register_eval_passkey(app, global);
@@ -47,8 +51,12 @@ int main(int argc, char** argv) {
   register_eval_ppl(app, global);
   register_eval_saap_grid(app, global);
   register_bench(app, global);
+#ifdef SAAP_HAVE_TRAINING
   register_train_saap(app, global);
   register_train_loki(app, global);
+#else
+  register_unavailable(app, "train", "Train a method's index from a calibration set", kNoTrainingReason);
+#endif
   app.parse_complete_callback([&] {
     if (global.threads > 0) omp_set_num_threads(global.threads);
     // More threads than cores share them and run slower than one per core (the forward pass and

@@ -67,16 +67,21 @@ inline void add_attention_eval_options(CLI::App* cmd, int& windows, int& window_
 
 // The inputs of a run on the model, for its results' provenance: the model by its identity (a hash
 // of its header), the text and each artifact (empty ones skipped, repeats once) by their sha256.
-inline std::vector<InputIdentity> model_run_inputs(const LlamaModel& model, const std::string& model_path,
+inline std::vector<InputIdentity> model_run_inputs(const std::string& model_identity, const std::string& model_path,
                                                    const std::string& text,
                                                    const std::vector<std::string>& artifacts = {}) {
-  std::vector<InputIdentity> inputs = {input_with_identity("model", model_path, model.identity())};
+  std::vector<InputIdentity> inputs = {input_with_identity("model", model_path, model_identity)};
   if (!text.empty()) inputs.push_back(input_file("text", text));
   for (size_t i = 0; i < artifacts.size(); ++i)
     if (!artifacts[i].empty() && std::find(artifacts.begin(), artifacts.begin() + long(i), artifacts[i]) ==
                                      artifacts.begin() + long(i))
       inputs.push_back(input_file("artifact", artifacts[i]));
   return inputs;
+}
+inline std::vector<InputIdentity> model_run_inputs(const LlamaModel& model, const std::string& model_path,
+                                                   const std::string& text,
+                                                   const std::vector<std::string>& artifacts = {}) {
+  return model_run_inputs(model.identity(), model_path, text, artifacts);
 }
 
 }  // namespace saap::cli

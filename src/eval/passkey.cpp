@@ -22,10 +22,6 @@ const char* const kFillerUnit =
     " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 const char* const kSlot = "\x01\x02";  // where the haystack goes in the rendered template
 
-int32_t argmax(const std::vector<float>& v) {
-  return int32_t(std::max_element(v.begin(), v.end()) - v.begin());
-}
-
 }  // namespace
 
 PasskeyPrompt build_passkey_prompt(const Tokenizer& tokenizer, int64_t length, double depth, int max_new_tokens,
@@ -132,14 +128,12 @@ nlohmann::json PasskeyResult::to_json() const {
   return j;
 }
 
-PasskeyResult run_passkey(std::shared_ptr<const LlamaModel> model, const MethodFactory& factory,
-                          const PasskeyOptions& options) {
-  const LlamaConfig& cfg = model->config();
-  const Tokenizer& tok = model->tokenizer();
+PasskeyResult run_passkey(EvalBackend& backend, const PasskeyOptions& options) {
+  const Tokenizer& tok = backend.tokenizer();
   SAAP_CHECK_FMT(options.trials > 0, InvalidArgument, "trials = %d must be positive", options.trials);
   for (int64_t l : options.lengths)
-    SAAP_CHECK_FMT(l > 0 && l <= cfg.context_length, InvalidArgument, "length = %lld must be in [1, %lld]",
-                   (long long)l, (long long)cfg.context_length);
+    SAAP_CHECK_FMT(l > 0 && l <= backend.max_context(), InvalidArgument, "length = %lld must be in [1, %lld]",
+                   (long long)l, (long long)backend.max_context());
   std::string filler_text;
   if (options.haystack == Haystack::RealText) {
     std::ifstream in(options.filler_path, std::ios::binary);
@@ -148,36 +142,18 @@ PasskeyResult run_passkey(std::shared_ptr<const LlamaModel> model, const MethodF
     ss << in.rdbuf();
     filler_text = ss.str();
   }
-  const AttentionMode mode = options.method_prefill ? AttentionMode::MethodEverywhere : AttentionMode::DensePrefill;
   PasskeyResult result;
   int64_t total = 0, done = 0;
   for (int64_t l : options.lengths) total += l * int64_t(options.depths.size()) * options.trials;
   ProgressBar bar("eval passkey", total, options.progress);
-  std::vector<float> logits(size_t(cfg.vocab_size));
   for (int64_t length : options.lengths) {
-    LlamaSession session(model, length, factory, mode);
+    std::vector<PasskeyTrial> trials;
+    std::vector<GreedyRequest> requests;
     for (double depth : options.depths)
       for (int trial = 0; trial < options.trials; ++trial) {
         const uint64_t seed = options.seed * 7919u + uint64_t(length) * 31u + uint64_t(depth * 1000) * 17u + trial;
-        const PasskeyPrompt p =
+        PasskeyPrompt p =
             build_passkey_prompt(tok, length, depth, options.max_new_tokens, options.haystack, filler_text, seed);
-        session.reset();
-        // Chunks bound the activation memory and keep the progress bar moving; in DensePrefill
-        // mode each chunk is exact causal attention over everything cached before it.
-        const int64_t chunk = 512;
-        for (int64_t t = 0; t < int64_t(p.haystack.size()); t += chunk) {
-          const int64_t n = std::min<int64_t>(chunk, int64_t(p.haystack.size()) - t);
-          session.forward(p.haystack.data() + t, n, logits.data());
-          bar.update(done + t + n);
-        }
-        for (int32_t id : p.question) session.forward(&id, 1, logits.data());
-        std::vector<int32_t> answer;
-        for (int i = 0; i < options.max_new_tokens; ++i) {
-          const int32_t next = argmax(logits);
-          if (tok.is_end_of_generation(next)) break;
-          answer.push_back(next);
-          if (i + 1 < options.max_new_tokens) session.forward(&next, 1, logits.data());
-        }
         PasskeyTrial t;
         t.length = length;
         t.depth = depth;
@@ -185,16 +161,37 @@ PasskeyResult run_passkey(std::shared_ptr<const LlamaModel> model, const MethodF
         t.prompt_tokens = int64_t(p.haystack.size() + p.question.size());
         t.needle_token = p.needle_token;
         t.passkey = p.passkey;
-        t.answer = tok.decode(answer);
-        t.correct = t.answer.find(p.passkey) != std::string::npos;
-        t.lookup = session.stats();
-        result.trials.push_back(std::move(t));
-        done += length;
-        bar.update(done);
+        trials.push_back(std::move(t));
+        requests.push_back({std::move(p.haystack), std::move(p.question)});
       }
+    // The haystack is prefilled (exact, or through the method with method_prefill); the question
+    // and the answer go token by token through the method.
+    for (size_t i0 = 0; i0 < requests.size(); i0 += size_t(backend.max_batch())) {
+      const size_t n = std::min(requests.size() - i0, size_t(backend.max_batch()));
+      const std::vector<GreedyRequest> group(requests.begin() + long(i0), requests.begin() + long(i0 + n));
+      const int64_t before = done;
+      const std::vector<GreedyResult> answers =
+          backend.greedy(group, options.max_new_tokens, options.method_prefill,
+                         [&](int64_t positions) { bar.update(before + std::min(positions, int64_t(n) * length)); });
+      for (size_t j = 0; j < n; ++j) {
+        PasskeyTrial& t = trials[i0 + j];
+        t.answer = tok.decode(answers[j].tokens);
+        t.correct = t.answer.find(t.passkey) != std::string::npos;
+        t.lookup = answers[j].stats;
+      }
+      done += int64_t(n) * length;
+      bar.update(done);
+    }
+    for (PasskeyTrial& t : trials) result.trials.push_back(std::move(t));
   }
   bar.finish();
   return result;
+}
+
+PasskeyResult run_passkey(std::shared_ptr<const LlamaModel> model, const MethodFactory& factory,
+                          const PasskeyOptions& options) {
+  CpuEvalBackend backend(std::move(model), factory, "method");
+  return run_passkey(backend, options);
 }
 
 }  // namespace saap

@@ -11,7 +11,6 @@
 #include "saap/model/llama.h"
 #include "saap/model/model_identity.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 #include "saap/core/error.h"
 #include "saap/core/progress.h"
 #include "saap/kernels/cpu/attention.h"
+#include "saap/kernels/cpu/gemm.h"
 #include "saap/methods/dense.h"
 #include "sliding_window.h"
 
@@ -129,36 +129,6 @@ std::shared_ptr<const LlamaModel> LlamaModel::load(const std::string& path, bool
 // The building blocks of the forward pass.
 
 namespace {
-
-// y[n][out] = x[n][in] · W[out][in]ᵀ (+ y when accumulate: the residual add is fused this way).
-// OpenMP splits the output features; each slice is one single-threaded BLAS call (see BlasSerial).
-void matmul(float* y, const float* x, const float* w, int64_t n, int64_t in, int64_t out, bool accumulate = false) {
-  const float beta = accumulate ? 1.0f : 0.0f;
-  const int64_t slices = std::min<int64_t>(omp_get_max_threads(), (out + 63) / 64);
-  const int64_t width = (out + slices - 1) / slices;
-#pragma omp parallel for schedule(static)
-  for (int64_t s = 0; s < slices; ++s) {
-    const int64_t o0 = s * width, m = std::min(out, o0 + width) - o0;
-    if (m <= 0) continue;
-    if (n == 1)
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(m), int(in), 1.0f, w + o0 * in, int(in), x, 1, beta, y + o0, 1);
-    else
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(m), int(in), 1.0f, x, int(in), w + o0 * in,
-                  int(in), beta, y + o0, int(out));
-  }
-}
-
-// One thread pool at a time: OpenBLAS's own pool and OpenMP's spinning workers fight over the
-// same cores (measured: 3-8x slower on 2 cores), so BLAS runs single-threaded during a forward
-// pass and gets its previous setting back afterwards (FAISS training relies on threaded BLAS).
-class BlasSerial {
- public:
-  BlasSerial() : previous_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~BlasSerial() { openblas_set_num_threads(previous_); }
-
- private:
-  int previous_;
-};
 
 // out = x / sqrt(mean(x²) + eps) * weight, per row (out may be x). Gemma's (1 + w) is stored as
 // such in the GGUF (gemma3.cpp).
@@ -296,7 +266,7 @@ void LlamaSession::forward(const int32_t* tokens, int64_t n, float* logits, bool
   const float scale = 1.0f / std::sqrt(float(D));
   Scratch& s = *scratch_;
   s.ensure(n, c);
-  BlasSerial blas_serial;
+  BlasSerialScope blas_serial;
 
   try {
     // Token embeddings start the residual stream (Gemma scales them by sqrt(n_embd)).
@@ -312,9 +282,9 @@ void LlamaSession::forward(const int32_t* tokens, int64_t n, float* logits, bool
       // Attention block: x += Wo · attention(RoPE(Wq·h), RoPE(Wk·h), Wv·h), h = RMSNorm(x).
       // Gemma: QK-norm on each head before RoPE, and an RMSNorm on the block's output.
       rms_norm(s.xn.data(), s.x.data(), L.attn_norm.data(), n, E, c.rms_eps);
-      matmul(s.q_pre.data(), s.xn.data(), L.wq.data(), n, E, Q);
-      matmul(s.k_pre.data(), s.xn.data(), L.wk.data(), n, E, KV);
-      matmul(s.v.data(), s.xn.data(), L.wv.data(), n, E, KV);
+      matmul_xwt(s.q_pre.data(), s.xn.data(), L.wq.data(), n, E, Q);
+      matmul_xwt(s.k_pre.data(), s.xn.data(), L.wk.data(), n, E, KV);
+      matmul_xwt(s.v.data(), s.xn.data(), L.wv.data(), n, E, KV);
       if (c.qk_norm) {
         rms_norm(s.q_pre.data(), s.q_pre.data(), L.q_norm.data(), n * Hq, D, c.rms_eps);
         rms_norm(s.k_pre.data(), s.k_pre.data(), L.k_norm.data(), n * Hkv, D, c.rms_eps);
@@ -351,25 +321,25 @@ void LlamaSession::forward(const int32_t* tokens, int64_t n, float* logits, bool
         if (global) global_stats_ += layer_stats;
       }
       if (c.post_norms) {
-        matmul(s.xn.data(), s.att.data(), L.wo.data(), n, Q, E);
+        matmul_xwt(s.xn.data(), s.att.data(), L.wo.data(), n, Q, E);
         rms_norm(s.xn.data(), s.xn.data(), L.post_attn_norm.data(), n, E, c.rms_eps);
         add(s.x.data(), s.xn.data(), n * E);
       } else {
-        matmul(s.x.data(), s.att.data(), L.wo.data(), n, Q, E, /*accumulate=*/true);
+        matmul_xwt(s.x.data(), s.att.data(), L.wo.data(), n, Q, E, /*accumulate=*/true);
       }
 
       // MLP block: x += W_down · (act(W_gate·h) ⊙ W_up·h), h = RMSNorm(x); act = silu, or
       // gelu-tanh for Gemma, which also normalizes the block's output.
       rms_norm(s.xn.data(), s.x.data(), L.ffn_norm.data(), n, E, c.rms_eps);
-      matmul(s.gate.data(), s.xn.data(), L.w_gate.data(), n, E, c.n_ff);
-      matmul(s.up.data(), s.xn.data(), L.w_up.data(), n, E, c.n_ff);
+      matmul_xwt(s.gate.data(), s.xn.data(), L.w_gate.data(), n, E, c.n_ff);
+      matmul_xwt(s.up.data(), s.xn.data(), L.w_up.data(), n, E, c.n_ff);
       gated_activation(s.gate.data(), s.up.data(), n * c.n_ff, c.ffn_activation);
       if (c.post_norms) {
-        matmul(s.xn.data(), s.gate.data(), L.w_down.data(), n, c.n_ff, E);
+        matmul_xwt(s.xn.data(), s.gate.data(), L.w_down.data(), n, c.n_ff, E);
         rms_norm(s.xn.data(), s.xn.data(), L.post_ffn_norm.data(), n, E, c.rms_eps);
         add(s.x.data(), s.xn.data(), n * E);
       } else {
-        matmul(s.x.data(), s.gate.data(), L.w_down.data(), n, c.n_ff, E, /*accumulate=*/true);
+        matmul_xwt(s.x.data(), s.gate.data(), L.w_down.data(), n, c.n_ff, E, /*accumulate=*/true);
       }
       if (progress_) progress_(l + 1, c.n_layers);
     }
@@ -377,7 +347,7 @@ void LlamaSession::forward(const int32_t* tokens, int64_t n, float* logits, bool
     // Final norm and the unembedding (tied to token_embd when the file has no output.weight).
     const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
     rms_norm(s.xn.data(), &s.x[size_t(first * E)], w.output_norm.data(), rows, E, c.rms_eps);
-    matmul(logits, s.xn.data(), w.unembedding(), rows, E, c.vocab_size);
+    matmul_xwt(logits, s.xn.data(), w.unembedding(), rows, E, c.vocab_size);
     if (c.final_logit_softcap > 0) {
       const float cap = c.final_logit_softcap;
       for (int64_t i = 0; i < rows * c.vocab_size; ++i) logits[i] = cap * std::tanh(logits[i] / cap);

@@ -218,6 +218,97 @@ TEST(Cli, DemoRefusesAWindowOutOfRange) {
   EXPECT_NE(r.err.find("--window"), std::string::npos) << r.err;
 }
 
+// ---- 13. --device: the flag, and the named errors where the GPU runner cannot run ---------------
+
+constexpr int kUnsupported = 7;
+
+// What this build and machine say of CUDA (saap --json info).
+nlohmann::json cuda_info() {
+  const CliRun r = saap("--json info");
+  EXPECT_EQ(r.code, 0) << r.err;
+  return nlohmann::json::parse(r.out);
+}
+
+TEST(Cli, DeviceIsCpuOrCuda) {
+  const CliRun r = saap("eval ppl --device gpu --max-windows 1");
+  EXPECT_EQ(r.code, kUsage);
+  EXPECT_NE(r.err.find("--device"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("cpu"), std::string::npos) << r.err;
+}
+
+TEST(Cli, InfoSaysWhetherTheCliCanUseTheGpu) {
+  const nlohmann::json info = cuda_info();
+  ASSERT_TRUE(info.contains("cuda_usable")) << info.dump();
+  ASSERT_TRUE(info.contains("training")) << info.dump();
+  const CliRun r = saap("info");
+  EXPECT_NE(r.out.find("--device cuda"), std::string::npos) << r.out;
+  if (!info["cuda_build"].get<bool>()) {
+    EXPECT_FALSE(info["cuda_usable"].get<bool>());
+    EXPECT_NE(r.out.find("built without CUDA"), std::string::npos) << r.out;
+  } else if (!info["cuda_usable"].get<bool>()) {
+    EXPECT_NE(info["cuda_reason"].get<std::string>().find("no CUDA device"), std::string::npos) << info.dump();
+  }
+}
+
+// Each command that runs the model on the GPU refuses by name where it cannot, with exit 7, and
+// writes no result file.
+TEST(Cli, DeviceCudaWithoutAUsableGpuIsNamedAndWritesNothing) {
+  const nlohmann::json info = cuda_info();
+  if (info["cuda_usable"].get<bool>()) GTEST_SKIP() << "this machine has a usable GPU";
+  const std::string expected = info["cuda_build"].get<bool>() ? "no CUDA device" : "built without CUDA";
+  const std::string out = testing::TempDir() + "saap_cli_device_" + std::to_string(::getpid());
+  for (const std::string& cmd :
+       {"eval ppl --max-windows 1 --out '" + out + "'", "eval passkey --lengths 256 --out '" + out + "'",
+        std::string("generate --prompt hi --max-tokens 2"), "eval niah --lengths 256 --out '" + out + "'",
+        "bench --out '" + out + "'"}) {
+    const CliRun r = saap(cmd + " --device cuda");
+    EXPECT_EQ(r.code, kUnsupported) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find("--device cuda"), std::string::npos) << cmd << ": " << r.err;
+    EXPECT_NE(::access(out.c_str(), F_OK), 0) << cmd << " created " << out;
+  }
+}
+
+TEST(Cli, AttentionMetricsSayWhyTheyStayOnTheCpu) {
+  for (const char* cmd : {"eval attention --device cuda", "eval saap-grid --run oracle: --device cuda"}) {
+    const CliRun r = saap(cmd);
+    EXPECT_EQ(r.code, kUnsupported) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find("replay"), std::string::npos) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find("--device cpu"), std::string::npos) << cmd << ": " << r.err;
+  }
+}
+
+TEST(Cli, TrainingIsRefusedByNameWithoutFaiss) {
+  if (cuda_info()["training"].get<bool>()) GTEST_SKIP() << "this build trains (FAISS and BLAS found)";
+  const CliRun r = saap("train saap --calib c.safetensors --out o.safetensors");
+  EXPECT_EQ(r.code, kUnsupported) << r.err;
+  EXPECT_NE(r.err.find("built without FAISS"), std::string::npos) << r.err;
+}
+
+TEST(Cli, EndToEndOptionsNeedTheEndToEndBench) {
+  const CliRun r = saap("bench --prompts 128");
+  EXPECT_EQ(r.code, kUsage) << r.err;
+  EXPECT_NE(r.err.find("--prompts is an option of the end-to-end bench"), std::string::npos) << r.err;
+}
+
+TEST(Cli, EndToEndBenchOnTheCpu) {
+  const std::string out = testing::TempDir() + "saap_cli_e2e_" + std::to_string(::getpid());
+  const CliRun r = saap("--json bench --e2e --prompts 16 --batches 1,2 --decode-steps 2 --reps 1 --stem e2e --out '" +
+                        out + "'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json doc = nlohmann::json::parse(r.out);
+  EXPECT_EQ(doc["device"], "cpu");
+  ASSERT_EQ(doc["rows"].size(), 2u) << r.out;
+  for (const auto& row : doc["rows"]) {
+    EXPECT_GT(row["prefill_ms"].get<double>(), 0);
+    EXPECT_GT(row["decode_tok_s"].get<double>(), 0);
+  }
+  const std::string csv = slurp(out + "/e2e.csv");
+  EXPECT_NE(csv.find("engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s,device"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("# commit"), std::string::npos) << csv;
+  std::system(("rm -rf '" + out + "'").c_str());
+}
+
 }  // namespace
 
 // ---- eval niah: bad input is named before any model loads -----------------------------------------

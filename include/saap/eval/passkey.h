@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "saap/eval/backend.h"
 #include "saap/model/llama.h"
 
 namespace saap {
@@ -67,6 +68,8 @@ struct PasskeyPrompt {
 PasskeyPrompt build_passkey_prompt(const Tokenizer& tokenizer, int64_t length, double depth, int max_new_tokens,
                                    Haystack haystack, const std::string& filler_text, uint64_t seed);
 
+// Every trial of one length runs as one greedy request; the backend takes max_batch() at a time.
+PasskeyResult run_passkey(EvalBackend& backend, const PasskeyOptions& options);
 PasskeyResult run_passkey(std::shared_ptr<const LlamaModel> model, const MethodFactory& factory,
                           const PasskeyOptions& options);
 

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "saap/eval/backend.h"
 #include "saap/model/llama.h"
 
 namespace saap {
@@ -22,6 +23,8 @@ struct PerplexityOptions {
   int64_t window = 2048;     // tokens per window (W), >= 2
   int64_t first_window = 0;  // windows skipped from the start: shards one evaluation over processes
   int64_t max_windows = 0;   // 0: every full window of the text (after first_window)
+  // The CPU runner's (the model overloads below build a CpuEvalBackend from them; the backend
+  // overloads ignore them: the backend holds its method).
   int64_t chunk = 512;       // tokens per forward call: bounds the logits buffer (chunk x vocab floats)
   MethodFactory methods;     // null: dense
   AttentionMode mode = AttentionMode::MethodEverywhere;
@@ -43,11 +46,15 @@ struct PerplexityResult {
   nlohmann::json to_json() const;
 };
 
-// tokens: the text, already tokenized without BOS. Throws InvalidArgument when the options are out
+// tokens: the text, already tokenized without BOS. Windows run max_batch() at a time. Throws InvalidArgument when the options are out
 // of range or the text holds no full window.
+PerplexityResult evaluate_perplexity(EvalBackend& backend, const std::vector<int32_t>& tokens,
+                                     const PerplexityOptions& options);
 PerplexityResult evaluate_perplexity(const std::shared_ptr<const LlamaModel>& model, const std::vector<int32_t>& tokens,
                                      const PerplexityOptions& options);
 // Reads and tokenizes the file first (NotFound / BadFile when it cannot be read).
+PerplexityResult evaluate_perplexity_file(EvalBackend& backend, const std::string& path,
+                                          const PerplexityOptions& options);
 PerplexityResult evaluate_perplexity_file(const std::shared_ptr<const LlamaModel>& model, const std::string& path,
                                           const PerplexityOptions& options);
 

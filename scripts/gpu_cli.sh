@@ -6,10 +6,11 @@
 #   scripts/gpu_cli.sh [all|build|test|generate|ppl|passkey|niah|bench|gemma]   (every step builds first)
 #   test      cuda_test_cli_device (SAAP_REQUIRE_GPU=1): eval ppl cpu vs cuda, passkey, generate, bench, bad input
 #   generate  a chat answer, streamed, then the same as JSON
-#   ppl       dense perplexity, 12 x 2048 windows of eval.txt (GPU runner: 23.2235; CPU: 23.2122)
+#   ppl       perplexity, 12 x 2048 windows of eval.txt: dense (GPU runner: 23.2235; CPU: 23.2122), then
+#             saap and kmeans at 5% through the method everywhere (CPU: saap 32.81)
 #   passkey   1k/2k/4k/8k tokens, 5 depths x $TRIALS trials: dense, then saap/kmeans (the artifacts),
-#             quest and loki at 5% and at a 1024-token budget. A method the GPU runner does not run
-#             yet is refused by the CLI (exit 7); the script records the refusal and goes on.
+#             quest at 5% and at a 1024-token budget, loki (k_f 0.05, d_f 0.25). A method the GPU
+#             runner refuses (exit 7, by name) is recorded and the script goes on.
 #   niah      eval niah --task passkey at 1k-8k, dense (the RULER-style harness, same backend)
 #   bench     end to end: prompts 2048/8000, batches 1/16, 128 decode steps
 #   gemma     with SAAP_GEMMA_PATH: generate and 12 x 2048 perplexity of Gemma-3 on the GPU (CPU: 22.69)
@@ -71,8 +72,14 @@ fi
 if [[ $mode == all || $mode == ppl ]]; then
   run cli_ppl_dense 300 eval ppl "${model[@]}" --device cuda --text "$SAAP_EVAL_TEXT" --window-len 2048 \
     --max-windows 12 --out "$OUT"
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('ppl dense cuda: %.4f over %d windows (CPU runner 23.2122)' % (d['perplexity'], d['windows']))" \
-    "$OUT/cli_ppl_dense.json" 2>/dev/null || true
+  run cli_ppl_saap 540 eval ppl "${model[@]}" --device cuda --text "$SAAP_EVAL_TEXT" --window-len 2048 \
+    --max-windows 12 --out "$OUT" --method saap --artifact "$PIECES/saap-c256-pre.safetensors" --lookup 0.05
+  run cli_ppl_kmeans 540 eval ppl "${model[@]}" --device cuda --text "$SAAP_EVAL_TEXT" --window-len 2048 \
+    --max-windows 12 --out "$OUT" --method kmeans --artifact "$PIECES/kmeans-c256-pre.safetensors" --lookup 0.05
+  for m in dense saap kmeans; do
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('ppl %s cuda: %.4f over %d windows, lookup %s (CPU runner: dense 23.2122, saap 5%% 32.81)' % (d['method'], d['perplexity'], d['windows'], d['lookup_fraction']))" \
+      "$OUT/cli_ppl_$m.json" 2>/dev/null || true
+  done
 fi
 if [[ $mode == all || $mode == passkey ]]; then
   pk=(eval passkey "${model[@]}" --device cuda --lengths 1024 2048 4096 8192 --trials "$TRIALS" --out "$OUT")

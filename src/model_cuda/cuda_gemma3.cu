@@ -26,7 +26,8 @@ RopeTable CudaLlamaModel::Impl::rope_for(int layer) const {
 }
 
 // The blocks over the chunk rows [b][n] (positions pos0 .. pos0 + n - 1 of every sequence), whose
-// scaled embeddings are in x.
+// scaled embeddings are in x. A sparse method serves the global layers only (as on the CPU): their
+// pre-RoPE keys are kept for its index when it routes by them.
 void CudaLlamaModel::Impl::gemma3_prefill_layers(int b, int64_t n, int64_t pos0) {
   const LlamaConfig& c = config;
   const int E = c.n_embd, D = c.head_dim, Q = c.n_heads * D, QKV = (c.n_heads + 2 * c.n_kv_heads) * D;
@@ -38,13 +39,15 @@ void CudaLlamaModel::Impl::gemma3_prefill_layers(int b, int64_t n, int64_t pos0)
     const CudaLlamaLayer& L = layers[size_t(l)];
     bf16_t* kc = k_cache.get() + size_t(l) * layer_stride();
     bf16_t* vc = v_cache.get() + size_t(l) * layer_stride();
-    const QkNorm qk_norm{L.q_norm.get(), L.k_norm.get(), c.rms_eps};
+    const bool global = c.is_global(l);
+    const QkNorm qk_norm{L.q_norm.get(), L.k_norm.get(), c.rms_eps, global ? qk_normed.get() : nullptr};
     PrefillShape attn{b, c.n_heads, c.n_kv_heads, D, n, pos0, options.max_context};
     attn.window = c.layer_window[size_t(l)];  // 0 on the global layers
 
     rms_norm_rows(x.get(), L.attn_norm.get(), rows, E, c.rms_eps, xn.get(), stream);
     gemm(xn.get(), L.wqkv.get(), qkv.get(), rows, E, QKV, 0.f);
     rope_split_qkv(qkv_layout, qkv.get(), rope_for(l), pos0, nullptr, q.get(), kc, vc, stream, &qk_norm);
+    if (global) save_routing_keys(l, b, n, pos0);  // a pre-RoPE partition method assigns the prefill by these
     prefill_attention(attn, q.get(), kc, vc, scale, att.get(), stream, options.prefill_kernel);
     gemm(att.get(), L.wo.get(), y.get(), rows, Q, E, 0.f);
     rms_norm_add_rows(y.get(), L.post_attn_norm.get(), rows, E, c.rms_eps, x.get(), stream);
@@ -57,9 +60,10 @@ void CudaLlamaModel::Impl::gemma3_prefill_layers(int b, int64_t n, int64_t pos0)
   }
 }
 
-// One token per sequence, as gemma3_prefill_layers, with the dense split-KV decode reading cache
-// rows [0, lengths[b]) on global layers and the last layer_window of them on local layers; then
-// the unembedding (tied to token_embd) and the greedy choice. Only launches: the CUDA graph's step.
+// One token per sequence, as gemma3_prefill_layers. Attention: the method's on global layers
+// (decode_attention: dense split-KV over the cache rows [0, lengths[b]), or the layer's sparse
+// index), exact dense split-KV over the last layer_window rows on local layers; then the
+// unembedding (tied to token_embd) and the greedy choice. Only launches: the CUDA graph's step.
 void CudaLlamaModel::Impl::gemma3_record_step() {
   const LlamaConfig& c = config;
   const int E = c.n_embd, D = c.head_dim, Q = c.n_heads * D, QKV = (c.n_heads + 2 * c.n_kv_heads) * D;
@@ -73,13 +77,17 @@ void CudaLlamaModel::Impl::gemma3_record_step() {
     const CudaLlamaLayer& L = layers[size_t(l)];
     bf16_t* kc = k_cache.get() + size_t(l) * layer_stride();
     bf16_t* vc = v_cache.get() + size_t(l) * layer_stride();
-    const QkNorm qk_norm{L.q_norm.get(), L.k_norm.get(), c.rms_eps};
+    const bool global = c.is_global(l);
+    const QkNorm qk_norm{L.q_norm.get(), L.k_norm.get(), c.rms_eps, global ? qk_normed.get() : nullptr};
 
     rms_norm_rows(x.get(), L.attn_norm.get(), batch, E, c.rms_eps, xn.get(), stream);
     gemm(xn.get(), L.wqkv.get(), qkv.get(), batch, E, QKV, 0.f);
     rope_split_qkv(qkv_layout, qkv.get(), rope_for(l), 0, lengths.get(), q32.get(), kc, vc, stream, &qk_norm);
-    dense_decode(shape, kc, vc, options.max_context, lengths.get(), q32.get(), scale, att32.get(), split_ws, stream,
-                 c.layer_window[size_t(l)]);
+    if (global)
+      decode_attention(l, kc, vc, scale);
+    else
+      dense_decode(shape, kc, vc, options.max_context, lengths.get(), q32.get(), scale, att32.get(), split_ws, stream,
+                   c.layer_window[size_t(l)]);
     to_bf16(att32.get(), int64_t(batch) * Q, att.get(), stream);
     gemm(att.get(), L.wo.get(), y.get(), batch, Q, E, 0.f);
     rms_norm_add_rows(y.get(), L.post_attn_norm.get(), batch, E, c.rms_eps, x.get(), stream);

@@ -73,6 +73,11 @@ struct CudaLlamaModel::Impl {
   DeviceBuffer<bf16_t> gate_up;  // [rows][2 n_ff] the fused projection, before SwiGLU
   DeviceBuffer<bf16_t> h;        // [rows][n_ff]
   DeviceBuffer<float> y;         // [rows][n_embd] a sub-block's output before its post-norm (Gemma only)
+  // [rows][(Hq + 2 Hkv) * D]: Gemma's QK-normed q and k before RoPE, in qkv's layout; allocated
+  // only for a pre-RoPE partition method, whose routing reads them (route_source).
+  DeviceBuffer<bf16_t> qk_normed;
+  // The pre-RoPE projections that routing reads: the CPU's q_pre / k_pre (after QK-norm on Gemma).
+  const bf16_t* route_source() const { return qk_normed.size() ? qk_normed.get() : qkv.get(); }
   DeviceBuffer<float> x_last;    // [max_batch][n_embd] last prompt position of each sequence
   DeviceBuffer<float> logits;    // [max(max_batch, kLogitRows)][vocab]
   DeviceBuffer<int32_t> prompt;  // [batch][n] the prompt tokens

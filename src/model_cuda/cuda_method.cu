@@ -143,16 +143,14 @@ void CudaLlamaModel::Impl::setup_method() {
   check_method_spec(spec);
   if (method.kind == MethodKind::Dense) return;
   const LlamaConfig& c = config;
-  SAAP_CHECK_FMT(!gemma3, Unsupported,
-                 "method = '%s' on %s: the CUDA runner decodes Gemma-3 densely only (its global layers do not "
-                 "call decode_attention yet)",
-                 spec.name.c_str(), c.architecture.c_str());
   method.identity = model_artifact_identity(identity, c);
   // The CPU's own checks: the factory loads and checks the artifact against this model, and each
   // layer's method checks its layer and budget (a layer the artifact lacks, a budget that sinks
-  // and window fill at max_context, ...).
+  // and window fill at max_context, ...). As on the CPU, only global layers get a method (Gemma-3's
+  // local layers keep their exact window).
   const MethodFactory cpu = make_method_factory(spec, method.identity);
-  for (int l = 0; l < c.n_layers; ++l) cpu(LayerShape{l, c.n_heads, c.n_kv_heads, c.head_dim, options.max_context});
+  for (int l = 0; l < c.n_layers; ++l)
+    if (c.is_global(l)) cpu(LayerShape{l, c.n_heads, c.n_kv_heads, c.head_dim, options.max_context});
 
   if (method.kind == MethodKind::Partition) {
     method.routing = routing_of(spec.name);
@@ -175,6 +173,8 @@ void CudaLlamaModel::Impl::setup_method() {
   if (method.kind == MethodKind::Partition) {
     method.assign.resize(size_t(B * Hkv * options.max_context));
     if (method.pre_rope) {
+      // Gemma's pre-RoPE q and k are the QK-normed ones (rope_split_qkv writes them here).
+      if (c.qk_norm) qk_normed.resize(size_t(rows) * (c.n_heads + 2 * c.n_kv_heads) * D);
       method.k_route.resize(size_t(B * Hkv * D));
       method.q_route.resize(size_t(c.n_layers) * B * c.n_heads * D);
       method.route_cache.resize(size_t(c.n_layers) * layer_stride());
@@ -197,6 +197,12 @@ void CudaLlamaModel::Impl::make_indexes(int batch) {
   // append beyond the eager step it follows: one row of slack keeps the last step legal.
   const int64_t max_len = options.max_context + 1;
   for (int l = 0; l < c.n_layers; ++l) {
+    if (!c.is_global(l)) {  // a local layer (Gemma-3): no index; the method's vector stays indexed by layer
+      if (method.kind == MethodKind::Partition) method.saap.emplace_back();
+      if (method.kind == MethodKind::Loki) method.lokis.emplace_back();
+      if (method.kind == MethodKind::Quest) method.quest.emplace_back();
+      continue;
+    }
     switch (method.kind) {
       case MethodKind::Partition: {
         SaapConfig cfg;
@@ -238,7 +244,7 @@ void CudaLlamaModel::Impl::save_routing_keys(int layer, int b, int64_t n, int64_
   const LlamaConfig& c = config;
   const int QKV = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
   save_routing_keys_kernel<<<unsigned(int64_t(b) * n), 128, 0, stream>>>(
-      qkv.get(), QKV, c.n_heads, c.n_kv_heads, c.head_dim, n, pos0, options.max_context,
+      route_source(), QKV, c.n_heads, c.n_kv_heads, c.head_dim, n, pos0, options.max_context,
       method.route_cache.get() + size_t(layer) * layer_stride());
   SAAP_CU_LAUNCHED();
 }
@@ -249,6 +255,7 @@ void CudaLlamaModel::Impl::build_indexes_after_prefill(int64_t n) {
   const std::vector<int32_t> lengths(static_cast<size_t>(batch), static_cast<int32_t>(n));
   const int64_t L = options.max_context;
   for (int l = 0; l < config.n_layers; ++l) {
+    if (!config.is_global(l)) continue;  // Gemma-3's local layers have no index
     const bf16_t* kc = k_cache.get() + size_t(l) * layer_stride();
     const bf16_t* vc = v_cache.get() + size_t(l) * layer_stride();
     switch (method.kind) {
@@ -282,6 +289,7 @@ void CudaLlamaModel::Impl::reserve_step() {
   const int64_t n = kReservedSteps;
   bool moved = false;
   for (auto& idx : method.saap) {
+    if (!idx) continue;  // a local layer
     const int repacks = idx->repacks();
     idx->reserve_appends(n + 2, stream);
     moved |= idx->repacks() != repacks;
@@ -301,7 +309,7 @@ void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, f
   const bool route = method.kind == MethodKind::Partition && method.pre_rope;
   float* q_route = route ? method.q_route.get() + size_t(layer) * options.max_batch * c.n_heads * c.head_dim : nullptr;
   step_inputs_kernel<<<unsigned(batch), 256, 0, stream>>>(
-      qkv.get(), QKV, c.n_heads, c.n_kv_heads, c.head_dim, kc, vc, options.max_context, lengths.get(),
+      route_source(), QKV, c.n_heads, c.n_kv_heads, c.head_dim, kc, vc, options.max_context, lengths.get(),
       method.k_new.get(), method.v_new.get(), route ? method.k_route.get() : nullptr,
       route ? method.route_cache.get() + size_t(layer) * layer_stride() : nullptr, q_route);
   SAAP_CU_LAUNCHED();
@@ -394,8 +402,9 @@ void CudaLlamaModel::method_nll(const int32_t* tokens, int batch, int64_t n, flo
     std::copy_n(head_nll.begin() + size_t(b) * n0, n0, nll + size_t(b) * n);
     for (int64_t t = n0; t < n; ++t) nll[size_t(b) * n + t] = NAN;
   }
-  // Every prefill position read its whole causal prefix: n0 (n0 + 1) / 2 tokens per KV head.
-  const double prefix = double(batch) * c.n_kv_heads * c.n_layers * double(n0) * double(n0 + 1) / 2;
+  // Every prefill position read its whole causal prefix: n0 (n0 + 1) / 2 tokens per KV head, in the
+  // layers the method serves (the global layers: what the CPU's global_stats() counts).
+  const double prefix = double(batch) * c.n_kv_heads * c.n_global_layers() * double(n0) * double(n0 + 1) / 2;
   m.method.host_reads.kv_tokens += prefix;
   m.method.host_reads.dense_tokens += prefix;
   if (n0 == n) return;

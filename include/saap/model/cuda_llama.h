@@ -59,7 +59,9 @@ struct CudaLlamaOptions {
 
 // What the attention read, counted as the CPU's LookupStats::kv_fraction: per query and KV head,
 // the K/V tokens read (sparse: the union the index selected, sinks and window included; dense: the
-// whole causal prefix, the query's own token included) against the whole causal prefix.
+// whole causal prefix, the query's own token included) against the whole causal prefix. Over the
+// layers a method serves: every layer of a Llama, the global layers of Gemma-3 (the CPU's
+// LlamaSession::global_stats(); its local layers always read their 512-token window).
 struct KvReads {
   double kv_tokens = 0, dense_tokens = 0;
   double fraction() const { return dense_tokens > 0 ? kv_tokens / dense_tokens : 0.0; }

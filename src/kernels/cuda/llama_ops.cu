@@ -135,6 +135,11 @@ __global__ void rope_split_kernel(QkvLayout s, const __nv_bfloat16* __restrict__
       const float* w = head < s.n_q_heads ? norm.q_weight : norm.k_weight;
       x0 *= inv_rms[head] * w[a];
       x1 *= inv_rms[head] * w[bdim];
+      if (norm.normed) {
+        __nv_bfloat16* dst = norm.normed + row * width + int64_t(head) * D;
+        dst[a] = __float2bfloat16_rn(x0);
+        dst[bdim] = __float2bfloat16_rn(x1);
+      }
     }
     const float y0 = x0 * c - x1 * sn, y1 = x0 * sn + x1 * c;
     if (head < s.n_q_heads) {

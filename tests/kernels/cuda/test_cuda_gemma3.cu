@@ -12,7 +12,8 @@
 //      graph replays) across the window's edge, each step's logits compared at its position;
 //   3. 4096 tokens, GPU against itself: the NLL of positions 4000..4094 from one prefill and from
 //      decode steps after a 4000-token prefill;
-//   4. a context over the model's 32768 tokens (InvalidArgument) and a prefill kernel without
+//   4. Quest at 0.25 through method_nll: a sparse method on the global layers only;
+//   5. a context over the model's 32768 tokens (InvalidArgument) and a prefill kernel without
 //      head_dim 256 (Unsupported) are refused by name.
 // Tolerance (bf16 weights, GEMM inputs, projections, q/K/V and P before P·V vs fp32 everywhere),
 // calibrated by scripts/bf16_emulation_gemma3.py: a NumPy float32 Gemma pass over this prompt
@@ -34,6 +35,7 @@
 #include "kernels/cuda/cuda_test_util.h"
 #include "model/cuda_reference.h"
 #include "saap/core/error.h"
+#include "saap/methods/registry.h"
 #include "saap/model/cuda_llama.h"
 
 using namespace saap;
@@ -208,6 +210,42 @@ int main() {
                 sum / count, worst);
     tally.check(sum / count <= 0.05, "4096 tokens: mean |d NLL| decode vs prefill, positions 4000..4094", sum / count,
                 0.05);
+  }
+
+  {  // A sparse method serves the global layers only, as on the CPU: Quest (no artifact to train) at
+    // a quarter of the prefix, 4 sinks + 16 recent, through method_nll (teacher-forced graph steps,
+    // decode_attention on layers 5, 11 and 17, the local layers' exact window elsewhere). The K/V
+    // fraction it reports is the global layers': a quarter of each prefix plus the positions read
+    // whole (dense_prefix), so in (0.1, 0.5); a method on the local layers too, or none at all,
+    // leaves that range. Its perplexity stays near dense (a quarter of 641 tokens, 3 of 18 layers):
+    // mean NLL within 10% of the CPU's dense one; a broken index gives several nats more.
+    MethodSpec quest;
+    quest.name = "quest";
+    quest.lookup = 0.25;
+    quest.sinks = 4;
+    quest.window = 16;
+    cuda::CudaLlamaOptions o;
+    o.max_batch = 1;
+    o.max_context = 1024;
+    o.prefill_kernel = cuda::PrefillKernel::TensorCore;
+    o.method = quest;
+    auto model = cuda::CudaLlamaModel::load(model_path, o);
+    std::vector<float> nll(static_cast<size_t>(n));
+    model->method_nll(pr.tokens.data(), 1, n, nll.data());
+    const double fraction = model->kv_reads().fraction();
+    double gpu = 0, cpu = 0;
+    for (int t = 0; t + 1 < n; ++t) {
+      gpu += nll[size_t(t)];
+      cpu += pr.positions[size_t(t)].lse - pr.positions[size_t(t)].next_logit;
+    }
+    gpu /= n - 1;
+    cpu /= n - 1;
+    std::printf("quest 0.25 on the global layers: mean NLL %.4f (CPU dense %.4f), K/V fraction %.4f, dense prefix %lld\n",
+                gpu, cpu, fraction, (long long)model->dense_prefix(n));
+    tally.check(fraction > 0.1 && fraction < 0.5, "quest 0.25: K/V fraction of the global layers in (0.1, 0.5)",
+                fraction, 0.5);
+    tally.check(std::fabs(gpu / cpu - 1) <= 0.1, "quest 0.25: mean NLL within 10% of the CPU's dense",
+                std::fabs(gpu / cpu - 1), 0.1);
   }
 
   {  // A context over the model's 32768 tokens is a named error before anything is allocated.

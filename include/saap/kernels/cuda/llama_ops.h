@@ -57,6 +57,9 @@ struct QkNorm {
   const float* q_weight = nullptr;  // [head_dim]
   const float* k_weight = nullptr;  // [head_dim]
   float eps = 1e-6f;
+  // When set: the normalised q and k before RoPE (the CPU runner's q_pre / k_pre), bf16 in qkv's
+  // layout [rows][Hq*D | Hkv*D | (V columns, not written)], for pre-RoPE routing.
+  __nv_bfloat16* normed = nullptr;
 };
 void rope_split_qkv(const QkvLayout& s, const __nv_bfloat16* qkv, const RopeTable& rope, int64_t pos0,
                     const int32_t* lengths, float* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,

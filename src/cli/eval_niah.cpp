@@ -131,6 +131,10 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
       request.max_context = n.lengths.empty() ? 0 : *std::max_element(n.lengths.begin(), n.lengths.end());
       auto backend = open_backend(request);
       model_identity = backend->identity();
+      for (int64_t l : n.lengths)  // before any trial runs: a long run should not fail at its last length
+        SAAP_CHECK_FMT(l > 0 && l <= backend->max_context(), InvalidArgument,
+                       "--lengths holds %lld, outside [1, %lld] (the model's context length)", (long long)l,
+                       (long long)backend->max_context());
       std::string filler_path, filler_text;
       if (n.task.haystack == NiahHaystack::Text) {
         filler_path = o->filler.empty() ? default_text_path("eval.txt") : o->filler;

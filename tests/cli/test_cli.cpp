@@ -329,6 +329,11 @@ TEST(Cli, NiahRefusesBadInputByName) {
   EXPECT_EQ(other.code, 3);
   EXPECT_NE(other.err.find("no 'niah' object"), std::string::npos) << other.err;
   std::remove(path.c_str());
+  // A length over the model's context (SmolLM2: 8192) is refused before any trial runs.
+  const CliRun longer = saap("eval niah --lengths 1024 9000");
+  EXPECT_EQ(longer.code, kUsage);
+  EXPECT_NE(longer.err.find("9000"), std::string::npos) << longer.err;
+  EXPECT_NE(longer.err.find("8192"), std::string::npos) << longer.err;
   EXPECT_NE(saap("eval niah --help").out.find("=[4096,"), std::string::npos);  // the lengths' default
 }
 

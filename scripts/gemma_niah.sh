@@ -7,7 +7,7 @@
 # Usage: scripts/gemma_niah.sh [build dir] [artifact dir] [jobs] [lengths...]
 #   e.g. scripts/gemma_niah.sh build /tmp/gemma_art 16 4096 8192
 # Artifacts: gemma3-<calib>-{saap,kmeans}-c1024.safetensors from scripts/gemma_longctx_train.sh
-# (CALIB=calib-1x16k by default). Writes results/gemma3_niah/<task>_<haystack>_<method>.{json,csv}
+# (CALIB=calib-3x16k by default). Writes results/gemma3_niah/<task>_<haystack>_<method>.{json,csv}
 # and the shards under results/gemma3_niah/shards/.
 # CPU cost (2-core dev machine, idle): a 4096-token dense trial ~40 CPU-s, 16384 ~160 CPU-s; 32k
 # trials are for the GPU backend.
@@ -17,12 +17,17 @@ ART=${2:-/tmp/gemma_art}
 JOBS=${3:-$(nproc)}
 shift $(( $# < 3 ? $# : 3 ))
 LENGTHS=${*:-4096 8192 16384 32768}
-CALIB=${CALIB:-calib-1x16k}
+CALIB=${CALIB:-calib-3x16k}
 SAAP="$ART/gemma3-$CALIB-saap-c1024.safetensors" KMEANS="$ART/gemma3-$CALIB-kmeans-c1024.safetensors"
 LOKI="$ART/gemma3-$CALIB-loki-pre.safetensors"
 OUT=${NIAH_OUT:-results/gemma3_niah} SH=${NIAH_OUT:-results/gemma3_niah}/shards
 mkdir -p "$SH"
 export OMP_WAIT_POLICY=passive OMP_NUM_THREADS=1
+# DEVICE=cuda: every shard through the CUDA runner (--device cuda --batch $BATCH, default 4; run
+# with JOBS=1 on one GPU); a method without a GPU path fails by name and the others go on.
+DEVICE=${DEVICE:-cpu} BATCH=${BATCH:-4}
+DEV_FLAGS="--device $DEVICE"
+[ "$DEVICE" = cuda ] && DEV_FLAGS="$DEV_FLAGS --batch $BATCH"
 # A smaller run: e.g. TASKS=passkey:repeated DEPTHS=0.5 TRIALS=1 ONLY='dense|saap_5' (a regex of names).
 DEPTHS=${DEPTHS:-0.1 0.3 0.5 0.7 0.9}
 TRIALS=${TRIALS:-4}
@@ -46,9 +51,9 @@ METHODS=(
     [[ $name =~ ^($ONLY)$ ]] || continue
     stem="${task}_${hay}_${name}_L${L}_d${D}"
     echo "eval niah --model gemma3 --task $task --haystack $hay --lengths $L --depths $D --trials $TRIALS --seed 1 \
-$flags --out $SH --stem $stem > /dev/null"
+$flags $DEV_FLAGS --out $SH --stem $stem > /dev/null 2> $SH/$stem.err"
   done; done; done; done
-} | xargs -P "$JOBS" -I{} sh -c "\"$BIN\" {} 2>/dev/null || echo 'failed: {}' >&2"
+} | xargs -P "$JOBS" -I{} sh -c "\"$BIN\" {} || echo 'failed (see its .err): {}' >&2"
 
 for T in $TASKS; do
   task=${T%%:*} hay=${T##*:}
@@ -56,7 +61,7 @@ for T in $TASKS; do
   for M in "${METHODS[@]}"; do
     name=${M%%|*}
     [[ $name =~ ^($ONLY)$ ]] || continue
-    runs=$(ls "$SH/${task}_${hay}_${name}_L"*.json)
+    runs=$(ls "$SH/${task}_${hay}_${name}_L"*.json 2>/dev/null) || { echo "no runs of $task/$hay/$name" >&2; continue; }
     # shellcheck disable=SC2086
     "$BIN" eval niah --merge $runs --reference $dense --out "$OUT" --stem "${task}_${hay}_${name}"
   done

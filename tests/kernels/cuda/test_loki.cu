@@ -143,8 +143,12 @@ int main() {
     const double unit = c.t == DType::BF16 ? 1.0 / 256 : 1.0 / 2048;
     const double kerr = std::sqrt(num / den);
     tally.check(kerr < unit, (tag + "stored rotated keys rel error").c_str(), kerr, unit);
-    tally.check(off_rounding <= checked / 1000, (tag + "stored keys not the rounded exact rotation").c_str(),
-                double(off_rounding), double(checked / 1000));
+    // The device rotates in fp32, so a value near a rounding boundary of the storage type may round
+    // the other way; the fp32 dot product's error grows as sqrt(D), and so does the share of such
+    // values (H200: f16 0.079% at D = 64, 0.14% at D = 256; bf16 0.023% at D = 256).
+    const double flips = double(checked) * std::sqrt(D / 64.0) / 1000;
+    tally.check(off_rounding <= flips, (tag + "stored keys not the rounded exact rotation").c_str(),
+                double(off_rounding), flips);
     const auto lens_now = idx.seq_len();
     bool len_ok = true;
     for (int bh = 0; bh < bh_n; ++bh) len_ok &= lens_now[bh] == c.lens[bh / c.hkv] + c.appends;

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Gemma-3-270M on the CUDA model runner (issue 14 on the GPU), in one call on the GPU machine:
-#   SAAP_GEMMA_PATH=/tmp/pieces/gemma.gguf scripts/gpu_gemma.sh [all|kernels|model|ppl] [eval.txt]
+#   SAAP_GEMMA_PATH=/tmp/pieces/gemma.gguf scripts/gpu_gemma.sh [all|kernels|model|ppl|sparse] [eval.txt]
 #   kernels  the float64 kernel tests at head_dim 256 and with the sliding window: dense decode and
 #            prefill attention (SAAP_REQUIRE_GPU=1: a skip is a failure)
 #   model    the GPU Gemma logits vs the CPU runner's (tests/model/data/cuda_reference_gemma3.txt)
 #   ppl      dense perplexity of eval.txt (BOS + text windows) at 2k (12 windows; CPU runner: 22.69),
 #            8k (24 windows) and 32k (6 windows), one JSON each with provenance
+#   sparse   (not part of all: a call of its own) perplexity under Saap and symmetric k-means,
+#            C = 1024, 5% of each prefix + 4 sinks + 64 recent, on the global layers, at 8k (24 windows)
+#            and 32k (6 windows), beside the dense runs of ppl; the artifacts of
+#            scripts/gemma_longctx_train.sh in $GEMMA_ART (default /tmp/gemma_art)
 # Every mode builds first (cuda-only preset, only these targets). Logs and JSON go to $OUT
 # (default ./gpu_out): gemma_*.log, gemma_ppl_w<window>.json.
 # Defaults: SAAP_GEMMA_PATH=/tmp/pieces/gemma.gguf, text /tmp/pieces/eval.txt.
@@ -57,6 +61,26 @@ if [[ $model_built == 1 && ( $mode == all || $mode == ppl ) ]]; then
     timeout 540 build-cuda/bench/gpu_ppl --model "$model" --text "$text" "$wflag" "$window" \
       --max-windows "$windows" --batch "$batch" --attention tc --json "$OUT/gemma_ppl_w$window.json" 2>&1 |
       tee "$OUT/gemma_ppl_w$window.log" || status=1
+  done
+fi
+if [[ $model_built == 1 && $mode == sparse ]]; then
+  art=${GEMMA_ART:-/tmp/gemma_art}
+  wflag=--window
+  grep -q '"--window-len"' bench/cuda/gpu_ppl.cu && wflag=--window-len
+  for method in saap kmeans; do
+    artifact=$art/gemma3-calib-3x16k-$method-c1024.safetensors
+    if [[ ! -f $artifact ]]; then
+      echo "no $artifact: $method skipped"
+      status=1
+      continue
+    fi
+    for spec in "8192 24 8" "32768 6 2"; do
+      read -r window windows batch <<< "$spec"
+      timeout 540 build-cuda/bench/gpu_ppl --model "$model" --text "$text" "$wflag" "$window" \
+        --max-windows "$windows" --batch "$batch" --attention tc --method "$method" --artifact "$artifact" \
+        --lookup 0.05 --sinks 4 --window 64 --json "$OUT/gemma_ppl_${method}5_w$window.json" 2>&1 |
+        tee "$OUT/gemma_ppl_${method}5_w$window.log" || status=1
+    done
   done
 fi
 exit $status

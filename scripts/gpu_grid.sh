@@ -12,7 +12,8 @@
 #   (defaults: /tmp/pieces/eval.txt and /tmp/pieces, which hold saap-c256-pre.safetensors,
 #   kmeans-c256-pre.safetensors, loki-pre.safetensors). SAAP_SKIP_BUILD=1 uses build-cuda as it is.
 # Each run writes $OUT/grid_<method>_<budget>.json (gpu_ppl --json: result and provenance) and its
-# log; $OUT/grid_summary.csv has one line per run: method,budget,perplexity,kv_fraction,seconds.
+# log; $OUT/grid_summary.csv has the run's provenance lines, then one line per run:
+# method,budget,perplexity,kv_fraction,seconds.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -27,7 +28,13 @@ if [[ ${SAAP_SKIP_BUILD:-0} != 1 ]]; then
 fi
 status=0
 common=(--text "$text" --window-len 2048 --max-windows 12 --batch 12)
-echo "method,budget,perplexity,kv_fraction,seconds" > "$OUT/grid_summary.csv"
+# The summary starts with the run's provenance lines (scripts/provenance.py; the JSONs carry their own).
+{
+  python3 scripts/provenance.py lines --command "$0 $*" --input "model=$SAAP_MODEL_PATH" --input "text=$text" \
+    --input "artifact=$art/saap-c256-pre.safetensors" --input "artifact=$art/kmeans-c256-pre.safetensors" \
+    --input "artifact=$art/loki-pre.safetensors"
+  echo "method,budget,perplexity,kv_fraction,seconds"
+} > "$OUT/grid_summary.csv"
 run() {  # run NAME BUDGET ARGS...
   local name=$1 budget=$2
   shift 2
@@ -60,5 +67,5 @@ for f in 0.05 0.10; do
   run partition-oracle "$f" --artifact "$art/kmeans-c256-pre.safetensors" --lookup "$f" "${fixed[@]}"
   run loki "$f" --artifact "$art/loki-pre.safetensors" --k-f "$f" --d-f 0.25
 done
-column -s, -t "$OUT/grid_summary.csv" 2>/dev/null || cat "$OUT/grid_summary.csv"
+grep -v '^#' "$OUT/grid_summary.csv" | column -s, -t 2>/dev/null || cat "$OUT/grid_summary.csv"
 exit $status

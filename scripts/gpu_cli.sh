@@ -12,7 +12,7 @@
 #             quest at 5% and at a 1024-token budget, loki (k_f 0.05, d_f 0.25). A method the GPU
 #             runner refuses (exit 7, by name) is recorded and the script goes on.
 #   niah      eval niah --task passkey at 1k-8k, dense (the RULER-style harness, same backend)
-#   bench     end to end: prompts 2048/8000, batches 1/16, 128 decode steps
+#   bench     end to end: prompts 2048/8000, batches 1/16, 128 decode steps; dense, saap and quest at 5%
 #   gemma     with SAAP_GEMMA_PATH: generate and 12 x 2048 perplexity of Gemma-3 on the GPU (CPU: 22.69)
 # Inputs (defaults: the GPU machine's): SAAP_MODEL_PATH=/tmp/pieces/model.gguf,
 # SAAP_EVAL_TEXT=/tmp/pieces/eval.txt, PIECES=/tmp/pieces ({saap-c256-pre,kmeans-c256-pre,loki-pre}.safetensors),
@@ -117,6 +117,7 @@ if [[ $mode == all || $mode == gemma ]] && [[ -n ${SAAP_GEMMA_PATH:-} ]]; then
 fi
 if [[ $mode == all || $mode == bench ]]; then
   run cli_bench 540 bench "${model[@]}" --device cuda --prompts 2048,8000 --batches 1,16 --decode-steps 128 --reps 3 \
+    --methods dense,saap,quest --lookup 0.05 --artifact "saap=$PIECES/saap-c256-pre.safetensors" \
     --out "$OUT" --stem gpu_e2e_cli
   tail -n +1 "$OUT/gpu_e2e_cli.csv" 2>/dev/null | grep -v '^#' || true
 fi

@@ -40,19 +40,6 @@ using namespace saap;
 
 namespace {
 
-// The CSV's method column: dense, or name@budget (saap@0.05, quest@512t, loki@0.25).
-std::string method_label(const MethodSpec& s) {
-  char buf[64];
-  if (s.name == "dense") return s.name;
-  if (s.name == "loki")
-    std::snprintf(buf, sizeof buf, "@%g", s.k_f);
-  else if (s.budget_tokens > 0)
-    std::snprintf(buf, sizeof buf, "@%lldt", (long long)s.budget_tokens);
-  else
-    std::snprintf(buf, sizeof buf, "@%g", s.lookup);
-  return s.name + buf;
-}
-
 std::vector<int64_t> parse_list(const char* s) {
   std::vector<int64_t> v;
   for (const char* p = s; *p;) {
@@ -255,7 +242,7 @@ int main(int argc, char** argv) try {
       }
       if (phases) print_phases(*model, tokens, B, P);
       char line[160];
-      std::snprintf(line, sizeof line, "saap,%s,%lld,%lld,%.3f,%.1f", method_label(spec).c_str(), (long long)B,
+      std::snprintf(line, sizeof line, "saap,%s,%lld,%lld,%.3f,%.1f", method_budget_label(spec).c_str(), (long long)B,
                     (long long)P, pms, tok_s);
       csv.push_back(line);
     }

@@ -157,53 +157,68 @@ void print_table(const DecodeBenchResult& r) {
 // (median of --reps after a warm-up) and the decode tokens/s of --decode-steps greedy steps, on a
 // fixed pseudo-random prompt (bench_prompt_tokens). The CSV has the columns of
 // results/gpu_e2e_<date>_<gpu>.csv (engine,method,batch,prompt_tokens,prefill_ms,decode_tok_s), + device.
-void run_end_to_end(BenchOpts& o, const GlobalOptions& global) {
-  BackendRequest request;
-  request.device = o.device;
-  request.model_path = model_path(o.model);
-  request.progress = !global.json;
-  request.max_batch = *std::max_element(o.batches.begin(), o.batches.end());
-  // + 1: the GPU's eager step that captures the decode graph.
-  request.max_context = *std::max_element(o.prompts.begin(), o.prompts.end()) + o.decode_steps + 1;
-  auto backend = open_backend(request);
-  const auto inputs = model_run_inputs(backend->identity(), request.model_path, "");
-  nlohmann::json doc = {{"model", backend->identity()},
-                        {"method", backend->method()},
-                        {"reps", o.bench.reps},
+void run_end_to_end(BenchOpts& o, const std::vector<MethodSpec>& specs, const GlobalOptions& global) {
+  const std::string path = model_path(o.model);
+  nlohmann::json doc = {{"reps", o.bench.reps},
                         {"decode_steps", o.decode_steps},
+                        {"artifacts", o.artifacts},
                         {"definitions",
-                         {{"prefill_ms", "median over --reps (after a warm-up) of the prefill of all sequences of the batch"},
-                          {"decode_tok_s", "batch x decode_steps / decode time (the GPU: CUDA events around graph launches)"}}},
+                         {{"prefill_ms", "median over --reps (after a warm-up) of the prefill of all sequences of the "
+                                         "batch (the GPU: with a method, building every layer's index included)"},
+                          {"decode_tok_s", "batch x decode_steps / decode time (the GPU: CUDA events around graph "
+                                           "launches)"}}},
                         {"rows", nlohmann::json::array()}};
-  doc.update(backend->device_json());
   CsvTable table{{"engine", "method", "batch", "prompt_tokens", "prefill_ms", "decode_tok_s", "device"}, {}};
+  std::vector<std::string> artifacts;
+  for (const MethodSpec& s : specs) artifacts.push_back(s.artifact);
+  std::vector<InputIdentity> inputs;
   int64_t total = 0, done = 0;
-  for (int64_t p : o.prompts) total += p * int64_t(o.batches.size());
+  for (int64_t p : o.prompts) total += p * int64_t(o.batches.size() * specs.size());
   ProgressBar bar("bench e2e", total, !global.json);
-  for (int64_t p : o.prompts)
-    for (int b : o.batches) {
-      const EndToEndTiming t = backend->time_end_to_end(b, p, o.decode_steps, o.bench.reps);
-      doc["rows"].push_back({{"batch", t.batch},
-                             {"prompt_tokens", t.prompt_tokens},
-                             {"decode_steps", t.decode_steps},
-                             {"prefill_ms", t.prefill_ms},
-                             {"decode_tok_s", t.decode_tok_s}});
-      table.add({"saap", backend->method(), std::to_string(b), std::to_string(p), csv_field(t.prefill_ms),
-                 csv_field(t.decode_tok_s), backend->device()});
-      done += p;
-      bar.update(done);
+  for (const MethodSpec& spec : specs) {
+    BackendRequest request;
+    request.device = o.device;
+    request.model_path = path;
+    request.spec = spec;
+    request.progress = false;
+    request.max_batch = *std::max_element(o.batches.begin(), o.batches.end());
+    // + 1: the GPU's eager step that captures the decode graph.
+    request.max_context = *std::max_element(o.prompts.begin(), o.prompts.end()) + o.decode_steps + 1;
+    auto backend = open_backend(request);
+    if (inputs.empty()) {
+      inputs = model_run_inputs(backend->identity(), path, "", artifacts);
+      doc["model"] = backend->identity();
+      doc.update(backend->device_json());
     }
+    const std::string label = method_budget_label(spec);
+    for (int64_t p : o.prompts)
+      for (int b : o.batches) {
+        const EndToEndTiming t = backend->time_end_to_end(b, p, o.decode_steps, o.bench.reps);
+        doc["rows"].push_back({{"method", label},
+                               {"spec", spec.describe()},
+                               {"batch", t.batch},
+                               {"prompt_tokens", t.prompt_tokens},
+                               {"decode_steps", t.decode_steps},
+                               {"prefill_ms", t.prefill_ms},
+                               {"decode_tok_s", t.decode_tok_s}});
+        table.add({"saap", label, std::to_string(b), std::to_string(p), csv_field(t.prefill_ms),
+                   csv_field(t.decode_tok_s), backend->device()});
+        done += p;
+        bar.update(done);
+      }
+  }
   bar.finish();
   if (o.stem.empty())
-    o.stem = "e2e_" + backend->device() + "_" + run_provenance()["date"].get<std::string>().substr(0, 10);
+    o.stem = "e2e_" + doc["device"].get<std::string>() + "_" + run_provenance()["date"].get<std::string>().substr(0, 10);
   const auto paths = write_result_files(o.out, o.stem, doc, table, inputs);
   emit(global, doc, [&] {
-    std::printf("%s on %s (%s), %d decode steps, prefill median of %d\n", backend->method().c_str(),
-                backend->device().c_str(), backend->device_name().c_str(), o.decode_steps, o.bench.reps);
-    std::printf("%6s %8s %12s %14s\n", "batch", "prompt", "prefill_ms", "decode_tok_s");
+    std::printf("end to end on %s (%s), %d decode steps, prefill median of %d\n", doc["device"].get<std::string>().c_str(),
+                doc["device_name"].get<std::string>().c_str(), o.decode_steps, o.bench.reps);
+    std::printf("%-16s %6s %8s %12s %14s\n", "method", "batch", "prompt", "prefill_ms", "decode_tok_s");
     for (const auto& row : doc["rows"])
-      std::printf("%6d %8lld %12.2f %14.1f\n", row["batch"].get<int>(), (long long)row["prompt_tokens"].get<int64_t>(),
-                  row["prefill_ms"].get<double>(), row["decode_tok_s"].get<double>());
+      std::printf("%-16s %6d %8lld %12.2f %14.1f\n", row["method"].get<std::string>().c_str(), row["batch"].get<int>(),
+                  (long long)row["prompt_tokens"].get<int64_t>(), row["prefill_ms"].get<double>(),
+                  row["decode_tok_s"].get<double>());
     std::printf("wrote %s, %s\n", paths[0].c_str(), paths[1].c_str());
   }, inputs);
 }
@@ -223,7 +238,10 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--reps", o->bench.reps, "Timed decode steps per method and layer (median reported)")
       ->check(whole_at_least(1));
   cmd->add_option("--warmup", o->bench.warmup, "Untimed steps before them")->check(whole_at_least(0));
-  cmd->add_option("--methods", o->methods, "Methods: dense oracle streaming h2o loki saap kmeans")->delimiter(',');
+  auto* methods = cmd->add_option("--methods", o->methods,
+                                  "Methods: dense oracle streaming h2o loki saap kmeans (end to end: dense unless given; "
+                                  "on the GPU dense, saap, kmeans, partition-oracle, loki, quest)")
+                      ->delimiter(',');
   cmd->add_option("--lookup", o->lookups, "Budgets as fractions of the context (oracle, streaming, h2o, saap, kmeans)")
       ->delimiter(',')
       ->check(in_range(0, 1));
@@ -254,7 +272,7 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
   auto* steps = cmd->add_option("--decode-steps", o->decode_steps, "End to end: timed greedy decode steps")
                     ->check(whole_at_least(1));
   cmd->allow_extras();
-  cmd->callback([o, cmd, prompts, batches, steps, &global] {
+  cmd->callback([o, cmd, methods, prompts, batches, steps, &global] {
     const std::vector<std::string> extras = cmd->remaining();
     SAAP_CHECK_MSG(!(o->gpu && o->device == "cuda"), InvalidArgument,
                    "saap bench: --gpu (the attention kernels' decode_bench) and --device cuda (the whole model end "
@@ -265,7 +283,12 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
       for (const auto& e : extras) list += (list.empty() ? "" : " ") + e;
       SAAP_THROW_FMT(InvalidArgument, "saap bench: unknown arguments: %s (see saap bench --help)", list.c_str());
     }
-    if (o->e2e || o->device == "cuda") return run_end_to_end(*o, global);
+    if (o->e2e || o->device == "cuda") {
+      // Dense unless --methods names others (the per-layer bench's default list has methods the
+      // GPU runner refuses); each method's budgets as the per-layer bench expands them.
+      if (methods->count() == 0) o->methods = {"dense"};
+      return run_end_to_end(*o, expand_specs(*o), global);
+    }
     for (const CLI::Option* opt : {prompts, batches, steps})
       SAAP_CHECK_FMT(opt->count() == 0, InvalidArgument,
                      "saap bench: %s is an option of the end-to-end bench (--e2e or --device cuda)",

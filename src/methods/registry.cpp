@@ -191,4 +191,16 @@ std::string MethodSpec::describe() const {
   return s + ")";
 }
 
+std::string method_budget_label(const MethodSpec& s) {
+  if (s.name == "dense") return s.name;
+  char buf[64];
+  if (s.name == "loki")
+    std::snprintf(buf, sizeof buf, "@%g", s.k_f);
+  else if (s.budget_tokens > 0)
+    std::snprintf(buf, sizeof buf, "@%lldt", (long long)s.budget_tokens);
+  else
+    std::snprintf(buf, sizeof buf, "@%g", s.lookup);
+  return s.name + buf;
+}
+
 }  // namespace saap

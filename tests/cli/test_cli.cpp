@@ -293,12 +293,14 @@ TEST(Cli, EndToEndOptionsNeedTheEndToEndBench) {
 
 TEST(Cli, EndToEndBenchOnTheCpu) {
   const std::string out = testing::TempDir() + "saap_cli_e2e_" + std::to_string(::getpid());
-  const CliRun r = saap("--json bench --e2e --prompts 16 --batches 1,2 --decode-steps 2 --reps 1 --stem e2e --out '" +
-                        out + "'");
+  const CliRun r = saap("--json bench --e2e --prompts 16 --batches 1,2 --decode-steps 2 --reps 1 --methods dense,streaming "
+                        "--lookup 0.5 --stem e2e --out '" + out + "'");
   ASSERT_EQ(r.code, 0) << r.err;
   const nlohmann::json doc = nlohmann::json::parse(r.out);
   EXPECT_EQ(doc["device"], "cpu");
-  ASSERT_EQ(doc["rows"].size(), 2u) << r.out;
+  ASSERT_EQ(doc["rows"].size(), 4u) << r.out;  // 2 methods x 2 batches
+  EXPECT_EQ(doc["rows"][0]["method"], "dense");
+  EXPECT_EQ(doc["rows"][3]["method"], "streaming@0.5");
   for (const auto& row : doc["rows"]) {
     EXPECT_GT(row["prefill_ms"].get<double>(), 0);
     EXPECT_GT(row["decode_tok_s"].get<double>(), 0);

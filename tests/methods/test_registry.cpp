@@ -144,5 +144,19 @@ TEST(Registry, MethodOptionsSetTheirFieldFromText) {
   EXPECT_EQ(s.sinks, 8);
 }
 
+TEST(Registry, BudgetLabelsNameTheMethodAndItsBudget) {
+  MethodSpec s;
+  EXPECT_EQ(method_budget_label(s), "dense");
+  s.name = "saap";
+  s.lookup = 0.05;
+  EXPECT_EQ(method_budget_label(s), "saap@0.05");
+  s.name = "quest";
+  s.budget_tokens = 512;
+  EXPECT_EQ(method_budget_label(s), "quest@512t");  // a token budget wins over the fraction
+  s.name = "loki";
+  s.k_f = 0.25;
+  EXPECT_EQ(method_budget_label(s), "loki@0.25");  // Loki's budget is k_f
+}
+
 }  // namespace
 }  // namespace saap

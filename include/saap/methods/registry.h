@@ -68,6 +68,10 @@ void check_options_apply(const std::string& method, const std::vector<std::strin
 // when the value is not a number of the field's type.
 bool set_method_option(MethodSpec& spec, const std::string& option, const std::string& value);
 
+// A short label of the method and its budget, the method column of the end-to-end CSVs
+// (results/gpu_e2e_*.csv): dense, or name@budget (saap@0.05, quest@512t, loki@0.25 for k_f).
+std::string method_budget_label(const MethodSpec& spec);
+
 // The one check of a budget fraction (lookup, k_f, d_f): in (0, 1] (selection_rules.h). 0 reads
 // nothing; 1 reads everything. `field` names it in the error.
 void check_fraction(double value, const char* field);

@@ -5,7 +5,7 @@
 //     + "device", result files written with provenance;
 //   - eval passkey (dense, 1024 tokens): the needles found (>= 9 of 10; the CPU finds all);
 //   - generate: streams text, JSON with device "cuda";
-//   - bench --device cuda: the end-to-end rows and CSV;
+//   - bench --device cuda (dense and quest): the end-to-end rows and CSV;
 //   - a method without a GPU path (streaming): exit 7 naming it, no result file;
 //   - a window longer than the model's context: named error, exit 2, no result file.
 // Text: SAAP_EVAL_TEXT (the GPU machine's eval.txt), else this tree's README.md. Windows are short
@@ -121,13 +121,14 @@ int main() {
 
   // ---- bench ----
   const CliRun b = run_saap("--json bench" + common +
-                        "--device cuda --prompts 512 --batches 1,4 --decode-steps 16 --reps 1 --stem e2e --out '" + out + "'");
+                        "--device cuda --prompts 512 --batches 1,4 --decode-steps 16 --reps 1 --methods dense,quest --lookup 0.25 "
+                            "--stem e2e --out '" + out + "'");
   const nlohmann::json bj = parse(b);
-  bool rows_ok = b.code == 0 && bj.contains("rows") && bj["rows"].size() == 2;
+  bool rows_ok = b.code == 0 && bj.contains("rows") && bj["rows"].size() == 4;  // 2 methods x 2 batches
   if (rows_ok)
     for (const auto& row : bj["rows"]) rows_ok = rows_ok && row["prefill_ms"].get<double>() > 0 && row["decode_tok_s"].get<double>() > 0;
   tally.check(rows_ok && slurp(out + "/e2e.csv").find("prefill_ms") != std::string::npos,
-              "bench --device cuda: 2 rows and e2e.csv", rows_ok, 1);
+              "bench --device cuda, dense and quest: 4 rows and e2e.csv", rows_ok, 1);
 
   // ---- a method without a GPU path is refused by name, not run dense ----
   const CliRun sparse = run_saap("eval ppl" + common + "--device cuda --method streaming --window 64 --max-windows 1 --out '" +

@@ -278,13 +278,6 @@ TEST(Cli, AttentionMetricsSayWhyTheyStayOnTheCpu) {
   }
 }
 
-TEST(Cli, TrainingIsRefusedByNameWithoutFaiss) {
-  if (cuda_info()["training"].get<bool>()) GTEST_SKIP() << "this build trains (FAISS and BLAS found)";
-  const CliRun r = saap("train saap --calib c.safetensors --out o.safetensors");
-  EXPECT_EQ(r.code, kUnsupported) << r.err;
-  EXPECT_NE(r.err.find("built without FAISS"), std::string::npos) << r.err;
-}
-
 TEST(Cli, EndToEndOptionsNeedTheEndToEndBench) {
   const CliRun r = saap("bench --prompts 128");
   EXPECT_EQ(r.code, kUsage) << r.err;

@@ -7,6 +7,7 @@
 //   - generate: streams text, JSON with device "cuda";
 //   - bench --device cuda (dense and quest): the end-to-end rows and CSV;
 //   - a method without a GPU path (streaming): exit 7 naming it, no result file;
+//   - saap info names the GPU as usable; without FAISS, saap train refuses by name;
 //   - a window longer than the model's context: named error, exit 2, no result file.
 // Text: SAAP_EVAL_TEXT (the GPU machine's eval.txt), else this tree's README.md. Windows are short
 // (3 x 512) so that the CPU side, a plain loop GEMM without BLAS there, stays within seconds.
@@ -80,6 +81,16 @@ int main() {
   const std::string out = "/tmp/saap_cli_device_out_" + std::to_string(::getpid());
   const std::string common = " --model '" + std::string(model) + "' ";
   cutest::Tally tally;
+
+  // ---- info: the GPU is named and usable; a build without FAISS says it cannot train ----
+  const nlohmann::json info = parse(run_saap("--json info"));
+  tally.check(info.value("cuda_usable", false) && !info.value("gpu", nlohmann::json()).is_null(),
+              "saap info: --device cuda can use the GPU", info.value("cuda_usable", false), 1);
+  if (!info.value("training", true)) {  // the GPU machine: no FAISS
+    const CliRun t = run_saap("train saap --calib c.safetensors --out o.safetensors");
+    tally.check(t.code == 7 && t.err.find("built without FAISS; train on a machine with FAISS") != std::string::npos,
+                "saap train without FAISS: exit 7, named", t.code, 7);
+  }
 
   // ---- eval ppl: the GPU against the CPU on the same windows ----
   const std::string ppl = "--json eval ppl" + common + "--text '" + text + "' --window-len 512 --max-windows 3 --out '" + out + "'";

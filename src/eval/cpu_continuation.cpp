@@ -1,5 +1,7 @@
 #include "saap/eval/cpu_continuation.h"
 
+#include <map>
+
 #include "saap/core/error.h"
 
 namespace saap {
@@ -8,25 +10,27 @@ namespace {
 
 std::vector<Continuation> continue_on(EvalBackend& backend, bool method_prefill,
                                       const std::vector<ContinuationRequest>& requests) {
-  std::vector<Continuation> out;
-  if (requests.empty()) return out;
-  const int max_new = requests.front().max_new_tokens;
-  std::vector<GreedyRequest> batch;
-  for (const ContinuationRequest& r : requests) {
+  // One backend call per answer length (a call generates one count of tokens), results in order.
+  std::map<int, std::vector<size_t>> by_length;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const ContinuationRequest& r = requests[i];
     SAAP_CHECK_MSG(r.context && r.query && !r.context->empty() && !r.query->empty(), InvalidArgument,
                    "a continuation request needs a non-empty context and query");
     SAAP_CHECK_FMT(r.max_new_tokens > 0, InvalidArgument, "max_new_tokens = %d must be positive", r.max_new_tokens);
-    SAAP_CHECK_FMT(r.max_new_tokens == max_new, InvalidArgument,
-                   "the requests of one call ask for %d and %d new tokens; one call takes one count", max_new,
-                   r.max_new_tokens);
     const int64_t need = int64_t(r.context->size() + r.query->size()) + r.max_new_tokens;
     SAAP_CHECK_FMT(need <= backend.max_context(), InvalidArgument,
                    "context %zu + query %zu + answer %d tokens exceed the context length %lld", r.context->size(),
                    r.query->size(), r.max_new_tokens, (long long)backend.max_context());
-    batch.push_back({*r.context, *r.query});
+    by_length[r.max_new_tokens].push_back(i);
   }
-  for (GreedyResult& g : backend.greedy(batch, max_new, method_prefill, nullptr))
-    out.push_back({std::move(g.tokens), g.stats, g.global_stats});
+  std::vector<Continuation> out(requests.size());
+  for (const auto& [max_new, members] : by_length) {
+    std::vector<GreedyRequest> batch;
+    for (size_t i : members) batch.push_back({*requests[i].context, *requests[i].query});
+    std::vector<GreedyResult> results = backend.greedy(batch, max_new, method_prefill, nullptr);
+    for (size_t j = 0; j < members.size(); ++j)
+      out[members[j]] = {std::move(results[j].tokens), results[j].stats, results[j].global_stats};
+  }
   return out;
 }
 

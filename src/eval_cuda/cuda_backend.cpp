@@ -24,7 +24,8 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 // The runner's K/V reads (CudaLlamaModel::kv_reads: tokens per query and KV head, against the
 // whole causal prefix) as LookupStats of bf16 bytes, K/V only (the GPU indexes' own bytes are not
-// counted), split evenly over `sequences`. queries: the steps (each through every layer).
+// counted), split evenly over `sequences`. queries: the steps (each through every layer). The runner
+// counts Gemma-3's global layers only, so there stats and global stats are both the global layers'.
 LookupStats lookup_from_reads(const cuda::KvReads& r, const LlamaConfig& c, int64_t steps, int sequences) {
   LookupStats s;
   const double token_bytes = double(c.head_dim) * 2 * 2;  // K and V, bf16

@@ -6,7 +6,8 @@
 # tests.log, memcheck_<test>.log, memcheck.log (summary), bench.log.
 #   scripts/gpu_run.sh [all|test|bench] [extra decode_bench args...]
 # (bench args start with BENCH_DEFAULTS, see below; the caller's own args override them)
-# PROFILE=1 adds per-kernel Nsight Compute metrics of dense and Saap at 128k and 512k tokens, batch 1
+# all and bench also profile (PROFILE=0 skips it): per-kernel Nsight Compute metrics of dense and
+# Saap at 128k and 512k tokens, batch 1
 # ($OUT/ncu_<context>.csv, summary in $OUT/ncu_summary.txt). bench also writes decode_report.md
 # (scripts/decode_bench_report.py: ours vs SDPA vs the read floor).
 set -uo pipefail
@@ -87,20 +88,23 @@ if [[ $mode == all || $mode == bench ]]; then
   python3 scripts/decode_bench_report.py --bench "$OUT/decode_bench.json" --sdpa "$OUT/sdpa_bench.json" \
     --out "$OUT/decode_report.md" > /dev/null || status=1
 fi
-if [[ ${PROFILE:-0} == 1 ]]; then
-  # Nsight Compute per kernel (one replay per metric group) of dense and Saap at 128k and 512k,
+# Issue 11: the profile comes with every bench run where ncu exists (PROFILE=0 skips it); a
+# failed profile is reported, not the run's failure.
+if [[ ${PROFILE:-$([[ $mode == all || $mode == bench ]] && command -v ncu >/dev/null && echo 1 || echo 0)} == 1 ]]; then
+  # Nsight Compute per kernel (one replay per metric group) of dense and Saap 5% at 128k and 512k,
   # batch 1: time, DRAM throughput and bytes, achieved occupancy, grid and registers.
   metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,\
 sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread
   for ctx in 131072 524288; do
     ncu --metrics "$metrics" --csv --kernel-name-base function --kernel-name regex:"loki|saap|dense|combine|quest|read_floor" \
-      build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 1 --methods dense,saap --out /tmp \
-      > "$OUT/ncu_$ctx.csv" 2>/dev/null || status=1
+      build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 1 --methods dense,saap --saap-budgets 0.05 \
+      --out /tmp > "$OUT/ncu_$ctx.csv" 2>/dev/null || echo "ncu at $ctx failed (rc $?)"
     python3 - "$OUT/ncu_$ctx.csv" $ctx <<'PY'
 import csv, statistics, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 if not rows:
-    sys.exit(f"no ncu rows in {sys.argv[1]}")
+    print(f"no ncu rows in {sys.argv[1]}")
+    sys.exit(0)
 head, rows = rows[0], rows[1:]
 k, m, v = head.index("Kernel Name"), head.index("Metric Name"), head.index("Metric Value")
 by = {}

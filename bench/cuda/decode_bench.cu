@@ -5,7 +5,7 @@
 //
 // Usage: decode_bench [--contexts 16384,65536,...] [--batches 1,8] [--shapes 32x8x128,...]
 //                     [--other-contexts LIST] [--partition-sizes FILE] [--methods dense,saap,quest,loki]
-//                     [--reps 30] [--out DIR]
+//                     [--saap-budgets 0.02,0.05,0.1,1024,2048] [--reps 30] [--out DIR]
 // --other-contexts: the contexts of every shape after the first (default: --contexts).
 //
 // Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions (C = context/512 per KV
@@ -278,6 +278,8 @@ struct Options {
   std::vector<Shape> shapes = {{32, 8, 128}};
   std::vector<int64_t> other_contexts;  // contexts of every shape after the first (empty: contexts)
   std::string partition_sizes, methods = "dense,saap,quest,loki";
+  // Saap's budgets: a value <= 1 is a lookup fraction, a larger one a token count.
+  std::vector<double> saap_budgets = {0.02, 0.05, 0.10, 1024, 2048};
   int reps = 30;
   std::string out_dir = ".";
   bool has(const char* m) const { return ("," + methods + ",").find("," + std::string(m) + ",") != std::string::npos; }
@@ -289,7 +291,8 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
                 const std::vector<double>* real_sizes, std::mt19937& rng, std::vector<Row>& rows,
                 std::vector<double>& fractions, std::vector<std::string>& skipped) {
   const int B = s.batch, reps = o.reps;
-  const std::vector<float> lookups = {0.02f, 0.05f, 0.10f, 1024.f / float(N), 2048.f / float(N)};
+  std::vector<float> lookups;  // as the CPU methods take them: a token budget b is lookup b / N
+  for (double b : o.saap_budgets) lookups.push_back(b > 1 ? float(b) / float(N) : float(b));
   SaapConfig cfg;
   cfg.n_partitions = int(std::clamp<int64_t>(N / 512, 16, 4096));
   cfg.sinks = 64;
@@ -339,7 +342,7 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
   fill_random(knew.get(), knew.size(), 3);
   fill_random(vnew.get(), vnew.size(), 4);
   const float scale = 1.f / std::sqrt(float(D));
-  for (const float lookup : lookups) {
+  for (const float& lookup : lookups) {
     const double sel_ms = tm.median_ms([&] { idx->select(q, lookup); }, reps);
     const double att_ms = tm.median_ms([&] { idx->attend(q, scale, out, ws); }, reps);
     auto step = [&](cudaStream_t st) {
@@ -358,8 +361,9 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
     const double bytes = tokens * D * 2 * 2 + double(idx->index_bytes_per_step()) + 2.0 * B * sh.hq * D * 4;
     char param[48];
     const char* model = real_sizes ? "real" : "lognormal";
-    if (lookup * float(N) == 1024.f || lookup * float(N) == 2048.f)
-      std::snprintf(param, sizeof param, "tokens=%.0f;%s", double(lookup) * double(N), model);
+    const double budget = o.saap_budgets[size_t(&lookup - lookups.data())];
+    if (budget > 1)
+      std::snprintf(param, sizeof param, "tokens=%.0f;%s", budget, model);
     else
       std::snprintf(param, sizeof param, "lookup=%.2f;%s", lookup, model);
     rows.push_back({"saap", param, sh, B, N, all_ms, bytes, tokens / n_all, sel_ms, att_ms, graph_ms});
@@ -379,6 +383,14 @@ int main(int argc, char** argv) {
     else if (a == "--other-contexts") o.other_contexts = parse_list(argv[i + 1]);
     else if (a == "--partition-sizes") o.partition_sizes = argv[i + 1];
     else if (a == "--methods") o.methods = argv[i + 1];
+    else if (a == "--saap-budgets") {
+      o.saap_budgets.clear();
+      for (const char* p = argv[i + 1]; *p;) {
+        o.saap_budgets.push_back(std::strtod(p, const_cast<char**>(&p)));
+        if (*p == ',') ++p;
+        else if (*p) break;
+      }
+    }
     else if (a == "--reps") o.reps = std::atoi(argv[i + 1]);
     else if (a == "--out") o.out_dir = argv[i + 1];
     else {
@@ -470,7 +482,8 @@ int main(int argc, char** argv) {
           rows.push_back({"dense", "", sh, int(B), N, dense_ms, dense_bytes, 1.0, 0, dense_ms});
           rows.back().graph_ms = graph_median_ms(tm, step, reps, "dense", skipped);
           // The tunings dense_decode_tuned offers, beside the default (issue 11: which one wins).
-          for (const auto& [stages, waves] : std::vector<std::pair<int, int>>{{0, 2}, {3, 1}, {4, 1}, {3, 2}}) {
+          for (const auto& tuning : std::vector<std::pair<int, int>>{{0, 2}, {3, 1}, {4, 1}, {3, 2}}) {
+            const int stages = tuning.first, waves = tuning.second;
             if (stages == kDenseStages && waves == kDenseWaves) continue;
             const double ms = tm.median_ms(
                 [&] {

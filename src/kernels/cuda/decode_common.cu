@@ -44,15 +44,12 @@ int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, i
 
 void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream) {
   const unsigned rows = unsigned(s.batch) * s.n_q_heads;
-  if (s.head_dim == 64)
-    launch_dependent(combine_splits_kernel<64>, rows, 64, splits * sizeof(float), stream, ws.out(), ws.lse(), splits,
-                     out);
-  else if (s.head_dim == 128)
-    launch_dependent(combine_splits_kernel<128>, rows, 128, splits * sizeof(float), stream, ws.out(), ws.lse(), splits,
-                     out);
-  else
-    launch_dependent(combine_splits_kernel<256>, rows, 256, splits * sizeof(float), stream, ws.out(), ws.lse(), splits,
-                     out);
+  auto launch = [&](auto kernel) {
+    launch_dependent(kernel, rows, kCombineThreads, splits * sizeof(float), stream, ws.out(), ws.lse(), splits, out);
+  };
+  if (s.head_dim == 64) launch(combine_splits_kernel<64>);
+  else if (s.head_dim == 128) launch(combine_splits_kernel<128>);
+  else launch(combine_splits_kernel<256>);
   SAAP_CU_LAUNCHED();
 }
 

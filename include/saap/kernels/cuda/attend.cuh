@@ -177,17 +177,21 @@ struct GroupAttender {
       if (base + u * TPP + slot >= n)
 #pragma unroll
         for (int g = 0; g < GMAX; ++g) s[u][g] = -INFINITY;
-    // s becomes the probabilities; V is widened one row at a time to keep registers low.
+    // s becomes the probabilities; V is widened one row at a time to keep registers low. The state
+    // is rescaled only when the running max grows (rare once it settles; the rescale is an exp2 and
+    // 9 multiplies per head and tile); an unchanged max would rescale by exactly 1.
 #pragma unroll
     for (int g = 0; g < GMAX; ++g) {
       float mx = m[g];
 #pragma unroll
       for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
-      const float alpha = exp2f(m[g] - mx);
-      m[g] = mx;
-      l[g] *= alpha;
+      if (mx > m[g]) {
+        const float alpha = exp2f(m[g] - mx);
+        m[g] = mx;
+        l[g] *= alpha;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) acc[g][j] *= alpha;
+        for (int j = 0; j < 8; ++j) acc[g][j] *= alpha;
+      }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         s[u][g] = exp2f(s[u][g] - mx);
@@ -263,32 +267,44 @@ struct GroupAttender {
 };
 
 // Combines the split partials of one (sequence, query head): part_out [splits][D], part_lse
-// [splits] (log2 domain) -> out [D]. One block of D threads per row; the split weights are
-// computed once into shared memory (dynamic, splits floats) so the final sum has independent
-// loads in flight rather than one round trip per split.
+// [splits] (log2 domain) -> out [D]. One block of kCombineThreads per row: the split weights are
+// computed once into shared memory (dynamic, splits floats), then kCombineThreads / D groups of D
+// threads each sum every P-th split, with eight loads in flight, and add up in shared memory: a
+// row over 512 splits (few heads, long context) was one thread per element walking all 512.
+constexpr int kCombineThreads = 512;
 template <int D>
-static __global__ void combine_splits_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse,
-                                             int splits, float* __restrict__ out) {
+static __global__ void __launch_bounds__(kCombineThreads)
+    combine_splits_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse, int splits,
+                          float* __restrict__ out) {
+  constexpr int P = kCombineThreads / D;
   extern __shared__ float w[];
   __shared__ float red[32];
+  __shared__ float part[P][D];
   wait_prior_grid();
   const int64_t row = blockIdx.x;
   const float* po = part_out + row * splits * D;
   const float* pl = part_lse + row * splits;
   float mx = -INFINITY;
-  for (int s = threadIdx.x; s < splits; s += D) mx = fmaxf(mx, pl[s]);
+  for (int s = threadIdx.x; s < splits; s += kCombineThreads) mx = fmaxf(mx, pl[s]);
   mx = block_reduce<true>(mx, red);
   float L = 0.f;
-  for (int s = threadIdx.x; s < splits; s += D) {
+  for (int s = threadIdx.x; s < splits; s += kCombineThreads) {
     const float e = mx > -INFINITY ? exp2f(pl[s] - mx) : 0.f;
     w[s] = e;
     L += e;
   }
   L = block_reduce<false>(L, red);  // its barriers also publish w
+  const int d = threadIdx.x % D, p = threadIdx.x / D;
   float A = 0.f;
 #pragma unroll 8
-  for (int s = 0; s < splits; ++s) A = fmaf(w[s], po[int64_t(s) * D + threadIdx.x], A);
-  out[row * D + threadIdx.x] = L > 0.f ? A / L : 0.f;
+  for (int s = p; s < splits; s += P) A = fmaf(w[s], po[int64_t(s) * D + d], A);
+  part[p][d] = A;
+  __syncthreads();
+  if (p == 0) {
+#pragma unroll
+    for (int i = 1; i < P; ++i) A += part[i][d];
+    out[row * D + d] = L > 0.f ? A / L : 0.f;
+  }
 }
 
 }  // namespace saap::cuda

@@ -315,6 +315,7 @@ static __global__ void __launch_bounds__(kSelectThreads)
   // loads are in flight with the others instead of a round trip of their own at the end.
   const int pc0 = tid < g.C ? part_count[pbase + tid] : 0, ac0 = tid < g.C ? append_count[pbase + tid] : 0;
   const int start0 = tid < g.C ? part_start[pbase + tid] : 0;
+  const int64_t n = seq_len[bh];  // in flight with the rest
 #pragma unroll
   for (int k = 0; k < kPer; ++k) {
     const int c = tid + k * kSelectThreads;
@@ -357,7 +358,6 @@ static __global__ void __launch_bounds__(kSelectThreads)
 #pragma unroll
   for (int gi = 0; gi < kMaxGroup; ++gi) lse[gi] = rules::log_normaliser(mx[gi], z[gi]);
 
-  const int64_t n = seq_len[bh];
   const rules::FixedReads fixed_reads = rules::fixed_reads(n, g.S, g.W);
   const int n_sink = int(fixed_reads.sink_end);
   const int n_win = int(n - fixed_reads.window_begin);

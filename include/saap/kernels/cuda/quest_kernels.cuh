@@ -391,28 +391,50 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
   uint32_t prefix = 0, mask = 0;
   long long need = K, at = 0;
   if (full > 0) {
-    const int lo = int(u_lo >> kQuestHistShift), hi = int(u_hi >> kQuestHistShift);
-    const int per = (hi - lo + nt) / nt;
-    const int top = hi - tid * per, bottom = max(lo - 1, top - per);  // bins (bottom, top]
-    uint32_t* hb = hist + bh * kQuestHistBins;
+    // In 16-byte quads of bins, eight loads in flight: the range can be wide (keys of both signs
+    // span ~32k bins), and one load at a time cost ~50 us there. Every bin outside [lo, hi] is
+    // zero, so whole quads are read and zeroed.
+    constexpr int QF = 8;  // quad loads in flight per thread
+    const int q_lo = int(u_lo >> kQuestHistShift) >> 2, q_hi = int(u_hi >> kQuestHistShift) >> 2;
+    const int per = (q_hi - q_lo + nt) / nt;
+    const int top = q_hi - tid * per, bottom = max(q_lo - 1, top - per);  // quads (bottom, top]
+    uint4* hq = reinterpret_cast<uint4*>(hist + bh * kQuestHistBins);
+    auto load = [&](int q0, uint4 (&v)[QF]) {
+#pragma unroll
+      for (int i = 0; i < QF; ++i) v[i] = q0 - i > bottom ? __ldcg(&hq[q0 - i]) : make_uint4(0u, 0u, 0u, 0u);
+    };
     int own = 0;
-    for (int b = top; b > bottom; --b) own += int(__ldcg(&hb[b]));
+    for (int q0 = top; q0 > bottom; q0 -= QF) {
+      uint4 v[QF];
+      load(q0, v);
+#pragma unroll
+      for (int i = 0; i < QF; ++i) own += int(v[i].x + v[i].y + v[i].z + v[i].w);
+    }
     int total;
     const int above = quest_block_exclusive_scan(own, scratch, &total);
     if (K > 0 && K < full && above < K && above + own >= K) {
       long long cum = above;
-      for (int b = top; b > bottom; --b) {
-        const int h = int(__ldcg(&hb[b]));
-        if (cum + h >= K) {
-          s_prefix = uint32_t(b) << kQuestHistShift;
-          s_need = K - cum;
-          s_at = h;
-          break;
+      bool found = false;
+      for (int q0 = top; q0 > bottom && !found; q0 -= QF) {
+        uint4 v[QF];
+        load(q0, v);
+        for (int i = 0; i < QF && !found; ++i) {
+          const uint32_t h4[4] = {v[i].w, v[i].z, v[i].y, v[i].x};  // bins 4q + 3 down to 4q
+          for (int c = 0; c < 4; ++c) {
+            const int h = int(h4[c]);
+            if (cum + h >= K) {
+              s_prefix = uint32_t(4 * (q0 - i) + 3 - c) << kQuestHistShift;
+              s_need = K - cum;
+              s_at = h;
+              found = true;
+              break;
+            }
+            cum += h;
+          }
         }
-        cum += h;
       }
     }
-    for (int b = top; b > bottom; --b) hb[b] = 0u;
+    for (int q0 = top; q0 > bottom; --q0) hq[q0] = make_uint4(0u, 0u, 0u, 0u);
     __syncthreads();
     if (K > 0 && K < full) {
       prefix = s_prefix;

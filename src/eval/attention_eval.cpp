@@ -82,6 +82,13 @@ std::vector<AttentionEvalResult> evaluate_attention(std::shared_ptr<const LlamaM
                                                options.seed * 1000003u + w);
     session.reset();
     session.set_observer([&](const LayerActivations& a) {
+      // A sparse method serves the global layers only; a local layer (Gemma-3's 5 of 6) attends
+      // exactly to its window, whatever the method, so it is not replayed and its rows stay empty
+      // (0 samples: the overall means are the global layers').
+      if (!cfg.is_global(a.layer)) {
+        if (a.pos0 + a.n >= n) bar.update(++layers_done);
+        return;
+      }
       Buffers& b = buf[size_t(a.layer)];
       auto keep = [&](std::vector<float>& dst, const float* src, int heads) {
         dst.resize(size_t(n) * heads * D);

@@ -2,6 +2,8 @@
 // evaluating several methods on one dense pass gives each the result it gets alone.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "saap/core/paths.h"
 #include "saap/eval/attention_eval.h"
 #include "saap/methods/registry.h"
@@ -55,6 +57,25 @@ TEST(AttentionEval, DenseIsPerfectAndMethodsShareOnePass) {
   EXPECT_DOUBLE_EQ(alone.mass, s.mass);
   EXPECT_DOUBLE_EQ(alone.recall, s.recall);
   EXPECT_DOUBLE_EQ(alone.rel_error, s.rel_error);
+}
+
+TEST(AttentionEval, GemmaReplaysItsGlobalLayersOnly) {
+  const std::string path = gemma3_model_path();
+  if (!std::ifstream(path).good()) GTEST_SKIP() << "no Gemma-3 GGUF at " << path;
+  auto model = LlamaModel::load(path, false);
+  const auto windows = text_windows(model->tokenizer(), default_text_path("eval.txt"), 1, 40);
+  AttentionEvalOptions o;
+  o.queries_per_window = 6;
+  o.top_k = 4;
+  o.progress = false;
+  // A Saap-style artifact covers layers 5, 11 and 17 only: the local layers must not build a method.
+  const AttentionEvalResult r = evaluate_attention(model, factory("dense", 1), windows, o);
+  const int n_heads = model->config().n_heads;
+  for (int l = 0; l < model->config().n_layers; ++l)
+    EXPECT_EQ(r.layer(l).samples, model->config().is_global(l) ? int64_t(6) * n_heads : 0) << "layer " << l;
+  EXPECT_EQ(r.overall().samples, int64_t(3) * 6 * n_heads);
+  EXPECT_DOUBLE_EQ(r.overall().mean_recall(), 1.0);
+  EXPECT_NEAR(r.overall().mean_mass(), 1.0, 1e-6);  // dense reads everything (float sums of probabilities)
 }
 
 }  // namespace

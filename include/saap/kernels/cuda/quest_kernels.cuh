@@ -561,7 +561,12 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
   const T* kb = K + bh * max_len * D + at.sub * 8;
   const T* vb = V + bh * max_len * D + at.sub * 8;
   const int32_t* rows = chunk_rows + bh * max_chunks;
-  auto row = [&](int i) { return int64_t(stage[i / P]) + i % P; };
+  // Row i of the stage; a power-of-two P (16 by default) shifts and masks, since two integer
+  // divisions per row and lane were a large share of the loop's instructions.
+  const int p_shift = (P & (P - 1)) == 0 ? __ffs(P) - 1 : -1;
+  auto row = [&](int i) {
+    return p_shift >= 0 ? int64_t(stage[i >> p_shift]) + (i & (P - 1)) : int64_t(stage[i / P]) + i % P;
+  };
   for (int64_t s0 = j0; s0 < j1; s0 += kQuestStageChunks) {
     const int ns = int(min(int64_t(kQuestStageChunks), j1 - s0));
     __syncthreads();  // the previous stage is no longer read

@@ -6,7 +6,7 @@
 //                  [--decode 128] [--reps 3] [--prefill-rows 65536] [--attention auto|tc|tc128|tcw32|tcw16|simple]
 //                  [--csv FILE]   (also writes the rows there, after the run's provenance lines)
 //                  [--phases]     (after the timed runs, one more prefill with per-phase GPU times)
-//                  [--gemm-autotune]  (cuBLASLt candidates timed per shape; the other way is timed too)
+//                  [--gemm-autotune on|off]  (default the runner's: on; the other way is timed too)
 //                  [--mlp-rows N]     (MLP in row slices of N; slices of 2048 and 4096 are timed too)
 //                  [--method saap|kmeans|partition-oracle|loki|quest --artifact FILE --lookup F ...]
 //                     (decode through the method's GPU index, the CLI's options; its CSV method is
@@ -115,7 +115,7 @@ int main(int argc, char** argv) try {
   int decode = 128, reps = 3;
   int64_t prefill_rows = 65536, mlp_rows = 0;
   std::string csv_path;
-  bool phases = false, gemm_autotune = false;
+  bool phases = false, gemm_autotune = cuda::CudaLlamaOptions{}.gemm_autotune;
   cuda::PrefillKernel kernel = cuda::CudaLlamaOptions{}.prefill_kernel;  // the runner's default
   MethodSpec spec;
   std::vector<std::string> method_options;  // the registry's options given (checked against the method)
@@ -123,10 +123,6 @@ int main(int argc, char** argv) try {
     const std::string a = argv[i];
     if (a == "--phases") {
       phases = true;
-      continue;
-    }
-    if (a == "--gemm-autotune") {
-      gemm_autotune = true;
       continue;
     }
     const char* next = i + 1 < argc ? argv[i + 1] : nullptr;
@@ -138,6 +134,8 @@ int main(int argc, char** argv) try {
     else if (a == "--reps") reps = std::max(1, std::atoi(next));
     else if (a == "--prefill-rows") prefill_rows = std::atoll(next);
     else if (a == "--mlp-rows") mlp_rows = std::atoll(next);
+    else if (a == "--gemm-autotune" && (std::strcmp(next, "on") == 0 || std::strcmp(next, "off") == 0))
+      gemm_autotune = std::strcmp(next, "on") == 0;
     else if (a == "--csv") csv_path = next;
     else if (a == "--attention") kernel = cuda::prefill_kernel_from_name(next);
     else if (set_method_option(spec, a, next)) {

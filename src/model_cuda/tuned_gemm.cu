@@ -42,6 +42,8 @@ struct TunedGemm::Plan {
   Plan& operator=(const Plan&) = delete;
 };
 
+void TunedGemm::PlanDeleter::operator()(Plan* p) const { delete p; }
+
 TunedGemm::~TunedGemm() {
   if (lt_) cublasLtDestroy(lt_);
 }
@@ -55,17 +57,19 @@ void TunedGemm::init(void* workspace, size_t workspace_bytes) {
 void TunedGemm::run(const void* x, const void* w, void* y, cudaDataType y_type, int64_t rows, int in, int out,
                     float beta, cudaStream_t stream) {
   SAAP_CU_REQUIRE(lt_ != nullptr, InvalidArgument, "TunedGemm used before init");
-  const Plan plan(y_type, rows, in, out);
   const float alpha = 1.f;
-  auto matmul = [&](const cublasLtMatmulAlgo_t* algo, void* dst) {
+  auto run_plan = [&](const Plan& plan, const cublasLtMatmulAlgo_t* algo, void* dst) {
     return cublasLtMatmul(lt_, plan.op, &alpha, w, plan.a, x, plan.b, &beta, dst, plan.c, dst, plan.c, algo, ws_,
                           ws_bytes_, stream);
   };
   const Shape shape{rows, in, out, int(y_type), beta != 0.f};
   if (const auto it = algos_.find(shape); it != algos_.end()) {
-    SAAP_LT(matmul(&it->second, y));
+    SAAP_LT(run_plan(*it->second.plan, &it->second.algo, y));
     return;
   }
+  std::unique_ptr<Plan, PlanDeleter> owned(new Plan(y_type, rows, in, out));
+  const Plan& plan = *owned;
+  auto matmul = [&](const cublasLtMatmulAlgo_t* algo, void* dst) { return run_plan(plan, algo, dst); };
 
   cublasLtMatmulPreference_t pref = nullptr;
   SAAP_LT(cublasLtMatmulPreferenceCreate(&pref));
@@ -91,9 +95,17 @@ void TunedGemm::run(const void* x, const void* w, void* y, cudaDataType y_type, 
   }
 
   // Time every candidate on a scratch output (beta = 1 must not add into y more than once):
-  // one warm-up, then the median of 5. A candidate that fails to run is skipped.
+  // one warm-up, then the median of 5. A candidate that fails to run is skipped. Without memory
+  // for the scratch, the first candidate runs untimed (and the shape is tried again next time).
   const size_t y_bytes = size_t(rows) * size_t(out) * (y_type == CUDA_R_32F ? 4 : 2);
-  DeviceBuffer<char> scratch(y_bytes);
+  DeviceBuffer<char> scratch;
+  try {
+    scratch.resize(y_bytes);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::OutOfMemory) throw;
+    SAAP_LT(matmul(&found[0].algo, y));
+    return;
+  }
   SAAP_CU(cudaMemsetAsync(scratch.get(), 0, y_bytes, stream));
   cudaEvent_t e0 = nullptr, e1 = nullptr;
   SAAP_CU(cudaEventCreate(&e0));
@@ -124,8 +136,8 @@ void TunedGemm::run(const void* x, const void* w, void* y, cudaDataType y_type, 
   SAAP_CU(cudaStreamSynchronize(stream));  // the scratch is freed on return
   SAAP_CU_REQUIRE(best >= 0, Unsupported, "no cuBLASLt candidate ran for rows %lld, in %d, out %d", (long long)rows,
                   in, out);
-  algos_.emplace(shape, found[size_t(best)].algo);
   SAAP_LT(matmul(&found[size_t(best)].algo, y));
+  algos_.emplace(shape, Tuned{std::move(owned), found[size_t(best)].algo});
 }
 
 }  // namespace saap::cuda

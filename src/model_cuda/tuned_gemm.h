@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <tuple>
 
 namespace saap::cuda {
@@ -37,10 +38,17 @@ class TunedGemm {
  private:
   using Shape = std::tuple<int64_t, int, int, int, bool>;  // rows, in, out, y type, beta != 0
   struct Plan;
+  struct PlanDeleter {  // Plan is complete only in tuned_gemm.cu
+    void operator()(Plan* p) const;
+  };
+  struct Tuned {
+    std::unique_ptr<Plan, PlanDeleter> plan;  // the shape's descriptors, made once
+    cublasLtMatmulAlgo_t algo;
+  };
   cublasLtHandle_t lt_ = nullptr;
   void* ws_ = nullptr;
   size_t ws_bytes_ = 0;
-  std::map<Shape, cublasLtMatmulAlgo_t> algos_;
+  std::map<Shape, Tuned> algos_;
 };
 
 }  // namespace saap::cuda

@@ -40,9 +40,9 @@ struct CudaLlamaOptions {
   int64_t max_prefill_rows = 32768;
   PrefillKernel prefill_kernel = PrefillKernel::Auto;
   // GEMMs through cuBLASLt with the algorithm of each shape chosen by timing its candidates at the
-  // shape's first call (which then synchronises and briefly allocates a scratch output); off:
-  // cuBLAS's own choice.
-  bool gemm_autotune = false;
+  // shape's first call (which then synchronises and briefly allocates a scratch output; without
+  // the memory, cuBLASLt's first choice runs untimed); off: cuBLAS's own choice.
+  bool gemm_autotune = true;
   // Rows per slice of the MLP (norm, gate/up GEMM, SwiGLU, down GEMM) within a prefill chunk, 0 =
   // the whole chunk. Slices reuse the same intermediate rows, which can then stay in L2 (50 MB on
   // an H200) instead of going through HBM; smaller GEMMs fill the GPU's waves less well.

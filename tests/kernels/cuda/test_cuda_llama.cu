@@ -140,15 +140,16 @@ int main() {
     const char* name;
     int64_t prefill_rows;
     cuda::PrefillKernel kernel;
-    bool gemm_autotune = false;
+    bool gemm_autotune = true;  // the runner's default
     int64_t mlp_rows = 0;
   };
   const Setup setups[] = {{"prefill, tensor-core attention, one chunk", 1 << 15, cuda::PrefillKernel::TensorCore},
                           {"prefill, tensor-core attention, chunks of 24", 24 * 3, cuda::PrefillKernel::TensorCore},
                           {"prefill, tensor-core-128 attention, one chunk", 1 << 15, cuda::PrefillKernel::TensorCore128},
                           {"prefill, tcw32 attention, chunks of 24", 24 * 3, cuda::PrefillKernel::TensorCoreWarp32},
-                          {"prefill, GEMM autotune, chunks of 24", 24 * 3, cuda::PrefillKernel::TensorCore, true},
-                          {"prefill, MLP in slices of 40 rows", 1 << 15, cuda::PrefillKernel::TensorCore, false, 40},
+                          {"prefill, auto attention (tcw32), one chunk", 1 << 15, cuda::PrefillKernel::Auto},
+                          {"prefill, cuBLAS's GEMM choice, chunks of 24", 24 * 3, cuda::PrefillKernel::TensorCore, false},
+                          {"prefill, MLP in slices of 40 rows", 1 << 15, cuda::PrefillKernel::TensorCore, true, 40},
                           {"prefill, CUDA-core attention, one chunk", 1 << 15, cuda::PrefillKernel::Simple}};
   for (const Setup& s : setups) {
     cuda::CudaLlamaOptions o;
@@ -191,7 +192,7 @@ int main() {
       for (int j = 0; j < V; ++j)
         d = std::max(d, double(std::fabs(last[size_t(b) * V + j] - logits[(size_t(b) * n + n - 1) * V + j])));
     tally.check(d <= 1e-3, (std::string(s.name) + ": last_logits == last row of all logits").c_str(), d, 1e-3);
-    if (s.kernel == cuda::PrefillKernel::TensorCore && s.prefill_rows == (1 << 15) && !s.gemm_autotune &&
+    if (s.kernel == cuda::PrefillKernel::TensorCore && s.prefill_rows == (1 << 15) && s.gemm_autotune &&
         s.mlp_rows == 0)
       tc_logits = logits;
   }

@@ -30,6 +30,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
   const T* kb = K + ((int64_t(b) * n_kv_heads + h) * max_len + start) * D + at.sub * 8;
   const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + start) * D + at.sub * 8;
   at.run(n, [&](int i) { return kb + int64_t(i) * D; }, [&](int i) { return vb + int64_t(i) * D; });
+  allow_next_grid();
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
 }

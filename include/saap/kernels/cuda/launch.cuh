@@ -14,6 +14,10 @@
 namespace saap::cuda {
 
 __device__ __forceinline__ void wait_prior_grid() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+// Lets the next kernel's blocks be scheduled (they still wait_prior_grid() for this grid's end and
+// its writes) once every block of this grid has called it or exited: called where a block's last
+// memory work is under way, it hides the next launch behind this kernel's tail.
+__device__ __forceinline__ void allow_next_grid() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
 template <class... Params, class... Args>
 void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,

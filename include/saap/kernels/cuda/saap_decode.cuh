@@ -63,6 +63,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
     k = next_k;
     o = next_o;
   }
+  allow_next_grid();
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
 }

@@ -152,6 +152,7 @@ static __global__ void __launch_bounds__(256)
     }
   }
   // 2. The last block of (b, h) appends.
+  allow_next_grid();
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(&tickets[bh], 1u) == gridDim.x - 1;

@@ -90,6 +90,7 @@ static __global__ void __launch_bounds__(kClassifyThreads)
     if (r0 + STRIDE < hidden) load_w1(r0 + STRIDE);
   }
   __syncthreads();
+  allow_next_grid();
   // Logits from the staged slice: a warp per 4 rows at a time, the lanes over pairs of hidden units.
   const __nv_bfloat16* w2l = reinterpret_cast<const __nv_bfloat16*>(w2s);
   for (int c = warp * 4; c < n_rows; c += kClassifyWarps * 4) {
@@ -388,6 +389,7 @@ static __global__ void __launch_bounds__(kSelectThreads)
     fill_ranked(ids, sizes, g.C, budget, min_size, taken, scan_tmp);
   }
   __syncthreads();
+  allow_next_grid();
   // Segments: each thread counts its selected partitions' pieces and tokens, block scans give
   // each thread its first segment and its first token.
   const int fixed = ranges_of(n_sink, segment) + ranges_of(n_win, segment);

@@ -96,7 +96,10 @@ if [[ ${PROFILE:-$([[ $mode == all || $mode == bench ]] && command -v ncu >/dev/
   metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,\
 sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread
   for ctx in 131072 524288; do
-    ncu --metrics "$metrics" --csv --kernel-name-base function --kernel-name regex:"loki|saap|dense|combine|quest|read_floor" \
+    # --clock-control none: the clocks the bench runs at (ncu locks them to base otherwise); caches
+    # are flushed before each kernel (ncu's default), as the bench flushes the L2.
+    ncu --metrics "$metrics" --csv --clock-control none --kernel-name-base function \
+      --kernel-name regex:"loki|saap|dense|combine|quest|read_floor" \
       build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 1 --methods dense,saap --saap-budgets 0.05 \
       --out /tmp > "$OUT/ncu_$ctx.csv" 2>/dev/null || echo "ncu at $ctx failed (rc $?)"
     python3 - "$OUT/ncu_$ctx.csv" $ctx <<'PY'

@@ -23,6 +23,8 @@
 // its step holds no host synchronisation. The "read" rows time the floor kernel over the dense
 // row's K and V; floor_ms of every row is its bytes over the best read bandwidth of the run (the
 // read kernel's or any row's, whichever is higher).
+// Latency probes before the rows: an empty kernel, and dependent loads within a 2 MiB page and on a
+// new page each time (both after the L2 flush), to read the fixed costs against.
 // Both files carry the run's provenance (saap/provenance/provenance.h: date, machine and GPU, commit,
 // command): a "provenance" object in the JSON, leading "# key: value" lines in the CSV.
 #include <cuda_bf16.h>
@@ -129,6 +131,40 @@ struct Timer {
     return t[reps / 2];
   }
 };
+
+// Latency probes, to read the fixed costs of a step: an empty kernel between the timer's events
+// (after the L2 flush, as every row), and one thread chasing `steps` dependent 8-byte loads whose
+// addresses are `stride` bytes apart (512 B: within one 2 MiB page after the first; 2 MiB + 512 B:
+// a new page, so a TLB miss, every load).
+__global__ void empty_kernel() {}
+__global__ void chain_init_kernel(uint64_t* p, int64_t stride_words, int steps) {
+  for (int s = 0; s < steps; ++s) p[s * stride_words] = uint64_t(s + 1) * uint64_t(stride_words);
+}
+__global__ void chase_kernel(const uint64_t* p, int steps, uint64_t* sink) {
+  uint64_t i = 0;
+  for (int s = 0; s < steps; ++s) i = p[i];
+  if (i == 1) *sink = i;  // keeps the chain alive; never taken (i is a multiple of the stride)
+}
+struct LatencyProbe {
+  double empty_us = 0, near_ns = 0, far_ns = 0;
+};
+LatencyProbe latency_probe(Timer& tm) {
+  constexpr int kSteps = 64;
+  LatencyProbe r;
+  r.empty_us = tm.median_ms([] { empty_kernel<<<1, 32>>>(); }, 50) * 1e3;
+  DeviceBuffer<uint64_t> chain(size_t(kSteps + 1) * ((size_t(2) << 20) + 512) / 8 + 64);
+  DeviceBuffer<uint64_t> sink(1);
+  auto per_load_ns = [&](int64_t stride_bytes) {
+    chain_init_kernel<<<1, 1>>>(chain.get(), stride_bytes / 8, kSteps);
+    SAAP_CU(cudaGetLastError());
+    const double one = tm.median_ms([&] { chase_kernel<<<1, 1>>>(chain.get(), 1, sink.get()); }, 50);
+    const double all = tm.median_ms([&] { chase_kernel<<<1, 1>>>(chain.get(), kSteps, sink.get()); }, 50);
+    return (all - one) / (kSteps - 1) * 1e6;
+  };
+  r.near_ns = per_load_ns(512);
+  r.far_ns = per_load_ns((int64_t(2) << 20) + 512);
+  return r;
+}
 
 double copy_bandwidth(Timer& tm) {
   const size_t n = size_t(2) << 30;
@@ -423,6 +459,10 @@ int main(int argc, char** argv) {
   std::printf("device %s, %d SMs, L2 %d MB, %.1f GiB; copy bandwidth (read+write) %.0f GB/s; read floor %.0f GB/s\n",
               prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem / 1073741824.0,
               bw / 1e9, read_bw / 1e9);
+  const LatencyProbe lat = latency_probe(tm);
+  std::printf("after the L2 flush: an empty kernel %.2f us between events; a dependent load %.0f ns within a "
+              "2 MiB page, %.0f ns on a new page each time\n",
+              lat.empty_us, lat.near_ns, lat.far_ns);
   std::vector<Row> rows;
   std::vector<std::string> skipped;
   std::mt19937 rng(12345);
@@ -610,6 +650,9 @@ int main(int argc, char** argv) {
                      saap::json_quote(prop.name) + ",\n  \"copy_bandwidth_gbps\": " + std::to_string(bw / 1e9) +
                      ",\n  \"read_kernel_gbps\": " + std::to_string(read_bw / 1e9) +
                      ",\n  \"floor_gbps\": " + std::to_string(floor_bw / 1e9) +
+                     ",\n  \"latency_probe\": {\"empty_kernel_us\": " + std::to_string(lat.empty_us) +
+                     ", \"dependent_load_same_page_ns\": " + std::to_string(lat.near_ns) +
+                     ", \"dependent_load_new_page_ns\": " + std::to_string(lat.far_ns) + "}" +
                      ",\n  \"dtype\": \"bf16\",\n"
                      "  \"timing\": \"CUDA events, median of " + std::to_string(reps) +
                      " repetitions, L2 flushed (256 MB read) before each\",\n"

@@ -55,11 +55,12 @@ if [[ $mode == all || $mode == test ]]; then
   # fails the ctest run if the GPU itself is missing).
   # cuda_test_cli_device drives the saap CLI (CPU and GPU runs of whole commands): its kernels are
   # the runner's, covered by cuda_test_cuda_llama, and under memcheck it would outlast the limit.
+  # SAAP_TEST_QUICK=1: a test that runs the model (cuda_test_cuda_sparse) takes shorter sequences.
   tests=$(ls build-cuda/tests/cuda_test_* | xargs -n1 basename | grep -vx cuda_test_cli_device)
   [[ -n $model_tests ]] && tests=$(printf '%s\n' $tests | grep -vxE "$model_tests")
   echo "$provenance" > "$OUT/memcheck.log"
   printf '%s\n' $tests | xargs -P8 -I{} bash -c \
-    'timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 build-cuda/tests/{} > "$0/memcheck_{}.log" 2>&1; echo "{} rc=$?" >> "$0/memcheck.log"' "$OUT"
+    'SAAP_TEST_QUICK=1 timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 build-cuda/tests/{} > "$0/memcheck_{}.log" 2>&1; echo "{} rc=$?" >> "$0/memcheck.log"' "$OUT"
   wait $ctest_pid || status=1
   grep -E "seed=|passed, .* failed|tests passed|Failed|\*\*\*" "$OUT/tests.log"
   for t in $tests; do

@@ -22,7 +22,9 @@
 //      summation order can split a tie) from the rounding of the weights.
 //   3. Every GPU method decodes through its index inside the graph: method_nll on two windows of
 //      512 tokens gives finite NLL, and a K/V fraction in (0, 1] (printed beside dense's).
-// Exit 77 without a GPU, model or artifacts, unless SAAP_REQUIRE_GPU=1.
+// Exit 77 without a GPU, model or artifacts, unless SAAP_REQUIRE_GPU=1. SAAP_TEST_QUICK=1 (what
+// scripts/gpu_run.sh sets under compute-sanitizer) runs the same checks on shorter sequences
+// (64 + 48 tokens of parity, 256-token windows) at budgets those lengths allow (25%, 10%).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -90,6 +92,7 @@ std::string row_key(const uint16_t* k, const uint16_t* v, int D) {
 struct ParityCounts {
   int64_t compared = 0, identical = 0, assignment = 0, ranking = 0, unmapped = 0;
   int64_t identical_rounded = 0;  // against the CPU method on the bf16-rounded artifact
+  int64_t rounding_ties = 0;      // differing only by keys within the centroids' bf16 rounding of a tie
 };
 
 void round_to_bf16(std::vector<float>& v) {
@@ -109,12 +112,14 @@ int main() {
                     loki_art = dir + "/loki-pre.safetensors";
   if (!file_exists(saap_art) || !file_exists(kmeans_art) || !file_exists(loki_art))
     skip(("artifacts not found in " + dir + " (set SAAP_ARTIFACTS)").c_str());
+  const char* quick_env = std::getenv("SAAP_TEST_QUICK");
+  const bool quick = quick_env && std::string(quick_env) == "1";
   cutest::Tally tally;
   const testref::LongRef ref = testref::read_long_reference(testref::long_reference_path(SAAP_SOURCE_DIR));
 
   MethodSpec saap_spec;
   saap_spec.name = "saap";
-  saap_spec.lookup = 0.05;
+  saap_spec.lookup = quick ? 0.25 : 0.05;  // sinks + window must leave the budget room at max_context
   saap_spec.sinks = 4;
   saap_spec.window = 16;
   saap_spec.artifact = saap_art;
@@ -137,7 +142,7 @@ int main() {
 
   // 2. Parity with the CPU method.
   const int B = 2;
-  const int64_t prefill = 512, steps = 512, max_ctx = prefill + steps;
+  const int64_t prefill = quick ? 64 : 512, steps = quick ? 48 : 512, max_ctx = prefill + steps;
   std::vector<std::vector<int32_t>> seq(B);
   for (int b = 0; b < B; ++b) seq[b].assign(ref.tokens.begin() + b * 2048, ref.tokens.begin() + b * 2048 + max_ctx);
   {
@@ -249,9 +254,27 @@ int main() {
               ++pc.identical;
               continue;
             }
-            // Assignment: the GPU's partition of every candidate key against the CPU's.
-            bool assignment_differs = false;
-            for (int cc = 0; cc < C && !assignment_differs; ++cc) {
+            // Assignment: the GPU's partition of every candidate key against the CPU's. A key the two
+            // put in different partitions is a rounding tie when the fp32 score gap between the two
+            // centroids is within what rounding them to bf16 (as the GPU stores them) can move it:
+            // sum_i |k_i| |c_i - bf16(c_i)| for each of the two (+ the L2 norm term's change).
+            const float* cent = art.layers.at(l).centroids.data() + size_t(h) * C * D;
+            auto score = [&](const float* k, const float* c) {
+              double dot = 0, norm = 0;
+              for (int j = 0; j < D; ++j) dot += double(k[j]) * c[j], norm += double(c[j]) * c[j];
+              return art.spherical ? dot : 2 * dot - norm;
+            };
+            auto rounding_reach = [&](const float* k, const float* c) {
+              double r = 0, norm_change = 0;
+              for (int j = 0; j < D; ++j) {
+                const double e = std::fabs(double(c[j]) - bits_to_float(cutest::to_bits(c[j], DType::BF16)));
+                r += std::fabs(double(k[j])) * e;
+                norm_change += 2 * std::fabs(double(c[j])) * e + e * e;
+              }
+              return art.spherical ? r : 2 * r + norm_change;
+            };
+            bool assignment_differs = false, all_rounding_ties = true;
+            for (int cc = 0; cc < C; ++cc) {
               const size_t pcx = size_t(bh) * C + cc;
               std::vector<int64_t> slots;
               for (int i = 0; i < pcount[pcx]; ++i) slots.push_back(pstart[pcx] + i);
@@ -259,15 +282,17 @@ int main() {
               for (int64_t slot : slots) {
                 const int32_t p = position_of(slot);
                 if (p < 0) continue;
-                const int32_t cpu_c = nearest_centroid(art.layers.at(l).centroids.data() + size_t(h) * C * D, C, D,
-                                                       art.spherical, &k_pre[(size_t(p) * Hkv + h) * D]);
-                if (cpu_c != cc) {
-                  assignment_differs = true;
-                  break;
-                }
+                const float* k = &k_pre[(size_t(p) * Hkv + h) * D];
+                const int32_t cpu_c = nearest_centroid(cent, C, D, art.spherical, k);
+                if (cpu_c == cc) continue;
+                assignment_differs = true;
+                const double gap = score(k, cent + size_t(cpu_c) * D) - score(k, cent + size_t(cc) * D);
+                const double reach = rounding_reach(k, cent + size_t(cpu_c) * D) + rounding_reach(k, cent + size_t(cc) * D);
+                all_rounding_ties &= gap <= reach * 1.01 + 1e-6;
               }
             }
             ++(assignment_differs ? pc.assignment : pc.ranking);
+            pc.rounding_ties += assignment_differs && all_rounding_ties;
             if (pc.assignment + pc.ranking <= 5)
               std::printf("  differs: layer %d, sequence %d, kv head %d, position %lld: GPU %zu vs CPU %zu tokens (%s)\n",
                           l, b, h, (long long)q_pos, gpu.size(), cpu_set.size(),
@@ -284,14 +309,22 @@ int main() {
                 (long long)pc.compared, samples, (long long)pc.identical, same, (long long)pc.assignment,
                 (long long)pc.ranking, (long long)pc.identical_rounded, same_rounded, (long long)pc.unmapped);
     tally.check(pc.unmapped == 0, "every selected slot holds a cached token", double(pc.unmapped), 0);
-    tally.check(same_rounded >= 0.99, "saap 5%: sets identical to the CPU method's on the bf16-rounded artifact",
+    tally.check(same_rounded >= 0.99, "saap: sets identical to the CPU method's on the bf16-rounded artifact",
                 same_rounded, 0.99);
-    tally.check(same >= 0.99, "saap 5%: sets identical to the CPU method's (fp32 artifact; issue 13)", same, 0.99);
+    // Issue 13: the same selections for >= 99%, or differing only on ties, counted. Here a tie is
+    // at the precision the GPU stores the centroids (bf16): every differing key within its reach.
+    const double same_or_tie = double(pc.identical + pc.rounding_ties) / double(std::max<int64_t>(pc.compared, 1));
+    std::printf("parity: differing sets whose every reassigned key is a tie within the centroids' bf16 rounding: "
+                "%lld; identical or such a tie: %.4f\n",
+                (long long)pc.rounding_ties, same_or_tie);
+    tally.check(same_or_tie >= 0.99, "saap: sets identical to the CPU method's (fp32 artifact) or on a rounding tie",
+                same_or_tie, 0.99);
   }
 
   // 3. Every GPU method through its index, inside the graph.
   {
-    const int64_t n = 512;
+    const int64_t n = quick ? 256 : 512;
+    const double f = quick ? 0.1 : 0.05;
     std::vector<int32_t> tokens;
     for (int b = 0; b < B; ++b) tokens.insert(tokens.end(), seq[b].begin(), seq[b].begin() + n);
     auto run = [&](MethodSpec spec) {
@@ -317,24 +350,26 @@ int main() {
     };
     MethodSpec dense;
     run(dense);
-    MethodSpec kmeans = saap_spec;
+    MethodSpec saap_run = saap_spec;
+    saap_run.lookup = f;
+    MethodSpec kmeans = saap_run;
     kmeans.name = "kmeans";
     kmeans.artifact = kmeans_art;
     MethodSpec oracle = kmeans;
     oracle.name = "partition-oracle";
     MethodSpec quest;
     quest.name = "quest";
-    quest.lookup = 0.05;
+    quest.lookup = f;
     quest.sinks = 4;
     quest.window = 16;
     MethodSpec quest_fixed = quest;
-    quest_fixed.budget_tokens = 128;
+    quest_fixed.budget_tokens = n / 4;
     MethodSpec loki;
     loki.name = "loki";
-    loki.k_f = 0.05;
+    loki.k_f = f;
     loki.d_f = 0.25;
     loki.artifact = loki_art;
-    for (const MethodSpec& s : {saap_spec, kmeans, oracle, quest, quest_fixed, loki}) {
+    for (const MethodSpec& s : {saap_run, kmeans, oracle, quest, quest_fixed, loki}) {
       try {
         run(s);
       } catch (const Error& e) {

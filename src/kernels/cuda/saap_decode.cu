@@ -35,14 +35,14 @@ void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream)
     case PartitionRouting::Saap: {
       SAAP_CU_REQUIRE(m.hidden > 0, InvalidArgument, "%s", "set_classifier() must be called first");
       const int cls_rows = classify_rows_per_block(m.hidden);
-      const dim3 cgrid((C + cls_rows - 1) / cls_rows, shape_.n_q_heads, shape_.batch);
+      const dim3 cgrid((C + cls_rows - 1) / cls_rows, shape_.n_q_heads);
       const auto* w1 = reinterpret_cast<const __nv_bfloat16*>(m.w1.get());
       const auto* w2 = reinterpret_cast<const __nv_bfloat16*>(m.w2.get());
       const float* b1 = m.b1.get();
       const float* b2 = m.b2.get();
       auto launch = [&](auto kernel) {
-        launch_dependent(kernel, cgrid, dim3(kClassifyThreads), 0, stream, q_route, w1, b1, w2, b2, shape_.n_q_heads,
-                         m.hidden, C, cls_rows, m.logits.get());
+        launch_dependent(kernel, cgrid, dim3(kClassifyThreads), 0, stream, q_route, w1, b1, w2, b2, shape_.batch,
+                         shape_.n_q_heads, m.hidden, C, cls_rows, m.logits.get());
       };
       if (shape_.head_dim == 64) launch(saap_classify_kernel<64>);
       else if (shape_.head_dim == 128) launch(saap_classify_kernel<128>);

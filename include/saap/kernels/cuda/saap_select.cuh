@@ -22,8 +22,10 @@ inline int classify_rows_per_block(int hidden) {
   return rows < kClassifyMaxRows ? rows : kClassifyMaxRows;
 }
 
-// Block (logit chunk, query head, sequence): hidden = relu(W1 q + b1) (recomputed per block; W1 is
-// small and L2 resident), then rows_per_block logits = W2 hidden + b2.
+// Block (logit chunk, query head), for every sequence of the batch in turn: hidden = relu(W1 q +
+// b1) (recomputed per block; W1 is small and L2 resident), then rows_per_block logits = W2 hidden +
+// b2. The weights are the same for every sequence, so a block stages its W2 slice once for the
+// whole batch (it was read once per sequence).
 // At batch 1 the step is a chain of memory round trips, so the weights, which no kernel of the
 // step writes, are fetched before the kernel waits for the previous one (programmatic dependent
 // launch): the block's W2 slice and the biases by cp.async into shared memory, the first W1 rows
@@ -32,14 +34,14 @@ template <int D>
 static __global__ void __launch_bounds__(kClassifyThreads)
     saap_classify_kernel(const float* __restrict__ q, const __nv_bfloat16* __restrict__ w1,
                          const float* __restrict__ b1, const __nv_bfloat16* __restrict__ w2,
-                         const float* __restrict__ b2, int n_q_heads, int hidden, int C, int rows_per_block,
-                         float* __restrict__ logits) {
+                         const float* __restrict__ b2, int batch, int n_q_heads, int hidden, int C,
+                         int rows_per_block, float* __restrict__ logits) {
   __shared__ __align__(16) uint4 w2s[kClassifyStageBytes / 16];
   __shared__ float qs[D];
   __shared__ float hs[1024];
   __shared__ float b1s[1024];
   __shared__ float b2s[kClassifyMaxRows];
-  const int hq = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  const int hq = blockIdx.y, tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5;
   const int c0 = blockIdx.x * rows_per_block, n_rows = min(C, c0 + rows_per_block) - c0;
   const uint4* w2src = reinterpret_cast<const uint4*>(w2 + (int64_t(hq) * C + c0) * hidden);
@@ -47,8 +49,10 @@ static __global__ void __launch_bounds__(kClassifyThreads)
   for (int i = tid; i < hidden; i += kClassifyThreads) cp_async4(&b1s[i], &b1[int64_t(hq) * hidden + i]);
   for (int i = tid; i < n_rows; i += kClassifyThreads) cp_async4(&b2s[i], &b2[int64_t(hq) * C + c0 + i]);
   // W1: a row of D weights over LPR lanes (16 bytes each), RPI rows per load, U loads in flight.
+  // When one round covers every hidden unit, the rows stay in registers for the whole batch.
   constexpr int LPR = D / 8, RPI = 32 / LPR, U = 8, ROWS = RPI * U, STRIDE = kClassifyWarps * ROWS;
   const int sub = lane % LPR, slot = lane / LPR;
+  const bool one_round = hidden <= STRIDE;
   const __nv_bfloat16* w1h = w1 + int64_t(hq) * hidden * D + sub * 8;
   uint4 w[U];
   auto load_w1 = [&](int r0) {
@@ -58,57 +62,59 @@ static __global__ void __launch_bounds__(kClassifyThreads)
       w[u] = r < hidden ? *reinterpret_cast<const uint4*>(w1h + int64_t(r) * D) : make_uint4(0, 0, 0, 0);
     }
   };
-  int r0 = warp * ROWS;
-  load_w1(r0);
+  load_w1(warp * ROWS);
   wait_prior_grid();
-  const int64_t row = int64_t(b) * n_q_heads + hq;
-  for (int j = tid; j < D; j += kClassifyThreads) qs[j] = q[row * D + j];
-  cp_async_wait_all();
-  __syncthreads();
-  float ql[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) ql[j] = qs[sub * 8 + j];
-  for (; r0 < hidden; r0 += STRIDE) {
-    float d[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      float f[8];
-      Vec8<__nv_bfloat16>::to_float(w[u], f);
-      d[u] = 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) d[u] = fmaf(f[j], ql[j], d[u]);
-    }
-#pragma unroll
-    for (int off = LPR / 2; off > 0; off >>= 1)
-#pragma unroll
-      for (int u = 0; u < U; ++u) d[u] += __shfl_xor_sync(0xffffffffu, d[u], off);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int r = r0 + u * RPI + slot;
-      if (sub == 0 && r < hidden) hs[r] = fmaxf(0.f, d[u] + b1s[r]);
-    }
-    if (r0 + STRIDE < hidden) load_w1(r0 + STRIDE);
-  }
-  __syncthreads();
-  allow_next_grid();
-  // Logits from the staged slice: a warp per 4 rows at a time, the lanes over pairs of hidden units.
   const __nv_bfloat16* w2l = reinterpret_cast<const __nv_bfloat16*>(w2s);
-  for (int c = warp * 4; c < n_rows; c += kClassifyWarps * 4) {
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int j = lane * 2; j < hidden; j += 64) {
+  for (int b = 0; b < batch; ++b) {
+    const int64_t row = int64_t(b) * n_q_heads + hq;
+    if (b > 0) __syncthreads();  // the previous sequence's qs and hs are no longer read
+    for (int j = tid; j < D; j += kClassifyThreads) qs[j] = q[row * D + j];
+    if (b == 0) cp_async_wait_all();
+    __syncthreads();
+    float ql[8];
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        if (c + r < n_rows) {
-          const __nv_bfloat162 wp = *reinterpret_cast<const __nv_bfloat162*>(w2l + (c + r) * hidden + j);
-          const float2 f = __bfloat1622float2(wp);
-          acc[r] = fmaf(f.x, hs[j], fmaf(f.y, hs[j + 1], acc[r]));
-        }
+    for (int j = 0; j < 8; ++j) ql[j] = qs[sub * 8 + j];
+    for (int r0 = warp * ROWS; r0 < hidden; r0 += STRIDE) {
+      if (!one_round && (b > 0 || r0 != warp * ROWS)) load_w1(r0);
+      float d[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float f[8];
+        Vec8<__nv_bfloat16>::to_float(w[u], f);
+        d[u] = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) d[u] = fmaf(f[j], ql[j], d[u]);
+      }
+#pragma unroll
+      for (int off = LPR / 2; off > 0; off >>= 1)
+#pragma unroll
+        for (int u = 0; u < U; ++u) d[u] += __shfl_xor_sync(0xffffffffu, d[u], off);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int r = r0 + u * RPI + slot;
+        if (sub == 0 && r < hidden) hs[r] = fmaxf(0.f, d[u] + b1s[r]);
       }
     }
+    __syncthreads();
+    if (b + 1 == batch) allow_next_grid();
+    // Logits from the staged slice: a warp per 4 rows at a time, the lanes over pairs of hidden units.
+    for (int c = warp * 4; c < n_rows; c += kClassifyWarps * 4) {
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int j = lane * 2; j < hidden; j += 64) {
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const float s = warp_sum(acc[r]);
-      if (lane == 0 && c + r < n_rows) logits[row * C + c0 + c + r] = s + b2s[c + r];
+        for (int r = 0; r < 4; ++r) {
+          if (c + r < n_rows) {
+            const __nv_bfloat162 wp = *reinterpret_cast<const __nv_bfloat162*>(w2l + (c + r) * hidden + j);
+            const float2 f = __bfloat1622float2(wp);
+            acc[r] = fmaf(f.x, hs[j], fmaf(f.y, hs[j + 1], acc[r]));
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float sum = warp_sum(acc[r]);
+        if (lane == 0 && c + r < n_rows) logits[row * C + c0 + c + r] = sum + b2s[c + r];
+      }
     }
   }
 }

@@ -8,9 +8,8 @@ namespace saap::cuda {
 
 struct SaapIndex::Impl {
   DeviceBuffer<uint16_t> kpool, vpool;  // [bh][rows][D], kv_dtype bits
-  DeviceBuffer<uint16_t> centroids;     // [Hkv][C][D], kv_dtype bits
-  DeviceBuffer<float> half_norm;        // [Hkv][C]: ||c||^2 / 2 of the stored centroid (0: spherical)
-  DeviceBuffer<float> centroids_f32;    // [Hkv][C][D]: KMeans routing scores queries with these
+  DeviceBuffer<float> centroids;        // [Hkv][C][D] fp32, as trained: keys are assigned as the CPU assigns them
+  DeviceBuffer<float> half_norm;        // [Hkv][C]: ||c||^2 / 2 (0: spherical)
   DeviceBuffer<float> oracle_mass;      // [bh][G][C]: PartitionOracle scratch
   DeviceBuffer<int32_t> part_start, part_count, cursor, append_count;  // [bh][C]
   DeviceBuffer<int32_t> append_pages;   // [bh][C][A]

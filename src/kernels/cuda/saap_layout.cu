@@ -86,7 +86,7 @@ void SaapIndex::append(const void* k_new, const void* v_new, const void* k_route
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
     launch_dependent(saap_append_kernel<T, D>, dim3(kSearchParts, bh), dim3(256), 0, stream, g,
-                     reinterpret_cast<const T*>(m.centroids.get()), static_cast<const float*>(m.half_norm.get()),
+                     m.centroids.get(), static_cast<const float*>(m.half_norm.get()),
                      static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new),
                      static_cast<const uint4*>(k_route_new), reinterpret_cast<uint4*>(m.kpool.get()),
                      reinterpret_cast<uint4*>(m.vpool.get()), m.append_pages.get(), m.append_count.get(),

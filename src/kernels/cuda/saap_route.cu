@@ -174,13 +174,13 @@ const char* routing_name(PartitionRouting r) {
 void SaapIndex::rank_kmeans(const float* q_route, cudaStream_t stream) {
   auto& m = *impl_;
   const int C = cfg_.n_partitions, D = shape_.head_dim;
-  SAAP_CU_REQUIRE(m.centroids_f32.size() == size_t(shape_.n_kv_heads) * C * D, InvalidArgument, "%s",
+  SAAP_CU_REQUIRE(m.centroids.size() == size_t(shape_.n_kv_heads) * C * D, InvalidArgument, "%s",
                   "kmeans routing needs set_centroids() first");
   const size_t smem = (2 * size_t(C) + D) * sizeof(float);
   if (smem > 48 * 1024)
     SAAP_CU(cudaFuncSetAttribute(kmeans_rank_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kmeans_rank_kernel<<<shape_.batch * shape_.n_kv_heads, kRankThreads, smem, stream>>>(
-      q_route, m.centroids_f32.get(), shape_.n_q_heads, shape_.n_kv_heads, C, D, spherical_, m.logits.get());
+      q_route, m.centroids.get(), shape_.n_q_heads, shape_.n_kv_heads, C, D, spherical_, m.logits.get());
   SAAP_CU_LAUNCHED();
 }
 

@@ -95,7 +95,7 @@ int main() {
     }
     idx.check();
 
-    // Reference partition of every token: nearest stored (rounded) centroid, argmax k.c - |c|^2/2.
+    // Reference partition of every token: nearest fp32 centroid (as stored), argmax k.c - |c|^2/2.
     std::vector<int> part_of(size_t(bh_n) * total_len);
     int64_t assign_ties = 0;
     for (int bh = 0; bh < bh_n; ++bh)
@@ -105,7 +105,7 @@ int main() {
         for (int p = 0; p < c.C; ++p) {
           double dot = 0, nn = 0;
           for (int j = 0; j < D; ++j) {
-            const double m = cutest::from_bits(cutest::to_bits(cent[(size_t(bh % c.hkv) * c.C + p) * D + j], c.t), c.t);
+            const double m = double(cent[(size_t(bh % c.hkv) * c.C + p) * D + j]);
             dot += m * cutest::from_bits(allk[(size_t(bh) * total_len + t) * D + j], c.t);
             nn += m * m;
           }

@@ -185,7 +185,7 @@ int main() {
           for (int k = 0; k < c.C; ++k) {
             double dot = 0, nn = 0;
             for (int j = 0; j < c.d; ++j) {
-              const double cj = cutest::from_bits(cutest::to_bits(cent[(size_t(h) * c.C + k) * c.d + j], c.t), c.t);
+              const double cj = double(cent[(size_t(h) * c.C + k) * c.d + j]);
               dot += cj * cutest::from_bits(keys[(bh * total_len + t) * c.d + j], c.t);
               nn += cj * cj;
             }

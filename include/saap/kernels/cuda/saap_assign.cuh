@@ -46,11 +46,11 @@ static __global__ void argmax_scores_kernel(const float* __restrict__ scores, co
   if (lane == 0) assign[(int64_t(b) * n_kv_heads + h) * max_len + t0 + i] = arg;
 }
 
-// Nearest centroid of one key (kf [D] in shared memory) among centroids [c_begin, C) of one
+// Nearest centroid of one key (kf [D] in shared memory) among fp32 centroids [c_begin, C) of one
 // head; every thread of the block gets the best objective and its index. Each warp scores 8 centroids per step with all their
 // loads in flight (the loop is latency bound otherwise). red_v/red_i: shared scratch of 32 each.
-template <class T, int D>
-__device__ void nearest_centroid(const float* kf, const T* __restrict__ cent, const float* __restrict__ half_norm,
+template <int D>
+__device__ void nearest_centroid(const float* kf, const float* __restrict__ cent, const float* __restrict__ half_norm,
                                  int c_begin, int C, float* red_v, int* red_i, float& best_out, int& arg_out) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   constexpr int EPL = D / 32, STEP = 8;
@@ -65,9 +65,9 @@ __device__ void nearest_centroid(const float* kf, const T* __restrict__ cent, co
     for (int r = 0; r < STEP; ++r) {
       d[r] = 0.f;
       if (c0 + r < C) {
-        const T* row = cent + int64_t(c0 + r) * D + lane * EPL;
+        const float* row = cent + int64_t(c0 + r) * D + lane * EPL;
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) d[r] = fmaf(kl[e], elem_to_float(row[e]), d[r]);
+        for (int e = 0; e < EPL; ++e) d[r] = fmaf(kl[e], row[e], d[r]);
       }
     }
 #pragma unroll

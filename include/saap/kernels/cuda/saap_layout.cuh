@@ -116,7 +116,7 @@ static __global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4
 constexpr int kSearchParts = 16;
 template <class T, int D>
 static __global__ void __launch_bounds__(256)
-    saap_append_kernel(SaapGeom g, const T* __restrict__ centroids, const float* __restrict__ half_norm,
+    saap_append_kernel(SaapGeom g, const float* __restrict__ centroids, const float* __restrict__ half_norm,
                        const uint4* __restrict__ k_new, const uint4* __restrict__ v_new,
                        const uint4* __restrict__ route_new, uint4* __restrict__ kpool, uint4* __restrict__ vpool,
                        int32_t* __restrict__ append_pages, int32_t* __restrict__ append_count,
@@ -146,7 +146,7 @@ static __global__ void __launch_bounds__(256)
     if (c0 < c1) {  // uniform over the block
       float v;
       int c;
-      nearest_centroid<T, D>(kf, centroids + int64_t(h) * g.C * D, half_norm + int64_t(h) * g.C, c0, c1, red_v,
+      nearest_centroid<D>(kf, centroids + int64_t(h) * g.C * D, half_norm + int64_t(h) * g.C, c0, c1, red_v,
                              red_i, v, c);
       if (threadIdx.x == 0) atomicMax(&best[bh], pack_best(v, c));
     }

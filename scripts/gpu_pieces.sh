@@ -8,8 +8,8 @@
 # GPU machine:     scripts/gpu_pieces.sh stash        (in each call, for the folder it carries)
 #   Copies every carried .pieces/g* folder's files to /tmp/pieces/parts, which outlives the call
 #   (the device removes a carried path that the next call does not name again).
-#                  scripts/gpu_pieces.sh assemble     (in the call after the last piece)
-#   Joins the pieces of every NAME whose pieces are all there into /tmp/pieces/NAME and checks its
+#                  scripts/gpu_pieces.sh assemble [NAME...]   (in the call after the last piece)
+#   Joins the pieces of each NAME (default: every NAME whose hash was carried) into /tmp/pieces/NAME and checks its
 #   sha256; a missing piece or a wrong hash is an error naming the file, and leaves no NAME behind.
 set -euo pipefail
 parts=/tmp/pieces/parts
@@ -61,8 +61,13 @@ stash)
   ;;
 assemble)
   shopt -s nullglob
-  for sum in "$parts"/*.sha256; do
-    name=$(basename "$sum" .sha256)
+  names=("$@")
+  if (( ${#names[@]} == 0 )); then
+    for sum in "$parts"/*.sha256; do names+=("$(basename "$sum" .sha256)"); done
+  fi
+  for name in "${names[@]}"; do
+    sum=$parts/$name.sha256
+    [[ -f $sum ]] || { echo "gpu_pieces: $name: no $name.sha256 in $parts (its first folder was not carried)" >&2; exit 1; }
     [[ -f /tmp/pieces/$name ]] && sha256sum --status -c <(sed "s|  |  /tmp/pieces/|" "$sum") && {
       echo "$name: already assembled"; continue; }
     pieces=("$parts/$name".part*)

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -33,25 +34,37 @@ const char* const kPrompts[] = {
     "    for i in range(10):\n        print(i, fibonacci(i))\n",
 };
 
-testref::LogitsRef compute_reference() {
-  auto model = LlamaModel::load(default_model_path(), false);
-  const LlamaConfig& c = model->config();
+// The reference of one model: its name and shape, and how many top logits each position keeps.
+testref::LogitsRef empty_reference(const LlamaConfig& c, int topk) {
   testref::LogitsRef r;
   r.model = c.name + " layers " + std::to_string(c.n_layers) + " vocab " + std::to_string(c.vocab_size);
-  r.topk = kTopK;
+  r.topk = topk;
+  return r;
+}
+
+// Every position's fp32 CPU logits of `tokens`, summarized as the CUDA tests read them.
+testref::PromptRef cpu_prompt_ref(const std::shared_ptr<const LlamaModel>& model, const std::vector<int32_t>& tokens,
+                                  int topk) {
+  const int64_t n = int64_t(tokens.size());
+  const int V = model->config().vocab_size;
+  LlamaSession session(model, n);
+  std::vector<float> logits(size_t(n) * V);
+  session.forward(tokens.data(), n, logits.data(), /*all_logits=*/true);
+  testref::PromptRef p;
+  p.tokens = tokens;
+  for (int64_t i = 0; i < n; ++i)
+    p.positions.push_back(testref::summarize(&logits[size_t(i) * V], V, topk, i + 1 < n ? tokens[size_t(i + 1)] : -1));
+  return p;
+}
+
+testref::LogitsRef compute_reference() {
+  auto model = LlamaModel::load(default_model_path(), false);
+  testref::LogitsRef r = empty_reference(model->config(), kTopK);
   for (const char* text : kPrompts) {
     std::vector<int32_t> tokens = model->tokenizer().encode(text);
     EXPECT_GE(tokens.size(), size_t(kTokens)) << "prompt too short: " << text;
     tokens.resize(kTokens);
-    LlamaSession session(model, kTokens);
-    std::vector<float> logits(size_t(kTokens) * c.vocab_size);
-    session.forward(tokens.data(), kTokens, logits.data(), /*all_logits=*/true);
-    testref::PromptRef p;
-    p.tokens = tokens;
-    for (int i = 0; i < kTokens; ++i)
-      p.positions.push_back(testref::summarize(&logits[size_t(i) * c.vocab_size], c.vocab_size, kTopK,
-                                               i + 1 < kTokens ? tokens[size_t(i + 1)] : -1));
-    r.prompts.push_back(std::move(p));
+    r.prompts.push_back(cpu_prompt_ref(model, tokens, kTopK));
   }
   return r;
 }
@@ -95,10 +108,7 @@ constexpr int kGemmaTopK = 16;
 
 testref::LogitsRef compute_gemma3_reference() {
   auto model = LlamaModel::load(gemma3_model_path(), false);
-  const LlamaConfig& c = model->config();
-  testref::LogitsRef r;
-  r.model = c.name + " layers " + std::to_string(c.n_layers) + " vocab " + std::to_string(c.vocab_size);
-  r.topk = kGemmaTopK;
+  testref::LogitsRef r = empty_reference(model->config(), kGemmaTopK);
   std::ifstream in(default_text_path("eval.txt"), std::ios::binary);
   std::string text(size_t(16000), '\0');
   in.read(&text[0], std::streamsize(text.size()));
@@ -106,15 +116,7 @@ testref::LogitsRef compute_gemma3_reference() {
   std::vector<int32_t> tokens = model->tokenizer().encode(text, /*add_bos=*/true);
   EXPECT_GE(int64_t(tokens.size()), kGemmaTokens);
   tokens.resize(size_t(kGemmaTokens));
-  LlamaSession session(model, kGemmaTokens);
-  std::vector<float> logits(size_t(kGemmaTokens) * c.vocab_size);
-  session.forward(tokens.data(), kGemmaTokens, logits.data(), /*all_logits=*/true);
-  testref::PromptRef p;
-  p.tokens = tokens;
-  for (int64_t i = 0; i < kGemmaTokens; ++i)
-    p.positions.push_back(testref::summarize(&logits[size_t(i) * c.vocab_size], c.vocab_size, kGemmaTopK,
-                                             i + 1 < kGemmaTokens ? tokens[size_t(i + 1)] : -1));
-  r.prompts.push_back(std::move(p));
+  r.prompts.push_back(cpu_prompt_ref(model, tokens, kGemmaTopK));
   return r;
 }
 

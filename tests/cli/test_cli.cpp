@@ -11,35 +11,17 @@
 #include <sstream>
 #include <string>
 
+#include "cli/cli_run.h"
 #include "saap/core/utf8.h"
 
 namespace {
 
-struct CliRun {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using cli_test::CliRun;
+using cli_test::slurp;
 
 // `args` is shell text after the binary's name (quote it as a shell would need).
 CliRun saap(const std::string& args, const std::string& env = "") {
-  const std::string base = testing::TempDir() + "saap_cli_" + std::to_string(::getpid());
-  const std::string cmd = env + " '" + std::string(SAAP_CLI_BINARY) + "' " + args + " </dev/null >'" + base +
-                          ".out' 2>'" + base + ".err'";
-  const int status = std::system(cmd.c_str());
-  CliRun r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(base + ".out");
-  r.err = slurp(base + ".err");
-  std::remove((base + ".out").c_str());
-  std::remove((base + ".err").c_str());
-  return r;
+  return cli_test::run_cli(args, env, testing::TempDir() + "saap_cli_" + std::to_string(::getpid()));
 }
 
 bool valid_utf8(const std::string& s) { return saap::utf8_sanitize(s) == s; }

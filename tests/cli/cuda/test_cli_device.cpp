@@ -23,35 +23,18 @@
 #include <sstream>
 #include <string>
 
+#include "cli/cli_run.h"
 #include "kernels/cuda/cuda_test_util.h"
 
 namespace {
 
-struct CliRun {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using cli_test::CliRun;
+using cli_test::slurp;
 
 CliRun run_saap(const std::string& args) {
-  const std::string base = "/tmp/saap_cli_device_" + std::to_string(::getpid());
-  const std::string cmd =
-      "'" + std::string(SAAP_CLI_BINARY) + "' " + args + " </dev/null >'" + base + ".out' 2>'" + base + ".err'";
   std::printf("$ saap %s\n", args.c_str());
   std::fflush(stdout);
-  const int status = std::system(cmd.c_str());
-  CliRun r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(base + ".out");
-  r.err = slurp(base + ".err");
-  std::remove((base + ".out").c_str());
-  std::remove((base + ".err").c_str());
+  const CliRun r = cli_test::run_cli(args, "", "/tmp/saap_cli_device_" + std::to_string(::getpid()));
   if (r.code != 0) std::printf("exit %d: %s\n", r.code, r.err.c_str());
   return r;
 }

@@ -36,8 +36,8 @@ void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream)
       SAAP_CU_REQUIRE(m.hidden > 0, InvalidArgument, "%s", "set_classifier() must be called first");
       const int cls_rows = classify_rows_per_block(m.hidden);
       const dim3 cgrid((C + cls_rows - 1) / cls_rows, shape_.n_q_heads);
-      const auto* w1 = reinterpret_cast<const __nv_bfloat16*>(m.w1.get());
-      const auto* w2 = reinterpret_cast<const __nv_bfloat16*>(m.w2.get());
+      const float* w1 = m.w1.get();
+      const float* w2 = m.w2.get();
       const float* b1 = m.b1.get();
       const float* b2 = m.b2.get();
       auto launch = [&](auto kernel) {

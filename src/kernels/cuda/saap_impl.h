@@ -21,7 +21,7 @@ struct SaapIndex::Impl {
   DeviceBuffer<unsigned long long> best;  // [bh]: packed nearest centroid of the searched key
   DeviceBuffer<uint32_t> tickets;         // [bh]: append blocks done (the last one appends), zero between steps
   DeviceBuffer<int32_t> ring_part;      // [bh][W]: partition of each ring slot's token (separate routing keys)
-  DeviceBuffer<uint16_t> w1, w2;        // bf16 bits
+  DeviceBuffer<float> w1, w2;           // fp32, as trained: bf16 moved near ties of the CPU's ranking (issue 13)
   DeviceBuffer<float> b1, b2, logits;
   int hidden = 0;
   int64_t append_pool_pages = 0;

@@ -98,7 +98,7 @@ class SaapIndex {
   // The query classifier, per query head: logits = W2 relu(W1 q + b1) + b2, the log attention
   // density (attention per key) of each partition, as the CPU router (train/classifier.h) outputs.
   // W1 [n_q_heads][hidden][head_dim], b1 [n_q_heads][hidden], W2 [n_q_heads][C][hidden],
-  // b2 [n_q_heads][C]; weights stored as bf16, biases fp32.
+  // b2 [n_q_heads][C]; all stored in fp32, as the CPU router reads them.
   void set_classifier(const std::vector<float>& w1, const std::vector<float>& b1, const std::vector<float>& w2,
                       const std::vector<float>& b2);
 

@@ -14,28 +14,27 @@ namespace saap::cuda {
 constexpr int kClassifyThreads = 256;
 constexpr int kClassifyWarps = kClassifyThreads / 32;
 constexpr int kClassifyStageBytes = 32768;  // the block's slice of W2, staged in shared memory
-constexpr int kClassifyMaxRows = 512;
-// Logit rows per block: as many as the staging buffer holds (hidden bf16 weights each), at most
+constexpr int kClassifyMaxRows = 256;
+// Logit rows per block: as many as the staging buffer holds (hidden fp32 weights each), at most
 // kClassifyMaxRows; spreads W2 (the big matrix) over many SMs.
 inline int classify_rows_per_block(int hidden) {
-  const int rows = kClassifyStageBytes / (2 * hidden);
+  const int rows = kClassifyStageBytes / (4 * hidden);
   return rows < kClassifyMaxRows ? rows : kClassifyMaxRows;
 }
 
 // Block (logit chunk, query head), for every sequence of the batch in turn: hidden = relu(W1 q +
 // b1) (recomputed per block; W1 is small and L2 resident), then rows_per_block logits = W2 hidden +
-// b2. The weights are the same for every sequence, so a block stages its W2 slice once for the
-// whole batch (it was read once per sequence).
+// b2. The weights are fp32, as the CPU router reads them. They are the same for every sequence,
+// so a block stages its W2 slice once for the whole batch (it was read once per sequence).
 // At batch 1 the step is a chain of memory round trips, so the weights, which no kernel of the
 // step writes, are fetched before the kernel waits for the previous one (programmatic dependent
 // launch): the block's W2 slice and the biases by cp.async into shared memory, the first W1 rows
-// into registers, 16 bytes a lane, all in flight together. Only q waits.
+// into registers, 32 bytes a lane, all in flight together. Only q waits.
 template <int D>
 static __global__ void __launch_bounds__(kClassifyThreads)
-    saap_classify_kernel(const float* __restrict__ q, const __nv_bfloat16* __restrict__ w1,
-                         const float* __restrict__ b1, const __nv_bfloat16* __restrict__ w2,
-                         const float* __restrict__ b2, int batch, int n_q_heads, int hidden, int C,
-                         int rows_per_block, float* __restrict__ logits) {
+    saap_classify_kernel(const float* __restrict__ q, const float* __restrict__ w1, const float* __restrict__ b1,
+                         const float* __restrict__ w2, const float* __restrict__ b2, int batch, int n_q_heads,
+                         int hidden, int C, int rows_per_block, float* __restrict__ logits) {
   __shared__ __align__(16) uint4 w2s[kClassifyStageBytes / 16];
   __shared__ float qs[D];
   __shared__ float hs[1024];
@@ -45,26 +44,30 @@ static __global__ void __launch_bounds__(kClassifyThreads)
   const int lane = tid & 31, warp = tid >> 5;
   const int c0 = blockIdx.x * rows_per_block, n_rows = min(C, c0 + rows_per_block) - c0;
   const uint4* w2src = reinterpret_cast<const uint4*>(w2 + (int64_t(hq) * C + c0) * hidden);
-  for (int i = tid; i < n_rows * hidden / 8; i += kClassifyThreads) cp_async16(&w2s[i], &w2src[i]);
+  for (int i = tid; i < n_rows * hidden / 4; i += kClassifyThreads) cp_async16(&w2s[i], &w2src[i]);
   for (int i = tid; i < hidden; i += kClassifyThreads) cp_async4(&b1s[i], &b1[int64_t(hq) * hidden + i]);
   for (int i = tid; i < n_rows; i += kClassifyThreads) cp_async4(&b2s[i], &b2[int64_t(hq) * C + c0 + i]);
-  // W1: a row of D weights over LPR lanes (16 bytes each), RPI rows per load, U loads in flight.
-  // When one round covers every hidden unit, the rows stay in registers for the whole batch.
+  // W1: a row of D weights over LPR lanes (8 weights, two 16-byte loads each), RPI rows per load,
+  // U loads in flight. When one round covers every hidden unit, the rows stay in registers for
+  // the whole batch.
   constexpr int LPR = D / 8, RPI = 32 / LPR, U = 8, ROWS = RPI * U, STRIDE = kClassifyWarps * ROWS;
   const int sub = lane % LPR, slot = lane / LPR;
   const bool one_round = hidden <= STRIDE;
-  const __nv_bfloat16* w1h = w1 + int64_t(hq) * hidden * D + sub * 8;
-  uint4 w[U];
+  const float* w1h = w1 + int64_t(hq) * hidden * D + sub * 8;
+  float4 w[U][2];
   auto load_w1 = [&](int r0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int r = r0 + u * RPI + slot;
-      w[u] = r < hidden ? *reinterpret_cast<const uint4*>(w1h + int64_t(r) * D) : make_uint4(0, 0, 0, 0);
+      const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4* p = reinterpret_cast<const float4*>(w1h + int64_t(r) * D);
+      w[u][0] = r < hidden ? p[0] : zero;
+      w[u][1] = r < hidden ? p[1] : zero;
     }
   };
   load_w1(warp * ROWS);
   wait_prior_grid();
-  const __nv_bfloat16* w2l = reinterpret_cast<const __nv_bfloat16*>(w2s);
+  const float* w2l = reinterpret_cast<const float*>(w2s);
   for (int b = 0; b < batch; ++b) {
     const int64_t row = int64_t(b) * n_q_heads + hq;
     if (b > 0) __syncthreads();  // the previous sequence's qs and hs are no longer read
@@ -79,11 +82,9 @@ static __global__ void __launch_bounds__(kClassifyThreads)
       float d[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        float f[8];
-        Vec8<__nv_bfloat16>::to_float(w[u], f);
-        d[u] = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) d[u] = fmaf(f[j], ql[j], d[u]);
+        const float4 a = w[u][0], c = w[u][1];
+        d[u] = fmaf(a.x, ql[0], fmaf(a.y, ql[1], fmaf(a.z, ql[2], fmaf(a.w, ql[3], 0.f))));
+        d[u] = fmaf(c.x, ql[4], fmaf(c.y, ql[5], fmaf(c.z, ql[6], fmaf(c.w, ql[7], d[u]))));
       }
 #pragma unroll
       for (int off = LPR / 2; off > 0; off >>= 1)
@@ -104,8 +105,7 @@ static __global__ void __launch_bounds__(kClassifyThreads)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           if (c + r < n_rows) {
-            const __nv_bfloat162 wp = *reinterpret_cast<const __nv_bfloat162*>(w2l + (c + r) * hidden + j);
-            const float2 f = __bfloat1622float2(wp);
+            const float2 f = *reinterpret_cast<const float2*>(w2l + (c + r) * hidden + j);
             acc[r] = fmaf(f.x, hs[j], fmaf(f.y, hs[j + 1], acc[r]));
           }
         }

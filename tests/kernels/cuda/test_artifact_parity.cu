@@ -14,8 +14,8 @@
 // skip-and-continue matters; router weights scaled so that each head's softmax over partitions
 // is spread, not one-hot, so the density normalisation and the group sum change the ranking;
 // a fractional lookup (0.33), so the budget's rounding matters. Router weights, centroids, keys
-// and values are bf16-exact: the GPU stores them in bf16, and the test must compare the rules,
-// not that rounding (which a real fp32 artifact adds on top).
+// and values are bf16-exact: the GPU stores K/V in bf16 (router weights and centroids in fp32),
+// and the test must compare the rules, not that rounding.
 #include <cuda_bf16.h>
 #include <unistd.h>
 

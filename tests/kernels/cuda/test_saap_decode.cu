@@ -159,16 +159,11 @@ int main() {
         std::vector<int64_t> counts(c.C, 0);
         for (int64_t t = fixed.sink_end; t < fixed.window_begin; ++t) counts[part_of[size_t(bh) * total_len + t]]++;
         std::vector<std::vector<double>> logits;
-        auto rb = [&](const float* p, size_t len) {
-          std::vector<float> v(p, p + len);
-          for (auto& x : v) x = float(cutest::from_bits(cutest::to_bits(x, DType::BF16), DType::BF16));
-          return v;
-        };
         for (int g = 0; g < G; ++g) {
           const int hq = h * G + g;
-          const auto w1r = rb(&w1[size_t(hq) * H * D], size_t(H) * D), w2r = rb(&w2[size_t(hq) * c.C * H], size_t(c.C) * H);
-          logits.push_back(cutest::router_logits(w1r.data(), &b1[size_t(hq) * H], w2r.data(), &b2[size_t(hq) * c.C], D,
-                                                 H, c.C, &q[(size_t(b) * c.hq + hq) * D]));
+          // The router's weights as the device stores them, fp32.
+          logits.push_back(cutest::router_logits(&w1[size_t(hq) * H * D], &b1[size_t(hq) * H], &w2[size_t(hq) * c.C * H],
+                                                 &b2[size_t(hq) * c.C], D, H, c.C, &q[(size_t(b) * c.hq + hq) * D]));
         }
         const auto key = cutest::saap_group_keys(logits, counts);
         const auto taken =

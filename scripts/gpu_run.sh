@@ -101,7 +101,7 @@ sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__regi
     # are flushed before each kernel (ncu's default), as the bench flushes the L2.
     ncu --metrics "$metrics" --csv --clock-control none --kernel-name-base function \
       --kernel-name regex:"loki|saap|dense|combine|quest|read_floor" \
-      build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 1 --methods dense,saap --saap-budgets 0.05 \
+      build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 1 --methods dense,saap --saap-budgets 0.05 --dense-tunings "" \
       --out /tmp > "$OUT/ncu_$ctx.csv" 2>/dev/null || echo "ncu at $ctx failed (rc $?)"
     python3 - "$OUT/ncu_$ctx.csv" $ctx <<'PY'
 import csv, statistics, sys

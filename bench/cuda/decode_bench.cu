@@ -6,6 +6,9 @@
 // Usage: decode_bench [--contexts 16384,65536,...] [--batches 1,8] [--shapes 32x8x128,...]
 //                     [--other-contexts LIST] [--partition-sizes FILE] [--methods dense,saap,quest,loki]
 //                     [--saap-budgets 0.02,0.05,0.1,1024,2048] [--reps 30] [--out DIR]
+//                     [--dense-tunings "stages=3;waves=2,interleave=1;prefetch=1,..."]
+// --dense-tunings: dense_decode_tuned rows beside the default dense row (DenseTuning::parse's
+// key=value;... form, comma-separated; "" for none); default every dense_tuning_candidates() entry.
 // --other-contexts: the contexts of every shape after the first (default: --contexts).
 //
 // Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions (C = context/512 per KV
@@ -316,6 +319,8 @@ struct Options {
   std::string partition_sizes, methods = "dense,saap,quest,loki";
   // Saap's budgets: a value <= 1 is a lookup fraction, a larger one a token count.
   std::vector<double> saap_budgets = {0.02, 0.05, 0.10, 1024, 2048};
+  // Dense tunings timed beside the default (--dense-tunings; default dense_tuning_candidates()).
+  std::vector<DenseTuning> dense_tunings;
   int reps = 30;
   std::string out_dir = ".";
   bool has(const char* m) const { return ("," + methods + ",").find("," + std::string(m) + ",") != std::string::npos; }
@@ -411,6 +416,7 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
 
 int main(int argc, char** argv) {
   Options o;
+  bool dense_tunings_given = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--contexts") o.contexts = parse_list(argv[i + 1]);
@@ -427,12 +433,27 @@ int main(int argc, char** argv) {
         else if (*p) break;
       }
     }
+    else if (a == "--dense-tunings") {
+      o.dense_tunings.clear();
+      const std::string list = argv[i + 1];
+      for (size_t at = 0; at < list.size();) {
+        size_t end = list.find(',', at);
+        if (end == std::string::npos) end = list.size();
+        o.dense_tunings.push_back(DenseTuning::parse(list.substr(at, end - at)));
+        at = end + 1;
+      }
+      dense_tunings_given = true;
+    }
     else if (a == "--reps") o.reps = std::atoi(argv[i + 1]);
     else if (a == "--out") o.out_dir = argv[i + 1];
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
     }
+  }
+  if (!dense_tunings_given) {  // every candidate but the default, which is the plain dense row
+    for (const DenseTuning& t : dense_tuning_candidates())
+      if (t.name() != kDenseDefault.name()) o.dense_tunings.push_back(t);
   }
   const int reps = o.reps;
   int n_dev = 0;
@@ -522,17 +543,13 @@ int main(int argc, char** argv) {
           rows.push_back({"dense", "", sh, int(B), N, dense_ms, dense_bytes, 1.0, 0, dense_ms});
           rows.back().graph_ms = graph_median_ms(tm, step, reps, "dense", skipped);
           // The tunings dense_decode_tuned offers, beside the default (issue 11: which one wins).
-          for (const auto& tuning : std::vector<std::pair<int, int>>{{0, 2}, {3, 1}, {4, 1}, {3, 2}}) {
-            const int stages = tuning.first, waves = tuning.second;
-            if (stages == kDenseStages && waves == kDenseWaves) continue;
+          for (const DenseTuning& tuning : o.dense_tunings) {
             const double ms = tm.median_ms(
                 [&] {
-                  dense_decode_tuned(s, dk->get(), dv->get(), N, lengths.get(), q.get(), scale, out.get(), ws, stages,
-                                     waves);
+                  dense_decode_tuned(s, dk->get(), dv->get(), N, lengths.get(), q.get(), scale, out.get(), ws, tuning);
                 },
                 reps);
-            const std::string param = "stages=" + std::to_string(stages) + ";waves=" + std::to_string(waves);
-            rows.push_back({"dense", param, sh, int(B), N, ms, dense_bytes, 1.0, 0, ms});
+            rows.push_back({"dense", tuning.name(), sh, int(B), N, ms, dense_bytes, 1.0, 0, ms});
           }
         }
 

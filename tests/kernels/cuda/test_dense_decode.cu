@@ -3,10 +3,9 @@
 // not multiples of any tile), and sliding windows (Gemma-3's local layers read the last 512
 // positions): longer and shorter than the sequence, one past it, and a window of 1.
 // Both sides see the same rounded 16-bit inputs, so only fp32 accumulation differs: limit 1e-4.
-// dense_decode_tuned (registers or a cp.async ring of 3 or 4 tiles, 1 or 2 waves) is held to the
-// same reference.
+// Every tuning of dense_decode_tuned the benchmark compares (dense_tuning_candidates: registers or
+// a cp.async ring, waves, interleaved splits, prefetching) is held to the same reference.
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "kernels/cuda/cuda_test_util.h"
@@ -64,21 +63,21 @@ int main() {
                               &ref[(size_t(b) * c.hq + h) * c.d]);
       }
     }
-    // dense_decode, then every tuning of dense_decode_tuned: (stages, waves).
-    for (const auto& [stages, waves] : std::vector<std::pair<int, int>>{{-1, 0}, {0, 2}, {3, 1}, {4, 1}, {3, 2}}) {
+    // dense_decode, then every tuning the benchmark compares (dense_tuning_candidates).
+    const auto tunings = cuda::dense_tuning_candidates();
+    for (size_t ti = 0; ti <= tunings.size(); ++ti) {
       cuda::DeviceBuffer<float> dout(hq.size());
       cutest::poison(dout);
       cuda::SplitWorkspace ws;
-      if (stages < 0)
+      if (ti == 0)
         cuda::dense_decode(s, dk.get(), dv.get(), c.max_len, dl.get(), dq.get(), scale, dout.get(), ws, 0, c.window);
       else
-        cuda::dense_decode_tuned(s, dk.get(), dv.get(), c.max_len, dl.get(), dq.get(), scale, dout.get(), ws, stages,
-                                 waves, 0, c.window);
+        cuda::dense_decode_tuned(s, dk.get(), dv.get(), c.max_len, dl.get(), dq.get(), scale, dout.get(), ws,
+                                 tunings[ti - 1], 0, c.window);
       SAAP_CU(cudaDeviceSynchronize());
       const auto out = cutest::download(dout);
       const double err = cutest::rel_error(out, ref);
-      std::string what = std::string(stages < 0 ? "dense" : "dense stages=" + std::to_string(stages) + " waves=" +
-                                                                std::to_string(waves)) +
+      std::string what = (ti == 0 ? std::string("dense") : "dense " + tunings[ti - 1].name()) +
                          " b=" + std::to_string(c.batch) + " hq=" + std::to_string(c.hq) +
                          " hkv=" + std::to_string(c.hkv) + " d=" + std::to_string(c.d) +
                          (c.t == DType::BF16 ? " bf16" : " f16") + " maxlen=" + std::to_string(c.max_len) +
@@ -116,5 +115,20 @@ int main() {
     std::printf("expected error: %s\n", e.what());
   }
   tally.check(threw, "window = -1 is refused (InvalidArgument)", threw, 1);
+  // A tuning that does not parse, or prefetch through the cp.async ring, is a named error.
+  for (const char* bad : {"stages=x", "unroll=2", "waves", "stages=3;prefetch=1"}) {
+    threw = false;
+    try {
+      cuda::SplitWorkspace ws;
+      cuda::DeviceBuffer<float> buf(128);
+      cuda::DeviceBuffer<int32_t> len(1);
+      cuda::dense_decode_tuned({1, 1, 1, 128, DType::BF16}, buf.get(), buf.get(), 1, len.get(), buf.get(), 1.f,
+                               buf.get(), ws, cuda::DenseTuning::parse(bad));
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::InvalidArgument;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(threw, (std::string("dense tuning '") + bad + "' is refused (InvalidArgument)").c_str(), threw, 1);
+  }
   return tally.finish();
 }

@@ -110,6 +110,36 @@ struct GroupAttender {
     }
   }
 
+  // run() software-pipelined in registers: the next tile's K/V loads are issued before this tile's
+  // math, so the warp always has a tile in flight (run() has none while it computes). Costs
+  // 8 * U more registers per lane; the caller's launch bounds must allow them.
+  template <class KPtr, class VPtr>
+  __device__ void run_prefetch(int n, KPtr kptr, VPtr vptr) {
+    uint4 kn[U], vn[U];
+    auto load = [&](int base) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = base + u * TPP + slot;
+        if (i < n) {
+          kn[u] = load_stream(kptr(i));
+          vn[u] = load_stream(vptr(i));
+        } else {
+          kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
+        }
+      }
+    };
+    int base = warp * TILE;
+    if (base >= n) return;
+    load(base);
+    for (; base < n; base += NWARPS * TILE) {
+      uint4 kr[U], vr[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) kr[u] = kn[u], vr[u] = vn[u];
+      if (base + NWARPS * TILE < n) load(base + NWARPS * TILE);
+      step(kr, vr, base, n);
+    }
+  }
+
   // run() with the K/V rows fetched by cp.async into a ring of STAGES tiles in shared memory, so
   // STAGES - 1 tiles per warp are in flight while one is computed, without holding registers.
   // ring: this warp's STAGES * ring_words() 16-byte words of shared memory. Each lane copies and

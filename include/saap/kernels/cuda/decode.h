@@ -9,7 +9,9 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "saap/core/dtype.h"
 #include "saap/kernels/cuda/check.h"
@@ -97,13 +99,34 @@ void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t ma
                   const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
                   int64_t window = 0);
 
-// dense_decode with its tuning exposed (the benchmark compares them in one run): stages = 0 loads
-// the K/V rows into registers, 3 or 4 through a cp.async ring of that many tiles per warp in
-// shared memory; the grid is `waves` waves of the device's resident blocks (1..8).
-// dense_decode is dense_decode_tuned(..., kDenseStages, kDenseWaves).
-constexpr int kDenseStages = 0, kDenseWaves = 1;
+// dense_decode with its tuning exposed (the benchmark compares them in one run):
+//   stages      0 loads the K/V rows into registers, 3 or 4 through a cp.async ring of that many
+//               tiles per warp in shared memory;
+//   waves       the grid is `waves` waves of the device's resident blocks (1..8);
+//   interleave  a split reads block passes (kDecodeWarps tiles of rows) round-robin with the other
+//               splits of its head, instead of one contiguous chunk: the whole grid then reads a
+//               narrow moving window of the cache, as a streaming read does, not ~1000 2 MiB pages
+//               at once;
+//   prefetch    (registers only) the next tile's loads are issued before this tile's math, so a
+//               warp always has a tile in flight (more registers: fewer resident blocks);
+//   min_split_tokens  the fewest tokens one split reads (the split count's cap at short contexts).
+// dense_decode is dense_decode_tuned(..., kDenseDefault).
+struct DenseTuning {
+  int stages = 0;
+  int waves = 1;
+  bool interleave = false;
+  bool prefetch = false;
+  int min_split_tokens = 256;
+  // "stages=0;waves=1;interleave=0;prefetch=0;min=256": the bench's row parameter and the test's name.
+  std::string name() const;
+  // Parses name()'s form; fields left out keep their defaults. Throws InvalidArgument naming the field.
+  static DenseTuning parse(const std::string& text);
+};
+inline const DenseTuning kDenseDefault{};
+// The tunings the benchmark times against each other and the test holds to float64, the default first.
+std::vector<DenseTuning> dense_tuning_candidates();
 void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
-                        const float* q, float scale, float* out, SplitWorkspace& ws, int stages, int waves,
+                        const float* q, float scale, float* out, SplitWorkspace& ws, const DenseTuning& tuning,
                         cudaStream_t stream = 0, int64_t window = 0);
 
 // Writes out[row][:] from the split partials in ws (rows = batch * n_q_heads).

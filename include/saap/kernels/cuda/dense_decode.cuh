@@ -1,6 +1,8 @@
 // Dense split-KV flash-decoding: block (split, kv head, sequence) attends the G query heads of its
-// KV group to one contiguous chunk of that head's cache and writes split partials. With a sliding
-// window (window > 0) the chunks tile [max(0, len - window), len) instead of [0, len).
+// KV group to its share of that head's cache and writes split partials. A share is one contiguous
+// chunk, or (interleave) every splits-th unit of kDenseUnit<D> rows, so that the grid reads a
+// narrow moving window of the cache. With a sliding window (window > 0) the shares tile
+// [max(0, len - window), len) instead of [0, len).
 #pragma once
 #include "saap/kernels/cuda/attend.cuh"
 
@@ -10,26 +12,69 @@ constexpr int kDecodeWarps = 4;
 // Resident blocks per SM: 4 (<= 128 registers, 16 warps of loads in flight) while the group's
 // state fits; 8 query heads need more registers and would spill.
 constexpr int decode_min_blocks(int gmax) { return gmax > 4 ? 2 : 4; }
+// The prefetching loop holds a second tile of K/V words (32 more registers): 3 blocks (<= 168
+// registers) for up to 4 query heads, 2 for 8.
+constexpr int prefetch_min_blocks(int gmax) { return gmax > 4 ? 2 : gmax > 2 ? 3 : 4; }
 
+// Rows one block pass of the attender covers (kDecodeWarps tiles): the interleaving unit.
 template <class T, int D, int GMAX>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
+constexpr int kDenseUnit = kDecodeWarps * GroupAttender<T, D, GMAX, kDecodeWarps>::TILE;
+
+// The rows of one split: n rows, row i of the split at cache row start + (i / unit) * unit_stride
+// + i % unit (unit a power of two).
+struct DenseShare {
+  int64_t start, unit_stride;
+  int n;
+  template <int UNIT>
+  __device__ static DenseShare of(int64_t len, int64_t window, int split, int splits, int64_t chunk, bool interleave) {
+    static_assert((UNIT & (UNIT - 1)) == 0, "the unit is a power of two");
+    const int64_t first = window > 0 && len > window ? len - window : 0;
+    DenseShare r;
+    if (!interleave) {
+      r.start = first + split * chunk;
+      r.n = int(max(int64_t(0), min(chunk, len - r.start)));
+      r.unit_stride = UNIT;  // consecutive units: row i is start + i
+      return r;
+    }
+    // Units split, split + splits, ... of the span; the last, partial unit belongs to the split
+    // whose turn it is.
+    const int64_t span = len - first, full = span / UNIT, rem = span % UNIT;
+    const int64_t mine = full > split ? (full - split + splits - 1) / splits : 0;
+    r.start = first + int64_t(split) * UNIT;
+    r.n = int(mine * UNIT + (full % splits == split ? rem : 0));
+    r.unit_stride = int64_t(splits) * UNIT;
+    return r;
+  }
+  template <int UNIT>
+  __device__ int64_t row(int i) const {
+    return int64_t(i / UNIT) * unit_stride + (i % UNIT);
+  }
+};
+
+// PREFETCH: GroupAttender::run_prefetch instead of run (and its register budget).
+template <class T, int D, int GMAX, bool PREFETCH>
+static __global__ void __launch_bounds__(kDecodeWarps * 32,
+                                         PREFETCH ? prefetch_min_blocks(GMAX) : decode_min_blocks(GMAX))
     dense_decode_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
-                        float scale, int splits, int64_t chunk, int64_t window, float* __restrict__ part_out,
-                        float* __restrict__ part_lse) {
+                        float scale, int splits, int64_t chunk, int64_t window, bool interleave,
+                        float* __restrict__ part_out, float* __restrict__ part_lse) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
+  constexpr int UNIT = kDenseUnit<T, D, GMAX>;
   __shared__ typename A::Shared sh;
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int64_t len = lengths[b];
-  const int64_t first = window > 0 && len > window ? len - window : 0;
-  const int64_t start = first + split * chunk;
-  const int n = int(max(int64_t(0), min(chunk, len - start)));
+  const DenseShare share = DenseShare::of<UNIT>(lengths[b], window, split, splits, chunk, interleave);
   const int64_t row0 = (int64_t(b) * n_kv_heads + h) * G;  // first query head row of the group
   A at;
   at.init(q + row0 * D, G, scale);
-  const T* kb = K + ((int64_t(b) * n_kv_heads + h) * max_len + start) * D + at.sub * 8;
-  const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + start) * D + at.sub * 8;
-  at.run(n, [&](int i) { return kb + int64_t(i) * D; }, [&](int i) { return vb + int64_t(i) * D; });
+  const T* kb = K + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D + at.sub * 8;
+  const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D + at.sub * 8;
+  auto kptr = [&](int i) { return kb + share.row<UNIT>(i) * D; };
+  auto vptr = [&](int i) { return vb + share.row<UNIT>(i) * D; };
+  if constexpr (PREFETCH)
+    at.run_prefetch(share.n, kptr, vptr);
+  else
+    at.run(share.n, kptr, vptr);
   allow_next_grid();
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
@@ -49,22 +94,20 @@ template <class T, int D, int GMAX, int STAGES>
 static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
     dense_decode_async_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                               const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
-                              float scale, int splits, int64_t chunk, int64_t window,
+                              float scale, int splits, int64_t chunk, int64_t window, bool interleave,
                               float* __restrict__ part_out, float* __restrict__ part_lse) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
+  constexpr int UNIT = kDenseUnit<T, D, GMAX>;
   extern __shared__ uint4 dense_ring[];
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int64_t len = lengths[b];
-  const int64_t first = window > 0 && len > window ? len - window : 0;
-  const int64_t start = first + split * chunk;
-  const int n = int(max(int64_t(0), min(chunk, len - start)));
+  const DenseShare share = DenseShare::of<UNIT>(lengths[b], window, split, splits, chunk, interleave);
   const int64_t row0 = (int64_t(b) * n_kv_heads + h) * G;
   A at;
   at.init(q + row0 * D, G, scale);
-  const T* kb = K + ((int64_t(b) * n_kv_heads + h) * max_len + start) * D + at.sub * 8;
-  const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + start) * D + at.sub * 8;
-  at.template run_async<STAGES>(n, [&](int i) { return kb + int64_t(i) * D; },
-                                [&](int i) { return vb + int64_t(i) * D; },
+  const T* kb = K + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D + at.sub * 8;
+  const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D + at.sub * 8;
+  at.template run_async<STAGES>(share.n, [&](int i) { return kb + share.row<UNIT>(i) * D; },
+                                [&](int i) { return vb + share.row<UNIT>(i) * D; },
                                 dense_ring + at.warp * STAGES * A::ring_words());
   __syncthreads();  // every warp is done with the ring: finish() takes its memory
   at.finish(*reinterpret_cast<typename A::Shared*>(dense_ring), G, part_out + (row0 * splits + split) * D,

@@ -141,25 +141,44 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
   expect_tokens_ = std::max<int64_t>(expect_tokens_, std::min<int64_t>(n, cfg_.sinks + cfg_.window));
 }
 
-void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
+std::string QuestAttendTuning::name() const {
+  return "prefetch=" + std::to_string(int(prefetch)) + ";waves=" + std::to_string(waves);
+}
+
+std::vector<QuestAttendTuning> quest_attend_candidates() { return {{false, 1}, {true, 1}, {false, 2}, {true, 2}}; }
+
+void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream,
+                        const QuestAttendTuning& tuning) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
+  SAAP_CU_REQUIRE(tuning.waves >= 1 && tuning.waves <= 8, InvalidArgument, "attend tuning waves = %d outside [1, 8]",
+                  tuning.waves);
   int splits = 0;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    auto* kernel = quest_attend_kernel<T, D, GMAX>;
-    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-    // 64 tokens a split at least (two block passes of the attender): a block's passes are
-    // dependent loads, so a small selection spread thin finishes sooner than in 256-token splits.
-    splits = choose_splits(shape_, std::max<int64_t>(expect_tokens_, 1), resident, 64);
-    ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-    launch_dependent(kernel, dim3(splits, shape_.n_kv_heads, shape_.batch), dim3(kDecodeWarps * 32), 0, stream,
-                     reinterpret_cast<const T*>(m.k.get()), reinterpret_cast<const T*>(m.v.get()), max_len_,
-                     static_cast<const int32_t*>(m.chunk_rows.get()), static_cast<const int32_t*>(m.chunk_count.get()),
-                     max_chunks_, reinterpret_cast<const int2*>(m.partials.get()),
-                     static_cast<const int32_t*>(m.partial_count.get()), cfg_.page_size, q, shape_.n_kv_heads,
-                     shape_.group(), scale, splits, ws.out(), ws.lse());
+    auto launch = [&](auto kernel, int resident) {
+      // 64 tokens a split at least (two block passes of the attender): a block's passes are
+      // dependent loads, so a small selection spread thin finishes sooner than in 256-token splits.
+      splits = choose_splits(shape_, std::max<int64_t>(expect_tokens_, 1), resident * tuning.waves, 64);
+      ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
+      launch_dependent(kernel, dim3(splits, shape_.n_kv_heads, shape_.batch), dim3(kDecodeWarps * 32), 0, stream,
+                       reinterpret_cast<const T*>(m.k.get()), reinterpret_cast<const T*>(m.v.get()), max_len_,
+                       static_cast<const int32_t*>(m.chunk_rows.get()),
+                       static_cast<const int32_t*>(m.chunk_count.get()), max_chunks_,
+                       reinterpret_cast<const int2*>(m.partials.get()),
+                       static_cast<const int32_t*>(m.partial_count.get()), cfg_.page_size, q, shape_.n_kv_heads,
+                       shape_.group(), scale, splits, ws.out(), ws.lse());
+    };
+    if (tuning.prefetch) {
+      auto* kernel = quest_attend_kernel<T, D, GMAX, true>;
+      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+      launch(kernel, resident);
+    } else {
+      auto* kernel = quest_attend_kernel<T, D, GMAX, false>;
+      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+      launch(kernel, resident);
+    }
   });
   combine_splits(shape_, splits, ws, out, stream);
 }

@@ -25,11 +25,11 @@ constexpr int kQuestTileKeys = 16;  // keys per thread per tile of the select ke
 constexpr int kQuestCachedKeys = 32768;
 constexpr int kQuestScoreWarps = 4;
 constexpr int kQuestScorePasses = 4;  // page passes per warp whose loads are in flight together
-constexpr int kQuestStageChunks = 64;
+constexpr int kQuestStageChunks = 64;  // chunk rows an attend block stages in shared memory at a time
 // Histogram slots a score block counts in shared memory before adding them to hist[bh]: the keys of
 // one (b, h) fall in a handful of 16-bit bins, and one global atomic per page serialised ~32768
 // atomics on one L2 line per (b, h) at 512k (H200: ~40 us at batch 1, ~120 us at batch 8).
-constexpr int kQuestScoreSlots = 256;  // chunk rows an attend block stages in shared memory at a time
+constexpr int kQuestScoreSlots = 256;
 
 __device__ __forceinline__ float quest_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float quest_to_float(__half x) { return __half2float(x); }
@@ -170,10 +170,10 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
       if (sub == 0 && r < c1) {
         kb[r] = key;
         if (range.size(range.first + r) == step.P) {
-          const uint32_t bin = quest_rank_bits(key) >> kQuestHistShift, slot = bin % kQuestScoreSlots;
-          const uint32_t held = atomicCAS(&slot_bin[slot], kEmpty, bin);
+          const uint32_t bin = quest_rank_bits(key) >> kQuestHistShift, hslot = bin % kQuestScoreSlots;
+          const uint32_t held = atomicCAS(&slot_bin[hslot], kEmpty, bin);
           if (held == kEmpty || held == bin)
-            atomicAdd(&slot_count[slot], 1u);
+            atomicAdd(&slot_count[hslot], 1u);
           else
             atomicAdd(&hb[bin], 1u);
         }
@@ -538,9 +538,10 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
 // Attention of the G query heads of one KV group over its chunks (split evenly over blocks) and,
 // in split 0, its partial runs: block (split, kv head, sequence). The block stages its chunks'
 // first rows in shared memory, kQuestStageChunks at a time, so that a K/V load never waits on the
-// load of its row number.
-template <class T, int D, int GMAX>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
+// load of its row number. PREFETCH: GroupAttender::run_prefetch (and its register budget).
+template <class T, int D, int GMAX, bool PREFETCH>
+static __global__ void __launch_bounds__(kDecodeWarps * 32,
+                                         PREFETCH ? prefetch_min_blocks(GMAX) : decode_min_blocks(GMAX))
     quest_attend_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ chunk_rows, const int32_t* __restrict__ chunk_count,
                         int64_t max_chunks, const int2* __restrict__ partials, const int32_t* __restrict__ partial_count,
@@ -572,7 +573,12 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
     __syncthreads();  // the previous stage is no longer read
     if (int(threadIdx.x) < ns) stage[threadIdx.x] = rows[s0 + threadIdx.x];
     __syncthreads();
-    at.run(ns * P, [&](int i) { return kb + row(i) * D; }, [&](int i) { return vb + row(i) * D; });
+    auto kptr = [&](int i) { return kb + row(i) * D; };
+    auto vptr = [&](int i) { return vb + row(i) * D; };
+    if constexpr (PREFETCH)
+      at.run_prefetch(ns * P, kptr, vptr);
+    else
+      at.run(ns * P, kptr, vptr);
   }
   if (split == 0)
     for (int k = 0; k < partial_count[bh]; ++k) {

@@ -585,11 +585,11 @@ int main(int argc, char** argv) {
           }
           budgets.push_back({{0.05, 1024}, "tokens=1024"});
           budgets.push_back({{0.05, 2048}, "tokens=2048"});
-          const auto tunings = quest_attend_candidates();
+          const auto tunings = sparse_attend_candidates();
           for (const auto& entry : budgets)
             for (size_t ti = 0; ti < tunings.size(); ++ti) {
               const QuestBudget budget = entry.first;
-              const QuestAttendTuning& tuning = tunings[ti];
+              const SparseAttendTuning& tuning = tunings[ti];
               const std::string param = ti == 0 ? entry.second : entry.second + ";" + tuning.name();
               // The prefill again: every timed step appends the same token, and ~300 copies of it
               // (five rows) reach past the window into the scored pages, whose bounds then all
@@ -629,33 +629,36 @@ int main(int argc, char** argv) {
             for (int h = 0; h < sh.hkv; ++h)
               for (int i = 0; i < D; ++i) eye[(size_t(h) * D + i) * D + i] = 1.f;
             idx.set_basis(eye);
-            {
-              DeviceBuffer<uint16_t> k(kv_elems), v(kv_elems);
-              fill_random(k.get(), kv_elems, 5);
-              fill_random(v.get(), kv_elems, 6);
-              idx.store_rotated(k.get(), v.get(), N, h_len);
-            }
-            const double sel_ms = tm.median_ms([&] { idx.select(q.get(), float(f)); }, reps);
-            const double att_ms = tm.median_ms([&] { idx.attend(scale, out.get(), ws); }, reps);
+            DeviceBuffer<uint16_t> k(kv_elems), v(kv_elems);
+            fill_random(k.get(), kv_elems, 5);
+            fill_random(v.get(), kv_elems, 6);
             DeviceBuffer<uint16_t> knew(size_t(B) * sh.hkv * D), vnew(knew.size());
             fill_random(knew.get(), knew.size(), 11);
             fill_random(vnew.get(), vnew.size(), 12);
-            auto step = [&](cudaStream_t st) {  // the whole step, plain and as a graph
-              idx.append(knew.get(), vnew.get(), st);
-              idx.select(q.get(), float(f), st);
-              idx.attend(scale, out.get(), ws, st);
-            };
-            const double all_ms = tm.median_ms([&] { step(0); }, reps);
-            const auto cnt = idx.selected_count();
-            double k_tot = 0;
-            for (int32_t c : cnt) k_tot += c;
-            const double tokens = double(B) * sh.hkv * N;
-            // Low-rank keys, scores written then read by the filter, the kept tokens' K and V.
-            const double bytes = tokens * r * 2 + tokens * 8 + k_tot * D * 2 * 2 + 2.0 * q.bytes();
-            char param[48];
-            std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g", f, f);
-            rows.push_back({"loki", param, sh, int(B), N, all_ms, bytes, bytes / (tokens * D * 4), sel_ms, att_ms});
-            rows.back().graph_ms = graph_median_ms(tm, step, reps, "loki " + std::string(param), skipped);
+            const auto tunings = sparse_attend_candidates();
+            for (size_t ti = 0; ti < tunings.size(); ++ti) {
+              const SparseAttendTuning& tuning = tunings[ti];
+              idx.store_rotated(k.get(), v.get(), N, h_len);  // each row from the prefill, as Quest's
+              const double sel_ms = tm.median_ms([&] { idx.select(q.get(), float(f)); }, reps);
+              const double att_ms = tm.median_ms([&] { idx.attend(scale, out.get(), ws, 0, tuning); }, reps);
+              auto step = [&](cudaStream_t st) {  // the whole step, plain and as a graph
+                idx.append(knew.get(), vnew.get(), st);
+                idx.select(q.get(), float(f), st);
+                idx.attend(scale, out.get(), ws, st, tuning);
+              };
+              const double all_ms = tm.median_ms([&] { step(0); }, reps);
+              const auto cnt = idx.selected_count();
+              double k_tot = 0;
+              for (int32_t c : cnt) k_tot += c;
+              const double tokens = double(B) * sh.hkv * N;
+              // Low-rank keys, scores written then read by the filter, the kept tokens' K and V.
+              const double bytes = tokens * r * 2 + tokens * 8 + k_tot * D * 2 * 2 + 2.0 * q.bytes();
+              char param[48];
+              std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g", f, f);
+              const std::string name = ti == 0 ? std::string(param) : std::string(param) + ";" + tuning.name();
+              rows.push_back({"loki", name, sh, int(B), N, all_ms, bytes, bytes / (tokens * D * 4), sel_ms, att_ms});
+              rows.back().graph_ms = graph_median_ms(tm, step, reps, "loki " + name, skipped);
+            }
           }
       }
 

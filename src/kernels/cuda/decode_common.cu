@@ -42,6 +42,12 @@ int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, i
   return int(std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 4096)));
 }
 
+std::string SparseAttendTuning::name() const {
+  return "prefetch=" + std::to_string(int(prefetch)) + ";waves=" + std::to_string(waves);
+}
+
+std::vector<SparseAttendTuning> sparse_attend_candidates() { return {{false, 1}, {true, 1}, {false, 2}, {true, 2}}; }
+
 void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream) {
   const unsigned rows = unsigned(s.batch) * s.n_q_heads;
   auto launch = [&](auto kernel) {

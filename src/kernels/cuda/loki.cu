@@ -213,22 +213,34 @@ void LokiIndex::select(const float* q, double k_frac, cudaStream_t stream) {
   last_k_frac_ = float(k_frac);
 }
 
-void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
+void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream,
+                       const SparseAttendTuning& tuning) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(out, InvalidArgument, "%s", "null out");
+  SAAP_CU_REQUIRE(tuning.waves >= 1 && tuning.waves <= 8, InvalidArgument, "attend tuning waves = %d outside [1, 8]",
+                  tuning.waves);
   const int64_t expect = std::max<int64_t>(1, int64_t(last_k_frac_ * float(max_len_)));
   int splits = 0;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    auto* kernel = loki_decode_kernel<T, D, GMAX>;
-    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-    splits = choose_splits(shape_, expect, resident);
-    ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-    launch_dependent(kernel, dim3(splits, shape_.n_kv_heads, shape_.batch), kDecodeWarps * 32, 0, stream,
-                     reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()),
-                     reinterpret_cast<const T*>(m.v.get()), rank_, max_len_, m.sel.get(), m.sel_count.get(),
-                     m.q_rot.get(), shape_.n_kv_heads, shape_.group(), scale, splits, ws.out(), ws.lse());
+    auto launch = [&](auto kernel, int resident) {
+      splits = choose_splits(shape_, expect, resident * tuning.waves);
+      ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
+      launch_dependent(kernel, dim3(splits, shape_.n_kv_heads, shape_.batch), kDecodeWarps * 32, 0, stream,
+                       reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()),
+                       reinterpret_cast<const T*>(m.v.get()), rank_, max_len_, m.sel.get(), m.sel_count.get(),
+                       m.q_rot.get(), shape_.n_kv_heads, shape_.group(), scale, splits, ws.out(), ws.lse());
+    };
+    if (tuning.prefetch) {
+      auto* kernel = loki_decode_kernel<T, D, GMAX, true>;
+      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+      launch(kernel, resident);
+    } else {
+      auto* kernel = loki_decode_kernel<T, D, GMAX, false>;
+      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+      launch(kernel, resident);
+    }
   });
   SAAP_CU_LAUNCHED();
   combine_splits(shape_, splits, ws, out, stream);

@@ -37,6 +37,7 @@ QuestIndex::QuestIndex(const DecodeShape& shape, int64_t max_len, const QuestCon
   SAAP_CU(cudaMemset(m.hist.get(), 0, m.hist.bytes()));
   m.chunk_rows.resize(size_t(bh * max_chunks_));
   m.partials.resize(size_t(bh * kMaxPartials * 2));
+  SAAP_CU(cudaMemset(m.partials.get(), 0, m.partials.bytes()));  // attend loads all four, uses the first count
   for (auto* b : {&m.seq_len, &m.chunk_count, &m.partial_count, &m.selected_tokens, &m.scored_pages}) {
     b->resize(size_t(bh));
     SAAP_CU(cudaMemset(b->get(), 0, b->bytes()));
@@ -141,14 +142,8 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
   expect_tokens_ = std::max<int64_t>(expect_tokens_, std::min<int64_t>(n, cfg_.sinks + cfg_.window));
 }
 
-std::string QuestAttendTuning::name() const {
-  return "prefetch=" + std::to_string(int(prefetch)) + ";waves=" + std::to_string(waves);
-}
-
-std::vector<QuestAttendTuning> quest_attend_candidates() { return {{false, 1}, {true, 1}, {false, 2}, {true, 2}}; }
-
 void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream,
-                        const QuestAttendTuning& tuning) {
+                        const SparseAttendTuning& tuning) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
   SAAP_CU_REQUIRE(tuning.waves >= 1 && tuning.waves <= 8, InvalidArgument, "attend tuning waves = %d outside [1, 8]",

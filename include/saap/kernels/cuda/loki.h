@@ -58,8 +58,10 @@ class LokiIndex {
   // k = rules::loki_keys(k_frac, seq_len) tokens per (b, h) (saap/core/selection_rules.h: the
   // ceiling, at least 1). k_frac in (0, 1], a double as on the CPU.
   void select(const float* q, double k_frac, cudaStream_t stream = 0);
-  // Exact attention over the selection (uses the rotated queries of the last select()).
-  void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
+  // Exact attention over the selection (uses the rotated queries of the last select()); tuning:
+  // how the kernel reads it (decode.h).
+  void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
+              const SparseAttendTuning& tuning = {});
 
   int rank() const { return rank_; }
   bool pre_rope() const { return pre_rope_; }  // what the basis was fitted on (from_artifact)

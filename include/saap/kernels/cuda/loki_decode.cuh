@@ -7,8 +7,10 @@ namespace saap::cuda {
 
 constexpr int kLokiIndexTile = 2048;
 
-template <class T, int D, int GMAX>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
+// PREFETCH: GroupAttender::run_prefetch (and its register budget).
+template <class T, int D, int GMAX, bool PREFETCH>
+static __global__ void __launch_bounds__(kDecodeWarps * 32,
+                                         PREFETCH ? prefetch_min_blocks(GMAX) : decode_min_blocks(GMAX))
     loki_decode_kernel(const T* __restrict__ k_low, const T* __restrict__ k_rest, const T* __restrict__ v, int R,
                        int64_t max_len, const int32_t* __restrict__ sel, const int32_t* __restrict__ sel_count,
                        const float* __restrict__ q_rot, int n_kv_heads, int G, float scale, int splits,
@@ -36,7 +38,12 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
     const int n = int(min(int64_t(kLokiIndexTile), i1 - t0));
     for (int i = threadIdx.x; i < n; i += kDecodeWarps * 32) tile[i] = idx[t0 + i];
     __syncthreads();
-    at.run(n, [&](int i) { return kb + int64_t(tile[i]) * kstride; }, [&](int i) { return vb + int64_t(tile[i]) * D; });
+    auto kptr = [&](int i) { return kb + int64_t(tile[i]) * kstride; };
+    auto vptr = [&](int i) { return vb + int64_t(tile[i]) * D; };
+    if constexpr (PREFETCH)
+      at.run_prefetch(n, kptr, vptr);
+    else
+      at.run(n, kptr, vptr);
     __syncthreads();
   }
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,

@@ -18,7 +18,6 @@
 #pragma once
 #include <cstdint>
 #include <memory>
-#include <string>
 #include <vector>
 
 #include "saap/kernels/cuda/decode.h"
@@ -36,17 +35,6 @@ struct QuestBudget {
   double lookup = 0.05;
   int64_t tokens = 0;
 };
-
-// How attend() reads the selection (the benchmark compares them in one run; the test holds each to
-// float64): prefetch - GroupAttender::run_prefetch (the next tile's loads issued before this
-// tile's math); waves - the splits fill that many waves of resident blocks (1..8).
-struct QuestAttendTuning {
-  bool prefetch = false;
-  int waves = 1;
-  std::string name() const;  // "prefetch=0;waves=1"
-};
-// The tunings decode_bench times and cuda_test_quest checks, the default first.
-std::vector<QuestAttendTuning> quest_attend_candidates();
 
 // Per (b, h), [batch][n_kv_heads], read back by counters() (which synchronises).
 struct QuestCounters {
@@ -71,7 +59,7 @@ class QuestIndex {
   void select(const float* q, const QuestBudget& budget, cudaStream_t stream = 0);
   // Exact attention of q over the last selection into out [batch][n_q_heads][D].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
-              const QuestAttendTuning& tuning = {});
+              const SparseAttendTuning& tuning = {});
 
   QuestCounters counters() const;  // synchronises
   const DecodeShape& shape() const { return shape_; }

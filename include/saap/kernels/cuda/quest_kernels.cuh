@@ -556,8 +556,14 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32,
   const int64_t bh = int64_t(b) * n_kv_heads + h;
   const int64_t row0 = bh * G;
   A at;
-  at.init(q + row0 * D, G, scale);  // before the count, so that their loads are in flight together
+  at.init(q + row0 * D, G, scale);  // before the counts, so that their loads are in flight together
   const int64_t nch = chunk_count[bh];
+  // Split 0 also reads the partial runs after its chunks: their descriptors are loaded now, with
+  // the counts, not after the chunks (one dependent round trip less on the longest block).
+  const int n_parts = split == 0 ? partial_count[bh] : 0;
+  int2 part[4];  // at most QuestIndex::kMaxPartials = 4 runs per (b, h), as the select kernel writes them
+#pragma unroll
+  for (int k = 0; k < 4; ++k) part[k] = split == 0 ? partials[bh * 4 + k] : make_int2(0, 0);
   const int64_t j0 = nch * split / splits, j1 = nch * (split + 1) / splits;
   const T* kb = K + bh * max_len * D + at.sub * 8;
   const T* vb = V + bh * max_len * D + at.sub * 8;
@@ -580,13 +586,12 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32,
     else
       at.run(ns * P, kptr, vptr);
   }
-  if (split == 0)
-    for (int k = 0; k < partial_count[bh]; ++k) {
-      const int2 p = partials[bh * 4 + k];
-      const T* ks = kb + int64_t(p.x) * D;
-      const T* vs = vb + int64_t(p.x) * D;
-      at.run(p.y, [&](int i) { return ks + int64_t(i) * D; }, [&](int i) { return vs + int64_t(i) * D; });
-    }
+  for (int k = 0; k < n_parts; ++k) {
+    const int2 p = part[k];
+    const T* ks = kb + int64_t(p.x) * D;
+    const T* vs = vb + int64_t(p.x) * D;
+    at.run(p.y, [&](int i) { return ks + int64_t(i) * D; }, [&](int i) { return vs + int64_t(i) * D; });
+  }
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
 }

@@ -23,35 +23,23 @@ LOKI="$ART/gemma3-$CALIB-loki-pre.safetensors"
 OUT=${NIAH_OUT:-results/gemma3_niah} SH=${NIAH_OUT:-results/gemma3_niah}/shards
 mkdir -p "$SH"
 export OMP_WAIT_POLICY=passive OMP_NUM_THREADS=1
-# DEVICE=cuda: every shard through the CUDA runner (--device cuda --batch $BATCH, default 4; run
-# with JOBS=1 on one GPU); a method without a GPU path fails by name and the others go on.
-DEVICE=${DEVICE:-cpu} BATCH=${BATCH:-4}
-DEV_FLAGS="--device $DEVICE"
-[ "$DEVICE" = cuda ] && DEV_FLAGS="$DEV_FLAGS --batch $BATCH"
+# The GPU runs this grid with scripts/gpu_gemma_tasks.sh niah (one process per task and method).
 # A smaller run: e.g. TASKS=passkey:repeated DEPTHS=0.5 TRIALS=1 ONLY='dense|saap_5' (a regex of names).
 DEPTHS=${DEPTHS:-0.1 0.3 0.5 0.7 0.9}
 TRIALS=${TRIALS:-4}
 TASKS=${TASKS:-passkey:repeated passkey:text multikey:text multivalue:text}
-ONLY=${ONLY:-.*}
-# name|flags: budgets at 5% of the context and at 2048 tokens, 4 sinks + 64 window (the labels' own);
-# Loki reads its d_f = 0.25 low-rank keys of every position besides the top k_f = 5%.
-METHODS=(
-  "dense|--method dense"
-  "saap_5|--method saap --artifact $SAAP --lookup 0.05 --sinks 4 --window 64"
-  "kmeans_5|--method kmeans --artifact $KMEANS --lookup 0.05 --sinks 4 --window 64"
-  "saap_2048|--method saap --artifact $SAAP --budget-tokens 2048 --sinks 4 --window 64"
-  "kmeans_2048|--method kmeans --artifact $KMEANS --budget-tokens 2048 --sinks 4 --window 64"
-  "quest_5|--method quest --lookup 0.05 --sinks 4 --window 64"
-  "streaming_2048|--method streaming --sinks 4 --window 2044"
-  "loki_5|--method loki --artifact $LOKI --k-f 0.05 --d-f 0.25"
-)
+# The configurations: scripts/gemma_methods.sh's grid; by default the eight the CPU can afford.
+ONLY=${ONLY:-dense|saap_5|kmeans_5|saap_2048|kmeans_2048|quest_5|streaming_2048|loki_5}
+# shellcheck source=scripts/gemma_methods.sh
+source "$(dirname "$0")/gemma_methods.sh"
+mapfile -t METHODS < <(gemma_configs "$SAAP" "$KMEANS" "$LOKI")
 {
   for T in $TASKS; do for M in "${METHODS[@]}"; do for L in $LENGTHS; do for D in $DEPTHS; do
     task=${T%%:*} hay=${T##*:} name=${M%%|*} flags=${M#*|}
     [[ $name =~ ^($ONLY)$ ]] || continue
     stem="${task}_${hay}_${name}_L${L}_d${D}"
     echo "eval niah --model gemma3 --task $task --haystack $hay --lengths $L --depths $D --trials $TRIALS --seed 1 \
-$flags $DEV_FLAGS --out $SH --stem $stem > /dev/null 2> $SH/$stem.err"
+$flags --out $SH --stem $stem > /dev/null 2> $SH/$stem.err"
   done; done; done; done
 } | xargs -P "$JOBS" -I{} sh -c "\"$BIN\" {} || echo 'failed (see its .err): {}' >&2"
 

@@ -3,7 +3,8 @@
 #   gemma_configs SAAP_ARTIFACT KMEANS_ARTIFACT LOKI_ARTIFACT
 # prints one "name|saap flags" line per configuration, most important first:
 #   dense; Saap, k-means and Quest at 5% of the context and at 2048 tokens; the partition oracle
-#   at 5% (the ceiling of any router on these partitions); Loki (k_f 0.05, d_f 0.25); StreamingLLM
+#   at 5% (the ceiling of any router on these partitions); Loki (k_f 0.05; d_f 0.25, and 0.125: the
+#   GPU's rank 32); StreamingLLM
 #   at 2048 tokens (4 sinks + 2044 recent); the oracle top-k at 5%; then the rest of the grid:
 #   Saap, k-means and Quest at 2% and 10% and at 512 and 1024 tokens, the partition oracle and
 #   the oracle at 2048 tokens.
@@ -32,6 +33,9 @@ gemma_configs() {
   done
   _gemma_partition partition-oracle "$kmeans" 5
   echo "loki_5|--method loki --artifact $loki --k-f 0.05 --d-f 0.25"
+  # The GPU's Loki index takes rank 8, 16 or 32: d_f 0.25 of Gemma's head_dim 256 is rank 64 and is
+  # refused there; d_f 0.125 (rank 32) is the GPU's Loki.
+  echo "loki_5_r32|--method loki --artifact $loki --k-f 0.05 --d-f 0.125"
   echo "streaming_2048|--method streaming --sinks 4 --window 2044"
   echo "oracle_5|--method oracle --lookup 0.05"
   for b in 2 10 512 1024; do

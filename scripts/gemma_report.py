@@ -44,8 +44,9 @@ def parse_method(describe):
     name, args = m.group(1), dict(kv.split("=", 1) for kv in (m.group(2) or "").split(",") if kv)
     if name == "dense":
         return name, None
-    if name == "loki":
-        return name, ("%", round(float(args["k_f"]) * 100, 6))
+    if name == "loki":  # d_f 0.25 is "loki"; another d_f (the GPU takes rank <= 32) is named by it
+        d_f = float(args["d_f"])
+        return ("loki" if d_f == 0.25 else f"loki-d{d_f:g}"), ("%", round(float(args["k_f"]) * 100, 6))
     if name == "streaming":
         return name, ("tokens", int(args["sinks"]) + int(args["window"]))
     if "budget_tokens" in args:
@@ -69,8 +70,9 @@ def budget_sort_key(budget):
 
 
 def row_sort_key(method, budget):
+    family = "loki" if method.startswith("loki-") else method  # Loki's other d_f beside it
     return (budget_sort_key(budget),
-            METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+            METHOD_ORDER.index(family) if family in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 def task_variant(niah):
@@ -280,6 +282,7 @@ def targets(nrows, prows, L):
            "| target | Saap | k-means | Loki | partition oracle | met? |", "|---|---|---|---|---|---|"]
     nby = {(r["task"], r["haystack"], r["config"], r["length"]): r for r in nrows}
     pby = {(r["config"], r["window"]): r for r in prows}
+    loki_variants = sorted({r["method"] for r in nrows + prows if r["method"].startswith("loki-")})
 
     def agreement(task, hay, name):
         r = nby.get((task, hay, name, L))
@@ -296,6 +299,10 @@ def targets(nrows, prows, L):
         checks.append(("Δppl ≤ 2%", ppl_delta, 0.02, False))
         for what, get, goal, higher in checks:
             s, k, lo_, po = (get(f"{m}_{b}") for m in ("saap", "kmeans", "loki", "partition-oracle"))
+            for name in loki_variants:  # Loki at d_f 0.25 when it ran, else the GPU's rank-32 one
+                if lo_[0] is None and get(f"{name}_{b}")[0] is not None:
+                    lo_ = get(f"{name}_{b}")
+                    lo_ = (lo_[0], f"{lo_[1]} ({name})")
             if s[0] is None:
                 verdict = "no data"
             else:
@@ -328,6 +335,7 @@ def plot(nrows, path):
     methods = sorted({r["method"] for r in sparse}, key=lambda m: row_sort_key(m, None))
     lengths = sorted({r["length"] for r in sparse})
     colors = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}
+    colors.update({m: "C9" if i == 0 else "C8" for i, m in enumerate(sorted(set(methods) - set(METHOD_ORDER)))})
     fig, axes = plt.subplots(len(tasks), len(budgets), figsize=(3.2 * len(budgets), 2.7 * len(tasks)),
                              squeeze=False, sharex=True, sharey=True)
     for i, (task, hay) in enumerate(tasks):

@@ -11,7 +11,7 @@
 # The configurations, most important first, are scripts/gemma_methods.sh's (dense; Saap, k-means and
 # Quest at 5% and 2048 tokens; partition oracle 5%; Loki; StreamingLLM 2048; oracle 5%; then the
 # rest of the grid). ppl runs dense and PPL_ONLY's sparse ones (default: Saap, k-means, Quest at 5%
-# and 2048 tokens, Loki): 32k rows first, then 8k. A configuration the GPU runner refuses (exit 7,
+# and 2048 tokens, Loki at d_f 0.25 and 0.125): 32k rows first, then 8k. A configuration the GPU runner refuses (exit 7,
 # Unsupported, named) is recorded as refused and the run goes on.
 #
 # Time: no configuration is started once TIME_LIMIT seconds (default 520) have passed since the
@@ -68,7 +68,7 @@ CALIB=${CALIB:-calib-3x16k}
 DEVICE=${DEVICE:-cuda}
 JOBS=${JOBS:-2}
 ONLY=${ONLY:-.*}
-PPL_ONLY=${PPL_ONLY:-dense|saap_5|kmeans_5|quest_5|saap_2048|kmeans_2048|quest_2048|loki_5}
+PPL_ONLY=${PPL_ONLY:-dense|saap_5|kmeans_5|quest_5|saap_2048|kmeans_2048|quest_2048|loki_5|loki_5_r32}
 TASKS=${TASKS:-passkey:repeated passkey:text multikey:text multivalue:text}
 LENGTHS=${LENGTHS:-4096 8192 16384 32768}
 DEPTHS=${DEPTHS:-0.1 0.3 0.5 0.7 0.9}

@@ -8,6 +8,8 @@
 #   scripts/gpu_gemma_tasks.sh ppl    perplexity of eval.txt, BOS + text windows: 32k x 6 windows and
 #                                     8k x 24 windows (the dense rows of the README: 20.7991, 21.8945),
 #                                     every position through the method (`saap eval ppl --device cuda`)
+#   scripts/gpu_gemma_tasks.sh both   ppl (PPL_JOBS=1 process at a time) beside niah (JOBS) in one call,
+#                                     both under the same TIME_LIMIT; two tarballs, two logs
 # The configurations, most important first, are scripts/gemma_methods.sh's (dense; Saap, k-means and
 # Quest at 5% and 2048 tokens; partition oracle 5%; Loki; StreamingLLM 2048; oracle 5%; then the
 # rest of the grid). ppl runs dense and PPL_ONLY's sparse ones (default: Saap, k-means, Quest at 5%
@@ -47,20 +49,44 @@
 # partition oracle is not in ppl's default (SmolLM2: 20 ms a step at 2k, ~30 ms expected at 32k).
 # The CPU (2 cores, scripts/gemma_niah.sh): a 4096-token dense trial ~40 CPU-s.
 set -uo pipefail
+self=$(realpath "$0")
 cd "$(dirname "$0")/.." || exit 1
 mode=${1:-}
-[[ $mode == niah || $mode == ppl ]] || { echo "usage: scripts/gpu_gemma_tasks.sh niah|ppl" >&2; exit 2; }
+[[ $mode == niah || $mode == ppl || $mode == both ]] ||
+  { echo "usage: scripts/gpu_gemma_tasks.sh niah|ppl|both" >&2; exit 2; }
 TIME_LIMIT=${TIME_LIMIT:-520}
 HARD_LIMIT=${HARD_LIMIT:-585}
-T0=$(date +%s)
+# The call's start: both's two halves count from the parent's (its build included).
+export GEMMA_TASKS_T0=${GEMMA_TASKS_T0:-$(date +%s)}
+T0=$GEMMA_TASKS_T0
 OUT=${OUT:-$PWD/gpu_out}
+BIN=${SAAP_BIN:-build-cuda/saap}
+if [[ ${BUILD:-1} == 1 ]]; then
+  mkdir -p "$OUT"
+  build_dir=$(dirname "$BIN")
+  if ! { { [[ -f $build_dir/build.ninja ]] || cmake --preset cuda-only; } &&
+         cmake --build "$build_dir" -j"$(nproc)" --target saap; } > "$OUT/gemma_tasks_build.log" 2>&1; then
+    tail -40 "$OUT/gemma_tasks_build.log"
+    echo "the saap CLI did not build: nothing run"
+    exit 1
+  fi
+  echo "build ok ($BIN, $(( $(date +%s) - T0 )) s)"
+  rm -f "$OUT/gemma_tasks_build.log"
+fi
+if [[ $mode == both ]]; then
+  # ppl (PPL_JOBS processes, default 1) beside niah (JOBS), on the one GPU: ppl's teacher-forced
+  # decode steps leave the GPU idle between small kernels, which niah's prefills fill.
+  BUILD=0 JOBS=${PPL_JOBS:-1} "$self" ppl &
+  BUILD=0 "$self" niah
+  wait
+  exit 0
+fi
 RESULTS=${RESULTS:-/tmp/gemma_tasks}
 RES=$RESULTS/$mode
 mkdir -p "$OUT" "$RES"
 LOG=$OUT/gemma_tasks_$mode.log
 TIMING=$RES/timing.tsv
 : > "$LOG"
-BIN=${SAAP_BIN:-build-cuda/saap}
 MODEL=${SAAP_GEMMA_PATH:-/tmp/pieces/gemma.gguf}
 TEXT=${SAAP_EVAL_TEXT:-/tmp/pieces/eval.txt}
 ART=${GEMMA_ART:-/tmp/pieces}
@@ -87,16 +113,6 @@ log() { echo "[$(date -u +%H:%M:%S) +$(elapsed)s] $*" | tee -a "$LOG"; }
 log "gpu_gemma_tasks.sh $mode: TIME_LIMIT=$TIME_LIMIT HARD_LIMIT=$HARD_LIMIT JOBS=$JOBS$([[ $mode == niah ]] && echo " BATCH=$BATCH") results in $RES"
 if ! git rev-parse HEAD >/dev/null 2>&1 && [[ -z ${SAAP_GIT_COMMIT:-} ]]; then
   log "warning: no git checkout and no SAAP_GIT_COMMIT: every result will record commit 'unknown'"
-fi
-if [[ ${BUILD:-1} == 1 ]]; then
-  build_dir=$(dirname "$BIN")
-  if ! { { [[ -f $build_dir/build.ninja ]] || cmake --preset cuda-only; } &&
-         cmake --build "$build_dir" -j"$(nproc)" --target saap; } > "$RES/build.log" 2>&1; then
-    tail -40 "$RES/build.log" | tee -a "$LOG"
-    log "the saap CLI did not build: nothing run"
-    exit 1
-  fi
-  log "build ok ($BIN)"
 fi
 for f in "$BIN" "$MODEL" "$TEXT"; do
   [[ -e $f ]] || { log "missing $f: nothing run"; exit 1; }
@@ -149,17 +165,15 @@ run_one() {
 
 # Starts run_one in the background once fewer than JOBS run; "skip" when done before, refused or
 # failed (unless RETRY_FAILED=1), or past TIME_LIMIT.
-not_started=()
+wanted=()
 launch() {
   local stem=$1
+  wanted+=("$stem")
   if [[ -f $RES/$stem.json ]]; then return; fi
   if [[ -f $RES/$stem.refused ]]; then return; fi
   if [[ -f $RES/$stem.failed && ${RETRY_FAILED:-0} != 1 ]]; then return; fi
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
-  if (( $(elapsed) >= TIME_LIMIT )); then
-    not_started+=("$stem")
-    return
-  fi
+  (( $(elapsed) < TIME_LIMIT )) || return
   rm -f "$RES/$stem.failed"
   run_one "$@" &
 }
@@ -208,8 +222,12 @@ else
   done
 fi
 wait
-if (( ${#not_started[@]} )); then
-  log "not started (TIME_LIMIT $TIME_LIMIT s): ${not_started[*]}"
+pending=()
+for stem in "${wanted[@]}"; do
+  [[ -f $RES/$stem.json || -f $RES/$stem.refused || -f $RES/$stem.failed ]] || pending+=("$stem")
+done
+if (( ${#pending[@]} )); then
+  log "not done (not started by TIME_LIMIT $TIME_LIMIT s, killed at HARD_LIMIT, or out of memory): ${pending[*]}"
   log "call the same command again to run them (results so far are kept in $RES)"
 else
   log "every configuration of this mode is done, refused or failed"

@@ -2,6 +2,8 @@
 // kernels are launched as programmatic dependents (launch.cuh), so each one's launch overlaps the
 // previous one's tail; nothing here synchronises the host.
 #include <algorithm>
+#include <type_traits>
+#include <utility>
 
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/saap_decode.cuh"
@@ -24,22 +26,99 @@ int attend_resident(const DecodeShape& s) {
 }
 }  // namespace
 
+const char* select_path_name(SelectPath p) {
+  switch (p) {
+    case SelectPath::Fused: return "fused";
+    case SelectPath::TwoKernels: return "two-kernels";
+  }
+  return "?";
+}
+
+namespace {
+// The fused select's launch: router chunks and rows per router block, selection blocks, dynamic
+// shared memory.
+struct FusedPlan {
+  int n_chunks = 1, rows_per_block = 1, n_select = 1;
+  size_t smem = 0;
+};
+
+template <int D>
+FusedPlan plan_fused(const DecodeShape& s, int C, int hidden) {
+  static const auto limits = [] {
+    int dev = 0, optin = 0, sms = 0;
+    SAAP_CU(cudaGetDevice(&dev));
+    SAAP_CU(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    SAAP_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    cudaFuncAttributes attr;
+    SAAP_CU(cudaFuncGetAttributes(&attr, saap_fused_select_kernel<D>));
+    const int max_dynamic = optin - int(attr.sharedSizeBytes);
+    SAAP_CU(cudaFuncSetAttribute(saap_fused_select_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 max_dynamic));
+    int per_sm = 0;
+    SAAP_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, saap_fused_select_kernel<D>, kSelectThreads,
+                                                          size_t(max_dynamic)));
+    return std::pair<int, int>(max_dynamic, sms * std::max(per_sm, 1));  // blocks held at once (full smem)
+  }();
+  const int max_dynamic = limits.first, resident = limits.second;
+  FusedPlan p;
+  const int bh = s.batch * s.n_kv_heads;
+  // Selection blocks wait for router blocks: at most half of what the device holds at once, so the
+  // router blocks always find SMs; the rest of the device runs the router in (about) one wave.
+  p.n_select = std::max(1, std::min(bh, resident / 2));
+  const int router_slots = std::max(1, resident - p.n_select);
+  p.n_chunks = std::clamp(router_slots / s.n_q_heads, 1, C);
+  const int fixed_floats = D + 2 * hidden;  // qs, hs, b1s
+  const int max_rows = std::max(1, (max_dynamic / 4 - fixed_floats) / (hidden + 1));
+  p.rows_per_block = std::min((C + p.n_chunks - 1) / p.n_chunks, max_rows);
+  p.n_chunks = (C + p.rows_per_block - 1) / p.rows_per_block;
+  p.smem = size_t(int64_t(p.rows_per_block) * hidden + fixed_floats + p.rows_per_block) * sizeof(float);
+  return p;
+}
+}  // namespace
+
 void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q_route, InvalidArgument, "%s", "null q_route");
   SAAP_CU_REQUIRE(rules::lookup_in_range(lookup), InvalidArgument, "lookup = %g must be in (0, 1]", lookup);
   const int C = cfg_.n_partitions;
+  const SaapGeom g{C, cfg_.sinks, cfg_.window, cfg_.append_page, cfg_.append_pages_per_partition, shape_.head_dim,
+                   shape_.n_kv_heads, rows_, cfg_.max_prefill};
+  // The attend splits: enough blocks for the tokens this budget buys (an upper bound: the context
+  // the index was sized for), at least kSaapMinSplitTokens each, at most one wave of the device.
+  const int64_t expect = std::max<int64_t>(int64_t(lookup * double(cfg_.max_prefill + cfg_.max_new_tokens)),
+                                           cfg_.sinks + cfg_.window);
+  m.splits = choose_splits(shape_, expect, attend_resident(shape_), kSaapMinSplitTokens);
   // Saap ranks by the G heads' router logits; the other routings write one key per KV group.
-  int rows_per_group = 1;
+  const int rows_per_group = cfg_.routing == PartitionRouting::Saap ? shape_.group() : 1;
+  SaapSelectArgs args{m.logits.get(), shape_.n_kv_heads * rows_per_group, rows_per_group, g, cfg_.segment, lookup,
+                      m.seq_len.get(), m.part_start.get(), m.part_count.get(), m.append_pages.get(),
+                      m.append_count.get(), max_segments_, reinterpret_cast<int2*>(m.segments.get()),
+                      m.segment_count.get(), m.selected_tokens.get(), m.splits,
+                      reinterpret_cast<int2*>(m.split_begin.get())};
   switch (cfg_.routing) {
     case PartitionRouting::Saap: {
       SAAP_CU_REQUIRE(m.hidden > 0, InvalidArgument, "%s", "set_classifier() must be called first");
-      const int cls_rows = classify_rows_per_block(m.hidden);
-      const dim3 cgrid((C + cls_rows - 1) / cls_rows, shape_.n_q_heads);
       const float* w1 = m.w1.get();
       const float* w2 = m.w2.get();
       const float* b1 = m.b1.get();
       const float* b2 = m.b2.get();
+      if (cfg_.select_path == SelectPath::Fused) {
+        auto launch = [&](auto d) {
+          constexpr int D = decltype(d)::value;
+          const FusedPlan p = plan_fused<D>(shape_, C, m.hidden);
+          const int n_routers = p.n_chunks * shape_.n_q_heads;
+          launch_dependent(saap_fused_select_kernel<D>, dim3(n_routers + p.n_select), dim3(kSelectThreads), p.smem,
+                           stream, q_route, w1, b1, w2, b2, shape_.batch, m.hidden, p.n_chunks, p.rows_per_block,
+                           p.n_select, m.logits.get(), args, m.select_tickets.get(), m.flags.get());
+        };
+        if (shape_.head_dim == 64) launch(std::integral_constant<int, 64>());
+        else if (shape_.head_dim == 128) launch(std::integral_constant<int, 128>());
+        else launch(std::integral_constant<int, 256>());
+        SAAP_CU_LAUNCHED();
+        return;
+      }
+      const int cls_rows = classify_rows_per_block(m.hidden);
+      const dim3 cgrid((C + cls_rows - 1) / cls_rows, shape_.n_q_heads);
       auto launch = [&](auto kernel) {
         launch_dependent(kernel, cgrid, dim3(kClassifyThreads), 0, stream, q_route, w1, b1, w2, b2, shape_.batch,
                          shape_.n_q_heads, m.hidden, C, cls_rows, m.logits.get());
@@ -47,7 +126,6 @@ void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream)
       if (shape_.head_dim == 64) launch(saap_classify_kernel<64>);
       else if (shape_.head_dim == 128) launch(saap_classify_kernel<128>);
       else launch(saap_classify_kernel<256>);
-      rows_per_group = shape_.group();
       break;
     }
     case PartitionRouting::KMeans:
@@ -57,20 +135,7 @@ void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream)
       rank_by_attention(q_route, stream);
       break;
   }
-  const SaapGeom g{C, cfg_.sinks, cfg_.window, cfg_.append_page, cfg_.append_pages_per_partition, shape_.head_dim,
-                   shape_.n_kv_heads, rows_, cfg_.max_prefill};
-  // The attend splits: enough blocks for the tokens this budget buys (an upper bound: the context
-  // the index was sized for), at least kSaapMinSplitTokens each, at most one wave of the device.
-  const int64_t expect = std::max<int64_t>(int64_t(lookup * double(cfg_.max_prefill + cfg_.max_new_tokens)),
-                                           cfg_.sinks + cfg_.window);
-  m.splits = choose_splits(shape_, expect, attend_resident(shape_), kSaapMinSplitTokens);
-  launch_dependent(saap_select_kernel, dim3(shape_.batch * shape_.n_kv_heads), dim3(kSelectThreads), 0, stream,
-                   static_cast<const float*>(m.logits.get()), shape_.n_kv_heads * rows_per_group, rows_per_group, g,
-                   cfg_.segment, lookup, static_cast<const int32_t*>(m.seq_len.get()),
-                   static_cast<const int32_t*>(m.part_start.get()), static_cast<const int32_t*>(m.part_count.get()),
-                   static_cast<const int32_t*>(m.append_pages.get()), static_cast<const int32_t*>(m.append_count.get()),
-                   max_segments_, reinterpret_cast<int2*>(m.segments.get()), m.segment_count.get(),
-                   m.selected_tokens.get(), m.splits, reinterpret_cast<int2*>(m.split_begin.get()));
+  launch_dependent(saap_select_kernel, dim3(shape_.batch * shape_.n_kv_heads), dim3(kSelectThreads), 0, stream, args);
   SAAP_CU_LAUNCHED();
 }
 

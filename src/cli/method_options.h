@@ -63,6 +63,14 @@ inline void add_attention_eval_options(CLI::App* cmd, int& windows, int& window_
   cmd->add_option("--queries", eval.queries_per_window, "Sampled query positions per window")->check(whole_at_least(1));
   cmd->add_option("--top-k", eval.top_k, "k of recall@k")->check(whole_at_least(1));
   cmd->add_option("--seed", eval.seed, "Seed of the query sample");
+  cmd->add_option("--first-query", eval.first_query,
+                  "Sample queries at positions >= this one only (the long prefixes of a long window)")
+      ->check(whole_at_least(0))
+      ->capture_default_str();
+  cmd->add_flag_callback(
+      "--sampled-only", [&eval] { eval.replay = ReplayQueries::sampled_positions; },
+      "Select only at the sampled queries (not every position; H2O still runs every one) and count the "
+      "lookup there: needed at 32k tokens");
 }
 
 // The inputs of a run on the model, for its results' provenance: the model by its identity (a hash

@@ -1,6 +1,7 @@
 #include "saap/eval/attention_eval.h"
 
 #include <algorithm>
+#include <exception>
 
 #include "saap/core/error.h"
 #include "saap/core/progress.h"
@@ -42,6 +43,20 @@ nlohmann::json AttentionEvalResult::to_json() const {
   return j;
 }
 
+std::vector<int32_t> attention_query_sample(int64_t n, const AttentionEvalOptions& options, size_t window) {
+  SAAP_CHECK_FMT(options.first_query >= 0 && options.first_query < n - 1, InvalidArgument,
+                 "first_query = %lld must be in [0, %lld] for a window of %lld tokens", (long long)options.first_query,
+                 (long long)(n - 2), (long long)n);
+  // sample_query_positions draws from [1, len) with density proportional to position; shifted by
+  // first_query - 1 (when positive) it covers [first_query, n) the same way.
+  const int64_t shift = std::max<int64_t>(options.first_query - 1, 0);
+  const int64_t len = n - shift;
+  std::vector<int32_t> sample = sample_query_positions(
+      int(len), std::min<int>(options.queries_per_window, int(len) - 1), options.seed * 1000003u + window);
+  for (int32_t& p : sample) p += int32_t(shift);
+  return sample;
+}
+
 AttentionEvalResult evaluate_attention(std::shared_ptr<const LlamaModel> model, const MethodFactory& factory,
                                        const std::vector<std::vector<int32_t>>& windows,
                                        const AttentionEvalOptions& options) {
@@ -78,8 +93,7 @@ std::vector<AttentionEvalResult> evaluate_attention(std::shared_ptr<const LlamaM
   int64_t layers_done = 0;
   for (size_t w = 0; w < windows.size(); ++w) {
     const int64_t n = int64_t(windows[w].size());
-    const auto sample = sample_query_positions(int(n), std::min<int>(options.queries_per_window, int(n) - 1),
-                                               options.seed * 1000003u + w);
+    const auto sample = attention_query_sample(n, options, w);
     session.reset();
     session.set_observer([&](const LayerActivations& a) {
       // A sparse method serves the global layers only; a local layer (Gemma-3's 5 of 6) attends
@@ -101,9 +115,21 @@ std::vector<AttentionEvalResult> evaluate_attention(std::shared_ptr<const LlamaM
       keep(b.v, a.v, KV);
       if (a.pos0 + a.n < n) return;
       const LayerShape shape{a.layer, H, KV, D, cfg.context_length};
-      for (size_t m = 0; m < factories.size(); ++m)
-        replay_layer(factories[m], shape, n, b.q.data(), b.q_pre.data(), b.k.data(), b.k_pre.data(), b.v.data(),
-                     sample, options.top_k, results[m].heads[size_t(a.layer)], results[m].lookup[size_t(a.layer)]);
+      // The methods replay independently (each its own method, cache copy and result), one per
+      // thread; an exception cannot leave an OpenMP region, so the first one is kept and rethrown.
+      std::vector<std::exception_ptr> failed(factories.size());
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int64_t m = 0; m < int64_t(factories.size()); ++m) {
+        try {
+          replay_layer(factories[size_t(m)], shape, n, b.q.data(), b.q_pre.data(), b.k.data(), b.k_pre.data(),
+                       b.v.data(), sample, options.top_k, results[size_t(m)].heads[size_t(a.layer)],
+                       results[size_t(m)].lookup[size_t(a.layer)], options.replay);
+        } catch (...) {
+          failed[size_t(m)] = std::current_exception();
+        }
+      }
+      for (const std::exception_ptr& e : failed)
+        if (e) std::rethrow_exception(e);
       b = Buffers{};
       bar.update(++layers_done);
     });

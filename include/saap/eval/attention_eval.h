@@ -17,11 +17,23 @@
 namespace saap {
 
 struct AttentionEvalOptions {
-  int queries_per_window = 64;  // sampled positions, density proportional to position
+  int queries_per_window = 64;  // sampled positions, density proportional to position - first_query
   int top_k = 32;               // k of recall@k
   uint64_t seed = 1;
+  // Queries are sampled at positions >= first_query, e.g. the last part of a long window, so that
+  // every measured prefix is long. 0: from the start (position 1).
+  int64_t first_query = 0;
+  // every_position: stateful or not, every method selects at every position (and the lookup counts
+  // them all); sampled_positions: only where a metric is taken (decode_replay.h), what makes
+  // token-level rankings (oracle, partition oracle, Loki) affordable at 32k tokens.
+  ReplayQueries replay = ReplayQueries::every_position;
   bool progress = true;
 };
+
+// The sampled query positions of window `window` of n tokens (increasing, in [max(1, first_query),
+// n)): queries_per_window of them (fewer when the range is shorter), seeded by options.seed and
+// the window. InvalidArgument when first_query leaves no position.
+std::vector<int32_t> attention_query_sample(int64_t n, const AttentionEvalOptions& options, size_t window);
 
 struct AttentionEvalResult {
   std::vector<std::vector<AttentionMetrics>> heads;  // [layer][query head]

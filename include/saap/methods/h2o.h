@@ -20,6 +20,7 @@ class H2OAttention : public AttentionMethod {
   H2OAttention(const LayerShape& shape, double lookup);
   std::string name() const override { return "h2o"; }
   void reset() override;
+  bool needs_every_query() const override { return true; }  // its heavy hitters accumulate over queries
   // Evicts the lightest heavy-hitter candidates down to their half of the budget and selects the
   // rest plus the recent half. No index is read (the scores are a by-product of attention).
   void select(const LayerKV& kv, const QueryView& q, Selection& sel) override;

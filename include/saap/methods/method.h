@@ -83,6 +83,11 @@ class AttentionMethod {
   // select then attend, for one query.
   void forward(const LayerKV& kv, const QueryView& q, float* out, LookupStats& stats);
 
+  // Whether a selection depends on the queries before it (H2O's accumulated attention), so the
+  // method must select and attend at every position, in order. The others depend only on the keys
+  // placed, and may be asked at any position once its prefix is placed (decode_replay.h).
+  virtual bool needs_every_query() const { return false; }
+
  protected:
   float scale() const;
   // Throws InvalidArgument unless kv has this layer's head shape and [begin, end) lies in the cache

@@ -44,9 +44,9 @@ nlohmann::json AttentionEvalResult::to_json() const {
 }
 
 std::vector<int32_t> attention_query_sample(int64_t n, const AttentionEvalOptions& options, size_t window) {
-  SAAP_CHECK_FMT(options.first_query >= 0 && options.first_query < n - 1, InvalidArgument,
+  SAAP_CHECK_FMT(options.first_query >= 0 && options.first_query < n, InvalidArgument,
                  "first_query = %lld must be in [0, %lld] for a window of %lld tokens", (long long)options.first_query,
-                 (long long)(n - 2), (long long)n);
+                 (long long)(n - 1), (long long)n);
   // sample_query_positions draws from [1, len) with density proportional to position; shifted by
   // first_query - 1 (when positive) it covers [first_query, n) the same way.
   const int64_t shift = std::max<int64_t>(options.first_query - 1, 0);

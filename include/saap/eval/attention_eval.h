@@ -32,12 +32,12 @@ struct AttentionEvalOptions {
 
 // The sampled query positions of window `window` of n tokens (increasing, in [max(1, first_query),
 // n)): queries_per_window of them (fewer when the range is shorter), seeded by options.seed and
-// the window. InvalidArgument when first_query leaves no position.
+// the window. InvalidArgument unless 0 <= first_query < n.
 std::vector<int32_t> attention_query_sample(int64_t n, const AttentionEvalOptions& options, size_t window);
 
 struct AttentionEvalResult {
   std::vector<std::vector<AttentionMetrics>> heads;  // [layer][query head]
-  std::vector<LookupStats> lookup;                   // [layer], over every replayed position
+  std::vector<LookupStats> lookup;                   // [layer], over the queries options.replay counts
   AttentionMetrics layer(int l) const;
   AttentionMetrics overall() const;
   LookupStats overall_lookup() const;

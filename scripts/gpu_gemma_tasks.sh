@@ -85,8 +85,7 @@ RESULTS=${RESULTS:-/tmp/gemma_tasks}
 RES=$RESULTS/$mode
 mkdir -p "$OUT" "$RES"
 LOG=$OUT/gemma_tasks_$mode.log
-TIMING=$RES/timing.tsv
-: > "$LOG"
+TIMING=$RES/timing.csv
 MODEL=${SAAP_GEMMA_PATH:-/tmp/pieces/gemma.gguf}
 TEXT=${SAAP_EVAL_TEXT:-/tmp/pieces/eval.txt}
 ART=${GEMMA_ART:-/tmp/pieces}
@@ -107,9 +106,20 @@ PPL_WINDOWS=${PPL_WINDOWS:-32768:6 8192:24}  # window:count, in this order
 # Host threads per process: the cores shared by the processes running at once.
 export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
 
+# Every file this script leaves starts with the provenance lines that results/ requires
+# (scripts/check_provenance.py): machine and commit once, date and command per file.
+PROV_BASE=$(python3 scripts/provenance.py lines --command - 2>/dev/null) ||
+  PROV_BASE="# machine: $(hostname)
+# commit: ${SAAP_GIT_COMMIT:-unknown}"
+prov_header() {  # command
+  grep -v -e '^# command:' -e '^# date:' <<< "$PROV_BASE"
+  echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "# command: $1"
+}
 elapsed() { echo $(( $(date +%s) - T0 )); }
 log() { echo "[$(date -u +%H:%M:%S) +$(elapsed)s] $*" | tee -a "$LOG"; }
 
+prov_header "$self $mode" > "$LOG"
 log "gpu_gemma_tasks.sh $mode: TIME_LIMIT=$TIME_LIMIT HARD_LIMIT=$HARD_LIMIT JOBS=$JOBS$([[ $mode == niah ]] && echo " BATCH=$BATCH") results in $RES"
 if ! git rev-parse HEAD >/dev/null 2>&1 && [[ -z ${SAAP_GIT_COMMIT:-} ]]; then
   log "warning: no git checkout and no SAAP_GIT_COMMIT: every result will record commit 'unknown'"
@@ -128,11 +138,11 @@ done
 # shellcheck source=scripts/gemma_methods.sh
 source scripts/gemma_methods.sh
 mapfile -t CONFIGS < <(gemma_configs "$SAAP_ART" "$KMEANS_ART" "$LOKI_ART")
-[[ -f $TIMING ]] || printf 'mode\tjob\trc\tseconds\ttrials\tseconds_per_trial\tstarted_at_s\tcommand\n' > "$TIMING"
+[[ -f $TIMING ]] || { prov_header "$self $mode"; echo "mode,job,rc,seconds,trials,seconds_per_trial,started_at_s,command"; } > "$TIMING"
 
 # One process: stem (its results are $RES/<stem>.{json,csv}, its output $RES/<stem>.log), the
 # trials (or windows) it runs, then saap's arguments. Exit 7 (refused by name) leaves
-# <stem>.refused, another failure <stem>.failed; a process killed at HARD_LIMIT or out of GPU
+# <stem>.refused.log, another failure <stem>.failed.log; a process killed at HARD_LIMIT or out of GPU
 # memory (exit 6, e.g. beside another process) leaves no mark and runs again in the next call.
 run_one() {
   local stem=$1 trials=$2 unit=${UNIT:-trials}
@@ -141,24 +151,27 @@ run_one() {
   start=$(date +%s.%N)
   now=$(elapsed)
   limit=$(( HARD_LIMIT - now ))
-  timeout --kill-after=5 "$limit" "$BIN" "$@" > "$RES/$stem.log" 2>&1
+  prov_header "$BIN $*" > "$RES/$stem.log"
+  timeout --kill-after=5 "$limit" "$BIN" "$@" >> "$RES/$stem.log" 2>&1
   rc=$?
   secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}')
   per=$(awk -v s="$secs" -v n="$trials" 'BEGIN{printf "%.3f", s / n}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$stem" "$rc" "$secs" "$trials" "$per" "$now" "$BIN $*" >> "$TIMING"
+  printf '%s,%s,%s,%s,%s,%s,%s,"%s"\n' "$mode" "$stem" "$rc" "$secs" "$trials" "$per" "$now" "$BIN $*" >> "$TIMING"
   # eval ppl names its files by method and window only: each configuration runs in a folder of its
   # own ($RES/<stem>.d), whose files move up under the configuration's name.
-  if [[ $rc == 0 && -d $RES/$stem.d ]]; then
-    for f in "$RES/$stem.d"/*.json "$RES/$stem.d"/*.csv; do [[ -f $f ]] && mv "$f" "$RES/$stem.${f##*.}"; done
+  if [[ -d $RES/$stem.d ]]; then
+    if [[ $rc == 0 ]]; then
+      for f in "$RES/$stem.d"/*.json "$RES/$stem.d"/*.csv; do [[ -f $f ]] && mv "$f" "$RES/$stem.${f##*.}"; done
+    fi
     rm -rf "$RES/$stem.d"
   fi
   case $rc in
     0) log "ok       $stem: ${secs} s, $trials $unit, ${per} s per ${unit%s}";;
-    7) grep -m1 -i 'error' "$RES/$stem.log" > "$RES/$stem.refused"
-       log "refused  $stem (exit 7): $(cat "$RES/$stem.refused")";;
+    7) { prov_header "$BIN $*"; grep -m1 -i 'error' "$RES/$stem.log"; } > "$RES/$stem.refused.log"
+       log "refused  $stem (exit 7): $(grep -m1 -i 'error' "$RES/$stem.log")";;
     124|137) log "TIMEOUT  $stem: killed at HARD_LIMIT after ${secs} s (runs again in the next call)";;
     6) log "OUT OF GPU MEMORY $stem (runs again in the next call; JOBS=1 if it repeats): $(grep -m1 -i error "$RES/$stem.log")";;
-    *) tail -3 "$RES/$stem.log" > "$RES/$stem.failed"
+    *) { prov_header "$BIN $*"; tail -3 "$RES/$stem.log"; } > "$RES/$stem.failed.log"
        log "FAILED   $stem (exit $rc): $(tail -1 "$RES/$stem.log")";;
   esac
 }
@@ -170,11 +183,11 @@ launch() {
   local stem=$1
   wanted+=("$stem")
   if [[ -f $RES/$stem.json ]]; then return; fi
-  if [[ -f $RES/$stem.refused ]]; then return; fi
-  if [[ -f $RES/$stem.failed && ${RETRY_FAILED:-0} != 1 ]]; then return; fi
+  if [[ -f $RES/$stem.refused.log ]]; then return; fi
+  if [[ -f $RES/$stem.failed.log && ${RETRY_FAILED:-0} != 1 ]]; then return; fi
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
   (( $(elapsed) < TIME_LIMIT )) || return
-  rm -f "$RES/$stem.failed"
+  rm -f "$RES/$stem.failed.log"
   run_one "$@" &
 }
 
@@ -224,7 +237,7 @@ fi
 wait
 pending=()
 for stem in "${wanted[@]}"; do
-  [[ -f $RES/$stem.json || -f $RES/$stem.refused || -f $RES/$stem.failed ]] || pending+=("$stem")
+  [[ -f $RES/$stem.json || -f $RES/$stem.refused.log || -f $RES/$stem.failed.log ]] || pending+=("$stem")
 done
 if (( ${#pending[@]} )); then
   log "not done (not started by TIME_LIMIT $TIME_LIMIT s, killed at HARD_LIMIT, or out of memory): ${pending[*]}"
@@ -233,7 +246,7 @@ else
   log "every configuration of this mode is done, refused or failed"
 fi
 shopt -s nullglob
-results=("$RES"/*.json) refused=("$RES"/*.refused) failed=("$RES"/*.failed)
+results=("$RES"/*.json) refused=("$RES"/*.refused.log) failed=("$RES"/*.failed.log)
 log "done: ${#results[@]} result files (the probe included), ${#refused[@]} refused, ${#failed[@]} failed"
 cp "$LOG" "$RES/call_$(date -u +%H%M%S).log"
 tar czf "$OUT/gemma_tasks_$mode.tar.gz" -C "$RESULTS" "$mode"

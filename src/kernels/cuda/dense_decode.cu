@@ -9,8 +9,8 @@ namespace saap::cuda {
 
 std::string DenseTuning::name() const {
   char s[96];
-  std::snprintf(s, sizeof s, "stages=%d;waves=%d;interleave=%d;prefetch=%d;min=%d", stages, waves, int(interleave),
-                int(prefetch), min_split_tokens);
+  std::snprintf(s, sizeof s, "stages=%d;waves=%d;interleave=%d;prefetch=%d;mma=%d;min=%d", stages, waves,
+                int(interleave), int(prefetch), int(mma), min_split_tokens);
   return s;
 }
 
@@ -33,11 +33,12 @@ DenseTuning DenseTuning::parse(const std::string& text) {
     else if (key == "waves") t.waves = int(x);
     else if (key == "interleave") t.interleave = x != 0;
     else if (key == "prefetch") t.prefetch = x != 0;
+    else if (key == "mma") t.mma = x != 0;
     else if (key == "min") t.min_split_tokens = int(x);
     else
       SAAP_CU_REQUIRE(false, InvalidArgument,
-                      "dense tuning '%s': unknown field '%s' (stages, waves, interleave, prefetch, min)", text.c_str(),
-                      key.c_str());
+                      "dense tuning '%s': unknown field '%s' (stages, waves, interleave, prefetch, mma, min)",
+                      text.c_str(), key.c_str());
     at = end + 1;
   }
   return t;
@@ -47,7 +48,8 @@ std::vector<DenseTuning> dense_tuning_candidates() {
   std::vector<DenseTuning> v;
   for (const char* t : {"", "waves=2", "stages=3", "stages=4", "stages=3;waves=2", "interleave=1", "prefetch=1",
                         "interleave=1;prefetch=1", "stages=3;interleave=1", "prefetch=1;waves=2;min=128",
-                        "interleave=1;prefetch=1;waves=2;min=128"})
+                        "interleave=1;prefetch=1;waves=2;min=128", "mma=1", "mma=1;interleave=1",
+                        "mma=1;waves=2;min=128"})
     v.push_back(DenseTuning::parse(t));
   return v;
 }
@@ -71,8 +73,10 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
   const int stages = tuning.stages, waves = tuning.waves;
   SAAP_CU_REQUIRE(stages == 0 || stages == 3 || stages == 4, InvalidArgument, "stages = %d; 0, 3 or 4", stages);
   SAAP_CU_REQUIRE(waves >= 1 && waves <= 8, InvalidArgument, "waves = %d outside [1, 8]", waves);
-  SAAP_CU_REQUIRE(!tuning.prefetch || stages == 0, InvalidArgument,
-                  "prefetch is a register-path tuning; stages = %d loads through the cp.async ring", stages);
+  SAAP_CU_REQUIRE((!tuning.prefetch && !tuning.mma) || stages == 0, InvalidArgument,
+                  "prefetch and mma are register-path tunings; stages = %d loads through the cp.async ring", stages);
+  SAAP_CU_REQUIRE(!(tuning.prefetch && tuning.mma), InvalidArgument, "%s",
+                  "prefetch and mma are two different loops; choose one");
   SAAP_CU_REQUIRE(tuning.min_split_tokens >= 16, InvalidArgument, "min_split_tokens = %d must be >= 16",
                   tuning.min_split_tokens);
   int splits = 0;
@@ -98,19 +102,26 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
       }();
       launch(kernel, smem, resident);
     };
-    auto registers = [&](auto prefetch_c) {
-      auto* kernel = dense_decode_kernel<T, D, GMAX, decltype(prefetch_c)::value>;
+    auto registers = [&](auto loop_c) {
+      auto* kernel = dense_decode_kernel<T, D, GMAX, decltype(loop_c)::value>;
       static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
       launch(kernel, 0, resident);
     };
-    if (stages == 3)
+    using Loop = DenseLoop;
+    if (stages == 3) {
       async(std::integral_constant<int, 3>{});
-    else if (stages == 4)
+    } else if (stages == 4) {
       async(std::integral_constant<int, 4>{});
-    else if (tuning.prefetch)
-      registers(std::true_type{});
-    else
-      registers(std::false_type{});
+    } else if (tuning.prefetch) {
+      registers(std::integral_constant<Loop, Loop::Prefetch>{});
+    } else if (tuning.mma) {
+      if constexpr (dense_mma_supported<T, D>())
+        registers(std::integral_constant<Loop, Loop::Mma>{});
+      else
+        registers(std::integral_constant<Loop, Loop::Plain>{});
+    } else {
+      registers(std::integral_constant<Loop, Loop::Plain>{});
+    }
   });
   SAAP_CU_LAUNCHED();
   combine_splits(s, splits, ws, out, stream);

@@ -10,9 +10,11 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "saap/kernels/cuda/async_copy.cuh"
 #include "saap/kernels/cuda/launch.cuh"
+#include "saap/kernels/cuda/mma.cuh"
 #include "saap/kernels/cuda/reduce.cuh"
 
 namespace saap::cuda {
@@ -140,6 +142,75 @@ struct GroupAttender {
     }
   }
 
+  // run() with the logits on the tensor cores (bf16 keys, head dim 64 or 128): a warp takes tiles
+  // of kMmaRows rows; q'.k for the tile is an m16n8k16 MMA per 16 key components (A = the tile's
+  // keys, B = the query heads as columns, column n holding head n % G, the fp32 query split into
+  // three bf16 terms so that its 24 bits all count, fp32 accumulation), written to `sc` and read
+  // back in the value layout; softmax and values as run(). A lane loads one contiguous quarter of
+  // each of its two key rows (16-byte loads) and B is permuted to match: a dot product does not
+  // care which component each k slot holds as long as A and B agree. The loop does ~a third of
+  // run()'s instructions per byte (no per-element FMAs or shuffles for the logits).
+  // krow(i): the first element of row i's key (no lane offset); vptr(i) as in run(). qg, G, scale:
+  // as init() took them. sc: this warp's kMmaRows x 8 floats of shared memory.
+  static constexpr int kMmaRows = 16;
+  template <class KRow, class VPtr>
+  __device__ void run_mma(int n, const float* qg, int G, float scale, KRow krow, VPtr vptr, float* sc) {
+    static_assert(std::is_same<T, __nv_bfloat16>::value && (D == 64 || D == 128) && GMAX <= 8,
+                  "tensor-core logits: bf16 keys, head dim 64 or 128");
+    constexpr int KB = D / 16, KQ = D / 32, MU = kMmaRows / TPP, TERMS = 3;
+    const int gr = lane >> 2, c = lane & 3;  // fragment row group and column pair of this lane
+    // B for MMA kb: k = 2c, 2c+1 are components c*D/4 + 4kb + {0, 1}; k = 2c+8, 2c+9 are + {2, 3}.
+    uint32_t b[KB][2][TERMS];
+    {
+      const float* qh = qg + (gr % G) * D + c * (D / 4);
+      const float f = scale * kLog2e;
+#pragma unroll
+      for (int kb = 0; kb < KB; ++kb)
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          float x0 = qh[4 * kb + 2 * p] * f, x1 = qh[4 * kb + 2 * p + 1] * f;
+#pragma unroll
+          for (int e = 0; e < TERMS; ++e) b[kb][p][e] = split_bf16x2(x0, x1);
+        }
+    }
+    for (int base = warp * kMmaRows; base < n; base += NWARPS * kMmaRows) {
+      uint4 ka[2][KQ], vr[MU];  // key quarters of rows gr and gr + 8; value words of the passes
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = base + gr + 8 * h;
+#pragma unroll
+        for (int j = 0; j < KQ; ++j)
+          ka[h][j] = t < n ? load_stream(krow(t) + c * (D / 4) + j * 8) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < MU; ++u) {
+        const int i = base + u * TPP + slot;
+        vr[u] = i < n ? load_stream(vptr(i)) : make_uint4(0, 0, 0, 0);
+      }
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int e = TERMS - 1; e >= 0; --e)  // smallest terms first
+#pragma unroll
+        for (int kb = 0; kb < KB; ++kb)
+          mma_bf16_16816(d, word_of(ka[0][(2 * kb) >> 2], (2 * kb) & 3), word_of(ka[1][(2 * kb) >> 2], (2 * kb) & 3),
+                         word_of(ka[0][(2 * kb + 1) >> 2], (2 * kb + 1) & 3),
+                         word_of(ka[1][(2 * kb + 1) >> 2], (2 * kb + 1) & 3), b[kb][0][e], b[kb][1][e]);
+      // d: rows gr (d0, d1) and gr + 8 (d2, d3) of the tile, columns 2c and 2c + 1.
+      sc[gr * 8 + 2 * c] = d[0];
+      sc[gr * 8 + 2 * c + 1] = d[1];
+      sc[(gr + 8) * 8 + 2 * c] = d[2];
+      sc[(gr + 8) * 8 + 2 * c + 1] = d[3];
+      __syncwarp();
+      float s[MU][GMAX];
+#pragma unroll
+      for (int u = 0; u < MU; ++u)
+#pragma unroll
+        for (int g = 0; g < GMAX; ++g) s[u][g] = sc[(u * TPP + slot) * 8 + g];
+      __syncwarp();  // the next tile rewrites sc
+      accumulate<MU>(s, vr, base, n);
+    }
+  }
+
   // run() with the K/V rows fetched by cp.async into a ring of STAGES tiles in shared memory, so
   // STAGES - 1 tiles per warp are in flight while one is computed, without holding registers.
   // ring: this warp's STAGES * ring_words() 16-byte words of shared memory. Each lane copies and
@@ -202,8 +273,15 @@ struct GroupAttender {
       for (int u = 0; u < U; ++u)
 #pragma unroll
         for (int g = 0; g < GMAX; ++g) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], off);
+    accumulate<U>(s, vr, base, n);
+  }
+
+  // The softmax and value half of an iteration of UU passes: s[u][g] are the (scaled, base-2)
+  // logits of rows base + u*TPP + slot, vr their value words; rows >= n are masked here.
+  template <int UU>
+  __device__ void accumulate(float (&s)[UU][GMAX], const uint4 (&vr)[UU], int base, int n) {
 #pragma unroll
-    for (int u = 0; u < U; ++u)
+    for (int u = 0; u < UU; ++u)
       if (base + u * TPP + slot >= n)
 #pragma unroll
         for (int g = 0; g < GMAX; ++g) s[u][g] = -INFINITY;
@@ -214,7 +292,7 @@ struct GroupAttender {
     for (int g = 0; g < GMAX; ++g) {
       float mx = m[g];
 #pragma unroll
-      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
+      for (int u = 0; u < UU; ++u) mx = fmaxf(mx, s[u][g]);
       if (mx > m[g]) {
         const float alpha = exp2f(m[g] - mx);
         m[g] = mx;
@@ -223,13 +301,13 @@ struct GroupAttender {
         for (int j = 0; j < 8; ++j) acc[g][j] *= alpha;
       }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
+      for (int u = 0; u < UU; ++u) {
         s[u][g] = exp2f(s[u][g] - mx);
         l[g] += s[u][g];
       }
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < UU; ++u) {
       float vf[8];
       Vec8<T>::to_float(vr[u], vf);
 #pragma unroll

@@ -109,6 +109,9 @@ void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t ma
 //               at once;
 //   prefetch    (registers only) the next tile's loads are issued before this tile's math, so a
 //               warp always has a tile in flight (more registers: fewer resident blocks);
+//   mma         (registers only, not with prefetch) the logits on the tensor cores
+//               (GroupAttender::run_mma), ~a third of the instructions per byte; bf16 keys at
+//               head dim 64 or 128, other shapes run the plain loop;
 //   min_split_tokens  the fewest tokens one split reads (the split count's cap at short contexts).
 // dense_decode is dense_decode_tuned(..., kDenseDefault).
 struct DenseTuning {
@@ -116,8 +119,9 @@ struct DenseTuning {
   int waves = 1;
   bool interleave = false;
   bool prefetch = false;
+  bool mma = false;
   int min_split_tokens = 256;
-  // "stages=0;waves=1;interleave=0;prefetch=0;min=256": the bench's row parameter and the test's name.
+  // "stages=0;waves=1;interleave=0;prefetch=0;mma=0;min=256": the bench's row parameter and the test's name.
   std::string name() const;
   // Parses name()'s form; fields left out keep their defaults. Throws InvalidArgument naming the field.
   static DenseTuning parse(const std::string& text);

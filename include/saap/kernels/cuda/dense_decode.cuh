@@ -4,6 +4,8 @@
 // narrow moving window of the cache. With a sliding window (window > 0) the shares tile
 // [max(0, len - window), len) instead of [0, len).
 #pragma once
+#include <type_traits>
+
 #include "saap/kernels/cuda/attend.cuh"
 
 namespace saap::cuda {
@@ -13,8 +15,17 @@ constexpr int kDecodeWarps = 4;
 // state fits; 8 query heads need more registers and would spill.
 constexpr int decode_min_blocks(int gmax) { return gmax > 4 ? 2 : 4; }
 // The prefetching loop holds a second tile of K/V words (32 more registers): 3 blocks (<= 168
-// registers) for up to 4 query heads, 2 for 8.
+// registers) for up to 4 query heads, 2 for 8. The tensor-core loop (run_mma) holds the query's
+// B fragments and a 16-row tile: the same budget.
 constexpr int prefetch_min_blocks(int gmax) { return gmax > 4 ? 2 : gmax > 2 ? 3 : 4; }
+
+// The dense kernel's inner loop: GroupAttender::run, run_prefetch or run_mma.
+enum class DenseLoop { Plain = 0, Prefetch = 1, Mma = 2 };
+// Where run_mma applies (bf16 keys, head dim 64 or 128); elsewhere a tuning asking for it runs Plain.
+template <class T, int D>
+constexpr bool dense_mma_supported() {
+  return std::is_same<T, __nv_bfloat16>::value && (D == 64 || D == 128);
+}
 
 // Rows one block pass of the attender covers (kDecodeWarps tiles): the interleaving unit.
 template <class T, int D, int GMAX>
@@ -51,10 +62,10 @@ struct DenseShare {
   }
 };
 
-// PREFETCH: GroupAttender::run_prefetch instead of run (and its register budget).
-template <class T, int D, int GMAX, bool PREFETCH>
-static __global__ void __launch_bounds__(kDecodeWarps * 32,
-                                         PREFETCH ? prefetch_min_blocks(GMAX) : decode_min_blocks(GMAX))
+// LOOP: the attender's loop (and its register budget).
+template <class T, int D, int GMAX, DenseLoop LOOP>
+static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::Plain ? decode_min_blocks(GMAX)
+                                                                                     : prefetch_min_blocks(GMAX))
     dense_decode_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
                         float scale, int splits, int64_t chunk, int64_t window, bool interleave,
@@ -71,10 +82,16 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32,
   const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D + at.sub * 8;
   auto kptr = [&](int i) { return kb + share.row<UNIT>(i) * D; };
   auto vptr = [&](int i) { return vb + share.row<UNIT>(i) * D; };
-  if constexpr (PREFETCH)
+  if constexpr (LOOP == DenseLoop::Mma) {
+    __shared__ float scores[kDecodeWarps][A::kMmaRows * 8];
+    const T* krow = kb - at.sub * 8;  // the row starts: run_mma applies its own lane offset
+    at.run_mma(share.n, q + row0 * D, G, scale, [&](int i) { return krow + share.row<UNIT>(i) * D; }, vptr,
+               scores[at.warp]);
+  } else if constexpr (LOOP == DenseLoop::Prefetch) {
     at.run_prefetch(share.n, kptr, vptr);
-  else
+  } else {
     at.run(share.n, kptr, vptr);
+  }
   allow_next_grid();
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);

@@ -3,6 +3,7 @@
 // (threshold bin at the end of scoring, filter, refine inside the bin).
 #pragma once
 #include "saap/kernels/cuda/attend.cuh"
+#include "saap/kernels/cuda/mma.cuh"
 #include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/reduce.cuh"
 #include "saap/kernels/cuda/saap_assign.cuh"
@@ -211,23 +212,6 @@ __device__ __forceinline__ void load_words<4>(const void* p, uint32_t (&w)[4]) {
 template <>
 __device__ __forceinline__ void load_words<2>(const void* p, uint32_t (&w)[2]) {
   asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
-}
-
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                               uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Two floats as bf16 (x0 in the low half: the lower k index), and the remainders x - bf16(x).
-__device__ __forceinline__ uint32_t split_bf16x2(float& x0, float& x1) {
-  const __nv_bfloat162 p = __floats2bfloat162_rn(x0, x1);
-  x0 -= __low2float(p);
-  x1 -= __high2float(p);
-  return *reinterpret_cast<const uint32_t*>(&p);
 }
 
 template <int R>

@@ -144,6 +144,8 @@ void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& 
   SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
   const int splits = m.splits;  // the runs the last select() cut
   ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
+  // The fused path combines inside the attend kernel while the splits are few.
+  const bool fused_combine = cfg_.select_path == SelectPath::Fused && splits <= kSaapFusedCombineMaxSplits;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
@@ -152,10 +154,10 @@ void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& 
                      reinterpret_cast<const T*>(m.vpool.get()), rows_, reinterpret_cast<const int2*>(m.segments.get()),
                      static_cast<const int32_t*>(m.segment_count.get()), max_segments_,
                      reinterpret_cast<const int2*>(m.split_begin.get()), q, shape_.n_kv_heads, shape_.group(), scale,
-                     splits, ws.out(), ws.lse());
+                     splits, ws.out(), ws.lse(), fused_combine ? out : nullptr, m.attend_tickets.get());
   });
   SAAP_CU_LAUNCHED();
-  combine_splits(shape_, splits, ws, out, stream);
+  if (!fused_combine) combine_splits(shape_, splits, ws, out, stream);
 }
 
 }  // namespace saap::cuda

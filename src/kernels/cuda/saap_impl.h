@@ -19,6 +19,7 @@ struct SaapIndex::Impl {
   int splits = 1;                       // attend splits of the last select
   DeviceBuffer<int32_t> flags;          // [0] bad assignment seen, [1] append overflow, [2] fused select wait gave up
   DeviceBuffer<uint32_t> select_tickets;  // [bh]: router blocks of the fused select done, zero between steps
+  DeviceBuffer<uint32_t> attend_tickets;  // [bh]: attend splits done (fused combine), zero between steps
   DeviceBuffer<unsigned long long> best;  // [bh]: packed nearest centroid of the searched key
   DeviceBuffer<uint32_t> tickets;         // [bh]: append blocks done (the last one appends), zero between steps
   DeviceBuffer<int32_t> ring_part;      // [bh][W]: partition of each ring slot's token (separate routing keys)

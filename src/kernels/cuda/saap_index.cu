@@ -50,6 +50,8 @@ SaapIndex::SaapIndex(const DecodeShape& shape, const SaapConfig& cfg) : shape_(s
   m.flags.resize(3);
   m.select_tickets.resize(bh);
   SAAP_CU(cudaMemset(m.select_tickets.get(), 0, m.select_tickets.bytes()));
+  m.attend_tickets.resize(bh);
+  SAAP_CU(cudaMemset(m.attend_tickets.get(), 0, m.attend_tickets.bytes()));
   m.best.resize(bh);
   if (cfg.separate_routing_keys) m.ring_part.resize(bh * cfg.window);
   SAAP_CU(cudaMemset(m.best.get(), 0, m.best.bytes()));

@@ -391,7 +391,9 @@ __device__ inline void select_group(int bh, const SaapSelectArgs& a, WaitLogits&
       for (int gi = 0; gi < kMaxGroup; ++gi) mx[gi] = fmaxf(mx[gi], s[k][gi]);
     }
   }
-  atomicMin(&min_size, smallest);
+  // One shared atomic per warp: 1024 of them on one address would serialise.
+  smallest = __reduce_min_sync(0xffffffffu, smallest);
+  if ((tid & 31) == 0) atomicMin(&min_size, smallest);
   total = block_reduce<false>(total, red);
   block_reduce_n<true>(mx, red_max);
   // Each head's normaliser: the terms of rules::head_log_normaliser, reduced in double.

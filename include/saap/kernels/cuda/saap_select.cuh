@@ -274,9 +274,11 @@ __device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, 
   const int lane = int(threadIdx.x);
   int64_t left = left_at_misfit;
   // left < min_size: no positive size fits any more (the guard above), so stopping changes nothing.
+  // Each chunk's sizes (two dependent shared loads) are loaded while the chunk before is walked.
+  int next = first_misfit + lane < C ? sizes[ids[first_misfit + lane]] : 0;
   for (int r0 = first_misfit; r0 < C && left >= min_size; r0 += 32) {
-    const int r = r0 + lane;
-    const int size = r < C ? sizes[ids[r]] : 0;
+    const int r = r0 + lane, size = next;
+    next = r + 32 < C ? sizes[ids[r + 32]] : 0;
     unsigned fit = __ballot_sync(0xffffffffu, size > 0 && size <= left);
     while (fit) {
       const int l = __ffs(fit) - 1;  // the walk's next take

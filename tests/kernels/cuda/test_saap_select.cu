@@ -29,12 +29,16 @@ int main() {
   // more partitions than select threads (2000), and a lookup of 1 (everything). The two 4096-
   // partition cases (the most supported, many of them empty) exercise the block-scan prefix of
   // the fill over several 1024-rank tiles and the warp walk after the first misfit over many
-  // 32-rank chunks, with many skips (the printed "taken after a skip" count).
+  // 32-rank chunks, with many skips (the printed "taken after a skip" count). 72 sequences of one
+  // KV head are more (b, h) than the fused path's selection blocks (at most half the blocks the
+  // device holds at once: 66 on a 132-SM H200), so there a selection block selects several.
+  std::vector<int32_t> many_lens;
+  for (int i = 0; i < 72; ++i) many_lens.push_back(200 + 41 * i);
   for (const Case& c : {Case{2, 8, 2, 128, 300, 64, {5000, 3001}, 0.33f}, Case{1, 9, 3, 64, 2000, 96, {8000}, 0.3f},
                         Case{1, 7, 1, 64, 120, 32, {2500}, 0.07f}, Case{2, 2, 2, 128, 64, 32, {1200, 777}, 0.2f},
                         Case{1, 8, 1, 128, 50, 32, {900}, 1.0f}, Case{2, 4, 1, 64, 4096, 32, {20000, 12000}, 0.5f},
                         Case{1, 4, 2, 64, 4096, 32, {30000}, 0.1f},
-                        Case{1, 4, 1, 256, 500, 128, {12000}, 0.05f}}) {
+                        Case{1, 4, 1, 256, 500, 128, {12000}, 0.05f}, Case{72, 2, 1, 64, 48, 32, many_lens, 0.25f}}) {
     // Both select paths (saap.h SelectPath): the fused launch and the two kernels must select alike.
     for (const cuda::SelectPath path : {cuda::SelectPath::Fused, cuda::SelectPath::TwoKernels}) {
       cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};

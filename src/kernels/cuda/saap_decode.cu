@@ -42,8 +42,10 @@ struct FusedPlan {
   size_t smem = 0;
 };
 
+// The fused kernel's shared-memory limit and the blocks the device holds at once, found (and the
+// kernel's dynamic shared memory allowed) on first use.
 template <int D>
-FusedPlan plan_fused(const DecodeShape& s, int C, int hidden) {
+std::pair<int, int> fused_limits() {
   static const auto limits = [] {
     int dev = 0, optin = 0, sms = 0;
     SAAP_CU(cudaGetDevice(&dev));
@@ -59,7 +61,12 @@ FusedPlan plan_fused(const DecodeShape& s, int C, int hidden) {
                                                           size_t(max_dynamic)));
     return std::pair<int, int>(max_dynamic, sms * std::max(per_sm, 1));  // blocks held at once (full smem)
   }();
-  const int max_dynamic = limits.first, resident = limits.second;
+  return limits;
+}
+
+template <int D>
+FusedPlan plan_fused(const DecodeShape& s, int C, int hidden) {
+  const auto [max_dynamic, resident] = fused_limits<D>();
   FusedPlan p;
   const int bh = s.batch * s.n_kv_heads;
   // Selection blocks wait for router blocks: at most half of what the device holds at once, so the
@@ -75,6 +82,12 @@ FusedPlan plan_fused(const DecodeShape& s, int C, int hidden) {
   return p;
 }
 }  // namespace
+
+void prepare_fused_select(int head_dim) {
+  if (head_dim == 64) fused_limits<64>();
+  else if (head_dim == 128) fused_limits<128>();
+  else fused_limits<256>();
+}
 
 void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream) {
   auto& m = *impl_;

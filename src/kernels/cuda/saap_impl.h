@@ -33,4 +33,8 @@ struct SaapIndex::Impl {
   cublasHandle_t cublas = nullptr;
 };
 
+// Queries the fused select kernel's limits and allows its dynamic shared memory now, outside any
+// stream capture (set_classifier calls it; select() would on first use).
+void prepare_fused_select(int head_dim);
+
 }  // namespace saap::cuda

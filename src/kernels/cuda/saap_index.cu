@@ -102,6 +102,7 @@ void SaapIndex::set_classifier(const std::vector<float>& w1, const std::vector<f
   upload(impl_->b1, b1);
   upload(impl_->b2, b2);
   impl_->hidden = int(H);
+  prepare_fused_select(shape_.head_dim);
 }
 
 void SaapIndex::check() const {

@@ -219,6 +219,8 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
   SAAP_CU_REQUIRE(out, InvalidArgument, "%s", "null out");
   SAAP_CU_REQUIRE(tuning.waves >= 1 && tuning.waves <= 8, InvalidArgument, "attend tuning waves = %d outside [1, 8]",
                   tuning.waves);
+  SAAP_CU_REQUIRE(!tuning.mma, Unsupported, "%s",
+                  "attend tuning mma: Loki's keys are split at its rank, which the tensor-core loop cannot read");
   const int64_t expect = std::max<int64_t>(1, int64_t(last_k_frac_ * float(max_len_)));
   int splits = 0;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {

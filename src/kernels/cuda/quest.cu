@@ -148,6 +148,8 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
   SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
   SAAP_CU_REQUIRE(tuning.waves >= 1 && tuning.waves <= 8, InvalidArgument, "attend tuning waves = %d outside [1, 8]",
                   tuning.waves);
+  SAAP_CU_REQUIRE(!(tuning.prefetch && tuning.mma), InvalidArgument, "%s",
+                  "attend tuning: prefetch and mma are two different loops; choose one");
   int splits = 0;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
@@ -165,14 +167,21 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
                        static_cast<const int32_t*>(m.partial_count.get()), cfg_.page_size, q, shape_.n_kv_heads,
                        shape_.group(), scale, splits, ws.out(), ws.lse());
     };
+    auto with = [&](auto loop_c) {
+      auto* kernel = quest_attend_kernel<T, D, GMAX, decltype(loop_c)::value>;
+      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+      launch(kernel, resident);
+    };
+    using Loop = DenseLoop;
     if (tuning.prefetch) {
-      auto* kernel = quest_attend_kernel<T, D, GMAX, true>;
-      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-      launch(kernel, resident);
+      with(std::integral_constant<Loop, Loop::Prefetch>{});
+    } else if (tuning.mma) {
+      if constexpr (dense_mma_supported<T, D>())
+        with(std::integral_constant<Loop, Loop::Mma>{});
+      else
+        with(std::integral_constant<Loop, Loop::Plain>{});
     } else {
-      auto* kernel = quest_attend_kernel<T, D, GMAX, false>;
-      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-      launch(kernel, resident);
+      with(std::integral_constant<Loop, Loop::Plain>{});
     }
   });
   combine_splits(shape_, splits, ws, out, stream);

@@ -538,10 +538,10 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
 // Attention of the G query heads of one KV group over its chunks (split evenly over blocks) and,
 // in split 0, its partial runs: block (split, kv head, sequence). The block stages its chunks'
 // first rows in shared memory, kQuestStageChunks at a time, so that a K/V load never waits on the
-// load of its row number. PREFETCH: GroupAttender::run_prefetch (and its register budget).
-template <class T, int D, int GMAX, bool PREFETCH>
-static __global__ void __launch_bounds__(kDecodeWarps * 32,
-                                         PREFETCH ? prefetch_min_blocks(GMAX) : decode_min_blocks(GMAX))
+// load of its row number. LOOP: the attender's loop over the chunks (and its register budget).
+template <class T, int D, int GMAX, DenseLoop LOOP>
+static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::Plain ? decode_min_blocks(GMAX)
+                                                                                     : prefetch_min_blocks(GMAX))
     quest_attend_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ chunk_rows, const int32_t* __restrict__ chunk_count,
                         int64_t max_chunks, const int2* __restrict__ partials, const int32_t* __restrict__ partial_count,
@@ -581,10 +581,15 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32,
     __syncthreads();
     auto kptr = [&](int i) { return kb + row(i) * D; };
     auto vptr = [&](int i) { return vb + row(i) * D; };
-    if constexpr (PREFETCH)
+    if constexpr (LOOP == DenseLoop::Mma) {
+      __shared__ float scores[kDecodeWarps][A::kMmaRows * 8];
+      const T* krow = kb - at.sub * 8;  // the row starts: run_mma applies its own lane offset
+      at.run_mma(ns * P, q + row0 * D, G, scale, [&](int i) { return krow + row(i) * D; }, vptr, scores[at.warp]);
+    } else if constexpr (LOOP == DenseLoop::Prefetch) {
       at.run_prefetch(ns * P, kptr, vptr);
-    else
+    } else {
       at.run(ns * P, kptr, vptr);
+    }
   }
   for (int k = 0; k < n_parts; ++k) {
     const int2 p = part[k];

@@ -538,10 +538,13 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
 // Attention of the G query heads of one KV group over its chunks (split evenly over blocks) and,
 // in split 0, its partial runs: block (split, kv head, sequence). The block stages its chunks'
 // first rows in shared memory, kQuestStageChunks at a time, so that a K/V load never waits on the
-// load of its row number. LOOP: the attender's loop over the chunks (and its register budget).
+// load of its row number. LOOP: the attender's loop over the chunks (and its register budget:
+// the tensor-core loop beside the stage and the partial runs spilled ~200 bytes at 168 registers,
+// so it gets 2 blocks per SM).
 template <class T, int D, int GMAX, DenseLoop LOOP>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::Plain ? decode_min_blocks(GMAX)
-                                                                                     : prefetch_min_blocks(GMAX))
+static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::Plain      ? decode_min_blocks(GMAX)
+                                                            : LOOP == DenseLoop::Prefetch ? prefetch_min_blocks(GMAX)
+                                                                                          : 2)
     quest_attend_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ chunk_rows, const int32_t* __restrict__ chunk_count,
                         int64_t max_chunks, const int2* __restrict__ partials, const int32_t* __restrict__ partial_count,

@@ -666,7 +666,7 @@ int main(int argc, char** argv) {
             DeviceBuffer<uint16_t> knew(size_t(B) * sh.hkv * D), vnew(knew.size());
             fill_random(knew.get(), knew.size(), 11);
             fill_random(vnew.get(), vnew.size(), 12);
-            const auto tunings = sparse_attend_candidates(false);
+            const auto tunings = sparse_attend_candidates(r * 4 == D);
             for (size_t ti = 0; ti < tunings.size(); ++ti) {
               const SparseAttendTuning& tuning = tunings[ti];
               idx.store_rotated(k.get(), v.get(), N, h_len);  // each row from the prefill, as Quest's

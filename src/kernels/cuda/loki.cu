@@ -219,8 +219,8 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
   SAAP_CU_REQUIRE(out, InvalidArgument, "%s", "null out");
   SAAP_CU_REQUIRE(tuning.waves >= 1 && tuning.waves <= 8, InvalidArgument, "attend tuning waves = %d outside [1, 8]",
                   tuning.waves);
-  SAAP_CU_REQUIRE(!tuning.mma, Unsupported, "%s",
-                  "attend tuning mma: Loki's keys are split at its rank, which the tensor-core loop cannot read");
+  SAAP_CU_REQUIRE(!(tuning.prefetch && tuning.mma), InvalidArgument, "%s",
+                  "attend tuning: prefetch and mma are two different loops; choose one");
   const int64_t expect = std::max<int64_t>(1, int64_t(last_k_frac_ * float(max_len_)));
   int splits = 0;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
@@ -234,14 +234,21 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
                        reinterpret_cast<const T*>(m.v.get()), rank_, max_len_, m.sel.get(), m.sel_count.get(),
                        m.q_rot.get(), shape_.n_kv_heads, shape_.group(), scale, splits, ws.out(), ws.lse());
     };
+    auto with = [&](auto loop_c) {
+      auto* kernel = loki_decode_kernel<T, D, GMAX, decltype(loop_c)::value>;
+      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+      launch(kernel, resident);
+    };
+    using Loop = DenseLoop;
     if (tuning.prefetch) {
-      auto* kernel = loki_decode_kernel<T, D, GMAX, true>;
-      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-      launch(kernel, resident);
+      with(std::integral_constant<Loop, Loop::Prefetch>{});
+    } else if (tuning.mma && rank_ * 4 == D) {  // a lane's key quarter is contiguous only at R = D / 4
+      if constexpr (dense_mma_supported<T, D>())
+        with(std::integral_constant<Loop, Loop::Mma>{});
+      else
+        with(std::integral_constant<Loop, Loop::Plain>{});
     } else {
-      auto* kernel = loki_decode_kernel<T, D, GMAX, false>;
-      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-      launch(kernel, resident);
+      with(std::integral_constant<Loop, Loop::Plain>{});
     }
   });
   SAAP_CU_LAUNCHED();

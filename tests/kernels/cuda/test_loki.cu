@@ -269,7 +269,7 @@ int main() {
       const double err = cutest::rel_error(got_rows, ref_rows);
       tally.check(err < 2e-3 && !got_rows.empty(), (kt + "attention rel error").c_str(), err, 2e-3);
       // Every other attend tuning the benchmark compares, over the same selection and rows.
-      const auto tunings = cuda::sparse_attend_candidates(false);
+      const auto tunings = cuda::sparse_attend_candidates(true);
       for (size_t ti = 1; ti < tunings.size(); ++ti) {
         cutest::poison(dout);
         idx.attend(scale, dout.get(), ws, 0, tunings[ti]);
@@ -317,8 +317,8 @@ int main() {
     refused("a basis of the wrong size is refused (InvalidArgument)", ErrorKind::InvalidArgument,
             [&] { idx.set_basis(std::vector<float>(64)); });
     cuda::SplitWorkspace ws;
-    refused("the tensor-core attend is refused (Unsupported)", ErrorKind::Unsupported,
-            [&] { idx.attend(1.f, q.get(), ws, 0, {false, 1, true}); });
+    refused("prefetch with mma is refused (InvalidArgument)", ErrorKind::InvalidArgument,
+            [&] { idx.attend(1.f, q.get(), ws, 0, {true, 1, true}); });
   }
   return tally.finish();
 }

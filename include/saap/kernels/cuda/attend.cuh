@@ -150,11 +150,12 @@ struct GroupAttender {
   // each of its two key rows (16-byte loads) and B is permuted to match: a dot product does not
   // care which component each k slot holds as long as A and B agree. The loop does ~a third of
   // run()'s instructions per byte (no per-element FMAs or shuffles for the logits).
-  // krow(i): the first element of row i's key (no lane offset); vptr(i) as in run(). qg, G, scale:
-  // as init() took them. sc: this warp's kMmaRows x 8 floats of shared memory.
+  // kq(i): this lane's quarter of row i's key, components c*D/4 .. (c+1)*D/4 - 1 with c = lane & 3
+  // (16-byte aligned); vptr(i) as in run(). qg, G, scale: as init() took them. sc: this warp's
+  // kMmaRows x 8 floats of shared memory.
   static constexpr int kMmaRows = 16;
-  template <class KRow, class VPtr>
-  __device__ void run_mma(int n, const float* qg, int G, float scale, KRow krow, VPtr vptr, float* sc) {
+  template <class KQuarter, class VPtr>
+  __device__ void run_mma(int n, const float* qg, int G, float scale, KQuarter kq, VPtr vptr, float* sc) {
     static_assert(std::is_same<T, __nv_bfloat16>::value && (D == 64 || D == 128) && GMAX <= 8,
                   "tensor-core logits: bf16 keys, head dim 64 or 128");
     constexpr int KB = D / 16, KQ = D / 32, MU = kMmaRows / TPP, TERMS = 3;
@@ -180,7 +181,7 @@ struct GroupAttender {
         const int t = base + gr + 8 * h;
 #pragma unroll
         for (int j = 0; j < KQ; ++j)
-          ka[h][j] = t < n ? load_stream(krow(t) + c * (D / 4) + j * 8) : make_uint4(0, 0, 0, 0);
+          ka[h][j] = t < n ? load_stream(kq(t) + j * 8) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int u = 0; u < MU; ++u) {

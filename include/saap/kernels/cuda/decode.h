@@ -136,16 +136,16 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
 // How a sparse method's attend (Quest, Loki) reads its selection; the benchmark compares them in
 // one run and the tests hold each to float64: prefetch - GroupAttender::run_prefetch (the next
 // tile's loads issued before this tile's math); mma - GroupAttender::run_mma (tensor-core logits;
-// Quest only, bf16 at head dim 64/128, elsewhere the plain loop; not with prefetch); waves - the
-// splits fill that many waves of resident blocks (1..8).
+// bf16 at head dim 64/128, for Loki also rank = head_dim / 4; elsewhere the plain loop; not with
+// prefetch); waves - the splits fill that many waves of resident blocks (1..8).
 struct SparseAttendTuning {
   bool prefetch = false;
   int waves = 1;
   bool mma = false;
   std::string name() const;  // "prefetch=0;waves=1;mma=0"
 };
-// The tunings decode_bench times and the tests check, the default first; with_mma: the method
-// has a tensor-core loop (Quest; Loki's keys are split at its rank, which run_mma cannot read).
+// The tunings decode_bench times and the tests check, the default first; with_mma: the shape has
+// a tensor-core loop (else those rows would time the plain loop twice).
 std::vector<SparseAttendTuning> sparse_attend_candidates(bool with_mma);
 
 // Writes out[row][:] from the split partials in ws (rows = batch * n_q_heads).

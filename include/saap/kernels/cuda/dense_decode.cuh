@@ -84,8 +84,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::P
   auto vptr = [&](int i) { return vb + share.row<UNIT>(i) * D; };
   if constexpr (LOOP == DenseLoop::Mma) {
     __shared__ float scores[kDecodeWarps][A::kMmaRows * 8];
-    const T* krow = kb - at.sub * 8;  // the row starts: run_mma applies its own lane offset
-    at.run_mma(share.n, q + row0 * D, G, scale, [&](int i) { return krow + share.row<UNIT>(i) * D; }, vptr,
+    const T* kq = kb - at.sub * 8 + (at.lane & 3) * (D / 4);  // this lane's quarter of each row
+    at.run_mma(share.n, q + row0 * D, G, scale, [&](int i) { return kq + share.row<UNIT>(i) * D; }, vptr,
                scores[at.warp]);
   } else if constexpr (LOOP == DenseLoop::Prefetch) {
     at.run_prefetch(share.n, kptr, vptr);

@@ -7,10 +7,12 @@ namespace saap::cuda {
 
 constexpr int kLokiIndexTile = 2048;
 
-// PREFETCH: GroupAttender::run_prefetch (and its register budget).
-template <class T, int D, int GMAX, bool PREFETCH>
-static __global__ void __launch_bounds__(kDecodeWarps * 32,
-                                         PREFETCH ? prefetch_min_blocks(GMAX) : decode_min_blocks(GMAX))
+// LOOP: the attender's loop (and its register budget). The tensor-core loop needs R = D / 4: a
+// lane's quarter of a key is then all of k_low (quarter 0) or one contiguous part of k_rest.
+template <class T, int D, int GMAX, DenseLoop LOOP>
+static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::Plain      ? decode_min_blocks(GMAX)
+                                                            : LOOP == DenseLoop::Prefetch ? prefetch_min_blocks(GMAX)
+                                                                                          : 2)
     loki_decode_kernel(const T* __restrict__ k_low, const T* __restrict__ k_rest, const T* __restrict__ v, int R,
                        int64_t max_len, const int32_t* __restrict__ sel, const int32_t* __restrict__ sel_count,
                        const float* __restrict__ q_rot, int n_kv_heads, int G, float scale, int splits,
@@ -40,10 +42,18 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32,
     __syncthreads();
     auto kptr = [&](int i) { return kb + int64_t(tile[i]) * kstride; };
     auto vptr = [&](int i) { return vb + int64_t(tile[i]) * D; };
-    if constexpr (PREFETCH)
+    if constexpr (LOOP == DenseLoop::Mma) {
+      __shared__ float scores[kDecodeWarps][A::kMmaRows * 8];
+      const int c = at.lane & 3;
+      const T* kq = c == 0 ? k_low + bh * max_len * R : k_rest + bh * max_len * (D - R) + (c - 1) * (D / 4);
+      const int64_t kq_stride = c == 0 ? R : D - R;
+      at.run_mma(n, q_rot + row0 * D, G, scale, [&](int i) { return kq + int64_t(tile[i]) * kq_stride; }, vptr,
+                 scores[at.warp]);
+    } else if constexpr (LOOP == DenseLoop::Prefetch) {
       at.run_prefetch(n, kptr, vptr);
-    else
+    } else {
       at.run(n, kptr, vptr);
+    }
     __syncthreads();
   }
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,

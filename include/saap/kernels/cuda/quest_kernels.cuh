@@ -586,8 +586,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::P
     auto vptr = [&](int i) { return vb + row(i) * D; };
     if constexpr (LOOP == DenseLoop::Mma) {
       __shared__ float scores[kDecodeWarps][A::kMmaRows * 8];
-      const T* krow = kb - at.sub * 8;  // the row starts: run_mma applies its own lane offset
-      at.run_mma(ns * P, q + row0 * D, G, scale, [&](int i) { return krow + row(i) * D; }, vptr, scores[at.warp]);
+      const T* kq = kb - at.sub * 8 + (at.lane & 3) * (D / 4);  // this lane's quarter of each row
+      at.run_mma(ns * P, q + row0 * D, G, scale, [&](int i) { return kq + row(i) * D; }, vptr, scores[at.warp]);
     } else if constexpr (LOOP == DenseLoop::Prefetch) {
       at.run_prefetch(ns * P, kptr, vptr);
     } else {

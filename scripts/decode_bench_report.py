@@ -79,10 +79,11 @@ def main():
                            f"{(s['ms'] / r['ms']) if s else float('nan'):.3f}x |")
     out += ["", "## Every method's step", "",
             "Speed-ups are time ratios (higher is faster): vs our dense step, vs SDPA, and the graph step vs the "
-            "dense graph. \"of floor\" is the method's byte floor over its step time; \"attend of floor\" the floor "
+            "dense graph. \"score ms\" is the part of Quest's select in its score kernel (the rest is its top-k kernel). "
+            "\"of floor\" is the method's byte floor over its step time; \"attend of floor\" the floor "
             "of the K/V it selected (lookup fraction x dense K/V bytes) over its attend time (Saap, Quest).", "",
-            "| shape | batch | context | method | param | ms | select ms | attend ms | graph ms | vs dense | vs SDPA | graph vs dense graph | of floor | attend of floor |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| shape | batch | context | method | param | ms | select ms | score ms | attend ms | graph ms | vs dense | vs SDPA | graph vs dense graph | of floor | attend of floor |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in sorted(by):
         rs = by[k]
         dense = next((r for r in rs if r["method"] == "dense" and not r["param"]), None)
@@ -95,7 +96,7 @@ def main():
             vs_sdpa = s["ms"] / r["ms"] if s else float("nan")
             g = dense["graph_ms"] / r["graph_ms"] if dense and r["graph_ms"] > 0 else float("nan")
             out.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['method']} | {r['param']} | {r['ms']:.4f} | "
-                       f"{r['select_ms']:.4f} | {r['attend_ms']:.4f} | {r['graph_ms']:.4f} | {vs_dense:.2f}x | "
+                       f"{r['select_ms']:.4f} | {r.get('score_ms', 0):.4f} | {r['attend_ms']:.4f} | {r['graph_ms']:.4f} | {vs_dense:.2f}x | "
                        f"{vs_sdpa:.2f}x | {g:.2f}x | {fl / r['ms']:.2f} | {attend_floor(r, floor_gbps):.2f} |")
     with open(a.out, "w") as f:
         f.write("\n".join(out) + "\n")

@@ -138,6 +138,25 @@ struct Timer {
     std::sort(t.begin(), t.end());
     return t[reps / 2];
   }
+  // Median milliseconds from the start of fn to the event fn records midway (fn(mid)), timed as
+  // median_ms times the whole.
+  double median_split_ms(const std::function<void(cudaEvent_t)>& fn, int reps, int warmup = 3) {
+    cudaEvent_t mid;
+    SAAP_CU(cudaEventCreate(&mid));
+    for (int i = 0; i < warmup; ++i) fn(mid);
+    std::vector<float> t(reps);
+    for (int i = 0; i < reps; ++i) {
+      flush_read_kernel<<<1024, 256>>>(reinterpret_cast<const uint4*>(flush.get()), flush.bytes() / 16, sink.get());
+      SAAP_CU(cudaEventRecord(a));
+      fn(mid);
+      SAAP_CU(cudaEventSynchronize(mid));
+      SAAP_CU(cudaEventElapsedTime(&t[i], a, mid));
+    }
+    SAAP_CU(cudaDeviceSynchronize());
+    SAAP_CU(cudaEventDestroy(mid));
+    std::sort(t.begin(), t.end());
+    return t[reps / 2];
+  }
 };
 
 // Latency probes, to read the fixed costs of a step: an empty kernel between the timer's events
@@ -228,6 +247,7 @@ struct Row {
   int64_t context;
   double ms, bytes, lookup, select_ms, attend_ms;
   double graph_ms = 0;  // the same step replayed as a CUDA graph (0 = not measured)
+  double score_ms = 0;  // Quest: the score kernel of select_ms (the rest is its top-k kernel)
 };
 
 std::vector<int64_t> parse_list(const char* s) {
@@ -628,6 +648,8 @@ int main(int argc, char** argv) {
               // fifth row, 2x the tokens=1024 step). Each row now starts from the random prefill.
               idx.store(k.get(), v.get(), N, h_len);
               const double sel_ms = tm.median_ms([&] { idx.select(q.get(), budget); }, reps);
+              const double score_ms = tm.median_split_ms([&](cudaEvent_t mid) { idx.select(q.get(), budget, 0, mid); },
+                                                         reps);
               const double att_ms = tm.median_ms([&] { idx.attend(q.get(), scale, out.get(), ws, 0, tuning); }, reps);
               const auto ctr = idx.counters();
               double tokens = 0, n_all = 0;
@@ -644,6 +666,9 @@ int main(int argc, char** argv) {
               const double all_ms = tm.median_ms([&] { step(0); }, reps);
               rows.push_back({"quest", param, sh, int(B), N, all_ms, bytes, tokens / n_all, sel_ms, att_ms});
               rows.back().graph_ms = graph_median_ms(tm, step, reps, "quest " + param, skipped);
+              rows.back().score_ms = score_ms;
+              std::printf("quest %s %s batch %d context %lld: select %.4f ms, of which the score kernel %.4f\n",
+                          param.c_str(), sh.name().c_str(), int(B), (long long)N, sel_ms, score_ms);
             }
         }
 
@@ -736,7 +761,7 @@ int main(int argc, char** argv) {
     std::printf("%-6s %-22s %-9s %5d %8lld %9.4f %9.4f %9.4f %8.3f %9.0f %9.4f %7.2fx %9.4f %7.2fx\n",
                 r.method.c_str(), r.param.c_str(), shape.c_str(), r.batch, (long long)r.context, r.ms, r.select_ms,
                 r.attend_ms, r.bytes / 1e9, gbps, floor_ms, speedup, r.graph_ms, graph_speedup);
-    char line[640];
+    char line[768];
     std::snprintf(line, sizeof line, "%s,%s,%s,%d,%d,%d,%d,%lld,%.5f,%.5f,%.5f,%.0f,%.1f,%.5f,%.4f,%.5f,%.3f,%.5f,%.3f\n",
                   r.method.c_str(), r.param.c_str(), shape.c_str(), r.shape.hq, r.shape.hkv, r.shape.d, r.batch,
                   (long long)r.context, r.ms, r.select_ms, r.attend_ms, r.bytes, gbps, floor_ms, floor_ms / r.ms,
@@ -747,10 +772,10 @@ int main(int argc, char** argv) {
                   "\"head_dim\": %d, \"batch\": %d, \"context\": %lld, \"ms\": %.5f, "
                   "\"select_ms\": %.5f, \"attend_ms\": %.5f, \"bytes\": %.0f, \"gbps\": %.1f, \"floor_ms\": %.5f, "
                   "\"lookup_fraction\": %.5f, \"speedup_vs_dense\": %.3f, \"graph_ms\": %.5f, "
-                  "\"graph_speedup_vs_dense_graph\": %.3f}%s\n",
+                  "\"graph_speedup_vs_dense_graph\": %.3f, \"score_ms\": %.5f}%s\n",
                   r.method.c_str(), r.param.c_str(), shape.c_str(), r.shape.hq, r.shape.hkv, r.shape.d, r.batch,
                   (long long)r.context, r.ms, r.select_ms, r.attend_ms, r.bytes, gbps, floor_ms, r.lookup, speedup,
-                  r.graph_ms, graph_speedup, i + 1 < rows.size() ? "," : "");
+                  r.graph_ms, graph_speedup, r.score_ms, i + 1 < rows.size() ? "," : "");
     json += line;
   }
   json += "  ]\n}\n";

@@ -101,7 +101,7 @@ void QuestIndex::append(const void* k_new, const void* v_new, cudaStream_t strea
   for (auto& l : host_len_) ++l;
 }
 
-void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t stream) {
+void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t stream, cudaEvent_t scored) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q, InvalidArgument, "%s", "null q");
   SAAP_CU_REQUIRE(budget.tokens > 0 || rules::lookup_in_range(budget.lookup), InvalidArgument,
@@ -123,6 +123,8 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
                      reinterpret_cast<const T*>(m.meta.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
                      q, shape_.n_kv_heads, shape_.group(), step, key_stride_, m.keys.get(), m.hist.get());
   });
+  SAAP_CU_LAUNCHED();
+  if (scored) SAAP_CU(cudaEventRecord(scored, stream));
   const int key_cap = int(std::min<int64_t>(key_stride_, kQuestCachedKeys));  // a multiple of 4
   const size_t cache_bytes = size_t(key_cap) * sizeof(float);
   static const bool opted_in = [] {  // above 48 KB of dynamic shared memory a kernel must opt in

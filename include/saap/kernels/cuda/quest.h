@@ -55,8 +55,10 @@ class QuestIndex {
   // One new token per (b, h): k_new, v_new [batch][n_kv_heads][D]; folds the key into its page
   // (a new page when the token starts one). Throws before a sequence would pass max_len.
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
-  // Scores the pages for q [batch][n_q_heads][D] (post-RoPE) and selects per KV group.
-  void select(const float* q, const QuestBudget& budget, cudaStream_t stream = 0);
+  // Scores the pages for q [batch][n_q_heads][D] (post-RoPE) and selects per KV group. scored, when
+  // given, is recorded on the stream between the score and the select kernel (decode_bench times
+  // the two apart; the record costs the select kernel its early launch).
+  void select(const float* q, const QuestBudget& budget, cudaStream_t stream = 0, cudaEvent_t scored = nullptr);
   // Exact attention of q over the last selection into out [batch][n_q_heads][D].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
               const SparseAttendTuning& tuning = {});

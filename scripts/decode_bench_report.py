@@ -30,6 +30,41 @@ def attend_floor(r, floor_gbps):
     return kv / (floor_gbps * 1e9) * 1e3 / r["attend_ms"]
 
 
+def tuning_summary(by, sd):
+    """Which tuning wins where: per context the fastest dense row (default or tuned) against SDPA, and
+    per Quest / Loki budget the fastest attend tuning against the default (rows whose param is the
+    default's plus ';prefetch=...;waves=...;mma=...')."""
+    out = ["", "## Winners by tuning", "",
+           "Dense: the fastest row per context. Quest and Loki: per budget, the attend tuning with the "
+           "fastest step (the default row has no tuning suffix).", "",
+           "| shape | batch | context | method | fastest | ms | vs default | vs SDPA |", "|---|---|---|---|---|---|---|---|"]
+    for k in sorted(by):
+        rs = by[k]
+        s = sd.get(k)
+        dense = [r for r in rs if r["method"] == "dense"]
+        if dense:
+            base = next((r for r in dense if not r["param"]), dense[0])
+            best = min(dense, key=lambda r: r["ms"])
+            out.append(f"| {k[0]} | {k[1]} | {k[2]} | dense | {best['param'] or 'default'} | {best['ms']:.4f} | "
+                       f"{base['ms'] / best['ms']:.3f}x | {(s['ms'] / best['ms']) if s else float('nan'):.3f}x |")
+        for method in ("quest", "loki"):
+            groups = {}
+            for r in rs:
+                if r["method"] != method:
+                    continue
+                cut = r["param"].find(";prefetch=")
+                groups.setdefault(r["param"][:cut] if cut >= 0 else r["param"], []).append(r)
+            for budget, g in groups.items():
+                base = next((r for r in g if r["param"] == budget), None)
+                best = min(g, key=lambda r: r["ms"])
+                if not base:
+                    continue
+                tuning = best["param"][len(budget) + 1:] or "default"
+                out.append(f"| {k[0]} | {k[1]} | {k[2]} | {method} {budget} | {tuning} | {best['ms']:.4f} | "
+                           f"{base['ms'] / best['ms']:.3f}x | {(s['ms'] / best['ms']) if s else float('nan'):.3f}x |")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", required=True)
@@ -98,6 +133,7 @@ def main():
             out.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['method']} | {r['param']} | {r['ms']:.4f} | "
                        f"{r['select_ms']:.4f} | {r.get('score_ms', 0):.4f} | {r['attend_ms']:.4f} | {r['graph_ms']:.4f} | {vs_dense:.2f}x | "
                        f"{vs_sdpa:.2f}x | {g:.2f}x | {fl / r['ms']:.2f} | {attend_floor(r, floor_gbps):.2f} |")
+    out += tuning_summary(by, sd)
     with open(a.out, "w") as f:
         f.write("\n".join(out) + "\n")
     print("\n".join(out[2:]))

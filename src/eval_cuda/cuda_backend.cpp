@@ -23,15 +23,17 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // The runner's K/V reads (CudaLlamaModel::kv_reads: tokens per query and KV head, against the
-// whole causal prefix) as LookupStats of bf16 bytes, K/V only (the GPU indexes' own bytes are not
-// counted), split evenly over `sequences`. queries: the steps (each through every layer). The runner
-// counts Gemma-3's global layers only, so there stats and global stats are both the global layers'.
+// whole causal prefix) as LookupStats of bf16 bytes, split evenly over `sequences`: K/V, and as
+// index bytes the K rows the oracle scores to decide (the other GPU indexes' own bytes are not
+// counted). queries: the steps (each through every layer). The runner counts Gemma-3's global
+// layers only, so there stats and global stats are both the global layers'.
 LookupStats lookup_from_reads(const cuda::KvReads& r, const LlamaConfig& c, int64_t steps, int sequences) {
   LookupStats s;
-  const double token_bytes = double(c.head_dim) * 2 * 2;  // K and V, bf16
+  const double row_bytes = double(c.head_dim) * 2;  // one bf16 row of K or of V
   s.queries = steps * c.n_layers;
-  s.kv_bytes = int64_t(r.kv_tokens * token_bytes / sequences);
-  s.dense_bytes = int64_t(r.dense_tokens * token_bytes / sequences);
+  s.kv_bytes = int64_t(r.kv_tokens * 2 * row_bytes / sequences);
+  s.index_bytes = int64_t(r.index_tokens * row_bytes / sequences);
+  s.dense_bytes = int64_t(r.dense_tokens * 2 * row_bytes / sequences);
   return s;
 }
 

@@ -23,14 +23,16 @@ void top_k_positions(const float* scores, int64_t n, int64_t k, std::vector<int3
   std::sort(out.begin(), out.end());
 }
 
-OracleTopK::OracleTopK(const LayerShape& shape, double lookup) : AttentionMethod(shape), lookup_(lookup) {
-  check_fraction(lookup, "lookup");
+OracleTopK::OracleTopK(const LayerShape& shape, const rules::Budget& budget) : AttentionMethod(shape), budget_(budget) {
+  check_fraction(budget.lookup, "lookup");
+  SAAP_CHECK_FMT(budget.tokens >= 0, InvalidArgument, "budget_tokens = %lld must be >= 0 (0: use lookup)",
+                 (long long)budget.tokens);
 }
 
 void OracleTopK::select(const LayerKV& kv, const QueryView& q, Selection& sel) {
   const int64_t n = q.n_ctx();
   check_attention_shape(kv, q.n_q_heads, n);
-  const int64_t k = rules::topk_keys(lookup_, n);
+  const int64_t k = budget_.topk(n);
   sel.clear(q.n_q_heads);
   if (k >= n) {
     sel.all = true;
@@ -57,9 +59,11 @@ void OracleTopK::select(const LayerKV& kv, const QueryView& q, Selection& sel) {
 }
 
 MethodFactory oracle_factory(const MethodSpec& spec, const ArtifactIdentity&) {
-  const double lookup = spec.lookup;
-  check_fraction(lookup, "lookup");
-  return [lookup](const LayerShape& shape) { return std::make_unique<OracleTopK>(shape, lookup); };
+  const rules::Budget budget{spec.lookup, spec.budget_tokens};
+  check_fraction(budget.lookup, "lookup");
+  SAAP_CHECK_FMT(budget.tokens >= 0, InvalidArgument, "budget_tokens = %lld must be >= 0 (0: use lookup)",
+                 (long long)budget.tokens);
+  return [budget](const LayerShape& shape) { return std::make_unique<OracleTopK>(shape, budget); };
 }
 
 }  // namespace saap

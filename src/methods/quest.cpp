@@ -34,9 +34,8 @@ QuestAttention::QuestAttention(const LayerShape& shape, const QuestParams& param
   check_params(params);
   // A budget the cache can never meet (sinks and window fill it even at full context) would make
   // Quest a StreamingLLM that pays for nothing it chooses: refuse it, as Saap does.
-  const bool reaches = params.budget_tokens > 0
-                           ? params.sinks + params.window < params.budget_tokens
-                           : rules::budget_reaches_index(params.lookup, shape.max_context, params.sinks, params.window);
+  const bool reaches = rules::reaches_index(rules::Budget{params.lookup, params.budget_tokens}, shape.max_context,
+                                            params.sinks, params.window);
   SAAP_CHECK_FMT(shape.max_context <= 0 || reaches, InvalidArgument,
                  "layer %d: the budget (lookup = %g, budget_tokens = %lld) of a %lld-token context is filled by sinks "
                  "%d + window %d: no page could ever be read; raise the budget or lower sinks/window",

@@ -57,7 +57,7 @@ const char* train_hint(const std::string& artifact) {
 const std::vector<MethodInfo>& method_table() {
   static const std::vector<MethodInfo> table = {
       {"dense", dense_factory, "", {}},
-      {"oracle", oracle_factory, "", {kOptLookup}},
+      {"oracle", oracle_factory, "", {kOptLookup, kOptBudgetTokens}},
       {"streaming", streaming_factory, "", {kOptSinks, kOptWindow}},
       {"h2o", h2o_factory, "", {kOptLookup}},
       {"loki", loki_factory, "loki", {kOptKf, kOptDf, kOptArtifact}},

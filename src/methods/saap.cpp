@@ -249,12 +249,9 @@ PartitionedAttention::PartitionedAttention(const LayerShape& shape, std::shared_
   layer_ = &it->second;
   // A budget the cache can never meet: sinks and window alone fill it even at full context, so
   // every query would read more than asked and no partition would ever be read.
-  const int64_t full_budget = budget_.tokens > 0 ? std::min<int64_t>(budget_.tokens, shape.max_context)
-                                                : rules::tokens_for_fraction(budget_.lookup, shape.max_context);
-  const bool reaches = budget_.tokens > 0 ? rules::fixed_budget_reaches_index(budget_.tokens, shape.max_context,
-                                                                              budget_.sinks, budget_.window)
-                                          : rules::budget_reaches_index(budget_.lookup, shape.max_context,
-                                                                        budget_.sinks, budget_.window);
+  const int64_t full_budget = rules::Budget{budget_.lookup, budget_.tokens}.total(shape.max_context);
+  const bool reaches =
+      rules::reaches_index(rules::Budget{budget_.lookup, budget_.tokens}, shape.max_context, budget_.sinks, budget_.window);
   char asked[64];
   if (budget_.tokens > 0)
     std::snprintf(asked, sizeof asked, "budget_tokens = %lld", (long long)budget_.tokens);
@@ -327,9 +324,7 @@ void PartitionedAttention::select(const LayerKV& kv, const QueryView& q, Selecti
   // what the fixed reads leave of the budget (selection_rules.h).
   const rules::FixedReads fixed = rules::fixed_reads(n_ctx, budget_.sinks, budget_.window);
   const int32_t mid_begin = int32_t(fixed.sink_end), mid_end = int32_t(fixed.window_begin);
-  const int64_t budget =
-      budget_.tokens > 0 ? rules::selectable_fixed_budget(budget_.tokens, n_ctx, budget_.sinks, budget_.window)
-                         : rules::selectable_budget(budget_.lookup, n_ctx, budget_.sinks, budget_.window);
+  const int64_t budget = rules::Budget{budget_.lookup, budget_.tokens}.selectable(n_ctx, budget_.sinks, budget_.window);
 
   sel.clear(q.n_q_heads);
   for (int kvh = 0; kvh < shape_.n_kv_heads; ++kvh) {

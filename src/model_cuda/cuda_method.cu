@@ -86,27 +86,39 @@ __global__ void step_nll_kernel(const float* __restrict__ logits, int vocab, con
 }
 
 // reads[0] += the K/V tokens the index selected per (b, KV head) this step; reads[1] += the causal
-// prefix of each (b, KV head), lengths[b] (the new token included, as the CPU's n_ctx).
+// prefix of each (b, KV head), lengths[b] (the new token included, as the CPU's n_ctx). With
+// keys_decide (the oracle), reads[2] += that prefix again wherever the budget does not cover it:
+// the K rows scored to choose, as the CPU oracle's index_bytes.
 __global__ void count_reads_kernel(const int32_t* __restrict__ selected, const int32_t* __restrict__ lengths,
-                                   int batch, int Hkv, unsigned long long* reads) {
+                                   int batch, int Hkv, bool keys_decide, rules::Budget budget,
+                                   unsigned long long* reads) {
   if (threadIdx.x != 0) return;
-  unsigned long long kv = 0, dense = 0;
+  unsigned long long kv = 0, dense = 0, index = 0;
   for (int b = 0; b < batch; ++b)
     for (int h = 0; h < Hkv; ++h) {
       kv += unsigned(selected[b * Hkv + h]);
       dense += unsigned(lengths[b]);
+      if (keys_decide && budget.topk(lengths[b]) < lengths[b]) index += unsigned(lengths[b]);
     }
   reads[0] += kv;
   reads[1] += dense;
+  reads[2] += index;
 }
+
+// The window a streaming step reads: the CPU method (StreamingAttention) reads window 0 as 1, the
+// query's own position.
+int streaming_window(const MethodSpec& s) { return std::max(s.window, 1); }
 
 MethodKind kind_of(const std::string& name) {
   if (name == "dense") return MethodKind::Dense;
   if (name == "saap" || name == "kmeans" || name == "partition-oracle") return MethodKind::Partition;
   if (name == "loki") return MethodKind::Loki;
   if (name == "quest") return MethodKind::Quest;
+  if (name == "streaming") return MethodKind::Streaming;
+  if (name == "oracle") return MethodKind::Oracle;
   SAAP_THROW_FMT(Unsupported,
-                 "method = '%s' has no GPU path; the CUDA runner decodes through dense, saap, kmeans, "
+                 "method = '%s' has no GPU path (h2o ranks by prefill attention column sums, which the GPU "
+                 "runner does not keep); the CUDA runner decodes through dense, oracle, streaming, saap, kmeans, "
                  "partition-oracle, loki and quest",
                  name.c_str());
 }
@@ -125,10 +137,14 @@ bool reads_whole_prefix(const MethodSpec& s, MethodKind kind, int64_t j) {
       return true;
     case MethodKind::Loki:
       return rules::loki_keys(s.k_f, j) >= j;
+    case MethodKind::Oracle:
+      return rules::Budget{s.lookup, s.budget_tokens}.topk(j) >= j;
+    case MethodKind::Streaming:
+      return rules::fixed_reads(j, s.sinks, streaming_window(s)).count() >= j;
     case MethodKind::Partition:
     case MethodKind::Quest: {
       if (rules::fixed_reads(j, s.sinks, s.window).count() >= j) return true;
-      return s.budget_tokens > 0 ? s.budget_tokens >= j : rules::tokens_for_fraction(s.lookup, j) >= j;
+      return rules::Budget{s.lookup, s.budget_tokens}.total(j) >= j;
     }
   }
   return false;
@@ -154,10 +170,6 @@ void CudaLlamaModel::Impl::setup_method() {
 
   if (method.kind == MethodKind::Partition) {
     method.routing = routing_of(spec.name);
-    SAAP_CHECK_FMT(spec.budget_tokens == 0, Unsupported,
-                   "budget_tokens = %lld: the GPU partition index (method %s) takes a lookup fraction; quest takes "
-                   "a fixed budget on the GPU",
-                   (long long)spec.budget_tokens, spec.name.c_str());
     ArtifactIdentity want = method.identity;
     want.method = method.routing == PartitionRouting::Saap ? "saap" : "kmeans";  // kmeans reads any partition
     method.partition = std::make_shared<const PartitionArtifact>(PartitionArtifact::load(spec.artifact, want));
@@ -180,7 +192,8 @@ void CudaLlamaModel::Impl::setup_method() {
       method.route_cache.resize(size_t(c.n_layers) * layer_stride());
     }
   }
-  method.reads.resize(2);
+  if (method.kind == MethodKind::Streaming) method.selected.resize(size_t(B * Hkv));
+  method.reads.resize(3);
   SAAP_CU(cudaMemset(method.reads.get(), 0, method.reads.bytes()));
   make_indexes(options.max_batch);  // the GPU's own checks (shapes, ranks) and memory, now
 }
@@ -192,7 +205,15 @@ void CudaLlamaModel::Impl::make_indexes(int batch) {
   method.saap.clear();
   method.lokis.clear();
   method.quest.clear();
+  method.oracle.reset();
   method.index_batch = 0;
+  if (method.kind == MethodKind::Streaming) return;  // no index
+  if (method.kind == MethodKind::Oracle) {  // scratch for one layer's step at this batch, on the cache's stride
+    const DecodeShape shape{batch, c.n_heads, c.n_kv_heads, c.head_dim, DType::BF16};
+    method.oracle = std::make_unique<OracleTopKDecoder>(shape, options.max_context);
+    method.index_batch = batch;
+    return;
+  }
   // Loki and Quest check on the host that an append fits max_len, and a graph capture records one
   // append beyond the eager step it follows: one row of slack keeps the last step legal.
   const int64_t max_len = options.max_context + 1;
@@ -227,6 +248,8 @@ void CudaLlamaModel::Impl::make_indexes(int batch) {
         break;
       }
       case MethodKind::Dense:
+      case MethodKind::Streaming:
+      case MethodKind::Oracle:
         break;
     }
   }
@@ -274,6 +297,8 @@ void CudaLlamaModel::Impl::build_indexes_after_prefill(int64_t n) {
         method.quest[size_t(l)]->store(kc, vc, L, lengths, stream);
         break;
       case MethodKind::Dense:
+      case MethodKind::Streaming:  // read the dense cache as it is
+      case MethodKind::Oracle:
         break;
     }
   }
@@ -305,6 +330,23 @@ void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, f
     dense_decode(shape, kc, vc, options.max_context, lengths.get(), q32.get(), scale, att32.get(), split_ws, stream);
     return;
   }
+  const MethodSpec& spec = options.method;
+  const rules::Budget budget{spec.lookup, spec.budget_tokens};
+  if (method.kind == MethodKind::Streaming || method.kind == MethodKind::Oracle) {  // no index to feed
+    const int32_t* selected = nullptr;
+    if (method.kind == MethodKind::Streaming) {
+      streaming_decode(shape, kc, vc, options.max_context, lengths.get(), q32.get(), scale, spec.sinks,
+                       streaming_window(spec), att32.get(), split_ws, method.selected.get(), stream);
+      selected = method.selected.get();
+    } else {
+      method.oracle->decode(kc, vc, lengths.get(), q32.get(), scale, budget, att32.get(), split_ws, stream);
+      selected = method.oracle->selected_tokens();
+    }
+    count_reads_kernel<<<1, 32, 0, stream>>>(selected, lengths.get(), batch, c.n_kv_heads,
+                                             method.kind == MethodKind::Oracle, budget, method.reads.get());
+    SAAP_CU_LAUNCHED();
+    return;
+  }
   const int QKV = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
   const bool route = method.kind == MethodKind::Partition && method.pre_rope;
   float* q_route = route ? method.q_route.get() + size_t(layer) * options.max_batch * c.n_heads * c.head_dim : nullptr;
@@ -313,7 +355,6 @@ void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, f
       method.k_new.get(), method.v_new.get(), route ? method.k_route.get() : nullptr,
       route ? method.route_cache.get() + size_t(layer) * layer_stride() : nullptr, q_route);
   SAAP_CU_LAUNCHED();
-  const MethodSpec& spec = options.method;
   const int32_t* selected = nullptr;
   switch (method.kind) {
     case MethodKind::Partition: {
@@ -324,7 +365,7 @@ void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, f
         idx.append(method.k_new.get(), method.v_new.get(), stream);
       // The partition oracle ranks by the post-RoPE query whatever the artifact's keys.
       const bool by_route = route && method.routing != PartitionRouting::PartitionOracle;
-      idx.select(by_route ? q_route : q32.get(), spec.lookup, stream);
+      idx.select(by_route ? q_route : q32.get(), budget, stream);
       idx.attend(q32.get(), scale, att32.get(), split_ws, stream);
       selected = idx.selected_tokens();
       break;
@@ -340,15 +381,18 @@ void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, f
     case MethodKind::Quest: {
       QuestIndex& idx = *method.quest[size_t(layer)];
       idx.append(method.k_new.get(), method.v_new.get(), stream);
-      idx.select(q32.get(), QuestBudget{spec.lookup, spec.budget_tokens}, stream);
+      idx.select(q32.get(), budget, stream);
       idx.attend(q32.get(), scale, att32.get(), split_ws, stream);
       selected = idx.selected_tokens();
       break;
     }
     case MethodKind::Dense:
+    case MethodKind::Streaming:
+    case MethodKind::Oracle:
       break;
   }
-  count_reads_kernel<<<1, 32, 0, stream>>>(selected, lengths.get(), batch, c.n_kv_heads, method.reads.get());
+  count_reads_kernel<<<1, 32, 0, stream>>>(selected, lengths.get(), batch, c.n_kv_heads, false, budget,
+                                           method.reads.get());
   SAAP_CU_LAUNCHED();
 }
 
@@ -447,11 +491,12 @@ KvReads CudaLlamaModel::kv_reads() const {
   const Impl& m = *impl_;
   KvReads r = m.method.host_reads;
   if (m.method.reads.size()) {
-    unsigned long long dev[2] = {0, 0};
+    unsigned long long dev[3] = {0, 0, 0};
     SAAP_CU(cudaMemcpyAsync(dev, m.method.reads.get(), sizeof dev, cudaMemcpyDeviceToHost, m.stream));
     SAAP_CU(cudaStreamSynchronize(m.stream));
     r.kv_tokens += double(dev[0]);
     r.dense_tokens += double(dev[1]);
+    r.index_tokens += double(dev[2]);
   }
   return r;
 }

@@ -10,8 +10,10 @@
 
 #include "saap/core/safetensors.h"
 #include "saap/kernels/cuda/loki.h"
+#include "saap/kernels/cuda/oracle_topk.h"
 #include "saap/kernels/cuda/quest.h"
 #include "saap/kernels/cuda/saap.h"
+#include "saap/kernels/cuda/streaming.h"
 #include "saap/model/cuda_llama.h"
 
 namespace saap {
@@ -26,6 +28,8 @@ enum class MethodKind {
   Partition,  // SaapIndex: saap, kmeans, partition-oracle
   Loki,       // LokiIndex
   Quest,      // QuestIndex
+  Streaming,  // streaming_decode: sinks and the recent window of the dense cache, no index
+  Oracle,     // OracleTopKDecoder: every query head's exact top-k of the whole prefix
 };
 
 struct MethodState {
@@ -42,6 +46,9 @@ struct MethodState {
   std::vector<std::unique_ptr<SaapIndex>> saap;    // [layer] when kind == Partition
   std::vector<std::unique_ptr<LokiIndex>> lokis;   // [layer] when kind == Loki
   std::vector<std::unique_ptr<QuestIndex>> quest;  // [layer] when kind == Quest
+  // Oracle: scratch only (the scores and selections of one layer's step), shared by the layers.
+  std::unique_ptr<OracleTopKDecoder> oracle;
+  DeviceBuffer<int32_t> selected;  // [max_batch][Hkv]: K/V tokens a streaming step read
 
   // What a step hands the indexes (bf16 [max_batch][Hkv][D] each): the new token's post-RoPE key
   // and value, and its pre-RoPE routing key.
@@ -52,7 +59,8 @@ struct MethodState {
   DeviceBuffer<__nv_bfloat16> route_cache;
   DeviceBuffer<int32_t> assign;  // [max_batch][Hkv][max_context]: prefill assignment scratch
 
-  // K/V read: sparse steps count on the device ([0] tokens read, [1] causal prefix), the rest here.
+  // K/V read: sparse steps count on the device ([0] tokens read, [1] causal prefix, [2] K rows read
+  // to decide: the oracle's whole prefix), the rest here.
   DeviceBuffer<unsigned long long> reads;
   KvReads host_reads;
   // Decode steps the Saap indexes may still append without a host look (reserve_appends).

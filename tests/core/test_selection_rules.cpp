@@ -80,6 +80,32 @@ TEST(SelectionRules, FixedReadsNeverOverlapAndSelectableBudgetPaysThemFirst) {
   EXPECT_TRUE(budget_reaches_index(1.0, 10, 40, 40));
 }
 
+TEST(SelectionRules, BudgetTakesAFractionOrAFixedTokenCount) {
+  // The lookup form is selectable_budget and topk_keys, checked above, worked by hand here too.
+  const Budget frac{0.25, 0};
+  EXPECT_FALSE(frac.fixed());
+  EXPECT_EQ(frac.total(1000), 250);
+  EXPECT_EQ(frac.selectable(1000, 4, 64), 250 - 68);
+  EXPECT_EQ(frac.topk(9), 3);
+  // A fixed budget: 512 K/V tokens per query whatever the prefix, sinks and window paid first; a
+  // prefix of at most 512 tokens is read whole.
+  const Budget fixed{0.25, 512};
+  EXPECT_TRUE(fixed.fixed());
+  EXPECT_EQ(fixed.total(32768), 512);
+  EXPECT_EQ(fixed.total(300), 300);
+  EXPECT_EQ(fixed.selectable(32768, 4, 64), 512 - 68);
+  EXPECT_EQ(fixed.selectable(2048, 4, 64), 512 - 68);  // the lookup 0.25 (512 of 2048) plays no part
+  EXPECT_EQ(fixed.selectable(4096, 4, 64), 512 - 68);
+  EXPECT_EQ(fixed.selectable(400, 4, 64), 400);
+  EXPECT_EQ(fixed.topk(32768), 512);
+  EXPECT_EQ(fixed.topk(100), 100);
+  EXPECT_EQ((Budget{0.05, 1}.topk(100)), 1);
+  EXPECT_TRUE(reaches_index(fixed, 32768, 4, 64));
+  EXPECT_FALSE(reaches_index(Budget{0.05, 68}, 32768, 4, 64));  // sinks and window fill 68 tokens
+  EXPECT_TRUE(reaches_index(Budget{0.05, 68}, 60, 4, 64));      // a context it covers whole
+  EXPECT_FALSE(reaches_index(Budget{0.01, 0}, 300, 4, 64));
+}
+
 TEST(SelectionRules, RanksBeforeIsHigherKeyThenLowerId) {
   EXPECT_TRUE(ranks_before(2.0f, 7, 1.0f, 0));
   EXPECT_FALSE(ranks_before(1.0f, 0, 2.0f, 7));

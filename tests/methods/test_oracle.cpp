@@ -113,6 +113,36 @@ TEST(Oracle, TinyBudgetStillReadsOneToken) {
   for (const auto& l : sel.positions) EXPECT_EQ(l.size(), 1u);
 }
 
+TEST(Oracle, FixedTokenBudgetTakesThatManyKeysWhateverThePrefix) {
+  // budget_tokens = 40: 40 keys of every prefix longer than 40 (the same keys the fraction that buys
+  // 40 tokens selects), the whole prefix otherwise; the fraction given beside it plays no part.
+  std::mt19937 rng(5);
+  KVCache cache = random_cache(2, 32, 200, DType::F32, rng);
+  MethodSpec spec = oracle_spec(0.9);
+  spec.budget_tokens = 40;
+  auto fixed = oracle_factory(spec, ArtifactIdentity{})(LayerShape{0, 4, 2, 32, 200});
+  for (int64_t pos : {20, 39, 40, 99, 199}) {
+    const int64_t n = pos + 1;
+    const std::vector<float> q = normal_vector(4 * 32, rng);
+    const QueryView qv{q.data(), q.data(), 4, pos};
+    Selection got, want;
+    fixed->select(cache.layer(0), qv, got);
+    if (n <= 40) {
+      EXPECT_TRUE(got.all) << "n = " << n;
+      continue;
+    }
+    OracleTopK by_fraction(LayerShape{0, 4, 2, 32, 200}, 40.0 / double(n));
+    by_fraction.select(cache.layer(0), qv, want);
+    ASSERT_FALSE(got.all);
+    for (int h = 0; h < 4; ++h) {
+      EXPECT_EQ(got.positions[size_t(h)].size(), 40u) << "n = " << n;
+      EXPECT_EQ(got.positions[size_t(h)], want.positions[size_t(h)]) << "n = " << n << ", head " << h;
+    }
+  }
+  spec.budget_tokens = -1;
+  EXPECT_THROW(oracle_factory(spec, ArtifactIdentity{}), Error);
+}
+
 TEST(Oracle, RefusesBadParameters) {
   EXPECT_THROW(OracleTopK(LayerShape{0, 2, 1, 16, 50}, 1.5), Error);
   EXPECT_THROW(OracleTopK(LayerShape{0, 2, 1, 16, 50}, 0.0), Error);  // 0 reads nothing: refused, not garbage

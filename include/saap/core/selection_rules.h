@@ -2,7 +2,8 @@
 // kernels and both test suites include this header, so one artifact reads the same keys on
 // either device. Header-only, no library calls beyond <cmath>, so nvcc compiles it for the device.
 //
-//   budget    - how many tokens a lookup fraction of an n-token prefix buys (ceil)
+//   budget    - how many tokens a lookup fraction of an n-token prefix buys (ceil), or a fixed
+//               token count (Budget: either form, one per-query token count)
 //   fixed     - the sinks and the recent window, read always and paid from the budget first
 //   density   - a KV group ranks partitions by the summed attention per key of its heads
 //   order     - higher key first, ties to the lower partition (or page) id
@@ -70,6 +71,27 @@ SAAP_HD inline int64_t selectable_fixed_budget(int64_t tokens, int64_t n, int64_
   return selectable_tokens(tokens, n, sinks, window);
 }
 
+// A budget in either of the two forms the comparisons use: a lookup fraction of the causal prefix,
+// or, when tokens > 0, a fixed count of K/V tokens per query whatever the prefix length. Every
+// method that takes both (saap, kmeans, partition-oracle, quest, oracle top-k), on either device,
+// turns it into a per-query token count here.
+struct Budget {
+  double lookup = 0.05;
+  int64_t tokens = 0;  // > 0: a fixed budget of this many K/V tokens instead of lookup
+  SAAP_HD bool fixed() const { return tokens > 0; }
+  // K/V tokens the budget buys at an n-token prefix, sinks and window included (read whole when
+  // the budget covers it).
+  SAAP_HD int64_t total(int64_t n) const {
+    if (fixed()) return tokens < n ? tokens : n;
+    return tokens_for_fraction(lookup, n);
+  }
+  // What a sinks-and-window index may take after the fixed reads (selectable_budget or
+  // selectable_fixed_budget).
+  SAAP_HD int64_t selectable(int64_t n, int64_t sinks, int64_t window) const;
+  // Keys a token-level top-k method attends (topk_keys, or the fixed count): at least one.
+  SAAP_HD int64_t topk(int64_t n) const;
+};
+
 // Whether a sinks-and-window method can ever read a partition at a context of max_context tokens:
 // false when sinks and window alone fill the budget even there.
 SAAP_HD inline bool budget_reaches_index(double lookup, int64_t max_context, int64_t sinks, int64_t window) {
@@ -86,6 +108,23 @@ SAAP_HD inline bool fixed_budget_reaches_index(int64_t tokens, int64_t max_conte
 SAAP_HD inline int64_t topk_keys(double fraction, int64_t n) {
   const int64_t k = tokens_for_fraction(fraction, n);
   return k < 1 ? (n < 1 ? n : 1) : k;
+}
+
+SAAP_HD inline int64_t Budget::selectable(int64_t n, int64_t sinks, int64_t window) const {
+  return fixed() ? selectable_fixed_budget(tokens, n, sinks, window) : selectable_budget(lookup, n, sinks, window);
+}
+
+SAAP_HD inline int64_t Budget::topk(int64_t n) const {
+  if (!fixed()) return topk_keys(lookup, n);
+  const int64_t k = tokens < n ? tokens : n;
+  return k < 1 ? (n < 1 ? n : 1) : k;
+}
+
+// Budget::selectable can ever reach the index at max_context (budget_reaches_index or
+// fixed_budget_reaches_index).
+SAAP_HD inline bool reaches_index(const Budget& b, int64_t max_context, int64_t sinks, int64_t window) {
+  return b.fixed() ? fixed_budget_reaches_index(b.tokens, max_context, sinks, window)
+                   : budget_reaches_index(b.lookup, max_context, sinks, window);
 }
 
 // Loki: the rank of the low-rank score (at least 1 dimension) and the keys it attends (at least 1).

@@ -8,8 +8,9 @@
 //
 // Methods: the spec goes to the runner (CudaLlamaOptions::method): prefill is exact, decode steps go
 // through the method; perplexity under the method (MethodEverywhere) is the runner's method_nll. A
-// method without a GPU path (streaming, h2o, oracle) is refused by name; nothing falls back to
-// dense. The lookup fraction counts K/V bytes only (CudaLlamaModel::kv_reads), not index bytes.
+// method without a GPU path (h2o) is refused by name; nothing falls back to dense. The lookup
+// fraction counts K/V bytes (CudaLlamaModel::kv_reads) and, for the oracle, the K rows it scores
+// to decide; the other indexes' own bytes are not counted.
 #pragma once
 #include <memory>
 #include <string>

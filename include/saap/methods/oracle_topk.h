@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "saap/core/selection_rules.h"
 #include "saap/methods/method.h"
 #include "saap/methods/registry.h"
 
@@ -18,13 +19,15 @@ void top_k_positions(const float* scores, int64_t n, int64_t k, std::vector<int3
 class OracleTopK : public AttentionMethod {
  public:
   // lookup: the fraction of the prefix attended, in (0, 1]; k = rules::topk_keys(lookup, n_ctx).
-  OracleTopK(const LayerShape& shape, double lookup);
+  OracleTopK(const LayerShape& shape, double lookup) : OracleTopK(shape, rules::Budget{lookup, 0}) {}
+  // Either form of budget: with budget.tokens > 0, k = min(tokens, n_ctx) (rules::Budget::topk).
+  OracleTopK(const LayerShape& shape, const rules::Budget& budget);
   std::string name() const override { return "oracle"; }
   // Selects everything when the budget covers the prefix; index_bytes = all prefix K bytes.
   void select(const LayerKV& kv, const QueryView& q, Selection& sel) override;
 
  private:
-  double lookup_;
+  rules::Budget budget_;
   std::vector<float> scores_;
   std::vector<int32_t> order_;
 };

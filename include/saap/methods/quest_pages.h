@@ -39,8 +39,7 @@ SAAP_HD inline PageRange page_range(const rules::FixedReads& fixed, int64_t page
 // K/V tokens the pages may take at an n-token prefix: a fixed budget when budget_tokens > 0, else
 // the lookup fraction (saap::rules either way).
 SAAP_HD inline int64_t page_budget(double lookup, int64_t budget_tokens, int64_t n, int64_t sinks, int64_t window) {
-  return budget_tokens > 0 ? rules::selectable_fixed_budget(budget_tokens, n, sinks, window)
-                           : rules::selectable_budget(lookup, n, sinks, window);
+  return rules::Budget{lookup, budget_tokens}.selectable(n, sinks, window);
 }
 
 // One dimension's term of the bound: the largest q_i k_i over k_i in [lo, hi].

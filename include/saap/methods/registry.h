@@ -26,7 +26,9 @@ struct MethodSpec {
   int window = 64;    // most recent positions always read
   double k_f = 0.25;  // Loki: fraction of the prefix attended
   double d_f = 0.25;  // Loki: fraction of dimensions used for the ranking score
-  int64_t budget_tokens = 0;  // quest: > 0 is a fixed budget of this many tokens instead of lookup
+  // oracle, saap, kmeans, partition-oracle, quest: > 0 is a fixed budget of this many K/V tokens per
+  // query instead of lookup (rules::Budget).
+  int64_t budget_tokens = 0;
   int page_size = 16;         // quest: positions per page
   std::string artifact;  // trained index file (MethodInfo::artifact says which kind)
   std::string describe() const;  // "loki(k_f=0.25,d_f=0.25)"

@@ -48,12 +48,12 @@ struct CudaLlamaOptions {
   // an H200) instead of going through HBM; smaller GEMMs fill the GPU's waves less well.
   int64_t mlp_rows = 0;
   // The attention of decode steps, the same spec as the CPU CLI's (registry.h). On the GPU: dense,
-  // saap, kmeans and partition-oracle (a saap or kmeans artifact, lookup fraction), loki (k_f, d_f
-  // with rank 8/16/32) and quest (lookup or budget_tokens, page_size); sinks and window as the CPU
-  // method reads them. load() checks it as the CPU does (check_method_spec, the artifact against
-  // this model's identity, the CPU method's own checks per layer) and throws Unsupported for a
-  // method without a GPU path (streaming, h2o, oracle) or a setting the GPU index lacks (saap,
-  // kmeans, partition-oracle with budget_tokens).
+  // saap, kmeans and partition-oracle (a saap or kmeans artifact; lookup or budget_tokens), loki
+  // (k_f, d_f with rank 8/16/32), quest (lookup or budget_tokens, page_size), streaming (sinks,
+  // window) and oracle (exact top-k; lookup or budget_tokens); sinks and window as the CPU method
+  // reads them. load() checks it as the CPU does (check_method_spec, the artifact against this
+  // model's identity, the CPU method's own checks per layer) and throws Unsupported for a method
+  // without a GPU path (h2o: it ranks by prefill attention column sums the runner does not keep).
   MethodSpec method;
 };
 
@@ -62,8 +62,11 @@ struct CudaLlamaOptions {
 // whole causal prefix, the query's own token included) against the whole causal prefix. Over the
 // layers a method serves: every layer of a Llama, the global layers of Gemma-3 (the CPU's
 // LlamaSession::global_stats(); its local layers always read their 512-token window).
+// index_tokens: the K rows read to decide (per query and KV head), where a method reads keys to
+// choose: the oracle reads all of K of a prefix it does not read whole (the CPU's index_bytes);
+// the other GPU indexes' own bytes are not counted.
 struct KvReads {
-  double kv_tokens = 0, dense_tokens = 0;
+  double kv_tokens = 0, dense_tokens = 0, index_tokens = 0;
   double fraction() const { return dense_tokens > 0 ? kv_tokens / dense_tokens : 0.0; }
 };
 

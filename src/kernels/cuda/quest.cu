@@ -140,7 +140,7 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
                    m.scored_pages.get(), key_cap);
   // What this select reads at most at the host's longest sequence (sizes attend's splits only).
   const int64_t n = *std::max_element(host_len_.begin(), host_len_.end());
-  expect_tokens_ = budget.tokens > 0 ? std::min<int64_t>(budget.tokens, n) : rules::tokens_for_fraction(budget.lookup, n);
+  expect_tokens_ = budget.total(n);
   expect_tokens_ = std::max<int64_t>(expect_tokens_, std::min<int64_t>(n, cfg_.sinks + cfg_.window));
 }
 

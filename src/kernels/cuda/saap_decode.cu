@@ -89,21 +89,24 @@ void prepare_fused_select(int head_dim) {
   else fused_limits<256>();
 }
 
-void SaapIndex::select(const float* q_route, double lookup, cudaStream_t stream) {
+void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q_route, InvalidArgument, "%s", "null q_route");
-  SAAP_CU_REQUIRE(rules::lookup_in_range(lookup), InvalidArgument, "lookup = %g must be in (0, 1]", lookup);
+  SAAP_CU_REQUIRE(budget.tokens >= 0, InvalidArgument, "budget tokens = %lld must be >= 0 (0: use lookup)",
+                  (long long)budget.tokens);
+  SAAP_CU_REQUIRE(budget.fixed() || rules::lookup_in_range(budget.lookup), InvalidArgument,
+                  "lookup = %g must be in (0, 1] (no fixed budget of tokens given)", budget.lookup);
   const int C = cfg_.n_partitions;
   const SaapGeom g{C, cfg_.sinks, cfg_.window, cfg_.append_page, cfg_.append_pages_per_partition, shape_.head_dim,
                    shape_.n_kv_heads, rows_, cfg_.max_prefill};
   // The attend splits: enough blocks for the tokens this budget buys (an upper bound: the context
   // the index was sized for), at least kSaapMinSplitTokens each, at most one wave of the device.
-  const int64_t expect = std::max<int64_t>(int64_t(lookup * double(cfg_.max_prefill + cfg_.max_new_tokens)),
+  const int64_t expect = std::max<int64_t>(budget.total(cfg_.max_prefill + cfg_.max_new_tokens),
                                            cfg_.sinks + cfg_.window);
   m.splits = choose_splits(shape_, expect, attend_resident(shape_), kSaapMinSplitTokens);
   // Saap ranks by the G heads' router logits; the other routings write one key per KV group.
   const int rows_per_group = cfg_.routing == PartitionRouting::Saap ? shape_.group() : 1;
-  SaapSelectArgs args{m.logits.get(), shape_.n_kv_heads * rows_per_group, rows_per_group, g, cfg_.segment, lookup,
+  SaapSelectArgs args{m.logits.get(), shape_.n_kv_heads * rows_per_group, rows_per_group, g, cfg_.segment, budget,
                       m.seq_len.get(), m.part_start.get(), m.part_count.get(), m.append_pages.get(),
                       m.append_count.get(), max_segments_, reinterpret_cast<int2*>(m.segments.get()),
                       m.segment_count.get(), m.selected_tokens.get(), m.splits,

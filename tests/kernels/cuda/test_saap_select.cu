@@ -23,6 +23,7 @@ int main() {
     int batch, hq, hkv, d, C, hidden;
     std::vector<int32_t> lens;
     float lookup;
+    int64_t tokens = 0;  // > 0: a fixed budget of tokens instead of lookup (rules::Budget)
   };
   // Fractional budgets (0.33 of 5000 is 1650, of 3001 is 990.33), GQA groups 4, 3, 7, 1 and 8,
   // head dims 64, 128 and 256 (Gemma-3's 4 query heads over one KV head),
@@ -38,7 +39,13 @@ int main() {
                         Case{1, 7, 1, 64, 120, 32, {2500}, 0.07f}, Case{2, 2, 2, 128, 64, 32, {1200, 777}, 0.2f},
                         Case{1, 8, 1, 128, 50, 32, {900}, 1.0f}, Case{2, 4, 1, 64, 4096, 32, {20000, 12000}, 0.5f},
                         Case{1, 4, 2, 64, 4096, 32, {30000}, 0.1f},
-                        Case{1, 4, 1, 256, 500, 128, {12000}, 0.05f}, Case{72, 2, 1, 64, 48, 32, many_lens, 0.25f}}) {
+                        Case{1, 4, 1, 256, 500, 128, {12000}, 0.05f}, Case{72, 2, 1, 64, 48, 32, many_lens, 0.25f},
+                        // Fixed token budgets: Gemma-3's shape and artifact size (C = 1024, router
+                        // hidden 640) at 2048 tokens of 32k, SmolLM2's at 512 of two lengths, and a
+                        // budget covering the whole prefix (read whole).
+                        Case{1, 4, 1, 256, 1024, 640, {32768}, 0.05f, 2048},
+                        Case{2, 9, 3, 64, 256, 64, {4000, 1500}, 0.05f, 512},
+                        Case{1, 4, 1, 256, 1024, 640, {1000}, 0.05f, 1024}}) {
     // Both select paths (saap.h SelectPath): the fused launch and the two kernels must select alike.
     for (const cuda::SelectPath path : {cuda::SelectPath::Fused, cuda::SelectPath::TwoKernels}) {
       cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};
@@ -76,7 +83,8 @@ int main() {
       idx.set_classifier(w1, b1, w2, b2);
       auto q = cutest::random_f32(rng, size_t(c.batch) * c.hq * c.d);
       auto dq = cutest::upload(q);
-      idx.select(dq.get(), c.lookup);
+      const rules::Budget budget{c.lookup, c.tokens};
+      idx.select(dq.get(), budget);
       idx.check();
       std::vector<float> logits(size_t(c.batch) * c.hq * c.C);
       SAAP_CU(cudaMemcpy(logits.data(), idx.logits(), logits.size() * 4, cudaMemcpyDeviceToHost));
@@ -91,7 +99,8 @@ int main() {
         }
       const std::string tag = std::string(cuda::select_path_name(path)) + " C=" + std::to_string(c.C) +
                               " G=" + std::to_string(G) + " d=" + std::to_string(c.d) +
-                              " lookup=" + std::to_string(c.lookup).substr(0, 4) + ": ";
+                              (c.tokens > 0 ? " tokens=" + std::to_string(c.tokens)
+                                            : " lookup=" + std::to_string(c.lookup).substr(0, 4)) + ": ";
       // fp32 weights (as the CPU router's) and fp32 dot products of at most 1024 terms: relative
       // error near 1e-6.
       const double lerr = cutest::rel_error(logits, ref_flat);
@@ -125,8 +134,7 @@ int main() {
         std::vector<std::vector<double>> group(ref_logits.begin() + size_t(b) * c.hq + h * G,
                                                ref_logits.begin() + size_t(b) * c.hq + (h + 1) * G);
         const auto key = cutest::saap_group_keys(group, counts);
-        const int64_t budget = rules::selectable_budget(c.lookup, n, cfg.sinks, cfg.window);
-        const auto taken = cutest::fill_partitions(key, counts, budget);
+        const auto taken = cutest::fill_partitions(key, counts, budget.selectable(n, cfg.sinks, cfg.window));
         std::set<int32_t> ref;
         for (int64_t t = 0; t < n; ++t)
           if (t < fixed.sink_end || t >= fixed.window_begin || taken[assign[size_t(bh) * max_len + t]])
@@ -189,5 +197,7 @@ int main() {
   idx.set_classifier(std::vector<float>(size_t(4) * 128 * 64, 0.1f), std::vector<float>(4 * 128, 0.f),
                      std::vector<float>(size_t(4) * 8 * 128, 0.1f), std::vector<float>(4 * 8, 0.f));
   refused("lookup 1.5 is refused (InvalidArgument)", ErrorKind::InvalidArgument, [&] { idx.select(q.get(), 1.5f); });
+  refused("budget_tokens -1 is refused (InvalidArgument)", ErrorKind::InvalidArgument,
+          [&] { idx.select(q.get(), rules::Budget{0.05, -1}); });
   return tally.finish();
 }

@@ -20,6 +20,7 @@
 #include <memory>
 #include <vector>
 
+#include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/decode.h"
 
 namespace saap::cuda {
@@ -30,11 +31,9 @@ struct QuestConfig {
   int window = 64;
 };
 
-// Tokens read per query: the lookup fraction of the prefix, or a fixed count when tokens > 0.
-struct QuestBudget {
-  double lookup = 0.05;
-  int64_t tokens = 0;
-};
+// Tokens read per query: the lookup fraction of the prefix, or a fixed count when tokens > 0
+// (the shared rule of selection_rules.h).
+using QuestBudget = rules::Budget;
 
 // Per (b, h), [batch][n_kv_heads], read back by counters() (which synchronises).
 struct QuestCounters {

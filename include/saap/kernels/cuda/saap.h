@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/decode.h"
 
 namespace saap {
@@ -140,10 +141,14 @@ class SaapIndex {
   // ranked as config().routing says (Saap: decreasing density summed over the group's heads, each
   // head's densities normalised so that, weighted by partition sizes, they sum to 1) and filled
   // into what the lookup budget leaves after the sinks and window (selection_rules.h: a partition
-  // is taken whole if it fits what is left, else skipped). lookup in (0, 1], a double as on the CPU
-  // (a float 0.05 is not 0.05, and its budget can differ by a token). Writes the work segments
-  // attend() walks.
-  void select(const float* q_route, double lookup, cudaStream_t stream = 0);
+  // is taken whole if it fits what is left, else skipped). The budget is either form of
+  // rules::Budget, turned into a per-sequence token count on the device by the shared rule: a
+  // lookup in (0, 1], a double as on the CPU (a float 0.05 is not 0.05, and its budget can differ by
+  // a token), or a fixed count of tokens > 0. Writes the work segments attend() walks.
+  void select(const float* q_route, const rules::Budget& budget, cudaStream_t stream = 0);
+  void select(const float* q_route, double lookup, cudaStream_t stream = 0) {
+    select(q_route, rules::Budget{lookup, 0}, stream);
+  }
   // Exact attention of q over the last selection into out [batch][n_q_heads][head_dim].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
 

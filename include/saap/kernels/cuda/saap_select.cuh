@@ -295,7 +295,7 @@ struct SaapSelectArgs {
   int n_q_heads, G;
   SaapGeom g;
   int segment;
-  double lookup;
+  rules::Budget budget;  // a lookup fraction or a fixed token count, per sequence on the device
   const int32_t *seq_len, *part_start, *part_count, *append_pages, *append_count;
   int64_t max_segments;
   int2* segments;
@@ -308,8 +308,8 @@ struct SaapSelectArgs {
 // per key); the group's key for partition c is rules::group_log_density over its heads, each
 // normalised by rules::head_log_normaliser over the non-empty partitions: the attention the
 // shared read gains per token it spends, as the CPU method (SaapAttention::group_scores) ranks.
-// The budget is rules::selectable_budget (sinks and window paid first); the partitions are ranked by
-// rules::ranks_before (bitonic_rank) and filled by the rule of rules::fill_in_order (fill_ranked:
+// The budget is rules::Budget::selectable (either form; sinks and window paid first); the
+// partitions are ranked by rules::ranks_before (bitonic_rank) and filled by the rule of rules::fill_in_order (fill_ranked:
 // a block scan for the prefix that fits, then one warp for the rest). Then the segments are
 // written: sinks, recent window, then every selected partition's prefill range and append pages.
 // The selected tokens, numbered in segment order, are cut into `splits` equal runs for attend():
@@ -415,7 +415,7 @@ __device__ inline void select_group(int bh, const SaapSelectArgs& a, WaitLogits&
   const rules::FixedReads fixed_reads = rules::fixed_reads(n, g.S, g.W);
   const int n_sink = int(fixed_reads.sink_end);
   const int n_win = int(n - fixed_reads.window_begin);
-  const int64_t budget = rules::selectable_budget(a.lookup, n, g.S, g.W);
+  const int64_t budget = a.budget.selectable(n, g.S, g.W);
   const bool take_all = total <= float(budget);
   if (take_all) {
     for (int c = tid; c < g.C; c += kSelectThreads) taken[c] = sizes[c] > 0;

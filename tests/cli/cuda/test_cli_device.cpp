@@ -129,16 +129,18 @@ int main() {
   // ---- methods without an artifact under --device cuda against --device cpu, the same windows ----
   // One window of 256 tokens, every position through the method (the CPU side decodes token by
   // token without BLAS). Streaming reads the same positions on both devices: its K/V fraction must
-  // be the CPU's (1e-6) and its perplexity within the dense bound (0.5%). The oracle scores every
-  // key, so a near-tie at the k-th key may go the other way under the GPU's bf16 activations:
-  // perplexity within 1%, K/V + index fraction within 0.02 (the index part, all of K, is the
-  // same on both), at a lookup fraction and at a fixed budget of tokens.
+  // be the CPU's (1e-6) and its perplexity near it (1%: twice the dense bound, for one window of
+  // 256 tokens instead of three of 512, read through a 36-token window; a wrong window or sink
+  // moves it by far more). The oracle scores every key, so a near-tie at the k-th key may go the
+  // other way under the GPU's bf16 activations: perplexity within 1%, K/V + index fraction within
+  // 0.02 (the index part, all of K, is the same on both), at a lookup fraction and at a fixed
+  // budget of tokens.
   struct MethodCase {
     std::string args, label;
     double ppl_tol, fraction_tol;
   };
   const MethodCase method_cases[] = {
-      {"--method streaming --sinks 4 --window 32", "streaming", 0.005, 1e-6},
+      {"--method streaming --sinks 4 --window 32", "streaming", 0.01, 1e-6},
       {"--method oracle --lookup 0.1", "oracle 0.1", 0.01, 0.02},
       {"--method oracle --budget-tokens 24", "oracle 24 tokens", 0.01, 0.02},
   };

@@ -49,7 +49,7 @@ std::vector<DenseTuning> dense_tuning_candidates() {
   for (const char* t : {"", "waves=2", "stages=3", "stages=4", "stages=3;waves=2", "interleave=1", "prefetch=1",
                         "interleave=1;prefetch=1", "stages=3;interleave=1", "prefetch=1;waves=2;min=128",
                         "interleave=1;prefetch=1;waves=2;min=128", "mma=1", "mma=1;interleave=1",
-                        "mma=1;waves=2;min=128"})
+                        "mma=1;waves=2;min=128", "mma=1;prefetch=1", "mma=1;prefetch=1;interleave=1"})
     v.push_back(DenseTuning::parse(t));
   return v;
 }
@@ -75,8 +75,6 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
   SAAP_CU_REQUIRE(waves >= 1 && waves <= 8, InvalidArgument, "waves = %d outside [1, 8]", waves);
   SAAP_CU_REQUIRE((!tuning.prefetch && !tuning.mma) || stages == 0, InvalidArgument,
                   "prefetch and mma are register-path tunings; stages = %d loads through the cp.async ring", stages);
-  SAAP_CU_REQUIRE(!(tuning.prefetch && tuning.mma), InvalidArgument, "%s",
-                  "prefetch and mma are two different loops; choose one");
   SAAP_CU_REQUIRE(tuning.min_split_tokens >= 16, InvalidArgument, "min_split_tokens = %d must be >= 16",
                   tuning.min_split_tokens);
   int splits = 0;
@@ -112,13 +110,15 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
       async(std::integral_constant<int, 3>{});
     } else if (stages == 4) {
       async(std::integral_constant<int, 4>{});
+    } else if (tuning.mma && dense_mma_supported<T, D>()) {
+      if constexpr (dense_mma_supported<T, D>()) {
+        if (tuning.prefetch)
+          registers(std::integral_constant<Loop, Loop::MmaPrefetch>{});
+        else
+          registers(std::integral_constant<Loop, Loop::Mma>{});
+      }
     } else if (tuning.prefetch) {
       registers(std::integral_constant<Loop, Loop::Prefetch>{});
-    } else if (tuning.mma) {
-      if constexpr (dense_mma_supported<T, D>())
-        registers(std::integral_constant<Loop, Loop::Mma>{});
-      else
-        registers(std::integral_constant<Loop, Loop::Plain>{});
     } else {
       registers(std::integral_constant<Loop, Loop::Plain>{});
     }

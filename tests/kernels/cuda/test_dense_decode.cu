@@ -117,7 +117,7 @@ int main() {
   }
   tally.check(threw, "window = -1 is refused (InvalidArgument)", threw, 1);
   // A tuning that does not parse, or prefetch through the cp.async ring, is a named error.
-  for (const char* bad : {"stages=x", "unroll=2", "waves", "stages=3;prefetch=1", "stages=4;mma=1", "prefetch=1;mma=1"}) {
+  for (const char* bad : {"stages=x", "unroll=2", "waves", "stages=3;prefetch=1", "stages=4;mma=1"}) {
     threw = false;
     try {
       cuda::SplitWorkspace ws;

@@ -148,13 +148,14 @@ struct GroupAttender {
   // three bf16 terms so that its 24 bits all count, fp32 accumulation), written to `sc` and read
   // back in the value layout; softmax and values as run(). A lane loads one contiguous quarter of
   // each of its two key rows (16-byte loads) and B is permuted to match: a dot product does not
-  // care which component each k slot holds as long as A and B agree. The loop does ~a third of
+  // care which component each k slot holds as long as A and B agree. The loop does ~half of
   // run()'s instructions per byte (no per-element FMAs or shuffles for the logits).
   // kq(i): this lane's quarter of row i's key, components c*D/4 .. (c+1)*D/4 - 1 with c = lane & 3
   // (16-byte aligned); vptr(i) as in run(). qg, G, scale: as init() took them. sc: this warp's
   // kMmaRows x 8 floats of shared memory.
+  // PREFETCH: the next tile's loads are issued before this tile's MMAs and math (as run_prefetch).
   static constexpr int kMmaRows = 16;
-  template <class KQuarter, class VPtr>
+  template <bool PREFETCH = false, class KQuarter, class VPtr>
   __device__ void run_mma(int n, const float* qg, int G, float scale, KQuarter kq, VPtr vptr, float* sc) {
     static_assert(std::is_same<T, __nv_bfloat16>::value && (D == 64 || D == 128) && GMAX <= 8,
                   "tensor-core logits: bf16 keys, head dim 64 or 128");
@@ -174,8 +175,8 @@ struct GroupAttender {
           for (int e = 0; e < TERMS; ++e) b[kb][p][e] = split_bf16x2(x0, x1);
         }
     }
-    for (int base = warp * kMmaRows; base < n; base += NWARPS * kMmaRows) {
-      uint4 ka[2][KQ], vr[MU];  // key quarters of rows gr and gr + 8; value words of the passes
+    // Key quarters of rows gr and gr + 8 of the tile at `base`, and the value words of its passes.
+    auto load = [&](int base, uint4 (&ka)[2][KQ], uint4 (&vr)[MU]) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int t = base + gr + 8 * h;
@@ -188,6 +189,8 @@ struct GroupAttender {
         const int i = base + u * TPP + slot;
         vr[u] = i < n ? load_stream(vptr(i)) : make_uint4(0, 0, 0, 0);
       }
+    };
+    auto tile = [&](int base, const uint4 (&ka)[2][KQ], const uint4 (&vr)[MU]) {
       float d[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int e = TERMS - 1; e >= 0; --e)  // smallest terms first
@@ -209,6 +212,30 @@ struct GroupAttender {
         for (int g = 0; g < GMAX; ++g) s[u][g] = sc[(u * TPP + slot) * 8 + g];
       __syncwarp();  // the next tile rewrites sc
       accumulate<MU>(s, vr, base, n);
+    };
+    constexpr int stride = NWARPS * kMmaRows;
+    if constexpr (PREFETCH) {
+      int base = warp * kMmaRows;
+      if (base >= n) return;
+      uint4 kn[2][KQ], vn[MU];
+      load(base, kn, vn);
+      for (; base < n; base += stride) {
+        uint4 ka[2][KQ], vr[MU];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int j = 0; j < KQ; ++j) ka[h][j] = kn[h][j];
+#pragma unroll
+        for (int u = 0; u < MU; ++u) vr[u] = vn[u];
+        if (base + stride < n) load(base + stride, kn, vn);
+        tile(base, ka, vr);
+      }
+    } else {
+      for (int base = warp * kMmaRows; base < n; base += stride) {
+        uint4 ka[2][KQ], vr[MU];
+        load(base, ka, vr);
+        tile(base, ka, vr);
+      }
     }
   }
 

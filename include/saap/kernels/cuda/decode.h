@@ -109,9 +109,10 @@ void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t ma
 //               at once;
 //   prefetch    (registers only) the next tile's loads are issued before this tile's math, so a
 //               warp always has a tile in flight (more registers: fewer resident blocks);
-//   mma         (registers only, not with prefetch) the logits on the tensor cores
-//               (GroupAttender::run_mma), ~a third of the instructions per byte; bf16 keys at
-//               head dim 64 or 128, other shapes run the plain loop;
+//   mma         (registers only) the logits on the tensor cores (GroupAttender::run_mma), ~half
+//               the instructions per byte; with prefetch, the tensor-core loop prefetches its next
+//               tile; bf16 keys at head dim 64 or 128, other shapes run the plain (or prefetching)
+//               loop;
 //   min_split_tokens  the fewest tokens one split reads (the split count's cap at short contexts).
 // dense_decode is dense_decode_tuned(..., kDenseDefault).
 struct DenseTuning {

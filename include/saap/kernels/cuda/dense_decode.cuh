@@ -19,8 +19,14 @@ constexpr int decode_min_blocks(int gmax) { return gmax > 4 ? 2 : 4; }
 // B fragments and a 16-row tile: the same budget.
 constexpr int prefetch_min_blocks(int gmax) { return gmax > 4 ? 2 : gmax > 2 ? 3 : 4; }
 
-// The dense kernel's inner loop: GroupAttender::run, run_prefetch or run_mma.
-enum class DenseLoop { Plain = 0, Prefetch = 1, Mma = 2 };
+// The dense kernel's inner loop: GroupAttender::run, run_prefetch, run_mma or run_mma<true>.
+enum class DenseLoop { Plain = 0, Prefetch = 1, Mma = 2, MmaPrefetch = 3 };
+// Resident blocks the loop is built for: the prefetching tensor-core loop holds two tiles beside
+// the query's fragments (2 blocks, <= 255 registers).
+constexpr int dense_loop_min_blocks(DenseLoop loop, int gmax) {
+  return loop == DenseLoop::Plain ? decode_min_blocks(gmax) : loop == DenseLoop::MmaPrefetch ? 2
+                                                                                             : prefetch_min_blocks(gmax);
+}
 // Where run_mma applies (bf16 keys, head dim 64 or 128); elsewhere a tuning asking for it runs Plain.
 template <class T, int D>
 constexpr bool dense_mma_supported() {
@@ -64,8 +70,7 @@ struct DenseShare {
 
 // LOOP: the attender's loop (and its register budget).
 template <class T, int D, int GMAX, DenseLoop LOOP>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::Plain ? decode_min_blocks(GMAX)
-                                                                                     : prefetch_min_blocks(GMAX))
+static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_blocks(LOOP, GMAX))
     dense_decode_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
                         float scale, int splits, int64_t chunk, int64_t window, bool interleave,
@@ -82,11 +87,11 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::P
   const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D + at.sub * 8;
   auto kptr = [&](int i) { return kb + share.row<UNIT>(i) * D; };
   auto vptr = [&](int i) { return vb + share.row<UNIT>(i) * D; };
-  if constexpr (LOOP == DenseLoop::Mma) {
+  if constexpr (LOOP == DenseLoop::Mma || LOOP == DenseLoop::MmaPrefetch) {
     __shared__ float scores[kDecodeWarps][A::kMmaRows * 8];
     const T* kq = kb - at.sub * 8 + (at.lane & 3) * (D / 4);  // this lane's quarter of each row
-    at.run_mma(share.n, q + row0 * D, G, scale, [&](int i) { return kq + share.row<UNIT>(i) * D; }, vptr,
-               scores[at.warp]);
+    at.template run_mma<LOOP == DenseLoop::MmaPrefetch>(
+        share.n, q + row0 * D, G, scale, [&](int i) { return kq + share.row<UNIT>(i) * D; }, vptr, scores[at.warp]);
   } else if constexpr (LOOP == DenseLoop::Prefetch) {
     at.run_prefetch(share.n, kptr, vptr);
   } else {

@@ -24,15 +24,16 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 // The runner's K/V reads (CudaLlamaModel::kv_reads: tokens per query and KV head, against the
 // whole causal prefix) as LookupStats of bf16 bytes, split evenly over `sequences`: K/V, and as
-// index bytes the K rows the oracle scores to decide (the other GPU indexes' own bytes are not
-// counted). queries: the steps (each through every layer). The runner counts Gemma-3's global
-// layers only, so there stats and global stats are both the global layers'.
+// index bytes the K rows the oracle scores to decide plus the other indexes' bytes (router
+// weights, centroids, page metadata, low-rank keys: KvReads::index_bytes). queries: the steps
+// (each through every layer). The runner counts Gemma-3's global layers only, so there stats and
+// global stats are both the global layers'.
 LookupStats lookup_from_reads(const cuda::KvReads& r, const LlamaConfig& c, int64_t steps, int sequences) {
   LookupStats s;
   const double row_bytes = double(c.head_dim) * 2;  // one bf16 row of K or of V
   s.queries = steps * c.n_layers;
   s.kv_bytes = int64_t(r.kv_tokens * 2 * row_bytes / sequences);
-  s.index_bytes = int64_t(r.index_tokens * row_bytes / sequences);
+  s.index_bytes = int64_t((r.index_tokens * row_bytes + r.index_bytes) / sequences);
   s.dense_bytes = int64_t(r.dense_tokens * 2 * row_bytes / sequences);
   return s;
 }

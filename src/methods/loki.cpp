@@ -181,7 +181,13 @@ void LokiAttention::select(const LayerKV& kv, const QueryView& q, Selection& sel
     }
     top_k_positions(scores_.data(), n, k, sel.positions[size_t(h)], order);
   }
-  sel.index_bytes = n * shape_.n_kv_heads * int64_t(rank_) * int64_t(dtype_size(kv.dtype));
+  sel.index_bytes = loki_index_bytes(params_, shape_, n, kv.dtype);
+}
+
+int64_t loki_index_bytes(const LokiParams& params, const LayerShape& shape, int64_t n_ctx, DType cache_dtype) {
+  if (rules::loki_keys(params.k_f, n_ctx) >= n_ctx) return 0;
+  return n_ctx * shape.n_kv_heads * int64_t(rules::loki_rank(params.d_f, shape.head_dim)) *
+         int64_t(dtype_size(cache_dtype));
 }
 
 MethodFactory loki_factory(const MethodSpec& spec, const ArtifactIdentity& expected) {

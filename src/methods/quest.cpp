@@ -177,8 +177,15 @@ void QuestAttention::select(const LayerKV& kv, const QueryView& q, Selection& se
     for (int64_t p = fixed.window_begin; p < n; ++p) out.push_back(int32_t(p));
     for (int g = 1; g < group; ++g) sel.positions[size_t(kvh * group + g)] = out;
   }
-  if (budget > 0)
-    sel.index_bytes = int64_t(shape_.n_kv_heads) * range.count() * 2 * d * int64_t(dtype_size(kv.dtype));
+  sel.index_bytes = quest_index_bytes(params_, shape_, n, kv.dtype);
+}
+
+int64_t quest_index_bytes(const QuestParams& params, const LayerShape& shape, int64_t n_ctx, DType cache_dtype) {
+  const rules::FixedReads fixed = rules::fixed_reads(n_ctx, params.sinks, params.window);
+  const int64_t budget = quest::page_budget(params.lookup, params.budget_tokens, n_ctx, params.sinks, params.window);
+  if (budget <= 0 || budget >= fixed.middle()) return 0;  // no page scored: nothing fits, or everything does
+  const int64_t pages = quest::page_range(fixed, params.page_size).count();
+  return int64_t(shape.n_kv_heads) * pages * 2 * shape.head_dim * int64_t(dtype_size(cache_dtype));
 }
 
 MethodFactory quest_factory(const MethodSpec& spec, const ArtifactIdentity&) {

@@ -411,10 +411,16 @@ bool SaapAttention::group_scores(const GroupQuery& gq, float* scores) {
 }
 
 // Every query head reads its router's weights, and each KV head its partition size table.
-int64_t SaapAttention::index_bytes_per_query() const {
-  return int64_t(shape_.n_q_heads) * layer_->classifiers[0].n_params() * int64_t(sizeof(float)) +
-         int64_t(shape_.n_kv_heads) * artifact_->partitions * int64_t(sizeof(int32_t));
+int64_t saap_index_bytes(const PartitionArtifact& artifact, const LayerShape& shape) {
+  const auto layer = artifact.layers.find(shape.layer);
+  SAAP_CHECK_FMT(artifact.has_classifiers() && layer != artifact.layers.end() && !layer->second.classifiers.empty(),
+                 InvalidArgument, "layer %d: the '%s' artifact holds no router for it", shape.layer,
+                 artifact.identity.method.c_str());
+  return int64_t(shape.n_q_heads) * layer->second.classifiers[0].n_params() * int64_t(sizeof(float)) +
+         int64_t(shape.n_kv_heads) * artifact.partitions * int64_t(sizeof(int32_t));
 }
+
+int64_t SaapAttention::index_bytes_per_query() const { return saap_index_bytes(*artifact_, shape_); }
 
 MethodFactory saap_factory(const MethodSpec& spec, const ArtifactIdentity& expected) {
   const PartitionBudget budget = partition_budget(spec);

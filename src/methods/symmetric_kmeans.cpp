@@ -16,10 +16,12 @@ void SymmetricKMeansAttention::score(int head, const float* q_vec, float* scores
 }
 
 // Each KV head's centroids are read once for its group, plus its partition size table.
-int64_t SymmetricKMeansAttention::index_bytes_per_query() const {
-  return int64_t(shape_.n_kv_heads) * artifact_->partitions * (int64_t(shape_.head_dim) * int64_t(sizeof(float)) +
-                                                                 int64_t(sizeof(int32_t)));
+int64_t kmeans_index_bytes(const PartitionArtifact& artifact, const LayerShape& shape) {
+  return int64_t(shape.n_kv_heads) * artifact.partitions *
+         (int64_t(shape.head_dim) * int64_t(sizeof(float)) + int64_t(sizeof(int32_t)));
 }
+
+int64_t SymmetricKMeansAttention::index_bytes_per_query() const { return kmeans_index_bytes(*artifact_, shape_); }
 
 MethodFactory kmeans_factory(const MethodSpec& spec, const ArtifactIdentity& expected) {
   const PartitionBudget budget = partition_budget(spec);

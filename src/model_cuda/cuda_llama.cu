@@ -181,6 +181,8 @@ void CudaLlamaModel::Impl::launch_step() {
     const double read = double(batch) * config.n_kv_heads * config.n_layers * double(length + 1);
     method.host_reads.kv_tokens += read;
     method.host_reads.dense_tokens += read;
+  } else {  // each sequence's query (length + 1 tokens of prefix) read its index in every served layer
+    method.host_reads.index_bytes += double(batch) * double(index_bytes_per_query(length + 1));
   }
 }
 

@@ -133,6 +133,9 @@ struct CudaLlamaModel::Impl {
   void make_indexes(int batch);
   // MethodState / CudaLlamaModel::dense_prefix.
   int64_t dense_prefix(int64_t n) const;
+  // Index bytes one query with an n_ctx-token prefix reads to decide, summed over the layers the
+  // method serves (the CPU method's own formula per layer: KvReads::index_bytes).
+  int64_t index_bytes_per_query(int64_t n_ctx) const;
   // Teacher forcing inside the step: the true token as input, then the NLL of the next one.
   void teacher_input();
   void teacher_nll();

@@ -8,6 +8,7 @@
 #include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/reduce.cuh"
 #include "saap/methods/loki.h"
+#include "saap/methods/quest.h"
 #include "saap/methods/saap.h"
 #include "src/model_cuda/cuda_llama_impl.h"
 
@@ -262,6 +263,39 @@ int64_t CudaLlamaModel::Impl::dense_prefix(int64_t n) const {
   return m;
 }
 
+// The CPU method's formula for each served layer, at the runner's bf16 cache. The GPU reads the same
+// index tensors: the Saap router's fp32 weights (w1, b1, w2, b2, as the CPU since 2b5eaa7), k-means'
+// fp32 centroids, Quest's bf16 page min/max, Loki's bf16 r-coordinate keys. Not counted, as on the
+// CPU: the centroids a Saap/k-means append reads to assign the new key (SaapIndex::
+// index_bytes_per_step, the kernel bench's figure, includes them), and the partition oracle's
+// exact scoring (the CPU charges it nothing: it is an upper bound to compare against, not a method).
+int64_t CudaLlamaModel::Impl::index_bytes_per_query(int64_t n_ctx) const {
+  const LlamaConfig& c = config;
+  const MethodSpec& spec = options.method;
+  int64_t bytes = 0;
+  for (int l = 0; l < c.n_layers; ++l) {
+    if (!c.is_global(l)) continue;  // Gemma-3's local layers read their exact window, no index
+    const LayerShape shape{l, c.n_heads, c.n_kv_heads, c.head_dim, options.max_context};
+    switch (method.kind) {
+      case MethodKind::Partition:
+        if (method.routing == PartitionRouting::Saap) bytes += saap_index_bytes(*method.partition, shape);
+        if (method.routing == PartitionRouting::KMeans) bytes += kmeans_index_bytes(*method.partition, shape);
+        break;
+      case MethodKind::Quest:
+        bytes += quest_index_bytes(quest_params(spec), shape, n_ctx, DType::BF16);
+        break;
+      case MethodKind::Loki:
+        bytes += loki_index_bytes(LokiParams{spec.k_f, spec.d_f}, shape, n_ctx, DType::BF16);
+        break;
+      case MethodKind::Dense:
+      case MethodKind::Streaming:
+      case MethodKind::Oracle:  // its K rows: index_tokens, counted on the device
+        break;
+    }
+  }
+  return bytes;
+}
+
 void CudaLlamaModel::Impl::save_routing_keys(int layer, int b, int64_t n, int64_t pos0) {
   if (method.kind != MethodKind::Partition || !method.pre_rope) return;
   const LlamaConfig& c = config;
@@ -451,6 +485,11 @@ void CudaLlamaModel::method_nll(const int32_t* tokens, int batch, int64_t n, flo
   const double prefix = double(batch) * c.n_kv_heads * c.n_global_layers() * double(n0) * double(n0 + 1) / 2;
   m.method.host_reads.kv_tokens += prefix;
   m.method.host_reads.dense_tokens += prefix;
+  // And its index as the method would read it at that query, as the CPU counts it (Saap and k-means
+  // charge their router or centroids even where they then read the whole prefix; Quest and Loki
+  // charge nothing there), though the dense prefill itself reads no index.
+  for (int64_t j = 1; j <= n0; ++j)
+    m.method.host_reads.index_bytes += double(batch) * double(m.index_bytes_per_query(j));
   if (n0 == n) return;
 
   for (int64_t i = 0; i < int64_t(batch) * n; ++i)

@@ -47,6 +47,11 @@ struct LokiArtifact {
   static LokiArtifact load(const std::string& path, const ArtifactIdentity& expected);
 };
 
+// Index bytes a query with an n_ctx-token prefix reads to decide: 0 when k covers the prefix;
+// else r = rules::loki_rank(d_f, head_dim) coordinates of every prefix key per KV head, in the
+// cache dtype. LokiAttention::select and the GPU runner (saap::cuda, bf16 coordinates) both charge this.
+int64_t loki_index_bytes(const LokiParams& params, const LayerShape& shape, int64_t n_ctx, DType cache_dtype);
+
 class LokiAttention : public AttentionMethod {
  public:
   LokiAttention(const LayerShape& shape, const LokiParams& params, std::shared_ptr<const LokiArtifact> artifact);

@@ -70,6 +70,11 @@ class QuestAttention : public AttentionMethod {
 // Checks spec (lookup in (0, 1], budget_tokens >= 0, sinks and window >= 0, page_size in
 // [1, kMaxQuestPageSize]); needs no artifact.
 QuestParams quest_params(const MethodSpec& spec);
+// Index bytes a query with an n_ctx-token prefix reads to decide: 0 when the budget covers the
+// middle (everything read) or buys nothing; else min and max (head_dim values each, in the cache
+// dtype) of every page of the middle, per KV head. QuestAttention::select and the GPU runner
+// (saap::cuda, bf16 metadata) both charge this.
+int64_t quest_index_bytes(const QuestParams& params, const LayerShape& shape, int64_t n_ctx, DType cache_dtype);
 inline constexpr int kMaxQuestPageSize = 1024;
 MethodFactory quest_factory(const MethodSpec& spec, const ArtifactIdentity& expected);
 

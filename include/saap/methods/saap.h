@@ -176,6 +176,14 @@ class SaapAttention : public PartitionedAttention {
   std::vector<float> hidden_, head_scores_, head_lse_;  // head_scores_ [group][C], head_lse_ [group]
 };
 
+// Index bytes one query at `shape.layer` reads to decide, whatever its context: Saap's router
+// weights of every query head (fp32) and each KV head's partition size table (int32); k-means'
+// centroids of each KV head (fp32, read once for its group) and the size table. The CPU methods
+// and the GPU runner (saap::cuda, whose router and centroid scoring read the same fp32 tensors)
+// both charge these. saap_index_bytes needs a Saap artifact holding the layer (InvalidArgument).
+int64_t saap_index_bytes(const PartitionArtifact& artifact, const LayerShape& shape);
+int64_t kmeans_index_bytes(const PartitionArtifact& artifact, const LayerShape& shape);
+
 // Checks spec (lookup in (0, 1], sinks and window >= 0) and reads the artifact once; the factory
 // refuses a layer the artifact does not hold.
 PartitionBudget partition_budget(const MethodSpec& spec);

@@ -63,10 +63,13 @@ struct CudaLlamaOptions {
 // layers a method serves: every layer of a Llama, the global layers of Gemma-3 (the CPU's
 // LlamaSession::global_stats(); its local layers always read their 512-token window).
 // index_tokens: the K rows read to decide (per query and KV head), where a method reads keys to
-// choose: the oracle reads all of K of a prefix it does not read whole (the CPU's index_bytes);
-// the other GPU indexes' own bytes are not counted.
+// choose: the oracle reads all of K of a prefix it does not read whole (the CPU's index_bytes).
+// index_bytes: the other indexes' bytes read to decide, summed over queries (sequences x steps)
+// and served layers, by the CPU method's own formula (Saap's fp32 routers and size tables, k-means'
+// fp32 centroids and size tables, Quest's page min/max and Loki's low-rank keys in bf16, the
+// runner's cache dtype; saap_index_bytes, kmeans_index_bytes, quest_index_bytes, loki_index_bytes).
 struct KvReads {
-  double kv_tokens = 0, dense_tokens = 0, index_tokens = 0;
+  double kv_tokens = 0, dense_tokens = 0, index_tokens = 0, index_bytes = 0;
   double fraction() const { return dense_tokens > 0 ? kv_tokens / dense_tokens : 0.0; }
 };
 

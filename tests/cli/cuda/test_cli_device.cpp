@@ -8,6 +8,9 @@
 //   - bench --device cuda (dense and quest): the end-to-end rows and CSV;
 //   - eval ppl under streaming and oracle (lookup and --budget-tokens), GPU against CPU: perplexity
 //     and lookup fraction (the CPU's byte accounting, the oracle's index bytes included);
+//   - eval ppl under saap, kmeans, loki (artifacts in SAAP_ARTIFACTS, default /tmp/pieces, as
+//     cuda_test_sparse names them; skipped with a note when absent) and quest: K/V fraction and the
+//     index bytes (routers, centroids, page metadata, low-rank keys) against the CPU's;
 //   - a method without a GPU path (h2o): exit 7 naming it, no result file;
 //   - saap info names the GPU as usable; without FAISS, saap train refuses by name;
 //   - a window longer than the model's context: named error, exit 2, no result file.
@@ -162,6 +165,68 @@ int main() {
     tally.check(std::fabs(fg - fc) <= m.fraction_tol,
                 ("eval ppl " + m.label + ": cuda lookup fraction near the cpu's").c_str(), std::fabs(fg - fc),
                 m.fraction_tol);
+  }
+
+  // ---- indexed methods: K/V fraction and index bytes, GPU against CPU, the same window ----
+  // Both devices charge each query the CPU method's index bytes (saap_index_bytes, ...), but the
+  // CPU's cache is fp32 and the GPU's bf16, so a fraction of dense bytes differs where the index
+  // is not in the cache dtype: Saap's routers and k-means' centroids are fp32 on both, hence twice
+  // the share of the GPU's half-size dense bytes (scale 2); Quest's page min/max and Loki's
+  // low-rank keys are cache values, the same share on both (scale 1). So the GPU's total must be
+  // kv_cpu + scale x index_cpu. Tolerances: K/V fraction within 0.02 (partition, page or key
+  // rankings may flip a near-tie under the GPU's bf16 activations, as for the oracle above); the
+  // index part within 2% relative (the GPU does not run the window's last position, whose NLL is
+  // undefined: (W+1)/W = +0.4% for a per-query constant at W = 256; the rest is exact arithmetic
+  // on the same prefix lengths); the total within the sum of both. Perplexity within 2%: a
+  // lossier method than the oracle, read through a few partitions, pages or keys.
+  {
+    const char* art_env = std::getenv("SAAP_ARTIFACTS");
+    const std::string dir = art_env && *art_env ? art_env : "/tmp/pieces";
+    struct IndexedCase {
+      std::string args, label, artifact;
+      double index_scale;
+    };
+    const std::string budget = " --lookup 0.25 --sinks 4 --window 16";
+    const IndexedCase indexed[] = {
+        {"--method saap" + budget, "saap", dir + "/saap-c256-pre.safetensors", 2.0},
+        {"--method kmeans" + budget, "kmeans", dir + "/kmeans-c256-pre.safetensors", 2.0},
+        {"--method quest --page-size 16" + budget, "quest", "", 1.0},
+        {"--method loki --k-f 0.125 --d-f 0.25", "loki", dir + "/loki-pre.safetensors", 1.0},
+    };
+    for (const IndexedCase& m : indexed) {
+      if (!m.artifact.empty() && ::access(m.artifact.c_str(), R_OK) != 0) {
+        std::printf("%s: skipped, no artifact %s (set SAAP_ARTIFACTS)\n", m.label.c_str(), m.artifact.c_str());
+        continue;
+      }
+      const std::string args = m.args + (m.artifact.empty() ? "" : " --artifact '" + m.artifact + "'");
+      const std::string cmd = "--json eval ppl" + common + "--text '" + text + "' --window-len 256 --max-windows 1 " +
+                              args + " --out '" + out + "/indexed'";
+      const CliRun mc = run_saap(cmd + " --device cpu"), mg = run_saap(cmd + " --device cuda");
+      const nlohmann::json jc = parse(mc), jg = parse(mg);
+      bool ran = mc.code == 0 && mg.code == 0 && jc.contains("perplexity") && jg.contains("perplexity");
+      for (const char* key : {"lookup_fraction", "kv_fraction"})
+        ran = ran && jc.contains(key) && jg.contains(key) && jc[key].is_number() && jg[key].is_number();
+      tally.check(ran, ("eval ppl " + m.label + ": exits 0 on both devices with both fractions").c_str(), mg.code, 0);
+      if (!ran) continue;
+      const double pc = jc["perplexity"].get<double>(), pg = jg["perplexity"].get<double>();
+      const double kc = jc["kv_fraction"].get<double>(), kg = jg["kv_fraction"].get<double>();
+      const double ic = jc["lookup_fraction"].get<double>() - kc, ig = jg["lookup_fraction"].get<double>() - kg;
+      const double want_total = kc + m.index_scale * ic;
+      std::printf("%s: perplexity cpu %.4f, cuda %.4f; K/V fraction cpu %.5f, cuda %.5f; index fraction cpu %.5f, "
+                  "cuda %.5f (expected %.5f); total cuda %.5f (expected %.5f)\n",
+                  m.label.c_str(), pc, pg, kc, kg, ic, ig, m.index_scale * ic, kg + ig, want_total);
+      tally.check(std::fabs(pg / pc - 1) <= 0.02, ("eval ppl " + m.label + ": cuda perplexity near the cpu's").c_str(),
+                  std::fabs(pg / pc - 1), 0.02);
+      tally.check(std::fabs(kg - kc) <= 0.02, ("eval ppl " + m.label + ": cuda K/V fraction near the cpu's").c_str(),
+                  std::fabs(kg - kc), 0.02);
+      // Every one of these methods reads an index at this budget: a zero would be a count left out.
+      tally.check(ic > 0 && std::fabs(ig - m.index_scale * ic) <= 0.02 * m.index_scale * ic,
+                  ("eval ppl " + m.label + ": cuda index fraction = the cpu's x the dtype scale (2%)").c_str(),
+                  ic > 0 ? ig / (m.index_scale * ic) : 0.0, 1.0);
+      tally.check(std::fabs(kg + ig - want_total) <= 0.02 + 0.02 * m.index_scale * ic,
+                  ("eval ppl " + m.label + ": cuda lookup fraction = cpu K/V + scaled index").c_str(),
+                  std::fabs(kg + ig - want_total), 0.02 + 0.02 * m.index_scale * ic);
+    }
   }
 
   // ---- a method without a GPU path is refused by name, not run dense ----

@@ -4,7 +4,8 @@
 # FAISS: `saap train` refuses there, artifacts come from the CPU machine) and runs the commands a
 # user would, each with --device cuda:
 #   scripts/gpu_cli.sh [all|build|test|generate|ppl|passkey|niah|bench|gemma]   (every step builds first)
-#   test      cuda_test_cli_device (SAAP_REQUIRE_GPU=1): eval ppl cpu vs cuda, passkey, generate, bench, bad input
+#   test      cuda_test_cli_device (SAAP_REQUIRE_GPU=1): eval ppl cpu vs cuda (dense; streaming, oracle, saap,
+#             kmeans, quest, loki: K/V and index fractions), passkey, generate, bench, bad input
 #   generate  a chat answer, streamed, then the same as JSON
 #   ppl       perplexity, 12 x 2048 windows of eval.txt: dense (GPU runner: 23.2235; CPU: 23.2122), then
 #             saap and kmeans at 5% through the method everywhere (CPU: saap 32.81)
@@ -60,7 +61,9 @@ run() {
 }
 
 if [[ $mode == all || $mode == test ]]; then
-  SAAP_REQUIRE_GPU=1 timeout 400 build-cuda/tests/cuda_test_cli_device 2>&1 | tee "$OUT/cli_test.log"
+  # 560 s: seven CPU-side eval ppl runs of 256 tokens (streaming, oracle x 2, saap, kmeans, quest,
+  # loki) without BLAS, each against its GPU run; the artifacts are $PIECES'.
+  SAAP_ARTIFACTS="$PIECES" SAAP_REQUIRE_GPU=1 timeout 560 build-cuda/tests/cuda_test_cli_device 2>&1 | tee "$OUT/cli_test.log"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if [[ $mode == all || $mode == generate ]]; then

@@ -40,6 +40,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("grid", help="the JSON that saap eval saap-grid wrote")
     ap.add_argument("--out", required=True, help="the Markdown file to write")
+    ap.add_argument("--note", action="append", default=[], help="a paragraph to add under the tables (repeatable)")
     a = ap.parse_args()
     with open(a.grid) as f:
         doc = json.load(f)
@@ -87,6 +88,9 @@ def main():
             row.append("—" if r is None else
                        " / ".join(f"{r['attention']['layers'][l]['mass']:.3f}" for l in global_layers))
         lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(row) + " |\n")
+
+    for note in a.note:
+        lines.append("\n" + note + "\n")
 
     prov = provenance.collect(inputs=[provenance.input_file("grid", a.grid)])
     with open(a.out, "w") as f:

@@ -38,7 +38,7 @@ if [[ $mode == all || $mode == test ]]; then
   # SAAP_MODEL_PATH they are left out here rather than failed for a missing input.
   # The same for Gemma-3's runner test and SAAP_GEMMA_PATH (scripts/gpu_gemma.sh runs it).
   model_tests=""
-  [[ -z ${SAAP_MODEL_PATH:-} ]] && model_tests="cuda_test_cuda_llama|cuda_test_cli_device"
+  [[ -z ${SAAP_MODEL_PATH:-} ]] && model_tests="cuda_test_cuda_llama|cuda_test_cuda_sparse|cuda_test_cli_device"
   [[ -z ${SAAP_GEMMA_PATH:-} ]] && model_tests=${model_tests:+$model_tests|}cuda_test_cuda_gemma3
   exclude=()
   if [[ -n $model_tests ]]; then

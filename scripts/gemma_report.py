@@ -13,8 +13,9 @@ trial. A sparse method is scored on the trials dense got right (agreement, Wilso
 scripts/passkey_agreement.py), per (task, length); dense's own accuracy beside it.
 
 Writes STEM.md (tables for the README: agreement at the longest length over every task, each task
-by length, perplexity and Δppl vs dense, issue 14's targets at 32k marked met or missed, with the
-partition oracle as the ceiling), STEM.csv and STEM_ppl.csv (every row), STEM.json (both, with
+by length, perplexity and Δppl vs dense, issue 14's targets at 32k marked met or missed, or not
+judged where dense got fewer than MIN_JUDGED_TRIALS trials right, with the partition oracle as the
+ceiling), STEM.csv and STEM_ppl.csv (every row), STEM.json (both, with
 provenance), and STEM.png (agreement vs length, a panel per task and budget; matplotlib).
 """
 import argparse
@@ -34,6 +35,9 @@ TASKS = [("passkey", "repeated"), ("passkey", "text"), ("multikey", "text"), ("m
 # Rows within a budget, and the methods' colours in the plot.
 METHOD_ORDER = ["saap", "kmeans", "quest", "loki", "streaming", "h2o", "partition-oracle", "oracle"]
 TARGET_LENGTH = 32768  # issue 14's targets are at 32k (--target-length: another, e.g. to try the table)
+# A retrieval target is judged only on this many dense-right trials or more: on fewer, one trial moves
+# agreement by >= 0.1, more than the gap between a 0.90 target and a miss (Gemma-3-270M at 32k: 1-4).
+MIN_JUDGED_TRIALS = 10
 
 
 def parse_method(describe):
@@ -86,8 +90,10 @@ def task_variant(niah):
     return name + ("-chat" if niah.get("chat") else "")
 
 
-def load(paths):
-    """niah runs joined per (task, haystack, method string) and ppl runs per (method string, window)."""
+def load(paths, skip=()):
+    """niah runs joined per (task, haystack, method string) and ppl runs per (method string, window);
+    the files in skip (this script's own STEM.json, written beside the results) are not read."""
+    skip = {os.path.abspath(p) for p in skip}
     files = []
     for p in paths:
         if os.path.isdir(p):
@@ -100,6 +106,8 @@ def load(paths):
     inputs = []
     for path in files:
         if os.path.basename(path) == "probe.json":  # gpu_gemma_tasks.sh's timing probe, not a result
+            continue
+        if os.path.abspath(path) in skip:
             continue
         try:
             d = json.load(open(path))
@@ -273,24 +281,31 @@ def markdown(nrows, prows, prov, target_length):
 
 
 def targets(nrows, prows, L):
-    """Issue 14's acceptance at length L (32k): Saap at 5% and at 2048 tokens; k-means, Loki and the
-    partition oracle at the same budget beside it."""
+    """Issue 14's acceptance at length L (32k): Saap at 5% and at 2048 tokens; k-means, Loki, Quest and
+    the partition oracle at the same budget beside it (issue 14 asks for "above k-means and Loki";
+    Quest is shown, not part of the verdict)."""
     out = [f"### Issue 14's targets at {L} tokens", "",
            "Met when the point estimate reaches the target; \"above\" means strictly better than k-means and "
-           "Loki at the same budget (higher agreement, lower Δppl). The partition oracle (the best any router "
-           "can do on these partitions) is the ceiling.", "",
-           "| target | Saap | k-means | Loki | partition oracle | met? |", "|---|---|---|---|---|---|"]
+           "Loki at the same budget (higher agreement, lower Δppl). A retrieval target is not judged on fewer "
+           f"than {MIN_JUDGED_TRIALS} dense-right trials (one trial would move agreement by more than 0.1). "
+           "The partition oracle (the best any router can do on these partitions) is the ceiling.", "",
+           "| target | Saap | k-means | Loki | Quest | partition oracle | met? |", "|---|---|---|---|---|---|---|"]
     nby = {(r["task"], r["haystack"], r["config"], r["length"]): r for r in nrows}
     pby = {(r["config"], r["window"]): r for r in prows}
     loki_variants = sorted({r["method"] for r in nrows + prows if r["method"].startswith("loki-")})
 
     def agreement(task, hay, name):
+        """(agreement, its cell, dense-right trials it rests on)"""
         r = nby.get((task, hay, name, L))
-        return (r["agreement"], fmt_agreement(r)) if r and r["agreement"] is not None else (None, "no data")
+        if r and r["agreement"] is not None:
+            return r["agreement"], fmt_agreement(r), r["dense_correct"]
+        return None, "no data", None
 
     def ppl_delta(name):
         r = pby.get((name, L))
-        return (r["delta_ppl"], f"{100 * r['delta_ppl']:+.2f}%") if r and r["delta_ppl"] is not None else (None, "no data")
+        if r and r["delta_ppl"] is not None:
+            return r["delta_ppl"], f"{100 * r['delta_ppl']:+.2f}%", None
+        return None, "no data", None
 
     for b, blabel in ((5, "5%"), (2048, "2048 tokens")):
         checks = [(f"passkey ({h}) agreement ≥ 0.95", lambda n, h=h: agreement("passkey", h, n), 0.95, True)
@@ -298,13 +313,15 @@ def targets(nrows, prows, L):
         checks.append(("multikey agreement ≥ 0.90", lambda n: agreement("multikey", "text", n), 0.90, True))
         checks.append(("Δppl ≤ 2%", ppl_delta, 0.02, False))
         for what, get, goal, higher in checks:
-            s, k, lo_, po = (get(f"{m}_{b}") for m in ("saap", "kmeans", "loki", "partition-oracle"))
+            s, k, lo_, q, po = (get(f"{m}_{b}") for m in ("saap", "kmeans", "loki", "quest", "partition-oracle"))
             for name in loki_variants:  # Loki at d_f 0.25 when it ran, else the GPU's rank-32 one
                 if lo_[0] is None and get(f"{name}_{b}")[0] is not None:
                     lo_ = get(f"{name}_{b}")
-                    lo_ = (lo_[0], f"{lo_[1]} ({name})")
+                    lo_ = (lo_[0], f"{lo_[1]} ({name})", lo_[2])
             if s[0] is None:
                 verdict = "no data"
+            elif s[2] is not None and s[2] < MIN_JUDGED_TRIALS:
+                verdict = f"not judged (n = {s[2]} < {MIN_JUDGED_TRIALS} dense-right trials)"
             else:
                 meets = s[0] >= goal if higher else s[0] <= goal
                 verdict = "**met**" if meets else "**missed**"
@@ -313,8 +330,9 @@ def targets(nrows, prows, L):
                 if rivals:
                     verdict += ("; above " + " and ".join(n for n, _ in rivals) if not worse
                                 else "; not above " + " and ".join(worse))
-            out.append(f"| Saap {blabel}: {what} | {s[1]} | {k[1]} | {lo_[1]} | {po[1]} | {verdict} |")
-    out += ["| attention mass ≥ 0.9 | not measured by these runs (`saap eval attention`, CPU) | | | | – |", ""]
+            out.append(f"| Saap {blabel}: {what} | {s[1]} | {k[1]} | {lo_[1]} | {q[1]} | {po[1]} | {verdict} |")
+    out += ["| attention mass ≥ 0.9 | not measured by these runs (`saap eval saap-grid --sampled-only`: "
+            "the 32k attention table) | | | | | – |", ""]
     return out
 
 
@@ -398,7 +416,7 @@ def main():
                     help="the length (and perplexity window) of the targets' table (default %(default)s)")
     ap.add_argument("--out", required=True, help="output stem: STEM.md, STEM.csv, STEM_ppl.csv, STEM.json, STEM.png")
     a = ap.parse_args()
-    niah, ppl, devices, inputs = load(a.inputs)
+    niah, ppl, devices, inputs = load(a.inputs, skip=[a.out + ".json"])
     if not niah and not ppl:
         sys.exit(f"no niah or perplexity results under {', '.join(a.inputs)}")
     nrows, prows = niah_rows(niah), ppl_rows(ppl)

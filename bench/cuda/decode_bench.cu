@@ -5,14 +5,11 @@
 //
 // Usage: decode_bench [--contexts 16384,65536,...] [--batches 1,8] [--shapes 32x8x128,...]
 //                     [--other-contexts LIST] [--partition-sizes FILE] [--methods dense,saap,quest,loki]
-//                     [--saap-budgets 0.02,0.05,0.1,1024,2048] [--saap-paths fused,two-kernels]
-//                     [--reps 30] [--out DIR]
+//                     [--saap-budgets 0.02,0.05,0.1,1024,2048] [--reps 30] [--out DIR]
 //                     [--dense-tunings "stages=3;waves=2,interleave=1;prefetch=1,..."]
 // --dense-tunings: dense_decode_tuned rows beside the default dense row (DenseTuning::parse's
 // key=value;... form, comma-separated; "" for none); default every dense_tuning_candidates() entry.
 // --other-contexts: the contexts of every shape after the first (default: --contexts).
-// --saap-paths: Saap's select paths (saap.h SelectPath), each a row per budget on the same index,
-// its name the last field of the row's param (Quest takes the first path's fractions).
 //
 // Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions (C = context/512 per KV
 // head, mean 512 tokens) have lognormal sizes (sigma 1.0), drawn per (sequence, head), and with
@@ -346,7 +343,6 @@ struct Options {
   std::vector<double> saap_budgets = {0.02, 0.05, 0.10, 1024, 2048};
   // Dense tunings timed beside the default (--dense-tunings; default dense_tuning_candidates()).
   std::vector<DenseTuning> dense_tunings;
-  std::vector<SelectPath> saap_paths = {SelectPath::Fused, SelectPath::TwoKernels};
   int reps = 30;
   std::string out_dir = ".";
   bool has(const char* m) const { return ("," + methods + ",").find("," + std::string(m) + ",") != std::string::npos; }
@@ -368,9 +364,8 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
   cfg.append_page = 64;
   cfg.append_pages_per_partition = 8;
   cfg.max_prefill = N;
-  // Every timed step appends: warm-up and repetitions of the plain and the graph timing, per budget
-  // and select path.
-  cfg.max_new_tokens = int64_t(lookups.size()) * int64_t(o.saap_paths.size()) * 2 * (reps + 8) + 16;
+  // Every timed step appends: warm-up and repetitions of the plain and the graph timing, per budget.
+  cfg.max_new_tokens = int64_t(lookups.size()) * 2 * (reps + 8) + 16;
   cfg.classifier_hidden = 128;
   const int C = cfg.n_partitions, D = sh.d, H = cfg.classifier_hidden;
   auto idx = std::make_unique<SaapIndex>(s, cfg);
@@ -411,40 +406,36 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
   fill_random(vnew.get(), vnew.size(), 4);
   const float scale = 1.f / std::sqrt(float(D));
   for (const float& lookup : lookups) {
-    for (const SelectPath path : o.saap_paths) {
-      idx->set_select_path(path);
-      const double sel_ms = tm.median_ms([&] { idx->select(q, lookup); }, reps);
-      // The same without the L2 flush (kernel code, weights and tables cached): what the cold
-      // misses cost the select is the difference. Printed, not a column.
-      const double sel_warm_ms = tm.median_ms([&] { idx->select(q, lookup); }, reps, 3, false);
-      const double att_ms = tm.median_ms([&] { idx->attend(q, scale, out, ws); }, reps);
-      auto step = [&](cudaStream_t st) {
-        idx->append(knew.get(), vnew.get(), st);
-        idx->select(q, lookup, st);
-        idx->attend(q, scale, out, ws, st);
-      };
-      idx->reserve_appends(reps + 3);  // warm-up + repetitions: no synchronisation inside the timing
-      const double all_ms = tm.median_ms([&] { step(0); }, reps);
-      idx->reserve_appends(reps + 5);  // graph_median_ms: one run to size, the capture, the replays
-      const double graph_ms = graph_median_ms(
-          tm, step, reps, "saap " + std::to_string(lookup) + " " + select_path_name(path), skipped);
-      idx->check();
-      const auto ctr = idx->counters();
-      double tokens = 0, n_all = 0;
-      for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
-      const double bytes = tokens * D * 2 * 2 + double(idx->index_bytes_per_step()) + 2.0 * B * sh.hq * D * 4;
-      char param[64];
-      const char* model = real_sizes ? "real" : "lognormal";
-      const double budget = o.saap_budgets[size_t(&lookup - lookups.data())];
-      if (budget > 1)
-        std::snprintf(param, sizeof param, "tokens=%.0f;%s;%s", budget, model, select_path_name(path));
-      else
-        std::snprintf(param, sizeof param, "lookup=%.2f;%s;%s", lookup, model, select_path_name(path));
-      rows.push_back({"saap", param, sh, B, N, all_ms, bytes, tokens / n_all, sel_ms, att_ms, graph_ms});
-      if (!real_sizes && path == o.saap_paths.front() && fractions.size() < 3) fractions.push_back(tokens / n_all);
-      std::printf("saap %s %s batch %d context %lld: select %.4f ms (%.4f ms with a warm L2), attend %.4f ms\n",
-                  sh.name().c_str(), param, B, (long long)N, sel_ms, sel_warm_ms, att_ms);
-    }
+    const double sel_ms = tm.median_ms([&] { idx->select(q, lookup); }, reps);
+    // The same without the L2 flush (kernel code, weights and tables cached): what the cold
+    // misses cost the select is the difference. Printed, not a column.
+    const double sel_warm_ms = tm.median_ms([&] { idx->select(q, lookup); }, reps, 3, false);
+    const double att_ms = tm.median_ms([&] { idx->attend(q, scale, out, ws); }, reps);
+    auto step = [&](cudaStream_t st) {
+      idx->append(knew.get(), vnew.get(), st);
+      idx->select(q, lookup, st);
+      idx->attend(q, scale, out, ws, st);
+    };
+    idx->reserve_appends(reps + 3);  // warm-up + repetitions: no synchronisation inside the timing
+    const double all_ms = tm.median_ms([&] { step(0); }, reps);
+    idx->reserve_appends(reps + 5);  // graph_median_ms: one run to size, the capture, the replays
+    const double graph_ms = graph_median_ms(tm, step, reps, "saap " + std::to_string(lookup), skipped);
+    idx->check();
+    const auto ctr = idx->counters();
+    double tokens = 0, n_all = 0;
+    for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
+    const double bytes = tokens * D * 2 * 2 + double(idx->index_bytes_per_step()) + 2.0 * B * sh.hq * D * 4;
+    char param[48];
+    const char* model = real_sizes ? "real" : "lognormal";
+    const double budget = o.saap_budgets[size_t(&lookup - lookups.data())];
+    if (budget > 1)
+      std::snprintf(param, sizeof param, "tokens=%.0f;%s", budget, model);
+    else
+      std::snprintf(param, sizeof param, "lookup=%.2f;%s", lookup, model);
+    rows.push_back({"saap", param, sh, B, N, all_ms, bytes, tokens / n_all, sel_ms, att_ms, graph_ms});
+    if (!real_sizes && fractions.size() < 3) fractions.push_back(tokens / n_all);
+    std::printf("saap %s %s batch %d context %lld: select %.4f ms (%.4f ms with a warm L2), attend %.4f ms\n",
+                sh.name().c_str(), param, B, (long long)N, sel_ms, sel_warm_ms, att_ms);
   }
 }
 
@@ -479,21 +470,6 @@ int main(int argc, char** argv) {
         at = end + 1;
       }
       dense_tunings_given = true;
-    }
-    else if (a == "--saap-paths") {
-      o.saap_paths.clear();
-      std::string list = argv[i + 1];
-      for (size_t p = 0; p <= list.size();) {
-        const size_t e = std::min(list.find(',', p), list.size());
-        const std::string name = list.substr(p, e - p);
-        if (name == select_path_name(SelectPath::Fused)) o.saap_paths.push_back(SelectPath::Fused);
-        else if (name == select_path_name(SelectPath::TwoKernels)) o.saap_paths.push_back(SelectPath::TwoKernels);
-        else {
-          std::fprintf(stderr, "--saap-paths: '%s' is not fused or two-kernels\n", name.c_str());
-          return 2;
-        }
-        p = e + 1;
-      }
     }
     else if (a == "--reps") o.reps = std::atoi(argv[i + 1]);
     else if (a == "--out") o.out_dir = argv[i + 1];

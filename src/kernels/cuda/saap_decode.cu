@@ -2,8 +2,6 @@
 // kernels are launched as programmatic dependents (launch.cuh), so each one's launch overlaps the
 // previous one's tail; nothing here synchronises the host.
 #include <algorithm>
-#include <type_traits>
-#include <utility>
 
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/saap_decode.cuh"
@@ -25,69 +23,6 @@ int attend_resident(const DecodeShape& s) {
   return resident;
 }
 }  // namespace
-
-const char* select_path_name(SelectPath p) {
-  switch (p) {
-    case SelectPath::Fused: return "fused";
-    case SelectPath::TwoKernels: return "two-kernels";
-  }
-  return "?";
-}
-
-namespace {
-// The fused select's launch: router chunks and rows per router block, selection blocks, dynamic
-// shared memory.
-struct FusedPlan {
-  int n_chunks = 1, rows_per_block = 1, n_select = 1;
-  size_t smem = 0;
-};
-
-// The fused kernel's shared-memory limit and the blocks the device holds at once, found (and the
-// kernel's dynamic shared memory allowed) on first use.
-template <int D>
-std::pair<int, int> fused_limits() {
-  static const auto limits = [] {
-    int dev = 0, optin = 0, sms = 0;
-    SAAP_CU(cudaGetDevice(&dev));
-    SAAP_CU(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    SAAP_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    cudaFuncAttributes attr;
-    SAAP_CU(cudaFuncGetAttributes(&attr, saap_fused_select_kernel<D>));
-    const int max_dynamic = optin - int(attr.sharedSizeBytes);
-    SAAP_CU(cudaFuncSetAttribute(saap_fused_select_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 max_dynamic));
-    int per_sm = 0;
-    SAAP_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, saap_fused_select_kernel<D>, kSelectThreads,
-                                                          size_t(max_dynamic)));
-    return std::pair<int, int>(max_dynamic, sms * std::max(per_sm, 1));  // blocks held at once (full smem)
-  }();
-  return limits;
-}
-
-template <int D>
-FusedPlan plan_fused(const DecodeShape& s, int C, int hidden) {
-  const auto [max_dynamic, resident] = fused_limits<D>();
-  FusedPlan p;
-  const int bh = s.batch * s.n_kv_heads;
-  // Selection blocks wait for router blocks: at most half of what the device holds at once, so the
-  // router blocks always find SMs; the rest of the device runs the router in (about) one wave.
-  p.n_select = std::max(1, std::min(bh, resident / 2));
-  const int router_slots = std::max(1, resident - p.n_select);
-  p.n_chunks = std::clamp(router_slots / s.n_q_heads, 1, C);
-  const int fixed_floats = D + 2 * hidden;  // qs, hs, b1s
-  const int max_rows = std::max(1, (max_dynamic / 4 - fixed_floats) / (hidden + 1));
-  p.rows_per_block = std::min((C + p.n_chunks - 1) / p.n_chunks, max_rows);
-  p.n_chunks = (C + p.rows_per_block - 1) / p.rows_per_block;
-  p.smem = size_t(int64_t(p.rows_per_block) * hidden + fixed_floats + p.rows_per_block) * sizeof(float);
-  return p;
-}
-}  // namespace
-
-void prepare_fused_select(int head_dim) {
-  if (head_dim == 64) fused_limits<64>();
-  else if (head_dim == 128) fused_limits<128>();
-  else fused_limits<256>();
-}
 
 void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaStream_t stream) {
   auto& m = *impl_;
@@ -118,21 +53,6 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
       const float* w2 = m.w2.get();
       const float* b1 = m.b1.get();
       const float* b2 = m.b2.get();
-      if (cfg_.select_path == SelectPath::Fused) {
-        auto launch = [&](auto d) {
-          constexpr int D = decltype(d)::value;
-          const FusedPlan p = plan_fused<D>(shape_, C, m.hidden);
-          const int n_routers = p.n_chunks * shape_.n_q_heads;
-          launch_dependent(saap_fused_select_kernel<D>, dim3(n_routers + p.n_select), dim3(kSelectThreads), p.smem,
-                           stream, q_route, w1, b1, w2, b2, shape_.batch, m.hidden, p.n_chunks, p.rows_per_block,
-                           p.n_select, m.logits.get(), args, m.select_tickets.get(), m.flags.get());
-        };
-        if (shape_.head_dim == 64) launch(std::integral_constant<int, 64>());
-        else if (shape_.head_dim == 128) launch(std::integral_constant<int, 128>());
-        else launch(std::integral_constant<int, 256>());
-        SAAP_CU_LAUNCHED();
-        return;
-      }
       const int cls_rows = classify_rows_per_block(m.hidden);
       const dim3 cgrid((C + cls_rows - 1) / cls_rows, shape_.n_q_heads);
       auto launch = [&](auto kernel) {
@@ -160,8 +80,6 @@ void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& 
   SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
   const int splits = m.splits;  // the runs the last select() cut
   ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-  // The fused path combines inside the attend kernel while the splits are few.
-  const bool fused_combine = cfg_.select_path == SelectPath::Fused && splits <= kSaapFusedCombineMaxSplits;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
@@ -170,10 +88,10 @@ void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& 
                      reinterpret_cast<const T*>(m.vpool.get()), rows_, reinterpret_cast<const int2*>(m.segments.get()),
                      static_cast<const int32_t*>(m.segment_count.get()), max_segments_,
                      reinterpret_cast<const int2*>(m.split_begin.get()), q, shape_.n_kv_heads, shape_.group(), scale,
-                     splits, ws.out(), ws.lse(), fused_combine ? out : nullptr, m.attend_tickets.get());
+                     splits, ws.out(), ws.lse());
   });
   SAAP_CU_LAUNCHED();
-  if (!fused_combine) combine_splits(shape_, splits, ws, out, stream);
+  combine_splits(shape_, splits, ws, out, stream);
 }
 
 }  // namespace saap::cuda

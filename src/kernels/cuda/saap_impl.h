@@ -17,9 +17,7 @@ struct SaapIndex::Impl {
   DeviceBuffer<int32_t> segments;       // [bh][max_segments][2]
   DeviceBuffer<int32_t> split_begin;    // [bh][splits + 1][2]: where each attend split starts (select)
   int splits = 1;                       // attend splits of the last select
-  DeviceBuffer<int32_t> flags;          // [0] bad assignment seen, [1] append overflow, [2] fused select wait gave up
-  DeviceBuffer<uint32_t> select_tickets;  // [bh]: router blocks of the fused select done, zero between steps
-  DeviceBuffer<uint32_t> attend_tickets;  // [bh]: attend splits done (fused combine), zero between steps
+  DeviceBuffer<int32_t> flags;          // [0] bad assignment seen, [1] append overflow
   DeviceBuffer<unsigned long long> best;  // [bh]: packed nearest centroid of the searched key
   DeviceBuffer<uint32_t> tickets;         // [bh]: append blocks done (the last one appends), zero between steps
   DeviceBuffer<int32_t> ring_part;      // [bh][W]: partition of each ring slot's token (separate routing keys)
@@ -32,9 +30,5 @@ struct SaapIndex::Impl {
   int repacks = 0;
   cublasHandle_t cublas = nullptr;
 };
-
-// Queries the fused select kernel's limits and allows its dynamic shared memory now, outside any
-// stream capture (set_classifier calls it; select() would on first use).
-void prepare_fused_select(int head_dim);
 
 }  // namespace saap::cuda

@@ -47,11 +47,7 @@ SaapIndex::SaapIndex(const DecodeShape& shape, const SaapConfig& cfg) : shape_(s
   m.segments.resize(bh * max_segments_ * 2);
   m.split_begin.resize(bh * (kSaapMaxSplits + 1) * 2);
   SAAP_CU(cudaMemset(m.split_begin.get(), 0, m.split_begin.bytes()));
-  m.flags.resize(3);
-  m.select_tickets.resize(bh);
-  SAAP_CU(cudaMemset(m.select_tickets.get(), 0, m.select_tickets.bytes()));
-  m.attend_tickets.resize(bh);
-  SAAP_CU(cudaMemset(m.attend_tickets.get(), 0, m.attend_tickets.bytes()));
+  m.flags.resize(2);
   m.best.resize(bh);
   if (cfg.separate_routing_keys) m.ring_part.resize(bh * cfg.window);
   SAAP_CU(cudaMemset(m.best.get(), 0, m.best.bytes()));
@@ -102,19 +98,15 @@ void SaapIndex::set_classifier(const std::vector<float>& w1, const std::vector<f
   upload(impl_->b1, b1);
   upload(impl_->b2, b2);
   impl_->hidden = int(H);
-  prepare_fused_select(shape_.head_dim);
 }
 
 void SaapIndex::check() const {
-  int32_t f[3];
+  int32_t f[2];
   SAAP_CU(cudaMemcpy(f, impl_->flags.get(), sizeof f, cudaMemcpyDeviceToHost));
   SAAP_CU_REQUIRE(!f[0], InvalidArgument, "an assignment was outside [0, n_partitions = %d)", cfg_.n_partitions);
   SAAP_CU_REQUIRE(!f[1], OutOfMemory,
                   "an append found no room (append_pages_per_partition %d, max_new_tokens %lld); a token was dropped",
                   cfg_.append_pages_per_partition, (long long)cfg_.max_new_tokens);
-  SAAP_CU_REQUIRE(!f[2], Unsupported, "%s",
-                  "a fused select's selection block waited in vain for its router blocks (the device did not run "
-                  "them beside it); select_path two-kernels does not wait");
 }
 
 SaapCounters SaapIndex::counters() const {

@@ -31,8 +31,8 @@ int main() {
   // partition cases (the most supported, many of them empty) exercise the block-scan prefix of
   // the fill over several 1024-rank tiles and the warp walk after the first misfit over many
   // 32-rank chunks, with many skips (the printed "taken after a skip" count). 72 sequences of one
-  // KV head are more (b, h) than the fused path's selection blocks (at most half the blocks the
-  // device holds at once: 66 on a 132-SM H200), so there a selection block selects several.
+  // KV head: each router block computes the logits of 72 sequences in turn from its W2 rows,
+  // staged once (the other cases have at most 2), and 72 selection blocks run at once.
   std::vector<int32_t> many_lens;
   for (int i = 0; i < 72; ++i) many_lens.push_back(200 + 41 * i);
   for (const Case& c : {Case{2, 8, 2, 128, 300, 64, {5000, 3001}, 0.33f}, Case{1, 9, 3, 64, 2000, 96, {8000}, 0.3f},
@@ -46,126 +46,121 @@ int main() {
                         Case{1, 4, 1, 256, 1024, 640, {32768}, 0.05f, 2048},
                         Case{2, 9, 3, 64, 256, 64, {4000, 1500}, 0.05f, 512},
                         Case{1, 4, 1, 256, 1024, 640, {1000}, 0.05f, 1024}}) {
-    // Both select paths (saap.h SelectPath): the fused launch and the two kernels must select alike.
-    for (const cuda::SelectPath path : {cuda::SelectPath::Fused, cuda::SelectPath::TwoKernels}) {
-      cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};
-      cuda::SaapConfig cfg;
-      cfg.n_partitions = c.C;
-      cfg.sinks = 8;
-      cfg.window = 32;
-      cfg.segment = 64;
-      cfg.append_page = 16;
-      cfg.max_prefill = *std::max_element(c.lens.begin(), c.lens.end());
-      cfg.max_new_tokens = 0;
-      cfg.classifier_hidden = c.hidden;
-      cfg.select_path = path;
-      const int64_t max_len = cfg.max_prefill;
-      cuda::SaapIndex idx(s, cfg);
-      const int bh_n = c.batch * c.hkv, G = c.hq / c.hkv;
-      // Skewed partition sizes: token -> partition drawn with lognormal weights.
-      std::lognormal_distribution<double> ln(0.0, 1.5);
-      std::vector<double> w(c.C);
-      for (auto& x : w) x = ln(rng);
-      std::discrete_distribution<int> part(w.begin(), w.end());
-      std::vector<int32_t> assign(size_t(bh_n) * max_len);
-      for (auto& a : assign) a = part(rng);
-      // Random keys (K = V here) identify each slot's token by content.
-      auto hk = cutest::random_kv(rng, size_t(bh_n) * max_len * c.d, DType::BF16);
-      auto dk = cutest::upload(hk);
-      auto da = cutest::upload(assign);
-      idx.build(dk.get(), dk.get(), max_len, c.lens, da.get());
-      // Router weights scaled so each head's softmax over partitions is spread, not one-hot.
-      const int H = c.hidden;
-      auto w1 = cutest::random_f32(rng, size_t(c.hq) * H * c.d, float(1.0 / std::sqrt(c.d)));
-      auto b1 = cutest::random_f32(rng, size_t(c.hq) * H, 0.3f);
-      auto w2 = cutest::random_f32(rng, size_t(c.hq) * c.C * H, float(1.2 / std::sqrt(H)));
-      auto b2 = cutest::random_f32(rng, size_t(c.hq) * c.C, 0.5f);
-      idx.set_classifier(w1, b1, w2, b2);
-      auto q = cutest::random_f32(rng, size_t(c.batch) * c.hq * c.d);
-      auto dq = cutest::upload(q);
-      const rules::Budget budget{c.lookup, c.tokens};
-      idx.select(dq.get(), budget);
-      idx.check();
-      std::vector<float> logits(size_t(c.batch) * c.hq * c.C);
-      SAAP_CU(cudaMemcpy(logits.data(), idx.logits(), logits.size() * 4, cudaMemcpyDeviceToHost));
-      std::vector<std::vector<double>> ref_logits(size_t(c.batch) * c.hq);
-      std::vector<double> ref_flat;
-      for (int b = 0; b < c.batch; ++b)
-        for (int h = 0; h < c.hq; ++h) {
-          auto& r = ref_logits[size_t(b) * c.hq + h];
-          r = cutest::router_logits(&w1[size_t(h) * H * c.d], &b1[size_t(h) * H], &w2[size_t(h) * c.C * H],
-                                    &b2[size_t(h) * c.C], c.d, H, c.C, &q[(size_t(b) * c.hq + h) * c.d]);
-          ref_flat.insert(ref_flat.end(), r.begin(), r.end());
-        }
-      const std::string tag = std::string(cuda::select_path_name(path)) + " C=" + std::to_string(c.C) +
-                              " G=" + std::to_string(G) + " d=" + std::to_string(c.d) +
-                              (c.tokens > 0 ? " tokens=" + std::to_string(c.tokens)
-                                            : " lookup=" + std::to_string(c.lookup).substr(0, 4)) + ": ";
-      // fp32 weights (as the CPU router's) and fp32 dot products of at most 1024 terms: relative
-      // error near 1e-6.
-      const double lerr = cutest::rel_error(logits, ref_flat);
-      tally.check(lerr < 1e-5, (tag + "classifier logits rel error").c_str(), lerr, 1e-5);
-
-      const int64_t rows = idx.rows();
-      std::vector<uint16_t> pool(size_t(bh_n) * rows * c.d);
-      SAAP_CU(cudaMemcpy(pool.data(), idx.k_pool(), pool.size() * 2, cudaMemcpyDeviceToHost));
-      const auto segs = cutest::read_segments(idx);
-      const auto ctr = idx.counters();
-      int64_t cover_errors = 0, mismatches = 0, ties = 0, taken_total = 0, skipped_then_taken = 0;
-      for (int bh = 0; bh < bh_n; ++bh) {
-        const int b = bh / c.hkv, h = bh % c.hkv;
-        const int64_t n = c.lens[b];
-        std::map<std::string, int32_t> token_of;  // a slot's content -> its token
-        for (int64_t t = 0; t < n; ++t)
-          token_of[std::string(reinterpret_cast<const char*>(&hk[(size_t(bh) * max_len + t) * c.d]), c.d * 2)] =
-              int32_t(t);
-        std::set<int32_t> got;
-        for (int64_t sl : segs.slots[bh]) {
-          const auto it = token_of.find(
-              std::string(reinterpret_cast<const char*>(&pool[(size_t(bh) * rows + sl) * c.d]), c.d * 2));
-          if (sl < 0 || sl >= rows || it == token_of.end() || !got.insert(it->second).second) ++cover_errors;
-        }
-        if (segs.longest[bh] > cfg.segment || ctr.selected_tokens[bh] != int32_t(got.size())) ++cover_errors;
-        // Reference from the inputs: candidate counts of each partition, the group's density keys,
-        // the fill.
-        const rules::FixedReads fixed = rules::fixed_reads(n, cfg.sinks, cfg.window);
-        std::vector<int64_t> counts(c.C, 0);
-        for (int64_t t = fixed.sink_end; t < fixed.window_begin; ++t) counts[assign[size_t(bh) * max_len + t]]++;
-        std::vector<std::vector<double>> group(ref_logits.begin() + size_t(b) * c.hq + h * G,
-                                               ref_logits.begin() + size_t(b) * c.hq + (h + 1) * G);
-        const auto key = cutest::saap_group_keys(group, counts);
-        const auto taken = cutest::fill_partitions(key, counts, budget.selectable(n, cfg.sinks, cfg.window));
-        std::set<int32_t> ref;
-        for (int64_t t = 0; t < n; ++t)
-          if (t < fixed.sink_end || t >= fixed.window_begin || taken[assign[size_t(bh) * max_len + t]])
-            ref.insert(int32_t(t));
-        // How often the fill skipped a partition and still took a later one (the rule under test).
-        std::vector<int32_t> order(c.C);
-        std::iota(order.begin(), order.end(), 0);
-        std::sort(order.begin(), order.end(),
-                  [&](int32_t x, int32_t y) { return rules::ranks_before(float(key[x]), x, float(key[y]), y); });
-        bool skipped = false;
-        for (int32_t p : order) {
-          if (counts[p] == 0) continue;
-          if (!taken[p]) skipped = true;
-          else if (skipped) ++skipped_then_taken;
-          taken_total += taken[p];
-        }
-        if (got == ref) continue;
-        // The device ranks in fp32: two partitions whose keys lie within 2e-5 (log density) of
-        // each other, one taken and one not, may swap places.
-        bool tie = false;
-        for (int r = 0; r + 1 < c.C; ++r)
-          tie |= counts[order[r]] > 0 && counts[order[r + 1]] > 0 && taken[order[r]] != taken[order[r + 1]] &&
-                 key[order[r]] - key[order[r + 1]] <= 2e-5;
-        (tie ? ties : mismatches)++;
+    cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};
+    cuda::SaapConfig cfg;
+    cfg.n_partitions = c.C;
+    cfg.sinks = 8;
+    cfg.window = 32;
+    cfg.segment = 64;
+    cfg.append_page = 16;
+    cfg.max_prefill = *std::max_element(c.lens.begin(), c.lens.end());
+    cfg.max_new_tokens = 0;
+    cfg.classifier_hidden = c.hidden;
+    const int64_t max_len = cfg.max_prefill;
+    cuda::SaapIndex idx(s, cfg);
+    const int bh_n = c.batch * c.hkv, G = c.hq / c.hkv;
+    // Skewed partition sizes: token -> partition drawn with lognormal weights.
+    std::lognormal_distribution<double> ln(0.0, 1.5);
+    std::vector<double> w(c.C);
+    for (auto& x : w) x = ln(rng);
+    std::discrete_distribution<int> part(w.begin(), w.end());
+    std::vector<int32_t> assign(size_t(bh_n) * max_len);
+    for (auto& a : assign) a = part(rng);
+    // Random keys (K = V here) identify each slot's token by content.
+    auto hk = cutest::random_kv(rng, size_t(bh_n) * max_len * c.d, DType::BF16);
+    auto dk = cutest::upload(hk);
+    auto da = cutest::upload(assign);
+    idx.build(dk.get(), dk.get(), max_len, c.lens, da.get());
+    // Router weights scaled so each head's softmax over partitions is spread, not one-hot.
+    const int H = c.hidden;
+    auto w1 = cutest::random_f32(rng, size_t(c.hq) * H * c.d, float(1.0 / std::sqrt(c.d)));
+    auto b1 = cutest::random_f32(rng, size_t(c.hq) * H, 0.3f);
+    auto w2 = cutest::random_f32(rng, size_t(c.hq) * c.C * H, float(1.2 / std::sqrt(H)));
+    auto b2 = cutest::random_f32(rng, size_t(c.hq) * c.C, 0.5f);
+    idx.set_classifier(w1, b1, w2, b2);
+    auto q = cutest::random_f32(rng, size_t(c.batch) * c.hq * c.d);
+    auto dq = cutest::upload(q);
+    const rules::Budget budget{c.lookup, c.tokens};
+    idx.select(dq.get(), budget);
+    idx.check();
+    std::vector<float> logits(size_t(c.batch) * c.hq * c.C);
+    SAAP_CU(cudaMemcpy(logits.data(), idx.logits(), logits.size() * 4, cudaMemcpyDeviceToHost));
+    std::vector<std::vector<double>> ref_logits(size_t(c.batch) * c.hq);
+    std::vector<double> ref_flat;
+    for (int b = 0; b < c.batch; ++b)
+      for (int h = 0; h < c.hq; ++h) {
+        auto& r = ref_logits[size_t(b) * c.hq + h];
+        r = cutest::router_logits(&w1[size_t(h) * H * c.d], &b1[size_t(h) * H], &w2[size_t(h) * c.C * H],
+                                  &b2[size_t(h) * c.C], c.d, H, c.C, &q[(size_t(b) * c.hq + h) * c.d]);
+        ref_flat.insert(ref_flat.end(), r.begin(), r.end());
       }
-      std::printf("%s%lld partitions taken, %lld taken after a skip, %lld near-tie differences\n", tag.c_str(),
-                  (long long)taken_total, (long long)skipped_then_taken, (long long)ties);
-      tally.check(cover_errors == 0, (tag + "segment coverage errors").c_str(), double(cover_errors), 0);
-      tally.check(mismatches == 0, (tag + "KV groups whose selection differs from the reference").c_str(),
-                  double(mismatches), 0);
+    const std::string tag = "C=" + std::to_string(c.C) + " G=" + std::to_string(G) + " d=" + std::to_string(c.d) +
+                            (c.tokens > 0 ? " tokens=" + std::to_string(c.tokens)
+                                          : " lookup=" + std::to_string(c.lookup).substr(0, 4)) + ": ";
+    // fp32 weights (as the CPU router's) and fp32 dot products of at most 1024 terms: relative
+    // error near 1e-6.
+    const double lerr = cutest::rel_error(logits, ref_flat);
+    tally.check(lerr < 1e-5, (tag + "classifier logits rel error").c_str(), lerr, 1e-5);
+
+    const int64_t rows = idx.rows();
+    std::vector<uint16_t> pool(size_t(bh_n) * rows * c.d);
+    SAAP_CU(cudaMemcpy(pool.data(), idx.k_pool(), pool.size() * 2, cudaMemcpyDeviceToHost));
+    const auto segs = cutest::read_segments(idx);
+    const auto ctr = idx.counters();
+    int64_t cover_errors = 0, mismatches = 0, ties = 0, taken_total = 0, skipped_then_taken = 0;
+    for (int bh = 0; bh < bh_n; ++bh) {
+      const int b = bh / c.hkv, h = bh % c.hkv;
+      const int64_t n = c.lens[b];
+      std::map<std::string, int32_t> token_of;  // a slot's content -> its token
+      for (int64_t t = 0; t < n; ++t)
+        token_of[std::string(reinterpret_cast<const char*>(&hk[(size_t(bh) * max_len + t) * c.d]), c.d * 2)] =
+            int32_t(t);
+      std::set<int32_t> got;
+      for (int64_t sl : segs.slots[bh]) {
+        const auto it = token_of.find(
+            std::string(reinterpret_cast<const char*>(&pool[(size_t(bh) * rows + sl) * c.d]), c.d * 2));
+        if (sl < 0 || sl >= rows || it == token_of.end() || !got.insert(it->second).second) ++cover_errors;
+      }
+      if (segs.longest[bh] > cfg.segment || ctr.selected_tokens[bh] != int32_t(got.size())) ++cover_errors;
+      // Reference from the inputs: candidate counts of each partition, the group's density keys,
+      // the fill.
+      const rules::FixedReads fixed = rules::fixed_reads(n, cfg.sinks, cfg.window);
+      std::vector<int64_t> counts(c.C, 0);
+      for (int64_t t = fixed.sink_end; t < fixed.window_begin; ++t) counts[assign[size_t(bh) * max_len + t]]++;
+      std::vector<std::vector<double>> group(ref_logits.begin() + size_t(b) * c.hq + h * G,
+                                             ref_logits.begin() + size_t(b) * c.hq + (h + 1) * G);
+      const auto key = cutest::saap_group_keys(group, counts);
+      const auto taken = cutest::fill_partitions(key, counts, budget.selectable(n, cfg.sinks, cfg.window));
+      std::set<int32_t> ref;
+      for (int64_t t = 0; t < n; ++t)
+        if (t < fixed.sink_end || t >= fixed.window_begin || taken[assign[size_t(bh) * max_len + t]])
+          ref.insert(int32_t(t));
+      // How often the fill skipped a partition and still took a later one (the rule under test).
+      std::vector<int32_t> order(c.C);
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(),
+                [&](int32_t x, int32_t y) { return rules::ranks_before(float(key[x]), x, float(key[y]), y); });
+      bool skipped = false;
+      for (int32_t p : order) {
+        if (counts[p] == 0) continue;
+        if (!taken[p]) skipped = true;
+        else if (skipped) ++skipped_then_taken;
+        taken_total += taken[p];
+      }
+      if (got == ref) continue;
+      // The device ranks in fp32: two partitions whose keys lie within 2e-5 (log density) of
+      // each other, one taken and one not, may swap places.
+      bool tie = false;
+      for (int r = 0; r + 1 < c.C; ++r)
+        tie |= counts[order[r]] > 0 && counts[order[r + 1]] > 0 && taken[order[r]] != taken[order[r + 1]] &&
+               key[order[r]] - key[order[r + 1]] <= 2e-5;
+      (tie ? ties : mismatches)++;
     }
+    std::printf("%s%lld partitions taken, %lld taken after a skip, %lld near-tie differences\n", tag.c_str(),
+                (long long)taken_total, (long long)skipped_then_taken, (long long)ties);
+    tally.check(cover_errors == 0, (tag + "segment coverage errors").c_str(), double(cover_errors), 0);
+    tally.check(mismatches == 0, (tag + "KV groups whose selection differs from the reference").c_str(),
+                double(mismatches), 0);
   }
   // Bad input is refused with the right error kind, not a crash.
   auto refused = [&](const char* what, ErrorKind kind, auto&& fn) {

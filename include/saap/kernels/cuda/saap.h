@@ -43,13 +43,6 @@ enum class PartitionRouting {
 };
 const char* routing_name(PartitionRouting r);
 
-// How select() runs Saap's routing (the other routings always rank in a kernel of their own).
-enum class SelectPath {
-  Fused,       // one launch: router blocks and selection blocks in one grid (saap_fused_select_kernel)
-  TwoKernels,  // the router kernel, then the selection kernel (the path before issue 11's fusion)
-};
-const char* select_path_name(SelectPath p);
-
 struct SaapConfig {
   int n_partitions = 1024;        // C, per KV head (<= 4096)
   int sinks = 64;
@@ -61,7 +54,6 @@ struct SaapConfig {
   int64_t max_new_tokens = 4096;  // appends sized for after a build() (sizes the page pool; more re-pack)
   int classifier_hidden = 128;    // multiple of 32, <= 1024
   PartitionRouting routing = PartitionRouting::Saap;
-  SelectPath select_path = SelectPath::Fused;  // kept by from_artifact(); decode_bench compares both
   // Keys are assigned to partitions by a routing key other than the stored one (a pre-RoPE
   // artifact: the cache stores post-RoPE keys, the centroids are of pre-RoPE keys). assign_prefill()
   // then takes the routing keys and append() each new token's routing key; a token's partition is
@@ -152,17 +144,14 @@ class SaapIndex {
   // Exact attention of q over the last selection into out [batch][n_q_heads][head_dim].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
 
-  // Synchronises and throws if a build saw an out-of-range assignment (InvalidArgument), an
-  // append found no room (OutOfMemory; the re-pack before a possible overflow should prevent it),
-  // or a fused select's selection block waited for its router blocks in vain (Unsupported).
+  // Synchronises and throws if a build saw an out-of-range assignment (InvalidArgument) or an
+  // append found no room (OutOfMemory; the re-pack before a possible overflow should prevent it).
   void check() const;
   int repacks() const;  // re-packs so far
   SaapCounters counters() const;  // synchronises
 
   const DecodeShape& shape() const { return shape_; }
   const SaapConfig& config() const { return cfg_; }
-  // The Saap select path of the next select() calls (both select the same partitions).
-  void set_select_path(SelectPath p) { cfg_.select_path = p; }
   int64_t rows() const { return rows_; }
   // Device views for tests: pools [batch*n_kv_heads][rows][head_dim]; per-(b,h) tables.
   const void* k_pool() const;

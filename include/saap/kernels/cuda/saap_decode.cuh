@@ -3,9 +3,7 @@
 // select() numbers the selected tokens in segment order (sinks, recent window, the selected
 // partitions' ranges and append pages) and cuts them into equal runs, one per split: the work is
 // sized by the tokens selected, not by the context or the segment count, so a small selection
-// spreads over as many blocks as a large one and no block waits on a long tail. Given `out` (the
-// fused path, few splits), the last block of each (b, h) also combines the splits, instead of a
-// combine launch after the kernel.
+// spreads over as many blocks as a large one and no block waits on a long tail.
 #pragma once
 #include "saap/kernels/cuda/dense_decode.cuh"
 
@@ -15,44 +13,6 @@ constexpr int kSaapSegmentTile = 256;  // segment descriptors staged at a time
 constexpr int kSaapSlotChunk = 2048;   // token slots expanded at a time
 constexpr int kSaapMinSplitTokens = 64;  // fewest tokens worth a block of their own
 constexpr int kSaapMaxSplits = 4096;
-// The fused path combines in the attend kernel up to this many splits: the last split block of a
-// (b, h) reads every split's partials alone, which beats a combine launch only while they are few.
-constexpr int kSaapFusedCombineMaxSplits = 32;
-
-// The last split block of (b, h) (row0 = bh * G): out [G][D] from the G rows' split partials
-// part_out [row][splits][D] and part_lse [row][splits] (log2 domain), as combine_splits_kernel
-// weighs them (exp2 of each split's lse over the largest, a split without keys weighing 0), in
-// one pass with a running maximum. A thread per (head, 4 dimensions); loads from L2 (ld.cg), since
-// the other blocks wrote them.
-template <int D>
-__device__ inline void combine_group(const float* __restrict__ part_out, const float* __restrict__ part_lse,
-                                     int64_t row0, int G, int splits, float* __restrict__ out) {
-  constexpr int Q = D / 4;
-  for (int t = threadIdx.x; t < G * Q; t += blockDim.x) {
-    const int64_t row = row0 + t / Q;
-    const int d4 = t % Q;
-    const float* pl = part_lse + row * splits;
-    const float4* po = reinterpret_cast<const float4*>(part_out + row * splits * D) + d4;
-    float m = -INFINITY, L = 0.f;
-    float4 A = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-    for (int sp = 0; sp < splits; ++sp) {
-      const float l = __ldcg(pl + sp);
-      const float4 v = __ldcg(po + int64_t(sp) * Q);
-      const float mx = fmaxf(m, l);
-      if (mx == -INFINITY) continue;  // no keys so far
-      const float a = exp2f(m - mx), e = exp2f(l - mx);
-      L = L * a + e;
-      A.x = A.x * a + v.x * e;
-      A.y = A.y * a + v.y * e;
-      A.z = A.z * a + v.z * e;
-      A.w = A.w * a + v.w * e;
-      m = mx;
-    }
-    const float inv = L > 0.f ? 1.f / L : 0.f;
-    reinterpret_cast<float4*>(out + row * D)[d4] = make_float4(A.x * inv, A.y * inv, A.z * inv, A.w * inv);
-  }
-}
 
 template <class T, int D, int GMAX>
 static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
@@ -60,7 +20,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
                        const int2* __restrict__ segments, const int32_t* __restrict__ segment_count,
                        int64_t max_segments, const int2* __restrict__ split_begin, const float* __restrict__ q,
                        int n_kv_heads, int G, float scale, int splits, float* __restrict__ part_out,
-                       float* __restrict__ part_lse, float* __restrict__ out, uint32_t* __restrict__ tickets) {
+                       float* __restrict__ part_lse) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
   __shared__ typename A::Shared sh;
   __shared__ int2 tile[kSaapSegmentTile];
@@ -106,20 +66,6 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
   allow_next_grid();
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
-  if (!out) return;  // combine_splits follows
-  // Fused combine: the (b, h)'s last block to finish combines its splits. Each thread's partials
-  // are fenced before the block counts itself.
-  __shared__ bool last_split;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    last_split = atomicAdd(tickets + bh, 1u) == uint32_t(splits - 1);
-    if (last_split) tickets[bh] = 0;  // every split has counted; the next step starts at 0
-  }
-  __syncthreads();
-  if (!last_split) return;
-  __threadfence();  // the partials are read after the count that publishes them
-  combine_group<D>(part_out, part_lse, row0, G, splits, out);
 }
 
 }  // namespace saap::cuda

@@ -12,6 +12,7 @@
 namespace saap::cuda {
 
 constexpr int kClassifyThreads = 256;
+constexpr int kClassifyWarps = kClassifyThreads / 32;
 constexpr int kClassifyStageBytes = 32768;  // the block's slice of W2, staged in shared memory
 constexpr int kClassifyMaxRows = 256;
 // Logit rows per block: as many as the staging buffer holds (hidden fp32 weights each), at most
@@ -21,39 +22,35 @@ inline int classify_rows_per_block(int hidden) {
   return rows < kClassifyMaxRows ? rows : kClassifyMaxRows;
 }
 
-// Shared memory of router_block: the staged W2 rows [n_rows][hidden], the query [D], the hidden
-// units and their biases [hidden] each, the logit biases [n_rows]; 16-byte aligned.
-struct RouterSmem {
-  float *w2s, *qs, *hs, *b1s, *b2s;
-};
-
-// One block's router logits: rows [c0, c0 + n_rows) of query head hq, for every sequence of the
-// batch in turn: hidden = relu(W1 q + b1) (recomputed per block; W1 is small and L2 resident),
-// then the rows' logits = W2 hidden + b2. The weights are fp32, as the CPU router reads them.
-// They are the same for every sequence, so a block stages its W2 rows once for the whole batch.
+// Block (logit chunk, query head), for every sequence of the batch in turn: hidden = relu(W1 q +
+// b1) (recomputed per block; W1 is small and L2 resident), then rows_per_block logits = W2 hidden +
+// b2. The weights are fp32, as the CPU router reads them. They are the same for every sequence,
+// so a block stages its W2 slice once for the whole batch (it was read once per sequence).
 // At batch 1 the step is a chain of memory round trips, so the weights, which no kernel of the
 // step writes, are fetched before the kernel waits for the previous one (programmatic dependent
-// launch): the W2 rows and the biases by cp.async into shared memory, the first W1 rows into
-// registers, 32 bytes a lane, all in flight together. Only q waits. after_sequence(b) is called
-// by every thread once sequence b's logits are written.
-template <int D, int THREADS, class AfterSequence>
-__device__ inline void router_block(const float* __restrict__ q, const float* __restrict__ w1,
-                                    const float* __restrict__ b1, const float* __restrict__ w2,
-                                    const float* __restrict__ b2, int batch, int n_q_heads, int hidden, int C, int hq,
-                                    int c0, int n_rows, RouterSmem sm, float* __restrict__ logits,
-                                    AfterSequence&& after_sequence) {
-  constexpr int WARPS = THREADS / 32;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+// launch): the block's W2 slice and the biases by cp.async into shared memory, the first W1 rows
+// into registers, 32 bytes a lane, all in flight together. Only q waits.
+template <int D>
+static __global__ void __launch_bounds__(kClassifyThreads)
+    saap_classify_kernel(const float* __restrict__ q, const float* __restrict__ w1, const float* __restrict__ b1,
+                         const float* __restrict__ w2, const float* __restrict__ b2, int batch, int n_q_heads,
+                         int hidden, int C, int rows_per_block, float* __restrict__ logits) {
+  __shared__ __align__(16) uint4 w2s[kClassifyStageBytes / 16];
+  __shared__ float qs[D];
+  __shared__ float hs[1024];
+  __shared__ float b1s[1024];
+  __shared__ float b2s[kClassifyMaxRows];
+  const int hq = blockIdx.y, tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int c0 = blockIdx.x * rows_per_block, n_rows = min(C, c0 + rows_per_block) - c0;
   const uint4* w2src = reinterpret_cast<const uint4*>(w2 + (int64_t(hq) * C + c0) * hidden);
-  uint4* w2dst = reinterpret_cast<uint4*>(sm.w2s);
-  for (int i = tid; i < n_rows * hidden / 4; i += THREADS) cp_async16(&w2dst[i], &w2src[i]);
-  for (int i = tid; i < hidden; i += THREADS) cp_async4(&sm.b1s[i], &b1[int64_t(hq) * hidden + i]);
-  for (int i = tid; i < n_rows; i += THREADS) cp_async4(&sm.b2s[i], &b2[int64_t(hq) * C + c0 + i]);
+  for (int i = tid; i < n_rows * hidden / 4; i += kClassifyThreads) cp_async16(&w2s[i], &w2src[i]);
+  for (int i = tid; i < hidden; i += kClassifyThreads) cp_async4(&b1s[i], &b1[int64_t(hq) * hidden + i]);
+  for (int i = tid; i < n_rows; i += kClassifyThreads) cp_async4(&b2s[i], &b2[int64_t(hq) * C + c0 + i]);
   // W1: a row of D weights over LPR lanes (8 weights, two 16-byte loads each), RPI rows per load,
-  // U loads in flight (fewer in a block of 1024 threads, which has 64 registers a thread). When
-  // one round covers every hidden unit, the rows stay in registers for the whole batch.
-  constexpr int U = THREADS >= 1024 ? (D == 256 ? 4 : 2) : 8;
-  constexpr int LPR = D / 8, RPI = 32 / LPR, ROWS = RPI * U, STRIDE = WARPS * ROWS;
+  // U loads in flight. When one round covers every hidden unit, the rows stay in registers for
+  // the whole batch.
+  constexpr int LPR = D / 8, RPI = 32 / LPR, U = 8, ROWS = RPI * U, STRIDE = kClassifyWarps * ROWS;
   const int sub = lane % LPR, slot = lane / LPR;
   const bool one_round = hidden <= STRIDE;
   const float* w1h = w1 + int64_t(hq) * hidden * D + sub * 8;
@@ -70,23 +67,24 @@ __device__ inline void router_block(const float* __restrict__ q, const float* __
   };
   load_w1(warp * ROWS);
   wait_prior_grid();
+  const float* w2l = reinterpret_cast<const float*>(w2s);
   for (int b = 0; b < batch; ++b) {
     const int64_t row = int64_t(b) * n_q_heads + hq;
     if (b > 0) __syncthreads();  // the previous sequence's qs and hs are no longer read
-    for (int j = tid; j < D; j += THREADS) sm.qs[j] = q[row * D + j];
+    for (int j = tid; j < D; j += kClassifyThreads) qs[j] = q[row * D + j];
     if (b == 0) cp_async_wait_all();
     __syncthreads();
     float ql[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) ql[j] = sm.qs[sub * 8 + j];
+    for (int j = 0; j < 8; ++j) ql[j] = qs[sub * 8 + j];
     for (int r0 = warp * ROWS; r0 < hidden; r0 += STRIDE) {
       if (!one_round && (b > 0 || r0 != warp * ROWS)) load_w1(r0);
       float d[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const float4 x = w[u][0], y = w[u][1];
-        d[u] = fmaf(x.x, ql[0], fmaf(x.y, ql[1], fmaf(x.z, ql[2], fmaf(x.w, ql[3], 0.f))));
-        d[u] = fmaf(y.x, ql[4], fmaf(y.y, ql[5], fmaf(y.z, ql[6], fmaf(y.w, ql[7], d[u]))));
+        const float4 a = w[u][0], c = w[u][1];
+        d[u] = fmaf(a.x, ql[0], fmaf(a.y, ql[1], fmaf(a.z, ql[2], fmaf(a.w, ql[3], 0.f))));
+        d[u] = fmaf(c.x, ql[4], fmaf(c.y, ql[5], fmaf(c.z, ql[6], fmaf(c.w, ql[7], d[u]))));
       }
 #pragma unroll
       for (int off = LPR / 2; off > 0; off >>= 1)
@@ -95,47 +93,30 @@ __device__ inline void router_block(const float* __restrict__ q, const float* __
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int r = r0 + u * RPI + slot;
-        if (sub == 0 && r < hidden) sm.hs[r] = fmaxf(0.f, d[u] + sm.b1s[r]);
+        if (sub == 0 && r < hidden) hs[r] = fmaxf(0.f, d[u] + b1s[r]);
       }
     }
     __syncthreads();
     if (b + 1 == batch) allow_next_grid();
-    // Logits from the staged rows: a warp per 4 rows at a time, the lanes over pairs of hidden units.
-    for (int c = warp * 4; c < n_rows; c += WARPS * 4) {
+    // Logits from the staged slice: a warp per 4 rows at a time, the lanes over pairs of hidden units.
+    for (int c = warp * 4; c < n_rows; c += kClassifyWarps * 4) {
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
       for (int j = lane * 2; j < hidden; j += 64) {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           if (c + r < n_rows) {
-            const float2 f = *reinterpret_cast<const float2*>(sm.w2s + (c + r) * hidden + j);
-            acc[r] = fmaf(f.x, sm.hs[j], fmaf(f.y, sm.hs[j + 1], acc[r]));
+            const float2 f = *reinterpret_cast<const float2*>(w2l + (c + r) * hidden + j);
+            acc[r] = fmaf(f.x, hs[j], fmaf(f.y, hs[j + 1], acc[r]));
           }
         }
       }
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const float sum = warp_sum(acc[r]);
-        if (lane == 0 && c + r < n_rows) logits[row * C + c0 + c + r] = sum + sm.b2s[c + r];
+        if (lane == 0 && c + r < n_rows) logits[row * C + c0 + c + r] = sum + b2s[c + r];
       }
     }
-    after_sequence(b);
   }
-}
-
-// The two-kernel path's router: block (logit chunk, query head), rows_per_block logits each.
-template <int D>
-static __global__ void __launch_bounds__(kClassifyThreads)
-    saap_classify_kernel(const float* __restrict__ q, const float* __restrict__ w1, const float* __restrict__ b1,
-                         const float* __restrict__ w2, const float* __restrict__ b2, int batch, int n_q_heads,
-                         int hidden, int C, int rows_per_block, float* __restrict__ logits) {
-  __shared__ __align__(16) float w2s[kClassifyStageBytes / 4];
-  __shared__ __align__(16) float qs[D];
-  __shared__ float hs[1024];
-  __shared__ float b1s[1024];
-  __shared__ float b2s[kClassifyMaxRows];
-  const int c0 = blockIdx.x * rows_per_block, n_rows = min(C, c0 + rows_per_block) - c0;
-  router_block<D, kClassifyThreads>(q, w1, b1, w2, b2, batch, n_q_heads, hidden, C, blockIdx.y, c0, n_rows,
-                                    RouterSmem{w2s, qs, hs, b1s, b2s}, logits, [](int) {});
 }
 
 constexpr int kSelectThreads = 1024;
@@ -289,9 +270,9 @@ __device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, 
   }
 }
 
-// What select_group reads and writes (SaapIndex's tables, the selection's parameters).
+// What saap_select_kernel reads and writes (SaapIndex's tables, the selection's parameters).
 struct SaapSelectArgs {
-  const float* logits;  // [batch][n_q_heads][C], G rows per KV group (the fused kernel writes them)
+  const float* logits;  // [batch][n_q_heads][C], G rows per KV group
   int n_q_heads, G;
   SaapGeom g;
   int segment;
@@ -304,12 +285,14 @@ struct SaapSelectArgs {
   int2* split_begin;
 };
 
-// The selection of one (b, h) by the whole block. The router gives log densities s_hc (attention
-// per key); the group's key for partition c is rules::group_log_density over its heads, each
-// normalised by rules::head_log_normaliser over the non-empty partitions: the attention the
-// shared read gains per token it spends, as the CPU method (SaapAttention::group_scores) ranks.
-// The budget is rules::Budget::selectable (either form; sinks and window paid first); the
-// partitions are ranked by rules::ranks_before (bitonic_rank) and filled by the rule of rules::fill_in_order (fill_ranked:
+// Block per (b, h), after the kernel that wrote the logits (the Saap router, or the KMeans /
+// PartitionOracle rank kernels, which write one key per KV group). The router gives log densities
+// s_hc (attention per key); the group's key for partition c is rules::group_log_density over its
+// heads, each normalised by rules::head_log_normaliser over the non-empty partitions: the
+// attention the shared read gains per token it spends, as the CPU method
+// (SaapAttention::group_scores) ranks. The budget is rules::Budget::selectable (either form; sinks
+// and window paid first); the partitions are ranked by rules::ranks_before (bitonic_rank) and
+// filled by the rule of rules::fill_in_order (fill_ranked:
 // a block scan for the prefix that fits, then one warp for the rest). Then the segments are
 // written: sinks, recent window, then every selected partition's prefill range and append pages.
 // The selected tokens, numbered in segment order, are cut into `splits` equal runs for attend():
@@ -317,12 +300,8 @@ struct SaapSelectArgs {
 // split_begin[bh][splits] (and any split past the end) is (segment count, 0).
 // Each thread loads every head's logits of its partitions once, and the G heads' maxima and
 // normaliser sums are reduced together: at batch 1 the kernel is a chain of round trips and
-// barriers, not of arithmetic. wait_logits() is called by every thread once the partition sizes
-// are in flight, before the first logit is loaded (the fused kernel waits there for its router
-// blocks); the logits are loaded from L2 (ld.cg), since other blocks of a fused grid wrote them.
-// Called again for another (b, h), the caller puts a barrier in between.
-template <class WaitLogits>
-__device__ inline void select_group(int bh, const SaapSelectArgs& a, WaitLogits&& wait_logits) {
+// barriers, not of arithmetic.
+static __global__ void __launch_bounds__(kSelectThreads) saap_select_kernel(SaapSelectArgs a) {
   using Scan = SelectScan;
   constexpr int kPer = kMaxPartitions / kSelectThreads;  // partitions per thread, at most
   constexpr int kMaxGroup = 8;
@@ -341,10 +320,11 @@ __device__ inline void select_group(int bh, const SaapSelectArgs& a, WaitLogits&
   __shared__ float red_max[32][kMaxGroup];
   __shared__ double red_sum[32][kMaxGroup];
   __shared__ int min_size;  // the smallest non-empty partition, exact (fill_ranked's early stop)
+  wait_prior_grid();
   const SaapGeom& g = a.g;
   const int G = a.G, segment = a.segment, splits = a.splits;
   const int32_t *part_start = a.part_start, *part_count = a.part_count, *append_count = a.append_count;
-  const int b = bh / g.n_kv_heads, h = bh % g.n_kv_heads;
+  const int bh = blockIdx.x, b = bh / g.n_kv_heads, h = bh % g.n_kv_heads;
   const int tid = threadIdx.x;
   const int64_t pbase = int64_t(bh) * g.C;
   const float* lg = a.logits + (int64_t(b) * a.n_q_heads + int64_t(h) * G) * g.C;
@@ -366,14 +346,8 @@ __device__ inline void select_group(int bh, const SaapSelectArgs& a, WaitLogits&
   for (int k = 0; k < kPer; ++k) {
     const int c = tid + k * kSelectThreads;
     my_size[k] = k == 0 ? pc0 + ac0 : c < g.C ? part_count[pbase + c] + append_count[pbase + c] : 0;
-  }
-  wait_logits();
 #pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    const int c = tid + k * kSelectThreads;
-#pragma unroll
-    for (int gi = 0; gi < kMaxGroup; ++gi)
-      s[k][gi] = c < g.C && gi < G ? __ldcg(lg + int64_t(gi) * g.C + c) : -INFINITY;
+    for (int gi = 0; gi < kMaxGroup; ++gi) s[k][gi] = c < g.C && gi < G ? lg[int64_t(gi) * g.C + c] : -INFINITY;
   }
   __syncthreads();  // min_size is initialised
   float total = 0.f;
@@ -495,76 +469,6 @@ __device__ inline void select_group(int bh, const SaapSelectArgs& a, WaitLogits&
   if (tid == 0) {
     a.segment_count[bh] = n_segments;
     a.selected_tokens[bh] = total_tokens;
-  }
-}
-
-// The two-kernel path (and the KMeans / PartitionOracle routings, whose rank kernels write one
-// key per KV group): block per (b, h), after the kernel that wrote the logits.
-static __global__ void __launch_bounds__(kSelectThreads) saap_select_kernel(SaapSelectArgs a) {
-  wait_prior_grid();
-  select_group(blockIdx.x, a, [] {});
-}
-
-
-// The fused path: router and selection in one launch (SelectPath::Fused). The grid's first
-// n_chunks * n_q_heads blocks are router blocks (block i: query head i / n_chunks, logit rows
-// [chunk * rows_per_block, ...) of chunk i % n_chunks, W2 rows staged in dynamic shared memory);
-// each, after writing a sequence's logits, fences them and counts itself on that sequence's KV
-// group ticket. The other n_select blocks select the (b, h) of index bh = block - routers, then
-// bh + n_select, ...: they load the partition sizes at once, wait until every router block of the
-// group has counted (n_chunks * G), then rank, fill and write the segments. One launch instead of
-// two, and the sizes' round trip overlaps the router's. The host keeps n_select below the blocks
-// the device holds at once, so a router block always finds an SM while selection blocks wait.
-// A wait that does not end sets flags[2] (SaapIndex::check() throws) instead of hanging.
-constexpr long long kFusedMaxSpins = 1LL << 22;  // a second or two of polls and 32 ns sleeps
-
-template <int D>
-static __global__ void __launch_bounds__(kSelectThreads)
-    saap_fused_select_kernel(const float* __restrict__ q, const float* __restrict__ w1, const float* __restrict__ b1,
-                             const float* __restrict__ w2, const float* __restrict__ b2, int batch, int hidden,
-                             int n_chunks, int rows_per_block, int n_select, float* __restrict__ logits,
-                             SaapSelectArgs a, uint32_t* __restrict__ tickets, int32_t* __restrict__ flags) {
-  extern __shared__ __align__(16) float router_smem[];
-  const int C = a.g.C, G = a.G, n_routers = n_chunks * a.n_q_heads;
-  if (int(blockIdx.x) < n_routers) {
-    const int hq = blockIdx.x / n_chunks, c0 = (blockIdx.x % n_chunks) * rows_per_block;
-    const int n_rows = min(C, c0 + rows_per_block) - c0;
-    // Offsets keep each array 16-byte aligned (rows_per_block * hidden and hidden are multiples of 4).
-    float* w2s = router_smem;
-    float* qs = w2s + int64_t(rows_per_block) * hidden;
-    float* hs = qs + D;
-    float* b1s = hs + hidden;
-    float* b2s = b1s + hidden;
-    uint32_t* group_tickets = tickets + hq / G;
-    router_block<D, kSelectThreads>(q, w1, b1, w2, b2, batch, a.n_q_heads, hidden, C, hq, c0, n_rows,
-                                    RouterSmem{w2s, qs, hs, b1s, b2s}, logits,
-                                    [&](int b) {
-                                      __threadfence();  // this thread's logits are visible device-wide
-                                      __syncthreads();
-                                      if (threadIdx.x == 0) atomicAdd(group_tickets + int64_t(b) * a.g.n_kv_heads, 1u);
-                                    });
-    return;
-  }
-  wait_prior_grid();
-  const uint32_t want = uint32_t(n_chunks) * uint32_t(G);
-  for (int bh = int(blockIdx.x) - n_routers; bh < batch * a.g.n_kv_heads; bh += n_select) {
-    __syncthreads();  // the previous (b, h)'s shared memory is no longer read
-    select_group(bh, a, [&] {
-      if (threadIdx.x == 0) {
-        volatile uint32_t* t = tickets + bh;
-        long long spins = 0;
-        while (*t < want) {
-          if (++spins == kFusedMaxSpins) {
-            atomicOr(flags + 2, 1);
-            break;
-          }
-          __nanosleep(32);
-        }
-        __threadfence();  // the logits are read after the tickets that publish them
-        *t = 0;           // every router block of this step has counted; the next step starts at 0
-      }
-      __syncthreads();
-    });
   }
 }
 

@@ -409,7 +409,7 @@ void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, f
       idx.append(method.k_new.get(), method.v_new.get(), stream);
       idx.select(q32.get(), spec.k_f, stream);
       idx.attend(scale, att32.get(), split_ws, stream);
-      selected = idx.selected_count_device();
+      selected = idx.selected_tokens();  // the union of the group's heads, as the CPU counts it
       break;
     }
     case MethodKind::Quest: {

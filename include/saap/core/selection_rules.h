@@ -132,7 +132,14 @@ SAAP_HD inline int loki_rank(double d_f, int head_dim) {
   const int64_t r = tokens_for_fraction(d_f, head_dim);
   return int(r < 1 ? 1 : r);
 }
-SAAP_HD inline int64_t loki_keys(double k_f, int64_t n) { return topk_keys(k_f, n); }
+// Loki's keys per query head are the oracle top-k's at a lookup of k_f: the budget the GPU's
+// per-head selection is given, and the count the CPU method takes.
+SAAP_HD inline Budget loki_budget(double k_f) {
+  Budget b;
+  b.lookup = k_f;
+  return b;
+}
+SAAP_HD inline int64_t loki_keys(double k_f, int64_t n) { return loki_budget(k_f).topk(n); }
 
 // Ranking order over ids (partitions, pages, positions): the higher key first; equal keys go to
 // the lower id, so a selection never depends on a sort's or a reduction's tie handling.

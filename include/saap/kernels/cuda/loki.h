@@ -1,14 +1,15 @@
 // Loki on the GPU: keys stored rotated into a per-KV-head PCA basis so that the first r components
-// of all tokens are contiguous; decode scores every token with those r components, keeps the top
-// k per KV group (a radix select over the scores), and attends exactly over the kept tokens.
+// of all tokens are contiguous; decode scores every token with those r components for each query
+// head, keeps each head's own top k, and attends each head exactly over its kept tokens: the CPU
+// method's rule (methods/loki.h), run by the oracle top-k's kernels (per_head_topk.cuh) on the
+// low-rank scores. The KV group reads the union of its heads' selections.
 //
 // Storage per (sequence b, KV head h), rows [0, max_len):
 //   k_low  [bh][max_len][r]        components 0 .. r-1 of the rotated keys (read by scoring)
 //   k_rest [bh][max_len][D - r]    components r .. D-1 (read only for selected tokens)
 //   v      [bh][max_len][D]        values, unrotated
 // Scores q'.k' with q' = P^T q equal q.k exactly (P orthonormal), so attention needs no rotation
-// back; the KV group shares one selection (max over its query heads of the low-rank score), so
-// each selected token is read once per group.
+// back.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -26,7 +27,7 @@ namespace saap::cuda {
 
 class LokiIndex {
  public:
-  // rank r: 8, 16 or 32 (and < head_dim).
+  // rank r: 8, 16 or 32 (and < head_dim); max_len < 2^24.
   LokiIndex(const DecodeShape& shape, int64_t max_len, int rank);
   ~LokiIndex();
 
@@ -54,24 +55,25 @@ class LokiIndex {
   // One new token per (b, h): k_new, v_new [batch][n_kv_heads][D] raw. No host synchronisation
   // (a CUDA graph may record it).
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
-  // Rotates q [batch][n_q_heads][D], scores with the first r components, keeps
-  // k = rules::loki_keys(k_frac, seq_len) tokens per (b, h) (saap/core/selection_rules.h: the
-  // ceiling, at least 1). k_frac in (0, 1], a double as on the CPU.
+  // Rotates q [batch][n_q_heads][D], scores with the first r components per query head, keeps
+  // k = rules::loki_keys(k_frac, seq_len) tokens per query head (ties to the lower position) and
+  // counts the union over each KV group. k_frac in (0, 1], a double as on the CPU. No host
+  // synchronisation (a CUDA graph may record it).
   void select(const float* q, double k_frac, cudaStream_t stream = 0);
-  // Exact attention over the selection (uses the rotated queries of the last select()); tuning:
-  // how the kernel reads it (decode.h).
-  void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
-              const SparseAttendTuning& tuning = {});
+  // Exact attention of each head over its own selection (uses the rotated queries of the last
+  // select()).
+  void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
 
   int rank() const { return rank_; }
   bool pre_rope() const { return pre_rope_; }  // what the basis was fitted on (from_artifact)
   int64_t max_len() const { return max_len_; }
   const DecodeShape& shape() const { return shape_; }
   // Device views for tests.
-  const float* scores() const;           // [bh][max_len]: max over the group of q'[:r].k'[:r]
-  const int32_t* selected() const;       // [bh][max_len]: first selected_count[bh] entries valid
-  std::vector<int32_t> selected_count() const;  // synchronises
-  const int32_t* selected_count_device() const;  // [bh], the same counts on the device
+  const float* scores() const;      // [batch][n_q_heads][max_len]: each head's q'[:r].k'[:r]
+  const int32_t* selected() const;  // [batch][n_q_heads][max_len]: first selected_count[row], ascending
+  std::vector<int32_t> selected_count() const;   // [batch][n_q_heads]; synchronises
+  const int32_t* selected_count_device() const;  // [batch][n_q_heads], the same counts on the device
+  const int32_t* selected_tokens() const;        // [batch][n_kv_heads]: the group's union (K/V rows read)
   std::vector<int32_t> seq_len() const;         // synchronises
   const void* k_low() const;
   const void* k_rest() const;
@@ -83,7 +85,7 @@ class LokiIndex {
   DecodeShape shape_;
   int64_t max_len_;
   int rank_;
-  float last_k_frac_ = 0.f;
+  double last_k_frac_ = 0.0;  // 0 until select()
   bool pre_rope_ = false;
   std::unique_ptr<Impl> impl_;
 };

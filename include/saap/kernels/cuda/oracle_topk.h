@@ -4,7 +4,8 @@
 // The heads of a KV group choose independently, as on the CPU, and the group's read is the union
 // of their choices. It reads all of K to decide, so it is a quality ceiling, not a speed-up.
 //
-// A decode step is three kernels on the dense cache, no host synchronisation (graph-capturable):
+// A decode step is three kernels on the dense cache (per_head_topk.cuh, which Loki runs on its
+// low-rank scores), no host synchronisation (graph-capturable):
 //   score   - block (position tile, b * n_kv_heads): the G heads' scores q.k of every position,
 //             summed in order in fp32 without fused multiply-adds, as the CPU method computes them,
 //             so both devices rank the same numbers

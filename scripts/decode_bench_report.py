@@ -33,7 +33,7 @@ def attend_floor(r, floor_gbps):
 def tuning_summary(by, sd):
     """Which tuning wins where: per context the fastest dense row (default or tuned) against SDPA, and
     per Quest / Loki budget the fastest attend tuning against the default (rows whose param is the
-    default's plus ';prefetch=...;waves=...;mma=...')."""
+    default's plus ';prefetch=...;waves=...')."""
     out = ["", "## Winners by tuning", "",
            "Dense: the fastest row per context. Quest and Loki: per budget, the attend tuning with the "
            "fastest step (the default row has no tuning suffix).", "",
@@ -102,7 +102,7 @@ def main():
                    f"{dense['graph_ms']:.4f} | {s['ms'] if s else float('nan'):.4f} | "
                    f"{(s['ms'] / dense['ms']) if s else float('nan'):.2f}x | {fl / dense['ms']:.2f} | "
                    f"{(fl / s['ms']) if s else float('nan'):.2f} |")
-    out += ["", "## Dense tunings (dense_decode_tuned: cp.async stages, waves of resident blocks, interleaved splits, register prefetch, fewest tokens a split)", "",
+    out += ["", "## Dense tunings (dense_decode_tuned: waves of resident blocks, interleaved splits, register prefetch, tensor-core logits, fewest tokens a split)", "",
             "| shape | batch | context | tuning | ms | vs default dense | vs SDPA |", "|---|---|---|---|---|---|---|"]
     for k in sorted(by):
         rs = by[k]

@@ -6,7 +6,7 @@
 // Usage: decode_bench [--contexts 16384,65536,...] [--batches 1,8] [--shapes 32x8x128,...]
 //                     [--other-contexts LIST] [--partition-sizes FILE] [--methods dense,saap,quest,loki]
 //                     [--saap-budgets 0.02,0.05,0.1,1024,2048] [--reps 30] [--out DIR]
-//                     [--dense-tunings "stages=3;waves=2,interleave=1;prefetch=1,..."]
+//                     [--dense-tunings "mma=1;prefetch=1,interleave=1;prefetch=1,..."]
 // --dense-tunings: dense_decode_tuned rows beside the default dense row (DenseTuning::parse's
 // key=value;... form, comma-separated; "" for none); default every dense_tuning_candidates() entry.
 // --other-contexts: the contexts of every shape after the first (default: --contexts).
@@ -478,10 +478,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (!dense_tunings_given) {  // every candidate but the default, which is the plain dense row
-    for (const DenseTuning& t : dense_tuning_candidates())
-      if (t.name() != kDenseDefault.name()) o.dense_tunings.push_back(t);
-  }
+  if (!dense_tunings_given) o.dense_tunings = dense_tuning_candidates();
   const int reps = o.reps;
   int n_dev = 0;
   if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -571,6 +568,7 @@ int main(int argc, char** argv) {
           rows.back().graph_ms = graph_median_ms(tm, step, reps, "dense", skipped);
           // The tunings dense_decode_tuned offers, beside the default (issue 11: which one wins).
           for (const DenseTuning& tuning : o.dense_tunings) {
+            if (tuning.name() == dense_default_tuning(int(B)).name()) continue;  // the dense row above
             const double ms = tm.median_ms(
                 [&] {
                   dense_decode_tuned(s, dk->get(), dv->get(), N, lengths.get(), q.get(), scale, out.get(), ws, tuning);
@@ -612,7 +610,7 @@ int main(int argc, char** argv) {
           }
           budgets.push_back({{0.05, 1024}, "tokens=1024"});
           budgets.push_back({{0.05, 2048}, "tokens=2048"});
-          const auto tunings = sparse_attend_candidates(true);
+          const auto tunings = sparse_attend_candidates();
           for (const auto& entry : budgets)
             for (size_t ti = 0; ti < tunings.size(); ++ti) {
               const QuestBudget budget = entry.first;

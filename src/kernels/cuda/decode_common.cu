@@ -43,14 +43,11 @@ int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, i
 }
 
 std::string SparseAttendTuning::name() const {
-  return "prefetch=" + std::to_string(int(prefetch)) + ";waves=" + std::to_string(waves) + ";mma=" +
-         std::to_string(int(mma));
+  return "prefetch=" + std::to_string(int(prefetch)) + ";waves=" + std::to_string(waves);
 }
 
-std::vector<SparseAttendTuning> sparse_attend_candidates(bool with_mma) {
-  std::vector<SparseAttendTuning> v = {{false, 1, false}, {true, 1, false}, {false, 2, false}, {true, 2, false}};
-  if (with_mma) v.insert(v.end(), {{false, 1, true}, {false, 2, true}});
-  return v;
+std::vector<SparseAttendTuning> sparse_attend_candidates() {
+  return {{true, 1}, {false, 1}, {true, 2}, {false, 2}};
 }
 
 void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream) {

@@ -9,8 +9,8 @@ namespace saap::cuda {
 
 std::string DenseTuning::name() const {
   char s[96];
-  std::snprintf(s, sizeof s, "stages=%d;waves=%d;interleave=%d;prefetch=%d;mma=%d;min=%d", stages, waves,
-                int(interleave), int(prefetch), int(mma), min_split_tokens);
+  std::snprintf(s, sizeof s, "waves=%d;interleave=%d;prefetch=%d;mma=%d;min=%d", waves, int(interleave),
+                int(prefetch), int(mma), min_split_tokens);
   return s;
 }
 
@@ -29,27 +29,27 @@ DenseTuning DenseTuning::parse(const std::string& text) {
     const long x = std::strtol(value.c_str(), &rest, 10);
     SAAP_CU_REQUIRE(!value.empty() && *rest == '\0', InvalidArgument, "dense tuning '%s': %s = '%s' is not an integer",
                     text.c_str(), key.c_str(), value.c_str());
-    if (key == "stages") t.stages = int(x);
-    else if (key == "waves") t.waves = int(x);
+    if (key == "waves") t.waves = int(x);
     else if (key == "interleave") t.interleave = x != 0;
     else if (key == "prefetch") t.prefetch = x != 0;
     else if (key == "mma") t.mma = x != 0;
     else if (key == "min") t.min_split_tokens = int(x);
     else
       SAAP_CU_REQUIRE(false, InvalidArgument,
-                      "dense tuning '%s': unknown field '%s' (stages, waves, interleave, prefetch, mma, min)",
+                      "dense tuning '%s': unknown field '%s' (waves, interleave, prefetch, mma, min)",
                       text.c_str(), key.c_str());
     at = end + 1;
   }
   return t;
 }
 
+DenseTuning dense_default_tuning(int batch) {
+  return DenseTuning::parse(batch == 1 ? "mma=1;prefetch=1;interleave=1" : "");
+}
+
 std::vector<DenseTuning> dense_tuning_candidates() {
   std::vector<DenseTuning> v;
-  for (const char* t : {"", "waves=2", "stages=3", "stages=4", "stages=3;waves=2", "interleave=1", "prefetch=1",
-                        "interleave=1;prefetch=1", "stages=3;interleave=1", "prefetch=1;waves=2;min=128",
-                        "interleave=1;prefetch=1;waves=2;min=128", "mma=1", "mma=1;interleave=1",
-                        "mma=1;waves=2;min=128", "mma=1;prefetch=1", "mma=1;prefetch=1;interleave=1"})
+  for (const char* t : {"", "mma=1;prefetch=1;interleave=1", "mma=1;prefetch=1", "interleave=1;prefetch=1"})
     v.push_back(DenseTuning::parse(t));
   return v;
 }
@@ -57,7 +57,7 @@ std::vector<DenseTuning> dense_tuning_candidates() {
 void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
                   const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream,
                   int64_t window) {
-  dense_decode_tuned(s, k, v, max_len, lengths, q, scale, out, ws, kDenseDefault, stream, window);
+  dense_decode_tuned(s, k, v, max_len, lengths, q, scale, out, ws, dense_default_tuning(s.batch), stream, window);
 }
 
 void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
@@ -70,53 +70,30 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
   const int64_t span = window > 0 && window < max_len ? window : max_len;
   SAAP_CU_REQUIRE(k && v && lengths && q && out, InvalidArgument, "null pointer among k=%p v=%p lengths=%p q=%p out=%p",
                   k, v, (const void*)lengths, (const void*)q, (void*)out);
-  const int stages = tuning.stages, waves = tuning.waves;
-  SAAP_CU_REQUIRE(stages == 0 || stages == 3 || stages == 4, InvalidArgument, "stages = %d; 0, 3 or 4", stages);
+  const int waves = tuning.waves;
   SAAP_CU_REQUIRE(waves >= 1 && waves <= 8, InvalidArgument, "waves = %d outside [1, 8]", waves);
-  SAAP_CU_REQUIRE((!tuning.prefetch && !tuning.mma) || stages == 0, InvalidArgument,
-                  "prefetch and mma are register-path tunings; stages = %d loads through the cp.async ring", stages);
+  SAAP_CU_REQUIRE(!tuning.mma || tuning.prefetch, InvalidArgument, "%s",
+                  "mma = 1 is the prefetching tensor-core loop: it needs prefetch = 1");
   SAAP_CU_REQUIRE(tuning.min_split_tokens >= 16, InvalidArgument, "min_split_tokens = %d must be >= 16",
                   tuning.min_split_tokens);
   int splits = 0;
   dispatch_decode<256>(s, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    // One (kernel, dynamic shared memory, resident blocks) per instantiation and stage count.
-    auto launch = [&](auto kernel, size_t smem, int resident) {
-      splits = choose_splits(s, span, resident * waves, tuning.min_split_tokens);
-      const int64_t chunk = (span + splits - 1) / splits;
-      ws.ensure(int64_t(s.batch) * s.n_q_heads, splits, s.head_dim);
-      kernel<<<dim3(splits, s.n_kv_heads, s.batch), kDecodeWarps * 32, smem, stream>>>(
-          static_cast<const T*>(k), static_cast<const T*>(v), max_len, lengths, q, s.n_kv_heads, s.group(), scale,
-          splits, chunk, window, tuning.interleave, ws.out(), ws.lse());
-    };
-    auto async = [&](auto stages_c) {
-      constexpr int ST = decltype(stages_c)::value;
-      auto* kernel = dense_decode_async_kernel<T, D, GMAX, ST>;
-      constexpr size_t smem = dense_async_smem<T, D, GMAX, ST>();
-      static const int resident = [&] {
-        SAAP_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-        return resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32, smem);
-      }();
-      launch(kernel, smem, resident);
-    };
+    // One (kernel, resident blocks) per instantiation and loop.
     auto registers = [&](auto loop_c) {
       auto* kernel = dense_decode_kernel<T, D, GMAX, decltype(loop_c)::value>;
       static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-      launch(kernel, 0, resident);
+      splits = choose_splits(s, span, resident * waves, tuning.min_split_tokens);
+      const int64_t chunk = (span + splits - 1) / splits;
+      ws.ensure(int64_t(s.batch) * s.n_q_heads, splits, s.head_dim);
+      kernel<<<dim3(splits, s.n_kv_heads, s.batch), kDecodeWarps * 32, 0, stream>>>(
+          static_cast<const T*>(k), static_cast<const T*>(v), max_len, lengths, q, s.n_kv_heads, s.group(), scale,
+          splits, chunk, window, tuning.interleave, ws.out(), ws.lse());
     };
     using Loop = DenseLoop;
-    if (stages == 3) {
-      async(std::integral_constant<int, 3>{});
-    } else if (stages == 4) {
-      async(std::integral_constant<int, 4>{});
-    } else if (tuning.mma && dense_mma_supported<T, D>()) {
-      if constexpr (dense_mma_supported<T, D>()) {
-        if (tuning.prefetch)
-          registers(std::integral_constant<Loop, Loop::MmaPrefetch>{});
-        else
-          registers(std::integral_constant<Loop, Loop::Mma>{});
-      }
+    if (tuning.mma && dense_mma_supported<T, D>()) {
+      if constexpr (dense_mma_supported<T, D>()) registers(std::integral_constant<Loop, Loop::Mma>{});
     } else if (tuning.prefetch) {
       registers(std::integral_constant<Loop, Loop::Prefetch>{});
     } else {

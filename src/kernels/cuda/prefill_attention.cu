@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "saap/kernels/cuda/async_copy.cuh"
 #include "saap/kernels/cuda/attend.cuh"
 #include "saap/kernels/cuda/check.h"
 #include "saap/kernels/cuda/prefill_attention.h"

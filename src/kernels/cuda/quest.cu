@@ -150,8 +150,6 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
   SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
   SAAP_CU_REQUIRE(tuning.waves >= 1 && tuning.waves <= 8, InvalidArgument, "attend tuning waves = %d outside [1, 8]",
                   tuning.waves);
-  SAAP_CU_REQUIRE(!(tuning.prefetch && tuning.mma), InvalidArgument, "%s",
-                  "attend tuning: prefetch and mma are two different loops; choose one");
   int splits = 0;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
@@ -175,16 +173,10 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
       launch(kernel, resident);
     };
     using Loop = DenseLoop;
-    if (tuning.prefetch) {
+    if (tuning.prefetch)
       with(std::integral_constant<Loop, Loop::Prefetch>{});
-    } else if (tuning.mma) {
-      if constexpr (dense_mma_supported<T, D>())
-        with(std::integral_constant<Loop, Loop::Mma>{});
-      else
-        with(std::integral_constant<Loop, Loop::Plain>{});
-    } else {
+    else
       with(std::integral_constant<Loop, Loop::Plain>{});
-    }
   });
   combine_splits(shape_, splits, ws, out, stream);
 }

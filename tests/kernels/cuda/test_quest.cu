@@ -258,7 +258,7 @@ int main() {
       const double err = cutest::rel_error(out, ref);
       tally.check(err < 1e-4, (rt + "attention rel error vs float64").c_str(), err, 1e-4);
       // Every other attend tuning the benchmark compares, over the same selection.
-      const auto tunings = cuda::sparse_attend_candidates(true);
+      const auto tunings = cuda::sparse_attend_candidates();
       for (size_t ti = 1; ti < tunings.size(); ++ti) {
         cutest::poison(dout);
         idx.attend(dq.get(), scale, dout.get(), ws, 0, tunings[ti]);

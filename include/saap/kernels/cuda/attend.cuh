@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "saap/kernels/cuda/async_copy.cuh"
 #include "saap/kernels/cuda/launch.cuh"
 #include "saap/kernels/cuda/mma.cuh"
 #include "saap/kernels/cuda/reduce.cuh"
@@ -153,9 +152,11 @@ struct GroupAttender {
   // kq(i): this lane's quarter of row i's key, components c*D/4 .. (c+1)*D/4 - 1 with c = lane & 3
   // (16-byte aligned); vptr(i) as in run(). qg, G, scale: as init() took them. sc: this warp's
   // kMmaRows x 8 floats of shared memory.
-  // PREFETCH: the next tile's loads are issued before this tile's MMAs and math (as run_prefetch).
+  // The next tile's loads are issued before this tile's MMAs and math (as run_prefetch): the H200
+  // run at da2ee81 found the loop without that prefetch never the fastest (results/
+  // gpu_decode_report_2026-12-03_h200_da2ee81.md).
   static constexpr int kMmaRows = 16;
-  template <bool PREFETCH = false, class KQuarter, class VPtr>
+  template <class KQuarter, class VPtr>
   __device__ void run_mma(int n, const float* qg, int G, float scale, KQuarter kq, VPtr vptr, float* sc) {
     static_assert(std::is_same<T, __nv_bfloat16>::value && (D == 64 || D == 128) && GMAX <= 8,
                   "tensor-core logits: bf16 keys, head dim 64 or 128");
@@ -214,70 +215,21 @@ struct GroupAttender {
       accumulate<MU>(s, vr, base, n);
     };
     constexpr int stride = NWARPS * kMmaRows;
-    if constexpr (PREFETCH) {
-      int base = warp * kMmaRows;
-      if (base >= n) return;
-      uint4 kn[2][KQ], vn[MU];
-      load(base, kn, vn);
-      for (; base < n; base += stride) {
-        uint4 ka[2][KQ], vr[MU];
+    int base = warp * kMmaRows;
+    if (base >= n) return;
+    uint4 kn[2][KQ], vn[MU];
+    load(base, kn, vn);
+    for (; base < n; base += stride) {
+      uint4 ka[2][KQ], vr[MU];
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < 2; ++h)
 #pragma unroll
-          for (int j = 0; j < KQ; ++j) ka[h][j] = kn[h][j];
+        for (int j = 0; j < KQ; ++j) ka[h][j] = kn[h][j];
 #pragma unroll
-        for (int u = 0; u < MU; ++u) vr[u] = vn[u];
-        if (base + stride < n) load(base + stride, kn, vn);
-        tile(base, ka, vr);
-      }
-    } else {
-      for (int base = warp * kMmaRows; base < n; base += stride) {
-        uint4 ka[2][KQ], vr[MU];
-        load(base, ka, vr);
-        tile(base, ka, vr);
-      }
+      for (int u = 0; u < MU; ++u) vr[u] = vn[u];
+      if (base + stride < n) load(base + stride, kn, vn);
+      tile(base, ka, vr);
     }
-  }
-
-  // run() with the K/V rows fetched by cp.async into a ring of STAGES tiles in shared memory, so
-  // STAGES - 1 tiles per warp are in flight while one is computed, without holding registers.
-  // ring: this warp's STAGES * ring_words() 16-byte words of shared memory. Each lane copies and
-  // reads back only its own words, so no barrier is needed between a copy and its use.
-  static constexpr int ring_words() { return U * 2 * 32; }
-  template <int STAGES, class KPtr, class VPtr>
-  __device__ void run_async(int n, KPtr kptr, VPtr vptr, uint4* ring) {
-    static_assert(STAGES >= 2, "a ring of at least two tiles");
-    const int first = warp * TILE, stride = NWARPS * TILE;
-    const int iters = n > first ? (n - first + stride - 1) / stride : 0;
-    auto issue = [&](int it) {
-      uint4* st = ring + (it % STAGES) * ring_words();
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int i = first + it * stride + u * TPP + slot;
-        if (it < iters && i < n) {
-          cp_async16(&st[(2 * u) * 32 + lane], kptr(i));
-          cp_async16(&st[(2 * u + 1) * 32 + lane], vptr(i));
-        }
-      }
-      cp_async_commit();  // an empty group too, so that group counts stay uniform
-    };
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) issue(s);
-    for (int it = 0; it < iters; ++it) {
-      cp_async_wait<STAGES - 2>();  // tile `it` has landed
-      issue(it + STAGES - 1);       // into the slot tile it - 1 left
-      const uint4* st = ring + (it % STAGES) * ring_words();
-      const int base = first + it * stride;
-      uint4 kr[U], vr[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const bool ok = base + u * TPP + slot < n;  // a row past n was not copied: its words are stale
-        kr[u] = ok ? st[(2 * u) * 32 + lane] : make_uint4(0, 0, 0, 0);
-        vr[u] = ok ? st[(2 * u + 1) * 32 + lane] : make_uint4(0, 0, 0, 0);
-      }
-      step(kr, vr, base, n);
-    }
-    cp_async_wait<0>();
   }
 
   // One warp iteration: rows base + u*TPP + slot (u < U) with this lane's K and V words.

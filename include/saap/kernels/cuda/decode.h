@@ -100,54 +100,59 @@ void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t ma
                   int64_t window = 0);
 
 // dense_decode with its tuning exposed (the benchmark compares them in one run):
-//   stages      0 loads the K/V rows into registers, 3 or 4 through a cp.async ring of that many
-//               tiles per warp in shared memory;
 //   waves       the grid is `waves` waves of the device's resident blocks (1..8);
 //   interleave  a split reads block passes (kDecodeWarps tiles of rows) round-robin with the other
 //               splits of its head, instead of one contiguous chunk: the whole grid then reads a
 //               narrow moving window of the cache, as a streaming read does, not ~1000 2 MiB pages
 //               at once;
-//   prefetch    (registers only) the next tile's loads are issued before this tile's math, so a
-//               warp always has a tile in flight (more registers: fewer resident blocks);
-//   mma         (registers only) the logits on the tensor cores (GroupAttender::run_mma), ~half
-//               the instructions per byte; with prefetch, the tensor-core loop prefetches its next
-//               tile; bf16 keys at head dim 64 or 128, other shapes run the plain (or prefetching)
-//               loop;
+//   prefetch    the next tile's loads are issued before this tile's math, so a warp always has a
+//               tile in flight (more registers: fewer resident blocks);
+//   mma         (needs prefetch) the logits on the tensor cores (GroupAttender::run_mma, which
+//               prefetches), ~half the instructions per byte; bf16 keys at head dim 64 or 128,
+//               other shapes run the prefetching loop;
 //   min_split_tokens  the fewest tokens one split reads (the split count's cap at short contexts).
-// dense_decode is dense_decode_tuned(..., kDenseDefault).
+// The cp.async ring, the tensor-core loop without prefetch, the prefetching or interleaved plain
+// loop alone and the two-wave grids are no longer offered: none was the fastest anywhere by more
+// than 0.2% in the H200 run at da2ee81 (results/gpu_decode_report_2026-12-03_h200_da2ee81.md).
 struct DenseTuning {
-  int stages = 0;
   int waves = 1;
   bool interleave = false;
   bool prefetch = false;
   bool mma = false;
   int min_split_tokens = 256;
-  // "stages=0;waves=1;interleave=0;prefetch=0;mma=0;min=256": the bench's row parameter and the test's name.
+  // "waves=1;interleave=0;prefetch=0;mma=0;min=256": the bench's row parameter and the test's name.
   std::string name() const;
   // Parses name()'s form; fields left out keep their defaults. Throws InvalidArgument naming the field.
   static DenseTuning parse(const std::string& text);
 };
-inline const DenseTuning kDenseDefault{};
-// The tunings the benchmark times against each other and the test holds to float64, the default first.
+// The tuning dense_decode runs for `batch` sequences. One rule by batch, from the H200 run at
+// da2ee81 (results/gpu_decode_report_2026-12-03_h200_da2ee81.md, 32x8x128 and 4x1x256): at batch 1
+// mma=1;interleave=1;prefetch=1 is the fastest from 64k to 512k (1.03-1.04x the plain loop at
+// 32x8x128, 1.11x at 4x1x256; at 16k within 0.2%); at batch 8 no tuning is within 1% of the best
+// everywhere (mma+prefetch 0.86x the plain loop at 131k, the plain loop 0.95-0.97x the best at
+// 16k/64k/262k), so the plain loop, the fastest at 131k and 512k, stays.
+// dense_decode is dense_decode_tuned(..., dense_default_tuning(s.batch)).
+DenseTuning dense_default_tuning(int batch);
+// The tunings the benchmark times against each other and the test holds to float64: the plain
+// loop first, then each tuning that was the fastest somewhere in that run.
 std::vector<DenseTuning> dense_tuning_candidates();
 void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
                         const float* q, float scale, float* out, SplitWorkspace& ws, const DenseTuning& tuning,
                         cudaStream_t stream = 0, int64_t window = 0);
 
-// How a sparse method's attend (Quest, Loki) reads its selection; the benchmark compares them in
-// one run and the tests hold each to float64: prefetch - GroupAttender::run_prefetch (the next
-// tile's loads issued before this tile's math); mma - GroupAttender::run_mma (tensor-core logits;
-// bf16 at head dim 64/128, for Loki also rank = head_dim / 4; elsewhere the plain loop; not with
-// prefetch); waves - the splits fill that many waves of resident blocks (1..8).
+// How Quest's attend reads its selection; the benchmark compares them in one run and the test
+// holds each to float64: prefetch - GroupAttender::run_prefetch (the next tile's loads issued
+// before this tile's math); waves - the splits fill that many waves of resident blocks (1..8).
+// The default, prefetch=1;waves=1, was the fastest step nearly everywhere (1-5%, Quest and the
+// then Loki attend) in the H200 run at da2ee81 (results/gpu_decode_report_2026-12-03_h200_da2ee81.md);
+// the tensor-core loop never was, and is not offered.
 struct SparseAttendTuning {
-  bool prefetch = false;
+  bool prefetch = true;
   int waves = 1;
-  bool mma = false;
-  std::string name() const;  // "prefetch=0;waves=1;mma=0"
+  std::string name() const;  // "prefetch=1;waves=1"
 };
-// The tunings decode_bench times and the tests check, the default first; with_mma: the shape has
-// a tensor-core loop (else those rows would time the plain loop twice).
-std::vector<SparseAttendTuning> sparse_attend_candidates(bool with_mma);
+// The tunings decode_bench times and the tests check, the default first.
+std::vector<SparseAttendTuning> sparse_attend_candidates();
 
 // Writes out[row][:] from the split partials in ws (rows = batch * n_q_heads).
 void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream);

@@ -19,15 +19,14 @@ constexpr int decode_min_blocks(int gmax) { return gmax > 4 ? 2 : 4; }
 // B fragments and a 16-row tile: the same budget.
 constexpr int prefetch_min_blocks(int gmax) { return gmax > 4 ? 2 : gmax > 2 ? 3 : 4; }
 
-// The dense kernel's inner loop: GroupAttender::run, run_prefetch, run_mma or run_mma<true>.
-enum class DenseLoop { Plain = 0, Prefetch = 1, Mma = 2, MmaPrefetch = 3 };
-// Resident blocks the loop is built for: the prefetching tensor-core loop holds two tiles beside
-// the query's fragments (2 blocks, <= 255 registers).
+// A decode kernel's inner loop: GroupAttender::run, run_prefetch or run_mma (which prefetches too).
+enum class DenseLoop { Plain = 0, Prefetch = 1, Mma = 2 };
+// Resident blocks the loop is built for: the tensor-core loop holds two tiles beside the query's
+// fragments (2 blocks, <= 255 registers).
 constexpr int dense_loop_min_blocks(DenseLoop loop, int gmax) {
-  return loop == DenseLoop::Plain ? decode_min_blocks(gmax) : loop == DenseLoop::MmaPrefetch ? 2
-                                                                                             : prefetch_min_blocks(gmax);
+  return loop == DenseLoop::Plain ? decode_min_blocks(gmax) : loop == DenseLoop::Mma ? 2 : prefetch_min_blocks(gmax);
 }
-// Where run_mma applies (bf16 keys, head dim 64 or 128); elsewhere a tuning asking for it runs Plain.
+// Where run_mma applies (bf16 keys, head dim 64 or 128); elsewhere a tuning asking for it runs Prefetch.
 template <class T, int D>
 constexpr bool dense_mma_supported() {
   return std::is_same<T, __nv_bfloat16>::value && (D == 64 || D == 128);
@@ -87,10 +86,10 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
   const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D + at.sub * 8;
   auto kptr = [&](int i) { return kb + share.row<UNIT>(i) * D; };
   auto vptr = [&](int i) { return vb + share.row<UNIT>(i) * D; };
-  if constexpr (LOOP == DenseLoop::Mma || LOOP == DenseLoop::MmaPrefetch) {
+  if constexpr (LOOP == DenseLoop::Mma) {
     __shared__ float scores[kDecodeWarps][A::kMmaRows * 8];
     const T* kq = kb - at.sub * 8 + (at.lane & 3) * (D / 4);  // this lane's quarter of each row
-    at.template run_mma<LOOP == DenseLoop::MmaPrefetch>(
+    at.run_mma(
         share.n, q + row0 * D, G, scale, [&](int i) { return kq + share.row<UNIT>(i) * D; }, vptr, scores[at.warp]);
   } else if constexpr (LOOP == DenseLoop::Prefetch) {
     at.run_prefetch(share.n, kptr, vptr);
@@ -100,40 +99,6 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
   allow_next_grid();
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
-}
-
-// The same attention with the K/V rows fetched through a cp.async ring (GroupAttender::run_async):
-// STAGES - 1 tiles per warp in flight without holding registers. Dynamic shared memory: the ring
-// (dense_async_smem), whose memory finish() reuses.
-template <class T, int D, int GMAX, int STAGES>
-constexpr size_t dense_async_smem() {
-  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
-  const size_t ring = size_t(kDecodeWarps) * STAGES * A::ring_words() * 16;
-  return ring > sizeof(typename A::Shared) ? ring : sizeof(typename A::Shared);
-}
-
-template <class T, int D, int GMAX, int STAGES>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
-    dense_decode_async_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
-                              const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
-                              float scale, int splits, int64_t chunk, int64_t window, bool interleave,
-                              float* __restrict__ part_out, float* __restrict__ part_lse) {
-  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
-  constexpr int UNIT = kDenseUnit<T, D, GMAX>;
-  extern __shared__ uint4 dense_ring[];
-  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const DenseShare share = DenseShare::of<UNIT>(lengths[b], window, split, splits, chunk, interleave);
-  const int64_t row0 = (int64_t(b) * n_kv_heads + h) * G;
-  A at;
-  at.init(q + row0 * D, G, scale);
-  const T* kb = K + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D + at.sub * 8;
-  const T* vb = V + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D + at.sub * 8;
-  at.template run_async<STAGES>(share.n, [&](int i) { return kb + share.row<UNIT>(i) * D; },
-                                [&](int i) { return vb + share.row<UNIT>(i) * D; },
-                                dense_ring + at.warp * STAGES * A::ring_words());
-  __syncthreads();  // every warp is done with the ring: finish() takes its memory
-  at.finish(*reinterpret_cast<typename A::Shared*>(dense_ring), G, part_out + (row0 * splits + split) * D,
-            int64_t(splits) * D, part_lse + row0 * splits + split, splits);
 }
 
 }  // namespace saap::cuda

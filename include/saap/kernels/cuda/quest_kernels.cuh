@@ -538,13 +538,10 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
 // Attention of the G query heads of one KV group over its chunks (split evenly over blocks) and,
 // in split 0, its partial runs: block (split, kv head, sequence). The block stages its chunks'
 // first rows in shared memory, kQuestStageChunks at a time, so that a K/V load never waits on the
-// load of its row number. LOOP: the attender's loop over the chunks (and its register budget:
-// the tensor-core loop beside the stage and the partial runs spilled ~200 bytes at 168 registers,
-// so it gets 2 blocks per SM).
+// load of its row number. LOOP: the attender's loop over the chunks, Plain or Prefetch (and its
+// register budget); the tensor-core loop never won here (H200, da2ee81), so it is not built.
 template <class T, int D, int GMAX, DenseLoop LOOP>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::Plain      ? decode_min_blocks(GMAX)
-                                                            : LOOP == DenseLoop::Prefetch ? prefetch_min_blocks(GMAX)
-                                                                                          : 2)
+static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_blocks(LOOP, GMAX))
     quest_attend_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ chunk_rows, const int32_t* __restrict__ chunk_count,
                         int64_t max_chunks, const int2* __restrict__ partials, const int32_t* __restrict__ partial_count,
@@ -584,11 +581,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, LOOP == DenseLoop::P
     __syncthreads();
     auto kptr = [&](int i) { return kb + row(i) * D; };
     auto vptr = [&](int i) { return vb + row(i) * D; };
-    if constexpr (LOOP == DenseLoop::Mma) {
-      __shared__ float scores[kDecodeWarps][A::kMmaRows * 8];
-      const T* kq = kb - at.sub * 8 + (at.lane & 3) * (D / 4);  // this lane's quarter of each row
-      at.run_mma(ns * P, q + row0 * D, G, scale, [&](int i) { return kq + row(i) * D; }, vptr, scores[at.warp]);
-    } else if constexpr (LOOP == DenseLoop::Prefetch) {
+    if constexpr (LOOP == DenseLoop::Prefetch) {
       at.run_prefetch(ns * P, kptr, vptr);
     } else {
       at.run(ns * P, kptr, vptr);

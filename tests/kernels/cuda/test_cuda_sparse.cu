@@ -423,7 +423,9 @@ int main() {
     const int64_t n = quick ? 256 : 512;
     const double f = quick ? 0.1 : 0.05;
     std::vector<int32_t> tokens;
-    for (int b = 0; b < B; ++b) tokens.insert(tokens.end(), seq[b].begin(), seq[b].begin() + n);
+    // From the reference tokens, not seq: under SAAP_TEST_QUICK seq holds only prefill + steps = 112.
+    for (int b = 0; b < B; ++b)
+      tokens.insert(tokens.end(), ref.tokens.begin() + b * 2048, ref.tokens.begin() + b * 2048 + n);
     every_method(tally, model_path, tokens, B, n, f, saap_art, kmeans_art, loki_art);
   }
 

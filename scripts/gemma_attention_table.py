@@ -59,18 +59,14 @@ def main():
         f"recall@{doc['top_k']}. Local layers keep their exact 512-token window and are not counted. "
         f"Each cell: mass / recall@{doc['top_k']} / K/V fraction read (measured at the sampled queries; "
         f"a KV head reads the union of its 4 query heads' selections). From `{os.path.basename(a.grid)}`.\n\n")
-    lines.append("| method | " + " | ".join(cols) + " |\n")
-    lines.append("|---|" + "---|" * len(cols) + "\n")
-    for m in methods:
-        row = []
-        for c in cols:
-            r = cells.get((m, c))
-            if r is None:
-                row.append("—")
-                continue
-            at = r["attention"]
-            row.append(f"{at['mass']:.3f} / {at['recall']:.3f} / {100 * r['kv_fraction']:.2f}%")
-        lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(row) + " |\n")
+    def table(cell):  # one row per method, one column per budget; cell(run) -> text
+        lines.append("| method | " + " | ".join(cols) + " |\n")
+        lines.append("|---|" + "---|" * len(cols) + "\n")
+        for m in methods:
+            row = ["—" if cells.get((m, c)) is None else cell(cells[(m, c)]) for c in cols]
+            lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(row) + " |\n")
+
+    table(lambda r: f"{r['attention']['mass']:.3f} / {r['attention']['recall']:.3f} / {100 * r['kv_fraction']:.2f}%")
     lines.append("\nIndex bytes read besides K/V, as a fraction of the dense K/V bytes at these prefixes: ")
     idx = []
     for m in methods:
@@ -79,15 +75,7 @@ def main():
         idx.append(f"{NAMES.get(m, m)} {lo:.3g}" if hi - lo < 5e-4 else f"{NAMES.get(m, m)} {lo:.3g}–{hi:.3g}")
     lines.append(", ".join(idx) + ".\n\n")
     lines.append("Mass per global layer (" + ", ".join(f"L{l}" for l in global_layers) + "):\n\n")
-    lines.append("| method | " + " | ".join(cols) + " |\n")
-    lines.append("|---|" + "---|" * len(cols) + "\n")
-    for m in methods:
-        row = []
-        for c in cols:
-            r = cells.get((m, c))
-            row.append("—" if r is None else
-                       " / ".join(f"{r['attention']['layers'][l]['mass']:.3f}" for l in global_layers))
-        lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(row) + " |\n")
+    table(lambda r: " / ".join(f"{r['attention']['layers'][l]['mass']:.3f}" for l in global_layers))
 
     for note in a.note:
         lines.append("\n" + note + "\n")

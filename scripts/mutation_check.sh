@@ -35,7 +35,7 @@ mutations=(
   "fill: skip-and-continue -> stop at first misfit#$rules#test_core test_methods#s/if (n <= 0 || used + n > budget) continue;/if (n <= 0) continue; if (used + n > budget) break;/"
   "fixed reads: window may overlap the sinks#$rules#test_core test_methods#s/f.window_begin = w > f.sink_end ? w : f.sink_end;/f.window_begin = w > 0 ? w : 0;/"
   "loki: rank ceil -> floor#$rules#test_core test_methods#s/const int64_t r = tokens_for_fraction(d_f, head_dim);/const int64_t r = int64_t(d_f * head_dim);/"
-  "loki: top-k count ceil -> floor#$rules#test_core test_methods#s/inline int64_t loki_keys(double k_f, int64_t n) { return topk_keys(k_f, n); }/inline int64_t loki_keys(double k_f, int64_t n) { const int64_t k = int64_t(k_f * double(n)); return k < 1 ? 1 : k; }/"
+  "loki: top-k count ceil -> floor#$rules#test_core test_methods#s/SAAP_HD inline int64_t loki_keys(double k_f, int64_t n) { return loki_budget(k_f).topk(n); }/SAAP_HD inline int64_t loki_keys(double k_f, int64_t n) { const int64_t k = int64_t(k_f * double(n)); return k < 1 ? 1 : k; }/"
   "order: ties to the higher id#$rules#test_core test_methods#s/(key_a == key_b && id_a < id_b)/(key_a == key_b \&\& id_a > id_b)/"
 )
 

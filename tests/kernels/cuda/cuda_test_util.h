@@ -141,6 +141,25 @@ inline void ref_attention(const float* q, const uint16_t* K, const uint16_t* V, 
 
 namespace cutest {
 
+// Records fn(stream) as a CUDA graph on a fresh stream and launches it once, waiting for it to
+// finish: the capture fails if fn synchronises the host, which is what the graph tests check.
+template <class Fn>
+void run_as_graph(Fn&& fn) {
+  cudaStream_t st;
+  SAAP_CU(cudaStreamCreate(&st));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  SAAP_CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  fn(st);
+  SAAP_CU(cudaStreamEndCapture(st, &graph));
+  SAAP_CU(cudaGraphInstantiate(&exec, graph, 0));
+  SAAP_CU(cudaGraphLaunch(exec, st));
+  SAAP_CU(cudaStreamSynchronize(st));
+  SAAP_CU(cudaGraphExecDestroy(exec));
+  SAAP_CU(cudaGraphDestroy(graph));
+  SAAP_CU(cudaStreamDestroy(st));
+}
+
 // The (b, h) work segments written by SaapIndex::select, as host vectors.
 struct SaapSegments {
   std::vector<int32_t> count;                  // [bh]

@@ -91,19 +91,7 @@ int main() {
       if (a % 2 == 0) {
         idx.append(dnk.get(), dnv.get());
       } else {  // captured as a CUDA graph and launched once: capture fails if append synchronises
-        cudaStream_t st;
-        SAAP_CU(cudaStreamCreate(&st));
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        SAAP_CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        idx.append(dnk.get(), dnv.get(), st);
-        SAAP_CU(cudaStreamEndCapture(st, &graph));
-        SAAP_CU(cudaGraphInstantiate(&exec, graph, 0));
-        SAAP_CU(cudaGraphLaunch(exec, st));
-        SAAP_CU(cudaStreamSynchronize(st));
-        SAAP_CU(cudaGraphExecDestroy(exec));
-        SAAP_CU(cudaGraphDestroy(graph));
-        SAAP_CU(cudaStreamDestroy(st));
+        cutest::run_as_graph([&](cudaStream_t st) { idx.append(dnk.get(), dnv.get(), st); });
       }
     }
     const std::string tag = std::string(c.t == DType::BF16 ? "bf16" : "f16") + " d=" + std::to_string(D) +
@@ -271,21 +259,11 @@ int main() {
       tally.check(union_errors == 0, (kt + "group union count != the union of the heads' sets").c_str(),
                   double(union_errors), 0);
       {  // select + attend recorded as a CUDA graph (capture fails if either synchronises): same output
-        cudaStream_t st;
-        SAAP_CU(cudaStreamCreate(&st));
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
         cutest::poison(dout);
-        SAAP_CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        idx.select(dq.get(), k_frac, st);
-        idx.attend(scale, dout.get(), ws, st);
-        SAAP_CU(cudaStreamEndCapture(st, &graph));
-        SAAP_CU(cudaGraphInstantiate(&exec, graph, 0));
-        SAAP_CU(cudaGraphLaunch(exec, st));
-        SAAP_CU(cudaStreamSynchronize(st));
-        SAAP_CU(cudaGraphExecDestroy(exec));
-        SAAP_CU(cudaGraphDestroy(graph));
-        SAAP_CU(cudaStreamDestroy(st));
+        cutest::run_as_graph([&](cudaStream_t st) {
+          idx.select(dq.get(), k_frac, st);
+          idx.attend(scale, dout.get(), ws, st);
+        });
         const auto gout = cutest::download(dout);
         // The same kernels on the same inputs: bit-identical.
         const bool same = gout == out;

@@ -210,27 +210,17 @@ int main() {
       // synchronises the host, and the kernels are deterministic, so the output is the direct
       // call's bit for bit.
       {
-        cudaStream_t st;
-        SAAP_CU(cudaStreamCreate(&st));
         cuda::DeviceBuffer<float> gout(q.size());
         cutest::poison(gout);
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        SAAP_CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        idx.select(dq.get(), lookup, st);
-        idx.attend(dq.get(), scale, gout.get(), ws, st);
-        SAAP_CU(cudaStreamEndCapture(st, &graph));
-        SAAP_CU(cudaGraphInstantiate(&exec, graph, 0));
-        SAAP_CU(cudaGraphLaunch(exec, st));
-        SAAP_CU(cudaStreamSynchronize(st));
+        cutest::run_as_graph([&](cudaStream_t st) {
+          idx.select(dq.get(), lookup, st);
+          idx.attend(dq.get(), scale, gout.get(), ws, st);
+        });
         const auto replay = cutest::download(gout);
         int64_t differ = 0;
         for (size_t i = 0; i < out.size(); ++i) differ += std::memcmp(&replay[i], &out[i], sizeof(float)) != 0;
         tally.check(differ == 0, (tag + "graph replay of select + attend: values unlike the direct call's").c_str(),
                     double(differ), 0);
-        SAAP_CU(cudaGraphExecDestroy(exec));
-        SAAP_CU(cudaGraphDestroy(graph));
-        SAAP_CU(cudaStreamDestroy(st));
       }
     }
   }

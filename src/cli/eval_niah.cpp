@@ -14,6 +14,8 @@
 #include "saap/eval/cpu_continuation.h"
 #include "saap/eval/niah.h"
 #include "saap/eval/result_files.h"
+#include "saap/model/gguf.h"
+#include "saap/model/tokenizer.h"
 
 namespace saap::cli {
 
@@ -56,6 +58,29 @@ NiahResult load_runs(const std::vector<std::string>& paths, const char* what, st
   return all;
 }
 
+// --dump-prompts: every trial's prompt as JSON Lines (a first line {"provenance": ...}), read with
+// the tokenizer alone: no model loads, nothing runs. Returns the number of trials written.
+int64_t dump_prompts(const std::string& model, const NiahOptions& n, const std::string& filler, const std::string& out_path) {
+  const std::string path = model_path(model);
+  const GGUFFile file = GGUFFile::open(path);
+  const Tokenizer tok = Tokenizer::from_gguf(file);
+  const int64_t context = file.get_int(file.get_string("general.architecture") + ".context_length");
+  for (int64_t l : n.lengths)
+    SAAP_CHECK_FMT(l > 0 && l <= context, InvalidArgument, "--lengths holds %lld, outside [1, %lld] (the model's context length)",
+                   (long long)l, (long long)context);
+  std::string filler_path, filler_text;
+  if (n.task.haystack == NiahHaystack::Text) {
+    filler_path = filler.empty() ? default_text_path("eval.txt") : filler;
+    filler_text = read_file(filler_path, "filler text");
+  }
+  std::vector<InputIdentity> inputs = {input_file("model", path)};
+  if (!filler_path.empty()) inputs.push_back(input_file("filler", filler_path));
+  std::ofstream out(out_path, std::ios::binary);
+  SAAP_CHECK_FMT(out.good(), NotFound, "--dump-prompts %s cannot be opened for writing", out_path.c_str());
+  out << nlohmann::json{{"provenance", run_provenance(inputs)}}.dump() << '\n';
+  return write_niah_prompts(tok, n, filler_text, out);
+}
+
 std::string interval(const Proportion& p) {
   if (p.n == 0) return "-";
   char buf[96];
@@ -75,6 +100,7 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
     bool method_prefill = false;
     MethodSpec spec;
     std::string device = "cpu";
+    std::string dump_prompts;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, kModelOptionHelp);
@@ -102,6 +128,10 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
                   "Run nothing: join these runs' JSON files (shards of one method's run) and summarize them");
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files")->capture_default_str();
   cmd->add_option("--stem", o->stem, "File name stem (default: niah_<task>_<haystack>_<method>)");
+  cmd->add_option("--dump-prompts", o->dump_prompts,
+                  "Run nothing: write every trial's prompt (token ids, expected numbers) as JSON Lines to this file "
+                  "(scripts/niah_transformers.py reads it)")
+      ->excludes("--merge");
   add_method_options(cmd, o->spec);
   add_device_option(cmd, o->device);
   cmd->add_option("--batch", o->niah.batch, "cuda: trials run together as one batched prefill")
@@ -111,6 +141,14 @@ void register_eval_niah(CLI::App& app, const GlobalOptions& global) {
     NiahOptions& n = o->niah;
     n.task.task = parse_niah_task(o->task);
     n.task.haystack = parse_niah_haystack(o->haystack.empty() ? (o->task == "passkey" ? "repeated" : "text") : o->haystack);
+    if (!o->dump_prompts.empty()) {
+      const int64_t lines = dump_prompts(o->model, n, o->filler, o->dump_prompts);
+      if (global.json)
+        std::printf("%s\n", nlohmann::json{{"prompts", lines}, {"path", o->dump_prompts}}.dump().c_str());
+      else
+        std::printf("wrote %lld prompts to %s\n", (long long)lines, o->dump_prompts.c_str());
+      return;
+    }
     // The reference is read before the model: a wrong file fails at once.
     std::unique_ptr<NiahResult> reference;
     if (!o->reference.empty()) reference = std::make_unique<NiahResult>(load_runs(o->reference, "dense reference"));

@@ -241,11 +241,13 @@ NiahPrompt make_niah_prompt(const Tokenizer& tok, const NiahTaskOptions& o, int6
   for (size_t i = 0; i < t.needles.size(); ++i) order.emplace_back(filler.place(tok, t.needles[i].depth), i);
   std::stable_sort(order.begin(), order.end());
   p.context = head;
+  p.haystack_begin = int64_t(head.size());
   int64_t from = 0;
   for (const auto& [at, i] : order) {
     p.context.insert(p.context.end(), filler.tokens.begin() + from, filler.tokens.begin() + at);
     from = at;
     p.needle_tokens.push_back(int64_t(p.context.size()));
+    p.needle_lengths.push_back(int64_t(needles[i].size()));
     if (t.needles[i].asked) p.asked_needle_token = int64_t(p.context.size());
     p.context.insert(p.context.end(), needles[i].begin(), needles[i].end());
   }
@@ -278,12 +280,58 @@ uint64_t niah_trial_seed(uint64_t seed, int64_t length, double depth, int trial)
   return splitmix64(h ^ uint64_t(trial));
 }
 
+std::vector<NiahTrialPlace> niah_trial_places(const NiahOptions& o) {
+  SAAP_CHECK_FMT(o.trials > 0, InvalidArgument, "trials = %d must be positive", o.trials);
+  SAAP_CHECK_MSG(!o.lengths.empty() && !o.depths.empty(), InvalidArgument, "lengths and depths must not be empty");
+  std::vector<NiahTrialPlace> places;
+  for (int64_t length : o.lengths)
+    for (double depth : o.depths)
+      for (int trial = 0; trial < o.trials; ++trial)
+        places.push_back({length, depth, trial, niah_trial_seed(o.seed, length, depth, trial)});
+  return places;
+}
+
+nlohmann::json niah_prompt_json(const NiahTaskOptions& task, const NiahTrialPlace& place, const NiahPrompt& p) {
+  return {{"task", niah_task_name(task.task)},
+          {"haystack", niah_haystack_name(task.haystack)},
+          {"keys", task.keys},
+          {"values", task.values},
+          {"chat", task.chat},
+          {"length", place.length},
+          {"depth", place.depth},
+          {"trial", place.trial},
+          {"seed", place.seed},
+          {"context", p.context},
+          {"query", p.query},
+          {"max_new_tokens", p.max_new_tokens},
+          {"expected", p.expected},
+          {"distractors", p.distractors},
+          {"key", p.key},
+          {"haystack_begin", p.haystack_begin},
+          {"needle_tokens", p.needle_tokens},
+          {"needle_lengths", p.needle_lengths},
+          {"asked_needle_token", p.asked_needle_token}};
+}
+
+int64_t write_niah_prompts(const Tokenizer& tok, const NiahOptions& o, const std::string& filler_text,
+                           std::ostream& out) {
+  int64_t lines = 0;
+  for (const NiahTrialPlace& place : niah_trial_places(o)) {
+    out << niah_prompt_json(o.task, place, make_niah_prompt(tok, o.task, place.length, place.depth, place.seed,
+                                                            filler_text)).dump()
+        << '\n';
+    ++lines;
+  }
+  out.flush();
+  SAAP_CHECK_MSG(out.good(), BadFile, "the niah prompts could not be written (the output stream failed)");
+  return lines;
+}
+
 NiahResult run_niah(const Tokenizer& tok, const NiahOptions& o, const std::string& filler_text,
                     const GreedyContinuation& continuation) {
-  SAAP_CHECK_FMT(o.trials > 0, InvalidArgument, "trials = %d must be positive", o.trials);
   SAAP_CHECK_FMT(o.batch > 0, InvalidArgument, "batch = %d must be positive", o.batch);
-  SAAP_CHECK_MSG(!o.lengths.empty() && !o.depths.empty(), InvalidArgument, "lengths and depths must not be empty");
   SAAP_CHECK_MSG(bool(continuation), InvalidArgument, "the continuation callback is empty");
+  const std::vector<NiahTrialPlace> places = niah_trial_places(o);
   NiahResult result;
   result.task = o.task;
   struct Pending {
@@ -291,7 +339,7 @@ NiahResult run_niah(const Tokenizer& tok, const NiahOptions& o, const std::strin
     NiahPrompt prompt;
   };
   int64_t total = 0, done = 0;
-  for (int64_t l : o.lengths) total += l * int64_t(o.depths.size()) * o.trials;
+  for (const NiahTrialPlace& place : places) total += place.length;
   ProgressBar bar(std::string("eval niah ") + niah_task_name(o.task.task), total, o.progress);
   std::vector<Pending> pending;
   auto flush = [&] {
@@ -313,22 +361,20 @@ NiahResult run_niah(const Tokenizer& tok, const NiahOptions& o, const std::strin
     pending.clear();
     bar.update(done);
   };
-  for (int64_t length : o.lengths)
-    for (double depth : o.depths)
-      for (int trial = 0; trial < o.trials; ++trial) {
-        Pending p;
-        p.trial.length = length;
-        p.trial.depth = depth;
-        p.trial.trial = trial;
-        p.trial.seed = niah_trial_seed(o.seed, length, depth, trial);
-        p.prompt = make_niah_prompt(tok, o.task, length, depth, p.trial.seed, filler_text);
-        p.trial.prompt_tokens = int64_t(p.prompt.context.size() + p.prompt.query.size());
-        p.trial.needle_token = p.prompt.asked_needle_token;
-        p.trial.expected = p.prompt.expected;
-        p.trial.distractors = p.prompt.distractors;
-        pending.push_back(std::move(p));
-        if (int(pending.size()) == o.batch) flush();
-      }
+  for (const NiahTrialPlace& place : places) {
+    Pending p;
+    p.trial.length = place.length;
+    p.trial.depth = place.depth;
+    p.trial.trial = place.trial;
+    p.trial.seed = place.seed;
+    p.prompt = make_niah_prompt(tok, o.task, place.length, place.depth, place.seed, filler_text);
+    p.trial.prompt_tokens = int64_t(p.prompt.context.size() + p.prompt.query.size());
+    p.trial.needle_token = p.prompt.asked_needle_token;
+    p.trial.expected = p.prompt.expected;
+    p.trial.distractors = p.prompt.distractors;
+    pending.push_back(std::move(p));
+    if (int(pending.size()) == o.batch) flush();
+  }
   if (!pending.empty()) flush();
   bar.finish();
   return result;

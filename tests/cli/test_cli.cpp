@@ -314,4 +314,28 @@ TEST(Cli, NiahRefusesBadInputByName) {
   EXPECT_NE(saap("eval niah --help").out.find("=[4096,"), std::string::npos);  // the lengths' default
 }
 
+// --dump-prompts writes the trials' prompts (a provenance line, then one line per trial) and runs no model.
+TEST(Cli, NiahDumpsPromptsWithoutRunningTheModel) {
+  const std::string path = testing::TempDir() + "niah_prompts_" + std::to_string(::getpid()) + ".jsonl";
+  const CliRun r = saap("eval niah --task multikey --keys 2 --lengths 400 600 --depths 0.5 --trials 2 --dump-prompts '" +
+                        path + "'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("wrote 4 prompts"), std::string::npos) << r.out;
+  std::istringstream lines(slurp(path));
+  std::string line;
+  ASSERT_TRUE(std::getline(lines, line));
+  EXPECT_FALSE(nlohmann::json::parse(line)["provenance"]["commit"].get<std::string>().empty());
+  int trials = 0;
+  for (; std::getline(lines, line); ++trials) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["task"], "multikey");
+    EXPECT_EQ(j["context"].size() + j["query"].size() + j["max_new_tokens"].get<size_t>(), j["length"].get<size_t>());
+  }
+  EXPECT_EQ(trials, 4);
+  std::remove(path.c_str());
+  const CliRun both = saap("eval niah --merge a.json --dump-prompts '" + path + "'");
+  EXPECT_EQ(both.code, kUsage);
+  EXPECT_NE(both.err.find("--dump-prompts"), std::string::npos) << both.err;
+}
+
 }  // namespace

@@ -319,3 +319,77 @@ TEST(Niah, RunHandsEveryTrialToTheContinuationAndScoresIt) {
 
 }  // namespace
 }  // namespace saap
+
+namespace saap {
+namespace {
+
+// --dump-prompts' lines are what run_niah hands the backend, trial by trial: an independent
+// implementation that reads them (scripts/niah_transformers.py) runs the same prompts.
+TEST(Niah, DumpedPromptsAreWhatTheBackendGets) {
+  const Tokenizer& tok = smollm2();
+  for (NiahTask task : {NiahTask::Passkey, NiahTask::MultiKey}) {
+    NiahOptions o;
+    o.task.task = task;
+    o.task.keys = 3;
+    o.lengths = {700, 900};
+    o.depths = {0.2, 0.8};
+    o.trials = 2;
+    o.batch = 3;
+    o.progress = false;
+    std::vector<std::vector<int32_t>> contexts, queries;
+    std::vector<int> max_new;
+    const GreedyContinuation record = [&](const std::vector<ContinuationRequest>& requests) {
+      for (const ContinuationRequest& r : requests) {
+        contexts.push_back(*r.context);
+        queries.push_back(*r.query);
+        max_new.push_back(r.max_new_tokens);
+      }
+      return std::vector<Continuation>(requests.size());
+    };
+    const NiahResult run = run_niah(tok, o, "", record);
+    std::stringstream out;
+    ASSERT_EQ(write_niah_prompts(tok, o, "", out), 8);
+    std::string line;
+    size_t i = 0;
+    for (; std::getline(out, line); ++i) {
+      ASSERT_LT(i, run.trials.size());
+      const nlohmann::json j = nlohmann::json::parse(line);
+      const NiahTrial& t = run.trials[i];
+      EXPECT_EQ(j["task"], niah_task_name(task));
+      EXPECT_EQ(j["length"].get<int64_t>(), t.length);
+      EXPECT_EQ(j["depth"].get<double>(), t.depth);
+      EXPECT_EQ(j["trial"].get<int>(), t.trial);
+      EXPECT_EQ(j["seed"].get<uint64_t>(), t.seed);
+      EXPECT_EQ(j["context"].get<std::vector<int32_t>>(), contexts[i]);
+      EXPECT_EQ(j["query"].get<std::vector<int32_t>>(), queries[i]);
+      EXPECT_EQ(j["max_new_tokens"].get<int>(), max_new[i]);
+      EXPECT_EQ(j["expected"].get<std::vector<std::string>>(), t.expected);
+      EXPECT_EQ(j["distractors"].get<std::vector<std::string>>(), t.distractors);
+      EXPECT_EQ(j["asked_needle_token"].get<int64_t>(), t.needle_token);
+      // Each needle's span holds one of the numbers; the haystack starts after the instructions.
+      const auto starts = j["needle_tokens"].get<std::vector<int64_t>>();
+      const auto lengths = j["needle_lengths"].get<std::vector<int64_t>>();
+      ASSERT_EQ(starts.size(), lengths.size());
+      ASSERT_EQ(starts.size(), task == NiahTask::Passkey ? 1u : 3u);
+      const int64_t begin = j["haystack_begin"].get<int64_t>();
+      EXPECT_GT(begin, 10);
+      const std::string head = tok.decode({contexts[i].begin(), contexts[i].begin() + begin});
+      EXPECT_NE(head.find(task == NiahTask::Passkey ? "irrelevant text" : "magic numbers are hidden"), std::string::npos)
+          << head;
+      int numbers = 0;
+      for (size_t k = 0; k < starts.size(); ++k) {
+        EXPECT_GE(starts[k], begin);
+        const std::string needle =
+            tok.decode({contexts[i].begin() + starts[k], contexts[i].begin() + starts[k] + lengths[k]});
+        numbers += score_niah(t.expected, needle).found + score_niah(t.distractors, needle).found;
+        EXPECT_NE(needle.find(task == NiahTask::Passkey ? " The pass key is " : " One of the special magic numbers"),
+                  std::string::npos) << needle;
+      }
+      EXPECT_EQ(numbers, int(starts.size()));
+    }
+    EXPECT_EQ(i, run.trials.size());
+  }
+}
+
+}  // namespace
+}  // namespace saap

@@ -23,6 +23,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,8 @@ struct NiahPrompt {
   std::vector<std::string> expected;   // what the answer must hold, every one of them
   std::vector<std::string> distractors;  // multikey: the other keys' numbers (a wrong answer may be one)
   std::vector<int64_t> needle_tokens;  // [needles] first token of each needle in context, ascending
+  std::vector<int64_t> needle_lengths; // [needles] tokens of each needle, in the order of needle_tokens
+  int64_t haystack_begin = 0;          // first haystack token in context (after BOS and the instructions)
   int64_t asked_needle_token = 0;      // the needle at `depth` (multikey: the one asked for)
   int max_new_tokens = 0;              // context + query + max_new_tokens == length
   std::string key;                     // multikey / multivalue: the key asked for
@@ -126,6 +129,27 @@ struct NiahResult {
 
 // The seed of one trial, from the run's seed and the trial's place (stable across runs and backends).
 uint64_t niah_trial_seed(uint64_t seed, int64_t length, double depth, int trial);
+
+// One trial's place in a run and its seed.
+struct NiahTrialPlace {
+  int64_t length = 0;
+  double depth = 0;
+  int trial = 0;
+  uint64_t seed = 0;
+};
+// Every (length, depth, trial) of a run, in the order run_niah runs them. InvalidArgument for
+// trials < 1 or empty lengths or depths.
+std::vector<NiahTrialPlace> niah_trial_places(const NiahOptions& options);
+
+// One trial as a JSON object: what a backend is handed (context, query, max_new_tokens) and what
+// scoring needs (expected, distractors), with the needles' spans, so that an independent
+// implementation (scripts/niah_transformers.py: Hugging Face transformers) runs the same trials.
+nlohmann::json niah_prompt_json(const NiahTaskOptions& task, const NiahTrialPlace& place, const NiahPrompt& prompt);
+
+// Writes every trial of `options` as one niah_prompt_json line (JSON Lines), in run order, without
+// running a model. Returns the number of lines.
+int64_t write_niah_prompts(const Tokenizer& tokenizer, const NiahOptions& options, const std::string& filler_text,
+                           std::ostream& out);
 
 // Every (length, depth, trial) in order, `batch` at a time through `continuation`.
 NiahResult run_niah(const Tokenizer& tokenizer, const NiahOptions& options, const std::string& filler_text,

@@ -650,7 +650,7 @@ int main(int argc, char** argv) {
         if (o.has("loki"))
           for (double f : {0.25, 0.125}) {
             const int r = int(f * D);
-            if (r != 8 && r != 16 && r != 32) {
+            if (!LokiIndex::supported_rank(r) || r >= D) {
               skipped.push_back("loki rank " + std::to_string(r) + " at head dim " + std::to_string(D));
               continue;
             }
@@ -681,9 +681,9 @@ int main(int argc, char** argv) {
             for (int32_t c : read) k_tot += c;
             const double tokens = double(B) * sh.hkv * N;
             const int G = sh.hq / sh.hkv;
-            // Low-rank keys, each head's scores written once and read by the select's passes (at
-            // least twice), the union's K and V.
-            const double bytes = tokens * r * 2 + tokens * G * 4 * 3 + k_tot * D * 2 * 2 + 2.0 * q.bytes();
+            // Low-rank keys, each head's scores written once and read five times by the select
+            // (radix_topk.cuh: three histogram passes, the count and the write), the union's K and V.
+            const double bytes = tokens * r * 2 + tokens * G * 4 * 6 + k_tot * D * 2 * 2 + 2.0 * q.bytes();
             char param[48];
             std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g", f, f);
             rows.push_back({"loki", param, sh, int(B), N, all_ms, bytes, bytes / (tokens * D * 4), sel_ms, att_ms});

@@ -85,10 +85,11 @@ std::unique_ptr<LokiIndex> LokiIndex::from_artifact(const LokiArtifact& a, const
   check_identity(a.identity, want, "loki artifact", layer);
   SAAP_CHECK_FMT(d_f > 0.0 && d_f <= 1.0, InvalidArgument, "d_f = %g must be in (0, 1]", d_f);
   const int D = model.head_dim;
-  // The CPU method's rank (selection_rules.h); the kernels score with 8, 16 or 32 dimensions.
+  // The CPU method's rank (selection_rules.h); the kernels score with LokiIndex::supported_rank.
   const int rank = rules::loki_rank(d_f, D);
-  SAAP_CHECK_FMT(rank == 8 || rank == 16 || rank == 32, Unsupported,
-                 "d_f = %g gives rank %d of head_dim %d; the GPU scores with rank 8, 16 or 32", d_f, rank, D);
+  SAAP_CHECK_FMT(LokiIndex::supported_rank(rank) && rank < D, Unsupported,
+                 "d_f = %g gives rank %d of head_dim %d; the GPU scores with rank 8, 16, 32, 64 or 128 (< head_dim)",
+                 d_f, rank, D);
   auto index = std::make_unique<LokiIndex>(shape_of(model, batch, kv_dtype), max_len, rank);
   // The artifact holds each axis as a row (k' = components . k); set_basis takes them as columns.
   std::vector<float> basis(size_t(model.n_kv_heads) * D * D);

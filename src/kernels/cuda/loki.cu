@@ -17,7 +17,7 @@ struct LokiIndex::Impl {
   DeviceBuffer<int32_t> positions;     // [batch][n_q_heads][max_len]: each head's selection, ascending
   DeviceBuffer<int32_t> counts;        // [batch][n_q_heads]
   DeviceBuffer<int32_t> union_count;   // [batch][n_kv_heads]: tokens the group reads
-  DeviceBuffer<uint8_t> taken_by;      // [batch][n_kv_heads][max_len]: bit g set when head g takes it
+  radix_topk::Workspace topk_ws;
   DeviceBuffer<int32_t> seq_len, pos0, count;  // [bh]
   std::vector<int32_t> host_len;  // [bh], mirrors seq_len so appends are checked without a sync
 };
@@ -25,9 +25,9 @@ struct LokiIndex::Impl {
 LokiIndex::LokiIndex(const DecodeShape& shape, int64_t max_len, int rank)
     : shape_(shape), max_len_(max_len), rank_(rank), impl_(new Impl) {
   shape_.check();
-  SAAP_CU_REQUIRE(rank == 8 || rank == 16 || rank == 32, Unsupported, "rank %d; 8, 16 or 32 is supported", rank);
+  SAAP_CU_REQUIRE(supported_rank(rank), Unsupported, "rank %d; 8, 16, 32, 64 or 128 is supported", rank);
   SAAP_CU_REQUIRE(rank < shape_.head_dim, InvalidArgument, "rank %d must be < head_dim %d", rank, shape_.head_dim);
-  // 2^24: the selection counts the group's union in fp32 (per_head_select_kernel).
+  // 2^24: positions and counts are int32, and the stores are indexed in int32 per (b, kv head).
   SAAP_CU_REQUIRE(max_len >= 1 && max_len < (int64_t(1) << 24), InvalidArgument, "max_len %lld outside [1, 2^24)",
                   (long long)max_len);
   const int64_t bh = int64_t(shape_.batch) * shape_.n_kv_heads, D = shape_.head_dim;
@@ -41,7 +41,7 @@ LokiIndex::LokiIndex(const DecodeShape& shape, int64_t max_len, int rank)
   m.positions.resize(rows * max_len);
   m.counts.resize(rows);
   m.union_count.resize(bh);
-  m.taken_by.resize(bh * max_len);
+  m.topk_ws.ensure(rows, max_len);  // now, not in select(): a graph capture may not allocate
   for (auto* p : {&m.seq_len, &m.pos0, &m.count}) p->resize(bh);
   SAAP_CU(cudaMemset(m.seq_len.get(), 0, m.seq_len.bytes()));
   SAAP_CU(cudaMemset(m.counts.get(), 0, m.counts.bytes()));
@@ -170,15 +170,16 @@ void LokiIndex::select(const float* q, double k_frac, cudaStream_t stream) {
     using T = decltype(t);
     auto* kernel = rank_ == 8    ? per_head::per_head_score_kernel<T, 8>
                    : rank_ == 16 ? per_head::per_head_score_kernel<T, 16>
-                                 : per_head::per_head_score_kernel<T, 32>;
+                   : rank_ == 32 ? per_head::per_head_score_kernel<T, 32>
+                   : rank_ == 64 ? per_head::per_head_score_kernel<T, 64>
+                                 : per_head::per_head_score_kernel<T, 128>;
     kernel<<<score_grid, per_head::kScoreThreads, 0, stream>>>(reinterpret_cast<const T*>(m.k_low.get()), max_len_,
                                                                len, m.q_rot.get(), D, G, m.scores.get());
   });
   SAAP_CU_LAUNCHED();
-  per_head::per_head_select_kernel<<<bh, per_head::kSelectThreads, 0, stream>>>(
-      m.scores.get(), max_len_, len, G, rules::loki_budget(k_frac), m.positions.get(), m.counts.get(),
-      m.union_count.get(), m.taken_by.get());
-  SAAP_CU_LAUNCHED();
+  per_head::select_per_head(m.scores.get(), max_len_, int64_t(shape_.batch) * shape_.n_q_heads, G, len,
+                            rules::loki_budget(k_frac), m.topk_ws, m.positions.get(), m.counts.get(),
+                            m.union_count.get(), stream);
   last_k_frac_ = k_frac;
 }
 

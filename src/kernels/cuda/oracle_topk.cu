@@ -10,7 +10,8 @@ namespace saap::cuda {
 
 using namespace per_head;
 
-OracleTopKDecoder::OracleTopKDecoder(const DecodeShape& shape, int64_t max_len) : shape_(shape), max_len_(max_len) {
+OracleTopKDecoder::OracleTopKDecoder(const DecodeShape& shape, int64_t max_len)
+    : shape_(shape), max_len_(max_len), topk_ws_(new radix_topk::Workspace) {
   shape_.check(256);
   SAAP_CU_REQUIRE(max_len >= 1 && max_len < (int64_t(1) << 24), InvalidArgument, "max_len = %lld outside [1, 2^24)",
                   (long long)max_len);
@@ -19,10 +20,12 @@ OracleTopKDecoder::OracleTopKDecoder(const DecodeShape& shape, int64_t max_len) 
   positions_.resize(rows * size_t(max_len));
   counts_.resize(rows);
   union_.resize(size_t(shape.batch) * shape.n_kv_heads);
-  taken_by_.resize(size_t(shape.batch) * shape.n_kv_heads * size_t(max_len));
+  topk_ws_->ensure(int64_t(rows), max_len);
   SAAP_CU(cudaMemset(counts_.get(), 0, counts_.bytes()));
   SAAP_CU(cudaMemset(union_.get(), 0, union_.bytes()));
 }
+
+OracleTopKDecoder::~OracleTopKDecoder() = default;
 
 void OracleTopKDecoder::decode(const void* k, const void* v, const int32_t* lengths, const float* q, float scale,
                                const rules::Budget& budget, float* out, SplitWorkspace& ws, cudaStream_t stream) {
@@ -47,10 +50,8 @@ void OracleTopKDecoder::decode(const void* k, const void* v, const int32_t* leng
     per_head_score_kernel<T, D><<<score_grid, kScoreThreads, 0, stream>>>(static_cast<const T*>(k), max_len_, len, q,
                                                                            D, G, scores_.get());
     SAAP_CU_LAUNCHED();
-    per_head_select_kernel<<<bh, kSelectThreads, 0, stream>>>(scores_.get(), max_len_, len, G, budget,
-                                                              positions_.get(), counts_.get(), union_.get(),
-                                                              taken_by_.get());
-    SAAP_CU_LAUNCHED();
+    select_per_head(scores_.get(), max_len_, int64_t(shape_.batch) * shape_.n_q_heads, G, len, budget, *topk_ws_,
+                    positions_.get(), counts_.get(), union_.get(), stream);
     auto* kernel = per_head_attend_kernel<T, D, DenseKeys<T, D>>;
     static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
     splits = choose_splits(head_rows, expect, resident, 64);

@@ -5,6 +5,7 @@
 // group that the byte count reads, and each head's attention over its own kept tokens are all
 // recomputed here in float64 from that rotation; with k_frac = 1 the result equals dense attention
 // on the raw keys. Every second append, and one whole select + attend, is captured as a CUDA graph.
+// Every rank the GPU instantiates (8, 16, 32 at head_dim 64 and 128; 32, 64, 128 at 256) has a case.
 #include <algorithm>
 #include <numeric>
 #include <set>
@@ -52,12 +53,15 @@ int main() {
   for (const Case& c : {Case{2, 8, 2, 128, 32, DType::BF16, {5000, 1234}, 3, 0.3125},
                         Case{1, 9, 3, 64, 16, DType::F16, {20000}, 2, 0.1171875},
                         Case{1, 4, 4, 64, 8, DType::BF16, {777}, 0, 0.046875},
-                        // tensor-core scoring at rank 16, G = 8 (every MMA column a distinct head), 3 score blocks
+                        // rank 16, G = 8, several tiles of the radix select
                         Case{1, 8, 1, 128, 16, DType::BF16, {20001}, 1, 0.09375},
                         // G = 7 on the CUDA cores (f16), rank 32
                         Case{1, 7, 1, 64, 32, DType::F16, {3001}, 2, 0.1875},
-                        // head dim 256 (Gemma-3: 4 query heads over one KV head), rank 32 (d_f = 0.125)
+                        // head dim 256 (Gemma-3: 4 query heads over one KV head) at every rank its
+                        // artifacts use: 32, 64, 128 (d_f = 0.125, 0.25, 0.5)
                         Case{1, 4, 1, 256, 32, DType::BF16, {9000}, 2, 0.0625},
+                        Case{1, 4, 1, 256, 64, DType::BF16, {6000}, 2, 0.05078125},
+                        Case{2, 4, 1, 256, 128, DType::BF16, {4100, 2500}, 1, 0.125},
                         Case{2, 8, 2, 256, 16, DType::F16, {3000, 1500}, 1, 0.25}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};
     const int64_t src_len = *std::max_element(c.lens.begin(), c.lens.end());

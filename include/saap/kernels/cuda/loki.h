@@ -27,13 +27,16 @@ namespace saap::cuda {
 
 class LokiIndex {
  public:
-  // rank r: 8, 16 or 32 (and < head_dim); max_len < 2^24.
+  // The ranks the scoring kernel is instantiated for: every rank d_f = 1/8, 1/4, 1/2 gives at
+  // head_dim 64 (SmolLM2: 8, 16, 32), 128 and 256 (Gemma-3: 32, 64, 128).
+  static constexpr bool supported_rank(int r) { return r == 8 || r == 16 || r == 32 || r == 64 || r == 128; }
+  // rank r: supported_rank(r) and < head_dim; max_len < 2^24.
   LokiIndex(const DecodeShape& shape, int64_t max_len, int rank);
   ~LokiIndex();
 
   // One layer's index from a trained artifact as `saap train loki` writes it (LokiArtifact::load),
   // FAISS style: the layer's bases, and the rank r = ceil(d_f * head_dim) the CPU method uses
-  // (Unsupported unless 8, 16 or 32). `model` is the identity of the model served (n_layers,
+  // (Unsupported unless supported_rank). `model` is the identity of the model served (n_layers,
   // n_heads, n_kv_heads, head_dim, model_identity); a mismatch throws BadFile naming the field.
   // As on the CPU, the basis applies to post-RoPE keys and queries whichever it was fitted on.
   static std::unique_ptr<LokiIndex> from_artifact(const LokiArtifact& artifact, const ArtifactIdentity& model,

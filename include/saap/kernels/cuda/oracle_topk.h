@@ -9,24 +9,30 @@
 //   score   - block (position tile, b * n_kv_heads): the G heads' scores q.k of every position,
 //             summed in order in fp32 without fused multiply-adds, as the CPU method computes them,
 //             so both devices rank the same numbers
-//   select  - block per (b, kv head), each head in turn: the k-th key by a 4 x 8-bit radix select
-//             over the order-preserving bits of the scores, then the taken positions written in
-//             position order (keys equal to the k-th taken from the lowest position); the union
-//             of the group's heads is counted for the byte accounting
+//   select  - grids over (prefix tile, query head): each head's k-th key by a radix select over
+//             the order-preserving bits of the scores (radix_topk.cuh), then the taken positions
+//             written in position order (keys equal to the k-th taken from the lowest position);
+//             the union of the group's heads is counted for the byte accounting
 //   attend  - block (split, query head, b): exact attention of each head over its own positions
 //             (the GroupAttender of one head), the splits combined as every decode kernel's
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/decode.h"
 
 namespace saap::cuda {
 
+namespace radix_topk {
+class Workspace;  // radix_topk.cuh
+}
+
 class OracleTopKDecoder {
  public:
   // max_len: the cache's row stride and the longest prefix (>= every length).
   OracleTopKDecoder(const DecodeShape& shape, int64_t max_len);
+  ~OracleTopKDecoder();
   OracleTopKDecoder(const OracleTopKDecoder&) = delete;
   OracleTopKDecoder& operator=(const OracleTopKDecoder&) = delete;
 
@@ -51,7 +57,7 @@ class OracleTopKDecoder {
   DeviceBuffer<int32_t> positions_;   // [batch][n_q_heads][max_len]
   DeviceBuffer<int32_t> counts_;      // [batch][n_q_heads]
   DeviceBuffer<int32_t> union_;       // [batch][n_kv_heads]
-  DeviceBuffer<uint8_t> taken_by_;    // [batch][n_kv_heads][max_len]: bit g set when head g takes it
+  std::unique_ptr<radix_topk::Workspace> topk_ws_;
 };
 
 }  // namespace saap::cuda

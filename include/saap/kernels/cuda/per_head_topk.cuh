@@ -2,13 +2,12 @@
 // rank each query head's scores of its causal prefix on their own, take its k best (ties to the
 // lower position, rules::ranks_before), count the union over the KV group for the K/V bytes, and
 // attend each head over its own positions; they differ only in the scores (exact q.k, or q.k over
-// Loki's first r PCA components). Three kernels, no host synchronisation (graph-capturable).
+// Loki's first r PCA components). Score, select (radix_topk.cuh's grid-wide radix select) and
+// attend, no host synchronisation (graph-capturable).
 #pragma once
-#include <cub/block/block_scan.cuh>
-
 #include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/dense_decode.cuh"
-#include "saap/kernels/cuda/reduce.cuh"
+#include "saap/kernels/cuda/radix_topk.cuh"
 
 namespace saap::cuda::per_head {
 
@@ -44,13 +43,8 @@ struct SplitKeys {
 };
 
 constexpr int kScoreThreads = 256;
-constexpr int kSelectThreads = 1024;
 constexpr int kMaxGroup = 8;  // DecodeShape::check's largest group
 constexpr int kStage = kDecodeWarps * 32;  // positions an attend block stages at a time
-
-// The radix key of a score: order-preserving bits, with -0 read as +0 so that the bits order
-// exactly as rules::ranks_before compares the floats.
-static __device__ __forceinline__ uint32_t rank_bits(float s) { return float_key(s == 0.f ? 0.f : s); }
 
 // Block (position tile, b * n_kv_heads + h): scores[b * Hq + h * G + g][p] = q_g[:DIMS] . k_p for
 // every position p < the prefix length and head g of the group, in fp32, products and sums rounded
@@ -88,102 +82,25 @@ static __global__ void __launch_bounds__(kScoreThreads)
     if (g < G) scores[(bh * G + g) * max_len + p] = s[g];
 }
 
-// Block per (b, kv head); each head g of the group in turn:
-//  1. k = budget.topk(n); unless k >= n, the k-th key in rank order by four 8-bit radix passes
-//     (a histogram of the digit among the keys that share the digits found so far);
-//  2. the taken positions in position order: keys above the k-th, and of the keys equal to it the
-//     `need` lowest positions (rules::ranks_before: ties to the lower position). Thread t owns the
-//     contiguous positions [t * per, (t + 1) * per), so two block scans (ties, then takes) give
-//     each thread its ties' ranks and its output offset;
-//  3. bit g of taken_by[p] marks the take; after the last head the union of the group (the K/V
-//     rows the group reads once) is counted into union_count[bh].
-static __global__ void __launch_bounds__(kSelectThreads)
-    per_head_select_kernel(const float* __restrict__ scores, int64_t max_len, PrefixLengths lengths, int G,
-                           rules::Budget budget, int32_t* __restrict__ positions,
-                         int32_t* __restrict__ counts, int32_t* __restrict__ union_count,
-                         uint8_t* __restrict__ taken_by) {
-  using Scan = cub::BlockScan<int, kSelectThreads>;
-  __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ int hist[256];
-  __shared__ uint32_t s_prefix;
-  __shared__ int s_need;
-  __shared__ float red[32];
-  const int64_t bh = blockIdx.x;
-  const int tid = threadIdx.x, nt = blockDim.x;
-  const int64_t n = lengths.of(bh);
-  const int64_t k = budget.topk(n);
-  const bool all = k >= n;
-  const int64_t per = (n + nt - 1) / nt;
-  const int64_t p0 = min(n, tid * per), p1 = min(n, p0 + per);
-  uint8_t* by = taken_by + bh * max_len;
-  for (int g = 0; g < G; ++g) {
-    const int64_t row = bh * G + g;
-    const float* sc = scores + row * max_len;
-    uint32_t prefix = 0, mask = 0;
-    int need = int(k);  // keys still to take among those whose bits match prefix under mask
-    if (!all) {
-      for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = tid; i < 256; i += nt) hist[i] = 0;
-        __syncthreads();
-        for (int64_t p = tid; p < n; p += nt) {
-          const uint32_t u = rank_bits(sc[p]);
-          if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1);
-        }
-        __syncthreads();
-        if (tid == 0) {
-          int cum = 0, d = 255;
-          for (; d > 0; --d) {
-            if (cum + hist[d] >= need) break;
-            cum += hist[d];
-          }
-          s_prefix = prefix | (uint32_t(d) << shift);
-          s_need = need - cum;
-        }
-        __syncthreads();
-        prefix = s_prefix;
-        need = s_need;
-        mask |= 255u << shift;
-      }
-    }
-    int above = 0, ties = 0;
-    if (all) {
-      above = int(p1 - p0);
-    } else {
-      for (int64_t p = p0; p < p1; ++p) {
-        const uint32_t u = rank_bits(sc[p]);
-        above += u > prefix;
-        ties += u == prefix;
-      }
-    }
-    int tie_off, tie_total;
-    Scan(scan_tmp).ExclusiveSum(ties, tie_off, tie_total);
-    __syncthreads();  // scan_tmp is reused
-    const int my_ties = max(0, min(ties, need - tie_off));
-    int off, total;
-    Scan(scan_tmp).ExclusiveSum(above + my_ties, off, total);
-    __syncthreads();
-    int32_t* out = positions + row * max_len;
-    int t = tie_off;
-    for (int64_t p = p0; p < p1; ++p) {
-      bool take = all;
-      if (!all) {
-        const uint32_t u = rank_bits(sc[p]);
-        if (u > prefix) {
-          take = true;
-        } else if (u == prefix) {
-          take = t < need;
-          ++t;
-        }
-      }
-      if (take) out[off++] = int32_t(p);
-      by[p] = uint8_t((g == 0 ? 0 : by[p]) | (uint32_t(take) << g));
-    }
-    if (tid == 0) counts[row] = total;
-  }
-  float mine = 0.f;
-  for (int64_t p = p0; p < p1; ++p) mine += by[p] != 0;
-  const float all_read = block_reduce<false>(mine, red);  // exact: at most 2^24 positions
-  if (tid == 0) union_count[bh] = int32_t(all_read);
+// The rows of radix_topk::select for a per-head top-k: row b * Hq + hq is query head hq of
+// sequence b, whose prefix is its KV head's (row / G), and takes budget.topk(n) of it.
+struct PerHeadRows {
+  PrefixLengths lengths;
+  int G;
+  rules::Budget budget;
+  __device__ int64_t n(int64_t row) const { return lengths.of(row / G); }
+  __device__ int64_t k(int64_t row) const { return budget.topk(n(row)); }
+};
+
+// Each head's own top k of its scores [rows][max_len] (ties to the lower position), positions
+// [rows][max_len] ascending and counts [rows]; union_count [batch * n_kv_heads]: the positions
+// any head of the group took, the K/V rows the group reads once. A grid over (prefix tile, head)
+// (radix_topk.cuh); no host synchronisation.
+inline void select_per_head(const float* scores, int64_t max_len, int64_t rows, int G, PrefixLengths lengths,
+                            const rules::Budget& budget, radix_topk::Workspace& ws, int32_t* positions,
+                            int32_t* counts, int32_t* union_count, cudaStream_t stream) {
+  radix_topk::select(scores, max_len, rows, G, PerHeadRows{lengths, G, budget}, ws, positions, counts, union_count,
+                     stream);
 }
 
 // Block (split, query head, b): head row r = b * Hq + hq attends to its positions

@@ -1,0 +1,158 @@
+// radix_topk::select (the grid-wide top-k of the oracle's and Loki's per-head selection) against a
+// host reference: each row's keys sorted by rules::ranks_before (higher first, ties to the lower
+// position), the first k taken, compared as ascending position lists, exactly. Keys are chosen to
+// break a radix select: random normals; a handful of values repeated across many tiles (ties
+// everywhere, ±0 among them); all keys equal; keys that differ only in their lowest mantissa bits
+// (the third pass decides); and very large / infinite values. Rows cover n = 0, 1, a partial tile and
+// several tiles, and k = 0, 1, n - 1, n, > n. The group union is compared to the union of the
+// reference sets. The same call is repeated (state must not leak) and recorded as a CUDA graph.
+// Last, the select's time at 32 heads x 128k / 512k keys is printed (not checked).
+#include <algorithm>
+#include <numeric>
+#include <set>
+#include <string>
+
+#include "kernels/cuda/cuda_test_util.h"
+#include "saap/core/selection_rules.h"
+#include "saap/kernels/cuda/radix_topk.cuh"
+
+using namespace saap;
+namespace rt = saap::cuda::radix_topk;
+
+namespace {
+
+struct ArrayRows {
+  const int32_t* lens;
+  const int32_t* ks;
+  __device__ int64_t n(int64_t row) const { return lens[row]; }
+  __device__ int64_t k(int64_t row) const { return ks[row]; }
+};
+
+// The reference: row's k best positions, ascending.
+std::vector<int32_t> reference(const float* keys, int64_t n, int64_t k) {
+  std::vector<int32_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  const int64_t take = std::max<int64_t>(0, std::min(k, n));
+  std::partial_sort(order.begin(), order.begin() + take, order.end(),
+                    [&](int32_t a, int32_t b) { return rules::ranks_before(keys[a], a, keys[b], b); });
+  order.resize(size_t(take));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+}  // namespace
+
+int main() {
+  cutest::require_gpu();
+  cutest::Tally tally;
+  cutest::Rng rng(cutest::test_seed());
+  const int64_t stride = 3 * rt::kTile + 77;
+  const int group = 3, n_rows = 18;
+  enum Kind { Normal, FewValues, AllEqual, LowBits, Extremes };
+  for (Kind kind : {Normal, FewValues, AllEqual, LowBits, Extremes}) {
+    const char* name[] = {"normal", "few values", "all equal", "low bits", "extremes"};
+    std::vector<float> keys(size_t(n_rows) * stride);
+    std::normal_distribution<float> nd;
+    std::uniform_int_distribution<int> pick(0, 5), small(0, 15);
+    const float few[] = {-1.f, -0.f, 0.f, 0.5f, 2.f, 0.5f};
+    for (auto& x : keys) {
+      switch (kind) {
+        case Normal: x = nd(rng); break;
+        case FewValues: x = few[pick(rng)]; break;
+        case AllEqual: x = 1.25f; break;
+        case LowBits: x = std::nextafter(1.f, 2.f) + float(small(rng)) * 1.1920929e-7f; break;
+        case Extremes: {
+          const int c = pick(rng);
+          x = c == 0 ? INFINITY : c == 1 ? -INFINITY : c == 2 ? 3e38f : c == 3 ? -3e38f : nd(rng) * 1e-30f;
+          break;
+        }
+      }
+    }
+    // n and k per row: empty, one key, a partial tile, several tiles, the whole stride.
+    std::uniform_int_distribution<int64_t> any_n(1, stride);
+    std::vector<int32_t> lens(n_rows), ks(n_rows);
+    for (int r = 0; r < n_rows; ++r) {
+      const int64_t n = r == 0 ? 0 : r == 1 ? 1 : r == 2 ? 100 : r == 3 ? stride : any_n(rng);
+      const int64_t choice = r % 6;
+      const int64_t k = choice == 0 ? 0 : choice == 1 ? 1 : choice == 2 ? n - 1 : choice == 3 ? n : choice == 4 ? n + 5
+                                                                                                            : 1 + int64_t(rng() % uint64_t(std::max<int64_t>(n, 1)));
+      lens[size_t(r)] = int32_t(n);
+      ks[size_t(r)] = int32_t(k);
+    }
+    auto dkeys = cutest::upload(keys);
+    auto dlens = cutest::upload(lens);
+    auto dks = cutest::upload(ks);
+    saap::cuda::DeviceBuffer<int32_t> pos(size_t(n_rows) * stride), counts(n_rows), unions(n_rows / group);
+    rt::Workspace ws;
+    ws.ensure(n_rows, stride);
+    const ArrayRows rows{dlens.get(), dks.get()};
+    std::vector<int32_t> first_pos;
+    for (int rep = 0; rep < 3; ++rep) {  // plain, plain again (nothing leaks between calls), graph
+      cutest::poison(pos);
+      cutest::poison(counts);
+      cutest::poison(unions);
+      auto call = [&](cudaStream_t st) {
+        rt::select(dkeys.get(), stride, n_rows, group, rows, ws, pos.get(), counts.get(), unions.get(), st);
+      };
+      if (rep < 2)
+        call(0);
+      else
+        cutest::run_as_graph(call);
+      SAAP_CU(cudaDeviceSynchronize());
+      const auto hpos = cutest::download(pos), hcount = cutest::download(counts), hunion = cutest::download(unions);
+      int64_t wrong_rows = 0, wrong_unions = 0;
+      for (int gi = 0; gi < n_rows / group; ++gi) {
+        std::set<int32_t> all;
+        for (int g = 0; g < group; ++g) {
+          const int r = gi * group + g;
+          const auto want = reference(&keys[size_t(r) * stride], lens[size_t(r)], ks[size_t(r)]);
+          all.insert(want.begin(), want.end());
+          const bool ok = hcount[size_t(r)] == int32_t(want.size()) &&
+                          std::equal(want.begin(), want.end(), hpos.begin() + size_t(r) * stride);
+          if (!ok) {
+            ++wrong_rows;
+            std::printf("  %s row %d (n %d, k %d): count %d, want %zu\n", name[kind], r, lens[size_t(r)],
+                        ks[size_t(r)], hcount[size_t(r)], want.size());
+          }
+        }
+        wrong_unions += hunion[size_t(gi)] != int32_t(all.size());
+      }
+      const std::string tag = std::string(name[kind]) + (rep == 0 ? "" : rep == 1 ? " (again)" : " (graph)") + ": ";
+      tally.check(wrong_rows == 0, (tag + "rows whose selection differs from the reference").c_str(),
+                  double(wrong_rows), 0);
+      tally.check(wrong_unions == 0, (tag + "group unions differing from the reference").c_str(), double(wrong_unions),
+                  0);
+    }
+  }
+
+  // Time: 32 rows (query heads) in groups of 4, k = 5% of n, normal keys.
+  for (int64_t n : {int64_t(128) << 10, int64_t(512) << 10}) {
+    const int rows_n = 32;
+    auto keys = cutest::random_f32(rng, size_t(rows_n) * n);
+    auto dkeys = cutest::upload(keys);
+    std::vector<int32_t> lens(rows_n, int32_t(n)), ks(rows_n, int32_t(rules::tokens_for_fraction(0.05, n)));
+    auto dlens = cutest::upload(lens);
+    auto dks = cutest::upload(ks);
+    saap::cuda::DeviceBuffer<int32_t> pos(size_t(rows_n) * n), counts(rows_n), unions(rows_n / 4);
+    rt::Workspace ws;
+    ws.ensure(rows_n, n);
+    const ArrayRows rows{dlens.get(), dks.get()};
+    cudaEvent_t a, b;
+    SAAP_CU(cudaEventCreate(&a));
+    SAAP_CU(cudaEventCreate(&b));
+    const int reps = 20;
+    rt::select(dkeys.get(), n, rows_n, 4, rows, ws, pos.get(), counts.get(), unions.get(), 0);
+    SAAP_CU(cudaEventRecord(a));
+    for (int i = 0; i < reps; ++i)
+      rt::select(dkeys.get(), n, rows_n, 4, rows, ws, pos.get(), counts.get(), unions.get(), 0);
+    SAAP_CU(cudaEventRecord(b));
+    SAAP_CU(cudaEventSynchronize(b));
+    float ms = 0;
+    SAAP_CU(cudaEventElapsedTime(&ms, a, b));
+    std::printf("time: 32 rows x %lld keys, k = 5%%: %.1f us per select (%.0f GB/s of keys read 5 times)\n",
+                (long long)n, 1e3 * ms / reps, 5.0 * rows_n * n * 4 / (1e-3 * ms / reps) / 1e9);
+    SAAP_CU(cudaEventDestroy(a));
+    SAAP_CU(cudaEventDestroy(b));
+  }
+  return tally.finish();
+}

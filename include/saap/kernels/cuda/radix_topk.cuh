@@ -251,7 +251,8 @@ static __global__ void __launch_bounds__(kThreads)
 // takes the whole row, k <= 0 none): positions[row][0, counts[row]) ascending. Rows
 // [i * group, (i + 1) * group) form group i; union_count[i] (when given) is the number of
 // positions any of them took. keys, positions [n_rows][stride]; counts [n_rows]; union_count
-// [n_rows / group] or null. No host synchronisation.
+// [n_rows / group] or null. No host synchronisation; select() allocates only when `ws` is smaller
+// than (n_rows, stride), so a caller that records it in a CUDA graph calls ws.ensure() first.
 template <class Rows>
 inline void select(const float* keys, int64_t stride, int64_t n_rows, int group, Rows rows, Workspace& ws,
                    int32_t* positions, int32_t* counts, int32_t* union_count, cudaStream_t stream) {

@@ -41,7 +41,7 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
   m.splits = choose_splits(shape_, expect, attend_resident(shape_), kSaapMinSplitTokens);
   // Saap ranks by the G heads' router logits; the other routings write one key per KV group.
   const int rows_per_group = cfg_.routing == PartitionRouting::Saap ? shape_.group() : 1;
-  SaapSelectArgs args{m.logits.get(), shape_.n_kv_heads * rows_per_group, rows_per_group, g, cfg_.segment, budget,
+  SaapSelectArgs args{m.logits.get(), shape_.n_kv_heads * rows_per_group, g, cfg_.segment, budget,
                       m.seq_len.get(), m.part_start.get(), m.part_count.get(), m.append_pages.get(),
                       m.append_count.get(), max_segments_, reinterpret_cast<int2*>(m.segments.get()),
                       m.segment_count.get(), m.selected_tokens.get(), m.splits,
@@ -71,7 +71,8 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
       rank_by_attention(q_route, stream);
       break;
   }
-  launch_dependent(saap_select_kernel, dim3(shape_.batch * shape_.n_kv_heads), dim3(kSelectThreads), 0, stream, args);
+  launch_dependent(saap_select_kernel_for(rows_per_group), dim3(shape_.batch * shape_.n_kv_heads),
+                   dim3(select_threads(C)), 0, stream, args);
   SAAP_CU_LAUNCHED();
 }
 

@@ -45,7 +45,18 @@ int main() {
                         // budget covering the whole prefix (read whole).
                         Case{1, 4, 1, 256, 1024, 640, {32768}, 0.05f, 2048},
                         Case{2, 9, 3, 64, 256, 64, {4000, 1500}, 0.05f, 512},
-                        Case{1, 4, 1, 256, 1024, 640, {1000}, 0.05f, 1024}}) {
+                        Case{1, 4, 1, 256, 1024, 640, {1000}, 0.05f, 1024},
+                        // The select block is sized to C (a power of two from 32 to 1024 threads,
+                        // one partition each) and instantiated per group size G: the bench's C =
+                        // 32 (one warp, a ranking without barriers) and 1024 (32 warps) at G = 4,
+                        // C = 1024 at G = 8, C = 256 at G = 1, C = 33 (64 threads, 31 padding
+                        // ranks), a single partition, C = 512 at G = 7 under a fixed budget, and
+                        // C = 1025 (the shared-memory ranking of 2048, two partitions a thread).
+                        Case{1, 8, 2, 128, 32, 64, {16384}, 0.05f}, Case{1, 8, 2, 128, 1024, 64, {60000}, 0.05f},
+                        Case{1, 8, 1, 128, 1024, 64, {50000}, 0.05f}, Case{2, 2, 2, 64, 256, 32, {9000, 7000}, 0.1f},
+                        Case{1, 5, 1, 64, 33, 32, {3000}, 0.2f}, Case{1, 6, 1, 64, 1, 32, {500}, 0.5f},
+                        Case{1, 7, 1, 128, 512, 64, {20000}, 0.05f, 1500},
+                        Case{1, 4, 1, 64, 1025, 32, {40000}, 0.1f}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;

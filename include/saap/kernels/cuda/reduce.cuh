@@ -28,11 +28,12 @@ __device__ float block_reduce(float v, float* scratch) {
   return r;
 }
 
-// N block-wide reductions at once (the sum in the order of block_reduce: lanes by xor, then the
-// warps' totals by xor), so N values cost two barriers instead of 2N; every thread gets the
-// results in v. scratch: [32][N] of shared memory.
+// N block-wide reductions at once with one barrier (the sum in the order of block_reduce: lanes
+// by xor, then the warps' totals by xor); every thread gets the results in v. scratch: [32][N] of
+// shared memory that no other code reads or writes until the block's next barrier after this call
+// (a second call on the same scratch needs a barrier between the two).
 template <bool MAX, int N, class V>
-__device__ void block_reduce_n(V (&v)[N], V (*scratch)[N]) {
+__device__ void block_allreduce_n(V (&v)[N], V (*scratch)[N]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
   const V none = MAX ? V(-INFINITY) : V(0);
 #pragma unroll
@@ -42,7 +43,6 @@ __device__ void block_reduce_n(V (&v)[N], V (*scratch)[N]) {
       const V x = __shfl_xor_sync(0xffffffffu, v[i], o);
       v[i] = MAX ? (x > v[i] ? x : v[i]) : v[i] + x;
     }
-  __syncthreads();  // scratch may still be read by a previous call
   if (lane == 0)
 #pragma unroll
     for (int i = 0; i < N; ++i) scratch[warp][i] = v[i];
@@ -57,6 +57,34 @@ __device__ void block_reduce_n(V (&v)[N], V (*scratch)[N]) {
     }
     v[i] = r;
   }
+}
+
+// Inclusive sums over the block, in thread order, of both components of v, and the block's
+// totals, with one barrier. blockDim.x a multiple of 32. scratch: 32 int2 of shared memory, with
+// the same rule as block_allreduce_n's.
+struct BlockScan2 {
+  int2 incl, total;
+};
+__device__ inline BlockScan2 block_inclusive_sum2(int2 v, int2* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  auto warp_scan = [&](int2 x) {
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int a = __shfl_up_sync(0xffffffffu, x.x, o), b = __shfl_up_sync(0xffffffffu, x.y, o);
+      if (lane >= o) x.x += a, x.y += b;
+    }
+    return x;
+  };
+  v = warp_scan(v);
+  if (lane == 31) scratch[warp] = v;
+  __syncthreads();
+  const int2 w = lane < nw ? scratch[lane] : make_int2(0, 0);
+  const int2 wi = warp_scan(w);  // lane l: the warps up to l
+  const int bx = __shfl_sync(0xffffffffu, wi.x - w.x, warp), by = __shfl_sync(0xffffffffu, wi.y - w.y, warp);
+  BlockScan2 r;
+  r.incl = make_int2(v.x + bx, v.y + by);
+  r.total = make_int2(__shfl_sync(0xffffffffu, wi.x, 31), __shfl_sync(0xffffffffu, wi.y, 31));
+  return r;
 }
 
 // Order-preserving map of a float to uint32 (larger float -> larger key).

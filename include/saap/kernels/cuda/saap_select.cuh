@@ -1,8 +1,6 @@
 // Saap routing at decode: the per-query-head MLP classifier (logits over partitions) and the
 // per-KV-group top-partition selection under a lookup budget, which writes the work segments.
 #pragma once
-#include <cub/block/block_scan.cuh>
-
 #include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/async_copy.cuh"
 #include "saap/kernels/cuda/launch.cuh"
@@ -119,15 +117,25 @@ static __global__ void __launch_bounds__(kClassifyThreads)
   }
 }
 
-constexpr int kSelectThreads = 1024;
-constexpr int kMaxPartitions = 4096;  // keys, ids and sizes of all partitions stay in shared memory
+constexpr int kSelectMaxThreads = 1024;
+constexpr int kMaxPartitions = 4096;  // sizes, ids (and, past 1024, keys) of all partitions stay in shared memory
+constexpr int kMaxSelectGroup = 8;    // query heads per KV group the select kernel is instantiated for
+
+// Threads of a select block for C partitions: one per partition, a power of two (the register
+// bitonic pairs thread t with t ^ j), at least a warp, at most kSelectMaxThreads (past that, each
+// thread takes every blockDim.x-th partition and the ranking runs in shared memory).
+inline int select_threads(int C) {
+  int t = 32;
+  while (t < C && t < kSelectMaxThreads) t <<= 1;
+  return t;
+}
 
 __device__ __forceinline__ int ranges_of(int n, int seg) { return (n + seg - 1) / seg; }
 
 // Sorts the first `n` (a power of two) (key, id) pairs into the ranking order of selection_rules.h
 // (higher key first, ties to the lower id): a bitonic network over shared memory, every thread of
 // the block taking part. n <= kMaxPartitions, so at most 78 steps of one compare-exchange per
-// thread and pair.
+// thread and pair. Ends with a barrier.
 __device__ inline void bitonic_rank(float* key, int16_t* id, int n) {
   for (int k = 2; k <= n; k <<= 1)
     for (int j = k >> 1; j > 0; j >>= 1) {
@@ -161,62 +169,36 @@ __device__ __forceinline__ void bitonic_keep(int t, int k, int j, float& mk, int
   }
 }
 
-// bitonic_rank when n <= blockDim.x: thread t holds element t in registers, so the steps between
-// lanes of one warp (j < 32; all steps while k <= 32) are shuffles without a barrier, and only the
-// steps with j >= 32 go through shared memory (n = 1024: 15 barrier steps of 55).
-__device__ inline void bitonic_rank_registers(float* key, int16_t* id, int n) {
-  const int t = threadIdx.x;
-  const bool mine = t < n;
-  float mk = mine ? key[t] : 0.f;
-  int mi = mine ? id[t] : 0;
+// bitonic_rank over n = blockDim.x elements held in registers, thread t holding element t (mk, mi)
+// and, on return, the element of rank t. Steps between lanes of one warp (j < 32) are shuffles
+// without a barrier; a step with j >= 32 posts every element to shared memory and reads the
+// partner's, one barrier each (n = 1024: 15 of 55 steps; n <= 32: none). The two exchange buffers
+// alternate, so a step's writes never meet the previous step's reads.
+// xchg: [2][blockDim.x] of shared memory.
+__device__ inline void bitonic_rank_registers(float& mk, int& mi, uint2 (*xchg)[kSelectMaxThreads]) {
+  const int t = threadIdx.x, n = blockDim.x;
+  int buf = 0;
   for (int k = 2; k <= n; k <<= 1) {
     int j = k >> 1;
-    if (j >= 32) {
-      if (mine) {
-        key[t] = mk;
-        id[t] = int16_t(mi);
-      }
+    for (; j >= 32; j >>= 1, buf ^= 1) {
+      xchg[buf][t] = make_uint2(__float_as_uint(mk), uint32_t(mi));
       __syncthreads();
-      for (; j >= 32; j >>= 1) {
-        if (mine && (t & j) == 0) {
-          const int o = t ^ j;
-          float ak = key[t], bk = key[o];
-          int ai = id[t], bi = id[o];
-          bitonic_keep(t, k, j, ak, ai, bk, bi);  // the lower one's element after the step
-          if (ai != id[t]) {  // a swap
-            key[o] = key[t];
-            id[o] = id[t];
-            key[t] = ak;
-            id[t] = int16_t(ai);
-          }
-        }
-        __syncthreads();
-      }
-      if (mine) {
-        mk = key[t];
-        mi = id[t];
-      }
+      const uint2 o = xchg[buf][t ^ j];
+      bitonic_keep(t, k, j, mk, mi, __uint_as_float(o.x), int(o.y));
     }
-    for (; j > 0; j >>= 1) {  // every lane shuffles; a lane past n only feeds lanes past n
+    for (; j > 0; j >>= 1) {
       const float ok = __shfl_xor_sync(0xffffffffu, mk, j);
       const int oi = __shfl_xor_sync(0xffffffffu, mi, j);
       bitonic_keep(t, k, j, mk, mi, ok, oi);
     }
   }
-  __syncthreads();  // every thread's last smem read is done
-  if (mine) {
-    key[t] = mk;
-    id[t] = int16_t(mi);
-  }
-  __syncthreads();
 }
-
-using SelectScan = cub::BlockScan<int, kSelectThreads>;
 
 // rules::fill_in_order over the ranking ids[0..C) (ids[r]: the partition at rank r), sizes[c] the
 // partition sizes, min_size the smallest positive size (exact): sets taken[c] = 1 for exactly the
 // partitions the sequential walk takes (taken[] zeroed by the caller). Every thread of the block
-// calls it; taken[] is complete after the caller's next __syncthreads.
+// calls it; taken[] is complete after the caller's next __syncthreads. scan_scratch: as
+// block_inclusive_sum2 needs; free again when this returns.
 // Why it is the same set. Let P_r be the sum of max(size, 0) over ranks < r (non-decreasing) and f
 // the first rank with P_(f+1) > budget (C if none).
 //  - The walk's guard (budget - used >= smallest) only ends walks that would take nothing more:
@@ -231,22 +213,23 @@ using SelectScan = cub::BlockScan<int, kSelectThreads>;
 //    the lowest lane with 0 < size <= left is that next take (every lane before it is one the
 //    walk skips at the same left); after it, only later lanes are re-tested with the new left.
 __device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, int64_t budget, int min_size,
-                                   uint8_t* taken, SelectScan::TempStorage& scan_tmp) {
+                                   uint8_t* taken, int2* scan_scratch) {
   __shared__ int64_t left_at_misfit;  // budget - P_f, written by the thread holding rank f
+  const int T = blockDim.x;
   int64_t carry = 0;                  // P at the start of the tile
   int first_misfit = 0;               // f, the same in every thread
-  for (int r0 = 0; r0 < C; r0 += kSelectThreads) {
+  for (int r0 = 0; r0 < C; r0 += T) {
     const int r = r0 + int(threadIdx.x);
     const int size = r < C ? max(sizes[ids[r]], 0) : 0;
-    int incl, tile_sum;
-    SelectScan(scan_tmp).InclusiveSum(size, incl, tile_sum);
+    const BlockScan2 scan = block_inclusive_sum2(make_int2(size, 0), scan_scratch);
+    const int incl = scan.incl.x;
     const bool fits = r < C && carry + incl <= budget;  // P_(r+1) <= budget
     if (fits && size > 0) taken[ids[r]] = 1;
     if (r < C && !fits && carry + incl - size <= budget) left_at_misfit = budget - (carry + incl - size);
-    const int n_fit = __syncthreads_count(fits);  // also the barrier before scan_tmp is reused
+    const int n_fit = __syncthreads_count(fits);  // also the barrier before scan_scratch is reused
     first_misfit += n_fit;
-    carry += tile_sum;
-    if (n_fit < kSelectThreads) break;  // the misfit (or the end) lies in this tile
+    carry += scan.total.x;
+    if (n_fit < T) break;  // the misfit (or the end) lies in this tile
   }
   // Rank 0 is the misfit when budget < 0: no thread holds P_0 = 0 <= budget, left stays budget.
   if (first_misfit == 0 && threadIdx.x == 0) left_at_misfit = budget;
@@ -272,8 +255,8 @@ __device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, 
 
 // What saap_select_kernel reads and writes (SaapIndex's tables, the selection's parameters).
 struct SaapSelectArgs {
-  const float* logits;  // [batch][n_q_heads][C], G rows per KV group
-  int n_q_heads, G;
+  const float* logits;  // [batch][n_q_heads][C], G rows per KV group (G: the kernel's template parameter)
+  int n_q_heads;
   SaapGeom g;
   int segment;
   rules::Budget budget;  // a lookup fraction or a fixed token count, per sequence on the device
@@ -285,152 +268,160 @@ struct SaapSelectArgs {
   int2* split_begin;
 };
 
-// Block per (b, h), after the kernel that wrote the logits (the Saap router, or the KMeans /
-// PartitionOracle rank kernels, which write one key per KV group). The router gives log densities
-// s_hc (attention per key); the group's key for partition c is rules::group_log_density over its
-// heads, each normalised by rules::head_log_normaliser over the non-empty partitions: the
-// attention the shared read gains per token it spends, as the CPU method
-// (SaapAttention::group_scores) ranks. The budget is rules::Budget::selectable (either form; sinks
-// and window paid first); the partitions are ranked by rules::ranks_before (bitonic_rank) and
-// filled by the rule of rules::fill_in_order (fill_ranked:
-// a block scan for the prefix that fits, then one warp for the rest). Then the segments are
-// written: sinks, recent window, then every selected partition's prefill range and append pages.
-// The selected tokens, numbered in segment order, are cut into `splits` equal runs for attend():
-// split j starts at token j * ceil(total / splits), at split_begin[bh][j] = (segment, offset), and
-// split_begin[bh][splits] (and any split past the end) is (segment count, 0).
-// Each thread loads every head's logits of its partitions once, and the G heads' maxima and
-// normaliser sums are reduced together: at batch 1 the kernel is a chain of round trips and
-// barriers, not of arithmetic.
-static __global__ void __launch_bounds__(kSelectThreads) saap_select_kernel(SaapSelectArgs a) {
-  using Scan = SelectScan;
-  constexpr int kPer = kMaxPartitions / kSelectThreads;  // partitions per thread, at most
-  constexpr int kMaxGroup = 8;
-  __shared__ typename Scan::TempStorage scan_tmp;
-  // The ranking keys are dead once sorted; the taken flags reuse their memory (48 KiB of static
-  // shared memory would not hold both).
+// Block per (b, h) of select_threads(C) threads, after the kernel that wrote the logits (the Saap
+// router, or the KMeans / PartitionOracle rank kernels, which write one key per KV group: G = 1).
+// The router gives log densities s_hc (attention per key); the group's key for partition c is
+// rules::group_log_density over its G heads, each normalised by rules::head_log_normaliser over
+// the non-empty partitions: the attention the shared read gains per token it spends, as the CPU
+// method (SaapAttention::group_scores) ranks. The budget is rules::Budget::selectable (either
+// form; sinks and window paid first); the partitions are ranked by rules::ranks_before
+// (bitonic_rank_registers, or bitonic_rank past 1024 partitions) and filled by the rule of
+// rules::fill_in_order (fill_ranked: a block scan for the prefix that fits, then one warp for the
+// rest). Then the segments are written: sinks, recent window, then every selected partition's
+// prefill range and append pages. The selected tokens, numbered in segment order, are cut into
+// `splits` equal runs for attend(): split j starts at token j * ceil(total / splits), at
+// split_begin[bh][j] = (segment, offset), and split_begin[bh][splits] (and any split past the
+// end) is (segment count, 0).
+// At batch 1 the kernel is a chain of round trips and barriers, not of arithmetic, and it runs
+// from a cold instruction cache: G is a template parameter so that each head's values live in
+// registers (no stack frame) and the code holds no loop over absent heads; a thread's partitions
+// are a loop, re-reading their logits (L1 hits after the first pass) rather than holding them.
+template <int G>
+static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(SaapSelectArgs a) {
+  __shared__ int sizes[kMaxPartitions];
+  __shared__ uint8_t taken[kMaxPartitions];
+  __shared__ int16_t ids[kMaxPartitions];  // the ranking: ids[r] is the partition at rank r
+  // Keys of the shared-memory ranking (C > 1024), or the register ranking's exchange buffers.
   __shared__ union {
     float keys[kMaxPartitions];
-    uint8_t taken[kMaxPartitions];
+    uint2 xchg[2][kSelectMaxThreads];
   } rank_mem;
-  float* keys = rank_mem.keys;
-  uint8_t* taken = rank_mem.taken;
-  __shared__ int16_t ids[kMaxPartitions];
-  __shared__ int sizes[kMaxPartitions];
-  __shared__ float red[32];
-  __shared__ float red_max[32][kMaxGroup];
-  __shared__ double red_sum[32][kMaxGroup];
-  __shared__ int min_size;  // the smallest non-empty partition, exact (fill_ranked's early stop)
+  __shared__ float max_scratch[32][G];
+  __shared__ int2 count_scratch[32];  // (tokens, smallest non-empty size) per warp
+  __shared__ double z_scratch[32][G];
+  __shared__ int2 scan_scratch[32];
   wait_prior_grid();
   const SaapGeom& g = a.g;
-  const int G = a.G, segment = a.segment, splits = a.splits;
+  const int C = g.C, T = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int segment = a.segment, splits = a.splits;
   const int32_t *part_start = a.part_start, *part_count = a.part_count, *append_count = a.append_count;
   const int bh = blockIdx.x, b = bh / g.n_kv_heads, h = bh % g.n_kv_heads;
-  const int tid = threadIdx.x;
-  const int64_t pbase = int64_t(bh) * g.C;
-  const float* lg = a.logits + (int64_t(b) * a.n_q_heads + int64_t(h) * G) * g.C;
+  const int64_t pbase = int64_t(bh) * C;
+  const float* lg = a.logits + (int64_t(b) * a.n_q_heads + int64_t(h) * G) * C;
+  auto load_logits = [&](int c, float (&s)[G]) {
+#pragma unroll
+    for (int gi = 0; gi < G; ++gi) s[gi] = __ldg(lg + int64_t(gi) * C + c);
+  };
 
-  // The normalisers weigh each partition by its keys, so the sizes come first; the logits load
-  // meanwhile (they do not depend on the sizes).
-  if (tid == 0) min_size = INT32_MAX;
-  float s[kPer][kMaxGroup];
-  int my_size[kPer];
-  // The first partition's counts and start, kept for the segments (C <= 1024: the only one): its
-  // loads are in flight with the others instead of a round trip of their own at the end.
-  const int pc0 = tid < g.C ? part_count[pbase + tid] : 0, ac0 = tid < g.C ? append_count[pbase + tid] : 0;
-  const int start0 = tid < g.C ? part_start[pbase + tid] : 0;
-  // Its first append page's slot too (read only when it has appends): the segments need it after
-  // the fill, when a load of its own would be one more round trip.
-  const int page0 = tid < g.C ? a.append_pages[(pbase + tid) * g.A] : 0;
-  const int64_t n = a.seq_len[bh];  // in flight with the rest
+  // The thread's first partition's counts, start and first append page slot, kept for the
+  // segments (C <= blockDim.x: its only one): their loads fly with the logits' instead of a round
+  // trip of their own after the fill.
+  const bool own = tid < C;
+  const int pc0 = own ? part_count[pbase + tid] : 0, ac0 = own ? append_count[pbase + tid] : 0;
+  const int start0 = own ? part_start[pbase + tid] : 0;
+  const int page0 = own ? a.append_pages[(pbase + tid) * g.A] : 0;
+  const int64_t n = a.seq_len[bh];
+
+  // 1. Sizes (to shared memory), the tokens of all partitions, the smallest non-empty size, and
+  //    each head's largest log density over non-empty partitions: one barrier.
+  float mx[G];
 #pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    const int c = tid + k * kSelectThreads;
-    my_size[k] = k == 0 ? pc0 + ac0 : c < g.C ? part_count[pbase + c] + append_count[pbase + c] : 0;
+  for (int gi = 0; gi < G; ++gi) mx[gi] = -INFINITY;
+  int tokens = 0, smallest = INT32_MAX;  // a sequence's tokens fit an int (segments count them so)
+  for (int c = tid; c < C; c += T) {
+    float s[G];
+    load_logits(c, s);  // not behind the size: both loads in flight together
+    const int size = c == tid ? pc0 + ac0 : part_count[pbase + c] + append_count[pbase + c];
+    sizes[c] = size;
+    taken[c] = 0;
+    if (size > 0) {
+      tokens += size;
+      smallest = min(smallest, size);
 #pragma unroll
-    for (int gi = 0; gi < kMaxGroup; ++gi) s[k][gi] = c < g.C && gi < G ? lg[int64_t(gi) * g.C + c] : -INFINITY;
-  }
-  __syncthreads();  // min_size is initialised
-  float total = 0.f;
-  int smallest = INT32_MAX;
-  float mx[kMaxGroup];
-#pragma unroll
-  for (int gi = 0; gi < kMaxGroup; ++gi) mx[gi] = -INFINITY;
-#pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    const int c = tid + k * kSelectThreads;
-    if (c >= g.C) continue;
-    sizes[c] = my_size[k];
-    total += float(my_size[k]);
-    if (my_size[k] > 0) {
-      smallest = min(smallest, my_size[k]);
-#pragma unroll
-      for (int gi = 0; gi < kMaxGroup; ++gi) mx[gi] = fmaxf(mx[gi], s[k][gi]);
+      for (int gi = 0; gi < G; ++gi) mx[gi] = fmaxf(mx[gi], s[gi]);
     }
   }
-  // One shared atomic per warp: 1024 of them on one address would serialise.
+#pragma unroll
+  for (int gi = 0; gi < G; ++gi) mx[gi] = warp_max(mx[gi]);
+  tokens = __reduce_add_sync(0xffffffffu, tokens);
   smallest = __reduce_min_sync(0xffffffffu, smallest);
-  if ((tid & 31) == 0) atomicMin(&min_size, smallest);
-  total = block_reduce<false>(total, red);
-  block_reduce_n<true>(mx, red_max);
-  // Each head's normaliser: the terms of rules::head_log_normaliser, reduced in double.
-  double z[kMaxGroup];
+  if (lane == 0) {
 #pragma unroll
-  for (int gi = 0; gi < kMaxGroup; ++gi) {
-    z[gi] = 0.0;
-#pragma unroll
-    for (int k = 0; k < kPer; ++k)
-      if (gi < G && tid + k * kSelectThreads < g.C) z[gi] += rules::normaliser_term(s[k][gi], my_size[k], mx[gi]);
+    for (int gi = 0; gi < G; ++gi) max_scratch[warp][gi] = mx[gi];
+    count_scratch[warp] = make_int2(tokens, smallest);
   }
-  block_reduce_n<false>(z, red_sum);  // its barriers also publish sizes[] and min_size
-  float lse[kMaxGroup];
+  __syncthreads();  // also publishes sizes[] and taken[]
+  const int nw = T >> 5;
 #pragma unroll
-  for (int gi = 0; gi < kMaxGroup; ++gi) lse[gi] = rules::log_normaliser(mx[gi], z[gi]);
+  for (int gi = 0; gi < G; ++gi) mx[gi] = warp_max(lane < nw ? max_scratch[lane][gi] : -INFINITY);
+  const int2 counts = lane < nw ? count_scratch[lane] : make_int2(0, INT32_MAX);
+  tokens = __reduce_add_sync(0xffffffffu, counts.x);
+  smallest = __reduce_min_sync(0xffffffffu, counts.y);
 
+  // 2. Each head's normaliser: the terms of rules::head_log_normaliser, reduced in double.
+  double z[G];
+#pragma unroll
+  for (int gi = 0; gi < G; ++gi) z[gi] = 0.0;
+  for (int c = tid; c < C; c += T) {
+    float s[G];
+    load_logits(c, s);
+    const int size = sizes[c];
+#pragma unroll
+    for (int gi = 0; gi < G; ++gi) z[gi] += rules::normaliser_term(s[gi], size, mx[gi]);
+  }
+  block_allreduce_n<false>(z, z_scratch);
+  float lse[G];
+#pragma unroll
+  for (int gi = 0; gi < G; ++gi) lse[gi] = rules::log_normaliser(mx[gi], z[gi]);
+  // An empty partition ranks after every partition with keys, and is never taken.
+  auto key_of = [&](int c) {
+    float s[G];
+    load_logits(c, s);
+    return sizes[c] > 0 ? rules::group_log_density(s, 1, lse, G) : -INFINITY;
+  };
+
+  // 3. Rank and fill (everything fits: take every non-empty partition, in no order).
   const rules::FixedReads fixed_reads = rules::fixed_reads(n, g.S, g.W);
   const int n_sink = int(fixed_reads.sink_end);
   const int n_win = int(n - fixed_reads.window_begin);
   const int64_t budget = a.budget.selectable(n, g.S, g.W);
-  const bool take_all = total <= float(budget);
-  if (take_all) {
-    for (int c = tid; c < g.C; c += kSelectThreads) taken[c] = sizes[c] > 0;
+  if (tokens <= budget) {
+    for (int c = tid; c < C; c += T) taken[c] = sizes[c] > 0;  // the thread's own partitions
   } else {
-    int n_sort = 1;
-    while (n_sort < g.C) n_sort <<= 1;
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) {
-      const int c = tid + k * kSelectThreads;
-      if (c >= g.C) continue;
-      ids[c] = int16_t(c);
-      // An empty partition ranks after every partition with keys, and is never taken.
-      keys[c] = my_size[k] ? rules::group_log_density(s[k], 1, lse, G) : -INFINITY;
+    if (C <= T) {
+      float mk = own ? key_of(tid) : -INFINITY;  // padding past C ranks last (id >= C)
+      int mi = tid;
+      bitonic_rank_registers(mk, mi, rank_mem.xchg);
+      ids[tid] = int16_t(mi);
+      __syncthreads();
+    } else {
+      int n_sort = 1;
+      while (n_sort < C) n_sort <<= 1;
+      for (int c = tid; c < n_sort; c += T) {
+        ids[c] = int16_t(c);
+        rank_mem.keys[c] = c < C ? key_of(c) : -INFINITY;
+      }
+      __syncthreads();
+      bitonic_rank(rank_mem.keys, ids, n_sort);
     }
-    for (int c = g.C + tid; c < n_sort; c += kSelectThreads) {
-      ids[c] = int16_t(c);
-      keys[c] = -INFINITY;
-    }
+    fill_ranked(ids, sizes, C, budget, smallest, taken, scan_scratch);
     __syncthreads();
-    if (n_sort <= kSelectThreads) bitonic_rank_registers(keys, ids, n_sort);
-    else bitonic_rank(keys, ids, n_sort);
-    for (int c = tid; c < g.C; c += kSelectThreads) taken[c] = 0;
-    __syncthreads();
-    fill_ranked(ids, sizes, g.C, budget, min_size, taken, scan_tmp);
   }
-  __syncthreads();
   allow_next_grid();
-  // Segments: each thread counts its selected partitions' pieces and tokens, block scans give
-  // each thread its first segment and its first token.
+
+  // 4. Segments: each thread counts its selected partitions' pieces and tokens; one block scan
+  //    gives each thread its first segment and its first token.
   const int fixed = ranges_of(n_sink, segment) + ranges_of(n_win, segment);
   int mine = 0, my_tokens = 0;
-  for (int c = tid; c < g.C; c += kSelectThreads)
+  for (int c = tid; c < C; c += T)
     if (taken[c]) {
       const int pc = c == tid ? pc0 : part_count[pbase + c], ac = c == tid ? ac0 : append_count[pbase + c];
       mine += ranges_of(pc, segment) + ranges_of(ac, g.P);
       my_tokens += pc + ac;
     }
-  int off, all, tok_off, tok_all;
-  Scan(scan_tmp).ExclusiveSum(mine, off, all);
-  __syncthreads();  // scan_tmp is reused
-  Scan(scan_tmp).ExclusiveSum(my_tokens, tok_off, tok_all);
+  const BlockScan2 scan = block_inclusive_sum2(make_int2(mine, my_tokens), scan_scratch);
+  const int off = scan.incl.x - mine, all = scan.total.x;
+  const int tok_off = scan.incl.y - my_tokens, tok_all = scan.total.y;
   int2* out = a.segments + int64_t(bh) * a.max_segments;
   int2* starts = a.split_begin + int64_t(bh) * (splits + 1);
   const int max_k = int(a.max_segments);
@@ -452,7 +443,7 @@ static __global__ void __launch_bounds__(kSelectThreads) saap_select_kernel(Saap
     put_range(k, g.S, n_win, n_sink);
   }
   int k = fixed + off, t = n_sink + n_win + tok_off;
-  for (int c = tid; c < g.C; c += kSelectThreads)
+  for (int c = tid; c < C; c += T)
     if (taken[c]) {
       const int pc = c == tid ? pc0 : part_count[pbase + c], ac = c == tid ? ac0 : append_count[pbase + c];
       k = put_range(k, c == tid ? start0 : part_start[pbase + c], pc, t);
@@ -464,11 +455,26 @@ static __global__ void __launch_bounds__(kSelectThreads) saap_select_kernel(Saap
         t += len;
       }
     }
-  for (int j = tid; j <= splits; j += kSelectThreads)
+  for (int j = tid; j <= splits; j += T)
     if (int64_t(j) * per >= total_tokens) starts[j] = make_int2(n_segments, 0);
   if (tid == 0) {
     a.segment_count[bh] = n_segments;
     a.selected_tokens[bh] = total_tokens;
+  }
+}
+
+// The select kernel for a group of G query heads (1..kMaxSelectGroup; the index refuses more).
+using SaapSelectKernel = void (*)(SaapSelectArgs);
+inline SaapSelectKernel saap_select_kernel_for(int G) {
+  switch (G) {
+    case 1: return saap_select_kernel<1>;
+    case 2: return saap_select_kernel<2>;
+    case 3: return saap_select_kernel<3>;
+    case 4: return saap_select_kernel<4>;
+    case 5: return saap_select_kernel<5>;
+    case 6: return saap_select_kernel<6>;
+    case 7: return saap_select_kernel<7>;
+    default: return saap_select_kernel<8>;
   }
 }
 

@@ -33,8 +33,8 @@ gemma_configs() {
   done
   _gemma_partition partition-oracle "$kmeans" 5
   echo "loki_5|--method loki --artifact $loki --k-f 0.05 --d-f 0.25"
-  # The GPU's Loki index takes rank 8, 16 or 32: d_f 0.25 of Gemma's head_dim 256 is rank 64 and is
-  # refused there; d_f 0.125 (rank 32) is the GPU's Loki.
+  # d_f 0.25 of Gemma's head_dim 256 is rank 64 (the GPU takes it since radix_topk.cuh's commit; it
+  # took 8, 16 or 32 before, so the H200 tables of 2026-12-03 have only d_f 0.125, rank 32).
   echo "loki_5_r32|--method loki --artifact $loki --k-f 0.05 --d-f 0.125"
   echo "streaming_2048|--method streaming --sinks 4 --window 2044"
   echo "oracle_5|--method oracle --lookup 0.05"

@@ -459,6 +459,7 @@ CudaLlamaModel::LayerView CudaLlamaModel::layer_view(int layer) const {
     v.q_route = m.method.q_route.get() + size_t(layer) * m.options.max_batch * m.config.n_heads * m.config.head_dim;
   }
   if (!m.method.saap.empty()) v.saap = m.method.saap[size_t(layer)].get();
+  if (!m.method.lokis.empty()) v.loki = m.method.lokis[size_t(layer)].get();
   return v;
 }
 

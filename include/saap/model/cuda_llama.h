@@ -31,6 +31,7 @@
 namespace saap::cuda {
 
 class SaapIndex;  // kernels/cuda/saap.h
+class LokiIndex;  // kernels/cuda/loki.h
 
 struct CudaLlamaOptions {
   int max_batch = 1;           // sequences run together (prefill and decode)
@@ -178,6 +179,7 @@ class CudaLlamaModel {
     const void* k_route = nullptr;
     const float* q_route = nullptr;
     const SaapIndex* saap = nullptr;  // the layer's partition index (saap, kmeans, partition-oracle)
+    const LokiIndex* loki = nullptr;  // the layer's Loki index (loki)
   };
   LayerView layer_view(int layer) const;
 

@@ -178,20 +178,29 @@ int main() {
   // index part within 2% relative (the GPU does not run the window's last position, whose NLL is
   // undefined: (W+1)/W = +0.4% for a per-query constant at W = 256; the rest is exact arithmetic
   // on the same prefix lengths); the total within the sum of both. Perplexity within 2%: a
-  // lossier method than the oracle, read through a few partitions, pages or keys.
+  // lossier method than the oracle, read through a few partitions, pages or keys. Not for Loki:
+  // at rank 16 and k_f 0.125 on this one 256-token window its perplexity is chaotic in any
+  // rounding: storing the CPU's low-rank key coordinates in bf16, as the GPU stores them, moves
+  // the CPU's perplexity from 10.20 to 7.09, bf16 activations with fp32 coordinates to 7.53, both
+  // (the GPU's numerics) to 8.55; the H200 measured 8.10 against the CPU's 10.17
+  // (scripts/loki_bf16_emulation.py, results/loki_bf16_emulation_2026-12-03.txt). What the two
+  // devices share is the rule, and cuda_test_cuda_sparse checks it on the runner's real keys
+  // (loki_parity: the GPU's sets equal the float64 rule on its stored keys, and the CPU's up to
+  // the bf16 storage of the rotated keys); here Loki's perplexity is printed, not compared.
   {
     const char* art_env = std::getenv("SAAP_ARTIFACTS");
     const std::string dir = art_env && *art_env ? art_env : "/tmp/pieces";
     struct IndexedCase {
       std::string args, label, artifact;
       double index_scale;
+      bool compare_ppl = true;
     };
     const std::string budget = " --lookup 0.25 --sinks 4 --window 16";
     const IndexedCase indexed[] = {
         {"--method saap" + budget, "saap", dir + "/saap-c256-pre.safetensors", 2.0},
         {"--method kmeans" + budget, "kmeans", dir + "/kmeans-c256-pre.safetensors", 2.0},
         {"--method quest --page-size 16" + budget, "quest", "", 1.0},
-        {"--method loki --k-f 0.125 --d-f 0.25", "loki", dir + "/loki-pre.safetensors", 1.0},
+        {"--method loki --k-f 0.125 --d-f 0.25", "loki", dir + "/loki-pre.safetensors", 1.0, false},
     };
     for (const IndexedCase& m : indexed) {
       if (!m.artifact.empty() && ::access(m.artifact.c_str(), R_OK) != 0) {
@@ -215,8 +224,9 @@ int main() {
       std::printf("%s: perplexity cpu %.4f, cuda %.4f; K/V fraction cpu %.5f, cuda %.5f; index fraction cpu %.5f, "
                   "cuda %.5f (expected %.5f); total cuda %.5f (expected %.5f)\n",
                   m.label.c_str(), pc, pg, kc, kg, ic, ig, m.index_scale * ic, kg + ig, want_total);
-      tally.check(std::fabs(pg / pc - 1) <= 0.02, ("eval ppl " + m.label + ": cuda perplexity near the cpu's").c_str(),
-                  std::fabs(pg / pc - 1), 0.02);
+      if (m.compare_ppl)
+        tally.check(std::fabs(pg / pc - 1) <= 0.02,
+                    ("eval ppl " + m.label + ": cuda perplexity near the cpu's").c_str(), std::fabs(pg / pc - 1), 0.02);
       tally.check(std::fabs(kg - kc) <= 0.02, ("eval ppl " + m.label + ": cuda K/V fraction near the cpu's").c_str(),
                   std::fabs(kg - kc), 0.02);
       // Every one of these methods reads an index at this budget: a zero would be a count left out.

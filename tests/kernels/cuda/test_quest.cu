@@ -5,6 +5,8 @@
 // CUDA-only build) the CPU method must choose the same pages and give the same output.
 // Seed: cutest::test_seed() (SAAP_SEED reruns one), printed.
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <string>
 
@@ -29,6 +31,7 @@ struct Case {
   // Keys repeat every key_period tokens (0: all random): pages holding the same tokens have the
   // same bound, so ties at the K-th key are exercised (1: every bound ties; ties go to the lower page).
   int key_period = 0;
+  bool long_input = false;  // left out under SAAP_TEST_QUICK (compute-sanitizer runs it with that set)
 };
 
 // The float64 picture of one (b, h) at prefix n: candidate pages, their middle runs and keys.
@@ -111,9 +114,24 @@ int main() {
       {"batch 3, one read whole", 3, 32, 8, 128, DType::BF16, {12000, 17, 5001}, 2, {16, 4, 64}, {0.03, 0}},
       {"gemma-3 d256 gqa4 5%", 1, 4, 1, 256, DType::BF16, {4000}, 3, {16, 4, 64}, {0.05, 0}},
       {"d256 f16 gqa2 fixed 512", 2, 4, 2, 256, DType::F16, {2000, 777}, 2, {16, 4, 64}, {0.05, 512}},
+      // The benchmark's configuration (pages of 16, sinks 64, window 256) at batch 8 and at the
+      // lengths issue 10 is judged at: 128k, and 512k (32768 pages: the select kernel's shared
+      // cache exactly full), with fixed budgets and 5%. One KV head of 64 keeps the host's float64
+      // references affordable.
+      {"batch 8, fixed 1024", 8, 8, 2, 64, DType::BF16, {16384, 16000, 9001, 16384, 12345, 70, 16383, 5000}, 1,
+       {16, 64, 256}, {0.05, 1024}},
+      {"128k, fixed 2048", 1, 4, 1, 64, DType::BF16, {131072 + 7}, 1, {16, 64, 256}, {0.05, 2048}, 0, true},
+      {"128k, 5%", 1, 4, 1, 64, DType::BF16, {131072 - 3}, 2, {16, 64, 256}, {0.05, 0}, 0, true},
+      {"512k, fixed 1024", 1, 4, 1, 64, DType::BF16, {524288 - 9}, 1, {16, 64, 256}, {0.05, 1024}, 0, true},
+      {"512k, 5%", 1, 4, 1, 64, DType::BF16, {524288 - 1}, 1, {16, 64, 256}, {0.05, 0}, 0, true},
   };
+  const bool quick = std::getenv("SAAP_TEST_QUICK") != nullptr;
   for (const Case& c : cases) {
     const std::string tag = std::string(c.name) + ": ";
+    if (quick && c.long_input) {
+      std::printf("%sleft out under SAAP_TEST_QUICK\n", tag.c_str());
+      continue;
+    }
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};
     const int64_t src_len = *std::max_element(c.lens.begin(), c.lens.end());
     const int64_t max_len = src_len + c.appends;
@@ -266,6 +284,24 @@ int main() {
         const double terr = cutest::rel_error(cutest::download(dout), ref);
         tally.check(terr < 1e-4, (rt + "attention (" + tunings[ti].name() + ") rel error vs float64").c_str(), terr,
                     1e-4);
+      }
+      {  // select + attend recorded as a CUDA graph (capture fails if either synchronises), after
+         // the selects above: the same pages and a bit-identical output (what a select leaves
+         // behind for the next, its histogram zeroed, must not change the next one).
+        cutest::poison(dout);
+        cutest::run_as_graph([&](cudaStream_t st) {
+          idx.select(dq.get(), c.budget, st);
+          idx.attend(dq.get(), scale, dout.get(), ws, st);
+        });
+        std::vector<int32_t> grows(rows.size()), gnch(nch.size());
+        SAAP_CU(cudaMemcpy(grows.data(), idx.chunk_rows(), grows.size() * 4, cudaMemcpyDeviceToHost));
+        SAAP_CU(cudaMemcpy(gnch.data(), idx.chunk_count(), gnch.size() * 4, cudaMemcpyDeviceToHost));
+        bool same = gnch == nch && cutest::download(dout) == out;
+        for (int bh = 0; same && bh < bh_n; ++bh)
+          same = std::equal(rows.begin() + size_t(bh) * idx.max_chunks(),
+                            rows.begin() + size_t(bh) * idx.max_chunks() + nch[bh],
+                            grows.begin() + size_t(bh) * idx.max_chunks());
+        tally.check(same, (rt + "graph-captured select + attend == plain (chunks and output)").c_str(), same, 1);
       }
 #ifdef SAAP_QUEST_CPU_PARITY
       // The CPU method on the same cache and queries: the same pages (up to the rounding of the

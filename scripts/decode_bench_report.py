@@ -65,6 +65,30 @@ def tuning_summary(by, sd):
     return out
 
 
+def quest_floor_table(by, floor_gbps):
+    """Issue 10: Quest's step against its byte floor (K/V read + page metadata), per budget at the
+    default attend tuning, the step split into score, top-k (select - score), attend and the rest
+    (append and launch gaps); the target is a step within 1.3x of the floor at >= 128k tokens."""
+    out = ["", "## Quest's step vs its floor (issue 10)", "",
+           "Default attend tuning. top-k = select - score (the select kernel and its launch); rest = step - select - "
+           "attend (the append, gaps). step / floor: the target is <= 1.3x at >= 128k tokens.", "",
+           "| shape | batch | context | budget | score us | top-k us | attend us | rest us | step us | graph us | "
+           "floor us | step / floor | target |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k in sorted(by):
+        for r in by[k]:
+            if r["method"] != "quest" or ";prefetch=" in r["param"]:
+                continue
+            fl = r["bytes"] / (floor_gbps * 1e9) * 1e6
+            step, sel, score, att = (r[f] * 1e3 for f in ("ms", "select_ms", "score_ms", "attend_ms"))
+            ratio = step / fl if fl > 0 else float("nan")
+            target = "n/a (< 128k)" if k[2] < 131072 else ("met" if ratio <= 1.3 else "missed")
+            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['param']} | {score:.1f} | {sel - score:.1f} | {att:.1f} | "
+                       f"{step - sel - att:.1f} | {step:.1f} | {r['graph_ms'] * 1e3:.1f} | {fl:.1f} | {ratio:.2f}x | "
+                       f"{target} |")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", required=True)
@@ -133,6 +157,7 @@ def main():
             out.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['method']} | {r['param']} | {r['ms']:.4f} | "
                        f"{r['select_ms']:.4f} | {r.get('score_ms', 0):.4f} | {r['attend_ms']:.4f} | {r['graph_ms']:.4f} | {vs_dense:.2f}x | "
                        f"{vs_sdpa:.2f}x | {g:.2f}x | {fl / r['ms']:.2f} | {attend_floor(r, floor_gbps):.2f} |")
+    out += quest_floor_table(by, floor_gbps)
     out += tuning_summary(by, sd)
     with open(a.out, "w") as f:
         f.write("\n".join(out) + "\n")

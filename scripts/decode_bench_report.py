@@ -138,7 +138,7 @@ def main():
                            f"{(s['ms'] / r['ms']) if s else float('nan'):.3f}x |")
     out += ["", "## Every method's step", "",
             "Speed-ups are time ratios (higher is faster): vs our dense step, vs SDPA, and the graph step vs the "
-            "dense graph. \"score ms\" is the part of Quest's select in its score kernel (the rest is its top-k kernel). "
+            "dense graph. \"score ms\" is the part of the select to the end of its first kernel: Quest's score kernel (the rest is its top-k kernel), Saap's router (the rest is its rank-and-fill kernel). "
             "\"of floor\" is the method's byte floor over its step time; \"attend of floor\" the floor "
             "of the K/V it selected (lookup fraction x dense K/V bytes) over its attend time (Saap, Quest).", "",
             "| shape | batch | context | method | param | ms | select ms | score ms | attend ms | graph ms | vs dense | vs SDPA | graph vs dense graph | of floor | attend of floor |",

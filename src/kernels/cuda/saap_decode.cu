@@ -2,6 +2,7 @@
 // kernels are launched as programmatic dependents (launch.cuh), so each one's launch overlaps the
 // previous one's tail; nothing here synchronises the host.
 #include <algorithm>
+#include <type_traits>
 
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/saap_decode.cuh"
@@ -24,7 +25,7 @@ int attend_resident(const DecodeShape& s) {
 }
 }  // namespace
 
-void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaStream_t stream) {
+void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaStream_t stream, cudaEvent_t routed) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q_route, InvalidArgument, "%s", "null q_route");
   SAAP_CU_REQUIRE(budget.tokens >= 0, InvalidArgument, "budget tokens = %lld must be >= 0 (0: use lookup)",
@@ -49,19 +50,23 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
   switch (cfg_.routing) {
     case PartitionRouting::Saap: {
       SAAP_CU_REQUIRE(m.hidden > 0, InvalidArgument, "%s", "set_classifier() must be called first");
-      const float* w1 = m.w1.get();
-      const float* w2 = m.w2.get();
-      const float* b1 = m.b1.get();
-      const float* b2 = m.b2.get();
-      const int cls_rows = classify_rows_per_block(m.hidden);
-      const dim3 cgrid((C + cls_rows - 1) / cls_rows, shape_.n_q_heads);
-      auto launch = [&](auto kernel) {
-        launch_dependent(kernel, cgrid, dim3(kClassifyThreads), 0, stream, q_route, w1, b1, w2, b2, shape_.batch,
-                         shape_.n_q_heads, m.hidden, C, cls_rows, m.logits.get());
+      auto launch = [&](auto d) {
+        constexpr int D = decltype(d)::value;
+        auto* kernel = saap_classify_kernel<D>;
+        // Above 48 KB of dynamic shared memory a kernel must opt in (once per instantiation).
+        static const int resident = [&] {
+          SAAP_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kClassifyStageBytes));
+          return resident_blocks(reinterpret_cast<const void*>(kernel), kClassifyThreads, kClassifyStageBytes);
+        }();
+        const int rows = classify_rows_per_block(C, m.hidden, shape_.n_q_heads, resident);
+        const size_t stage = size_t(std::min(rows, C)) * m.hidden * sizeof(float);
+        launch_dependent(kernel, dim3((C + rows - 1) / rows, shape_.n_q_heads), dim3(kClassifyThreads), stage, stream,
+                         q_route, m.w1.get(), m.b1.get(), m.w2.get(), m.b2.get(), shape_.batch, shape_.n_q_heads,
+                         m.hidden, C, rows, m.logits.get());
       };
-      if (shape_.head_dim == 64) launch(saap_classify_kernel<64>);
-      else if (shape_.head_dim == 128) launch(saap_classify_kernel<128>);
-      else launch(saap_classify_kernel<256>);
+      if (shape_.head_dim == 64) launch(std::integral_constant<int, 64>{});
+      else if (shape_.head_dim == 128) launch(std::integral_constant<int, 128>{});
+      else launch(std::integral_constant<int, 256>{});
       break;
     }
     case PartitionRouting::KMeans:
@@ -71,6 +76,7 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
       rank_by_attention(q_route, stream);
       break;
   }
+  if (routed) SAAP_CU(cudaEventRecord(routed, stream));
   launch_dependent(saap_select_kernel_for(rows_per_group), dim3(shape_.batch * shape_.n_kv_heads),
                    dim3(select_threads(C)), 0, stream, args);
   SAAP_CU_LAUNCHED();

@@ -136,8 +136,12 @@ class SaapIndex {
   // is taken whole if it fits what is left, else skipped). The budget is either form of
   // rules::Budget, turned into a per-sequence token count on the device by the shared rule: a
   // lookup in (0, 1], a double as on the CPU (a float 0.05 is not 0.05, and its budget can differ by
-  // a token), or a fixed count of tokens > 0. Writes the work segments attend() walks.
-  void select(const float* q_route, const rules::Budget& budget, cudaStream_t stream = 0);
+  // a token), or a fixed count of tokens > 0. Writes the work segments attend() walks. routed, when
+  // given, is recorded on the stream between the routing kernel (Saap's router, the KMeans or
+  // PartitionOracle ranking) and the rank-and-fill kernel (decode_bench times the two apart; the
+  // record costs the second kernel its early launch).
+  void select(const float* q_route, const rules::Budget& budget, cudaStream_t stream = 0,
+              cudaEvent_t routed = nullptr);
   void select(const float* q_route, double lookup, cudaStream_t stream = 0) {
     select(q_route, rules::Budget{lookup, 0}, stream);
   }

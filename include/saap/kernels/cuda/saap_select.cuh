@@ -11,13 +11,21 @@ namespace saap::cuda {
 
 constexpr int kClassifyThreads = 256;
 constexpr int kClassifyWarps = kClassifyThreads / 32;
-constexpr int kClassifyStageBytes = 32768;  // the block's slice of W2, staged in shared memory
+constexpr int kClassifyStageBytes = 65536;     // the most of W2 a block stages (dynamic shared memory)
+constexpr int kClassifyMinStageBytes = 32768;  // the least, when W2 is large enough
 constexpr int kClassifyMaxRows = 256;
-// Logit rows per block: as many as the staging buffer holds (hidden fp32 weights each), at most
-// kClassifyMaxRows; spreads W2 (the big matrix) over many SMs.
-inline int classify_rows_per_block(int hidden) {
-  const int rows = kClassifyStageBytes / (4 * hidden);
-  return rows < kClassifyMaxRows ? rows : kClassifyMaxRows;
+// Logit rows per block. Every block recomputes its head's hidden layer from W1, so fewer, larger
+// blocks read less; but at batch 1 a block is a chain of round trips, and a second wave of blocks
+// repeats the chain (512k on the H200, 32 query heads, C = 1024: 512 blocks of 64 rows were two
+// waves, 14 us). So: the fewest rows for which the n_q_heads * ceil(C / rows) blocks fit in one
+// wave of `resident` blocks, at least kClassifyMinStageBytes of W2, at most
+// kClassifyStageBytes and kClassifyMaxRows.
+inline int classify_rows_per_block(int C, int hidden, int n_q_heads, int resident) {
+  auto rows_in = [&](int bytes) { return bytes / (4 * hidden) < kClassifyMaxRows ? bytes / (4 * hidden) : kClassifyMaxRows; };
+  const int tiles = resident / n_q_heads > 1 ? resident / n_q_heads : 1;  // blocks per head in one wave
+  int rows = (C + tiles - 1) / tiles;
+  if (rows < rows_in(kClassifyMinStageBytes)) rows = rows_in(kClassifyMinStageBytes);
+  return rows < rows_in(kClassifyStageBytes) ? rows : rows_in(kClassifyStageBytes);
 }
 
 // Block (logit chunk, query head), for every sequence of the batch in turn: hidden = relu(W1 q +
@@ -33,7 +41,7 @@ static __global__ void __launch_bounds__(kClassifyThreads)
     saap_classify_kernel(const float* __restrict__ q, const float* __restrict__ w1, const float* __restrict__ b1,
                          const float* __restrict__ w2, const float* __restrict__ b2, int batch, int n_q_heads,
                          int hidden, int C, int rows_per_block, float* __restrict__ logits) {
-  __shared__ __align__(16) uint4 w2s[kClassifyStageBytes / 16];
+  extern __shared__ __align__(16) uint4 w2s[];  // [rows_per_block * hidden / 4], dynamic
   __shared__ float qs[D];
   __shared__ float hs[1024];
   __shared__ float b1s[1024];

@@ -261,6 +261,25 @@ __device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, 
   }
 }
 
+// The select kernel runs from a cold instruction cache (the bench flushes L2 before each step, as a
+// model's layer weights do), so its code is kept small: the double-precision rules are called, one
+// copy each, from every head's unrolled step rather than inlined G times, and so is the segment
+// writer from its three call sites.
+static __device__ __noinline__ double normaliser_term_call(float s, int count, float mx) {
+  return rules::normaliser_term(s, count, mx);
+}
+static __device__ __noinline__ float log_normaliser_call(float mx, double z) { return rules::log_normaliser(mx, z); }
+
+// Writes segment k = (slot, len), which holds tokens [t, t + len) of the selection, unless k is
+// past max_k, and points every attend split that starts inside it (split j starts at token
+// j * per) at it: starts[j] = (k, offset).
+static __device__ __noinline__ void put_segment(int2* out, int2* starts, int max_k, int per, int k, int slot, int len,
+                                                int t) {
+  if (k >= max_k) return;
+  out[k] = make_int2(slot, len);
+  for (int j = (t + per - 1) / per; int64_t(j) * per < t + len; ++j) starts[j] = make_int2(k, j * per - t);
+}
+
 // What saap_select_kernel reads and writes (SaapIndex's tables, the selection's parameters).
 struct SaapSelectArgs {
   const float* logits;  // [batch][n_q_heads][C], G rows per KV group (G: the kernel's template parameter)
@@ -292,9 +311,11 @@ struct SaapSelectArgs {
 // end) is (segment count, 0).
 // At batch 1 the kernel is a chain of round trips and barriers, not of arithmetic, and it runs
 // from a cold instruction cache: G is a template parameter so that each head's values live in
-// registers (no stack frame) and the code holds no loop over absent heads; a thread's partitions
-// are a loop, re-reading their logits (L1 hits after the first pass) rather than holding them.
-template <int G>
+// registers (no stack frame) and the code holds no loop over absent heads, and so is where the
+// ranking runs (registers up to 1024 partitions, shared memory past that), so that the code holds
+// only the path it runs. A thread's partitions are a loop (not unrolled: one partition per thread
+// up to 1024), re-reading their logits (L1 hits after the first pass) rather than holding them.
+template <int G, bool kRankInRegisters>  // kRankInRegisters: C <= kSelectMaxThreads
 static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(SaapSelectArgs a) {
   __shared__ int sizes[kMaxPartitions];
   __shared__ uint8_t taken[kMaxPartitions];
@@ -336,6 +357,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
 #pragma unroll
   for (int gi = 0; gi < G; ++gi) mx[gi] = -INFINITY;
   int tokens = 0, smallest = INT32_MAX;  // a sequence's tokens fit an int (segments count them so)
+  #pragma unroll 1
   for (int c = tid; c < C; c += T) {
     float s[G];
     load_logits(c, s);  // not behind the size: both loads in flight together
@@ -370,17 +392,18 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   double z[G];
 #pragma unroll
   for (int gi = 0; gi < G; ++gi) z[gi] = 0.0;
+  #pragma unroll 1
   for (int c = tid; c < C; c += T) {
     float s[G];
     load_logits(c, s);
     const int size = sizes[c];
 #pragma unroll
-    for (int gi = 0; gi < G; ++gi) z[gi] += rules::normaliser_term(s[gi], size, mx[gi]);
+    for (int gi = 0; gi < G; ++gi) z[gi] += normaliser_term_call(s[gi], size, mx[gi]);
   }
   block_allreduce_n<false>(z, z_scratch);
   float lse[G];
 #pragma unroll
-  for (int gi = 0; gi < G; ++gi) lse[gi] = rules::log_normaliser(mx[gi], z[gi]);
+  for (int gi = 0; gi < G; ++gi) lse[gi] = log_normaliser_call(mx[gi], z[gi]);
   // An empty partition ranks after every partition with keys, and is never taken.
   auto key_of = [&](int c) {
     float s[G];
@@ -394,9 +417,10 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   const int n_win = int(n - fixed_reads.window_begin);
   const int64_t budget = a.budget.selectable(n, g.S, g.W);
   if (tokens <= budget) {
+    #pragma unroll 1
     for (int c = tid; c < C; c += T) taken[c] = sizes[c] > 0;  // the thread's own partitions
   } else {
-    if (C <= T) {
+    if constexpr (kRankInRegisters) {
       float mk = own ? key_of(tid) : -INFINITY;  // padding past C ranks last (id >= C)
       int mi = tid;
       bitonic_rank_registers(mk, mi, rank_mem.xchg);
@@ -405,6 +429,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     } else {
       int n_sort = 1;
       while (n_sort < C) n_sort <<= 1;
+      #pragma unroll 1
       for (int c = tid; c < n_sort; c += T) {
         ids[c] = int16_t(c);
         rank_mem.keys[c] = c < C ? key_of(c) : -INFINITY;
@@ -421,6 +446,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   //    gives each thread its first segment and its first token.
   const int fixed = ranges_of(n_sink, segment) + ranges_of(n_win, segment);
   int mine = 0, my_tokens = 0;
+  #pragma unroll 1
   for (int c = tid; c < C; c += T)
     if (taken[c]) {
       const int pc = c == tid ? pc0 : part_count[pbase + c], ac = c == tid ? ac0 : append_count[pbase + c];
@@ -436,12 +462,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   const int n_segments = min(fixed + all, max_k);
   const int total_tokens = n_sink + n_win + tok_all;
   const int per = max(1, (total_tokens + splits - 1) / splits);
-  // Segment k = (slot, len) holds tokens [t, t + len); the splits that start inside it point at it.
-  auto put = [&](int k, int slot, int len, int t) {
-    if (k >= max_k) return;
-    out[k] = make_int2(slot, len);
-    for (int j = (t + per - 1) / per; int64_t(j) * per < t + len; ++j) starts[j] = make_int2(k, j * per - t);
-  };
+  auto put = [&](int k, int slot, int len, int t) { put_segment(out, starts, max_k, per, k, slot, len, t); };
   auto put_range = [&](int k, int start, int len, int t) {
     for (int o = 0; o < len; o += segment, ++k) put(k, start + o, min(segment, len - o), t + o);
     return k;
@@ -451,6 +472,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     put_range(k, g.S, n_win, n_sink);
   }
   int k = fixed + off, t = n_sink + n_win + tok_off;
+  #pragma unroll 1
   for (int c = tid; c < C; c += T)
     if (taken[c]) {
       const int pc = c == tid ? pc0 : part_count[pbase + c], ac = c == tid ? ac0 : append_count[pbase + c];
@@ -463,6 +485,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
         t += len;
       }
     }
+  #pragma unroll 1
   for (int j = tid; j <= splits; j += T)
     if (int64_t(j) * per >= total_tokens) starts[j] = make_int2(n_segments, 0);
   if (tid == 0) {
@@ -471,19 +494,24 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   }
 }
 
-// The select kernel for a group of G query heads (1..kMaxSelectGroup; the index refuses more).
+// The select kernel for a group of G query heads (1..kMaxSelectGroup; the index refuses more) and
+// C partitions (1..kMaxPartitions).
 using SaapSelectKernel = void (*)(SaapSelectArgs);
-inline SaapSelectKernel saap_select_kernel_for(int G) {
+template <bool kRankInRegisters>
+SaapSelectKernel saap_select_kernel_for(int G) {
   switch (G) {
-    case 1: return saap_select_kernel<1>;
-    case 2: return saap_select_kernel<2>;
-    case 3: return saap_select_kernel<3>;
-    case 4: return saap_select_kernel<4>;
-    case 5: return saap_select_kernel<5>;
-    case 6: return saap_select_kernel<6>;
-    case 7: return saap_select_kernel<7>;
-    default: return saap_select_kernel<8>;
+    case 1: return saap_select_kernel<1, kRankInRegisters>;
+    case 2: return saap_select_kernel<2, kRankInRegisters>;
+    case 3: return saap_select_kernel<3, kRankInRegisters>;
+    case 4: return saap_select_kernel<4, kRankInRegisters>;
+    case 5: return saap_select_kernel<5, kRankInRegisters>;
+    case 6: return saap_select_kernel<6, kRankInRegisters>;
+    case 7: return saap_select_kernel<7, kRankInRegisters>;
+    default: return saap_select_kernel<8, kRankInRegisters>;
   }
+}
+inline SaapSelectKernel saap_select_kernel_for(int G, int C) {
+  return C <= kSelectMaxThreads ? saap_select_kernel_for<true>(G) : saap_select_kernel_for<false>(G);
 }
 
 }  // namespace saap::cuda

@@ -25,6 +25,14 @@ void SplitWorkspace::ensure(int64_t rows, int splits, int head_dim) {
   if (out_.size() < need * head_dim) out_.resize(need * head_dim);
 }
 
+unsigned* SplitWorkspace::tickets(int64_t groups, cudaStream_t stream) {
+  if (tickets_.size() < size_t(groups)) {
+    tickets_.resize(size_t(groups));
+    SAAP_CU(cudaMemsetAsync(tickets_.get(), 0, tickets_.bytes(), stream));
+  }
+  return tickets_.get();
+}
+
 int resident_blocks(const void* kernel, int block_threads, size_t dynamic_smem) {
   int dev = 0, sms = 0, per_sm = 0;
   SAAP_CU(cudaGetDevice(&dev));

@@ -1,4 +1,6 @@
 // Host launcher of the dense split-KV decode.
+#include <array>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -8,9 +10,9 @@
 namespace saap::cuda {
 
 std::string DenseTuning::name() const {
-  char s[96];
-  std::snprintf(s, sizeof s, "waves=%d;interleave=%d;prefetch=%d;mma=%d;min=%d", waves, int(interleave),
-                int(prefetch), int(mma), min_split_tokens);
+  char s[128];
+  std::snprintf(s, sizeof s, "waves=%d;interleave=%d;prefetch=%d;mma=%d;min=%d;bulk=%d;fused=%d", waves,
+                int(interleave), int(prefetch), int(mma), min_split_tokens, bulk, int(fused));
   return s;
 }
 
@@ -34,9 +36,11 @@ DenseTuning DenseTuning::parse(const std::string& text) {
     else if (key == "prefetch") t.prefetch = x != 0;
     else if (key == "mma") t.mma = x != 0;
     else if (key == "min") t.min_split_tokens = int(x);
+    else if (key == "bulk") t.bulk = int(x);
+    else if (key == "fused") t.fused = x != 0;
     else
       SAAP_CU_REQUIRE(false, InvalidArgument,
-                      "dense tuning '%s': unknown field '%s' (waves, interleave, prefetch, mma, min)",
+                      "dense tuning '%s': unknown field '%s' (waves, interleave, prefetch, mma, min, bulk, fused)",
                       text.c_str(), key.c_str());
     at = end + 1;
   }
@@ -49,7 +53,14 @@ DenseTuning dense_default_tuning(int batch) {
 
 std::vector<DenseTuning> dense_tuning_candidates() {
   std::vector<DenseTuning> v;
-  for (const char* t : {"", "mma=1;prefetch=1;interleave=1", "mma=1;prefetch=1", "interleave=1;prefetch=1"})
+  // The rest are issue 11's attempts at the read floor (not yet timed on the H200): the bulk-copy
+  // ring at two depths (bulk=4: 3 blocks per SM; bulk=6: 2 blocks, more bytes in flight each), one
+  // interleaved, the ring with tensor-core logits (bulk=3;mma=1: 2 blocks of 3 x 32 KiB per SM),
+  // and the fused combine beside each default (batch 1's tensor-core loop, batch 8's plain loop)
+  // and the rings.
+  for (const char* t : {"", "mma=1;prefetch=1;interleave=1", "mma=1;prefetch=1", "interleave=1;prefetch=1",
+                        "bulk=4", "bulk=6;interleave=1", "bulk=3;mma=1", "bulk=4;fused=1", "bulk=3;mma=1;fused=1",
+                        "mma=1;prefetch=1;interleave=1;fused=1", "fused=1"})
     v.push_back(DenseTuning::parse(t));
   return v;
 }
@@ -72,14 +83,54 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
                   k, v, (const void*)lengths, (const void*)q, (void*)out);
   const int waves = tuning.waves;
   SAAP_CU_REQUIRE(waves >= 1 && waves <= 8, InvalidArgument, "waves = %d outside [1, 8]", waves);
-  SAAP_CU_REQUIRE(!tuning.mma || tuning.prefetch, InvalidArgument, "%s",
-                  "mma = 1 is the prefetching tensor-core loop: it needs prefetch = 1");
+  SAAP_CU_REQUIRE(!tuning.mma || tuning.prefetch || tuning.bulk > 0, InvalidArgument, "%s",
+                  "mma = 1 is the prefetching tensor-core loop or the bulk ring's: it needs prefetch = 1 or bulk > 0");
   SAAP_CU_REQUIRE(tuning.min_split_tokens >= 16, InvalidArgument, "min_split_tokens = %d must be >= 16",
                   tuning.min_split_tokens);
+  const int stages = tuning.bulk;
+  SAAP_CU_REQUIRE(stages == 0 || (stages >= 2 && stages <= kMaxBulkStages), InvalidArgument,
+                  "bulk = %d: 0 (off) or the ring's stages, 2..%d", stages, kMaxBulkStages);
+  SAAP_CU_REQUIRE(stages == 0 || !tuning.prefetch, InvalidArgument,
+                  "bulk = %d fetches through its ring: it refuses prefetch = 1 (a register loop)", stages);
+  SAAP_CU_REQUIRE(stages == 0 || (reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0),
+                  InvalidArgument, "bulk copies need 16-byte aligned K and V, got k=%p v=%p", k, v);
+  const int64_t groups = int64_t(s.batch) * s.n_kv_heads;
+  // Fused: the decode kernel combines (its tickets non-null); else combine_splits after it.
+  unsigned* tickets = tuning.fused ? ws.tickets(groups, stream) : nullptr;
   int splits = 0;
   dispatch_decode<256>(s, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
+    // The bulk ring, with the FMA (MMA false) or tensor-core (true) math.
+    auto bulk = [&](auto mma_c) {
+      constexpr bool MMA = decltype(mma_c)::value;
+      auto* kernel = dense_decode_bulk_kernel<T, D, GMAX, MMA>;
+      // Resident blocks per stage count (the ring's shared memory bounds them), once per instantiation.
+      static const std::array<int, kMaxBulkStages + 1> resident = [&] {
+        SAAP_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     int(dense_bulk_smem<T, D, GMAX, MMA>(kMaxBulkStages))));
+        std::array<int, kMaxBulkStages + 1> r{};
+        for (int st = 2; st <= kMaxBulkStages; ++st)
+          r[st] = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32,
+                                  dense_bulk_smem<T, D, GMAX, MMA>(st));
+        return r;
+      }();
+      splits = choose_splits(s, span, resident[stages] * waves, tuning.min_split_tokens);
+      const int64_t chunk = (span + splits - 1) / splits;
+      ws.ensure(int64_t(s.batch) * s.n_q_heads, splits, s.head_dim);
+      kernel<<<dim3(splits, s.n_kv_heads, s.batch), kDecodeWarps * 32, dense_bulk_smem<T, D, GMAX, MMA>(stages),
+               stream>>>(static_cast<const T*>(k), static_cast<const T*>(v), max_len, lengths, q, s.n_kv_heads,
+                         s.group(), scale, splits, chunk, window, tuning.interleave, stages, ws.out(), ws.lse(),
+                         tickets, out);
+    };
+    if (stages > 0) {
+      if (tuning.mma && dense_mma_supported<T, D>()) {
+        if constexpr (dense_mma_supported<T, D>()) bulk(std::true_type{});
+      } else {
+        bulk(std::false_type{});
+      }
+      return;
+    }
     // One (kernel, resident blocks) per instantiation and loop.
     auto registers = [&](auto loop_c) {
       auto* kernel = dense_decode_kernel<T, D, GMAX, decltype(loop_c)::value>;
@@ -89,7 +140,7 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
       ws.ensure(int64_t(s.batch) * s.n_q_heads, splits, s.head_dim);
       kernel<<<dim3(splits, s.n_kv_heads, s.batch), kDecodeWarps * 32, 0, stream>>>(
           static_cast<const T*>(k), static_cast<const T*>(v), max_len, lengths, q, s.n_kv_heads, s.group(), scale,
-          splits, chunk, window, tuning.interleave, ws.out(), ws.lse());
+          splits, chunk, window, tuning.interleave, ws.out(), ws.lse(), tickets, out);
     };
     using Loop = DenseLoop;
     if (tuning.mma && dense_mma_supported<T, D>()) {
@@ -101,7 +152,7 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
     }
   });
   SAAP_CU_LAUNCHED();
-  combine_splits(s, splits, ws, out, stream);
+  if (!tuning.fused) combine_splits(s, splits, ws, out, stream);
 }
 
 }  // namespace saap::cuda

@@ -29,3 +29,45 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 }  // namespace saap::cuda
+
+// Bulk copies (cp.async.bulk, sm_90): one thread moves a whole contiguous block of global memory
+// into shared memory through the copy engine, and the copy completes on an mbarrier in shared
+// memory by the number of bytes it delivered (transaction count). So a block keeps several tiles
+// in flight with no registers and one instruction per tile, the way the read floor does with many
+// threads. Both addresses 16-byte aligned, the size a multiple of 16.
+namespace saap::cuda {
+
+// An mbarrier that completes a phase after `count` arrivals and the bytes they announced.
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(bar)), "r"(count) : "memory");
+}
+// Makes mbarrier_init visible to the copy engine (the async proxy); a __syncthreads() after it
+// publishes the barriers to the block's threads.
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+// One arrival that also announces `bytes` more to come by bulk copies in the current phase.
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)), "r"(bytes)
+               : "memory");
+}
+// Waits until the phase of parity `parity` (0, 1, 0, ... for the barrier's 1st, 2nd, 3rd phase)
+// has completed; then the bytes of the copies counted in that phase are visible to this thread.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n\t.reg .pred done;\n"
+      "WAIT:\n\t"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+      "@!done bra WAIT;\n}" ::"r"(shared_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+// `bytes` from gmem to smem by the copy engine, counted on `bar` when they land.
+__device__ __forceinline__ void bulk_copy_to_shared(void* smem, const void* gmem, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   shared_address(smem)),
+               "l"(gmem), "r"(bytes), "r"(shared_address(bar))
+               : "memory");
+}
+
+}  // namespace saap::cuda

@@ -141,6 +141,63 @@ struct GroupAttender {
     }
   }
 
+  static constexpr int kMmaRows = 16;
+  static constexpr int kMmaKB = D / 16, kMmaKQ = D / 32, kMmaMU = kMmaRows / TPP, kMmaTerms = 3;
+  // The query heads as the B operands of the kMmaKB MMAs of a tile, fp32 split in kMmaTerms bf16s.
+  using MmaQuery = uint32_t[kMmaKB][2][kMmaTerms];
+  // Which 16-byte piece (8 components) of a key row lane c = lane & 3 holds as its j-th (j < kMmaKQ):
+  // a contiguous quarter (SPREAD = false: run_mma's global loads), or every 4th piece (SPREAD:
+  // the four lanes of a quad read 64 contiguous bytes, so a warp's shared-memory reads of a row
+  // tile conflict at most 2 ways, not 4).
+  template <bool SPREAD>
+  __device__ static int mma_piece(int c, int j) {
+    return SPREAD ? j * 4 + c : c * kMmaKQ + j;
+  }
+  // B for MMA kb: k = 2c, 2c+1 are components mma_piece(c, kb / 2) * 8 + 4 (kb % 2) + {0, 1};
+  // k = 2c+8, 2c+9 are + {2, 3}; the column gr = lane / 4 holds head gr % G. qg, G, scale: as init().
+  template <bool SPREAD>
+  __device__ void mma_query(const float* qg, int G, float scale, MmaQuery& b) const {
+    const int gr = lane >> 2, c = lane & 3;
+    const float* qh = qg + (gr % G) * D;
+    const float f = scale * kLog2e;
+#pragma unroll
+    for (int kb = 0; kb < kMmaKB; ++kb)
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        const int comp = mma_piece<SPREAD>(c, kb >> 1) * 8 + 4 * (kb & 1) + 2 * p;
+        float x0 = qh[comp] * f, x1 = qh[comp + 1] * f;
+#pragma unroll
+        for (int e = 0; e < kMmaTerms; ++e) b[kb][p][e] = split_bf16x2(x0, x1);
+      }
+  }
+  // One tile of kMmaRows rows at split index `base`: ka[h][j] this lane's piece mma_piece(c, j) of
+  // row base + gr + 8h (zeros past n), vr[u] the value words of rows base + u*TPP + slot (zeros past
+  // n); sc: this warp's kMmaRows x 8 floats of shared memory.
+  __device__ void mma_tile(const MmaQuery& b, const uint4 (&ka)[2][kMmaKQ], const uint4 (&vr)[kMmaMU], int base, int n,
+                           float* sc) {
+    const int gr = lane >> 2, c = lane & 3;
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int e = kMmaTerms - 1; e >= 0; --e)  // smallest terms first
+#pragma unroll
+      for (int kb = 0; kb < kMmaKB; ++kb)
+        mma_bf16_16816(d, word_of(ka[0][(2 * kb) >> 2], (2 * kb) & 3), word_of(ka[1][(2 * kb) >> 2], (2 * kb) & 3),
+                       word_of(ka[0][(2 * kb + 1) >> 2], (2 * kb + 1) & 3),
+                       word_of(ka[1][(2 * kb + 1) >> 2], (2 * kb + 1) & 3), b[kb][0][e], b[kb][1][e]);
+    // d: rows gr (d0, d1) and gr + 8 (d2, d3) of the tile, columns 2c and 2c + 1.
+    sc[gr * 8 + 2 * c] = d[0];
+    sc[gr * 8 + 2 * c + 1] = d[1];
+    sc[(gr + 8) * 8 + 2 * c] = d[2];
+    sc[(gr + 8) * 8 + 2 * c + 1] = d[3];
+    __syncwarp();
+    float s[kMmaMU][GMAX];
+#pragma unroll
+    for (int u = 0; u < kMmaMU; ++u)
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g) s[u][g] = sc[(u * TPP + slot) * 8 + g];
+    __syncwarp();  // the next tile rewrites sc
+    accumulate<kMmaMU>(s, vr, base, n);
+  }
   // run() with the logits on the tensor cores (bf16 keys, head dim 64 or 128): a warp takes tiles
   // of kMmaRows rows; q'.k for the tile is an m16n8k16 MMA per 16 key components (A = the tile's
   // keys, B = the query heads as columns, column n holding head n % G, the fp32 query split into
@@ -155,27 +212,14 @@ struct GroupAttender {
   // The next tile's loads are issued before this tile's MMAs and math (as run_prefetch): the H200
   // run at da2ee81 found the loop without that prefetch never the fastest (results/
   // gpu_decode_report_2026-12-03_h200_da2ee81.md).
-  static constexpr int kMmaRows = 16;
   template <class KQuarter, class VPtr>
   __device__ void run_mma(int n, const float* qg, int G, float scale, KQuarter kq, VPtr vptr, float* sc) {
     static_assert(std::is_same<T, __nv_bfloat16>::value && (D == 64 || D == 128) && GMAX <= 8,
                   "tensor-core logits: bf16 keys, head dim 64 or 128");
-    constexpr int KB = D / 16, KQ = D / 32, MU = kMmaRows / TPP, TERMS = 3;
-    const int gr = lane >> 2, c = lane & 3;  // fragment row group and column pair of this lane
-    // B for MMA kb: k = 2c, 2c+1 are components c*D/4 + 4kb + {0, 1}; k = 2c+8, 2c+9 are + {2, 3}.
-    uint32_t b[KB][2][TERMS];
-    {
-      const float* qh = qg + (gr % G) * D + c * (D / 4);
-      const float f = scale * kLog2e;
-#pragma unroll
-      for (int kb = 0; kb < KB; ++kb)
-#pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          float x0 = qh[4 * kb + 2 * p] * f, x1 = qh[4 * kb + 2 * p + 1] * f;
-#pragma unroll
-          for (int e = 0; e < TERMS; ++e) b[kb][p][e] = split_bf16x2(x0, x1);
-        }
-    }
+    constexpr int KQ = kMmaKQ, MU = kMmaMU;
+    const int gr = lane >> 2;  // fragment row group of this lane
+    MmaQuery b;
+    mma_query<false>(qg, G, scale, b);
     // Key quarters of rows gr and gr + 8 of the tile at `base`, and the value words of its passes.
     auto load = [&](int base, uint4 (&ka)[2][KQ], uint4 (&vr)[MU]) {
 #pragma unroll
@@ -191,29 +235,6 @@ struct GroupAttender {
         vr[u] = i < n ? load_stream(vptr(i)) : make_uint4(0, 0, 0, 0);
       }
     };
-    auto tile = [&](int base, const uint4 (&ka)[2][KQ], const uint4 (&vr)[MU]) {
-      float d[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int e = TERMS - 1; e >= 0; --e)  // smallest terms first
-#pragma unroll
-        for (int kb = 0; kb < KB; ++kb)
-          mma_bf16_16816(d, word_of(ka[0][(2 * kb) >> 2], (2 * kb) & 3), word_of(ka[1][(2 * kb) >> 2], (2 * kb) & 3),
-                         word_of(ka[0][(2 * kb + 1) >> 2], (2 * kb + 1) & 3),
-                         word_of(ka[1][(2 * kb + 1) >> 2], (2 * kb + 1) & 3), b[kb][0][e], b[kb][1][e]);
-      // d: rows gr (d0, d1) and gr + 8 (d2, d3) of the tile, columns 2c and 2c + 1.
-      sc[gr * 8 + 2 * c] = d[0];
-      sc[gr * 8 + 2 * c + 1] = d[1];
-      sc[(gr + 8) * 8 + 2 * c] = d[2];
-      sc[(gr + 8) * 8 + 2 * c + 1] = d[3];
-      __syncwarp();
-      float s[MU][GMAX];
-#pragma unroll
-      for (int u = 0; u < MU; ++u)
-#pragma unroll
-        for (int g = 0; g < GMAX; ++g) s[u][g] = sc[(u * TPP + slot) * 8 + g];
-      __syncwarp();  // the next tile rewrites sc
-      accumulate<MU>(s, vr, base, n);
-    };
     constexpr int stride = NWARPS * kMmaRows;
     int base = warp * kMmaRows;
     if (base >= n) return;
@@ -228,7 +249,7 @@ struct GroupAttender {
 #pragma unroll
       for (int u = 0; u < MU; ++u) vr[u] = vn[u];
       if (base + stride < n) load(base + stride, kn, vn);
-      tile(base, ka, vr);
+      mma_tile(b, ka, vr, base, n, sc);
     }
   }
 

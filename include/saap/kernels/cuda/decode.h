@@ -78,9 +78,13 @@ class SplitWorkspace {
   void ensure(int64_t rows, int splits, int head_dim);
   float* out() const { return out_.get(); }
   float* lse() const { return lse_.get(); }
+  // One zeroed counter per group of splits (a fused combine's tickets: the kernel leaves them at 0).
+  // New counters are zeroed on `stream` (a memset node when the stream is capturing).
+  unsigned* tickets(int64_t groups, cudaStream_t stream);
 
  private:
   DeviceBuffer<float> out_, lse_;
+  DeviceBuffer<unsigned> tickets_;
 };
 
 // How many blocks per KV head so that the grid is one full wave of `resident` blocks (what the
@@ -107,10 +111,16 @@ void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t ma
 //               at once;
 //   prefetch    the next tile's loads are issued before this tile's math, so a warp always has a
 //               tile in flight (more registers: fewer resident blocks);
-//   mma         (needs prefetch) the logits on the tensor cores (GroupAttender::run_mma, which
+//   mma         (needs prefetch or bulk) the logits on the tensor cores (GroupAttender::run_mma, which
 //               prefetches), ~half the instructions per byte; bf16 keys at head dim 64 or 128,
 //               other shapes run the prefetching loop;
-//   min_split_tokens  the fewest tokens one split reads (the split count's cap at short contexts).
+//   min_split_tokens  the fewest tokens one split reads (the split count's cap at short contexts);
+//   bulk        0, or the stages (2..8) of a shared-memory ring filled by bulk copies (cp.async.bulk
+//               on an mbarrier per stage, dense_decode_bulk_kernel): the bytes in flight are the
+//               ring's, not the registers'; mma = 1 puts its logits on the tensor cores, and it
+//               refuses prefetch (a register loop). Needs 16-byte aligned K and V;
+//   fused       the split combine is done by the last block of each (sequence, KV head) inside the
+//               decode kernel (last-block-done ticket), not by a second launch.
 // The cp.async ring, the tensor-core loop without prefetch, the prefetching or interleaved plain
 // loop alone and the two-wave grids are no longer offered: none was the fastest anywhere by more
 // than 0.2% in the H200 run at da2ee81 (results/gpu_decode_report_2026-12-03_h200_da2ee81.md).
@@ -120,7 +130,10 @@ struct DenseTuning {
   bool prefetch = false;
   bool mma = false;
   int min_split_tokens = 256;
-  // "waves=1;interleave=0;prefetch=0;mma=0;min=256": the bench's row parameter and the test's name.
+  int bulk = 0;
+  bool fused = false;
+  // "waves=1;interleave=0;prefetch=0;mma=0;min=256;bulk=0;fused=0": the bench's row parameter and
+  // the test's name.
   std::string name() const;
   // Parses name()'s form; fields left out keep their defaults. Throws InvalidArgument naming the field.
   static DenseTuning parse(const std::string& text);

@@ -6,6 +6,7 @@
 #pragma once
 #include <type_traits>
 
+#include "saap/kernels/cuda/async_copy.cuh"
 #include "saap/kernels/cuda/attend.cuh"
 
 namespace saap::cuda {
@@ -67,13 +68,75 @@ struct DenseShare {
   }
 };
 
+// Tuning fused=1: the split combine inside the decode kernel, by the last block of each (sequence,
+// KV head) to finish (last-block-done): every block writes its partials, fences them and takes a
+// ticket; the block that takes the last one reads all of its group's partials back from L2 and
+// writes the G outputs. This replaces the second launch (combine_splits_kernel, ~4.7 us in the ncu
+// profile at da2ee81 against a 28 us step at 16k, batch 1) with a tail of one block per group, and
+// lets a step use more splits without paying a wider combine. The last block resets its ticket,
+// so the next call (or graph replay) starts from zero with no memset in the step.
+// part_out [rows][splits][D], part_lse [rows][splits] as finish() wrote them; row0: the group's
+// first query head row; ticket: this group's counter (0 on entry to the grid); out [rows][D].
+template <int D, int GMAX, int NTHREADS>
+__device__ void combine_group_if_last(const float* part_out, const float* part_lse, int splits, int G, int64_t row0,
+                                      unsigned* ticket, float* out) {
+  __shared__ bool last;
+  __shared__ float head_max[GMAX], head_sum[GMAX];
+  __threadfence();  // this thread's partials are visible device-wide before the ticket is taken
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(ticket, 1u) == unsigned(splits - 1);
+    if (last) *ticket = 0;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // the other blocks' partials are read after their tickets (loads below go to L2)
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int g = warp; g < G; g += NTHREADS / 32) {
+    const float* pl = part_lse + (row0 + g) * splits;
+    float mx = -INFINITY;
+    for (int s = lane; s < splits; s += 32) mx = fmaxf(mx, __ldcg(pl + s));
+    mx = warp_max(mx);
+    float L = 0.f;
+    if (mx > -INFINITY)
+      for (int s = lane; s < splits; s += 32) L += exp2f(__ldcg(pl + s) - mx);
+    L = warp_sum(L);
+    if (lane == 0) head_max[g] = mx, head_sum[g] = L;
+  }
+  __syncthreads();
+  // One float4 column of one head per thread, every split's loads independent (unrolled).
+  constexpr int Q = D / 4;
+  for (int c = threadIdx.x; c < G * Q; c += NTHREADS) {
+    const int g = c / Q, d4 = c % Q;
+    const float mx = head_max[g], L = head_sum[g];
+    const float* pl = part_lse + (row0 + g) * splits;
+    const float4* po = reinterpret_cast<const float4*>(part_out + (row0 + g) * splits * D) + d4;
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (L > 0.f) {
+#pragma unroll 16
+      for (int s = 0; s < splits; ++s) {
+        const float w = exp2f(__ldcg(pl + s) - mx);
+        const float4 p = __ldcg(po + int64_t(s) * Q);
+        a.x = fmaf(w, p.x, a.x);
+        a.y = fmaf(w, p.y, a.y);
+        a.z = fmaf(w, p.z, a.z);
+        a.w = fmaf(w, p.w, a.w);
+      }
+      const float inv = 1.f / L;
+      a = make_float4(a.x * inv, a.y * inv, a.z * inv, a.w * inv);
+    }
+    reinterpret_cast<float4*>(out + (row0 + g) * D)[d4] = a;
+  }
+}
+
 // LOOP: the attender's loop (and its register budget).
 template <class T, int D, int GMAX, DenseLoop LOOP>
 static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_blocks(LOOP, GMAX))
     dense_decode_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                         const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
                         float scale, int splits, int64_t chunk, int64_t window, bool interleave,
-                        float* __restrict__ part_out, float* __restrict__ part_lse) {
+                        float* __restrict__ part_out, float* __restrict__ part_lse, unsigned* __restrict__ tickets,
+                        float* __restrict__ out) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
   constexpr int UNIT = kDenseUnit<T, D, GMAX>;
   __shared__ typename A::Shared sh;
@@ -99,6 +162,127 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
   allow_next_grid();
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
+  if (tickets)  // fused=1
+    combine_group_if_last<D, GMAX, kDecodeWarps * 32>(part_out, part_lse, splits, G, row0,
+                                                      tickets + int64_t(b) * n_kv_heads + h, out);
+}
+
+// Tuning bulk=S: the K and V rows reach shared memory by bulk copies (cp.async.bulk, the copy
+// engine) into a ring of S stages, each stage one interleaving unit (kDenseUnit rows: 8 KiB of K
+// and 8 KiB of V at every head dim), completing on one mbarrier per stage. Why: the register loops
+// keep at most ~1-2 tiles per warp in flight (the registers they hold), and the H200 runs at
+// b5d1141 left the dense step at 0.91 of the read floor at batch 8 while the read kernel and SDPA
+// reach it; here the bytes in flight are the ring's, (S - 1) x 16 KiB per block (bulk=4: 3 blocks
+// of 64 KiB per SM, 144 KiB in flight; bulk=6: 2 blocks, 160 KiB), issued by one thread with two
+// instructions per stage, and the warps' registers go to the math. The earlier cp.async ring
+// (a5a7dc1, lost at da2ee81) issued one 16-byte copy per lane per row and waited per thread; this
+// one has no per-lane copies. Thread 0 is the producer: it refills a stage after the barrier that
+// ends every warp's reads of it (a stage is consumed by all warps at once: warp w takes rows
+// w*TILE.. of the unit, as GroupAttender::run would). A partial last tile copies only its rows;
+// rows past the share are read as zeros (the ring may hold stale or uninitialised bytes there).
+// The K/V base must be 16-byte aligned (dense_decode_tuned checks).
+// bulk=S;mma=1: the same ring, with the logits on the tensor cores (GroupAttender::mma_tile, as the
+// register loop run_mma; bf16 at head dim 64 and 128, else the FMA math runs): a stage is then
+// kDecodeWarps x 16 rows (a warp's MMA tile), 32 KiB at head dim 128 (bulk=3: 2 blocks per SM,
+// 128 KiB in flight), and a lane reads every 4th 16-byte piece of its key rows so that the quad's
+// shared-memory reads are contiguous (GroupAttender::mma_piece<true>).
+constexpr int kMaxBulkStages = 8;
+template <class T, int D, int GMAX, bool MMA>
+constexpr int kBulkUnit =
+    MMA ? kDecodeWarps * GroupAttender<T, D, GMAX, kDecodeWarps>::kMmaRows : kDenseUnit<T, D, GMAX>;
+template <class T, int D, int GMAX, bool MMA>
+constexpr size_t dense_bulk_smem(int stages) {
+  return size_t(stages) * 2 * kBulkUnit<T, D, GMAX, MMA> * D * sizeof(T);
+}
+
+template <class T, int D, int GMAX, bool MMA>
+static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min_blocks(GMAX))
+    dense_decode_bulk_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
+                             const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
+                             float scale, int splits, int64_t chunk, int64_t window, bool interleave, int stages,
+                             float* __restrict__ part_out, float* __restrict__ part_lse, unsigned* __restrict__ tickets,
+                             float* __restrict__ out) {
+  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
+  static_assert(!MMA || dense_mma_supported<T, D>(), "the tensor-core ring: bf16 at head dim 64 or 128");
+  constexpr int UNIT = kBulkUnit<T, D, GMAX, MMA>;
+  constexpr uint32_t ROW_BYTES = D * sizeof(T);
+  constexpr uint32_t TILE_BYTES = UNIT * ROW_BYTES;  // one unit of K (or V) rows
+  extern __shared__ __align__(128) unsigned char ring[];  // [stages][K tile, V tile]
+  __shared__ __align__(8) uint64_t full[kMaxBulkStages];
+  __shared__ typename A::Shared sh;
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const DenseShare share = DenseShare::of<UNIT>(lengths[b], window, split, splits, chunk, interleave);
+  const int64_t row0 = (int64_t(b) * n_kv_heads + h) * G;
+  const T* kh = K + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D;
+  const T* vh = V + ((int64_t(b) * n_kv_heads + h) * max_len + share.start) * D;
+  const int tiles = (share.n + UNIT - 1) / UNIT;
+  // Tile t: split rows t*UNIT.. (contiguous in the cache: a unit never straddles interleaving).
+  auto issue = [&](int t) {
+    unsigned char* st = ring + size_t(t % stages) * 2 * TILE_BYTES;
+    uint64_t* bar = &full[t % stages];
+    const uint32_t bytes = uint32_t(min(UNIT, share.n - t * UNIT)) * ROW_BYTES;
+    const int64_t r = share.row<UNIT>(t * UNIT);
+    mbarrier_arrive_expect_tx(bar, 2 * bytes);
+    bulk_copy_to_shared(st, kh + r * D, bytes, bar);
+    bulk_copy_to_shared(st + TILE_BYTES, vh + r * D, bytes, bar);
+  };
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) mbarrier_init(&full[s], 1);
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int t = 0; t < min(stages, tiles); ++t) issue(t);
+  // The query (overlapping the first copies).
+  A at;
+  at.init(q + row0 * D, G, scale);
+  [[maybe_unused]] typename A::MmaQuery bq;
+  __shared__ float scores[MMA ? kDecodeWarps : 1][A::kMmaRows * 8];
+  if constexpr (MMA) at.template mma_query<true>(q + row0 * D, G, scale, bq);
+  auto lds = [](const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); };
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int t = 0; t < tiles; ++t) {
+    const unsigned char* st = ring + size_t(t % stages) * 2 * TILE_BYTES;
+    mbarrier_wait(&full[t % stages], (t / stages) & 1);
+    if constexpr (MMA) {
+      const int r0 = at.warp * A::kMmaRows, base = t * UNIT + r0;  // tile row and split index of the warp's rows
+      const int gr = at.lane >> 2, c = at.lane & 3;
+      uint4 ka[2][A::kMmaKQ], vr[A::kMmaMU];
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int r = gr + 8 * hh;
+#pragma unroll
+        for (int j = 0; j < A::kMmaKQ; ++j)
+          ka[hh][j] = base + r < share.n ? lds(st + (r0 + r) * ROW_BYTES + A::template mma_piece<true>(c, j) * 16) : zero;
+      }
+#pragma unroll
+      for (int u = 0; u < A::kMmaMU; ++u) {
+        const int r = u * A::TPP + at.slot;
+        vr[u] = base + r < share.n ? lds(st + TILE_BYTES + (r0 + r) * ROW_BYTES + at.sub * 16) : zero;
+      }
+      at.mma_tile(bq, ka, vr, base, share.n, scores[at.warp]);
+    } else {
+      const int r0 = at.warp * A::TILE, base = t * UNIT + r0;
+      uint4 kr[A::U], vr[A::U];
+#pragma unroll
+      for (int u = 0; u < A::U; ++u) {
+        const int r = u * A::TPP + at.slot;
+        const uint32_t off = (r0 + r) * ROW_BYTES + at.sub * 16;
+        const bool in = base + r < share.n;  // rows past the share: zeros, whatever the ring holds
+        kr[u] = in ? lds(st + off) : zero;
+        vr[u] = in ? lds(st + TILE_BYTES + off) : zero;
+      }
+      at.step(kr, vr, base, share.n);
+    }
+    __syncthreads();  // every warp is done with this stage: it may be refilled
+    if (threadIdx.x == 0 && t + stages < tiles) issue(t + stages);
+  }
+  allow_next_grid();
+  at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
+            splits);
+  if (tickets)  // fused=1
+    combine_group_if_last<D, GMAX, kDecodeWarps * 32>(part_out, part_lse, splits, G, row0,
+                                                      tickets + int64_t(b) * n_kv_heads + h, out);
 }
 
 }  // namespace saap::cuda

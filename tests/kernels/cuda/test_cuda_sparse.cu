@@ -34,7 +34,9 @@
 //   4. With SAAP_GEMMA_PATH and the Gemma-3 artifacts (SAAP_GEMMA_ARTIFACTS, default /tmp/gemma_art:
 //      gemma3-calib-3x16k-{saap,kmeans}-c1024.safetensors): the parity of 2 on the global layers of
 //      Gemma-3 (head_dim 256, 4 query heads over 1 KV head, C = 1024) at 0.05 and at 64 tokens, and
-//      the runs of 3 on its reference prompt (641 tokens). Skipped, and said so, without them
+//      the runs of 3 on its reference prompt (641 tokens); with gemma3-calib-3x16k-loki-pre.safetensors
+//      there too, Loki's parity of 2 at d_f 0.25 (rank 64) and Loki among the runs of 3. Skipped, and
+//      said so, without them
 //      (GEMMA_ART, scripts/gpu_gemma.sh's name for the folder, is read too) and under
 //      SAAP_TEST_QUICK.
 // Exit 77 without a GPU, model or artifacts, unless SAAP_REQUIRE_GPU=1. SAAP_TEST_QUICK=1 (what
@@ -656,9 +658,23 @@ int main() {
     MethodSpec g_fixed = g_saap;
     g_fixed.budget_tokens = 64;
     saap_parity(tally, gemma_path, g_fixed, gseq, gprefill, gn - gprefill, "gemma3 " + g_fixed.describe());
+    // Loki at d_f 0.25 = rank 64 of head_dim 256 (the GPU refused it before radix_topk.cuh), when
+    // the Gemma Loki artifact is there (scripts/gemma_longctx_train.sh writes it beside the others).
+    const std::string gemma_loki = gemma_dir + "/gemma3-calib-3x16k-loki-pre.safetensors";
+    const bool have_loki = file_exists(gemma_loki);
+    if (have_loki) {
+      MethodSpec g_loki;
+      g_loki.name = "loki";
+      g_loki.k_f = 0.05;
+      g_loki.d_f = 0.25;
+      g_loki.artifact = gemma_loki;
+      loki_parity(tally, gemma_path, g_loki, gseq, gprefill, gn - gprefill);
+    } else {
+      std::printf("Gemma-3: %s missing: its Loki parity and Loki run skipped\n", gemma_loki.c_str());
+    }
     std::vector<int32_t> gtokens;
     for (int b = 0; b < 2; ++b) gtokens.insert(gtokens.end(), prompt.begin(), prompt.end());
-    every_method(tally, gemma_path, gtokens, 2, gn, 0.05, gemma_saap, gemma_kmeans, "");
+    every_method(tally, gemma_path, gtokens, 2, gn, 0.05, gemma_saap, gemma_kmeans, have_loki ? gemma_loki : "");
   }
   return tally.finish();
 }

@@ -77,7 +77,7 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
       break;
   }
   if (routed) SAAP_CU(cudaEventRecord(routed, stream));
-  launch_dependent(saap_select_kernel_for(rows_per_group, C), dim3(shape_.batch * shape_.n_kv_heads),
+  launch_dependent(saap_select_kernel_for(rows_per_group), dim3(shape_.batch * shape_.n_kv_heads),
                    dim3(select_threads(C)), 0, stream, args);
   SAAP_CU_LAUNCHED();
 }

@@ -129,9 +129,9 @@ constexpr int kSelectMaxThreads = 1024;
 constexpr int kMaxPartitions = 4096;  // sizes, ids (and, past 1024, keys) of all partitions stay in shared memory
 constexpr int kMaxSelectGroup = 8;    // query heads per KV group the select kernel is instantiated for
 
-// Threads of a select block for C partitions: one per partition, a power of two (the register
-// bitonic pairs thread t with t ^ j), at least a warp, at most kSelectMaxThreads (past that, each
-// thread takes every blockDim.x-th partition and the ranking runs in shared memory).
+// Threads of a select block for C partitions: one per partition, rounded up to a power of two (at
+// least a warp; bitonic_rank4 takes up to a quarter of them), at most kSelectMaxThreads (past
+// that, each thread takes every blockDim.x-th partition).
 inline int select_threads(int C) {
   int t = 32;
   while (t < C && t < kSelectMaxThreads) t <<= 1;
@@ -140,34 +140,9 @@ inline int select_threads(int C) {
 
 __device__ __forceinline__ int ranges_of(int n, int seg) { return (n + seg - 1) / seg; }
 
-// Sorts the first `n` (a power of two) (key, id) pairs into the ranking order of selection_rules.h
-// (higher key first, ties to the lower id): a bitonic network over shared memory, every thread of
-// the block taking part. n <= kMaxPartitions, so at most 78 steps of one compare-exchange per
-// thread and pair. Ends with a barrier.
-__device__ inline void bitonic_rank(float* key, int16_t* id, int n) {
-  for (int k = 2; k <= n; k <<= 1)
-    for (int j = k >> 1; j > 0; j >>= 1) {
-      for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const int o = i ^ j;
-        if (o <= i) continue;
-        // Segments with (i & k) == 0 end in ranking order, the others reversed; the last merge
-        // (k == n) leaves the whole array in ranking order.
-        const bool first_ranks = rules::ranks_before(key[i], id[i], key[o], id[o]);
-        if (((i & k) == 0) != first_ranks) {
-          const float tk = key[i];
-          key[i] = key[o];
-          key[o] = tk;
-          const int16_t ti = id[i];
-          id[i] = id[o];
-          id[o] = ti;
-        }
-      }
-      __syncthreads();
-    }
-}
-
-// The compare-exchange of one bitonic step, seen from thread t holding (mk, mi) whose partner
-// t ^ j holds (ok, oi): segments with (t & k) == 0 end in ranking order, the others reversed.
+// The compare-exchange of one bitonic step, seen from element t holding (mk, mi) whose partner
+// t ^ j holds (ok, oi): segments with (t & k) == 0 end in ranking order, the others reversed; the
+// last merge (k == n) leaves the whole array in ranking order.
 __device__ __forceinline__ void bitonic_keep(int t, int k, int j, float& mk, int& mi, float ok, int oi) {
   const bool lower = (t & j) == 0, ascending = (t & k) == 0;
   const bool mine_first = rules::ranks_before(mk, mi, ok, oi);
@@ -177,29 +152,102 @@ __device__ __forceinline__ void bitonic_keep(int t, int k, int j, float& mk, int
   }
 }
 
-// bitonic_rank over n = blockDim.x elements held in registers, thread t holding element t (mk, mi)
-// and, on return, the element of rank t. Steps between lanes of one warp (j < 32) are shuffles
-// without a barrier; a step with j >= 32 posts every element to shared memory and reads the
-// partner's, one barrier each (n = 1024: 15 of 55 steps; n <= 32: none). The two exchange buffers
-// alternate, so a step's writes never meet the previous step's reads.
-// xchg: [2][blockDim.x] of shared memory.
-__device__ inline void bitonic_rank_registers(float& mk, int& mi, uint2 (*xchg)[kSelectMaxThreads]) {
-  const int t = threadIdx.x, n = blockDim.x;
-  int buf = 0;
+constexpr int kRankPerThread = 4;                   // (key, id) pairs a ranking thread holds
+constexpr int kMinRankSize = kRankPerThread * 32;  // the ranking sorts at least one warp's worth
+
+// Sorts the n pairs (keys[i], id i) (n a power of two, kMinRankSize..kMaxPartitions) into the
+// ranking order of selection_rules.h (higher key first, ties to the lower id) and writes ids[r],
+// the id at rank r. A bitonic network over the registers of threads [0, n / 4), four consecutive
+// elements each: steps between a thread's own elements (j < 4) are register swaps, steps between
+// lanes of one warp (j < 128) shuffles, and each run of steps across warps (j >= 128) goes through
+// keys[] and ids[] in place, a pair exchanged by the thread holding its lower element, with one
+// barrier among the ranking threads per step (n = 1024: 256 threads; 19 register, 30 shuffle and
+// 6 shared-memory steps; one element per thread took 40 shuffle and 15 barrier steps of 32 warps).
+// The other threads return at once; ids[] is complete after the caller's next __syncthreads.
+// keys and ids: 16-byte aligned shared memory.
+__device__ inline void bitonic_rank4(float* keys, int16_t* ids, int n) {
+  constexpr int E = kRankPerThread;
+  const int S = n / E, s = threadIdx.x;
+  if (s >= S) return;  // whole warps: S is a multiple of 32
+  float4* keys4 = reinterpret_cast<float4*>(keys);
+  short4* ids4 = reinterpret_cast<short4*>(ids);
+  auto sync = [&] { asm volatile("bar.sync 1, %0;" ::"r"(S) : "memory"); };
+  float mk[E];
+  int mi[E];
+  auto unpack = [](float4 kv, short4 iv, float (&k4)[E], int (&i4)[E]) {
+    k4[0] = kv.x, k4[1] = kv.y, k4[2] = kv.z, k4[3] = kv.w;
+    i4[0] = iv.x, i4[1] = iv.y, i4[2] = iv.z, i4[3] = iv.w;
+  };
+  auto pack_keys = [](const float (&k4)[E]) { return make_float4(k4[0], k4[1], k4[2], k4[3]); };
+  auto pack_ids = [](const int (&i4)[E]) {
+    return make_short4(short(i4[0]), short(i4[1]), short(i4[2]), short(i4[3]));
+  };
+  {
+    const float4 kv = keys4[s];
+    mk[0] = kv.x, mk[1] = kv.y, mk[2] = kv.z, mk[3] = kv.w;
+#pragma unroll
+    for (int e = 0; e < E; ++e) mi[e] = E * s + e;
+  }
+  // Elements a < b of this thread (constants once inlined) at distance j < E.
+  auto swap_own = [&](int k, int a, int b) {
+    if ((((E * s + a) & k) == 0) != rules::ranks_before(mk[a], mi[a], mk[b], mi[b])) {
+      const float tk = mk[a];
+      mk[a] = mk[b];
+      mk[b] = tk;
+      const int ti = mi[a];
+      mi[a] = mi[b];
+      mi[b] = ti;
+    }
+  };
   for (int k = 2; k <= n; k <<= 1) {
     int j = k >> 1;
-    for (; j >= 32; j >>= 1, buf ^= 1) {
-      xchg[buf][t] = make_uint2(__float_as_uint(mk), uint32_t(mi));
-      __syncthreads();
-      const uint2 o = xchg[buf][t ^ j];
-      bitonic_keep(t, k, j, mk, mi, __uint_as_float(o.x), int(o.y));
+    if (j >= E * 32) {
+      keys4[s] = pack_keys(mk);
+      ids4[s] = pack_ids(mi);
+      sync();
+      for (; j >= E * 32; j >>= 1) {
+        if (((E * s) & j) == 0) {  // the lower four of four pairs (i, i + j)
+          const int o = (E * s + j) / E;
+          float a[E], b[E];
+          int ia[E], ib[E];
+          unpack(keys4[s], ids4[s], a, ia);
+          unpack(keys4[o], ids4[o], b, ib);
+          const bool ascending = ((E * s) & k) == 0;
+#pragma unroll
+          for (int e = 0; e < E; ++e)
+            if (ascending != rules::ranks_before(a[e], ia[e], b[e], ib[e])) {
+              const float tk = a[e];
+              a[e] = b[e];
+              b[e] = tk;
+              const int ti = ia[e];
+              ia[e] = ib[e];
+              ib[e] = ti;
+            }
+          keys4[s] = pack_keys(a);
+          ids4[s] = pack_ids(ia);
+          keys4[o] = pack_keys(b);
+          ids4[o] = pack_ids(ib);
+        }
+        sync();
+      }
+      unpack(keys4[s], ids4[s], mk, mi);
     }
-    for (; j > 0; j >>= 1) {
-      const float ok = __shfl_xor_sync(0xffffffffu, mk, j);
-      const int oi = __shfl_xor_sync(0xffffffffu, mi, j);
-      bitonic_keep(t, k, j, mk, mi, ok, oi);
+    for (; j >= E; j >>= 1) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float ok = __shfl_xor_sync(0xffffffffu, mk[e], j / E);
+        const int oi = __shfl_xor_sync(0xffffffffu, mi[e], j / E);
+        bitonic_keep(E * s + e, k, j, mk[e], mi[e], ok, oi);
+      }
     }
+    if (j == 2) {
+      swap_own(k, 0, 2);
+      swap_own(k, 1, 3);
+    }
+    swap_own(k, 0, 1);
+    swap_own(k, 2, 3);
   }
+  ids4[s] = pack_ids(mi);
 }
 
 // rules::fill_in_order over the ranking ids[0..C) (ids[r]: the partition at rank r), sizes[c] the
@@ -302,7 +350,7 @@ struct SaapSelectArgs {
 // the non-empty partitions: the attention the shared read gains per token it spends, as the CPU
 // method (SaapAttention::group_scores) ranks. The budget is rules::Budget::selectable (either
 // form; sinks and window paid first); the partitions are ranked by rules::ranks_before
-// (bitonic_rank_registers, or bitonic_rank past 1024 partitions) and filled by the rule of
+// (bitonic_rank4) and filled by the rule of
 // rules::fill_in_order (fill_ranked: a block scan for the prefix that fits, then one warp for the
 // rest). Then the segments are written: sinks, recent window, then every selected partition's
 // prefill range and append pages. The selected tokens, numbered in segment order, are cut into
@@ -311,20 +359,15 @@ struct SaapSelectArgs {
 // end) is (segment count, 0).
 // At batch 1 the kernel is a chain of round trips and barriers, not of arithmetic, and it runs
 // from a cold instruction cache: G is a template parameter so that each head's values live in
-// registers (no stack frame) and the code holds no loop over absent heads, and so is where the
-// ranking runs (registers up to 1024 partitions, shared memory past that), so that the code holds
-// only the path it runs. A thread's partitions are a loop (not unrolled: one partition per thread
-// up to 1024), re-reading their logits (L1 hits after the first pass) rather than holding them.
-template <int G, bool kRankInRegisters>  // kRankInRegisters: C <= kSelectMaxThreads
+// registers (no stack frame) and the code holds no loop over absent heads. A thread's partitions
+// are a loop (not unrolled: one partition per thread up to 1024), re-reading their logits (L1
+// hits after the first pass) rather than holding them.
+template <int G>
 static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(SaapSelectArgs a) {
   __shared__ int sizes[kMaxPartitions];
   __shared__ uint8_t taken[kMaxPartitions];
-  __shared__ int16_t ids[kMaxPartitions];  // the ranking: ids[r] is the partition at rank r
-  // Keys of the shared-memory ranking (C > 1024), or the register ranking's exchange buffers.
-  __shared__ union {
-    float keys[kMaxPartitions];
-    uint2 xchg[2][kSelectMaxThreads];
-  } rank_mem;
+  __shared__ __align__(16) int16_t ids[kMaxPartitions];  // the ranking: ids[r] is the partition at rank r
+  __shared__ __align__(16) float keys[kMaxPartitions];    // each partition's ranking key
   __shared__ float max_scratch[32][G];
   __shared__ int2 count_scratch[32];  // (tokens, smallest non-empty size) per warp
   __shared__ double z_scratch[32][G];
@@ -420,23 +463,13 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     #pragma unroll 1
     for (int c = tid; c < C; c += T) taken[c] = sizes[c] > 0;  // the thread's own partitions
   } else {
-    if constexpr (kRankInRegisters) {
-      float mk = own ? key_of(tid) : -INFINITY;  // padding past C ranks last (id >= C)
-      int mi = tid;
-      bitonic_rank_registers(mk, mi, rank_mem.xchg);
-      ids[tid] = int16_t(mi);
-      __syncthreads();
-    } else {
-      int n_sort = 1;
-      while (n_sort < C) n_sort <<= 1;
-      #pragma unroll 1
-      for (int c = tid; c < n_sort; c += T) {
-        ids[c] = int16_t(c);
-        rank_mem.keys[c] = c < C ? key_of(c) : -INFINITY;
-      }
-      __syncthreads();
-      bitonic_rank(rank_mem.keys, ids, n_sort);
-    }
+    int n_sort = kMinRankSize;
+    while (n_sort < C) n_sort <<= 1;
+    #pragma unroll 1
+    for (int c = tid; c < n_sort; c += T) keys[c] = c < C ? key_of(c) : -INFINITY;  // padding ranks last (id >= C)
+    __syncthreads();
+    bitonic_rank4(keys, ids, n_sort);
+    __syncthreads();
     fill_ranked(ids, sizes, C, budget, smallest, taken, scan_scratch);
     __syncthreads();
   }
@@ -494,24 +527,19 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   }
 }
 
-// The select kernel for a group of G query heads (1..kMaxSelectGroup; the index refuses more) and
-// C partitions (1..kMaxPartitions).
+// The select kernel for a group of G query heads (1..kMaxSelectGroup; the index refuses more).
 using SaapSelectKernel = void (*)(SaapSelectArgs);
-template <bool kRankInRegisters>
-SaapSelectKernel saap_select_kernel_for(int G) {
+inline SaapSelectKernel saap_select_kernel_for(int G) {
   switch (G) {
-    case 1: return saap_select_kernel<1, kRankInRegisters>;
-    case 2: return saap_select_kernel<2, kRankInRegisters>;
-    case 3: return saap_select_kernel<3, kRankInRegisters>;
-    case 4: return saap_select_kernel<4, kRankInRegisters>;
-    case 5: return saap_select_kernel<5, kRankInRegisters>;
-    case 6: return saap_select_kernel<6, kRankInRegisters>;
-    case 7: return saap_select_kernel<7, kRankInRegisters>;
-    default: return saap_select_kernel<8, kRankInRegisters>;
+    case 1: return saap_select_kernel<1>;
+    case 2: return saap_select_kernel<2>;
+    case 3: return saap_select_kernel<3>;
+    case 4: return saap_select_kernel<4>;
+    case 5: return saap_select_kernel<5>;
+    case 6: return saap_select_kernel<6>;
+    case 7: return saap_select_kernel<7>;
+    default: return saap_select_kernel<8>;
   }
-}
-inline SaapSelectKernel saap_select_kernel_for(int G, int C) {
-  return C <= kSelectMaxThreads ? saap_select_kernel_for<true>(G) : saap_select_kernel_for<false>(G);
 }
 
 }  // namespace saap::cuda

@@ -19,6 +19,11 @@ __device__ __forceinline__ void wait_prior_grid() { asm volatile("griddepcontrol
 // memory work is under way, it hides the next launch behind this kernel's tail.
 __device__ __forceinline__ void allow_next_grid() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
+// Fetches the 128-byte line holding p into L2 without reading it: a kernel may call it before
+// wait_prior_grid() on memory an earlier kernel of the stream wrote (L2 is the point of coherence,
+// and no value reaches a register), so that the loads after the wait hit L2 instead of DRAM.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 template <class... Params, class... Args>
 void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                       Args&&... args) {

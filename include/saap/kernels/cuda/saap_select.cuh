@@ -72,6 +72,8 @@ static __global__ void __launch_bounds__(kClassifyThreads)
     }
   };
   load_w1(warp * ROWS);
+  for (int i = tid; i < batch * (D / 32); i += kClassifyThreads)  // q's lines (written before this kernel) into L2
+    prefetch_l2(q + (int64_t(i / (D / 32)) * n_q_heads + hq) * D + (i % (D / 32)) * 32);
   wait_prior_grid();
   const float* w2l = reinterpret_cast<const float*>(w2s);
   for (int b = 0; b < batch; ++b) {
@@ -372,7 +374,6 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   __shared__ int2 count_scratch[32];  // (tokens, smallest non-empty size) per warp
   __shared__ double z_scratch[32][G];
   __shared__ int2 scan_scratch[32];
-  wait_prior_grid();
   const SaapGeom& g = a.g;
   const int C = g.C, T = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int segment = a.segment, splits = a.splits;
@@ -380,6 +381,15 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   const int bh = blockIdx.x, b = bh / g.n_kv_heads, h = bh % g.n_kv_heads;
   const int64_t pbase = int64_t(bh) * C;
   const float* lg = a.logits + (int64_t(b) * a.n_q_heads + int64_t(h) * G) * C;
+  // The tables (append wrote them, before the router) come into L2 while the router runs.
+  if (tid < C) {
+    prefetch_l2(part_count + pbase + tid);
+    prefetch_l2(append_count + pbase + tid);
+    prefetch_l2(part_start + pbase + tid);
+    prefetch_l2(a.append_pages + (pbase + tid) * g.A);
+  }
+  if (tid == 0) prefetch_l2(a.seq_len + bh);
+  wait_prior_grid();
   auto load_logits = [&](int c, float (&s)[G]) {
 #pragma unroll
     for (int gi = 0; gi < G; ++gi) s[gi] = __ldg(lg + int64_t(gi) * C + c);

@@ -255,8 +255,9 @@ __device__ inline void bitonic_rank4(float* keys, int16_t* ids, int n) {
 // rules::fill_in_order over the ranking ids[0..C) (ids[r]: the partition at rank r), sizes[c] the
 // partition sizes, min_size the smallest positive size (exact): sets taken[c] = 1 for exactly the
 // partitions the sequential walk takes (taken[] zeroed by the caller). Every thread of the block
-// calls it; taken[] is complete after the caller's next __syncthreads. scan_scratch: as
-// block_inclusive_sum2 needs; free again when this returns.
+// calls it; taken[] is complete after the caller's next __syncthreads. rank_size: [C] of shared
+// memory for the sizes in rank order (warp 0's walk reads one load a chunk, not two dependent
+// ones). scan_scratch: as block_inclusive_sum2 needs; free again when this returns.
 // Why it is the same set. Let P_r be the sum of max(size, 0) over ranks < r (non-decreasing) and f
 // the first rank with P_(f+1) > budget (C if none).
 //  - The walk's guard (budget - used >= smallest) only ends walks that would take nothing more:
@@ -271,7 +272,7 @@ __device__ inline void bitonic_rank4(float* keys, int16_t* ids, int n) {
 //    the lowest lane with 0 < size <= left is that next take (every lane before it is one the
 //    walk skips at the same left); after it, only later lanes are re-tested with the new left.
 __device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, int64_t budget, int min_size,
-                                   uint8_t* taken, int2* scan_scratch) {
+                                   uint8_t* taken, int* rank_size, int2* scan_scratch) {
   __shared__ int64_t left_at_misfit;  // budget - P_f, written by the thread holding rank f
   const int T = blockDim.x;
   int64_t carry = 0;                  // P at the start of the tile
@@ -284,10 +285,11 @@ __device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, 
     const bool fits = r < C && carry + incl <= budget;  // P_(r+1) <= budget
     if (fits && size > 0) taken[ids[r]] = 1;
     if (r < C && !fits && carry + incl - size <= budget) left_at_misfit = budget - (carry + incl - size);
+    if (r < C) rank_size[r] = size;
     const int n_fit = __syncthreads_count(fits);  // also the barrier before scan_scratch is reused
     first_misfit += n_fit;
     carry += scan.total.x;
-    if (n_fit < T) break;  // the misfit (or the end) lies in this tile
+    // No early exit past the misfit's tile: its sizes go to rank_size too (nothing fits there).
   }
   // Rank 0 is the misfit when budget < 0: no thread holds P_0 = 0 <= budget, left stays budget.
   if (first_misfit == 0 && threadIdx.x == 0) left_at_misfit = budget;
@@ -296,11 +298,11 @@ __device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, 
   const int lane = int(threadIdx.x);
   int64_t left = left_at_misfit;
   // left < min_size: no positive size fits any more (the guard above), so stopping changes nothing.
-  // Each chunk's sizes (two dependent shared loads) are loaded while the chunk before is walked.
-  int next = first_misfit + lane < C ? sizes[ids[first_misfit + lane]] : 0;
+  // Each chunk's sizes are loaded while the chunk before is walked.
+  int next = first_misfit + lane < C ? rank_size[first_misfit + lane] : 0;
   for (int r0 = first_misfit; r0 < C && left >= min_size; r0 += 32) {
     const int r = r0 + lane, size = next;
-    next = r + 32 < C ? sizes[ids[r + 32]] : 0;
+    next = r + 32 < C ? rank_size[r + 32] : 0;
     unsigned fit = __ballot_sync(0xffffffffu, size > 0 && size <= left);
     while (fit) {
       const int l = __ffs(fit) - 1;  // the walk's next take
@@ -369,7 +371,11 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   __shared__ int sizes[kMaxPartitions];
   __shared__ uint8_t taken[kMaxPartitions];
   __shared__ __align__(16) int16_t ids[kMaxPartitions];  // the ranking: ids[r] is the partition at rank r
-  __shared__ __align__(16) float keys[kMaxPartitions];    // each partition's ranking key
+  __shared__ __align__(16) union {
+    float keys[kMaxPartitions];    // each partition's ranking key
+    int rank_size[kMaxPartitions];  // then (dead keys) the sizes in rank order, for the fill
+  } rank_mem;
+  float* keys = rank_mem.keys;
   __shared__ float max_scratch[32][G];
   __shared__ int2 count_scratch[32];  // (tokens, smallest non-empty size) per warp
   __shared__ double z_scratch[32][G];
@@ -480,7 +486,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     __syncthreads();
     bitonic_rank4(keys, ids, n_sort);
     __syncthreads();
-    fill_ranked(ids, sizes, C, budget, smallest, taken, scan_scratch);
+    fill_ranked(ids, sizes, C, budget, smallest, taken, rank_mem.rank_size, scan_scratch);
     __syncthreads();
   }
   allow_next_grid();

@@ -216,9 +216,12 @@ if [[ $mode == niah ]]; then
   done
 else
   # ppl: dense at every window first (a prefill each), then each sparse configuration at 32k, then at 8k.
-  ppl_job() {  # name window windows flags...
+  ppl_job() {  # name window windows flags... (--method-prefill left out: ppl runs every position through the method)
     local name=$1 window=$2 windows=$3
     shift 3
+    local kept=()
+    for f in "$@"; do [[ $f == --method-prefill ]] || kept+=("$f"); done
+    set -- "${kept[@]}"
     UNIT=windows launch "ppl_${name}_w${window}" "$windows" eval ppl --model "$MODEL" --text "$TEXT" --window-len "$window" \
       --max-windows "$windows" "$@" --device "$DEVICE" --batch "$windows" --out "$RES/ppl_${name}_w${window}.d"
   }

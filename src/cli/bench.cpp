@@ -240,7 +240,7 @@ void register_bench(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--warmup", o->bench.warmup, "Untimed steps before them")->check(whole_at_least(0));
   auto* methods = cmd->add_option("--methods", o->methods,
                                   "Methods: dense oracle streaming h2o loki saap kmeans (end to end: dense unless given; "
-                                  "on the GPU every method but h2o)")
+                                  "on the GPU every method)")
                       ->delimiter(',');
   cmd->add_option("--lookup", o->lookups, "Budgets as fractions of the context (oracle, streaming, h2o, saap, kmeans)")
       ->delimiter(',')

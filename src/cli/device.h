@@ -13,8 +13,8 @@ namespace saap::cli {
 
 inline void add_device_option(CLI::App* cmd, std::string& device) {
   cmd->add_option("--device", device,
-                  "Where the model runs: cpu (the fp32 runner) or cuda (the bf16 GPU runner, every method but "
-                  "h2o: dense, oracle, streaming, saap, kmeans, partition-oracle, loki, quest; saap info shows "
+                  "Where the model runs: cpu (the fp32 runner) or cuda (the bf16 GPU runner, every method: "
+                  "dense, oracle, streaming, h2o, saap, kmeans, partition-oracle, loki, quest; saap info shows "
                   "whether this build and machine have it)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();

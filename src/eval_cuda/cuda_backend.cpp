@@ -82,9 +82,6 @@ class CudaEvalBackend : public EvalBackend {
   std::vector<GreedyResult> greedy(const std::vector<GreedyRequest>& requests, int max_new_tokens,
                                    bool method_prefill, const PositionProgress& progress) override {
     SAAP_CHECK_FMT(max_new_tokens >= 1, InvalidArgument, "max_new_tokens = %d must be >= 1", max_new_tokens);
-    SAAP_CHECK_MSG(!method_prefill || dense_, Unsupported,
-                   "--method-prefill on --device cuda: the GPU runner prefills exactly and runs the method from the "
-                   "first decode step; run it with --device cpu");
     std::vector<GreedyResult> out(requests.size());
     // A batched prefill needs prompts of one length and feeds of one length: group them so.
     std::map<std::pair<size_t, size_t>, std::vector<size_t>> groups;
@@ -106,8 +103,13 @@ class CudaEvalBackend : public EvalBackend {
           const auto& p = requests[members[g0 + size_t(b)]].prompt;
           tokens.insert(tokens.end(), p.begin(), p.end());
         }
-        model_->prefill(tokens.data(), B, int64_t(P));
+        // method_prefill: every prompt position through the method (teacher-forced decode steps),
+        // whose reads count as the CPU's MethodEverywhere counts them.
         model_->reset_kv_reads();
+        if (method_prefill)
+          model_->method_prefill(tokens.data(), B, int64_t(P));
+        else
+          model_->prefill(tokens.data(), B, int64_t(P));
         std::vector<int32_t> step(static_cast<size_t>(B));
         for (size_t f = 0; f < F; ++f) {
           for (int b = 0; b < B; ++b) step[size_t(b)] = requests[members[g0 + size_t(b)]].feed[f];
@@ -126,9 +128,10 @@ class CudaEvalBackend : public EvalBackend {
           if (i + 1 < max_new_tokens) model_->decode_step();  // each sequence's greedy token, on the device
         }
         const cuda::KvReads reads = model_->kv_reads();
+        const int64_t steps = (method_prefill ? int64_t(P) : 0) + int64_t(F) + max_new_tokens - 1;
         for (int b = 0; b < B; ++b) {
           GreedyResult& r = out[members[g0 + size_t(b)]];
-          r.stats = lookup_from_reads(reads, config(), int64_t(F) + max_new_tokens - 1, B);
+          r.stats = lookup_from_reads(reads, config(), steps, B);
           r.global_stats = r.stats;
         }
         done += int64_t(B) * int64_t(P + F + size_t(max_new_tokens));

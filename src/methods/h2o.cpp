@@ -41,7 +41,7 @@ void H2OAttention::select(const LayerKV& kv, const QueryView& q, Selection& sel)
                  shape_.layer, (long long)q.pos, (long long)last_pos_);
   last_pos_ = q.pos;
   const int64_t k = rules::topk_keys(lookup_, n);
-  const int64_t recent = (k + 1) / 2;
+  const int64_t recent = rules::h2o_recent(k);
   const int64_t heavy = k - recent;
   sel.clear(q.n_q_heads);
   bool any_evicted = false;

@@ -117,10 +117,10 @@ MethodKind kind_of(const std::string& name) {
   if (name == "quest") return MethodKind::Quest;
   if (name == "streaming") return MethodKind::Streaming;
   if (name == "oracle") return MethodKind::Oracle;
+  if (name == "h2o") return MethodKind::H2O;
   SAAP_THROW_FMT(Unsupported,
-                 "method = '%s' has no GPU path (h2o ranks by prefill attention column sums, which the GPU "
-                 "runner does not keep); the CUDA runner decodes through dense, oracle, streaming, saap, kmeans, "
-                 "partition-oracle, loki and quest",
+                 "method = '%s' has no GPU path; the CUDA runner decodes through dense, oracle, streaming, h2o, saap, "
+                 "kmeans, partition-oracle, loki and quest",
                  name.c_str());
 }
 
@@ -140,6 +140,8 @@ bool reads_whole_prefix(const MethodSpec& s, MethodKind kind, int64_t j) {
       return rules::loki_keys(s.k_f, j) >= j;
     case MethodKind::Oracle:
       return rules::Budget{s.lookup, s.budget_tokens}.topk(j) >= j;
+    case MethodKind::H2O:  // k >= j at every j up to here: nothing was ever evicted either
+      return rules::topk_keys(s.lookup, j) >= j;
     case MethodKind::Streaming:
       return rules::fixed_reads(j, s.sinks, streaming_window(s)).count() >= j;
     case MethodKind::Partition:
@@ -207,11 +209,20 @@ void CudaLlamaModel::Impl::make_indexes(int batch) {
   method.lokis.clear();
   method.quest.clear();
   method.oracle.reset();
+  method.h2o.clear();
   method.index_batch = 0;
   if (method.kind == MethodKind::Streaming) return;  // no index
   if (method.kind == MethodKind::Oracle) {  // scratch for one layer's step at this batch, on the cache's stride
     const DecodeShape shape{batch, c.n_heads, c.n_kv_heads, c.head_dim, DType::BF16};
     method.oracle = std::make_unique<OracleTopKDecoder>(shape, options.max_context);
+    method.index_batch = batch;
+    return;
+  }
+  if (method.kind == MethodKind::H2O) {  // per global layer: its accumulators, on the cache's stride
+    const DecodeShape shape{batch, c.n_heads, c.n_kv_heads, c.head_dim, DType::BF16};
+    for (int l = 0; l < c.n_layers; ++l)
+      method.h2o.push_back(c.is_global(l) ? std::make_unique<H2ODecoder>(shape, options.max_context, spec.lookup)
+                                          : nullptr);
     method.index_batch = batch;
     return;
   }
@@ -251,6 +262,7 @@ void CudaLlamaModel::Impl::make_indexes(int batch) {
       case MethodKind::Dense:
       case MethodKind::Streaming:
       case MethodKind::Oracle:
+      case MethodKind::H2O:
         break;
     }
   }
@@ -290,6 +302,7 @@ int64_t CudaLlamaModel::Impl::index_bytes_per_query(int64_t n_ctx) const {
       case MethodKind::Dense:
       case MethodKind::Streaming:
       case MethodKind::Oracle:  // its K rows: index_tokens, counted on the device
+      case MethodKind::H2O:     // none: its scores are a by-product of attention (as the CPU counts)
         break;
     }
   }
@@ -330,6 +343,9 @@ void CudaLlamaModel::Impl::build_indexes_after_prefill(int64_t n) {
       case MethodKind::Quest:
         method.quest[size_t(l)]->store(kc, vc, L, lengths, stream);
         break;
+      case MethodKind::H2O:  // no query went through the method: the CPU's state after an exact prefill
+        method.h2o[size_t(l)]->reset(stream);
+        break;
       case MethodKind::Dense:
       case MethodKind::Streaming:  // read the dense cache as it is
       case MethodKind::Oracle:
@@ -366,12 +382,17 @@ void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, f
   }
   const MethodSpec& spec = options.method;
   const rules::Budget budget{spec.lookup, spec.budget_tokens};
-  if (method.kind == MethodKind::Streaming || method.kind == MethodKind::Oracle) {  // no index to feed
+  if (method.kind == MethodKind::Streaming || method.kind == MethodKind::Oracle ||
+      method.kind == MethodKind::H2O) {  // no index to feed
     const int32_t* selected = nullptr;
     if (method.kind == MethodKind::Streaming) {
       streaming_decode(shape, kc, vc, options.max_context, lengths.get(), q32.get(), scale, spec.sinks,
                        streaming_window(spec), att32.get(), split_ws, method.selected.get(), stream);
       selected = method.selected.get();
+    } else if (method.kind == MethodKind::H2O) {
+      H2ODecoder& h2o = *method.h2o[size_t(layer)];
+      h2o.decode(kc, vc, lengths.get(), q32.get(), scale, att32.get(), split_ws, stream);
+      selected = h2o.selected_tokens();
     } else {
       method.oracle->decode(kc, vc, lengths.get(), q32.get(), scale, budget, att32.get(), split_ws, stream);
       selected = method.oracle->selected_tokens();
@@ -423,6 +444,7 @@ void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, f
     case MethodKind::Dense:
     case MethodKind::Streaming:
     case MethodKind::Oracle:
+    case MethodKind::H2O:
       break;
   }
   count_reads_kernel<<<1, 32, 0, stream>>>(selected, lengths.get(), batch, c.n_kv_heads, false, budget,
@@ -463,68 +485,92 @@ CudaLlamaModel::LayerView CudaLlamaModel::layer_view(int layer) const {
   return v;
 }
 
-void CudaLlamaModel::method_nll(const int32_t* tokens, int batch, int64_t n, float* nll) {
+// Every position through the method (the CPU's AttentionMode::MethodEverywhere): tokens [batch][n]
+// are prefilled densely up to dense_prefix(n), where the method reads the whole prefix anyway, and
+// tokens [n0, fed) are fed teacher-forced through the method, one graph-replayed step each. With nll,
+// it receives host [batch][n] the NLL of token t + 1 at position t for t < fed (NaN from there).
+void CudaLlamaModel::teacher_forced(const int32_t* tokens, int batch, int64_t n, int64_t fed, float* nll) {
   Impl& m = *impl_;
   const LlamaConfig& c = m.config;
-  SAAP_CHECK_MSG(tokens != nullptr && nll != nullptr, InvalidArgument, "method_nll needs tokens and an nll buffer");
-  SAAP_CHECK_FMT(batch >= 1 && batch <= m.options.max_batch, InvalidArgument, "batch = %d must be in [1, %d]", batch,
-                 m.options.max_batch);
-  SAAP_CHECK_FMT(n >= 1 && n <= m.options.max_context, InvalidArgument,
-                 "a sequence of n = %lld tokens; max_context = %lld", (long long)n, (long long)m.options.max_context);
+  const CudaLlamaOptions& options = m.options;
+  MethodState& method = m.method;
+  SAAP_CHECK_MSG(tokens != nullptr, InvalidArgument, "a teacher-forced run needs tokens");
+  SAAP_CHECK_FMT(batch >= 1 && batch <= options.max_batch, InvalidArgument, "batch = %d must be in [1, %d]", batch,
+                 options.max_batch);
+  SAAP_CHECK_FMT(n >= 1 && n <= options.max_context, InvalidArgument,
+                 "a sequence of n = %lld tokens; max_context = %lld", (long long)n, (long long)options.max_context);
   const int64_t n0 = m.dense_prefix(n);
   // Dense prefill of the positions the method reads whole anyway (token ids checked there).
   std::vector<int32_t> head(size_t(batch) * n0);
   for (int b = 0; b < batch; ++b) std::copy_n(tokens + size_t(b) * n, n0, head.begin() + size_t(b) * n0);
-  std::vector<float> head_nll(head.size());
-  prefill(head.data(), batch, n0, nullptr, head_nll.data());
-  for (int b = 0; b < batch; ++b) {
-    std::copy_n(head_nll.begin() + size_t(b) * n0, n0, nll + size_t(b) * n);
-    for (int64_t t = n0; t < n; ++t) nll[size_t(b) * n + t] = NAN;
-  }
+  std::vector<float> head_nll(nll ? head.size() : 0);
+  prefill(head.data(), batch, n0, nullptr, nll ? head_nll.data() : nullptr);
+  if (nll)
+    for (int b = 0; b < batch; ++b) {
+      std::copy_n(head_nll.begin() + size_t(b) * n0, n0, nll + size_t(b) * n);
+      for (int64_t t = n0; t < n; ++t) nll[size_t(b) * n + t] = NAN;
+    }
   // Every prefill position read its whole causal prefix: n0 (n0 + 1) / 2 tokens per KV head, in the
   // layers the method serves (the global layers: what the CPU's global_stats() counts).
   const double prefix = double(batch) * c.n_kv_heads * c.n_global_layers() * double(n0) * double(n0 + 1) / 2;
-  m.method.host_reads.kv_tokens += prefix;
-  m.method.host_reads.dense_tokens += prefix;
+  method.host_reads.kv_tokens += prefix;
+  method.host_reads.dense_tokens += prefix;
   // And its index as the method would read it at that query, as the CPU counts it (Saap and k-means
   // charge their router or centroids even where they then read the whole prefix; Quest and Loki
   // charge nothing there), though the dense prefill itself reads no index.
-  for (int64_t j = 1; j <= n0; ++j)
-    m.method.host_reads.index_bytes += double(batch) * double(m.index_bytes_per_query(j));
+  for (int64_t j = 1; j <= n0; ++j) method.host_reads.index_bytes += double(batch) * double(m.index_bytes_per_query(j));
   if (n0 == n) return;
+  // H2O's first queries went through the dense prefill: its state is the CPU's after them. The
+  // dense prefix of H2O is position 0 alone unless the lookup reads everything (never evicting, so
+  // its accumulators are never read).
+  if (method.kind == MethodKind::H2O && n0 == 1)
+    for (auto& h : method.h2o)
+      if (h) h->seed_first_query(m.stream);
 
   for (int64_t i = 0; i < int64_t(batch) * n; ++i)
     SAAP_CHECK_FMT(tokens[i] >= 0 && tokens[i] < c.vocab_size, InvalidArgument,
                    "token id %d at sequence %lld, index %lld is outside the vocabulary [0, %d)", tokens[i],
                    (long long)(i / n), (long long)(i % n), c.vocab_size);
   // Sized once for the largest run: the graph names these buffers.
-  const size_t most = size_t(m.options.max_batch) * size_t(m.options.max_context);
-  if (m.method.tf_tokens.size() < most) {
+  const size_t most = size_t(options.max_batch) * size_t(options.max_context);
+  if (method.tf_tokens.size() < most) {
     m.drop_graph();
-    m.method.tf_tokens.resize(most);
-    m.method.tf_nll.resize(most);
+    method.tf_tokens.resize(most);
+    method.tf_nll.resize(most);
   }
-  if (m.method.tf_n != n) m.drop_graph();  // n is an argument of the recorded kernels
-  m.method.tf_n = n;
-  m.method.teacher = true;
-  SAAP_CU(cudaMemcpyAsync(m.method.tf_tokens.get(), tokens, size_t(batch) * n * 4, cudaMemcpyHostToDevice, m.stream));
+  if (method.tf_n != n) m.drop_graph();  // n is an argument of the recorded kernels
+  method.tf_n = n;
+  method.teacher = true;
+  SAAP_CU(cudaMemcpyAsync(method.tf_tokens.get(), tokens, size_t(batch) * n * 4, cudaMemcpyHostToDevice, m.stream));
   m.teacher_nll();  // the prefill's last position scores token n0
   try {
-    for (int64_t p = n0; p + 1 < n; ++p) {  // feeds token p, scores token p + 1
+    for (int64_t p = n0; p < fed; ++p) {  // feeds token p, scores token p + 1
       m.launch_step();
       m.length += 1;
     }
   } catch (...) {
-    m.method.teacher = false;
+    method.teacher = false;
     m.drop_graph();
     throw;
   }
-  for (int b = 0; b < batch; ++b)
-    SAAP_CU(cudaMemcpyAsync(nll + size_t(b) * n + n0 - 1, m.method.tf_nll.get() + size_t(b) * n + n0 - 1,
-                            size_t(n - n0) * 4, cudaMemcpyDeviceToHost, m.stream));
+  if (nll)
+    for (int b = 0; b < batch; ++b)
+      SAAP_CU(cudaMemcpyAsync(nll + size_t(b) * n + n0 - 1, method.tf_nll.get() + size_t(b) * n + n0 - 1,
+                              size_t(fed - n0 + 1) * 4, cudaMemcpyDeviceToHost, m.stream));
   SAAP_CU(cudaStreamSynchronize(m.stream));
-  m.method.teacher = false;
-  for (int b = 0; b < batch; ++b) nll[size_t(b) * n + n - 1] = NAN;
+  method.teacher = false;
+  if (nll)
+    for (int b = 0; b < batch; ++b)
+      for (int64_t t = fed; t < n; ++t) nll[size_t(b) * n + t] = NAN;
+}
+
+void CudaLlamaModel::method_nll(const int32_t* tokens, int batch, int64_t n, float* nll) {
+  SAAP_CHECK_MSG(nll != nullptr, InvalidArgument, "method_nll needs an nll buffer");
+  teacher_forced(tokens, batch, n, n - 1, nll);
+}
+
+void CudaLlamaModel::method_prefill(const int32_t* tokens, int batch, int64_t n) {
+  teacher_forced(tokens, batch, n, n, nullptr);
 }
 
 KvReads CudaLlamaModel::kv_reads() const {

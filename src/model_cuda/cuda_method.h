@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "saap/core/safetensors.h"
+#include "saap/kernels/cuda/h2o.h"
 #include "saap/kernels/cuda/loki.h"
 #include "saap/kernels/cuda/oracle_topk.h"
 #include "saap/kernels/cuda/quest.h"
@@ -30,6 +31,7 @@ enum class MethodKind {
   Quest,      // QuestIndex
   Streaming,  // streaming_decode: sinks and the recent window of the dense cache, no index
   Oracle,     // OracleTopKDecoder: every query head's exact top-k of the whole prefix
+  H2O,        // H2ODecoder: recent half + heavy hitters by attention accumulated over the queries
 };
 
 struct MethodState {
@@ -48,6 +50,8 @@ struct MethodState {
   std::vector<std::unique_ptr<QuestIndex>> quest;  // [layer] when kind == Quest
   // Oracle: scratch only (the scores and selections of one layer's step), shared by the layers.
   std::unique_ptr<OracleTopKDecoder> oracle;
+  // H2O: per layer its state (the accumulated attention of every sequence's queries) and scratch.
+  std::vector<std::unique_ptr<H2ODecoder>> h2o;  // [layer] when kind == H2O (null: a local layer)
   DeviceBuffer<int32_t> selected;  // [max_batch][Hkv]: K/V tokens a streaming step read
 
   // What a step hands the indexes (bf16 [max_batch][Hkv][D] each): the new token's post-RoPE key

@@ -110,6 +110,10 @@ SAAP_HD inline int64_t topk_keys(double fraction, int64_t n) {
   return k < 1 ? (n < 1 ? n : 1) : k;
 }
 
+// H2O's split of its k keys: the most recent ceil(k / 2) positions (the query's own included), the
+// rest for the heavy hitters (the CPU's H2OAttention and the GPU's H2ODecoder).
+SAAP_HD inline int64_t h2o_recent(int64_t k) { return (k + 1) / 2; }
+
 SAAP_HD inline int64_t Budget::selectable(int64_t n, int64_t sinks, int64_t window) const {
   return fixed() ? selectable_fixed_budget(tokens, n, sinks, window) : selectable_budget(lookup, n, sinks, window);
 }

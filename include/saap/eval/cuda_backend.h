@@ -7,8 +7,9 @@
 // runner given the same logits (bf16 weights make them differ slightly).
 //
 // Methods: the spec goes to the runner (CudaLlamaOptions::method): prefill is exact, decode steps go
-// through the method; perplexity under the method (MethodEverywhere) is the runner's method_nll. A
-// method without a GPU path (h2o) is refused by name; nothing falls back to dense. The lookup
+// through the method; perplexity under the method (MethodEverywhere) is the runner's method_nll, and
+// a greedy prompt with method_prefill is its method_prefill (teacher-forced, every position through
+// the method). Every registry method has a GPU path; nothing falls back to dense. The lookup
 // fraction counts K/V bytes (CudaLlamaModel::kv_reads) and, for the oracle, the K rows it scores
 // to decide; the other indexes' own bytes are not counted.
 #pragma once

@@ -51,10 +51,11 @@ struct CudaLlamaOptions {
   // The attention of decode steps, the same spec as the CPU CLI's (registry.h). On the GPU: dense,
   // saap, kmeans and partition-oracle (a saap or kmeans artifact; lookup or budget_tokens), loki
   // (k_f, d_f with rank 8/16/32), quest (lookup or budget_tokens, page_size), streaming (sinks,
-  // window) and oracle (exact top-k; lookup or budget_tokens); sinks and window as the CPU method
-  // reads them. load() checks it as the CPU does (check_method_spec, the artifact against this
-  // model's identity, the CPU method's own checks per layer) and throws Unsupported for a method
-  // without a GPU path (h2o: it ranks by prefill attention column sums the runner does not keep).
+  // window), oracle (exact top-k; lookup or budget_tokens) and h2o (lookup; its accumulated
+  // attention starts at zero after an exact prefill, as on the CPU: method_prefill runs the prompt's
+  // queries through it); sinks and window as the CPU method reads them. load() checks it as the CPU
+  // does (check_method_spec, the artifact against this model's identity, the CPU method's own checks
+  // per layer).
   MethodSpec method;
 };
 
@@ -138,6 +139,12 @@ class CudaLlamaModel {
   // computed on the device). nll receives, host [batch][n], the NLL (nats) of token t + 1 at
   // position t, and NaN at t = n - 1. The reads are added to kv_reads(). Waits for the GPU.
   void method_nll(const int32_t* tokens, int batch, int64_t n, float* nll);
+  // A prompt through the method, as the CPU's MethodEverywhere prefills it (eval niah / passkey
+  // --method-prefill): tokens [batch][n] (host) prefilled densely up to dense_prefix(n), the rest fed
+  // teacher-forced through the method, so that every position's query goes through it (H2O's
+  // accumulators see every query). Leaves what prefill() leaves: n cached tokens, the last
+  // position's logits and greedy token. The reads are added to kv_reads(). Waits for the GPU.
+  void method_prefill(const int32_t* tokens, int batch, int64_t n);
   // The positions [0, dense_prefix(n)) of an n-token sequence whose query the method reads whole:
   // the prefix fits in sinks + window, or the budget buys all of it (saap::rules); 1 for loki
   // unless k_f buys more; n for dense.
@@ -193,6 +200,9 @@ class CudaLlamaModel {
 
  private:
   explicit CudaLlamaModel(std::unique_ptr<Impl> impl);
+  // method_nll (fed = n - 1, nll [batch][n]) and method_prefill (fed = n, nll null): tokens
+  // [0, dense_prefix(n)) prefilled, tokens [dense_prefix(n), fed) fed through the method.
+  void teacher_forced(const int32_t* tokens, int batch, int64_t n, int64_t fed, float* nll);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -3,8 +3,8 @@
 // saap-c256-pre.safetensors, kmeans-c256-pre.safetensors and loki-pre.safetensors; /tmp/pieces on
 // the GPU machine).
 //
-//   1. Bad input: a method without a GPU path (h2o) is Unsupported, an unknown name
-//      InvalidArgument, a kmeans artifact given to saap BadFile (the CPU's artifact check).
+//   1. Bad input: an unknown method name is InvalidArgument, a kmeans artifact given to saap BadFile
+//      (the CPU's artifact check).
 //   2. Parity with the CPU method on the runner's own activations: two sequences of eval.txt
 //      (tokens from tests/model/data/cuda_reference_long.txt) are prefilled densely (512 tokens)
 //      and decoded teacher-forced through Saap (C = 256, pre-RoPE, 5%, 4 sinks + 16 window),
@@ -28,9 +28,11 @@
 //   3. Every GPU method decodes through its index inside the graph: method_nll on two windows of
 //      512 tokens gives finite NLL, and a K/V fraction in (0, 1] (printed beside dense's), for
 //      saap, kmeans, partition-oracle, quest and oracle at a lookup fraction and at budget_tokens,
-//      streaming and loki. Streaming's fraction must equal its fixed reads' exactly; the oracle's
-//      K rows scored must equal every prefix its budget does not cover, and its K/V read must lie
-//      between each head's k and the group's union bound.
+//      streaming, h2o and loki. Streaming's fraction must equal its fixed reads' exactly; the
+//      oracle's K rows scored must equal every prefix its budget does not cover, and its K/V read
+//      (and H2O's) must lie between each head's k and the group's union bound. H2O: method_prefill
+//      of the first n - 1 tokens must leave the logits method_nll scored token n - 1 with (the same
+//      steps through the method; 1e-4 of the NLL).
 //   4. With SAAP_GEMMA_PATH and the Gemma-3 artifacts (SAAP_GEMMA_ARTIFACTS, default /tmp/gemma_art:
 //      gemma3-calib-3x16k-{saap,kmeans}-c1024.safetensors): the parity of 2 on the global layers of
 //      Gemma-3 (head_dim 256, 4 query heads over 1 KV head, C = 1024) at 0.05 and at 64 tokens, and
@@ -492,6 +494,34 @@ void every_method(cutest::Tally& tally, const std::string& model_path, const std
       tally.check(std::fabs(frac - want.first) <= 1e-9 && index_frac == 0,
                   (spec.describe() + ": K/V fraction = the fixed reads' exactly").c_str(), frac, want.first);
     }
+    if (spec.name == "h2o") {  // each head reads k; the group's union at most G k or the prefix
+      const auto least = expected_fractions(
+          n, n0, [&](int64_t j) { return rules::topk_keys(spec.lookup, j); }, [](int64_t) { return 0; });
+      const auto most = expected_fractions(
+          n, n0, [&](int64_t j) { return std::min<int64_t>(j, G * rules::topk_keys(spec.lookup, j)); },
+          [](int64_t) { return 0; });
+      tally.check(frac >= least.first - 1e-9 && frac <= most.first + 1e-9 && index_frac == 0,
+                  (spec.describe() + ": K/V read between each head's k and the group's union bound").c_str(), frac,
+                  most.first);
+      // method_prefill of tokens [0, n - 1): its last logits are those method_nll scored token n - 1 with.
+      std::vector<int32_t> head;
+      for (int b = 0; b < B; ++b)
+        head.insert(head.end(), tokens.begin() + size_t(b) * n, tokens.begin() + size_t(b) * n + n - 1);
+      model->method_prefill(head.data(), B, n - 1);
+      std::vector<float> logits(size_t(B) * c.vocab_size);
+      model->last_logits(logits.data());
+      double worst = 0;
+      for (int b = 0; b < B; ++b) {
+        const float* l = logits.data() + size_t(b) * c.vocab_size;
+        const float mx = *std::max_element(l, l + c.vocab_size);
+        double z = 0;
+        for (int i = 0; i < c.vocab_size; ++i) z += std::exp(double(l[i] - mx));
+        const double got = double(mx) + std::log(z) - l[tokens[size_t(b) * n + n - 1]];
+        worst = std::max(worst, std::fabs(got - nll[size_t(b) * n + n - 2]));
+      }
+      tally.check(worst < 1e-4, (spec.describe() + ": method_prefill's last logits = method_nll's at n - 2").c_str(),
+                  worst, 1e-4);
+    }
     if (spec.name == "oracle") {
       const auto least = expected_fractions(
           n, n0, [&](int64_t j) { return budget.topk(j); }, [&](int64_t j) { return budget.topk(j) < j ? j : 0; });
@@ -538,6 +568,10 @@ void every_method(cutest::Tally& tally, const std::string& model_path, const std
     specs.push_back(fixed);
   }
   specs.push_back(streaming);
+  MethodSpec h2o;
+  h2o.name = "h2o";
+  h2o.lookup = f;
+  specs.push_back(h2o);
   if (!loki_art.empty()) {
     MethodSpec loki;
     loki.name = "loki";
@@ -585,9 +619,6 @@ int main() {
   {
     cuda::CudaLlamaOptions o;
     o.max_context = 256;
-    o.method.name = "h2o";
-    expect_error(tally, ErrorKind::Unsupported, "h2o has no GPU path: Unsupported",
-                 [&] { cuda::CudaLlamaModel::load(model_path, o); });
     o.method.name = "no-such-method";
     expect_error(tally, ErrorKind::InvalidArgument, "an unknown method: InvalidArgument",
                  [&] { cuda::CudaLlamaModel::load(model_path, o); });

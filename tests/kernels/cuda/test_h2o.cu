@@ -1,0 +1,225 @@
+// H2O on the GPU (H2ODecoder) against the CPU method (H2OAttention), step by step over a few
+// hundred queries on the same keys, values and queries:
+//   - each query head's selected positions must equal the CPU's at every step (as sets: the GPU
+//     lists them in no particular order). Both score q.k in fp32 in dimension order and sum the
+//     softmax in double, so the accumulators agree to a few fp32 ulps (expf may differ by one);
+//     random data leaves no two accumulators that close at an eviction, so the evictions agree;
+//   - the group's union (the K/V bytes counted) must equal the CPU's;
+//   - the output must match float64 attention over the CPU's positions (the same bf16 inputs; only
+//     the fp32 accumulation differs: 1e-4, the dense decode test's limit);
+//   - after the last step, every accumulator within 1e-5 (relative) of the CPU's, and evicted
+//     exactly where the CPU evicted.
+// Two sequences per batch: sequence 0 is queried from position 0 (every query, as perplexity and
+// --method-prefill run it); sequence 1 from position P with nothing before it (the CPU's state after
+// an exact prefill: every accumulator 0, so the first step evicts down to the heavy half at once,
+// all ties, the older going). seed_first_query() is checked against the CPU's state after position
+// 0, and the last step runs as a CUDA graph (the runner captures its decode step).
+// Shapes: SmolLM2's (D 64, 9 query heads over 3 KV heads), Gemma-3's (D 256, 4 over 1) and a group
+// of 8 (D 128). SAAP_TEST_QUICK=1 (scripts/gpu_run.sh under compute-sanitizer): 60 steps per case.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <set>
+#include <vector>
+
+#include "kernels/cuda/cuda_test_util.h"
+#include "saap/core/kv_cache.h"
+#include "saap/kernels/cuda/h2o.h"
+#include "saap/methods/h2o.h"
+
+using namespace saap;
+using namespace saap::cuda;
+
+namespace {
+
+struct Case {
+  const char* name;
+  int D, Hq, Hkv;
+  int64_t steps;   // queries per sequence
+  int64_t start1;  // sequence 1's first query position (P)
+  double lookup;
+};
+
+// The fp32 CPU view of sequence b's cache [Hkv][max_len][D] (bf16 values, exact in fp32).
+std::vector<float> to_f32(const std::vector<uint16_t>& bits, size_t offset, size_t count) {
+  std::vector<float> out(count);
+  for (size_t i = 0; i < count; ++i) out[i] = float(cutest::from_bits(bits[offset + i], DType::BF16));
+  return out;
+}
+
+void check_case(cutest::Tally& tally, cutest::Rng& rng, const Case& c) {
+  constexpr int B = 2;
+  const int G = c.Hq / c.Hkv;
+  const int64_t L = c.start1 + c.steps;  // max_len: sequence 1's last length
+  const size_t per_seq = size_t(c.Hkv) * size_t(L) * size_t(c.D);
+  const std::vector<uint16_t> k = cutest::random_kv(rng, B * per_seq, DType::BF16);
+  const std::vector<uint16_t> v = cutest::random_kv(rng, B * per_seq, DType::BF16);
+  auto dk = cutest::upload(k), dv = cutest::upload(v);
+  const DecodeShape shape{B, c.Hq, c.Hkv, c.D, DType::BF16};
+  H2ODecoder gpu(shape, L, c.lookup);
+  SplitWorkspace ws;
+  DeviceBuffer<float> dq(size_t(B) * c.Hq * c.D), dout(size_t(B) * c.Hq * c.D);
+  DeviceBuffer<int32_t> dlen(B);
+  const float scale = 1.f / std::sqrt(float(c.D));
+  const size_t rows = size_t(B) * c.Hq;
+
+  std::vector<std::vector<float>> keys, values;
+  std::vector<std::unique_ptr<H2OAttention>> cpu;
+  std::vector<LayerKV> kv(B);
+  for (int b = 0; b < B; ++b) {
+    keys.push_back(to_f32(k, b * per_seq, per_seq));
+    values.push_back(to_f32(v, b * per_seq, per_seq));
+    cpu.push_back(std::make_unique<H2OAttention>(LayerShape{0, c.Hq, c.Hkv, c.D, L}, c.lookup));
+    kv[b].keys = keys[b].data();
+    kv[b].values = values[b].data();
+    kv[b].dtype = DType::F32;
+    kv[b].n_kv_heads = c.Hkv;
+    kv[b].head_dim = c.D;
+    kv[b].capacity = L;
+  }
+
+  int64_t head_steps = 0, same = 0, union_steps = 0, union_same = 0, first_bad = -1;
+  double worst = 0;
+  std::vector<float> out_cpu(size_t(c.Hq) * c.D);
+  for (int64_t s = 0; s < c.steps; ++s) {
+    const int64_t pos[B] = {s, c.start1 + s};
+    const std::vector<int32_t> lengths = {int32_t(pos[0] + 1), int32_t(pos[1] + 1)};
+    const std::vector<float> q = cutest::random_f32(rng, rows * c.D);
+    SAAP_CU(cudaMemcpy(dq.get(), q.data(), q.size() * 4, cudaMemcpyHostToDevice));
+    SAAP_CU(cudaMemcpy(dlen.get(), lengths.data(), B * 4, cudaMemcpyHostToDevice));
+    cutest::poison(dout);
+    auto step = [&](cudaStream_t st) {
+      gpu.decode(dk.get(), dv.get(), dlen.get(), dq.get(), scale, dout.get(), ws, st);
+    };
+    if (s + 1 == c.steps)
+      cutest::run_as_graph(step);
+    else
+      step(0);
+    SAAP_CU(cudaDeviceSynchronize());
+    const auto out = cutest::download(dout);
+    std::vector<int32_t> counts(rows), positions(rows * size_t(L)), unions(size_t(B) * c.Hkv);
+    SAAP_CU(cudaMemcpy(counts.data(), gpu.counts(), counts.size() * 4, cudaMemcpyDeviceToHost));
+    SAAP_CU(cudaMemcpy(positions.data(), gpu.positions(), positions.size() * 4, cudaMemcpyDeviceToHost));
+    SAAP_CU(cudaMemcpy(unions.data(), gpu.selected_tokens(), unions.size() * 4, cudaMemcpyDeviceToHost));
+    for (int b = 0; b < B; ++b) {
+      const int64_t n = pos[b] + 1;
+      kv[b].length = n;
+      const float* qb = q.data() + size_t(b) * c.Hq * c.D;
+      const QueryView qv{qb, qb, c.Hq, pos[b]};
+      Selection sel;
+      cpu[size_t(b)]->select(kv[b], qv, sel);
+      LookupStats stats;
+      cpu[size_t(b)]->attend(kv[b], qv, sel, out_cpu.data(), stats);
+      for (int h = 0; h < c.Hkv; ++h) {
+        std::set<int32_t> cpu_union;
+        for (int g = 0; g < G; ++g) {
+          const int hq = h * G + g;
+          const size_t row = size_t(b) * c.Hq + hq;
+          std::vector<int32_t> want;
+          if (sel.all)
+            for (int32_t p = 0; p < n; ++p) want.push_back(p);
+          else
+            want = sel.positions[size_t(hq)];
+          std::sort(want.begin(), want.end());
+          cpu_union.insert(want.begin(), want.end());
+          std::vector<int32_t> got(positions.begin() + row * L, positions.begin() + row * L + std::max(0, counts[row]));
+          std::sort(got.begin(), got.end());
+          ++head_steps;
+          same += got == want;
+          if (got != want && first_bad < 0) first_bad = s;
+          std::vector<int64_t> at(want.begin(), want.end());
+          std::vector<double> ref(size_t(c.D));
+          const size_t base = (size_t(b) * c.Hkv + h) * size_t(L) * c.D;
+          cutest::ref_attention(qb + size_t(hq) * c.D, &k[base], &v[base], at, c.D, scale, DType::BF16, ref.data());
+          const std::vector<float> o(out.begin() + row * c.D, out.begin() + (row + 1) * c.D);
+          const double e = cutest::rel_error(o, ref);
+          worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+        }
+        ++union_steps;
+        union_same += unions[size_t(b) * c.Hkv + h] == int32_t(cpu_union.size());
+      }
+    }
+  }
+  // The state after the last step.
+  std::vector<float> acc(rows * size_t(L));
+  SAAP_CU(cudaMemcpy(acc.data(), gpu.accumulators(), acc.size() * 4, cudaMemcpyDeviceToHost));
+  int64_t evicted_same = 0, cells = 0;
+  double acc_worst = 0;
+  for (int b = 0; b < B; ++b) {
+    const int64_t n = c.start1 * b + c.steps;
+    for (int hq = 0; hq < c.Hq; ++hq)
+      for (int64_t p = 0; p < n; ++p) {
+        const float g = acc[(size_t(b) * c.Hq + hq) * size_t(L) + size_t(p)];
+        const bool ev = cpu[size_t(b)]->evicted(hq, p);
+        ++cells;
+        evicted_same += ev == (g == -INFINITY);
+        if (!ev) {
+          const double want = cpu[size_t(b)]->accumulated(hq, p);
+          acc_worst = std::max(acc_worst, std::abs(double(g) - want) / std::max(1e-3, std::abs(want)));
+        }
+      }
+  }
+
+  char what[200];
+  std::snprintf(what, sizeof what, "h2o %s lookup %g: positions identical to the CPU's, every head and step (first "
+                "differing step %lld)", c.name, c.lookup, (long long)first_bad);
+  tally.check(same == head_steps, what, double(same), double(head_steps));
+  std::snprintf(what, sizeof what, "h2o %s: group union equals the CPU's (the bytes counted)", c.name);
+  tally.check(union_same == union_steps, what, double(union_same), double(union_steps));
+  std::snprintf(what, sizeof what, "h2o %s: output vs float64 attention over the CPU's positions", c.name);
+  tally.check(worst < 1e-4, what, worst, 1e-4);
+  std::snprintf(what, sizeof what, "h2o %s: evicted exactly where the CPU evicted", c.name);
+  tally.check(evicted_same == cells, what, double(evicted_same), double(cells));
+  std::snprintf(what, sizeof what, "h2o %s: accumulators vs the CPU's (relative)", c.name);
+  tally.check(acc_worst < 1e-5, what, acc_worst, 1e-5);
+}
+
+// seed_first_query() is the CPU's state after its query at position 0: accumulator 1 there.
+void check_seed(cutest::Tally& tally) {
+  const DecodeShape shape{3, 4, 1, 64, DType::BF16};
+  const int64_t L = 50;
+  H2ODecoder gpu(shape, L, 0.05);
+  gpu.seed_first_query();
+  SAAP_CU(cudaDeviceSynchronize());
+  std::vector<float> acc(size_t(3 * 4) * L);
+  SAAP_CU(cudaMemcpy(acc.data(), gpu.accumulators(), acc.size() * 4, cudaMemcpyDeviceToHost));
+  // The CPU: one query at position 0 over a one-token cache.
+  std::vector<float> key(size_t(L) * 64, 0.5f), q(4 * 64, 0.25f), out(4 * 64);
+  LayerKV kv;
+  kv.keys = key.data();
+  kv.values = key.data();
+  kv.n_kv_heads = 1;
+  kv.head_dim = 64;
+  kv.capacity = L;
+  kv.length = 1;
+  H2OAttention cpu(LayerShape{0, 4, 1, 64, L}, 0.05);
+  Selection sel;
+  LookupStats stats;
+  const QueryView qv{q.data(), q.data(), 4, 0};
+  cpu.forward(kv, qv, out.data(), stats);
+  int64_t same = 0;
+  for (size_t r = 0; r < 12; ++r)
+    for (int64_t p = 0; p < L; ++p) same += acc[r * L + size_t(p)] == cpu.accumulated(int(r % 4), p);
+  tally.check(same == 12 * L, "h2o seed_first_query equals the CPU's state after position 0", double(same),
+              double(12 * L));
+}
+
+}  // namespace
+
+int main() {
+  cutest::require_gpu();
+  cutest::Rng rng(cutest::test_seed());
+  cutest::Tally tally;
+  const char* quick_env = std::getenv("SAAP_TEST_QUICK");
+  const bool quick = quick_env && std::string(quick_env) == "1";
+  auto steps = [&](int64_t s) { return quick ? std::min<int64_t>(s, 60) : s; };
+  check_case(tally, rng, Case{"D64 9/3", 64, 9, 3, steps(300), 700, 0.1});
+  check_case(tally, rng, Case{"D256 4/1", 256, 4, 1, steps(400), 3000, 0.05});
+  check_case(tally, rng, Case{"D128 8/1", 128, 8, 1, steps(250), 500, 0.3});
+  check_case(tally, rng, Case{"D64 9/3 lookup 1", 64, 9, 3, steps(120), 200, 1.0});  // reads everything, evicts nothing
+  check_seed(tally);
+  return tally.finish();
+}

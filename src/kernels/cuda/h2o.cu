@@ -33,21 +33,28 @@ __global__ void __launch_bounds__(kTileThreads)
   rank[row * max_len + j] = p >= h2o_recent_begin(lookup, n) ? INFINITY : acc[row * max_len + p];
 }
 
-// Block (index tile, row): the selected indices back to positions (p = n - 1 - j), and every older
-// position that head g of its group did not take evicted (accumulator -inf; already evicted ones
-// stay so).
+// Block (index tile, row): each selected index j back to its position n - 1 - j, and j marked
+// taken in the rank keys (NaN: the select that read them is done).
 __global__ void __launch_bounds__(kTileThreads)
-    h2o_finish_kernel(int64_t max_len, const int32_t* __restrict__ lengths, int Hq, int G, double lookup,
-                      const uint8_t* __restrict__ taken_by, const int32_t* __restrict__ counts,
-                      int32_t* __restrict__ positions, float* __restrict__ acc) {
+    h2o_mark_kernel(int64_t max_len, const int32_t* __restrict__ lengths, int Hq, const int32_t* __restrict__ counts,
+                    int32_t* __restrict__ positions, float* __restrict__ rank) {
   const int64_t row = blockIdx.y, n = lengths[row / Hq];
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  if (i < counts[row]) positions[row * max_len + i] = int32_t(n - 1 - positions[row * max_len + i]);
-  const int g = int(row % G);
-  const int64_t p = i;
-  if (p < h2o_recent_begin(lookup, n) && !((taken_by[(row / G) * max_len + (n - 1 - p)] >> g) & 1u))
-    acc[row * max_len + p] = -INFINITY;
+  if (i >= counts[row]) return;
+  const int32_t j = positions[row * max_len + i];
+  rank[row * max_len + j] = NAN;
+  positions[row * max_len + i] = int32_t(n - 1 - j);
+}
+
+// Block (position tile, row): every older position the head did not take (its rank key unmarked)
+// evicted: accumulator -inf (already evicted ones stay so).
+__global__ void __launch_bounds__(kTileThreads)
+    h2o_evict_kernel(int64_t max_len, const int32_t* __restrict__ lengths, int Hq, double lookup,
+                     const float* __restrict__ rank, float* __restrict__ acc) {
+  const int64_t row = blockIdx.y, n = lengths[row / Hq];
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= h2o_recent_begin(lookup, n)) return;
+  if (!isnan(rank[row * max_len + (n - 1 - p)])) acc[row * max_len + p] = -INFINITY;
 }
 
 // Block per query head row = b * Hq + hq: its selected positions' softmax weights, as the CPU's
@@ -90,7 +97,7 @@ __global__ void __launch_bounds__(kWeighThreads)
     wr[i] = e;
     sum[0] += double(e);
   }
-  block_reduce_n<false, 1>(sum, dred);
+  block_allreduce_n<false, 1>(sum, dred);  // dred: used once, no barrier needed before
   for (int i = threadIdx.x; i < cnt; i += blockDim.x) acc[row * max_len + pos[i]] += float(double(wr[i]) / sum[0]);
 }
 
@@ -103,7 +110,7 @@ __global__ void h2o_seed_kernel(int64_t max_len, float* __restrict__ acc) {
 }  // namespace
 
 H2ODecoder::H2ODecoder(const DecodeShape& shape, int64_t max_len, double lookup)
-    : shape_(shape), max_len_(max_len), lookup_(lookup) {
+    : shape_(shape), max_len_(max_len), lookup_(lookup), topk_ws_(new radix_topk::Workspace) {
   shape_.check(256);
   SAAP_CU_REQUIRE(max_len >= 1 && max_len < (int64_t(1) << 24), InvalidArgument, "max_len = %lld outside [1, 2^24)",
                   (long long)max_len);
@@ -114,12 +121,14 @@ H2ODecoder::H2ODecoder(const DecodeShape& shape, int64_t max_len, double lookup)
   positions_.resize(rows * size_t(max_len));
   counts_.resize(rows);
   union_.resize(size_t(shape.batch) * shape.n_kv_heads);
-  taken_by_.resize(size_t(shape.batch) * shape.n_kv_heads * size_t(max_len));
+  topk_ws_->ensure(int64_t(rows), max_len);  // select() must not allocate inside a graph capture
   SAAP_CU(cudaMemset(counts_.get(), 0, counts_.bytes()));
   SAAP_CU(cudaMemset(union_.get(), 0, union_.bytes()));
   reset();
   SAAP_CU(cudaDeviceSynchronize());
 }
+
+H2ODecoder::~H2ODecoder() = default;
 
 void H2ODecoder::reset(cudaStream_t stream) { SAAP_CU(cudaMemsetAsync(acc_.get(), 0, acc_.bytes(), stream)); }
 
@@ -132,7 +141,6 @@ void H2ODecoder::decode(const void* k, const void* v, const int32_t* lengths, co
                         SplitWorkspace& ws, cudaStream_t stream) {
   SAAP_CU_REQUIRE(k && v && lengths && q && out, InvalidArgument, "null pointer among k=%p v=%p lengths=%p q=%p out=%p",
                   k, v, (const void*)lengths, (const void*)q, (void*)out);
-  const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
   const unsigned rows = unsigned(shape_.batch * shape_.n_q_heads);
   const int G = shape_.group(), Hq = shape_.n_q_heads;
   const rules::Budget budget{lookup_, 0};
@@ -148,12 +156,12 @@ void H2ODecoder::decode(const void* k, const void* v, const int32_t* lengths, co
     h2o_rank_kernel<<<tiles, kTileThreads, 0, stream>>>(acc_.get(), max_len_, lengths, Hq, lookup_, scores_.get());
     SAAP_CU_LAUNCHED();
     const PrefixLengths len{lengths, shape_.n_kv_heads};
-    per_head_select_kernel<<<bh, kSelectThreads, 0, stream>>>(scores_.get(), max_len_, len, G, budget,
-                                                              positions_.get(), counts_.get(), union_.get(),
-                                                              taken_by_.get());
+    select_per_head(scores_.get(), max_len_, int64_t(rows), G, len, budget, *topk_ws_, positions_.get(),
+                    counts_.get(), union_.get(), stream);
+    h2o_mark_kernel<<<tiles, kTileThreads, 0, stream>>>(max_len_, lengths, Hq, counts_.get(), positions_.get(),
+                                                        scores_.get());
     SAAP_CU_LAUNCHED();
-    h2o_finish_kernel<<<tiles, kTileThreads, 0, stream>>>(max_len_, lengths, Hq, G, lookup_, taken_by_.get(),
-                                                          counts_.get(), positions_.get(), acc_.get());
+    h2o_evict_kernel<<<tiles, kTileThreads, 0, stream>>>(max_len_, lengths, Hq, lookup_, scores_.get(), acc_.get());
     SAAP_CU_LAUNCHED();
     auto* kernel = per_head_attend_kernel<T, D, DenseKeys<T, D>>;
     static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);

@@ -6,15 +6,17 @@
 //
 // The state is one fp32 accumulator per (sequence, query head, position), evicted positions held
 // at -inf (they can never be selected again, and adding weights never reaches them). A step is
-// per_head_topk.cuh's per-head top-k (the oracle's and Loki's select) on rank keys built from it:
+// per_head_topk.cuh's per-head top-k (the oracle's and Loki's select, radix_topk.cuh) on rank keys
+// built from it:
 //   rank    - block (position tile, query head row): position p = n - 1 - j at index j (reversed,
 //             so that the select's tie rule, the lower index, keeps the newer position as H2O
 //             does); +inf for the recent positions, the accumulator for the older ones (-inf once
 //             evicted). The top k of these are the recent half plus the heaviest surviving older
 //             positions: what the CPU selects, its evictions included (a step never needs more
 //             than the non-evicted candidates: it evicts down to the heavy half).
-//   select  - per_head_select_kernel at the lookup (the union of the group counted for the bytes)
-//   finish  - indices back to positions; every older position the head did not take is evicted
+//   select  - select_per_head at the lookup (the union of the group counted for the bytes)
+//   mark    - indices back to positions, each taken index marked (NaN) in the rank keys
+//   evict   - every older position whose rank key is unmarked (not taken by its head) is evicted
 //   attend  - per_head_attend_kernel over each head's positions, the splits combined
 //   weigh   - block per query head: this step's exact softmax weights over its selection (q.k in
 //             fp32 in dimension order without fused multiply-adds, as the CPU method computes
@@ -25,16 +27,22 @@
 // went through the method).
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/decode.h"
 
 namespace saap::cuda {
 
+namespace radix_topk {
+class Workspace;  // radix_topk.cuh
+}
+
 class H2ODecoder {
  public:
   // max_len: the cache's row stride and the longest prefix (>= every length). lookup in (0, 1].
   H2ODecoder(const DecodeShape& shape, int64_t max_len, double lookup);
+  ~H2ODecoder();
   H2ODecoder(const H2ODecoder&) = delete;
   H2ODecoder& operator=(const H2ODecoder&) = delete;
 
@@ -70,7 +78,7 @@ class H2ODecoder {
   DeviceBuffer<int32_t> positions_;   // [batch][n_q_heads][max_len]
   DeviceBuffer<int32_t> counts_;      // [batch][n_q_heads]
   DeviceBuffer<int32_t> union_;       // [batch][n_kv_heads]
-  DeviceBuffer<uint8_t> taken_by_;    // [batch][n_kv_heads][max_len]: bit g set when head g takes index j
+  std::unique_ptr<radix_topk::Workspace> topk_ws_;
 };
 
 }  // namespace saap::cuda

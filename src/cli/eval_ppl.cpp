@@ -1,6 +1,8 @@
 // saap eval ppl: perplexity of the model under an attention method over a text file, in
 // non-overlapping fresh windows (see saap/eval/perplexity.h for the windowing and BOS rule).
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include "cli/commands.h"
 #include "cli/validators.h"
@@ -10,8 +12,37 @@
 #include "saap/core/paths.h"
 #include "saap/eval/perplexity.h"
 #include "saap/eval/result_files.h"
+#include "saap/model/gguf.h"
+#include "saap/model/tokenizer.h"
 
 namespace saap::cli {
+
+namespace {
+
+// --dump-windows: the windows' token ids as JSON Lines (a first line {"provenance": ...}), from the
+// tokenizer alone: no model loads, nothing runs. Returns how many windows it wrote.
+int64_t dump_windows(const std::string& model, const std::string& text_path, const PerplexityOptions& options,
+                     const std::string& out_path) {
+  const std::string path = model_path(model);
+  const GGUFFile file = GGUFFile::open(path);
+  const Tokenizer tok = Tokenizer::from_gguf(file);
+  const int64_t context = file.get_int(file.get_string("general.architecture") + ".context_length");
+  SAAP_CHECK_FMT(options.window <= context, InvalidArgument, "--window-len %lld is over the model's context length %lld",
+                 (long long)options.window, (long long)context);
+  std::ifstream in(text_path, std::ios::binary);
+  SAAP_CHECK_FMT(in.good(), NotFound, "text file %s cannot be opened", text_path.c_str());
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::vector<int32_t> tokens = tok.encode(text.str());
+  std::ofstream out(out_path, std::ios::binary);
+  SAAP_CHECK_FMT(out.good(), NotFound, "--dump-windows %s cannot be opened for writing", out_path.c_str());
+  out << nlohmann::json{{"provenance", run_provenance({input_file("model", path), input_file("text", text_path)})},
+                        {"text_tokens", tokens.size()}}.dump()
+      << '\n';
+  return write_perplexity_windows(tok, tokens, options, out);
+}
+
+}  // namespace
 
 void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
   auto* cmd = eval_command(app)->add_subcommand("ppl", "Perplexity over a text in non-overlapping windows");
@@ -22,6 +53,7 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
     MethodSpec spec;
     std::string device = "cpu";
     int batch = 12;
+    std::string dump_windows;
   };
   auto o = std::make_shared<Opts>();
   o->ppl.max_windows = 0;
@@ -38,11 +70,24 @@ void register_eval_ppl(CLI::App& app, const GlobalOptions& global) {
                 "position attends through the method. For --method dense both give the same numbers, and the "
                 "faster exact prefill is used.");
   cmd->add_option("--out", o->out, "Folder for the JSON and CSV result files");
+  cmd->add_option("--dump-windows", o->dump_windows,
+                  "Run nothing: write the windows' token ids (BOS + text) as JSON Lines to this file "
+                  "(scripts/niah_transformers.py --ppl-saap-windows reads it)");
   add_method_options(cmd, o->spec);
   add_device_option(cmd, o->device);
   cmd->add_option("--batch", o->batch, "cuda: windows run together as one batched prefill")
       ->check(whole_at_least(1));
   cmd->callback([o, &global] {
+    if (!o->dump_windows.empty()) {
+      const std::string text = o->text.empty() ? default_text_path("eval.txt") : o->text;
+      const int64_t n = dump_windows(o->model, text, o->ppl, o->dump_windows);
+      if (global.json)
+        std::printf("%s\n", nlohmann::json{{"windows", n}, {"path", o->dump_windows}}.dump().c_str());
+      else
+        std::printf("wrote %lld windows of %lld tokens to %s\n", (long long)n, (long long)o->ppl.window,
+                    o->dump_windows.c_str());
+      return;
+    }
     const std::string path = model_path(o->model);
     BackendRequest request;
     request.device = o->device;

@@ -28,27 +28,63 @@ nlohmann::json PerplexityResult::to_json() const {
           {"method_queries", stats.queries}};
 }
 
+void PerplexityWindows::fill(const std::vector<int32_t>& tokens, int64_t i, int32_t* out) const {
+  SAAP_CHECK_FMT(i >= 0 && i < windows, InvalidArgument, "window %lld of %lld", (long long)i, (long long)windows);
+  const size_t from = size_t((first_window + i) * text_per_window);
+  SAAP_CHECK_FMT(from + size_t(text_per_window) <= tokens.size(), InvalidArgument,
+                 "window %lld needs text tokens up to %lld; the text has %zu", (long long)i,
+                 (long long)(from + size_t(text_per_window)), tokens.size());
+  if (bos) out[0] = bos_token;
+  std::copy(tokens.begin() + int64_t(from), tokens.begin() + int64_t(from) + text_per_window, out + (bos ? 1 : 0));
+}
+
+PerplexityWindows perplexity_windows(const Tokenizer& tokenizer, size_t text_tokens, const PerplexityOptions& options) {
+  SAAP_CHECK_FMT(options.window >= 2, InvalidArgument, "window = %lld must be >= 2", (long long)options.window);
+  SAAP_CHECK_FMT(options.max_windows >= 0, InvalidArgument, "max_windows = %lld must be >= 0",
+                 (long long)options.max_windows);
+  SAAP_CHECK_FMT(options.first_window >= 0, InvalidArgument, "first_window = %lld must be >= 0",
+                 (long long)options.first_window);
+  PerplexityWindows w;
+  const std::vector<int32_t> bos = tokenizer.encode("", /*add_bos=*/true);
+  w.bos = !bos.empty();
+  w.bos_token = w.bos ? bos[0] : 0;
+  w.window = options.window;
+  w.text_per_window = w.bos ? w.window - 1 : w.window;
+  w.first_window = options.first_window;
+  const int64_t in_text = int64_t(text_tokens) / w.text_per_window;
+  w.windows = in_text - options.first_window;
+  if (options.max_windows > 0) w.windows = std::min(w.windows, options.max_windows);
+  SAAP_CHECK_FMT(w.windows >= 1, InvalidArgument,
+                 "the text has %zu tokens: %lld windows of %lld, none left after first_window = %lld", text_tokens,
+                 (long long)in_text, (long long)w.text_per_window, (long long)options.first_window);
+  return w;
+}
+
+int64_t write_perplexity_windows(const Tokenizer& tokenizer, const std::vector<int32_t>& tokens,
+                                 const PerplexityOptions& options, std::ostream& out) {
+  const PerplexityWindows plan = perplexity_windows(tokenizer, tokens.size(), options);
+  std::vector<int32_t> window(size_t(plan.window));
+  for (int64_t i = 0; i < plan.windows; ++i) {
+    plan.fill(tokens, i, window.data());
+    out << nlohmann::json{{"window", plan.first_window + i},
+                          {"first_text_token", (plan.first_window + i) * plan.text_per_window},
+                          {"tokens", window}}.dump()
+        << '\n';
+  }
+  out.flush();
+  SAAP_CHECK_MSG(out.good(), BadFile, "the perplexity windows could not be written (the output stream failed)");
+  return plan.windows;
+}
+
 PerplexityResult evaluate_perplexity(EvalBackend& backend, const std::vector<int32_t>& tokens,
                                      const PerplexityOptions& options) {
   SAAP_CHECK_FMT(options.window >= 2 && options.window <= backend.max_context(), InvalidArgument,
                  "window = %lld must be in [2, context length %lld]", (long long)options.window,
                  (long long)backend.max_context());
-  SAAP_CHECK_FMT(options.max_windows >= 0, InvalidArgument, "max_windows = %lld must be >= 0",
-                 (long long)options.max_windows);
-  SAAP_CHECK_FMT(options.first_window >= 0, InvalidArgument, "first_window = %lld must be >= 0",
-                 (long long)options.first_window);
-
+  const PerplexityWindows plan = perplexity_windows(backend.tokenizer(), tokens.size(), options);
   PerplexityResult result;
-  const std::vector<int32_t> bos = backend.tokenizer().encode("", /*add_bos=*/true);
-  result.bos = !bos.empty();
-  const int64_t W = options.window;
-  const int64_t text_per_window = result.bos ? W - 1 : W;
-  const int64_t in_text = int64_t(tokens.size()) / text_per_window;
-  int64_t windows = in_text - options.first_window;
-  if (options.max_windows > 0) windows = std::min(windows, options.max_windows);
-  SAAP_CHECK_FMT(windows >= 1, InvalidArgument,
-                 "the text has %zu tokens: %lld windows of %lld, none left after first_window = %lld", tokens.size(),
-                 (long long)in_text, (long long)text_per_window, (long long)options.first_window);
+  result.bos = plan.bos;
+  const int64_t W = plan.window, windows = plan.windows;
 
   const int64_t inputs = W - 1;  // the model reads window[0 .. W-1) and is scored on window[1 .. W)
   const int group = int(std::min<int64_t>(backend.max_batch(), windows));
@@ -59,12 +95,7 @@ PerplexityResult evaluate_perplexity(EvalBackend& backend, const std::vector<int
   const auto start = std::chrono::steady_clock::now();
   for (int64_t w0 = 0; w0 < windows; w0 += group) {
     const int n = int(std::min<int64_t>(group, windows - w0));
-    for (int b = 0; b < n; ++b) {
-      int32_t* window = &batch[size_t(b) * size_t(W)];
-      const auto text = tokens.begin() + (options.first_window + w0 + b) * text_per_window;
-      if (result.bos) window[0] = bos[0];
-      std::copy(text, text + text_per_window, window + (result.bos ? 1 : 0));
-    }
+    for (int b = 0; b < n; ++b) plan.fill(tokens, w0 + b, &batch[size_t(b) * size_t(W)]);
     backend.window_nll(batch.data(), n, W, options.mode, nll.data(), &result.stats, &result.global_stats,
                        [&](int64_t positions) {
                          bar.update(w0 * inputs + positions, format("windows %lld-%lld", (long long)w0 + 1,

@@ -314,6 +314,27 @@ TEST(Cli, NiahRefusesBadInputByName) {
   EXPECT_NE(saap("eval niah --help").out.find("=[4096,"), std::string::npos);  // the lengths' default
 }
 
+// eval ppl --dump-windows writes the windows' token ids (a provenance line, then one per window), no model run.
+TEST(Cli, PplDumpsWindowsWithoutRunningTheModel) {
+  const std::string path = testing::TempDir() + "ppl_windows_" + std::to_string(::getpid()) + ".jsonl";
+  const CliRun r = saap("eval ppl --window-len 64 --max-windows 2 --first-window 1 --dump-windows '" + path + "'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("wrote 2 windows of 64 tokens"), std::string::npos) << r.out;
+  std::istringstream lines(slurp(path));
+  std::string line;
+  ASSERT_TRUE(std::getline(lines, line));
+  EXPECT_GT(nlohmann::json::parse(line)["text_tokens"].get<int64_t>(), 1000);
+  for (int w = 1; w <= 2; ++w) {
+    ASSERT_TRUE(std::getline(lines, line));
+    const nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["window"].get<int>(), w);
+    EXPECT_EQ(j["first_text_token"].get<int>(), 64 * w);  // SmolLM2: no BOS, 64 text tokens a window
+    EXPECT_EQ(j["tokens"].size(), 64u);
+  }
+  EXPECT_FALSE(std::getline(lines, line));
+  std::remove(path.c_str());
+}
+
 // --dump-prompts writes the trials' prompts (a provenance line, then one line per trial) and runs no model.
 TEST(Cli, NiahDumpsPromptsWithoutRunningTheModel) {
   const std::string path = testing::TempDir() + "niah_prompts_" + std::to_string(::getpid()) + ".jsonl";

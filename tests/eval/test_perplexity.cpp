@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include "saap/core/error.h"
 #include "saap/core/paths.h"
@@ -127,6 +128,43 @@ TEST(Perplexity, FirstWindowShardsTheRun) {
   EXPECT_DOUBLE_EQ(shard.window_nll[1], all.window_nll[2]);
   o.first_window = int64_t(all.window_nll.size());
   EXPECT_THROW(evaluate_perplexity(real_model(), tokens, o), Error);
+}
+
+// The dumped windows (--dump-windows) are the text cut as the header says: W text tokens a window
+// without BOS (SmolLM2), BOS + W - 1 with it (Gemma-3), from first_window on; and what
+// evaluate_perplexity scores: the same NLL as a run over the text.
+TEST(Perplexity, DumpedWindowsAreTheTextCutAsScored) {
+  const auto tokens = text_tokens(50, 3);
+  PerplexityOptions o = small(8, 8, 2);
+  o.first_window = 1;
+  std::stringstream out;
+  ASSERT_EQ(write_perplexity_windows(real_model()->tokenizer(), tokens, o, out), 2);
+  std::string line;
+  std::vector<int32_t> dumped;
+  for (int64_t w = 1; std::getline(out, line); ++w) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["window"].get<int64_t>(), w);
+    EXPECT_EQ(j["tokens"].get<std::vector<int32_t>>(), std::vector<int32_t>(tokens.begin() + w * 8, tokens.begin() + w * 8 + 8));
+    for (int32_t t : j["tokens"].get<std::vector<int32_t>>()) dumped.push_back(t);
+  }
+  ASSERT_EQ(dumped.size(), 16u);
+  // Scored as a text of their own (first_window 0), they give the shard's NLL.
+  const PerplexityResult shard = evaluate_perplexity(real_model(), tokens, o);
+  const PerplexityResult again = evaluate_perplexity(real_model(), dumped, small(8, 8, 0));
+  ASSERT_EQ(again.window_nll.size(), 2u);
+  EXPECT_DOUBLE_EQ(again.window_nll[0], shard.window_nll[0]);
+  EXPECT_DOUBLE_EQ(again.window_nll[1], shard.window_nll[1]);
+
+  const std::string gemma_path = gemma3_model_path();
+  if (!std::ifstream(gemma_path).good()) GTEST_SKIP() << "no Gemma-3 GGUF at " << gemma_path;
+  static std::shared_ptr<const LlamaModel> gemma = LlamaModel::load(gemma_path, false);
+  std::stringstream with_bos;
+  ASSERT_EQ(write_perplexity_windows(gemma->tokenizer(), tokens, small(8, 8, 3), with_bos), 3);
+  for (int64_t w = 0; std::getline(with_bos, line); ++w) {
+    std::vector<int32_t> want = {gemma->tokenizer().bos()};
+    want.insert(want.end(), tokens.begin() + w * 7, tokens.begin() + w * 7 + 7);
+    EXPECT_EQ(nlohmann::json::parse(line)["tokens"].get<std::vector<int32_t>>(), want);
+  }
 }
 
 TEST(Perplexity, BadOptionsAreClearErrors) {

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,25 @@ struct PerplexityResult {
                                      // always read their window exactly); equals stats for Llama
   nlohmann::json to_json() const;
 };
+
+// Where evaluate_perplexity's windows lie: window i (counted from first_window) is BOS, when the
+// vocabulary asks for it, + tokens[(first_window + i) * text_per_window, + text_per_window).
+struct PerplexityWindows {
+  int64_t window = 0;           // W: tokens per window, BOS included
+  int64_t text_per_window = 0;  // W - 1 with BOS, else W
+  int64_t first_window = 0;
+  int64_t windows = 0;          // how many are scored (max_windows and the text's length bound it)
+  bool bos = false;
+  int32_t bos_token = 0;
+  // Window i's W tokens into out[W] (tokens: the text without BOS).
+  void fill(const std::vector<int32_t>& tokens, int64_t i, int32_t* out) const;
+};
+// InvalidArgument when the options are out of range or the text holds no full window after first_window.
+PerplexityWindows perplexity_windows(const Tokenizer& tokenizer, size_t text_tokens, const PerplexityOptions& options);
+// The windows as JSON Lines ({"window", "first_text_token", "tokens"}), no model run: an independent
+// implementation scores the same token ids (scripts/niah_transformers.py). Returns how many.
+int64_t write_perplexity_windows(const Tokenizer& tokenizer, const std::vector<int32_t>& tokens,
+                                 const PerplexityOptions& options, std::ostream& out);
 
 // tokens: the text, already tokenized without BOS. Windows run max_batch() at a time. Throws InvalidArgument when the options are out
 // of range or the text holds no full window.

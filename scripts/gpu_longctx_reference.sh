@@ -9,10 +9,11 @@
 #      task, every length at LONG_TRIALS: a superset), and `saap eval ppl` dense on the first
 #      PPL_WINDOWS (2) 32k windows of eval.txt;
 #   3. scripts/niah_transformers.py (Hugging Face transformers, fp32, SDPA, greedy with HF's cache)
-#      beside it on the same GPU: the perplexity of the same windows first, then every dumped prompt
-#      as it is (plain: 32k files first), then the classic passkey format around the same haystacks;
-#      it starts no trial after TIME_LIMIT (default 250 s since this script began) and is killed at
-#      HARD_LIMIT (285 s); what it finished is in hf/hf_progress.jsonl either way;
+#      beside it on the same GPU: the perplexity of the same windows first, then each prompt file,
+#      the 32k files first in TASKS' order, as it is (plain) and in the classic passkey format
+#      around the same haystack (passkey files); it starts no trial after TIME_LIMIT (default 250 s
+#      since this script began) and is killed at HARD_LIMIT (285 s); what it finished is in
+#      hf/hf_progress.jsonl either way;
 #   4. when BF16_AFTER (default 200) s have not yet passed when it ends, HF in bf16 on the 32k passkey
 #      prompts (plain), as far as TIME_LIMIT lets it;
 #   5. scripts/niah_compare.py: the per-trial table (ours vs HF plain / classic / bf16) and the ppl rows.
@@ -31,11 +32,14 @@
 #   OUT=/tmp/x scripts/gpu_longctx_reference.sh
 #
 # Expected time on an H200 (estimates; each step's seconds are in run.log): build no-op ~5 s; dumps
-# ~3 s; our runner ~3-5 s per task process (3) and ~3 s for the ppl, beside HF; HF: load (GGUF
-# dequantization, tokenizer conversion) ~20-30 s, ppl 2 x 32k ~2-4 s a window, a 32k trial ~1-3 s
-# (fp32 SDPA prefill + <= 12 cached decode steps), a 16k trial ~0.5-1 s, a 4k ~0.2 s: plain 3 x (10 x
-# 32k + 10 short) ~40-100 s, classic 2 x (10 + 10) ~30-70 s; bf16 ~20-40 s if time is left;
-# about 150-250 s in all.
+# ~3 s; our runner ~3-5 s per task process (3), ~3 s for the ppl and ~5 s per batch-1 run, beside
+# HF. HF: load (GGUF dequantization, tokenizer conversion) ~20-40 s; a 32k prefill in fp32 is
+# ~8e13 attention FLOPs (SDPA's fp32 kernel computes the sliding layers' full 32k x 32k too), ~2-6 s
+# at 15-40 TFLOP/s, + <= 12 cached decode steps; a 16k prompt a quarter of that, a 4k one ~0.1 s.
+# So the 2 ppl windows ~5-12 s, each 32k file ~20-60 s per mode: 5 (file, mode) runs at 32k
+# (passkey x 2 modes x 2 haystacks, multikey plain) ~100-300 s, the short files ~20-40 s. TIME_LIMIT
+# cuts the tail (the short files, then multikey, then passkey/text classic) when the GPU is slow;
+# bf16 (~20-40 s) runs only when HF is done by BF16_AFTER. The script ends by ~290 s in any case.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 T0=$(date +%s)

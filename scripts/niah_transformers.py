@@ -9,7 +9,7 @@ with length is pinned on our runner, on the prompt format, or on the model.
         [--modes plain classic] [--ppl-text eval.txt --ppl-windows 2 --ppl-window 32768 \\
          --ppl-saap-result ppl_dense_w32768_cuda.json] --out DIR [--device cuda] [--dtype float32]
 
-Prompt modes (each prompt file runs in each mode, modes outer, files in the order given):
+Prompt modes (files in the order given, each in every mode before the next file):
   plain    the dumped token ids as they are (BOS + instructions + haystack with needles, then
            "\\n\\nQuestion: ...\\nAnswer: " + lead-in), max_new_tokens from the file;
   classic  passkey trials only: the classic passkey format (Mohtashami & Jaggi's landmark-attention
@@ -340,8 +340,8 @@ def main():
     inputs = [provenance.input_file("model", args.model)]
     if args.ppl_text and args.ppl_first:
         run_ppl(args, tok, model, inputs)
-    for mode in args.modes:
-        for path in args.prompts:
+    for path in args.prompts:  # a file in every mode before the next file: list the files most important first
+        for mode in args.modes:
             run_niah(args, tok, model, path, mode, inputs)
     if args.ppl_text and not args.ppl_first:
         run_ppl(args, tok, model, inputs)

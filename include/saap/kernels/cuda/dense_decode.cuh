@@ -185,7 +185,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
 // register loop run_mma; bf16 at head dim 64 and 128, else the FMA math runs): a stage is then
 // kDecodeWarps x 16 rows (a warp's MMA tile), 32 KiB at head dim 128 (bulk=3: 2 blocks per SM,
 // 128 KiB in flight), and a lane reads every 4th 16-byte piece of its key rows so that the quad's
-// shared-memory reads are contiguous (GroupAttender::mma_piece<true>).
+// shared-memory reads are contiguous (GroupAttender::mma_piece<true>); with 8 warps per SM, the
+// query terms' MMAs run as three independent chains (mma_tile<true>).
 constexpr int kMaxBulkStages = 8;
 template <class T, int D, int GMAX, bool MMA>
 constexpr int kBulkUnit =
@@ -260,7 +261,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min
         const int r = u * A::TPP + at.slot;
         vr[u] = base + r < share.n ? lds(st + TILE_BYTES + (r0 + r) * ROW_BYTES + at.sub * 16) : zero;
       }
-      at.mma_tile(bq, ka, vr, base, share.n, scores[at.warp]);
+      at.template mma_tile<true>(bq, ka, vr, base, share.n, scores[at.warp]);
     } else {
       const int r0 = at.warp * A::TILE, base = t * UNIT + r0;
       uint4 kr[A::U], vr[A::U];

@@ -50,8 +50,13 @@ static __global__ void __launch_bounds__(kClassifyThreads)
   const int lane = tid & 31, warp = tid >> 5;
   const int c0 = blockIdx.x * rows_per_block, n_rows = min(C, c0 + rows_per_block) - c0;
   const uint4* w2src = reinterpret_cast<const uint4*>(w2 + (int64_t(hq) * C + c0) * hidden);
+  // Not unrolled (the compiler made 16-, 8- and 4-copy bodies of each): the kernel runs from a
+  // cold instruction cache, and issuing asynchronous copies from a loop costs little.
+#pragma unroll 1
   for (int i = tid; i < n_rows * hidden / 4; i += kClassifyThreads) cp_async16(&w2s[i], &w2src[i]);
+#pragma unroll 1
   for (int i = tid; i < hidden; i += kClassifyThreads) cp_async4(&b1s[i], &b1[int64_t(hq) * hidden + i]);
+#pragma unroll 1
   for (int i = tid; i < n_rows; i += kClassifyThreads) cp_async4(&b2s[i], &b2[int64_t(hq) * C + c0 + i]);
   // W1: a row of D weights over LPR lanes (8 weights, two 16-byte loads each), RPI rows per load,
   // U loads in flight. When one round covers every hidden unit, the rows stay in registers for
@@ -72,6 +77,7 @@ static __global__ void __launch_bounds__(kClassifyThreads)
     }
   };
   load_w1(warp * ROWS);
+#pragma unroll 1
   for (int i = tid; i < batch * (D / 32); i += kClassifyThreads)  // q's lines (written before this kernel) into L2
     prefetch_l2(q + (int64_t(i / (D / 32)) * n_q_heads + hq) * D + (i % (D / 32)) * 32);
   wait_prior_grid();
@@ -128,7 +134,7 @@ static __global__ void __launch_bounds__(kClassifyThreads)
 }
 
 constexpr int kSelectMaxThreads = 1024;
-constexpr int kMaxPartitions = 4096;  // sizes, ids (and, past 1024, keys) of all partitions stay in shared memory
+constexpr int kMaxPartitions = 4096;  // sizes, keys and ids of all partitions stay in shared memory
 constexpr int kMaxSelectGroup = 8;    // query heads per KV group the select kernel is instantiated for
 
 // Threads of a select block for C partitions: one per partition, rounded up to a power of two (at

@@ -466,9 +466,17 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     for (int gi = 0; gi < G; ++gi) z[gi] += normaliser_term_call(s[gi], size, mx[gi]);
   }
   block_allreduce_n<false>(z, z_scratch);
+  // Every thread holds every head's max and sum: lane gi takes head gi's log (one call a lane, in
+  // parallel, instead of G in a row) and the others read it from there.
+  float head_mx = mx[0];
+  double head_z = z[0];
+#pragma unroll
+  for (int gi = 1; gi < G; ++gi)
+    if (lane == gi) head_mx = mx[gi], head_z = z[gi];
+  const float head_lse = log_normaliser_call(head_mx, head_z);
   float lse[G];
 #pragma unroll
-  for (int gi = 0; gi < G; ++gi) lse[gi] = log_normaliser_call(mx[gi], z[gi]);
+  for (int gi = 0; gi < G; ++gi) lse[gi] = __shfl_sync(0xffffffffu, head_lse, gi);
   // An empty partition ranks after every partition with keys, and is never taken.
   auto key_of = [&](int c) {
     float s[G];

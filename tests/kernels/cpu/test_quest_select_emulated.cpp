@@ -1,0 +1,136 @@
+// Quest's GPU page selection (quest_select_row, the select kernel's body) run on the CPU through
+// cuda_block_emulation.h, so that CI without a GPU checks it: the pages it lists (sinks, window,
+// the fill over the page keys, partial runs) against the fill rule replayed on the host over the
+// same keys (saap::rules order, ties to the lower page), listed once each, taken pages in page
+// order, the counters, and the score kernel's histogram zeroed behind it. Keys are built to reach
+// each path: a bin taken whole or in part, both refinement passes, exact ties split by page id,
+// +0 / -0, more pages than the shared cache (read from "global" memory), partial first and last
+// pages, K = 0, budgets below sinks + window and above the middle. cuda_test_quest runs the same
+// code on the GPU with the score kernel in front of it.
+#include "kernels/cpu/cuda_block_emulation.h"  // before the kernel header
+// (the kernel header after the emulation)
+#include "saap/kernels/cuda/quest_select.cuh"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+#include <string>
+
+namespace saap::cuda {
+namespace {
+
+struct Case {
+  std::string name;
+  int64_t n;
+  int P, sinks, window;
+  double lookup;
+  int64_t tokens;
+  int keys;     // how page keys are drawn (page_key below)
+  int key_cap;  // keys the "shared memory" caches (kQuestCachedKeys on the GPU)
+};
+
+float page_key(int kind, int64_t r, std::mt19937& rng) {
+  switch (kind) {
+    case 0: return std::uniform_real_distribution<float>(-100.f, 100.f)(rng);  // both signs, many bins
+    case 1: return float(int(rng() % 4)) - 1.f;                                 // four values: ties
+    case 2: return 3.f;                                                         // one value
+    case 3: return 1.f + float(rng() % 5000) * 0x1p-22f;  // one 16-bit bin, the low bits decide, ties
+    case 4: {                                              // +0, -0 (equal) and small negatives
+      const int k = int(rng() % 3);
+      return k == 0 ? 0.f : k == 1 ? -0.f : -1e-3f * float(rng() % 7);
+    }
+    case 5: return 1000.f + float(rng() % 64) * 0x1p-14f;  // a few bins, crowded low bits
+    default: return float(r % 7);                          // periodic: ties at page distance 7
+  }
+}
+
+void check(const Case& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const QuestStep step{c.P, c.sinks, c.window, c.lookup, c.tokens};
+  int64_t budget;
+  const quest::PageRange range = step.range(c.n, &budget);
+  const rules::FixedReads& f = range.fixed;
+  const int64_t max_pages = (c.n + c.P - 1) / c.P, stride = (max_pages + 3) / 4 * 4, max_chunks = max_pages + 2;
+  const bool scored = budget > 0 && budget < f.middle();
+  const int count = scored ? int(range.count()) : 0;
+  // What the score kernel leaves: the keys (padding not zero: the select must not read it as
+  // pages) and the top-16-bit histogram of the full pages' keys.
+  std::vector<float> keys(size_t(stride), 12345.f);
+  std::vector<uint32_t> hist(size_t(kQuestHistBins), 0u);
+  for (int r = 0; r < count; ++r) {
+    keys[size_t(r)] = page_key(c.keys, r, rng);
+    if (range.size(range.first + r) == c.P) ++hist[quest_rank_bits(keys[size_t(r)]) >> kQuestHistShift];
+  }
+  int32_t seq_len = int32_t(c.n), chunk_count = -1, partial_count = -1, selected = -1, scored_pages = -1;
+  std::vector<int32_t> rows(size_t(max_chunks), -1);
+  std::vector<int2> parts(4, make_int2(-1, -1));
+  std::vector<float4> cache(size_t(std::max(1, c.key_cap / 4)));
+  emu_run_block(kQuestSelectThreads, 0, [&] {
+    quest_select_row(0, keys.data(), stride, &seq_len, step, hist.data(), max_chunks, rows.data(), &chunk_count,
+                     parts.data(), &partial_count, &selected, &scored_pages, c.key_cap, cache.data());
+  });
+  // The host's fill over the same keys.
+  std::set<int64_t> want;
+  if (budget >= f.middle()) {
+    for (int64_t t = 0; t < c.n; ++t) want.insert(t);
+  } else {
+    for (int64_t t = 0; t < f.sink_end; ++t) want.insert(t);
+    for (int64_t t = f.window_begin; t < c.n; ++t) want.insert(t);
+    std::vector<int> order(static_cast<size_t>(count));
+    for (int i = 0; i < count; ++i) order[size_t(i)] = i;
+    std::sort(order.begin(), order.end(),
+              [&](int a, int b) { return rules::ranks_before(keys[size_t(a)], a, keys[size_t(b)], b); });
+    int64_t used = 0;
+    for (int i : order) {
+      const int64_t page = range.first + i, size = range.size(page);
+      if (used + size > budget) continue;
+      used += size;
+      for (int64_t t = range.begin(page); t < range.finish(page); ++t) want.insert(t);
+    }
+  }
+  std::set<int64_t> got;
+  int64_t listed = 0;
+  for (int i = 0; i < chunk_count; ++i)
+    for (int j = 0; j < c.P; ++j) got.insert(rows[size_t(i)] + j), ++listed;
+  for (int i = 0; i < partial_count; ++i)
+    for (int j = 0; j < parts[size_t(i)].y; ++j) got.insert(parts[size_t(i)].x + j), ++listed;
+  const std::string at = c.name + " (seed " + std::to_string(seed) + ")";
+  EXPECT_EQ(got, want) << at;
+  EXPECT_EQ(listed, int64_t(got.size())) << at << ": a row listed twice";
+  EXPECT_EQ(selected, listed) << at;
+  EXPECT_EQ(scored_pages, count) << at;
+  // After the sinks' and the window's chunks, the taken pages in page order.
+  if (budget < f.middle()) {
+    const int64_t fixed_chunks = f.sink_end / c.P + (c.n - f.window_begin) / c.P;
+    for (int64_t i = fixed_chunks + 1; i < chunk_count; ++i)
+      EXPECT_LT(rows[size_t(i - 1)], rows[size_t(i)]) << at << ": chunk " << i;
+  }
+  EXPECT_EQ(std::count(hist.begin(), hist.end(), 0u), int64_t(hist.size())) << at << ": histogram not zeroed";
+}
+
+TEST(QuestSelectEmulated, MatchesTheFillRuleOnEveryPath) {
+  const Case cases[] = {
+      {"random keys, the bench's config, 1024 tokens", 16384, 16, 64, 256, 0.05, 1024, 0, kQuestCachedKeys},
+      {"partial first and last pages, 5%", 20001, 16, 5, 37, 0.05, 0, 0, kQuestCachedKeys},
+      {"four values: ties split by page id", 30000, 16, 4, 64, 0.05, 0, 1, kQuestCachedKeys},
+      {"one value everywhere", 16000, 16, 3, 20, 0.1, 0, 2, kQuestCachedKeys},
+      {"one bin: both refinement passes and exact ties", 50000, 16, 4, 64, 0.07, 0, 3, kQuestCachedKeys},
+      {"the same past the cache", 50000, 16, 4, 64, 0.07, 0, 3, 1024},
+      {"+0 and -0 tie, negatives", 9000, 8, 3, 11, 0.2, 0, 4, kQuestCachedKeys},
+      {"crowded bins, pages of 4, 30%", 40000, 4, 1, 3, 0.3, 0, 5, kQuestCachedKeys},
+      {"the same past the cache", 40000, 4, 1, 3, 0.3, 0, 5, 4096},
+      {"pages of 1: 39980 pages, past the cache", 40000, 1, 4, 16, 0.1, 0, 6, kQuestCachedKeys},
+      {"budget below sinks + window", 1000, 16, 64, 256, 0.2, 0, 0, kQuestCachedKeys},
+      {"budget covers the middle", 1000, 16, 4, 64, 0.95, 0, 0, kQuestCachedKeys},
+      {"one page", 39, 64, 2, 4, 0.5, 0, 0, kQuestCachedKeys},
+      {"two partial pages only", 30, 16, 5, 9, 0.9, 20, 0, kQuestCachedKeys},
+      {"K = 0: the budget is below a page, a partial one fits", 2000, 16, 5, 7, 0.05, 20, 0, kQuestCachedKeys},
+      {"pages of 7", 3001, 7, 3, 20, 0.1, 0, 0, kQuestCachedKeys},
+  };
+  uint32_t seed = 1;
+  for (const Case& c : cases) check(c, seed++);
+}
+
+}  // namespace
+}  // namespace saap::cuda

@@ -17,6 +17,7 @@ rules=include/saap/core/selection_rules.h
 saap=src/methods/saap.cpp
 method=src/methods/method.cpp
 attention=src/kernels/cpu/attention.cpp
+quest_select=include/saap/kernels/cuda/quest_select.cuh
 
 # name # file # test targets (space separated) # sed expression
 mutations=(
@@ -37,6 +38,8 @@ mutations=(
   "loki: rank ceil -> floor#$rules#test_core test_methods#s/const int64_t r = tokens_for_fraction(d_f, head_dim);/const int64_t r = int64_t(d_f * head_dim);/"
   "loki: top-k count ceil -> floor#$rules#test_core test_methods#s/SAAP_HD inline int64_t loki_keys(double k_f, int64_t n) { return loki_budget(k_f).topk(n); }/SAAP_HD inline int64_t loki_keys(double k_f, int64_t n) { const int64_t k = int64_t(k_f * double(n)); return k < 1 ? 1 : k; }/"
   "order: ties to the higher id#$rules#test_core test_methods#s/(key_a == key_b && id_a < id_b)/(key_a == key_b \&\& id_a > id_b)/"
+  "quest GPU select: one tied page too many taken#$quest_select#test_kernels_cpu#s/(o++) < need/(o++) <= need/"
+  "quest GPU select: the K-th key's last 5 bits not fixed#$quest_select#test_kernels_cpu#s/for (int pass = 0; pass < 2 && take_some/for (int pass = 0; pass < 1 \&\& take_some/"
 )
 
 backup=$(mktemp -d)

@@ -51,11 +51,12 @@ int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, i
 }
 
 std::string SparseAttendTuning::name() const {
-  return "prefetch=" + std::to_string(int(prefetch)) + ";waves=" + std::to_string(waves);
+  return "prefetch=" + std::to_string(int(prefetch)) + ";waves=" + std::to_string(waves) +
+         ";fused=" + std::to_string(int(fused));
 }
 
 std::vector<SparseAttendTuning> sparse_attend_candidates() {
-  return {{true, 1}, {false, 1}, {true, 2}, {false, 2}};
+  return {{true, 1, false}, {false, 1, false}, {true, 2, false}, {false, 2, false}, {true, 1, true}, {true, 2, true}};
 }
 
 void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream) {

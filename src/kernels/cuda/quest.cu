@@ -92,10 +92,10 @@ void QuestIndex::append(const void* k_new, const void* v_new, cudaStream_t strea
   const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
   dispatch_decode(shape_, [&](auto t, auto, auto) {
     using T = decltype(t);
-    quest_append_kernel<T><<<bh, unsigned(shape_.head_dim), 0, stream>>>(
-        reinterpret_cast<T*>(m.k.get()), reinterpret_cast<T*>(m.v.get()), max_len_, static_cast<const T*>(k_new),
-        static_cast<const T*>(v_new), m.seq_len.get(), cfg_.page_size, max_pages_, shape_.head_dim,
-        reinterpret_cast<T*>(m.meta.get()));
+    launch_dependent(quest_append_kernel<T>, dim3(bh), dim3(unsigned(shape_.head_dim)), 0, stream,
+                     reinterpret_cast<T*>(m.k.get()), reinterpret_cast<T*>(m.v.get()), max_len_,
+                     static_cast<const T*>(k_new), static_cast<const T*>(v_new), m.seq_len.get(), cfg_.page_size,
+                     max_pages_, shape_.head_dim, reinterpret_cast<T*>(m.meta.get()));
   });
   SAAP_CU_LAUNCHED();
   for (auto& l : host_len_) ++l;
@@ -151,6 +151,8 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
   SAAP_CU_REQUIRE(tuning.waves >= 1 && tuning.waves <= 8, InvalidArgument, "attend tuning waves = %d outside [1, 8]",
                   tuning.waves);
   int splits = 0;
+  // Fused: the attend kernel's last block per (b, h) combines (its tickets non-null); else combine_splits.
+  unsigned* tickets = tuning.fused ? ws.tickets(int64_t(shape_.batch) * shape_.n_kv_heads, stream) : nullptr;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
@@ -165,7 +167,7 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
                        static_cast<const int32_t*>(m.chunk_count.get()), max_chunks_,
                        reinterpret_cast<const int2*>(m.partials.get()),
                        static_cast<const int32_t*>(m.partial_count.get()), cfg_.page_size, q, shape_.n_kv_heads,
-                       shape_.group(), scale, splits, ws.out(), ws.lse());
+                       shape_.group(), scale, splits, ws.out(), ws.lse(), tickets, out);
     };
     auto with = [&](auto loop_c) {
       auto* kernel = quest_attend_kernel<T, D, GMAX, decltype(loop_c)::value>;
@@ -178,7 +180,7 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
     else
       with(std::integral_constant<Loop, Loop::Plain>{});
   });
-  combine_splits(shape_, splits, ws, out, stream);
+  if (!tuning.fused) combine_splits(shape_, splits, ws, out, stream);
 }
 
 QuestCounters QuestIndex::counters() const {

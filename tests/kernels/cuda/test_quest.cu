@@ -302,6 +302,17 @@ int main() {
                             rows.begin() + size_t(bh) * idx.max_chunks() + nch[bh],
                             grows.begin() + size_t(bh) * idx.max_chunks());
         tally.check(same, (rt + "graph-captured select + attend == plain (chunks and output)").c_str(), same, 1);
+        // The fused combine captured too: its tickets must come back to zero inside the graph.
+        cuda::SparseAttendTuning fused;
+        fused.fused = true;
+        cutest::poison(dout);
+        cutest::run_as_graph([&](cudaStream_t st) {
+          idx.select(dq.get(), c.budget, st);
+          idx.attend(dq.get(), scale, dout.get(), ws, st, fused);
+        });
+        const double ferr = cutest::rel_error(cutest::download(dout), ref);
+        tally.check(ferr < 1e-4, (rt + "graph-captured select + fused attend rel error vs float64").c_str(), ferr,
+                    1e-4);
       }
 #ifdef SAAP_QUEST_CPU_PARITY
       // The CPU method on the same cache and queries: the same pages (up to the rounding of the

@@ -158,11 +158,15 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
 // before this tile's math); waves - the splits fill that many waves of resident blocks (1..8).
 // The default, prefetch=1;waves=1, was the fastest step nearly everywhere (1-5%, Quest and the
 // then Loki attend) in the H200 run at da2ee81 (results/gpu_decode_report_2026-12-03_h200_da2ee81.md);
-// the tensor-core loop never was, and is not offered.
+// the tensor-core loop never was, and is not offered. fused - the split combine done by the last
+// block of each (sequence, KV head) inside the attend kernel (combine_group_if_last, as dense's
+// fused=1), not by a second launch: at 1-2k selected tokens the step is mostly fixed costs, and the
+// combine kernel was ~4.7 us of them (ncu at da2ee81, dense at 16k).
 struct SparseAttendTuning {
   bool prefetch = true;
   int waves = 1;
-  std::string name() const;  // "prefetch=1;waves=1"
+  bool fused = false;
+  std::string name() const;  // "prefetch=1;waves=1;fused=0"
 };
 // The tunings decode_bench times and the tests check, the default first.
 std::vector<SparseAttendTuning> sparse_attend_candidates();

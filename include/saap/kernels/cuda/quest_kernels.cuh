@@ -53,6 +53,7 @@ static __global__ void quest_append_kernel(T* __restrict__ K, T* __restrict__ V,
                                            const T* __restrict__ k_new, const T* __restrict__ v_new,
                                            int32_t* __restrict__ seq_len, int P, int64_t max_pages, int D,
                                            T* __restrict__ meta) {
+  wait_prior_grid();  // launched dependent: the previous kernel may still be writing k_new, v_new
   const int64_t bh = blockIdx.x;
   const int i = threadIdx.x;
   const int64_t pos = seq_len[bh];
@@ -175,7 +176,8 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
 }
 
 // Attention of the G query heads of one KV group over its chunks (split evenly over blocks) and,
-// in split 0, its partial runs: block (split, kv head, sequence). The block stages its chunks'
+// in split 0, its partial runs: block (split, kv head, sequence); with tickets (one per (b, h), 0 on
+// entry), the last block of each group also combines its splits into out (SparseAttendTuning::fused). The block stages its chunks'
 // first rows in shared memory, kQuestStageChunks at a time, so that a K/V load never waits on the
 // load of its row number. LOOP: the attender's loop over the chunks, Plain or Prefetch (and its
 // register budget); the tensor-core loop never won here (H200, da2ee81), so it is not built.
@@ -185,7 +187,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
                         const int32_t* __restrict__ chunk_rows, const int32_t* __restrict__ chunk_count,
                         int64_t max_chunks, const int2* __restrict__ partials, const int32_t* __restrict__ partial_count,
                         int P, const float* __restrict__ q, int n_kv_heads, int G, float scale, int splits,
-                        float* __restrict__ part_out, float* __restrict__ part_lse) {
+                        float* __restrict__ part_out, float* __restrict__ part_lse, unsigned* __restrict__ tickets,
+                        float* __restrict__ out) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
   static_assert(kQuestStageChunks <= kDecodeWarps * 32, "one thread stages one chunk row");
   __shared__ typename A::Shared sh;
@@ -234,6 +237,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
   }
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
+  if (tickets)
+    combine_group_if_last<D, GMAX, kDecodeWarps * 32>(part_out, part_lse, splits, G, row0, tickets + bh, out);
 }
 
 }  // namespace saap::cuda

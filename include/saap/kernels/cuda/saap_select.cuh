@@ -422,7 +422,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
 #pragma unroll
   for (int gi = 0; gi < G; ++gi) mx[gi] = -INFINITY;
   int tokens = 0, smallest = INT32_MAX;  // a sequence's tokens fit an int (segments count them so)
-  #pragma unroll 1
+#pragma unroll 1
   for (int c = tid; c < C; c += T) {
     float s[G];
     load_logits(c, s);  // not behind the size: both loads in flight together
@@ -457,7 +457,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   double z[G];
 #pragma unroll
   for (int gi = 0; gi < G; ++gi) z[gi] = 0.0;
-  #pragma unroll 1
+#pragma unroll 1
   for (int c = tid; c < C; c += T) {
     float s[G];
     load_logits(c, s);
@@ -490,12 +490,12 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   const int n_win = int(n - fixed_reads.window_begin);
   const int64_t budget = a.budget.selectable(n, g.S, g.W);
   if (tokens <= budget) {
-    #pragma unroll 1
+#pragma unroll 1
     for (int c = tid; c < C; c += T) taken[c] = sizes[c] > 0;  // the thread's own partitions
   } else {
     int n_sort = kMinRankSize;
     while (n_sort < C) n_sort <<= 1;
-    #pragma unroll 1
+#pragma unroll 1
     for (int c = tid; c < n_sort; c += T) keys[c] = c < C ? key_of(c) : -INFINITY;  // padding ranks last (id >= C)
     __syncthreads();
     bitonic_rank4(keys, ids, n_sort);
@@ -509,7 +509,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   //    gives each thread its first segment and its first token.
   const int fixed = ranges_of(n_sink, segment) + ranges_of(n_win, segment);
   int mine = 0, my_tokens = 0;
-  #pragma unroll 1
+#pragma unroll 1
   for (int c = tid; c < C; c += T)
     if (taken[c]) {
       const int pc = c == tid ? pc0 : part_count[pbase + c], ac = c == tid ? ac0 : append_count[pbase + c];
@@ -535,7 +535,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     put_range(k, g.S, n_win, n_sink);
   }
   int k = fixed + off, t = n_sink + n_win + tok_off;
-  #pragma unroll 1
+#pragma unroll 1
   for (int c = tid; c < C; c += T)
     if (taken[c]) {
       const int pc = c == tid ? pc0 : part_count[pbase + c], ac = c == tid ? ac0 : append_count[pbase + c];
@@ -548,7 +548,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
         t += len;
       }
     }
-  #pragma unroll 1
+#pragma unroll 1
   for (int j = tid; j <= splits; j += T)
     if (int64_t(j) * per >= total_tokens) starts[j] = make_int2(n_segments, 0);
   if (tid == 0) {

@@ -1,5 +1,6 @@
-// Host side of Loki: storage in the PCA basis; per-head low-rank scoring, top-k and attention
-// by the oracle top-k's kernels (per_head_topk.cuh).
+// Host side of Loki: storage in the PCA basis; per-head low-rank scoring and top-k by the oracle
+// top-k's kernels (per_head_topk.cuh), attention of each KV group over its heads' union, each K/V
+// row read once with the heads that took it (union_attend_kernel).
 #include <algorithm>
 #include <type_traits>
 
@@ -17,6 +18,8 @@ struct LokiIndex::Impl {
   DeviceBuffer<int32_t> positions;     // [batch][n_q_heads][max_len]: each head's selection, ascending
   DeviceBuffer<int32_t> counts;        // [batch][n_q_heads]
   DeviceBuffer<int32_t> union_count;   // [batch][n_kv_heads]: tokens the group reads
+  DeviceBuffer<int32_t> union_pos;     // [batch][n_kv_heads][max_len]: them, ascending
+  DeviceBuffer<uint8_t> union_mask;    // [batch][n_kv_heads][max_len]: bit g: head g of the group took it
   radix_topk::Workspace topk_ws;
   DeviceBuffer<int32_t> seq_len, pos0, count;  // [bh]
   std::vector<int32_t> host_len;  // [bh], mirrors seq_len so appends are checked without a sync
@@ -41,7 +44,9 @@ LokiIndex::LokiIndex(const DecodeShape& shape, int64_t max_len, int rank)
   m.positions.resize(rows * max_len);
   m.counts.resize(rows);
   m.union_count.resize(bh);
-  m.topk_ws.ensure(rows, max_len);  // now, not in select(): a graph capture may not allocate
+  m.union_pos.resize(bh * max_len);
+  m.union_mask.resize(bh * max_len);
+  m.topk_ws.ensure(rows, max_len, bh);  // now, not in select(): a graph capture may not allocate
   for (auto* p : {&m.seq_len, &m.pos0, &m.count}) p->resize(bh);
   SAAP_CU(cudaMemset(m.seq_len.get(), 0, m.seq_len.bytes()));
   SAAP_CU(cudaMemset(m.counts.get(), 0, m.counts.bytes()));
@@ -179,7 +184,7 @@ void LokiIndex::select(const float* q, double k_frac, cudaStream_t stream) {
   SAAP_CU_LAUNCHED();
   per_head::select_per_head(m.scores.get(), max_len_, int64_t(shape_.batch) * shape_.n_q_heads, G, len,
                             rules::loki_budget(k_frac), m.topk_ws, m.positions.get(), m.counts.get(),
-                            m.union_count.get(), stream);
+                            m.union_count.get(), stream, radix_topk::UnionList{m.union_pos.get(), m.union_mask.get()});
   last_k_frac_ = k_frac;
 }
 
@@ -187,24 +192,23 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
   auto& m = *impl_;
   SAAP_CU_REQUIRE(out, InvalidArgument, "%s", "null out");
   SAAP_CU_REQUIRE(last_k_frac_ > 0, InvalidArgument, "%s", "select() must be called before attend()");
-  // The attend grid has a block row per query head: split as if every head had its own KV head.
-  DecodeShape head_rows = shape_;
-  head_rows.n_kv_heads = shape_.n_q_heads;
-  const int64_t expect = rules::loki_keys(last_k_frac_, max_len_);
+  // A block row per KV group over the group's union list: the union of the heads' selections,
+  // at most G times one head's k (and the prefix).
+  const int G = shape_.group();
+  const int64_t expect = std::min(max_len_, G * rules::loki_keys(last_k_frac_, max_len_));
   int splits = 0;
-  dispatch_decode(shape_, [&](auto t, auto d, auto) {
+  dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
     using Keys = per_head::SplitKeys<T, D>;
-    auto* kernel = per_head::per_head_attend_kernel<T, D, Keys>;
+    auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys>;
     static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-    splits = choose_splits(head_rows, expect, resident, 64);
+    splits = choose_splits(shape_, expect, resident, 64);
     ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-    kernel<<<dim3(unsigned(splits), unsigned(shape_.n_q_heads), unsigned(shape_.batch)), kDecodeWarps * 32, 0,
-             stream>>>(Keys{reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()),
-                            rank_, max_len_},
-                       reinterpret_cast<const T*>(m.v.get()), max_len_, m.positions.get(), m.counts.get(),
-                       m.q_rot.get(), shape_.n_q_heads, shape_.group(), scale, splits, ws.out(), ws.lse());
+    kernel<<<dim3(unsigned(splits), unsigned(shape_.batch * shape_.n_kv_heads)), kDecodeWarps * 32, 0, stream>>>(
+        Keys{reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()), rank_, max_len_},
+        reinterpret_cast<const T*>(m.v.get()), max_len_, m.union_pos.get(), m.union_mask.get(), m.union_count.get(),
+        m.q_rot.get(), G, scale, splits, ws.out(), ws.lse());
   });
   SAAP_CU_LAUNCHED();
   combine_splits(shape_, splits, ws, out, stream);

@@ -4,12 +4,14 @@
 // break a radix select: random normals; a handful of values repeated across many tiles (ties
 // everywhere, ±0 among them); all keys equal; keys that differ only in their lowest mantissa bits
 // (the third pass decides); and very large / infinite values. Rows cover n = 0, 1, a partial tile and
-// several tiles, and k = 0, 1, n - 1, n, > n. The group union is compared to the union of the
-// reference sets. The same call is repeated (state must not leak) and recorded as a CUDA graph.
+// several tiles, and k = 0, 1, n - 1, n, > n. The group union's size and its list (positions
+// ascending, each with the rows that took it) are compared to the union of the reference sets.
+// The same call is repeated (state must not leak) and recorded as a CUDA graph.
 // Last, the select's time at 32 heads x 128k / 512k keys is printed (not checked; not under
 // SAAP_TEST_QUICK).
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <numeric>
 #include <set>
 #include <string>
@@ -84,17 +86,22 @@ int main() {
     auto dkeys = cutest::upload(keys);
     auto dlens = cutest::upload(lens);
     auto dks = cutest::upload(ks);
-    saap::cuda::DeviceBuffer<int32_t> pos(size_t(n_rows) * stride), counts(n_rows), unions(n_rows / group);
+    saap::cuda::DeviceBuffer<int32_t> pos(size_t(n_rows) * stride), counts(n_rows), unions(n_rows / group),
+        list_pos(size_t(n_rows / group) * stride);
+    saap::cuda::DeviceBuffer<uint8_t> list_mask(list_pos.size());
     rt::Workspace ws;
-    ws.ensure(n_rows, stride);
+    ws.ensure(n_rows, stride, n_rows / group);
     const ArrayRows rows{dlens.get(), dks.get()};
     std::vector<int32_t> first_pos;
     for (int rep = 0; rep < 3; ++rep) {  // plain, plain again (nothing leaks between calls), graph
       cutest::poison(pos);
       cutest::poison(counts);
       cutest::poison(unions);
+      cutest::poison(list_pos);
+      cutest::poison(list_mask);
       auto call = [&](cudaStream_t st) {
-        rt::select(dkeys.get(), stride, n_rows, group, rows, ws, pos.get(), counts.get(), unions.get(), st);
+        rt::select(dkeys.get(), stride, n_rows, group, rows, ws, pos.get(), counts.get(), unions.get(), st,
+                   rt::UnionList{list_pos.get(), list_mask.get()});
       };
       if (rep < 2)
         call(0);
@@ -102,13 +109,17 @@ int main() {
         cutest::run_as_graph(call);
       SAAP_CU(cudaDeviceSynchronize());
       const auto hpos = cutest::download(pos), hcount = cutest::download(counts), hunion = cutest::download(unions);
-      int64_t wrong_rows = 0, wrong_unions = 0;
+      const auto hlist = cutest::download(list_pos);
+      const auto hmask = cutest::download(list_mask);
+      int64_t wrong_rows = 0, wrong_unions = 0, wrong_lists = 0;
       for (int gi = 0; gi < n_rows / group; ++gi) {
         std::set<int32_t> all;
+        std::map<int32_t, uint8_t> took;  // position -> the group's rows that took it
         for (int g = 0; g < group; ++g) {
           const int r = gi * group + g;
           const auto want = reference(&keys[size_t(r) * stride], lens[size_t(r)], ks[size_t(r)]);
           all.insert(want.begin(), want.end());
+          for (int32_t p : want) took[p] |= uint8_t(1u << g);
           const bool ok = hcount[size_t(r)] == int32_t(want.size()) &&
                           std::equal(want.begin(), want.end(), hpos.begin() + size_t(r) * stride);
           if (!ok) {
@@ -118,12 +129,23 @@ int main() {
           }
         }
         wrong_unions += hunion[size_t(gi)] != int32_t(all.size());
+        // The union list: the same positions ascending, each with the rows that took it.
+        bool list_ok = hunion[size_t(gi)] == int32_t(took.size());
+        size_t j = 0;
+        for (const auto& [p, m] : took) {
+          if (!list_ok) break;
+          list_ok = hlist[size_t(gi) * stride + j] == p && hmask[size_t(gi) * stride + j] == m;
+          ++j;
+        }
+        wrong_lists += !list_ok;
       }
       const std::string tag = std::string(name[kind]) + (rep == 0 ? "" : rep == 1 ? " (again)" : " (graph)") + ": ";
       tally.check(wrong_rows == 0, (tag + "rows whose selection differs from the reference").c_str(),
                   double(wrong_rows), 0);
       tally.check(wrong_unions == 0, (tag + "group unions differing from the reference").c_str(), double(wrong_unions),
                   0);
+      tally.check(wrong_lists == 0, (tag + "union lists (positions, rows) differing from the reference").c_str(),
+                  double(wrong_lists), 0);
     }
   }
 

@@ -2,7 +2,8 @@
 // of all tokens are contiguous; decode scores every token with those r components for each query
 // head, keeps each head's own top k, and attends each head exactly over its kept tokens: the CPU
 // method's rule (methods/loki.h), run by the oracle top-k's kernels (per_head_topk.cuh) on the
-// low-rank scores. The KV group reads the union of its heads' selections.
+// low-rank scores. The KV group reads the union of its heads' selections, each K/V row once (the
+// group's heads attend over the union list, each masked to its own selection).
 //
 // Storage per (sequence b, KV head h), rows [0, max_len):
 //   k_low  [bh][max_len][r]        components 0 .. r-1 of the rotated keys (read by scoring)
@@ -63,8 +64,8 @@ class LokiIndex {
   // counts the union over each KV group. k_frac in (0, 1], a double as on the CPU. No host
   // synchronisation (a CUDA graph may record it).
   void select(const float* q, double k_frac, cudaStream_t stream = 0);
-  // Exact attention of each head over its own selection (uses the rotated queries of the last
-  // select()).
+  // Exact attention of each head over its own selection, read as the group's union (uses the
+  // rotated queries and the union list of the last select()).
   void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
 
   int rank() const { return rank_; }

@@ -96,11 +96,14 @@ struct PerHeadRows {
 // [rows][max_len] ascending and counts [rows]; union_count [batch * n_kv_heads]: the positions
 // any head of the group took, the K/V rows the group reads once. A grid over (prefix tile, head)
 // (radix_topk.cuh); no host synchronisation.
+// `list` (optional): the union as a list with each position's heads (radix_topk::UnionList), for
+// union_attend_kernel.
 inline void select_per_head(const float* scores, int64_t max_len, int64_t rows, int G, PrefixLengths lengths,
                             const rules::Budget& budget, radix_topk::Workspace& ws, int32_t* positions,
-                            int32_t* counts, int32_t* union_count, cudaStream_t stream) {
+                            int32_t* counts, int32_t* union_count, cudaStream_t stream,
+                            radix_topk::UnionList list = {}) {
   radix_topk::select(scores, max_len, rows, G, PerHeadRows{lengths, G, budget}, ws, positions, counts, union_count,
-                     stream);
+                     stream, list);
 }
 
 // Block (split, query head, b): head row r = b * Hq + hq attends to its positions
@@ -133,6 +136,47 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32)
     at.run(ns, [&](int i) { return kb + int64_t(stage[i]) * kstride; }, [&](int i) { return vb + int64_t(stage[i]) * D; });
   }
   at.finish(sh, 1, part_out + (row * splits + split) * D, int64_t(splits) * D, part_lse + row * splits + split,
+            splits);
+}
+
+// Block (split, b * n_kv_heads + h): the G heads of the group attend over the group's union list
+// [count * split / splits, count * (split + 1) / splits) (select_per_head's UnionList), each head
+// to the positions its bit of the mask marks, staged kStage at a time: each K/V row is read once
+// for the group, not once per head that took it. q rows [b * Hq + h * G + g] in the keys' basis.
+template <class T, int D, int GMAX, class Keys>
+static __global__ void __launch_bounds__(kDecodeWarps * 32)
+    union_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len, const int32_t* __restrict__ union_pos,
+                        const uint8_t* __restrict__ union_mask, const int32_t* __restrict__ union_count,
+                        const float* __restrict__ q, int G, float scale, int splits, float* __restrict__ part_out,
+                        float* __restrict__ part_lse) {
+  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
+  __shared__ typename A::Shared sh;
+  __shared__ int32_t stage[kStage];
+  __shared__ uint8_t stage_mask[kStage];
+  const int split = blockIdx.x;
+  const int64_t bh = blockIdx.y, row0 = bh * G;
+  A at;
+  at.init(q + row0 * D, G, scale);
+  const int64_t cnt = union_count[bh];
+  const int64_t j0 = cnt * split / splits, j1 = cnt * (split + 1) / splits;
+  const T* kb = keys.lane_base(bh, at.sub);
+  const int64_t kstride = keys.stride(at.sub);
+  const T* vb = V + bh * max_len * D + at.sub * 8;
+  const int32_t* pos = union_pos + bh * max_len;
+  const uint8_t* msk = union_mask + bh * max_len;
+  for (int64_t s0 = j0; s0 < j1; s0 += kStage) {
+    const int ns = int(min(int64_t(kStage), j1 - s0));
+    __syncthreads();  // the previous stage is no longer read
+    if (int(threadIdx.x) < ns) {
+      stage[threadIdx.x] = pos[s0 + threadIdx.x];
+      stage_mask[threadIdx.x] = msk[s0 + threadIdx.x];
+    }
+    __syncthreads();
+    at.run_masked(
+        ns, [&](int i) { return kb + int64_t(stage[i]) * kstride; }, [&](int i) { return vb + int64_t(stage[i]) * D; },
+        [&](int i) { return uint32_t(stage_mask[i]); });
+  }
+  at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
 }
 

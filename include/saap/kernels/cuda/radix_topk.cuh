@@ -12,7 +12,9 @@
 // grid stores each tile's keys above the boundary and its ties, and a writing grid places each
 // tile's taken positions at the offset those counts give (the ties taken are the lowest
 // positions: the first `need` ties in position order). Rows may be grouped (the query heads of a
-// KV group): the writing grid then also counts, per group, the positions any of its rows took.
+// KV group): the writing grid then also counts, per group, the positions any of its rows took,
+// and can list them with the rows that took each (UnionList: written per tile, then moved into
+// one ascending list by a compaction grid), so that an attention kernel reads each row once.
 //
 // Every launch has a grid fixed by the row count and the row stride, and nothing is read back to
 // the host: select() may be recorded in a CUDA graph. Cost: each pass and the count and write
@@ -49,28 +51,49 @@ struct RowState {
   int32_t done;     // no further pass needed (all, k = 0, or a boundary bin of exactly `need` keys)
 };
 
+// The group unions as lists, an optional output of select(): pos[i][0, union_count[i]) are the
+// positions any row of group i took, ascending, and bit r of mask[i][j] is set when row
+// i * group + r took pos[i][j] (group <= 8). pos, mask: [groups][stride].
+struct UnionList {
+  int32_t* pos = nullptr;
+  uint8_t* mask = nullptr;
+};
+
 // Scratch of select(), reused between calls (select() resets what it reads).
 class Workspace {
  public:
-  // rows and the row stride of the keys select() will be given.
-  void ensure(int64_t rows, int64_t stride) {
+  // rows and the row stride of the keys select() will be given; groups > 0 when it is to write a
+  // UnionList of that many groups.
+  void ensure(int64_t rows, int64_t stride, int64_t groups = 0) {
     tiles_ = int((stride + kTile - 1) / kTile);
     if (int64_t(state_.size()) < rows) {
       state_.resize(size_t(rows));
       hist_.resize(size_t(rows) * kBins);
     }
     if (int64_t(tile_counts_.size()) < rows * tiles_) tile_counts_.resize(size_t(rows * tiles_));
+    if (int64_t(seg_pos_.size()) < groups * stride) {
+      seg_pos_.resize(size_t(groups * stride));
+      seg_mask_.resize(size_t(groups * stride));
+    }
+    if (int64_t(tile_union_.size()) < groups * tiles_) tile_union_.resize(size_t(groups * tiles_));
   }
   int tiles() const { return tiles_; }
   RowState* state() const { return state_.get(); }
   int32_t* hist() const { return hist_.get(); }
   int2* tile_counts() const { return tile_counts_.get(); }
+  int32_t* seg_pos() const { return seg_pos_.get(); }
+  uint8_t* seg_mask() const { return seg_mask_.get(); }
+  int32_t* tile_union() const { return tile_union_.get(); }
 
  private:
   int tiles_ = 0;
-  DeviceBuffer<RowState> state_;   // [rows]
-  DeviceBuffer<int32_t> hist_;     // [rows][kBins]
-  DeviceBuffer<int2> tile_counts_; // [rows][tiles]: (keys above the k-th, ties)
+  DeviceBuffer<RowState> state_;    // [rows]
+  DeviceBuffer<int32_t> hist_;      // [rows][kBins]
+  DeviceBuffer<int2> tile_counts_;  // [rows][tiles]: (keys above the k-th, ties)
+  // The union list in per-tile segments: tile t's at [group][t * kTile, + tile_union[group][t]).
+  DeviceBuffer<int32_t> seg_pos_;     // [groups][stride]
+  DeviceBuffer<uint8_t> seg_mask_;    // [groups][stride]
+  DeviceBuffer<int32_t> tile_union_;  // [groups][tiles]
 };
 
 // Rows: a device functor with n(row) (keys in the row, <= stride) and k(row) (keys to take).
@@ -180,11 +203,13 @@ static __global__ void __launch_bounds__(kThreads)
 
 // Grid (tile, group of `group` rows): each row's taken positions of the tile, at the row's output
 // offset (positions [row][stride], ascending); per group, the positions any of its rows took are
-// added to union_count[group index] (when given).
+// added to union_count[group index] (when given) and, when seg_pos is given, written with the
+// rows that took them (bit r: row r of the group) as the tile's segment of the union list.
 static __global__ void __launch_bounds__(kThreads)
     write_kernel(const float* __restrict__ keys, int64_t stride, const RowState* __restrict__ state,
                  const int2* __restrict__ tile_counts, int tiles, int group, int32_t* __restrict__ positions,
-                 int32_t* __restrict__ union_count) {
+                 int32_t* __restrict__ union_count, int32_t* __restrict__ seg_pos, uint8_t* __restrict__ seg_mask,
+                 int32_t* __restrict__ tile_union) {
   using Scan = cub::BlockScan<int, kThreads>;
   using Reduce = cub::BlockReduce<int2, kThreads>;
   __shared__ union {
@@ -197,6 +222,7 @@ static __global__ void __launch_bounds__(kThreads)
   const int64_t t0 = int64_t(tile) * kTile, e0 = int64_t(threadIdx.x) * kPerThread;
   auto add = [](int2 a, int2 b) { return make_int2(a.x + b.x, a.y + b.y); };
   uint32_t any = 0;  // bit i: position t0 + e0 + i taken by some row of the group
+  uint64_t by_lo = 0, by_hi = 0;  // byte i (of positions 0-7, then 8-15): the rows that took it
   for (int g = 0; g < group; ++g) {
     const int64_t row = int64_t(blockIdx.y) * group + g;
     const RowState s = state[row];
@@ -238,29 +264,76 @@ static __global__ void __launch_bounds__(kThreads)
     Scan(tmp.scan).ExclusiveSum(__popc(take), off);
     const int64_t base = s.all ? t0 : int64_t(before.x) + min(int64_t(before.y), int64_t(s.need));
     int32_t* out = positions + row * stride + base + off;
-    for (uint32_t rest = take; rest; rest &= rest - 1) *out++ = int32_t(t0 + e0 + __ffs(rest) - 1);
+    for (uint32_t rest = take; rest; rest &= rest - 1) {
+      const int i = __ffs(rest) - 1;
+      *out++ = int32_t(t0 + e0 + i);
+      if (i < 8)
+        by_lo |= uint64_t(1u << g) << (8 * i);
+      else
+        by_hi |= uint64_t(1u << g) << (8 * (i - 8));
+    }
     any |= take;
   }
   if (!union_count) return;
+  __syncthreads();  // the scan storage is free
+  int u_off, u_total;
+  Scan(tmp.scan).ExclusiveSum(__popc(any), u_off, u_total);
+  if (threadIdx.x == 0 && u_total) atomicAdd(&union_count[blockIdx.y], u_total);
+  if (!seg_pos) return;
+  int64_t seg = int64_t(blockIdx.y) * stride + t0 + u_off;  // this thread's first entry of the segment
+  for (uint32_t rest = any; rest; rest &= rest - 1, ++seg) {
+    const int i = __ffs(rest) - 1;
+    seg_pos[seg] = int32_t(t0 + e0 + i);
+    seg_mask[seg] = uint8_t((i < 8 ? by_lo >> (8 * i) : by_hi >> (8 * (i - 8))) & 0xffu);
+  }
+  if (threadIdx.x == 0) tile_union[int64_t(blockIdx.y) * tiles + tile] = u_total;
+}
+
+// Grid (tile, group): the tile's segment of the union list moved to its place in the group's
+// list (after the segments of the tiles before it).
+static __global__ void __launch_bounds__(kThreads)
+    union_compact_kernel(const int32_t* __restrict__ seg_pos, const uint8_t* __restrict__ seg_mask,
+                         const int32_t* __restrict__ tile_union, int tiles, int64_t stride, UnionList list) {
+  using Reduce = cub::BlockReduce<int, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ int s_before;
+  const int tile = blockIdx.x;
+  const int64_t grp = blockIdx.y;
+  const int cnt = tile_union[grp * tiles + tile];
+  if (cnt == 0) return;  // uniform
+  int before = 0;
+  for (int j = threadIdx.x; j < tile; j += kThreads) before += tile_union[grp * tiles + j];
+  before = Reduce(tmp).Sum(before);
+  if (threadIdx.x == 0) s_before = before;
   __syncthreads();
-  const int2 taken = Reduce(tmp.reduce).Reduce(make_int2(__popc(any), 0), add);
-  if (threadIdx.x == 0 && taken.x) atomicAdd(&union_count[blockIdx.y], taken.x);
+  const int64_t from = grp * stride + int64_t(tile) * kTile, to = grp * stride + s_before;
+  for (int i = threadIdx.x; i < cnt; i += kThreads) {
+    list.pos[to + i] = seg_pos[from + i];
+    list.mask[to + i] = seg_mask[from + i];
+  }
 }
 
 // Each row's k best keys of keys[row][0, n(row)) (Rows: n(row), k(row) on the device; k >= n
 // takes the whole row, k <= 0 none): positions[row][0, counts[row]) ascending. Rows
 // [i * group, (i + 1) * group) form group i; union_count[i] (when given) is the number of
 // positions any of them took. keys, positions [n_rows][stride]; counts [n_rows]; union_count
-// [n_rows / group] or null. No host synchronisation; select() allocates only when `ws` is smaller
-// than (n_rows, stride), so a caller that records it in a CUDA graph calls ws.ensure() first.
+// [n_rows / group] or null; `list`, when given, the unions as lists (UnionList; needs
+// union_count, group <= 8). No host synchronisation; select() allocates only when `ws` is smaller
+// than (n_rows, stride, groups with a list), so a caller that records it in a CUDA graph calls
+// ws.ensure() first.
 template <class Rows>
 inline void select(const float* keys, int64_t stride, int64_t n_rows, int group, Rows rows, Workspace& ws,
-                   int32_t* positions, int32_t* counts, int32_t* union_count, cudaStream_t stream) {
+                   int32_t* positions, int32_t* counts, int32_t* union_count, cudaStream_t stream,
+                   UnionList list = {}) {
   SAAP_CU_REQUIRE(n_rows >= 1 && n_rows <= 65535 && group >= 1 && n_rows % group == 0, InvalidArgument,
                   "n_rows = %lld must be in [1, 65535] and a multiple of group = %d", (long long)n_rows, group);
   SAAP_CU_REQUIRE(stride >= 1 && stride < (int64_t(1) << 31), InvalidArgument, "stride = %lld outside [1, 2^31)",
                   (long long)stride);
-  ws.ensure(n_rows, stride);
+  const bool with_list = list.pos != nullptr;
+  SAAP_CU_REQUIRE(!with_list || (list.mask && union_count && group <= 8), InvalidArgument,
+                  "a union list needs its mask, union_count and group <= 8 (group = %d)", group);
+  const int64_t groups = n_rows / group;
+  ws.ensure(n_rows, stride, with_list ? groups : 0);
   const dim3 grid(unsigned(ws.tiles()), unsigned(n_rows));
   init_kernel<<<unsigned(n_rows), kThreads, 0, stream>>>(rows, group, ws.state(), ws.hist(), counts, union_count);
   SAAP_CU_LAUNCHED();
@@ -273,8 +346,14 @@ inline void select(const float* keys, int64_t stride, int64_t n_rows, int group,
   SAAP_CU_LAUNCHED();
   count_kernel<<<grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.tiles(), ws.tile_counts());
   SAAP_CU_LAUNCHED();
-  write_kernel<<<dim3(unsigned(ws.tiles()), unsigned(n_rows / group)), kThreads, 0, stream>>>(
-      keys, stride, ws.state(), ws.tile_counts(), ws.tiles(), group, positions, union_count);
+  const dim3 group_grid(unsigned(ws.tiles()), unsigned(groups));
+  write_kernel<<<group_grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.tile_counts(), ws.tiles(), group,
+                                                    positions, union_count, with_list ? ws.seg_pos() : nullptr,
+                                                    ws.seg_mask(), ws.tile_union());
+  SAAP_CU_LAUNCHED();
+  if (!with_list) return;
+  union_compact_kernel<<<group_grid, kThreads, 0, stream>>>(ws.seg_pos(), ws.seg_mask(), ws.tile_union(),
+                                                            ws.tiles(), stride, list);
   SAAP_CU_LAUNCHED();
 }
 

@@ -175,6 +175,11 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
                    partial_count, selected_tokens, scored_pages, key_cap, cached4);
 }
 
+// Row i of a stage of P-row chunks (stage[c]: chunk c's first row) when P is not a power of two.
+static __device__ __noinline__ int64_t quest_stage_row_div(const int32_t* stage, int i, int P) {
+  return int64_t(stage[i / P]) + i % P;
+}
+
 // Attention of the G query heads of one KV group over its chunks (split evenly over blocks) and,
 // in split 0, its partial runs: block (split, kv head, sequence); with tickets (one per (b, h), 0 on
 // entry), the last block of each group also combines its splits into out (SparseAttendTuning::fused). The block stages its chunks'
@@ -211,29 +216,36 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
   const T* vb = V + bh * max_len * D + at.sub * 8;
   const int32_t* rows = chunk_rows + bh * max_chunks;
   // Row i of the stage; a power-of-two P (16 by default) shifts and masks, since two integer
-  // divisions per row and lane were a large share of the loop's instructions.
+  // divisions per row and lane were a large share of the loop's instructions; other sizes call
+  // out, so that the unrolled loads do not each carry a division's code.
   const int p_shift = (P & (P - 1)) == 0 ? __ffs(P) - 1 : -1;
   auto row = [&](int i) {
-    return p_shift >= 0 ? int64_t(stage[i >> p_shift]) + (i & (P - 1)) : int64_t(stage[i / P]) + i % P;
+    return p_shift >= 0 ? int64_t(stage[i >> p_shift]) + (i & (P - 1)) : quest_stage_row_div(stage, i, P);
   };
-  for (int64_t s0 = j0; s0 < j1; s0 += kQuestStageChunks) {
-    const int ns = int(min(int64_t(kQuestStageChunks), j1 - s0));
+  auto kptr = [&](int i) { return kb + row(i) * D; };
+  auto vptr = [&](int i) { return vb + row(i) * D; };
+  // The chunks kQuestStageChunks at a time, then each partial run (shorter than P: staged as one
+  // chunk, its row i is stage[0] + i), through one call of the attender's loop: a second call site
+  // (or instance) for the runs doubled the kernel's code, which a decode step fetches cold.
+  int64_t s0 = j0;
+  for (int k = 0; s0 < j1 || k < n_parts;) {
     __syncthreads();  // the previous stage is no longer read
-    if (int(threadIdx.x) < ns) stage[threadIdx.x] = rows[s0 + threadIdx.x];
-    __syncthreads();
-    auto kptr = [&](int i) { return kb + row(i) * D; };
-    auto vptr = [&](int i) { return vb + row(i) * D; };
-    if constexpr (LOOP == DenseLoop::Prefetch) {
-      at.run_prefetch(ns * P, kptr, vptr);
+    int n;
+    if (s0 < j1) {
+      const int ns = int(min(int64_t(kQuestStageChunks), j1 - s0));
+      if (int(threadIdx.x) < ns) stage[threadIdx.x] = rows[s0 + threadIdx.x];
+      s0 += ns;
+      n = ns * P;
     } else {
-      at.run(ns * P, kptr, vptr);
+      if (threadIdx.x == 0) stage[0] = part[k].x;
+      n = part[k++].y;
     }
-  }
-  for (int k = 0; k < n_parts; ++k) {
-    const int2 p = part[k];
-    const T* ks = kb + int64_t(p.x) * D;
-    const T* vs = vb + int64_t(p.x) * D;
-    at.run(p.y, [&](int i) { return ks + int64_t(i) * D; }, [&](int i) { return vs + int64_t(i) * D; });
+    __syncthreads();
+    if constexpr (LOOP == DenseLoop::Prefetch) {
+      at.run_prefetch(n, kptr, vptr);
+    } else {
+      at.run(n, kptr, vptr);
+    }
   }
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);

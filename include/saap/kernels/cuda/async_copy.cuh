@@ -51,16 +51,26 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)), "r"(bytes)
                : "memory");
 }
+// Whether the phase of parity `parity` has completed (try_wait may suspend the thread a while first).
+__device__ __forceinline__ bool mbarrier_try_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n\t.reg .pred p;\n\t"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+      "selp.u32 %0, 1, 0, p;\n}"
+      : "=r"(done)
+      : "r"(shared_address(bar)), "r"(parity)
+      : "memory");
+  return done != 0;
+}
 // Waits until the phase of parity `parity` (0, 1, 0, ... for the barrier's 1st, 2nd, 3rd phase)
 // has completed; then the bytes of the copies counted in that phase are visible to this thread.
+// A phase that never completes (bytes announced but never copied: a bug) traps after 2^24 polls
+// (a tenth of a second at the least; a real copy takes microseconds), so the launch fails instead
+// of hanging the process.
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n\t.reg .pred done;\n"
-      "WAIT:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
-      "@!done bra WAIT;\n}" ::"r"(shared_address(bar)),
-      "r"(parity)
-      : "memory");
+  for (uint32_t polls = 0; !mbarrier_try_wait(bar, parity);)
+    if (++polls == (1u << 24)) __trap();
 }
 // `bytes` from gmem to smem by the copy engine, counted on `bar` when they land.
 __device__ __forceinline__ void bulk_copy_to_shared(void* smem, const void* gmem, uint32_t bytes, uint64_t* bar) {

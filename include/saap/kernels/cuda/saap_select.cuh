@@ -80,6 +80,9 @@ static __global__ void __launch_bounds__(kClassifyThreads)
 #pragma unroll 1
   for (int i = tid; i < batch * (D / 32); i += kClassifyThreads)  // q's lines (written before this kernel) into L2
     prefetch_l2(q + (int64_t(i / (D / 32)) * n_q_heads + hq) * D + (i % (D / 32)) * 32);
+  // The select kernel's blocks may be placed from now on (they wait for this grid's end anyway):
+  // resident early, they prefetch their tables while this kernel works.
+  allow_next_grid();
   wait_prior_grid();
   const float* w2l = reinterpret_cast<const float*>(w2s);
   for (int b = 0; b < batch; ++b) {
@@ -111,7 +114,6 @@ static __global__ void __launch_bounds__(kClassifyThreads)
       }
     }
     __syncthreads();
-    if (b + 1 == batch) allow_next_grid();
     // Logits from the staged slice: a warp per 4 rows at a time, the lanes over pairs of hidden units.
     for (int c = warp * 4; c < n_rows; c += kClassifyWarps * 4) {
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -401,6 +403,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     prefetch_l2(a.append_pages + (pbase + tid) * g.A);
   }
   if (tid == 0) prefetch_l2(a.seq_len + bh);
+  allow_next_grid();  // attend's blocks may be placed now; they wait for this grid's end
   wait_prior_grid();
   auto load_logits = [&](int c, float (&s)[G]) {
 #pragma unroll
@@ -503,7 +506,6 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     fill_ranked(ids, sizes, C, budget, smallest, taken, rank_mem.rank_size, scan_scratch);
     __syncthreads();
   }
-  allow_next_grid();
 
   // 4. Segments: each thread counts its selected partitions' pieces and tokens; one block scan
   //    gives each thread its first segment and its first token.

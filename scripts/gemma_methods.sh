@@ -5,10 +5,10 @@
 #   dense; Saap, k-means and Quest at 5% of the context and at 2048 tokens; the partition oracle
 #   at 5% (the ceiling of any router on these partitions); Loki (k_f 0.05; d_f 0.25, and 0.125: the
 #   GPU's rank 32); StreamingLLM
-#   at 2048 tokens (4 sinks + 2044 recent); the oracle top-k at 5%; H2O at 5% (a lookup fraction
-#   only, as the CPU method takes; --method-prefill: its heavy hitters accumulate over the prompt's
-#   queries, which an exact prefill never shows it; eval ppl runs every position through the method
-#   anyway, and gpu_gemma_tasks.sh leaves the flag out there); then the rest of the grid:
+#   at 2048 tokens (4 sinks + 2044 recent); the oracle top-k at 5%; H2O at 5% and at 2048 tokens
+#   (--method-prefill: its heavy hitters accumulate over the prompt's queries, which an exact
+#   prefill never shows it; eval ppl runs every position through the method anyway, and
+#   gpu_gemma_tasks.sh leaves the flag out there); then the rest of the grid:
 #   Saap, k-means and Quest at 2% and 10% and at 512 and 1024 tokens, the partition oracle and
 #   the oracle at 2048 tokens.
 # Names: <method>_<n>, n < 100 a percentage of the context (--lookup n/100), else a token budget
@@ -42,6 +42,7 @@ gemma_configs() {
   echo "streaming_2048|--method streaming --sinks 4 --window 2044"
   echo "oracle_5|--method oracle --lookup 0.05"
   echo "h2o_5|--method h2o --lookup 0.05 --method-prefill"
+  echo "h2o_2048|--method h2o --budget-tokens 2048 --method-prefill"
   for b in 2 10 512 1024; do
     _gemma_partition saap "$saap" "$b"
     _gemma_partition kmeans "$kmeans" "$b"

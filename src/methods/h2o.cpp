@@ -9,8 +9,11 @@
 
 namespace saap {
 
-H2OAttention::H2OAttention(const LayerShape& shape, double lookup) : AttentionMethod(shape), lookup_(lookup) {
-  check_fraction(lookup, "lookup");
+H2OAttention::H2OAttention(const LayerShape& shape, const rules::Budget& budget)
+    : AttentionMethod(shape), budget_(budget) {
+  check_fraction(budget.lookup, "lookup");
+  SAAP_CHECK_FMT(budget.tokens >= 0, InvalidArgument, "budget_tokens = %lld must be >= 0 (0: use lookup)",
+                 (long long)budget.tokens);
   acc_.resize(size_t(shape.n_q_heads));
   evicted_.resize(size_t(shape.n_q_heads));
 }
@@ -40,7 +43,7 @@ void H2OAttention::select(const LayerKV& kv, const QueryView& q, Selection& sel)
                  "layer %d: query at position %lld after position %lld; H2O's state is per sequence (call reset())",
                  shape_.layer, (long long)q.pos, (long long)last_pos_);
   last_pos_ = q.pos;
-  const int64_t k = rules::topk_keys(lookup_, n);
+  const int64_t k = budget_.topk(n);
   const int64_t recent = rules::h2o_recent(k);
   const int64_t heavy = k - recent;
   sel.clear(q.n_q_heads);
@@ -111,9 +114,9 @@ void H2OAttention::attend(const LayerKV& kv, const QueryView& q, const Selection
 }
 
 MethodFactory h2o_factory(const MethodSpec& spec, const ArtifactIdentity&) {
-  const double lookup = spec.lookup;
-  check_fraction(lookup, "lookup");
-  return [lookup](const LayerShape& shape) { return std::make_unique<H2OAttention>(shape, lookup); };
+  const rules::Budget budget{spec.lookup, spec.budget_tokens};
+  check_fraction(budget.lookup, "lookup");
+  return [budget](const LayerShape& shape) { return std::make_unique<H2OAttention>(shape, budget); };
 }
 
 }  // namespace saap

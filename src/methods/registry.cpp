@@ -59,7 +59,7 @@ const std::vector<MethodInfo>& method_table() {
       {"dense", dense_factory, "", {}},
       {"oracle", oracle_factory, "", {kOptLookup, kOptBudgetTokens}},
       {"streaming", streaming_factory, "", {kOptSinks, kOptWindow}},
-      {"h2o", h2o_factory, "", {kOptLookup}},
+      {"h2o", h2o_factory, "", {kOptLookup, kOptBudgetTokens}},
       {"loki", loki_factory, "loki", {kOptKf, kOptDf, kOptArtifact}},
       {"saap", saap_factory, "saap", {kOptLookup, kOptBudgetTokens, kOptSinks, kOptWindow, kOptArtifact}},
       {"kmeans", kmeans_factory, "partition", {kOptLookup, kOptBudgetTokens, kOptSinks, kOptWindow, kOptArtifact}},

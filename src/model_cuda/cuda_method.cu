@@ -140,8 +140,10 @@ bool reads_whole_prefix(const MethodSpec& s, MethodKind kind, int64_t j) {
       return rules::loki_keys(s.k_f, j) >= j;
     case MethodKind::Oracle:
       return rules::Budget{s.lookup, s.budget_tokens}.topk(j) >= j;
-    case MethodKind::H2O:  // k >= j at every j up to here: nothing was ever evicted either
-      return rules::topk_keys(s.lookup, j) >= j;
+    case MethodKind::H2O:
+      // Position 0 alone (what seed_first_query stands for): a later query that reads its whole
+      // prefix still adds its weights to the accumulators, so it goes through the method.
+      return j <= 1;
     case MethodKind::Streaming:
       return rules::fixed_reads(j, s.sinks, streaming_window(s)).count() >= j;
     case MethodKind::Partition:
@@ -221,7 +223,8 @@ void CudaLlamaModel::Impl::make_indexes(int batch) {
   if (method.kind == MethodKind::H2O) {  // per global layer: its accumulators, on the cache's stride
     const DecodeShape shape{batch, c.n_heads, c.n_kv_heads, c.head_dim, DType::BF16};
     for (int l = 0; l < c.n_layers; ++l)
-      method.h2o.push_back(c.is_global(l) ? std::make_unique<H2ODecoder>(shape, options.max_context, spec.lookup)
+      method.h2o.push_back(c.is_global(l) ? std::make_unique<H2ODecoder>(
+                                                shape, options.max_context, rules::Budget{spec.lookup, spec.budget_tokens})
                                           : nullptr);
     method.index_batch = batch;
     return;
@@ -519,13 +522,11 @@ void CudaLlamaModel::teacher_forced(const int32_t* tokens, int batch, int64_t n,
   // charge their router or centroids even where they then read the whole prefix; Quest and Loki
   // charge nothing there), though the dense prefill itself reads no index.
   for (int64_t j = 1; j <= n0; ++j) method.host_reads.index_bytes += double(batch) * double(m.index_bytes_per_query(j));
-  if (n0 == n) return;
-  // H2O's first queries went through the dense prefill: its state is the CPU's after them. The
-  // dense prefix of H2O is position 0 alone unless the lookup reads everything (never evicting, so
-  // its accumulators are never read).
-  if (method.kind == MethodKind::H2O && n0 == 1)
+  // H2O's dense prefix is position 0 alone (dense_prefix): its state is the CPU's after it.
+  if (method.kind == MethodKind::H2O)
     for (auto& h : method.h2o)
       if (h) h->seed_first_query(m.stream);
+  if (n0 == n) return;
 
   for (int64_t i = 0; i < int64_t(batch) * n; ++i)
     SAAP_CHECK_FMT(tokens[i] >= 0 && tokens[i] < c.vocab_size, InvalidArgument,

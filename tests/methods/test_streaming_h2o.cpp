@@ -10,6 +10,7 @@
 #include "saap/kernels/cpu/attention.h"
 #include "saap/methods/h2o.h"
 #include "saap/methods/oracle_topk.h"
+#include "saap/methods/registry.h"
 #include "saap/methods/streaming.h"
 
 namespace saap {
@@ -143,6 +144,38 @@ TEST(H2O, EvictsLightestForGoodAndAccumulatesExactWeights) {
   method->reset();
   EXPECT_NO_THROW(method->forward(kv, QueryView{q.data(), q.data(), n_q, 0}, out.data(), stats));
   EXPECT_FALSE(h2o->evicted(0, 0));
+}
+
+// A fixed budget of tokens (rules::Budget, as the oracle's, through the registry): each head reads
+// min(tokens, n) every step, the whole prefix while it fits, then the budget with evictions.
+TEST(H2O, FixedBudgetReadsThatManyTokensPerHead) {
+  std::mt19937 rng(5);
+  const int n_q = 4, n_kv = 2, d = 16;
+  const int64_t n = 120, tokens = 20;
+  KVCache cache = random_cache(n_kv, d, n, DType::F32, rng);
+  const LayerKV kv = cache.layer(0);
+  MethodSpec s = spec("h2o", 0.05, 0, 0);
+  s.budget_tokens = tokens;
+  auto method = make_method_factory(s, ArtifactIdentity{})(LayerShape{0, n_q, n_kv, d, n});
+  auto* h2o = dynamic_cast<H2OAttention*>(method.get());
+  ASSERT_NE(h2o, nullptr);
+  std::vector<float> out(n_q * d);
+  LookupStats stats;
+  for (int64_t pos = 0; pos < n; ++pos) {
+    const std::vector<float> q = normal_vector(n_q * d, rng);
+    const QueryView qv{q.data(), q.data(), n_q, pos};
+    Selection sel;
+    method->select(kv, qv, sel);
+    for (int h = 0; h < n_q; ++h) {
+      const int64_t read = sel.all ? pos + 1 : int64_t(sel.positions[size_t(h)].size());
+      EXPECT_EQ(read, std::min<int64_t>(tokens, pos + 1)) << pos;
+    }
+    method->attend(kv, qv, sel, out.data(), stats);
+  }
+  // Every position older than the budget's recent half was either kept or evicted: n - tokens gone.
+  int64_t gone = 0;
+  for (int64_t p = 0; p < n; ++p) gone += h2o->evicted(0, p);
+  EXPECT_EQ(gone, n - tokens);
 }
 
 TEST(H2O, FullBudgetIsDenseAndTinyBudgetReadsTheQueryToken) {

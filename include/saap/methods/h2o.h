@@ -1,5 +1,6 @@
 // H2O, heavy-hitter oracle (Zhang et al., NeurIPS 2023, arXiv 2306.14048), as the Loki paper
-// compares it: per query head a budget of k = rules::topk_keys(lookup, n_ctx) tokens, split equally between
+// compares it: per query head a budget of k = rules::Budget::topk(n_ctx) tokens (a lookup fraction of the
+// prefix, or a fixed count of tokens as the fixed-budget comparisons use), split equally between
 // the most recent tokens and the "heavy hitters", the older tokens with the largest attention
 // weight accumulated over all previous decode steps. When the heavy hitters overflow their half,
 // the lightest are evicted for good: an evicted position never comes back, even as the budget
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "saap/core/selection_rules.h"
 #include "saap/methods/method.h"
 #include "saap/methods/registry.h"
 
@@ -16,8 +18,10 @@ namespace saap {
 
 class H2OAttention : public AttentionMethod {
  public:
-  // lookup in (0, 1]; the budget is at least 1 token (the query's own position, always recent).
-  H2OAttention(const LayerShape& shape, double lookup);
+  // budget: a lookup in (0, 1], or tokens > 0; at least 1 token (the query's own position, always
+  // recent).
+  H2OAttention(const LayerShape& shape, const rules::Budget& budget);
+  H2OAttention(const LayerShape& shape, double lookup) : H2OAttention(shape, rules::Budget{lookup, 0}) {}
   std::string name() const override { return "h2o"; }
   void reset() override;
   bool needs_every_query() const override { return true; }  // its heavy hitters accumulate over queries
@@ -33,7 +37,7 @@ class H2OAttention : public AttentionMethod {
   bool evicted(int head, int64_t pos) const;
 
  private:
-  double lookup_;
+  rules::Budget budget_;
   int64_t last_pos_ = -1;
   std::vector<std::vector<float>> acc_;        // [n_q_heads][positions]
   std::vector<std::vector<uint8_t>> evicted_;  // [n_q_heads][positions]

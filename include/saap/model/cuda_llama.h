@@ -147,7 +147,7 @@ class CudaLlamaModel {
   void method_prefill(const int32_t* tokens, int batch, int64_t n);
   // The positions [0, dense_prefix(n)) of an n-token sequence whose query the method reads whole:
   // the prefix fits in sinks + window, or the budget buys all of it (saap::rules); 1 for loki
-  // unless k_f buys more; n for dense.
+  // unless k_f buys more; 1 for h2o (every later query adds its weights); n for dense.
   int64_t dense_prefix(int64_t n) const;
   // K/V read since load() or the last reset_kv_reads(): method_nll's positions and every decode
   // step. Synchronises (the sparse steps count on the device).

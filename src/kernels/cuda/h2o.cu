@@ -17,20 +17,20 @@ constexpr int kTileThreads = 256;
 constexpr int kWeighThreads = 256;
 
 // The recent positions of an n-token prefix: [n - h2o_recent(k), n).
-__device__ __forceinline__ int64_t h2o_recent_begin(double lookup, int64_t n) {
-  return n - rules::h2o_recent(rules::topk_keys(lookup, n));
+__device__ __forceinline__ int64_t h2o_recent_begin(const rules::Budget& budget, int64_t n) {
+  return n - rules::h2o_recent(budget.topk(n));
 }
 
 // Block (index tile, row = b * Hq + hq): rank[row][j] for j < n = lengths[b], position p = n - 1 - j:
 // +inf for a recent position, else its accumulator (-inf once evicted).
 __global__ void __launch_bounds__(kTileThreads)
     h2o_rank_kernel(const float* __restrict__ acc, int64_t max_len, const int32_t* __restrict__ lengths, int Hq,
-                    double lookup, float* __restrict__ rank) {
+                    rules::Budget budget, float* __restrict__ rank) {
   const int64_t row = blockIdx.y, n = lengths[row / Hq];
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= n) return;
   const int64_t p = n - 1 - j;
-  rank[row * max_len + j] = p >= h2o_recent_begin(lookup, n) ? INFINITY : acc[row * max_len + p];
+  rank[row * max_len + j] = p >= h2o_recent_begin(budget, n) ? INFINITY : acc[row * max_len + p];
 }
 
 // Block (index tile, row): each selected index j back to its position n - 1 - j, and j marked
@@ -49,11 +49,11 @@ __global__ void __launch_bounds__(kTileThreads)
 // Block (position tile, row): every older position the head did not take (its rank key unmarked)
 // evicted: accumulator -inf (already evicted ones stay so).
 __global__ void __launch_bounds__(kTileThreads)
-    h2o_evict_kernel(int64_t max_len, const int32_t* __restrict__ lengths, int Hq, double lookup,
+    h2o_evict_kernel(int64_t max_len, const int32_t* __restrict__ lengths, int Hq, rules::Budget budget,
                      const float* __restrict__ rank, float* __restrict__ acc) {
   const int64_t row = blockIdx.y, n = lengths[row / Hq];
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= h2o_recent_begin(lookup, n)) return;
+  if (p >= h2o_recent_begin(budget, n)) return;
   if (!isnan(rank[row * max_len + (n - 1 - p)])) acc[row * max_len + p] = -INFINITY;
 }
 
@@ -109,12 +109,15 @@ __global__ void h2o_seed_kernel(int64_t max_len, float* __restrict__ acc) {
 
 }  // namespace
 
-H2ODecoder::H2ODecoder(const DecodeShape& shape, int64_t max_len, double lookup)
-    : shape_(shape), max_len_(max_len), lookup_(lookup), topk_ws_(new radix_topk::Workspace) {
+H2ODecoder::H2ODecoder(const DecodeShape& shape, int64_t max_len, const rules::Budget& budget)
+    : shape_(shape), max_len_(max_len), budget_(budget), topk_ws_(new radix_topk::Workspace) {
   shape_.check(256);
   SAAP_CU_REQUIRE(max_len >= 1 && max_len < (int64_t(1) << 24), InvalidArgument, "max_len = %lld outside [1, 2^24)",
                   (long long)max_len);
-  SAAP_CU_REQUIRE(rules::lookup_in_range(lookup), InvalidArgument, "lookup = %g must be in (0, 1]", lookup);
+  SAAP_CU_REQUIRE(budget.tokens >= 0, InvalidArgument, "budget tokens = %lld must be >= 0 (0: use lookup)",
+                  (long long)budget.tokens);
+  SAAP_CU_REQUIRE(budget.fixed() || rules::lookup_in_range(budget.lookup), InvalidArgument,
+                  "lookup = %g must be in (0, 1] (no fixed budget of tokens given)", budget.lookup);
   const size_t rows = size_t(shape.batch) * shape.n_q_heads;
   acc_.resize(rows * size_t(max_len));
   scores_.resize(rows * size_t(max_len));
@@ -143,7 +146,7 @@ void H2ODecoder::decode(const void* k, const void* v, const int32_t* lengths, co
                   k, v, (const void*)lengths, (const void*)q, (void*)out);
   const unsigned rows = unsigned(shape_.batch * shape_.n_q_heads);
   const int G = shape_.group(), Hq = shape_.n_q_heads;
-  const rules::Budget budget{lookup_, 0};
+  const rules::Budget& budget = budget_;
   // The attend grid has a block row per query head: split as if every head had its own KV head.
   DecodeShape head_rows = shape_;
   head_rows.n_kv_heads = shape_.n_q_heads;
@@ -153,7 +156,7 @@ void H2ODecoder::decode(const void* k, const void* v, const int32_t* lengths, co
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
-    h2o_rank_kernel<<<tiles, kTileThreads, 0, stream>>>(acc_.get(), max_len_, lengths, Hq, lookup_, scores_.get());
+    h2o_rank_kernel<<<tiles, kTileThreads, 0, stream>>>(acc_.get(), max_len_, lengths, Hq, budget, scores_.get());
     SAAP_CU_LAUNCHED();
     const PrefixLengths len{lengths, shape_.n_kv_heads};
     select_per_head(scores_.get(), max_len_, int64_t(rows), G, len, budget, *topk_ws_, positions_.get(),
@@ -161,7 +164,7 @@ void H2ODecoder::decode(const void* k, const void* v, const int32_t* lengths, co
     h2o_mark_kernel<<<tiles, kTileThreads, 0, stream>>>(max_len_, lengths, Hq, counts_.get(), positions_.get(),
                                                         scores_.get());
     SAAP_CU_LAUNCHED();
-    h2o_evict_kernel<<<tiles, kTileThreads, 0, stream>>>(max_len_, lengths, Hq, lookup_, scores_.get(), acc_.get());
+    h2o_evict_kernel<<<tiles, kTileThreads, 0, stream>>>(max_len_, lengths, Hq, budget, scores_.get(), acc_.get());
     SAAP_CU_LAUNCHED();
     auto* kernel = per_head_attend_kernel<T, D, DenseKeys<T, D>>;
     static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);

@@ -495,11 +495,9 @@ void every_method(cutest::Tally& tally, const std::string& model_path, const std
                   (spec.describe() + ": K/V fraction = the fixed reads' exactly").c_str(), frac, want.first);
     }
     if (spec.name == "h2o") {  // each head reads k; the group's union at most G k or the prefix
-      const auto least = expected_fractions(
-          n, n0, [&](int64_t j) { return rules::topk_keys(spec.lookup, j); }, [](int64_t) { return 0; });
+      const auto least = expected_fractions(n, n0, [&](int64_t j) { return budget.topk(j); }, [](int64_t) { return 0; });
       const auto most = expected_fractions(
-          n, n0, [&](int64_t j) { return std::min<int64_t>(j, G * rules::topk_keys(spec.lookup, j)); },
-          [](int64_t) { return 0; });
+          n, n0, [&](int64_t j) { return std::min<int64_t>(j, G * budget.topk(j)); }, [](int64_t) { return 0; });
       tally.check(frac >= least.first - 1e-9 && frac <= most.first + 1e-9 && index_frac == 0,
                   (spec.describe() + ": K/V read between each head's k and the group's union bound").c_str(), frac,
                   most.first);
@@ -571,6 +569,8 @@ void every_method(cutest::Tally& tally, const std::string& model_path, const std
   MethodSpec h2o;
   h2o.name = "h2o";
   h2o.lookup = f;
+  specs.push_back(h2o);
+  h2o.budget_tokens = n / 8;
   specs.push_back(h2o);
   if (!loki_art.empty()) {
     MethodSpec loki;

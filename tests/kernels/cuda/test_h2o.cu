@@ -21,8 +21,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <string>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_test_util.h"
@@ -40,7 +40,7 @@ struct Case {
   int D, Hq, Hkv;
   int64_t steps;   // queries per sequence
   int64_t start1;  // sequence 1's first query position (P)
-  double lookup;
+  rules::Budget budget;
 };
 
 // The fp32 CPU view of sequence b's cache [Hkv][max_len][D] (bf16 values, exact in fp32).
@@ -59,7 +59,7 @@ void check_case(cutest::Tally& tally, cutest::Rng& rng, const Case& c) {
   const std::vector<uint16_t> v = cutest::random_kv(rng, B * per_seq, DType::BF16);
   auto dk = cutest::upload(k), dv = cutest::upload(v);
   const DecodeShape shape{B, c.Hq, c.Hkv, c.D, DType::BF16};
-  H2ODecoder gpu(shape, L, c.lookup);
+  H2ODecoder gpu(shape, L, c.budget);
   SplitWorkspace ws;
   DeviceBuffer<float> dq(size_t(B) * c.Hq * c.D), dout(size_t(B) * c.Hq * c.D);
   DeviceBuffer<int32_t> dlen(B);
@@ -72,7 +72,7 @@ void check_case(cutest::Tally& tally, cutest::Rng& rng, const Case& c) {
   for (int b = 0; b < B; ++b) {
     keys.push_back(to_f32(k, b * per_seq, per_seq));
     values.push_back(to_f32(v, b * per_seq, per_seq));
-    cpu.push_back(std::make_unique<H2OAttention>(LayerShape{0, c.Hq, c.Hkv, c.D, L}, c.lookup));
+    cpu.push_back(std::make_unique<H2OAttention>(LayerShape{0, c.Hq, c.Hkv, c.D, L}, c.budget));
     kv[b].keys = keys[b].data();
     kv[b].values = values[b].data();
     kv[b].dtype = DType::F32;
@@ -164,8 +164,8 @@ void check_case(cutest::Tally& tally, cutest::Rng& rng, const Case& c) {
   }
 
   char what[200];
-  std::snprintf(what, sizeof what, "h2o %s lookup %g: positions identical to the CPU's, every head and step (first "
-                "differing step %lld)", c.name, c.lookup, (long long)first_bad);
+  std::snprintf(what, sizeof what, "h2o %s: positions identical to the CPU's, every head and step (first differing "
+                "step %lld)", c.name, (long long)first_bad);
   tally.check(same == head_steps, what, double(same), double(head_steps));
   std::snprintf(what, sizeof what, "h2o %s: group union equals the CPU's (the bytes counted)", c.name);
   tally.check(union_same == union_steps, what, double(union_same), double(union_steps));
@@ -181,7 +181,7 @@ void check_case(cutest::Tally& tally, cutest::Rng& rng, const Case& c) {
 void check_seed(cutest::Tally& tally) {
   const DecodeShape shape{3, 4, 1, 64, DType::BF16};
   const int64_t L = 50;
-  H2ODecoder gpu(shape, L, 0.05);
+  H2ODecoder gpu(shape, L, rules::Budget{0.05, 0});
   gpu.seed_first_query();
   SAAP_CU(cudaDeviceSynchronize());
   std::vector<float> acc(size_t(3 * 4) * L);
@@ -216,10 +216,15 @@ int main() {
   const char* quick_env = std::getenv("SAAP_TEST_QUICK");
   const bool quick = quick_env && std::string(quick_env) == "1";
   auto steps = [&](int64_t s) { return quick ? std::min<int64_t>(s, 60) : s; };
-  check_case(tally, rng, Case{"D64 9/3", 64, 9, 3, steps(300), 700, 0.1});
-  check_case(tally, rng, Case{"D256 4/1", 256, 4, 1, steps(400), 3000, 0.05});
-  check_case(tally, rng, Case{"D128 8/1", 128, 8, 1, steps(250), 500, 0.3});
-  check_case(tally, rng, Case{"D64 9/3 lookup 1", 64, 9, 3, steps(120), 200, 1.0});  // reads everything, evicts nothing
+  check_case(tally, rng, Case{"D64 9/3 lookup 0.1", 64, 9, 3, steps(300), 700, {0.1, 0}});
+  check_case(tally, rng, Case{"D256 4/1 lookup 0.05", 256, 4, 1, steps(400), 3000, {0.05, 0}});
+  check_case(tally, rng, Case{"D128 8/1 lookup 0.3", 128, 8, 1, steps(250), 500, {0.3, 0}});
+  // Reads everything, evicts nothing.
+  check_case(tally, rng, Case{"D64 9/3 lookup 1", 64, 9, 3, steps(120), 200, {1.0, 0}});
+  // A fixed budget of tokens: whole prefixes up to it, then evictions one a step (and a first step
+  // after P positions that evicts all but the budget at once).
+  check_case(tally, rng, Case{"D64 9/3 24 tokens", 64, 9, 3, steps(300), 700, {0.05, 24}});
+  check_case(tally, rng, Case{"D256 4/1 40 tokens", 256, 4, 1, steps(200), 3000, {0.05, 40}});
   check_seed(tally);
   return tally.finish();
 }

@@ -1,5 +1,5 @@
 // H2O (heavy-hitter oracle) on the GPU; the CPU method is methods/h2o.h, and this is its rule:
-// per query head a budget of k = rules::topk_keys(lookup, n) keys, the most recent
+// per query head a budget of k = rules::Budget::topk(n) keys (a lookup fraction or a fixed count), the most recent
 // rules::h2o_recent(k) positions plus the "heavy hitters", the older positions with the largest
 // attention weight accumulated over every earlier query of the sequence; when the heavy hitters
 // overflow their half, the lightest (ties: the older) are evicted for good.
@@ -14,7 +14,7 @@
 //             evicted). The top k of these are the recent half plus the heaviest surviving older
 //             positions: what the CPU selects, its evictions included (a step never needs more
 //             than the non-evicted candidates: it evicts down to the heavy half).
-//   select  - select_per_head at the lookup (the union of the group counted for the bytes)
+//   select  - select_per_head at the budget (the union of the group counted for the bytes)
 //   mark    - indices back to positions, each taken index marked (NaN) in the rank keys
 //   evict   - every older position whose rank key is unmarked (not taken by its head) is evicted
 //   attend  - per_head_attend_kernel over each head's positions, the splits combined
@@ -40,8 +40,9 @@ class Workspace;  // radix_topk.cuh
 
 class H2ODecoder {
  public:
-  // max_len: the cache's row stride and the longest prefix (>= every length). lookup in (0, 1].
-  H2ODecoder(const DecodeShape& shape, int64_t max_len, double lookup);
+  // max_len: the cache's row stride and the longest prefix (>= every length). budget: a lookup in
+  // (0, 1] or tokens > 0.
+  H2ODecoder(const DecodeShape& shape, int64_t max_len, const rules::Budget& budget);
   ~H2ODecoder();
   H2ODecoder(const H2ODecoder&) = delete;
   H2ODecoder& operator=(const H2ODecoder&) = delete;
@@ -60,7 +61,7 @@ class H2ODecoder {
 
   const DecodeShape& shape() const { return shape_; }
   int64_t max_len() const { return max_len_; }
-  double lookup() const { return lookup_; }
+  const rules::Budget& budget() const { return budget_; }
   // Device views of the last decode (tests): per query head row r = b * n_q_heads + hq, its count[r]
   // positions at positions() + r * max_len (in no particular order); per (b, kv head) the union's
   // size; the accumulators [batch][n_q_heads][max_len] (-inf: evicted).
@@ -72,7 +73,7 @@ class H2ODecoder {
  private:
   DecodeShape shape_;
   int64_t max_len_;
-  double lookup_;
+  rules::Budget budget_;
   DeviceBuffer<float> acc_;           // [batch][n_q_heads][max_len] the state
   DeviceBuffer<float> scores_;        // [batch][n_q_heads][max_len] rank keys, then the step's weights
   DeviceBuffer<int32_t> positions_;   // [batch][n_q_heads][max_len]

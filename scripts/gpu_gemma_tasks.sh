@@ -47,9 +47,10 @@
 # decodes ~32k teacher-forced steps at batch 6 (SmolLM2's 30 sparse layers: 2.8 ms a step; Gemma
 # has 3 sparse global layers: ~0.5-1 ms a step): ~20-35 s; at 8k ~6-10 s; all of it ~3-4 min. The
 # partition oracle is not in ppl's default (SmolLM2: 20 ms a step at 2k, ~30 ms expected at 32k).
-# h2o_5 runs niah with --method-prefill: every prompt position is a teacher-forced decode step
-# (its heavy hitters accumulate over the prompt's queries), ~61k steps per process at batch 20 for
-# 4k+8k+16k+32k; estimated (not measured) ~0.5-1.5 ms a step: ~0.5-1.5 min per process.
+# h2o_5 and h2o_2048 run niah with --method-prefill: every prompt position is a teacher-forced
+# decode step (its heavy hitters accumulate over the prompt's queries), ~61k steps per process at
+# batch 20 for 4k+8k+16k+32k; estimated (not measured) ~0.5-1.5 ms a step: ~0.5-1.5 min per
+# process. Their perplexity (not in PPL_ONLY's default; add h2o_5|h2o_2048): ~32k steps at 32k.
 # The CPU (2 cores, scripts/gemma_niah.sh): a 4096-token dense trial ~40 CPU-s.
 set -uo pipefail
 self=$(realpath "$0")

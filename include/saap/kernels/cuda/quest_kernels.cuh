@@ -47,16 +47,6 @@ static __global__ void quest_build_meta_kernel(const T* __restrict__ K, int64_t 
   m[D + i] = hi;
 }
 
-// Before wait_prior_grid(): the 128-byte lines of [p, p + bytes) and the line of `one` into L2, a
-// thread a line (blockDim.x * 128 bytes at most), so that the block's first loads after the wait
-// hit L2 rather than DRAM. Prefetches read nothing into registers, so they may precede the wait on
-// memory the previous grid writes (launch.cuh: prefetch_l2).
-__device__ __forceinline__ void quest_prefetch_rows(const void* p, int bytes, const void* one) {
-  const int line = int(threadIdx.x);
-  if (p && line * 128 < bytes) prefetch_l2(static_cast<const char*>(p) + line * 128);
-  if (one && line == int(blockDim.x) - 1) prefetch_l2(one);
-}
-
 // One token per (b, h) at row seq_len[bh]: block bh, one thread per dimension.
 template <class T>
 static __global__ void quest_append_kernel(T* __restrict__ K, T* __restrict__ V, int64_t max_len,
@@ -103,9 +93,6 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
                        const float* __restrict__ q, int n_kv_heads, int G, QuestStep step, int64_t key_stride,
                        float* __restrict__ keys, uint32_t* __restrict__ hist) {
   constexpr int LPT = D / 8, PPP = 32 / LPT, U = kQuestScorePasses, PER_BLOCK = kQuestScoreWarps * PPP * U;
-  // The query (written kernels ago) and the length (by append, the grid this one waits for) into L2
-  // while the wait lasts: no value is read before it (launch.cuh), the loads after it hit L2.
-  quest_prefetch_rows(q + int64_t(blockIdx.y) * G * D, G * D * 4, seq_len + blockIdx.y);
   wait_prior_grid();
   const int64_t bh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % LPT, slot = lane / LPT;
@@ -185,7 +172,6 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
                         int2* __restrict__ partials, int32_t* __restrict__ partial_count,
                         int32_t* __restrict__ selected_tokens, int32_t* __restrict__ scored_pages, int key_cap) {
   extern __shared__ float4 cached4[];  // [key_cap / 4]
-  quest_prefetch_rows(nullptr, 0, seq_len + blockIdx.x);  // as the score kernel does
   wait_prior_grid();
   allow_next_grid();  // the attend kernel's blocks may wait on the SMs this small grid leaves free
   quest_select_row(blockIdx.x, keys, key_stride, seq_len, step, hist, max_chunks, chunk_rows, chunk_count, partials,
@@ -215,8 +201,6 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
   static_assert(kQuestStageChunks <= kDecodeWarps * 32, "one thread stages one chunk row");
   __shared__ typename A::Shared sh;
   __shared__ int32_t stage[kQuestStageChunks];
-  // The group's query into L2 while the wait lasts (as the score kernel does).
-  quest_prefetch_rows(q + (int64_t(blockIdx.z) * n_kv_heads + blockIdx.y) * G * D, G * D * 4, nullptr);
   wait_prior_grid();
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t bh = int64_t(b) * n_kv_heads + h;

@@ -54,7 +54,6 @@ static __global__ void quest_append_kernel(T* __restrict__ K, T* __restrict__ V,
                                            int32_t* __restrict__ seq_len, int P, int64_t max_pages, int D,
                                            T* __restrict__ meta) {
   wait_prior_grid();  // launched dependent: the previous kernel may still be writing k_new, v_new
-  allow_next_grid();  // the score kernel's blocks may be placed now (they wait for this grid's end)
   const int64_t bh = blockIdx.x;
   const int i = threadIdx.x;
   const int64_t pos = seq_len[bh];
@@ -157,7 +156,6 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
       }
     }
   }
-  allow_next_grid();  // the select kernel's blocks may be placed as SMs free up
   __syncthreads();
   for (int i = threadIdx.x; i < kQuestScoreSlots; i += blockDim.x)
     if (slot_count[i]) atomicAdd(&hb[slot_bin[i]], slot_count[i]);
@@ -173,7 +171,6 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
                         int32_t* __restrict__ selected_tokens, int32_t* __restrict__ scored_pages, int key_cap) {
   extern __shared__ float4 cached4[];  // [key_cap / 4]
   wait_prior_grid();
-  allow_next_grid();  // the attend kernel's blocks may wait on the SMs this small grid leaves free
   quest_select_row(blockIdx.x, keys, key_stride, seq_len, step, hist, max_chunks, chunk_rows, chunk_count, partials,
                    partial_count, selected_tokens, scored_pages, key_cap, cached4);
 }
@@ -250,7 +247,6 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
       at.run(n, kptr, vptr);
     }
   }
-  allow_next_grid();
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
   if (tickets)

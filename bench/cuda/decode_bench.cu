@@ -573,7 +573,7 @@ int main(int argc, char** argv) {
           rows.back().graph_ms = graph_median_ms(tm, step, reps, "dense", skipped);
           // The tunings dense_decode_tuned offers, beside the default (issue 11: which one wins).
           for (const DenseTuning& tuning : o.dense_tunings) {
-            if (tuning.name() == dense_default_tuning(int(B)).name()) continue;  // the dense row above
+            if (tuning.name() == dense_default_tuning(s).name()) continue;  // the dense row above
             const double ms = tm.median_ms(
                 [&] {
                   dense_decode_tuned(s, dk->get(), dv->get(), N, lengths.get(), q.get(), scale, out.get(), ws, tuning);

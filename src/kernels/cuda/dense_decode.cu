@@ -48,8 +48,9 @@ DenseTuning DenseTuning::parse(const std::string& text) {
   return t;
 }
 
-DenseTuning dense_default_tuning(int batch) {
-  return DenseTuning::parse(batch == 1 ? "mma=1;prefetch=1;interleave=1" : "");
+DenseTuning dense_default_tuning(const DecodeShape& s) {
+  if (s.head_dim <= 128) return DenseTuning::parse("bulk=3;mma=1");
+  return DenseTuning::parse(s.batch == 1 ? "mma=1;prefetch=1;interleave=1" : "");
 }
 
 std::vector<DenseTuning> dense_tuning_candidates() {
@@ -70,7 +71,7 @@ std::vector<DenseTuning> dense_tuning_candidates() {
 void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,
                   const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream,
                   int64_t window) {
-  dense_decode_tuned(s, k, v, max_len, lengths, q, scale, out, ws, dense_default_tuning(s.batch), stream, window);
+  dense_decode_tuned(s, k, v, max_len, lengths, q, scale, out, ws, dense_default_tuning(s), stream, window);
 }
 
 void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int64_t max_len, const int32_t* lengths,

@@ -138,14 +138,14 @@ struct DenseTuning {
   // Parses name()'s form; fields left out keep their defaults. Throws InvalidArgument naming the field.
   static DenseTuning parse(const std::string& text);
 };
-// The tuning dense_decode runs for `batch` sequences. One rule by batch, from the H200 run at
-// da2ee81 (results/gpu_decode_report_2026-12-03_h200_da2ee81.md, 32x8x128 and 4x1x256): at batch 1
-// mma=1;interleave=1;prefetch=1 is the fastest from 64k to 512k (1.03-1.04x the plain loop at
-// 32x8x128, 1.11x at 4x1x256; at 16k within 0.2%); at batch 8 no tuning is within 1% of the best
-// everywhere (mma+prefetch 0.86x the plain loop at 131k, the plain loop 0.95-0.97x the best at
-// 16k/64k/262k), so the plain loop, the fastest at 131k and 512k, stays.
-// dense_decode is dense_decode_tuned(..., dense_default_tuning(s.batch)).
-DenseTuning dense_default_tuning(int batch);
+// The tuning dense_decode runs for shape s. One rule, from the H200 run at 7bb2dce
+// (results/gpu_decode_report_2026-12-03_h200_7bb2dce.md): at head_dim <= 128 the bulk-copy ring with
+// tensor-core logits (bulk=3;mma=1) is the fastest at every context 16k-512k, batch 1 and 8
+// (0.96-0.99x SDPA at 32x8x128, the old defaults 0.89-0.95x); at head_dim 256 (4x1x256) it is 0.99x
+// the old batch-1 default and 0.98x the old batch-8 one, so the da2ee81 rule by batch stays there:
+// batch 1 mma=1;interleave=1;prefetch=1, larger batches the plain loop.
+// dense_decode is dense_decode_tuned(..., dense_default_tuning(s)).
+DenseTuning dense_default_tuning(const DecodeShape& s);
 // The tunings the benchmark times against each other and the test holds to float64: the plain
 // loop first, then each tuning that was the fastest somewhere in that run.
 std::vector<DenseTuning> dense_tuning_candidates();

@@ -28,6 +28,22 @@ def bf16(x):
     return u.view(np.float32)
 
 
+def load_llama(path):
+    """A Llama GGUF's dequantized float32 tensors by name and its shape: (W, L, E, H, Hkv, D, G, rope base, eps)."""
+    r = GGUFReader(path)
+    W = {t.name: dequantize(t.data, t.tensor_type).astype(np.float32).reshape([int(d) for d in reversed(t.shape)])
+         for t in r.tensors}
+
+    def meta(key, default=None):
+        f = r.fields.get(key)
+        return f.contents() if f is not None else default
+
+    L, E = int(meta("llama.block_count")), int(meta("llama.embedding_length"))
+    H, Hkv = int(meta("llama.attention.head_count")), int(meta("llama.attention.head_count_kv"))
+    base, eps = float(meta("llama.rope.freq_base", 10000.0)), float(meta("llama.attention.layer_norm_rms_epsilon", 1e-5))
+    return W, L, E, H, Hkv, E // H, H // Hkv, base, eps
+
+
 def read_reference(path):
     lines = [l for l in open(path) if not l.startswith("#")]
     n_prompts, prompts, i = int(lines[1].split()[1]), [], 2
@@ -54,18 +70,7 @@ def main():
     ap.add_argument("--reference", default=os.path.join(ROOT, "tests/model/data/cuda_reference_logits.txt"))
     ap.add_argument("--long", type=int, default=0, help="tokens of the long-window reference to run instead")
     a = ap.parse_args()
-    r = GGUFReader(a.model)
-    W = {t.name: dequantize(t.data, t.tensor_type).astype(np.float32).reshape([int(d) for d in reversed(t.shape)])
-         for t in r.tensors}
-
-    def meta(key, default=None):
-        f = r.fields.get(key)
-        return f.contents() if f is not None else default
-
-    L, E = int(meta("llama.block_count")), int(meta("llama.embedding_length"))
-    H, Hkv = int(meta("llama.attention.head_count")), int(meta("llama.attention.head_count_kv"))
-    D, G = E // H, H // Hkv
-    base, eps = float(meta("llama.rope.freq_base", 10000.0)), float(meta("llama.attention.layer_norm_rms_epsilon", 1e-5))
+    W, L, E, H, Hkv, D, G, base, eps = load_llama(a.model)
     R = bf16 if a.numerics != "fp32" else (lambda x: np.asarray(x, dtype=np.float32))
     P = bf16 if a.numerics == "bf16-proj" else (lambda x: x)  # a projection's output before RoPE / SwiGLU
     emb = R(W["token_embd.weight"])

@@ -26,12 +26,10 @@ import subprocess
 import sys
 
 import numpy as np
-from gguf import GGUFReader
-from gguf.quants import dequantize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from bf16_emulation import bf16  # noqa: E402
+from bf16_emulation import bf16, load_llama  # noqa: E402
 from make_tokenizer_vectors import build, read_vocab  # noqa: E402
 
 
@@ -99,18 +97,7 @@ def main():
     ap.add_argument("--d-f", type=float, default=0.25)
     ap.add_argument("--variants", default="cpu,gpu,cpu+bf16keys,gpu+fp32keys")
     a = ap.parse_args()
-    r = GGUFReader(a.model)
-    W = {t.name: dequantize(t.data, t.tensor_type).astype(np.float32).reshape([int(d) for d in reversed(t.shape)])
-         for t in r.tensors}
-
-    def meta(key, default=None):
-        f = r.fields.get(key)
-        return f.contents() if f is not None else default
-
-    L, E = int(meta("llama.block_count")), int(meta("llama.embedding_length"))
-    H, Hkv = int(meta("llama.attention.head_count")), int(meta("llama.attention.head_count_kv"))
-    D, G = E // H, H // Hkv
-    base, eps = float(meta("llama.rope.freq_base", 10000.0)), float(meta("llama.attention.layer_norm_rms_epsilon", 1e-5))
+    W, L, E, H, Hkv, D, G, base, eps = load_llama(a.model)
     comps, _ = read_components(a.artifact)
     rank = max(1, tokens_for_fraction(a.d_f, D))
     tokens = tokens_for(a.model, a.text, a.window)

@@ -23,9 +23,9 @@ log=$OUT/step_probe.log
 python3 scripts/provenance.py lines --command "scripts/gpu_step_probe.sh (WINDOW=$WINDOW BATCH=$BATCH STEPS=$STEPS)" > "$log"
 methods=(
   "streaming|--method streaming --sinks 4 --window 252"
-  "quest|--method quest --lookup 0.05 --sinks 4 --window 64"
-  "saap|--method saap --artifact $ART/saap-c256-pre.safetensors --lookup 0.05 --sinks 4 --window 64"
-  "kmeans|--method kmeans --artifact $ART/kmeans-c256-pre.safetensors --lookup 0.05 --sinks 4 --window 64"
+  "quest|--method quest --budget-tokens 256 --sinks 4 --window 64"
+  "saap|--method saap --artifact $ART/saap-c256-pre.safetensors --budget-tokens 256 --sinks 4 --window 64"
+  "kmeans|--method kmeans --artifact $ART/kmeans-c256-pre.safetensors --budget-tokens 256 --sinks 4 --window 64"
   "loki|--method loki --artifact $ART/loki-pre.safetensors --k-f 0.05 --d-f 0.25"
   "oracle|--method oracle --lookup 0.05"
   "h2o|--method h2o --lookup 0.05"

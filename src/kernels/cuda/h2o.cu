@@ -1,6 +1,5 @@
 // H2O decode (h2o.h): rank keys from the accumulated attention, the per-head top-k of
 // per_head_topk.cuh, evictions, attention, and the step's weights added to the accumulators.
-#include <algorithm>
 #include <cmath>
 
 #include "saap/kernels/cuda/dispatch.cuh"
@@ -147,10 +146,6 @@ void H2ODecoder::decode(const void* k, const void* v, const int32_t* lengths, co
   const unsigned rows = unsigned(shape_.batch * shape_.n_q_heads);
   const int G = shape_.group(), Hq = shape_.n_q_heads;
   const rules::Budget& budget = budget_;
-  // The attend grid has a block row per query head: split as if every head had its own KV head.
-  DecodeShape head_rows = shape_;
-  head_rows.n_kv_heads = shape_.n_q_heads;
-  const int64_t expect = std::max<int64_t>(1, budget.total(max_len_));
   const dim3 tiles(unsigned((max_len_ + kTileThreads - 1) / kTileThreads), rows);
   int splits = 0;
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
@@ -166,14 +161,8 @@ void H2ODecoder::decode(const void* k, const void* v, const int32_t* lengths, co
     SAAP_CU_LAUNCHED();
     h2o_evict_kernel<<<tiles, kTileThreads, 0, stream>>>(max_len_, lengths, Hq, budget, scores_.get(), acc_.get());
     SAAP_CU_LAUNCHED();
-    auto* kernel = per_head_attend_kernel<T, D, DenseKeys<T, D>>;
-    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-    splits = choose_splits(head_rows, expect, resident, 64);
-    ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-    kernel<<<dim3(unsigned(splits), unsigned(shape_.n_q_heads), unsigned(shape_.batch)), kDecodeWarps * 32, 0,
-             stream>>>(DenseKeys<T, D>{static_cast<const T*>(k), max_len_}, static_cast<const T*>(v), max_len_,
-                       positions_.get(), counts_.get(), q, shape_.n_q_heads, G, scale, splits, ws.out(), ws.lse());
-    SAAP_CU_LAUNCHED();
+    splits = attend_dense_per_head<T, D>(shape_, static_cast<const T*>(k), static_cast<const T*>(v), max_len_,
+                                         positions_.get(), counts_.get(), q, scale, budget, ws, stream);
     h2o_weigh_kernel<T, D><<<rows, kWeighThreads, 0, stream>>>(static_cast<const T*>(k), max_len_, positions_.get(),
                                                                counts_.get(), q, G, scale, scores_.get(), acc_.get());
     SAAP_CU_LAUNCHED();

@@ -1,7 +1,5 @@
 // Oracle top-k decode (oracle_topk.h): score every prefix key, select each head's k best, attend.
 // A baseline written to choose exactly what the CPU method chooses, not for speed.
-#include <algorithm>
-
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/oracle_topk.h"
 #include "saap/kernels/cuda/per_head_topk.cuh"
@@ -37,10 +35,6 @@ void OracleTopKDecoder::decode(const void* k, const void* v, const int32_t* leng
                   "lookup = %g must be in (0, 1] (no fixed budget of tokens given)", budget.lookup);
   const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
   const int G = shape_.group();
-  // The attend grid has a block row per query head: split as if every head had its own KV head.
-  DecodeShape head_rows = shape_;
-  head_rows.n_kv_heads = shape_.n_q_heads;
-  const int64_t expect = std::max<int64_t>(1, budget.total(max_len_));
   int splits = 0;
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
     using T = decltype(t);
@@ -52,14 +46,8 @@ void OracleTopKDecoder::decode(const void* k, const void* v, const int32_t* leng
     SAAP_CU_LAUNCHED();
     select_per_head(scores_.get(), max_len_, int64_t(shape_.batch) * shape_.n_q_heads, G, len, budget, *topk_ws_,
                     positions_.get(), counts_.get(), union_.get(), stream);
-    auto* kernel = per_head_attend_kernel<T, D, DenseKeys<T, D>>;
-    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-    splits = choose_splits(head_rows, expect, resident, 64);
-    ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-    kernel<<<dim3(unsigned(splits), unsigned(shape_.n_q_heads), unsigned(shape_.batch)), kDecodeWarps * 32, 0,
-             stream>>>(DenseKeys<T, D>{static_cast<const T*>(k), max_len_}, static_cast<const T*>(v), max_len_,
-                       positions_.get(), counts_.get(), q, shape_.n_q_heads, G, scale, splits, ws.out(), ws.lse());
-    SAAP_CU_LAUNCHED();
+    splits = attend_dense_per_head<T, D>(shape_, static_cast<const T*>(k), static_cast<const T*>(v), max_len_,
+                                         positions_.get(), counts_.get(), q, scale, budget, ws, stream);
   });
   combine_splits(shape_, splits, ws, out, stream);
 }

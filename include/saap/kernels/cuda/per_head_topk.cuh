@@ -5,6 +5,8 @@
 // Loki's first r PCA components). Score, select (radix_topk.cuh's grid-wide radix select) and
 // attend, no host synchronisation (graph-capturable).
 #pragma once
+#include <algorithm>
+
 #include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/dense_decode.cuh"
 #include "saap/kernels/cuda/radix_topk.cuh"
@@ -137,6 +139,30 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32)
   }
   at.finish(sh, 1, part_out + (row * splits + split) * D, int64_t(splits) * D, part_lse + row * splits + split,
             splits);
+}
+
+// Launches per_head_attend_kernel over a dense cache k, v [b * n_kv_heads + h][max_len][D], each
+// query head q [b * Hq + hq][D] attending to its own positions [b * Hq + hq][max_len] (the first
+// counts[b * Hq + hq]), into ws's partials; returns the splits for combine_splits. The grid has a
+// block row per query head, so it is split as if every head had its own KV head, for the
+// budget's count of a full cache (at least 1) per head. `static`: each file keeps its own count
+// of resident blocks, as it did when it launched the kernel itself.
+template <class T, int D>
+static int attend_dense_per_head(const DecodeShape& shape, const T* k, const T* v, int64_t max_len,
+                                 const int32_t* positions, const int32_t* counts, const float* q, float scale,
+                                 const rules::Budget& budget, SplitWorkspace& ws, cudaStream_t stream) {
+  DecodeShape head_rows = shape;
+  head_rows.n_kv_heads = shape.n_q_heads;
+  const int64_t expect = std::max<int64_t>(1, budget.total(max_len));
+  auto* kernel = per_head_attend_kernel<T, D, DenseKeys<T, D>>;
+  static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+  const int splits = choose_splits(head_rows, expect, resident, 64);
+  ws.ensure(int64_t(shape.batch) * shape.n_q_heads, splits, shape.head_dim);
+  kernel<<<dim3(unsigned(splits), unsigned(shape.n_q_heads), unsigned(shape.batch)), kDecodeWarps * 32, 0, stream>>>(
+      DenseKeys<T, D>{k, max_len}, v, max_len, positions, counts, q, shape.n_q_heads, shape.group(), scale, splits,
+      ws.out(), ws.lse());
+  SAAP_CU_LAUNCHED();
+  return splits;
 }
 
 // Block (split, b * n_kv_heads + h): the G heads of the group attend over the group's union list

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "saap/core/kv_cache.h"
 #include "saap/kernels/cuda/decode.h"
 
 namespace cutest {
@@ -115,6 +116,21 @@ inline double rel_error(const std::vector<float>& a, const std::vector<double>& 
     den += ref[i] * ref[i];
   }
   return std::sqrt(num / (den > 0 ? den : 1));
+}
+
+// A CPU method's view of fp32 keys and values [n_kv_heads][capacity][head_dim] with `length`
+// positions cached (the tests' fp32 copies of a 16-bit cache).
+inline saap::LayerKV f32_layer_kv(const float* keys, const float* values, int n_kv_heads, int head_dim,
+                                  int64_t capacity, int64_t length) {
+  saap::LayerKV kv;
+  kv.keys = keys;
+  kv.values = values;
+  kv.dtype = saap::DType::F32;
+  kv.n_kv_heads = n_kv_heads;
+  kv.head_dim = head_dim;
+  kv.capacity = capacity;
+  kv.length = length;
+  return kv;
 }
 
 // float64 attention of one query row q[D] over rows `pos` of K/V ([len][D], 16-bit storage).

@@ -13,12 +13,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_test_util.h"
-#include "saap/core/kv_cache.h"
+#include "kernels/cuda/per_head_check.h"
 #include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/oracle_topk.h"
 #include "saap/kernels/cuda/streaming.h"
@@ -57,108 +56,72 @@ Inputs make_inputs(cutest::Rng& rng, const Case& c) {
   return in;
 }
 
-// The fp32 CPU cache of sequence b: [Hkv][max_len][D] (bf16 values, exact in fp32).
-std::vector<float> cpu_keys(const Inputs& in, const Case& c, int b) {
-  std::vector<float> out(size_t(c.Hkv) * c.max_len * c.D);
-  for (size_t i = 0; i < out.size(); ++i)
-    out[i] = float(cutest::from_bits(in.k[size_t(b) * out.size() + i], DType::BF16));
-  return out;
+// Inputs on the device, with an output buffer [B][Hq][D] of NaN (a row the kernel leaves unwritten
+// fails the comparison).
+struct DeviceInputs {
+  DeviceBuffer<uint16_t> k, v;
+  DeviceBuffer<float> q;
+  DeviceBuffer<int32_t> lengths;
+  DeviceBuffer<float> out;
+};
+
+DeviceInputs upload_inputs(const Inputs& in, const Case& c) {
+  DeviceInputs d{cutest::upload(in.k), cutest::upload(in.v), cutest::upload(in.q), cutest::upload(c.lengths),
+                 DeviceBuffer<float>(in.q.size())};
+  cutest::poison(d.out);
+  return d;
 }
 
 void check_oracle(cutest::Tally& tally, cutest::Rng& rng, const Case& c, const rules::Budget& budget) {
-  const int B = int(c.lengths.size()), G = c.Hq / c.Hkv;
+  const int B = int(c.lengths.size());
   const Inputs in = make_inputs(rng, c);
+  const DeviceInputs d = upload_inputs(in, c);
   const DecodeShape shape{B, c.Hq, c.Hkv, c.D, DType::BF16};
-  auto dk = cutest::upload(in.k), dv = cutest::upload(in.v);
-  auto dq = cutest::upload(in.q);
-  auto dlen = cutest::upload(c.lengths);
-  DeviceBuffer<float> dout(in.q.size());
-  cutest::poison(dout);
   OracleTopKDecoder oracle(shape, c.max_len);
   SplitWorkspace ws;
   const float scale = 1.f / std::sqrt(float(c.D));
-  oracle.decode(dk.get(), dv.get(), dlen.get(), dq.get(), scale, budget, dout.get(), ws);
+  oracle.decode(d.k.get(), d.v.get(), d.lengths.get(), d.q.get(), scale, budget, d.out.get(), ws);
   SAAP_CU(cudaDeviceSynchronize());
-  const auto out = cutest::download(dout);
-  const size_t rows = size_t(B) * c.Hq;
-  std::vector<int32_t> counts(rows), positions(rows * size_t(c.max_len)), unions(size_t(B) * c.Hkv);
-  SAAP_CU(cudaMemcpy(counts.data(), oracle.counts(), counts.size() * 4, cudaMemcpyDeviceToHost));
-  SAAP_CU(cudaMemcpy(positions.data(), oracle.positions(), positions.size() * 4, cudaMemcpyDeviceToHost));
-  SAAP_CU(cudaMemcpy(unions.data(), oracle.selected_tokens(), unions.size() * 4, cudaMemcpyDeviceToHost));
+  const auto out = cutest::download(d.out);
+  const cutest::PerHeadSelection got = cutest::read_selection(oracle, shape, c.max_len);
 
-  int64_t heads = 0, same = 0, union_same = 0;
-  double worst = 0;
+  cutest::PerHeadAgreement agree;
   OracleTopK cpu(LayerShape{0, c.Hq, c.Hkv, c.D, c.max_len}, budget);
   for (int b = 0; b < B; ++b) {
     const int64_t n = c.lengths[size_t(b)];
-    std::vector<float> keys = cpu_keys(in, c, b);
-    LayerKV kv;
-    kv.keys = keys.data();
-    kv.values = keys.data();  // selection reads keys only
-    kv.dtype = DType::F32;
-    kv.n_kv_heads = c.Hkv;
-    kv.head_dim = c.D;
-    kv.capacity = c.max_len;
-    kv.length = n;
+    cutest::CpuCache cache(in.k, in.v, b, c.Hkv, c.max_len, c.D, DType::BF16);
+    cache.kv.length = n;
     const float* qb = in.q.data() + size_t(b) * c.Hq * c.D;
     Selection sel;
-    cpu.select(kv, QueryView{qb, qb, c.Hq, n - 1}, sel);
-    for (int h = 0; h < c.Hkv; ++h) {
-      std::set<int32_t> cpu_union;
-      for (int g = 0; g < G; ++g) {
-        const int hq = h * G + g;
-        const size_t row = size_t(b) * c.Hq + hq;
-        std::vector<int32_t> want;
-        if (sel.all)
-          for (int32_t p = 0; p < n; ++p) want.push_back(p);
-        else
-          want = sel.positions[size_t(hq)];
-        cpu_union.insert(want.begin(), want.end());
-        const std::vector<int32_t> got(positions.begin() + row * c.max_len,
-                                       positions.begin() + row * c.max_len + std::max(0, counts[row]));
-        ++heads;
-        same += got == want;
-        // Attention over the CPU's positions, in float64.
-        std::vector<int64_t> pos(want.begin(), want.end());
-        std::vector<double> ref(size_t(c.D));
-        cutest::ref_attention(qb + size_t(hq) * c.D, &in.k[(size_t(b) * c.Hkv + h) * c.max_len * c.D],
-                              &in.v[(size_t(b) * c.Hkv + h) * c.max_len * c.D], pos, c.D, scale, DType::BF16,
-                              ref.data());
-        const std::vector<float> o(out.begin() + row * c.D, out.begin() + (row + 1) * c.D);
-        worst = std::max(worst, cutest::rel_error(o, ref));
-        if (std::isnan(cutest::rel_error(o, ref))) worst = INFINITY;
-      }
-      union_same += unions[size_t(b) * c.Hkv + h] == int32_t(cpu_union.size());
-    }
+    cpu.select(cache.kv, QueryView{qb, qb, c.Hq, n - 1}, sel);
+    // Both list each head's positions ascending: compared as lists.
+    cutest::compare_sequence(shape, c.max_len, b, n, sel, got, out, qb, in.k, in.v, scale, /*in_any_order=*/false,
+                             agree);
   }
   char what[200];
   std::snprintf(what, sizeof what, "oracle %s, %s: positions identical to the CPU's per head", c.name,
                 budget.fixed() ? ("budget_tokens " + std::to_string(budget.tokens)).c_str()
                                : ("lookup " + std::to_string(budget.lookup)).c_str());
-  tally.check(same == heads, what, double(same), double(heads));
+  tally.check(agree.same == agree.heads, what, double(agree.same), double(agree.heads));
   std::snprintf(what, sizeof what, "oracle %s: group union equals the CPU's (the bytes counted)", c.name);
-  tally.check(union_same == int64_t(B) * c.Hkv, what, double(union_same), double(B * c.Hkv));
+  tally.check(agree.union_same == agree.groups, what, double(agree.union_same), double(agree.groups));
   std::snprintf(what, sizeof what, "oracle %s: output vs float64 attention over the CPU's positions", c.name);
-  tally.check(worst < 1e-4, what, worst, 1e-4);
+  tally.check(agree.worst < 1e-4, what, agree.worst, 1e-4);
 }
 
 void check_streaming(cutest::Tally& tally, cutest::Rng& rng, const Case& c, int sinks, int window) {
   const int B = int(c.lengths.size()), G = c.Hq / c.Hkv;
   const Inputs in = make_inputs(rng, c);
+  const DeviceInputs d = upload_inputs(in, c);
   const DecodeShape shape{B, c.Hq, c.Hkv, c.D, DType::BF16};
-  auto dk = cutest::upload(in.k), dv = cutest::upload(in.v);
-  auto dq = cutest::upload(in.q);
-  auto dlen = cutest::upload(c.lengths);
-  DeviceBuffer<float> dout(in.q.size());
   DeviceBuffer<int32_t> dsel(size_t(B) * c.Hkv);
-  cutest::poison(dout);
   cutest::poison(dsel);
   SplitWorkspace ws;
   const float scale = 1.f / std::sqrt(float(c.D));
-  streaming_decode(shape, dk.get(), dv.get(), c.max_len, dlen.get(), dq.get(), scale, sinks, window, dout.get(), ws,
-                   dsel.get());
+  streaming_decode(shape, d.k.get(), d.v.get(), c.max_len, d.lengths.get(), d.q.get(), scale, sinks, window,
+                   d.out.get(), ws, dsel.get());
   SAAP_CU(cudaDeviceSynchronize());
-  const auto out = cutest::download(dout);
+  const auto out = cutest::download(d.out);
   const auto sel = cutest::download(dsel);
   double worst = 0;
   int counted = 0;

@@ -117,6 +117,54 @@ struct ParityCounts {
   int64_t compared = 0, identical = 0, assignment = 0, ranking = 0, unmapped = 0;
 };
 
+// Section 2's runner for one method spec: the model loaded for `batch` sequences of max_ctx
+// tokens, decoding through the spec's method; the CPU method of the same spec; and the spec's
+// artifact, checked against the model's identity as `method`'s.
+template <class Artifact>
+struct ParityRun {
+  std::unique_ptr<cuda::CudaLlamaModel> model;
+  MethodFactory factory;
+  Artifact art;
+};
+
+template <class Artifact>
+ParityRun<Artifact> load_parity_run(const std::string& model_path, const MethodSpec& spec, int batch, int64_t max_ctx,
+                                    const char* method) {
+  cuda::CudaLlamaOptions o;
+  o.max_batch = batch;
+  o.max_context = max_ctx;
+  o.method = spec;
+  auto model = cuda::CudaLlamaModel::load(model_path, o);
+  const ArtifactIdentity id = model_artifact_identity(model->identity(), model->config());
+  ArtifactIdentity want = id;
+  want.method = method;
+  return {std::move(model), make_method_factory(spec, id), Artifact::load(spec.artifact, want)};
+}
+
+// The sequences `seq` prefilled densely (`prefill` tokens each), then decoded teacher-forced for
+// `steps` tokens, every step a graph replay; after the sampled steps (s % 61 == 7, and the last)
+// the runner is synchronised and at_sample(len) called, len the prefix length after the step.
+// Returns how many steps were sampled.
+template <class AtSample>
+int decode_sampled(cuda::CudaLlamaModel& model, const std::vector<std::vector<int32_t>>& seq, int64_t prefill,
+                   int64_t steps, AtSample&& at_sample) {
+  const int B = int(seq.size());
+  std::vector<int32_t> head;
+  for (int b = 0; b < B; ++b) head.insert(head.end(), seq[b].begin(), seq[b].begin() + prefill);
+  model.prefill(head.data(), B, prefill);
+  int samples = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    std::vector<int32_t> in(B);
+    for (int b = 0; b < B; ++b) in[b] = seq[b][size_t(prefill + s)];
+    model.decode_step(in.data());
+    if (s % 61 != 7 && s != steps - 1) continue;
+    ++samples;
+    model.synchronize();
+    at_sample(prefill + s + 1);
+  }
+  return samples;
+}
+
 // Section 2 for one model and one Saap spec (a lookup fraction or budget_tokens): the B = seq.size()
 // sequences `seq` (prefill + steps tokens each) prefilled densely, then decoded teacher-forced, the
 // GPU's selections compared with the CPU method's at sampled steps on every layer that has an index.
@@ -125,35 +173,16 @@ void saap_parity(cutest::Tally& tally, const std::string& model_path, const Meth
                  const std::string& label) {
   const int B = int(seq.size());
   const int64_t max_ctx = prefill + steps;
-  cuda::CudaLlamaOptions o;
-  o.max_batch = B;
-  o.max_context = max_ctx;
-  o.method = spec;
-  auto model = cuda::CudaLlamaModel::load(model_path, o);
-  const LlamaConfig& c = model->config();
+  const ParityRun<PartitionArtifact> run = load_parity_run<PartitionArtifact>(model_path, spec, B, max_ctx, "saap");
+  const LlamaConfig& c = run.model->config();
   const int L = c.n_layers, Hq = c.n_heads, Hkv = c.n_kv_heads, D = c.head_dim, G = Hq / Hkv;
-  const ArtifactIdentity id = model_artifact_identity(model->identity(), c);
-  const MethodFactory factory = make_method_factory(spec, id);
-  ArtifactIdentity want = id;
-  want.method = "saap";
-  const PartitionArtifact art = PartitionArtifact::load(spec.artifact, want);
-  const int C = art.partitions;
+  const int C = run.art.partitions;
 
-  std::vector<int32_t> head;
-  for (int b = 0; b < B; ++b) head.insert(head.end(), seq[b].begin(), seq[b].begin() + prefill);
-  model->prefill(head.data(), B, prefill);
   ParityCounts pc;
-  int samples = 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    std::vector<int32_t> in(B);
-    for (int b = 0; b < B; ++b) in[b] = seq[b][size_t(prefill + s)];
-    model->decode_step(in.data());
-    if (s % 61 != 7 && s != steps - 1) continue;
-    ++samples;
-    model->synchronize();
-    const int64_t len = prefill + s + 1, q_pos = len - 1;
+  const int samples = decode_sampled(*run.model, seq, prefill, steps, [&](int64_t len) {
+    const int64_t q_pos = len - 1;
     for (int l = 0; l < L; ++l) {
-      const cuda::CudaLlamaModel::LayerView v = model->layer_view(l);
+      const cuda::CudaLlamaModel::LayerView v = run.model->layer_view(l);
       if (!v.saap) continue;  // a layer without a method (Gemma-3's local layers)
       const size_t cache_n = size_t(B) * Hkv * max_ctx * D;
       const auto kc = copy_bits(v.k_cache, cache_n), vc = copy_bits(v.v_cache, cache_n);
@@ -185,15 +214,8 @@ void saap_parity(cutest::Tally& tally, const std::string& model_path, const Meth
               vals[(size_t(h) * max_ctx + p) * D + j] = bits_to_float(vc[g]);
               k_pre[(size_t(p) * Hkv + h) * D + j] = bits_to_float(kr[g]);
             }
-        LayerKV kv;
-        kv.keys = keys.data();
-        kv.values = vals.data();
-        kv.dtype = DType::F32;
-        kv.n_kv_heads = Hkv;
-        kv.head_dim = D;
-        kv.capacity = max_ctx;
-        kv.length = len;
-        auto cpu = factory(LayerShape{l, Hq, Hkv, D, max_ctx});
+        const LayerKV kv = cutest::f32_layer_kv(keys.data(), vals.data(), Hkv, D, max_ctx, len);
+        auto cpu = run.factory(LayerShape{l, Hq, Hkv, D, max_ctx});
         cpu->place(kv, 0, len, k_pre.data());
         const float* q_pre = qr.data() + size_t(b) * Hq * D;
         Selection sel;
@@ -220,7 +242,7 @@ void saap_parity(cutest::Tally& tally, const std::string& model_path, const Meth
             continue;
           }
           // Assignment: the GPU's partition of every candidate key against the CPU's.
-          const float* cent = art.layers.at(l).centroids.data() + size_t(h) * C * D;
+          const float* cent = run.art.layers.at(l).centroids.data() + size_t(h) * C * D;
           bool assignment_differs = false;
           for (int cc = 0; cc < C; ++cc) {
             const size_t pcx = size_t(bh) * C + cc;
@@ -231,7 +253,7 @@ void saap_parity(cutest::Tally& tally, const std::string& model_path, const Meth
               const int32_t p = position_of(slot);
               if (p < 0) continue;
               const float* k = &k_pre[(size_t(p) * Hkv + h) * D];
-              const int32_t cpu_c = nearest_centroid(cent, C, D, art.spherical, k);
+              const int32_t cpu_c = nearest_centroid(cent, C, D, run.art.spherical, k);
               assignment_differs |= cpu_c != cc;
             }
           }
@@ -243,7 +265,7 @@ void saap_parity(cutest::Tally& tally, const std::string& model_path, const Meth
         }
       }
     }
-  }
+  });
   const double same = double(pc.identical) / double(std::max<int64_t>(pc.compared, 1));
   std::printf("%s parity: %lld (layer, sequence, kv head, step) sets at %d steps; identical to the CPU method's %lld "
               "(%.4f), differing by assignment %lld, by ranking %lld; slots naming no cached token: %lld\n",
@@ -276,35 +298,16 @@ void loki_parity(cutest::Tally& tally, const std::string& model_path, const Meth
                  const std::vector<std::vector<int32_t>>& seq, int64_t prefill, int64_t steps) {
   const int B = int(seq.size());
   const int64_t max_ctx = prefill + steps;
-  cuda::CudaLlamaOptions o;
-  o.max_batch = B;
-  o.max_context = max_ctx;
-  o.method = spec;
-  auto model = cuda::CudaLlamaModel::load(model_path, o);
-  const LlamaConfig& c = model->config();
+  const ParityRun<LokiArtifact> run = load_parity_run<LokiArtifact>(model_path, spec, B, max_ctx, "loki");
+  const LlamaConfig& c = run.model->config();
   const int L = c.n_layers, Hq = c.n_heads, Hkv = c.n_kv_heads, D = c.head_dim, G = Hq / Hkv;
-  const ArtifactIdentity id = model_artifact_identity(model->identity(), c);
-  const MethodFactory factory = make_method_factory(spec, id);
-  ArtifactIdentity want = id;
-  want.method = "loki";
-  const LokiArtifact art = LokiArtifact::load(spec.artifact, want);
   const std::string label = spec.describe();
 
-  std::vector<int32_t> head;
-  for (int b = 0; b < B; ++b) head.insert(head.end(), seq[b].begin(), seq[b].begin() + prefill);
-  model->prefill(head.data(), B, prefill);
   int64_t compared = 0, gpu_rule = 0, fp32_ties = 0, identical = 0, storage = 0, unexplained = 0;
-  int samples = 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    std::vector<int32_t> in(B);
-    for (int b = 0; b < B; ++b) in[b] = seq[b][size_t(prefill + s)];
-    model->decode_step(in.data());
-    if (s % 61 != 7 && s != steps - 1) continue;
-    ++samples;
-    model->synchronize();
-    const int64_t len = prefill + s + 1, q_pos = len - 1;
+  const int samples = decode_sampled(*run.model, seq, prefill, steps, [&](int64_t len) {
+    const int64_t q_pos = len - 1;
     for (int l = 0; l < L; ++l) {
-      const cuda::CudaLlamaModel::LayerView v = model->layer_view(l);
+      const cuda::CudaLlamaModel::LayerView v = run.model->layer_view(l);
       if (!v.loki) continue;  // a layer without a method (Gemma-3's local layers)
       const cuda::LokiIndex& idx = *v.loki;
       const int R = idx.rank();
@@ -325,22 +328,16 @@ void loki_parity(cutest::Tally& tally, const std::string& model_path, const Meth
             for (int j = 0; j < D; ++j)
               keys[(size_t(h) * max_ctx + p) * D + j] = bits_to_float(kc[((size_t(b) * Hkv + h) * max_ctx + p) * D + j]);
         for (int hq = 0; hq < Hq; ++hq) {
-          const float* P = art.basis(l, hq / G);  // row j: axis j
+          const float* P = run.art.basis(l, hq / G);  // row j: axis j
           for (int i = 0; i < D; ++i) {
             double a = 0;
             for (int j = 0; j < D; ++j) a += double(P[size_t(j) * D + i]) * qrot[(size_t(b) * Hq + hq) * D + j];
             q[size_t(hq) * D + i] = float(a);
           }
         }
-        LayerKV kv;
-        kv.keys = keys.data();
-        kv.values = keys.data();  // selection only: the values are not read
-        kv.dtype = DType::F32;
-        kv.n_kv_heads = Hkv;
-        kv.head_dim = D;
-        kv.capacity = max_ctx;
-        kv.length = len;
-        auto cpu = factory(LayerShape{l, Hq, Hkv, D, max_ctx});
+        // Selection only: the values are not read.
+        const LayerKV kv = cutest::f32_layer_kv(keys.data(), keys.data(), Hkv, D, max_ctx, len);
+        auto cpu = run.factory(LayerShape{l, Hq, Hkv, D, max_ctx});
         cpu->place(kv, 0, len, nullptr);
         Selection sel;
         cpu->select(kv, QueryView{q.data(), q.data(), Hq, q_pos}, sel);
@@ -384,7 +381,7 @@ void loki_parity(cutest::Tally& tally, const std::string& model_path, const Meth
           }
           // Scores on the CPU's coordinates c = P k (float64 of the same fp32 inputs) and the
           // bf16 storage bound of each.
-          const float* P = art.basis(l, h);
+          const float* P = run.art.basis(l, h);
           auto cpu_score = [&](int32_t t, double& bound) {
             double a = 0, m = 0, m_abs = 0;
             for (int j = 0; j < R; ++j) {
@@ -424,7 +421,7 @@ void loki_parity(cutest::Tally& tally, const std::string& model_path, const Meth
         }
       }
     }
-  }
+  });
   std::printf("%s parity: %lld (layer, sequence, head, step) sets at %d steps; GPU vs the float64 rule on its own "
               "stored keys: %lld differ (%lld more at fp32 ties); CPU vs GPU: identical %lld (%.4f), differing within "
               "the bf16 storage of k' %lld, beyond it %lld\n",

@@ -129,6 +129,22 @@ __device__ void combine_group_if_last(const float* part_out, const float* part_l
   }
 }
 
+// The end of a dense decode block, after its attender's loop: the next grid's blocks may be placed
+// (allow_next_grid), the group's partials of this split written (rows row0 = bh * G.., bh =
+// b * n_kv_heads + h), and with fused=1 (tickets [batch * n_kv_heads] given) the group's splits
+// combined into out by the block that finishes last.
+template <int D, int GMAX, class Attender>
+__device__ __forceinline__ void finish_dense_block(Attender& at, typename Attender::Shared& sh, int G, int64_t bh,
+                                                   int split, int splits, float* part_out, float* part_lse,
+                                                   unsigned* tickets, float* out) {
+  const int64_t row0 = bh * G;
+  allow_next_grid();
+  at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
+            splits);
+  if (tickets)  // fused=1
+    combine_group_if_last<D, GMAX, kDecodeWarps * 32>(part_out, part_lse, splits, G, row0, tickets + bh, out);
+}
+
 // LOOP: the attender's loop (and its register budget).
 template <class T, int D, int GMAX, DenseLoop LOOP>
 static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_blocks(LOOP, GMAX))
@@ -159,12 +175,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
   } else {
     at.run(share.n, kptr, vptr);
   }
-  allow_next_grid();
-  at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
-            splits);
-  if (tickets)  // fused=1
-    combine_group_if_last<D, GMAX, kDecodeWarps * 32>(part_out, part_lse, splits, G, row0,
-                                                      tickets + int64_t(b) * n_kv_heads + h, out);
+  finish_dense_block<D, GMAX>(at, sh, G, int64_t(b) * n_kv_heads + h, split, splits, part_out, part_lse, tickets,
+                              out);
 }
 
 // Tuning bulk=S: the K and V rows reach shared memory by bulk copies (cp.async.bulk, the copy
@@ -278,12 +290,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min
     __syncthreads();  // every warp is done with this stage: it may be refilled
     if (threadIdx.x == 0 && t + stages < tiles) issue(t + stages);
   }
-  allow_next_grid();
-  at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
-            splits);
-  if (tickets)  // fused=1
-    combine_group_if_last<D, GMAX, kDecodeWarps * 32>(part_out, part_lse, splits, G, row0,
-                                                      tickets + int64_t(b) * n_kv_heads + h, out);
+  finish_dense_block<D, GMAX>(at, sh, G, int64_t(b) * n_kv_heads + h, split, splits, part_out, part_lse, tickets,
+                              out);
 }
 
 }  // namespace saap::cuda

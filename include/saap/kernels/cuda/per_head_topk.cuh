@@ -108,6 +108,27 @@ inline void select_per_head(const float* scores, int64_t max_len, int64_t rows, 
                      stream, list);
 }
 
+// A split's part of an attend block's list of `count` positions, [count * split / splits,
+// count * (split + 1) / splits), and where this lane's 8 components (sub) of the K and V rows of
+// (b, kv head) bh lie: k(p), v(p) for position p.
+template <class T, int D>
+struct SplitRows {
+  int64_t j0, j1;
+  const T* kb;
+  int64_t kstride;
+  const T* vb;
+  template <class Keys>
+  __device__ SplitRows(const Keys& keys, const T* V, int64_t max_len, int64_t bh, int sub, int64_t count, int split,
+                       int splits)
+      : j0(count * split / splits),
+        j1(count * (split + 1) / splits),
+        kb(keys.lane_base(bh, sub)),
+        kstride(keys.stride(sub)),
+        vb(V + bh * max_len * D + sub * 8) {}
+  __device__ const T* k(int32_t p) const { return kb + int64_t(p) * kstride; }
+  __device__ const T* v(int32_t p) const { return vb + int64_t(p) * D; }
+};
+
 // Block (split, query head, b): head row r = b * Hq + hq attends to its positions
 // [count * split / splits, count * (split + 1) / splits), staged kStage at a time. Keys: where a
 // lane's 8 components of a key row lie (DenseKeys or SplitKeys); q is in the keys' basis.
@@ -124,18 +145,14 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32)
   const int64_t row = int64_t(b) * n_q_heads + hq, bh = row / G;
   A at;
   at.init(q + row * D, 1, scale);
-  const int64_t cnt = counts[row];
-  const int64_t j0 = cnt * split / splits, j1 = cnt * (split + 1) / splits;
-  const T* kb = keys.lane_base(bh, at.sub);
-  const int64_t kstride = keys.stride(at.sub);
-  const T* vb = V + bh * max_len * D + at.sub * 8;
+  const SplitRows<T, D> rows(keys, V, max_len, bh, at.sub, counts[row], split, splits);
   const int32_t* pos = positions + row * max_len;
-  for (int64_t s0 = j0; s0 < j1; s0 += kStage) {
-    const int ns = int(min(int64_t(kStage), j1 - s0));
+  for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += kStage) {
+    const int ns = int(min(int64_t(kStage), rows.j1 - s0));
     __syncthreads();  // the previous stage is no longer read
     if (int(threadIdx.x) < ns) stage[threadIdx.x] = pos[s0 + threadIdx.x];
     __syncthreads();
-    at.run(ns, [&](int i) { return kb + int64_t(stage[i]) * kstride; }, [&](int i) { return vb + int64_t(stage[i]) * D; });
+    at.run(ns, [&](int i) { return rows.k(stage[i]); }, [&](int i) { return rows.v(stage[i]); });
   }
   at.finish(sh, 1, part_out + (row * splits + split) * D, int64_t(splits) * D, part_lse + row * splits + split,
             splits);
@@ -183,15 +200,11 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32)
   const int64_t bh = blockIdx.y, row0 = bh * G;
   A at;
   at.init(q + row0 * D, G, scale);
-  const int64_t cnt = union_count[bh];
-  const int64_t j0 = cnt * split / splits, j1 = cnt * (split + 1) / splits;
-  const T* kb = keys.lane_base(bh, at.sub);
-  const int64_t kstride = keys.stride(at.sub);
-  const T* vb = V + bh * max_len * D + at.sub * 8;
+  const SplitRows<T, D> rows(keys, V, max_len, bh, at.sub, union_count[bh], split, splits);
   const int32_t* pos = union_pos + bh * max_len;
   const uint8_t* msk = union_mask + bh * max_len;
-  for (int64_t s0 = j0; s0 < j1; s0 += kStage) {
-    const int ns = int(min(int64_t(kStage), j1 - s0));
+  for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += kStage) {
+    const int ns = int(min(int64_t(kStage), rows.j1 - s0));
     __syncthreads();  // the previous stage is no longer read
     if (int(threadIdx.x) < ns) {
       stage[threadIdx.x] = pos[s0 + threadIdx.x];
@@ -199,7 +212,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32)
     }
     __syncthreads();
     at.run_masked(
-        ns, [&](int i) { return kb + int64_t(stage[i]) * kstride; }, [&](int i) { return vb + int64_t(stage[i]) * D; },
+        ns, [&](int i) { return rows.k(stage[i]); }, [&](int i) { return rows.v(stage[i]); },
         [&](int i) { return uint32_t(stage_mask[i]); });
   }
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,

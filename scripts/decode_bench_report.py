@@ -89,6 +89,29 @@ def quest_floor_table(by, floor_gbps):
     return out
 
 
+def saap_attend_table(by, floor_gbps):
+    """Issue 11: Saap's attend stage against the floor of the K/V it selected, per budget and attend
+    tuning (SaapAttendTuning: the default row has no suffix, a tuned row ends ';bulk=...'); the
+    target is attend of floor >= 0.70 at >= 128k tokens (batch 1 and 8)."""
+    out = ["", "## Saap's attend vs its byte floor (issue 11)", "",
+           "attend us: SaapIndex::attend (attend kernel + combine, L2 flushed); floor us: the selected K/V bytes "
+           "(lookup fraction x dense K/V) at the floor bandwidth. Target: attend of floor >= 0.70 at >= 128k tokens.",
+           "", "| shape | batch | context | budget | tuning | attend us | floor us | attend of floor | step us | "
+           "graph us | target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k in sorted(by):
+        for r in by[k]:
+            if r["method"] != "saap":
+                continue
+            cut = r["param"].find(";bulk=")
+            budget, tuning = (r["param"][:cut], r["param"][cut + 1:]) if cut >= 0 else (r["param"], "default")
+            f = attend_floor(r, floor_gbps)
+            att = r["attend_ms"] * 1e3
+            target = "n/a (< 128k)" if k[2] < 131072 else ("met" if f >= 0.70 else "missed")
+            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {budget} | {tuning} | {att:.1f} | {f * att:.1f} | {f:.2f} | "
+                       f"{r['ms'] * 1e3:.1f} | {r['graph_ms'] * 1e3:.1f} | {target} |")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", required=True)
@@ -158,6 +181,7 @@ def main():
                        f"{r['select_ms']:.4f} | {r.get('score_ms', 0):.4f} | {r['attend_ms']:.4f} | {r['graph_ms']:.4f} | {vs_dense:.2f}x | "
                        f"{vs_sdpa:.2f}x | {g:.2f}x | {fl / r['ms']:.2f} | {attend_floor(r, floor_gbps):.2f} |")
     out += quest_floor_table(by, floor_gbps)
+    out += saap_attend_table(by, floor_gbps)
     out += tuning_summary(by, sd)
     with open(a.out, "w") as f:
         f.write("\n".join(out) + "\n")

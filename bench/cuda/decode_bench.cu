@@ -7,8 +7,11 @@
 //                     [--other-contexts LIST] [--partition-sizes FILE] [--methods dense,saap,quest,loki]
 //                     [--saap-budgets 0.02,0.05,0.1,1024,2048] [--reps 30] [--out DIR]
 //                     [--dense-tunings "mma=1;prefetch=1,interleave=1;prefetch=1,..."]
+//                     [--saap-tunings "bulk=3;mma=1,bulk=3;mma=1;fused=1,..."]
 // --dense-tunings: dense_decode_tuned rows beside the default dense row (DenseTuning::parse's
 // key=value;... form, comma-separated; "" for none); default every dense_tuning_candidates() entry.
+// --saap-tunings: Saap attend tunings timed as rows beside the default one (SaapAttendTuning::parse's
+// form, comma-separated; "" for none); default every saap_attend_candidates() entry after the first.
 // --other-contexts: the contexts of every shape after the first (default: --contexts).
 //
 // Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions (C = context/512 per KV
@@ -343,6 +346,8 @@ struct Options {
   std::vector<double> saap_budgets = {0.02, 0.05, 0.10, 1024, 2048};
   // Dense tunings timed beside the default (--dense-tunings; default dense_tuning_candidates()).
   std::vector<DenseTuning> dense_tunings;
+  // Saap attend tunings timed beside the default (--saap-tunings; default saap_attend_candidates()).
+  std::vector<SaapAttendTuning> saap_tunings = saap_attend_candidates();
   int reps = 30;
   std::string out_dir = ".";
   bool has(const char* m) const { return ("," + methods + ",").find("," + std::string(m) + ",") != std::string::npos; }
@@ -365,7 +370,11 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
   cfg.append_pages_per_partition = 8;
   cfg.max_prefill = N;
   // Every timed step appends: warm-up and repetitions of the plain and the graph timing, per budget.
-  cfg.max_new_tokens = int64_t(lookups.size()) * 2 * (reps + 8) + 16;
+  // Each attend tuning (the default first, then --saap-tunings) is a row of its own per budget.
+  std::vector<SaapAttendTuning> tunings = {SaapAttendTuning{}};
+  for (const SaapAttendTuning& t : o.saap_tunings)
+    if (t.name() != SaapAttendTuning{}.name()) tunings.push_back(t);
+  cfg.max_new_tokens = int64_t(lookups.size()) * int64_t(tunings.size()) * 2 * (reps + 8) + 16;
   cfg.classifier_hidden = 128;
   const int C = cfg.n_partitions, D = sh.d, H = cfg.classifier_hidden;
   auto idx = std::make_unique<SaapIndex>(s, cfg);
@@ -413,34 +422,41 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
     // The router's part (to the event between it and the rank-and-fill kernel).
     const double route_ms =
         tm.median_split_ms([&](cudaEvent_t mid) { idx->select(q, rules::Budget{lookup, 0}, 0, mid); }, reps);
-    const double att_ms = tm.median_ms([&] { idx->attend(q, scale, out, ws); }, reps);
-    auto step = [&](cudaStream_t st) {
-      idx->append(knew.get(), vnew.get(), st);
-      idx->select(q, lookup, st);
-      idx->attend(q, scale, out, ws, st);
-    };
-    idx->reserve_appends(reps + 3);  // warm-up + repetitions: no synchronisation inside the timing
-    const double all_ms = tm.median_ms([&] { step(0); }, reps);
-    idx->reserve_appends(reps + 5);  // graph_median_ms: one run to size, the capture, the replays
-    const double graph_ms = graph_median_ms(tm, step, reps, "saap " + std::to_string(lookup), skipped);
-    idx->check();
-    const auto ctr = idx->counters();
-    double tokens = 0, n_all = 0;
-    for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
-    const double bytes = tokens * D * 2 * 2 + double(idx->index_bytes_per_step()) + 2.0 * B * sh.hq * D * 4;
-    char param[48];
-    const char* model = real_sizes ? "real" : "lognormal";
-    const double budget = o.saap_budgets[size_t(&lookup - lookups.data())];
-    if (budget > 1)
-      std::snprintf(param, sizeof param, "tokens=%.0f;%s", budget, model);
-    else
-      std::snprintf(param, sizeof param, "lookup=%.2f;%s", lookup, model);
-    rows.push_back({"saap", param, sh, B, N, all_ms, bytes, tokens / n_all, sel_ms, att_ms, graph_ms});
-    rows.back().score_ms = route_ms;
-    if (!real_sizes && fractions.size() < 3) fractions.push_back(tokens / n_all);
-    std::printf("saap %s %s batch %d context %lld: select %.4f ms (%.4f ms with a warm L2; the router to its end "
-                "%.4f ms), attend %.4f ms\n",
-                sh.name().c_str(), param, B, (long long)N, sel_ms, sel_warm_ms, route_ms, att_ms);
+    for (size_t ti = 0; ti < tunings.size(); ++ti) {
+      idx->set_attend_tuning(tunings[ti]);
+      idx->select(q, lookup);  // cuts the splits for this tuning's kernel
+      const double att_ms = tm.median_ms([&] { idx->attend(q, scale, out, ws); }, reps);
+      auto step = [&](cudaStream_t st) {
+        idx->append(knew.get(), vnew.get(), st);
+        idx->select(q, lookup, st);
+        idx->attend(q, scale, out, ws, st);
+      };
+      idx->reserve_appends(reps + 3);  // warm-up + repetitions: no synchronisation inside the timing
+      const double all_ms = tm.median_ms([&] { step(0); }, reps);
+      idx->reserve_appends(reps + 5);  // graph_median_ms: one run to size, the capture, the replays
+      const double graph_ms = graph_median_ms(tm, step, reps, "saap " + std::to_string(lookup), skipped);
+      idx->check();
+      const auto ctr = idx->counters();
+      double tokens = 0, n_all = 0;
+      for (size_t i = 0; i < ctr.selected_tokens.size(); ++i) tokens += ctr.selected_tokens[i], n_all += ctr.seq_len[i];
+      const double bytes = tokens * D * 2 * 2 + double(idx->index_bytes_per_step()) + 2.0 * B * sh.hq * D * 4;
+      char param[128];
+      const char* model = real_sizes ? "real" : "lognormal";
+      const double budget = o.saap_budgets[size_t(&lookup - lookups.data())];
+      // The default tuning's row keeps the plain param; a tuned row adds ";" + its name.
+      const std::string suffix = ti ? ";" + tunings[ti].name() : "";
+      if (budget > 1)
+        std::snprintf(param, sizeof param, "tokens=%.0f;%s%s", budget, model, suffix.c_str());
+      else
+        std::snprintf(param, sizeof param, "lookup=%.2f;%s%s", lookup, model, suffix.c_str());
+      rows.push_back({"saap", param, sh, B, N, all_ms, bytes, tokens / n_all, sel_ms, att_ms, graph_ms});
+      rows.back().score_ms = route_ms;
+      if (ti == 0 && !real_sizes && fractions.size() < 3) fractions.push_back(tokens / n_all);
+      std::printf("saap %s %s batch %d context %lld: select %.4f ms (%.4f ms with a warm L2; the router to its end "
+                  "%.4f ms), attend %.4f ms\n",
+                  sh.name().c_str(), param, B, (long long)N, sel_ms, sel_warm_ms, route_ms, att_ms);
+    }
+    idx->set_attend_tuning({});
   }
 }
 
@@ -475,6 +491,16 @@ int main(int argc, char** argv) {
         at = end + 1;
       }
       dense_tunings_given = true;
+    }
+    else if (a == "--saap-tunings") {
+      o.saap_tunings.clear();
+      const std::string list = argv[i + 1];
+      for (size_t at = 0; at < list.size();) {
+        size_t end = list.find(',', at);
+        if (end == std::string::npos) end = list.size();
+        o.saap_tunings.push_back(SaapAttendTuning::parse(list.substr(at, end - at)));
+        at = end + 1;
+      }
     }
     else if (a == "--reps") o.reps = std::atoi(argv[i + 1]);
     else if (a == "--out") o.out_dir = argv[i + 1];

@@ -1,4 +1,4 @@
-// Host side of Saap decode: classify + select, then the sparse split-KV attention and combine. The
+// Host side of Saap decode: classify + select (the attend is in saap_attend.cu). The
 // kernels are launched as programmatic dependents (launch.cuh), so each one's launch overlaps the
 // previous one's tail; nothing here synchronises the host.
 #include <algorithm>
@@ -10,20 +10,6 @@
 #include "saap_impl.h"
 
 namespace saap::cuda {
-
-namespace {
-// Blocks of this shape's attend kernel the whole device runs at once.
-int attend_resident(const DecodeShape& s) {
-  int resident = 0;
-  dispatch_decode(s, [&](auto t, auto d, auto gmax) {
-    using T = decltype(t);
-    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    static const int r = resident_blocks(reinterpret_cast<const void*>(saap_decode_kernel<T, D, GMAX>), kDecodeWarps * 32);
-    resident = r;
-  });
-  return resident;
-}
-}  // namespace
 
 void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaStream_t stream, cudaEvent_t routed) {
   auto& m = *impl_;
@@ -39,7 +25,8 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
   // the index was sized for), at least kSaapMinSplitTokens each, at most one wave of the device.
   const int64_t expect = std::max<int64_t>(budget.total(cfg_.max_prefill + cfg_.max_new_tokens),
                                            cfg_.sinks + cfg_.window);
-  m.splits = choose_splits(shape_, expect, attend_resident(shape_), kSaapMinSplitTokens);
+  m.splits = choose_splits(shape_, expect, saap_attend_resident(shape_, attend_tuning_) * attend_tuning_.waves,
+                           kSaapMinSplitTokens);
   // Saap ranks by the G heads' router logits; the other routings write one key per KV group.
   const int rows_per_group = cfg_.routing == PartitionRouting::Saap ? shape_.group() : 1;
   SaapSelectArgs args{m.logits.get(), shape_.n_kv_heads * rows_per_group, g, cfg_.segment, budget,
@@ -80,25 +67,6 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
   launch_dependent(saap_select_kernel_for(rows_per_group), dim3(shape_.batch * shape_.n_kv_heads),
                    dim3(select_threads(C)), 0, stream, args);
   SAAP_CU_LAUNCHED();
-}
-
-void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
-  auto& m = *impl_;
-  SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
-  const int splits = m.splits;  // the runs the last select() cut
-  ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-  dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
-    using T = decltype(t);
-    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    launch_dependent(saap_decode_kernel<T, D, GMAX>, dim3(splits, shape_.n_kv_heads, shape_.batch),
-                     dim3(kDecodeWarps * 32), 0, stream, reinterpret_cast<const T*>(m.kpool.get()),
-                     reinterpret_cast<const T*>(m.vpool.get()), rows_, reinterpret_cast<const int2*>(m.segments.get()),
-                     static_cast<const int32_t*>(m.segment_count.get()), max_segments_,
-                     reinterpret_cast<const int2*>(m.split_begin.get()), q, shape_.n_kv_heads, shape_.group(), scale,
-                     splits, ws.out(), ws.lse());
-  });
-  SAAP_CU_LAUNCHED();
-  combine_splits(shape_, splits, ws, out, stream);
 }
 
 }  // namespace saap::cuda

@@ -31,4 +31,8 @@ struct SaapIndex::Impl {
   cublasHandle_t cublas = nullptr;
 };
 
+// Blocks of the attend kernel `tuning` picks for this shape that the whole device runs at once
+// (saap_attend.cu); select() cuts the selection into splits for them.
+int saap_attend_resident(const DecodeShape& s, const SaapAttendTuning& tuning);
+
 }  // namespace saap::cuda

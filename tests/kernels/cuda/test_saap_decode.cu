@@ -26,11 +26,16 @@ int main() {
     DType t;
     std::vector<int32_t> lens;
     int appends;
+    int segment = 96;  // longest segment select() writes (1: every token its own piece)
   };
   // GQA groups 4, 3, 7, 8 and 1; head dims 64, 128 and 256 (Gemma-3: 4 query heads over one KV
   // head); bf16 and f16; the last three cases append more tokens than the window holds, so
-  // appended tokens are evicted into partitions too.
+  // appended tokens are evicted into partitions too. The batch-8 case cuts segments of one token:
+  // its splits (few per group at 64 groups) span hundreds of pieces, past the bulk attend's
+  // kSaapStagedSegments, so its producer reads pieces from the segment table too.
   for (const Case& c : {Case{2, 8, 2, 128, 24, DType::BF16, {2000, 1500}, 30},
+                        Case{8, 32, 8, 128, 12, DType::BF16, {900, 700, 1000, 512, 800, 950, 600, 1024}, 20, 1},
+                        Case{8, 16, 8, 64, 12, DType::F16, {400, 700, 300, 512, 800, 650, 600, 900}, 10},
                         Case{1, 9, 3, 64, 40, DType::F16, {3000}, 12},
                         Case{1, 7, 1, 128, 32, DType::BF16, {1800}, 20},
                         Case{2, 8, 1, 64, 16, DType::BF16, {900, 1301}, 90},
@@ -41,7 +46,7 @@ int main() {
     cfg.n_partitions = c.C;
     cfg.sinks = 16;
     cfg.window = 64;
-    cfg.segment = 96;
+    cfg.segment = c.segment;
     cfg.append_page = 16;
     cfg.max_prefill = *std::max_element(c.lens.begin(), c.lens.end());
     cfg.max_new_tokens = c.appends;
@@ -135,6 +140,7 @@ int main() {
       std::vector<double> ref(out.size(), 0.0);
       std::vector<float> got_rows;
       std::vector<double> ref_rows;
+      std::vector<size_t> checked;  // the first element of each row in got_rows / ref_rows
       int64_t mismatches = 0, ties = 0, bad_slots = 0, read = 0, total = 0;
       for (int bh = 0; bh < bh_n; ++bh) {
         const int b = bh / c.hkv, h = bh % c.hkv;
@@ -191,6 +197,7 @@ int main() {
         for (int g = 0; g < G; ++g) {
           const size_t row = (size_t(b) * c.hq + h * G + g) * D;
           cutest::ref_attention(&q[row], K, V, pos, D, scale, c.t, &ref[row]);
+          checked.push_back(row);
           got_rows.insert(got_rows.end(), out.begin() + row, out.begin() + row + D);
           ref_rows.insert(ref_rows.end(), ref.begin() + row, ref.begin() + row + D);
         }
@@ -222,6 +229,38 @@ int main() {
         tally.check(differ == 0, (tag + "graph replay of select + attend: values unlike the direct call's").c_str(),
                     double(differ), 0);
       }
+      // Every other attend tuning (saap_attend_candidates) on the same selection: select() cuts its
+      // splits for the tuning's kernel, the segments are the same, so each is held to the same
+      // float64 rows with the same tolerance (the bulk ring sums in another order; the tensor-core
+      // logits carry the fp32 query exactly in three bf16 terms, ~1e-6 relative). A tuning's graph
+      // replay must match its direct call bit for bit: fused=1's tickets must be back at zero.
+      const auto tunings = cuda::saap_attend_candidates();
+      for (size_t ti = 1; ti < tunings.size(); ++ti) {
+        const std::string ttag = tag + "[" + tunings[ti].name() + "] ";
+        idx.set_attend_tuning(tunings[ti]);
+        cuda::DeviceBuffer<float> tout(q.size());
+        cutest::poison(tout);
+        cuda::SplitWorkspace tws;
+        idx.select(dq.get(), lookup);
+        idx.attend(dq.get(), scale, tout.get(), tws);
+        SAAP_CU(cudaDeviceSynchronize());
+        const auto tuned = cutest::download(tout);
+        std::vector<float> tuned_rows;
+        for (size_t row : checked) tuned_rows.insert(tuned_rows.end(), tuned.begin() + row, tuned.begin() + row + D);
+        const double terr = cutest::rel_error(tuned_rows, ref_rows);
+        tally.check(terr < 1e-4 && !tuned_rows.empty(), (ttag + "attention rel error vs float64").c_str(), terr, 1e-4);
+        cuda::DeviceBuffer<float> gout(q.size());
+        cutest::poison(gout);
+        cutest::run_as_graph([&](cudaStream_t st) {
+          idx.select(dq.get(), lookup, st);
+          idx.attend(dq.get(), scale, gout.get(), tws, st);
+        });
+        const auto replay = cutest::download(gout);
+        int64_t differ = 0;
+        for (size_t i = 0; i < tuned.size(); ++i) differ += std::memcmp(&replay[i], &tuned[i], sizeof(float)) != 0;
+        tally.check(differ == 0, (ttag + "graph replay: values unlike the direct call's").c_str(), double(differ), 0);
+      }
+      idx.set_attend_tuning({});
     }
   }
   return tally.finish();

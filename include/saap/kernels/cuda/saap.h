@@ -61,6 +61,32 @@ struct SaapConfig {
   bool separate_routing_keys = false;
 };
 
+// How SaapIndex::attend reads its selection; decode_bench times each as a row, the tests hold each
+// to float64:
+//   bulk   0: saap_decode_kernel (slots expanded in shared memory, a register loop of K/V loads);
+//          2..8: the stages of saap_decode_bulk_kernel's ring of bulk copies (cp.async.bulk on an
+//          mbarrier per stage), each stage gathered from the run's segment pieces, so a split's
+//          rows are in flight at once instead of one register tile per warp at a time;
+//   mma    (bulk only) the logits on the tensor cores, bf16 at head dim 64 and 128 (elsewhere the
+//          FMA math runs, as dense's mma does);
+//   fused  (bulk only) the split combine by the last block of each (sequence, KV head) inside the
+//          attend kernel (combine_group_if_last), not a second launch;
+//   waves  select() cuts the selection into splits for that many waves of the attend kernel's
+//          resident blocks (1..8).
+// A tuning takes effect at the next select() (which cuts the splits); attend() reads the last cut.
+struct SaapAttendTuning {
+  int bulk = 0;
+  bool mma = false;
+  bool fused = false;
+  int waves = 1;
+  std::string name() const;  // "bulk=0;mma=0;fused=0;waves=1"
+  // Parses name()'s form; fields left out keep their defaults. Throws InvalidArgument naming the
+  // field (unknown key, not an integer, out of range, mma or fused without bulk).
+  static SaapAttendTuning parse(const std::string& text);
+};
+// The tunings decode_bench times and the tests check, the default (SaapAttendTuning{}) first.
+std::vector<SaapAttendTuning> saap_attend_candidates();
+
 // Device-side counters a caller can read back (all per (b, h), [batch][n_kv_heads]).
 struct SaapCounters {
   std::vector<int32_t> seq_len, selected_tokens, segments;
@@ -147,6 +173,9 @@ class SaapIndex {
   }
   // Exact attention of q over the last selection into out [batch][n_q_heads][head_dim].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
+  // The attend kernel and its split count (see SaapAttendTuning); the next select() cuts for it.
+  void set_attend_tuning(const SaapAttendTuning& tuning);
+  const SaapAttendTuning& attend_tuning() const { return attend_tuning_; }
 
   // Synchronises and throws if a build saw an out-of-range assignment (InvalidArgument) or an
   // append found no room (OutOfMemory; the re-pack before a possible overflow should prevent it).
@@ -194,6 +223,7 @@ class SaapIndex {
   SaapConfig cfg_;
   bool spherical_ = false;
   int64_t rows_ = 0, max_segments_ = 0;
+  SaapAttendTuning attend_tuning_;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,170 @@
+// Host side of Saap's attend: the sparse split-KV attention over the last select()'s segments
+// (saap_decode_kernel, or the bulk-copy ring saap_decode_bulk_kernel by SaapAttendTuning), then the
+// split combine (a second launch, or fused into the attend kernel). Launched as programmatic
+// dependents (launch.cuh); nothing here synchronises the host.
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <type_traits>
+
+#include "saap/kernels/cuda/dispatch.cuh"
+#include "saap/kernels/cuda/saap_decode.cuh"
+#include "saap_impl.h"
+
+namespace saap::cuda {
+
+std::string SaapAttendTuning::name() const {
+  char s[96];
+  std::snprintf(s, sizeof s, "bulk=%d;mma=%d;fused=%d;waves=%d", bulk, int(mma), int(fused), waves);
+  return s;
+}
+
+SaapAttendTuning SaapAttendTuning::parse(const std::string& text) {
+  SaapAttendTuning t;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find(';', at);
+    if (end == std::string::npos) end = text.size();
+    const std::string field = text.substr(at, end - at);
+    const size_t eq = field.find('=');
+    SAAP_CU_REQUIRE(eq != std::string::npos, InvalidArgument, "saap attend tuning '%s': field '%s' is not key=value",
+                    text.c_str(), field.c_str());
+    const std::string key = field.substr(0, eq), value = field.substr(eq + 1);
+    char* rest = nullptr;
+    const long x = std::strtol(value.c_str(), &rest, 10);
+    SAAP_CU_REQUIRE(!value.empty() && *rest == '\0', InvalidArgument,
+                    "saap attend tuning '%s': %s = '%s' is not an integer", text.c_str(), key.c_str(), value.c_str());
+    if (key == "bulk") t.bulk = int(x);
+    else if (key == "mma") t.mma = x != 0;
+    else if (key == "fused") t.fused = x != 0;
+    else if (key == "waves") t.waves = int(x);
+    else
+      SAAP_CU_REQUIRE(false, InvalidArgument, "saap attend tuning '%s': unknown field '%s' (bulk, mma, fused, waves)",
+                      text.c_str(), key.c_str());
+    at = end + 1;
+  }
+  SAAP_CU_REQUIRE(t.bulk == 0 || (t.bulk >= 2 && t.bulk <= kMaxBulkStages), InvalidArgument,
+                  "saap attend tuning '%s': bulk = %d: 0 (off) or the ring's stages, 2..%d", text.c_str(), t.bulk,
+                  kMaxBulkStages);
+  SAAP_CU_REQUIRE(t.bulk > 0 || (!t.mma && !t.fused), InvalidArgument,
+                  "saap attend tuning '%s': mma = %d, fused = %d need the bulk ring (bulk > 0)", text.c_str(), int(t.mma),
+                  int(t.fused));
+  SAAP_CU_REQUIRE(t.waves >= 1 && t.waves <= 8, InvalidArgument, "saap attend tuning '%s': waves = %d outside [1, 8]",
+                  text.c_str(), t.waves);
+  return t;
+}
+
+std::vector<SaapAttendTuning> saap_attend_candidates() {
+  // Issue 11's attempts at the attend's byte floor (not yet timed on the H200): the ring with
+  // tensor-core logits as dense's default (bulk=3;mma=1), with the fused combine, a deeper ring
+  // (more of a batch-1 split in flight at once), and the FMA ring.
+  std::vector<SaapAttendTuning> v;
+  for (const char* t : {"", "bulk=3;mma=1", "bulk=3;mma=1;fused=1", "bulk=4;mma=1;fused=1", "bulk=4;fused=1",
+                        "bulk=3;mma=1;fused=1;waves=2"})
+    v.push_back(SaapAttendTuning::parse(t));
+  return v;
+}
+
+void SaapIndex::set_attend_tuning(const SaapAttendTuning& tuning) {
+  attend_tuning_ = SaapAttendTuning::parse(tuning.name());  // the same checks as a parsed one
+}
+
+namespace {
+
+// Resident blocks of the bulk ring kernel per stage count (0 where the ring does not fit beside the
+// static shared memory), once per instantiation; also opts the kernel into the ring's dynamic
+// shared memory.
+template <class T, int D, int GMAX, bool MMA>
+const std::array<int, kMaxBulkStages + 1>& bulk_resident() {
+  static const std::array<int, kMaxBulkStages + 1> resident = [] {
+    auto* kernel = saap_decode_bulk_kernel<T, D, GMAX, MMA>;
+    int dev = 0, optin = 0;
+    SAAP_CU(cudaGetDevice(&dev));
+    SAAP_CU(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    cudaFuncAttributes fa{};
+    SAAP_CU(cudaFuncGetAttributes(&fa, kernel));
+    const size_t most = size_t(optin) - fa.sharedSizeBytes;
+    SAAP_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 int(std::min(most, dense_bulk_smem<T, D, GMAX, MMA>(kMaxBulkStages)))));
+    std::array<int, kMaxBulkStages + 1> r{};
+    for (int st = 2; st <= kMaxBulkStages; ++st)
+      if (dense_bulk_smem<T, D, GMAX, MMA>(st) <= most)
+        r[st] = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32,
+                                dense_bulk_smem<T, D, GMAX, MMA>(st));
+    return r;
+  }();
+  return resident;
+}
+
+// Calls fn(T, D, GMAX, MMA) with the attend kernel's template arguments for shape s and tuning:
+// MMA where the tuning asks for it and the shape has it (bf16, head dim 64 or 128).
+template <class Fn>
+void dispatch_attend(const DecodeShape& s, const SaapAttendTuning& tuning, Fn&& fn) {
+  dispatch_decode(s, [&](auto t, auto d, auto gmax) {
+    using T = decltype(t);
+    constexpr int D = decltype(d)::value;
+    if constexpr (dense_mma_supported<T, D>())
+      if (tuning.mma) return fn(t, d, gmax, std::true_type{});
+    fn(t, d, gmax, std::false_type{});
+  });
+}
+
+}  // namespace
+
+int saap_attend_resident(const DecodeShape& s, const SaapAttendTuning& tuning) {
+  int resident = 0;
+  dispatch_attend(s, tuning, [&](auto t, auto d, auto gmax, auto mma) {
+    using T = decltype(t);
+    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
+    constexpr bool MMA = decltype(mma)::value;
+    if (tuning.bulk > 0) {
+      resident = bulk_resident<T, D, GMAX, MMA>()[tuning.bulk];
+      SAAP_CU_REQUIRE(resident > 0, InvalidArgument,
+                      "saap attend bulk = %d: a ring of %zu bytes of shared memory does not fit (head dim %d%s)",
+                      tuning.bulk, dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), D, MMA ? ", mma" : "");
+    } else {
+      static const int r =
+          resident_blocks(reinterpret_cast<const void*>(saap_decode_kernel<T, D, GMAX>), kDecodeWarps * 32);
+      resident = r;
+    }
+  });
+  return resident;
+}
+
+void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
+  auto& m = *impl_;
+  SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
+  const int splits = m.splits;  // the runs the last select() cut
+  const SaapAttendTuning& tuning = attend_tuning_;
+  ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
+  // Fused: the attend kernel combines (its tickets non-null); else combine_splits after it.
+  unsigned* tickets = tuning.fused ? ws.tickets(int64_t(shape_.batch) * shape_.n_kv_heads, stream) : nullptr;
+  dispatch_attend(shape_, tuning, [&](auto t, auto d, auto gmax, auto mma) {
+    using T = decltype(t);
+    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
+    constexpr bool MMA = decltype(mma)::value;
+    const T* kpool = reinterpret_cast<const T*>(m.kpool.get());
+    const T* vpool = reinterpret_cast<const T*>(m.vpool.get());
+    const int2* segments = reinterpret_cast<const int2*>(m.segments.get());
+    const int32_t* segment_count = static_cast<const int32_t*>(m.segment_count.get());
+    const int2* split_begin = reinterpret_cast<const int2*>(m.split_begin.get());
+    const dim3 grid(splits, shape_.n_kv_heads, shape_.batch);
+    if (tuning.bulk > 0) {
+      SAAP_CU_REQUIRE((bulk_resident<T, D, GMAX, MMA>()[tuning.bulk] > 0), InvalidArgument,
+                      "saap attend bulk = %d does not fit this kernel's shared memory (head dim %d)", tuning.bulk, D);
+      launch_dependent(saap_decode_bulk_kernel<T, D, GMAX, MMA>, grid, dim3(kDecodeWarps * 32),
+                       dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), stream, kpool, vpool, rows_, segments,
+                       segment_count, max_segments_, split_begin, q, shape_.n_kv_heads, shape_.group(), scale, splits,
+                       tuning.bulk, ws.out(), ws.lse(), tickets, out);
+    } else {
+      launch_dependent(saap_decode_kernel<T, D, GMAX>, grid, dim3(kDecodeWarps * 32), 0, stream, kpool, vpool, rows_,
+                       segments, segment_count, max_segments_, split_begin, q, shape_.n_kv_heads, shape_.group(),
+                       scale, splits, ws.out(), ws.lse());
+    }
+  });
+  SAAP_CU_LAUNCHED();
+  if (!tuning.fused) combine_splits(shape_, splits, ws, out, stream);
+}
+
+}  // namespace saap::cuda

@@ -207,11 +207,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min
     __syncthreads();  // every warp is done with this stage: it may be refilled
     if (threadIdx.x == 0 && t + stages < tiles) issue(t + stages);
   }
-  allow_next_grid();
-  at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
-            splits);
-  if (tickets)  // fused=1
-    combine_group_if_last<D, GMAX, kDecodeWarps * 32>(part_out, part_lse, splits, G, row0, tickets + bh, out);
+  finish_dense_block<D, GMAX>(at, sh, G, bh, split, splits, part_out, part_lse, tickets, out);
 }
 
 }  // namespace saap::cuda

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <type_traits>
 
@@ -132,39 +133,55 @@ int saap_attend_resident(const DecodeShape& s, const SaapAttendTuning& tuning) {
   return resident;
 }
 
-void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
-  auto& m = *impl_;
-  SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
-  const int splits = m.splits;  // the runs the last select() cut
-  const SaapAttendTuning& tuning = attend_tuning_;
-  ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
+void saap_attend(const DecodeShape& s, const SaapAttendTuning& tuning, const void* kpool, const void* vpool,
+                 int64_t rows, const int32_t* segments, const int32_t* segment_count, int64_t max_segments,
+                 const int32_t* split_begin, int splits, const float* q, float scale, float* out, SplitWorkspace& ws,
+                 cudaStream_t stream) {
+  SAAP_CU_REQUIRE(q && out && kpool && vpool && segments && segment_count && split_begin, InvalidArgument,
+                  "null pointer among q=%p out=%p kpool=%p vpool=%p segments=%p segment_count=%p split_begin=%p",
+                  (const void*)q, (void*)out, kpool, vpool, (const void*)segments, (const void*)segment_count,
+                  (const void*)split_begin);
+  SAAP_CU_REQUIRE(splits >= 1 && splits <= kSaapMaxSplits, InvalidArgument, "splits = %d outside [1, %d]", splits,
+                  kSaapMaxSplits);
+  SAAP_CU_REQUIRE(rows >= 1 && max_segments >= 1, InvalidArgument, "rows = %lld, max_segments = %lld must be >= 1",
+                  (long long)rows, (long long)max_segments);
+  SAAP_CU_REQUIRE(tuning.bulk == 0 || (reinterpret_cast<uintptr_t>(kpool) % 16 == 0 &&
+                                       reinterpret_cast<uintptr_t>(vpool) % 16 == 0),
+                  InvalidArgument, "bulk copies need 16-byte aligned pools, got kpool=%p vpool=%p", kpool, vpool);
+  ws.ensure(int64_t(s.batch) * s.n_q_heads, splits, s.head_dim);
   // Fused: the attend kernel combines (its tickets non-null); else combine_splits after it.
-  unsigned* tickets = tuning.fused ? ws.tickets(int64_t(shape_.batch) * shape_.n_kv_heads, stream) : nullptr;
-  dispatch_attend(shape_, tuning, [&](auto t, auto d, auto gmax, auto mma) {
+  unsigned* tickets = tuning.fused ? ws.tickets(int64_t(s.batch) * s.n_kv_heads, stream) : nullptr;
+  dispatch_attend(s, tuning, [&](auto t, auto d, auto gmax, auto mma) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
     constexpr bool MMA = decltype(mma)::value;
-    const T* kpool = reinterpret_cast<const T*>(m.kpool.get());
-    const T* vpool = reinterpret_cast<const T*>(m.vpool.get());
-    const int2* segments = reinterpret_cast<const int2*>(m.segments.get());
-    const int32_t* segment_count = static_cast<const int32_t*>(m.segment_count.get());
-    const int2* split_begin = reinterpret_cast<const int2*>(m.split_begin.get());
-    const dim3 grid(splits, shape_.n_kv_heads, shape_.batch);
+    const T* kp = static_cast<const T*>(kpool);
+    const T* vp = static_cast<const T*>(vpool);
+    const int2* segs = reinterpret_cast<const int2*>(segments);
+    const int2* starts = reinterpret_cast<const int2*>(split_begin);
+    const dim3 grid(splits, s.n_kv_heads, s.batch);
     if (tuning.bulk > 0) {
       SAAP_CU_REQUIRE((bulk_resident<T, D, GMAX, MMA>()[tuning.bulk] > 0), InvalidArgument,
                       "saap attend bulk = %d does not fit this kernel's shared memory (head dim %d)", tuning.bulk, D);
       launch_dependent(saap_decode_bulk_kernel<T, D, GMAX, MMA>, grid, dim3(kDecodeWarps * 32),
-                       dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), stream, kpool, vpool, rows_, segments,
-                       segment_count, max_segments_, split_begin, q, shape_.n_kv_heads, shape_.group(), scale, splits,
-                       tuning.bulk, ws.out(), ws.lse(), tickets, out);
+                       dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), stream, kp, vp, rows, segs, segment_count,
+                       max_segments, starts, q, s.n_kv_heads, s.group(), scale, splits, tuning.bulk, ws.out(),
+                       ws.lse(), tickets, out);
     } else {
-      launch_dependent(saap_decode_kernel<T, D, GMAX>, grid, dim3(kDecodeWarps * 32), 0, stream, kpool, vpool, rows_,
-                       segments, segment_count, max_segments_, split_begin, q, shape_.n_kv_heads, shape_.group(),
-                       scale, splits, ws.out(), ws.lse());
+      launch_dependent(saap_decode_kernel<T, D, GMAX>, grid, dim3(kDecodeWarps * 32), 0, stream, kp, vp, rows, segs,
+                       segment_count, max_segments, starts, q, s.n_kv_heads, s.group(), scale, splits, ws.out(),
+                       ws.lse());
     }
   });
   SAAP_CU_LAUNCHED();
-  if (!tuning.fused) combine_splits(shape_, splits, ws, out, stream);
+  if (!tuning.fused) combine_splits(s, splits, ws, out, stream);
+}
+
+void SaapIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
+  auto& m = *impl_;
+  // The runs the last select() cut.
+  saap_attend(shape_, attend_tuning_, m.kpool.get(), m.vpool.get(), rows_, m.segments.get(), m.segment_count.get(),
+              max_segments_, m.split_begin.get(), m.splits, q, scale, out, ws, stream);
 }
 
 }  // namespace saap::cuda

@@ -87,6 +87,18 @@ struct SaapAttendTuning {
 // The tunings decode_bench times and the tests check, the default (SaapAttendTuning{}) first.
 std::vector<SaapAttendTuning> saap_attend_candidates();
 
+// Saap's attend over explicit tables: what SaapIndex::attend runs on its last select()'s, and what
+// cuda_test_saap_attend drives with tables of its own. For each (b, h) = bh: the rows of the
+// segment_count[bh] segments (first slot, tokens) of segments [bh][max_segments][2], numbered in
+// segment order and cut into `splits` runs that start at split_begin [bh][splits + 1][2]
+// (segment, offset); split_begin[bh][splits] and every run past the last token is
+// (segment_count[bh], 0). Pools [bh][rows][head_dim] of s.kv_dtype (16-byte aligned); q, out
+// [batch][n_q_heads][head_dim] fp32. A (b, h) with no rows gets zeros.
+void saap_attend(const DecodeShape& s, const SaapAttendTuning& tuning, const void* kpool, const void* vpool,
+                 int64_t rows, const int32_t* segments, const int32_t* segment_count, int64_t max_segments,
+                 const int32_t* split_begin, int splits, const float* q, float scale, float* out, SplitWorkspace& ws,
+                 cudaStream_t stream = 0);
+
 // Device-side counters a caller can read back (all per (b, h), [batch][n_kv_heads]).
 struct SaapCounters {
   std::vector<int32_t> seq_len, selected_tokens, segments;

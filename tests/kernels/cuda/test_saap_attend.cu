@@ -80,6 +80,30 @@ int main() {
   cutest::require_gpu();
   cutest::Tally tally;
   cutest::Rng rng(cutest::test_seed());
+  // Tunings: name() parses back to itself; a malformed field, a ring outside 2..8 stages, mma or
+  // fused without the ring, waves outside 1..8, and a ring larger than the shared memory (8 stages
+  // of 32 KiB with mma at d = 128) are named errors (InvalidArgument).
+  for (const cuda::SaapAttendTuning& t : cuda::saap_attend_candidates())
+    tally.check(cuda::SaapAttendTuning::parse(t.name()).name() == t.name(),
+                ("tuning '" + t.name() + "' parses back to itself").c_str(), 1, 1);
+  for (const char* bad : {"bulk=x", "stages=3", "bulk", "bulk=1", "bulk=9", "mma=1", "fused=1", "bulk=3;waves=0",
+                          "bulk=3;waves=9", "bulk=8;mma=1"}) {
+    bool threw = false;
+    try {
+      const cuda::SaapAttendTuning t = cuda::SaapAttendTuning::parse(bad);
+      cuda::SplitWorkspace ws;
+      cuda::DeviceBuffer<int32_t> tables(8);
+      cuda::DeviceBuffer<float> buf(128);
+      cuda::DeviceBuffer<uint16_t> pool(128);
+      cuda::saap_attend({1, 1, 1, 128, DType::BF16}, t, pool.get(), pool.get(), 1, tables.get(), tables.get(), 1,
+                        tables.get(), 1, buf.get(), 1.f, buf.get(), ws);
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::InvalidArgument;
+      std::printf("expected error: %s\n", e.what());
+    }
+    tally.check(threw, (std::string("saap attend tuning '") + bad + "' is refused (InvalidArgument)").c_str(), threw,
+                1);
+  }
   struct Case {
     int batch, hq, hkv, d;
     DType t;

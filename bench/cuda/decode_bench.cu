@@ -722,8 +722,9 @@ int main(int argc, char** argv) {
             const double tokens = double(B) * sh.hkv * N;
             const int G = sh.hq / sh.hkv;
             // Low-rank keys, each head's scores written once and read twice (the least a select
-            // over stored scores reads; radix_topk.cuh reads them five times), the union's K and V:
-            // the same floor as the runs before radix_topk.cuh.
+            // over stored scores reads; radix_topk.cuh's filter and write since its first pass is
+            // fused into the score kernel), the union's K and V: the same floor as the runs before
+            // radix_topk.cuh.
             const double bytes = tokens * r * 2 + tokens * G * 4 * 3 + k_tot * D * 2 * 2 + 2.0 * q.bytes();
             char param[48];
             std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g", f, f);

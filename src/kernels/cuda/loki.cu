@@ -168,23 +168,24 @@ void LokiIndex::select(const float* q, double k_frac, cudaStream_t stream) {
   loki_rotate_q_kernel<<<dim3(shape_.n_q_heads, shape_.batch), 4 * D, 5 * D * 4, stream>>>(
       q, m.basis.get(), shape_.n_q_heads, G, D, m.q_rot.get());
   SAAP_CU_LAUNCHED();
-  // Each head's own scores q'[:r] . k'[:r], then the oracle's per-head selection with Loki's k.
+  // Each head's own scores q'[:r] . k'[:r], then the oracle's per-head selection with Loki's k;
+  // the score kernel builds the selection's first histogram as it writes the scores.
   const per_head::PrefixLengths len{m.seq_len.get(), 1};  // seq_len is kept per (b, kv head)
-  const dim3 score_grid(unsigned((max_len_ + per_head::kScoreThreads - 1) / per_head::kScoreThreads), bh);
+  const int64_t rows = int64_t(shape_.batch) * shape_.n_q_heads;
+  per_head::begin_per_head(max_len_, rows, G, len, rules::loki_budget(k_frac), m.topk_ws, m.counts.get(),
+                           m.union_count.get(), stream);
   by_dtype(shape_.kv_dtype, [&](auto t) {
     using T = decltype(t);
-    auto* kernel = rank_ == 8    ? per_head::per_head_score_kernel<T, 8>
-                   : rank_ == 16 ? per_head::per_head_score_kernel<T, 16>
-                   : rank_ == 32 ? per_head::per_head_score_kernel<T, 32>
-                   : rank_ == 64 ? per_head::per_head_score_kernel<T, 64>
-                                 : per_head::per_head_score_kernel<T, 128>;
-    kernel<<<score_grid, per_head::kScoreThreads, 0, stream>>>(reinterpret_cast<const T*>(m.k_low.get()), max_len_,
-                                                               len, m.q_rot.get(), D, G, m.scores.get());
+    const T* k_low = reinterpret_cast<const T*>(m.k_low.get());
+    auto launch = rank_ == 8    ? per_head::launch_score<T, 8>
+                  : rank_ == 16 ? per_head::launch_score<T, 16>
+                  : rank_ == 32 ? per_head::launch_score<T, 32>
+                  : rank_ == 64 ? per_head::launch_score<T, 64>
+                                : per_head::launch_score<T, 128>;
+    launch(k_low, max_len_, bh, len, m.q_rot.get(), D, G, m.scores.get(), &m.topk_ws, stream);
   });
-  SAAP_CU_LAUNCHED();
-  per_head::select_per_head(m.scores.get(), max_len_, int64_t(shape_.batch) * shape_.n_q_heads, G, len,
-                            rules::loki_budget(k_frac), m.topk_ws, m.positions.get(), m.counts.get(),
-                            m.union_count.get(), stream, radix_topk::UnionList{m.union_pos.get(), m.union_mask.get()});
+  per_head::finish_per_head(m.scores.get(), max_len_, rows, G, m.topk_ws, m.positions.get(), m.union_count.get(),
+                            stream, radix_topk::UnionList{m.union_pos.get(), m.union_mask.get()});
   last_k_frac_ = k_frac;
 }
 

@@ -281,6 +281,75 @@ int main() {
       }
     }
   }
+  // The selection at long contexts, batch 1 and 8, exactly: each head's set must be its k best of
+  // the device's own scores (idx.scores(), ranked by rules::ranks_before: ties to the lower
+  // position), whatever the rounding of the scores, so no near-tie allowance. The score kernel
+  // builds the select's first histogram as it writes the scores (radix_topk::begin / finish), and
+  // the later passes read only the candidates; k = 1, a quarter and n - 2 or so, on normal keys
+  // and on keys of three values (integer scores: ties everywhere, across tiles). Keys are given in
+  // the PCA basis (store_rotated, identity basis: q' = q exactly).
+  {
+    struct Long {
+      int batch;
+      int64_t n;
+    };
+    for (const Long& c : {Long{1, 16384}, Long{1, 131072}, Long{1, 524288}, Long{8, 16384}, Long{8, 131072}})
+      for (bool few_values : {false, true}) {
+        const int hq = 8, hkv = 2, D = 64, R = 16, G = hq / hkv, bh_n = c.batch * hkv;
+        const cuda::DecodeShape s{c.batch, hq, hkv, D, DType::BF16};
+        cuda::LokiIndex idx(s, c.n, R);
+        std::vector<float> eye(size_t(hkv) * D * D, 0.f);
+        for (int h = 0; h < hkv; ++h)
+          for (int i = 0; i < D; ++i) eye[(size_t(h) * D + i) * D + i] = 1.f;
+        idx.set_basis(eye);
+        std::vector<uint16_t> hk = cutest::random_kv(rng, size_t(bh_n) * c.n * D, DType::BF16);
+        std::uniform_int_distribution<int> three(-1, 1);
+        if (few_values)
+          for (auto& x : hk) x = cutest::to_bits(float(three(rng)), DType::BF16);
+        auto dk = cutest::upload(hk);
+        idx.store_rotated(dk.get(), dk.get(), c.n, std::vector<int32_t>(size_t(c.batch), int32_t(c.n)));
+        std::vector<float> q = cutest::random_f32(rng, size_t(c.batch) * hq * D);
+        if (few_values)
+          for (auto& x : q) x = float(three(rng));
+        auto dq = cutest::upload(q);
+        const int64_t n = c.n;
+        for (double k_frac : {0.5 / double(n), 0.25, (double(n) - 2.0) / double(n)}) {
+          idx.select(dq.get(), k_frac);
+          SAAP_CU(cudaDeviceSynchronize());
+          const int rows = c.batch * hq;
+          const int64_t k = rules::loki_keys(k_frac, n);
+          std::vector<float> scores(size_t(rows) * n);
+          std::vector<int32_t> sel(size_t(rows) * n), unions(bh_n);
+          SAAP_CU(cudaMemcpy(scores.data(), idx.scores(), scores.size() * 4, cudaMemcpyDeviceToHost));
+          SAAP_CU(cudaMemcpy(sel.data(), idx.selected(), sel.size() * 4, cudaMemcpyDeviceToHost));
+          SAAP_CU(cudaMemcpy(unions.data(), idx.selected_tokens(), unions.size() * 4, cudaMemcpyDeviceToHost));
+          const auto count = idx.selected_count();
+          int64_t wrong = 0, wrong_unions = 0;
+          std::vector<int32_t> order(static_cast<size_t>(n));
+          for (int bh = 0; bh < bh_n; ++bh) {
+            std::vector<char> in_union(size_t(n), 0);
+            for (int g = 0; g < G; ++g) {
+              const int row = bh * G + g;
+              const float* sc = &scores[size_t(row) * n];
+              std::iota(order.begin(), order.end(), 0);
+              std::nth_element(order.begin(), order.begin() + (k - 1), order.end(),
+                               [&](int32_t x, int32_t y) { return rules::ranks_before(sc[x], x, sc[y], y); });
+              std::sort(order.begin(), order.begin() + k);
+              const bool ok = count[row] == k && std::equal(order.begin(), order.begin() + k, &sel[size_t(row) * n]);
+              wrong += !ok;
+              for (int64_t i = 0; i < std::min<int64_t>(count[row], n); ++i) in_union[size_t(sel[size_t(row) * n + i])] = 1;
+            }
+            wrong_unions += unions[bh] != std::count(in_union.begin(), in_union.end(), char(1));
+          }
+          const std::string kt = std::string("long: b=") + std::to_string(c.batch) + " n=" + std::to_string(n) +
+                                 (few_values ? " three values" : " normal") + " k=" + std::to_string(k) + ": ";
+          tally.check(wrong == 0, (kt + "heads whose set is not the exact top-k of their scores").c_str(),
+                      double(wrong), 0);
+          tally.check(wrong_unions == 0, (kt + "group union counts differing from the heads' sets").c_str(),
+                      double(wrong_unions), 0);
+        }
+      }
+  }
   // Bad input is refused with the right error kind, not a crash.
   auto refused = [&](const char* what, ErrorKind kind, auto&& fn) {
     bool ok = false;

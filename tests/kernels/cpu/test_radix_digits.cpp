@@ -1,9 +1,10 @@
 // radix_topk.cuh's select replayed on the CPU with the rules its kernels call (radix_digits.h),
 // tile by tile as the grids run it, so that CI without a GPU checks the digit layout, the boundary
 // search and the tie handling: pass 0's histogram (built per tile, as the fused score kernel or
-// hist0_kernel does), the boundary of each pass, the filter that counts the keys above pass 0's
-// bin and compacts the bin's keys per tile, passes 1 and 2 over those candidates only, the per-tile
-// counts, and the ordered write (the first `need` ties in position order). The result is compared
+// hist0_kernel does), the boundary of each pass (block_find's scan from the top digit), the filter
+// that counts the keys above pass 0's bin and compacts the bin's keys per tile, the refine block's
+// passes 1 and 2 over those candidates only and its per-tile counts, and the ordered write (the
+// first `need` ties in position order). The result is compared
 // with a sort by rules::ranks_before (higher first, ties to the lower position), exactly. Keys are
 // built to reach every path: random normals, a few values with ±0 (ties across tiles), all equal
 // (pass 0's bin holds every key), keys that differ only in their lowest mantissa bits (pass 2
@@ -26,7 +27,7 @@ namespace {
 constexpr int64_t kTile = 4096;     // radix_topk.cuh's tile: 256 threads x 16 positions
 constexpr int kPerThread = 16;
 
-// A find kernel: the boundary of `pass` from the row's histogram, scanned from the top digit.
+// block_find: the boundary of `pass` from the row's histogram, scanned from the top digit.
 RowState find(RowState s, int pass, const std::vector<int32_t>& hist) {
   if (s.done) return s;
   int32_t cum = 0;

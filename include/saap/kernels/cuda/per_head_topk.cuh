@@ -55,27 +55,27 @@ constexpr int kStage = kDecodeWarps * 32;  // positions an attend block stages a
 // sums rounded one at a time in dimension order (the CPU methods' loops), so that the ranking sees
 // the CPU's numbers. K rows [bh][max_len][DIMS]; q rows [b * Hq + hq][q_stride], the first DIMS
 // read (the oracle: all of q and K; Loki: the first r PCA components of q' and of the stored keys).
-// With `hist` (after radix_topk::begin() for the rows b * Hq + hq), the block also adds pass 0 of
+// With `hist0` (after radix_topk::begin() for the rows b * Hq + hq), the block also adds pass 0 of
 // the radix select of each row not yet done (radix_topk::top_digit_add in G * kTopBins ints of
 // dynamic shared memory), so the select does not read the scores for it.
 template <class T, int DIMS>
 static __global__ void __launch_bounds__(kScoreThreads)
     per_head_score_kernel(const T* __restrict__ K, int64_t max_len, PrefixLengths lengths,
                           const float* __restrict__ q, int q_stride, int G, float* __restrict__ scores,
-                          const radix_topk::RowState* __restrict__ state, int32_t* __restrict__ hist) {
+                          const radix_topk::RowState* __restrict__ state, int32_t* __restrict__ hist0) {
   static_assert(DIMS % 8 == 0, "keys are read 8 components at a time");
   constexpr int D = DIMS, V = D / 8;
   // Positions whose rows are loaded before any is summed: up to 16 uint4 a thread in flight.
   constexpr int kAhead = V >= 16 ? 1 : (16 / V < kScorePerThread ? 16 / V : kScorePerThread);
   static_assert(kScorePerThread % kAhead == 0, "the positions split into whole chunks");
-  extern __shared__ int32_t h[];  // [G][kTopBins], when hist is given
+  extern __shared__ int32_t h[];  // [G][kTopBins], when hist0 is given
   __shared__ float qs[kMaxGroup][D];
   const int64_t bh = blockIdx.y;
   const int64_t n = lengths.of(bh);
   const int64_t p0 = int64_t(blockIdx.x) * kScoreTile;
   if (p0 >= n) return;  // uniform
   uint32_t on = 0;  // bit g: row bh * G + g still searches (uniform over the block)
-  if (hist)
+  if (hist0)
     for (int g = 0; g < G; ++g) on |= uint32_t(!state[bh * G + g].done) << g;
   for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i / D][i % D] = q[(bh * G + i / D) * q_stride + i % D];
   for (int i = threadIdx.x; on && i < G * radix_topk::kTopBins; i += blockDim.x) h[i] = 0;
@@ -143,18 +143,18 @@ static __global__ void __launch_bounds__(kScoreThreads)
   for (int g = 0; g < G; ++g)
     if ((on >> g) & 1u)
       radix_topk::flush_hist(h + g * radix_topk::kTopBins, radix_topk::kTopBins,
-                             hist + (bh * G + g) * radix_topk::kBins);
+                             hist0 + (bh * G + g) * radix_topk::kTopBins);
 }
 
 // The launch of per_head_score_kernel over [batch * n_kv_heads] blocks rows of max_len positions;
-// with `hist` (radix_topk::begin() done), pass 0 of the select too.
+// with `ws` (radix_topk::begin() done), pass 0 of the select too.
 template <class T, int DIMS>
 inline void launch_score(const T* K, int64_t max_len, int64_t bh, PrefixLengths lengths, const float* q, int q_stride,
                          int G, float* scores, const radix_topk::Workspace* ws, cudaStream_t stream) {
   const dim3 grid(unsigned((max_len + kScoreTile - 1) / kScoreTile), unsigned(bh));
   const size_t smem = ws ? size_t(G) * radix_topk::kTopBins * sizeof(int32_t) : 0;
   per_head_score_kernel<T, DIMS><<<grid, kScoreThreads, smem, stream>>>(
-      K, max_len, lengths, q, q_stride, G, scores, ws ? ws->state() : nullptr, ws ? ws->hist() : nullptr);
+      K, max_len, lengths, q, q_stride, G, scores, ws ? ws->state() : nullptr, ws ? ws->hist0() : nullptr);
   SAAP_CU_LAUNCHED();
 }
 

@@ -9,22 +9,24 @@
 // (warp-aggregated: the top digits of scores crowd into a few bins) and added into the row's global
 // histogram with atomics, either by hist0_kernel or by the producer of the keys itself (Loki's and
 // the oracle's score kernels: begin(), then the fused score kernel, then finish()), so the keys
-// are not read for it. After each pass one small block per row finds the digit at which the count
-// from the top reaches the keys still needed. Then a filter grid reads each tile once: it counts
+// are not read for it. Then a filter grid reads each tile once: each of its blocks finds pass 0's
+// boundary from the row's histogram (the digit at which the count from the top reaches k), counts
 // the keys above the boundary bin and compacts the bin's keys (the candidates, a few percent of a
-// row of scores) into the tile's segment, building pass 1's histogram from them; pass 2 and the
-// per-tile counts read only the candidates. A pass whose boundary bin holds exactly the keys still
-// needed ends the search early. Last, a writing grid places each tile's taken positions at the
-// offset the counts give (the ties taken are the lowest positions: the first `need` ties in
-// position order). Rows may be grouped (the query heads of a KV group): the writing grid then also
+// row of scores) into the tile's segment, building pass 1's histogram from them. A refine block
+// per row then finds passes 1 and 2 (pass 2's histogram from the candidates, in shared memory)
+// and each tile's keys above the k-th and ties, reading only the candidates. A pass whose boundary
+// bin holds exactly the keys still needed ends the search early. Last, a writing grid places each
+// tile's taken positions at the offset the counts give (the ties taken are the lowest positions:
+// the first `need` ties in position order). Rows may be grouped (the query heads of a KV group): the writing grid then also
 // counts, per group, the positions any of its rows took, and can list them with the rows that took
 // each (UnionList: written per tile, then moved into one ascending list by a compaction grid), so
 // that an attention kernel reads each row once.
 //
 // Every launch has a grid fixed by the row count and the row stride, and nothing is read back to
 // the host: select() may be recorded in a CUDA graph. Cost: the filter and the write read the
-// row's keys (twice in all, three times without a fused producer); the other passes read the
-// candidates.
+// row's keys (twice in all, three times without a fused producer); the refine reads the
+// candidates. Launches: init, (hist0 or the producer), filter, refine, write (and the union's
+// compaction).
 #pragma once
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -71,6 +73,7 @@ class Workspace {
     tiles_ = int((stride + kTile - 1) / kTile);
     if (int64_t(state_.size()) < rows) {
       state_.resize(size_t(rows));
+      hist0_.resize(size_t(rows) * kTopBins);
       hist_.resize(size_t(rows) * kBins);
     }
     if (int64_t(tile_counts_.size()) < rows * tiles_) {
@@ -86,6 +89,7 @@ class Workspace {
   }
   int tiles() const { return tiles_; }
   RowState* state() const { return state_.get(); }
+  int32_t* hist0() const { return hist0_.get(); }
   int32_t* hist() const { return hist_.get(); }
   int2* tile_counts() const { return tile_counts_.get(); }
   int2* tile_filter() const { return tile_filter_.get(); }
@@ -96,8 +100,9 @@ class Workspace {
 
  private:
   int tiles_ = 0;
-  DeviceBuffer<RowState> state_;    // [rows]
-  DeviceBuffer<int32_t> hist_;      // [rows][kBins]
+  DeviceBuffer<RowState> state_;    // [rows]: init's until the refine grid writes the k-th key's
+  DeviceBuffer<int32_t> hist0_;     // [rows][kTopBins]: pass 0's histogram
+  DeviceBuffer<int32_t> hist_;      // [rows][kBins]: pass 1's histogram (the filter's)
   DeviceBuffer<int2> tile_counts_;  // [rows][tiles]: (keys above the k-th, ties)
   DeviceBuffer<int2> tile_filter_;  // [rows][tiles]: (keys above pass 0's bin, candidates: keys in it)
   // The candidates' keys in per-tile segments: tile t's at [row][t * kTile, + tile_filter[row][t].y),
@@ -112,9 +117,10 @@ class Workspace {
 // Rows: a device functor with n(row) (keys in the row, <= stride) and k(row) (keys to take).
 template <class Rows>
 static __global__ void __launch_bounds__(kThreads)
-    init_kernel(Rows rows, int group, RowState* __restrict__ state, int32_t* __restrict__ hist,
-                int32_t* __restrict__ counts, int32_t* __restrict__ union_count) {
+    init_kernel(Rows rows, int group, RowState* __restrict__ state, int32_t* __restrict__ hist0,
+                int32_t* __restrict__ hist, int32_t* __restrict__ counts, int32_t* __restrict__ union_count) {
   const int64_t row = blockIdx.x;
+  for (int i = threadIdx.x; i < kTopBins; i += kThreads) hist0[row * kTopBins + i] = 0;
   for (int i = threadIdx.x; i < kBins; i += kThreads) hist[row * kBins + i] = 0;
   if (threadIdx.x != 0) return;
   const RowState s = row_start(rows.n(row), rows.k(row));
@@ -138,7 +144,7 @@ static __device__ __forceinline__ void stage_tile(const float* __restrict__ kr, 
 // elsewhere than a fused producer.
 static __global__ void __launch_bounds__(kThreads)
     hist0_kernel(const float* __restrict__ keys, int64_t stride, const RowState* __restrict__ state,
-                 int32_t* __restrict__ hist) {
+                 int32_t* __restrict__ hist0) {
   __shared__ int32_t h[kTopBins];
   const int64_t row = blockIdx.y, t0 = int64_t(blockIdx.x) * kTile;
   const RowState s = state[row];
@@ -156,51 +162,56 @@ static __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) top_digit_add(h, v[j], j * kThreads + int(threadIdx.x) < len);
   __syncthreads();
-  flush_hist(h, kTopBins, hist + row * kBins);
+  flush_hist(h, kTopBins, hist0 + row * kTopBins);
 }
 
-// Block per row: the digit of the k-th key from the row's histogram of pass PASS (counted from the
-// highest digit), the keys still needed among those sharing it; the histogram is zeroed for the
-// next pass.
-template <int PASS>
-static __global__ void __launch_bounds__(kThreads) find_kernel(RowState* __restrict__ state, int32_t* __restrict__ hist) {
-  constexpr int bins = pass_bins(PASS), per = bins / kThreads;
-  using Scan = cub::BlockScan<int, kThreads>;
+// The boundary of pass `pass` from a row's histogram h[BINS] (global or shared), found by the
+// whole block of NT threads together and returned to each: the digit at which the count from the
+// top reaches the keys still needed (radix_digits.h's take_bin), or s itself when it is done.
+template <int NT, int BINS>
+static __device__ RowState block_find(const RowState& s, int pass, const int32_t* h) {
+  constexpr int per = BINS / NT;
+  static_assert(per >= 1 && BINS % NT == 0, "whole bins a thread");
+  using Scan = cub::BlockScan<int, NT>;
   __shared__ typename Scan::TempStorage tmp;
-  const int64_t row = blockIdx.x;
-  const RowState s = state[row];
-  if (s.done) return;  // uniform
-  int32_t* h = hist + row * kBins;
-  // Thread t holds digits bins-1-t*per down to bins-(t+1)*per: the scan runs from the top.
+  __shared__ RowState found;
+  // Thread t holds digits BINS-1-t*per down to BINS-(t+1)*per: the scan runs from the top.
   int c[per], sum = 0;
 #pragma unroll
   for (int j = 0; j < per; ++j) {
-    c[j] = h[bins - 1 - (threadIdx.x * per + j)];
+    c[j] = h[BINS - 1 - (threadIdx.x * per + j)];
     sum += c[j];
   }
   int before;
-  Scan(tmp).ExclusiveSum(sum, before);  // its barrier orders every read of state[row] before the write
+  Scan(tmp).ExclusiveSum(sum, before);
+  if (threadIdx.x == 0) found = s;
+  __syncthreads();
+  if (!s.done && boundary_in(s, before, sum)) {
+    int cum = before;
 #pragma unroll
-  for (int j = 0; j < per; ++j) h[bins - 1 - (threadIdx.x * per + j)] = 0;
-  if (!boundary_in(s, before, sum)) return;
-  int cum = before;
-#pragma unroll
-  for (int j = 0; j < per; ++j) {
-    if (boundary_in(s, cum, c[j])) {
-      state[row] = take_bin(s, PASS, uint32_t(bins - 1 - (threadIdx.x * per + j)), cum, c[j]);
-      return;
+    for (int j = 0; j < per; ++j) {
+      if (boundary_in(s, cum, c[j])) {
+        found = take_bin(s, pass, uint32_t(BINS - 1 - (threadIdx.x * per + j)), cum, c[j]);
+        break;
+      }
+      cum += c[j];
     }
-    cum += c[j];
   }
+  __syncthreads();
+  const RowState r = found;
+  __syncthreads();  // `found` and the scan storage may be reused by the next call
+  return r;
 }
 
-// Grid (tile, row), after pass 0's boundary is known: the tile's keys above the boundary bin
-// (counted) and in it (the candidates, their keys compacted in position order into the tile's
-// segment of cand), tile_filter[row][tile] = (above, candidates); while the search goes on, pass
-// 1's histogram of the candidates. Rows that take all or none write (0, 0).
+// Grid (tile, row), once pass 0's histogram is complete: each block finds pass 0's boundary
+// itself (the same for every tile of the row; no launch for it), then reads its tile once: the
+// keys above the boundary bin counted, the bin's keys (the candidates) compacted in position order
+// into the tile's segment of cand, tile_filter[row][tile] = (above, candidates); while the search
+// goes on, pass 1's histogram of the candidates. Rows that take all or none write (0, 0).
 static __global__ void __launch_bounds__(kThreads)
-    filter_kernel(const float* __restrict__ keys, int64_t stride, const RowState* __restrict__ state, int tiles,
-                  int2* __restrict__ tile_filter, uint32_t* __restrict__ cand, int32_t* __restrict__ hist) {
+    filter_kernel(const float* __restrict__ keys, int64_t stride, const RowState* __restrict__ state,
+                  const int32_t* __restrict__ hist0, int tiles, int2* __restrict__ tile_filter,
+                  uint32_t* __restrict__ cand, int32_t* __restrict__ hist) {
   using Scan = cub::BlockScan<int, kThreads>;
   using Reduce = cub::BlockReduce<int, kThreads>;
   __shared__ union {
@@ -210,17 +221,18 @@ static __global__ void __launch_bounds__(kThreads)
   __shared__ float stage[kThreads * (kPerThread + 1)];
   __shared__ int32_t h[kBins];
   const int64_t row = blockIdx.y, t0 = int64_t(blockIdx.x) * kTile;
-  const RowState s = state[row];
   int2* out = tile_filter + row * tiles + blockIdx.x;
-  if (s.all || s.mask == 0 || t0 >= s.n) {  // uniform: nothing to take, or no key in this tile
+  const RowState s0 = state[row];
+  if (s0.done || t0 >= s0.n) {  // uniform: the row takes all or none, or no key in this tile
     if (threadIdx.x == 0) *out = make_int2(0, 0);
     return;
   }
+  const int64_t len = min(int64_t(s0.n) - t0, kTile);
+  stage_tile(keys + row * stride + t0, len, stage);  // in flight while the boundary is found
+  const RowState s = block_find<kThreads, kTopBins>(s0, 0, hist0 + row * kTopBins);
   const bool histogram = !s.done;
   if (histogram)
     for (int i = threadIdx.x; i < kBins; i += kThreads) h[i] = 0;
-  const int64_t len = min(int64_t(s.n) - t0, kTile);
-  stage_tile(keys + row * stride + t0, len, stage);
   __syncthreads();
   const int e0 = int(threadIdx.x) * kPerThread;
   const int m = int(max(int64_t(0), min(int64_t(kPerThread), len - e0)));
@@ -249,41 +261,59 @@ static __global__ void __launch_bounds__(kThreads)
   if (histogram) flush_hist(h, kBins, hist + row * kBins);
 }
 
-// Grid (tile, row): pass 2's histogram of the tile's candidates that match the two digits found
-// (a handful a row: added to the global histogram directly).
-static __global__ void __launch_bounds__(kThreads)
-    cand_hist_kernel(int64_t stride, const RowState* __restrict__ state, int tiles, const int2* __restrict__ tile_filter,
-                     const uint32_t* __restrict__ cand, int32_t* __restrict__ hist) {
-  const int64_t row = blockIdx.y, t0 = int64_t(blockIdx.x) * kTile;
-  const RowState s = state[row];
-  if (s.done) return;
-  const int cnt = tile_filter[row * tiles + blockIdx.x].y;
-  const uint32_t* seg = cand + row * stride + t0;
-  for (int i = threadIdx.x; i < cnt; i += kThreads) {
-    const uint32_t u = seg[i];
-    if (key_matches(s, u)) atomicAdd(&hist[row * kBins + digit_of(u, 2)], 1);
+// Block per row, after the filter: pass 0's boundary again (as the filter found it), pass 1's from
+// the filter's histogram, pass 2's from a histogram of the candidates that match (in shared
+// memory), then each tile's keys above the k-th and ties (the filter's count plus the tile's
+// candidates): tile_counts[row][tile]; the row's final state is written for the write grid. Only
+// candidates are read: a warp per tile, its lanes along the tile's segment.
+constexpr int kRefineThreads = 1024;
+static __global__ void __launch_bounds__(kRefineThreads)
+    refine_kernel(int64_t stride, RowState* __restrict__ state, const int32_t* __restrict__ hist0,
+                  const int32_t* __restrict__ hist, int tiles, const int2* __restrict__ tile_filter,
+                  const uint32_t* __restrict__ cand, int2* __restrict__ tile_counts) {
+  constexpr int kWarps = kRefineThreads / 32;
+  __shared__ int32_t h[kBins];
+  const int64_t row = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const RowState s0 = state[row];
+  const int2* filt = tile_filter + row * tiles;
+  int2* counts = tile_counts + row * tiles;
+  const uint32_t* rc = cand + row * stride;
+  if (s0.done) {  // uniform: all or none; the write grid needs no counts for them
+    for (int t = threadIdx.x; t < tiles; t += kRefineThreads) counts[t] = make_int2(0, 0);
+    return;
   }
-}
-
-// Grid (tile, row): per tile, the keys above the k-th and the ties, from the filter's count and
-// the tile's candidates.
-static __global__ void __launch_bounds__(kThreads)
-    count_kernel(int64_t stride, const RowState* __restrict__ state, int tiles, const int2* __restrict__ tile_filter,
-                 const uint32_t* __restrict__ cand, int2* __restrict__ tile_counts) {
-  using Reduce = cub::BlockReduce<int2, kThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  const int64_t row = blockIdx.y, t0 = int64_t(blockIdx.x) * kTile;
-  const RowState s = state[row];
-  const int2 f = tile_filter[row * tiles + blockIdx.x];
-  int2 c = make_int2(0, 0);
-  const uint32_t* seg = cand + row * stride + t0;
-  for (int i = threadIdx.x; i < f.y; i += kThreads) {
-    const uint32_t u = seg[i];
-    c.x += key_above(s, u);
-    c.y += key_matches(s, u);
+  RowState s = block_find<kRefineThreads, kTopBins>(s0, 0, hist0 + row * kTopBins);
+  s = block_find<kRefineThreads, kBins>(s, 1, hist + row * kBins);
+  if (!s.done) {
+    for (int i = threadIdx.x; i < kBins; i += kRefineThreads) h[i] = 0;
+    __syncthreads();
+    for (int t = warp; t < tiles; t += kWarps) {
+      const int cnt = filt[t].y;
+      for (int i = lane; i < cnt; i += 32) {
+        const uint32_t u = rc[int64_t(t) * kTile + i];
+        if (key_matches(s, u)) atomicAdd(&h[digit_of(u, 2)], 1);
+      }
+    }
+    __syncthreads();
+    s = block_find<kRefineThreads, kBins>(s, 2, h);
   }
-  const int2 total = Reduce(tmp).Reduce(c, [](int2 a, int2 b) { return make_int2(a.x + b.x, a.y + b.y); });
-  if (threadIdx.x == 0) tile_counts[row * tiles + blockIdx.x] = make_int2(f.x + total.x, total.y);
+  for (int t = warp; t < tiles; t += kWarps) {
+    const int2 f = filt[t];
+    int above = 0, ties = 0;
+    for (int i = lane; i < f.y; i += 32) {
+      const uint32_t u = rc[int64_t(t) * kTile + i];
+      above += key_above(s, u);
+      ties += key_matches(s, u);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      above += __shfl_xor_sync(0xffffffffu, above, o);
+      ties += __shfl_xor_sync(0xffffffffu, ties, o);
+    }
+    if (lane == 0) counts[t] = make_int2(f.x + above, ties);
+  }
+  if (threadIdx.x == 0) state[row] = s;  // every thread read state[row] before the first block_find's barrier
 }
 
 // Grid (tile, group of `group` rows): each row's taken positions of the tile, at the row's output
@@ -408,13 +438,14 @@ inline void check_select_args(int64_t stride, int64_t n_rows, int group) {
 // The first half of select() for a fused producer of the keys: sets each row's state and zeroes
 // its histograms, counts and union count. The producer then adds pass 0's histogram of every row
 // whose state is not done (the top digits of keys [0, n(row)): top_digit_add into a shared
-// [row][kTopBins] histogram, flush_hist into ws.hist() + row * kBins) and finish() does the rest.
+// [row][kTopBins] histogram, flush_hist into ws.hist0() + row * kTopBins) and finish() does the rest.
 template <class Rows>
 inline void begin(int64_t stride, int64_t n_rows, int group, Rows rows, Workspace& ws, int32_t* counts,
                   int32_t* union_count, cudaStream_t stream) {
   check_select_args(stride, n_rows, group);
   ws.ensure(n_rows, stride);  // allocates only when smaller (not inside a graph capture, then)
-  init_kernel<<<unsigned(n_rows), kThreads, 0, stream>>>(rows, group, ws.state(), ws.hist(), counts, union_count);
+  init_kernel<<<unsigned(n_rows), kThreads, 0, stream>>>(rows, group, ws.state(), ws.hist0(), ws.hist(), counts,
+                                                         union_count);
   SAAP_CU_LAUNCHED();
 }
 
@@ -427,15 +458,11 @@ inline void finish(const float* keys, int64_t stride, int64_t n_rows, int group,
   const int64_t groups = n_rows / group;
   ws.ensure(n_rows, stride, with_list ? groups : 0);
   const dim3 grid(unsigned(ws.tiles()), unsigned(n_rows));
-  find_kernel<0><<<unsigned(n_rows), kThreads, 0, stream>>>(ws.state(), ws.hist());
-  filter_kernel<<<grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.tiles(), ws.tile_filter(), ws.cand(),
-                                               ws.hist());
-  find_kernel<1><<<unsigned(n_rows), kThreads, 0, stream>>>(ws.state(), ws.hist());
-  cand_hist_kernel<<<grid, kThreads, 0, stream>>>(stride, ws.state(), ws.tiles(), ws.tile_filter(), ws.cand(),
-                                                  ws.hist());
-  find_kernel<2><<<unsigned(n_rows), kThreads, 0, stream>>>(ws.state(), ws.hist());
-  count_kernel<<<grid, kThreads, 0, stream>>>(stride, ws.state(), ws.tiles(), ws.tile_filter(), ws.cand(),
-                                              ws.tile_counts());
+  filter_kernel<<<grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.hist0(), ws.tiles(), ws.tile_filter(),
+                                               ws.cand(), ws.hist());
+  SAAP_CU_LAUNCHED();
+  refine_kernel<<<unsigned(n_rows), kRefineThreads, 0, stream>>>(stride, ws.state(), ws.hist0(), ws.hist(), ws.tiles(),
+                                                                 ws.tile_filter(), ws.cand(), ws.tile_counts());
   SAAP_CU_LAUNCHED();
   const dim3 group_grid(unsigned(ws.tiles()), unsigned(groups));
   write_kernel<<<group_grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.tile_counts(), ws.tiles(), group,
@@ -464,7 +491,7 @@ inline void select(const float* keys, int64_t stride, int64_t n_rows, int group,
   ws.ensure(n_rows, stride, list.pos != nullptr ? n_rows / group : 0);
   begin(stride, n_rows, group, rows, ws, counts, union_count, stream);
   hist0_kernel<<<dim3(unsigned(ws.tiles()), unsigned(n_rows)), kThreads, 0, stream>>>(keys, stride, ws.state(),
-                                                                                      ws.hist());
+                                                                                      ws.hist0());
   SAAP_CU_LAUNCHED();
   finish(keys, stride, n_rows, group, ws, positions, union_count, stream, list);
 }

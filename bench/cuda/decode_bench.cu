@@ -651,11 +651,17 @@ int main(int argc, char** argv) {
           budgets.push_back({{0.05, 1024}, "tokens=1024"});
           budgets.push_back({{0.05, 2048}, "tokens=2048"});
           const auto tunings = sparse_attend_candidates();
+          // The fused select (the default) with every attend tuning; the split select (score kernel
+          // + one select block per (b, h), "select=split") with the default attend, as evidence.
           for (const auto& entry : budgets)
-            for (size_t ti = 0; ti < tunings.size(); ++ti) {
+            for (size_t ti = 0; ti <= tunings.size(); ++ti) {
+              const bool split = ti == tunings.size();
               const QuestBudget budget = entry.first;
-              const SparseAttendTuning& tuning = tunings[ti];
-              const std::string param = ti == 0 ? entry.second : entry.second + ";" + tuning.name();
+              const SparseAttendTuning& tuning = tunings[split ? 0 : ti];
+              const std::string param = split    ? entry.second + ";select=split"
+                                        : ti == 0 ? entry.second
+                                                  : entry.second + ";" + tuning.name();
+              idx.set_fused_select(!split);
               // The prefill again: every timed step appends the same token, and ~300 copies of it
               // (five rows) reach past the window into the scored pages, whose bounds then all
               // tie at one key of the other sign (the H200 run at 2df0f1e: tokens=2048, the

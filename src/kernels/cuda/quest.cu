@@ -13,6 +13,11 @@ struct QuestIndex::Impl {
   DeviceBuffer<int32_t> seq_len, chunk_rows, chunk_count, partials, partial_count, selected_tokens, scored_pages;
   DeviceBuffer<float> keys;
   DeviceBuffer<uint32_t> hist;  // [bh][kQuestHistBins]: zero between steps (select zeroes what score counts)
+  // The fused select's (quest_fused_select.cuh): reset between steps by its last phase.
+  DeviceBuffer<QuestFusedScratch> scratch;  // [bh]
+  DeviceBuffer<QuestFusedPlan> plan;        // [bh]
+  DeviceBuffer<uint32_t> above;             // [bh][kQuestMaxSlices]
+  DeviceBuffer<unsigned long long> cand;    // [bh][kQuestCandCap]
 };
 
 QuestIndex::QuestIndex(const DecodeShape& shape, int64_t max_len, const QuestConfig& cfg)
@@ -35,6 +40,12 @@ QuestIndex::QuestIndex(const DecodeShape& shape, int64_t max_len, const QuestCon
   m.keys.resize(size_t(bh * key_stride_));
   m.hist.resize(size_t(bh) * kQuestHistBins);
   SAAP_CU(cudaMemset(m.hist.get(), 0, m.hist.bytes()));
+  m.scratch.resize(size_t(bh));
+  const std::vector<QuestFusedScratch> reset(size_t(bh), QuestFusedScratch{~0u, 0u, 0ull, 0u, 0u});
+  SAAP_CU(cudaMemcpy(m.scratch.get(), reset.data(), m.scratch.bytes(), cudaMemcpyHostToDevice));
+  m.plan.resize(size_t(bh));
+  m.above.resize(size_t(bh) * kQuestMaxSlices);
+  m.cand.resize(size_t(bh) * kQuestCandCap);
   m.chunk_rows.resize(size_t(bh * max_chunks_));
   m.partials.resize(size_t(bh * kMaxPartials * 2));
   SAAP_CU(cudaMemset(m.partials.get(), 0, m.partials.bytes()));  // attend loads all four, uses the first count
@@ -110,6 +121,45 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
   SAAP_CU_REQUIRE(budget.tokens >= 0, InvalidArgument, "budget tokens = %lld must be >= 0", (long long)budget.tokens);
   const QuestStep step{cfg_.page_size, cfg_.sinks, cfg_.window, budget.lookup, budget.tokens};
   const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
+  if (cfg_.fused_select) {
+    dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
+      using T = decltype(t);
+      constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
+      auto* kernel = quest_fused_select_kernel<T, D, GMAX>;
+      // Every block resident (the grid barriers need it; the cooperative launch checks it).
+      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kQuestFusedThreads);
+      const int S = int(std::clamp<int64_t>(resident / int64_t(bh), 1, kQuestMaxSlices));
+      const int grid = int(std::min<int64_t>(resident, int64_t(bh) * S));
+      cudaLaunchConfig_t lc = {};
+      lc.gridDim = dim3(unsigned(grid));
+      lc.blockDim = dim3(kQuestFusedThreads);
+      lc.stream = stream;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeCooperative;
+      attr[0].val.cooperative = 1;
+      lc.attrs = attr;
+      lc.numAttrs = 1;
+      SAAP_CU(cudaLaunchKernelEx(&lc, kernel, static_cast<const T*>(static_cast<const void*>(m.meta.get())),
+                                 max_pages_, static_cast<const int32_t*>(m.seq_len.get()), q, int(bh), shape_.group(),
+                                 step, key_stride_, m.keys.get(), m.hist.get(), S, m.scratch.get(), m.plan.get(),
+                                 m.above.get(), m.cand.get(), max_chunks_, m.chunk_rows.get(), m.chunk_count.get(),
+                                 reinterpret_cast<int2*>(m.partials.get()), m.partial_count.get(),
+                                 m.selected_tokens.get(), m.scored_pages.get()));
+    });
+    SAAP_CU_LAUNCHED();
+    if (scored) SAAP_CU(cudaEventRecord(scored, stream));  // one kernel: its score is not timed apart
+  } else {
+    select_split(q, step, stream, scored);
+  }
+  // What this select reads at most at the host's longest sequence (sizes attend's splits only).
+  const int64_t n = *std::max_element(host_len_.begin(), host_len_.end());
+  expect_tokens_ = budget.total(n);
+  expect_tokens_ = std::max<int64_t>(expect_tokens_, std::min<int64_t>(n, cfg_.sinks + cfg_.window));
+}
+
+void QuestIndex::select_split(const float* q, const QuestStep& step, cudaStream_t stream, cudaEvent_t scored) {
+  auto& m = *impl_;
+  const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
@@ -121,7 +171,7 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
         std::clamp<int64_t>(resident / int64_t(bh), 1, (max_pages_ + pages_per_pass - 1) / pages_per_pass);
     launch_dependent(kernel, dim3(unsigned(per_bh), bh), dim3(kQuestScoreWarps * 32), 0, stream,
                      reinterpret_cast<const T*>(m.meta.get()), max_pages_, static_cast<const int32_t*>(m.seq_len.get()),
-                     q, shape_.n_kv_heads, shape_.group(), step, key_stride_, m.keys.get(), m.hist.get());
+                     q, shape_.group(), step, key_stride_, m.keys.get(), m.hist.get());
   });
   SAAP_CU_LAUNCHED();
   if (scored) SAAP_CU(cudaEventRecord(scored, stream));
@@ -138,10 +188,6 @@ void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t 
                    step, m.hist.get(), max_chunks_, m.chunk_rows.get(), m.chunk_count.get(),
                    reinterpret_cast<int2*>(m.partials.get()), m.partial_count.get(), m.selected_tokens.get(),
                    m.scored_pages.get(), key_cap);
-  // What this select reads at most at the host's longest sequence (sizes attend's splits only).
-  const int64_t n = *std::max_element(host_len_.begin(), host_len_.end());
-  expect_tokens_ = budget.total(n);
-  expect_tokens_ = std::max<int64_t>(expect_tokens_, std::min<int64_t>(n, cfg_.sinks + cfg_.window));
 }
 
 void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream,

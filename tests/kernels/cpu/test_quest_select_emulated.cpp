@@ -1,3 +1,9 @@
+// Quest's GPU page selection run on the CPU through cuda_block_emulation.h: the split select
+// (quest_select_row, the select kernel's body) and the fused select's gather and compact phases
+// (quest_fused_select.cuh, every slice of a (b, h) a block, the phases in turn as the grid barrier
+// orders them), both from what the score phase leaves. Below, the split select's description;
+// the fused select is checked the same way, at 1 and 5 slices (more candidates in the K-th
+// key's bin than kQuestCandCap take its slow exact path), and its scratch must be reset after.
 // Quest's GPU page selection (quest_select_row, the select kernel's body) run on the CPU through
 // cuda_block_emulation.h, so that CI without a GPU checks it: the pages it lists (sinks, window,
 // the fill over the page keys, partial runs) against the fill rule replayed on the host over the
@@ -9,6 +15,7 @@
 // code on the GPU with the score kernel in front of it.
 #include "kernels/cpu/cuda_block_emulation.h"  // before the kernel header
 // (the kernel header after the emulation)
+#include "saap/kernels/cuda/quest_fused_select.cuh"
 #include "saap/kernels/cuda/quest_select.cuh"
 
 #include <gtest/gtest.h>
@@ -45,7 +52,8 @@ float page_key(int kind, int64_t r, std::mt19937& rng) {
   }
 }
 
-void check(const Case& c, uint32_t seed) {
+// slices: 0 runs the split select, else the fused select's phases over that many slices.
+void check(const Case& c, uint32_t seed, int slices) {
   std::mt19937 rng(seed);
   const QuestStep step{c.P, c.sinks, c.window, c.lookup, c.tokens};
   int64_t budget;
@@ -65,11 +73,43 @@ void check(const Case& c, uint32_t seed) {
   int32_t seq_len = int32_t(c.n), chunk_count = -1, partial_count = -1, selected = -1, scored_pages = -1;
   std::vector<int32_t> rows(size_t(max_chunks), -1);
   std::vector<int2> parts(4, make_int2(-1, -1));
-  std::vector<float4> cache(size_t(std::max(1, c.key_cap / 4)));
-  emu_run_block(kQuestSelectThreads, 0, [&] {
-    quest_select_row(0, keys.data(), stride, &seq_len, step, hist.data(), max_chunks, rows.data(), &chunk_count,
-                     parts.data(), &partial_count, &selected, &scored_pages, c.key_cap, cache.data());
-  });
+  const QuestFusedScratch reset{~0u, 0u, 0ull, 0u, 0u};
+  QuestFusedScratch scratch = reset;
+  if (slices == 0) {
+    std::vector<float4> cache(size_t(std::max(1, c.key_cap / 4)));
+    emu_run_block(kQuestSelectThreads, 0, [&] {
+      quest_select_row(0, keys.data(), stride, &seq_len, step, hist.data(), max_chunks, rows.data(), &chunk_count,
+                       parts.data(), &partial_count, &selected, &scored_pages, c.key_cap, cache.data());
+    });
+  } else {
+    // What the score phase adds to the scratch: the full keys' bit range, the full pages ranked
+    // before each partial page (saap::rules order, on the host).
+    const QuestFusedView view(c.n, step);
+    for (int r = view.full_lo; r < view.full_hi; ++r) {
+      const uint32_t u = quest_rank_bits(keys[size_t(r)]);
+      scratch.u_lo = std::min(scratch.u_lo, u);
+      scratch.u_hi = std::max(scratch.u_hi, u);
+      for (int e = 0; e < 2; ++e) {
+        const int se = view.small_r(e);
+        if (se >= 0 && rules::ranks_before(keys[size_t(r)], r, keys[size_t(se)], se))
+          scratch.before += 1ull << (32 * e);
+      }
+    }
+    QuestFusedPlan plan{};
+    std::vector<uint32_t> above(size_t(kQuestMaxSlices), 0xdeadu);
+    std::vector<unsigned long long> cand(size_t(kQuestCandCap), 0xdeadull);
+    for (int sl = 0; sl < slices; ++sl)
+      emu_run_block(kQuestFusedThreads, sl, [&] {
+        quest_fused_gather(0, sl, slices, keys.data(), stride, &seq_len, step, hist.data(), &scratch, &plan,
+                           above.data(), cand.data());
+      });
+    for (int sl = 0; sl < slices; ++sl)
+      emu_run_block(kQuestFusedThreads, sl, [&] {
+        quest_fused_compact(0, sl, slices, keys.data(), stride, &seq_len, step, hist.data(), &scratch, &plan,
+                            above.data(), cand.data(), max_chunks, rows.data(), &chunk_count, parts.data(),
+                            &partial_count, &selected, &scored_pages);
+      });
+  }
   // The host's fill over the same keys.
   std::set<int64_t> want;
   if (budget >= f.middle()) {
@@ -95,11 +135,14 @@ void check(const Case& c, uint32_t seed) {
     for (int j = 0; j < c.P; ++j) got.insert(rows[size_t(i)] + j), ++listed;
   for (int i = 0; i < partial_count; ++i)
     for (int j = 0; j < parts[size_t(i)].y; ++j) got.insert(parts[size_t(i)].x + j), ++listed;
-  const std::string at = c.name + " (seed " + std::to_string(seed) + ")";
+  const std::string at = c.name + " (seed " + std::to_string(seed) + ", " +
+                         (slices ? std::to_string(slices) + " slices" : std::string("split select")) + ")";
   EXPECT_EQ(got, want) << at;
   EXPECT_EQ(listed, int64_t(got.size())) << at << ": a row listed twice";
   EXPECT_EQ(selected, listed) << at;
   EXPECT_EQ(scored_pages, count) << at;
+  for (int64_t i = std::max(0, chunk_count); i < max_chunks; ++i)
+    ASSERT_EQ(rows[size_t(i)], -1) << at << ": chunk row " << i << " written past the list";
   // After the sinks' and the window's chunks, the taken pages in page order.
   if (budget < f.middle()) {
     const int64_t fixed_chunks = f.sink_end / c.P + (c.n - f.window_begin) / c.P;
@@ -107,29 +150,41 @@ void check(const Case& c, uint32_t seed) {
       EXPECT_LT(rows[size_t(i - 1)], rows[size_t(i)]) << at << ": chunk " << i;
   }
   EXPECT_EQ(std::count(hist.begin(), hist.end(), 0u), int64_t(hist.size())) << at << ": histogram not zeroed";
+  EXPECT_TRUE(scratch.u_lo == reset.u_lo && scratch.u_hi == reset.u_hi && scratch.before == reset.before &&
+              scratch.cand_n == reset.cand_n)
+      << at << ": scratch not reset";
 }
 
+const Case kCases[] = {
+    {"random keys, the bench's config, 1024 tokens", 16384, 16, 64, 256, 0.05, 1024, 0, kQuestCachedKeys},
+    {"partial first and last pages, 5%", 20001, 16, 5, 37, 0.05, 0, 0, kQuestCachedKeys},
+    {"four values: ties split by page id", 30000, 16, 4, 64, 0.05, 0, 1, kQuestCachedKeys},
+    {"one value everywhere", 16000, 16, 3, 20, 0.1, 0, 2, kQuestCachedKeys},
+    {"one value, more pages than kQuestCandCap: the cut among ties", 50000, 16, 3, 20, 0.1, 0, 2, kQuestCachedKeys},
+    {"one bin: both refinement passes and exact ties", 50000, 16, 4, 64, 0.07, 0, 3, kQuestCachedKeys},
+    {"the same past the cache", 50000, 16, 4, 64, 0.07, 0, 3, 1024},
+    {"+0 and -0 tie, negatives", 9000, 8, 3, 11, 0.2, 0, 4, kQuestCachedKeys},
+    {"crowded bins, pages of 4, 30%", 40000, 4, 1, 3, 0.3, 0, 5, kQuestCachedKeys},
+    {"the same past the cache", 40000, 4, 1, 3, 0.3, 0, 5, 4096},
+    {"pages of 1: 39980 pages, past the cache", 40000, 1, 4, 16, 0.1, 0, 6, kQuestCachedKeys},
+    {"budget below sinks + window", 1000, 16, 64, 256, 0.2, 0, 0, kQuestCachedKeys},
+    {"budget covers the middle", 1000, 16, 4, 64, 0.95, 0, 0, kQuestCachedKeys},
+    {"one page", 39, 64, 2, 4, 0.5, 0, 0, kQuestCachedKeys},
+    {"two partial pages only", 30, 16, 5, 9, 0.9, 20, 0, kQuestCachedKeys},
+    {"K = 0: the budget is below a page, a partial one fits", 2000, 16, 5, 7, 0.05, 20, 0, kQuestCachedKeys},
+    {"pages of 7", 3001, 7, 3, 20, 0.1, 0, 0, kQuestCachedKeys},
+};
+
 TEST(QuestSelectEmulated, MatchesTheFillRuleOnEveryPath) {
-  const Case cases[] = {
-      {"random keys, the bench's config, 1024 tokens", 16384, 16, 64, 256, 0.05, 1024, 0, kQuestCachedKeys},
-      {"partial first and last pages, 5%", 20001, 16, 5, 37, 0.05, 0, 0, kQuestCachedKeys},
-      {"four values: ties split by page id", 30000, 16, 4, 64, 0.05, 0, 1, kQuestCachedKeys},
-      {"one value everywhere", 16000, 16, 3, 20, 0.1, 0, 2, kQuestCachedKeys},
-      {"one bin: both refinement passes and exact ties", 50000, 16, 4, 64, 0.07, 0, 3, kQuestCachedKeys},
-      {"the same past the cache", 50000, 16, 4, 64, 0.07, 0, 3, 1024},
-      {"+0 and -0 tie, negatives", 9000, 8, 3, 11, 0.2, 0, 4, kQuestCachedKeys},
-      {"crowded bins, pages of 4, 30%", 40000, 4, 1, 3, 0.3, 0, 5, kQuestCachedKeys},
-      {"the same past the cache", 40000, 4, 1, 3, 0.3, 0, 5, 4096},
-      {"pages of 1: 39980 pages, past the cache", 40000, 1, 4, 16, 0.1, 0, 6, kQuestCachedKeys},
-      {"budget below sinks + window", 1000, 16, 64, 256, 0.2, 0, 0, kQuestCachedKeys},
-      {"budget covers the middle", 1000, 16, 4, 64, 0.95, 0, 0, kQuestCachedKeys},
-      {"one page", 39, 64, 2, 4, 0.5, 0, 0, kQuestCachedKeys},
-      {"two partial pages only", 30, 16, 5, 9, 0.9, 20, 0, kQuestCachedKeys},
-      {"K = 0: the budget is below a page, a partial one fits", 2000, 16, 5, 7, 0.05, 20, 0, kQuestCachedKeys},
-      {"pages of 7", 3001, 7, 3, 20, 0.1, 0, 0, kQuestCachedKeys},
-  };
   uint32_t seed = 1;
-  for (const Case& c : cases) check(c, seed++);
+  for (const Case& c : kCases) check(c, seed++, 0);
+}
+
+// The fused select's gather and compact phases on the same cases, at 1 and 5 slices per (b, h).
+TEST(QuestFusedSelectEmulated, MatchesTheFillRuleOnEveryPath) {
+  uint32_t seed = 1;
+  for (const Case& c : kCases)
+    for (int slices : {1, 5}) check(c, seed++, slices);
 }
 
 }  // namespace

@@ -112,6 +112,10 @@ int main() {
       {"one bound over two tiles (P 2)", 1, 4, 1, 64, DType::F16, {40000}, 0, {2, 3, 5}, {0.3, 0}, 1},
       {"P 1, 40000 pages (keys past the select's shared cache)", 1, 4, 2, 64, DType::BF16, {40000}, 1, {1, 4, 16}, {0.1, 0}, 3},
       {"batch 3, one read whole", 3, 32, 8, 128, DType::BF16, {12000, 17, 5001}, 2, {16, 4, 64}, {0.03, 0}},
+      // The bench's head shape at batch 8 (64 (b, h): the fused select's slices shrink to a few
+      // per (b, h)), lengths with partial last pages and one below sinks + window.
+      {"32x8x128 batch 8, 2%", 8, 32, 8, 128, DType::BF16, {16384, 9001, 12345, 300, 16383, 7777, 20000, 4097}, 1,
+       {16, 64, 256}, {0.02, 0}},
       {"gemma-3 d256 gqa4 5%", 1, 4, 1, 256, DType::BF16, {4000}, 3, {16, 4, 64}, {0.05, 0}},
       {"d256 f16 gqa2 fixed 512", 2, 4, 2, 256, DType::F16, {2000, 777}, 2, {16, 4, 64}, {0.05, 512}},
       // The benchmark's configuration (pages of 16, sinks 64, window 256) at batch 8 and at the
@@ -313,6 +317,29 @@ int main() {
         const double ferr = cutest::rel_error(cutest::download(dout), ref);
         tally.check(ferr < 1e-4, (rt + "graph-captured select + fused attend rel error vs float64").c_str(), ferr,
                     1e-4);
+      }
+      {  // The split select (score kernel + one block per (b, h)) on the same query: the same list
+         // (chunks in the same order, partial runs, counters), since both apply one rule exactly.
+        idx.set_fused_select(false);
+        idx.select(dq.get(), c.budget);
+        SAAP_CU(cudaDeviceSynchronize());
+        std::vector<int32_t> srows(rows.size()), snch(nch.size()), sparts(parts.size()), snpart(npart.size());
+        SAAP_CU(cudaMemcpy(srows.data(), idx.chunk_rows(), srows.size() * 4, cudaMemcpyDeviceToHost));
+        SAAP_CU(cudaMemcpy(snch.data(), idx.chunk_count(), snch.size() * 4, cudaMemcpyDeviceToHost));
+        SAAP_CU(cudaMemcpy(sparts.data(), idx.partials(), sparts.size() * 4, cudaMemcpyDeviceToHost));
+        SAAP_CU(cudaMemcpy(snpart.data(), idx.partial_count(), snpart.size() * 4, cudaMemcpyDeviceToHost));
+        const auto sctr = idx.counters();
+        bool same = snch == nch && snpart == npart && sctr.selected_tokens == ctr.selected_tokens &&
+                    sctr.scored_pages == ctr.scored_pages;
+        for (int bh = 0; same && bh < bh_n; ++bh) {
+          same = std::equal(rows.begin() + size_t(bh) * idx.max_chunks(),
+                            rows.begin() + size_t(bh) * idx.max_chunks() + nch[bh],
+                            srows.begin() + size_t(bh) * idx.max_chunks());
+          same = same && std::equal(parts.begin() + size_t(bh) * 8, parts.begin() + size_t(bh) * 8 + 2 * npart[bh],
+                                    sparts.begin() + size_t(bh) * 8);
+        }
+        tally.check(same, (rt + "split select == fused select (chunks, partial runs, counters)").c_str(), same, 1);
+        idx.set_fused_select(true);
       }
 #ifdef SAAP_QUEST_CPU_PARITY
       // The CPU method on the same cache and queries: the same pages (up to the rounding of the

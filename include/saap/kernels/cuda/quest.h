@@ -1,13 +1,17 @@
 // Quest on the GPU (arXiv 2406.10774; the CPU method is methods/quest.h, the geometry and bound
 // methods/quest_pages.h): the dense cache plus, per page of P positions and KV head, the
-// element-wise min and max of its keys. A decode step is three kernels, all on the device, no host
-// synchronisation, so it can be captured in a CUDA graph:
-//   score  - every candidate page's bound, summed over the KV group's query heads (one wave of
-//            blocks streaming the metadata), and a histogram of the full pages' keys' top 16 bits
-//   select - one block per (b, h): the shared fill rule (saap::rules) over the ranking, computed
-//            exactly without a sort: the full pages taken are the top K, K found by walking the at
-//            most two partial pages; the K-th key's 16-bit bin comes from the histogram, its low
-//            bits from two radix passes over that bin's keys only, ties go to the lower page
+// element-wise min and max of its keys. A decode step is two kernels (three with the split select),
+// all on the device, no host synchronisation, so it can be captured in a CUDA graph:
+//   select - by default one cooperative kernel of three phases over every block, grid barriers
+//            between them (quest_fused_select.cuh): score every candidate page's bound, summed over
+//            the KV group's query heads, with a histogram of the full pages' keys' top 16 bits; the
+//            K-th key's bin and its candidates; the exact K-th key and the taken pages in order.
+//            The split select (QuestConfig::fused_select = false), the bench's evidence: a score
+//            kernel, then a select kernel of one block per (b, h): the shared fill rule
+//            (saap::rules) over the ranking, computed exactly without a sort: the full pages taken
+//            are the top K, K found by walking the at most two partial pages; the K-th key's
+//            16-bit bin comes from the histogram, its low bits from two radix passes over that
+//            bin's keys only, ties go to the lower page id
 //   attend - the GroupAttender over chunks of P rows (sinks, taken pages, window) and the few
 //            partial runs, split evenly over blocks (64 tokens a split at least), then the combine
 //
@@ -29,11 +33,16 @@ struct QuestConfig {
   int page_size = 16;  // P, 1 .. 1024
   int sinks = 4;
   int window = 64;
+  // The select as one cooperative kernel (score, gather, compact over every block; grid barriers
+  // between them; quest_fused_select.cuh), else the split select: score kernel, then select kernel
+  // of one block per (b, h) (kept as the bench's evidence: "select=split").
+  bool fused_select = true;
 };
 
 // Tokens read per query: the lookup fraction of the prefix, or a fixed count when tokens > 0
 // (the shared rule of selection_rules.h).
 using QuestBudget = rules::Budget;
+struct QuestStep;  // quest_select.cuh
 
 // Per (b, h), [batch][n_kv_heads], read back by counters() (which synchronises).
 struct QuestCounters {
@@ -62,6 +71,8 @@ class QuestIndex {
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
               const SparseAttendTuning& tuning = {});
 
+  // QuestConfig::fused_select for the next selects (the bench and the tests compare the two).
+  void set_fused_select(bool fused) { cfg_.fused_select = fused; }
   QuestCounters counters() const;  // synchronises
   const DecodeShape& shape() const { return shape_; }
   const QuestConfig& config() const { return cfg_; }
@@ -87,6 +98,7 @@ class QuestIndex {
   struct Impl;
 
  private:
+  void select_split(const float* q, const QuestStep& step, cudaStream_t stream, cudaEvent_t scored);
   DecodeShape shape_;
   QuestConfig cfg_;
   int64_t max_len_, max_pages_, key_stride_, max_chunks_;

@@ -2,11 +2,13 @@
 // method's (methods/quest_pages.h over saap::rules), so both backends choose the same pages.
 #pragma once
 #include <cuda_bf16.h>
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
 
 #include "saap/kernels/cuda/dense_decode.cuh"
+#include "saap/kernels/cuda/quest_fused_select.cuh"
 #include "saap/kernels/cuda/quest_select.cuh"
 #include "saap/kernels/cuda/reduce.cuh"
 #include "saap/methods/quest_pages.h"
@@ -74,27 +76,32 @@ static __global__ void quest_append_kernel(T* __restrict__ K, T* __restrict__ V,
   if (i == 0) seq_len[bh] = int32_t(pos + 1);
 }
 
-// Bounds of the candidate pages of one (b, h): block (page block, bh), the blocks of a bh striding
-// over its candidates a block pass (PER_BLOCK pages) at a time. The launcher sizes the grid to one
-// wave of resident blocks, so the group's query is loaded once per block, not once per 32 pages,
-// and from the capacity, not the current length, so a captured step stays valid as sequences
-// grow. A page's 2 x D values are spread over D/8 lanes (16-byte streaming loads of min and of
-// max); each lane sums its dimensions' group terms (quest::add_group_bound_term: the group's query
-// split once into positive and negative parts, two FMAs per dimension instead of four operations
-// per head), the lanes of a page then add up. keys[bh][r] is page range.first + r's key; each
-// full page (P middle positions) also counts its key's top 16 bits in hist[bh], through a
-// direct-mapped table of kQuestScoreSlots (bin, count) slots in shared memory: a slot's bin is set
-// once, by the first page that maps to it; a page whose slot holds another bin counts in hist[bh]
-// directly; the block adds its slots to hist[bh] at its end.
-template <class T, int D, int GMAX>
-static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
-    quest_score_kernel(const T* __restrict__ meta, int64_t max_pages, const int32_t* __restrict__ seq_len,
-                       const float* __restrict__ q, int n_kv_heads, int G, QuestStep step, int64_t key_stride,
-                       float* __restrict__ keys, uint32_t* __restrict__ hist) {
-  constexpr int LPT = D / 8, PPP = 32 / LPT, U = kQuestScorePasses, PER_BLOCK = kQuestScoreWarps * PPP * U;
-  wait_prior_grid();
-  const int64_t bh = blockIdx.y;
+// Bounds of the candidate pages of one (b, h), bh, slice s of S (contiguous runs of candidates):
+// the block strides over its slice a block pass (PER_BLOCK pages) at a time. A page's 2 x D values
+// are spread over D/8 lanes (16-byte streaming loads of min and of max); each lane sums its
+// dimensions' group terms (quest::add_group_bound_term: the group's query split once into positive
+// and negative parts, two FMAs per dimension instead of four operations per head), the lanes of a
+// page then add up. keys[bh][r] is page range.first + r's key; each full page (P middle positions)
+// also counts its key's top 16 bits in hist[bh], through a direct-mapped table of
+// kQuestScoreSlots (bin, count) slots in shared memory: a slot's bin is set once, by the first page
+// that maps to it; a page whose slot holds another bin counts in hist[bh] directly; the block adds
+// its slots to hist[bh] at its end. With scratch (the fused select, quest_fused_select.cuh), the
+// slice also adds to scratch[bh] its full keys' bit range and the full pages ranked before each
+// partial page; the partial pages' keys are computed first, by warps 0 and 1, in the lanes and
+// order of the loop below, so they are the keys the loop writes, bit for bit.
+// Block-uniform control flow; every thread returns.
+template <class T, int D, int GMAX, int WARPS>
+__device__ inline void quest_score_slice(int64_t bh, int64_t s, int64_t S, const T* __restrict__ meta,
+                                         int64_t max_pages, const int32_t* __restrict__ seq_len,
+                                         const float* __restrict__ q, int G, QuestStep step, int64_t key_stride,
+                                         float* __restrict__ keys, uint32_t* __restrict__ hist,
+                                         QuestFusedScratch* __restrict__ scratch) {
+  constexpr int LPT = D / 8, PPP = 32 / LPT, U = kQuestScorePasses, PER_BLOCK = WARPS * PPP * U;
+  static_assert(WARPS >= 2, "warps 0 and 1 score the partial pages");
+  __shared__ uint32_t slot_bin[kQuestScoreSlots], slot_count[kQuestScoreSlots];
+  __shared__ float s_small[2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % LPT, slot = lane / LPT;
+  __syncthreads();  // the previous item's shared values are read
   // The query is read before the length is known, so that the two loads are in flight together.
   float q_pos[8], q_neg[8];
   const float* qb = q + bh * G * D;  // the group's query rows: (b * Hkv + h) * G == b * Hq + h * G
@@ -112,46 +119,75 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
   const quest::PageRange range = step.range(seq_len[bh], &budget);
   if (budget <= 0 || budget >= range.fixed.middle()) return;  // select() scores nothing then
   const int64_t c1 = range.count();
-  if (int64_t(blockIdx.x) * PER_BLOCK >= c1) return;  // the block's exits so far are block-uniform
-  __shared__ uint32_t slot_bin[kQuestScoreSlots], slot_count[kQuestScoreSlots];
+  int64_t lo, hi;
+  quest_slice(0, c1, int(s), int(S), &lo, &hi);
+  if (lo >= hi) return;  // the block's exits so far are block-uniform
+  const T* mb = meta + (bh * max_pages + range.first) * 2 * D + sub * 8;
+  // One page's bound in this lane's dimensions, added up over the page's LPT lanes.
+  auto bound = [&](const uint4& lo4, const uint4& hi4) {
+    float l[8], h[8];
+    Vec8<T>::to_float(lo4, l);
+    Vec8<T>::to_float(hi4, h);
+    float key = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) key = quest::add_group_bound_term(key, q_pos[j], q_neg[j], l[j], h[j]);
+#pragma unroll
+    for (int off = LPT / 2; off > 0; off >>= 1) key += __shfl_xor_sync(0xffffffffu, key, off);
+    return key;
+  };
+  // The partial pages e = 0 (first), 1 (last): their rank bits and ids; a missing one compares
+  // below every key (bits all ones, id -1), so it counts nothing.
+  const bool first_small = range.size(range.first) < step.P;
+  const bool last_small = c1 > 1 && range.size(range.first + c1 - 1) < step.P;
+  if (scratch) {
+    if (warp < 2) {
+      const bool has = warp == 0 ? first_small : last_small;
+      const int64_t r = warp == 0 ? 0 : c1 - 1;
+      const float key = bound(load_stream(mb + r * 2 * D), load_stream(mb + r * 2 * D + D));
+      if (lane == 0) s_small[warp] = has ? key : 0.f;
+    }
+    __syncthreads();
+  }
+  uint32_t small_u[2] = {~0u, ~0u};
+  int64_t small_r[2] = {-1, -1};
+  if (scratch && first_small) small_u[0] = quest_rank_bits(s_small[0]), small_r[0] = 0;
+  if (scratch && last_small) small_u[1] = quest_rank_bits(s_small[1]), small_r[1] = c1 - 1;
   constexpr uint32_t kEmpty = 0xffffffffu;  // no 16-bit bin
   for (int i = threadIdx.x; i < kQuestScoreSlots; i += blockDim.x) slot_bin[i] = kEmpty, slot_count[i] = 0u;
   __syncthreads();
-  const T* mb = meta + (bh * max_pages + range.first) * 2 * D + sub * 8;
   float* kb = keys + bh * key_stride;
   uint32_t* hb = hist + bh * kQuestHistBins;
-  for (int64_t r0 = int64_t(blockIdx.x) * PER_BLOCK + warp * PPP * U; r0 < c1; r0 += int64_t(gridDim.x) * PER_BLOCK) {
-    uint4 lo[U], hi[U];
+  uint32_t u_lo = ~0u, u_hi = 0u;
+  unsigned long long before = 0;  // partial page 0's count in the low 32 bits, page 1's in the high
+  for (int64_t r0 = lo + warp * PPP * U; r0 < hi; r0 += PER_BLOCK) {
+    uint4 lo4[U], hi4[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t r = r0 + u * PPP + slot;
-      if (r < c1) {
-        lo[u] = load_stream(mb + r * 2 * D);
-        hi[u] = load_stream(mb + r * 2 * D + D);
+      if (r < hi) {
+        lo4[u] = load_stream(mb + r * 2 * D);
+        hi4[u] = load_stream(mb + r * 2 * D + D);
       } else {
-        lo[u] = hi[u] = make_uint4(0, 0, 0, 0);
+        lo4[u] = hi4[u] = make_uint4(0, 0, 0, 0);
       }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      float l[8], h[8];
-      Vec8<T>::to_float(lo[u], l);
-      Vec8<T>::to_float(hi[u], h);
-      float key = 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) key = quest::add_group_bound_term(key, q_pos[j], q_neg[j], l[j], h[j]);
-#pragma unroll
-      for (int off = LPT / 2; off > 0; off >>= 1) key += __shfl_xor_sync(0xffffffffu, key, off);
+      const float key = bound(lo4[u], hi4[u]);
       const int64_t r = r0 + u * PPP + slot;
-      if (sub == 0 && r < c1) {
+      if (sub == 0 && r < hi) {
         kb[r] = key;
         if (range.size(range.first + r) == step.P) {
-          const uint32_t bin = quest_rank_bits(key) >> kQuestHistShift, hslot = bin % kQuestScoreSlots;
+          const uint32_t ub = quest_rank_bits(key), bin = ub >> kQuestHistShift, hslot = bin % kQuestScoreSlots;
           const uint32_t held = atomicCAS(&slot_bin[hslot], kEmpty, bin);
           if (held == kEmpty || held == bin)
             atomicAdd(&slot_count[hslot], 1u);
           else
             atomicAdd(&hb[bin], 1u);
+          u_lo = min(u_lo, ub);
+          u_hi = max(u_hi, ub);
+          before += (ub > small_u[0] || (ub == small_u[0] && r < small_r[0])) ? 1ull : 0ull;
+          before += (ub > small_u[1] || (ub == small_u[1] && r < small_r[1])) ? 1ull << 32 : 0ull;
         }
       }
     }
@@ -159,6 +195,61 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
   __syncthreads();
   for (int i = threadIdx.x; i < kQuestScoreSlots; i += blockDim.x)
     if (slot_count[i]) atomicAdd(&hb[slot_bin[i]], slot_count[i]);
+  if (scratch) {  // one atomic of each per warp
+    u_lo = __reduce_min_sync(0xffffffffu, u_lo);
+    u_hi = __reduce_max_sync(0xffffffffu, u_hi);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) before += __shfl_xor_sync(0xffffffffu, before, off);
+    if (lane == 0) {
+      if (u_lo <= u_hi) {
+        atomicMin(&scratch[bh].u_lo, u_lo);
+        atomicMax(&scratch[bh].u_hi, u_hi);
+      }
+      if (before) atomicAdd(&scratch[bh].before, before);
+    }
+  }
+}
+
+// The split select's score kernel: block (slice, bh) runs quest_score_slice. The launcher sizes
+// the grid to one wave of resident blocks, so the group's query is loaded once per block, not once
+// per 32 pages, and from the capacity, not the current length, so a captured step stays valid as
+// sequences grow.
+template <class T, int D, int GMAX>
+static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
+    quest_score_kernel(const T* __restrict__ meta, int64_t max_pages, const int32_t* __restrict__ seq_len,
+                       const float* __restrict__ q, int G, QuestStep step, int64_t key_stride,
+                       float* __restrict__ keys, uint32_t* __restrict__ hist) {
+  wait_prior_grid();
+  quest_score_slice<T, D, GMAX, kQuestScoreWarps>(blockIdx.y, blockIdx.x, gridDim.x, meta, max_pages, seq_len, q, G,
+                                                  step, key_stride, keys, hist, nullptr);
+}
+
+// The fused select: score, gather and compact phases (quest_fused_select.cuh) over the work items
+// (bh, slice s of S), item = bh * S + s, the blocks striding over them, a grid barrier between
+// phases. Launched cooperatively (every block resident), so the barriers cannot deadlock.
+template <class T, int D, int GMAX>
+static __global__ void __launch_bounds__(kQuestFusedThreads)
+    quest_fused_select_kernel(const T* __restrict__ meta, int64_t max_pages, const int32_t* __restrict__ seq_len,
+                              const float* __restrict__ q, int n_bh, int G, QuestStep step, int64_t key_stride,
+                              float* __restrict__ keys, uint32_t* __restrict__ hist, int S,
+                              QuestFusedScratch* __restrict__ scratch, QuestFusedPlan* __restrict__ plan,
+                              uint32_t* __restrict__ above, unsigned long long* __restrict__ cand,
+                              int64_t max_chunks, int32_t* __restrict__ chunk_rows, int32_t* __restrict__ chunk_count,
+                              int2* __restrict__ partials, int32_t* __restrict__ partial_count,
+                              int32_t* __restrict__ selected_tokens, int32_t* __restrict__ scored_pages) {
+  namespace cg = cooperative_groups;
+  const cg::grid_group grid = cg::this_grid();
+  const int64_t items = int64_t(n_bh) * S;
+  for (int64_t i = blockIdx.x; i < items; i += gridDim.x)
+    quest_score_slice<T, D, GMAX, kQuestFusedThreads / 32>(i / S, i % S, S, meta, max_pages, seq_len, q, G, step,
+                                                           key_stride, keys, hist, scratch);
+  grid.sync();
+  for (int64_t i = blockIdx.x; i < items; i += gridDim.x)
+    quest_fused_gather(i / S, int(i % S), S, keys, key_stride, seq_len, step, hist, scratch, plan, above, cand);
+  grid.sync();
+  for (int64_t i = blockIdx.x; i < items; i += gridDim.x)
+    quest_fused_compact(i / S, int(i % S), S, keys, key_stride, seq_len, step, hist, scratch, plan, above, cand,
+                        max_chunks, chunk_rows, chunk_count, partials, partial_count, selected_tokens, scored_pages);
 }
 
 // The selection: block bh runs quest_select_row (quest_select.cuh) once the score kernel is done,

@@ -122,6 +122,41 @@ static __device__ __noinline__ QuestBin quest_block_find_bin(const uint32_t* top
   return *result;
 }
 
+// The fill rule of saap::rules walked in rank order over the candidates: between two partial pages
+// (small_r[e] >= 0: candidate index of the first (e = 0) and last (e = 1) page when shorter than
+// P, else -1), full pages of P tokens are taken while they fit, so the full pages taken are the
+// first full_taken of the ranking; a partial page is taken if it fits when its turn comes.
+// rank[e]: the full pages ranked before partial page e. One thread runs it.
+struct QuestFill {
+  long long full_taken;
+  int small_taken[2];
+};
+__device__ inline QuestFill quest_fill_walk(const quest::PageRange& range, int64_t budget, long long full,
+                                            const float small_key[2], const int small_r[2], const int rank[2]) {
+  const int64_t P = range.page_size;
+  int order[2], n_small = 0;
+  if (small_r[0] >= 0) order[n_small++] = 0;
+  if (small_r[1] >= 0) order[n_small++] = 1;
+  if (n_small == 2 && !rules::ranks_before(small_key[0], small_r[0], small_key[1], small_r[1]))
+    order[0] = 1, order[1] = 0;
+  QuestFill out{0, {0, 0}};
+  long long used = 0, seen = 0;
+  for (int k = 0; k < n_small; ++k) {
+    const int e = order[k];
+    const long long fit = (budget - used) / P, more = rank[e] - seen;
+    const long long t = more < fit ? more : fit;
+    out.full_taken += t;
+    used += t * P;
+    seen = rank[e];
+    const int64_t sz = range.size(range.first + small_r[e]);
+    out.small_taken[e] = used + sz <= budget;
+    if (out.small_taken[e]) used += sz;
+  }
+  const long long fit = (budget - used) / P, more = full - seen;
+  out.full_taken += more < fit ? more : fit;
+  return out;
+}
+
 // The selection of one (b, h), bh: everything it reads, as chunks of P rows (chunk_rows: their first
 // rows, in page order) and at most QuestIndex::kMaxPartials shorter runs. Run by one block of
 // kQuestSelectThreads threads, with cached4: key_cap floats of shared memory (the keys, cached
@@ -239,27 +274,10 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   // taken while they fit, so the full pages taken are the first K of the order; a partial page is
   // taken if it fits when its turn comes.
   if (tid == 0) {
-    int order[2], n_small = 0;
-    if (first_small) order[n_small++] = 0;
-    if (last_small) order[n_small++] = 1;
-    if (n_small == 2 && !rules::ranks_before(small_key[0], small_r[0], small_key[1], small_r[1]))
-      order[0] = 1, order[1] = 0;
-    long long used = 0, seen = 0, taken = 0;
-    s_small_taken[0] = s_small_taken[1] = 0;
-    for (int k = 0; k < n_small; ++k) {
-      const int e = order[k];
-      const long long fit = (budget - used) / P, more = rank[e] - seen;
-      const long long t = more < fit ? more : fit;
-      taken += t;
-      used += t * P;
-      seen = rank[e];
-      const int64_t sz = range.size(range.first + small_r[e]);
-      s_small_taken[e] = used + sz <= budget;
-      if (s_small_taken[e]) used += sz;
-    }
-    const long long fit = (budget - used) / P, more = full - seen;
-    taken += more < fit ? more : fit;
-    s_take_full = taken;
+    const QuestFill fill = quest_fill_walk(range, budget, full, small_key, small_r, rank);
+    s_small_taken[0] = fill.small_taken[0];
+    s_small_taken[1] = fill.small_taken[1];
+    s_take_full = fill.full_taken;
   }
   __syncthreads();
   const long long K = s_take_full;

@@ -87,8 +87,9 @@ static __global__ void quest_append_kernel(T* __restrict__ K, T* __restrict__ V,
 // that maps to it; a page whose slot holds another bin counts in hist[bh] directly; the block adds
 // its slots to hist[bh] at its end. With scratch (the fused select, quest_fused_select.cuh), the
 // slice also adds to scratch[bh] its full keys' bit range and the full pages ranked before each
-// partial page; the partial pages' keys are computed first, by warps 0 and 1, in the lanes and
-// order of the loop below, so they are the keys the loop writes, bit for bit.
+// partial page: warps 0 and 1 load the partial pages' bounds before the loop and score them after
+// it, in the lanes and order of the loop, so they are the keys the loop writes, bit for bit; the
+// slice's keys are then read back (from L2) and compared with them.
 // Block-uniform control flow; every thread returns.
 template <class T, int D, int GMAX, int WARPS>
 __device__ inline void quest_score_slice(int64_t bh, int64_t s, int64_t S, const T* __restrict__ meta,
@@ -135,30 +136,22 @@ __device__ inline void quest_score_slice(int64_t bh, int64_t s, int64_t S, const
     for (int off = LPT / 2; off > 0; off >>= 1) key += __shfl_xor_sync(0xffffffffu, key, off);
     return key;
   };
-  // The partial pages e = 0 (first), 1 (last): their rank bits and ids; a missing one compares
-  // below every key (bits all ones, id -1), so it counts nothing.
+  // The partial pages e = 0 (first), 1 (last): warp e loads page e's bounds now, so that the loads
+  // are in flight with the loop's, and scores it after the loop.
   const bool first_small = range.size(range.first) < step.P;
   const bool last_small = c1 > 1 && range.size(range.first + c1 - 1) < step.P;
-  if (scratch) {
-    if (warp < 2) {
-      const bool has = warp == 0 ? first_small : last_small;
-      const int64_t r = warp == 0 ? 0 : c1 - 1;
-      const float key = bound(load_stream(mb + r * 2 * D), load_stream(mb + r * 2 * D + D));
-      if (lane == 0) s_small[warp] = has ? key : 0.f;
-    }
-    __syncthreads();
+  uint4 small_lo = make_uint4(0, 0, 0, 0), small_hi = small_lo;
+  if (scratch && warp < 2) {
+    const int64_t r = warp == 0 ? 0 : c1 - 1;
+    small_lo = load_stream(mb + r * 2 * D);
+    small_hi = load_stream(mb + r * 2 * D + D);
   }
-  uint32_t small_u[2] = {~0u, ~0u};
-  int64_t small_r[2] = {-1, -1};
-  if (scratch && first_small) small_u[0] = quest_rank_bits(s_small[0]), small_r[0] = 0;
-  if (scratch && last_small) small_u[1] = quest_rank_bits(s_small[1]), small_r[1] = c1 - 1;
   constexpr uint32_t kEmpty = 0xffffffffu;  // no 16-bit bin
   for (int i = threadIdx.x; i < kQuestScoreSlots; i += blockDim.x) slot_bin[i] = kEmpty, slot_count[i] = 0u;
   __syncthreads();
   float* kb = keys + bh * key_stride;
   uint32_t* hb = hist + bh * kQuestHistBins;
   uint32_t u_lo = ~0u, u_hi = 0u;
-  unsigned long long before = 0;  // partial page 0's count in the low 32 bits, page 1's in the high
   for (int64_t r0 = lo + warp * PPP * U; r0 < hi; r0 += PER_BLOCK) {
     uint4 lo4[U], hi4[U];
 #pragma unroll
@@ -186,8 +179,6 @@ __device__ inline void quest_score_slice(int64_t bh, int64_t s, int64_t S, const
             atomicAdd(&hb[bin], 1u);
           u_lo = min(u_lo, ub);
           u_hi = max(u_hi, ub);
-          before += (ub > small_u[0] || (ub == small_u[0] && r < small_r[0])) ? 1ull : 0ull;
-          before += (ub > small_u[1] || (ub == small_u[1] && r < small_r[1])) ? 1ull << 32 : 0ull;
         }
       }
     }
@@ -195,7 +186,26 @@ __device__ inline void quest_score_slice(int64_t bh, int64_t s, int64_t S, const
   __syncthreads();
   for (int i = threadIdx.x; i < kQuestScoreSlots; i += blockDim.x)
     if (slot_count[i]) atomicAdd(&hb[slot_bin[i]], slot_count[i]);
-  if (scratch) {  // one atomic of each per warp
+  if (scratch) {
+    if (warp < 2) {
+      const float key = bound(small_lo, small_hi);
+      if (lane == 0) s_small[warp] = key;
+    }
+    __syncthreads();  // and the block's keys written above are visible to the block
+    // The slice's full pages ranked before each partial page (a missing one compares below every
+    // key: bits all ones, id -1), over the keys just written.
+    uint32_t small_u[2] = {~0u, ~0u};
+    int64_t small_r[2] = {-1, -1};
+    if (first_small) small_u[0] = quest_rank_bits(s_small[0]), small_r[0] = 0;
+    if (last_small) small_u[1] = quest_rank_bits(s_small[1]), small_r[1] = c1 - 1;
+    unsigned long long before = 0;  // partial page 0's count in the low 32 bits, page 1's in the high
+    for (int64_t r = lo + threadIdx.x; r < hi; r += blockDim.x) {
+      if (range.size(range.first + r) != step.P) continue;
+      const uint32_t ub = quest_rank_bits(__ldcg(kb + r));
+      before += (ub > small_u[0] || (ub == small_u[0] && r < small_r[0])) ? 1ull : 0ull;
+      before += (ub > small_u[1] || (ub == small_u[1] && r < small_r[1])) ? 1ull << 32 : 0ull;
+    }
+    // One atomic of each per warp.
     u_lo = __reduce_min_sync(0xffffffffu, u_lo);
     u_hi = __reduce_max_sync(0xffffffffu, u_hi);
 #pragma unroll

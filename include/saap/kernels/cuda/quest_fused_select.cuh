@@ -119,14 +119,27 @@ __device__ inline void quest_fused_gather(int64_t bh, int s, int S, const float*
     quest_slice(v.full_lo, v.full_hi, s, S, &lo, &hi);
     unsigned long long n_above = 0;
     unsigned long long* cb = cand + bh * kQuestCandCap;
-#pragma unroll 4
-    for (int64_t r = lo + tid; r < hi; r += nt) {
-      const uint32_t u = quest_rank_bits(__ldcg(key + r));
-      const int bin = int(u >> kQuestHistShift);
-      n_above += bin > B ? 1u : 0u;
-      if (bin == B) {
-        const uint32_t at = atomicAdd(&scratch[bh].cand_n, 1u);
-        if (at < uint32_t(kQuestCandCap)) cb[at] = quest_rank_key(u, r);
+    const int lane = tid & 31;
+    // Warp-uniform trips, so that a warp appends its candidates with one atomic (pages of equal
+    // bounds put thousands in one bin).
+    for (int64_t base = lo; base < hi; base += nt) {
+      const int64_t r = base + tid;
+      uint32_t u = 0u;
+      bool in = false;
+      if (r < hi) {
+        u = quest_rank_bits(__ldcg(key + r));
+        const int bin = int(u >> kQuestHistShift);
+        n_above += bin > B ? 1u : 0u;
+        in = bin == B;
+      }
+      const unsigned mask = __ballot_sync(0xffffffffu, in);
+      if (mask) {
+        const int leader = __ffs(int(mask)) - 1;
+        uint32_t first = 0u;
+        if (lane == leader) first = atomicAdd(&scratch[bh].cand_n, uint32_t(__popc(mask)));
+        first = __shfl_sync(0xffffffffu, first, leader);
+        const uint32_t at = first + uint32_t(__popc(mask & ((1u << lane) - 1u)));
+        if (in && at < uint32_t(kQuestCandCap)) cb[at] = quest_rank_key(u, r);
       }
     }
     unsigned long long total;

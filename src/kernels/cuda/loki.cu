@@ -202,14 +202,23 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
     using Keys = per_head::SplitKeys<T, D>;
-    auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys>;
-    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-    splits = choose_splits(shape_, expect, resident, 64);
-    ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-    kernel<<<dim3(unsigned(splits), unsigned(shape_.batch * shape_.n_kv_heads)), kDecodeWarps * 32, 0, stream>>>(
-        Keys{reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()), rank_, max_len_},
-        reinterpret_cast<const T*>(m.v.get()), max_len_, m.union_pos.get(), m.union_mask.get(), m.union_count.get(),
-        m.q_rot.get(), G, scale, splits, ws.out(), ws.lse());
+    auto launch = [&](auto* kernel, int resident) {
+      splits = choose_splits(shape_, expect, resident, 64);
+      ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
+      kernel<<<dim3(unsigned(splits), unsigned(shape_.batch * shape_.n_kv_heads)), kDecodeWarps * 32, 0, stream>>>(
+          Keys{reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()), rank_, max_len_},
+          reinterpret_cast<const T*>(m.v.get()), max_len_, m.union_pos.get(), m.union_mask.get(), m.union_count.get(),
+          m.q_rot.get(), G, scale, splits, ws.out(), ws.lse());
+    };
+    if (attend_prefetch_) {
+      auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys, true>;
+      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+      launch(kernel, resident);
+    } else {
+      auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys, false>;
+      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+      launch(kernel, resident);
+    }
   });
   SAAP_CU_LAUNCHED();
   combine_splits(shape_, splits, ws, out, stream);

@@ -5,7 +5,9 @@
 // group that the byte count reads, and each head's attention over its own kept tokens are all
 // recomputed here in float64 from that rotation; with k_frac = 1 the result equals dense attention
 // on the raw keys. Every second append, and one whole select + attend, is captured as a CUDA graph.
-// Every rank the GPU instantiates (8, 16, 32 at head_dim 64 and 128; 32, 64, 128 at 256) has a case.
+// Every rank the GPU instantiates (8, 16, 32 at head_dim 64 and 128; 32, 64, 128 at 256) has a case;
+// the attend's prefetching loop (set_attend_prefetch) is checked against the plain one, and long
+// contexts (16k-512k, batch 1 and 8) against an exact ranking of the device's own scores.
 #include <algorithm>
 #include <cstdlib>
 #include <numeric>
@@ -273,6 +275,18 @@ int main() {
         // The same kernels on the same inputs: bit-identical.
         const bool same = gout == out;
         tally.check(same, (kt + "graph-captured select + attend == plain").c_str(), same, 1);
+      }
+      {  // the pipelined inner loop (set_attend_prefetch): the same rows and weights; its splits may
+        // differ (fewer resident blocks), so the fp32 sums are regrouped: ~1e-7 relative, where a
+        // wrong row or mask moves the output by > 1e-2.
+        cutest::poison(dout);
+        idx.set_attend_prefetch(true);
+        idx.attend(scale, dout.get(), ws);
+        idx.set_attend_prefetch(false);
+        SAAP_CU(cudaDeviceSynchronize());
+        const auto pout = cutest::download(dout);
+        const double perr = cutest::rel_error(pout, std::vector<double>(out.begin(), out.end()));
+        tally.check(perr < 1e-5, (kt + "attend with prefetch vs without, rel error").c_str(), perr, 1e-5);
       }
       if (!raw_rows.empty()) {
         // Raw keys vs the stored rotated ones: each logit moves by the storage rounding of k'

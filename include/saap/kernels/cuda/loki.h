@@ -67,6 +67,11 @@ class LokiIndex {
   // Exact attention of each head over its own selection, read as the group's union (uses the
   // rotated queries and the union list of the last select()).
   void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
+  // attend()'s inner loop: true loads each warp's next rows before its current rows' math
+  // (run_masked_prefetch: more bytes in flight, more registers, fewer resident blocks); false
+  // (the default) does not. The same output either way, bit for bit; decode_bench times both.
+  void set_attend_prefetch(bool on) { attend_prefetch_ = on; }
+  bool attend_prefetch() const { return attend_prefetch_; }
 
   int rank() const { return rank_; }
   bool pre_rope() const { return pre_rope_; }  // what the basis was fitted on (from_artifact)
@@ -91,6 +96,7 @@ class LokiIndex {
   int rank_;
   double last_k_frac_ = 0.0;  // 0 until select()
   bool pre_rope_ = false;
+  bool attend_prefetch_ = false;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -269,15 +269,59 @@ static int attend_dense_per_head(const DecodeShape& shape, const T* k, const T* 
   return splits;
 }
 
+// GroupAttender::run_masked software-pipelined in registers (as its run_prefetch is for run): the
+// next iteration's K/V rows and masks are loaded before this iteration's math, so a warp always
+// has rows in flight. The same rows in the same iterations, so the same arithmetic, bit for bit;
+// 8 * U more registers a lane.
+template <int GMAX, class A, class KPtr, class VPtr, class Mask>
+__device__ void run_masked_prefetch(A& at, int n, KPtr kptr, VPtr vptr, Mask mask) {
+  constexpr int U = A::U, TPP = A::TPP, STRIDE = A::TILE * kDecodeWarps;
+  uint4 kn[U], vn[U];
+  uint32_t mn[U];
+  auto load = [&](int base) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = base + u * TPP + at.slot;
+      if (i < n) {
+        kn[u] = load_stream(kptr(i));
+        vn[u] = load_stream(vptr(i));
+        mn[u] = mask(i);
+      } else {
+        kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
+        mn[u] = 0;
+      }
+    }
+  };
+  int base = at.warp * A::TILE;
+  if (base >= n) return;
+  load(base);
+  for (; base < n; base += STRIDE) {
+    uint4 kr[U], vr[U];
+    uint32_t mk[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) kr[u] = kn[u], vr[u] = vn[u], mk[u] = mn[u];
+    if (base + STRIDE < n) load(base + STRIDE);
+    float sc[U][GMAX];
+    at.logits(kr, sc);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g)
+        if (!((mk[u] >> g) & 1u)) sc[u][g] = -INFINITY;
+    at.template accumulate<U>(sc, vr, base, n);
+  }
+}
+
 // Block (split, b * n_kv_heads + h): the G heads of the group attend over the group's union list
 // [count * split / splits, count * (split + 1) / splits) (select_per_head's UnionList), each head
 // to the positions its bit of the mask marks, staged kUnionStage at a time: each K/V row is read
 // once for the group, not once per head that took it. Each thread holds its share of the next
 // stage's positions and masks in registers while the current stage runs, so the list's latency
 // is paid once a split, not once a stage. q rows [b * Hq + h * G + g] in the keys' basis.
+// PREFETCH: the rows of a stage through run_masked_prefetch (LokiIndex::set_attend_prefetch).
 constexpr int kUnionPerThread = 4;  // list entries a thread stages
 constexpr int kUnionStage = kDecodeWarps * 32 * kUnionPerThread;
-template <class T, int D, int GMAX, class Keys>
+template <class T, int D, int GMAX, class Keys, bool PREFETCH>
 static __global__ void __launch_bounds__(kDecodeWarps * 32)
     union_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len, const int32_t* __restrict__ union_pos,
                         const uint8_t* __restrict__ union_mask, const int32_t* __restrict__ union_count,
@@ -316,9 +360,13 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32)
     }
     __syncthreads();
     fetch(s0 + kUnionStage);  // in flight while this stage runs
-    at.run_masked(
-        ns, [&](int i) { return rows.k(stage[i]); }, [&](int i) { return rows.v(stage[i]); },
-        [&](int i) { return uint32_t(stage_mask[i]); });
+    auto k = [&](int i) { return rows.k(stage[i]); };
+    auto v = [&](int i) { return rows.v(stage[i]); };
+    auto m = [&](int i) { return uint32_t(stage_mask[i]); };
+    if constexpr (PREFETCH)
+      run_masked_prefetch<GMAX>(at, ns, k, v, m);
+    else
+      at.run_masked(ns, k, v, m);
   }
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);

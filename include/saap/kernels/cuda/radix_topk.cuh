@@ -228,7 +228,7 @@ static __global__ void __launch_bounds__(kThreads)
     return;
   }
   const int64_t len = min(int64_t(s0.n) - t0, kTile);
-  stage_tile(keys + row * stride + t0, len, stage);  // in flight while the boundary is found
+  stage_tile(keys + row * stride + t0, len, stage);  // issued before the boundary search
   const RowState s = block_find<kThreads, kTopBins>(s0, 0, hist0 + row * kTopBins);
   const bool histogram = !s.done;
   if (histogram)

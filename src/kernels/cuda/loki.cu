@@ -189,6 +189,15 @@ void LokiIndex::select(const float* q, double k_frac, cudaStream_t stream) {
   last_k_frac_ = k_frac;
 }
 
+void LokiIndex::set_attend_tuning(bool prefetch, int min_blocks) {
+  const bool instantiated = min_blocks == 1 || (!prefetch && min_blocks == 4) || (prefetch && min_blocks == 3);
+  SAAP_CU_REQUIRE(instantiated, Unsupported,
+                  "attend tuning prefetch=%d, min_blocks=%d: (0, 1), (1, 1), (0, 4) and (1, 3) are instantiated",
+                  int(prefetch), min_blocks);
+  attend_prefetch_ = prefetch;
+  attend_min_blocks_ = min_blocks;
+}
+
 void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(out, InvalidArgument, "%s", "null out");
@@ -210,15 +219,21 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
           reinterpret_cast<const T*>(m.v.get()), max_len_, m.union_pos.get(), m.union_mask.get(), m.union_count.get(),
           m.q_rot.get(), G, scale, splits, ws.out(), ws.lse());
     };
-    if (attend_prefetch_) {
-      auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys, true>;
+    auto pick = [&](auto prefetch, auto min_blocks) {
+      auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys, decltype(prefetch)::value,
+                                                   decltype(min_blocks)::value>;
       static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
       launch(kernel, resident);
-    } else {
-      auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys, false>;
-      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-      launch(kernel, resident);
-    }
+    };
+    using std::integral_constant;
+    if (!attend_prefetch_ && attend_min_blocks_ == 1)
+      pick(std::false_type{}, integral_constant<int, 1>{});
+    else if (attend_prefetch_ && attend_min_blocks_ == 1)
+      pick(std::true_type{}, integral_constant<int, 1>{});
+    else if (!attend_prefetch_)
+      pick(std::false_type{}, integral_constant<int, 4>{});
+    else
+      pick(std::true_type{}, integral_constant<int, 3>{});
   });
   SAAP_CU_LAUNCHED();
   combine_splits(shape_, splits, ws, out, stream);

@@ -6,13 +6,14 @@
 // recomputed here in float64 from that rotation; with k_frac = 1 the result equals dense attention
 // on the raw keys. Every second append, and one whole select + attend, is captured as a CUDA graph.
 // Every rank the GPU instantiates (8, 16, 32 at head_dim 64 and 128; 32, 64, 128 at 256) has a case;
-// the attend's prefetching loop (set_attend_prefetch) is checked against the plain one, and long
+// the attend's other inner loops (set_attend_tuning) are checked against the default, and long
 // contexts (16k-512k, batch 1 and 8) against an exact ranking of the device's own scores.
 #include <algorithm>
 #include <cstdlib>
 #include <numeric>
 #include <set>
 #include <string>
+#include <utility>
 
 #include "kernels/cuda/cuda_test_util.h"
 #include "saap/core/selection_rules.h"
@@ -276,17 +277,21 @@ int main() {
         const bool same = gout == out;
         tally.check(same, (kt + "graph-captured select + attend == plain").c_str(), same, 1);
       }
-      {  // the pipelined inner loop (set_attend_prefetch): the same rows and weights; its splits may
-        // differ (fewer resident blocks), so the fp32 sums are regrouped: ~1e-7 relative, where a
-        // wrong row or mask moves the output by > 1e-2.
+      // The attend's other inner loops (set_attend_tuning: prefetching, registers capped for more
+      // resident blocks): the same rows and weights; their splits may differ (a different count
+      // of resident blocks), so the fp32 sums are regrouped: ~1e-7 relative, where a wrong row or
+      // mask moves the output by > 1e-2.
+      for (const auto& [prefetch, min_blocks] : {std::pair{true, 1}, std::pair{false, 4}, std::pair{true, 3}}) {
         cutest::poison(dout);
-        idx.set_attend_prefetch(true);
+        idx.set_attend_tuning(prefetch, min_blocks);
         idx.attend(scale, dout.get(), ws);
-        idx.set_attend_prefetch(false);
+        idx.set_attend_tuning(false, 1);
         SAAP_CU(cudaDeviceSynchronize());
-        const auto pout = cutest::download(dout);
-        const double perr = cutest::rel_error(pout, std::vector<double>(out.begin(), out.end()));
-        tally.check(perr < 1e-5, (kt + "attend with prefetch vs without, rel error").c_str(), perr, 1e-5);
+        const auto tout = cutest::download(dout);
+        const double terr = cutest::rel_error(tout, std::vector<double>(out.begin(), out.end()));
+        const std::string tt = kt + "attend prefetch=" + std::to_string(int(prefetch)) +
+                               " min_blocks=" + std::to_string(min_blocks) + " vs the default, rel error";
+        tally.check(terr < 1e-5, tt.c_str(), terr, 1e-5);
       }
       if (!raw_rows.empty()) {
         // Raw keys vs the stored rotated ones: each logit moves by the storage rounding of k'
@@ -399,6 +404,8 @@ int main() {
     cuda::SplitWorkspace ws;
     refused("attend before any select is refused (InvalidArgument)", ErrorKind::InvalidArgument,
             [&] { idx.attend(1.f, q.get(), ws); });
+    refused("an attend tuning not instantiated is refused (Unsupported)", ErrorKind::Unsupported,
+            [&] { idx.set_attend_tuning(false, 3); });
   }
   return tally.finish();
 }

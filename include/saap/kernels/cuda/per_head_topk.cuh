@@ -318,11 +318,13 @@ __device__ void run_masked_prefetch(A& at, int n, KPtr kptr, VPtr vptr, Mask mas
 // once for the group, not once per head that took it. Each thread holds its share of the next
 // stage's positions and masks in registers while the current stage runs, so the list's latency
 // is paid once a split, not once a stage. q rows [b * Hq + h * G + g] in the keys' basis.
-// PREFETCH: the rows of a stage through run_masked_prefetch (LokiIndex::set_attend_prefetch).
+// PREFETCH: the rows of a stage through run_masked_prefetch; MINB: the blocks an SM must hold
+// (launch bounds: the registers a lane may use shrink to fit; 1 leaves them free)
+// (LokiIndex::set_attend_tuning).
 constexpr int kUnionPerThread = 4;  // list entries a thread stages
 constexpr int kUnionStage = kDecodeWarps * 32 * kUnionPerThread;
-template <class T, int D, int GMAX, class Keys, bool PREFETCH>
-static __global__ void __launch_bounds__(kDecodeWarps * 32)
+template <class T, int D, int GMAX, class Keys, bool PREFETCH, int MINB>
+static __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
     union_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len, const int32_t* __restrict__ union_pos,
                         const uint8_t* __restrict__ union_mask, const int32_t* __restrict__ union_count,
                         const float* __restrict__ q, int G, float scale, int splits, float* __restrict__ part_out,

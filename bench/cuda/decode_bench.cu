@@ -654,24 +654,32 @@ int main(int argc, char** argv) {
           const auto tunings = sparse_attend_candidates();
           // The fused select (the default) with every attend tuning; the split select (score kernel
           // + one select block per (b, h), "select=split") with the default attend, as evidence.
+          // "step=fused": select_attend, the select and the attention in one cooperative kernel (its
+          // select column is the whole of it, its attend column 0).
           for (const auto& entry : budgets)
-            for (size_t ti = 0; ti <= tunings.size(); ++ti) {
-              const bool split = ti == tunings.size();
+            for (size_t ti = 0; ti <= tunings.size() + 1; ++ti) {
+              const bool split = ti == tunings.size(), one_kernel = ti == tunings.size() + 1;
               const QuestBudget budget = entry.first;
-              const SparseAttendTuning& tuning = tunings[split ? 0 : ti];
-              const std::string param = split    ? entry.second + ";select=split"
-                                        : ti == 0 ? entry.second
-                                                  : entry.second + ";" + tuning.name();
+              const SparseAttendTuning& tuning = tunings[split || one_kernel ? 0 : ti];
+              const std::string param = split        ? entry.second + ";select=split"
+                                        : one_kernel ? entry.second + ";step=fused"
+                                        : ti == 0     ? entry.second
+                                                      : entry.second + ";" + tuning.name();
               idx.set_fused_select(!split);
               // The prefill again: every timed step appends the same token, and ~300 copies of it
               // (five rows) reach past the window into the scored pages, whose bounds then all
               // tie at one key of the other sign (the H200 run at 2df0f1e: tokens=2048, the
               // fifth row, 2x the tokens=1024 step). Each row now starts from the random prefill.
               idx.store(k.get(), v.get(), N, h_len);
-              const double sel_ms = tm.median_ms([&] { idx.select(q.get(), budget); }, reps);
-              const double score_ms = tm.median_split_ms([&](cudaEvent_t mid) { idx.select(q.get(), budget, 0, mid); },
-                                                         reps);
-              const double att_ms = tm.median_ms([&] { idx.attend(q.get(), scale, out.get(), ws, 0, tuning); }, reps);
+              const double sel_ms =
+                  one_kernel ? tm.median_ms([&] { idx.select_attend(q.get(), budget, scale, out.get(), ws); }, reps)
+                             : tm.median_ms([&] { idx.select(q.get(), budget); }, reps);
+              const double score_ms =
+                  one_kernel ? sel_ms
+                             : tm.median_split_ms([&](cudaEvent_t mid) { idx.select(q.get(), budget, 0, mid); }, reps);
+              const double att_ms =
+                  one_kernel ? 0.0
+                             : tm.median_ms([&] { idx.attend(q.get(), scale, out.get(), ws, 0, tuning); }, reps);
               const auto ctr = idx.counters();
               double tokens = 0, n_all = 0;
               for (size_t i = 0; i < ctr.selected_tokens.size(); ++i)
@@ -681,6 +689,7 @@ int main(int argc, char** argv) {
               const double bytes = tokens * D * 2 * 2 + double(meta) + double(meta) / (2 * D * 2) * 8 + 2.0 * q.bytes();
               auto step = [&](cudaStream_t st) {  // the whole step, plain and as a graph
                 idx.append(knew.get(), vnew.get(), st);
+                if (one_kernel) return idx.select_attend(q.get(), budget, scale, out.get(), ws, st);
                 idx.select(q.get(), budget, st);
                 idx.attend(q.get(), scale, out.get(), ws, st, tuning);
               };

@@ -1,6 +1,7 @@
 // Host side of Quest on the GPU: storage, prefill, append, and the score / select / attend step.
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/quest.h"
@@ -112,49 +113,117 @@ void QuestIndex::append(const void* k_new, const void* v_new, cudaStream_t strea
   for (auto& l : host_len_) ++l;
 }
 
-void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t stream, cudaEvent_t scored) {
-  auto& m = *impl_;
+// The fused select's arguments over this index's buffers.
+template <class T>
+static QuestFusedArgs<T> fused_args(QuestIndex::Impl& m, const QuestIndex& idx, const float* q, const QuestStep& step,
+                                    int n_bh, int S) {
+  QuestFusedArgs<T> a;
+  a.meta = static_cast<const T*>(static_cast<const void*>(m.meta.get()));
+  a.max_pages = idx.max_pages();
+  a.seq_len = m.seq_len.get();
+  a.q = q;
+  a.n_bh = n_bh;
+  a.G = idx.shape().group();
+  a.step = step;
+  a.key_stride = idx.key_stride();
+  a.keys = m.keys.get();
+  a.hist = m.hist.get();
+  a.S = S;
+  a.scratch = m.scratch.get();
+  a.plan = m.plan.get();
+  a.above = m.above.get();
+  a.cand = m.cand.get();
+  a.max_chunks = idx.max_chunks();
+  a.chunk_rows = m.chunk_rows.get();
+  a.chunk_count = m.chunk_count.get();
+  a.partials = reinterpret_cast<int2*>(m.partials.get());
+  a.partial_count = m.partial_count.get();
+  a.selected_tokens = m.selected_tokens.get();
+  a.scored_pages = m.scored_pages.get();
+  return a;
+}
+
+// A cooperative launch of `grid` blocks (all resident: the caller sizes it from resident_blocks).
+template <class... Params, class... Args>
+static void launch_cooperative(void (*kernel)(Params...), int grid, int threads, size_t smem, cudaStream_t stream,
+                               Args&&... args) {
+  cudaLaunchConfig_t lc = {};
+  lc.gridDim = dim3(unsigned(grid));
+  lc.blockDim = dim3(unsigned(threads));
+  lc.dynamicSmemBytes = smem;
+  lc.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  lc.attrs = attr;
+  lc.numAttrs = 1;
+  SAAP_CU(cudaLaunchKernelEx(&lc, kernel, std::forward<Args>(args)...));
+}
+
+// Blocks of kernel (kQuestFusedThreads threads, smem bytes of dynamic shared memory) resident at
+// once, after opting in to smem bytes (above 48 KB a kernel must).
+template <class Kernel>
+static int opt_in_resident_blocks(Kernel* kernel, size_t smem) {
+  SAAP_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  return resident_blocks(reinterpret_cast<const void*>(kernel), kQuestFusedThreads, smem);
+}
+
+QuestStep QuestIndex::checked_step(const float* q, const QuestBudget& budget) {
   SAAP_CU_REQUIRE(q, InvalidArgument, "%s", "null q");
   SAAP_CU_REQUIRE(budget.tokens > 0 || rules::lookup_in_range(budget.lookup), InvalidArgument,
                   "budget: lookup = %g outside (0, 1] and no fixed tokens (%lld)", budget.lookup,
                   (long long)budget.tokens);
   SAAP_CU_REQUIRE(budget.tokens >= 0, InvalidArgument, "budget tokens = %lld must be >= 0", (long long)budget.tokens);
-  const QuestStep step{cfg_.page_size, cfg_.sinks, cfg_.window, budget.lookup, budget.tokens};
-  const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
-  if (cfg_.fused_select) {
-    dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
-      using T = decltype(t);
-      constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-      auto* kernel = quest_fused_select_kernel<T, D, GMAX>;
-      // Every block resident (the grid barriers need it; the cooperative launch checks it).
-      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kQuestFusedThreads);
-      const int S = int(std::clamp<int64_t>(resident / int64_t(bh), 1, kQuestMaxSlices));
-      const int grid = int(std::min<int64_t>(resident, int64_t(bh) * S));
-      cudaLaunchConfig_t lc = {};
-      lc.gridDim = dim3(unsigned(grid));
-      lc.blockDim = dim3(kQuestFusedThreads);
-      lc.stream = stream;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeCooperative;
-      attr[0].val.cooperative = 1;
-      lc.attrs = attr;
-      lc.numAttrs = 1;
-      SAAP_CU(cudaLaunchKernelEx(&lc, kernel, static_cast<const T*>(static_cast<const void*>(m.meta.get())),
-                                 max_pages_, static_cast<const int32_t*>(m.seq_len.get()), q, int(bh), shape_.group(),
-                                 step, key_stride_, m.keys.get(), m.hist.get(), S, m.scratch.get(), m.plan.get(),
-                                 m.above.get(), m.cand.get(), max_chunks_, m.chunk_rows.get(), m.chunk_count.get(),
-                                 reinterpret_cast<int2*>(m.partials.get()), m.partial_count.get(),
-                                 m.selected_tokens.get(), m.scored_pages.get()));
-    });
-    SAAP_CU_LAUNCHED();
-    if (scored) SAAP_CU(cudaEventRecord(scored, stream));  // one kernel: its score is not timed apart
-  } else {
-    select_split(q, step, stream, scored);
-  }
   // What this select reads at most at the host's longest sequence (sizes attend's splits only).
   const int64_t n = *std::max_element(host_len_.begin(), host_len_.end());
   expect_tokens_ = budget.total(n);
   expect_tokens_ = std::max<int64_t>(expect_tokens_, std::min<int64_t>(n, cfg_.sinks + cfg_.window));
+  return QuestStep{cfg_.page_size, cfg_.sinks, cfg_.window, budget.lookup, budget.tokens};
+}
+
+void QuestIndex::select(const float* q, const QuestBudget& budget, cudaStream_t stream, cudaEvent_t scored) {
+  auto& m = *impl_;
+  const QuestStep step = checked_step(q, budget);
+  const int bh = shape_.batch * shape_.n_kv_heads;
+  if (!cfg_.fused_select) return select_split(q, step, stream, scored);
+  dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
+    using T = decltype(t);
+    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
+    auto* kernel = quest_fused_select_kernel<T, D, GMAX>;
+    // Every block resident (the grid barriers need it; the cooperative launch checks it).
+    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kQuestFusedThreads);
+    const int S = int(std::clamp<int64_t>(resident / int64_t(bh), 1, kQuestMaxSlices));
+    const int grid = int(std::min<int64_t>(resident, int64_t(bh) * S));
+    launch_cooperative(kernel, grid, kQuestFusedThreads, 0, stream, fused_args<T>(m, *this, q, step, bh, S));
+  });
+  SAAP_CU_LAUNCHED();
+  if (scored) SAAP_CU(cudaEventRecord(scored, stream));  // one kernel: its score is not timed apart
+}
+
+void QuestIndex::select_attend(const float* q, const QuestBudget& budget, float scale, float* out, SplitWorkspace& ws,
+                               cudaStream_t stream) {
+  auto& m = *impl_;
+  SAAP_CU_REQUIRE(out, InvalidArgument, "%s", "null out");
+  const QuestStep step = checked_step(q, budget);
+  const int bh = shape_.batch * shape_.n_kv_heads;
+  unsigned* tickets = ws.tickets(bh, stream);
+  dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
+    using T = decltype(t);
+    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
+    auto* kernel = quest_fused_step_kernel<T, D, GMAX>;
+    constexpr size_t smem = sizeof(typename GroupAttender<T, D, GMAX, kQuestFusedThreads / 32>::Shared);
+    static const int resident = opt_in_resident_blocks(kernel, smem);
+    const int S = int(std::clamp<int64_t>(resident / int64_t(bh), 1, kQuestMaxSlices));
+    const int grid = int(std::min<int64_t>(resident, int64_t(bh) * S));
+    // The attention's splits over the whole grid, 64 tokens a split at least (as attend()).
+    const int splits = choose_splits(shape_, std::max<int64_t>(expect_tokens_, 1), grid, 64);
+    ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
+    launch_cooperative(kernel, grid, kQuestFusedThreads, smem, stream, fused_args<T>(m, *this, q, step, bh, S),
+                       static_cast<const T*>(static_cast<const void*>(m.k.get())),
+                       static_cast<const T*>(static_cast<const void*>(m.v.get())), max_len_, shape_.n_kv_heads,
+                       shape_.batch, scale, splits, ws.out(), ws.lse(), tickets, out);
+  });
+  SAAP_CU_LAUNCHED();
 }
 
 void QuestIndex::select_split(const float* q, const QuestStep& step, cudaStream_t stream, cudaEvent_t scored) {

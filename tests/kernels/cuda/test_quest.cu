@@ -341,6 +341,30 @@ int main() {
         tally.check(same, (rt + "split select == fused select (chunks, partial runs, counters)").c_str(), same, 1);
         idx.set_fused_select(true);
       }
+      {  // The step in one kernel (select_attend): the same list and the attention vs float64, plain
+         // and captured in a graph (twice: its tickets and scratch must come back reset).
+        cutest::poison(dout);
+        idx.select_attend(dq.get(), c.budget, scale, dout.get(), ws);
+        SAAP_CU(cudaDeviceSynchronize());
+        const double serr = cutest::rel_error(cutest::download(dout), ref);
+        std::vector<int32_t> frows(rows.size()), fnch(nch.size());
+        SAAP_CU(cudaMemcpy(frows.data(), idx.chunk_rows(), frows.size() * 4, cudaMemcpyDeviceToHost));
+        SAAP_CU(cudaMemcpy(fnch.data(), idx.chunk_count(), fnch.size() * 4, cudaMemcpyDeviceToHost));
+        bool same = fnch == nch;
+        for (int bh = 0; same && bh < bh_n; ++bh)
+          same = std::equal(rows.begin() + size_t(bh) * idx.max_chunks(),
+                            rows.begin() + size_t(bh) * idx.max_chunks() + nch[bh],
+                            frows.begin() + size_t(bh) * idx.max_chunks());
+        tally.check(same, (rt + "select_attend's list == select's").c_str(), same, 1);
+        tally.check(serr < 1e-4, (rt + "select_attend rel error vs float64").c_str(), serr, 1e-4);
+        for (int g = 0; g < 2; ++g) {
+          cutest::poison(dout);
+          cutest::run_as_graph(
+              [&](cudaStream_t st) { idx.select_attend(dq.get(), c.budget, scale, dout.get(), ws, st); });
+          const double gerr = cutest::rel_error(cutest::download(dout), ref);
+          tally.check(gerr < 1e-4, (rt + "graph-captured select_attend rel error vs float64").c_str(), gerr, 1e-4);
+        }
+      }
 #ifdef SAAP_QUEST_CPU_PARITY
       // The CPU method on the same cache and queries: the same pages (up to the rounding of the
       // bound, as above) and the same output.

@@ -67,6 +67,11 @@ class QuestIndex {
   // given, is recorded on the stream between the score and the select kernel (decode_bench times
   // the two apart; the record costs the select kernel its early launch).
   void select(const float* q, const QuestBudget& budget, cudaStream_t stream = 0, cudaEvent_t scored = nullptr);
+  // select() then attend() with the fused combine, as one cooperative kernel (the fused select's
+  // phases, a grid barrier, the attention over the whole grid): one launch for the step but the
+  // append. The attention is attend()'s, its tuning fixed (plain loop, fused combine).
+  void select_attend(const float* q, const QuestBudget& budget, float scale, float* out, SplitWorkspace& ws,
+                     cudaStream_t stream = 0);
   // Exact attention of q over the last selection into out [batch][n_q_heads][D].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
               const SparseAttendTuning& tuning = {});
@@ -99,6 +104,8 @@ class QuestIndex {
 
  private:
   void select_split(const float* q, const QuestStep& step, cudaStream_t stream, cudaEvent_t scored);
+  // Checks q and the budget, notes the tokens the selection reads at most, returns the step.
+  QuestStep checked_step(const float* q, const QuestBudget& budget);
   DecodeShape shape_;
   QuestConfig cfg_;
   int64_t max_len_, max_pages_, key_stride_, max_chunks_;

@@ -234,32 +234,59 @@ static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
                                                   step, key_stride, keys, hist, nullptr);
 }
 
+// What the fused select's phases read and write (QuestIndex's buffers).
+template <class T>
+struct QuestFusedArgs {
+  const T* meta;
+  int64_t max_pages;
+  const int32_t* seq_len;
+  const float* q;
+  int n_bh, G;
+  QuestStep step;
+  int64_t key_stride;
+  float* keys;
+  uint32_t* hist;
+  int S;  // slices per (b, h)
+  QuestFusedScratch* scratch;
+  QuestFusedPlan* plan;
+  uint32_t* above;
+  unsigned long long* cand;
+  int64_t max_chunks;
+  int32_t* chunk_rows;
+  int32_t* chunk_count;
+  int2* partials;
+  int32_t* partial_count;
+  int32_t* selected_tokens;
+  int32_t* scored_pages;
+};
+
 // The fused select: score, gather and compact phases (quest_fused_select.cuh) over the work items
 // (bh, slice s of S), item = bh * S + s, the blocks striding over them, a grid barrier between
-// phases. Launched cooperatively (every block resident), so the barriers cannot deadlock.
+// phases. Its kernels are launched cooperatively (every block resident), so the barriers cannot
+// deadlock; every block runs every phase.
 template <class T, int D, int GMAX>
-static __global__ void __launch_bounds__(kQuestFusedThreads)
-    quest_fused_select_kernel(const T* __restrict__ meta, int64_t max_pages, const int32_t* __restrict__ seq_len,
-                              const float* __restrict__ q, int n_bh, int G, QuestStep step, int64_t key_stride,
-                              float* __restrict__ keys, uint32_t* __restrict__ hist, int S,
-                              QuestFusedScratch* __restrict__ scratch, QuestFusedPlan* __restrict__ plan,
-                              uint32_t* __restrict__ above, unsigned long long* __restrict__ cand,
-                              int64_t max_chunks, int32_t* __restrict__ chunk_rows, int32_t* __restrict__ chunk_count,
-                              int2* __restrict__ partials, int32_t* __restrict__ partial_count,
-                              int32_t* __restrict__ selected_tokens, int32_t* __restrict__ scored_pages) {
+__device__ inline void quest_fused_select_phases(const QuestFusedArgs<T>& a) {
   namespace cg = cooperative_groups;
   const cg::grid_group grid = cg::this_grid();
-  const int64_t items = int64_t(n_bh) * S;
+  const int S = a.S;
+  const int64_t items = int64_t(a.n_bh) * S;
   for (int64_t i = blockIdx.x; i < items; i += gridDim.x)
-    quest_score_slice<T, D, GMAX, kQuestFusedThreads / 32>(i / S, i % S, S, meta, max_pages, seq_len, q, G, step,
-                                                           key_stride, keys, hist, scratch);
+    quest_score_slice<T, D, GMAX, kQuestFusedThreads / 32>(i / S, i % S, S, a.meta, a.max_pages, a.seq_len, a.q, a.G,
+                                                           a.step, a.key_stride, a.keys, a.hist, a.scratch);
   grid.sync();
   for (int64_t i = blockIdx.x; i < items; i += gridDim.x)
-    quest_fused_gather(i / S, int(i % S), S, keys, key_stride, seq_len, step, hist, scratch, plan, above, cand);
+    quest_fused_gather(i / S, int(i % S), S, a.keys, a.key_stride, a.seq_len, a.step, a.hist, a.scratch, a.plan,
+                       a.above, a.cand);
   grid.sync();
   for (int64_t i = blockIdx.x; i < items; i += gridDim.x)
-    quest_fused_compact(i / S, int(i % S), S, keys, key_stride, seq_len, step, hist, scratch, plan, above, cand,
-                        max_chunks, chunk_rows, chunk_count, partials, partial_count, selected_tokens, scored_pages);
+    quest_fused_compact(i / S, int(i % S), S, a.keys, a.key_stride, a.seq_len, a.step, a.hist, a.scratch, a.plan,
+                        a.above, a.cand, a.max_chunks, a.chunk_rows, a.chunk_count, a.partials, a.partial_count,
+                        a.selected_tokens, a.scored_pages);
+}
+
+template <class T, int D, int GMAX>
+static __global__ void __launch_bounds__(kQuestFusedThreads) quest_fused_select_kernel(QuestFusedArgs<T> a) {
+  quest_fused_select_phases<T, D, GMAX>(a);
 }
 
 // The selection: block bh runs quest_select_row (quest_select.cuh) once the score kernel is done,
@@ -287,31 +314,32 @@ static __device__ __noinline__ int64_t quest_stage_row_div(const int32_t* stage,
 // first rows in shared memory, kQuestStageChunks at a time, so that a K/V load never waits on the
 // load of its row number. LOOP: the attender's loop over the chunks, Plain or Prefetch (and its
 // register budget); the tensor-core loop never won here (H200, da2ee81), so it is not built.
-template <class T, int D, int GMAX, DenseLoop LOOP>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_blocks(LOOP, GMAX))
-    quest_attend_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
-                        const int32_t* __restrict__ chunk_rows, const int32_t* __restrict__ chunk_count,
-                        int64_t max_chunks, const int2* __restrict__ partials, const int32_t* __restrict__ partial_count,
-                        int P, const float* __restrict__ q, int n_kv_heads, int G, float scale, int splits,
-                        float* __restrict__ part_out, float* __restrict__ part_lse, unsigned* __restrict__ tickets,
-                        float* __restrict__ out) {
-  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
-  static_assert(kQuestStageChunks <= kDecodeWarps * 32, "one thread stages one chunk row");
-  __shared__ typename A::Shared sh;
+// Work item (split, kv head h, sequence b) of the attention below, by a block of NWARPS warps; sh
+// is the attender's shared state. Its list (chunk_rows, partials, counts) is read from L2, so the
+// fused step may run it after writing the list in the same kernel.
+template <class T, int D, int GMAX, DenseLoop LOOP, int NWARPS>
+__device__ inline void quest_attend_item(int split, int h, int b, const T* __restrict__ K, const T* __restrict__ V,
+                                         int64_t max_len, const int32_t* chunk_rows, const int32_t* chunk_count,
+                                         int64_t max_chunks, const int2* partials, const int32_t* partial_count, int P,
+                                         const float* __restrict__ q, int n_kv_heads, int G, float scale, int splits,
+                                         float* __restrict__ part_out, float* __restrict__ part_lse,
+                                         unsigned* __restrict__ tickets, float* __restrict__ out,
+                                         typename GroupAttender<T, D, GMAX, NWARPS>::Shared& sh) {
+  using A = GroupAttender<T, D, GMAX, NWARPS>;
+  static_assert(kQuestStageChunks <= NWARPS * 32, "one thread stages one chunk row");
   __shared__ int32_t stage[kQuestStageChunks];
-  wait_prior_grid();
-  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  __syncthreads();  // the previous item's shared state is read
   const int64_t bh = int64_t(b) * n_kv_heads + h;
   const int64_t row0 = bh * G;
   A at;
   at.init(q + row0 * D, G, scale);  // before the counts, so that their loads are in flight together
-  const int64_t nch = chunk_count[bh];
+  const int64_t nch = __ldcg(chunk_count + bh);
   // Split 0 also reads the partial runs after its chunks: their descriptors are loaded now, with
   // the counts, not after the chunks (one dependent round trip less on the longest block).
-  const int n_parts = split == 0 ? partial_count[bh] : 0;
+  const int n_parts = split == 0 ? __ldcg(partial_count + bh) : 0;
   int2 part[4];  // at most QuestIndex::kMaxPartials = 4 runs per (b, h), as the select kernel writes them
 #pragma unroll
-  for (int k = 0; k < 4; ++k) part[k] = split == 0 ? partials[bh * 4 + k] : make_int2(0, 0);
+  for (int k = 0; k < 4; ++k) part[k] = split == 0 ? __ldcg(partials + bh * 4 + k) : make_int2(0, 0);
   const int64_t j0 = nch * split / splits, j1 = nch * (split + 1) / splits;
   const T* kb = K + bh * max_len * D + at.sub * 8;
   const T* vb = V + bh * max_len * D + at.sub * 8;
@@ -334,7 +362,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
     int n;
     if (s0 < j1) {
       const int ns = int(min(int64_t(kQuestStageChunks), j1 - s0));
-      if (int(threadIdx.x) < ns) stage[threadIdx.x] = rows[s0 + threadIdx.x];
+      if (int(threadIdx.x) < ns) stage[threadIdx.x] = __ldcg(rows + s0 + threadIdx.x);
       s0 += ns;
       n = ns * P;
     } else {
@@ -351,7 +379,47 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_block
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);
   if (tickets)
-    combine_group_if_last<D, GMAX, kDecodeWarps * 32>(part_out, part_lse, splits, G, row0, tickets + bh, out);
+    combine_group_if_last<D, GMAX, NWARPS * 32>(part_out, part_lse, splits, G, row0, tickets + bh, out);
+}
+
+template <class T, int D, int GMAX, DenseLoop LOOP>
+static __global__ void __launch_bounds__(kDecodeWarps * 32, dense_loop_min_blocks(LOOP, GMAX))
+    quest_attend_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
+                        const int32_t* __restrict__ chunk_rows, const int32_t* __restrict__ chunk_count,
+                        int64_t max_chunks, const int2* __restrict__ partials, const int32_t* __restrict__ partial_count,
+                        int P, const float* __restrict__ q, int n_kv_heads, int G, float scale, int splits,
+                        float* __restrict__ part_out, float* __restrict__ part_lse, unsigned* __restrict__ tickets,
+                        float* __restrict__ out) {
+  __shared__ typename GroupAttender<T, D, GMAX, kDecodeWarps>::Shared sh;
+  wait_prior_grid();
+  quest_attend_item<T, D, GMAX, LOOP, kDecodeWarps>(blockIdx.x, blockIdx.y, blockIdx.z, K, V, max_len, chunk_rows,
+                                                    chunk_count, max_chunks, partials, partial_count, P, q, n_kv_heads,
+                                                    G, scale, splits, part_out, part_lse, tickets, out, sh);
+}
+
+// The whole step but the append in one cooperative kernel: the fused select's phases, a grid
+// barrier, then the attention's items (split, kv head, sequence) over the blocks, the last split
+// of each group combining (tickets). The attender's shared state is dynamic shared memory
+// (sizeof(GroupAttender<..., kQuestFusedThreads / 32>::Shared) bytes).
+template <class T, int D, int GMAX>
+static __global__ void __launch_bounds__(kQuestFusedThreads)
+    quest_fused_step_kernel(QuestFusedArgs<T> a, const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
+                            int n_kv_heads, int batch, float scale, int splits, float* __restrict__ part_out,
+                            float* __restrict__ part_lse, unsigned* __restrict__ tickets, float* __restrict__ out) {
+  constexpr int NW = kQuestFusedThreads / 32;
+  using A = GroupAttender<T, D, GMAX, NW>;
+  extern __shared__ float4 quest_step_dynamic[];
+  quest_fused_select_phases<T, D, GMAX>(a);
+  cooperative_groups::this_grid().sync();
+  auto& sh = *reinterpret_cast<typename A::Shared*>(quest_step_dynamic);
+  const int64_t items = int64_t(splits) * n_kv_heads * batch;
+  for (int64_t i = blockIdx.x; i < items; i += gridDim.x) {
+    const int split = int(i % splits), h = int(i / splits % n_kv_heads), b = int(i / (int64_t(splits) * n_kv_heads));
+    quest_attend_item<T, D, GMAX, DenseLoop::Plain, NW>(split, h, b, K, V, max_len, a.chunk_rows, a.chunk_count,
+                                                        a.max_chunks, a.partials, a.partial_count, a.step.P, a.q,
+                                                        n_kv_heads, a.G, scale, splits, part_out, part_lse, tickets,
+                                                        out, sh);
+  }
 }
 
 }  // namespace saap::cuda

@@ -18,6 +18,7 @@ saap=src/methods/saap.cpp
 method=src/methods/method.cpp
 attention=src/kernels/cpu/attention.cpp
 quest_select=include/saap/kernels/cuda/quest_select.cuh
+quest_fused=include/saap/kernels/cuda/quest_fused_select.cuh
 
 # name # file # test targets (space separated) # sed expression
 mutations=(
@@ -40,6 +41,8 @@ mutations=(
   "order: ties to the higher id#$rules#test_core test_methods#s/(key_a == key_b && id_a < id_b)/(key_a == key_b \&\& id_a > id_b)/"
   "quest GPU select: one tied page too many taken#$quest_select#test_kernels_cpu#s/(o++) < need/(o++) <= need/"
   "quest GPU select: the K-th key's last 5 bits not fixed#$quest_select#test_kernels_cpu#s/for (int pass = 0; pass < 2 && take_some/for (int pass = 0; pass < 1 \&\& take_some/"
+  "quest fused select: the K-th candidate one too far#$quest_fused#test_kernels_cpu#s/c_K = c_sorted\[need - 1\];/c_K = c_sorted[need < at ? need : need - 1];/"
+  "quest fused select: the cut among ties past the need-th#$quest_fused#test_kernels_cpu#s/        \*r_out = r;/        *r_out = r + 16;/"
 )
 
 backup=$(mktemp -d)

@@ -98,13 +98,16 @@ void check(const Case& c, uint32_t seed, int slices) {
     QuestFusedPlan plan{};
     std::vector<uint32_t> above(size_t(kQuestMaxSlices), 0xdeadu);
     std::vector<unsigned long long> cand(size_t(kQuestCandCap), 0xdeadull);
+    // The phases use blockDim.x, not kQuestFusedThreads: two warps keep the emulation (a thread
+    // per CUDA thread) fast and still scan across warps.
+    constexpr int kEmuThreads = 64;
     for (int sl = 0; sl < slices; ++sl)
-      emu_run_block(kQuestFusedThreads, sl, [&] {
+      emu_run_block(kEmuThreads, sl, [&] {
         quest_fused_gather(0, sl, slices, keys.data(), stride, &seq_len, step, hist.data(), &scratch, &plan,
                            above.data(), cand.data());
       });
     for (int sl = 0; sl < slices; ++sl)
-      emu_run_block(kQuestFusedThreads, sl, [&] {
+      emu_run_block(kEmuThreads, sl, [&] {
         quest_fused_compact(0, sl, slices, keys.data(), stride, &seq_len, step, hist.data(), &scratch, &plan,
                             above.data(), cand.data(), max_chunks, rows.data(), &chunk_count, parts.data(),
                             &partial_count, &selected, &scored_pages);

@@ -1,13 +1,16 @@
 // Loki on the GPU vs float64 references computed from the inputs alone (the basis, the raw keys,
 // values and queries): the stored keys are the rotation P^T k rounded to the storage type; the
-// rotated query, each query head's own low-rank scores, each head's top k = rules::loki_keys(k_frac,
-// n) of them (the CPU method's per-head rule, ties to the lower position), the union over the KV
-// group that the byte count reads, and each head's attention over its own kept tokens are all
-// recomputed here in float64 from that rotation; with k_frac = 1 the result equals dense attention
-// on the raw keys. Every second append, and one whole select + attend, is captured as a CUDA graph.
-// Every rank the GPU instantiates (8, 16, 32 at head_dim 64 and 128; 32, 64, 128 at 256) has a case;
-// the attend's other inner loops (set_attend_tuning) are checked against the default, and long
-// contexts (16k-512k, batch 1 and 8) against an exact ranking of the device's own scores.
+// rotated query, each query head's own low-rank scores, the union over the KV group that the byte
+// count reads, and each head's attention over its own kept tokens are all recomputed here in
+// float64 from that rotation; each head's top k = rules::loki_keys(k_frac, n) (the CPU method's
+// per-head rule, ties to the lower position) is ranked in float64 over the keys as stored (they
+// are checked against the rotation; a key the fp32 rotation rounds the other way moves its score
+// by one storage ulp, more than the scores' fp32 error); with k_frac = 1 the result equals dense
+// attention on the raw keys. Every second append, and one whole select + attend, is captured as a
+// CUDA graph. Every rank the GPU instantiates (8, 16, 32 at head_dim 64 and 128; 32, 64, 128 at
+// 256) has a case; the attend's other inner loops (set_attend_tuning) are checked against the
+// default, and long contexts (16k-512k, batch 1 and 8) against an exact ranking of the device's
+// own scores.
 #include <algorithm>
 #include <cstdlib>
 #include <numeric>
@@ -191,17 +194,25 @@ int main() {
         for (int g = 0; g < G; ++g) {
           const int row = bh * G + g;  // == b * Hq + (bh % Hkv) * G + g
           for (int i = 0; i < std::min<int64_t>(count[row], n); ++i) group_read.insert(sel[size_t(row) * max_len + i]);
-          // Reference scores of this head: q'[:R] . k'[:R] (k' the rounded rotation), with a bound
-          // on each score's fp32 rounding on the device.
+          // Reference scores of this head: q'[:R] . k'[:R] with k' the rounded rotation (sref, the
+          // scores' error check), and the ranking's scores with k' as stored, with a bound on each
+          // one's fp32 rounding on the device. The ranking reads the stored keys because the
+          // device's fp32 rotation rounds some k' one ulp the other way (the "stored keys" check
+          // above bounds how many). Seed 17438706741704613736, bf16 r = 128: one such component of
+          // the k-th key moved its score by 1.7e-2, below the next key's (6.7e-3 lower by the
+          // rounded rotation); reproduced on the CPU by emulating the store kernel's fmaf chain.
+          // No fp32 bound covers that.
           std::vector<double> score(n), bound(n);
           for (int64_t t = 0; t < n; ++t) {
-            double d = 0, m = 0;
+            double d = 0, ds = 0, m = 0;
             for (int j = 0; j < R; ++j) {
               const double x = qref[size_t(row) * D + j] * rot_r[(size_t(bh) * max_len + t) * D + j];
+              const double xs = qref[size_t(row) * D + j] * stored(bh, t, j);
               d += x;
-              m += std::abs(x);
+              ds += xs;
+              m += std::abs(xs);
             }
-            score[t] = d;
+            score[t] = ds;
             bound[t] = 1e-5 * m;
             sref.push_back(d);
             sgot.push_back(scores[size_t(row) * max_len + t]);

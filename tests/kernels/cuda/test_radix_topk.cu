@@ -155,7 +155,9 @@ int main() {
   // Long rows, as Loki's and the oracle's heads at 16k-512k: batch 1 (8 rows in groups of 4 or 8)
   // and batch 8 at 16k (64 rows), k = 1, 2, a quarter, n - 1 and n, on normal keys (the filter
   // keeps a few percent of each row) and on keys of three values (pass 0's bin holds a third of
-  // the row, ties across every tile).
+  // the row, ties across every tile). Three selects on the same workspace and outputs, as
+  // cuda_test_loki's passes: those k, then k = n in every row (the whole row, no boundary), then
+  // those k again: what the k = n select leaves behind must not leak into the next.
   {
     struct Long {
       int64_t n;
@@ -177,30 +179,40 @@ int main() {
         auto dkeys = cutest::upload(keys);
         auto dlens = cutest::upload(lens);
         auto dks = cutest::upload(ks);
+        const std::vector<int32_t> ks_whole(size_t(c.rows), int32_t(c.n));
+        auto dks_whole = cutest::upload(ks_whole);
         saap::cuda::DeviceBuffer<int32_t> pos(size_t(c.rows) * c.n), counts(c.rows), unions(c.rows / c.group);
         rt::Workspace ws;
-        rt::select(dkeys.get(), c.n, c.rows, c.group, ArrayRows{dlens.get(), dks.get()}, ws, pos.get(), counts.get(),
-                   unions.get(), 0);
-        SAAP_CU(cudaDeviceSynchronize());
-        const auto hpos = cutest::download(pos), hcount = cutest::download(counts), hunion = cutest::download(unions);
-        int64_t wrong_rows = 0, wrong_unions = 0;
-        for (int gi = 0; gi < c.rows / c.group; ++gi) {
-          std::vector<char> in_union(size_t(c.n), 0);
-          for (int g = 0; g < c.group; ++g) {
-            const int r = gi * c.group + g;
-            const auto want = reference(&keys[size_t(r) * c.n], c.n, ks[size_t(r)]);
-            for (int32_t p : want) in_union[size_t(p)] = 1;
-            wrong_rows += !(hcount[size_t(r)] == int32_t(want.size()) &&
-                            std::equal(want.begin(), want.end(), hpos.begin() + size_t(r) * c.n));
+        for (int pass = 0; pass < 3; ++pass) {
+          const bool whole = pass == 1;
+          const std::vector<int32_t>& pass_ks = whole ? ks_whole : ks;
+          cutest::poison(pos);
+          cutest::poison(counts);
+          cutest::poison(unions);
+          rt::select(dkeys.get(), c.n, c.rows, c.group, ArrayRows{dlens.get(), whole ? dks_whole.get() : dks.get()}, ws,
+                     pos.get(), counts.get(), unions.get(), 0);
+          SAAP_CU(cudaDeviceSynchronize());
+          const auto hpos = cutest::download(pos), hcount = cutest::download(counts), hunion = cutest::download(unions);
+          int64_t wrong_rows = 0, wrong_unions = 0;
+          for (int gi = 0; gi < c.rows / c.group; ++gi) {
+            std::vector<char> in_union(size_t(c.n), 0);
+            for (int g = 0; g < c.group; ++g) {
+              const int r = gi * c.group + g;
+              const auto want = reference(&keys[size_t(r) * c.n], c.n, pass_ks[size_t(r)]);
+              for (int32_t p : want) in_union[size_t(p)] = 1;
+              wrong_rows += !(hcount[size_t(r)] == int32_t(want.size()) &&
+                              std::equal(want.begin(), want.end(), hpos.begin() + size_t(r) * c.n));
+            }
+            wrong_unions += hunion[size_t(gi)] != std::count(in_union.begin(), in_union.end(), char(1));
           }
-          wrong_unions += hunion[size_t(gi)] != std::count(in_union.begin(), in_union.end(), char(1));
+          const std::string tag = "n=" + std::to_string(c.n) + " rows=" + std::to_string(c.rows) + " group=" +
+                                  std::to_string(c.group) + (few_values ? " three values" : " normal") +
+                                  (pass == 0 ? ": " : whole ? ", then k = n: " : ", then the first k again: ");
+          tally.check(wrong_rows == 0, (tag + "rows whose selection differs from the reference").c_str(),
+                      double(wrong_rows), 0);
+          tally.check(wrong_unions == 0, (tag + "group unions differing from the reference").c_str(),
+                      double(wrong_unions), 0);
         }
-        const std::string tag = "n=" + std::to_string(c.n) + " rows=" + std::to_string(c.rows) + " group=" +
-                                std::to_string(c.group) + (few_values ? " three values: " : " normal: ");
-        tally.check(wrong_rows == 0, (tag + "rows whose selection differs from the reference").c_str(),
-                    double(wrong_rows), 0);
-        tally.check(wrong_unions == 0, (tag + "group unions differing from the reference").c_str(),
-                    double(wrong_unions), 0);
       }
   }
 

@@ -420,15 +420,6 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
     // The same without the L2 flush (kernel code, weights and tables cached): what the cold
     // misses cost the select is the difference. Printed, not a column.
     const double sel_warm_ms = tm.median_ms([&] { idx->select(q, lookup); }, reps, 3, false);
-    // The select with its ranking spread over at most 1 (one block per (b, h), as before the
-    // clusters), 2 and 4 blocks; select_ms is the default (8). Printed, not a column.
-    std::string by_cluster;
-    for (int most : {1, 2, 4}) {
-      idx->set_select_cluster_max(most);
-      by_cluster += " " + std::to_string(most) + ": " +
-                    std::to_string(tm.median_ms([&] { idx->select(q, lookup); }, reps));
-    }
-    idx->set_select_cluster_max(kMaxMergeLists);
     // The router's part (to the event between it and the rank-and-fill kernel).
     const double route_ms =
         tm.median_split_ms([&](cudaEvent_t mid) { idx->select(q, rules::Budget{lookup, 0}, 0, mid); }, reps);
@@ -463,8 +454,8 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
       rows.back().score_ms = route_ms;
       if (ti == 0 && !real_sizes && fractions.size() < 3) fractions.push_back(tokens / n_all);
       std::printf("saap %s %s batch %d context %lld: select %.4f ms (%.4f ms with a warm L2; the router to its end "
-                  "%.4f ms; at most 1, 2, 4 blocks a ranking:%s ms), attend %.4f ms\n",
-                  sh.name().c_str(), param, B, (long long)N, sel_ms, sel_warm_ms, route_ms, by_cluster.c_str(), att_ms);
+                  "%.4f ms), attend %.4f ms\n",
+                  sh.name().c_str(), param, B, (long long)N, sel_ms, sel_warm_ms, route_ms, att_ms);
     }
     idx->set_attend_tuning({});
   }

@@ -85,16 +85,10 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
   int size_index = 0;
   while ((32 << size_index) < threads) ++size_index;
   const int bh_count = shape_.batch * shape_.n_kv_heads;
-  const int K = select_cluster(C, bh_count, select_resident[size_t(size_index)], select_cluster_max_);
+  const int K = select_cluster(C, bh_count, select_resident[size_t(size_index)]);
   launch_dependent_clustered(select_kernel, dim3(bh_count * K), dim3(threads), unsigned(K),
                              size_t(select_smem(C, K).bytes), stream, args);
   SAAP_CU_LAUNCHED();
-}
-
-void SaapIndex::set_select_cluster_max(int most) {
-  SAAP_CU_REQUIRE(most >= 1 && most <= kMaxMergeLists, InvalidArgument, "select cluster max = %d must be in 1..%d",
-                  most, kMaxMergeLists);
-  select_cluster_max_ = most;
 }
 
 }  // namespace saap::cuda

@@ -24,7 +24,6 @@ int main() {
     std::vector<int32_t> lens;
     float lookup;
     int64_t tokens = 0;  // > 0: a fixed budget of tokens instead of lookup (rules::Budget)
-    int cluster_max = kMaxMergeLists;  // SaapIndex::set_select_cluster_max
   };
   // Fractional budgets (0.33 of 5000 is 1650, of 3001 is 990.33), GQA groups 4, 3, 7, 1 and 8,
   // head dims 64, 128 and 256 (Gemma-3's 4 query heads over one KV head),
@@ -68,12 +67,7 @@ int main() {
                         // 1024, the whole ranking in one block; short sequences: many empty
                         // partitions, equal -inf keys).
                         Case{8, 32, 8, 128, 1024, 64, {4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000}, 0.05f},
-                        Case{32, 8, 8, 64, 1024, 32, std::vector<int32_t>(32, 2500), 0.1f},
-                        // The cluster capped (set_select_cluster_max): the bench's C in one block,
-                        // and C = 4096 over 3 blocks (slices of 1366: a 2048-key sort with its
-                        // shared-memory steps in each block).
-                        Case{1, 8, 2, 128, 1024, 64, {60000}, 0.05f, 0, 1},
-                        Case{1, 4, 2, 64, 4096, 32, {30000}, 0.1f, 0, 3}}) {
+                        Case{32, 8, 8, 64, 1024, 32, std::vector<int32_t>(32, 2500), 0.1f}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;
@@ -106,7 +100,6 @@ int main() {
     auto w2 = cutest::random_f32(rng, size_t(c.hq) * c.C * H, float(1.2 / std::sqrt(H)));
     auto b2 = cutest::random_f32(rng, size_t(c.hq) * c.C, 0.5f);
     idx.set_classifier(w1, b1, w2, b2);
-    idx.set_select_cluster_max(c.cluster_max);
     auto q = cutest::random_f32(rng, size_t(c.batch) * c.hq * c.d);
     auto dq = cutest::upload(q);
     const rules::Budget budget{c.lookup, c.tokens};
@@ -124,7 +117,6 @@ int main() {
         ref_flat.insert(ref_flat.end(), r.begin(), r.end());
       }
     const std::string tag = "C=" + std::to_string(c.C) + " G=" + std::to_string(G) + " d=" + std::to_string(c.d) +
-                            " batch=" + std::to_string(c.batch) + " cluster<=" + std::to_string(c.cluster_max) +
                             (c.tokens > 0 ? " tokens=" + std::to_string(c.tokens)
                                           : " lookup=" + std::to_string(c.lookup).substr(0, 4)) + ": ";
     // fp32 weights (as the CPU router's) and fp32 dot products of at most 1024 terms: relative
@@ -221,10 +213,6 @@ int main() {
           [&] { idx.set_classifier({1.f}, {1.f}, {1.f}, {1.f}); });
   idx.set_classifier(std::vector<float>(size_t(4) * 128 * 64, 0.1f), std::vector<float>(4 * 128, 0.f),
                      std::vector<float>(size_t(4) * 8 * 128, 0.1f), std::vector<float>(4 * 8, 0.f));
-  refused("a select cluster of 0 blocks is refused (InvalidArgument)", ErrorKind::InvalidArgument,
-          [&] { idx.set_select_cluster_max(0); });
-  refused("a select cluster of 9 blocks is refused (InvalidArgument: at most 8)", ErrorKind::InvalidArgument,
-          [&] { idx.set_select_cluster_max(9); });
   refused("lookup 1.5 is refused (InvalidArgument)", ErrorKind::InvalidArgument, [&] { idx.select(q.get(), 1.5f); });
   refused("budget_tokens -1 is refused (InvalidArgument)", ErrorKind::InvalidArgument,
           [&] { idx.select(q.get(), rules::Budget{0.05, -1}); });

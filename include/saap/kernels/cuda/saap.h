@@ -24,7 +24,6 @@
 #include <vector>
 
 #include "saap/core/selection_rules.h"
-#include "saap/kernels/merge_rank.h"
 #include "saap/kernels/cuda/decode.h"
 
 namespace saap {
@@ -189,12 +188,6 @@ class SaapIndex {
   // The attend kernel and its split count (see SaapAttendTuning); the next select() cuts for it.
   void set_attend_tuning(const SaapAttendTuning& tuning);
   const SaapAttendTuning& attend_tuning() const { return attend_tuning_; }
-  // The most blocks (one thread block cluster, 1..8) that select() may spread the ranking of one
-  // (sequence, KV head) over. At 8, the default, select() takes one block per 128 partitions while
-  // the batch's clusters are all resident; 1 ranks in one block. The selection is the same at
-  // every value (selection_rules.h); decode_bench times the select at 1, 2, 4 and 8 apart.
-  void set_select_cluster_max(int most);
-  int select_cluster_max() const { return select_cluster_max_; }
 
   // Synchronises and throws if a build saw an out-of-range assignment (InvalidArgument) or an
   // append found no room (OutOfMemory; the re-pack before a possible overflow should prevent it).
@@ -243,7 +236,6 @@ class SaapIndex {
   bool spherical_ = false;
   int64_t rows_ = 0, max_segments_ = 0;
   SaapAttendTuning attend_tuning_;
-  int select_cluster_max_ = kMaxMergeLists;
   std::unique_ptr<Impl> impl_;
 };
 

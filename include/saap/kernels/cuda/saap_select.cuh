@@ -406,12 +406,12 @@ __host__ __device__ inline int select_sort_size(int C, int K) {
   while (n < select_slice(C, K)) n <<= 1;
   return n;
 }
-// Blocks per (b, h): one per kMinRankSize partitions, at most `most` (<= kMaxMergeLists), and no
-// more than lets all bh_count clusters be resident at once (`resident` blocks of
-// select_threads(C)); 1 keeps the whole ranking in one block.
-inline int select_cluster(int C, int bh_count, int resident, int most) {
+// Blocks per (b, h): one per kMinRankSize partitions, at most kMaxMergeLists, and no more than lets
+// all bh_count clusters be resident at once (`resident` blocks of select_threads(C)); 1 keeps the
+// whole ranking in one block.
+inline int select_cluster(int C, int bh_count, int resident) {
   int K = (C + kMinRankSize - 1) / kMinRankSize;
-  if (K > most) K = most;
+  if (K > kMaxMergeLists) K = kMaxMergeLists;
   while (K > 1 && int64_t(bh_count) * K > resident) --K;
   return K;
 }
@@ -622,12 +622,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     if (K > 1) {
       // Every slice sorted: each block copies all of them from the blocks' shared memory (one
       // round trip) and places its own partitions in the whole ranking by binary searches in
-      // the copies, into rank 0's shared memory. The ranks are a permutation of [0, C) for any
-      // keys but NaN (no order): rank 0 zeroes its ranking first, so that even then every rank
-      // the fill reads names a partition.
-      if (rank == 0)
-#pragma unroll 1
-        for (int c = tid; c < C; c += T) reinterpret_cast<int16_t*>(select_mem + lay.rank_ids)[c] = 0;
+      // the copies, into rank 0's shared memory.
       cluster_barrier();
       float* all_keys = reinterpret_cast<float*>(select_mem + lay.all_keys);
       int16_t* all_ids = reinterpret_cast<int16_t*>(select_mem + lay.all_ids);

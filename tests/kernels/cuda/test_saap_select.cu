@@ -62,7 +62,7 @@ int main() {
                         // once; fewer otherwise (select_cluster). Above: K = 1 (C <= 128), 2 (256),
                         // 3 (300), 4 (500, 512), 8 (1024, 1025: slices of 129 and a last of 122;
                         // 2000: slices of 250; 4096: of 512). Here the bench's shape at batch 8
-                        // (64 clusters: K = 2 on the H200, whose 132 SMs hold one 1024-thread block each)
+                        // (64 clusters, K = 4 on the H200's 132 SMs of two 1024-thread blocks each)
                         // and at batch 32 with eight KV heads of G = 1 (256 (b, h): K = 1 at C =
                         // 1024, the whole ranking in one block; short sequences: many empty
                         // partitions, equal -inf keys).

@@ -48,10 +48,9 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
         }();
         const int rows = classify_rows_per_block(C, m.hidden, shape_.n_q_heads, resident);
         const size_t stage = size_t(std::min(rows, C)) * m.hidden * sizeof(float);
-        const int tiles = (C + rows - 1) / rows;
-        launch_dependent_clustered(kernel, dim3(tiles, shape_.n_q_heads), dim3(kClassifyThreads),
-                                   classify_cluster(tiles), stage, stream, q_route, m.w1.get(), m.b1.get(), m.w2.get(),
-                                   m.b2.get(), shape_.batch, shape_.n_q_heads, m.hidden, C, rows, m.logits.get());
+        launch_dependent(kernel, dim3((C + rows - 1) / rows, shape_.n_q_heads), dim3(kClassifyThreads), stage, stream,
+                         q_route, m.w1.get(), m.b1.get(), m.w2.get(), m.b2.get(), shape_.batch, shape_.n_q_heads,
+                         m.hidden, C, rows, m.logits.get());
       };
       if (shape_.head_dim == 64) launch(std::integral_constant<int, 64>{});
       else if (shape_.head_dim == 128) launch(std::integral_constant<int, 128>{});

@@ -31,29 +31,10 @@ inline int classify_rows_per_block(int C, int hidden, int n_q_heads, int residen
   return rows < rows_in(kClassifyStageBytes) ? rows : rows_in(kClassifyStageBytes);
 }
 
-// Release / acquire at cluster scope among all threads of the cluster's blocks (cooperative
-// groups' cluster.sync() adds a GPU-wide fence, which nothing here needs).
-__device__ __forceinline__ void cluster_barrier() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-constexpr int kClassifyMaxCluster = 8;  // the portable cluster size
-// Blocks of one head that share the hidden layer: the most, up to kClassifyMaxCluster, that divide
-// the head's `tiles` blocks.
-inline int classify_cluster(int tiles) {
-  for (int k = kClassifyMaxCluster; k > 1; --k)
-    if (tiles % k == 0) return k;
-  return 1;
-}
-
 // Block (logit chunk, query head), for every sequence of the batch in turn: hidden = relu(W1 q +
-// b1), then rows_per_block logits = W2 hidden + b2. The weights are fp32, as the CPU router reads
-// them. They are the same for every sequence, so a block stages its W2 slice once for the whole
-// batch (it was read once per sequence). The chunks of one head run as a cluster (launched with
-// classify_cluster's size; one block is a cluster of one): each block computes 1 / cluster of the
-// hidden units from its rows of W1 and reads the others' from their shared memory, so W1 crosses
-// from L2 once per head, not once per block (at 512k, 32 heads of 8 chunks: 2 MB, not 16 MB
-// beside W2's 16 MB).
+// b1) (recomputed per block; W1 is small and L2 resident), then rows_per_block logits = W2 hidden +
+// b2. The weights are fp32, as the CPU router reads them. They are the same for every sequence,
+// so a block stages its W2 slice once for the whole batch (it was read once per sequence).
 // At batch 1 the step is a chain of memory round trips, so the weights, which no kernel of the
 // step writes, are fetched before the kernel waits for the previous one (programmatic dependent
 // launch): the block's W2 slice and the biases by cp.async into shared memory, the first W1 rows
@@ -71,11 +52,6 @@ static __global__ void __launch_bounds__(kClassifyThreads)
   const int hq = blockIdx.y, tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5;
   const int c0 = blockIdx.x * rows_per_block, n_rows = min(C, c0 + rows_per_block) - c0;
-  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-  const int n_parts = int(cluster.num_blocks()), part = int(cluster.block_rank());
-  // This block's hidden units [h0, h1).
-  const int per_part = (hidden + n_parts - 1) / n_parts, h0 = min(hidden, part * per_part),
-            h1 = min(hidden, h0 + per_part);
   const uint4* w2src = reinterpret_cast<const uint4*>(w2 + (int64_t(hq) * C + c0) * hidden);
   // Not unrolled (the compiler made 16-, 8- and 4-copy bodies of each): the kernel runs from a
   // cold instruction cache, and issuing asynchronous copies from a loop costs little.
@@ -90,7 +66,7 @@ static __global__ void __launch_bounds__(kClassifyThreads)
   // the whole batch.
   constexpr int LPR = D / 8, RPI = 32 / LPR, U = 8, ROWS = RPI * U, STRIDE = kClassifyWarps * ROWS;
   const int sub = lane % LPR, slot = lane / LPR;
-  const bool one_round = h1 - h0 <= STRIDE;
+  const bool one_round = hidden <= STRIDE;
   const float* w1h = w1 + int64_t(hq) * hidden * D + sub * 8;
   float4 w[U][2];
   auto load_w1 = [&](int r0) {
@@ -99,11 +75,11 @@ static __global__ void __launch_bounds__(kClassifyThreads)
       const int r = r0 + u * RPI + slot;
       const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
       const float4* p = reinterpret_cast<const float4*>(w1h + int64_t(r) * D);
-      w[u][0] = r < h1 ? p[0] : zero;
-      w[u][1] = r < h1 ? p[1] : zero;
+      w[u][0] = r < hidden ? p[0] : zero;
+      w[u][1] = r < hidden ? p[1] : zero;
     }
   };
-  load_w1(h0 + warp * ROWS);
+  load_w1(warp * ROWS);
 #pragma unroll 1
   for (int i = tid; i < batch * (D / 32); i += kClassifyThreads)  // q's lines (written before this kernel) into L2
     prefetch_l2(q + (int64_t(i / (D / 32)) * n_q_heads + hq) * D + (i % (D / 32)) * 32);
@@ -121,8 +97,8 @@ static __global__ void __launch_bounds__(kClassifyThreads)
     float ql[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) ql[j] = qs[sub * 8 + j];
-    for (int r0 = h0 + warp * ROWS; r0 < h1; r0 += STRIDE) {
-      if (!one_round && (b > 0 || r0 != h0 + warp * ROWS)) load_w1(r0);
+    for (int r0 = warp * ROWS; r0 < hidden; r0 += STRIDE) {
+      if (!one_round && (b > 0 || r0 != warp * ROWS)) load_w1(r0);
       float d[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -137,20 +113,10 @@ static __global__ void __launch_bounds__(kClassifyThreads)
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int r = r0 + u * RPI + slot;
-        if (sub == 0 && r < h1) hs[r] = fmaxf(0.f, d[u] + b1s[r]);
+        if (sub == 0 && r < hidden) hs[r] = fmaxf(0.f, d[u] + b1s[r]);
       }
     }
-    auto sync_parts = [&] {
-      if (n_parts > 1) cluster_barrier();
-      else __syncthreads();
-    };
-    sync_parts();  // every block's hidden units are written
-    if (n_parts > 1) {
-#pragma unroll 1
-      for (int i = tid; i < hidden; i += kClassifyThreads)
-        if (i < h0 || i >= h1) hs[i] = *cluster.map_shared_rank(&hs[i], i / per_part);
-      sync_parts();  // the units are read: the next sequence may overwrite them, and a block may exit
-    }
+    __syncthreads();
     // Logits from the staged slice: a warp per 4 rows at a time, the lanes over pairs of hidden units.
     for (int c = warp * 4; c < n_rows; c += kClassifyWarps * 4) {
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -441,6 +407,12 @@ __host__ __device__ inline SelectSmem select_smem(int C, int K) {
   m.taken = up16(m.all_ids + (K > 1 ? 2 * C : 0));
   m.bytes = up16(m.taken + C);
   return m;
+}
+
+// Release / acquire at cluster scope among all threads of the cluster's blocks (cooperative
+// groups' cluster.sync() adds a GPU-wide fence, which nothing here needs).
+__device__ __forceinline__ void cluster_barrier() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
 // Cluster of K blocks (select_cluster; a plain launch is a cluster of one) of select_threads(C)

@@ -2,7 +2,6 @@
 // kernels are launched as programmatic dependents (launch.cuh), so each one's launch overlaps the
 // previous one's tail; nothing here synchronises the host.
 #include <algorithm>
-#include <array>
 #include <type_traits>
 
 #include "saap/kernels/cuda/dispatch.cuh"
@@ -65,28 +64,8 @@ void SaapIndex::select(const float* q_route, const rules::Budget& budget, cudaSt
       break;
   }
   if (routed) SAAP_CU(cudaEventRecord(routed, stream));
-  // The select: a cluster of K blocks per (b, h) (select_cluster), its shared arrays sized to C
-  // and K (up to 72 KiB at C = 4096: every instantiation opts in to the most, once).
-  auto* select_kernel = saap_select_kernel_for(rows_per_group);
-  // Resident select blocks of each block size (32 << i threads), at the most shared memory.
-  static const std::array<int, 6> select_resident = [] {
-    int most = 0;
-    for (int K = 1; K <= kMaxMergeLists; ++K) most = std::max(most, select_smem(kMaxPartitions, K).bytes);
-    for (int G = 1; G <= kMaxSelectGroup; ++G)
-      SAAP_CU(cudaFuncSetAttribute(saap_select_kernel_for(G), cudaFuncAttributeMaxDynamicSharedMemorySize, most));
-    std::array<int, 6> r{};
-    for (int i = 0; i < 6; ++i)
-      r[size_t(i)] = resident_blocks(reinterpret_cast<const void*>(saap_select_kernel_for(kMaxSelectGroup)), 32 << i,
-                                     size_t(most));
-    return r;
-  }();
-  const int threads = select_threads(C);
-  int size_index = 0;
-  while ((32 << size_index) < threads) ++size_index;
-  const int bh_count = shape_.batch * shape_.n_kv_heads;
-  const int K = select_cluster(C, bh_count, select_resident[size_t(size_index)]);
-  launch_dependent_clustered(select_kernel, dim3(bh_count * K), dim3(threads), unsigned(K),
-                             size_t(select_smem(C, K).bytes), stream, args);
+  launch_dependent(saap_select_kernel_for(rows_per_group), dim3(shape_.batch * shape_.n_kv_heads),
+                   dim3(select_threads(C)), 0, stream, args);
   SAAP_CU_LAUNCHED();
 }
 

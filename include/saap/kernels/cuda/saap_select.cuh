@@ -1,14 +1,11 @@
 // Saap routing at decode: the per-query-head MLP classifier (logits over partitions) and the
 // per-KV-group top-partition selection under a lookup budget, which writes the work segments.
 #pragma once
-#include <cooperative_groups.h>
-
 #include "saap/core/selection_rules.h"
 #include "saap/kernels/cuda/async_copy.cuh"
 #include "saap/kernels/cuda/launch.cuh"
 #include "saap/kernels/cuda/reduce.cuh"
 #include "saap/kernels/cuda/saap_layout.cuh"
-#include "saap/kernels/merge_rank.h"
 
 namespace saap::cuda {
 
@@ -170,14 +167,13 @@ constexpr int kMinRankSize = kRankPerThread * 32;  // the ranking sorts at least
 
 // Sorts the n pairs (keys[i], id i) (n a power of two, kMinRankSize..kMaxPartitions) into the
 // ranking order of selection_rules.h (higher key first, ties to the lower id) and writes ids[r],
-// the id at rank r, and keys[r], its key. A bitonic network over the registers of threads
-// [0, n / 4), four consecutive elements each: steps between a thread's own elements (j < 4) are
-// register swaps, steps between lanes of one warp (j < 128) shuffles, and each run of steps across
-// warps (j >= 128) goes through keys[] and ids[] in place, a pair exchanged by the thread holding
-// its lower element, with one barrier among the ranking threads per step (n = 1024: 256 threads; 19
-// register, 30 shuffle and 6 shared-memory steps; one element per thread took 40 shuffle and 15
-// barrier steps of 32 warps). The other threads return at once; ids[] and keys[] are complete after
-// the caller's next __syncthreads.
+// the id at rank r. A bitonic network over the registers of threads [0, n / 4), four consecutive
+// elements each: steps between a thread's own elements (j < 4) are register swaps, steps between
+// lanes of one warp (j < 128) shuffles, and each run of steps across warps (j >= 128) goes through
+// keys[] and ids[] in place, a pair exchanged by the thread holding its lower element, with one
+// barrier among the ranking threads per step (n = 1024: 256 threads; 19 register, 30 shuffle and
+// 6 shared-memory steps; one element per thread took 40 shuffle and 15 barrier steps of 32 warps).
+// The other threads return at once; ids[] is complete after the caller's next __syncthreads.
 // keys and ids: 16-byte aligned shared memory.
 __device__ inline void bitonic_rank4(float* keys, int16_t* ids, int n) {
   constexpr int E = kRankPerThread;
@@ -261,7 +257,6 @@ __device__ inline void bitonic_rank4(float* keys, int16_t* ids, int n) {
     swap_own(k, 0, 1);
     swap_own(k, 2, 3);
   }
-  keys4[s] = pack_keys(mk);
   ids4[s] = pack_ids(mi);
 }
 
@@ -360,70 +355,14 @@ struct SaapSelectArgs {
   int2* split_begin;
 };
 
-// The ranking of one (b, h) may be spread over a thread block cluster of K blocks (select_cluster):
-// block (cluster rank) r computes the keys of its slice of select_slice(C, K) partitions and sorts
-// them; merged_rank (merge_rank.h) then places each of them in the whole ranking, reading the other
-// blocks' sorted slices from their shared memory. A slice is at least kMinRankSize partitions (one
-// warp's sort, no barrier), and K at most kMaxMergeLists (the portable cluster size).
-__host__ __device__ inline int select_slice(int C, int K) { return (C + K - 1) / K; }
-// The power of two a block's bitonic_rank4 sorts: at least kMinRankSize, at least the slice.
-__host__ __device__ inline int select_sort_size(int C, int K) {
-  int n = kMinRankSize;
-  while (n < select_slice(C, K)) n <<= 1;
-  return n;
-}
-// Blocks per (b, h): one per kMinRankSize partitions, at most kMaxMergeLists, and no more than lets
-// all bh_count clusters be resident at once (`resident` blocks of select_threads(C)); 1 keeps the
-// whole ranking in one block.
-inline int select_cluster(int C, int bh_count, int resident) {
-  int K = (C + kMinRankSize - 1) / kMinRankSize;
-  if (K > kMaxMergeLists) K = kMaxMergeLists;
-  while (K > 1 && int64_t(bh_count) * K > resident) --K;
-  return K;
-}
-
-// The select kernel's shared arrays (dynamic shared memory, sized to C and the cluster size K):
-// byte offsets, 16-byte aligned.
-struct SelectSmem {
-  int keys;      // float[max(n_sort, C)]: the slice's keys, sorted; then (dead keys) int rank_size[C]
-  int sizes;     // int[C]: every partition's candidate tokens
-  int ids;       // int16[n_sort]: the slice's ranking (slice-local ids)
-  int rank_ids;  // int16[C]: the whole ranking, merged into cluster rank 0 (K > 1; else ids is it)
-  int all_keys;  // float[C]: every block's sorted slice, copied side by side (K > 1)
-  int all_ids;   // int16[C]: their ids (partitions, not slice-local) (K > 1)
-  int taken;     // uint8[C]
-  int bytes;
-};
-__host__ __device__ inline SelectSmem select_smem(int C, int K) {
-  auto up16 = [](int x) { return (x + 15) / 16 * 16; };
-  const int n_sort = select_sort_size(C, K);
-  SelectSmem m;
-  m.keys = 0;
-  m.sizes = up16(m.keys + 4 * (n_sort > C ? n_sort : C));
-  m.ids = up16(m.sizes + 4 * C);
-  m.rank_ids = up16(m.ids + 2 * n_sort);
-  m.all_keys = up16(m.rank_ids + (K > 1 ? 2 * C : 0));
-  m.all_ids = up16(m.all_keys + (K > 1 ? 4 * C : 0));
-  m.taken = up16(m.all_ids + (K > 1 ? 2 * C : 0));
-  m.bytes = up16(m.taken + C);
-  return m;
-}
-
-// Release / acquire at cluster scope among all threads of the cluster's blocks (cooperative
-// groups' cluster.sync() adds a GPU-wide fence, which nothing here needs).
-__device__ __forceinline__ void cluster_barrier() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-// Cluster of K blocks (select_cluster; a plain launch is a cluster of one) of select_threads(C)
-// threads per (b, h), after the kernel that wrote the logits (the Saap router, or the KMeans /
-// PartitionOracle rank kernels, which write one key per KV group: G = 1).
+// Block per (b, h) of select_threads(C) threads, after the kernel that wrote the logits (the Saap
+// router, or the KMeans / PartitionOracle rank kernels, which write one key per KV group: G = 1).
 // The router gives log densities s_hc (attention per key); the group's key for partition c is
 // rules::group_log_density over its G heads, each normalised by rules::head_log_normaliser over
 // the non-empty partitions: the attention the shared read gains per token it spends, as the CPU
 // method (SaapAttention::group_scores) ranks. The budget is rules::Budget::selectable (either
 // form; sinks and window paid first); the partitions are ranked by rules::ranks_before
-// (bitonic_rank4 per slice, merged_rank across the cluster) and filled by the rule of
+// (bitonic_rank4) and filled by the rule of
 // rules::fill_in_order (fill_ranked: a block scan for the prefix that fits, then one warp for the
 // rest). Then the segments are written: sinks, recent window, then every selected partition's
 // prefill range and append pages. The selected tokens, numbered in segment order, are cut into
@@ -434,34 +373,26 @@ __device__ __forceinline__ void cluster_barrier() {
 // from a cold instruction cache: G is a template parameter so that each head's values live in
 // registers (no stack frame) and the code holds no loop over absent heads. A thread's partitions
 // are a loop (not unrolled: one partition per thread up to 1024), re-reading their logits (L1
-// hits after the first pass) rather than holding them. Every block of a cluster reads all C sizes
-// and logits for the totals and each head's largest logit (one round trip, no cluster barrier);
-// the work that grows with C (each head's normaliser terms in double, the keys, the sort) is
-// split over the cluster: one cluster barrier for the normalisers' partial sums, one for the
-// sorted slices, one for the merged ranking; then rank 0 alone fills and writes the segments.
+// hits after the first pass) rather than holding them.
 template <int G>
 static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(SaapSelectArgs a) {
-  namespace cg = cooperative_groups;
-  const cg::cluster_group cluster = cg::this_cluster();
-  const int K = int(cluster.num_blocks()), rank = int(cluster.block_rank());
-  extern __shared__ __align__(16) unsigned char select_mem[];
-  const SaapGeom& g = a.g;
-  const int C = g.C, T = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const SelectSmem lay = select_smem(C, K);
-  int* sizes = reinterpret_cast<int*>(select_mem + lay.sizes);
-  uint8_t* taken = select_mem + lay.taken;
-  int16_t* ids = reinterpret_cast<int16_t*>(select_mem + lay.ids);  // the slice's ranking
-  float* keys = reinterpret_cast<float*>(select_mem + lay.keys);     // the slice's keys
-  int* rank_size = reinterpret_cast<int*>(select_mem + lay.keys);   // after the ranking (keys dead)
+  __shared__ int sizes[kMaxPartitions];
+  __shared__ uint8_t taken[kMaxPartitions];
+  __shared__ __align__(16) int16_t ids[kMaxPartitions];  // the ranking: ids[r] is the partition at rank r
+  __shared__ __align__(16) union {
+    float keys[kMaxPartitions];    // each partition's ranking key
+    int rank_size[kMaxPartitions];  // then (dead keys) the sizes in rank order, for the fill
+  } rank_mem;
+  float* keys = rank_mem.keys;
   __shared__ float max_scratch[32][G];
   __shared__ int2 count_scratch[32];  // (tokens, smallest non-empty size) per warp
   __shared__ double z_scratch[32][G];
-  __shared__ double z_part[G];  // this block's share of each head's normaliser sum
-  __shared__ float lse_s[G];
   __shared__ int2 scan_scratch[32];
+  const SaapGeom& g = a.g;
+  const int C = g.C, T = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int segment = a.segment, splits = a.splits;
   const int32_t *part_start = a.part_start, *part_count = a.part_count, *append_count = a.append_count;
-  const int bh = blockIdx.x / K, b = bh / g.n_kv_heads, h = bh % g.n_kv_heads;
+  const int bh = blockIdx.x, b = bh / g.n_kv_heads, h = bh % g.n_kv_heads;
   const int64_t pbase = int64_t(bh) * C;
   const float* lg = a.logits + (int64_t(b) * a.n_q_heads + int64_t(h) * G) * C;
   // The tables (append wrote them, before the router) come into L2 while the router runs.
@@ -525,101 +456,57 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   tokens = __reduce_add_sync(0xffffffffu, counts.x);
   smallest = __reduce_min_sync(0xffffffffu, counts.y);
 
+  // 2. Each head's normaliser: the terms of rules::head_log_normaliser, reduced in double.
+  double z[G];
+#pragma unroll
+  for (int gi = 0; gi < G; ++gi) z[gi] = 0.0;
+#pragma unroll 1
+  for (int c = tid; c < C; c += T) {
+    float s[G];
+    load_logits(c, s);
+    const int size = sizes[c];
+#pragma unroll
+    for (int gi = 0; gi < G; ++gi) z[gi] += normaliser_term_call(s[gi], size, mx[gi]);
+  }
+  block_allreduce_n<false>(z, z_scratch);
+  // Every thread holds every head's max and sum: lane gi takes head gi's log (one call a lane, in
+  // parallel, instead of G in a row) and the others read it from there.
+  float head_mx = mx[0];
+  double head_z = z[0];
+#pragma unroll
+  for (int gi = 1; gi < G; ++gi)
+    if (lane == gi) head_mx = mx[gi], head_z = z[gi];
+  const float head_lse = log_normaliser_call(head_mx, head_z);
+  float lse[G];
+#pragma unroll
+  for (int gi = 0; gi < G; ++gi) lse[gi] = __shfl_sync(0xffffffffu, head_lse, gi);
+  // An empty partition ranks after every partition with keys, and is never taken.
+  auto key_of = [&](int c) {
+    float s[G];
+    load_logits(c, s);
+    return sizes[c] > 0 ? rules::group_log_density(s, 1, lse, G) : -INFINITY;
+  };
+
+  // 3. Rank and fill (everything fits: take every non-empty partition, in no order).
   const rules::FixedReads fixed_reads = rules::fixed_reads(n, g.S, g.W);
   const int n_sink = int(fixed_reads.sink_end);
   const int n_win = int(n - fixed_reads.window_begin);
   const int64_t budget = a.budget.selectable(n, g.S, g.W);
-  if (tokens <= budget) {  // the same in every block of the cluster
-    // 3'. Everything fits: take every non-empty partition, in no order (rank 0 alone: no block
-    //     of the cluster has touched another's shared memory).
-    if (rank != 0) return;
+  if (tokens <= budget) {
 #pragma unroll 1
     for (int c = tid; c < C; c += T) taken[c] = sizes[c] > 0;  // the thread's own partitions
   } else {
-    // 2. Each head's normaliser: the terms of rules::head_log_normaliser over this block's slice
-    //    [lo, hi), reduced in double over the block, then over the cluster's blocks in rank order
-    //    (every block sums the same partial sums in the same order: one lse per head).
-    const int slice = select_slice(C, K), lo = min(C, rank * slice), hi = min(C, lo + slice);
-    double z[G];
-#pragma unroll
-    for (int gi = 0; gi < G; ++gi) z[gi] = 0.0;
+    int n_sort = kMinRankSize;
+    while (n_sort < C) n_sort <<= 1;
 #pragma unroll 1
-    for (int c = lo + tid; c < hi; c += T) {
-      float s[G];
-      load_logits(c, s);
-      const int size = sizes[c];
-#pragma unroll
-      for (int gi = 0; gi < G; ++gi) z[gi] += normaliser_term_call(s[gi], size, mx[gi]);
-    }
-    block_allreduce_n<false>(z, z_scratch);
-    if (tid == 0)
-#pragma unroll
-      for (int gi = 0; gi < G; ++gi) z_part[gi] = z[gi];
-    if (K > 1) cluster_barrier();
-    else __syncthreads();
-    // Lane gi of warp 0 takes head gi's sum and log (in parallel, not G in a row).
-    if (warp == 0) {
-      float head_mx = mx[0];
-#pragma unroll
-      for (int gi = 1; gi < G; ++gi)
-        if (lane == gi) head_mx = mx[gi];
-      double head_z = 0.0;
-      if (lane < G)
-        for (int q = 0; q < K; ++q) head_z += K > 1 ? cluster.map_shared_rank(z_part, q)[lane] : z_part[lane];
-      const float head_lse = log_normaliser_call(head_mx, head_z);
-      if (lane < G) lse_s[lane] = head_lse;
-    }
-    __syncthreads();
-    float lse[G];
-#pragma unroll
-    for (int gi = 0; gi < G; ++gi) lse[gi] = lse_s[gi];
-
-    // 3. Rank and fill. The slice's keys (an empty partition ranks after every partition with
-    //    keys, and is never taken; padding ranks last: slice-local id >= the slice), sorted.
-    const int n_sort = select_sort_size(C, K), n_own = hi - lo;
-#pragma unroll 1
-    for (int i = tid; i < n_sort; i += T) {
-      float key = -INFINITY;
-      if (i < n_own) {
-        float s[G];
-        load_logits(lo + i, s);
-        if (sizes[lo + i] > 0) key = rules::group_log_density(s, 1, lse, G);
-      }
-      keys[i] = key;
-    }
+    for (int c = tid; c < n_sort; c += T) keys[c] = c < C ? key_of(c) : -INFINITY;  // padding ranks last (id >= C)
     __syncthreads();
     bitonic_rank4(keys, ids, n_sort);
     __syncthreads();
-    const int16_t* ranking = ids;  // the whole ranking when the block is the cluster
-    if (K > 1) {
-      // Every slice sorted: each block copies all of them from the blocks' shared memory (one
-      // round trip) and places its own partitions in the whole ranking by binary searches in
-      // the copies, into rank 0's shared memory.
-      cluster_barrier();
-      float* all_keys = reinterpret_cast<float*>(select_mem + lay.all_keys);
-      int16_t* all_ids = reinterpret_cast<int16_t*>(select_mem + lay.all_ids);
-#pragma unroll 1
-      for (int c = tid; c < C; c += T) {
-        const int q = c / slice, i = c - q * slice;
-        all_keys[c] = *cluster.map_shared_rank(keys + i, q);
-        all_ids[c] = int16_t(q * slice + *cluster.map_shared_rank(ids + i, q));
-      }
-      __syncthreads();
-      auto list = [&](int q) {
-        const int qlo = min(C, q * slice);
-        return SortedList{all_keys + qlo, all_ids + qlo, min(C, qlo + slice) - qlo, 0};
-      };
-      int16_t* rank_ids = cluster.map_shared_rank(reinterpret_cast<int16_t*>(select_mem + lay.rank_ids), 0);
-#pragma unroll 1
-      for (int i = tid; i < n_own; i += T)
-        rank_ids[merged_rank(list, K, rank, i, keys[i], lo + ids[i], n_sort)] = int16_t(lo + ids[i]);
-      cluster_barrier();  // the ranking is whole; no block reads another's shared memory any more
-      if (rank != 0) return;
-      ranking = reinterpret_cast<const int16_t*>(select_mem + lay.rank_ids);
-    }
-    fill_ranked(ranking, sizes, C, budget, smallest, taken, rank_size, scan_scratch);
+    fill_ranked(ids, sizes, C, budget, smallest, taken, rank_mem.rank_size, scan_scratch);
     __syncthreads();
   }
+
   // 4. Segments: each thread counts its selected partitions' pieces and tokens; one block scan
   //    gives each thread its first segment and its first token.
   const int fixed = ranges_of(n_sink, segment) + ranges_of(n_win, segment);

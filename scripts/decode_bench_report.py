@@ -70,9 +70,9 @@ def quest_floor_table(by, floor_gbps):
     default attend tuning, the step split into score, top-k (select - score), attend and the rest
     (append and launch gaps); the target is a step within 1.3x of the floor at >= 128k tokens."""
     out = ["", "## Quest's step vs its floor (issue 10)", "",
-           "Default attend tuning. The default select is one cooperative kernel (score, top-k and compaction fused): "
-           "its score column is the whole select and top-k reads 0. Rows \"select=split\": the score kernel, then "
-           "the select kernel; top-k = select - score (the select kernel and its launch). rest = step - select - "
+           "Default attend tuning. The default select is the score kernel, then the select kernel: top-k = select - "
+           "score (the select kernel and its launch). Rows \"select=fused\": one cooperative kernel (score, top-k "
+           "and compaction fused), its score column the whole select and top-k 0. rest = step - select - "
            "attend (the append, gaps). step / floor: the target is <= 1.3x at >= 128k tokens.", "",
            "| shape | batch | context | budget | score us | top-k us | attend us | rest us | step us | graph us | "
            "floor us | step / floor | target |",

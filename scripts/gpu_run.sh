@@ -94,7 +94,7 @@ fi
 if [[ ${PROFILE:-$([[ $mode == all || $mode == bench ]] && command -v ncu >/dev/null && echo 1 || echo 0)} == 1 ]]; then
   # Nsight Compute per kernel (one replay per metric group) of dense and Saap 5% at 128k and 512k,
   # batch 1: time, DRAM throughput and bytes, achieved occupancy, grid and registers. Saap's attend:
-  # the default kernel and one bulk-ring tuning (saap_decode_bulk_kernel).
+  # the default (the bulk ring, saap_decode_bulk_kernel) and the register-loop kernel beside it.
   metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,\
 sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread
   for ctx in 131072 524288; do
@@ -103,7 +103,7 @@ sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__regi
     ncu --metrics "$metrics" --csv --clock-control none --kernel-name-base function \
       --kernel-name regex:"loki|saap|dense|combine|quest|read_floor" \
       build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 1 --methods dense,saap --saap-budgets 0.05 --dense-tunings "" \
-        --saap-tunings "bulk=3;mma=1;fused=1" \
+        --saap-tunings "bulk=0" \
       --out /tmp > "$OUT/ncu_$ctx.csv" 2>/dev/null || echo "ncu at $ctx failed (rc $?)"
     python3 - "$OUT/ncu_$ctx.csv" $ctx <<'PY'
 import csv, statistics, sys

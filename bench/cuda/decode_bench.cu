@@ -372,9 +372,9 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
   cfg.max_prefill = N;
   // Every timed step appends: warm-up and repetitions of the plain and the graph timing, per budget.
   // Each attend tuning (the default first, then --saap-tunings) is a row of its own per budget.
-  std::vector<SaapAttendTuning> tunings = {SaapAttendTuning{}};
+  std::vector<SaapAttendTuning> tunings = {saap_default_attend_tuning()};
   for (const SaapAttendTuning& t : o.saap_tunings)
-    if (t.name() != SaapAttendTuning{}.name()) tunings.push_back(t);
+    if (t.name() != tunings[0].name()) tunings.push_back(t);
   cfg.max_new_tokens = int64_t(lookups.size()) * int64_t(tunings.size()) * 2 * (reps + 8) + 16;
   cfg.classifier_hidden = 128;
   const int C = cfg.n_partitions, D = sh.d, H = cfg.classifier_hidden;
@@ -457,7 +457,7 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
                   "%.4f ms), attend %.4f ms\n",
                   sh.name().c_str(), param, B, (long long)N, sel_ms, sel_warm_ms, route_ms, att_ms);
     }
-    idx->set_attend_tuning({});
+    idx->set_attend_tuning(saap_default_attend_tuning());
   }
 }
 
@@ -643,20 +643,21 @@ int main(int argc, char** argv) {
           budgets.push_back({{0.05, 1024}, "tokens=1024"});
           budgets.push_back({{0.05, 2048}, "tokens=2048"});
           const auto tunings = sparse_attend_candidates();
-          // The fused select (the default) with every attend tuning; the split select (score kernel
-          // + one select block per (b, h), "select=split") with the default attend, as evidence.
+          // The split select (the default: score kernel + one select block per (b, h)) with every
+          // attend tuning; the fused select (one cooperative kernel, "select=fused") with the
+          // default attend, as evidence.
           // "step=fused": select_attend, the select and the attention in one cooperative kernel (its
           // select column is the whole of it, its attend column 0).
           for (const auto& entry : budgets)
             for (size_t ti = 0; ti <= tunings.size() + 1; ++ti) {
-              const bool split = ti == tunings.size(), one_kernel = ti == tunings.size() + 1;
+              const bool fused = ti == tunings.size(), one_kernel = ti == tunings.size() + 1;
               const QuestBudget budget = entry.first;
-              const SparseAttendTuning& tuning = tunings[split || one_kernel ? 0 : ti];
-              const std::string param = split        ? entry.second + ";select=split"
+              const SparseAttendTuning& tuning = tunings[fused || one_kernel ? 0 : ti];
+              const std::string param = fused        ? entry.second + ";select=fused"
                                         : one_kernel ? entry.second + ";step=fused"
                                         : ti == 0     ? entry.second
                                                       : entry.second + ";" + tuning.name();
-              idx.set_fused_select(!split);
+              idx.set_fused_select(fused);
               // The prefill again: every timed step appends the same token, and ~300 copies of it
               // (five rows) reach past the window into the scored pages, whose bounds then all
               // tie at one key of the other sign (the H200 run at 2df0f1e: tokens=2048, the

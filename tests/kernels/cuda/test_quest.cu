@@ -318,9 +318,9 @@ int main() {
         tally.check(ferr < 1e-4, (rt + "graph-captured select + fused attend rel error vs float64").c_str(), ferr,
                     1e-4);
       }
-      {  // The split select (score kernel + one block per (b, h)) on the same query: the same list
-         // (chunks in the same order, partial runs, counters), since both apply one rule exactly.
-        idx.set_fused_select(false);
+      {  // The fused select (one cooperative kernel) on the same query as the default split select:
+         // the same list (chunks in the same order, partial runs, counters): one rule, applied exactly.
+        idx.set_fused_select(true);
         idx.select(dq.get(), c.budget);
         SAAP_CU(cudaDeviceSynchronize());
         std::vector<int32_t> srows(rows.size()), snch(nch.size()), sparts(parts.size()), snpart(npart.size());
@@ -338,8 +338,8 @@ int main() {
           same = same && std::equal(parts.begin() + size_t(bh) * 8, parts.begin() + size_t(bh) * 8 + 2 * npart[bh],
                                     sparts.begin() + size_t(bh) * 8);
         }
-        tally.check(same, (rt + "split select == fused select (chunks, partial runs, counters)").c_str(), same, 1);
-        idx.set_fused_select(true);
+        tally.check(same, (rt + "fused select == split select (chunks, partial runs, counters)").c_str(), same, 1);
+        idx.set_fused_select(false);
       }
       {  // The step in one kernel (select_attend): the same list and the attention vs float64, plain
          // and captured in a graph (twice: its tickets and scratch must come back reset).

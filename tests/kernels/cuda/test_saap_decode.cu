@@ -263,7 +263,7 @@ int main() {
         for (size_t i = 0; i < tuned.size(); ++i) differ += std::memcmp(&replay[i], &tuned[i], sizeof(float)) != 0;
         tally.check(differ == 0, (ttag + "graph replay: values unlike the direct call's").c_str(), double(differ), 0);
       }
-      idx.set_attend_tuning({});
+      idx.set_attend_tuning(cuda::saap_default_attend_tuning());
     }
   }
   return tally.finish();

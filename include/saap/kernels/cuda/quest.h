@@ -1,17 +1,16 @@
 // Quest on the GPU (arXiv 2406.10774; the CPU method is methods/quest.h, the geometry and bound
 // methods/quest_pages.h): the dense cache plus, per page of P positions and KV head, the
-// element-wise min and max of its keys. A decode step is two kernels (three with the split select),
+// element-wise min and max of its keys. A decode step is three kernels (two with the fused select),
 // all on the device, no host synchronisation, so it can be captured in a CUDA graph:
-//   select - by default one cooperative kernel of three phases over every block, grid barriers
-//            between them (quest_fused_select.cuh): score every candidate page's bound, summed over
-//            the KV group's query heads, with a histogram of the full pages' keys' top 16 bits; the
-//            K-th key's bin and its candidates; the exact K-th key and the taken pages in order.
-//            The split select (QuestConfig::fused_select = false), the bench's evidence: a score
-//            kernel, then a select kernel of one block per (b, h): the shared fill rule
-//            (saap::rules) over the ranking, computed exactly without a sort: the full pages taken
-//            are the top K, K found by walking the at most two partial pages; the K-th key's
-//            16-bit bin comes from the histogram, its low bits from two radix passes over that
-//            bin's keys only, ties go to the lower page id
+//   select - by default a score kernel, then a select kernel of one block per (b, h): the shared
+//            fill rule (saap::rules) over the ranking, computed exactly without a sort: the full
+//            pages taken are the top K, K found by walking the at most two partial pages; the K-th
+//            key's 16-bit bin comes from the score kernel's histogram, its low bits from two radix
+//            passes over that bin's keys only, ties go to the lower page id. The fused select
+//            (QuestConfig::fused_select = true; quest_fused_select.cuh), the bench's evidence: one
+//            cooperative kernel of three phases over every block, grid barriers between them
+//            (score with the histogram; the K-th key's bin and its candidates; the exact K-th key
+//            and the taken pages in order)
 //   attend - the GroupAttender over chunks of P rows (sinks, taken pages, window) and the few
 //            partial runs, split evenly over blocks (64 tokens a split at least), then the combine
 //
@@ -35,8 +34,10 @@ struct QuestConfig {
   int window = 64;
   // The select as one cooperative kernel (score, gather, compact over every block; grid barriers
   // between them; quest_fused_select.cuh), else the split select: score kernel, then select kernel
-  // of one block per (b, h) (kept as the bench's evidence: "select=split").
-  bool fused_select = true;
+  // of one block per (b, h). Split by default: on the H200 at 116e8e7 the fused select was slower
+  // in every row but one (128k batch 1, 1024 tokens: step 53.6 us vs 45.5; 512k batch 1: 87.5 vs
+  // 91.6; batch 8: 1.98-2.02x its floor vs 1.69-1.71x at 128k); the bench times it as "select=fused".
+  bool fused_select = false;
 };
 
 // Tokens read per query: the lookup fraction of the prefix, or a fixed count when tokens > 0

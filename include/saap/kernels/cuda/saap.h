@@ -84,7 +84,12 @@ struct SaapAttendTuning {
   // field (unknown key, not an integer, out of range, mma or fused without bulk).
   static SaapAttendTuning parse(const std::string& text);
 };
-// The tunings decode_bench times and the tests check, the default (SaapAttendTuning{}) first.
+// The attend SaapIndex runs unless told otherwise: the ring with tensor-core logits and the split
+// combine as a second launch (bulk=3;mma=1). On the H200 at 116e8e7 it was the fastest tuning in
+// every Saap row at 16k-512k, batch 1 and 8 (results/gpu_decode_report_2026-12-03_h200_116e8e7.md);
+// SaapAttendTuning{} is the register-loop kernel, kept as a timed row.
+SaapAttendTuning saap_default_attend_tuning();
+// The tunings decode_bench times and the tests check, saap_default_attend_tuning() first.
 std::vector<SaapAttendTuning> saap_attend_candidates();
 
 // Saap's attend over explicit tables: what SaapIndex::attend runs on its last select()'s, and what
@@ -235,7 +240,7 @@ class SaapIndex {
   SaapConfig cfg_;
   bool spherical_ = false;
   int64_t rows_ = 0, max_segments_ = 0;
-  SaapAttendTuning attend_tuning_;
+  SaapAttendTuning attend_tuning_ = saap_default_attend_tuning();
   std::unique_ptr<Impl> impl_;
 };
 

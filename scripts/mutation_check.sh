@@ -19,7 +19,6 @@ method=src/methods/method.cpp
 attention=src/kernels/cpu/attention.cpp
 quest_select=include/saap/kernels/cuda/quest_select.cuh
 quest_fused=include/saap/kernels/cuda/quest_fused_select.cuh
-radix=include/saap/kernels/cuda/radix_digits.h
 
 # name # file # test targets (space separated) # sed expression
 mutations=(
@@ -44,9 +43,6 @@ mutations=(
   "quest GPU select: the K-th key's last 5 bits not fixed#$quest_select#test_kernels_cpu#s/for (int pass = 0; pass < 2 && take_some/for (int pass = 0; pass < 1 \&\& take_some/"
   "quest fused select: the K-th candidate one too far#$quest_fused#test_kernels_cpu#s/c_K = c_sorted\[need - 1\];/c_K = c_sorted[need < at ? need : need - 1];/"
   "quest fused select: the cut among ties past the need-th#$quest_fused#test_kernels_cpu#s/        \*r_out = r;/        *r_out = r + 16;/"
-  "radix top-k: a boundary bin holding more than needed taken whole#$radix#test_kernels_cpu#s/s.done = count == s.need;/s.done = count >= s.need;/"
-  "radix top-k: every tie taken, not the first need#$radix#test_kernels_cpu#s/return int(left <= 0 ? 0 : left < ties ? left : ties);/return int(left <= 0 ? 0 : ties);/"
-  "radix top-k: -0 ranked below +0#$radix#test_kernels_cpu#s/const float f = s == 0.f ? 0.f : s;/const float f = s;/"
 )
 
 backup=$(mktemp -d)

@@ -45,7 +45,6 @@
 #include <memory>
 #include <random>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "saap/kernels/cuda/attend.cuh"
@@ -702,7 +701,7 @@ int main(int argc, char** argv) {
               skipped.push_back("loki rank " + std::to_string(r) + " at head dim " + std::to_string(D));
               continue;
             }
-            LokiIndex idx(s, N + 8 * (reps + 8), r);  // room for the timed appends (plain and graph, 4 tunings)
+            LokiIndex idx(s, N + 2 * (reps + 8), r);  // room for the timed appends (plain and graph)
             std::vector<float> eye(size_t(sh.hkv) * D * D, 0.f);
             for (int h = 0; h < sh.hkv; ++h)
               for (int i = 0; i < D; ++i) eye[(size_t(h) * D + i) * D + i] = 1.f;
@@ -713,39 +712,30 @@ int main(int argc, char** argv) {
             DeviceBuffer<uint16_t> knew(size_t(B) * sh.hkv * D), vnew(knew.size());
             fill_random(knew.get(), knew.size(), 11);
             fill_random(vnew.get(), vnew.size(), 12);
-            // A row per attend tuning (LokiIndex::set_attend_tuning): the default, then
-            // ';prefetch=P;minb=M' (prefetching inner loop, registers capped for M blocks an SM);
-            // the select is the same.
+            // One row: the per-head selection and attention have a single loop (no attend tunings).
             idx.store_rotated(k.get(), v.get(), N, h_len);  // each row from the prefill, as Quest's
             const double sel_ms = tm.median_ms([&] { idx.select(q.get(), f); }, reps);
-            for (const auto& [prefetch, minb] : {std::pair{false, 1}, std::pair{true, 1}, std::pair{false, 4},
-                                                 std::pair{true, 3}}) {
-              idx.set_attend_tuning(prefetch, minb);
-              const double att_ms = tm.median_ms([&] { idx.attend(scale, out.get(), ws); }, reps);
-              auto step = [&](cudaStream_t st) {  // the whole step, plain and as a graph
-                idx.append(knew.get(), vnew.get(), st);
-                idx.select(q.get(), f, st);
-                idx.attend(scale, out.get(), ws, st);
-              };
-              const double all_ms = tm.median_ms([&] { step(0); }, reps);
-              std::vector<int32_t> read(size_t(B) * sh.hkv);  // each group's union of its heads' tokens
-              SAAP_CU(cudaMemcpy(read.data(), idx.selected_tokens(), read.size() * 4, cudaMemcpyDeviceToHost));
-              double k_tot = 0;
-              for (int32_t c : read) k_tot += c;
-              const double tokens = double(B) * sh.hkv * N;
-              const int G = sh.hq / sh.hkv;
-              // Low-rank keys, each head's scores written once and read twice (the least a select
-              // over stored scores reads; radix_topk.cuh's filter and write since its first pass is
-              // fused into the score kernel), the union's K and V: the same floor as the runs before
-              // radix_topk.cuh.
-              const double bytes = tokens * r * 2 + tokens * G * 4 * 3 + k_tot * D * 2 * 2 + 2.0 * q.bytes();
-              char param[64];
-              char tuning[32] = "";
-              if (prefetch || minb != 1) std::snprintf(tuning, sizeof tuning, ";prefetch=%d;minb=%d", int(prefetch), minb);
-              std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g%s", f, f, tuning);
-              rows.push_back({"loki", param, sh, int(B), N, all_ms, bytes, bytes / (tokens * D * 4), sel_ms, att_ms});
-              rows.back().graph_ms = graph_median_ms(tm, step, reps, std::string("loki ") + param, skipped);
-            }
+            const double att_ms = tm.median_ms([&] { idx.attend(scale, out.get(), ws); }, reps);
+            auto step = [&](cudaStream_t st) {  // the whole step, plain and as a graph
+              idx.append(knew.get(), vnew.get(), st);
+              idx.select(q.get(), f, st);
+              idx.attend(scale, out.get(), ws, st);
+            };
+            const double all_ms = tm.median_ms([&] { step(0); }, reps);
+            std::vector<int32_t> read(size_t(B) * sh.hkv);  // each group's union of its heads' tokens
+            SAAP_CU(cudaMemcpy(read.data(), idx.selected_tokens(), read.size() * 4, cudaMemcpyDeviceToHost));
+            double k_tot = 0;
+            for (int32_t c : read) k_tot += c;
+            const double tokens = double(B) * sh.hkv * N;
+            const int G = sh.hq / sh.hkv;
+            // Low-rank keys, each head's scores written once and read twice (the least a select
+            // over stored scores reads; radix_topk.cuh reads them five times), the union's K and V:
+            // the same floor as the runs before radix_topk.cuh.
+            const double bytes = tokens * r * 2 + tokens * G * 4 * 3 + k_tot * D * 2 * 2 + 2.0 * q.bytes();
+            char param[48];
+            std::snprintf(param, sizeof param, "d_f=%.3g;k_f=%.3g", f, f);
+            rows.push_back({"loki", param, sh, int(B), N, all_ms, bytes, bytes / (tokens * D * 4), sel_ms, att_ms});
+            rows.back().graph_ms = graph_median_ms(tm, step, reps, std::string("loki ") + param, skipped);
           }
       }
 

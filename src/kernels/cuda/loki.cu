@@ -168,34 +168,24 @@ void LokiIndex::select(const float* q, double k_frac, cudaStream_t stream) {
   loki_rotate_q_kernel<<<dim3(shape_.n_q_heads, shape_.batch), 4 * D, 5 * D * 4, stream>>>(
       q, m.basis.get(), shape_.n_q_heads, G, D, m.q_rot.get());
   SAAP_CU_LAUNCHED();
-  // Each head's own scores q'[:r] . k'[:r], then the oracle's per-head selection with Loki's k;
-  // the score kernel builds the selection's first histogram as it writes the scores.
+  // Each head's own scores q'[:r] . k'[:r], then the oracle's per-head selection with Loki's k.
   const per_head::PrefixLengths len{m.seq_len.get(), 1};  // seq_len is kept per (b, kv head)
-  const int64_t rows = int64_t(shape_.batch) * shape_.n_q_heads;
-  per_head::begin_per_head(max_len_, rows, G, len, rules::loki_budget(k_frac), m.topk_ws, m.counts.get(),
-                           m.union_count.get(), stream);
+  const dim3 score_grid(unsigned((max_len_ + per_head::kScoreThreads - 1) / per_head::kScoreThreads), bh);
   by_dtype(shape_.kv_dtype, [&](auto t) {
     using T = decltype(t);
-    const T* k_low = reinterpret_cast<const T*>(m.k_low.get());
-    auto launch = rank_ == 8    ? per_head::launch_score<T, 8>
-                  : rank_ == 16 ? per_head::launch_score<T, 16>
-                  : rank_ == 32 ? per_head::launch_score<T, 32>
-                  : rank_ == 64 ? per_head::launch_score<T, 64>
-                                : per_head::launch_score<T, 128>;
-    launch(k_low, max_len_, bh, len, m.q_rot.get(), D, G, m.scores.get(), &m.topk_ws, stream);
+    auto* kernel = rank_ == 8    ? per_head::per_head_score_kernel<T, 8>
+                   : rank_ == 16 ? per_head::per_head_score_kernel<T, 16>
+                   : rank_ == 32 ? per_head::per_head_score_kernel<T, 32>
+                   : rank_ == 64 ? per_head::per_head_score_kernel<T, 64>
+                                 : per_head::per_head_score_kernel<T, 128>;
+    kernel<<<score_grid, per_head::kScoreThreads, 0, stream>>>(reinterpret_cast<const T*>(m.k_low.get()), max_len_,
+                                                               len, m.q_rot.get(), D, G, m.scores.get());
   });
-  per_head::finish_per_head(m.scores.get(), max_len_, rows, G, m.topk_ws, m.positions.get(), m.union_count.get(),
-                            stream, radix_topk::UnionList{m.union_pos.get(), m.union_mask.get()});
+  SAAP_CU_LAUNCHED();
+  per_head::select_per_head(m.scores.get(), max_len_, int64_t(shape_.batch) * shape_.n_q_heads, G, len,
+                            rules::loki_budget(k_frac), m.topk_ws, m.positions.get(), m.counts.get(),
+                            m.union_count.get(), stream, radix_topk::UnionList{m.union_pos.get(), m.union_mask.get()});
   last_k_frac_ = k_frac;
-}
-
-void LokiIndex::set_attend_tuning(bool prefetch, int min_blocks) {
-  const bool instantiated = min_blocks == 1 || (!prefetch && min_blocks == 4) || (prefetch && min_blocks == 3);
-  SAAP_CU_REQUIRE(instantiated, Unsupported,
-                  "attend tuning prefetch=%d, min_blocks=%d: (0, 1), (1, 1), (0, 4) and (1, 3) are instantiated",
-                  int(prefetch), min_blocks);
-  attend_prefetch_ = prefetch;
-  attend_min_blocks_ = min_blocks;
 }
 
 void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream) {
@@ -211,29 +201,14 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
     using Keys = per_head::SplitKeys<T, D>;
-    auto launch = [&](auto* kernel, int resident) {
-      splits = choose_splits(shape_, expect, resident, 64);
-      ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-      kernel<<<dim3(unsigned(splits), unsigned(shape_.batch * shape_.n_kv_heads)), kDecodeWarps * 32, 0, stream>>>(
-          Keys{reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()), rank_, max_len_},
-          reinterpret_cast<const T*>(m.v.get()), max_len_, m.union_pos.get(), m.union_mask.get(), m.union_count.get(),
-          m.q_rot.get(), G, scale, splits, ws.out(), ws.lse());
-    };
-    auto pick = [&](auto prefetch, auto min_blocks) {
-      auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys, decltype(prefetch)::value,
-                                                   decltype(min_blocks)::value>;
-      static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-      launch(kernel, resident);
-    };
-    using std::integral_constant;
-    if (!attend_prefetch_ && attend_min_blocks_ == 1)
-      pick(std::false_type{}, integral_constant<int, 1>{});
-    else if (attend_prefetch_ && attend_min_blocks_ == 1)
-      pick(std::true_type{}, integral_constant<int, 1>{});
-    else if (!attend_prefetch_)
-      pick(std::false_type{}, integral_constant<int, 4>{});
-    else
-      pick(std::true_type{}, integral_constant<int, 3>{});
+    auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys>;
+    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+    splits = choose_splits(shape_, expect, resident, 64);
+    ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
+    kernel<<<dim3(unsigned(splits), unsigned(shape_.batch * shape_.n_kv_heads)), kDecodeWarps * 32, 0, stream>>>(
+        Keys{reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()), rank_, max_len_},
+        reinterpret_cast<const T*>(m.v.get()), max_len_, m.union_pos.get(), m.union_mask.get(), m.union_count.get(),
+        m.q_rot.get(), G, scale, splits, ws.out(), ws.lse());
   });
   SAAP_CU_LAUNCHED();
   combine_splits(shape_, splits, ws, out, stream);

@@ -67,14 +67,6 @@ class LokiIndex {
   // Exact attention of each head over its own selection, read as the group's union (uses the
   // rotated queries and the union list of the last select()).
   void attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
-  // attend()'s inner loop. prefetch: each warp loads its next rows before its current rows' math
-  // (run_masked_prefetch: more bytes in flight, more registers); min_blocks: the blocks an SM
-  // must hold (launch bounds; 1 leaves the registers free, 3 or 4 caps them so more warps fit).
-  // Instantiated: (false, 1) the default, (true, 1), (false, 4), (true, 3); any other is refused
-  // (Unsupported). The same rows and weights either way; decode_bench times each.
-  void set_attend_tuning(bool prefetch, int min_blocks);
-  bool attend_prefetch() const { return attend_prefetch_; }
-  int attend_min_blocks() const { return attend_min_blocks_; }
 
   int rank() const { return rank_; }
   bool pre_rope() const { return pre_rope_; }  // what the basis was fitted on (from_artifact)
@@ -99,8 +91,6 @@ class LokiIndex {
   int rank_;
   double last_k_frac_ = 0.0;  // 0 until select()
   bool pre_rope_ = false;
-  bool attend_prefetch_ = false;
-  int attend_min_blocks_ = 1;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -45,117 +45,43 @@ struct SplitKeys {
 };
 
 constexpr int kScoreThreads = 256;
-constexpr int kScorePerThread = 4;  // positions a thread scores: a block covers kScoreTile
-constexpr int kScoreTile = kScoreThreads * kScorePerThread;
 constexpr int kMaxGroup = 8;  // DecodeShape::check's largest group
 constexpr int kStage = kDecodeWarps * 32;  // positions an attend block stages at a time
 
-// Block (position tile of kScoreTile, b * n_kv_heads + h): scores[b * Hq + h * G + g][p] = q_g[:DIMS]
-// . k_p for every position p < the prefix length and head g of the group, in fp32, products and
-// sums rounded one at a time in dimension order (the CPU methods' loops), so that the ranking sees
-// the CPU's numbers. K rows [bh][max_len][DIMS]; q rows [b * Hq + hq][q_stride], the first DIMS
-// read (the oracle: all of q and K; Loki: the first r PCA components of q' and of the stored keys).
-// With `hist0` (after radix_topk::begin() for the rows b * Hq + hq), the block also adds pass 0 of
-// the radix select of each row not yet done (radix_topk::top_digit_add in G * kTopBins ints of
-// dynamic shared memory), so the select does not read the scores for it.
+// Block (position tile, b * n_kv_heads + h): scores[b * Hq + h * G + g][p] = q_g[:DIMS] . k_p for
+// every position p < the prefix length and head g of the group, in fp32, products and sums rounded
+// one at a time in dimension order (the CPU methods' loops), so that the ranking sees the CPU's
+// numbers. K rows [bh][max_len][DIMS]; q rows [b * Hq + hq][q_stride], the first DIMS read (the
+// oracle: all of q and K; Loki: the first r PCA components of q' and of the stored keys).
 template <class T, int DIMS>
 static __global__ void __launch_bounds__(kScoreThreads)
     per_head_score_kernel(const T* __restrict__ K, int64_t max_len, PrefixLengths lengths,
-                          const float* __restrict__ q, int q_stride, int G, float* __restrict__ scores,
-                          const radix_topk::RowState* __restrict__ state, int32_t* __restrict__ hist0) {
+                          const float* __restrict__ q, int q_stride, int G, float* __restrict__ scores) {
   static_assert(DIMS % 8 == 0, "keys are read 8 components at a time");
-  constexpr int D = DIMS, V = D / 8;
-  // Positions whose rows are loaded before any is summed: up to 16 uint4 a thread in flight.
-  constexpr int kAhead = V >= 16 ? 1 : (16 / V < kScorePerThread ? 16 / V : kScorePerThread);
-  static_assert(kScorePerThread % kAhead == 0, "the positions split into whole chunks");
-  extern __shared__ int32_t h[];  // [G][kTopBins], when hist0 is given
+  constexpr int D = DIMS;
   __shared__ float qs[kMaxGroup][D];
   const int64_t bh = blockIdx.y;
-  const int64_t n = lengths.of(bh);
-  const int64_t p0 = int64_t(blockIdx.x) * kScoreTile;
-  if (p0 >= n) return;  // uniform
-  uint32_t on = 0;  // bit g: row bh * G + g still searches (uniform over the block)
-  if (hist0)
-    for (int g = 0; g < G; ++g) on |= uint32_t(!state[bh * G + g].done) << g;
   for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i / D][i % D] = q[(bh * G + i / D) * q_stride + i % D];
-  for (int i = threadIdx.x; on && i < G * radix_topk::kTopBins; i += blockDim.x) h[i] = 0;
   __syncthreads();
-  const uint4* base = reinterpret_cast<const uint4*>(K + bh * max_len * D);
-  // Adds the 8 components of chunk c of a key row to the G scores, in dimension order.
-  auto add_chunk = [&](const uint4& w, int c, float (&s)[kMaxGroup]) {
+  const int64_t n = lengths.of(bh);
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= n) return;
+  const uint4* row = reinterpret_cast<const uint4*>(K + (bh * max_len + p) * D);
+  float s[kMaxGroup];
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) s[g] = 0.f;
+  for (int c = 0; c < D / 8; ++c) {
     float kf[8];
-    Vec8<T>::to_float(w, kf);
+    Vec8<T>::to_float(row[c], kf);
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int g = 0; g < kMaxGroup; ++g)
         if (g < G) s[g] = __fadd_rn(s[g], __fmul_rn(qs[g][c * 8 + j], kf[j]));
-  };
-  // The scores of position p are written, and (when on) their top digits histogrammed; every lane
-  // of the warp comes here together (top_digit_add is warp-wide).
-  auto emit = [&](int64_t p, const float (&s)[kMaxGroup]) {
-    const bool valid = p < n;
-#pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g)
-      if (g < G && valid) scores[(bh * G + g) * max_len + p] = s[g];
-    if (on) {
-#pragma unroll
-      for (int g = 0; g < kMaxGroup; ++g)
-        if (g < G) radix_topk::top_digit_add(h + g * radix_topk::kTopBins, s[g], valid && ((on >> g) & 1u));
-    }
-  };
-  if constexpr (V >= 16) {
-    // Long rows (the oracle's D = 128, 256; Loki's rank 128): a chunk at a time, not unrolled, as
-    // 16 x 8 x 8 unrolled products would not fit the registers.
-    for (int a = 0; a < kScorePerThread; ++a) {
-      const int64_t p = p0 + int64_t(a) * kScoreThreads + threadIdx.x;
-      float s[kMaxGroup];
-#pragma unroll
-      for (int g = 0; g < kMaxGroup; ++g) s[g] = 0.f;
-      if (p < n) {
-#pragma unroll 1
-        for (int c = 0; c < V; ++c) add_chunk(base[p * V + c], c, s);
-      }
-      emit(p, s);
-    }
-  } else {
-    for (int c0 = 0; c0 < kScorePerThread; c0 += kAhead) {
-      uint4 kr[kAhead][V];
-#pragma unroll
-      for (int a = 0; a < kAhead; ++a) {
-        const int64_t p = p0 + int64_t(c0 + a) * kScoreThreads + threadIdx.x;
-#pragma unroll
-        for (int c = 0; c < V; ++c) kr[a][c] = p < n ? base[p * V + c] : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int a = 0; a < kAhead; ++a) {
-        float s[kMaxGroup];
-#pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g) s[g] = 0.f;
-#pragma unroll
-        for (int c = 0; c < V; ++c) add_chunk(kr[a][c], c, s);
-        emit(p0 + int64_t(c0 + a) * kScoreThreads + threadIdx.x, s);
-      }
-    }
   }
-  if (!on) return;
-  __syncthreads();
-  for (int g = 0; g < G; ++g)
-    if ((on >> g) & 1u)
-      radix_topk::flush_hist(h + g * radix_topk::kTopBins, radix_topk::kTopBins,
-                             hist0 + (bh * G + g) * radix_topk::kTopBins);
-}
-
-// The launch of per_head_score_kernel over [batch * n_kv_heads] blocks rows of max_len positions;
-// with `ws` (radix_topk::begin() done), pass 0 of the select too.
-template <class T, int DIMS>
-inline void launch_score(const T* K, int64_t max_len, int64_t bh, PrefixLengths lengths, const float* q, int q_stride,
-                         int G, float* scores, const radix_topk::Workspace* ws, cudaStream_t stream) {
-  const dim3 grid(unsigned((max_len + kScoreTile - 1) / kScoreTile), unsigned(bh));
-  const size_t smem = ws ? size_t(G) * radix_topk::kTopBins * sizeof(int32_t) : 0;
-  per_head_score_kernel<T, DIMS><<<grid, kScoreThreads, smem, stream>>>(
-      K, max_len, lengths, q, q_stride, G, scores, ws ? ws->state() : nullptr, ws ? ws->hist0() : nullptr);
-  SAAP_CU_LAUNCHED();
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g)
+    if (g < G) scores[(bh * G + g) * max_len + p] = s[g];
 }
 
 // The rows of radix_topk::select for a per-head top-k: row b * Hq + hq is query head hq of
@@ -180,19 +106,6 @@ inline void select_per_head(const float* scores, int64_t max_len, int64_t rows, 
                             radix_topk::UnionList list = {}) {
   radix_topk::select(scores, max_len, rows, G, PerHeadRows{lengths, G, budget}, ws, positions, counts, union_count,
                      stream, list);
-}
-
-// select_per_head() with the scores made in between by per_head_score_kernel, which builds the
-// select's first histogram as it writes them (launch_score with the workspace): begin, score,
-// finish. The same outputs as score + select_per_head.
-inline void begin_per_head(int64_t max_len, int64_t rows, int G, PrefixLengths lengths, const rules::Budget& budget,
-                           radix_topk::Workspace& ws, int32_t* counts, int32_t* union_count, cudaStream_t stream) {
-  radix_topk::begin(max_len, rows, G, PerHeadRows{lengths, G, budget}, ws, counts, union_count, stream);
-}
-inline void finish_per_head(const float* scores, int64_t max_len, int64_t rows, int G, radix_topk::Workspace& ws,
-                            int32_t* positions, int32_t* union_count, cudaStream_t stream,
-                            radix_topk::UnionList list = {}) {
-  radix_topk::finish(scores, max_len, rows, G, ws, positions, union_count, stream, list);
 }
 
 // A split's part of an attend block's list of `count` positions, [count * split / splits,
@@ -269,71 +182,20 @@ static int attend_dense_per_head(const DecodeShape& shape, const T* k, const T* 
   return splits;
 }
 
-// GroupAttender::run_masked software-pipelined in registers (as its run_prefetch is for run): the
-// next iteration's K/V rows and masks are loaded before this iteration's math, so a warp always
-// has rows in flight. The same rows in the same iterations, so the same arithmetic, bit for bit;
-// 8 * U more registers a lane.
-template <int GMAX, class A, class KPtr, class VPtr, class Mask>
-__device__ void run_masked_prefetch(A& at, int n, KPtr kptr, VPtr vptr, Mask mask) {
-  constexpr int U = A::U, TPP = A::TPP, STRIDE = A::TILE * kDecodeWarps;
-  uint4 kn[U], vn[U];
-  uint32_t mn[U];
-  auto load = [&](int base) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int i = base + u * TPP + at.slot;
-      if (i < n) {
-        kn[u] = load_stream(kptr(i));
-        vn[u] = load_stream(vptr(i));
-        mn[u] = mask(i);
-      } else {
-        kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
-        mn[u] = 0;
-      }
-    }
-  };
-  int base = at.warp * A::TILE;
-  if (base >= n) return;
-  load(base);
-  for (; base < n; base += STRIDE) {
-    uint4 kr[U], vr[U];
-    uint32_t mk[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) kr[u] = kn[u], vr[u] = vn[u], mk[u] = mn[u];
-    if (base + STRIDE < n) load(base + STRIDE);
-    float sc[U][GMAX];
-    at.logits(kr, sc);
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int g = 0; g < GMAX; ++g)
-        if (!((mk[u] >> g) & 1u)) sc[u][g] = -INFINITY;
-    at.template accumulate<U>(sc, vr, base, n);
-  }
-}
-
 // Block (split, b * n_kv_heads + h): the G heads of the group attend over the group's union list
 // [count * split / splits, count * (split + 1) / splits) (select_per_head's UnionList), each head
-// to the positions its bit of the mask marks, staged kUnionStage at a time: each K/V row is read
-// once for the group, not once per head that took it. Each thread holds its share of the next
-// stage's positions and masks in registers while the current stage runs, so the list's latency
-// is paid once a split, not once a stage. q rows [b * Hq + h * G + g] in the keys' basis.
-// PREFETCH: the rows of a stage through run_masked_prefetch; MINB: the blocks an SM must hold
-// (launch bounds: the registers a lane may use shrink to fit; 1 leaves them free)
-// (LokiIndex::set_attend_tuning).
-constexpr int kUnionPerThread = 4;  // list entries a thread stages
-constexpr int kUnionStage = kDecodeWarps * 32 * kUnionPerThread;
-template <class T, int D, int GMAX, class Keys, bool PREFETCH, int MINB>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
+// to the positions its bit of the mask marks, staged kStage at a time: each K/V row is read once
+// for the group, not once per head that took it. q rows [b * Hq + h * G + g] in the keys' basis.
+template <class T, int D, int GMAX, class Keys>
+static __global__ void __launch_bounds__(kDecodeWarps * 32)
     union_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len, const int32_t* __restrict__ union_pos,
                         const uint8_t* __restrict__ union_mask, const int32_t* __restrict__ union_count,
                         const float* __restrict__ q, int G, float scale, int splits, float* __restrict__ part_out,
                         float* __restrict__ part_lse) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
-  constexpr int kThreadsA = kDecodeWarps * 32;
   __shared__ typename A::Shared sh;
-  __shared__ int32_t stage[kUnionStage];
-  __shared__ uint8_t stage_mask[kUnionStage];
+  __shared__ int32_t stage[kStage];
+  __shared__ uint8_t stage_mask[kStage];
   const int split = blockIdx.x;
   const int64_t bh = blockIdx.y, row0 = bh * G;
   A at;
@@ -341,34 +203,17 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
   const SplitRows<T, D> rows(keys, V, max_len, bh, at.sub, union_count[bh], split, splits);
   const int32_t* pos = union_pos + bh * max_len;
   const uint8_t* msk = union_mask + bh * max_len;
-  int32_t next_pos[kUnionPerThread];
-  uint8_t next_mask[kUnionPerThread];
-  auto fetch = [&](int64_t s0) {  // entry s0 + i * kThreadsA + tid of the list, or nothing past rows.j1
-#pragma unroll
-    for (int i = 0; i < kUnionPerThread; ++i) {
-      const int64_t j = s0 + i * kThreadsA + threadIdx.x;
-      next_pos[i] = j < rows.j1 ? pos[j] : 0;
-      next_mask[i] = j < rows.j1 ? msk[j] : uint8_t(0);
-    }
-  };
-  fetch(rows.j0);
-  for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += kUnionStage) {
-    const int ns = int(min(int64_t(kUnionStage), rows.j1 - s0));
+  for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += kStage) {
+    const int ns = int(min(int64_t(kStage), rows.j1 - s0));
     __syncthreads();  // the previous stage is no longer read
-#pragma unroll
-    for (int i = 0; i < kUnionPerThread; ++i) {
-      stage[i * kThreadsA + threadIdx.x] = next_pos[i];
-      stage_mask[i * kThreadsA + threadIdx.x] = next_mask[i];
+    if (int(threadIdx.x) < ns) {
+      stage[threadIdx.x] = pos[s0 + threadIdx.x];
+      stage_mask[threadIdx.x] = msk[s0 + threadIdx.x];
     }
     __syncthreads();
-    fetch(s0 + kUnionStage);  // in flight while this stage runs
-    auto k = [&](int i) { return rows.k(stage[i]); };
-    auto v = [&](int i) { return rows.v(stage[i]); };
-    auto m = [&](int i) { return uint32_t(stage_mask[i]); };
-    if constexpr (PREFETCH)
-      run_masked_prefetch<GMAX>(at, ns, k, v, m);
-    else
-      at.run_masked(ns, k, v, m);
+    at.run_masked(
+        ns, [&](int i) { return rows.k(stage[i]); }, [&](int i) { return rows.v(stage[i]); },
+        [&](int i) { return uint32_t(stage_mask[i]); });
   }
   at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
             splits);

@@ -5,7 +5,7 @@
 // each pass it compares the test's reference top-k (ranked over the rounded exact rotation) with
 // the top-k of the emulated device scores (q' . stored k' in float64; the device's radix select is
 // exact on its own scores, as cuda_test_loki's long cases check).
-//   g++ -O2 -std=c++17 -I include results/loki_topk_flake_2026-12-03/emu.cpp -o /tmp/emu
+//   g++ -O2 -std=c++17 -I include scripts/loki_topk_flake_emu.cpp -o /tmp/emu
 //   /tmp/emu SEED          the test's reference as at 116e8e7 (prints passes that differ)
 //   NEW=1 /tmp/emu SEED    the reference ranked over the stored keys, as the fixed test does
 //   V=1 ...                every case's stored-key flips and every pass

@@ -1,5 +1,6 @@
 // Shape checks, split heuristics and the split combine shared by all decode kernels.
 #include <algorithm>
+#include <cstdlib>
 
 #include "saap/kernels/cuda/attend.cuh"
 #include "saap/kernels/cuda/decode.h"
@@ -48,6 +49,27 @@ int choose_splits(const DecodeShape& s, int64_t tokens_per_head, int resident, i
   const int64_t want = std::max<int64_t>(1, waves * resident / heads);
   const int64_t most = std::max<int64_t>(1, (tokens_per_head + min_tokens - 1) / min_tokens);
   return int(std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 4096)));
+}
+
+void parse_tuning_fields(const std::string& text, const char* what, const char* known,
+                         const std::function<bool(const std::string& key, long value)>& set) {
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find(';', at);
+    if (end == std::string::npos) end = text.size();
+    const std::string field = text.substr(at, end - at);
+    const size_t eq = field.find('=');
+    SAAP_CU_REQUIRE(eq != std::string::npos, InvalidArgument, "%s '%s': field '%s' is not key=value", what,
+                    text.c_str(), field.c_str());
+    const std::string key = field.substr(0, eq), value = field.substr(eq + 1);
+    char* rest = nullptr;
+    const long x = std::strtol(value.c_str(), &rest, 10);
+    SAAP_CU_REQUIRE(!value.empty() && *rest == '\0', InvalidArgument, "%s '%s': %s = '%s' is not an integer", what,
+                    text.c_str(), key.c_str(), value.c_str());
+    SAAP_CU_REQUIRE(set(key, x), InvalidArgument, "%s '%s': unknown field '%s' (%s)", what, text.c_str(), key.c_str(),
+                    known);
+    at = end + 1;
+  }
 }
 
 std::string SparseAttendTuning::name() const {

@@ -19,32 +19,18 @@ std::string DenseTuning::name() const {
 
 DenseTuning DenseTuning::parse(const std::string& text) {
   DenseTuning t;
-  size_t at = 0;
-  while (at < text.size()) {
-    size_t end = text.find(';', at);
-    if (end == std::string::npos) end = text.size();
-    const std::string field = text.substr(at, end - at);
-    const size_t eq = field.find('=');
-    SAAP_CU_REQUIRE(eq != std::string::npos, InvalidArgument, "dense tuning '%s': field '%s' is not key=value",
-                    text.c_str(), field.c_str());
-    const std::string key = field.substr(0, eq), value = field.substr(eq + 1);
-    char* rest = nullptr;
-    const long x = std::strtol(value.c_str(), &rest, 10);
-    SAAP_CU_REQUIRE(!value.empty() && *rest == '\0', InvalidArgument, "dense tuning '%s': %s = '%s' is not an integer",
-                    text.c_str(), key.c_str(), value.c_str());
-    if (key == "waves") t.waves = int(x);
-    else if (key == "interleave") t.interleave = x != 0;
-    else if (key == "prefetch") t.prefetch = x != 0;
-    else if (key == "mma") t.mma = x != 0;
-    else if (key == "min") t.min_split_tokens = int(x);
-    else if (key == "bulk") t.bulk = int(x);
-    else if (key == "fused") t.fused = x != 0;
-    else
-      SAAP_CU_REQUIRE(false, InvalidArgument,
-                      "dense tuning '%s': unknown field '%s' (waves, interleave, prefetch, mma, min, bulk, fused)",
-                      text.c_str(), key.c_str());
-    at = end + 1;
-  }
+  parse_tuning_fields(text, "dense tuning", "waves, interleave, prefetch, mma, min, bulk, fused",
+                      [&](const std::string& key, long x) {
+                        if (key == "waves") t.waves = int(x);
+                        else if (key == "interleave") t.interleave = x != 0;
+                        else if (key == "prefetch") t.prefetch = x != 0;
+                        else if (key == "mma") t.mma = x != 0;
+                        else if (key == "min") t.min_split_tokens = int(x);
+                        else if (key == "bulk") t.bulk = int(x);
+                        else if (key == "fused") t.fused = x != 0;
+                        else return false;
+                        return true;
+                      });
   return t;
 }
 

@@ -23,28 +23,14 @@ std::string SaapAttendTuning::name() const {
 
 SaapAttendTuning SaapAttendTuning::parse(const std::string& text) {
   SaapAttendTuning t;
-  size_t at = 0;
-  while (at < text.size()) {
-    size_t end = text.find(';', at);
-    if (end == std::string::npos) end = text.size();
-    const std::string field = text.substr(at, end - at);
-    const size_t eq = field.find('=');
-    SAAP_CU_REQUIRE(eq != std::string::npos, InvalidArgument, "saap attend tuning '%s': field '%s' is not key=value",
-                    text.c_str(), field.c_str());
-    const std::string key = field.substr(0, eq), value = field.substr(eq + 1);
-    char* rest = nullptr;
-    const long x = std::strtol(value.c_str(), &rest, 10);
-    SAAP_CU_REQUIRE(!value.empty() && *rest == '\0', InvalidArgument,
-                    "saap attend tuning '%s': %s = '%s' is not an integer", text.c_str(), key.c_str(), value.c_str());
+  parse_tuning_fields(text, "saap attend tuning", "bulk, mma, fused, waves", [&](const std::string& key, long x) {
     if (key == "bulk") t.bulk = int(x);
     else if (key == "mma") t.mma = x != 0;
     else if (key == "fused") t.fused = x != 0;
     else if (key == "waves") t.waves = int(x);
-    else
-      SAAP_CU_REQUIRE(false, InvalidArgument, "saap attend tuning '%s': unknown field '%s' (bulk, mma, fused, waves)",
-                      text.c_str(), key.c_str());
-    at = end + 1;
-  }
+    else return false;
+    return true;
+  });
   SAAP_CU_REQUIRE(t.bulk == 0 || (t.bulk >= 2 && t.bulk <= kMaxBulkStages), InvalidArgument,
                   "saap attend tuning '%s': bulk = %d: 0 (off) or the ring's stages, 2..%d", text.c_str(), t.bulk,
                   kMaxBulkStages);

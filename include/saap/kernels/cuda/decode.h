@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -124,6 +125,13 @@ void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t ma
 // The cp.async ring, the tensor-core loop without prefetch, the prefetching or interleaved plain
 // loop alone and the two-wave grids are no longer offered: none was the fastest anywhere by more
 // than 0.2% in the H200 run at da2ee81 (results/gpu_decode_report_2026-12-03_h200_da2ee81.md).
+// The "key=value;key=value" form of a kernel tuning (DenseTuning, SaapAttendTuning): calls
+// set(key, value) for each field in order; set returns false for a key it does not know. Throws
+// InvalidArgument naming the tuning (what, e.g. "dense tuning"; text) and the field: not key=value,
+// a value that is not an integer, or a key set refused (known lists the keys).
+void parse_tuning_fields(const std::string& text, const char* what, const char* known,
+                         const std::function<bool(const std::string& key, long value)>& set);
+
 struct DenseTuning {
   int waves = 1;
   bool interleave = false;

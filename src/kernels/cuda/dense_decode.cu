@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "saap/kernels/cuda/bulk_ring_resident.cuh"
 #include "saap/kernels/cuda/dense_decode.cuh"
 #include "saap/kernels/cuda/dispatch.cuh"
 
@@ -94,25 +95,9 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
     auto bulk = [&](auto mma_c) {
       constexpr bool MMA = decltype(mma_c)::value;
       auto* kernel = dense_decode_bulk_kernel<T, D, GMAX, MMA>;
-      // Resident blocks per stage count (the ring's shared memory bounds them; 0 where the ring does
-      // not fit beside the static shared memory: 8 stages of 32 KiB at head dim 128 with mma), once
-      // per instantiation.
-      static const std::array<int, kMaxBulkStages + 1> resident = [&] {
-        int dev = 0, optin = 0;
-        SAAP_CU(cudaGetDevice(&dev));
-        SAAP_CU(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-        cudaFuncAttributes fa{};
-        SAAP_CU(cudaFuncGetAttributes(&fa, kernel));
-        const size_t most = size_t(optin) - fa.sharedSizeBytes;
-        SAAP_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     int(std::min(most, dense_bulk_smem<T, D, GMAX, MMA>(kMaxBulkStages)))));
-        std::array<int, kMaxBulkStages + 1> r{};
-        for (int st = 2; st <= kMaxBulkStages; ++st)
-          if (dense_bulk_smem<T, D, GMAX, MMA>(st) <= most)
-            r[st] = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32,
-                                    dense_bulk_smem<T, D, GMAX, MMA>(st));
-        return r;
-      }();
+      // Resident blocks per stage count (bulk_ring_resident), once per instantiation.
+      static const std::array<int, kMaxBulkStages + 1> resident =
+          bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(kernel));
       SAAP_CU_REQUIRE(resident[stages] > 0, InvalidArgument,
                       "bulk = %d: a ring of %zu bytes of shared memory does not fit this kernel (head dim %d%s)",
                       stages, dense_bulk_smem<T, D, GMAX, MMA>(stages), D, MMA ? ", mma" : "");

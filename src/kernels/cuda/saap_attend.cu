@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <type_traits>
 
+#include "saap/kernels/cuda/bulk_ring_resident.cuh"
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/saap_decode.cuh"
 #include "saap_impl.h"
@@ -62,28 +63,12 @@ void SaapIndex::set_attend_tuning(const SaapAttendTuning& tuning) {
 
 namespace {
 
-// Resident blocks of the bulk ring kernel per stage count (0 where the ring does not fit beside the
-// static shared memory), once per instantiation; also opts the kernel into the ring's dynamic
-// shared memory.
+// Resident blocks of Saap's bulk ring kernel per stage count (bulk_ring_resident), once per
+// instantiation.
 template <class T, int D, int GMAX, bool MMA>
 const std::array<int, kMaxBulkStages + 1>& bulk_resident() {
-  static const std::array<int, kMaxBulkStages + 1> resident = [] {
-    auto* kernel = saap_decode_bulk_kernel<T, D, GMAX, MMA>;
-    int dev = 0, optin = 0;
-    SAAP_CU(cudaGetDevice(&dev));
-    SAAP_CU(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    cudaFuncAttributes fa{};
-    SAAP_CU(cudaFuncGetAttributes(&fa, kernel));
-    const size_t most = size_t(optin) - fa.sharedSizeBytes;
-    SAAP_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 int(std::min(most, dense_bulk_smem<T, D, GMAX, MMA>(kMaxBulkStages)))));
-    std::array<int, kMaxBulkStages + 1> r{};
-    for (int st = 2; st <= kMaxBulkStages; ++st)
-      if (dense_bulk_smem<T, D, GMAX, MMA>(st) <= most)
-        r[st] = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32,
-                                dense_bulk_smem<T, D, GMAX, MMA>(st));
-    return r;
-  }();
+  static const std::array<int, kMaxBulkStages + 1> resident =
+      bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(saap_decode_bulk_kernel<T, D, GMAX, MMA>));
   return resident;
 }
 

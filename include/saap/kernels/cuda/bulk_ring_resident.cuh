@@ -5,6 +5,7 @@
 #include <array>
 
 #include "saap/kernels/cuda/check.h"
+#include "saap/kernels/cuda/decode.h"
 #include "saap/kernels/cuda/dense_decode.cuh"
 
 namespace saap::cuda {

@@ -259,6 +259,19 @@ std::vector<int64_t> parse_list(const char* s) {
   return v;
 }
 
+// A comma-separated list of tunings in T::parse's form ("" for none).
+template <class T>
+std::vector<T> parse_tunings(const std::string& list) {
+  std::vector<T> v;
+  for (size_t at = 0; at < list.size();) {
+    size_t end = list.find(',', at);
+    if (end == std::string::npos) end = list.size();
+    v.push_back(T::parse(list.substr(at, end - at)));
+    at = end + 1;
+  }
+  return v;
+}
+
 // "32x8x128,28x4x128": query heads x KV heads x head dim.
 std::vector<Shape> parse_shapes(const std::string& s) {
   std::vector<Shape> v;
@@ -482,25 +495,11 @@ int main(int argc, char** argv) {
       }
     }
     else if (a == "--dense-tunings") {
-      o.dense_tunings.clear();
-      const std::string list = argv[i + 1];
-      for (size_t at = 0; at < list.size();) {
-        size_t end = list.find(',', at);
-        if (end == std::string::npos) end = list.size();
-        o.dense_tunings.push_back(DenseTuning::parse(list.substr(at, end - at)));
-        at = end + 1;
-      }
+      o.dense_tunings = parse_tunings<DenseTuning>(argv[i + 1]);
       dense_tunings_given = true;
     }
     else if (a == "--saap-tunings") {
-      o.saap_tunings.clear();
-      const std::string list = argv[i + 1];
-      for (size_t at = 0; at < list.size();) {
-        size_t end = list.find(',', at);
-        if (end == std::string::npos) end = list.size();
-        o.saap_tunings.push_back(SaapAttendTuning::parse(list.substr(at, end - at)));
-        at = end + 1;
-      }
+      o.saap_tunings = parse_tunings<SaapAttendTuning>(argv[i + 1]);
     }
     else if (a == "--reps") o.reps = std::atoi(argv[i + 1]);
     else if (a == "--out") o.out_dir = argv[i + 1];

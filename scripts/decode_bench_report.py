@@ -25,9 +25,26 @@ def attend_floor(r, floor_gbps):
     """The selected K/V bytes' floor over the attend time (nan where lookup is not a token fraction)."""
     if r["method"] not in ("saap", "quest") or r["attend_ms"] <= 0:
         return float("nan")
+    return selected_kv_bytes(r) / (floor_gbps * 1e9) * 1e3 / r["attend_ms"]
+
+
+def read_same_ms(curve, nbytes):
+    """The read kernel's time for nbytes (decode_bench's read_curve: [[bytes, ms], ...], 1 MB to 2 GB,
+    interpolated linearly in bytes; past its ends, at its end points' bandwidth). nan without a curve."""
+    if not curve or nbytes <= 0:
+        return float("nan")
+    if nbytes <= curve[0][0]:
+        return curve[0][1]
+    for (b0, t0), (b1, t1) in zip(curve, curve[1:]):
+        if nbytes <= b1:
+            return t0 + (t1 - t0) * (nbytes - b0) / (b1 - b0)
+    return curve[-1][1] * nbytes / curve[-1][0]
+
+
+def selected_kv_bytes(r):
+    """The K/V bytes a Saap or Quest row selected: lookup fraction x the dense K/V."""
     hkv, d = r.get("n_kv_heads", 8), r.get("head_dim", 128)
-    kv = r.get("lookup_fraction", r.get("lookup", 0)) * r["context"] * r["batch"] * hkv * d * 4
-    return kv / (floor_gbps * 1e9) * 1e3 / r["attend_ms"]
+    return r.get("lookup_fraction", r.get("lookup", 0)) * r["context"] * r["batch"] * hkv * d * 4
 
 
 def tuning_summary(by, sd):
@@ -65,7 +82,7 @@ def tuning_summary(by, sd):
     return out
 
 
-def quest_floor_table(by, floor_gbps):
+def quest_floor_table(by, floor_gbps, curve):
     """Issue 10: Quest's step against its byte floor (K/V read + page metadata), per budget at the
     default attend tuning, the step split into score, top-k (select - score), attend and the rest
     (append and launch gaps); the target is a step within 1.3x of the floor at >= 128k tokens."""
@@ -73,10 +90,12 @@ def quest_floor_table(by, floor_gbps):
            "Default attend tuning. The default select is the score kernel, then the select kernel: top-k = select - "
            "score (the select kernel and its launch). Rows \"select=fused\": one cooperative kernel (score, top-k "
            "and compaction fused), its score column the whole select and top-k 0. rest = step - select - "
-           "attend (the append, gaps). step / floor: the target is <= 1.3x at >= 128k tokens.", "",
+           "attend (the append, gaps). step / floor: the target is <= 1.3x at >= 128k tokens. read us: the read "
+           "kernel over as many bytes in one launch (the run's read curve), what a step reading them can reach; "
+           "step / read beside it (not the target).", "",
            "| shape | batch | context | budget | score us | top-k us | attend us | rest us | step us | graph us | "
-           "floor us | step / floor | target |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "floor us | step / floor | target | read us | step / read |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in sorted(by):
         for r in by[k]:
             if r["method"] != "quest" or ";prefetch=" in r["param"]:
@@ -85,21 +104,24 @@ def quest_floor_table(by, floor_gbps):
             step, sel, score, att = (r[f] * 1e3 for f in ("ms", "select_ms", "score_ms", "attend_ms"))
             ratio = step / fl if fl > 0 else float("nan")
             target = "n/a (< 128k)" if k[2] < 131072 else ("met" if ratio <= 1.3 else "missed")
+            rd = read_same_ms(curve, r["bytes"]) * 1e3
             out.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['param']} | {score:.1f} | {sel - score:.1f} | {att:.1f} | "
                        f"{step - sel - att:.1f} | {step:.1f} | {r['graph_ms'] * 1e3:.1f} | {fl:.1f} | {ratio:.2f}x | "
-                       f"{target} |")
+                       f"{target} | {rd:.1f} | {step / rd:.2f}x |")
     return out
 
 
-def saap_attend_table(by, floor_gbps):
+def saap_attend_table(by, floor_gbps, curve):
     """Issue 11: Saap's attend stage against the floor of the K/V it selected, per budget and attend
     tuning (SaapAttendTuning: the default row has no suffix, a tuned row ends ';bulk=...'); the
     target is attend of floor >= 0.70 at >= 128k tokens (batch 1 and 8)."""
     out = ["", "## Saap's attend vs its byte floor (issue 11)", "",
            "attend us: SaapIndex::attend (attend kernel + combine, L2 flushed); floor us: the selected K/V bytes "
-           "(lookup fraction x dense K/V) at the floor bandwidth. Target: attend of floor >= 0.70 at >= 128k tokens.",
+           "(lookup fraction x dense K/V) at the floor bandwidth. Target: attend of floor >= 0.70 at >= 128k tokens. "
+           "read us: the read kernel over as many bytes in one launch (the run's read curve); attend of read beside "
+           "it (not the target).",
            "", "| shape | batch | context | budget | tuning | attend us | floor us | attend of floor | step us | "
-           "graph us | target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "graph us | target | read us | attend of read |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in sorted(by):
         for r in by[k]:
             if r["method"] != "saap":
@@ -109,8 +131,9 @@ def saap_attend_table(by, floor_gbps):
             f = attend_floor(r, floor_gbps)
             att = r["attend_ms"] * 1e3
             target = "n/a (< 128k)" if k[2] < 131072 else ("met" if f >= 0.70 else "missed")
+            rd = read_same_ms(curve, selected_kv_bytes(r)) * 1e3
             out.append(f"| {k[0]} | {k[1]} | {k[2]} | {budget} | {tuning} | {att:.1f} | {f * att:.1f} | {f:.2f} | "
-                       f"{r['ms'] * 1e3:.1f} | {r['graph_ms'] * 1e3:.1f} | {target} |")
+                       f"{r['ms'] * 1e3:.1f} | {r['graph_ms'] * 1e3:.1f} | {target} | {rd:.1f} | {rd / att:.2f} |")
     return out
 
 
@@ -182,8 +205,17 @@ def main():
             out.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['method']} | {r['param']} | {r['ms']:.4f} | "
                        f"{r['select_ms']:.4f} | {r.get('score_ms', 0):.4f} | {r['attend_ms']:.4f} | {r['graph_ms']:.4f} | {vs_dense:.2f}x | "
                        f"{vs_sdpa:.2f}x | {g:.2f}x | {fl / r['ms']:.2f} | {attend_floor(r, floor_gbps):.2f} |")
-    out += quest_floor_table(by, floor_gbps)
-    out += saap_attend_table(by, floor_gbps)
+    curve = bench.get("read_curve", [])
+    if curve:
+        out += ["", "## The read kernel by size", "",
+                "One launch of the read kernel over B bytes (half as K, half as V), L2 flushed, best launch shape: "
+                "what any kernel reading B bytes reaches. The bandwidth floor is B / floor bandwidth.", "",
+                "| MB | read us | floor us | read of floor |", "|---|---|---|---|"]
+        for b, ms in curve:
+            fl = b / (floor_gbps * 1e9) * 1e3
+            out.append(f"| {b / 1e6:.0f} | {ms * 1e3:.1f} | {fl * 1e3:.1f} | {fl / ms:.2f} |")
+    out += quest_floor_table(by, floor_gbps, curve)
+    out += saap_attend_table(by, floor_gbps, curve)
     out += tuning_summary(by, sd)
     with open(a.out, "w") as f:
         f.write("\n".join(out) + "\n")

@@ -30,7 +30,9 @@
 // row's K and V; floor_ms of every row is its bytes over the best read bandwidth of the run (the
 // read kernel's or any row's, whichever is higher).
 // Latency probes before the rows: an empty kernel, and dependent loads within a 2 MiB page and on a
-// new page each time (both after the L2 flush), to read the fixed costs against.
+// new page each time (both after the L2 flush), to read the fixed costs against; and the read
+// kernel's time by size, 1 MB to 2 GB ("read_curve" in the JSON): what one launch reading a row's
+// bytes can reach, beside the bandwidth floor.
 // Both files carry the run's provenance (saap/provenance/provenance.h: date, machine and GPU, commit,
 // command): a "provenance" object in the JSON, leading "# key: value" lines in the CSV.
 #include <cuda_bf16.h>
@@ -350,6 +352,34 @@ double read_floor_ms(Timer& tm, const void* a, size_t a_bytes, const void* b, si
   return best;
 }
 
+// The read kernel's best time by size (K as the first half of a buffer, V as the second; L2
+// flushed): what one launch reaching for that many bytes gets. The bandwidth floor leaves out the
+// launch and the first DRAM round trips, which are most of a read of a few MB (a sparse attend at
+// batch 1); the report reads each row's bytes against this curve beside the floor.
+struct ReadPoint {
+  double bytes, ms;
+};
+std::vector<ReadPoint> read_curve(Timer& tm, int reps, int sms) {
+  const size_t most = size_t(2) << 30;  // past the largest sparse step of the default rows (~1.1 GB)
+  DeviceBuffer<char> buf(most);
+  SAAP_CU(cudaMemset(buf.get(), 3, most));
+  std::vector<ReadPoint> curve;
+  for (size_t n = size_t(1) << 20; n <= most; n <<= 1)
+    curve.push_back({double(n), read_floor_ms(tm, buf.get(), n / 2, buf.get() + most / 2, n / 2, reps, sms)});
+  return curve;
+}
+
+// [[bytes, ms], ...] for the JSON.
+std::string read_curve_json(const std::vector<ReadPoint>& curve) {
+  std::string j = "[";
+  for (size_t i = 0; i < curve.size(); ++i) {
+    char point[64];
+    std::snprintf(point, sizeof point, "%s[%.0f, %.7f]", i ? ", " : "", curve[i].bytes, curve[i].ms);
+    j += point;
+  }
+  return j + "]";
+}
+
 struct Options {
   std::vector<int64_t> contexts = {16384, 65536, 131072, 262144, 524288}, batches = {1, 8};
   std::vector<Shape> shapes = {{32, 8, 128}};
@@ -538,6 +568,10 @@ int main(int argc, char** argv) {
   std::printf("after the L2 flush: an empty kernel %.2f us between events; a dependent load %.0f ns within a "
               "2 MiB page, %.0f ns on a new page each time\n",
               lat.empty_us, lat.near_ns, lat.far_ns);
+  const std::vector<ReadPoint> curve = read_curve(tm, reps, prop.multiProcessorCount);
+  std::printf("read kernel by size:");
+  for (const ReadPoint& p : curve) std::printf(" %.0f MB %.1f us;", p.bytes / 1e6, p.ms * 1e3);
+  std::printf("\n");
   std::vector<Row> rows;
   std::vector<std::string> skipped;
   std::mt19937 rng(12345);
@@ -755,6 +789,7 @@ int main(int argc, char** argv) {
                      ",\n  \"latency_probe\": {\"empty_kernel_us\": " + std::to_string(lat.empty_us) +
                      ", \"dependent_load_same_page_ns\": " + std::to_string(lat.near_ns) +
                      ", \"dependent_load_new_page_ns\": " + std::to_string(lat.far_ns) + "}" +
+                     ",\n  \"read_curve\": " + read_curve_json(curve) +
                      ",\n  \"dtype\": \"bf16\",\n"
                      "  \"timing\": \"CUDA events, median of " + std::to_string(reps) +
                      " repetitions, L2 flushed (256 MB read) before each\",\n"

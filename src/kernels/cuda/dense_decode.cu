@@ -6,7 +6,7 @@
 #include <cstdlib>
 
 #include "saap/kernels/cuda/bulk_ring_resident.cuh"
-#include "saap/kernels/cuda/dense_decode.cuh"
+#include "saap/kernels/cuda/dense_decode_bulk.cuh"
 #include "saap/kernels/cuda/dispatch.cuh"
 
 namespace saap::cuda {

@@ -1,12 +1,13 @@
-// How many blocks of a bulk-ring decode kernel (dense_decode_bulk_kernel, saap_decode_bulk_kernel)
-// the device runs at once, per ring depth: the ring's dynamic shared memory bounds them.
+// How many blocks of a bulk-ring decode kernel (dense_decode_bulk_kernel, saap_decode_bulk_kernel,
+// quest_attend_bulk_kernel) the device runs at once, per ring depth: the ring's dynamic shared
+// memory bounds them.
 #pragma once
 #include <algorithm>
 #include <array>
 
+#include "saap/kernels/cuda/bulk_ring.cuh"
 #include "saap/kernels/cuda/check.h"
 #include "saap/kernels/cuda/decode.h"
-#include "saap/kernels/cuda/dense_decode.cuh"
 
 namespace saap::cuda {
 

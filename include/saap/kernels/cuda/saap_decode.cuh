@@ -5,6 +5,7 @@
 // sized by the tokens selected, not by the context or the segment count, so a small selection
 // spreads over as many blocks as a large one and no block waits on a long tail.
 #pragma once
+#include "saap/kernels/cuda/bulk_ring.cuh"
 #include "saap/kernels/cuda/dense_decode.cuh"
 
 namespace saap::cuda {
@@ -93,19 +94,15 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min
                             int64_t max_segments, const int2* __restrict__ split_begin, const float* __restrict__ q,
                             int n_kv_heads, int G, float scale, int splits, int stages, float* __restrict__ part_out,
                             float* __restrict__ part_lse, unsigned* __restrict__ tickets, float* __restrict__ out) {
-  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
-  static_assert(!MMA || dense_mma_supported<T, D>(), "the tensor-core ring: bf16 at head dim 64 or 128");
-  constexpr int UNIT = kBulkUnit<T, D, GMAX, MMA>;
-  constexpr uint32_t ROW_BYTES = D * sizeof(T);
-  constexpr uint32_t TILE_BYTES = UNIT * ROW_BYTES;  // one stage's K (or V) rows
+  using Ring = BulkRing<T, D, GMAX, MMA>;
   extern __shared__ __align__(128) unsigned char ring[];  // [stages][K tile, V tile]
   __shared__ __align__(8) uint64_t full[kMaxBulkStages];
-  __shared__ typename A::Shared sh;
+  __shared__ typename Ring::A::Shared sh;
   __shared__ int2 staged[kSaapStagedSegments];  // the run's first pieces: (first slot, rows)
   __shared__ int run_rows;
+  const Ring rg{ring, full, stages};
   if (threadIdx.x == 0) {
-    for (int s = 0; s < stages; ++s) mbarrier_init(&full[s], 1);
-    fence_mbarrier_init();
+    rg.init();
     run_rows = 0;
   }
   wait_prior_grid();  // select() wrote the segments and the split bounds
@@ -133,80 +130,15 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min
   mine = __reduce_add_sync(0xffffffffu, mine);
   if ((threadIdx.x & 31) == 0 && mine) atomicAdd(&run_rows, mine);
   __syncthreads();
-  const int n = run_rows, tiles = (n + UNIT - 1) / UNIT;
-  const int64_t row0 = bh * G;
-  const T* kh = kpool + bh * rows * D;
-  const T* vh = vpool + bh * rows * D;
+  const int n = run_rows;
   // Thread 0's cursor over the pieces: piece pi, its row po.
   int pi = 0, po = 0;
   auto issue = [&](int t) {
-    unsigned char* st = ring + size_t(t % stages) * 2 * TILE_BYTES;
-    uint64_t* bar = &full[t % stages];
-    const int r = min(UNIT, n - t * UNIT);
-    mbarrier_arrive_expect_tx(bar, 2 * uint32_t(r) * ROW_BYTES);
-    for (int filled = 0; filled < r;) {
-      const int2 p = pi < kSaapStagedSegments ? staged[pi] : piece(pi);
-      const int take = min(p.y - po, r - filled);
-      if (take > 0) {
-        const int64_t src = (int64_t(p.x) + po) * D;
-        const uint32_t at = uint32_t(filled) * ROW_BYTES, bytes = uint32_t(take) * ROW_BYTES;
-        bulk_copy_to_shared(st + at, kh + src, bytes, bar);
-        bulk_copy_to_shared(st + TILE_BYTES + at, vh + src, bytes, bar);
-        filled += take;
-        po += take;
-      }
-      if (po >= p.y) {
-        ++pi;
-        po = 0;
-      }
-    }
+    rg.gather(t, n, kpool + bh * rows * D, vpool + bh * rows * D, pi, po,
+              [&](int i) { return i < kSaapStagedSegments ? staged[i] : piece(i); });
   };
-  if (threadIdx.x == 0)
-    for (int t = 0; t < min(stages, tiles); ++t) issue(t);
-  // The query (overlapping the first copies).
-  A at;
-  at.init(q + row0 * D, G, scale);
-  [[maybe_unused]] typename A::MmaQuery bq;
-  __shared__ float scores[MMA ? kDecodeWarps : 1][A::kMmaRows * 8];
-  if constexpr (MMA) at.template mma_query<true>(q + row0 * D, G, scale, bq);
-  auto lds = [](const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); };
-  const uint4 zero = make_uint4(0, 0, 0, 0);
-  for (int t = 0; t < tiles; ++t) {
-    const unsigned char* st = ring + size_t(t % stages) * 2 * TILE_BYTES;
-    mbarrier_wait(&full[t % stages], (t / stages) & 1);
-    if constexpr (MMA) {
-      const int r0 = at.warp * A::kMmaRows, base = t * UNIT + r0;  // stage row and run index of the warp's rows
-      const int gr = at.lane >> 2, c = at.lane & 3;
-      uint4 ka[2][A::kMmaKQ], vr[A::kMmaMU];
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int r = gr + 8 * hh;
-#pragma unroll
-        for (int j = 0; j < A::kMmaKQ; ++j)
-          ka[hh][j] = base + r < n ? lds(st + (r0 + r) * ROW_BYTES + A::template mma_piece<true>(c, j) * 16) : zero;
-      }
-#pragma unroll
-      for (int u = 0; u < A::kMmaMU; ++u) {
-        const int r = u * A::TPP + at.slot;
-        vr[u] = base + r < n ? lds(st + TILE_BYTES + (r0 + r) * ROW_BYTES + at.sub * 16) : zero;
-      }
-      at.template mma_tile<true>(bq, ka, vr, base, n, scores[at.warp]);
-    } else {
-      const int r0 = at.warp * A::TILE, base = t * UNIT + r0;
-      uint4 kr[A::U], vr[A::U];
-#pragma unroll
-      for (int u = 0; u < A::U; ++u) {
-        const int r = u * A::TPP + at.slot;
-        const uint32_t off = (r0 + r) * ROW_BYTES + at.sub * 16;
-        const bool in = base + r < n;  // rows past the run: zeros, whatever the ring holds
-        kr[u] = in ? lds(st + off) : zero;
-        vr[u] = in ? lds(st + TILE_BYTES + off) : zero;
-      }
-      at.step(kr, vr, base, n);
-    }
-    __syncthreads();  // every warp is done with this stage: it may be refilled
-    if (threadIdx.x == 0 && t + stages < tiles) issue(t + stages);
-  }
+  typename Ring::A at;
+  rg.attend(at, q + bh * G * D, G, scale, n, issue);
   finish_dense_block<D, GMAX>(at, sh, G, bh, split, splits, part_out, part_lse, tickets, out);
 }
 

@@ -1,8 +1,10 @@
 // Shape checks, split heuristics and the split combine shared by all decode kernels.
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 
 #include "saap/kernels/cuda/attend.cuh"
+#include "saap/kernels/cuda/bulk_ring.cuh"
 #include "saap/kernels/cuda/decode.h"
 
 namespace saap::cuda {
@@ -73,12 +75,52 @@ void parse_tuning_fields(const std::string& text, const char* what, const char* 
 }
 
 std::string SparseAttendTuning::name() const {
-  return "prefetch=" + std::to_string(int(prefetch)) + ";waves=" + std::to_string(waves) +
-         ";fused=" + std::to_string(int(fused));
+  char s[96];
+  std::snprintf(s, sizeof s, "prefetch=%d;waves=%d;fused=%d;bulk=%d;mma=%d", int(prefetch), waves, int(fused), bulk,
+                int(mma));
+  return s;
+}
+
+SparseAttendTuning SparseAttendTuning::parse(const std::string& text) {
+  SparseAttendTuning t;
+  bool prefetch_given = false;
+  parse_tuning_fields(text, "sparse attend tuning", "prefetch, waves, fused, bulk, mma",
+                      [&](const std::string& key, long x) {
+                        if (key == "prefetch") t.prefetch = x != 0, prefetch_given = true;
+                        else if (key == "waves") t.waves = int(x);
+                        else if (key == "fused") t.fused = x != 0;
+                        else if (key == "bulk") t.bulk = int(x);
+                        else if (key == "mma") t.mma = x != 0;
+                        else return false;
+                        return true;
+                      });
+  if (t.bulk > 0 && !prefetch_given) t.prefetch = false;  // the default register loop's, not the ring's
+  t.check();
+  return t;
+}
+
+void SparseAttendTuning::check() const {
+  SAAP_CU_REQUIRE(waves >= 1 && waves <= 8, InvalidArgument, "sparse attend tuning '%s': waves = %d outside [1, 8]",
+                  name().c_str(), waves);
+  SAAP_CU_REQUIRE(bulk == 0 || (bulk >= 2 && bulk <= kMaxBulkStages), InvalidArgument,
+                  "sparse attend tuning '%s': bulk = %d: 0 (off) or the ring's stages, 2..%d", name().c_str(), bulk,
+                  kMaxBulkStages);
+  SAAP_CU_REQUIRE(bulk > 0 || !mma, InvalidArgument, "sparse attend tuning '%s': mma = 1 needs the bulk ring (bulk > 0)",
+                  name().c_str());
+  SAAP_CU_REQUIRE(bulk == 0 || !prefetch, InvalidArgument,
+                  "sparse attend tuning '%s': prefetch = 1 is the register loop's; the bulk ring (bulk = %d) has none",
+                  name().c_str(), bulk);
 }
 
 std::vector<SparseAttendTuning> sparse_attend_candidates() {
-  return {{true, 1, false}, {false, 1, false}, {true, 2, false}, {false, 2, false}, {true, 1, true}, {true, 2, true}};
+  // The register loop's tunings (the default first), then the bulk ring (issue 10), timed beside
+  // the default until a GPU run shows where it wins: with tensor-core logits at 3 stages (Saap's
+  // default attend), 4, and 3 with the fused combine. (f16 and head dim 256 run them as the FMA ring.)
+  std::vector<SparseAttendTuning> v = {{true, 1, false}, {false, 1, false}, {true, 2, false},
+                                       {false, 2, false}, {true, 1, true},  {true, 2, true}};
+  for (const char* t : {"bulk=3;mma=1", "bulk=4;mma=1", "bulk=3;mma=1;fused=1"})
+    v.push_back(SparseAttendTuning::parse(t));
+  return v;
 }
 
 void combine_splits(const DecodeShape& s, int splits, const SplitWorkspace& ws, float* out, cudaStream_t stream) {

@@ -1,10 +1,14 @@
 // Host side of Quest on the GPU: storage, prefill, append, and the score / select / attend step.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 
+#include "saap/kernels/cuda/bulk_ring_resident.cuh"
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/quest.h"
+#include "saap/kernels/cuda/quest_attend_bulk.cuh"
 #include "saap/kernels/cuda/quest_kernels.cuh"
 
 namespace saap::cuda {
@@ -263,37 +267,53 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
                         const SparseAttendTuning& tuning) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(q && out, InvalidArgument, "null pointer: q=%p out=%p", (const void*)q, (void*)out);
-  SAAP_CU_REQUIRE(tuning.waves >= 1 && tuning.waves <= 8, InvalidArgument, "attend tuning waves = %d outside [1, 8]",
-                  tuning.waves);
+  tuning.check();
   int splits = 0;
   // Fused: the attend kernel's last block per (b, h) combines (its tickets non-null); else combine_splits.
   unsigned* tickets = tuning.fused ? ws.tickets(int64_t(shape_.batch) * shape_.n_kv_heads, stream) : nullptr;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    auto launch = [&](auto kernel, int resident) {
+    // stages...: the ring's stage count for the bulk kernel (its parameter after splits), none else.
+    auto launch = [&](auto kernel, int resident, size_t smem, auto... stages) {
       // 64 tokens a split at least (two block passes of the attender): a block's passes are
       // dependent loads, so a small selection spread thin finishes sooner than in 256-token splits.
       splits = choose_splits(shape_, std::max<int64_t>(expect_tokens_, 1), resident * tuning.waves, 64);
       ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-      launch_dependent(kernel, dim3(splits, shape_.n_kv_heads, shape_.batch), dim3(kDecodeWarps * 32), 0, stream,
+      launch_dependent(kernel, dim3(splits, shape_.n_kv_heads, shape_.batch), dim3(kDecodeWarps * 32), smem, stream,
                        reinterpret_cast<const T*>(m.k.get()), reinterpret_cast<const T*>(m.v.get()), max_len_,
                        static_cast<const int32_t*>(m.chunk_rows.get()),
                        static_cast<const int32_t*>(m.chunk_count.get()), max_chunks_,
                        reinterpret_cast<const int2*>(m.partials.get()),
                        static_cast<const int32_t*>(m.partial_count.get()), cfg_.page_size, q, shape_.n_kv_heads,
-                       shape_.group(), scale, splits, ws.out(), ws.lse(), tickets, out);
+                       shape_.group(), scale, splits, stages..., ws.out(), ws.lse(), tickets, out);
     };
-    auto with = [&](auto loop_c) {
+    auto with_ring = [&](auto mma_c) {
+      constexpr bool MMA = decltype(mma_c)::value;
+      auto* kernel = quest_attend_bulk_kernel<T, D, GMAX, MMA>;
+      static const std::array<int, kMaxBulkStages + 1> resident =
+          bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(kernel));
+      SAAP_CU_REQUIRE(resident[size_t(tuning.bulk)] > 0, InvalidArgument,
+                      "quest attend bulk = %d: a ring of %zu bytes of shared memory does not fit (head dim %d%s)",
+                      tuning.bulk, dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), D, MMA ? ", mma" : "");
+      launch(kernel, resident[size_t(tuning.bulk)], dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), tuning.bulk);
+    };
+    auto with_loop = [&](auto loop_c) {
       auto* kernel = quest_attend_kernel<T, D, GMAX, decltype(loop_c)::value>;
       static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
-      launch(kernel, resident);
+      launch(kernel, resident, 0);
     };
     using Loop = DenseLoop;
-    if (tuning.prefetch)
-      with(std::integral_constant<Loop, Loop::Prefetch>{});
-    else
-      with(std::integral_constant<Loop, Loop::Plain>{});
+    if (tuning.bulk > 0) {
+      // The tensor-core ring where the shape has it (bf16, head dim 64 or 128), else the FMA ring.
+      if constexpr (dense_mma_supported<T, D>())
+        if (tuning.mma) return with_ring(std::true_type{});
+      with_ring(std::false_type{});
+    } else if (tuning.prefetch) {
+      with_loop(std::integral_constant<Loop, Loop::Prefetch>{});
+    } else {
+      with_loop(std::integral_constant<Loop, Loop::Plain>{});
+    }
   });
   if (!tuning.fused) combine_splits(shape_, splits, ws, out, stream);
 }

@@ -117,6 +117,15 @@ int main() {
       {"32x8x128 batch 8, 2%", 8, 32, 8, 128, DType::BF16, {16384, 9001, 12345, 300, 16383, 7777, 20000, 4097}, 1,
        {16, 64, 256}, {0.02, 0}},
       {"gemma-3 d256 gqa4 5%", 1, 4, 1, 256, DType::BF16, {4000}, 3, {16, 4, 64}, {0.05, 0}},
+      // The bulk ring's pieces (SparseAttendTuning bulk=S; stages of 64 rows with mma, 32 at d128
+      // and 64 at d64 without): chunks that straddle stage boundaries beside partial runs (P 24),
+      // chunks of two whole stages (P 128), and splits of more chunks than a ring block stages in
+      // shared memory (kQuestRingChunks = 256: P 1, 6144 tokens a (b, h) over 64 (b, h), 4-16
+      // splits each), whose further chunk rows the producer reads from L2.
+      {"ring: P 24 straddles stages, partial runs", 2, 8, 2, 128, DType::BF16, {5003, 777}, 2, {24, 5, 30}, {0.1, 0}},
+      {"ring: P 128, chunks of two stages", 1, 8, 2, 64, DType::BF16, {9000}, 1, {128, 4, 64}, {0.1, 0}},
+      {"ring: P 1, more chunks a split than staged", 8, 8, 8, 64, DType::BF16,
+       {20000, 20000, 19999, 20000, 18000, 20000, 20000, 17001}, 1, {1, 4, 16}, {0.05, 6144}},
       {"d256 f16 gqa2 fixed 512", 2, 4, 2, 256, DType::F16, {2000, 777}, 2, {16, 4, 64}, {0.05, 512}},
       // The benchmark's configuration (pages of 16, sinks 64, window 256) at batch 8 and at the
       // lengths issue 10 is judged at: 128k, and 512k (32768 pages: the select kernel's shared
@@ -441,7 +450,25 @@ int main() {
     }
     tally.check(ok, what, ok, 1);
   };
+  // Attend tunings: name() parses back to itself; a malformed field, a ring outside 2..8 stages,
+  // mma without the ring, prefetch with it and waves outside 1..8 are named errors, from parse
+  // and (a tuning built by hand) from attend.
+  for (const cuda::SparseAttendTuning& t : cuda::sparse_attend_candidates())
+    tally.check(cuda::SparseAttendTuning::parse(t.name()).name() == t.name(),
+                ("attend tuning '" + t.name() + "' parses back to itself").c_str(), 1, 1);
+  for (const char* bad : {"bulk=x", "stages=3", "bulk", "bulk=1", "bulk=9", "mma=1", "bulk=3;prefetch=1", "waves=0",
+                          "bulk=3;waves=9"})
+    refused((std::string("attend tuning '") + bad + "' refused").c_str(), ErrorKind::InvalidArgument,
+            [&] { cuda::SparseAttendTuning::parse(bad); });
   cuda::DecodeShape s{1, 4, 2, 64, DType::BF16};
+  refused("attend with bulk and prefetch refused", ErrorKind::InvalidArgument, [&] {
+    cuda::QuestIndex idx(s, 8, {16, 4, 64});
+    cuda::DeviceBuffer<float> q(4 * 64), out(4 * 64);
+    cuda::SplitWorkspace ws;
+    cuda::SparseAttendTuning t;  // prefetch = 1
+    t.bulk = 3;
+    idx.attend(q.get(), 1.f, out.get(), ws, 0, t);
+  });
   refused("page_size 0 refused", ErrorKind::InvalidArgument, [&] { cuda::QuestIndex(s, 100, {0, 4, 64}); });
   refused("append past max_len refused", ErrorKind::OutOfMemory, [&] {
     cuda::QuestIndex idx(s, 8, {16, 4, 64});

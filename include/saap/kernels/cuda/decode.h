@@ -125,10 +125,11 @@ void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t ma
 // The cp.async ring, the tensor-core loop without prefetch, the prefetching or interleaved plain
 // loop alone and the two-wave grids are no longer offered: none was the fastest anywhere by more
 // than 0.2% in the H200 run at da2ee81 (results/gpu_decode_report_2026-12-03_h200_da2ee81.md).
-// The "key=value;key=value" form of a kernel tuning (DenseTuning, SaapAttendTuning): calls
-// set(key, value) for each field in order; set returns false for a key it does not know. Throws
-// InvalidArgument naming the tuning (what, e.g. "dense tuning"; text) and the field: not key=value,
-// a value that is not an integer, or a key set refused (known lists the keys).
+// The "key=value;key=value" form of a kernel tuning (DenseTuning, SaapAttendTuning,
+// SparseAttendTuning): calls set(key, value) for each field in order; set returns false for a key
+// it does not know. Throws InvalidArgument naming the tuning (what, e.g. "dense tuning"; text) and
+// the field: not key=value, a value that is not an integer, or a key set refused (known lists the
+// keys).
 void parse_tuning_fields(const std::string& text, const char* what, const char* known,
                          const std::function<bool(const std::string& key, long value)>& set);
 
@@ -166,15 +167,30 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
 // before this tile's math); waves - the splits fill that many waves of resident blocks (1..8).
 // The default, prefetch=1;waves=1, was the fastest step nearly everywhere (1-5%, Quest and the
 // then Loki attend) in the H200 run at da2ee81 (results/gpu_decode_report_2026-12-03_h200_da2ee81.md);
-// the tensor-core loop never was, and is not offered. fused - the split combine done by the last
-// block of each (sequence, KV head) inside the attend kernel (combine_group_if_last, as dense's
+// the tensor-core register loop never was, and is not offered. fused - the split combine done by the
+// last block of each (sequence, KV head) inside the attend kernel (combine_group_if_last, as dense's
 // fused=1), not by a second launch: at 1-2k selected tokens the step is mostly fixed costs, and the
 // combine kernel was ~4.7 us of them (ncu at da2ee81, dense at 16k).
+// bulk - 0 (the register loop), or the stages (2..kMaxBulkStages) of a shared-memory ring filled by
+// bulk copies (quest_attend_bulk_kernel, as Saap's bulk=S): the register loop is a chain of
+// dependent round trips (chunk rows -> one register tile of K/V per warp), 0.30 of the K/V byte
+// floor at 128k batch 8 on the H200 at 116e8e7, where Saap's ring reached 0.74. The ring has no
+// prefetch (a register loop's): left out, prefetch is 0 with bulk > 0; given as 1, refused.
+// mma - (bulk only) the logits on the tensor cores, bf16 at head dim 64 and 128 (elsewhere the FMA
+// math runs).
 struct SparseAttendTuning {
   bool prefetch = true;
   int waves = 1;
   bool fused = false;
-  std::string name() const;  // "prefetch=1;waves=1;fused=0"
+  int bulk = 0;
+  bool mma = false;
+  std::string name() const;  // "prefetch=1;waves=1;fused=0;bulk=0;mma=0"
+  // Parses name()'s form; fields left out keep their defaults (prefetch: see bulk). Throws
+  // InvalidArgument naming the field (as check()).
+  static SparseAttendTuning parse(const std::string& text);
+  // Throws InvalidArgument naming the field: waves outside 1..8, bulk not 0 or 2..kMaxBulkStages,
+  // mma without bulk, prefetch with bulk.
+  void check() const;
 };
 // The tunings decode_bench times and the tests check, the default first.
 std::vector<SparseAttendTuning> sparse_attend_candidates();

@@ -12,7 +12,9 @@
 //            (score with the histogram; the K-th key's bin and its candidates; the exact K-th key
 //            and the taken pages in order)
 //   attend - the GroupAttender over chunks of P rows (sinks, taken pages, window) and the few
-//            partial runs, split evenly over blocks (64 tokens a split at least), then the combine
+//            partial runs, split evenly over blocks (64 tokens a split at least), then the combine;
+//            the rows reach the warps by a register loop, or (SparseAttendTuning::bulk) through a
+//            ring of bulk copies into shared memory (quest_attend_bulk.cuh)
 //
 // Storage per (sequence b, KV head h) = bh:
 //   k, v   [bh][max_len][D]          the cache, dense
@@ -73,7 +75,8 @@ class QuestIndex {
   // append. The attention is attend()'s, its tuning fixed (plain loop, fused combine).
   void select_attend(const float* q, const QuestBudget& budget, float scale, float* out, SplitWorkspace& ws,
                      cudaStream_t stream = 0);
-  // Exact attention of q over the last selection into out [batch][n_q_heads][D].
+  // Exact attention of q over the last selection into out [batch][n_q_heads][D]. Throws
+  // InvalidArgument for a tuning SparseAttendTuning::check refuses, or a ring that does not fit.
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0,
               const SparseAttendTuning& tuning = {});
 

@@ -8,10 +8,13 @@
 //                     [--saap-budgets 0.02,0.05,0.1,1024,2048] [--reps 30] [--out DIR]
 //                     [--dense-tunings "mma=1;prefetch=1,interleave=1;prefetch=1,..."]
 //                     [--saap-tunings "bulk=3;mma=1,bulk=3;mma=1;fused=1,..."]
+//                     [--quest-tunings "bulk=3;mma=1,prefetch=0,..."]
 // --dense-tunings: dense_decode_tuned rows beside the default dense row (DenseTuning::parse's
 // key=value;... form, comma-separated; "" for none); default every dense_tuning_candidates() entry.
 // --saap-tunings: Saap attend tunings timed as rows beside the default one (SaapAttendTuning::parse's
 // form, comma-separated; "" for none); default every saap_attend_candidates() entry after the first.
+// --quest-tunings: Quest attend tunings timed as rows beside the default one (SparseAttendTuning::parse's
+// form, comma-separated; "" for none); default every sparse_attend_candidates() entry after the first.
 // --other-contexts: the contexts of every shape after the first (default: --contexts).
 //
 // Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions (C = context/512 per KV
@@ -391,6 +394,8 @@ struct Options {
   std::vector<DenseTuning> dense_tunings;
   // Saap attend tunings timed beside the default (--saap-tunings; default saap_attend_candidates()).
   std::vector<SaapAttendTuning> saap_tunings = saap_attend_candidates();
+  // Quest attend tunings timed beside the default (--quest-tunings; default sparse_attend_candidates()).
+  std::vector<SparseAttendTuning> quest_tunings = sparse_attend_candidates();
   int reps = 30;
   std::string out_dir = ".";
   bool has(const char* m) const { return ("," + methods + ",").find("," + std::string(m) + ",") != std::string::npos; }
@@ -530,6 +535,9 @@ int main(int argc, char** argv) {
     }
     else if (a == "--saap-tunings") {
       o.saap_tunings = parse_tunings<SaapAttendTuning>(argv[i + 1]);
+    }
+    else if (a == "--quest-tunings") {
+      o.quest_tunings = parse_tunings<SparseAttendTuning>(argv[i + 1]);
     }
     else if (a == "--reps") o.reps = std::atoi(argv[i + 1]);
     else if (a == "--out") o.out_dir = argv[i + 1];
@@ -674,7 +682,10 @@ int main(int argc, char** argv) {
           }
           budgets.push_back({{0.05, 1024}, "tokens=1024"});
           budgets.push_back({{0.05, 2048}, "tokens=2048"});
-          const auto tunings = sparse_attend_candidates();
+          // The default attend tuning first, then --quest-tunings.
+          std::vector<SparseAttendTuning> tunings = {SparseAttendTuning{}};
+          for (const SparseAttendTuning& t : o.quest_tunings)
+            if (t.name() != tunings[0].name()) tunings.push_back(t);
           // The split select (the default: score kernel + one select block per (b, h)) with every
           // attend tuning; the fused select (one cooperative kernel, "select=fused") with the
           // default attend, as evidence.

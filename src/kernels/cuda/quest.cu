@@ -23,6 +23,8 @@ struct QuestIndex::Impl {
   DeviceBuffer<QuestFusedPlan> plan;        // [bh]
   DeviceBuffer<uint32_t> above;             // [bh][kQuestMaxSlices]
   DeviceBuffer<unsigned long long> cand;    // [bh][kQuestCandCap]
+  // The cluster select's blocks per (b, h) and keys each caches (0: not chosen yet).
+  int cluster = 0, cluster_key_cap = 0;
 };
 
 QuestIndex::QuestIndex(const DecodeShape& shape, int64_t max_len, const QuestConfig& cfg)
@@ -248,6 +250,7 @@ void QuestIndex::select_split(const float* q, const QuestStep& step, cudaStream_
   });
   SAAP_CU_LAUNCHED();
   if (scored) SAAP_CU(cudaEventRecord(scored, stream));
+  if (cfg_.cluster_select) return select_clusters(step, stream);
   const int key_cap = int(std::min<int64_t>(key_stride_, kQuestCachedKeys));  // a multiple of 4
   const size_t cache_bytes = size_t(key_cap) * sizeof(float);
   static const bool opted_in = [] {  // above 48 KB of dynamic shared memory a kernel must opt in
@@ -261,6 +264,72 @@ void QuestIndex::select_split(const float* q, const QuestStep& step, cudaStream_
                    step, m.hist.get(), max_chunks_, m.chunk_rows.get(), m.chunk_count.get(),
                    reinterpret_cast<int2*>(m.partials.get()), m.partial_count.get(), m.selected_tokens.get(),
                    m.scored_pages.get(), key_cap);
+}
+
+// The launch of the cluster select: bh x C blocks of kQuestSelectThreads, in clusters of C,
+// launched dependent (after the score kernel), smem bytes of dynamic shared memory each.
+static cudaLaunchConfig_t cluster_select_config(unsigned bh, int C, size_t smem, cudaStream_t stream,
+                                                cudaLaunchAttribute (&attr)[2]) {
+  cudaLaunchConfig_t lc = {};
+  lc.gridDim = dim3(bh * unsigned(C));
+  lc.blockDim = dim3(kQuestSelectThreads);
+  lc.dynamicSmemBytes = smem;
+  lc.stream = stream;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(C);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  lc.attrs = attr;
+  lc.numAttrs = 2;
+  return lc;
+}
+
+// Dynamic shared memory of a cluster select block caching key_cap keys: the keys, then rank 0's
+// sum of the radix counts.
+static size_t cluster_select_smem(int key_cap) {
+  return size_t(key_cap) * sizeof(float) + size_t(kQuestRadixBins) * sizeof(uint32_t);
+}
+
+void QuestIndex::select_clusters(const QuestStep& step, cudaStream_t stream) {
+  auto& m = *impl_;
+  const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
+  auto* kernel = quest_select_cluster_kernel;
+  cudaLaunchAttribute attr[2];
+  if (m.cluster == 0) {  // once per index: its (b, h) count and key capacity are fixed
+    static const bool opted_in = [&] {  // clusters of 16 are non-portable; above 48 KB a kernel must opt in
+      SAAP_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      SAAP_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   int(cluster_select_smem(kQuestCachedKeys))));
+      return true;
+    }();
+    (void)opted_in;
+    int dev = 0, sms = 0;
+    SAAP_CU(cudaGetDevice(&dev));
+    SAAP_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    // The most blocks per (b, h) (a power of two, at most 16) within the SM count whose clusters,
+    // one per (b, h), the device holds all at once (a cluster's blocks share one GPC).
+    const int64_t key4 = key_stride_ / 4;
+    int C = 16;
+    for (; C > 1; C /= 2) {
+      if (int64_t(bh) * C > sms) continue;
+      const int cap = int(std::min<int64_t>(kQuestCachedKeys, (key4 + C - 1) / C * 4));
+      const cudaLaunchConfig_t lc = cluster_select_config(bh, C, cluster_select_smem(cap), stream, attr);
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &lc) == cudaSuccess && clusters >= int(bh)) break;
+      (void)cudaGetLastError();  // a refused size is no error here: the next smaller one is tried
+    }
+    m.cluster = C;
+    m.cluster_key_cap = int(std::min<int64_t>(kQuestCachedKeys, (key4 + C - 1) / C * 4));
+  }
+  const cudaLaunchConfig_t lc =
+      cluster_select_config(bh, m.cluster, cluster_select_smem(m.cluster_key_cap), stream, attr);
+  SAAP_CU(cudaLaunchKernelEx(&lc, kernel, static_cast<const float*>(m.keys.get()), key_stride_,
+                             static_cast<const int32_t*>(m.seq_len.get()), step, m.hist.get(), max_chunks_,
+                             m.chunk_rows.get(), m.chunk_count.get(), reinterpret_cast<int2*>(m.partials.get()),
+                             m.partial_count.get(), m.selected_tokens.get(), m.scored_pages.get(),
+                             m.cluster_key_cap));
 }
 
 void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream,

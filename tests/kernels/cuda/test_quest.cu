@@ -327,9 +327,15 @@ int main() {
         tally.check(ferr < 1e-4, (rt + "graph-captured select + fused attend rel error vs float64").c_str(), ferr,
                     1e-4);
       }
-      {  // The fused select (one cooperative kernel) on the same query as the default split select:
-         // the same list (chunks in the same order, partial runs, counters): one rule, applied exactly.
-        idx.set_fused_select(true);
+      // The fused select (one cooperative kernel) and the cluster select (the select kernel over
+      // a cluster of blocks per (b, h): up to 16 here, every case has at most 64 (b, h)) on the
+      // same query as the default split select: the same list (chunks in the same order, partial
+      // runs, counters): one rule, applied exactly. What each leaves behind (the histogram zeroed)
+      // the selects after it must not see: select_attend below and the next rep are checked.
+      for (const char* variant : {"fused select", "cluster select"}) {
+        const bool fused_variant = variant[0] == 'f';
+        idx.set_fused_select(fused_variant);
+        idx.set_cluster_select(!fused_variant);
         idx.select(dq.get(), c.budget);
         SAAP_CU(cudaDeviceSynchronize());
         std::vector<int32_t> srows(rows.size()), snch(nch.size()), sparts(parts.size()), snpart(npart.size());
@@ -347,8 +353,9 @@ int main() {
           same = same && std::equal(parts.begin() + size_t(bh) * 8, parts.begin() + size_t(bh) * 8 + 2 * npart[bh],
                                     sparts.begin() + size_t(bh) * 8);
         }
-        tally.check(same, (rt + "fused select == split select (chunks, partial runs, counters)").c_str(), same, 1);
+        tally.check(same, (rt + variant + " == split select (chunks, partial runs, counters)").c_str(), same, 1);
         idx.set_fused_select(false);
+        idx.set_cluster_select(false);
       }
       {  // The step in one kernel (select_attend): the same list and the attention vs float64, plain
          // and captured in a graph (twice: its tickets and scratch must come back reset).

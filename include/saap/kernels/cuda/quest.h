@@ -10,7 +10,8 @@
 //            (QuestConfig::fused_select = true; quest_fused_select.cuh), the bench's evidence: one
 //            cooperative kernel of three phases over every block, grid barriers between them
 //            (score with the histogram; the K-th key's bin and its candidates; the exact K-th key
-//            and the taken pages in order)
+//            and the taken pages in order). The cluster select (QuestConfig::cluster_select): the
+//            select kernel's work for one (b, h) split over the blocks of a thread-block cluster
 //   attend - the GroupAttender over chunks of P rows (sinks, taken pages, window) and the few
 //            partial runs, split evenly over blocks (64 tokens a split at least), then the combine;
 //            the rows reach the warps by a register loop, or (SparseAttendTuning::bulk) through a
@@ -40,6 +41,13 @@ struct QuestConfig {
   // in every row but one (128k batch 1, 1024 tokens: step 53.6 us vs 45.5; 512k batch 1: 87.5 vs
   // 91.6; batch 8: 1.98-2.02x its floor vs 1.69-1.71x at 128k); the bench times it as "select=fused".
   bool fused_select = false;
+  // The split select's second kernel as thread-block clusters (quest_kernels.cuh,
+  // quest_select_cluster_kernel): C blocks per (b, h), C a power of two up to 16 with batch x
+  // n_kv_heads x C within the SM count, each block one slice of the keys, the blocks' counts
+  // exchanged through distributed shared memory; else one block per (b, h) walks all its keys
+  // (at batch 1, 8 SMs: 15 us at 128k, 38 us at 512k on the H200 at 116e8e7). The bench times it
+  // as "select=cluster". Ignored when fused_select.
+  bool cluster_select = false;
 };
 
 // Tokens read per query: the lookup fraction of the prefix, or a fixed count when tokens > 0
@@ -82,6 +90,8 @@ class QuestIndex {
 
   // QuestConfig::fused_select for the next selects (the bench and the tests compare the two).
   void set_fused_select(bool fused) { cfg_.fused_select = fused; }
+  // QuestConfig::cluster_select for the next selects.
+  void set_cluster_select(bool cluster) { cfg_.cluster_select = cluster; }
   QuestCounters counters() const;  // synchronises
   const DecodeShape& shape() const { return shape_; }
   const QuestConfig& config() const { return cfg_; }
@@ -108,6 +118,8 @@ class QuestIndex {
 
  private:
   void select_split(const float* q, const QuestStep& step, cudaStream_t stream, cudaEvent_t scored);
+  // The split select's second kernel as clusters (QuestConfig::cluster_select).
+  void select_clusters(const QuestStep& step, cudaStream_t stream);
   // Checks q and the budget, notes the tokens the selection reads at most, returns the step.
   QuestStep checked_step(const float* q, const QuestBudget& budget);
   DecodeShape shape_;

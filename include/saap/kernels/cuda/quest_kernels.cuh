@@ -303,6 +303,38 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
                    partial_count, selected_tokens, scored_pages, key_cap, cached4);
 }
 
+// The blocks of one thread-block cluster selecting one (b, h) together (quest_select_row): the
+// cluster's barrier orders their shared memory, and each reads the others' through distributed
+// shared memory.
+struct QuestSelectCluster {
+  static constexpr bool kMany = true;
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  __device__ int rank() const { return int(cluster.block_rank()); }
+  __device__ int size() const { return int(cluster.num_blocks()); }
+  __device__ void sync() const { cluster.sync(); }
+  template <class V>
+  __device__ V* at(V* p, int r) const {
+    return cluster.map_shared_rank(p, r);
+  }
+};
+
+// The cluster select (QuestConfig::cluster_select): block x of cluster bh runs the rank-x slice of
+// quest_select_row for bh, once the score kernel is done, with key_cap floats of dynamic shared
+// memory for its keys and kQuestRadixBins words after them (rank 0's sum of the radix counts).
+static __global__ void __launch_bounds__(kQuestSelectThreads)
+    quest_select_cluster_kernel(const float* __restrict__ keys, int64_t key_stride,
+                                const int32_t* __restrict__ seq_len, QuestStep step, uint32_t* __restrict__ hist,
+                                int64_t max_chunks, int32_t* __restrict__ chunk_rows,
+                                int32_t* __restrict__ chunk_count, int2* __restrict__ partials,
+                                int32_t* __restrict__ partial_count, int32_t* __restrict__ selected_tokens,
+                                int32_t* __restrict__ scored_pages, int key_cap) {
+  extern __shared__ float4 cached4[];  // [key_cap / 4], then [kQuestRadixBins] words
+  const QuestSelectCluster x{};
+  wait_prior_grid();
+  quest_select_row(blockIdx.x / x.size(), keys, key_stride, seq_len, step, hist, max_chunks, chunk_rows, chunk_count,
+                   partials, partial_count, selected_tokens, scored_pages, key_cap, cached4, x);
+}
+
 // Row i of a stage of P-row chunks (stage[c]: chunk c's first row) when P is not a power of two.
 static __device__ __noinline__ int64_t quest_stage_row_div(const int32_t* stage, int i, int P) {
   return int64_t(stage[i / P]) + i % P;

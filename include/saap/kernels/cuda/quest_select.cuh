@@ -157,30 +157,59 @@ __device__ inline QuestFill quest_fill_walk(const quest::PageRange& range, int64
   return out;
 }
 
+// How the blocks that select one (b, h) share their sums: one block alone (the select kernel),
+// nothing to share. quest_kernels.cuh has the other, a thread-block cluster (QuestSelectCluster):
+// rank() of size() blocks, sync() a barrier of the cluster that orders shared memory, at(p, r)
+// block r's copy of the shared variable *p.
+struct QuestSelectAlone {
+  static constexpr bool kMany = false;
+  __device__ int rank() const { return 0; }
+  __device__ int size() const { return 1; }
+  __device__ void sync() const {}
+  template <class V>
+  __device__ V* at(V* p, int) const {
+    return p;
+  }
+};
+
+// What a block of a cluster publishes after its pass over its slice (read by every rank).
+struct QuestSliceSums {
+  unsigned long long before;  // full pages ranked before partial page 0 (low 32 bits) and 1 (high)
+  uint32_t u_lo, u_hi;        // the full keys' rank bits, min and max
+};
+
 // The selection of one (b, h), bh: everything it reads, as chunks of P rows (chunk_rows: their first
 // rows, in page order) and at most QuestIndex::kMaxPartials shorter runs. Run by one block of
-// kQuestSelectThreads threads, with cached4: key_cap floats of shared memory (the keys, cached
-// when count <= key_cap). The fill rule of saap::rules over the ranking, exactly, without a sort: the
-// candidates are `count` pages, of which the first and the last may be partial (shorter than P) and
-// the others are full.
+// kQuestSelectThreads threads (X = QuestSelectAlone), or by the x.size() blocks of a cluster
+// (QuestSelectCluster), block x.rank() taking the rank-th of x.size() contiguous slices of the keys
+// (in float4s), with cached4: key_cap floats of shared memory (the block's keys, cached when they
+// fit), and for a cluster 2048 words after them (lead_radix: rank 0's sum of the ranks' radix
+// counts). The fill rule of saap::rules over the ranking, exactly, without a sort: the candidates
+// are `count` pages, of which the first and the last may be partial (shorter than P) and the others
+// are full.
 //  1. one pass over the keys (16-byte loads, four in flight per thread): the full pages ranked
-//     before each partial page and the range of the full keys' radix bits; keys cached;
+//     before each partial page and the range of the full keys' radix bits; keys cached; a cluster's
+//     ranks then read each other's sums;
 //  2. the fill rule walked in rank order: the full pages taken are the first K of the order;
 //  3. the K-th key: its top 16 bits from the score kernel's histogram (read over the keys' range
 //     only, and zeroed for the next step); when that bin is taken in part, its keys' next 11 bits
 //     and last 5 bits (two passes over the cached keys) fix the exact key, and `need` of the pages
-//     holding exactly that key are taken: the lowest ids;
+//     holding exactly that key are taken: the lowest ids. A cluster's ranks add their counts into
+//     rank 0's, which finds the digit for all;
 //  4. compaction: tiles of 16 keys per thread, one block scan per tile (the four 16-byte loads'
 //     counts packed in 16-bit fields of one 64-bit value), the taken pages written in page order.
+//     A cluster's ranks first count their slice's taken and tied pages and read the counts of the
+//     ranks before them: where their pages go, and the ordinal of their first tie.
 // Every loop over the keys reads float4 i4 = tile + m * blockDim.x + thread, m < 4, so global and
 // shared loads are contiguous across a warp; page order within a tile is (m, thread, component).
+template <class X = QuestSelectAlone>
 __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ keys, int64_t key_stride,
                                         const int32_t* __restrict__ seq_len, QuestStep step,
                                         uint32_t* __restrict__ hist, int64_t max_chunks,
                                         int32_t* __restrict__ chunk_rows, int32_t* __restrict__ chunk_count,
                                         int2* __restrict__ partials, int32_t* __restrict__ partial_count,
                                         int32_t* __restrict__ selected_tokens, int32_t* __restrict__ scored_pages,
-                                        int key_cap, float4* cached4) {
+                                        int key_cap, float4* cached4, const X& x = X{}) {
   constexpr int M = 4;  // 16-byte loads per thread per tile
   static_assert(M * 4 * kQuestSelectThreads < 65536, "a tile's counts per load fit 16 bits");
   __shared__ uint32_t radix[kQuestRadixBins];
@@ -189,7 +218,11 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   __shared__ long long s_take_full;
   __shared__ int s_small_taken[2];
   __shared__ QuestBin s_bin;
+  __shared__ QuestSliceSums s_sums;         // a cluster's: this block's pass 1
+  __shared__ unsigned long long s_counts;   // a cluster's: this slice's taken (low 32 bits) and tied pages
   const int tid = threadIdx.x, nt = blockDim.x;
+  const int rank = x.rank(), C = x.size();
+  const bool lead = rank == 0;  // writes the sinks' and window's chunks, the partial runs and the counters
   const int P = step.P;
   const int64_t n = seq_len[bh];
   int64_t budget;
@@ -200,9 +233,10 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   // Runs [begin, end) as whole chunks at rows[at ..] plus a tail; returns the chunks written.
   auto emit = [&](int64_t begin, int64_t end, int64_t at, int* n_parts) -> int64_t {
     const int64_t whole = (end - begin) / P;
-    for (int64_t c = tid; c < whole; c += nt) rows[at + c] = int32_t(begin + c * P);
+    if (lead)
+      for (int64_t c = tid; c < whole; c += nt) rows[at + c] = int32_t(begin + c * P);
     if (end - begin > whole * P) {
-      if (tid == 0) parts[*n_parts] = make_int2(int(begin + whole * P), int(end - begin - whole * P));
+      if (lead && tid == 0) parts[*n_parts] = make_int2(int(begin + whole * P), int(end - begin - whole * P));
       ++*n_parts;
     }
     return whole;
@@ -210,7 +244,7 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   int n_parts = 0;
   if (budget >= f.middle()) {  // the budget covers the middle: read the prefix whole
     const int64_t whole = emit(0, n, 0, &n_parts);
-    if (tid == 0) {
+    if (lead && tid == 0) {
       chunk_count[bh] = int32_t(whole);
       partial_count[bh] = n_parts;
       selected_tokens[bh] = int32_t(n);
@@ -228,6 +262,11 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   const int full_lo = first_small ? 1 : 0, full_hi = count - (last_small ? 1 : 0), full = max(0, full_hi - full_lo);
   const float* key = keys + bh * key_stride;  // 16-byte aligned rows, padded to a multiple of 4
   const float4* key4 = reinterpret_cast<const float4*>(key);
+  // A cluster's: rank 0's sum of every rank's radix counts, after the block's cached keys.
+  auto lead_radix = [&] { return x.at(reinterpret_cast<uint32_t*>(cached4 + key_cap / 4), 0); };
+  if constexpr (X::kMany)
+    if (lead)  // zeroed before the barrier after pass 1, so before any rank adds to it
+      for (int i = tid; i < kQuestRadixBins; i += nt) lead_radix()[i] = 0u;
   // The partial pages e = 0 (first), 1 (last): their rank bits and ids; a missing one compares
   // below every key (bits all ones, id -1), so it counts nothing.
   uint32_t small_u[2] = {~0u, ~0u};
@@ -236,25 +275,27 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   if (first_small) small_key[0] = __ldcg(key), small_u[0] = quest_rank_bits(small_key[0]), small_r[0] = 0;
   if (last_small)
     small_key[1] = __ldcg(key + count - 1), small_u[1] = quest_rank_bits(small_key[1]), small_r[1] = count - 1;
+  // This block's slice of the keys, float4s [s_lo, s_hi): all of them when alone.
+  const int count4 = (count + 3) / 4;
+  const int s_lo = int(int64_t(count4) * rank / C), s_hi = int(int64_t(count4) * (rank + 1) / C);
   // 1. Full pages ranked before each partial page (rules::ranks_before on the rank bits), the full
   // keys' bit range, and the cache.
-  const bool cache = count <= key_cap;
-  const int count4 = (count + 3) / 4;
+  const bool cache = (s_hi - s_lo) * 4 <= key_cap;
   uint32_t u_lo = ~0u, u_hi = 0u;
   unsigned long long before = 0;  // partial page 0's count in the low 32 bits, page 1's in the high
 #pragma unroll 1
-  for (int t4 = 0; t4 < count4; t4 += M * nt) {
+  for (int t4 = s_lo; t4 < s_hi; t4 += M * nt) {
     float4 v[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const int i4 = t4 + m * nt + tid;
-      v[m] = i4 < count4 ? __ldcg(key4 + i4) : make_float4(0.f, 0.f, 0.f, 0.f);
+      v[m] = i4 < s_hi ? __ldcg(key4 + i4) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const int i4 = t4 + m * nt + tid;
-      if (i4 >= count4) continue;
-      if (cache) cached4[i4] = v[m];
+      if (i4 >= s_hi) continue;
+      if (cache) cached4[i4 - s_lo] = v[m];
 #pragma unroll 1
       for (int c = 0; c < 4; ++c) {
         const int r = 4 * i4 + c;
@@ -269,12 +310,24 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   }
   quest_block_exclusive_scan(before, scratch, &before);
   quest_block_min_max(u_lo, u_hi, ext, &u_lo, &u_hi);
-  const int rank[2] = {int(before & 0xffffffffu), int(before >> 32)};
+  if constexpr (X::kMany) {  // the cluster's sums: each warp reads the ranks' (lane r: rank r's)
+    if (tid == 0) s_sums = QuestSliceSums{before, u_lo, u_hi};
+    x.sync();
+    const int lane = tid & 31;
+    QuestSliceSums o{0ull, ~0u, 0u};
+    if (lane < C) o = *x.at(&s_sums, lane);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) o.before += __shfl_xor_sync(0xffffffffu, o.before, off);
+    before = o.before;
+    u_lo = __reduce_min_sync(0xffffffffu, o.u_lo);
+    u_hi = __reduce_max_sync(0xffffffffu, o.u_hi);
+  }
+  const int rank_before[2] = {int(before & 0xffffffffu), int(before >> 32)};
   // 2. The fill rule walked in rank order: between two partial pages, full pages of P tokens are
   // taken while they fit, so the full pages taken are the first K of the order; a partial page is
   // taken if it fits when its turn comes.
   if (tid == 0) {
-    const QuestFill fill = quest_fill_walk(range, budget, full, small_key, small_r, rank);
+    const QuestFill fill = quest_fill_walk(range, budget, full, small_key, small_r, rank_before);
     s_small_taken[0] = fill.small_taken[0];
     s_small_taken[1] = fill.small_taken[1];
     s_take_full = fill.full_taken;
@@ -282,13 +335,14 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   __syncthreads();
   const long long K = s_take_full;
   // 3. The K-th largest full key. The score kernel counted every full key's top 16 bits in
-  // hist[bh], all within [u_lo, u_hi] >> 16: those bins are read from the top and zeroed behind.
+  // hist[bh], all within [u_lo, u_hi] >> 16: those bins are read from the top and zeroed behind
+  // (a cluster's ranks zero them at the end, once every rank has read them).
   const bool take_all = K >= full, take_some = K > 0 && !take_all;
   uint32_t prefix = 0, mask = 0;
   unsigned long long need = 0, at = 0;
+  uint32_t* hb = hist + bh * kQuestHistBins;
+  const int b_hi = int(u_hi >> kQuestHistShift), nbins = full > 0 ? b_hi - int(u_lo >> kQuestHistShift) + 1 : 0;
   if (full > 0) {
-    uint32_t* hb = hist + bh * kQuestHistBins;
-    const int b_hi = int(u_hi >> kQuestHistShift), nbins = b_hi - int(u_lo >> kQuestHistShift) + 1;
     if (take_some) {
       const QuestBin b = quest_block_find_bin(hb + b_hi, true, nbins, (unsigned long long)K, scratch, &s_bin);
       prefix = uint32_t(b_hi - b.from_top) << kQuestHistShift;
@@ -296,23 +350,26 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
       need = K - b.above;
       at = b.count;
     }
-    for (int i = tid; i < nbins; i += nt) hb[b_hi - i] = 0u;  // after the last read (the find's barrier)
+    if constexpr (!X::kMany)
+      for (int i = tid; i < nbins; i += nt) hb[b_hi - i] = 0u;  // after the last read (the find's barrier)
   }
   // The bin is taken in part: its keys' next 11 bits, then the last 5, fix the exact K-th key.
   static_assert(kQuestHistShift == 16 && kQuestRadixBins == 2048, "the refinement covers 11 + 5 bits");
-  const float4* src4 = cache ? cached4 : key4;  // every later pass (the barriers above order the cache)
+  // Every later pass reads float4 i4 at src4[i4 - off4] (the barriers above order the cache).
+  const float4* src4 = cache ? cached4 : key4;
+  const int off4 = cache ? s_lo : 0;
 #pragma unroll 1
   for (int pass = 0; pass < 2 && take_some && need < at; ++pass) {
     const int shift = pass == 0 ? 5 : 0, nb = pass == 0 ? 2048 : 32;
     for (int i = tid; i < nb; i += nt) radix[i] = 0u;
     __syncthreads();
 #pragma unroll 1
-    for (int t4 = 0; t4 < count4; t4 += M * nt) {
+    for (int t4 = s_lo; t4 < s_hi; t4 += M * nt) {
       float4 v[M];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         const int i4 = t4 + m * nt + tid;
-        v[m] = i4 < count4 ? (cache ? src4[i4] : __ldcg(src4 + i4)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        v[m] = i4 < s_hi ? (cache ? src4[i4 - off4] : __ldcg(src4 + i4)) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
       for (int m = 0; m < M; ++m) {
@@ -325,7 +382,21 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
       }
     }
     __syncthreads();
-    const QuestBin b = quest_block_find_bin(radix + nb - 1, false, nb, need, scratch, &s_bin);
+    QuestBin b;
+    if constexpr (X::kMany) {  // every rank's counts into rank 0's, which finds the digit
+      uint32_t* sum = lead_radix();
+      for (int i = tid; i < nb; i += nt)
+        if (radix[i]) atomicAdd(sum + i, radix[i]);
+      x.sync();
+      if (lead) {
+        quest_block_find_bin(sum + nb - 1, false, nb, need, scratch, &s_bin);
+        for (int i = tid; i < nb; i += nt) sum[i] = 0u;  // for the next pass (the find's barrier)
+      }
+      x.sync();
+      b = *x.at(&s_bin, 0);
+    } else {
+      b = quest_block_find_bin(radix + nb - 1, false, nb, need, scratch, &s_bin);
+    }
     prefix |= uint32_t(nb - 1 - b.from_top) << shift;
     mask |= uint32_t(nb - 1) << shift;
     need -= b.above;
@@ -334,24 +405,51 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   // 4. Compaction. Pages holding the K-th key exactly are ranked by id only when some of them are
   // left out (rare): then need of the at pages holding it are taken.
   const bool rank_ties = take_some && need < at;
-  long long taken_pages = 0, ties_seen = 0;
-  const int32_t first_row = int32_t(range.first * P);
-#pragma unroll 1
-  for (int t4 = 0; K > 0 && t4 < count4; t4 += M * nt) {
-    uint32_t take = 0u, tie = 0u;  // bit 4 m + c: component c of this thread's load m
+  // Tile t4's full pages taken outright (take) and tied at the K-th key when ties are ranked (tie):
+  // bit 4 m + c is component c of this thread's load m.
+  auto classify = [&](int t4, uint32_t* take, uint32_t* tie) {
+    *take = 0u, *tie = 0u;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const int i4 = t4 + m * nt + tid;
-      const float4 v = i4 < count4 ? (cache ? src4[i4] : __ldcg(src4 + i4)) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 v = i4 < s_hi ? (cache ? src4[i4 - off4] : __ldcg(src4 + i4)) : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 1
       for (int c = 0; c < 4; ++c) {
         const int r = 4 * i4 + c;
         if (r < full_lo || r >= full_hi) continue;
         const uint32_t um = quest_rank_bits(quest_component(v, c)) & mask;
-        if (take_all || um > prefix || (um == prefix && !rank_ties)) take |= 1u << (4 * m + c);
-        if (!take_all && um == prefix && rank_ties) tie |= 1u << (4 * m + c);
+        if (take_all || um > prefix || (um == prefix && !rank_ties)) *take |= 1u << (4 * m + c);
+        if (!take_all && um == prefix && rank_ties) *tie |= 1u << (4 * m + c);
       }
     }
+  };
+  // Pages taken and ties seen before this block's slice (the ranks before it in a cluster).
+  long long taken_pages = 0, ties_seen = 0;
+  if constexpr (X::kMany) {
+    if (K > 0) {
+      unsigned long long mine = 0;  // taken outright in the low 32 bits, tied in the high
+#pragma unroll 1
+      for (int t4 = s_lo; t4 < s_hi; t4 += M * nt) {
+        uint32_t take, tie;
+        classify(t4, &take, &tie);
+        mine += (unsigned long long)__popc(take) | ((unsigned long long)__popc(tie) << 32);
+      }
+      quest_block_exclusive_scan(mine, scratch, &mine);
+      if (tid == 0) s_counts = mine;
+      x.sync();
+      const int lane = tid & 31;
+      unsigned long long pre = lane < rank ? *x.at(&s_counts, lane) : 0ull;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) pre += __shfl_xor_sync(0xffffffffu, pre, off);
+      ties_seen = (long long)(pre >> 32);
+      taken_pages = (long long)(pre & 0xffffffffu) + (rank_ties ? min(ties_seen, (long long)need) : 0ll);
+    }
+  }
+  const int32_t first_row = int32_t(range.first * P);
+#pragma unroll 1
+  for (int t4 = s_lo; K > 0 && t4 < s_hi; t4 += M * nt) {
+    uint32_t take, tie;
+    classify(t4, &take, &tie);
     // Ordinals in page order: a 64-bit block scan of the per-load counts (16 bits each).
     auto pack = [](uint32_t bits) {
       unsigned long long p = 0;
@@ -387,8 +485,15 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
     }
     taken_pages = base - chunks;
   }
+  if constexpr (X::kMany) {
+    // Every rank's shared values read, and the histogram read by every rank: each zeroes a share
+    // of its bins. The full pages taken over the cluster are the K of the fill rule.
+    x.sync();
+    for (int i = rank * nt + tid; i < nbins; i += C * nt) hb[b_hi - i] = 0u;
+    taken_pages = K;
+  }
   tokens += taken_pages * P;
-  if (tid == 0) {
+  if (lead && tid == 0) {
     for (int e = 0; e < 2; ++e)
       if (small_r[e] >= 0 && s_small_taken[e]) {
         const int64_t c = range.first + small_r[e];

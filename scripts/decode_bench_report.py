@@ -89,9 +89,11 @@ def quest_floor_table(by, floor_gbps, curve):
     out = ["", "## Quest's step vs its floor (issue 10)", "",
            "Default attend tuning. The default select is the score kernel, then the select kernel: top-k = select - "
            "score (the select kernel and its launch). Rows \"select=fused\": one cooperative kernel (score, top-k "
-           "and compaction fused), its score column the whole select and top-k 0. rest = step - select - "
-           "attend (the append, gaps). step / floor: the target is <= 1.3x at >= 128k tokens. read us: the read "
-           "kernel over as many bytes in one launch (the run's read curve), what a step reading them can reach; "
+           "and compaction fused), its score column the whole select and top-k 0. Rows \"select=cluster\": the "
+           "score kernel, then the select kernel over a thread-block cluster per (b, h), top-k as the default's. "
+           "rest = step - select - attend (the append, gaps). step / floor: the target is <= 1.3x at >= 128k "
+           "tokens. read us: the read kernel over as many bytes in one launch (the run's read curve), what a step "
+           "reading them can reach; "
            "step / read beside it (not the target).", "",
            "| shape | batch | context | budget | score us | top-k us | attend us | rest us | step us | graph us | "
            "floor us | step / floor | target | read us | step / read |",

@@ -176,6 +176,8 @@ static int opt_in_resident_blocks(Kernel* kernel, size_t smem) {
 
 QuestStep QuestIndex::checked_step(const float* q, const QuestBudget& budget) {
   SAAP_CU_REQUIRE(q, InvalidArgument, "%s", "null q");
+  SAAP_CU_REQUIRE(reinterpret_cast<uintptr_t>(q) % 16 == 0, InvalidArgument,
+                  "q = %p must be 16-byte aligned (the score kernel reads it in 16-byte loads)", (const void*)q);
   SAAP_CU_REQUIRE(budget.tokens > 0 || rules::lookup_in_range(budget.lookup), InvalidArgument,
                   "budget: lookup = %g outside (0, 1] and no fixed tokens (%lld)", budget.lookup,
                   (long long)budget.tokens);
@@ -250,7 +252,7 @@ void QuestIndex::select_split(const float* q, const QuestStep& step, cudaStream_
   });
   SAAP_CU_LAUNCHED();
   if (scored) SAAP_CU(cudaEventRecord(scored, stream));
-  if (cfg_.cluster_select) return select_clusters(step, stream);
+  if (cfg_.cluster_select && select_clusters(step, stream)) return;
   const int key_cap = int(std::min<int64_t>(key_stride_, kQuestCachedKeys));  // a multiple of 4
   const size_t cache_bytes = size_t(key_cap) * sizeof(float);
   static const bool opted_in = [] {  // above 48 KB of dynamic shared memory a kernel must opt in
@@ -292,7 +294,7 @@ static size_t cluster_select_smem(int key_cap) {
   return size_t(key_cap) * sizeof(float) + size_t(kQuestRadixBins) * sizeof(uint32_t);
 }
 
-void QuestIndex::select_clusters(const QuestStep& step, cudaStream_t stream) {
+bool QuestIndex::select_clusters(const QuestStep& step, cudaStream_t stream) {
   auto& m = *impl_;
   const unsigned bh = unsigned(shape_.batch * shape_.n_kv_heads);
   auto* kernel = quest_select_cluster_kernel;
@@ -323,6 +325,7 @@ void QuestIndex::select_clusters(const QuestStep& step, cudaStream_t stream) {
     m.cluster = C;
     m.cluster_key_cap = int(std::min<int64_t>(kQuestCachedKeys, (key4 + C - 1) / C * 4));
   }
+  if (m.cluster == 1) return false;  // the select kernel, without the cluster's exchanges
   const cudaLaunchConfig_t lc =
       cluster_select_config(bh, m.cluster, cluster_select_smem(m.cluster_key_cap), stream, attr);
   SAAP_CU(cudaLaunchKernelEx(&lc, kernel, static_cast<const float*>(m.keys.get()), key_stride_,
@@ -330,6 +333,7 @@ void QuestIndex::select_clusters(const QuestStep& step, cudaStream_t stream) {
                              m.chunk_rows.get(), m.chunk_count.get(), reinterpret_cast<int2*>(m.partials.get()),
                              m.partial_count.get(), m.selected_tokens.get(), m.scored_pages.get(),
                              m.cluster_key_cap));
+  return true;
 }
 
 void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream,

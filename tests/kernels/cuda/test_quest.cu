@@ -488,5 +488,10 @@ int main() {
     cuda::DeviceBuffer<float> q(4 * 64);
     idx.select(q.get(), {0.0, 0});
   });
+  refused("q not 16-byte aligned refused", ErrorKind::InvalidArgument, [&] {
+    cuda::QuestIndex idx(s, 8, {16, 4, 64});
+    cuda::DeviceBuffer<float> q(4 * 64 + 1);
+    idx.select(q.get() + 1, {0.05, 0});
+  });
   return tally.finish();
 }

@@ -43,10 +43,10 @@ struct QuestConfig {
   bool fused_select = false;
   // The split select's second kernel as thread-block clusters (quest_kernels.cuh,
   // quest_select_cluster_kernel): C blocks per (b, h), C a power of two up to 16 with batch x
-  // n_kv_heads x C within the SM count, each block one slice of the keys, the blocks' counts
-  // exchanged through distributed shared memory; else one block per (b, h) walks all its keys
-  // (at batch 1, 8 SMs: 15 us at 128k, 38 us at 512k on the H200 at 116e8e7). The bench times it
-  // as "select=cluster". Ignored when fused_select.
+  // n_kv_heads x C within the SM count (C = 1: the select kernel), each block one slice of the
+  // keys, the blocks' counts exchanged through distributed shared memory; else one block per
+  // (b, h) walks all its keys (at batch 1, 8 SMs: 15 us at 128k, 38 us at 512k on the H200 at
+  // 116e8e7). The bench times it as "select=cluster". Ignored when fused_select.
   bool cluster_select = false;
 };
 
@@ -74,9 +74,9 @@ class QuestIndex {
   // One new token per (b, h): k_new, v_new [batch][n_kv_heads][D]; folds the key into its page
   // (a new page when the token starts one). Throws before a sequence would pass max_len.
   void append(const void* k_new, const void* v_new, cudaStream_t stream = 0);
-  // Scores the pages for q [batch][n_q_heads][D] (post-RoPE) and selects per KV group. scored, when
-  // given, is recorded on the stream between the score and the select kernel (decode_bench times
-  // the two apart; the record costs the select kernel its early launch).
+  // Scores the pages for q [batch][n_q_heads][D] (post-RoPE, 16-byte aligned) and selects per KV
+  // group. scored, when given, is recorded on the stream between the score and the select kernel
+  // (decode_bench times the two apart; the record costs the select kernel its early launch).
   void select(const float* q, const QuestBudget& budget, cudaStream_t stream = 0, cudaEvent_t scored = nullptr);
   // select() then attend() with the fused combine, as one cooperative kernel (the fused select's
   // phases, a grid barrier, the attention over the whole grid): one launch for the step but the
@@ -118,8 +118,9 @@ class QuestIndex {
 
  private:
   void select_split(const float* q, const QuestStep& step, cudaStream_t stream, cudaEvent_t scored);
-  // The split select's second kernel as clusters (QuestConfig::cluster_select).
-  void select_clusters(const QuestStep& step, cudaStream_t stream);
+  // The split select's second kernel as clusters (QuestConfig::cluster_select); false (nothing
+  // launched) where one block per (b, h) already fills the SMs.
+  bool select_clusters(const QuestStep& step, cudaStream_t stream);
   // Checks q and the budget, notes the tokens the selection reads at most, returns the step.
   QuestStep checked_step(const float* q, const QuestBudget& budget);
   DecodeShape shape_;

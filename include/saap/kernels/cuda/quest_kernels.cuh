@@ -103,21 +103,39 @@ __device__ inline void quest_score_slice(int64_t bh, int64_t s, int64_t S, const
   __shared__ float s_small[2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % LPT, slot = lane / LPT;
   __syncthreads();  // the previous item's shared values are read
-  // The query is read before the length is known, so that the two loads are in flight together.
+  // The length and the query are loaded together, in one round trip: the query's loads are not
+  // conditional on g < G (a row past G reads row G - 1 again, counted as zeros), since loads
+  // under a branch per row were issued one row at a time, each after the previous row's arrived,
+  // and the length after them all (five dependent round trips before the first page load). Two
+  // 16-byte loads a row (q is 16-byte aligned: checked by QuestIndex): with 8 scalar loads a row,
+  // ptxas split the page loads of groups of 8 in two round trips (see quest_score_kernel).
+  const int64_t len = seq_len[bh];
+  float4 qv4[GMAX][2];
+  const float* qb = q + bh * G * D + sub * 8;  // the group's rows: (b * Hkv + h) * G == b * Hq + h * G
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g) {
+    const float4* row = reinterpret_cast<const float4*>(qb + min(g, G - 1) * D);
+    qv4[g][0] = row[0];
+    qv4[g][1] = row[1];
+  }
+  float qv[GMAX][8];
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) qv[g][j] = quest_component(qv4[g][j / 4], j % 4);
   float q_pos[8], q_neg[8];
-  const float* qb = q + bh * G * D;  // the group's query rows: (b * Hkv + h) * G == b * Hq + h * G
 #pragma unroll
   for (int j = 0; j < 8; ++j) q_pos[j] = q_neg[j] = 0.f;
 #pragma unroll
   for (int g = 0; g < GMAX; ++g)
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const float x = g < G ? qb[g * D + sub * 8 + j] : 0.f;
+      const float x = g < G ? qv[g][j] : 0.f;
       q_pos[j] += fmaxf(x, 0.f);
       q_neg[j] += fminf(x, 0.f);
     }
   int64_t budget;
-  const quest::PageRange range = step.range(seq_len[bh], &budget);
+  const quest::PageRange range = step.range(len, &budget);
   if (budget <= 0 || budget >= range.fixed.middle()) return;  // select() scores nothing then
   const int64_t c1 = range.count();
   int64_t lo, hi;
@@ -223,9 +241,14 @@ __device__ inline void quest_score_slice(int64_t bh, int64_t s, int64_t S, const
 // The split select's score kernel: block (slice, bh) runs quest_score_slice. The launcher sizes
 // the grid to one wave of resident blocks, so the group's query is loaded once per block, not once
 // per 32 pages, and from the capacity, not the current length, so a captured step stays valid as
-// sequences grow.
+// sequences grow. At least kQuestScoreMinBlocks blocks per SM: with no minimum, ptxas (CUDA 13.0,
+// sm_90) issued a block pass's 8 page loads per lane as 3, then the other 5 once the first had
+// arrived (two DRAM round trips a pass), at 78-80 registers (6 blocks per SM); with it, all 8
+// before the first use, at 66-68 registers (7 blocks per SM) for groups up to 4, 80 for groups of
+// 8, no spills (the SASS of every head dim and group size, read with nvdisasm).
+constexpr int kQuestScoreMinBlocks = 6;
 template <class T, int D, int GMAX>
-static __global__ void __launch_bounds__(kQuestScoreWarps * 32)
+static __global__ void __launch_bounds__(kQuestScoreWarps * 32, kQuestScoreMinBlocks)
     quest_score_kernel(const T* __restrict__ meta, int64_t max_pages, const int32_t* __restrict__ seq_len,
                        const float* __restrict__ q, int G, QuestStep step, int64_t key_stride,
                        float* __restrict__ keys, uint32_t* __restrict__ hist) {

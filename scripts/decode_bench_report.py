@@ -116,8 +116,8 @@ def quest_floor_table(by, floor_gbps, curve):
 def attend_table(by, floor_gbps, curve, method, mark, heading, what, target_min):
     """A sparse method's attend stage against the floor of the K/V it selected, per budget and attend
     tuning (a tuned row's param is the budget's plus mark..., the default row has no suffix; rows of
-    the one-kernel step, whose attend is not timed apart, and of the fused select, whose attend is
-    the default's, are left out); target_min: the attend of floor to reach at >= 128k tokens, or None."""
+    the one-kernel step, whose attend is not timed apart, and of the fused and cluster selects, whose
+    attend is the default's, are left out); target_min: the attend of floor to reach at >= 128k tokens, or None."""
     target_text = f"Target: attend of floor >= {target_min:.2f} at >= 128k tokens. " if target_min else ""
     out = ["", heading, "",
            f"attend us: {what} (attend kernel + combine, L2 flushed); floor us: the selected K/V bytes "
@@ -128,7 +128,7 @@ def attend_table(by, floor_gbps, curve, method, mark, heading, what, target_min)
            "graph us | target | read us | attend of read |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in sorted(by):
         for r in by[k]:
-            if r["method"] != method or ";step=fused" in r["param"] or ";select=fused" in r["param"]:
+            if r["method"] != method or any(f";{x}" in r["param"] for x in ("step=fused", "select=")):
                 continue
             cut = r["param"].find(mark)
             budget, tuning = (r["param"][:cut], r["param"][cut + 1:]) if cut >= 0 else (r["param"], "default")

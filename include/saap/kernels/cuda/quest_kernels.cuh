@@ -335,6 +335,8 @@ struct QuestSelectCluster {
   __device__ int rank() const { return int(cluster.block_rank()); }
   __device__ int size() const { return int(cluster.num_blocks()); }
   __device__ void sync() const { cluster.sync(); }
+  __device__ void arrive() const { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+  __device__ void wait() const { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
   template <class V>
   __device__ V* at(V* p, int r) const {
     return cluster.map_shared_rank(p, r);

@@ -159,13 +159,15 @@ __device__ inline QuestFill quest_fill_walk(const quest::PageRange& range, int64
 
 // How the blocks that select one (b, h) share their sums: one block alone (the select kernel),
 // nothing to share. quest_kernels.cuh has the other, a thread-block cluster (QuestSelectCluster):
-// rank() of size() blocks, sync() a barrier of the cluster that orders shared memory, at(p, r)
-// block r's copy of the shared variable *p.
+// rank() of size() blocks, sync() a barrier of the cluster that orders shared memory (arrive()
+// then wait(): the same barrier in two halves), at(p, r) block r's copy of the shared variable *p.
 struct QuestSelectAlone {
   static constexpr bool kMany = false;
   __device__ int rank() const { return 0; }
   __device__ int size() const { return 1; }
   __device__ void sync() const {}
+  __device__ void arrive() const {}
+  __device__ void wait() const {}
   template <class V>
   __device__ V* at(V* p, int) const {
     return p;
@@ -230,20 +232,21 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   const rules::FixedReads& f = range.fixed;
   int32_t* rows = chunk_rows + bh * max_chunks;
   int2* parts = partials + bh * 4;
-  // Runs [begin, end) as whole chunks at rows[at ..] plus a tail; returns the chunks written.
-  auto emit = [&](int64_t begin, int64_t end, int64_t at, int* n_parts) -> int64_t {
+  // Runs [begin, end) as whole chunks at rows[at ..] plus a tail; returns the chunks, written when
+  // `write` (by the lead).
+  auto emit = [&](int64_t begin, int64_t end, int64_t at, int* n_parts, bool write) -> int64_t {
     const int64_t whole = (end - begin) / P;
-    if (lead)
+    if (lead && write)
       for (int64_t c = tid; c < whole; c += nt) rows[at + c] = int32_t(begin + c * P);
     if (end - begin > whole * P) {
-      if (lead && tid == 0) parts[*n_parts] = make_int2(int(begin + whole * P), int(end - begin - whole * P));
+      if (lead && write && tid == 0) parts[*n_parts] = make_int2(int(begin + whole * P), int(end - begin - whole * P));
       ++*n_parts;
     }
     return whole;
   };
   int n_parts = 0;
   if (budget >= f.middle()) {  // the budget covers the middle: read the prefix whole
-    const int64_t whole = emit(0, n, 0, &n_parts);
+    const int64_t whole = emit(0, n, 0, &n_parts, true);
     if (lead && tid == 0) {
       chunk_count[bh] = int32_t(whole);
       partial_count[bh] = n_parts;
@@ -252,8 +255,10 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
     }
     return;
   }
-  int64_t chunks = emit(0, f.sink_end, 0, &n_parts);
-  chunks += emit(f.window_begin, n, chunks, &n_parts);
+  // A cluster's lead writes them after the last exchange: a cluster barrier first waits for the
+  // block's stores to reach L2.
+  int64_t chunks = emit(0, f.sink_end, 0, &n_parts, !X::kMany);
+  chunks += emit(f.window_begin, n, chunks, &n_parts, !X::kMany);
   int64_t tokens = f.count();
   const int count = budget > 0 ? int(range.count()) : 0;
   // Candidates r in [full_lo, full_hi) are full pages; r = 0 and r = count - 1 may be partial.
@@ -444,6 +449,12 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
       ties_seen = (long long)(pre >> 32);
       taken_pages = (long long)(pre & 0xffffffffu) + (rank_ties ? min(ties_seen, (long long)need) : 0ll);
     }
+    // Every read of another rank's shared memory and of the histogram is done: the arrival now,
+    // the wait (before the exit and the histogram's zeroing) after this block's stores.
+    x.arrive();
+    int fixed_parts = 0;
+    const int64_t sink_chunks = emit(0, f.sink_end, 0, &fixed_parts, true);
+    emit(f.window_begin, n, sink_chunks, &fixed_parts, true);
   }
   const int32_t first_row = int32_t(range.first * P);
 #pragma unroll 1
@@ -488,7 +499,7 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   if constexpr (X::kMany) {
     // Every rank's shared values read, and the histogram read by every rank: each zeroes a share
     // of its bins. The full pages taken over the cluster are the K of the fill rule.
-    x.sync();
+    x.wait();
     for (int i = rank * nt + tid; i < nbins; i += C * nt) hb[b_hi - i] = 0u;
     taken_pages = K;
   }

@@ -360,9 +360,12 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   }
   // The bin is taken in part: its keys' next 11 bits, then the last 5, fix the exact K-th key.
   static_assert(kQuestHistShift == 16 && kQuestRadixBins == 2048, "the refinement covers 11 + 5 bits");
-  // Every later pass reads float4 i4 at src4[i4 - off4] (the barriers above order the cache).
+  // Every later pass reads float4 i4 at src4[i4 - off4] (the barriers above order the cache), and
+  // counts the full pages of this block's slice only: r < slice_end. A thread's loads past the slice
+  // read zeros, and their ids are the next rank's pages (alone, past count: full_hi bounds them).
   const float4* src4 = cache ? cached4 : key4;
   const int off4 = cache ? s_lo : 0;
+  const int slice_end = min(full_hi, 4 * s_hi);
 #pragma unroll 1
   for (int pass = 0; pass < 2 && take_some && need < at; ++pass) {
     const int shift = pass == 0 ? 5 : 0, nb = pass == 0 ? 2048 : 32;
@@ -382,7 +385,7 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
         for (int c = 0; c < 4; ++c) {
           const int r = 4 * (t4 + m * nt + tid) + c;
           const uint32_t u = quest_rank_bits(quest_component(v[m], c));
-          if (r >= full_lo && r < full_hi && (u & mask) == prefix) atomicAdd(&radix[(u >> shift) & (nb - 1)], 1u);
+          if (r >= full_lo && r < slice_end && (u & mask) == prefix) atomicAdd(&radix[(u >> shift) & (nb - 1)], 1u);
         }
       }
     }
@@ -421,7 +424,7 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
 #pragma unroll 1
       for (int c = 0; c < 4; ++c) {
         const int r = 4 * i4 + c;
-        if (r < full_lo || r >= full_hi) continue;
+        if (r < full_lo || r >= slice_end) continue;
         const uint32_t um = quest_rank_bits(quest_component(v, c)) & mask;
         if (take_all || um > prefix || (um == prefix && !rank_ties)) *take |= 1u << (4 * m + c);
         if (!take_all && um == prefix && rank_ties) *tie |= 1u << (4 * m + c);

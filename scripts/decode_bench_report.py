@@ -89,8 +89,10 @@ def quest_floor_table(by, floor_gbps, curve):
     out = ["", "## Quest's step vs its floor (issue 10)", "",
            "Default attend tuning. The default select is the score kernel, then the select kernel: top-k = select - "
            "score (the select kernel and its launch). Rows \"select=fused\": one cooperative kernel (score, top-k "
-           "and compaction fused), its score column the whole select and top-k 0. Rows \"select=cluster\": the "
-           "score kernel, then the select kernel over a thread-block cluster per (b, h), top-k as the default's. "
+           "and compaction fused), its score column the whole select and top-k 0. Rows \"select=cluster\" and "
+           "\"select=block\": the score kernel, then the select kernel over a thread-block cluster per (b, h), or "
+           "one block per (b, h) (the default row takes the cluster from 16384 pages per (b, h) on), top-k as the "
+           "default's. "
            "rest = step - select - attend (the append, gaps). step / floor: the target is <= 1.3x at >= 128k "
            "tokens. read us: the read kernel over as many bytes in one launch (the run's read curve), what a step "
            "reading them can reach; "

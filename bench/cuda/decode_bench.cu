@@ -691,21 +691,23 @@ int main(int argc, char** argv) {
           // default attend, as evidence.
           // "step=fused": select_attend, the select and the attention in one cooperative kernel (its
           // select column is the whole of it, its attend column 0).
-          // "select=cluster": the split select with its select kernel over a cluster of blocks per
-          // (b, h), with the default attend (compare its select column with the plain row's).
+          // "select=cluster" / "select=block": the split select with its select kernel over a cluster
+          // of blocks per (b, h) / one block per (b, h) whatever the pages (the default row follows
+          // QuestConfig::cluster_from_pages), with the default attend.
           for (const auto& entry : budgets)
-            for (size_t ti = 0; ti <= tunings.size() + 2; ++ti) {
+            for (size_t ti = 0; ti <= tunings.size() + 3; ++ti) {
               const bool fused = ti == tunings.size(), one_kernel = ti == tunings.size() + 1,
-                         cluster = ti == tunings.size() + 2;
+                         cluster = ti == tunings.size() + 2, block = ti == tunings.size() + 3;
               const QuestBudget budget = entry.first;
-              const SparseAttendTuning& tuning = tunings[fused || one_kernel || cluster ? 0 : ti];
+              const SparseAttendTuning& tuning = tunings[fused || one_kernel || cluster || block ? 0 : ti];
               const std::string param = fused        ? entry.second + ";select=fused"
                                         : one_kernel ? entry.second + ";step=fused"
                                         : cluster    ? entry.second + ";select=cluster"
+                                        : block      ? entry.second + ";select=block"
                                         : ti == 0     ? entry.second
                                                       : entry.second + ";" + tuning.name();
               idx.set_fused_select(fused);
-              idx.set_cluster_select(cluster);
+              idx.set_cluster_from_pages(cluster ? 0 : block ? QuestConfig::kNoCluster : qc.cluster_from_pages);
               // The prefill again: every timed step appends the same token, and ~300 copies of it
               // (five rows) reach past the window into the scored pages, whose bounds then all
               // tie at one key of the other sign (the H200 run at 2df0f1e: tokens=2048, the

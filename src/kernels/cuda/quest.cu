@@ -252,7 +252,9 @@ void QuestIndex::select_split(const float* q, const QuestStep& step, cudaStream_
   });
   SAAP_CU_LAUNCHED();
   if (scored) SAAP_CU(cudaEventRecord(scored, stream));
-  if (cfg_.cluster_select && select_clusters(step, stream)) return;
+  const int64_t longest = *std::max_element(host_len_.begin(), host_len_.end());
+  if ((longest + cfg_.page_size - 1) / cfg_.page_size >= cfg_.cluster_from_pages && select_clusters(step, stream))
+    return;
   const int key_cap = int(std::min<int64_t>(key_stride_, kQuestCachedKeys));  // a multiple of 4
   const size_t cache_bytes = size_t(key_cap) * sizeof(float);
   static const bool opted_in = [] {  // above 48 KB of dynamic shared memory a kernel must opt in

@@ -327,15 +327,17 @@ int main() {
         tally.check(ferr < 1e-4, (rt + "graph-captured select + fused attend rel error vs float64").c_str(), ferr,
                     1e-4);
       }
-      // The fused select (one cooperative kernel) and the cluster select (the select kernel over
-      // a cluster of blocks per (b, h): up to 16 here, every case has at most 64 (b, h)) on the
-      // same query as the default split select: the same list (chunks in the same order, partial
-      // runs, counters): one rule, applied exactly. What each leaves behind (the histogram zeroed)
-      // the selects after it must not see: select_attend below and the next rep are checked.
-      for (const char* variant : {"fused select", "cluster select"}) {
-        const bool fused_variant = variant[0] == 'f';
+      // The fused select (one cooperative kernel), the cluster select (the select kernel over a
+      // cluster of blocks per (b, h): up to 16 here, every case has at most 64 (b, h)) and the
+      // select kernel of one block per (b, h), each forced, on the same query as the default select
+      // (the cluster from QuestConfig::cluster_from_pages on): the same list (chunks in the same
+      // order, partial runs, counters): one rule, applied exactly. What each leaves behind (the
+      // histogram zeroed) the selects after it must not see: select_attend below and the next rep
+      // are checked.
+      for (const char* variant : {"fused select", "cluster select", "one-block select"}) {
+        const bool fused_variant = variant[0] == 'f', cluster_variant = variant[0] == 'c';
         idx.set_fused_select(fused_variant);
-        idx.set_cluster_select(!fused_variant);
+        idx.set_cluster_from_pages(cluster_variant ? 0 : cuda::QuestConfig::kNoCluster);
         idx.select(dq.get(), c.budget);
         SAAP_CU(cudaDeviceSynchronize());
         std::vector<int32_t> srows(rows.size()), snch(nch.size()), sparts(parts.size()), snpart(npart.size());
@@ -353,9 +355,9 @@ int main() {
           same = same && std::equal(parts.begin() + size_t(bh) * 8, parts.begin() + size_t(bh) * 8 + 2 * npart[bh],
                                     sparts.begin() + size_t(bh) * 8);
         }
-        tally.check(same, (rt + variant + " == split select (chunks, partial runs, counters)").c_str(), same, 1);
+        tally.check(same, (rt + variant + " == the default select (chunks, partial runs, counters)").c_str(), same, 1);
         idx.set_fused_select(false);
-        idx.set_cluster_select(false);
+        idx.set_cluster_from_pages(c.cfg.cluster_from_pages);
       }
       {  // The step in one kernel (select_attend): the same list and the attention vs float64, plain
          // and captured in a graph (twice: its tickets and scratch must come back reset).

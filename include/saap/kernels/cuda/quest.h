@@ -2,7 +2,8 @@
 // methods/quest_pages.h): the dense cache plus, per page of P positions and KV head, the
 // element-wise min and max of its keys. A decode step is three kernels (two with the fused select),
 // all on the device, no host synchronisation, so it can be captured in a CUDA graph:
-//   select - by default a score kernel, then a select kernel of one block per (b, h): the shared
+//   select - by default a score kernel, then a select kernel of one block per (b, h) (from 16384
+//            pages per (b, h) on, of a thread-block cluster per (b, h)): the shared
 //            fill rule (saap::rules) over the ranking, computed exactly without a sort: the full
 //            pages taken are the top K, K found by walking the at most two partial pages; the K-th
 //            key's 16-bit bin comes from the score kernel's histogram, its low bits from two radix
@@ -10,7 +11,7 @@
 //            (QuestConfig::fused_select = true; quest_fused_select.cuh), the bench's evidence: one
 //            cooperative kernel of three phases over every block, grid barriers between them
 //            (score with the histogram; the K-th key's bin and its candidates; the exact K-th key
-//            and the taken pages in order). The cluster select (QuestConfig::cluster_select): the
+//            and the taken pages in order). The cluster select (QuestConfig::cluster_from_pages): the
 //            select kernel's work for one (b, h) split over the blocks of a thread-block cluster
 //   attend - the GroupAttender over chunks of P rows (sinks, taken pages, window) and the few
 //            partial runs, split evenly over blocks (64 tokens a split at least), then the combine;
@@ -42,12 +43,17 @@ struct QuestConfig {
   // 91.6; batch 8: 1.98-2.02x its floor vs 1.69-1.71x at 128k); the bench times it as "select=fused".
   bool fused_select = false;
   // The split select's second kernel as thread-block clusters (quest_kernels.cuh,
-  // quest_select_cluster_kernel): C blocks per (b, h), C a power of two up to 16 with batch x
-  // n_kv_heads x C within the SM count (C = 1: the select kernel), each block one slice of the
-  // keys, the blocks' counts exchanged through distributed shared memory; else one block per
-  // (b, h) walks all its keys (at batch 1, 8 SMs: 15 us at 128k, 38 us at 512k on the H200 at
-  // 116e8e7). The bench times it as "select=cluster". Ignored when fused_select.
-  bool cluster_select = false;
+  // quest_select_cluster_kernel) from this many pages per (b, h) on (at select(), of the host's
+  // longest sequence; a captured step keeps the kernel it was captured with): C blocks per (b, h),
+  // C a power of two up to 16 with batch x n_kv_heads x C within the SM count (C = 1: the select
+  // kernel), each block one slice of the keys, the blocks' counts exchanged through distributed
+  // shared memory; below it one block per (b, h) walks all its keys. The rule is the H200's at
+  // 867f40c (1024 tokens, 32x8x128; step us, one block vs cluster): 128k (8192 pages) 45.1 vs 49.8
+  // at batch 1 and 111.6 vs 118.2 at batch 8; 256k (16384 pages) 64.8 vs 60.7 and 183.8 vs 182.1;
+  // 512k 90.9 vs 74.0 and 324.4 vs 317.7. 0: always the cluster; kNoCluster: never. The bench
+  // times both ("select=cluster", "select=block"). Ignored when fused_select.
+  static constexpr int64_t kNoCluster = INT64_MAX;
+  int64_t cluster_from_pages = 16384;
 };
 
 // Tokens read per query: the lookup fraction of the prefix, or a fixed count when tokens > 0
@@ -90,8 +96,8 @@ class QuestIndex {
 
   // QuestConfig::fused_select for the next selects (the bench and the tests compare the two).
   void set_fused_select(bool fused) { cfg_.fused_select = fused; }
-  // QuestConfig::cluster_select for the next selects.
-  void set_cluster_select(bool cluster) { cfg_.cluster_select = cluster; }
+  // QuestConfig::cluster_from_pages for the next selects.
+  void set_cluster_from_pages(int64_t pages) { cfg_.cluster_from_pages = pages; }
   QuestCounters counters() const;  // synchronises
   const DecodeShape& shape() const { return shape_; }
   const QuestConfig& config() const { return cfg_; }
@@ -118,7 +124,7 @@ class QuestIndex {
 
  private:
   void select_split(const float* q, const QuestStep& step, cudaStream_t stream, cudaEvent_t scored);
-  // The split select's second kernel as clusters (QuestConfig::cluster_select); false (nothing
+  // The split select's second kernel as clusters (QuestConfig::cluster_from_pages); false (nothing
   // launched) where one block per (b, h) already fills the SMs.
   bool select_clusters(const QuestStep& step, cudaStream_t stream);
   // Checks q and the budget, notes the tokens the selection reads at most, returns the step.

@@ -343,7 +343,7 @@ struct QuestSelectCluster {
   }
 };
 
-// The cluster select (QuestConfig::cluster_select): block x of cluster bh runs the rank-x slice of
+// The cluster select (QuestConfig::cluster_from_pages): block x of cluster bh runs the rank-x slice of
 // quest_select_row for bh, once the score kernel is done, with key_cap floats of dynamic shared
 // memory for its keys and kQuestRadixBins words after them (rank 0's sum of the radix counts).
 static __global__ void __launch_bounds__(kQuestSelectThreads)

@@ -290,10 +290,10 @@ static cudaLaunchConfig_t cluster_select_config(unsigned bh, int C, size_t smem,
   return lc;
 }
 
-// Dynamic shared memory of a cluster select block caching key_cap keys: the keys, then rank 0's
-// sum of the radix counts.
+// Dynamic shared memory of a cluster select block caching key_cap keys: the keys, then the
+// cluster's shared values.
 static size_t cluster_select_smem(int key_cap) {
-  return size_t(key_cap) * sizeof(float) + size_t(kQuestRadixBins) * sizeof(uint32_t);
+  return size_t(key_cap) * sizeof(float) + sizeof(QuestClusterShared);
 }
 
 bool QuestIndex::select_clusters(const QuestStep& step, cudaStream_t stream) {

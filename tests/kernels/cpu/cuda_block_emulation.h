@@ -73,7 +73,7 @@ struct EmuBlock {
   std::unique_ptr<EmuBarrier> bar;
   std::vector<std::unique_ptr<EmuWarp>> warps;
 };
-inline EmuBlock* emu_block = nullptr;
+inline thread_local EmuBlock* emu_block = nullptr;  // the calling thread's block
 
 inline void __syncthreads() { emu_block->bar->wait(); }
 
@@ -151,10 +151,33 @@ inline void emu_run_block(int nt, int b, const std::function<void()>& body) {
   std::vector<std::thread> threads;
   for (int t = 0; t < nt; ++t)
     threads.emplace_back([&, t] {
+      emu_block = &blk;
       threadIdx.x = unsigned(t);
       blockIdx.x = unsigned(b);
       body();
     });
   for (auto& t : threads) t.join();
   emu_block = nullptr;
+}
+
+// Runs body(r) as the blocks r = 0 .. C - 1 of one thread-block cluster, nt threads each, all at
+// once; returns when every thread has. What the blocks share across the cluster (barrier, the
+// mapping of shared memory) is the caller's.
+inline void emu_run_cluster(int C, int nt, const std::function<void(int)>& body) {
+  std::vector<EmuBlock> blks(static_cast<size_t>(C));
+  for (auto& blk : blks) {
+    blk.bar = std::make_unique<EmuBarrier>(nt);
+    for (int w = 0; w < nt / 32; ++w) blk.warps.push_back(std::make_unique<EmuWarp>());
+  }
+  blockDim.x = unsigned(nt);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < C; ++r)
+    for (int t = 0; t < nt; ++t)
+      threads.emplace_back([&, r, t] {
+        emu_block = &blks[size_t(r)];
+        threadIdx.x = unsigned(t);
+        blockIdx.x = unsigned(r);
+        body(r);
+      });
+  for (auto& t : threads) t.join();
 }

@@ -48,11 +48,39 @@ float page_key(int kind, int64_t r, std::mt19937& rng) {
       return k == 0 ? 0.f : k == 1 ? -0.f : -1e-3f * float(rng() % 7);
     }
     case 5: return 1000.f + float(rng() % 64) * 0x1p-14f;  // a few bins, crowded low bits
+    case 7: return -3.f;                                   // one negative value: below +0's bits
     default: return float(r % 7);                          // periodic: ties at page distance 7
   }
 }
 
-// slices: 0 runs the split select, else the fused select's phases over that many slices.
+// The cluster select's blocks (quest_select_row over a QuestSelectCluster) emulated: block R of
+// kEmuCluster, its own instance of the function (so its own shared variables), its cluster
+// barrier one barrier of every emulated thread, at(p, r) the same offset in block r's dynamic
+// shared memory (where all that is read across blocks lives).
+constexpr int kEmuCluster = 4;
+struct EmuClusterState {
+  std::unique_ptr<EmuBarrier> bar;
+  std::vector<std::vector<float4>> dyn;  // [rank]: the block's dynamic shared memory
+};
+inline EmuClusterState* emu_cluster = nullptr;
+template <int R>
+struct EmuCluster {
+  static constexpr bool kMany = true;
+  int rank() const { return R; }
+  int size() const { return kEmuCluster; }
+  void sync() const { emu_cluster->bar->wait(); }
+  // The two halves of the barrier as one wait at the second (stronger; no rank waits forever).
+  void arrive() const {}
+  void wait() const { sync(); }
+  template <class V>
+  V* at(V* p, int r) const {
+    const char* mine = reinterpret_cast<const char*>(emu_cluster->dyn[size_t(R)].data());
+    char* theirs = reinterpret_cast<char*>(emu_cluster->dyn[size_t(r)].data());
+    return reinterpret_cast<V*>(theirs + (reinterpret_cast<const char*>(p) - mine));
+  }
+};
+// slices: 0 runs the split select, -1 the cluster select (kEmuCluster blocks), else the fused
+// select's phases over that many slices.
 void check(const Case& c, uint32_t seed, int slices) {
   std::mt19937 rng(seed);
   const QuestStep step{c.P, c.sinks, c.window, c.lookup, c.tokens};
@@ -81,6 +109,33 @@ void check(const Case& c, uint32_t seed, int slices) {
       quest_select_row(0, keys.data(), stride, &seq_len, step, hist.data(), max_chunks, rows.data(), &chunk_count,
                        parts.data(), &partial_count, &selected, &scored_pages, c.key_cap, cache.data());
     });
+  } else if (slices < 0) {
+    // Each block caches its slice as the host sizes it (at most the case's cap), then the
+    // cluster's shared values. Two warps a block keep the emulation fast and still scan across
+    // warps.
+    constexpr int kEmuThreads = 64;
+    const int64_t key4 = stride / 4;
+    const int key_cap = int(std::min<int64_t>(c.key_cap, (key4 + kEmuCluster - 1) / kEmuCluster * 4));
+    EmuClusterState st;
+    st.bar = std::make_unique<EmuBarrier>(kEmuCluster * kEmuThreads);
+    for (int r = 0; r < kEmuCluster; ++r)
+      st.dyn.emplace_back(size_t(key_cap / 4) + sizeof(QuestClusterShared) / sizeof(float4) + 1,
+                          make_float4(-7.f, -7.f, -7.f, -7.f));  // not zero: the kernel must zero what it sums
+    emu_cluster = &st;
+    static_assert(kEmuCluster == 4, "one case per rank below");
+    emu_run_cluster(kEmuCluster, kEmuThreads, [&](int r) {
+      auto run = [&](const auto& x) {
+        quest_select_row(0, keys.data(), stride, &seq_len, step, hist.data(), max_chunks, rows.data(), &chunk_count,
+                         parts.data(), &partial_count, &selected, &scored_pages, key_cap, st.dyn[size_t(r)].data(), x);
+      };
+      switch (r) {
+        case 0: return run(EmuCluster<0>{});
+        case 1: return run(EmuCluster<1>{});
+        case 2: return run(EmuCluster<2>{});
+        default: return run(EmuCluster<3>{});
+      }
+    });
+    emu_cluster = nullptr;
   } else {
     // What the score phase adds to the scratch: the full keys' bit range, the full pages ranked
     // before each partial page (saap::rules order, on the host).
@@ -139,7 +194,10 @@ void check(const Case& c, uint32_t seed, int slices) {
   for (int i = 0; i < partial_count; ++i)
     for (int j = 0; j < parts[size_t(i)].y; ++j) got.insert(parts[size_t(i)].x + j), ++listed;
   const std::string at = c.name + " (seed " + std::to_string(seed) + ", " +
-                         (slices ? std::to_string(slices) + " slices" : std::string("split select")) + ")";
+                         (slices > 0   ? std::to_string(slices) + " slices"
+                          : slices < 0 ? std::string("cluster select")
+                                       : std::string("split select")) +
+                         ")";
   EXPECT_EQ(got, want) << at;
   EXPECT_EQ(listed, int64_t(got.size())) << at << ": a row listed twice";
   EXPECT_EQ(selected, listed) << at;
@@ -164,6 +222,9 @@ const Case kCases[] = {
     {"four values: ties split by page id", 30000, 16, 4, 64, 0.05, 0, 1, kQuestCachedKeys},
     {"one value everywhere", 16000, 16, 3, 20, 0.1, 0, 2, kQuestCachedKeys},
     {"one value, more pages than kQuestCandCap: the cut among ties", 50000, 16, 3, 20, 0.1, 0, 2, kQuestCachedKeys},
+    // A cluster block's loads past its slice read zeros (bits above every negative key); the
+    // next block's pages must not count them (the H200 at 867f40c: rows written past the list).
+    {"one negative value, partial pages: ties below zero", 16001, 16, 3, 20, 0.1, 0, 7, kQuestCachedKeys},
     {"one bin: both refinement passes and exact ties", 50000, 16, 4, 64, 0.07, 0, 3, kQuestCachedKeys},
     {"the same past the cache", 50000, 16, 4, 64, 0.07, 0, 3, 1024},
     {"+0 and -0 tie, negatives", 9000, 8, 3, 11, 0.2, 0, 4, kQuestCachedKeys},
@@ -181,6 +242,12 @@ const Case kCases[] = {
 TEST(QuestSelectEmulated, MatchesTheFillRuleOnEveryPath) {
   uint32_t seed = 1;
   for (const Case& c : kCases) check(c, seed++, 0);
+}
+
+// The cluster select (kEmuCluster blocks of one cluster) on the same cases.
+TEST(QuestClusterSelectEmulated, MatchesTheFillRuleOnEveryPath) {
+  uint32_t seed = 1;
+  for (const Case& c : kCases) check(c, seed++, -1);
 }
 
 // The fused select's gather and compact phases on the same cases, at 1 and 5 slices per (b, h).

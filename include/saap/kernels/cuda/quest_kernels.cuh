@@ -345,7 +345,7 @@ struct QuestSelectCluster {
 
 // The cluster select (QuestConfig::cluster_from_pages): block x of cluster bh runs the rank-x slice of
 // quest_select_row for bh, once the score kernel is done, with key_cap floats of dynamic shared
-// memory for its keys and kQuestRadixBins words after them (rank 0's sum of the radix counts).
+// memory for its keys and a QuestClusterShared after them.
 static __global__ void __launch_bounds__(kQuestSelectThreads)
     quest_select_cluster_kernel(const float* __restrict__ keys, int64_t key_stride,
                                 const int32_t* __restrict__ seq_len, QuestStep step, uint32_t* __restrict__ hist,
@@ -353,7 +353,7 @@ static __global__ void __launch_bounds__(kQuestSelectThreads)
                                 int32_t* __restrict__ chunk_count, int2* __restrict__ partials,
                                 int32_t* __restrict__ partial_count, int32_t* __restrict__ selected_tokens,
                                 int32_t* __restrict__ scored_pages, int key_cap) {
-  extern __shared__ float4 cached4[];  // [key_cap / 4], then [kQuestRadixBins] words
+  extern __shared__ float4 cached4[];  // [key_cap / 4], then a QuestClusterShared
   const QuestSelectCluster x{};
   wait_prior_grid();
   quest_select_row(blockIdx.x / x.size(), keys, key_stride, seq_len, step, hist, max_chunks, chunk_rows, chunk_count,

@@ -180,13 +180,23 @@ struct QuestSliceSums {
   uint32_t u_lo, u_hi;        // the full keys' rank bits, min and max
 };
 
+// A cluster's shared values, in each block's dynamic shared memory after its cached keys (only
+// these are read across blocks): rank 0's sum of every rank's radix counts and its digit, and
+// each block's sums and counts.
+struct QuestClusterShared {
+  uint32_t radix_sum[kQuestRadixBins];  // rank 0's
+  QuestBin bin;                         // rank 0's: the refinement pass's digit
+  QuestSliceSums sums;                  // pass 1 over this block's slice
+  unsigned long long counts;            // this slice's pages taken (low 32 bits) and tied (high)
+};
+
 // The selection of one (b, h), bh: everything it reads, as chunks of P rows (chunk_rows: their first
 // rows, in page order) and at most QuestIndex::kMaxPartials shorter runs. Run by one block of
 // kQuestSelectThreads threads (X = QuestSelectAlone), or by the x.size() blocks of a cluster
 // (QuestSelectCluster), block x.rank() taking the rank-th of x.size() contiguous slices of the keys
 // (in float4s), with cached4: key_cap floats of shared memory (the block's keys, cached when they
-// fit), and for a cluster 2048 words after them (lead_radix: rank 0's sum of the ranks' radix
-// counts). The fill rule of saap::rules over the ranking, exactly, without a sort: the candidates
+// fit), and for a cluster a QuestClusterShared after them (all that is read across blocks). The
+// fill rule of saap::rules over the ranking, exactly, without a sort: the candidates
 // are `count` pages, of which the first and the last may be partial (shorter than P) and the others
 // are full.
 //  1. one pass over the keys (16-byte loads, four in flight per thread): the full pages ranked
@@ -220,8 +230,6 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   __shared__ long long s_take_full;
   __shared__ int s_small_taken[2];
   __shared__ QuestBin s_bin;
-  __shared__ QuestSliceSums s_sums;         // a cluster's: this block's pass 1
-  __shared__ unsigned long long s_counts;   // a cluster's: this slice's taken (low 32 bits) and tied pages
   const int tid = threadIdx.x, nt = blockDim.x;
   const int rank = x.rank(), C = x.size();
   const bool lead = rank == 0;  // writes the sinks' and window's chunks, the partial runs and the counters
@@ -267,11 +275,11 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   const int full_lo = first_small ? 1 : 0, full_hi = count - (last_small ? 1 : 0), full = max(0, full_hi - full_lo);
   const float* key = keys + bh * key_stride;  // 16-byte aligned rows, padded to a multiple of 4
   const float4* key4 = reinterpret_cast<const float4*>(key);
-  // A cluster's: rank 0's sum of every rank's radix counts, after the block's cached keys.
-  auto lead_radix = [&] { return x.at(reinterpret_cast<uint32_t*>(cached4 + key_cap / 4), 0); };
+  // A cluster's shared values, after the block's cached keys.
+  QuestClusterShared* cs = reinterpret_cast<QuestClusterShared*>(cached4 + key_cap / 4);
   if constexpr (X::kMany)
     if (lead)  // zeroed before the barrier after pass 1, so before any rank adds to it
-      for (int i = tid; i < kQuestRadixBins; i += nt) lead_radix()[i] = 0u;
+      for (int i = tid; i < kQuestRadixBins; i += nt) cs->radix_sum[i] = 0u;
   // The partial pages e = 0 (first), 1 (last): their rank bits and ids; a missing one compares
   // below every key (bits all ones, id -1), so it counts nothing.
   uint32_t small_u[2] = {~0u, ~0u};
@@ -316,11 +324,11 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
   quest_block_exclusive_scan(before, scratch, &before);
   quest_block_min_max(u_lo, u_hi, ext, &u_lo, &u_hi);
   if constexpr (X::kMany) {  // the cluster's sums: each warp reads the ranks' (lane r: rank r's)
-    if (tid == 0) s_sums = QuestSliceSums{before, u_lo, u_hi};
+    if (tid == 0) cs->sums = QuestSliceSums{before, u_lo, u_hi};
     x.sync();
     const int lane = tid & 31;
     QuestSliceSums o{0ull, ~0u, 0u};
-    if (lane < C) o = *x.at(&s_sums, lane);
+    if (lane < C) o = x.at(cs, lane)->sums;
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) o.before += __shfl_xor_sync(0xffffffffu, o.before, off);
     before = o.before;
@@ -392,16 +400,16 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
     __syncthreads();
     QuestBin b;
     if constexpr (X::kMany) {  // every rank's counts into rank 0's, which finds the digit
-      uint32_t* sum = lead_radix();
+      QuestClusterShared* lead_cs = x.at(cs, 0);
       for (int i = tid; i < nb; i += nt)
-        if (radix[i]) atomicAdd(sum + i, radix[i]);
+        if (radix[i]) atomicAdd(&lead_cs->radix_sum[i], radix[i]);
       x.sync();
       if (lead) {
-        quest_block_find_bin(sum + nb - 1, false, nb, need, scratch, &s_bin);
-        for (int i = tid; i < nb; i += nt) sum[i] = 0u;  // for the next pass (the find's barrier)
+        quest_block_find_bin(cs->radix_sum + nb - 1, false, nb, need, scratch, &cs->bin);
+        for (int i = tid; i < nb; i += nt) cs->radix_sum[i] = 0u;  // for the next pass (the find's barrier)
       }
       x.sync();
-      b = *x.at(&s_bin, 0);
+      b = lead_cs->bin;
     } else {
       b = quest_block_find_bin(radix + nb - 1, false, nb, need, scratch, &s_bin);
     }
@@ -443,10 +451,10 @@ __device__ inline void quest_select_row(int64_t bh, const float* __restrict__ ke
         mine += (unsigned long long)__popc(take) | ((unsigned long long)__popc(tie) << 32);
       }
       quest_block_exclusive_scan(mine, scratch, &mine);
-      if (tid == 0) s_counts = mine;
+      if (tid == 0) cs->counts = mine;
       x.sync();
       const int lane = tid & 31;
-      unsigned long long pre = lane < rank ? *x.at(&s_counts, lane) : 0ull;
+      unsigned long long pre = lane < rank ? x.at(cs, lane)->counts : 0ull;
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) pre += __shfl_xor_sync(0xffffffffu, pre, off);
       ties_seen = (long long)(pre >> 32);

@@ -73,7 +73,11 @@ struct GroupAttender {
   float q[GMAX][8];
   float m[GMAX], l[GMAX], acc[GMAX][8];
 
-  // qg: the G query rows of the group [G][D] (fp32), scale: softmax scale.
+  // qg: the G query rows of the group [G][D] (fp32), scale: softmax scale. The loads do not depend
+  // on g < G (a row past G reads row G - 1 again and is then zeroed), so they are in flight
+  // together: under a branch per row, ptxas issued each row's loads after the previous row's
+  // arrived, one round trip per query head before a block's first K/V load (as in Quest's score
+  // kernel before 91c8a28).
   __device__ void init(const float* qg, int G, float scale) {
     lane = threadIdx.x & 31;
     warp = threadIdx.x >> 5;
@@ -81,12 +85,18 @@ struct GroupAttender {
     slot = lane / LPT;
 #pragma unroll
     for (int g = 0; g < GMAX; ++g) {
+      const float* row = qg + min(g, G - 1) * D + sub * 8;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) q[g][j] = row[j];
+    }
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) {
       m[g] = kNoMax;
       l[g] = 0.f;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         acc[g][j] = 0.f;
-        q[g][j] = g < G ? qg[g * D + sub * 8 + j] * scale * kLog2e : 0.f;
+        q[g][j] = g < G ? q[g][j] * scale * kLog2e : 0.f;
       }
     }
   }

@@ -114,8 +114,9 @@ void SparseAttendTuning::check() const {
 
 std::vector<SparseAttendTuning> sparse_attend_candidates() {
   // The register loop's tunings (the default first), then the bulk ring (issue 10), timed beside
-  // the default until a GPU run shows where it wins: with tensor-core logits at 3 stages (Saap's
-  // default attend), 4, and 3 with the fused combine. (f16 and head dim 256 run them as the FMA ring.)
+  // the default: with tensor-core logits at 3 stages (Saap's default attend), 4, and 3 with the
+  // fused combine. (f16 and head dim 256 run them as the FMA ring.) Not the default: see
+  // SparseAttendTuning (decode.h) for what the H200 measured.
   std::vector<SparseAttendTuning> v = {{true, 1, false}, {false, 1, false}, {true, 2, false},
                                        {false, 2, false}, {true, 1, true},  {true, 2, true}};
   for (const char* t : {"bulk=3;mma=1", "bulk=4;mma=1", "bulk=3;mma=1;fused=1"})

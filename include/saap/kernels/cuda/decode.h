@@ -176,6 +176,10 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
 // dependent round trips (chunk rows -> one register tile of K/V per warp), 0.30 of the K/V byte
 // floor at 128k batch 8 on the H200 at 116e8e7, where Saap's ring reached 0.74. The ring has no
 // prefetch (a register loop's): left out, prefetch is 0 with bulk > 0; given as 1, refused.
+// Measured on the H200 at 867f40c (results/gpu_decode_report_2026-12-03_h200_867f40c.md), bulk=3;mma=1
+// against the default: ~1 us faster at 1024 tokens (13.4 vs 14.6 us at 128k batch 1, 22.8 vs 24.0 at
+// batch 8), slower on large selections (322.9 vs 267.5 us at 512k batch 8, 5%: each 16-row page is
+// its own pair of small copies), so the register loop stays the default.
 // mma - (bulk only) the logits on the tensor cores, bf16 at head dim 64 and 128 (elsewhere the FMA
 // math runs).
 struct SparseAttendTuning {

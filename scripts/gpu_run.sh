@@ -6,9 +6,9 @@
 # tests.log, memcheck_<test>.log, memcheck.log (summary), bench.log.
 #   scripts/gpu_run.sh [all|test|bench] [extra decode_bench args...]
 # (bench args start with BENCH_DEFAULTS, see below; the caller's own args override them)
-# all and bench also profile (PROFILE=0 skips it): per-kernel Nsight Compute metrics of dense and
-# Saap at 128k and 512k tokens, batch 1
-# ($OUT/ncu_<context>.csv, summary in $OUT/ncu_summary.txt). bench also writes decode_report.md
+# all and bench also profile (PROFILE=0 skips it): scripts/gpu_profile.sh, Nsight Compute per kernel
+# of every method and SDPA at 128k and 512k tokens, batch 1 and 8 (summary in $OUT/ncu_profile.md).
+# bench also writes decode_report.md
 # (scripts/decode_bench_report.py: ours vs SDPA vs the read floor).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
@@ -92,38 +92,6 @@ fi
 # Issue 11: the profile comes with every bench run where ncu exists (PROFILE=0 skips it); a
 # failed profile is reported, not the run's failure.
 if [[ ${PROFILE:-$([[ $mode == all || $mode == bench ]] && command -v ncu >/dev/null && echo 1 || echo 0)} == 1 ]]; then
-  # Nsight Compute per kernel (one replay per metric group) of dense and Saap 5% at 128k and 512k,
-  # batch 1: time, DRAM throughput and bytes, achieved occupancy, grid and registers. Saap's attend:
-  # the default (the bulk ring, saap_decode_bulk_kernel) and the register-loop kernel beside it.
-  metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,\
-sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread
-  for ctx in 131072 524288; do
-    # --clock-control none: the clocks the bench runs at (ncu locks them to base otherwise); caches
-    # are flushed before each kernel (ncu's default), as the bench flushes the L2.
-    ncu --metrics "$metrics" --csv --clock-control none --kernel-name-base function \
-      --kernel-name regex:"loki|saap|dense|combine|quest|read_floor" \
-      build-cuda/bench/decode_bench --contexts $ctx --batches 1 --reps 1 --methods dense,saap --saap-budgets 0.05 --dense-tunings "" \
-        --saap-tunings "bulk=0" \
-      --out /tmp > "$OUT/ncu_$ctx.csv" 2>/dev/null || echo "ncu at $ctx failed (rc $?)"
-    python3 - "$OUT/ncu_$ctx.csv" $ctx <<'PY'
-import csv, statistics, sys
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-if not rows:
-    print(f"no ncu rows in {sys.argv[1]}")
-    sys.exit(0)
-head, rows = rows[0], rows[1:]
-k, m, v = head.index("Kernel Name"), head.index("Metric Name"), head.index("Metric Value")
-by = {}
-for r in rows:
-    by.setdefault(r[k], {}).setdefault(r[m], []).append(float(r[v].replace(",", "")))
-print(f"ncu at context {sys.argv[2]}, batch 1 (median over launches):")
-for name, mets in sorted(by.items(), key=lambda x: -statistics.median(x[1].get("gpu__time_duration.sum", [0]))):
-    med = {mm: statistics.median(vals) for mm, vals in mets.items()}
-    print(f"  {name:34s} n={len(mets.get('gpu__time_duration.sum', [])):4d} "
-          f"{med.get('gpu__time_duration.sum', 0) / 1e3:8.2f} us  dram {med.get('dram__throughput.avg.pct_of_peak_sustained_elapsed', 0):5.1f}% "
-          f"{med.get('dram__bytes_read.sum', 0) / 1e6:8.2f} MB  occ {med.get('sm__warps_active.avg.pct_of_peak_sustained_active', 0):5.1f}% "
-          f"grid {med.get('launch__grid_size', 0):6.0f} regs {med.get('launch__registers_per_thread', 0):4.0f}")
-PY
-  done 2>&1 | tee "$OUT/ncu_summary.txt"
+  OUT=$OUT scripts/gpu_profile.sh
 fi
 exit $status

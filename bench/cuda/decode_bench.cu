@@ -9,12 +9,17 @@
 //                     [--dense-tunings "mma=1;prefetch=1,interleave=1;prefetch=1,..."]
 //                     [--saap-tunings "bulk=3;mma=1,bulk=3;mma=1;fused=1,..."]
 //                     [--quest-tunings "bulk=3;mma=1,prefetch=0,..."]
+//                     [--quest-budgets 0.05,1024] [--quest-variants 0|1]
 // --dense-tunings: dense_decode_tuned rows beside the default dense row (DenseTuning::parse's
 // key=value;... form, comma-separated; "" for none); default every dense_tuning_candidates() entry.
 // --saap-tunings: Saap attend tunings timed as rows beside the default one (SaapAttendTuning::parse's
 // form, comma-separated; "" for none); default every saap_attend_candidates() entry after the first.
 // --quest-tunings: Quest attend tunings timed as rows beside the default one (SparseAttendTuning::parse's
 // form, comma-separated; "" for none); default every sparse_attend_candidates() entry after the first.
+// --quest-budgets: Quest's budgets (a value <= 1 a lookup fraction, a larger one a token count);
+// default Saap's measured fractions (0.02, 0.05, 0.10 without Saap) and 1024 and 2048 tokens.
+// --quest-variants 0: no rows of the other selects (select=fused, step=fused, select=cluster,
+// select=block) beside the default one (default 1: a profile needs only the default step).
 // --other-contexts: the contexts of every shape after the first (default: --contexts).
 //
 // Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions (C = context/512 per KV
@@ -255,11 +260,25 @@ struct Row {
   double score_ms = 0;  // select_ms to the end of its first kernel: Quest's score kernel, Saap's router
 };
 
-std::vector<int64_t> parse_list(const char* s) {
-  std::vector<int64_t> v;
+// A comma-separated list of numbers (strtod's form); anything else is a named error.
+std::vector<double> parse_numbers(const char* flag, const char* s) {
+  std::vector<double> v;
   for (const char* p = s; *p;) {
-    v.push_back(std::strtoll(p, const_cast<char**>(&p), 10));
-    if (*p == ',') ++p;
+    char* end = nullptr;
+    v.push_back(std::strtod(p, &end));
+    if (end == p || (*end && *end != ','))
+      throw Error(ErrorKind::InvalidArgument, std::string(flag) + ": '" + s + "' is not a comma-separated list of numbers");
+    p = *end ? end + 1 : end;
+  }
+  return v;
+}
+
+std::vector<int64_t> parse_list(const char* flag, const char* s) {
+  std::vector<int64_t> v;
+  for (double x : parse_numbers(flag, s)) {
+    if (x != std::floor(x) || x < 1)
+      throw Error(ErrorKind::InvalidArgument, std::string(flag) + ": " + std::to_string(x) + " is not a positive integer");
+    v.push_back(int64_t(x));
   }
   return v;
 }
@@ -396,6 +415,8 @@ struct Options {
   std::vector<SaapAttendTuning> saap_tunings = saap_attend_candidates();
   // Quest attend tunings timed beside the default (--quest-tunings; default sparse_attend_candidates()).
   std::vector<SparseAttendTuning> quest_tunings = sparse_attend_candidates();
+  std::vector<double> quest_budgets;  // empty: Saap's measured fractions, 1024 and 2048 tokens
+  bool quest_variants = true;         // the rows of the other selects beside the default one
   int reps = 30;
   std::string out_dir = ".";
   bool has(const char* m) const { return ("," + methods + ",").find("," + std::string(m) + ",") != std::string::npos; }
@@ -515,20 +536,15 @@ int main(int argc, char** argv) {
   bool dense_tunings_given = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--contexts") o.contexts = parse_list(argv[i + 1]);
-    else if (a == "--batches") o.batches = parse_list(argv[i + 1]);
+    if (a == "--contexts") o.contexts = parse_list("--contexts", argv[i + 1]);
+    else if (a == "--batches") o.batches = parse_list("--batches", argv[i + 1]);
     else if (a == "--shapes") o.shapes = parse_shapes(argv[i + 1]);
-    else if (a == "--other-contexts") o.other_contexts = parse_list(argv[i + 1]);
+    else if (a == "--other-contexts") o.other_contexts = parse_list("--other-contexts", argv[i + 1]);
     else if (a == "--partition-sizes") o.partition_sizes = argv[i + 1];
     else if (a == "--methods") o.methods = argv[i + 1];
-    else if (a == "--saap-budgets") {
-      o.saap_budgets.clear();
-      for (const char* p = argv[i + 1]; *p;) {
-        o.saap_budgets.push_back(std::strtod(p, const_cast<char**>(&p)));
-        if (*p == ',') ++p;
-        else if (*p) break;
-      }
-    }
+    else if (a == "--saap-budgets") o.saap_budgets = parse_numbers("--saap-budgets", argv[i + 1]);
+    else if (a == "--quest-budgets") o.quest_budgets = parse_numbers("--quest-budgets", argv[i + 1]);
+    else if (a == "--quest-variants") o.quest_variants = std::atoi(argv[i + 1]) != 0;
     else if (a == "--dense-tunings") {
       o.dense_tunings = parse_tunings<DenseTuning>(argv[i + 1]);
       dense_tunings_given = true;
@@ -675,13 +691,17 @@ int main(int argc, char** argv) {
           fill_random(knew.get(), knew.size(), 9);
           fill_random(vnew.get(), vnew.size(), 10);
           std::vector<std::pair<QuestBudget, std::string>> budgets;
-          for (double f : saap_fractions) {
+          for (double f : o.quest_budgets.empty() ? saap_fractions : std::vector<double>{}) {
             char param[40];
             std::snprintf(param, sizeof param, "lookup=%.4f(saap)", f);
             budgets.push_back({{f, 0}, param});
           }
-          budgets.push_back({{0.05, 1024}, "tokens=1024"});
-          budgets.push_back({{0.05, 2048}, "tokens=2048"});
+          for (double b : o.quest_budgets.empty() ? std::vector<double>{1024, 2048} : o.quest_budgets) {
+            char param[40];
+            if (b > 1) std::snprintf(param, sizeof param, "tokens=%.0f", b);
+            else std::snprintf(param, sizeof param, "lookup=%.4f", b);
+            budgets.push_back({b > 1 ? QuestBudget{0.05, int64_t(b)} : QuestBudget{b, 0}, param});
+          }
           // The default attend tuning first, then --quest-tunings.
           std::vector<SparseAttendTuning> tunings = {SparseAttendTuning{}};
           for (const SparseAttendTuning& t : o.quest_tunings)
@@ -695,7 +715,7 @@ int main(int argc, char** argv) {
           // of blocks per (b, h) / one block per (b, h) whatever the pages (the default row follows
           // QuestConfig::cluster_from_pages), with the default attend.
           for (const auto& entry : budgets)
-            for (size_t ti = 0; ti <= tunings.size() + 3; ++ti) {
+            for (size_t ti = 0; ti < tunings.size() + (o.quest_variants ? 4 : 0); ++ti) {
               const bool fused = ti == tunings.size(), one_kernel = ti == tunings.size() + 1,
                          cluster = ti == tunings.size() + 2, block = ti == tunings.size() + 3;
               const QuestBudget budget = entry.first;

@@ -96,12 +96,9 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
       constexpr bool MMA = decltype(mma_c)::value;
       auto* kernel = dense_decode_bulk_kernel<T, D, GMAX, MMA>;
       // Resident blocks per stage count (bulk_ring_resident), once per instantiation.
-      static const std::array<int, kMaxBulkStages + 1> resident =
+      static const BulkRingResidency resident =
           bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(kernel));
-      SAAP_CU_REQUIRE(resident[stages] > 0, InvalidArgument,
-                      "bulk = %d: a ring of %zu bytes of shared memory does not fit this kernel (head dim %d%s)",
-                      stages, dense_bulk_smem<T, D, GMAX, MMA>(stages), D, MMA ? ", mma" : "");
-      splits = choose_splits(s, span, resident[stages] * waves, tuning.min_split_tokens);
+      splits = choose_splits(s, span, resident.blocks_for(stages, "dense") * waves, tuning.min_split_tokens);
       const int64_t chunk = (span + splits - 1) / splits;
       ws.ensure(int64_t(s.batch) * s.n_q_heads, splits, s.head_dim);
       kernel<<<dim3(splits, s.n_kv_heads, s.batch), kDecodeWarps * 32, dense_bulk_smem<T, D, GMAX, MMA>(stages),

@@ -366,12 +366,9 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
     auto with_ring = [&](auto mma_c) {
       constexpr bool MMA = decltype(mma_c)::value;
       auto* kernel = quest_attend_bulk_kernel<T, D, GMAX, MMA>;
-      static const std::array<int, kMaxBulkStages + 1> resident =
+      static const BulkRingResidency resident =
           bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(kernel));
-      SAAP_CU_REQUIRE(resident[size_t(tuning.bulk)] > 0, InvalidArgument,
-                      "quest attend bulk = %d: a ring of %zu bytes of shared memory does not fit (head dim %d%s)",
-                      tuning.bulk, dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), D, MMA ? ", mma" : "");
-      launch(kernel, resident[size_t(tuning.bulk)], dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), tuning.bulk);
+      launch(kernel, resident.blocks_for(tuning.bulk, "quest attend"), dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), tuning.bulk);
     };
     auto with_loop = [&](auto loop_c) {
       auto* kernel = quest_attend_kernel<T, D, GMAX, decltype(loop_c)::value>;

@@ -66,8 +66,8 @@ namespace {
 // Resident blocks of Saap's bulk ring kernel per stage count (bulk_ring_resident), once per
 // instantiation.
 template <class T, int D, int GMAX, bool MMA>
-const std::array<int, kMaxBulkStages + 1>& bulk_resident() {
-  static const std::array<int, kMaxBulkStages + 1> resident =
+const BulkRingResidency& bulk_resident() {
+  static const BulkRingResidency resident =
       bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(saap_decode_bulk_kernel<T, D, GMAX, MMA>));
   return resident;
 }
@@ -94,10 +94,7 @@ int saap_attend_resident(const DecodeShape& s, const SaapAttendTuning& tuning) {
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
     constexpr bool MMA = decltype(mma)::value;
     if (tuning.bulk > 0) {
-      resident = bulk_resident<T, D, GMAX, MMA>()[tuning.bulk];
-      SAAP_CU_REQUIRE(resident > 0, InvalidArgument,
-                      "saap attend bulk = %d: a ring of %zu bytes of shared memory does not fit (head dim %d%s)",
-                      tuning.bulk, dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), D, MMA ? ", mma" : "");
+      resident = bulk_resident<T, D, GMAX, MMA>().blocks_for(tuning.bulk, "saap attend");
     } else {
       static const int r =
           resident_blocks(reinterpret_cast<const void*>(saap_decode_kernel<T, D, GMAX>), kDecodeWarps * 32);
@@ -135,8 +132,7 @@ void saap_attend(const DecodeShape& s, const SaapAttendTuning& tuning, const voi
     const int2* starts = reinterpret_cast<const int2*>(split_begin);
     const dim3 grid(splits, s.n_kv_heads, s.batch);
     if (tuning.bulk > 0) {
-      SAAP_CU_REQUIRE((bulk_resident<T, D, GMAX, MMA>()[tuning.bulk] > 0), InvalidArgument,
-                      "saap attend bulk = %d does not fit this kernel's shared memory (head dim %d)", tuning.bulk, D);
+      bulk_resident<T, D, GMAX, MMA>().blocks_for(tuning.bulk, "saap attend");
       launch_dependent(saap_decode_bulk_kernel<T, D, GMAX, MMA>, grid, dim3(kDecodeWarps * 32),
                        dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), stream, kp, vp, rows, segs, segment_count,
                        max_segments, starts, q, s.n_kv_heads, s.group(), scale, splits, tuning.bulk, ws.out(),

@@ -461,7 +461,7 @@ int main() {
   };
   // Attend tunings: name() parses back to itself; a malformed field, a ring outside 2..8 stages,
   // mma without the ring, prefetch with it and waves outside 1..8 are named errors, from parse
-  // and (a tuning built by hand) from attend.
+  // and (a tuning built by hand) from attend; so is a ring larger than the shared memory.
   for (const cuda::SparseAttendTuning& t : cuda::sparse_attend_candidates())
     tally.check(cuda::SparseAttendTuning::parse(t.name()).name() == t.name(),
                 ("attend tuning '" + t.name() + "' parses back to itself").c_str(), 1, 1);
@@ -478,6 +478,13 @@ int main() {
     t.bulk = 3;
     idx.attend(q.get(), 1.f, out.get(), ws, 0, t);
   });
+  refused("attend ring larger than the shared memory (bulk=8;mma=1 at d = 128) refused", ErrorKind::InvalidArgument,
+          [&] {
+            cuda::QuestIndex idx({1, 4, 2, 128, DType::BF16}, 8, {16, 4, 64});
+            cuda::DeviceBuffer<float> q(4 * 128), out(4 * 128);
+            cuda::SplitWorkspace ws;
+            idx.attend(q.get(), 1.f, out.get(), ws, 0, cuda::SparseAttendTuning::parse("bulk=8;mma=1"));
+          });
   refused("page_size 0 refused", ErrorKind::InvalidArgument, [&] { cuda::QuestIndex(s, 100, {0, 4, 64}); });
   refused("append past max_len refused", ErrorKind::OutOfMemory, [&] {
     cuda::QuestIndex idx(s, 8, {16, 4, 64});

@@ -27,6 +27,9 @@ ncu_run() {  # ncu_run <csv> <kernel regex> <launch count> <command...>
 # The decode step's kernels (the methods' appends, selects, attends and combines), not the bench's
 # own (fills, L2 flush, read kernel) nor the builds.
 ours="dense_decode|combine_splits|saap_(append|classify|select|decode)|quest_(append|score|select|attend)|loki_(rotate|advance|append)|per_head_|union_|count_kernel|find_kernel|hist_kernel|init_kernel"
+# Each method's bench arguments, and the launches profiled (--reps 1: enough for every kernel of the
+# step a few times, plain and in the graph).
+declare -A count=([dense]=40 [saap]=150 [quest]=150 [loki]=150)
 declare -A args=(
   [dense]="--methods dense --dense-tunings ''"
   [saap]="--methods saap --saap-budgets 0.05 --saap-tunings ''"
@@ -37,7 +40,7 @@ for ctx in ${contexts//,/ }; do
   for b in ${batches//,/ }; do
     for m in dense saap quest loki; do
       eval "extra=(${args[$m]})"
-      ncu_run "$OUT/ncu_${m}_b${b}_${ctx}.csv" "$ours" 400 \
+      ncu_run "$OUT/ncu_${m}_b${b}_${ctx}.csv" "$ours" "${count[$m]}" \
         build-cuda/bench/decode_bench --contexts "$ctx" --batches "$b" --shapes 32x8x128 --reps 1 --out /tmp "${extra[@]}"
     done
     ncu_run "$OUT/ncu_sdpa_b${b}_${ctx}.csv" "flash|fmha|attention|sdpa|cudnn|splitkv|xmma|cutlass" 8 \

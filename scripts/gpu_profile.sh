@@ -21,15 +21,16 @@ ncu_run() {  # ncu_run <csv> <kernel regex> <launch count> <command...>
   shift 3
   # The CSV goes to --log-file; the program's own output to <csv>.log.
   timeout 240 ncu "${sections[@]}" --csv --page raw --log-file "$csv" --clock-control none \
-    --kernel-name-base function --kernel-name regex:"$regex" --launch-count "$count" "$@" > "${csv%.csv}.log" 2>&1 ||
+    --kernel-name-base demangled --kernel-name regex:"$regex" --launch-count "$count" "$@" > "${csv%.csv}.log" 2>&1 ||
     echo "ncu failed (rc $?): $*" >> "$OUT/ncu_failures.txt"
 }
 # The decode step's kernels (the methods' appends, selects, attends and combines), not the bench's
 # own (fills, L2 flush, read kernel) nor the builds.
-ours="dense_decode|combine_splits|saap_(append|classify|select|decode)|quest_(append|score|select|attend)|loki_(rotate|advance|append)|per_head_|union_|count_kernel|find_kernel|hist_kernel|init_kernel"
+# Matched against the demangled name: radix_topk's kernels by their namespace.
+ours="dense_decode|combine_splits|saap_(append|classify|select|decode)|quest_(append|score|select|attend)|loki_(rotate|advance|append)|per_head_|union_|radix_topk::"
 # Each method's bench arguments, and the launches profiled (--reps 1: enough for every kernel of the
 # step a few times, plain and in the graph).
-declare -A count=([dense]=40 [saap]=150 [quest]=150 [loki]=150)
+declare -A count=([dense]=40 [saap]=150 [quest]=150 [loki]=80)
 declare -A args=(
   [dense]="--methods dense --dense-tunings ''"
   [saap]="--methods saap --saap-budgets 0.05 --saap-tunings ''"

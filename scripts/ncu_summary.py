@@ -10,7 +10,7 @@ import re
 import statistics
 import sys
 
-SCALE = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6,  # to microseconds
+SCALE = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6,  # to microseconds
          "byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3}  # to MB
 STALL = re.compile(r"smsp__average_warps?_issue_stalled_(\w+?)_per_issue_active\.ratio$")
 NAME = re.compile(r"ncu_(\w+?)_b(\d+)_(\d+)\.csv$")
@@ -26,6 +26,12 @@ def read_raw(path):
     if len(table) < 3:
         return None
     return table[0], table[1], table[2:]
+
+
+def short(kernel):
+    """The kernel's name and template arguments, without its parameters, return type and namespaces."""
+    name = kernel.split("(")[0].removeprefix("void ")
+    return re.sub(r"\b(saap|cuda|radix_topk)::", "", name)
 
 
 def number(text, unit):
@@ -56,9 +62,9 @@ def summarise(path):
     for kernel, rs in by_kernel.items():
         stalls = sorted(((med(rs, c) or 0.0, reason) for reason, c in stall_cols), reverse=True)
         out.append({
-            "kernel": kernel, "launches": len(rs),
+            "kernel": short(kernel), "launches": len(rs),
             "us": med(rs, "gpu__time_duration.sum"),
-            "dram_pct": med(rs, "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
+            "dram_pct": med(rs, "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed"),
             "mb": med(rs, "dram__bytes_read.sum"),
             "sm_pct": med(rs, "sm__throughput.avg.pct_of_peak_sustained_elapsed"),
             "warps_pct": med(rs, "sm__warps_active.avg.pct_of_peak_sustained_active"),

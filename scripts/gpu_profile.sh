@@ -20,7 +20,7 @@ ncu_run() {  # ncu_run <csv> <kernel regex> <launch count> <command...>
   local csv=$1 regex=$2 count=$3
   shift 3
   # The CSV goes to --log-file; the program's own output to <csv>.log.
-  timeout 240 ncu "${sections[@]}" --csv --page raw --log-file "$csv" --clock-control none \
+  timeout 150 ncu "${sections[@]}" --csv --page raw --log-file "$csv" --clock-control none \
     --kernel-name-base demangled --kernel-name regex:"$regex" --launch-count "$count" "$@" > "${csv%.csv}.log" 2>&1 ||
     echo "ncu failed (rc $?): $*" >> "$OUT/ncu_failures.txt"
 }

@@ -50,6 +50,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -57,6 +58,7 @@
 #include <string>
 #include <vector>
 
+#include "saap/core/atomic_file.h"
 #include "saap/kernels/cuda/attend.cuh"
 #include "saap/kernels/cuda/decode.h"
 #include "saap/kernels/cuda/loki.h"
@@ -563,6 +565,10 @@ int main(int argc, char** argv) {
     }
   }
   if (!dense_tunings_given) o.dense_tunings = dense_tuning_candidates();
+  // The results' folder exists before the first row is timed, not found missing after the last.
+  std::error_code made;
+  std::filesystem::create_directories(o.out_dir, made);
+  if (made) throw Error(ErrorKind::BadFile, "--out " + o.out_dir + ": cannot create the folder: " + made.message());
   const int reps = o.reps;
   int n_dev = 0;
   if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -872,8 +878,8 @@ int main(int argc, char** argv) {
     json += line;
   }
   json += "  ]\n}\n";
-  std::ofstream(o.out_dir + "/decode_bench.csv") << csv;
-  std::ofstream(o.out_dir + "/decode_bench.json") << json;
+  write_file_atomically(o.out_dir + "/decode_bench.csv", csv);
+  write_file_atomically(o.out_dir + "/decode_bench.json", json);
   for (const auto& sk : skipped) std::printf("skipped: %s\n", sk.c_str());
   return 0;
 }

@@ -2,13 +2,17 @@
 """Summarises Nsight Compute raw-page CSVs (scripts/gpu_profile.sh: ncu_<method>_b<batch>_<context>.csv)
 into one Markdown table per context and batch: per kernel, its launches and the median over them of
 time, DRAM throughput (% of peak) and bytes read, SM throughput, warps active (achieved occupancy),
-grid, registers, and the three largest warp stall reasons (cycles per issued instruction)."""
+grid, registers, and the three largest warp stall reasons (cycles per issued instruction). The file starts
+with the run's provenance (scripts/provenance.py): run it on the machine that profiled."""
 import argparse
 import csv
 import os
 import re
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
 
 SCALE = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6,  # to microseconds
          "byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3}  # to MB
@@ -105,7 +109,7 @@ def main():
                              f"{fmt(k['warps_pct'], '.1f')} | {fmt(k['grid'], '.0f')} | {fmt(k['regs'], '.0f')} | "
                              f"{k['stalls']} |")
         lines.append("")
-    open(a.out, "w").write("\n".join(lines))
+    open(a.out, "w").write(provenance.md_line(provenance.collect()) + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -42,11 +42,12 @@ DenseTuning dense_default_tuning(const DecodeShape& s) {
 
 std::vector<DenseTuning> dense_tuning_candidates() {
   std::vector<DenseTuning> v;
-  // The rest are issue 11's attempts at the read floor (not yet timed on the H200): the bulk-copy
-  // ring at two depths (bulk=4: 3 blocks per SM; bulk=6: 2 blocks, more bytes in flight each), one
-  // interleaved, the ring with tensor-core logits (bulk=3;mma=1: 2 blocks of 3 x 32 KiB per SM),
-  // contiguous and interleaved, and the fused combine beside each default (batch 1's tensor-core
-  // loop, batch 8's plain loop) and the rings.
+  // What the bench times beside the default (issue 11's attempts at the read floor): the register
+  // loop plain, with prefetch, interleaved splits and tensor-core logits; the bulk-copy ring at two
+  // depths (bulk=4: 3 blocks per SM; bulk=6: 2 blocks, more bytes in flight each), one interleaved;
+  // the ring with tensor-core logits (bulk=3;mma=1: 2 blocks of 3 x 32 KiB per SM), contiguous and
+  // interleaved; and the fused combine beside the rings and the register loops. The H200 has timed
+  // them all (docs/GPU_KERNELS.md); bulk=3;mma=1 won and is the default at head dim <= 128.
   for (const char* t : {"", "mma=1;prefetch=1;interleave=1", "mma=1;prefetch=1", "interleave=1;prefetch=1",
                         "bulk=4", "bulk=6;interleave=1", "bulk=3;mma=1", "bulk=3;mma=1;interleave=1",
                         "bulk=4;fused=1", "bulk=3;mma=1;fused=1", "mma=1;prefetch=1;interleave=1;fused=1",

@@ -533,7 +533,7 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   Options o;
   bool dense_tunings_given = false;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -882,4 +882,7 @@ int main(int argc, char** argv) {
   write_file_atomically(o.out_dir + "/decode_bench.json", json);
   for (const auto& sk : skipped) std::printf("skipped: %s\n", sk.c_str());
   return 0;
+} catch (const saap::Error& e) {  // a named error (bad option, missing folder, CUDA), as e2e_bench reports it
+  std::fprintf(stderr, "decode_bench: %s\n", e.what());
+  return int(e.kind());
 }

@@ -2,9 +2,10 @@
 # Files too large for one call to the GPU machine (64 MiB carried per call) cross it in pieces.
 #
 # Here:            scripts/gpu_pieces.sh split [--max BYTES] FILE[=NAME] ...
-#   Cuts each FILE into pieces of at most BYTES (default 52,000,000: the per-call limit less the
-#   working tree) and packs the pieces, first fit largest first, into folders .pieces/g01, .pieces/g02, ... of at
-#   most BYTES each, beside NAME.sha256. Prints one folder per line: carry one folder per call.
+#   Cuts each FILE into pieces of at most BYTES (default 28,000,000: the per-call limit, 64 MiB,
+#   less the working tree, ~32 MB with results/ at 83c0b13, and .gpu-deps) and packs the pieces,
+#   first fit largest first, into folders .pieces/g01, .pieces/g02, ... of at most BYTES each,
+#   beside NAME.sha256. Prints one folder per line: carry one folder per call.
 # GPU machine:     scripts/gpu_pieces.sh stash        (in each call, for the folder it carries)
 #   Copies every carried .pieces/g* folder's files to /tmp/pieces/parts, which outlives the call
 #   (the device removes a carried path that the next call does not name again).
@@ -18,7 +19,7 @@ shift
 
 case $mode in
 split)
-  max=52000000
+  max=28000000
   if [[ ${1:-} == --max ]]; then max=$2; shift 2; fi
   rm -rf .pieces/g[0-9]* .pieces/cut
   mkdir -p .pieces/cut

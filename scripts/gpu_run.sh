@@ -4,8 +4,10 @@
 # (a skip is a failure), compute-sanitizer memcheck over every CUDA test, the decode benchmark and
 # the PyTorch SDPA reference. Logs, JSON and CSV go to $OUT (default ./gpu_out): build.log,
 # tests.log, memcheck_<test>.log, memcheck.log (summary), bench.log.
-#   scripts/gpu_run.sh [all|test|bench] [extra decode_bench args...]
+#   scripts/gpu_run.sh [all|test|bench|shapes] [extra decode_bench args...]
 # (bench args start with BENCH_DEFAULTS, see below; the caller's own args override them)
+# shapes: the bench (default tunings only) over issue 11's head shapes and batches at 128k: GQA
+# groups 4, 7, 3, 1 and Gemma-3's 4/1 at d = 256, d = 64 and 128, batch 1, 8 and 32, with SDPA.
 # all and bench also profile (PROFILE=0 skips it): scripts/gpu_profile.sh, Nsight Compute per kernel
 # of every method and SDPA at 128k and 512k tokens, batch 1 and 8 (summary in $OUT/ncu_profile.md).
 # bench also writes decode_report.md
@@ -15,6 +17,12 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 mode=${1:-all}
 shift || true
+if [[ $mode == shapes ]]; then
+  set -- --shapes 32x8x128,28x4x128,9x3x64,8x8x128,4x1x256 --contexts 131072 --batches 1,8,32 \
+    --dense-tunings "" --saap-tunings "" --quest-tunings "" --quest-variants 0 "$@"
+  BENCH_DEFAULTS=""
+  mode=bench
+fi
 status=0
 # The logs start with their provenance ('# key: value' lines, scripts/provenance.py), so they can be
 # kept under results/. This tree may have no .git: the caller passes SAAP_GIT_COMMIT=<sha> (and

@@ -83,6 +83,14 @@ inline std::vector<uint16_t> random_kv(Rng& rng, size_t n, saap::DType t, float 
   for (auto& x : v) x = to_bits(nd(rng), t);
   return v;
 }
+// n sequence lengths spread over [lo, hi) (a fixed pattern, no two neighbours equal): issue 11's
+// batch of 32 with ragged lengths.
+inline std::vector<int32_t> spread_lengths(int n, int lo, int hi) {
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) v[size_t(i)] = lo + int32_t((int64_t(i) * 7919) % (hi - lo));
+  return v;
+}
+
 inline std::vector<float> random_f32(Rng& rng, size_t n, float sd = 1.f) {
   std::normal_distribution<float> nd(0.f, sd);
   std::vector<float> v(n);

@@ -27,6 +27,7 @@ int main() {
     int64_t max_len;
     int64_t window;  // 0: every cached position
   };
+  const std::vector<int32_t> ragged32 = cutest::spread_lengths(32, 1, 2000);
   const std::vector<Case> cases = {
       {1, 32, 8, 128, DType::BF16, {4099}, 4099, 0},
       {3, 9, 3, 64, DType::BF16, {1, 777, 5000}, 5003, 0},
@@ -43,6 +44,8 @@ int main() {
       {2, 8, 2, 64, DType::F16, {20000, 17}, 20000, 100},
       {1, 16, 2, 128, DType::BF16, {70000}, 70000, 4096},
       {2, 4, 1, 256, DType::BF16, {9, 2}, 16, 1},
+      // Batch 32 (issue 11's largest batch), ragged lengths, the bench's head shape.
+      {32, 32, 8, 128, DType::BF16, std::vector<int>(ragged32.begin(), ragged32.end()), 2000, 0},
   };
   for (const auto& c : cases) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};

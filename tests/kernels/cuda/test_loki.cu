@@ -65,7 +65,9 @@ int main() {
                         Case{1, 4, 1, 256, 32, DType::BF16, {9000}, 2, 0.0625},
                         Case{1, 4, 1, 256, 64, DType::BF16, {6000}, 2, 0.05078125},
                         Case{2, 4, 1, 256, 128, DType::BF16, {4100, 2500}, 1, 0.125},
-                        Case{2, 8, 2, 256, 16, DType::F16, {3000, 1500}, 1, 0.25}}) {
+                        Case{2, 8, 2, 256, 16, DType::F16, {3000, 1500}, 1, 0.25},
+                        // batch 32 (issue 11's largest), ragged lengths
+                        Case{32, 8, 2, 64, 16, DType::BF16, cutest::spread_lengths(32, 200, 3000), 1, 0.125}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};
     const int64_t src_len = *std::max_element(c.lens.begin(), c.lens.end());
     const int64_t max_len = src_len + c.appends;

@@ -137,6 +137,8 @@ int main() {
       {"128k, 5%", 1, 4, 1, 64, DType::BF16, {131072 - 3}, 2, {16, 64, 256}, {0.05, 0}, 0, true},
       {"512k, fixed 1024", 1, 4, 1, 64, DType::BF16, {524288 - 9}, 1, {16, 64, 256}, {0.05, 1024}, 0, true},
       {"512k, 5%", 1, 4, 1, 64, DType::BF16, {524288 - 1}, 1, {16, 64, 256}, {0.05, 0}, 0, true},
+      // Batch 32 (issue 11's largest), ragged lengths, some below sinks + window.
+      {"batch 32, 5%", 32, 8, 2, 64, DType::BF16, cutest::spread_lengths(32, 100, 4000), 1, {16, 16, 64}, {0.05, 0}},
   };
   const bool quick = std::getenv("SAAP_TEST_QUICK") != nullptr;
   for (const Case& c : cases) {

@@ -31,7 +31,7 @@ int main() {
   };
   // GQA groups 4, 3, 7, 8 and 1; head dims 64, 128 and 256 (Gemma-3: 4 query heads over one KV
   // head); bf16 and f16; the last three cases append more tokens than the window holds, so
-  // appended tokens are evicted into partitions too. The batch-8 case cuts segments of one token:
+  // appended tokens are evicted into partitions too; batch 1, 2, 8 and 32. The batch-8 case cuts segments of one token:
   // its splits (few per group at 64 groups) span hundreds of pieces, past the bulk attend's
   // kSaapStagedSegments, so its producer reads pieces from the segment table too.
   for (const Case& c : {Case{2, 8, 2, 128, 24, DType::BF16, {2000, 1500}, 30},
@@ -41,7 +41,9 @@ int main() {
                         Case{1, 7, 1, 128, 32, DType::BF16, {1800}, 20},
                         Case{2, 8, 1, 64, 16, DType::BF16, {900, 1301}, 90},
                         Case{1, 2, 2, 64, 20, DType::F16, {700}, 70},
-                        Case{1, 4, 1, 256, 28, DType::BF16, {2600}, 40}}) {
+                        Case{1, 4, 1, 256, 28, DType::BF16, {2600}, 40},
+                        // batch 32 (issue 11's largest), ragged lengths
+                        Case{32, 8, 2, 64, 12, DType::BF16, cutest::spread_lengths(32, 300, 1200), 10}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, c.t};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;

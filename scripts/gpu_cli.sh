@@ -9,15 +9,15 @@
 #   generate  a chat answer, streamed, then the same as JSON
 #   ppl       perplexity, 12 x 2048 windows of eval.txt: dense (GPU runner: 23.2235; CPU: 23.2122), then
 #             saap and kmeans at 5% through the method everywhere (CPU: saap 32.81)
-#   passkey   1k/2k/4k/8k tokens, 5 depths x $TRIALS trials: dense, then saap/kmeans (the artifacts),
-#             quest at 5% and at a 1024-token budget, loki (k_f 0.05, d_f 0.25). A method the GPU
+#   passkey   1k/2k/4k/8k tokens, 5 depths x $TRIALS trials: dense, then saap/kmeans (the artifacts) and
+#             quest at each of $PASSKEY_BUDGETS (2%, 5%, 10%, 1024 tokens), loki (k_f 0.05, d_f 0.25). A method the GPU
 #             runner refuses (exit 7, by name) is recorded and the script goes on.
 #   niah      eval niah --task passkey at 1k-8k, dense (the RULER-style harness, same backend)
 #   bench     end to end: prompts 2048/8000, batches 1/16, 128 decode steps; dense, saap and quest at 5%
 #   gemma     with SAAP_GEMMA_PATH: generate and 12 x 2048 perplexity of Gemma-3 on the GPU (CPU: 22.69)
 # Inputs (defaults: the GPU machine's): SAAP_MODEL_PATH=/tmp/pieces/model.gguf,
 # SAAP_EVAL_TEXT=/tmp/pieces/eval.txt, PIECES=/tmp/pieces ({saap-c256-pre,kmeans-c256-pre,loki-pre}.safetensors),
-# TRIALS=20. Results (JSON/CSV with provenance) and logs go to $OUT (default ./gpu_out/cli).
+# TRIALS=20, PASSKEY_BUDGETS. Results (JSON/CSV with provenance) and logs go to $OUT (default ./gpu_out/cli).
 # Pass SAAP_GIT_COMMIT=<sha> SAAP_GIT_DIRTY=0 when the tree has no .git (the results record it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,8 @@ export SAAP_MODEL_PATH=${SAAP_MODEL_PATH:-/tmp/pieces/model.gguf}
 export SAAP_EVAL_TEXT=${SAAP_EVAL_TEXT:-/tmp/pieces/eval.txt}
 PIECES=${PIECES:-/tmp/pieces}
 TRIALS=${TRIALS:-20}
+# Issue 10's budgets: 2%, 5% and 10% of the K/V, and a fixed 1024 tokens (';'-separated).
+PASSKEY_BUDGETS=${PASSKEY_BUDGETS:-"--lookup 0.02;--lookup 0.05;--lookup 0.1;--budget-tokens 1024"}
 model=(--model "$SAAP_MODEL_PATH")
 status=0
 
@@ -88,7 +90,8 @@ fi
 if [[ $mode == all || $mode == passkey ]]; then
   pk=(eval passkey "${model[@]}" --device cuda --lengths 1024 2048 4096 8192 --trials "$TRIALS" --out "$OUT")
   run cli_passkey_dense 540 "${pk[@]}"
-  for budget in "--lookup 0.05" "--budget-tokens 1024"; do
+  IFS=';' read -r -a passkey_budgets <<< "$PASSKEY_BUDGETS"
+  for budget in "${passkey_budgets[@]}"; do
     tag=$(echo "$budget" | tr -d ' -' | tr . p)
     REFUSAL_OK=1 run "cli_passkey_saap_$tag" 540 "${pk[@]}" --method saap --artifact "$PIECES/saap-c256-pre.safetensors" $budget
     REFUSAL_OK=1 run "cli_passkey_kmeans_$tag" 540 "${pk[@]}" --method kmeans --artifact "$PIECES/kmeans-c256-pre.safetensors" $budget

@@ -82,7 +82,47 @@ def fmt(v, spec):
     return "" if v is None else format(v, spec)
 
 
+def self_test():
+    """A raw page as ncu writes it (its log lines first, units in the second row, thousands
+    separators, ns and byte units), summarised: medians, units, stall order and short names."""
+    import tempfile
+    head = ["ID", "Process ID", "Kernel Name", "gpu__time_duration.sum", "dram__bytes_read.sum",
+            "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed", "launch__grid_size",
+            "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",
+            "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",
+            "smsp__average_warps_issue_stalled_wait_per_issue_active.ratio"]
+    units = ["", "", "", "ns", "byte", "%", "", "inst", "inst", "inst"]
+    ring = "void saap::dense_decode_bulk_kernel<__nv_bfloat16, 128, 4, 1>(const T1 *, int)"
+    rows = [["0", "1", ring, "120,000", "536,870,912", "90.0", "264", "0.5", "12.0", "0.7"],
+            ["1", "1", ring, "130,000", "536,870,912", "92.0", "264", "0.4", "13.0", "0.9"],
+            ["2", "1", ring, "125,000", "536,870,912", "91.0", "264", "0.6", "11.0", "0.8"],
+            ["3", "1", "void saap::radix_topk::find_kernel<0>(int *)", "4,500", "1,024", "1.0", "32", "9.0", "0", "2.0"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ncu_dense_b1_131072.csv")
+        with open(path, "w") as f:
+            f.write("==PROF== Connected to process 1\n")
+            csv.writer(f, quoting=csv.QUOTE_ALL).writerows([head, units] + rows)
+        got = {k["kernel"]: k for k in summarise(path)}
+    ring_k, find_k = got["dense_decode_bulk_kernel<__nv_bfloat16, 128, 4, 1>"], got["find_kernel<0>"]
+    checks = [
+        (ring_k["launches"] == 3, "three launches of the ring kernel"),
+        (abs(ring_k["us"] - 125.0) < 1e-9, "median time 125 us from ns with separators"),
+        (abs(ring_k["mb"] - 536.870912) < 1e-9, "bytes to MB"),
+        (ring_k["dram_pct"] == 91.0, "median DRAM %"),
+        (ring_k["stalls"].startswith("long_scoreboard 12.0, wait 0.8"), "stalls largest first"),
+        (find_k["stalls"] == "barrier 9.0, wait 2.0", "zero stalls left out"),
+        (list(got) == ["dense_decode_bulk_kernel<__nv_bfloat16, 128, 4, 1>", "find_kernel<0>"], "longest first"),
+    ]
+    failed = [what for ok, what in checks if not ok]
+    for what in failed:
+        print("FAIL:", what)
+    print(f"ncu_summary self-test: {len(checks) - len(failed)} of {len(checks)} checks passed")
+    return 1 if failed else 0
+
+
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        return self_test()
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("csvs", nargs="+")

@@ -18,8 +18,8 @@
 // form, comma-separated; "" for none); default every sparse_attend_candidates() entry after the first.
 // --quest-budgets: Quest's budgets (a value <= 1 a lookup fraction, a larger one a token count);
 // default Saap's measured fractions (0.02, 0.05, 0.10 without Saap) and 1024 and 2048 tokens.
-// --quest-variants 0: no rows of the other selects (select=fused, step=fused, select=cluster,
-// select=block) beside the default one (default 1: a profile needs only the default step).
+// --quest-variants 1 (the default): beside the default select's rows, the other selects' (select=fused,
+// step=fused, select=cluster, select=block); 0: the default select's only (scripts/gpu_profile.sh).
 // --other-contexts: the contexts of every shape after the first (default: --contexts).
 //
 // Synthetic data: K/V uniform random bf16 (never zeros). Saap partitions (C = context/512 per KV
@@ -546,7 +546,11 @@ int main(int argc, char** argv) try {
     else if (a == "--methods") o.methods = argv[i + 1];
     else if (a == "--saap-budgets") o.saap_budgets = parse_numbers("--saap-budgets", argv[i + 1]);
     else if (a == "--quest-budgets") o.quest_budgets = parse_numbers("--quest-budgets", argv[i + 1]);
-    else if (a == "--quest-variants") o.quest_variants = std::atoi(argv[i + 1]) != 0;
+    else if (a == "--quest-variants") {
+      const std::string v = argv[i + 1];
+      if (v != "0" && v != "1") throw Error(ErrorKind::InvalidArgument, "--quest-variants: '" + v + "' is not 0 or 1");
+      o.quest_variants = v == "1";
+    }
     else if (a == "--dense-tunings") {
       o.dense_tunings = parse_tunings<DenseTuning>(argv[i + 1]);
       dense_tunings_given = true;

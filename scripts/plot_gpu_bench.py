@@ -36,7 +36,7 @@ def label(method, param):
     if method == "dense":
         return "dense (ours)"
     if method == "saap":
-        return "Saap " + param.replace("lookup=", "lookup ").replace(";lognormal", "")
+        return "Saap " + param.replace("lookup=", "lookup ").replace("tokens=", "tokens ").replace(";lognormal", "")
     if method == "loki":
         return "Loki " + param.replace(";", " ")
     if method == "quest" and param:

@@ -269,7 +269,8 @@ std::vector<double> parse_numbers(const char* flag, const char* s) {
     char* end = nullptr;
     v.push_back(std::strtod(p, &end));
     if (end == p || (*end && *end != ','))
-      throw Error(ErrorKind::InvalidArgument, std::string(flag) + ": '" + s + "' is not a comma-separated list of numbers");
+      throw Error(ErrorKind::InvalidArgument,
+                  std::string(flag) + ": '" + s + "' is not a comma-separated list of numbers");
     p = *end ? end + 1 : end;
   }
   return v;
@@ -279,7 +280,8 @@ std::vector<int64_t> parse_list(const char* flag, const char* s) {
   std::vector<int64_t> v;
   for (double x : parse_numbers(flag, s)) {
     if (x != std::floor(x) || x < 1)
-      throw Error(ErrorKind::InvalidArgument, std::string(flag) + ": " + std::to_string(x) + " is not a positive integer");
+      throw Error(ErrorKind::InvalidArgument,
+                  std::string(flag) + ": " + std::to_string(x) + " is not a positive integer");
     v.push_back(int64_t(x));
   }
   return v;

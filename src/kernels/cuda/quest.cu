@@ -368,7 +368,8 @@ void QuestIndex::attend(const float* q, float scale, float* out, SplitWorkspace&
       auto* kernel = quest_attend_bulk_kernel<T, D, GMAX, MMA>;
       static const BulkRingResidency resident =
           bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(kernel));
-      launch(kernel, resident.blocks_for(tuning.bulk, "quest attend"), dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), tuning.bulk);
+      launch(kernel, resident.blocks_for(tuning.bulk, "quest attend"), dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk),
+             tuning.bulk);
     };
     auto with_loop = [&](auto loop_c) {
       auto* kernel = quest_attend_kernel<T, D, GMAX, decltype(loop_c)::value>;

@@ -132,7 +132,7 @@ void saap_attend(const DecodeShape& s, const SaapAttendTuning& tuning, const voi
     const int2* starts = reinterpret_cast<const int2*>(split_begin);
     const dim3 grid(splits, s.n_kv_heads, s.batch);
     if (tuning.bulk > 0) {
-      bulk_resident<T, D, GMAX, MMA>().blocks_for(tuning.bulk, "saap attend");
+      bulk_resident<T, D, GMAX, MMA>().blocks_for(tuning.bulk, "saap attend");  // refuses a ring that does not fit
       launch_dependent(saap_decode_bulk_kernel<T, D, GMAX, MMA>, grid, dim3(kDecodeWarps * 32),
                        dense_bulk_smem<T, D, GMAX, MMA>(tuning.bulk), stream, kp, vp, rows, segs, segment_count,
                        max_segments, starts, q, s.n_kv_heads, s.group(), scale, splits, tuning.bulk, ws.out(),

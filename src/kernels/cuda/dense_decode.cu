@@ -36,7 +36,10 @@ DenseTuning DenseTuning::parse(const std::string& text) {
 }
 
 DenseTuning dense_default_tuning(const DecodeShape& s) {
-  if (s.head_dim <= 128) return DenseTuning::parse("bulk=3;mma=1");
+  // Above 4 query heads a KV head (GMAX = 8: 28/4, 64/8) the value FMAs per key double and the
+  // ring's 8 warps an SM cannot hide them: the register loop with tensor-core logits was 1.13-1.30x
+  // faster at 128k, batch 1 and 8 (H200, results/gpu_dense_tunings_2026-12-03_h200_e715f23.md).
+  if (s.head_dim <= 128) return DenseTuning::parse(s.group() > 4 ? "mma=1;prefetch=1;interleave=1" : "bulk=3;mma=1");
   return DenseTuning::parse(s.batch == 1 ? "mma=1;prefetch=1;interleave=1" : "");
 }
 
@@ -47,7 +50,8 @@ std::vector<DenseTuning> dense_tuning_candidates() {
   // depths (bulk=4: 3 blocks per SM; bulk=6: 2 blocks, more bytes in flight each), one interleaved;
   // the ring with tensor-core logits (bulk=3;mma=1: 2 blocks of 3 x 32 KiB per SM), contiguous and
   // interleaved; and the fused combine beside the rings and the register loops. The H200 has timed
-  // them all (docs/GPU_KERNELS.md); bulk=3;mma=1 won and is the default at head dim <= 128.
+  // them all (docs/GPU_KERNELS.md); bulk=3;mma=1 won and is the default at head dim <= 128 up to
+  // 4 query heads a KV head.
   for (const char* t : {"", "mma=1;prefetch=1;interleave=1", "mma=1;prefetch=1", "interleave=1;prefetch=1",
                         "bulk=4", "bulk=6;interleave=1", "bulk=3;mma=1", "bulk=3;mma=1;interleave=1",
                         "bulk=4;fused=1", "bulk=3;mma=1;fused=1", "mma=1;prefetch=1;interleave=1;fused=1",

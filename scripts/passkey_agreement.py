@@ -9,6 +9,7 @@ trials, how many of them the method also got right (agreement, with a Wilson 95%
 trials only the method got right, and the measured K/V fraction.
 """
 import argparse
+import csv
 import json
 import math
 import os
@@ -67,15 +68,15 @@ def main():
     with open(a.out + ".json", "w") as f:
         json.dump({"provenance": prov, "rows": rows}, f, indent=1)
     cols = list(rows[0])
-    with open(a.out + ".csv", "w") as f:
+    with open(a.out + ".csv", "w", newline="") as f:
         f.write(provenance.csv_lines(prov))
-        f.write(",".join(cols) + "\n")
-        for r in rows:
-            f.write(",".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + "\n")
+        w = csv.writer(f)  # quotes a method's name, which holds commas: saap(lookup=0.05,sinks=4,...)
+        w.writerow(cols)
+        w.writerows([f"{r[c]:.4f}" if isinstance(r[c], float) else r[c] for c in cols] for r in rows)
     for r in rows:
         if r["length"] == "all":
             print(f"{r['method']:<55} agreement {r['agree']}/{r['dense_correct']} = {r['agreement']:.3f} "
-                  f"[{r['wilson95_lo']:.2f}, {r['wilson95_hi']:.2f}]  K/V {r['lookup_fraction']:.4f}")
+                  f"[{r['wilson95_lo']:.2f}, {r['wilson95_hi']:.2f}]  read {r['lookup_fraction']:.4f}")
 
 
 if __name__ == "__main__":

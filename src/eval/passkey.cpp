@@ -104,7 +104,8 @@ LookupStats PasskeyResult::lookup() const {
 nlohmann::json PasskeyResult::to_json() const {
   nlohmann::json j;
   j["accuracy"] = accuracy();
-  j["lookup_fraction"] = lookup().fraction();
+  j["lookup_fraction"] = lookup().fraction();  // K/V and index read over dense K/V
+  j["kv_fraction"] = lookup().kv_fraction();    // the K/V part alone: what a budget buys
   std::vector<int64_t> lengths;
   std::vector<double> depths;
   for (const auto& t : trials) {
@@ -124,7 +125,8 @@ nlohmann::json PasskeyResult::to_json() const {
                            {"passkey", t.passkey},
                            {"answer", t.answer},
                            {"correct", t.correct},
-                           {"lookup_fraction", t.lookup.fraction()}});
+                           {"lookup_fraction", t.lookup.fraction()},
+                           {"kv_fraction", t.lookup.kv_fraction()}});
   return j;
 }
 

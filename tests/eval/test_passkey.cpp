@@ -62,5 +62,26 @@ TEST(Passkey, BadRequestsAreRefused) {
   EXPECT_THROW(run_passkey(real_model(), nullptr, o), Error);
 }
 
+// The result file gives what was read two ways: K/V and index together (lookup_fraction) and the
+// K/V alone (kv_fraction), summed over the trials, and both per trial.
+TEST(Passkey, ResultSeparatesKvFromIndexBytes) {
+  PasskeyResult r;
+  PasskeyTrial a;
+  a.length = 1024;
+  a.correct = true;
+  a.lookup = {1, 100, 300, 1000};  // queries, kv, index, dense
+  PasskeyTrial b = a;
+  b.correct = false;
+  b.lookup = {1, 50, 0, 1000};
+  r.trials = {a, b};
+  const nlohmann::json j = r.to_json();
+  EXPECT_DOUBLE_EQ(j["lookup_fraction"].get<double>(), 450.0 / 2000.0);
+  EXPECT_DOUBLE_EQ(j["kv_fraction"].get<double>(), 150.0 / 2000.0);
+  EXPECT_DOUBLE_EQ(j["trials"][0]["kv_fraction"].get<double>(), 0.1);
+  EXPECT_DOUBLE_EQ(j["trials"][0]["lookup_fraction"].get<double>(), 0.4);
+  EXPECT_DOUBLE_EQ(j["trials"][1]["kv_fraction"].get<double>(), 0.05);
+  EXPECT_DOUBLE_EQ(j["accuracy"].get<double>(), 0.5);
+}
+
 }  // namespace
 }  // namespace saap

@@ -6,7 +6,8 @@
 Reads `saap --json eval passkey` results (one per method, same lengths, depths, trials and seeds)
 and writes STEM.csv and STEM.json (with provenance): per method and length, the dense-correct
 trials, how many of them the method also got right (agreement, with a Wilson 95% interval), the
-trials only the method got right, and the measured K/V fraction.
+trials only the method got right, and what it read over dense K/V: K/V and index together
+(lookup_fraction), and K/V alone (kv_fraction) where the input has it.
 """
 import argparse
 import csv
@@ -61,7 +62,8 @@ def main():
                 "agreement": agree / len(right) if right else float("nan"),
                 "wilson95_lo": lo, "wilson95_hi": hi,
                 "only_method_correct": sum(trials[k]["correct"] and not ref[k]["correct"] for k in keys),
-                "lookup_fraction": d["passkey"]["lookup_fraction"],
+                "lookup_fraction": d["passkey"]["lookup_fraction"],  # K/V + index over dense K/V
+                "kv_fraction": d["passkey"].get("kv_fraction", ""),  # K/V alone ("": a file from before it)
             })
     inputs = [provenance.input_file("dense", a.dense)] + [provenance.input_file("method", p) for p in a.methods]
     prov = provenance.collect(inputs)

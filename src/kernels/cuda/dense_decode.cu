@@ -36,9 +36,8 @@ DenseTuning DenseTuning::parse(const std::string& text) {
 }
 
 DenseTuning dense_default_tuning(const DecodeShape& s) {
-  // Above 4 query heads a KV head (GMAX = 8: 28/4, 64/8) the value FMAs per key double and the
-  // ring's 8 warps an SM cannot hide them: the register loop with tensor-core logits was 1.13-1.30x
-  // faster at 128k, batch 1 and 8 (H200, results/gpu_dense_tunings_2026-12-03_h200_e715f23.md).
+  // Above 4 query heads a KV head (GMAX = 8) the value FMAs per key double and the ring's 8 warps an
+  // SM cannot hide them (decode.h has the measurement).
   if (s.head_dim <= 128) return DenseTuning::parse(s.group() > 4 ? "mma=1;prefetch=1;interleave=1" : "bulk=3;mma=1");
   return DenseTuning::parse(s.batch == 1 ? "mma=1;prefetch=1;interleave=1" : "");
 }

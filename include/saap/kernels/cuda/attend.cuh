@@ -60,6 +60,38 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
+// Each warp's online-softmax state of the block's G <= GMAX query heads, in shared memory, for the
+// block's merge: running max m and sum l (base 2), unnormalised output acc.
+template <int D, int GMAX, int NWARPS>
+struct BlockPartials {
+  float m[NWARPS][GMAX];
+  float l[NWARPS][GMAX];
+  float acc[NWARPS][GMAX][D];
+};
+
+// The block's merge of its warps' states (published by a __syncthreads()): for each of the G heads
+// the normalised partial output out_g[D] and its log2-sum-exp lse_g (-inf when the block saw no
+// token), where head g's destinations are out + g*out_stride, lse + g*lse_stride.
+template <int D, int GMAX, int NWARPS>
+__device__ void write_block_partials(const BlockPartials<D, GMAX, NWARPS>& sh, int G, float* out, int64_t out_stride,
+                                     float* lse, int64_t lse_stride) {
+  for (int t = threadIdx.x; t < G * D; t += NWARPS * 32) {
+    const int g = t / D, d = t % D;
+    float mx = kNoMax;
+#pragma unroll
+    for (int w = 0; w < NWARPS; ++w) mx = fmaxf(mx, sh.m[w][g]);
+    float L = 0.f, A = 0.f;
+#pragma unroll
+    for (int w = 0; w < NWARPS; ++w) {
+      const float e = exp2f(sh.m[w][g] - mx);
+      L += sh.l[w][g] * e;
+      A += sh.acc[w][g][d] * e;
+    }
+    out[g * out_stride + d] = L > 0.f ? A / L : 0.f;
+    if (d == 0) lse[g * lse_stride] = L > 0.f ? mx + log2f(L) : -INFINITY;
+  }
+}
+
 // Per-lane online-softmax state of GMAX query heads (G <= GMAX used; the rest carry zeros).
 template <class T, int D, int GMAX, int NWARPS>
 struct GroupAttender {
@@ -151,61 +183,24 @@ struct GroupAttender {
     }
   }
 
-  static constexpr int kMmaRows = 16;
-  static constexpr int kMmaKB = D / 16, kMmaKQ = D / 32, kMmaMU = kMmaRows / TPP, kMmaTerms = 3;
-  // The query heads as the B operands of the kMmaKB MMAs of a tile, fp32 split in kMmaTerms bf16s.
-  using MmaQuery = uint32_t[kMmaKB][2][kMmaTerms];
-  // Which 16-byte piece (8 components) of a key row lane c = lane & 3 holds as its j-th (j < kMmaKQ):
-  // a contiguous quarter (SPREAD = false: run_mma's global loads), or every 4th piece (SPREAD:
-  // the four lanes of a quad read 64 contiguous bytes, so a warp's shared-memory reads of a row
-  // tile conflict at most 2 ways, not 4).
-  template <bool SPREAD>
-  __device__ static int mma_piece(int c, int j) {
-    return SPREAD ? j * 4 + c : c * kMmaKQ + j;
-  }
-  // B for MMA kb: k = 2c, 2c+1 are components mma_piece(c, kb / 2) * 8 + 4 (kb % 2) + {0, 1};
-  // k = 2c+8, 2c+9 are + {2, 3}; the column gr = lane / 4 holds head gr % G. qg, G, scale: as init().
-  template <bool SPREAD>
-  __device__ void mma_query(const float* qg, int G, float scale, MmaQuery& b) const {
-    const int gr = lane >> 2, c = lane & 3;
-    const float* qh = qg + (gr % G) * D;
-    const float f = scale * kLog2e;
-#pragma unroll
-    for (int kb = 0; kb < kMmaKB; ++kb)
-#pragma unroll
-      for (int p = 0; p < 2; ++p) {
-        const int comp = mma_piece<SPREAD>(c, kb >> 1) * 8 + 4 * (kb & 1) + 2 * p;
-        float x0 = qh[comp] * f, x1 = qh[comp + 1] * f;
-#pragma unroll
-        for (int e = 0; e < kMmaTerms; ++e) b[kb][p][e] = split_bf16x2(x0, x1);
-      }
-  }
-  // One tile of kMmaRows rows at split index `base`: ka[h][j] this lane's piece mma_piece(c, j) of
-  // row base + gr + 8h (zeros past n), vr[u] the value words of rows base + u*TPP + slot (zeros past
-  // n); sc: this warp's kMmaRows x 8 floats of shared memory.
-  // TERM_CHAINS: each query term accumulates apart (kMmaTerms chains of kMmaKB dependent MMAs, added
-  // smallest first at the end) instead of one chain of kMmaTerms x kMmaKB MMAs (24 at d = 128, ~30
-  // cycles each): 8 more registers, a third of the latency, for loops with few warps to hide it.
-  template <bool TERM_CHAINS = false>
+  static constexpr int kMmaRows = kMmaTileRows;
+  static constexpr int kMmaKB = D / 16, kMmaKQ = D / 32, kMmaMU = kMmaRows / TPP;
+  // The query heads as the B operands of the kMmaKB MMAs of a tile (mma_query_fragments).
+  using MmaQuery = uint32_t[kMmaKB][2][kMmaQueryTerms];
+  // One tile of kMmaRows rows at split index `base`: ka[h][j] this lane's piece
+  // mma_key_piece<D, false>(c, j) of row base + gr + 8h (zeros past n), vr[u] the value words of
+  // rows base + u*TPP + slot (zeros past n); sc: this warp's kMmaRows x 8 floats of shared memory.
   __device__ void mma_tile(const MmaQuery& b, const uint4 (&ka)[2][kMmaKQ], const uint4 (&vr)[kMmaMU], int base, int n,
                            float* sc) {
     const int gr = lane >> 2, c = lane & 3;
-    constexpr int CHAINS = TERM_CHAINS ? kMmaTerms : 1;
-    float dc[CHAINS][4] = {};
+    float d[4] = {};
 #pragma unroll
-    for (int e = kMmaTerms - 1; e >= 0; --e)  // smallest terms first
+    for (int e = kMmaQueryTerms - 1; e >= 0; --e)  // smallest terms first
 #pragma unroll
       for (int kb = 0; kb < kMmaKB; ++kb)
-        mma_bf16_16816(dc[TERM_CHAINS ? e : 0], word_of(ka[0][(2 * kb) >> 2], (2 * kb) & 3),
-                       word_of(ka[1][(2 * kb) >> 2], (2 * kb) & 3), word_of(ka[0][(2 * kb + 1) >> 2], (2 * kb + 1) & 3),
+        mma_bf16_16816(d, word_of(ka[0][(2 * kb) >> 2], (2 * kb) & 3), word_of(ka[1][(2 * kb) >> 2], (2 * kb) & 3),
+                       word_of(ka[0][(2 * kb + 1) >> 2], (2 * kb + 1) & 3),
                        word_of(ka[1][(2 * kb + 1) >> 2], (2 * kb + 1) & 3), b[kb][0][e], b[kb][1][e]);
-    float d[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      d[i] = dc[CHAINS - 1][i];
-#pragma unroll
-      for (int e = CHAINS - 2; e >= 0; --e) d[i] += dc[e][i];
-    }
     // d: rows gr (d0, d1) and gr + 8 (d2, d3) of the tile, columns 2c and 2c + 1.
     sc[gr * 8 + 2 * c] = d[0];
     sc[gr * 8 + 2 * c + 1] = d[1];
@@ -241,7 +236,7 @@ struct GroupAttender {
     constexpr int KQ = kMmaKQ, MU = kMmaMU;
     const int gr = lane >> 2;  // fragment row group of this lane
     MmaQuery b;
-    mma_query<false>(qg, G, scale, b);
+    mma_query_fragments<D, false>(qg, G, scale * kLog2e, lane, b);
     // Key quarters of rows gr and gr + 8 of the tile at `base`, and the value words of its passes.
     auto load = [&](int base, uint4 (&ka)[2][KQ], uint4 (&vr)[MU]) {
 #pragma unroll
@@ -377,15 +372,10 @@ struct GroupAttender {
     }
   }
 
-  struct Shared {
-    float m[NWARPS][GMAX];
-    float l[NWARPS][GMAX];
-    float acc[NWARPS][GMAX][D];
-  };
+  using Shared = BlockPartials<D, GMAX, NWARPS>;
 
   // Merges the lanes and warps of the block and writes, for each of the G heads, the normalised
-  // partial output out_g[D] and its log2-sum-exp lse_g (-inf when the block saw no token), where
-  // head g's destinations are out + g*out_stride, lse + g*lse_stride.
+  // partial output and its log2-sum-exp (write_block_partials).
   __device__ void finish(Shared& sh, int G, float* out, int64_t out_stride, float* lse, int64_t lse_stride) {
 #pragma unroll
     for (int off = LPT; off < 32; off <<= 1) {
@@ -416,21 +406,7 @@ struct GroupAttender {
       }
     }
     __syncthreads();
-    for (int t = threadIdx.x; t < G * D; t += NWARPS * 32) {
-      const int g = t / D, d = t % D;
-      float mx = kNoMax;
-#pragma unroll
-      for (int w = 0; w < NWARPS; ++w) mx = fmaxf(mx, sh.m[w][g]);
-      float L = 0.f, A = 0.f;
-#pragma unroll
-      for (int w = 0; w < NWARPS; ++w) {
-        const float e = exp2f(sh.m[w][g] - mx);
-        L += sh.l[w][g] * e;
-        A += sh.acc[w][g][d] * e;
-      }
-      out[g * out_stride + d] = L > 0.f ? A / L : 0.f;
-      if (d == 0) lse[g * lse_stride] = L > 0.f ? mx + log2f(L) : -INFINITY;
-    }
+    write_block_partials(sh, G, out, out_stride, lse, lse_stride);
   }
 };
 

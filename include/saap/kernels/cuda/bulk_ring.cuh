@@ -5,17 +5,20 @@
 // kDecodeWarps warps consume them. One consumer loop for the three kernels, so a change to how a
 // stage is read (its zero rows, its MMA pieces) reaches them all.
 #pragma once
+#include <type_traits>
+
+#include "saap/kernels/cuda/attend_mma.cuh"
 #include "saap/kernels/cuda/dense_decode.cuh"
 
 namespace saap::cuda {
 
 // A ring's sizes: its stages (a tuning's bulk=S, 2..kMaxBulkStages), the rows of one stage
-// (kBulkUnit: dense's interleaving unit, or with MMA one kMmaRows tile per warp) and its dynamic
+// (kBulkUnit: dense's interleaving unit, or with MMA one kMmaTileRows tile per warp) and its dynamic
 // shared memory (K and V rows of every stage).
 constexpr int kMaxBulkStages = 8;
 template <class T, int D, int GMAX, bool MMA>
 constexpr int kBulkUnit =
-    MMA ? kDecodeWarps * GroupAttender<T, D, GMAX, kDecodeWarps>::kMmaRows : kDenseUnit<T, D, GMAX>;
+    MMA ? kDecodeWarps * kMmaTileRows : kDenseUnit<T, D, GMAX>;
 template <class T, int D, int GMAX, bool MMA>
 constexpr size_t dense_bulk_smem(int stages) {
   return size_t(stages) * 2 * kBulkUnit<T, D, GMAX, MMA> * D * sizeof(T);
@@ -23,8 +26,9 @@ constexpr size_t dense_bulk_smem(int stages) {
 
 template <class T, int D, int GMAX, bool MMA>
 struct BulkRing {
-  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
   static_assert(!MMA || dense_mma_supported<T, D>(), "the tensor-core ring: bf16 at head dim 64 or 128");
+  // The consumer's math: with MMA both products on the tensor cores, else GroupAttender's FMAs.
+  using A = std::conditional_t<MMA, MmaAttender<D, GMAX, kDecodeWarps>, GroupAttender<T, D, GMAX, kDecodeWarps>>;
   static constexpr int UNIT = kBulkUnit<T, D, GMAX, MMA>;  // rows of one stage
   static constexpr uint32_t ROW_BYTES = D * sizeof(T);
   static constexpr uint32_t TILE_BYTES = UNIT * ROW_BYTES;  // one stage's K (or V) rows
@@ -74,41 +78,24 @@ struct BulkRing {
   // n rows of the block's share through the ring. issue(t) (thread 0 only, tiles in order) fills
   // stage t % stages with tile t, rows t*UNIT.., and announces its bytes on bar(t). The barriers
   // must be initialised and published; the query is loaded while the first stages are in flight.
-  // Warp w takes rows w*TILE.. of a stage (w*kMmaRows.. with MMA), as GroupAttender::run would; a
-  // stage is refilled after the barrier that ends every warp's reads of it. Rows past n are read
-  // as zeros (the ring may hold stale or uninitialised bytes there).
+  // Warp w takes rows w*TILE.. of a stage (w*MmaAttender::kRows.. with MMA), as GroupAttender::run
+  // would; a stage is refilled after the barrier that ends every warp's reads of it. Rows past n
+  // are read as zeros (the ring may hold stale or uninitialised bytes there).
   template <class Issue>
   __device__ void attend(A& at, const float* qg, int G, float scale, int n, Issue&& issue) const {
     const int tiles = (n + UNIT - 1) / UNIT;
     if (threadIdx.x == 0)
       for (int t = 0; t < min(stages, tiles); ++t) issue(t);
     at.init(qg, G, scale);
-    [[maybe_unused]] typename A::MmaQuery bq;
-    __shared__ float scores[MMA ? kDecodeWarps : 1][A::kMmaRows * 8];
-    if constexpr (MMA) at.template mma_query<true>(qg, G, scale, bq);
-    auto lds = [](const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); };
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     for (int t = 0; t < tiles; ++t) {
       const unsigned char* st = stage(t);
       mbarrier_wait(bar(t), (t / stages) & 1);
       if constexpr (MMA) {
-        const int r0 = at.warp * A::kMmaRows, base = t * UNIT + r0;  // stage row and share index of the warp's rows
-        const int gr = at.lane >> 2, c = at.lane & 3;
-        uint4 ka[2][A::kMmaKQ], vr[A::kMmaMU];
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int r = gr + 8 * hh;
-#pragma unroll
-          for (int j = 0; j < A::kMmaKQ; ++j)
-            ka[hh][j] = base + r < n ? lds(st + (r0 + r) * ROW_BYTES + A::template mma_piece<true>(c, j) * 16) : zero;
-        }
-#pragma unroll
-        for (int u = 0; u < A::kMmaMU; ++u) {
-          const int r = u * A::TPP + at.slot;
-          vr[u] = base + r < n ? lds(st + TILE_BYTES + (r0 + r) * ROW_BYTES + at.sub * 16) : zero;
-        }
-        at.template mma_tile<true>(bq, ka, vr, base, n, scores[at.warp]);
+        const uint32_t off = at.warp * A::kRows * ROW_BYTES;
+        at.tile(st + off, st + TILE_BYTES + off, t * UNIT + at.warp * A::kRows, n);
       } else {
+        auto lds = [](const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); };
+        const uint4 zero = make_uint4(0, 0, 0, 0);
         const int r0 = at.warp * A::TILE, base = t * UNIT + r0;
         uint4 kr[A::U], vr[A::U];
 #pragma unroll

@@ -118,8 +118,9 @@ void dense_decode(const DecodeShape& s, const void* k, const void* v, int64_t ma
 //   min_split_tokens  the fewest tokens one split reads (the split count's cap at short contexts);
 //   bulk        0, or the stages (2..8) of a shared-memory ring filled by bulk copies (cp.async.bulk
 //               on an mbarrier per stage, dense_decode_bulk_kernel): the bytes in flight are the
-//               ring's, not the registers'; mma = 1 puts its logits on the tensor cores, and it
-//               refuses prefetch (a register loop). Needs 16-byte aligned K and V;
+//               ring's, not the registers'; mma = 1 puts both its products (logits and values)
+//               on the tensor cores (MmaAttender), and it refuses prefetch (a register loop).
+//               Needs 16-byte aligned K and V;
 //   fused       the split combine is done by the last block of each (sequence, KV head) inside the
 //               decode kernel (last-block-done ticket), not by a second launch.
 // The cp.async ring, the tensor-core loop without prefetch, the prefetching or interleaved plain
@@ -182,8 +183,8 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
 // against the default: ~1 us faster at 1024 tokens (13.4 vs 14.6 us at 128k batch 1, 22.8 vs 24.0 at
 // batch 8), slower on large selections (322.9 vs 267.5 us at 512k batch 8, 5%: each 16-row page is
 // its own pair of small copies), so the register loop stays the default.
-// mma - (bulk only) the logits on the tensor cores, bf16 at head dim 64 and 128 (elsewhere the FMA
-// math runs).
+// mma - (bulk only) the logits and the values on the tensor cores (MmaAttender), bf16 at head dim
+// 64 and 128 (elsewhere the FMA math runs).
 struct SparseAttendTuning {
   bool prefetch = true;
   int waves = 1;

@@ -20,12 +20,9 @@ namespace saap::cuda {
 // w*TILE.. of the unit, as GroupAttender::run would). A partial last tile copies only its rows;
 // rows past the share are read as zeros (the ring may hold stale or uninitialised bytes there).
 // The K/V base must be 16-byte aligned (dense_decode_tuned checks).
-// bulk=S;mma=1: the same ring, with the logits on the tensor cores (GroupAttender::mma_tile, as the
-// register loop run_mma; bf16 at head dim 64 and 128, else the FMA math runs): a stage is then
-// kDecodeWarps x 16 rows (a warp's MMA tile), 32 KiB at head dim 128 (bulk=3: 2 blocks per SM,
-// 128 KiB in flight), and a lane reads every 4th 16-byte piece of its key rows so that the quad's
-// shared-memory reads are contiguous (GroupAttender::mma_piece<true>); with 8 warps per SM, the
-// query terms' MMAs run as three independent chains (mma_tile<true>).
+// bulk=S;mma=1: the same ring, with the logits and the values on the tensor cores (MmaAttender;
+// bf16 at head dim 64 and 128, else the FMA math runs): a stage is then kDecodeWarps x 16 rows (a
+// warp's MMA tile), 32 KiB at head dim 128 (bulk=3: 2 blocks per SM, 128 KiB in flight).
 template <class T, int D, int GMAX, bool MMA>
 static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min_blocks(GMAX))
     dense_decode_bulk_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,

@@ -67,8 +67,8 @@ struct SaapConfig {
 //          2..8: the stages of saap_decode_bulk_kernel's ring of bulk copies (cp.async.bulk on an
 //          mbarrier per stage), each stage gathered from the run's segment pieces, so a split's
 //          rows are in flight at once instead of one register tile per warp at a time;
-//   mma    (bulk only) the logits on the tensor cores, bf16 at head dim 64 and 128 (elsewhere the
-//          FMA math runs, as dense's mma does);
+//   mma    (bulk only) the logits and the values on the tensor cores (MmaAttender), bf16 at head
+//          dim 64 and 128 (elsewhere the FMA math runs, as dense's mma does);
 //   fused  (bulk only) the split combine by the last block of each (sequence, KV head) inside the
 //          attend kernel (combine_group_if_last), not a second launch;
 //   waves  select() cuts the selection into splits for that many waves of the attend kernel's

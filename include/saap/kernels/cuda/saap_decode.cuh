@@ -83,7 +83,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GM
 // (segments are contiguous slot ranges of the pool); the consumers take the stage as dense's do,
 // since attention does not care where a row came from. The first kSaapStagedSegments pieces of the
 // run sit in shared memory; the producer reads any further piece from the segment table itself.
-// mma=1: the logits on the tensor cores (bf16 at head dim 64 and 128; elsewhere the FMA math).
+// mma=1: the logits and the values on the tensor cores (MmaAttender; bf16 at head dim 64 and 128;
+// elsewhere the FMA math).
 // fused (tickets non-null): the last block of each (sequence, KV head) combines the splits.
 constexpr int kSaapStagedSegments = 64;
 

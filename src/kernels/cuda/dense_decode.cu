@@ -36,9 +36,7 @@ DenseTuning DenseTuning::parse(const std::string& text) {
 }
 
 DenseTuning dense_default_tuning(const DecodeShape& s) {
-  // Above 4 query heads a KV head (GMAX = 8) the value FMAs per key double and the ring's 8 warps an
-  // SM cannot hide them (decode.h has the measurement).
-  if (s.head_dim <= 128) return DenseTuning::parse(s.group() > 4 ? "mma=1;prefetch=1;interleave=1" : "bulk=3;mma=1");
+  if (s.head_dim <= 128) return DenseTuning::parse("bulk=3;mma=1");
   return DenseTuning::parse(s.batch == 1 ? "mma=1;prefetch=1;interleave=1" : "");
 }
 
@@ -47,10 +45,9 @@ std::vector<DenseTuning> dense_tuning_candidates() {
   // What the bench times beside the default (issue 11's attempts at the read floor): the register
   // loop plain, with prefetch, interleaved splits and tensor-core logits; the bulk-copy ring at two
   // depths (bulk=4: 3 blocks per SM; bulk=6: 2 blocks, more bytes in flight each), one interleaved;
-  // the ring with tensor-core logits (bulk=3;mma=1: 2 blocks of 3 x 32 KiB per SM), contiguous and
+  // the ring on the tensor cores (bulk=3;mma=1: 2 blocks of 3 x 32 KiB per SM), contiguous and
   // interleaved; and the fused combine beside the rings and the register loops. The H200 has timed
-  // them all (docs/GPU_KERNELS.md); bulk=3;mma=1 won and is the default at head dim <= 128 up to
-  // 4 query heads a KV head.
+  // them all (docs/GPU_KERNELS.md); bulk=3;mma=1 won and is the default at head dim <= 128.
   for (const char* t : {"", "mma=1;prefetch=1;interleave=1", "mma=1;prefetch=1", "interleave=1;prefetch=1",
                         "bulk=4", "bulk=6;interleave=1", "bulk=3;mma=1", "bulk=3;mma=1;interleave=1",
                         "bulk=4;fused=1", "bulk=3;mma=1;fused=1", "mma=1;prefetch=1;interleave=1;fused=1",

@@ -35,7 +35,7 @@ int main() {
       {2, 16, 2, 64, DType::F16, {20000, 9}, 20000, 0},
       {1, 6, 3, 128, DType::BF16, {65536 + 13}, 65536 + 13, 0},
       {2, 14, 2, 64, DType::F16, {3333, 1}, 3340, 0},  // G = 7
-      {2, 28, 4, 128, DType::BF16, {9001, 31}, 9001, 0},  // G = 7, bf16: the register loop by default
+      {2, 28, 4, 128, DType::BF16, {9001, 31}, 9001, 0},  // G = 7, bf16: the tensor-core ring by default
       {2, 16, 2, 64, DType::BF16, {5000, 7}, 5000, 0},    // G = 8 at d = 64: the ring's tensor-core values
       {2, 4, 4, 128, DType::BF16, {3001, 15}, 3001, 0},   // G = 1: one live row of the MMA's sixteen
       // head_dim 256: Gemma-3-270M's 4 query heads over 1 KV head, then G = 8 and G = 1.

@@ -153,9 +153,10 @@ struct DenseTuning {
 // tensor-core logits (bulk=3;mma=1) is the fastest at every context 16k-512k, batch 1 and 8
 // (0.96-0.99x SDPA at 32x8x128, the old defaults 0.89-0.95x); at head_dim 256 (4x1x256) it is 0.99x
 // the old batch-1 default and 0.98x the old batch-8 one, so the da2ee81 rule by batch stays there:
-// batch 1 mma=1;interleave=1;prefetch=1, larger batches the plain loop. Above 4 query heads a KV
-// head (head_dim <= 128) the register loop mma=1;prefetch=1;interleave=1 is 1.13-1.30x faster than
-// the ring (H200 at e715f23, results/gpu_dense_tunings_2026-12-03_h200_e715f23.md) and runs instead.
+// batch 1 mma=1;interleave=1;prefetch=1, larger batches the plain loop. Since the ring's values went
+// on the tensor cores too (MmaAttender), bulk=3;mma=1 is also the fastest above 4 query heads a KV
+// head, 1.46-1.54x the register loop that ran there before (28x4x128 and 64x8x128 at 128k, batch
+// 1, 8 and 32: results/gpu_dense_tunings_2026-12-04_h200_02566ca.md).
 // dense_decode is dense_decode_tuned(..., dense_default_tuning(s)).
 DenseTuning dense_default_tuning(const DecodeShape& s);
 // The tunings the benchmark times against each other and the test holds to float64: the plain

@@ -155,7 +155,7 @@ struct DenseTuning {
 // the old batch-1 default and 0.98x the old batch-8 one, so the da2ee81 rule by batch stays there:
 // batch 1 mma=1;interleave=1;prefetch=1, larger batches the plain loop. Since the ring's values went
 // on the tensor cores too (MmaAttender), bulk=3;mma=1 is also the fastest above 4 query heads a KV
-// head, 1.46-1.54x the register loop that ran there before (28x4x128 and 64x8x128 at 128k, batch
+// head, 1.44-1.59x the register loop that ran there before (28x4x128 and 64x8x128 at 128k, batch
 // 1, 8 and 32: results/gpu_dense_tunings_2026-12-04_h200_02566ca.md).
 // dense_decode is dense_decode_tuned(..., dense_default_tuning(s)).
 DenseTuning dense_default_tuning(const DecodeShape& s);

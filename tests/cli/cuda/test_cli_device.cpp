@@ -15,8 +15,10 @@
 //     eval passkey --method h2o --method-prefill on the GPU: exit 0, a lookup fraction in (0, 1);
 //   - saap info names the GPU as usable; without FAISS, saap train refuses by name;
 //   - a window longer than the model's context: named error, exit 2, no result file.
-// Text: SAAP_EVAL_TEXT (the GPU machine's eval.txt), else this tree's README.md. Windows are short
-// (3 x 512) so that the CPU side, a plain loop GEMM without BLAS there, stays within seconds.
+// Text: SAAP_EVAL_TEXT (the GPU machine's eval.txt), else tests/data/debian_handbook_head.txt, the
+// first 12 KB of eval.txt: the same windows, and a text that no edit of the documentation moves.
+// Windows are short (3 x 512) so that the CPU side, a plain loop GEMM without BLAS there, stays
+// within seconds.
 // Exit 77 without a GPU or without SAAP_MODEL_PATH, unless SAAP_REQUIRE_GPU=1.
 #include <sys/wait.h>
 #include <unistd.h>
@@ -66,7 +68,7 @@ int main() {
     return required ? 1 : 77;
   }
   const char* text_env = std::getenv("SAAP_EVAL_TEXT");
-  const std::string text = text_env && *text_env ? text_env : std::string(SAAP_SOURCE_DIR) + "/README.md";
+  const std::string text = text_env && *text_env ? text_env : std::string(SAAP_SOURCE_DIR) + "/tests/data/debian_handbook_head.txt";
   const std::string out = "/tmp/saap_cli_device_out_" + std::to_string(::getpid());
   const std::string common = " --model '" + std::string(model) + "' ";
   cutest::Tally tally;

@@ -32,8 +32,8 @@
 // runs). Quest (page 16, Saap's sinks and window) reads the same random K/V, at Saap's measured
 // fractions and at fixed budgets of 1024 and 2048 tokens (Saap too, as lookup = tokens /
 // context). Timing: CUDA events around each call, L2 flushed (by reading 256 MB) before each
-// repetition, median; every method's step (append where it has one, select, attend) is also
-// timed as a captured CUDA graph (graph_ms); Saap reserves its appends first (reserve_appends), so
+// repetition, median; every method's step (append where it has one, select, attend; Saap's router
+// beside its append, append_select) is also timed as a captured CUDA graph (graph_ms); Saap reserves its appends first (reserve_appends), so
 // its step holds no host synchronisation. The "read" rows time the floor kernel over the dense
 // row's K and V; floor_ms of every row is its bytes over the best read bandwidth of the run (the
 // read kernel's or any row's, whichever is higher).
@@ -500,8 +500,7 @@ void bench_saap(Timer& tm, const Options& o, const DecodeShape& s, int64_t N, co
       idx->select(q, lookup);  // cuts the splits for this tuning's kernel
       const double att_ms = tm.median_ms([&] { idx->attend(q, scale, out, ws); }, reps);
       auto step = [&](cudaStream_t st) {
-        idx->append(knew.get(), vnew.get(), st);
-        idx->select(q, lookup, st);
+        idx->append_select(knew.get(), vnew.get(), nullptr, q, rules::Budget{lookup, 0}, st);
         idx->attend(q, scale, out, ws, st);
       };
       idx->reserve_appends(reps + 3);  // warm-up + repetitions: no synchronisation inside the timing

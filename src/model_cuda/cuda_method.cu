@@ -417,13 +417,10 @@ void CudaLlamaModel::Impl::decode_attention(int layer, bf16_t* kc, bf16_t* vc, f
   switch (method.kind) {
     case MethodKind::Partition: {
       SaapIndex& idx = *method.saap[size_t(layer)];
-      if (route)
-        idx.append(method.k_new.get(), method.v_new.get(), method.k_route.get(), stream);
-      else
-        idx.append(method.k_new.get(), method.v_new.get(), stream);
       // The partition oracle ranks by the post-RoPE query whatever the artifact's keys.
       const bool by_route = route && method.routing != PartitionRouting::PartitionOracle;
-      idx.select(by_route ? q_route : q32.get(), budget, stream);
+      idx.append_select(method.k_new.get(), method.v_new.get(), route ? method.k_route.get() : nullptr,
+                        by_route ? q_route : q32.get(), budget, stream);
       idx.attend(q32.get(), scale, att32.get(), split_ws, stream);
       selected = idx.selected_tokens();
       break;

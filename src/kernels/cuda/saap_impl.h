@@ -29,6 +29,10 @@ struct SaapIndex::Impl {
   int64_t safe_appends = 0;  // appends that cannot overflow, from the last look at the counters
   int repacks = 0;
   cublasHandle_t cublas = nullptr;
+  // append_select(): the side stream the routing runs on beside the append, and the events that
+  // fork it from the caller's stream and join it back (made at the first call).
+  cudaStream_t side = nullptr;
+  cudaEvent_t forked = nullptr, routed = nullptr;
 };
 
 // Blocks of the attend kernel `tuning` picks for this shape that the whole device runs at once

@@ -60,7 +60,11 @@ SaapIndex::SaapIndex(const DecodeShape& shape, const SaapConfig& cfg) : shape_(s
 }
 
 SaapIndex::~SaapIndex() {
-  if (impl_ && impl_->cublas) cublasDestroy(impl_->cublas);
+  if (!impl_) return;
+  if (impl_->cublas) cublasDestroy(impl_->cublas);
+  if (impl_->forked) cudaEventDestroy(impl_->forked);
+  if (impl_->routed) cudaEventDestroy(impl_->routed);
+  if (impl_->side) cudaStreamDestroy(impl_->side);
 }
 
 void SaapIndex::set_centroids(const std::vector<float>& h, bool spherical) {

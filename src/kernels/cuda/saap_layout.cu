@@ -71,6 +71,11 @@ void SaapIndex::append(const void* k_new, const void* v_new, cudaStream_t stream
 }
 
 void SaapIndex::append(const void* k_new, const void* v_new, const void* k_route_new, cudaStream_t stream) {
+  prepare_append(k_new, v_new, k_route_new, stream);
+  launch_append(k_new, v_new, k_route_new, stream);
+}
+
+void SaapIndex::prepare_append(const void* k_new, const void* v_new, const void* k_route_new, cudaStream_t stream) {
   auto& m = *impl_;
   SAAP_CU_REQUIRE(k_new && v_new, InvalidArgument, "null pointer: k_new=%p v_new=%p", k_new, v_new);
   SAAP_CU_REQUIRE(!cfg_.separate_routing_keys || k_route_new, InvalidArgument, "%s",
@@ -80,6 +85,10 @@ void SaapIndex::append(const void* k_new, const void* v_new, const void* k_route
   SAAP_CU_REQUIRE(m.centroids.size() > 0, InvalidArgument, "%s", "set_centroids() must be called first");
   SAAP_CU_REQUIRE(m.built, InvalidArgument, "%s", "build() must be called before append()");
   ensure_append_room(stream);
+}
+
+void SaapIndex::launch_append(const void* k_new, const void* v_new, const void* k_route_new, cudaStream_t stream) {
+  auto& m = *impl_;
   const SaapGeom g = geom(shape_, cfg_, rows_);
   const int bh = shape_.batch * shape_.n_kv_heads;
   dispatch_decode(shape_, [&](auto t, auto d, auto) {

@@ -90,6 +90,13 @@ int main() {
     cuda::DeviceBuffer<int32_t> da(size_t(bh_n) * max_len);
     idx.assign_prefill(dk.get(), max_len, c.lens, da.get());
     idx.build(dk.get(), dv.get(), max_len, c.lens, da.get());
+    // The queries of the two lookups below. The last append is append_select() with the first
+    // one, captured as a CUDA graph (the router on the index's side stream, forked and joined by
+    // events): its selection must be select()'s on the same state.
+    const std::vector<float> lookups = {0.2f, 1.0f};
+    std::vector<std::vector<float>> queries;
+    for (size_t i = 0; i < lookups.size(); ++i) queries.push_back(cutest::random_f32(rng, size_t(c.batch) * c.hq * D));
+    cutest::SaapSegments appended_selection;
     for (int a = 0; a < c.appends; ++a) {
       std::vector<uint16_t> nk(size_t(bh_n) * D), nv(nk.size());
       for (int bh = 0; bh < bh_n; ++bh) {
@@ -99,7 +106,16 @@ int main() {
       }
       auto dnk = cutest::upload(nk);
       auto dnv = cutest::upload(nv);
-      idx.append(dnk.get(), dnv.get());
+      if (a + 1 < c.appends) {
+        idx.append(dnk.get(), dnv.get());
+        continue;
+      }
+      idx.reserve_appends(1);  // a captured append must not synchronise
+      auto dq = cutest::upload(queries[0]);
+      cutest::run_as_graph([&](cudaStream_t st) {
+        idx.append_select(dnk.get(), dnv.get(), nullptr, dq.get(), rules::Budget{lookups[0], 0}, st);
+      });
+      appended_selection = cutest::read_segments(idx);
     }
     idx.check();
 
@@ -129,8 +145,9 @@ int main() {
     SAAP_CU(cudaMemcpy(pk.data(), idx.k_pool(), pk.size() * 2, cudaMemcpyDeviceToHost));
     SAAP_CU(cudaMemcpy(pv.data(), idx.v_pool(), pv.size() * 2, cudaMemcpyDeviceToHost));
     const float scale = 1.f / std::sqrt(float(D));
-    for (float lookup : {0.2f, 1.0f}) {
-      auto q = cutest::random_f32(rng, size_t(c.batch) * c.hq * D);
+    for (size_t li = 0; li < lookups.size(); ++li) {
+      const float lookup = lookups[li];
+      const std::vector<float>& q = queries[li];
       auto dq = cutest::upload(q);
       cuda::DeviceBuffer<float> dout(q.size());
       cutest::poison(dout);
@@ -210,6 +227,13 @@ int main() {
                               std::to_string(read) + "/" + std::to_string(total) + " tokens, " +
                               std::to_string(ties) + " near-tie differences): ";
       tally.check(bad_slots == 0, (tag + "segment slots naming no token or one twice").c_str(), double(bad_slots), 0);
+      if (li == 0) {
+        int64_t differ = 0;
+        for (int bh = 0; bh < bh_n; ++bh)
+          differ += segs.count[bh] != appended_selection.count[bh] || segs.slots[bh] != appended_selection.slots[bh];
+        tally.check(differ == 0, (tag + "KV groups where append_select (graph) selects unlike select()").c_str(),
+                    double(differ), 0);
+      }
       tally.check(mismatches == 0, (tag + "KV groups whose selection differs from the reference").c_str(),
                   double(mismatches), 0);
       // Same 16-bit K/V and fp32 queries on both sides; the device accumulates in fp32 (error near

@@ -188,6 +188,15 @@ class SaapIndex {
   void select(const float* q_route, double lookup, cudaStream_t stream = 0) {
     select(q_route, rules::Budget{lookup, 0}, stream);
   }
+  // One decode step's append() then select(), with the same arguments and the same results, the
+  // routing (Saap's router, the KMeans ranking) run beside the append instead of after it: it reads
+  // the query and the index's weights, which the append does not write, and the rank-and-fill
+  // kernel, which reads the tables the append writes, waits for both. The routing runs on a stream
+  // of the index forked from `stream` and joined back by events, so a CUDA graph captures the
+  // step. The partition oracle ranks by the cache the append writes: its ranking follows the append.
+  // k_route_new as the append's (null unless separate_routing_keys).
+  void append_select(const void* k_new, const void* v_new, const void* k_route_new, const float* q_route,
+                     const rules::Budget& budget, cudaStream_t stream = 0);
   // Exact attention of q over the last selection into out [batch][n_q_heads][head_dim].
   void attend(const float* q, float scale, float* out, SplitWorkspace& ws, cudaStream_t stream = 0);
   // The attend kernel and its split count (see SaapAttendTuning); the next select() cuts for it.
@@ -226,12 +235,22 @@ class SaapIndex {
   struct Impl;
 
  private:
+  // append()'s two halves: the checks and any re-pack (which synchronise), then the kernel.
+  void prepare_append(const void* k_new, const void* v_new, const void* k_route_new, cudaStream_t stream);
+  void launch_append(const void* k_new, const void* v_new, const void* k_route_new, cudaStream_t stream);
   // Before an append: re-packs when some partition or the page pool might have no room.
   void ensure_append_room(cudaStream_t stream);
   // Appends that surely fit the current layout (synchronises to read the counters).
   int64_t append_room(cudaStream_t stream);
   // Re-packs into a layout with room for at least min_room appends.
   void repack(cudaStream_t stream, int64_t min_room);
+  // select()'s checks: throws InvalidArgument for a null query, a budget select() cannot fill, or
+  // a routing whose weights were not set.
+  void check_select(const float* q_route, const rules::Budget& budget) const;
+  // select()'s two halves: the routing kernel (logits() from the query) and the rank-and-fill
+  // kernel (the segments from logits() and the tables).
+  void route(const float* q_route, cudaStream_t stream);
+  void rank_and_fill(const rules::Budget& budget, cudaStream_t stream);
   // Writes the group ranking keys of KMeans / PartitionOracle routing into logits().
   void rank_kmeans(const float* q_route, cudaStream_t stream);
   void rank_by_attention(const float* q, cudaStream_t stream);

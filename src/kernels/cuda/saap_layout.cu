@@ -94,7 +94,7 @@ void SaapIndex::launch_append(const void* k_new, const void* v_new, const void* 
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
-    launch_dependent(saap_append_kernel<T, D>, dim3(kSearchParts, bh), dim3(256), 0, stream, g,
+    launch_dependent(saap_append_kernel<T, D>, dim3(kSearchParts, bh), dim3(kAppendThreads), 0, stream, g,
                      m.centroids.get(), static_cast<const float*>(m.half_norm.get()),
                      static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new),
                      static_cast<const uint4*>(k_route_new), reinterpret_cast<uint4*>(m.kpool.get()),

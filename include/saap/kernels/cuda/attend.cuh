@@ -60,6 +60,12 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
+// 16 bytes of a ring stage in shared memory, or zeros for a row past the share: the stage may hold
+// stale or uninitialised bytes there, and 0 x NaN would poison the output.
+__device__ __forceinline__ uint4 load_row_piece(const unsigned char* p, bool in_share) {
+  return in_share ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
+}
+
 // Each warp's online-softmax state of the block's G <= GMAX query heads, in shared memory, for the
 // block's merge: running max m and sum l (base 2), unnormalised output acc.
 template <int D, int GMAX, int NWARPS>

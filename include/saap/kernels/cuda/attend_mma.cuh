@@ -76,15 +76,13 @@ struct MmaAttender {
   // holds (0 x NaN would poison the output).
   __device__ void tile(const unsigned char* k_rows, const unsigned char* v_rows, int base, int n) {
     const int gr = lane >> 2, c = lane & 3;
-    auto lds = [](const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); };
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     uint4 ka[2][KQ];  // key rows 8h + gr, pieces mma_key_piece<D, true>(c, j)
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int j = 0; j < KQ; ++j) {
         const int r = 8 * h + gr;
-        ka[h][j] = base + r < n ? lds(k_rows + r * kRowBytes + mma_key_piece<D, true>(c, j) * 16) : zero;
+        ka[h][j] = load_row_piece(k_rows + r * kRowBytes + mma_key_piece<D, true>(c, j) * 16, base + r < n);
       }
     uint4 va[4][VP];  // value rows 2c, 2c+1, 2c+8, 2c+9, pieces 8j + gr
 #pragma unroll
@@ -92,7 +90,7 @@ struct MmaAttender {
 #pragma unroll
       for (int j = 0; j < VP; ++j) {
         const int r = 2 * c + (i & 1) + 8 * (i >> 1);
-        va[i][j] = base + r < n ? lds(v_rows + r * kRowBytes + (8 * j + gr) * 16) : zero;
+        va[i][j] = load_row_piece(v_rows + r * kRowBytes + (8 * j + gr) * 16, base + r < n);
       }
 
     float s[2][4] = {};  // n-tile h: d0, d1 = head gr, rows 8h + 2c, 8h + 2c + 1

@@ -94,8 +94,6 @@ struct BulkRing {
         const uint32_t off = at.warp * A::kRows * ROW_BYTES;
         at.tile(st + off, st + TILE_BYTES + off, t * UNIT + at.warp * A::kRows, n);
       } else {
-        auto lds = [](const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); };
-        const uint4 zero = make_uint4(0, 0, 0, 0);
         const int r0 = at.warp * A::TILE, base = t * UNIT + r0;
         uint4 kr[A::U], vr[A::U];
 #pragma unroll
@@ -103,8 +101,8 @@ struct BulkRing {
           const int r = u * A::TPP + at.slot;
           const uint32_t off = (r0 + r) * ROW_BYTES + at.sub * 16;
           const bool in = base + r < n;  // rows past the share: zeros, whatever the ring holds
-          kr[u] = in ? lds(st + off) : zero;
-          vr[u] = in ? lds(st + TILE_BYTES + off) : zero;
+          kr[u] = load_row_piece(st + off, in);
+          vr[u] = load_row_piece(st + TILE_BYTES + off, in);
         }
         at.step(kr, vr, base, n);
       }

@@ -113,9 +113,14 @@ static __global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4
 //    token in the ring (or the sinks while n < S), advances seq_len and leaves best[bh] and its
 //    ticket zeroed for the next step.
 // ring_part [bh][W]: the partition of the token in each ring slot (routing-key mode), else null.
-constexpr int kSearchParts = 16;
+// Blocks of 128 threads, 32 parts: each warp scores as many centroids as 16 parts of 256 threads
+// did, and the small blocks fit beside two blocks of the router (saap_classify_kernel, 110
+// registers a thread) on one SM, which append_select() runs at the same time (at 512k tokens the
+// router's one wave filled the SMs' registers, and blocks of 256 threads waited for it).
+constexpr int kSearchParts = 32;
+constexpr int kAppendThreads = 128;
 template <class T, int D>
-static __global__ void __launch_bounds__(256)
+static __global__ void __launch_bounds__(kAppendThreads)
     saap_append_kernel(SaapGeom g, const float* __restrict__ centroids, const float* __restrict__ half_norm,
                        const uint4* __restrict__ k_new, const uint4* __restrict__ v_new,
                        const uint4* __restrict__ route_new, uint4* __restrict__ kpool, uint4* __restrict__ vpool,

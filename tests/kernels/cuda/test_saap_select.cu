@@ -24,6 +24,7 @@ int main() {
     std::vector<int32_t> lens;
     float lookup;
     int64_t tokens = 0;  // > 0: a fixed budget of tokens instead of lookup (rules::Budget)
+    bool twins = false;  // partition 2k+1's router rows are 2k's: equal keys, ranked by id
   };
   // Fractional budgets (0.33 of 5000 is 1650, of 3001 is 990.33), GQA groups 4, 3, 7, 1 and 8,
   // head dims 64, 128 and 256 (Gemma-3's 4 query heads over one KV head),
@@ -56,7 +57,15 @@ int main() {
                         Case{1, 8, 1, 128, 1024, 64, {50000}, 0.05f}, Case{2, 2, 2, 64, 256, 32, {9000, 7000}, 0.1f},
                         Case{1, 5, 1, 64, 33, 32, {3000}, 0.2f}, Case{1, 6, 1, 64, 1, 32, {500}, 0.5f},
                         Case{1, 7, 1, 128, 512, 64, {20000}, 0.05f, 1500},
-                        Case{1, 4, 1, 64, 1025, 32, {40000}, 0.1f}}) {
+                        Case{1, 4, 1, 64, 1025, 32, {40000}, 0.1f},
+                        // Exact ties: twin partitions share their keys bit for bit, so the fill
+                        // must take the lower id first, also at the first partition that does not
+                        // fit (one block of 256, a loop of two partitions a thread, a fixed
+                        // budget). And a budget of nothing past the sinks and window (40 tokens).
+                        Case{1, 8, 2, 128, 256, 64, {30000}, 0.05f, 0, true},
+                        Case{2, 4, 1, 64, 2000, 32, {40000, 25000}, 0.1f, 0, true},
+                        Case{1, 9, 3, 64, 256, 64, {9000}, 0.05f, 700, true},
+                        Case{1, 4, 1, 64, 64, 32, {3000}, 0.05f, 40}}) {
     cuda::DecodeShape s{c.batch, c.hq, c.hkv, c.d, DType::BF16};
     cuda::SaapConfig cfg;
     cfg.n_partitions = c.C;
@@ -88,6 +97,12 @@ int main() {
     auto b1 = cutest::random_f32(rng, size_t(c.hq) * H, 0.3f);
     auto w2 = cutest::random_f32(rng, size_t(c.hq) * c.C * H, float(1.2 / std::sqrt(H)));
     auto b2 = cutest::random_f32(rng, size_t(c.hq) * c.C, 0.5f);
+    if (c.twins)
+      for (int h = 0; h < c.hq; ++h)
+        for (int p = 1; p < c.C; p += 2) {
+          std::copy_n(&w2[(size_t(h) * c.C + p - 1) * H], H, &w2[(size_t(h) * c.C + p) * H]);
+          b2[size_t(h) * c.C + p] = b2[size_t(h) * c.C + p - 1];
+        }
     idx.set_classifier(w1, b1, w2, b2);
     auto q = cutest::random_f32(rng, size_t(c.batch) * c.hq * c.d);
     auto dq = cutest::upload(q);
@@ -118,7 +133,7 @@ int main() {
     SAAP_CU(cudaMemcpy(pool.data(), idx.k_pool(), pool.size() * 2, cudaMemcpyDeviceToHost));
     const auto segs = cutest::read_segments(idx);
     const auto ctr = idx.counters();
-    int64_t cover_errors = 0, mismatches = 0, ties = 0, taken_total = 0, skipped_then_taken = 0;
+    int64_t cover_errors = 0, mismatches = 0, ties = 0, taken_total = 0, skipped_then_taken = 0, split_twins = 0;
     for (int bh = 0; bh < bh_n; ++bh) {
       const int b = bh / c.hkv, h = bh % c.hkv;
       const int64_t n = c.lens[b];
@@ -158,17 +173,29 @@ int main() {
         else if (skipped) ++skipped_then_taken;
         taken_total += taken[p];
       }
+      // Equal keys, one taken and one not: the id decided (the twins cases must have some).
+      for (int r = 0; r + 1 < c.C; ++r)
+        split_twins += counts[order[r]] > 0 && counts[order[r + 1]] > 0 && key[order[r]] == key[order[r + 1]] &&
+                       taken[order[r]] != taken[order[r + 1]];
       if (got == ref) continue;
       // The device ranks in fp32: two partitions whose keys lie within 2e-5 (log density) of
-      // each other, one taken and one not, may swap places.
+      // each other, one taken and one not, may swap places. Equal keys (twins) may not: both
+      // sides rank them by id.
       bool tie = false;
-      for (int r = 0; r + 1 < c.C; ++r)
+      for (int r = 0; r + 1 < c.C; ++r) {
+        const double gap = key[order[r]] - key[order[r + 1]];
         tie |= counts[order[r]] > 0 && counts[order[r + 1]] > 0 && taken[order[r]] != taken[order[r + 1]] &&
-               key[order[r]] - key[order[r + 1]] <= 2e-5;
+               gap > 0 && gap <= 2e-5;
+      }
       (tie ? ties : mismatches)++;
     }
-    std::printf("%s%lld partitions taken, %lld taken after a skip, %lld near-tie differences\n", tag.c_str(),
-                (long long)taken_total, (long long)skipped_then_taken, (long long)ties);
+    std::printf("%s%lld partitions taken, %lld taken after a skip, %lld equal-key pairs split by the fill, %lld "
+                "near-tie differences\n",
+                tag.c_str(), (long long)taken_total, (long long)skipped_then_taken, (long long)split_twins,
+                (long long)ties);
+    if (c.twins)
+      tally.check(split_twins > 0, (tag + "twins: equal-key pairs split by the fill (the id decides)").c_str(),
+                  double(split_twins), 1);
     tally.check(cover_errors == 0, (tag + "segment coverage errors").c_str(), double(cover_errors), 0);
     tally.check(mismatches == 0, (tag + "KV groups whose selection differs from the reference").c_str(),
                 double(mismatches), 0);

@@ -163,6 +163,7 @@ struct FillScratch {
     int hist[2][kFillBins];      // size-weighted digit histograms, two so that one is cleared while one fills
     int16_t cand[kMaxPartitions];  // then the candidates of phase 2
   };
+  uint32_t lo, hi;         // the smallest and largest key bits of a non-empty partition
   uint32_t prefix;         // the misfit's key bits found so far
   int left;                // the budget left above the current range, then after the misfit
   int misfit;              // the misfit's id
@@ -191,23 +192,54 @@ __device__ inline void fill_by_threshold(const float* keys, const int* sizes, in
                                          FillScratch& fs) {
   const int T = blockDim.x, tid = threadIdx.x, lane = tid & 31;
   if (tid == 0) {
-    fs.prefix = 0;
+    fs.lo = ~0u;
+    fs.hi = 0;
     fs.left = budget;
     fs.n_tied = 0;
     fs.n_cand = 0;
   }
   for (int i = tid; i < 2 * kFillBins; i += T) fs.hist[i / kFillBins][i % kFillBins] = 0;
   __syncthreads();
-  // 1. The misfit's key bits, kFillDigitBits a pass.
+  // The keys' range: the bits every non-empty partition shares are the misfit's too, so the passes
+  // start below them (log densities share sign and most of the exponent: a first digit of the top
+  // 8 bits put every key in one bin).
+  {
+    uint32_t lo = ~0u, hi = 0;
 #pragma unroll 1
-  for (int pass = 0, shift = 32 - kFillDigitBits; shift >= 0; ++pass, shift -= kFillDigitBits) {
+    for (int c = tid; c < C; c += T)
+      if (sizes[c] > 0) {
+        const uint32_t u = partition_rank_bits(keys[c]);
+        lo = min(lo, u);
+        hi = max(hi, u);
+      }
+    lo = __reduce_min_sync(0xffffffffu, lo);
+    hi = __reduce_max_sync(0xffffffffu, hi);
+    if (lane == 0) {
+      atomicMin(&fs.lo, lo);
+      atomicMax(&fs.hi, hi);
+    }
+  }
+  __syncthreads();
+  const int shared_bits = __clz(fs.lo ^ fs.hi);  // 32 when every key is equal
+  if (tid == 0) fs.prefix = shared_bits == 32 ? fs.lo : fs.lo & ~(~0u >> shared_bits);
+  __syncthreads();
+  // 1. The misfit's key bits below the shared ones, kFillDigitBits a pass. A warp's partitions with
+  //    one digit add their sizes first and one lane adds the sum (the keys bunch in a few bins).
+#pragma unroll 1
+  for (int pass = 0, top = 32 - shared_bits; top > 0; ++pass) {
+    const int shift = max(top - kFillDigitBits, 0);
     int* hist = fs.hist[pass & 1];
     const uint32_t prefix = fs.prefix;
-    const uint32_t high = shift + kFillDigitBits < 32 ? ~0u << (shift + kFillDigitBits) : 0u;
+    const uint32_t high = top < 32 ? ~0u << top : 0u;
 #pragma unroll 1
-    for (int c = tid; c < C; c += T) {
-      const uint32_t u = partition_rank_bits(keys[c]);
-      if (sizes[c] > 0 && (u & high) == prefix) atomicAdd(&hist[(u >> shift) & (kFillBins - 1)], sizes[c]);
+    for (int c0 = tid - lane; c0 < C; c0 += T) {  // whole warps: __match_any_sync takes every lane
+      const int c = c0 + lane;
+      const uint32_t u = c < C ? partition_rank_bits(keys[c]) : 0u;
+      const bool live = c < C && sizes[c] > 0 && (u & high) == prefix;
+      const int digit = live ? int((u >> shift) & (kFillBins - 1)) : -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, digit);
+      const int sum = __reduce_add_sync(peers, live ? sizes[c] : 0);
+      if (live && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], sum);
     }
     // The other histogram was read in the last pass, before the barrier below: clear it for the next.
     for (int i = tid; i < kFillBins; i += T) fs.hist[(pass + 1) & 1][i] = 0;
@@ -222,6 +254,7 @@ __device__ inline void fill_by_threshold(const float* keys, const int* sizes, in
       }
     }
     __syncthreads();
+    top = shift;
   }
   // 2. The misfit among the partitions with its key bits.
   const uint32_t misfit_bits = fs.prefix;
@@ -262,12 +295,17 @@ __device__ inline void fill_by_threshold(const float* keys, const int* sizes, in
   int16_t* cand = fs.cand;
   const int misfit = fs.misfit, left_f = fs.left;
 #pragma unroll 1
-  for (int c = tid; c < C; c += T) {
-    const int size = sizes[c];
-    if (size <= 0) continue;
-    const uint32_t u = partition_rank_bits(keys[c]);
-    if (u > misfit_bits || (u == misfit_bits && c < misfit)) taken[c] = 1;
-    else if (c != misfit && size <= left_f) cand[atomicAdd(&fs.n_cand, 1)] = int16_t(c);
+  for (int c0 = tid - lane; c0 < C; c0 += T) {  // whole warps: one atomic a warp for its candidates
+    const int c = c0 + lane, size = c < C ? sizes[c] : 0;
+    const uint32_t u = size > 0 ? partition_rank_bits(keys[c]) : 0u;
+    const bool before = size > 0 && (u > misfit_bits || (u == misfit_bits && c < misfit));
+    if (before) taken[c] = 1;
+    const bool is_cand = size > 0 && !before && c != misfit && size <= left_f;
+    const unsigned mask = __ballot_sync(0xffffffffu, is_cand);
+    int base = 0;
+    if (lane == 0 && mask) base = atomicAdd(&fs.n_cand, __popc(mask));
+    base = __shfl_sync(0xffffffffu, base, 0);
+    if (is_cand) cand[base + __popc(mask & ((1u << lane) - 1))] = int16_t(c);
   }
   __syncthreads();
   // 4. Phase 2: one warp takes the best-ranked candidate that fits, while one does.

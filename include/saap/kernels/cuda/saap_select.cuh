@@ -136,12 +136,12 @@ static __global__ void __launch_bounds__(kClassifyThreads)
 }
 
 constexpr int kSelectMaxThreads = 1024;
-constexpr int kMaxPartitions = 4096;  // sizes, keys and candidates of all partitions stay in shared memory
+constexpr int kMaxPartitions = 4096;  // sizes, keys and ids of all partitions stay in shared memory
 constexpr int kMaxSelectGroup = 8;    // query heads per KV group the select kernel is instantiated for
 
 // Threads of a select block for C partitions: one per partition, rounded up to a power of two (at
-// least a warp), at most kSelectMaxThreads (past that, each thread takes every blockDim.x-th
-// partition).
+// least a warp; bitonic_rank4 takes up to a quarter of them), at most kSelectMaxThreads (past
+// that, each thread takes every blockDim.x-th partition).
 inline int select_threads(int C) {
   int t = 32;
   while (t < C && t < kSelectMaxThreads) t <<= 1;
@@ -150,183 +150,174 @@ inline int select_threads(int C) {
 
 __device__ __forceinline__ int ranges_of(int n, int seg) { return (n + seg - 1) / seg; }
 
-// The radix key of a partition's ranking key: order-preserving bits, -0 read as +0, so that the
-// bits order exactly as rules::ranks_before compares the floats (ties then go to the lower id).
-__device__ __forceinline__ uint32_t partition_rank_bits(float key) { return float_key(key == 0.f ? 0.f : key); }
+// The compare-exchange of one bitonic step, seen from element t holding (mk, mi) whose partner
+// t ^ j holds (ok, oi): segments with (t & k) == 0 end in ranking order, the others reversed; the
+// last merge (k == n) leaves the whole array in ranking order.
+__device__ __forceinline__ void bitonic_keep(int t, int k, int j, float& mk, int& mi, float ok, int oi) {
+  const bool lower = (t & j) == 0, ascending = (t & k) == 0;
+  const bool mine_first = rules::ranks_before(mk, mi, ok, oi);
+  if ((lower == ascending) != mine_first) {
+    mk = ok;
+    mi = oi;
+  }
+}
 
-constexpr int kFillDigitBits = 8;
-constexpr int kFillBins = 1 << kFillDigitBits;
+constexpr int kRankPerThread = 4;                   // (key, id) pairs a ranking thread holds
+constexpr int kMinRankSize = kRankPerThread * 32;  // the ranking sorts at least one warp's worth
 
-// What fill_by_threshold keeps in shared memory besides the caller's arrays.
-struct FillScratch {
-  union {
-    int hist[2][kFillBins];      // size-weighted digit histograms, two so that one is cleared while one fills
-    int16_t cand[kMaxPartitions];  // then the candidates of phase 2
+// Sorts the n pairs (keys[i], id i) (n a power of two, kMinRankSize..kMaxPartitions) into the
+// ranking order of selection_rules.h (higher key first, ties to the lower id) and writes ids[r],
+// the id at rank r. A bitonic network over the registers of threads [0, n / 4), four consecutive
+// elements each: steps between a thread's own elements (j < 4) are register swaps, steps between
+// lanes of one warp (j < 128) shuffles, and each run of steps across warps (j >= 128) goes through
+// keys[] and ids[] in place, a pair exchanged by the thread holding its lower element, with one
+// barrier among the ranking threads per step (n = 1024: 256 threads; 19 register, 30 shuffle and
+// 6 shared-memory steps; one element per thread took 40 shuffle and 15 barrier steps of 32 warps).
+// The other threads return at once; ids[] is complete after the caller's next __syncthreads.
+// keys and ids: 16-byte aligned shared memory.
+__device__ inline void bitonic_rank4(float* keys, int16_t* ids, int n) {
+  constexpr int E = kRankPerThread;
+  const int S = n / E, s = threadIdx.x;
+  if (s >= S) return;  // whole warps: S is a multiple of 32
+  float4* keys4 = reinterpret_cast<float4*>(keys);
+  short4* ids4 = reinterpret_cast<short4*>(ids);
+  auto sync = [&] { asm volatile("bar.sync 1, %0;" ::"r"(S) : "memory"); };
+  float mk[E];
+  int mi[E];
+  auto unpack = [](float4 kv, short4 iv, float (&k4)[E], int (&i4)[E]) {
+    k4[0] = kv.x, k4[1] = kv.y, k4[2] = kv.z, k4[3] = kv.w;
+    i4[0] = iv.x, i4[1] = iv.y, i4[2] = iv.z, i4[3] = iv.w;
   };
-  uint32_t lo, hi;         // the smallest and largest key bits of a non-empty partition
-  uint32_t prefix;         // the misfit's key bits found so far
-  int left;                // the budget left above the current range, then after the misfit
-  int misfit;              // the misfit's id
-  int n_tied, n_cand;      // partitions with the misfit's key bits; phase-2 candidates
-};
-
-// rules::fill_in_order over the ranking of selection_rules.h (higher key first, ties to the lower
-// id), without sorting: sets taken[c] = 1 for exactly the partitions the sequential walk takes.
-// keys[c], sizes[c] (>= 0): shared memory; budget: below the sum of the sizes (the caller takes
-// everything otherwise). Every thread of the block calls it; taken[] is
-// complete after the caller's next __syncthreads.
-// Why it is the same set. Let P_r be the sum of the sizes over ranks < r and f the first rank with
-// P_(f+1) > budget (the misfit; it exists since the sizes sum past the budget).
-//  - Phase 1, ranks r < f: the walk takes every one (P_(r+1) <= budget). The misfit's key bits
-//    come from a size-weighted radix select, 8 bits a pass from the top: in each pass the digit at
-//    which the sizes above it, summed from the top, pass what is left of the budget (warp_find_digit).
-//    Partitions with those exact bits (ties) rank by id: the misfit is the first whose running sum
-//    passes what is left; one tied partition, the usual case, is the misfit itself.
-//  - Phase 2, ranks r > f: the walk continues with left = budget - P_f < size_f and takes, in rank
-//    order, each partition with 0 < size <= left, lowering left. The next take is always the
-//    best-ranked remaining partition that fits the current left: a better-ranked one that fits now
-//    fitted when the walk passed it (left only falls), so it was taken. So one warp takes, while any
-//    fits, the best-ranked fitting partition of a list of those after f with 0 < size <= left_f.
-//    The walk's guard (left >= the smallest size) only ends walks that would take nothing more.
-__device__ inline void fill_by_threshold(const float* keys, const int* sizes, int C, int budget, uint8_t* taken,
-                                         FillScratch& fs) {
-  const int T = blockDim.x, tid = threadIdx.x, lane = tid & 31;
-  if (tid == 0) {
-    fs.lo = ~0u;
-    fs.hi = 0;
-    fs.left = budget;
-    fs.n_tied = 0;
-    fs.n_cand = 0;
-  }
-  for (int i = tid; i < 2 * kFillBins; i += T) fs.hist[i / kFillBins][i % kFillBins] = 0;
-  __syncthreads();
-  // The keys' range: the bits every non-empty partition shares are the misfit's too, so the passes
-  // start below them (log densities share sign and most of the exponent: a first digit of the top
-  // 8 bits put every key in one bin).
+  auto pack_keys = [](const float (&k4)[E]) { return make_float4(k4[0], k4[1], k4[2], k4[3]); };
+  auto pack_ids = [](const int (&i4)[E]) {
+    return make_short4(short(i4[0]), short(i4[1]), short(i4[2]), short(i4[3]));
+  };
   {
-    uint32_t lo = ~0u, hi = 0;
-#pragma unroll 1
-    for (int c = tid; c < C; c += T)
-      if (sizes[c] > 0) {
-        const uint32_t u = partition_rank_bits(keys[c]);
-        lo = min(lo, u);
-        hi = max(hi, u);
-      }
-    lo = __reduce_min_sync(0xffffffffu, lo);
-    hi = __reduce_max_sync(0xffffffffu, hi);
-    if (lane == 0) {
-      atomicMin(&fs.lo, lo);
-      atomicMax(&fs.hi, hi);
-    }
-  }
-  __syncthreads();
-  const int shared_bits = __clz(fs.lo ^ fs.hi);  // 32 when every key is equal
-  if (tid == 0) fs.prefix = shared_bits == 32 ? fs.lo : fs.lo & ~(~0u >> shared_bits);
-  __syncthreads();
-  // 1. The misfit's key bits below the shared ones, kFillDigitBits a pass. A warp's partitions with
-  //    one digit add their sizes first and one lane adds the sum (the keys bunch in a few bins).
-#pragma unroll 1
-  for (int pass = 0, top = 32 - shared_bits; top > 0; ++pass) {
-    const int shift = max(top - kFillDigitBits, 0);
-    int* hist = fs.hist[pass & 1];
-    const uint32_t prefix = fs.prefix;
-    const uint32_t high = top < 32 ? ~0u << top : 0u;
-#pragma unroll 1
-    for (int c0 = tid - lane; c0 < C; c0 += T) {  // whole warps: __match_any_sync takes every lane
-      const int c = c0 + lane;
-      const uint32_t u = c < C ? partition_rank_bits(keys[c]) : 0u;
-      const bool live = c < C && sizes[c] > 0 && (u & high) == prefix;
-      const int digit = live ? int((u >> shift) & (kFillBins - 1)) : -1;
-      const unsigned peers = __match_any_sync(0xffffffffu, digit);
-      const int sum = __reduce_add_sync(peers, live ? sizes[c] : 0);
-      if (live && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], sum);
-    }
-    // The other histogram was read in the last pass, before the barrier below: clear it for the next.
-    for (int i = tid; i < kFillBins; i += T) fs.hist[(pass + 1) & 1][i] = 0;
-    __syncthreads();
-    if (tid < 32) {
-      int digit;
-      long long above;
-      warp_find_digit(hist, kFillBins, fs.left, false, digit, above);
-      if (lane == 0) {
-        fs.prefix = prefix | uint32_t(digit) << shift;
-        fs.left -= int(above);
-      }
-    }
-    __syncthreads();
-    top = shift;
-  }
-  // 2. The misfit among the partitions with its key bits.
-  const uint32_t misfit_bits = fs.prefix;
-#pragma unroll 1
-  for (int c = tid; c < C; c += T)
-    if (sizes[c] > 0 && partition_rank_bits(keys[c]) == misfit_bits) {
-      atomicAdd(&fs.n_tied, 1);
-      fs.misfit = c;  // the only one unless n_tied > 1
-    }
-  __syncthreads();
-  if (fs.n_tied > 1 && tid < 32) {  // ties: walk them in id order, 32 ids at a time
-    int left = fs.left, misfit = -1;
-    for (int c0 = 0; c0 < C && misfit < 0; c0 += 32) {
-      const int c = c0 + lane;
-      const int size = c < C && sizes[c] > 0 && partition_rank_bits(keys[c]) == misfit_bits ? sizes[c] : 0;
-      int incl = size;
+    const float4 kv = keys4[s];
+    mk[0] = kv.x, mk[1] = kv.y, mk[2] = kv.z, mk[3] = kv.w;
 #pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int x = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += x;
-      }
-      const unsigned past = __ballot_sync(0xffffffffu, incl > left);
-      if (past) {
-        const int l = __ffs(past) - 1;
-        misfit = c0 + l;
-        left -= __shfl_sync(0xffffffffu, incl - size, l);
-      } else {
-        left -= __shfl_sync(0xffffffffu, incl, 31);
-      }
-    }
-    if (lane == 0) {
-      fs.misfit = misfit;
-      fs.left = left;
-    }
+    for (int e = 0; e < E; ++e) mi[e] = E * s + e;
   }
-  __syncthreads();
-  // 3. Phase 1's takes, and phase 2's candidates (over the histograms, no longer read).
-  int16_t* cand = fs.cand;
-  const int misfit = fs.misfit, left_f = fs.left;
-#pragma unroll 1
-  for (int c0 = tid - lane; c0 < C; c0 += T) {  // whole warps: one atomic a warp for its candidates
-    const int c = c0 + lane, size = c < C ? sizes[c] : 0;
-    const uint32_t u = size > 0 ? partition_rank_bits(keys[c]) : 0u;
-    const bool before = size > 0 && (u > misfit_bits || (u == misfit_bits && c < misfit));
-    if (before) taken[c] = 1;
-    const bool is_cand = size > 0 && !before && c != misfit && size <= left_f;
-    const unsigned mask = __ballot_sync(0xffffffffu, is_cand);
-    int base = 0;
-    if (lane == 0 && mask) base = atomicAdd(&fs.n_cand, __popc(mask));
-    base = __shfl_sync(0xffffffffu, base, 0);
-    if (is_cand) cand[base + __popc(mask & ((1u << lane) - 1))] = int16_t(c);
-  }
-  __syncthreads();
-  // 4. Phase 2: one warp takes the best-ranked candidate that fits, while one does.
-  if (tid >= 32) return;
-  const int n_cand = fs.n_cand;
-  int left = left_f;
-#pragma unroll 1
-  while (true) {
-    uint32_t best_u = 0;
-    int best_c = INT32_MAX;
-    for (int i = lane; i < n_cand; i += 32) {
-      const int c = cand[i], size = sizes[c];
-      const uint32_t u = partition_rank_bits(keys[c]);
-      if (size <= left && !taken[c] && (u > best_u || (u == best_u && c < best_c))) best_u = u, best_c = c;
+  // Elements a < b of this thread (constants once inlined) at distance j < E.
+  auto swap_own = [&](int k, int a, int b) {
+    if ((((E * s + a) & k) == 0) != rules::ranks_before(mk[a], mi[a], mk[b], mi[b])) {
+      const float tk = mk[a];
+      mk[a] = mk[b];
+      mk[b] = tk;
+      const int ti = mi[a];
+      mi[a] = mi[b];
+      mi[b] = ti;
     }
-    const uint32_t top = __reduce_max_sync(0xffffffffu, best_c == INT32_MAX ? 0u : best_u);
-    const int c = int(__reduce_min_sync(0xffffffffu, uint32_t(best_c != INT32_MAX && best_u == top ? best_c : INT32_MAX)));
-    if (c == INT32_MAX) break;
-    left -= sizes[c];
-    if (lane == 0) taken[c] = 1;
-    __syncwarp();
+  };
+  for (int k = 2; k <= n; k <<= 1) {
+    int j = k >> 1;
+    if (j >= E * 32) {
+      keys4[s] = pack_keys(mk);
+      ids4[s] = pack_ids(mi);
+      sync();
+      for (; j >= E * 32; j >>= 1) {
+        if (((E * s) & j) == 0) {  // the lower four of four pairs (i, i + j)
+          const int o = (E * s + j) / E;
+          float a[E], b[E];
+          int ia[E], ib[E];
+          unpack(keys4[s], ids4[s], a, ia);
+          unpack(keys4[o], ids4[o], b, ib);
+          const bool ascending = ((E * s) & k) == 0;
+#pragma unroll
+          for (int e = 0; e < E; ++e)
+            if (ascending != rules::ranks_before(a[e], ia[e], b[e], ib[e])) {
+              const float tk = a[e];
+              a[e] = b[e];
+              b[e] = tk;
+              const int ti = ia[e];
+              ia[e] = ib[e];
+              ib[e] = ti;
+            }
+          keys4[s] = pack_keys(a);
+          ids4[s] = pack_ids(ia);
+          keys4[o] = pack_keys(b);
+          ids4[o] = pack_ids(ib);
+        }
+        sync();
+      }
+      unpack(keys4[s], ids4[s], mk, mi);
+    }
+    for (; j >= E; j >>= 1) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float ok = __shfl_xor_sync(0xffffffffu, mk[e], j / E);
+        const int oi = __shfl_xor_sync(0xffffffffu, mi[e], j / E);
+        bitonic_keep(E * s + e, k, j, mk[e], mi[e], ok, oi);
+      }
+    }
+    if (j == 2) {
+      swap_own(k, 0, 2);
+      swap_own(k, 1, 3);
+    }
+    swap_own(k, 0, 1);
+    swap_own(k, 2, 3);
+  }
+  ids4[s] = pack_ids(mi);
+}
+
+// rules::fill_in_order over the ranking ids[0..C) (ids[r]: the partition at rank r), sizes[c] the
+// partition sizes, min_size the smallest positive size (exact): sets taken[c] = 1 for exactly the
+// partitions the sequential walk takes (taken[] zeroed by the caller). Every thread of the block
+// calls it; taken[] is complete after the caller's next __syncthreads. rank_size: [C] of shared
+// memory for the sizes in rank order (warp 0's walk reads one load a chunk, not two dependent
+// ones). scan_scratch: as block_inclusive_sum2 needs; free again when this returns.
+// Why it is the same set. Let P_r be the sum of max(size, 0) over ranks < r (non-decreasing) and f
+// the first rank with P_(f+1) > budget (C if none).
+//  - The walk's guard (budget - used >= smallest) only ends walks that would take nothing more:
+//    any smallest <= the smallest positive size leaves the result unchanged, so fill_in_order's
+//    default (1), the reference's, and min_size here all give one set.
+//  - Phase 1, ranks r < f: by induction the walk has used P_r at rank r (every positive size
+//    before r was taken, sizes <= 0 are skipped and add nothing); a positive size at r fits since
+//    P_r + size = P_(r+1) <= budget, so it is taken. Those are the ranks with P_(r+1) <= budget,
+//    a prefix because P is non-decreasing: the block scan finds it.
+//  - Phase 2, ranks r >= f: the walk continues from used = P_f, left = budget - P_f; it takes the
+//    next rank with 0 < size <= left and lowers left. Warp 0 walks chunks of 32 ranks in order;
+//    the lowest lane with 0 < size <= left is that next take (every lane before it is one the
+//    walk skips at the same left); after it, only later lanes are re-tested with the new left.
+__device__ inline void fill_ranked(const int16_t* ids, const int* sizes, int C, int64_t budget, int min_size,
+                                   uint8_t* taken, int* rank_size, int2* scan_scratch) {
+  __shared__ int64_t left_at_misfit;  // budget - P_f, written by the thread holding rank f
+  const int T = blockDim.x;
+  int64_t carry = 0;                  // P at the start of the tile
+  int first_misfit = 0;               // f, the same in every thread
+  for (int r0 = 0; r0 < C; r0 += T) {
+    const int r = r0 + int(threadIdx.x);
+    const int size = r < C ? max(sizes[ids[r]], 0) : 0;
+    const BlockScan2 scan = block_inclusive_sum2(make_int2(size, 0), scan_scratch);
+    const int incl = scan.incl.x;
+    const bool fits = r < C && carry + incl <= budget;  // P_(r+1) <= budget
+    if (fits && size > 0) taken[ids[r]] = 1;
+    if (r < C && !fits && carry + incl - size <= budget) left_at_misfit = budget - (carry + incl - size);
+    if (r < C) rank_size[r] = size;
+    const int n_fit = __syncthreads_count(fits);  // also the barrier before scan_scratch is reused
+    first_misfit += n_fit;
+    carry += scan.total.x;
+    // No early exit past the misfit's tile: its sizes go to rank_size too (nothing fits there).
+  }
+  // Rank 0 is the misfit when budget < 0: no thread holds P_0 = 0 <= budget, left stays budget.
+  if (first_misfit == 0 && threadIdx.x == 0) left_at_misfit = budget;
+  __syncthreads();
+  if (threadIdx.x >= 32 || first_misfit >= C) return;  // warp 0 whole, or nobody (uniform)
+  const int lane = int(threadIdx.x);
+  int64_t left = left_at_misfit;
+  // left < min_size: no positive size fits any more (the guard above), so stopping changes nothing.
+  // Each chunk's sizes are loaded while the chunk before is walked.
+  int next = first_misfit + lane < C ? rank_size[first_misfit + lane] : 0;
+  for (int r0 = first_misfit; r0 < C && left >= min_size; r0 += 32) {
+    const int r = r0 + lane, size = next;
+    next = r + 32 < C ? rank_size[r + 32] : 0;
+    unsigned fit = __ballot_sync(0xffffffffu, size > 0 && size <= left);
+    while (fit) {
+      const int l = __ffs(fit) - 1;  // the walk's next take
+      left -= __shfl_sync(0xffffffffu, size, l);
+      if (lane == l) taken[ids[r]] = 1;
+      fit = __ballot_sync(0xffffffffu, lane > l && size > 0 && size <= left);
+    }
   }
 }
 
@@ -370,10 +361,10 @@ struct SaapSelectArgs {
 // rules::group_log_density over its G heads, each normalised by rules::head_log_normaliser over
 // the non-empty partitions: the attention the shared read gains per token it spends, as the CPU
 // method (SaapAttention::group_scores) ranks. The budget is rules::Budget::selectable (either
-// form; sinks and window paid first); the partitions are filled by the rule of
-// rules::fill_in_order in the order of rules::ranks_before without a sort (fill_by_threshold: a
-// size-weighted radix select of the first partition that does not fit, then one warp for the
-// rest; at 512k tokens the bitonic sort it replaced took 10k of the kernel's 33k cycles). Then the segments are written: sinks, recent window, then every selected partition's
+// form; sinks and window paid first); the partitions are ranked by rules::ranks_before
+// (bitonic_rank4) and filled by the rule of
+// rules::fill_in_order (fill_ranked: a block scan for the prefix that fits, then one warp for the
+// rest). Then the segments are written: sinks, recent window, then every selected partition's
 // prefill range and append pages. The selected tokens, numbered in segment order, are cut into
 // `splits` equal runs for attend(): split j starts at token j * ceil(total / splits), at
 // split_begin[bh][j] = (segment, offset), and split_begin[bh][splits] (and any split past the
@@ -387,10 +378,14 @@ template <int G>
 static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(SaapSelectArgs a) {
   __shared__ int sizes[kMaxPartitions];
   __shared__ uint8_t taken[kMaxPartitions];
-  __shared__ float keys[kMaxPartitions];  // each partition's ranking key
-  __shared__ FillScratch fill_scratch;
+  __shared__ __align__(16) int16_t ids[kMaxPartitions];  // the ranking: ids[r] is the partition at rank r
+  __shared__ __align__(16) union {
+    float keys[kMaxPartitions];    // each partition's ranking key
+    int rank_size[kMaxPartitions];  // then (dead keys) the sizes in rank order, for the fill
+  } rank_mem;
+  float* keys = rank_mem.keys;
   __shared__ float max_scratch[32][G];
-  __shared__ int count_scratch[32];  // tokens per warp
+  __shared__ int2 count_scratch[32];  // (tokens, smallest non-empty size) per warp
   __shared__ double z_scratch[32][G];
   __shared__ int2 scan_scratch[32];
   const SaapGeom& g = a.g;
@@ -424,12 +419,12 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   const int page0 = own ? a.append_pages[(pbase + tid) * g.A] : 0;
   const int64_t n = a.seq_len[bh];
 
-  // 1. Sizes (to shared memory), the tokens of all partitions, and
+  // 1. Sizes (to shared memory), the tokens of all partitions, the smallest non-empty size, and
   //    each head's largest log density over non-empty partitions: one barrier.
   float mx[G];
 #pragma unroll
   for (int gi = 0; gi < G; ++gi) mx[gi] = -INFINITY;
-  int tokens = 0;  // a sequence's tokens fit an int (segments count them so)
+  int tokens = 0, smallest = INT32_MAX;  // a sequence's tokens fit an int (segments count them so)
 #pragma unroll 1
   for (int c = tid; c < C; c += T) {
     float s[G];
@@ -439,6 +434,7 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
     taken[c] = 0;
     if (size > 0) {
       tokens += size;
+      smallest = min(smallest, size);
 #pragma unroll
       for (int gi = 0; gi < G; ++gi) mx[gi] = fmaxf(mx[gi], s[gi]);
     }
@@ -446,16 +442,19 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
 #pragma unroll
   for (int gi = 0; gi < G; ++gi) mx[gi] = warp_max(mx[gi]);
   tokens = __reduce_add_sync(0xffffffffu, tokens);
+  smallest = __reduce_min_sync(0xffffffffu, smallest);
   if (lane == 0) {
 #pragma unroll
     for (int gi = 0; gi < G; ++gi) max_scratch[warp][gi] = mx[gi];
-    count_scratch[warp] = tokens;
+    count_scratch[warp] = make_int2(tokens, smallest);
   }
   __syncthreads();  // also publishes sizes[] and taken[]
   const int nw = T >> 5;
 #pragma unroll
   for (int gi = 0; gi < G; ++gi) mx[gi] = warp_max(lane < nw ? max_scratch[lane][gi] : -INFINITY);
-  tokens = __reduce_add_sync(0xffffffffu, lane < nw ? count_scratch[lane] : 0);
+  const int2 counts = lane < nw ? count_scratch[lane] : make_int2(0, INT32_MAX);
+  tokens = __reduce_add_sync(0xffffffffu, counts.x);
+  smallest = __reduce_min_sync(0xffffffffu, counts.y);
 
   // 2. Each head's normaliser: the terms of rules::head_log_normaliser, reduced in double.
   double z[G];
@@ -496,11 +495,15 @@ static __global__ void __launch_bounds__(kSelectMaxThreads) saap_select_kernel(S
   if (tokens <= budget) {
 #pragma unroll 1
     for (int c = tid; c < C; c += T) taken[c] = sizes[c] > 0;  // the thread's own partitions
-  } else {  // 0 <= budget < tokens (rules::selectable_tokens is never negative)
+  } else {
+    int n_sort = kMinRankSize;
+    while (n_sort < C) n_sort <<= 1;
 #pragma unroll 1
-    for (int c = tid; c < C; c += T) keys[c] = key_of(c);
+    for (int c = tid; c < n_sort; c += T) keys[c] = c < C ? key_of(c) : -INFINITY;  // padding ranks last (id >= C)
     __syncthreads();
-    fill_by_threshold(keys, sizes, C, int(budget), taken, fill_scratch);
+    bitonic_rank4(keys, ids, n_sort);
+    __syncthreads();
+    fill_ranked(ids, sizes, C, budget, smallest, taken, rank_mem.rank_size, scan_scratch);
     __syncthreads();
   }
 

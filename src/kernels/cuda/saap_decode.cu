@@ -43,11 +43,6 @@ void SaapIndex::append_select(const void* k_new, const void* v_new, const void* 
     rank_and_fill(budget, stream);
     return;
   }
-  if (!m.side) {
-    SAAP_CU(cudaStreamCreateWithFlags(&m.side, cudaStreamNonBlocking));
-    SAAP_CU(cudaEventCreateWithFlags(&m.forked, cudaEventDisableTiming));
-    SAAP_CU(cudaEventCreateWithFlags(&m.routed, cudaEventDisableTiming));
-  }
   // Fork where the query is written, before the append; join before the rank-and-fill.
   SAAP_CU(cudaEventRecord(m.forked, stream));
   SAAP_CU(cudaStreamWaitEvent(m.side, m.forked, 0));

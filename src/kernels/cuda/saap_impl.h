@@ -30,9 +30,14 @@ struct SaapIndex::Impl {
   int repacks = 0;
   cublasHandle_t cublas = nullptr;
   // append_select(): the side stream the routing runs on beside the append, and the events that
-  // fork it from the caller's stream and join it back (made at the first call).
+  // fork it from the caller's stream and join it back. Made with the index, not at the first call,
+  // which may be inside a graph capture (the runner captures in global mode).
   cudaStream_t side = nullptr;
   cudaEvent_t forked = nullptr, routed = nullptr;
+  Impl();
+  ~Impl();
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 };
 
 // Blocks of the attend kernel `tuning` picks for this shape that the whole device runs at once

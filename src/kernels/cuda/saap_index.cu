@@ -59,13 +59,20 @@ SaapIndex::SaapIndex(const DecodeShape& shape, const SaapConfig& cfg) : shape_(s
   SAAP_CU(cudaMemset(m.segment_count.get(), 0, m.segment_count.bytes()));
 }
 
-SaapIndex::~SaapIndex() {
-  if (!impl_) return;
-  if (impl_->cublas) cublasDestroy(impl_->cublas);
-  if (impl_->forked) cudaEventDestroy(impl_->forked);
-  if (impl_->routed) cudaEventDestroy(impl_->routed);
-  if (impl_->side) cudaStreamDestroy(impl_->side);
+SaapIndex::Impl::Impl() {
+  SAAP_CU(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  SAAP_CU(cudaEventCreateWithFlags(&forked, cudaEventDisableTiming));
+  SAAP_CU(cudaEventCreateWithFlags(&routed, cudaEventDisableTiming));
 }
+
+SaapIndex::Impl::~Impl() {
+  if (cublas) cublasDestroy(cublas);
+  if (routed) cudaEventDestroy(routed);
+  if (forked) cudaEventDestroy(forked);
+  if (side) cudaStreamDestroy(side);
+}
+
+SaapIndex::~SaapIndex() = default;
 
 void SaapIndex::set_centroids(const std::vector<float>& h, bool spherical) {
   const int64_t n = int64_t(shape_.n_kv_heads) * cfg_.n_partitions * shape_.head_dim;

@@ -32,11 +32,12 @@
 // runs). Quest (page 16, Saap's sinks and window) reads the same random K/V, at Saap's measured
 // fractions and at fixed budgets of 1024 and 2048 tokens (Saap too, as lookup = tokens /
 // context). Timing: CUDA events around each call, L2 flushed (by reading 256 MB) before each
-// repetition, median; every method's step (append where it has one, select, attend; Saap's router
-// beside its append, append_select) is also timed as a captured CUDA graph (graph_ms); Saap reserves its appends first (reserve_appends), so
-// its step holds no host synchronisation. The "read" rows time the floor kernel over the dense
-// row's K and V; floor_ms of every row is its bytes over the best read bandwidth of the run (the
-// read kernel's or any row's, whichever is higher).
+// repetition, median; every method's step (append where it has one, select, attend; Saap's
+// router beside its append, append_select) is also timed as a captured CUDA graph (graph_ms);
+// Saap reserves its appends first (reserve_appends), so its step holds no host synchronisation.
+// The "read" rows time the floor kernel over the dense row's K and V; floor_ms of every row is its
+// bytes over the best read bandwidth of the run (the read kernel's or any row's, whichever is
+// higher).
 // Latency probes before the rows: an empty kernel, and dependent loads within a 2 MiB page and on a
 // new page each time (both after the L2 flush), to read the fixed costs against; and the read
 // kernel's time by size, 1 MB to 2 GB ("read_curve" in the JSON): what one launch reading a row's

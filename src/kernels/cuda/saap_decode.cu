@@ -1,6 +1,7 @@
-// Host side of Saap decode: classify + select (the attend is in saap_attend.cu). The
-// kernels are launched as programmatic dependents (launch.cuh), so each one's launch overlaps the
-// previous one's tail; nothing here synchronises the host.
+// Host side of Saap decode: classify + select, and append_select, which runs the routing beside
+// the append (the append and the attend are in saap_layout.cu and saap_attend.cu). The kernels are
+// launched as programmatic dependents (launch.cuh), so each one's launch overlaps the previous
+// one's tail; nothing here synchronises the host but an append's re-pack (reserve_appends).
 #include <algorithm>
 #include <type_traits>
 

@@ -114,9 +114,9 @@ static __global__ void saap_copy_kernel(const uint4* __restrict__ k, const uint4
 //    ticket zeroed for the next step.
 // ring_part [bh][W]: the partition of the token in each ring slot (routing-key mode), else null.
 // Blocks of 128 threads, 32 parts: each warp scores as many centroids as 16 parts of 256 threads
-// did, and the small blocks fit beside two blocks of the router (saap_classify_kernel, 110
-// registers a thread) on one SM, which append_select() runs at the same time (at 512k tokens the
-// router's one wave filled the SMs' registers, and blocks of 256 threads waited for it).
+// did, and the blocks fit on an SM beside two blocks of the router (saap_classify_kernel, 110
+// registers a thread), which append_select() runs at the same time. On the H200 (738a344) no
+// step time moved with it: at 512k the router's weight loads already ran beside the append.
 constexpr int kSearchParts = 32;
 constexpr int kAppendThreads = 128;
 template <class T, int D>

@@ -68,7 +68,8 @@ int main() {
     return required ? 1 : 77;
   }
   const char* text_env = std::getenv("SAAP_EVAL_TEXT");
-  const std::string text = text_env && *text_env ? text_env : std::string(SAAP_SOURCE_DIR) + "/tests/data/debian_handbook_head.txt";
+  const std::string fixed_text = std::string(SAAP_SOURCE_DIR) + "/tests/data/debian_handbook_head.txt";
+  const std::string text = text_env && *text_env ? text_env : fixed_text;
   const std::string out = "/tmp/saap_cli_device_out_" + std::to_string(::getpid());
   const std::string common = " --model '" + std::string(model) + "' ";
   cutest::Tally tally;

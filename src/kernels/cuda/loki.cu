@@ -170,18 +170,15 @@ void LokiIndex::select(const float* q, double k_frac, cudaStream_t stream) {
   SAAP_CU_LAUNCHED();
   // Each head's own scores q'[:r] . k'[:r], then the oracle's per-head selection with Loki's k.
   const per_head::PrefixLengths len{m.seq_len.get(), 1};  // seq_len is kept per (b, kv head)
-  const dim3 score_grid(unsigned((max_len_ + per_head::kScoreThreads - 1) / per_head::kScoreThreads), bh);
   by_dtype(shape_.kv_dtype, [&](auto t) {
     using T = decltype(t);
-    auto* kernel = rank_ == 8    ? per_head::per_head_score_kernel<T, 8>
-                   : rank_ == 16 ? per_head::per_head_score_kernel<T, 16>
-                   : rank_ == 32 ? per_head::per_head_score_kernel<T, 32>
-                   : rank_ == 64 ? per_head::per_head_score_kernel<T, 64>
-                                 : per_head::per_head_score_kernel<T, 128>;
-    kernel<<<score_grid, per_head::kScoreThreads, 0, stream>>>(reinterpret_cast<const T*>(m.k_low.get()), max_len_,
-                                                               len, m.q_rot.get(), D, G, m.scores.get());
+    auto* score = rank_ == 8    ? per_head::score_per_head<T, 8>
+                  : rank_ == 16 ? per_head::score_per_head<T, 16>
+                  : rank_ == 32 ? per_head::score_per_head<T, 32>
+                  : rank_ == 64 ? per_head::score_per_head<T, 64>
+                                : per_head::score_per_head<T, 128>;
+    score(reinterpret_cast<const T*>(m.k_low.get()), max_len_, bh, len, m.q_rot.get(), D, G, m.scores.get(), stream);
   });
-  SAAP_CU_LAUNCHED();
   per_head::select_per_head(m.scores.get(), max_len_, int64_t(shape_.batch) * shape_.n_q_heads, G, len,
                             rules::loki_budget(k_frac), m.topk_ws, m.positions.get(), m.counts.get(),
                             m.union_count.get(), stream, radix_topk::UnionList{m.union_pos.get(), m.union_mask.get()});

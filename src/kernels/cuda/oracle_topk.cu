@@ -39,11 +39,8 @@ void OracleTopKDecoder::decode(const void* k, const void* v, const int32_t* leng
   dispatch_decode(shape_, [&](auto t, auto d, auto) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
-    const dim3 score_grid(unsigned((max_len_ + kScoreThreads - 1) / kScoreThreads), bh);
     const PrefixLengths len{lengths, shape_.n_kv_heads};
-    per_head_score_kernel<T, D><<<score_grid, kScoreThreads, 0, stream>>>(static_cast<const T*>(k), max_len_, len, q,
-                                                                           D, G, scores_.get());
-    SAAP_CU_LAUNCHED();
+    score_per_head<T, D>(static_cast<const T*>(k), max_len_, bh, len, q, D, G, scores_.get(), stream);
     select_per_head(scores_.get(), max_len_, int64_t(shape_.batch) * shape_.n_q_heads, G, len, budget, *topk_ws_,
                     positions_.get(), counts_.get(), union_.get(), stream);
     splits = attend_dense_per_head<T, D>(shape_, static_cast<const T*>(k), static_cast<const T*>(v), max_len_,

@@ -13,16 +13,19 @@
 
 namespace saap::cuda {
 
+// fn(gmax): the group size g bucketed to gmax = 1, 2, 4 or 8, the kernels' padded group.
+template <class Fn>
+decltype(auto) dispatch_group(int g, Fn&& fn) {
+  if (g <= 1) return fn(std::integral_constant<int, 1>{});
+  if (g <= 2) return fn(std::integral_constant<int, 2>{});
+  if (g <= 4) return fn(std::integral_constant<int, 4>{});
+  return fn(std::integral_constant<int, 8>{});
+}
+
 template <int kMaxHeadDim = 256, class Fn>
 void dispatch_decode(const DecodeShape& s, Fn&& fn) {
   static_assert(kMaxHeadDim == 128 || kMaxHeadDim == 256, "head dims are 64, 128 and 256");
-  auto by_group = [&](auto t, auto d) {
-    const int g = s.group();
-    if (g <= 1) return fn(t, d, std::integral_constant<int, 1>{});
-    if (g <= 2) return fn(t, d, std::integral_constant<int, 2>{});
-    if (g <= 4) return fn(t, d, std::integral_constant<int, 4>{});
-    return fn(t, d, std::integral_constant<int, 8>{});
-  };
+  auto by_group = [&](auto t, auto d) { return dispatch_group(s.group(), [&](auto gmax) { return fn(t, d, gmax); }); };
   auto by_dim = [&](auto t) {
     if (s.head_dim == 64) return by_group(t, std::integral_constant<int, 64>{});
     if constexpr (kMaxHeadDim >= 256)

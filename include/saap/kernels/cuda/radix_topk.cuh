@@ -41,6 +41,20 @@ __host__ __device__ constexpr int pass_bins(int pass) { return pass == 2 ? 1024 
 // exactly as rules::ranks_before compares the floats.
 static __device__ __forceinline__ uint32_t rank_bits(float s) { return float_key(s == 0.f ? 0.f : s); }
 
+// Thread threadIdx.x's keys of a tile of `len` keys at kt: v[i] = kt[threadIdx.x + i * kThreads]
+// (coalesced) for i < the count returned (0 past the tile). Every load is issued before any is
+// used: a loop that used each key as it came waited a round trip per key (Nsight Compute at 128k,
+// batch 1: the tile grids stalled on long_scoreboard at 8-45% of DRAM peak).
+static __device__ __forceinline__ int load_tile(const float* __restrict__ kt, int64_t len, float (&v)[kPerThread]) {
+  const int64_t first = threadIdx.x;
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int64_t e = first + int64_t(i) * kThreads;
+    v[i] = e < len ? kt[e] : 0.f;
+  }
+  return first < len ? int((len - first + kThreads - 1) / kThreads) : 0;
+}
+
 // One row's search. A key u is above the k-th when (u & mask) > prefix, a tie when equal.
 struct RowState {
   uint32_t prefix;  // the digits of the k-th key found so far
@@ -129,11 +143,12 @@ static __global__ void __launch_bounds__(kThreads)
   if (s.done || t0 >= s.n) return;  // uniform over the block
   for (int i = threadIdx.x; i < bins; i += kThreads) h[i] = 0;
   __syncthreads();
-  const int64_t t1 = min(int64_t(s.n), t0 + kTile);
-  const float* kr = keys + row * stride;
-  for (int64_t p = t0 + threadIdx.x; p < t1; p += kThreads) {
-    const uint32_t u = rank_bits(kr[p]);
-    if ((u & s.mask) == s.prefix) atomicAdd(&h[(u >> shift) & uint32_t(bins - 1)], 1);
+  float v[kPerThread];
+  const int m = load_tile(keys + row * stride + t0, min(int64_t(s.n) - t0, kTile), v);
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const uint32_t u = rank_bits(v[i]);
+    if (i < m && (u & s.mask) == s.prefix) atomicAdd(&h[(u >> shift) & uint32_t(bins - 1)], 1);
   }
   __syncthreads();
   for (int i = threadIdx.x; i < bins; i += kThreads)
@@ -188,13 +203,14 @@ static __global__ void __launch_bounds__(kThreads)
   const int64_t row = blockIdx.y, t0 = int64_t(blockIdx.x) * kTile;
   const RowState s = state[row];
   int2 c = make_int2(0, 0);
-  if (!s.all) {
-    const int64_t t1 = min(int64_t(s.n), t0 + kTile);
-    const float* kr = keys + row * stride;
-    for (int64_t p = t0 + threadIdx.x; p < t1; p += kThreads) {
-      const uint32_t u = rank_bits(kr[p]) & s.mask;
-      c.x += u > s.prefix;
-      c.y += u == s.prefix;
+  if (!s.all && t0 < s.n) {
+    float v[kPerThread];
+    const int m = load_tile(keys + row * stride + t0, min(int64_t(s.n) - t0, kTile), v);
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const uint32_t u = rank_bits(v[i]) & s.mask;
+      c.x += i < m && u > s.prefix;
+      c.y += i < m && u == s.prefix;
     }
   }
   const int2 total = Reduce(tmp).Reduce(c, [](int2 a, int2 b) { return make_int2(a.x + b.x, a.y + b.y); });
@@ -229,13 +245,18 @@ static __global__ void __launch_bounds__(kThreads)
     if (t0 >= s.n) continue;  // uniform
     const int64_t len = min(int64_t(s.n) - t0, kTile);
     const int m = int(max(int64_t(0), min(int64_t(kPerThread), len - e0)));
-    const float* kr = keys + row * stride + t0;
-    __syncthreads();  // the previous row's stage, scan and reduce storage are no longer read
-    for (int i = threadIdx.x; i < len; i += kThreads) stage[(i / kPerThread) * (kPerThread + 1) + i % kPerThread] = kr[i];
-    // Keys above and ties in the tiles before this one.
+    // The tile's keys and the counts of the tiles before it (keys above, ties), loaded together.
+    float v[kPerThread];
+    const int loaded = load_tile(keys + row * stride + t0, len, v);
     int2 before = make_int2(0, 0);
     if (!s.all)
       for (int j = threadIdx.x; j < tile; j += kThreads) before = add(before, tile_counts[row * tiles + j]);
+    __syncthreads();  // the previous row's stage, scan and reduce storage are no longer read
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int e = int(threadIdx.x) + i * kThreads;  // transposed: thread t reads positions 16t.. below
+      if (i < loaded) stage[(e / kPerThread) * (kPerThread + 1) + e % kPerThread] = v[i];
+    }
     before = Reduce(tmp.reduce).Reduce(before, add);
     if (threadIdx.x == 0) s_before = before;
     __syncthreads();
@@ -307,9 +328,21 @@ static __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) s_before = before;
   __syncthreads();
   const int64_t from = grp * stride + int64_t(tile) * kTile, to = grp * stride + s_before;
-  for (int i = threadIdx.x; i < cnt; i += kThreads) {
-    list.pos[to + i] = seg_pos[from + i];
-    list.mask[to + i] = seg_mask[from + i];
+  int32_t pos[kPerThread];  // every load issued before the first store (as load_tile)
+  uint8_t msk[kPerThread];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int e = int(threadIdx.x) + i * kThreads;
+    pos[i] = e < cnt ? seg_pos[from + e] : 0;
+    msk[i] = e < cnt ? seg_mask[from + e] : 0;
+  }
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int e = int(threadIdx.x) + i * kThreads;
+    if (e < cnt) {
+      list.pos[to + e] = pos[i];
+      list.mask[to + e] = msk[i];
+    }
   }
 }
 

@@ -67,27 +67,23 @@ static __global__ void __launch_bounds__(kScoreThreads)
   constexpr int kBatch = kPieces < 8 ? kPieces : 8;  // pieces in flight at once
   __shared__ float qs[GMAX][DIMS];
   const int64_t bh = blockIdx.y;
-  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const bool in = p < lengths.of(bh);
-  // The row's first pieces are requested before the queries are staged: the two round trips overlap.
-  const uint4* row = reinterpret_cast<const uint4*>(K + (bh * max_len + (in ? p : 0)) * DIMS);
-  uint4 raw[kBatch];
-#pragma unroll
-  for (int c = 0; c < kBatch; ++c) raw[c] = row[c];
   for (int i = threadIdx.x; i < GMAX * DIMS; i += blockDim.x) {
     const int g = i / DIMS;
     qs[g][i % DIMS] = g < G ? q[(bh * G + g) * q_stride + i % DIMS] : 0.f;
   }
   __syncthreads();
-  if (!in) return;
+  const int64_t n = lengths.of(bh);
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= n) return;
+  const uint4* row = reinterpret_cast<const uint4*>(K + (bh * max_len + p) * DIMS);
   float s[GMAX];
 #pragma unroll
   for (int g = 0; g < GMAX; ++g) s[g] = 0.f;
 #pragma unroll
   for (int c0 = 0; c0 < kPieces; c0 += kBatch) {
-    if (c0 > 0)
+    uint4 raw[kBatch];
 #pragma unroll
-      for (int c = 0; c < kBatch; ++c) raw[c] = row[c0 + c];
+    for (int c = 0; c < kBatch; ++c) raw[c] = row[c0 + c];
 #pragma unroll
     for (int c = 0; c < kBatch; ++c) {
       float kf[8];

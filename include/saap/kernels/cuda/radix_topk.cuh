@@ -4,7 +4,7 @@
 // scores, ties to the lower index" can call select().
 //
 // A row's k-th key is found by a radix select over the keys' order-preserving bits in three
-// passes (bits 31..21, 20..10, 9..0). A pass is a grid over (tile of kTile = 2048 keys, row): each block
+// passes (bits 31..21, 20..10, 9..0). A pass is a grid over (tile of 4096 keys, row): each block
 // builds a histogram of its tile's digits among the keys that match the digits found so far, in
 // shared memory, and adds it into the row's global histogram with atomics; then one small block
 // per row finds the digit at which the count from the top reaches the keys still needed. A pass
@@ -30,9 +30,8 @@
 namespace saap::cuda::radix_topk {
 
 constexpr int kThreads = 256;
-constexpr int kPerThread = 8;  // the writing grid gives each thread 8 consecutive positions
+constexpr int kPerThread = 16;  // the writing grid gives each thread 16 consecutive positions
 constexpr int64_t kTile = int64_t(kThreads) * kPerThread;
-static_assert(kPerThread <= 16, "write_kernel keeps a thread's positions' rows in two 64-bit words");
 constexpr int kPasses = 3;
 constexpr int kBins = 2048;  // the widest digit: 11 bits
 __host__ __device__ constexpr int pass_shift(int pass) { return pass == 0 ? 21 : pass == 1 ? 10 : 0; }

@@ -24,6 +24,11 @@ constexpr size_t dense_bulk_smem(int stages) {
   return size_t(stages) * 2 * kBulkUnit<T, D, GMAX, MMA> * D * sizeof(T);
 }
 
+// BulkRing::attend's default row mask: every head reads every row.
+struct AllHeads {
+  __device__ uint32_t operator()(int) const { return ~0u; }
+};
+
 template <class T, int D, int GMAX, bool MMA>
 struct BulkRing {
   static_assert(!MMA || dense_mma_supported<T, D>(), "the tensor-core ring: bf16 at head dim 64 or 128");
@@ -81,8 +86,12 @@ struct BulkRing {
   // Warp w takes rows w*TILE.. of a stage (w*MmaAttender::kRows.. with MMA), as GroupAttender::run
   // would; a stage is refilled after the barrier that ends every warp's reads of it. Rows past n
   // are read as zeros (the ring may hold stale or uninitialised bytes there).
-  template <class Issue>
-  __device__ void attend(A& at, const float* qg, int G, float scale, int n, Issue&& issue) const {
+  // mask(i) (FMA math only): bit g set when head g reads row i of the share, as
+  // GroupAttender::step_masked; the default reads every row for every head.
+  template <class Issue, class Mask = AllHeads>
+  __device__ void attend(A& at, const float* qg, int G, float scale, int n, Issue&& issue, Mask&& mask = {}) const {
+    constexpr bool kMasked = !std::is_same_v<std::decay_t<Mask>, AllHeads>;
+    static_assert(!(MMA && kMasked), "rows read by some heads only: the FMA math (GroupAttender::step_masked)");
     const int tiles = (n + UNIT - 1) / UNIT;
     if (threadIdx.x == 0)
       for (int t = 0; t < min(stages, tiles); ++t) issue(t);
@@ -96,6 +105,7 @@ struct BulkRing {
       } else {
         const int r0 = at.warp * A::TILE, base = t * UNIT + r0;
         uint4 kr[A::U], vr[A::U];
+        uint32_t mk[A::U];
 #pragma unroll
         for (int u = 0; u < A::U; ++u) {
           const int r = u * A::TPP + at.slot;
@@ -103,8 +113,12 @@ struct BulkRing {
           const bool in = base + r < n;  // rows past the share: zeros, whatever the ring holds
           kr[u] = load_row_piece(st + off, in);
           vr[u] = load_row_piece(st + TILE_BYTES + off, in);
+          if constexpr (kMasked) mk[u] = in ? mask(base + r) : 0u;
         }
-        at.step(kr, vr, base, n);
+        if constexpr (kMasked)
+          at.step_masked(kr, vr, mk, base, n);
+        else
+          at.step(kr, vr, base, n);
       }
       __syncthreads();  // every warp is done with this stage: it may be refilled
       if (threadIdx.x == 0 && t + stages < tiles) issue(t + stages);

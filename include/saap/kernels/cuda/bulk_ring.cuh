@@ -1,9 +1,10 @@
-// The bulk-copy ring that dense_decode_bulk_kernel, saap_decode_bulk_kernel and
-// quest_attend_bulk_kernel read their K/V through (why a ring: see dense_decode_bulk_kernel): S
-// stages of kBulkUnit rows of K and of V in dynamic shared memory, each completing on its own
-// mbarrier; thread 0 fills them (the kernel's producer, passed to attend() as a callable), the
-// kDecodeWarps warps consume them. One consumer loop for the three kernels, so a change to how a
-// stage is read (its zero rows, its MMA pieces) reaches them all.
+// The bulk-copy ring that dense_decode_bulk_kernel, saap_decode_bulk_kernel,
+// quest_attend_bulk_kernel and Loki's union_attend_bulk_kernel read their K/V through (why a ring:
+// see dense_decode_bulk_kernel): S stages of kBulkUnit rows of K and of V in dynamic shared memory,
+// each completing on its own mbarrier; thread 0 fills them with bulk copies (the kernel's
+// producer, passed to attend() as a callable), or, for Loki's scattered rows, every thread with
+// 16-byte cp.async copies; the kDecodeWarps warps consume them. One consumer loop for the four
+// kernels, so a change to how a stage is read (its zero rows, its MMA pieces) reaches them all.
 #pragma once
 #include <type_traits>
 
@@ -45,9 +46,10 @@ struct BulkRing {
   __device__ unsigned char* stage(int t) const { return ring + size_t(t % stages) * 2 * TILE_BYTES; }
   __device__ uint64_t* bar(int t) const { return &full[t % stages]; }
   // Thread 0, before any issue: the barriers, visible to the copy engine; a __syncthreads() after
-  // it publishes them to the block.
-  __device__ void init() const {
-    for (int s = 0; s < stages; ++s) mbarrier_init(&full[s], 1);
+  // it publishes them to the block. arrivals: a stage's arrivals per fill (1: thread 0's
+  // expect_tx; every thread's cp_async_arrive_noinc when every thread issues).
+  __device__ void init(uint32_t arrivals = 1) const {
+    for (int s = 0; s < stages; ++s) mbarrier_init(&full[s], arrivals);
     fence_mbarrier_init();
   }
 
@@ -88,12 +90,14 @@ struct BulkRing {
   // are read as zeros (the ring may hold stale or uninitialised bytes there).
   // mask(i) (FMA math only): bit g set when head g reads row i of the share, as
   // GroupAttender::step_masked; the default reads every row for every head.
-  template <class Issue, class Mask = AllHeads>
+  // kEveryThread: every thread calls issue(t) (a fill of many small copies spread over the block,
+  // each thread arriving once; init(block threads)), not thread 0 alone.
+  template <bool kEveryThread = false, class Issue, class Mask = AllHeads>
   __device__ void attend(A& at, const float* qg, int G, float scale, int n, Issue&& issue, Mask&& mask = {}) const {
     constexpr bool kMasked = !std::is_same_v<std::decay_t<Mask>, AllHeads>;
     static_assert(!(MMA && kMasked), "rows read by some heads only: the FMA math (GroupAttender::step_masked)");
     const int tiles = (n + UNIT - 1) / UNIT;
-    if (threadIdx.x == 0)
+    if (kEveryThread || threadIdx.x == 0)
       for (int t = 0; t < min(stages, tiles); ++t) issue(t);
     at.init(qg, G, scale);
     for (int t = 0; t < tiles; ++t) {
@@ -121,7 +125,7 @@ struct BulkRing {
           at.step(kr, vr, base, n);
       }
       __syncthreads();  // every warp is done with this stage: it may be refilled
-      if (threadIdx.x == 0 && t + stages < tiles) issue(t + stages);
+      if ((kEveryThread || threadIdx.x == 0) && t + stages < tiles) issue(t + stages);
     }
   }
 };

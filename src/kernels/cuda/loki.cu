@@ -199,14 +199,15 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    auto* kernel = per_head::union_attend_bulk_kernel<T, D, GMAX>;
+    constexpr bool MMA = dense_mma_supported<T, D>();
+    auto* kernel = per_head::union_attend_bulk_kernel<T, D, GMAX, MMA>;
     static const BulkRingResidency resident =
-        bulk_ring_resident<T, D, GMAX, false>(reinterpret_cast<const void*>(kernel));
+        bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(kernel));
     splits = per_head::union_attend_splits(
         choose_splits(shape_, expect, resident.blocks_for(per_head::kUnionStages, "loki attend"), 64), expect);
     ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
     kernel<<<dim3(unsigned(splits), unsigned(shape_.batch * shape_.n_kv_heads)), kDecodeWarps * 32,
-             dense_bulk_smem<T, D, GMAX, false>(per_head::kUnionStages), stream>>>(
+             dense_bulk_smem<T, D, GMAX, MMA>(per_head::kUnionStages), stream>>>(
         reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()), rank_,
         reinterpret_cast<const T*>(m.v.get()), max_len_, m.union_pos.get(), m.union_mask.get(), m.union_count.get(),
         m.q_rot.get(), G, scale, splits, per_head::kUnionStages, ws.out(), ws.lse());

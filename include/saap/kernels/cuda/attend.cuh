@@ -60,6 +60,11 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
+// A row mask that every head reads every row (the unmasked attends; BulkRing::attend's default).
+struct AllHeads {
+  __device__ uint32_t operator()(int) const { return ~0u; }
+};
+
 // 16 bytes of a ring stage in shared memory, or zeros for a row past the share: the stage may hold
 // stale or uninitialised bytes there, and 0 x NaN would poison the output.
 __device__ __forceinline__ uint4 load_row_piece(const unsigned char* p, bool in_share) {

@@ -25,11 +25,6 @@ constexpr size_t dense_bulk_smem(int stages) {
   return size_t(stages) * 2 * kBulkUnit<T, D, GMAX, MMA> * D * sizeof(T);
 }
 
-// BulkRing::attend's default row mask: every head reads every row.
-struct AllHeads {
-  __device__ uint32_t operator()(int) const { return ~0u; }
-};
-
 template <class T, int D, int GMAX, bool MMA>
 struct BulkRing {
   static_assert(!MMA || dense_mma_supported<T, D>(), "the tensor-core ring: bf16 at head dim 64 or 128");
@@ -88,14 +83,13 @@ struct BulkRing {
   // Warp w takes rows w*TILE.. of a stage (w*MmaAttender::kRows.. with MMA), as GroupAttender::run
   // would; a stage is refilled after the barrier that ends every warp's reads of it. Rows past n
   // are read as zeros (the ring may hold stale or uninitialised bytes there).
-  // mask(i) (FMA math only): bit g set when head g reads row i of the share, as
-  // GroupAttender::step_masked; the default reads every row for every head.
+  // mask(i): bit g set when head g reads row i of the share (GroupAttender::step_masked,
+  // MmaAttender::tile); the default reads every row for every head.
   // kEveryThread: every thread calls issue(t) (a fill of many small copies spread over the block,
   // each thread arriving once; init(block threads)), not thread 0 alone.
   template <bool kEveryThread = false, class Issue, class Mask = AllHeads>
   __device__ void attend(A& at, const float* qg, int G, float scale, int n, Issue&& issue, Mask&& mask = {}) const {
     constexpr bool kMasked = !std::is_same_v<std::decay_t<Mask>, AllHeads>;
-    static_assert(!(MMA && kMasked), "rows read by some heads only: the FMA math (GroupAttender::step_masked)");
     const int tiles = (n + UNIT - 1) / UNIT;
     if (kEveryThread || threadIdx.x == 0)
       for (int t = 0; t < min(stages, tiles); ++t) issue(t);
@@ -105,7 +99,7 @@ struct BulkRing {
       mbarrier_wait(bar(t), (t / stages) & 1);
       if constexpr (MMA) {
         const uint32_t off = at.warp * A::kRows * ROW_BYTES;
-        at.tile(st + off, st + TILE_BYTES + off, t * UNIT + at.warp * A::kRows, n);
+        at.tile(st + off, st + TILE_BYTES + off, t * UNIT + at.warp * A::kRows, n, mask);
       } else {
         const int r0 = at.warp * A::TILE, base = t * UNIT + r0;
         uint4 kr[A::U], vr[A::U];

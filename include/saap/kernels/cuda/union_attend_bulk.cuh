@@ -17,8 +17,8 @@ namespace saap::cuda::per_head {
 // merge state of 8 heads at head dim 256 it stays under the 48 KiB of static shared memory): the
 // launcher gives every split at most this many (union_attend_splits).
 constexpr int kUnionStaged = 2048;
-// The ring's depth: 4 stages of 16 KiB (FMA math, head dim 128) beside the staged list.
-constexpr int kUnionStages = 4;
+// The ring's depth: 3 stages (at head dim 128, 32 KiB each with the tensor cores, 16 KiB with FMAs).
+constexpr int kUnionStages = 3;
 
 // Splits of the union attend: choose_splits' count, raised so that no split's share of a union of
 // at most `most_rows` rows exceeds kUnionStaged.
@@ -31,16 +31,17 @@ inline int union_attend_splits(int chosen, int64_t most_rows) {
 // kUnionStaged), each head to the rows its bit of the mask marks. Keys as Loki stores them:
 // components [0, R) in k_low [bh][max_len][R], the rest in k_rest [bh][max_len][D - R] (R a
 // multiple of 8, < D); V [bh][max_len][D]; q [bh * G][D] in the keys' basis;
-// part_out [bh * G][splits][D], part_lse [bh * G][splits]. Dynamic shared memory:
-// dense_bulk_smem<T, D, GMAX, false>(stages).
-template <class T, int D, int GMAX>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks(GMAX))
+// part_out [bh * G][splits][D], part_lse [bh * G][splits]. MMA: both products on the tensor cores
+// (MmaAttender; bf16 at head dim 64 and 128). Dynamic shared memory:
+// dense_bulk_smem<T, D, GMAX, MMA>(stages).
+template <class T, int D, int GMAX, bool MMA>
+static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min_blocks(GMAX))
     union_attend_bulk_kernel(const T* __restrict__ k_low, const T* __restrict__ k_rest, int R,
                              const T* __restrict__ V, int64_t max_len,
                              const int32_t* __restrict__ union_pos, const uint8_t* __restrict__ union_mask,
                              const int32_t* __restrict__ union_count, const float* __restrict__ q, int G, float scale,
                              int splits, int stages, float* __restrict__ part_out, float* __restrict__ part_lse) {
-  using Ring = BulkRing<T, D, GMAX, false>;
+  using Ring = BulkRing<T, D, GMAX, MMA>;
   extern __shared__ __align__(128) unsigned char ring[];  // [stages][K tile, V tile]
   __shared__ __align__(8) uint64_t full[kMaxBulkStages];
   __shared__ typename Ring::A::Shared sh;

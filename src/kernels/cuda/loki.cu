@@ -1,15 +1,13 @@
 // Host side of Loki: storage in the PCA basis; per-head low-rank scoring and top-k by the oracle
 // top-k's kernels (per_head_topk.cuh), attention of each KV group over its heads' union, each K/V
-// row read once with the heads that took it (union_attend_bulk_kernel).
+// row read once with the heads that took it (union_attend_kernel).
 #include <algorithm>
 #include <type_traits>
 
 #include "saap/kernels/cuda/dispatch.cuh"
 #include "saap/kernels/cuda/loki.h"
 #include "saap/kernels/cuda/loki_kernels.cuh"
-#include "saap/kernels/cuda/bulk_ring_resident.cuh"
 #include "saap/kernels/cuda/per_head_topk.cuh"
-#include "saap/kernels/cuda/union_attend_bulk.cuh"
 
 namespace saap::cuda {
 
@@ -198,19 +196,16 @@ void LokiIndex::attend(float scale, float* out, SplitWorkspace& ws, cudaStream_t
   int splits = 0;
   dispatch_decode(shape_, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
-    constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    constexpr bool MMA = dense_mma_supported<T, D>();
-    auto* kernel = per_head::union_attend_bulk_kernel<T, D, GMAX, MMA>;
-    static const BulkRingResidency resident =
-        bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(kernel));
-    splits = per_head::union_attend_splits(
-        choose_splits(shape_, expect, resident.blocks_for(per_head::kUnionStages, "loki attend"), 64), expect);
+    constexpr int D = decltype(d)::value;
+    using Keys = per_head::SplitKeys<T, D>;
+    auto* kernel = per_head::union_attend_kernel<T, D, decltype(gmax)::value, Keys>;
+    static const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kDecodeWarps * 32);
+    splits = choose_splits(shape_, expect, resident, 64);
     ws.ensure(int64_t(shape_.batch) * shape_.n_q_heads, splits, shape_.head_dim);
-    kernel<<<dim3(unsigned(splits), unsigned(shape_.batch * shape_.n_kv_heads)), kDecodeWarps * 32,
-             dense_bulk_smem<T, D, GMAX, MMA>(per_head::kUnionStages), stream>>>(
-        reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()), rank_,
+    kernel<<<dim3(unsigned(splits), unsigned(shape_.batch * shape_.n_kv_heads)), kDecodeWarps * 32, 0, stream>>>(
+        Keys{reinterpret_cast<const T*>(m.k_low.get()), reinterpret_cast<const T*>(m.k_rest.get()), rank_, max_len_},
         reinterpret_cast<const T*>(m.v.get()), max_len_, m.union_pos.get(), m.union_mask.get(), m.union_count.get(),
-        m.q_rot.get(), G, scale, splits, per_head::kUnionStages, ws.out(), ws.lse());
+        m.q_rot.get(), G, scale, splits, ws.out(), ws.lse());
   });
   SAAP_CU_LAUNCHED();
   combine_splits(shape_, splits, ws, out, stream);

@@ -18,11 +18,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(shared_address(smem)), "l"(gmem) : "memory");
 }
-// An arrival on the mbarrier once this thread's cp.async copies issued so far have landed; the
-// barrier's count must include it (noinc: it is one of the arrivals mbarrier_init expected).
-__device__ __forceinline__ void cp_async_arrive_noinc(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(shared_address(bar)) : "memory");
-}
 // Waits for this thread's copies; a __syncthreads() after it publishes every thread's.
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 // Groups: cp_async_commit() closes the thread's copies issued since the last commit into a group;

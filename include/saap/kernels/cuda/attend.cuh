@@ -60,11 +60,6 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
-// A row mask that every head reads every row (the unmasked attends; BulkRing::attend's default).
-struct AllHeads {
-  __device__ uint32_t operator()(int) const { return ~0u; }
-};
-
 // 16 bytes of a ring stage in shared memory, or zeros for a row past the share: the stage may hold
 // stale or uninitialised bytes there, and 0 x NaN would poison the output.
 __device__ __forceinline__ uint4 load_row_piece(const unsigned char* p, bool in_share) {
@@ -288,18 +283,35 @@ struct GroupAttender {
     accumulate<U>(s, vr, base, n);
   }
 
-  // step() over rows that only some of the heads read: bit g of mk[u] is set when head g reads
-  // row base + u*TPP + slot, and a head's logit of a row it does not read is -inf, as for rows past
-  // n. Loki's group union: each K/V row read once for the heads that selected it.
-  __device__ void step_masked(const uint4 (&kr)[U], const uint4 (&vr)[U], const uint32_t (&mk)[U], int base, int n) {
-    float s[U][GMAX];
-    logits(kr, s);
+  // run() over rows that only some of the heads read: bit g of mask(i) is set when head g reads
+  // row i, and a head's logit of a row it does not read is -inf, as for rows past n. Loki's group
+  // union: each K/V row read once for the heads that selected it.
+  template <class KPtr, class VPtr, class Mask>
+  __device__ void run_masked(int n, KPtr kptr, VPtr vptr, Mask mask) {
+    for (int base = warp * TILE; base < n; base += NWARPS * TILE) {
+      uint4 kr[U], vr[U];
+      uint32_t mk[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u)
+      for (int u = 0; u < U; ++u) {
+        const int i = base + u * TPP + slot;
+        if (i < n) {
+          kr[u] = load_stream(kptr(i));
+          vr[u] = load_stream(vptr(i));
+          mk[u] = mask(i);
+        } else {
+          kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+          mk[u] = 0;
+        }
+      }
+      float s[U][GMAX];
+      logits(kr, s);
 #pragma unroll
-      for (int g = 0; g < GMAX; ++g)
-        if (!((mk[u] >> g) & 1u)) s[u][g] = -INFINITY;
-    accumulate<U>(s, vr, base, n);
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int g = 0; g < GMAX; ++g)
+          if (!((mk[u] >> g) & 1u)) s[u][g] = -INFINITY;
+      accumulate<U>(s, vr, base, n);
+    }
   }
 
   // The (scaled, base-2) logits s[u][g] of rows base + u*TPP + slot from this lane's K words,

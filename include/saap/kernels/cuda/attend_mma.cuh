@@ -45,7 +45,6 @@ struct MmaAttender {
   using Shared = BlockPartials<D, GMAX, NWARPS>;
 
   int lane, warp;
-  int head;                            // the query head of this lane's logits: gr % G
   uint32_t qa[KB][2][kMmaQueryTerms];  // Q's A fragments (a0, a2; a1 = a3 = 0)
   float m;                             // head gr's running max (base 2), the same on the quad
   float l;                             // this lane's part of head gr's sum
@@ -63,7 +62,6 @@ struct MmaAttender {
   __device__ void init(const float* qg, int G, float scale) {
     lane = threadIdx.x & 31;
     warp = threadIdx.x >> 5;
-    head = (lane >> 2) % G;
     mma_query_fragments<D, true>(qg, G, scale * kLog2e, lane, qa);
     m = kNoMax;
     l = 0.f;
@@ -75,10 +73,8 @@ struct MmaAttender {
 
   // One tile: this warp's key rows at k_rows and value rows at v_rows (shared memory, kRowBytes
   // apart), rows base.. of the share; rows >= n are masked, and read as zeros whatever the memory
-  // holds (0 x NaN would poison the output). mask(i): bit g set when head g reads row i of the
-  // share (Loki's group union); a head's logit of a row it does not read is -inf.
-  template <class Mask = AllHeads>
-  __device__ void tile(const unsigned char* k_rows, const unsigned char* v_rows, int base, int n, Mask mask = {}) {
+  // holds (0 x NaN would poison the output).
+  __device__ void tile(const unsigned char* k_rows, const unsigned char* v_rows, int base, int n) {
     const int gr = lane >> 2, c = lane & 3;
     uint4 ka[2][KQ];  // key rows 8h + gr, pieces mma_key_piece<D, true>(c, j)
 #pragma unroll
@@ -111,8 +107,7 @@ struct MmaAttender {
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int r = base + 8 * h + 2 * c + i;
-        if (r >= n || !((mask(r) >> head) & 1u)) s[h][i] = -INFINITY;
+        if (base + 8 * h + 2 * c + i >= n) s[h][i] = -INFINITY;
         mx = fmaxf(mx, s[h][i]);
       }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));

@@ -1,10 +1,9 @@
-// The bulk-copy ring that dense_decode_bulk_kernel, saap_decode_bulk_kernel,
-// quest_attend_bulk_kernel and Loki's union_attend_bulk_kernel read their K/V through (why a ring:
-// see dense_decode_bulk_kernel): S stages of kBulkUnit rows of K and of V in dynamic shared memory,
-// each completing on its own mbarrier; thread 0 fills them with bulk copies (the kernel's
-// producer, passed to attend() as a callable), or, for Loki's scattered rows, every thread with
-// 16-byte cp.async copies; the kDecodeWarps warps consume them. One consumer loop for the four
-// kernels, so a change to how a stage is read (its zero rows, its MMA pieces) reaches them all.
+// The bulk-copy ring that dense_decode_bulk_kernel, saap_decode_bulk_kernel and
+// quest_attend_bulk_kernel read their K/V through (why a ring: see dense_decode_bulk_kernel): S
+// stages of kBulkUnit rows of K and of V in dynamic shared memory, each completing on its own
+// mbarrier; thread 0 fills them (the kernel's producer, passed to attend() as a callable), the
+// kDecodeWarps warps consume them. One consumer loop for the three kernels, so a change to how a
+// stage is read (its zero rows, its MMA pieces) reaches them all.
 #pragma once
 #include <type_traits>
 
@@ -41,10 +40,9 @@ struct BulkRing {
   __device__ unsigned char* stage(int t) const { return ring + size_t(t % stages) * 2 * TILE_BYTES; }
   __device__ uint64_t* bar(int t) const { return &full[t % stages]; }
   // Thread 0, before any issue: the barriers, visible to the copy engine; a __syncthreads() after
-  // it publishes them to the block. arrivals: a stage's arrivals per fill (1: thread 0's
-  // expect_tx; every thread's cp_async_arrive_noinc when every thread issues).
-  __device__ void init(uint32_t arrivals = 1) const {
-    for (int s = 0; s < stages; ++s) mbarrier_init(&full[s], arrivals);
+  // it publishes them to the block.
+  __device__ void init() const {
+    for (int s = 0; s < stages; ++s) mbarrier_init(&full[s], 1);
     fence_mbarrier_init();
   }
 
@@ -83,15 +81,10 @@ struct BulkRing {
   // Warp w takes rows w*TILE.. of a stage (w*MmaAttender::kRows.. with MMA), as GroupAttender::run
   // would; a stage is refilled after the barrier that ends every warp's reads of it. Rows past n
   // are read as zeros (the ring may hold stale or uninitialised bytes there).
-  // mask(i): bit g set when head g reads row i of the share (GroupAttender::step_masked,
-  // MmaAttender::tile); the default reads every row for every head.
-  // kEveryThread: every thread calls issue(t) (a fill of many small copies spread over the block,
-  // each thread arriving once; init(block threads)), not thread 0 alone.
-  template <bool kEveryThread = false, class Issue, class Mask = AllHeads>
-  __device__ void attend(A& at, const float* qg, int G, float scale, int n, Issue&& issue, Mask&& mask = {}) const {
-    constexpr bool kMasked = !std::is_same_v<std::decay_t<Mask>, AllHeads>;
+  template <class Issue>
+  __device__ void attend(A& at, const float* qg, int G, float scale, int n, Issue&& issue) const {
     const int tiles = (n + UNIT - 1) / UNIT;
-    if (kEveryThread || threadIdx.x == 0)
+    if (threadIdx.x == 0)
       for (int t = 0; t < min(stages, tiles); ++t) issue(t);
     at.init(qg, G, scale);
     for (int t = 0; t < tiles; ++t) {
@@ -99,11 +92,10 @@ struct BulkRing {
       mbarrier_wait(bar(t), (t / stages) & 1);
       if constexpr (MMA) {
         const uint32_t off = at.warp * A::kRows * ROW_BYTES;
-        at.tile(st + off, st + TILE_BYTES + off, t * UNIT + at.warp * A::kRows, n, mask);
+        at.tile(st + off, st + TILE_BYTES + off, t * UNIT + at.warp * A::kRows, n);
       } else {
         const int r0 = at.warp * A::TILE, base = t * UNIT + r0;
         uint4 kr[A::U], vr[A::U];
-        uint32_t mk[A::U];
 #pragma unroll
         for (int u = 0; u < A::U; ++u) {
           const int r = u * A::TPP + at.slot;
@@ -111,15 +103,11 @@ struct BulkRing {
           const bool in = base + r < n;  // rows past the share: zeros, whatever the ring holds
           kr[u] = load_row_piece(st + off, in);
           vr[u] = load_row_piece(st + TILE_BYTES + off, in);
-          if constexpr (kMasked) mk[u] = in ? mask(base + r) : 0u;
         }
-        if constexpr (kMasked)
-          at.step_masked(kr, vr, mk, base, n);
-        else
-          at.step(kr, vr, base, n);
+        at.step(kr, vr, base, n);
       }
       __syncthreads();  // every warp is done with this stage: it may be refilled
-      if ((kEveryThread || threadIdx.x == 0) && t + stages < tiles) issue(t + stages);
+      if (threadIdx.x == 0 && t + stages < tiles) issue(t + stages);
     }
   }
 };

@@ -31,6 +31,20 @@ struct DenseKeys {
   __device__ int64_t stride(int) const { return D; }
 };
 
+// Keys split as Loki stores them: components [0, R) in low [bh][max_len][R], the rest in
+// rest [bh][max_len][D - R] (R a multiple of 8, so a lane's 8 components lie in one of them).
+template <class T, int D>
+struct SplitKeys {
+  const T* low;
+  const T* rest;
+  int R;
+  int64_t max_len;
+  __device__ const T* lane_base(int64_t bh, int sub) const {
+    return sub * 8 < R ? low + bh * max_len * R + sub * 8 : rest + bh * max_len * (D - R) + sub * 8 - R;
+  }
+  __device__ int64_t stride(int sub) const { return sub * 8 < R ? R : D - R; }
+};
+
 constexpr int kScoreThreads = 256;
 constexpr int kMaxGroup = 8;  // DecodeShape::check's largest group
 constexpr int kStage = kDecodeWarps * 32;  // positions an attend block stages at a time
@@ -112,7 +126,7 @@ struct PerHeadRows {
 // any head of the group took, the K/V rows the group reads once. A grid over (prefix tile, head)
 // (radix_topk.cuh); no host synchronisation.
 // `list` (optional): the union as a list with each position's heads (radix_topk::UnionList), for
-// union_attend_bulk_kernel (union_attend_bulk.cuh).
+// union_attend_kernel.
 inline void select_per_head(const float* scores, int64_t max_len, int64_t rows, int G, PrefixLengths lengths,
                             const rules::Budget& budget, radix_topk::Workspace& ws, int32_t* positions,
                             int32_t* counts, int32_t* union_count, cudaStream_t stream,
@@ -144,7 +158,7 @@ struct SplitRows {
 
 // Block (split, query head, b): head row r = b * Hq + hq attends to its positions
 // [count * split / splits, count * (split + 1) / splits), staged kStage at a time. Keys: where a
-// lane's 8 components of a key row lie (DenseKeys); q is in the keys' basis.
+// lane's 8 components of a key row lie (DenseKeys or SplitKeys); q is in the keys' basis.
 template <class T, int D, class Keys>
 static __global__ void __launch_bounds__(kDecodeWarps * 32)
     per_head_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len,
@@ -193,6 +207,43 @@ static int attend_dense_per_head(const DecodeShape& shape, const T* k, const T* 
       ws.out(), ws.lse());
   SAAP_CU_LAUNCHED();
   return splits;
+}
+
+// Block (split, b * n_kv_heads + h): the G heads of the group attend over the group's union list
+// [count * split / splits, count * (split + 1) / splits) (select_per_head's UnionList), each head
+// to the positions its bit of the mask marks, staged kStage at a time: each K/V row is read once
+// for the group, not once per head that took it. q rows [b * Hq + h * G + g] in the keys' basis.
+template <class T, int D, int GMAX, class Keys>
+static __global__ void __launch_bounds__(kDecodeWarps * 32)
+    union_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len, const int32_t* __restrict__ union_pos,
+                        const uint8_t* __restrict__ union_mask, const int32_t* __restrict__ union_count,
+                        const float* __restrict__ q, int G, float scale, int splits, float* __restrict__ part_out,
+                        float* __restrict__ part_lse) {
+  using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
+  __shared__ typename A::Shared sh;
+  __shared__ int32_t stage[kStage];
+  __shared__ uint8_t stage_mask[kStage];
+  const int split = blockIdx.x;
+  const int64_t bh = blockIdx.y, row0 = bh * G;
+  A at;
+  at.init(q + row0 * D, G, scale);
+  const SplitRows<T, D> rows(keys, V, max_len, bh, at.sub, union_count[bh], split, splits);
+  const int32_t* pos = union_pos + bh * max_len;
+  const uint8_t* msk = union_mask + bh * max_len;
+  for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += kStage) {
+    const int ns = int(min(int64_t(kStage), rows.j1 - s0));
+    __syncthreads();  // the previous stage is no longer read
+    if (int(threadIdx.x) < ns) {
+      stage[threadIdx.x] = pos[s0 + threadIdx.x];
+      stage_mask[threadIdx.x] = msk[s0 + threadIdx.x];
+    }
+    __syncthreads();
+    at.run_masked(
+        ns, [&](int i) { return rows.k(stage[i]); }, [&](int i) { return rows.v(stage[i]); },
+        [&](int i) { return uint32_t(stage_mask[i]); });
+  }
+  at.finish(sh, G, part_out + (row0 * splits + split) * D, int64_t(splits) * D, part_lse + row0 * splits + split,
+            splits);
 }
 
 }  // namespace saap::cuda::per_head

@@ -54,23 +54,17 @@ constexpr int kStage = kDecodeWarps * 32;  // positions an attend block stages a
 // one at a time in dimension order (the CPU methods' loops), so that the ranking sees the CPU's
 // numbers. K rows [bh][max_len][DIMS]; q rows [b * Hq + hq][q_stride], the first DIMS read (the
 // oracle: all of q and K; Loki: the first r PCA components of q' and of the stored keys).
-// GMAX: G bucketed (dispatch_group); the padded heads score zeros and are not stored.
-// A thread scores kScoreRows<DIMS> rows (positions tile + j * kScoreThreads + thread) and issues up
-// to 16 pieces of 16 bytes before it uses the first. Measured on the H200 (Nsight Compute, 128k,
-// batch 1, rank 32, 4 heads): a loop that used each piece as it came, with the group as a runtime
-// bound (every head up to 8 issued), took 48.5 us at 82% SM throughput; one row a thread with its
-// loads in flight and the group a template, 30.4 us at 53% of DRAM peak in 4104 short blocks.
-template <int DIMS>
-constexpr int kScoreRows = DIMS / 8 >= 16 ? 1 : 16 / (DIMS / 8);
-
+// GMAX: G bucketed (dispatch_group); the padded heads score zeros and are not stored. A thread
+// issues a key row's loads (up to 8 x 16 bytes) before it uses the first: a loop that used each
+// piece as it came waited a round trip per piece, and with the group as a runtime bound every head
+// up to 8 was issued (Nsight Compute: 82-91% SM throughput at 4 heads, 48.5 us at 128k batch 1).
 template <class T, int DIMS, int GMAX>
 static __global__ void __launch_bounds__(kScoreThreads)
     per_head_score_kernel(const T* __restrict__ K, int64_t max_len, PrefixLengths lengths,
                           const float* __restrict__ q, int q_stride, int G, float* __restrict__ scores) {
   static_assert(DIMS % 8 == 0, "keys are read 8 components at a time");
   constexpr int kPieces = DIMS / 8;                   // 16-byte pieces of a key row
-  constexpr int kBatch = kPieces < 8 ? kPieces : 8;  // pieces of a row in flight at once
-  constexpr int kRows = kScoreRows<DIMS>;
+  constexpr int kBatch = kPieces < 8 ? kPieces : 8;  // pieces in flight at once
   __shared__ float qs[GMAX][DIMS];
   const int64_t bh = blockIdx.y;
   for (int i = threadIdx.x; i < GMAX * DIMS; i += blockDim.x) {
@@ -79,53 +73,37 @@ static __global__ void __launch_bounds__(kScoreThreads)
   }
   __syncthreads();
   const int64_t n = lengths.of(bh);
-  const int64_t p0 = int64_t(blockIdx.x) * kRows * kScoreThreads + threadIdx.x;
-  if (p0 >= n) return;
-  const uint4* rows = reinterpret_cast<const uint4*>(K + (bh * max_len + p0) * DIMS);
-  constexpr int64_t kRowStep = int64_t(kScoreThreads) * kPieces;  // uint4s from row j to row j + 1
-  float s[kRows][GMAX];
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= n) return;
+  const uint4* row = reinterpret_cast<const uint4*>(K + (bh * max_len + p) * DIMS);
+  float s[GMAX];
 #pragma unroll
-  for (int j = 0; j < kRows; ++j)
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g) s[j][g] = 0.f;
+  for (int g = 0; g < GMAX; ++g) s[g] = 0.f;
 #pragma unroll
   for (int c0 = 0; c0 < kPieces; c0 += kBatch) {
-    uint4 raw[kRows][kBatch];
+    uint4 raw[kBatch];
 #pragma unroll
-    for (int j = 0; j < kRows; ++j)
-#pragma unroll
-      for (int c = 0; c < kBatch; ++c)
-        raw[j][c] = p0 + j * kScoreThreads < n ? rows[j * kRowStep + c0 + c] : make_uint4(0, 0, 0, 0);
-    // Component by component, each query component read once for the thread's rows (a row-major
-    // order kept every component of q live in registers: 230-255 a thread, spilling at 8 heads).
+    for (int c = 0; c < kBatch; ++c) raw[c] = row[c0 + c];
 #pragma unroll
     for (int c = 0; c < kBatch; ++c) {
-      float kf[kRows][8];
+      float kf[8];
+      Vec8<T>::to_float(raw[c], kf);
 #pragma unroll
-      for (int j = 0; j < kRows; ++j) Vec8<T>::to_float(raw[j][c], kf[j]);
+      for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 8; ++e)
-#pragma unroll
-        for (int g = 0; g < GMAX; ++g) {
-          const float qv = qs[g][(c0 + c) * 8 + e];
-#pragma unroll
-          for (int j = 0; j < kRows; ++j) s[j][g] = __fadd_rn(s[j][g], __fmul_rn(qv, kf[j][e]));
-        }
+        for (int g = 0; g < GMAX; ++g) s[g] = __fadd_rn(s[g], __fmul_rn(qs[g][(c0 + c) * 8 + j], kf[j]));
     }
   }
 #pragma unroll
-  for (int j = 0; j < kRows; ++j)
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g)
-      if (g < G && p0 + j * kScoreThreads < n) scores[(bh * G + g) * max_len + p0 + j * kScoreThreads] = s[j][g];
+  for (int g = 0; g < GMAX; ++g)
+    if (g < G) scores[(bh * G + g) * max_len + p] = s[g];
 }
 
 // Launches per_head_score_kernel over bh_count KV groups of G heads each (arguments as there).
 template <class T, int DIMS>
 inline void score_per_head(const T* K, int64_t max_len, int64_t bh_count, PrefixLengths lengths, const float* q,
                            int q_stride, int G, float* scores, cudaStream_t stream) {
-  const int64_t per_block = int64_t(kScoreThreads) * kScoreRows<DIMS>;
-  const dim3 grid(unsigned((max_len + per_block - 1) / per_block), unsigned(bh_count));
+  const dim3 grid(unsigned((max_len + kScoreThreads - 1) / kScoreThreads), unsigned(bh_count));
   dispatch_group(G, [&](auto gmax) {
     per_head_score_kernel<T, DIMS, decltype(gmax)::value>
         <<<grid, kScoreThreads, 0, stream>>>(K, max_len, lengths, q, q_stride, G, scores);

@@ -13,14 +13,14 @@ namespace saap::cuda {
 
 std::string DenseTuning::name() const {
   char s[128];
-  std::snprintf(s, sizeof s, "waves=%d;interleave=%d;prefetch=%d;mma=%d;min=%d;bulk=%d;fused=%d;own=%d", waves,
-                int(interleave), int(prefetch), int(mma), min_split_tokens, bulk, int(fused), int(own));
+  std::snprintf(s, sizeof s, "waves=%d;interleave=%d;prefetch=%d;mma=%d;min=%d;bulk=%d;fused=%d", waves,
+                int(interleave), int(prefetch), int(mma), min_split_tokens, bulk, int(fused));
   return s;
 }
 
 DenseTuning DenseTuning::parse(const std::string& text) {
   DenseTuning t;
-  parse_tuning_fields(text, "dense tuning", "waves, interleave, prefetch, mma, min, bulk, fused, own",
+  parse_tuning_fields(text, "dense tuning", "waves, interleave, prefetch, mma, min, bulk, fused",
                       [&](const std::string& key, long x) {
                         if (key == "waves") t.waves = int(x);
                         else if (key == "interleave") t.interleave = x != 0;
@@ -29,7 +29,6 @@ DenseTuning DenseTuning::parse(const std::string& text) {
                         else if (key == "min") t.min_split_tokens = int(x);
                         else if (key == "bulk") t.bulk = int(x);
                         else if (key == "fused") t.fused = x != 0;
-                        else if (key == "own") t.own = x != 0;
                         else return false;
                         return true;
                       });
@@ -48,12 +47,11 @@ std::vector<DenseTuning> dense_tuning_candidates() {
   // depths (bulk=4: 3 blocks per SM; bulk=6: 2 blocks, more bytes in flight each), one interleaved;
   // the ring on the tensor cores (bulk=3;mma=1: 2 blocks of 3 x 32 KiB per SM), contiguous and
   // interleaved; and the fused combine beside the rings and the register loops. The H200 has timed
-  // them all (docs/GPU_KERNELS.md); bulk=3;mma=1 won and is the default at head dim <= 128. Then
-  // that ring with stages owned by warps (own=1).
+  // them all (docs/GPU_KERNELS.md); bulk=3;mma=1 won and is the default at head dim <= 128.
   for (const char* t : {"", "mma=1;prefetch=1;interleave=1", "mma=1;prefetch=1", "interleave=1;prefetch=1",
                         "bulk=4", "bulk=6;interleave=1", "bulk=3;mma=1", "bulk=3;mma=1;interleave=1",
                         "bulk=4;fused=1", "bulk=3;mma=1;fused=1", "mma=1;prefetch=1;interleave=1;fused=1",
-                        "fused=1", "bulk=3;mma=1;own=1"})
+                        "fused=1"})
     v.push_back(DenseTuning::parse(t));
   return v;
 }
@@ -83,9 +81,6 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
   const int stages = tuning.bulk;
   SAAP_CU_REQUIRE(stages == 0 || (stages >= 2 && stages <= kMaxBulkStages), InvalidArgument,
                   "bulk = %d: 0 (off) or the ring's stages, 2..%d", stages, kMaxBulkStages);
-  SAAP_CU_REQUIRE(!tuning.own || (stages > 0 && tuning.mma), InvalidArgument,
-                  "own = 1 gives each warp its own stages of the tensor-core ring: it needs bulk > 0 and mma = 1, got "
-                  "bulk = %d, mma = %d", stages, int(tuning.mma));
   SAAP_CU_REQUIRE(stages == 0 || !tuning.prefetch, InvalidArgument,
                   "bulk = %d fetches through its ring: it refuses prefetch = 1 (a register loop)", stages);
   SAAP_CU_REQUIRE(stages == 0 || (reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0),
@@ -97,11 +92,10 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
   dispatch_decode<256>(s, [&](auto t, auto d, auto gmax) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, GMAX = decltype(gmax)::value;
-    // The bulk ring, with the FMA (MMA false) or tensor-core (true) math, its stages shared by the
-    // block or (own=1, PER_WARP) owned by warps.
-    auto bulk = [&](auto mma_c, auto per_warp_c) {
-      constexpr bool MMA = decltype(mma_c)::value, PER_WARP = decltype(per_warp_c)::value;
-      auto* kernel = dense_decode_bulk_kernel<T, D, GMAX, MMA, PER_WARP>;
+    // The bulk ring, with the FMA (MMA false) or tensor-core (true) math.
+    auto bulk = [&](auto mma_c) {
+      constexpr bool MMA = decltype(mma_c)::value;
+      auto* kernel = dense_decode_bulk_kernel<T, D, GMAX, MMA>;
       // Resident blocks per stage count (bulk_ring_resident), once per instantiation.
       static const BulkRingResidency resident =
           bulk_ring_resident<T, D, GMAX, MMA>(reinterpret_cast<const void*>(kernel));
@@ -115,14 +109,9 @@ void dense_decode_tuned(const DecodeShape& s, const void* k, const void* v, int6
     };
     if (stages > 0) {
       if (tuning.mma && dense_mma_supported<T, D>()) {
-        if constexpr (dense_mma_supported<T, D>()) {
-          if (tuning.own)
-            bulk(std::true_type{}, std::true_type{});
-          else
-            bulk(std::true_type{}, std::false_type{});
-        }
+        if constexpr (dense_mma_supported<T, D>()) bulk(std::true_type{});
       } else {
-        bulk(std::false_type{}, std::false_type{});
+        bulk(std::false_type{});
       }
       return;
     }

@@ -139,11 +139,9 @@ int main() {
   tally.check(threw, "window = -1 is refused (InvalidArgument)", threw, 1);
   // A tuning that does not parse, a dropped field (the cp.async ring), the tensor-core loop
   // without prefetch (no longer built), a bulk ring outside 2..8 stages, with a register loop, or
-  // larger than the shared memory (8 stages of 32 KiB with mma at d = 128), or warp-owned stages
-  // without the tensor-core ring is a named error.
+  // larger than the shared memory (8 stages of 32 KiB with mma at d = 128) is a named error.
   for (const char* bad : {"waves=x", "unroll=2", "waves", "stages=3", "mma=1", "mma=1;prefetch=0", "bulk=1",
-                          "bulk=9", "bulk=-2", "bulk=4;prefetch=1", "bulk=4;mma=1;prefetch=1", "bulk=8;mma=1",
-                          "own=1", "bulk=3;own=1", "mma=1;prefetch=1;own=1"}) {
+                          "bulk=9", "bulk=-2", "bulk=4;prefetch=1", "bulk=4;mma=1;prefetch=1", "bulk=8;mma=1"}) {
     threw = false;
     try {
       cuda::SplitWorkspace ws;

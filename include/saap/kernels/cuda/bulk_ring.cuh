@@ -39,20 +39,12 @@ struct BulkRing {
 
   __device__ unsigned char* stage(int t) const { return ring + size_t(t % stages) * 2 * TILE_BYTES; }
   __device__ uint64_t* bar(int t) const { return &full[t % stages]; }
-  // Thread 0, before any issue: the barriers (`per_warp`: kDecodeWarps x stages of them, for
-  // attend_per_warp), visible to the copy engine; a __syncthreads() after it publishes them.
-  __device__ void init(bool per_warp = false) const {
-    for (int s = 0; s < stages * (per_warp ? kDecodeWarps : 1); ++s) mbarrier_init(&full[s], 1);
+  // Thread 0, before any issue: the barriers, visible to the copy engine; a __syncthreads() after
+  // it publishes them to the block.
+  __device__ void init() const {
+    for (int s = 0; s < stages; ++s) mbarrier_init(&full[s], 1);
     fence_mbarrier_init();
   }
-
-  // attend_per_warp's stages: warp w's ring is its own kRows rows of K and of V per stage (the
-  // same bytes as a shared stage, cut by warp), on barriers full[w * stages + s].
-  static constexpr uint32_t WARP_BYTES = kMmaTileRows * ROW_BYTES;
-  __device__ unsigned char* warp_stage(int w, int t) const {
-    return ring + (size_t(w) * stages + t % stages) * 2 * WARP_BYTES;
-  }
-  __device__ uint64_t* warp_bar(int w, int t) const { return &full[w * stages + t % stages]; }
 
   // Thread 0's producer for a share made of pieces, runs of contiguous rows of one (b, h)'s K and V
   // (kh, vh: row 0 of it): fills tile t, rows t*UNIT .. min(n, (t + 1)*UNIT) of the share numbered
@@ -116,31 +108,6 @@ struct BulkRing {
       }
       __syncthreads();  // every warp is done with this stage: it may be refilled
       if (threadIdx.x == 0 && t + stages < tiles) issue(t + stages);
-    }
-  }
-
-  // attend() with stages owned by warps (dense's own=1; MMA only): warp w reads rows
-  // t*UNIT + w*kRows.. of tile t, as attend() gives it, from a ring of its own that its lane 0
-  // fills (issue(w, t): that warp's rows of tile t into warp_stage(w, t), announced on
-  // warp_bar(w, t); an empty part still arrives, with 0 bytes). Why: attend() refills a stage
-  // after the block barrier that ends every warp's reads of it, so each refill waits for the
-  // slowest warp and the fast ones wait at the barrier; here a warp refills its stage as soon as
-  // it has read it, and no warp waits for another. Barriers: init(true).
-  template <class Issue>
-  __device__ void attend_per_warp(A& at, const float* qg, int G, float scale, int n, Issue&& issue) const {
-    static_assert(MMA, "stages owned by warps: the tensor-core ring (a warp reads whole 16-row tiles)");
-    const int tiles = (n + UNIT - 1) / UNIT;
-    const int w = int(threadIdx.x >> 5);
-    const bool producer = (threadIdx.x & 31) == 0;
-    if (producer)
-      for (int t = 0; t < min(stages, tiles); ++t) issue(w, t);
-    at.init(qg, G, scale);
-    for (int t = 0; t < tiles; ++t) {
-      const unsigned char* st = warp_stage(w, t);
-      mbarrier_wait(warp_bar(w, t), (t / stages) & 1);
-      at.tile(st, st + WARP_BYTES, t * UNIT + w * A::kRows, n);
-      __syncwarp();  // every lane is done with this stage: its lane 0 may refill it
-      if (producer && t + stages < tiles) issue(w, t + stages);
     }
   }
 };

@@ -142,10 +142,7 @@ struct DenseTuning {
   int min_split_tokens = 256;
   int bulk = 0;
   bool fused = false;
-  // The tensor-core ring's stages owned by warps (BulkRing::attend_per_warp); needs bulk > 0 and
-  // mma = 1, and runs the block's shared ring where mma = 1 falls back to the FMA math.
-  bool own = false;
-  // "waves=1;interleave=0;prefetch=0;mma=0;min=256;bulk=0;fused=0;own=0": the bench's row parameter and
+  // "waves=1;interleave=0;prefetch=0;mma=0;min=256;bulk=0;fused=0": the bench's row parameter and
   // the test's name.
   std::string name() const;
   // Parses name()'s form; fields left out keep their defaults. Throws InvalidArgument naming the field.

@@ -23,9 +23,7 @@ namespace saap::cuda {
 // bulk=S;mma=1: the same ring, with the logits and the values on the tensor cores (MmaAttender;
 // bf16 at head dim 64 and 128, else the FMA math runs): a stage is then kDecodeWarps x 16 rows (a
 // warp's MMA tile), 32 KiB at head dim 128 (bulk=3: 2 blocks per SM, 128 KiB in flight).
-// bulk=S;mma=1;own=1 (PER_WARP): the same bytes, each warp filling and reading a ring of its own
-// (BulkRing::attend_per_warp): no block barrier between tiles.
-template <class T, int D, int GMAX, bool MMA, bool PER_WARP = false>
+template <class T, int D, int GMAX, bool MMA>
 static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min_blocks(GMAX))
     dense_decode_bulk_kernel(const T* __restrict__ K, const T* __restrict__ V, int64_t max_len,
                              const int32_t* __restrict__ lengths, const float* __restrict__ q, int n_kv_heads, int G,
@@ -35,7 +33,7 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min
   using Ring = BulkRing<T, D, GMAX, MMA>;
   constexpr int UNIT = Ring::UNIT;
   extern __shared__ __align__(128) unsigned char ring[];  // [stages][K tile, V tile]
-  __shared__ __align__(8) uint64_t full[kMaxBulkStages * (PER_WARP ? kDecodeWarps : 1)];
+  __shared__ __align__(8) uint64_t full[kMaxBulkStages];
   __shared__ typename Ring::A::Shared sh;
   const Ring rg{ring, full, stages};
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -52,24 +50,10 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, MMA ? 2 : decode_min
     bulk_copy_to_shared(st, kh + r * D, bytes, rg.bar(t));
     bulk_copy_to_shared(st + Ring::TILE_BYTES, vh + r * D, bytes, rg.bar(t));
   };
-  // Warp w's rows of tile t (PER_WARP): kMmaTileRows of the unit, contiguous too.
-  auto issue_warp = [&](int w, int t) {
-    const int first = t * UNIT + w * kMmaTileRows;
-    const uint32_t bytes = uint32_t(max(0, min(kMmaTileRows, share.n - first))) * Ring::ROW_BYTES;
-    unsigned char* st = rg.warp_stage(w, t);
-    mbarrier_arrive_expect_tx(rg.warp_bar(w, t), 2 * bytes);
-    if (bytes == 0) return;
-    const int64_t r = share.row<UNIT>(first);
-    bulk_copy_to_shared(st, kh + r * D, bytes, rg.warp_bar(w, t));
-    bulk_copy_to_shared(st + Ring::WARP_BYTES, vh + r * D, bytes, rg.warp_bar(w, t));
-  };
-  if (threadIdx.x == 0) rg.init(PER_WARP);
+  if (threadIdx.x == 0) rg.init();
   __syncthreads();
   typename Ring::A at;
-  if constexpr (PER_WARP)
-    rg.attend_per_warp(at, q + row0 * D, G, scale, share.n, issue_warp);
-  else
-    rg.attend(at, q + row0 * D, G, scale, share.n, issue);
+  rg.attend(at, q + row0 * D, G, scale, share.n, issue);
   finish_dense_block<D, GMAX>(at, sh, G, int64_t(b) * n_kv_heads + h, split, splits, part_out, part_lse, tickets,
                               out);
 }

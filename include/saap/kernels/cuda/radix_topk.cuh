@@ -8,8 +8,8 @@
 // builds a histogram of its tile's digits among the keys that match the digits found so far, in
 // shared memory, and adds it into the row's global histogram (one per pass) with atomics; then
 // the digit at which the count from the top reaches the keys still needed is found at the head of
-// the next grid (find_digit: each of the row's blocks scans the row's histogram while its own
-// keys load, and the row's first tile writes the result for the grids after it). A pass whose
+// the next grid (find_digit: each of the row's blocks walks the row's histogram by its coarse
+// sums while its own keys load, and the row's first tile writes the result for the grids after it). A pass whose
 // boundary bin holds exactly the keys still needed ends the search early. Then a counting grid,
 // which finds the last digit, stores each tile's keys above the boundary and its ties, and a
 // writing grid places each
@@ -39,6 +39,7 @@ constexpr int kPerThread = 16;  // the writing grid gives each thread 16 consecu
 constexpr int64_t kTile = int64_t(kThreads) * kPerThread;
 constexpr int kPasses = 3;
 constexpr int kBins = 2048;  // the widest digit: 11 bits
+constexpr int kCoarseWidth = 32;  // bins a coarse sum covers (find_digit)
 __host__ __device__ constexpr int pass_shift(int pass) { return pass == 0 ? 21 : pass == 1 ? 10 : 0; }
 __host__ __device__ constexpr int pass_bins(int pass) { return pass == 2 ? 1024 : 2048; }
 
@@ -74,9 +75,11 @@ struct RowState {
 struct Search {
   RowState* states;  // [kPasses + 1][rows]: before each pass, then after the last
   int32_t* hists;    // [kPasses][rows][kBins]
+  int32_t* coarse;   // [kPasses][rows][kBins / kCoarseWidth]: sums of kCoarseWidth bins
   int64_t rows;      // the rows each pass has a state for (the workspace's capacity)
   __device__ RowState* state(int pass) const { return states + pass * rows; }
   __device__ int32_t* hist(int pass, int64_t row) const { return hists + (pass * rows + row) * kBins; }
+  __device__ int32_t* sums(int pass, int64_t row) const { return coarse + (pass * rows + row) * (kBins / kCoarseWidth); }
 };
 
 // The group unions as lists, an optional output of select(): pos[i][0, union_count[i]) are the
@@ -98,6 +101,7 @@ class Workspace {
       rows_ = rows;
       state_.resize(size_t(rows) * (kPasses + 1));
       hist_.resize(size_t(rows) * kPasses * kBins);
+      coarse_.resize(size_t(rows) * kPasses * (kBins / kCoarseWidth));
     }
     if (int64_t(tile_counts_.size()) < rows * tiles_) tile_counts_.resize(size_t(rows * tiles_));
     if (int64_t(seg_pos_.size()) < groups * stride) {
@@ -109,7 +113,7 @@ class Workspace {
   int tiles() const { return tiles_; }
   // The rows' states before pass `pass` (kPasses: after the last).
   RowState* state(int pass) const { return state_.get() + size_t(pass) * size_t(rows_); }
-  Search search() const { return Search{state_.get(), hist_.get(), rows_}; }
+  Search search() const { return Search{state_.get(), hist_.get(), coarse_.get(), rows_}; }
   int2* tile_counts() const { return tile_counts_.get(); }
   int32_t* seg_pos() const { return seg_pos_.get(); }
   uint8_t* seg_mask() const { return seg_mask_.get(); }
@@ -120,6 +124,7 @@ class Workspace {
   int64_t rows_ = 0;
   DeviceBuffer<RowState> state_;    // [kPasses + 1][rows]
   DeviceBuffer<int32_t> hist_;      // [kPasses][rows][kBins]
+  DeviceBuffer<int32_t> coarse_;    // [kPasses][rows][kBins / kCoarseWidth]
   DeviceBuffer<int2> tile_counts_;  // [rows][tiles]: (keys above the k-th, ties)
   // The union list in per-tile segments: tile t's at [group][t * kTile, + tile_union[group][t]).
   DeviceBuffer<int32_t> seg_pos_;     // [groups][stride]
@@ -132,8 +137,10 @@ template <class Rows>
 static __global__ void __launch_bounds__(kThreads)
     init_kernel(Rows rows, int group, Search sr, int32_t* __restrict__ counts, int32_t* __restrict__ union_count) {
   const int64_t row = blockIdx.x;
-  for (int p = 0; p < kPasses; ++p)
+  for (int p = 0; p < kPasses; ++p) {
     for (int i = threadIdx.x; i < kBins; i += kThreads) sr.hist(p, row)[i] = 0;
+    for (int i = threadIdx.x; i < kBins / kCoarseWidth; i += kThreads) sr.sums(p, row)[i] = 0;
+  }
   if (threadIdx.x != 0) return;
   const int64_t n = rows.n(row), k = rows.k(row);
   RowState s;
@@ -148,47 +155,71 @@ static __global__ void __launch_bounds__(kThreads)
   if (union_count && row % group == 0) union_count[row / group] = 0;
 }
 
-// Block scratch of find_digit.
-struct FindScratch {
-  typename cub::BlockScan<int, kThreads>::TempStorage scan;
-  RowState found;
-};
-
 // Every thread of a block: the row's state after pass PASS, from its state before it (s, uniform)
-// and the pass's histogram h [kBins]: the digit of the k-th key (counted from the highest digit)
-// and the keys still needed among those sharing it.
+// and the pass's histogram h [kBins] with its coarse sums coarse [kBins / kCoarseWidth]: the digit
+// of the k-th key (the first bin, from the highest, at which the count from the top reaches the
+// keys still needed) and the keys still needed among those sharing it. One warp walks the coarse
+// sums, then the 32 bins of the coarse bin that holds the boundary: two reads of 256 bytes and
+// 128, where a whole-histogram scan by every block of the grid read 8 KiB each (at 512k and batch
+// 8 that was 268 MB a pass, and the grid slower than a find kernel of its own: f866e6f).
+// `found`: block-shared, where warp 0 leaves the result.
 template <int PASS>
-static __device__ RowState find_digit(const RowState& s, const int32_t* __restrict__ h, FindScratch& sh) {
-  constexpr int bins = pass_bins(PASS), shift = pass_shift(PASS), per = bins / kThreads;
+static __device__ RowState find_digit(const RowState& s, const int32_t* __restrict__ h,
+                                      const int32_t* __restrict__ coarse, RowState& found) {
+  constexpr int bins = pass_bins(PASS), shift = pass_shift(PASS), nc = bins / kCoarseWidth, per = nc / 32;
+  static_assert(kCoarseWidth == 32 && nc % 32 == 0, "a lane per fine bin, whole coarse bins per lane");
   if (s.done) return s;  // uniform
-  // Thread t holds digits bins-1-t*per down to bins-(t+1)*per: the scan runs from the top.
-  int c[per], sum = 0;
-#pragma unroll
-  for (int j = 0; j < per; ++j) {
-    c[j] = h[bins - 1 - (threadIdx.x * per + j)];
-    sum += c[j];
-  }
-  if (threadIdx.x == 0) sh.found = s;  // kept if no bin reaches `need` (counts that do not add up)
-  int before;
-  cub::BlockScan<int, kThreads>(sh.scan).ExclusiveSum(sum, before);  // its barriers order the writes
-  if (before < s.need && s.need <= before + sum) {
-    int cum = before;
+  if (threadIdx.x < 32) {
+    const int lane = int(threadIdx.x);
+    constexpr unsigned all = 0xffffffffu;
+    // Inclusive sums from the top across the warp.
+    auto scan = [&](int x) {
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(all, x, o);
+        if (lane >= o) x += y;
+      }
+      return x;
+    };
+    // Lane l holds coarse bins nc-1-(l*per + j): the scan runs from the top.
+    int c[per], sum = 0;
 #pragma unroll
     for (int j = 0; j < per; ++j) {
-      if (cum + c[j] >= s.need) {
-        RowState o = s;
-        o.prefix |= uint32_t(bins - 1 - (threadIdx.x * per + j)) << shift;
-        o.mask |= uint32_t(bins - 1) << shift;
-        o.need = s.need - cum;
-        o.done = c[j] == o.need;  // the whole boundary bin is taken: no need to tell its keys apart
-        sh.found = o;
-        break;
-      }
-      cum += c[j];
+      c[j] = coarse[nc - 1 - (lane * per + j)];
+      sum += c[j];
     }
+    const int upto = scan(sum);
+    RowState o = s;  // kept if no bin reaches `need` (counts that do not add up)
+    const unsigned reach = __ballot_sync(all, upto >= s.need);
+    if (reach) {  // uniform
+      const int at = __ffs(reach) - 1;
+      int cb = 0, before = upto - sum;  // lane `at`: its coarse bin that reaches `need`, and the count above it
+#pragma unroll
+      for (int j = 0; j < per; ++j) {
+        if (before + c[j] >= s.need) {
+          cb = nc - 1 - (lane * per + j);
+          break;
+        }
+        before += c[j];
+      }
+      cb = __shfl_sync(all, cb, at);
+      before = __shfl_sync(all, before, at);
+      // Lane l holds bin cb*32 + 31 - l.
+      const int f = h[cb * kCoarseWidth + kCoarseWidth - 1 - lane];
+      const int fin = scan(f);
+      const unsigned fine = __ballot_sync(all, before + fin >= s.need);
+      if (fine) {  // uniform; always, when the coarse sums are the bins' sums
+        const int fl = __ffs(fine) - 1;
+        const int above = before + __shfl_sync(all, fin - f, fl), count = __shfl_sync(all, f, fl);
+        o.prefix |= uint32_t(cb * kCoarseWidth + kCoarseWidth - 1 - fl) << shift;
+        o.mask |= uint32_t(bins - 1) << shift;
+        o.need = s.need - above;
+        o.done = count == o.need;  // the whole boundary bin is taken: no need to tell its keys apart
+      }
+    }
+    if (lane == 0) found = o;
   }
   __syncthreads();
-  return sh.found;
+  return found;
 }
 
 // Grid (tile, row): the tile's histogram of digit PASS among the keys matching the prefix. From
@@ -198,7 +229,7 @@ template <int PASS>
 static __global__ void __launch_bounds__(kThreads) hist_kernel(const float* __restrict__ keys, int64_t stride, Search sr) {
   constexpr int bins = pass_bins(PASS), shift = pass_shift(PASS);
   __shared__ int32_t h[bins];
-  __shared__ FindScratch fs;
+  __shared__ RowState found;
   const int64_t row = blockIdx.y, t0 = int64_t(blockIdx.x) * kTile;
   const RowState prev = sr.state(PASS == 0 ? 0 : PASS - 1)[row];
   if (t0 > 0 && t0 >= prev.n) return;  // uniform; tile 0 stays to store the state
@@ -206,7 +237,7 @@ static __global__ void __launch_bounds__(kThreads) hist_kernel(const float* __re
   const int m = load_tile(keys + row * stride + t0, min(int64_t(prev.n) - t0, kTile), v);
   RowState s = prev;
   if constexpr (PASS > 0) {
-    s = find_digit<PASS - 1>(prev, sr.hist(PASS - 1, row), fs);
+    s = find_digit<PASS - 1>(prev, sr.hist(PASS - 1, row), sr.sums(PASS - 1, row), found);
     if (t0 == 0 && threadIdx.x == 0) sr.state(PASS)[row] = s;
   }
   if (s.done) return;  // uniform
@@ -218,9 +249,20 @@ static __global__ void __launch_bounds__(kThreads) hist_kernel(const float* __re
     if (i < m && (u & s.mask) == s.prefix) atomicAdd(&h[(u >> shift) & uint32_t(bins - 1)], 1);
   }
   __syncthreads();
+  // Thread t adds bins t*per.. into the row's histogram, and with the threads beside it their
+  // coarse sum.
+  constexpr int per = bins / kThreads, share = kCoarseWidth / per;
   int32_t* hist = sr.hist(PASS, row);
-  for (int i = threadIdx.x; i < bins; i += kThreads)
-    if (h[i]) atomicAdd(&hist[i], h[i]);
+  int sum = 0;
+#pragma unroll
+  for (int j = 0; j < per; ++j) {
+    const int b = int(threadIdx.x) * per + j, c = h[b];
+    if (c) atomicAdd(&hist[b], c);
+    sum += c;
+  }
+#pragma unroll
+  for (int o = 1; o < share; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (threadIdx.x % share == 0 && sum) atomicAdd(&sr.sums(PASS, row)[threadIdx.x / share], sum);
 }
 
 // Grid (tile, row): per tile, the keys above the k-th and the ties, after finding the last pass's
@@ -229,12 +271,12 @@ static __global__ void __launch_bounds__(kThreads)
     count_kernel(const float* __restrict__ keys, int64_t stride, Search sr, int tiles, int2* __restrict__ tile_counts) {
   using Reduce = cub::BlockReduce<int2, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
-  __shared__ FindScratch fs;
+  __shared__ RowState found;
   const int64_t row = blockIdx.y, t0 = int64_t(blockIdx.x) * kTile;
   const RowState prev = sr.state(kPasses - 1)[row];
   float v[kPerThread];
   const int m = load_tile(keys + row * stride + t0, min(int64_t(prev.n) - t0, kTile), v);
-  const RowState s = find_digit<kPasses - 1>(prev, sr.hist(kPasses - 1, row), fs);
+  const RowState s = find_digit<kPasses - 1>(prev, sr.hist(kPasses - 1, row), sr.sums(kPasses - 1, row), found);
   if (t0 == 0 && threadIdx.x == 0) sr.state(kPasses)[row] = s;
   int2 c = make_int2(0, 0);
   if (!s.all) {

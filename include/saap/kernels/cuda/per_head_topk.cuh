@@ -213,8 +213,11 @@ static int attend_dense_per_head(const DecodeShape& shape, const T* k, const T* 
 // [count * split / splits, count * (split + 1) / splits) (select_per_head's UnionList), each head
 // to the positions its bit of the mask marks, staged kStage at a time: each K/V row is read once
 // for the group, not once per head that took it. q rows [b * Hq + h * G + g] in the keys' basis.
+// The next stage's positions and masks are requested before this stage is attended, so a stage
+// costs its rows' round trips and not one more for its list. Up to 4 heads a group, three blocks an
+// SM, as without them (165 registers at 57cb12e); at 8, ptxas would spill to fit three.
 template <class T, int D, int GMAX, class Keys>
-static __global__ void __launch_bounds__(kDecodeWarps * 32)
+static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 3 : 1)
     union_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len, const int32_t* __restrict__ union_pos,
                         const uint8_t* __restrict__ union_mask, const int32_t* __restrict__ union_count,
                         const float* __restrict__ q, int G, float scale, int splits, float* __restrict__ part_out,
@@ -230,14 +233,26 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32)
   const SplitRows<T, D> rows(keys, V, max_len, bh, at.sub, union_count[bh], split, splits);
   const int32_t* pos = union_pos + bh * max_len;
   const uint8_t* msk = union_mask + bh * max_len;
+  // This thread's entry of the stage at s0 (past the split's list: left as is, never staged).
+  int32_t next_pos = 0;
+  uint8_t next_mask = 0;
+  auto fetch = [&](int64_t s0) {
+    const int64_t i = s0 + threadIdx.x;
+    if (i < rows.j1) {
+      next_pos = pos[i];
+      next_mask = msk[i];
+    }
+  };
+  fetch(rows.j0);
   for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += kStage) {
     const int ns = int(min(int64_t(kStage), rows.j1 - s0));
     __syncthreads();  // the previous stage is no longer read
     if (int(threadIdx.x) < ns) {
-      stage[threadIdx.x] = pos[s0 + threadIdx.x];
-      stage_mask[threadIdx.x] = msk[s0 + threadIdx.x];
+      stage[threadIdx.x] = next_pos;
+      stage_mask[threadIdx.x] = next_mask;
     }
     __syncthreads();
+    fetch(s0 + kStage);
     at.run_masked(
         ns, [&](int i) { return rows.k(stage[i]); }, [&](int i) { return rows.v(stage[i]); },
         [&](int i) { return uint32_t(stage_mask[i]); });

@@ -313,36 +313,18 @@ static __global__ void __launch_bounds__(kThreads)
   auto add = [](int2 a, int2 b) { return make_int2(a.x + b.x, a.y + b.y); };
   uint32_t any = 0;  // bit i: position t0 + e0 + i taken by some row of the group
   uint64_t by_lo = 0, by_hi = 0;  // byte i (of positions 0-7, then 8-15): the rows that took it
-  // Row g's state, the tile's keys and this thread's part of the counts of the tiles before it
-  // (keys above, ties), requested together. Row g + 1's are requested before row g is written, so
-  // that a row's loads wait behind the previous row's scans instead of after them.
-  struct Fetched {
-    RowState s;
-    float v[kPerThread];
-    int loaded;
-    int2 before;
-  };
-  auto fetch = [&](int g, Fetched& f) {
-    const int64_t row = int64_t(blockIdx.y) * group + g;
-    f.s = state[row];
-    f.loaded = load_tile(keys + row * stride + t0, min(int64_t(f.s.n) - t0, kTile), f.v);
-    f.before = make_int2(0, 0);
-    if (!f.s.all)
-      for (int j = threadIdx.x; j < tile; j += kThreads) f.before = add(f.before, tile_counts[row * tiles + j]);
-  };
-  Fetched next;
-  fetch(0, next);
   for (int g = 0; g < group; ++g) {
     const int64_t row = int64_t(blockIdx.y) * group + g;
-    const Fetched cur = next;
-    if (g + 1 < group) fetch(g + 1, next);
-    const RowState s = cur.s;
+    const RowState s = state[row];
     if (t0 >= s.n) continue;  // uniform
     const int64_t len = min(int64_t(s.n) - t0, kTile);
     const int m = int(max(int64_t(0), min(int64_t(kPerThread), len - e0)));
-    const float(&v)[kPerThread] = cur.v;
-    const int loaded = cur.loaded;
-    int2 before = cur.before;
+    // The tile's keys and the counts of the tiles before it (keys above, ties), loaded together.
+    float v[kPerThread];
+    const int loaded = load_tile(keys + row * stride + t0, len, v);
+    int2 before = make_int2(0, 0);
+    if (!s.all)
+      for (int j = threadIdx.x; j < tile; j += kThreads) before = add(before, tile_counts[row * tiles + j]);
     __syncthreads();  // the previous row's stage, scan and reduce storage are no longer read
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {

@@ -14,15 +14,16 @@
 // which finds the last digit, stores each tile's keys above the boundary and its ties, and a
 // writing grid places each tile's taken positions at the offset those counts give (the ties taken
 // are the lowest positions: the first `need` ties in position order). Rows may be grouped (the
-// query heads of a KV group): a union grid then counts, per group, the positions any of its rows
-// took, and can list them with the rows that took each (UnionList: written per tile, then moved
-// into one ascending list by a compaction grid), so that an attention kernel reads each row once.
+// query heads of a KV group): the writing grid then also counts, per group, the positions any of
+// its rows took, and can list them with the rows that took each (UnionList: written per tile, then
+// moved into one ascending list by a compaction grid), so that an attention kernel reads each row
+// once.
 //
 // Every launch has a grid fixed by the row count and the row stride, and nothing is read back to
 // the host: select() may be recorded in a CUDA graph. Cost: each pass and the count and write
 // read the row's keys once (five reads of n floats per row), whatever k. Six launches, seven with
-// a union count and eight with a union list: a find kernel of its own between the passes cost
-// 3-5 us each at 128k (Nsight Compute at 57cb12e), mostly its launch and dependent round trips.
+// a union list: a find kernel of its own between the passes cost 3-5 us each at 128k (Nsight
+// Compute at 57cb12e), mostly its launch and dependent round trips.
 #pragma once
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -102,10 +103,7 @@ class Workspace {
       hist_.resize(size_t(rows) * kPasses * kBins);
       coarse_.resize(size_t(rows) * kPasses * (kBins / kCoarseWidth));
     }
-    if (int64_t(tile_counts_.size()) < rows * tiles_) {
-      tile_counts_.resize(size_t(rows * tiles_));
-      takes_.resize(size_t(rows * tiles_) * kThreads);
-    }
+    if (int64_t(tile_counts_.size()) < rows * tiles_) tile_counts_.resize(size_t(rows * tiles_));
     if (int64_t(seg_pos_.size()) < groups * stride) {
       seg_pos_.resize(size_t(groups * stride));
       seg_mask_.resize(size_t(groups * stride));
@@ -117,7 +115,6 @@ class Workspace {
   RowState* state(int pass) const { return state_.get() + size_t(pass) * size_t(rows_); }
   Search search() const { return Search{state_.get(), hist_.get(), coarse_.get(), rows_}; }
   int2* tile_counts() const { return tile_counts_.get(); }
-  uint16_t* takes() const { return takes_.get(); }
   int32_t* seg_pos() const { return seg_pos_.get(); }
   uint8_t* seg_mask() const { return seg_mask_.get(); }
   int32_t* tile_union() const { return tile_union_.get(); }
@@ -129,7 +126,6 @@ class Workspace {
   DeviceBuffer<int32_t> hist_;      // [kPasses][rows][kBins]
   DeviceBuffer<int32_t> coarse_;    // [kPasses][rows][kBins / kCoarseWidth]
   DeviceBuffer<int2> tile_counts_;  // [rows][tiles]: (keys above the k-th, ties)
-  DeviceBuffer<uint16_t> takes_;    // [rows][tiles][kThreads]: write_kernel's taken positions, 16 a thread
   // The union list in per-tile segments: tile t's at [group][t * kTile, + tile_union[group][t]).
   DeviceBuffer<int32_t> seg_pos_;     // [groups][stride]
   DeviceBuffer<uint8_t> seg_mask_;    // [groups][stride]
@@ -308,15 +304,15 @@ static __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) tile_counts[row * tiles + blockIdx.x] = total;
 }
 
-// Grid (tile, row): the row's taken positions of the tile, at the row's output offset (positions
-// [row][stride], ascending), and, when `takes` is given, which of them this thread took (bit i:
-// position t0 + 16 * thread + i) for union_kernel. A row a block: at batch 1 the (tile, group)
-// grid that walked the group's rows in turn had two blocks an SM (264 blocks at 128k) and took
-// 28 us (Nsight Compute at 57cb12e).
+// Grid (tile, group of `group` rows): each row's taken positions of the tile, at the row's output
+// offset (positions [row][stride], ascending); per group, the positions any of its rows took are
+// added to union_count[group index] (when given) and, when seg_pos is given, written with the
+// rows that took them (bit r: row r of the group) as the tile's segment of the union list.
 static __global__ void __launch_bounds__(kThreads)
     write_kernel(const float* __restrict__ keys, int64_t stride, const RowState* __restrict__ state,
-                 const int2* __restrict__ tile_counts, int tiles, int32_t* __restrict__ positions,
-                 uint16_t* __restrict__ takes) {
+                 const int2* __restrict__ tile_counts, int tiles, int group, int32_t* __restrict__ positions,
+                 int32_t* __restrict__ union_count, int32_t* __restrict__ seg_pos, uint8_t* __restrict__ seg_mask,
+                 int32_t* __restrict__ tile_union) {
   using Scan = cub::BlockScan<int, kThreads>;
   using Reduce = cub::BlockReduce<int2, kThreads>;
   __shared__ union {
@@ -326,87 +322,88 @@ static __global__ void __launch_bounds__(kThreads)
   __shared__ float stage[kThreads * (kPerThread + 1)];  // padded: thread t reads row t without bank conflicts
   __shared__ int2 s_before;
   const int tile = blockIdx.x;
-  const int64_t row = blockIdx.y, t0 = int64_t(tile) * kTile, e0 = int64_t(threadIdx.x) * kPerThread;
-  auto add = [](int2 a, int2 b) { return make_int2(a.x + b.x, a.y + b.y); };
-  uint16_t* my_take = takes ? takes + (row * tiles + tile) * kThreads + threadIdx.x : nullptr;
-  const RowState s = state[row];
-  if (t0 >= s.n) {  // uniform
-    if (my_take) *my_take = 0;
-    return;
-  }
-  const int64_t len = min(int64_t(s.n) - t0, kTile);
-  const int m = int(max(int64_t(0), min(int64_t(kPerThread), len - e0)));
-  // The tile's keys and the counts of the tiles before it (keys above, ties), loaded together.
-  float v[kPerThread];
-  const int loaded = load_tile(keys + row * stride + t0, len, v);
-  int2 before = make_int2(0, 0);
-  if (!s.all)
-    for (int j = threadIdx.x; j < tile; j += kThreads) before = add(before, tile_counts[row * tiles + j]);
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int e = int(threadIdx.x) + i * kThreads;  // transposed: thread t reads positions 16t.. below
-    if (i < loaded) stage[(e / kPerThread) * (kPerThread + 1) + e % kPerThread] = v[i];
-  }
-  before = Reduce(tmp.reduce).Reduce(before, add);
-  if (threadIdx.x == 0) s_before = before;
-  __syncthreads();
-  before = s_before;
-  const float* mine = stage + threadIdx.x * (kPerThread + 1);
-  uint32_t above = 0, tie = 0;
-  for (int i = 0; i < m; ++i) {
-    const uint32_t u = rank_bits(mine[i]) & s.mask;
-    above |= uint32_t(s.all || u > s.prefix) << i;
-    tie |= uint32_t(!s.all && u == s.prefix) << i;
-  }
-  // The ties taken are the first `need` in position order: this thread's ties rank from
-  // before.y + (the ties of the threads before it).
-  int tie_off;
-  Scan(tmp.scan).ExclusiveSum(__popc(tie), tie_off);
-  const int64_t first_tie = int64_t(before.y) + tie_off;
-  const int my_ties = int(max(int64_t(0), min(int64_t(__popc(tie)), int64_t(s.need) - first_tie)));
-  uint32_t take = above;
-  for (uint32_t rest = tie, t = 0; rest && int(t) < my_ties; ++t) {
-    const uint32_t low = rest & (~rest + 1u);  // the lowest remaining tie
-    take |= low;
-    rest ^= low;
-  }
-  int off;
-  __syncthreads();  // the scan storage is reused
-  Scan(tmp.scan).ExclusiveSum(__popc(take), off);
-  const int64_t base = s.all ? t0 : int64_t(before.x) + min(int64_t(before.y), int64_t(s.need));
-  int32_t* out = positions + row * stride + base + off;
-  for (uint32_t rest = take; rest; rest &= rest - 1) *out++ = int32_t(t0 + e0 + __ffs(rest) - 1);
-  if (my_take) *my_take = uint16_t(take);
-}
-
-// Grid (tile, group of `group` rows): the positions of the tile that any row of the group took
-// (write_kernel's takes), added to union_count[group index] and, when seg_pos is given, written
-// with the rows that took them (bit r: row r of the group) as the tile's segment of the union list.
-static __global__ void __launch_bounds__(kThreads)
-    union_kernel(const uint16_t* __restrict__ takes, int tiles, int group, int64_t stride,
-                 int32_t* __restrict__ union_count, int32_t* __restrict__ seg_pos, uint8_t* __restrict__ seg_mask,
-                 int32_t* __restrict__ tile_union) {
-  using Scan = cub::BlockScan<int, kThreads>;
-  __shared__ typename Scan::TempStorage tmp;
-  const int tile = blockIdx.x;
   const int64_t t0 = int64_t(tile) * kTile, e0 = int64_t(threadIdx.x) * kPerThread;
-  uint32_t any = 0;               // bit i: position t0 + e0 + i taken by some row of the group
+  auto add = [](int2 a, int2 b) { return make_int2(a.x + b.x, a.y + b.y); };
+  uint32_t any = 0;  // bit i: position t0 + e0 + i taken by some row of the group
   uint64_t by_lo = 0, by_hi = 0;  // byte i (of positions 0-7, then 8-15): the rows that took it
-#pragma unroll 8
+  // Row g's state, the tile's keys and this thread's part of the counts of the tiles before it
+  // (keys above, ties), requested together. Row g + 1's are requested before row g is written, so
+  // that a row's loads wait behind the previous row's scans instead of after them.
+  struct Fetched {
+    RowState s;
+    float v[kPerThread];
+    int loaded;
+    int2 before;
+  };
+  auto fetch = [&](int g, Fetched& f) {
+    const int64_t row = int64_t(blockIdx.y) * group + g;
+    f.s = state[row];
+    f.loaded = load_tile(keys + row * stride + t0, min(int64_t(f.s.n) - t0, kTile), f.v);
+    f.before = make_int2(0, 0);
+    if (!f.s.all)
+      for (int j = threadIdx.x; j < tile; j += kThreads) f.before = add(f.before, tile_counts[row * tiles + j]);
+  };
+  Fetched next;
+  fetch(0, next);
   for (int g = 0; g < group; ++g) {
-    const uint32_t take = takes[((int64_t(blockIdx.y) * group + g) * tiles + tile) * kThreads + threadIdx.x];
+    const int64_t row = int64_t(blockIdx.y) * group + g;
+    const Fetched cur = next;
+    if (g + 1 < group) fetch(g + 1, next);
+    const RowState s = cur.s;
+    if (t0 >= s.n) continue;  // uniform
+    const int64_t len = min(int64_t(s.n) - t0, kTile);
+    const int m = int(max(int64_t(0), min(int64_t(kPerThread), len - e0)));
+    const float(&v)[kPerThread] = cur.v;
+    const int loaded = cur.loaded;
+    int2 before = cur.before;
+    __syncthreads();  // the previous row's stage, scan and reduce storage are no longer read
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int e = int(threadIdx.x) + i * kThreads;  // transposed: thread t reads positions 16t.. below
+      if (i < loaded) stage[(e / kPerThread) * (kPerThread + 1) + e % kPerThread] = v[i];
+    }
+    before = Reduce(tmp.reduce).Reduce(before, add);
+    if (threadIdx.x == 0) s_before = before;
+    __syncthreads();
+    before = s_before;
+    const float* mine = stage + threadIdx.x * (kPerThread + 1);
+    uint32_t above = 0, tie = 0;
+    for (int i = 0; i < m; ++i) {
+      const uint32_t u = rank_bits(mine[i]) & s.mask;
+      above |= uint32_t(s.all || u > s.prefix) << i;
+      tie |= uint32_t(!s.all && u == s.prefix) << i;
+    }
+    // The ties taken are the first `need` in position order: this thread's ties rank from
+    // before.y + (the ties of the threads before it).
+    int tie_off;
+    Scan(tmp.scan).ExclusiveSum(__popc(tie), tie_off);
+    const int64_t first_tie = int64_t(before.y) + tie_off;
+    const int my_ties = int(max(int64_t(0), min(int64_t(__popc(tie)), int64_t(s.need) - first_tie)));
+    uint32_t take = above;
+    for (uint32_t rest = tie, t = 0; rest && int(t) < my_ties; ++t) {
+      const uint32_t low = rest & (~rest + 1u);  // the lowest remaining tie
+      take |= low;
+      rest ^= low;
+    }
+    int off;
+    __syncthreads();  // the scan storage is reused
+    Scan(tmp.scan).ExclusiveSum(__popc(take), off);
+    const int64_t base = s.all ? t0 : int64_t(before.x) + min(int64_t(before.y), int64_t(s.need));
+    int32_t* out = positions + row * stride + base + off;
+    for (uint32_t rest = take; rest; rest &= rest - 1) {
+      const int i = __ffs(rest) - 1;
+      *out++ = int32_t(t0 + e0 + i);
+      if (i < 8)
+        by_lo |= uint64_t(1u << g) << (8 * i);
+      else
+        by_hi |= uint64_t(1u << g) << (8 * (i - 8));
+    }
     any |= take;
-    if (seg_pos)
-      for (uint32_t rest = take; rest; rest &= rest - 1) {
-        const int i = __ffs(rest) - 1;
-        if (i < 8)
-          by_lo |= uint64_t(1u << g) << (8 * i);
-        else
-          by_hi |= uint64_t(1u << g) << (8 * (i - 8));
-      }
   }
+  if (!union_count) return;
+  __syncthreads();  // the scan storage is free
   int u_off, u_total;
-  Scan(tmp).ExclusiveSum(__popc(any), u_off, u_total);
+  Scan(tmp.scan).ExclusiveSum(__popc(any), u_off, u_total);
   if (threadIdx.x == 0 && u_total) atomicAdd(&union_count[blockIdx.y], u_total);
   if (!seg_pos) return;
   int64_t seg = int64_t(blockIdx.y) * stride + t0 + u_off;  // this thread's first entry of the segment
@@ -486,13 +483,10 @@ inline void select(const float* keys, int64_t stride, int64_t n_rows, int group,
   SAAP_CU_LAUNCHED();
   count_kernel<<<grid, kThreads, 0, stream>>>(keys, stride, sr, ws.tiles(), ws.tile_counts());
   SAAP_CU_LAUNCHED();
-  write_kernel<<<grid, kThreads, 0, stream>>>(keys, stride, ws.state(kPasses), ws.tile_counts(), ws.tiles(), positions,
-                                              union_count ? ws.takes() : nullptr);
-  SAAP_CU_LAUNCHED();
-  if (!union_count) return;
   const dim3 group_grid(unsigned(ws.tiles()), unsigned(groups));
-  union_kernel<<<group_grid, kThreads, 0, stream>>>(ws.takes(), ws.tiles(), group, stride, union_count,
-                                                    with_list ? ws.seg_pos() : nullptr, ws.seg_mask(), ws.tile_union());
+  write_kernel<<<group_grid, kThreads, 0, stream>>>(keys, stride, ws.state(kPasses), ws.tile_counts(), ws.tiles(), group,
+                                                    positions, union_count, with_list ? ws.seg_pos() : nullptr,
+                                                    ws.seg_mask(), ws.tile_union());
   SAAP_CU_LAUNCHED();
   if (!with_list) return;
   union_compact_kernel<<<group_grid, kThreads, 0, stream>>>(ws.seg_pos(), ws.seg_mask(), ws.tile_union(),

@@ -79,7 +79,9 @@ struct Search {
   int64_t rows;      // the rows each pass has a state for (the workspace's capacity)
   __device__ RowState* state(int pass) const { return states + pass * rows; }
   __device__ int32_t* hist(int pass, int64_t row) const { return hists + (pass * rows + row) * kBins; }
-  __device__ int32_t* sums(int pass, int64_t row) const { return coarse + (pass * rows + row) * (kBins / kCoarseWidth); }
+  __device__ int32_t* sums(int pass, int64_t row) const {
+    return coarse + (pass * rows + row) * (kBins / kCoarseWidth);
+  }
 };
 
 // The group unions as lists, an optional output of select(): pos[i][0, union_count[i]) are the
@@ -234,7 +236,8 @@ static __device__ RowState find_digit(const RowState& s, const int32_t* __restri
 // pass 1 on, each block first finds the previous pass's digit (find_digit, while its keys load),
 // and the row's tile 0 stores the state for the grids after it.
 template <int PASS>
-static __global__ void __launch_bounds__(kThreads) hist_kernel(const float* __restrict__ keys, int64_t stride, Search sr) {
+static __global__ void __launch_bounds__(kThreads)
+    hist_kernel(const float* __restrict__ keys, int64_t stride, Search sr) {
   constexpr int bins = pass_bins(PASS), shift = pass_shift(PASS);
   __shared__ int32_t h[bins];
   __shared__ RowState found;

@@ -6,9 +6,10 @@
 // (the third pass decides); and very large / infinite values. Rows cover n = 0, 1, a partial tile and
 // several tiles, and k = 0, 1, n - 1, n, > n. The group union's size and its list (positions
 // ascending, each with the rows that took it) are compared to the union of the reference sets.
-// The same call is repeated (state must not leak) and recorded as a CUDA graph.
-// Last, the select's time at 32 heads x 128k / 512k keys is printed (not checked; not under
-// SAAP_TEST_QUICK).
+// The same call is repeated (state must not leak) and recorded as a CUDA graph, with each pass's
+// find folded into the next grid and in a kernel of its own (rt::Finds).
+// Last, the select's time at 32 heads x 16k / 128k / 512k keys and 256 x 128k, with each way of
+// finding the digits, is printed (not checked; not under SAAP_TEST_QUICK).
 #include <algorithm>
 #include <cstdlib>
 #include <map>
@@ -92,8 +93,9 @@ int main() {
     rt::Workspace ws;
     ws.ensure(n_rows, stride, n_rows / group);
     const ArrayRows rows{dlens.get(), dks.get()};
-    std::vector<int32_t> first_pos;
-    for (int rep = 0; rep < 3; ++rep) {  // plain, plain again (nothing leaks between calls), graph
+    for (int run = 0; run < 6; ++run) {  // plain, plain again (nothing leaks between calls), graph
+      const int rep = run % 3;
+      const rt::Finds finds = run < 3 ? rt::Finds::Folded : rt::Finds::Separate;
       cutest::poison(pos);
       cutest::poison(counts);
       cutest::poison(unions);
@@ -101,7 +103,7 @@ int main() {
       cutest::poison(list_mask);
       auto call = [&](cudaStream_t st) {
         rt::select(dkeys.get(), stride, n_rows, group, rows, ws, pos.get(), counts.get(), unions.get(), st,
-                   rt::UnionList{list_pos.get(), list_mask.get()});
+                   rt::UnionList{list_pos.get(), list_mask.get()}, finds);
       };
       if (rep < 2)
         call(0);
@@ -139,7 +141,8 @@ int main() {
         }
         wrong_lists += !list_ok;
       }
-      const std::string tag = std::string(name[kind]) + (rep == 0 ? "" : rep == 1 ? " (again)" : " (graph)") + ": ";
+      const std::string tag = std::string(name[kind]) + (finds == rt::Finds::Folded ? ", finds folded" : ", find kernels") +
+                              (rep == 0 ? "" : rep == 1 ? " (again)" : " (graph)") + ": ";
       tally.check(wrong_rows == 0, (tag + "rows whose selection differs from the reference").c_str(),
                   double(wrong_rows), 0);
       tally.check(wrong_unions == 0, (tag + "group unions differing from the reference").c_str(), double(wrong_unions),
@@ -149,12 +152,17 @@ int main() {
     }
   }
 
-  // Time: 32 rows (query heads) in groups of 4, k = 5% of n, normal keys. Not under
-  // SAAP_TEST_QUICK (scripts/gpu_run.sh's memcheck runs), where a time means nothing.
+  // Time: rows (query heads) in groups of 4, k = 5% of n, normal keys, with the finds folded, in
+  // kernels of their own, and as select() chooses (Auto), back to back (the keys stay in L2 where
+  // they fit). Not under SAAP_TEST_QUICK (scripts/gpu_run.sh's memcheck runs), where a time means
+  // nothing.
   const char* quick = std::getenv("SAAP_TEST_QUICK");
   if (quick && std::string(quick) == "1") return tally.finish();
-  for (int64_t n : {int64_t(128) << 10, int64_t(512) << 10}) {
-    const int rows_n = 32;
+  const std::pair<int, int64_t> shapes[] = {{32, int64_t(16) << 10}, {32, int64_t(128) << 10},
+                                            {32, int64_t(512) << 10}, {256, int64_t(128) << 10}};
+  for (const auto& shape : shapes) {
+    const int rows_n = shape.first;
+    const int64_t n = shape.second;
     auto keys = cutest::random_f32(rng, size_t(rows_n) * n);
     auto dkeys = cutest::upload(keys);
     std::vector<int32_t> lens(rows_n, int32_t(n)), ks(rows_n, int32_t(rules::tokens_for_fraction(0.05, n)));
@@ -168,16 +176,23 @@ int main() {
     SAAP_CU(cudaEventCreate(&a));
     SAAP_CU(cudaEventCreate(&b));
     const int reps = 20;
-    rt::select(dkeys.get(), n, rows_n, 4, rows, ws, pos.get(), counts.get(), unions.get(), 0);
-    SAAP_CU(cudaEventRecord(a));
-    for (int i = 0; i < reps; ++i)
-      rt::select(dkeys.get(), n, rows_n, 4, rows, ws, pos.get(), counts.get(), unions.get(), 0);
-    SAAP_CU(cudaEventRecord(b));
-    SAAP_CU(cudaEventSynchronize(b));
-    float ms = 0;
-    SAAP_CU(cudaEventElapsedTime(&ms, a, b));
-    std::printf("time: 32 rows x %lld keys, k = 5%%: %.1f us per select (%.0f GB/s of keys read 5 times)\n",
-                (long long)n, 1e3 * ms / reps, 5.0 * rows_n * n * 4 / (1e-3 * ms / reps) / 1e9);
+    std::printf("time: %d rows x %lld keys (a pass's grid: %lld blocks), k = 5%%:", rows_n, (long long)n,
+                (long long)(rows_n * ((n + rt::kTile - 1) / rt::kTile)));
+    for (rt::Finds finds : {rt::Finds::Folded, rt::Finds::Separate, rt::Finds::Auto}) {
+      auto call = [&] {
+        rt::select(dkeys.get(), n, rows_n, 4, rows, ws, pos.get(), counts.get(), unions.get(), 0, {}, finds);
+      };
+      call();
+      SAAP_CU(cudaEventRecord(a));
+      for (int i = 0; i < reps; ++i) call();
+      SAAP_CU(cudaEventRecord(b));
+      SAAP_CU(cudaEventSynchronize(b));
+      float ms = 0;
+      SAAP_CU(cudaEventElapsedTime(&ms, a, b));
+      std::printf(" %s %.1f us", finds == rt::Finds::Folded ? "folded" : finds == rt::Finds::Separate ? "kernels" : "auto",
+                  1e3 * ms / reps);
+    }
+    std::printf("\n");
     SAAP_CU(cudaEventDestroy(a));
     SAAP_CU(cudaEventDestroy(b));
   }

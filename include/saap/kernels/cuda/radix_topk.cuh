@@ -6,19 +6,29 @@
 // A row's k-th key is found by a radix select over the keys' order-preserving bits in three
 // passes (bits 31..21, 20..10, 9..0). A pass is a grid over (tile of 4096 keys, row): each block
 // builds a histogram of its tile's digits among the keys that match the digits found so far, in
-// shared memory, and adds it into the row's global histogram with atomics; then one small block
-// per row finds the digit at which the count from the top reaches the keys still needed. A pass
-// whose boundary bin holds exactly the keys still needed ends the search early. Then a counting
-// grid stores each tile's keys above the boundary and its ties, and a writing grid places each
-// tile's taken positions at the offset those counts give (the ties taken are the lowest
-// positions: the first `need` ties in position order). Rows may be grouped (the query heads of a
-// KV group): the writing grid then also counts, per group, the positions any of its rows took,
-// and can list them with the rows that took each (UnionList: written per tile, then moved into
-// one ascending list by a compaction grid), so that an attention kernel reads each row once.
+// shared memory, and adds it into the row's global histogram of the pass with atomics. Then the
+// digit at which the count from the top reaches the keys still needed is found (find_digit: one
+// warp walks the histogram by its coarse sums): by a small find kernel per pass, or, where a pass's
+// grid fits in two waves of the GPU, at the head of the next grid, each of the row's blocks while
+// its own keys load (the row's tile 0 stores the result for the grids after it). A pass whose
+// boundary bin holds exactly the keys still needed ends the search early. Then a counting grid
+// (which finds the last digit where the finds are folded) stores each tile's keys above the
+// boundary and its ties, and a writing grid places each tile's taken positions at the offset those
+// counts give (the ties taken are the lowest positions: the first `need` ties in position order). Rows may be grouped (the
+// query heads of a KV group): the writing grid then also counts, per group, the positions any of
+// its rows took, and can list them with the rows that took each (UnionList: written per tile, then
+// moved into one ascending list by a compaction grid), so that an attention kernel reads each row
+// once.
 //
 // Every launch has a grid fixed by the row count and the row stride, and nothing is read back to
 // the host: select() may be recorded in a CUDA graph. Cost: each pass and the count and write
-// read the row's keys once (five reads of n floats per row), whatever k.
+// read the row's keys once (five reads of n floats per row), whatever k. Nine launches (ten with a
+// union list), six (seven) with the finds folded. Why both: a find kernel costs its launch and two
+// dependent round trips (3-5 us each at 128k, batch 1, Nsight Compute at 57cb12e), while a folded
+// find costs every block of the next grid a warp's walk behind a barrier. On the H200 the folded
+// finds took Loki's select 6-16% less time for pass grids of up to 1024 blocks (16k, and 128k at
+// batch 1), and 2-13% more from 4096 blocks (512k, and batch 8 from 128k):
+// results/gpu_loki_topk_ab_2026-12-04_h200_2d6844a.md.
 #pragma once
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -34,6 +44,7 @@ constexpr int kPerThread = 16;  // the writing grid gives each thread 16 consecu
 constexpr int64_t kTile = int64_t(kThreads) * kPerThread;
 constexpr int kPasses = 3;
 constexpr int kBins = 2048;  // the widest digit: 11 bits
+constexpr int kCoarseWidth = 32;  // bins a coarse sum covers (find_digit)
 __host__ __device__ constexpr int pass_shift(int pass) { return pass == 0 ? 21 : pass == 1 ? 10 : 0; }
 __host__ __device__ constexpr int pass_bins(int pass) { return pass == 2 ? 1024 : 2048; }
 
@@ -65,6 +76,19 @@ struct RowState {
   int32_t done;     // no further pass needed (all, k = 0, or a boundary bin of exactly `need` keys)
 };
 
+// The search as the kernels see it: a Workspace's row states and histograms.
+struct Search {
+  RowState* states;  // [kPasses + 1][rows]: before each pass, then after the last
+  int32_t* hists;    // [kPasses][rows][kBins]
+  int32_t* coarse;   // [kPasses][rows][kBins / kCoarseWidth]: sums of kCoarseWidth bins
+  int64_t rows;      // the rows each pass has a state for (the workspace's capacity)
+  __device__ RowState* state(int pass) const { return states + pass * rows; }
+  __device__ int32_t* hist(int pass, int64_t row) const { return hists + (pass * rows + row) * kBins; }
+  __device__ int32_t* sums(int pass, int64_t row) const {
+    return coarse + (pass * rows + row) * (kBins / kCoarseWidth);
+  }
+};
+
 // The group unions as lists, an optional output of select(): pos[i][0, union_count[i]) are the
 // positions any row of group i took, ascending, and bit r of mask[i][j] is set when row
 // i * group + r took pos[i][j] (group <= 8). pos, mask: [groups][stride].
@@ -80,9 +104,11 @@ class Workspace {
   // UnionList of that many groups.
   void ensure(int64_t rows, int64_t stride, int64_t groups = 0) {
     tiles_ = int((stride + kTile - 1) / kTile);
-    if (int64_t(state_.size()) < rows) {
-      state_.resize(size_t(rows));
-      hist_.resize(size_t(rows) * kBins);
+    if (rows_ < rows) {
+      rows_ = rows;
+      state_.resize(size_t(rows) * (kPasses + 1));
+      hist_.resize(size_t(rows) * kPasses * kBins);
+      coarse_.resize(size_t(rows) * kPasses * (kBins / kCoarseWidth));
     }
     if (int64_t(tile_counts_.size()) < rows * tiles_) tile_counts_.resize(size_t(rows * tiles_));
     if (int64_t(seg_pos_.size()) < groups * stride) {
@@ -92,8 +118,9 @@ class Workspace {
     if (int64_t(tile_union_.size()) < groups * tiles_) tile_union_.resize(size_t(groups * tiles_));
   }
   int tiles() const { return tiles_; }
-  RowState* state() const { return state_.get(); }
-  int32_t* hist() const { return hist_.get(); }
+  // The rows' states before pass `pass` (kPasses: after the last).
+  RowState* state(int pass) const { return state_.get() + size_t(pass) * size_t(rows_); }
+  Search search() const { return Search{state_.get(), hist_.get(), coarse_.get(), rows_}; }
   int2* tile_counts() const { return tile_counts_.get(); }
   int32_t* seg_pos() const { return seg_pos_.get(); }
   uint8_t* seg_mask() const { return seg_mask_.get(); }
@@ -101,8 +128,10 @@ class Workspace {
 
  private:
   int tiles_ = 0;
-  DeviceBuffer<RowState> state_;    // [rows]
-  DeviceBuffer<int32_t> hist_;      // [rows][kBins]
+  int64_t rows_ = 0;
+  DeviceBuffer<RowState> state_;    // [kPasses + 1][rows]
+  DeviceBuffer<int32_t> hist_;      // [kPasses][rows][kBins]
+  DeviceBuffer<int32_t> coarse_;    // [kPasses][rows][kBins / kCoarseWidth]
   DeviceBuffer<int2> tile_counts_;  // [rows][tiles]: (keys above the k-th, ties)
   // The union list in per-tile segments: tile t's at [group][t * kTile, + tile_union[group][t]).
   DeviceBuffer<int32_t> seg_pos_;     // [groups][stride]
@@ -113,10 +142,12 @@ class Workspace {
 // Rows: a device functor with n(row) (keys in the row, <= stride) and k(row) (keys to take).
 template <class Rows>
 static __global__ void __launch_bounds__(kThreads)
-    init_kernel(Rows rows, int group, RowState* __restrict__ state, int32_t* __restrict__ hist,
-                int32_t* __restrict__ counts, int32_t* __restrict__ union_count) {
+    init_kernel(Rows rows, int group, Search sr, int32_t* __restrict__ counts, int32_t* __restrict__ union_count) {
   const int64_t row = blockIdx.x;
-  for (int i = threadIdx.x; i < kBins; i += kThreads) hist[row * kBins + i] = 0;
+  for (int p = 0; p < kPasses; ++p) {
+    for (int i = threadIdx.x; i < kBins; i += kThreads) sr.hist(p, row)[i] = 0;
+    for (int i = threadIdx.x; i < kBins / kCoarseWidth; i += kThreads) sr.sums(p, row)[i] = 0;
+  }
   if (threadIdx.x != 0) return;
   const int64_t n = rows.n(row), k = rows.k(row);
   RowState s;
@@ -126,86 +157,166 @@ static __global__ void __launch_bounds__(kThreads)
   s.all = k >= n;
   s.need = int32_t(s.all ? n : (k > 0 ? k : 0));
   s.done = s.all || s.need == 0;
-  state[row] = s;
+  sr.state(0)[row] = s;
   if (counts) counts[row] = s.need;
   if (union_count && row % group == 0) union_count[row / group] = 0;
 }
 
-// Grid (tile, row): the tile's histogram of digit PASS among the keys matching the prefix.
+// Warp 0's copy of a row's coarse sums of pass PASS (Search::sums), lane l holding coarse bins
+// nc-1-(l*kPer + j), the highest first. A kernel reads them at its head, beside its state, so
+// that find_digit's first read does not wait behind the state's.
 template <int PASS>
+struct CoarseSums {
+  static constexpr int kCoarse = pass_bins(PASS) / kCoarseWidth, kPer = kCoarse / 32;
+  static_assert(kCoarseWidth == 32 && kCoarse % 32 == 0, "a lane per fine bin, whole coarse bins per lane");
+  int c[kPer];
+  __device__ void read(const int32_t* __restrict__ coarse) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) c[j] = threadIdx.x < 32 ? coarse[kCoarse - 1 - (int(threadIdx.x) * kPer + j)] : 0;
+  }
+};
+
+// Every thread of a block: the row's state after pass PASS, from its state before it (s, uniform)
+// and the pass's histogram h [kBins] with its coarse sums cs: the digit of the k-th key (the first
+// bin, from the highest, at which the count from the top reaches the keys still needed) and the
+// keys still needed among those sharing it. Warp 0 walks the coarse sums, then the 32 bins of the
+// coarse bin that holds the boundary: reads of 256 bytes and 128, where a whole-histogram scan by
+// every block of the grid read 8 KiB each (at 512k and batch 8, 268 MB a pass, and the grid was
+// slower than a find kernel of its own: f866e6f). `found`: block-shared, where warp 0 leaves the
+// result.
+template <int PASS>
+static __device__ RowState find_digit(const RowState& s, const int32_t* __restrict__ h, const CoarseSums<PASS>& cs,
+                                      RowState& found) {
+  constexpr int bins = pass_bins(PASS), shift = pass_shift(PASS), per = CoarseSums<PASS>::kPer;
+  if (threadIdx.x < 32) {
+    const int lane = int(threadIdx.x);
+    constexpr unsigned all = 0xffffffffu;
+    // Inclusive sums from the top across the warp.
+    auto scan = [&](int x) {
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(all, x, o);
+        if (lane >= o) x += y;
+      }
+      return x;
+    };
+    RowState o = s;  // kept if done, or if no bin reaches `need` (counts that do not add up)
+    int sum = 0;
+#pragma unroll
+    for (int j = 0; j < per; ++j) sum += cs.c[j];
+    const int upto = scan(sum);
+    const unsigned reach = s.done ? 0u : __ballot_sync(all, upto >= s.need);
+    if (reach) {  // uniform
+      const int at = __ffs(reach) - 1;
+      int cb = 0, before = upto - sum;  // lane `at`: its coarse bin that reaches `need`, and the count above it
+#pragma unroll
+      for (int j = 0; j < per; ++j) {
+        if (before + cs.c[j] >= s.need) {
+          cb = CoarseSums<PASS>::kCoarse - 1 - (lane * per + j);
+          break;
+        }
+        before += cs.c[j];
+      }
+      cb = __shfl_sync(all, cb, at);
+      before = __shfl_sync(all, before, at);
+      // Lane l holds bin cb*32 + 31 - l.
+      const int f = h[cb * kCoarseWidth + kCoarseWidth - 1 - lane];
+      const int fin = scan(f);
+      const unsigned fine = __ballot_sync(all, before + fin >= s.need);
+      if (fine) {  // uniform; always, when the coarse sums are the bins' sums
+        const int fl = __ffs(fine) - 1;
+        const int above = before + __shfl_sync(all, fin - f, fl), count = __shfl_sync(all, f, fl);
+        o.prefix |= uint32_t(cb * kCoarseWidth + kCoarseWidth - 1 - fl) << shift;
+        o.mask |= uint32_t(bins - 1) << shift;
+        o.need = s.need - above;
+        o.done = count == o.need;  // the whole boundary bin is taken: no need to tell its keys apart
+      }
+    }
+    if (lane == 0) found = o;
+  }
+  __syncthreads();
+  return found;
+}
+
+// Grid (tile, row): the tile's histogram of digit PASS among the keys matching the prefix. FOLD,
+// from pass 1 on: each block first finds the previous pass's digit (find_digit, while its keys
+// load), and the row's tile 0 stores the state for the grids after it; else find_kernel did.
+template <int PASS, bool FOLD>
 static __global__ void __launch_bounds__(kThreads)
-    hist_kernel(const float* __restrict__ keys, int64_t stride, const RowState* __restrict__ state,
-                int32_t* __restrict__ hist) {
+    hist_kernel(const float* __restrict__ keys, int64_t stride, Search sr) {
   constexpr int bins = pass_bins(PASS), shift = pass_shift(PASS);
   __shared__ int32_t h[bins];
+  __shared__ RowState found;
   const int64_t row = blockIdx.y, t0 = int64_t(blockIdx.x) * kTile;
-  const RowState s = state[row];
-  if (s.done || t0 >= s.n) return;  // uniform over the block
+  constexpr bool find_here = FOLD && PASS > 0;
+  constexpr int prev_pass = find_here ? PASS - 1 : PASS;
+  CoarseSums<prev_pass> cs;
+  if constexpr (find_here) cs.read(sr.sums(prev_pass, row));
+  const RowState prev = sr.state(prev_pass)[row];
+  if (t0 > 0 && t0 >= prev.n) return;  // uniform; tile 0 stays to store the state
+  float v[kPerThread];
+  const int m = load_tile(keys + row * stride + t0, min(int64_t(prev.n) - t0, kTile), v);
+  RowState s = prev;
+  if constexpr (find_here) {
+    s = find_digit<prev_pass>(prev, sr.hist(prev_pass, row), cs, found);
+    if (t0 == 0 && threadIdx.x == 0) sr.state(PASS)[row] = s;
+  }
+  if (s.done) return;  // uniform
   for (int i = threadIdx.x; i < bins; i += kThreads) h[i] = 0;
   __syncthreads();
-  float v[kPerThread];
-  const int m = load_tile(keys + row * stride + t0, min(int64_t(s.n) - t0, kTile), v);
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
     const uint32_t u = rank_bits(v[i]);
     if (i < m && (u & s.mask) == s.prefix) atomicAdd(&h[(u >> shift) & uint32_t(bins - 1)], 1);
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < bins; i += kThreads)
-    if (h[i]) atomicAdd(&hist[row * kBins + i], h[i]);
+  // Thread t adds bins t*per.. into the row's histogram, and with the threads beside it their
+  // coarse sum.
+  constexpr int per = bins / kThreads, share = kCoarseWidth / per;
+  int32_t* hist = sr.hist(PASS, row);
+  int sum = 0;
+#pragma unroll
+  for (int j = 0; j < per; ++j) {
+    const int b = int(threadIdx.x) * per + j, c = h[b];
+    if (c) atomicAdd(&hist[b], c);
+    sum += c;
+  }
+#pragma unroll
+  for (int o = 1; o < share; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (threadIdx.x % share == 0 && sum) atomicAdd(&sr.sums(PASS, row)[threadIdx.x / share], sum);
 }
 
-// Block per row: the digit of the k-th key from the row's histogram (counted from the highest
-// digit), the keys still needed among those sharing it; the histogram is zeroed for the next pass.
+// A warp per row (finds not folded): the row's state after pass PASS, sr.state(PASS + 1).
 template <int PASS>
-static __global__ void __launch_bounds__(kThreads) find_kernel(RowState* __restrict__ state, int32_t* __restrict__ hist) {
-  constexpr int bins = pass_bins(PASS), shift = pass_shift(PASS), per = bins / kThreads;
-  using Scan = cub::BlockScan<int, kThreads>;
-  __shared__ typename Scan::TempStorage tmp;
+static __global__ void __launch_bounds__(32) find_kernel(Search sr) {
+  __shared__ RowState found;
   const int64_t row = blockIdx.x;
-  const RowState s = state[row];
-  if (s.done) return;  // uniform
-  int32_t* h = hist + row * kBins;
-  // Thread t holds digits bins-1-t*per down to bins-(t+1)*per: the scan runs from the top.
-  int c[per], sum = 0;
-#pragma unroll
-  for (int j = 0; j < per; ++j) {
-    c[j] = h[bins - 1 - (threadIdx.x * per + j)];
-    sum += c[j];
-  }
-  int before;
-  Scan(tmp).ExclusiveSum(sum, before);  // its barrier orders every read of state[row] before the write
-#pragma unroll
-  for (int j = 0; j < per; ++j) h[bins - 1 - (threadIdx.x * per + j)] = 0;
-  if (!(before < s.need && s.need <= before + sum)) return;
-  int cum = before;
-#pragma unroll
-  for (int j = 0; j < per; ++j) {
-    if (cum + c[j] >= s.need) {
-      RowState o = s;
-      o.prefix |= uint32_t(bins - 1 - (threadIdx.x * per + j)) << shift;
-      o.mask |= uint32_t(bins - 1) << shift;
-      o.need = s.need - cum;
-      o.done = c[j] == o.need;  // the whole boundary bin is taken: no need to tell its keys apart
-      state[row] = o;
-      return;
-    }
-    cum += c[j];
-  }
+  CoarseSums<PASS> cs;
+  cs.read(sr.sums(PASS, row));
+  const RowState s = find_digit<PASS>(sr.state(PASS)[row], sr.hist(PASS, row), cs, found);
+  if (threadIdx.x == 0) sr.state(PASS + 1)[row] = s;
 }
 
-// Grid (tile, row): per tile, the keys above the k-th and the ties.
+// Grid (tile, row): per tile, the keys above the k-th and the ties; FOLD: after finding the last
+// pass's digit as hist_kernel does (the row's tile 0 stores the final state, sr.state(kPasses)).
+template <bool FOLD>
 static __global__ void __launch_bounds__(kThreads)
-    count_kernel(const float* __restrict__ keys, int64_t stride, const RowState* __restrict__ state, int tiles,
-                 int2* __restrict__ tile_counts) {
+    count_kernel(const float* __restrict__ keys, int64_t stride, Search sr, int tiles, int2* __restrict__ tile_counts) {
   using Reduce = cub::BlockReduce<int2, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
+  __shared__ RowState found;
   const int64_t row = blockIdx.y, t0 = int64_t(blockIdx.x) * kTile;
-  const RowState s = state[row];
+  CoarseSums<kPasses - 1> cs;
+  if constexpr (FOLD) cs.read(sr.sums(kPasses - 1, row));
+  const RowState prev = sr.state(FOLD ? kPasses - 1 : kPasses)[row];
+  float v[kPerThread];
+  const int m = load_tile(keys + row * stride + t0, min(int64_t(prev.n) - t0, kTile), v);
+  RowState s = prev;
+  if constexpr (FOLD) {
+    s = find_digit<kPasses - 1>(prev, sr.hist(kPasses - 1, row), cs, found);
+    if (t0 == 0 && threadIdx.x == 0) sr.state(kPasses)[row] = s;
+  }
   int2 c = make_int2(0, 0);
-  if (!s.all && t0 < s.n) {
-    float v[kPerThread];
-    const int m = load_tile(keys + row * stride + t0, min(int64_t(s.n) - t0, kTile), v);
+  if (!s.all) {
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const uint32_t u = rank_bits(v[i]) & s.mask;
@@ -346,6 +457,10 @@ static __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Where select() finds each pass's digit: Auto, by the size of a pass's grid (the header says
+// why); Folded or Separate to choose (the tests run both on every case).
+enum class Finds { Auto, Folded, Separate };
+
 // Each row's k best keys of keys[row][0, n(row)) (Rows: n(row), k(row) on the device; k >= n
 // takes the whole row, k <= 0 none): positions[row][0, counts[row]) ascending. Rows
 // [i * group, (i + 1) * group) form group i; union_count[i] (when given) is the number of
@@ -357,7 +472,7 @@ static __global__ void __launch_bounds__(kThreads)
 template <class Rows>
 inline void select(const float* keys, int64_t stride, int64_t n_rows, int group, Rows rows, Workspace& ws,
                    int32_t* positions, int32_t* counts, int32_t* union_count, cudaStream_t stream,
-                   UnionList list = {}) {
+                   UnionList list = {}, Finds finds = Finds::Auto) {
   SAAP_CU_REQUIRE(n_rows >= 1 && n_rows <= 65535 && group >= 1 && n_rows % group == 0, InvalidArgument,
                   "n_rows = %lld must be in [1, 65535] and a multiple of group = %d", (long long)n_rows, group);
   SAAP_CU_REQUIRE(stride >= 1 && stride < (int64_t(1) << 31), InvalidArgument, "stride = %lld outside [1, 2^31)",
@@ -368,19 +483,31 @@ inline void select(const float* keys, int64_t stride, int64_t n_rows, int group,
   const int64_t groups = n_rows / group;
   ws.ensure(n_rows, stride, with_list ? groups : 0);
   const dim3 grid(unsigned(ws.tiles()), unsigned(n_rows));
-  init_kernel<<<unsigned(n_rows), kThreads, 0, stream>>>(rows, group, ws.state(), ws.hist(), counts, union_count);
+  const Search sr = ws.search();
+  init_kernel<<<unsigned(n_rows), kThreads, 0, stream>>>(rows, group, sr, counts, union_count);
   SAAP_CU_LAUNCHED();
-  hist_kernel<0><<<grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.hist());
-  find_kernel<0><<<unsigned(n_rows), kThreads, 0, stream>>>(ws.state(), ws.hist());
-  hist_kernel<1><<<grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.hist());
-  find_kernel<1><<<unsigned(n_rows), kThreads, 0, stream>>>(ws.state(), ws.hist());
-  hist_kernel<2><<<grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.hist());
-  find_kernel<2><<<unsigned(n_rows), kThreads, 0, stream>>>(ws.state(), ws.hist());
-  SAAP_CU_LAUNCHED();
-  count_kernel<<<grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.tiles(), ws.tile_counts());
+  static_assert(kPasses == 3, "one hist_kernel launch per pass");
+  // The finds folded into the next grids where a pass's grid fits in two waves (the header says why).
+  static const int resident = resident_blocks(reinterpret_cast<const void*>(hist_kernel<1, true>), kThreads);
+  const bool fold = finds == Finds::Folded ||
+                    (finds == Finds::Auto && int64_t(grid.x) * grid.y <= 2 * int64_t(resident));
+  if (fold) {
+    hist_kernel<0, true><<<grid, kThreads, 0, stream>>>(keys, stride, sr);
+    hist_kernel<1, true><<<grid, kThreads, 0, stream>>>(keys, stride, sr);
+    hist_kernel<2, true><<<grid, kThreads, 0, stream>>>(keys, stride, sr);
+    count_kernel<true><<<grid, kThreads, 0, stream>>>(keys, stride, sr, ws.tiles(), ws.tile_counts());
+  } else {
+    hist_kernel<0, false><<<grid, kThreads, 0, stream>>>(keys, stride, sr);
+    find_kernel<0><<<unsigned(n_rows), 32, 0, stream>>>(sr);
+    hist_kernel<1, false><<<grid, kThreads, 0, stream>>>(keys, stride, sr);
+    find_kernel<1><<<unsigned(n_rows), 32, 0, stream>>>(sr);
+    hist_kernel<2, false><<<grid, kThreads, 0, stream>>>(keys, stride, sr);
+    find_kernel<2><<<unsigned(n_rows), 32, 0, stream>>>(sr);
+    count_kernel<false><<<grid, kThreads, 0, stream>>>(keys, stride, sr, ws.tiles(), ws.tile_counts());
+  }
   SAAP_CU_LAUNCHED();
   const dim3 group_grid(unsigned(ws.tiles()), unsigned(groups));
-  write_kernel<<<group_grid, kThreads, 0, stream>>>(keys, stride, ws.state(), ws.tile_counts(), ws.tiles(), group,
+  write_kernel<<<group_grid, kThreads, 0, stream>>>(keys, stride, ws.state(kPasses), ws.tile_counts(), ws.tiles(), group,
                                                     positions, union_count, with_list ? ws.seg_pos() : nullptr,
                                                     ws.seg_mask(), ws.tile_union());
   SAAP_CU_LAUNCHED();

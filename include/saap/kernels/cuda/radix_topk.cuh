@@ -9,7 +9,7 @@
 // shared memory, and adds it into the row's global histogram of the pass with atomics. Then the
 // digit at which the count from the top reaches the keys still needed is found (find_digit: one
 // warp walks the histogram by its coarse sums): by a small find kernel per pass, or, where a pass's
-// grid fits in two waves of the GPU, at the head of the next grid, each of the row's blocks while
+// grid fits in four waves of the GPU, at the head of the next grid, each of the row's blocks while
 // its own keys load (the row's tile 0 stores the result for the grids after it). A pass whose
 // boundary bin holds exactly the keys still needed ends the search early. Then a counting grid
 // (which finds the last digit where the finds are folded) stores each tile's keys above the
@@ -25,10 +25,10 @@
 // read the row's keys once (five reads of n floats per row), whatever k. Nine launches (ten with a
 // union list), six (seven) with the finds folded. Why both: a find kernel costs its launch and two
 // dependent round trips (3-5 us each at 128k, batch 1, Nsight Compute at 57cb12e), while a folded
-// find costs every block of the next grid a warp's walk behind a barrier. On the H200 the folded
-// finds took Loki's select 6-16% less time for pass grids of up to 1024 blocks (16k, and 128k at
-// batch 1), and 2-13% more from 4096 blocks (512k, and batch 8 from 128k):
-// results/gpu_loki_topk_ab_2026-12-04_h200_2d6844a.md.
+// find costs every block of the next grid a warp's walk behind a barrier. On the H200 (792 blocks
+// of the pass kernel resident) the folded finds took the select 16 / 8 / 5% less time at pass
+// grids of 128 / 1024 / 2048 blocks, the same at 4096 and 3% more at 8192
+// (cuda_test_radix_topk's timing: results/gpu_radix_finds_2026-12-04_h200_70c144d.log).
 #pragma once
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -487,10 +487,10 @@ inline void select(const float* keys, int64_t stride, int64_t n_rows, int group,
   init_kernel<<<unsigned(n_rows), kThreads, 0, stream>>>(rows, group, sr, counts, union_count);
   SAAP_CU_LAUNCHED();
   static_assert(kPasses == 3, "one hist_kernel launch per pass");
-  // The finds folded into the next grids where a pass's grid fits in two waves (the header says why).
+  // The finds folded into the next grids where a pass's grid fits in four waves (the header says why).
   static const int resident = resident_blocks(reinterpret_cast<const void*>(hist_kernel<1, true>), kThreads);
   const bool fold = finds == Finds::Folded ||
-                    (finds == Finds::Auto && int64_t(grid.x) * grid.y <= 2 * int64_t(resident));
+                    (finds == Finds::Auto && int64_t(grid.x) * grid.y <= 4 * int64_t(resident));
   if (fold) {
     hist_kernel<0, true><<<grid, kThreads, 0, stream>>>(keys, stride, sr);
     hist_kernel<1, true><<<grid, kThreads, 0, stream>>>(keys, stride, sr);

@@ -16,6 +16,7 @@
 #include <numeric>
 #include <set>
 #include <string>
+#include <utility>
 
 #include "kernels/cuda/cuda_test_util.h"
 #include "saap/core/selection_rules.h"
@@ -197,8 +198,7 @@ int main() {
         SAAP_CU(cudaEventElapsedTime(&ms, a, b));
         best[w] = std::min(best[w], 1e3f * ms / reps);
       }
-    std::printf(" folded %.1f us, kernels %.1f us, auto %.1f us", best[0], best[1], best[2]);
-    std::printf("\n");
+    std::printf(" folded %.1f us, kernels %.1f us, auto %.1f us\n", best[0], best[1], best[2]);
     SAAP_CU(cudaEventDestroy(a));
     SAAP_CU(cudaEventDestroy(b));
   }

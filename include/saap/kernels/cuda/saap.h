@@ -86,7 +86,8 @@ struct SaapAttendTuning {
 };
 // The attend SaapIndex runs unless told otherwise: the ring with tensor-core logits and the split
 // combine as a second launch (bulk=3;mma=1). On the H200 at 116e8e7 it was the fastest tuning in
-// every Saap row at 16k-512k, batch 1 and 8 (results/gpu_decode_report_2026-12-03_h200_116e8e7.md);
+// every Saap row at 32x8x128, 16k-512k, batch 1 and 8, and lost one row at 4x1x256 (batch 8, 128k,
+// 5%: 31.5 against the register loop's 29.3 us; results/gpu_decode_report_2026-12-03_h200_116e8e7.md);
 // SaapAttendTuning{} is the register-loop kernel, kept as a timed row.
 SaapAttendTuning saap_default_attend_tuning();
 // The tunings decode_bench times and the tests check, saap_default_attend_tuning() first.

@@ -252,7 +252,11 @@ static __global__ void __launch_bounds__(kThreads)
   CoarseSums<prev_pass> cs;
   if constexpr (find_here) cs.read(sr.sums(prev_pass, row));
   const RowState prev = sr.state(prev_pass)[row];
-  if (t0 > 0 && t0 >= prev.n) return;  // uniform; tile 0 stays to store the state
+  if (prev.done || (t0 > 0 && t0 >= prev.n)) {  // uniform; a row's tile 0 stores its state
+    if constexpr (find_here)
+      if (prev.done && t0 == 0 && threadIdx.x == 0) sr.state(PASS)[row] = prev;
+    return;
+  }
   float v[kPerThread];
   const int m = load_tile(keys + row * stride + t0, min(int64_t(prev.n) - t0, kTile), v);
   RowState s = prev;
@@ -309,7 +313,7 @@ static __global__ void __launch_bounds__(kThreads)
   if constexpr (FOLD) cs.read(sr.sums(kPasses - 1, row));
   const RowState prev = sr.state(FOLD ? kPasses - 1 : kPasses)[row];
   float v[kPerThread];
-  const int m = load_tile(keys + row * stride + t0, min(int64_t(prev.n) - t0, kTile), v);
+  const int m = prev.all ? 0 : load_tile(keys + row * stride + t0, min(int64_t(prev.n) - t0, kTile), v);
   RowState s = prev;
   if constexpr (FOLD) {
     s = find_digit<kPasses - 1>(prev, sr.hist(kPasses - 1, row), cs, found);

@@ -15,10 +15,10 @@
 // (which finds the last digit where the finds are folded) stores each tile's keys above the
 // boundary and its ties, and a writing grid places each tile's taken positions at the offset those
 // counts give (the ties taken are the lowest positions: the first `need` ties in position order). Rows may be grouped (the
-// query heads of a KV group): the group's last block of each tile in the writing grid then also
-// counts the positions any of its rows took, and can list them with the rows that took each
-// (UnionList: written per tile, then moved into one ascending list by a compaction grid), so that
-// an attention kernel reads each row once.
+// query heads of a KV group): the writing grid then also counts, per group, the positions any of
+// its rows took, and can list them with the rows that took each (UnionList: written per tile, then
+// moved into one ascending list by a compaction grid), so that an attention kernel reads each row
+// once.
 //
 // Every launch has a grid fixed by the row count and the row stride, and nothing is read back to
 // the host: select() may be recorded in a CUDA graph. Cost: each pass and the count and write
@@ -110,11 +110,7 @@ class Workspace {
       hist_.resize(size_t(rows) * kPasses * kBins);
       coarse_.resize(size_t(rows) * kPasses * (kBins / kCoarseWidth));
     }
-    if (int64_t(tile_counts_.size()) < rows * tiles_) {
-      tile_counts_.resize(size_t(rows * tiles_));
-      takes_.resize(size_t(rows * tiles_) * kThreads);
-      tickets_.resize(size_t(rows * tiles_));  // [groups][tiles] for any group >= 1
-    }
+    if (int64_t(tile_counts_.size()) < rows * tiles_) tile_counts_.resize(size_t(rows * tiles_));
     if (int64_t(seg_pos_.size()) < groups * stride) {
       seg_pos_.resize(size_t(groups * stride));
       seg_mask_.resize(size_t(groups * stride));
@@ -126,8 +122,6 @@ class Workspace {
   RowState* state(int pass) const { return state_.get() + size_t(pass) * size_t(rows_); }
   Search search() const { return Search{state_.get(), hist_.get(), coarse_.get(), rows_}; }
   int2* tile_counts() const { return tile_counts_.get(); }
-  uint16_t* takes() const { return takes_.get(); }
-  int32_t* tickets() const { return tickets_.get(); }
   int32_t* seg_pos() const { return seg_pos_.get(); }
   uint8_t* seg_mask() const { return seg_mask_.get(); }
   int32_t* tile_union() const { return tile_union_.get(); }
@@ -139,8 +133,6 @@ class Workspace {
   DeviceBuffer<int32_t> hist_;      // [kPasses][rows][kBins]
   DeviceBuffer<int32_t> coarse_;    // [kPasses][rows][kBins / kCoarseWidth]
   DeviceBuffer<int2> tile_counts_;  // [rows][tiles]: (keys above the k-th, ties)
-  DeviceBuffer<uint16_t> takes_;    // [rows][tiles][kThreads]: write_kernel's takes, for the group unions
-  DeviceBuffer<int32_t> tickets_;   // [groups][tiles]: write_kernel's tickets
   // The union list in per-tile segments: tile t's at [group][t * kTile, + tile_union[group][t]).
   DeviceBuffer<int32_t> seg_pos_;     // [groups][stride]
   DeviceBuffer<uint8_t> seg_mask_;    // [groups][stride]
@@ -150,15 +142,12 @@ class Workspace {
 // Rows: a device functor with n(row) (keys in the row, <= stride) and k(row) (keys to take).
 template <class Rows>
 static __global__ void __launch_bounds__(kThreads)
-    init_kernel(Rows rows, int group, Search sr, int32_t* __restrict__ counts, int32_t* __restrict__ union_count,
-                int32_t* __restrict__ tickets, int tiles) {
+    init_kernel(Rows rows, int group, Search sr, int32_t* __restrict__ counts, int32_t* __restrict__ union_count) {
   const int64_t row = blockIdx.x;
   for (int p = 0; p < kPasses; ++p) {
     for (int i = threadIdx.x; i < kBins; i += kThreads) sr.hist(p, row)[i] = 0;
     for (int i = threadIdx.x; i < kBins / kCoarseWidth; i += kThreads) sr.sums(p, row)[i] = 0;
   }
-  if (union_count && row % group == 0)
-    for (int i = threadIdx.x; i < tiles; i += kThreads) tickets[row / group * tiles + i] = 0;
   if (threadIdx.x != 0) return;
   const int64_t n = rows.n(row), k = rows.k(row);
   RowState s;
@@ -343,29 +332,15 @@ static __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) tile_counts[row * tiles + blockIdx.x] = total;
 }
 
-// The group union's scratch, given to write_kernel when select() counts unions: each row's takes
-// of each tile, and per (group, tile) a ticket that tells the group's last block to arrive.
-struct UnionScratch {
-  uint16_t* takes = nullptr;   // [rows][tiles][kThreads]: bit i, position t0 + 16 * thread + i taken
-  int32_t* tickets = nullptr;  // [groups][tiles]: the group's blocks of the tile done so far (init_kernel zeroes them)
-  int32_t* union_count = nullptr;
-  int32_t* seg_pos = nullptr;  // null: count the union, list nothing
-  uint8_t* seg_mask = nullptr;
-  int32_t* tile_union = nullptr;
-};
-
-// Grid (tile, row): the row's taken positions of the tile, at the row's output offset (positions
-// [row][stride], ascending). When the unions are counted (u.union_count), the group's last block
-// of the tile to finish merges the group's takes: it adds the positions any row took to
-// union_count[group index] and, when u.seg_pos is given, writes them with the rows that took them
-// (bit r: row r of the group) as the tile's segment of the union list. A row a block: the
-// (tile, group) grid that walked the group's rows in turn took 28.5 us at 128k, batch 1 (two
-// blocks an SM), and a row-a-block grid followed by a union grid of its own 15.2 + 18.2 us
-// (Nsight Compute at 7acc3d1 and e202ad6).
+// Grid (tile, group of `group` rows): each row's taken positions of the tile, at the row's output
+// offset (positions [row][stride], ascending); per group, the positions any of its rows took are
+// added to union_count[group index] (when given) and, when seg_pos is given, written with the
+// rows that took them (bit r: row r of the group) as the tile's segment of the union list.
 static __global__ void __launch_bounds__(kThreads)
     write_kernel(const float* __restrict__ keys, int64_t stride, const RowState* __restrict__ state,
                  const int2* __restrict__ tile_counts, int tiles, int group, int32_t* __restrict__ positions,
-                 UnionScratch u) {
+                 int32_t* __restrict__ union_count, int32_t* __restrict__ seg_pos, uint8_t* __restrict__ seg_mask,
+                 int32_t* __restrict__ tile_union) {
   using Scan = cub::BlockScan<int, kThreads>;
   using Reduce = cub::BlockReduce<int2, kThreads>;
   __shared__ union {
@@ -374,13 +349,15 @@ static __global__ void __launch_bounds__(kThreads)
   } tmp;
   __shared__ float stage[kThreads * (kPerThread + 1)];  // padded: thread t reads row t without bank conflicts
   __shared__ int2 s_before;
-  __shared__ int s_last;
   const int tile = blockIdx.x;
-  const int64_t row = blockIdx.y, t0 = int64_t(tile) * kTile, e0 = int64_t(threadIdx.x) * kPerThread;
+  const int64_t t0 = int64_t(tile) * kTile, e0 = int64_t(threadIdx.x) * kPerThread;
   auto add = [](int2 a, int2 b) { return make_int2(a.x + b.x, a.y + b.y); };
-  const RowState s = state[row];
-  uint32_t take = 0;  // bit i: position t0 + e0 + i taken
-  if (t0 < s.n) {     // uniform
+  uint32_t any = 0;  // bit i: position t0 + e0 + i taken by some row of the group
+  uint64_t by_lo = 0, by_hi = 0;  // byte i (of positions 0-7, then 8-15): the rows that took it
+  for (int g = 0; g < group; ++g) {
+    const int64_t row = int64_t(blockIdx.y) * group + g;
+    const RowState s = state[row];
+    if (t0 >= s.n) continue;  // uniform
     const int64_t len = min(int64_t(s.n) - t0, kTile);
     const int m = int(max(int64_t(0), min(int64_t(kPerThread), len - e0)));
     // The tile's keys and the counts of the tiles before it (keys above, ties), loaded together.
@@ -389,6 +366,7 @@ static __global__ void __launch_bounds__(kThreads)
     int2 before = make_int2(0, 0);
     if (!s.all)
       for (int j = threadIdx.x; j < tile; j += kThreads) before = add(before, tile_counts[row * tiles + j]);
+    __syncthreads();  // the previous row's stage, scan and reduce storage are no longer read
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const int e = int(threadIdx.x) + i * kThreads;  // transposed: thread t reads positions 16t.. below
@@ -401,9 +379,9 @@ static __global__ void __launch_bounds__(kThreads)
     const float* mine = stage + threadIdx.x * (kPerThread + 1);
     uint32_t above = 0, tie = 0;
     for (int i = 0; i < m; ++i) {
-      const uint32_t r = rank_bits(mine[i]) & s.mask;
-      above |= uint32_t(s.all || r > s.prefix) << i;
-      tie |= uint32_t(!s.all && r == s.prefix) << i;
+      const uint32_t u = rank_bits(mine[i]) & s.mask;
+      above |= uint32_t(s.all || u > s.prefix) << i;
+      tie |= uint32_t(!s.all && u == s.prefix) << i;
     }
     // The ties taken are the first `need` in position order: this thread's ties rank from
     // before.y + (the ties of the threads before it).
@@ -411,7 +389,7 @@ static __global__ void __launch_bounds__(kThreads)
     Scan(tmp.scan).ExclusiveSum(__popc(tie), tie_off);
     const int64_t first_tie = int64_t(before.y) + tie_off;
     const int my_ties = int(max(int64_t(0), min(int64_t(__popc(tie)), int64_t(s.need) - first_tie)));
-    take = above;
+    uint32_t take = above;
     for (uint32_t rest = tie, t = 0; rest && int(t) < my_ties; ++t) {
       const uint32_t low = rest & (~rest + 1u);  // the lowest remaining tie
       take |= low;
@@ -422,44 +400,29 @@ static __global__ void __launch_bounds__(kThreads)
     Scan(tmp.scan).ExclusiveSum(__popc(take), off);
     const int64_t base = s.all ? t0 : int64_t(before.x) + min(int64_t(before.y), int64_t(s.need));
     int32_t* out = positions + row * stride + base + off;
-    for (uint32_t rest = take; rest; rest &= rest - 1) *out++ = int32_t(t0 + e0 + __ffs(rest) - 1);
+    for (uint32_t rest = take; rest; rest &= rest - 1) {
+      const int i = __ffs(rest) - 1;
+      *out++ = int32_t(t0 + e0 + i);
+      if (i < 8)
+        by_lo |= uint64_t(1u << g) << (8 * i);
+      else
+        by_hi |= uint64_t(1u << g) << (8 * (i - 8));
+    }
+    any |= take;
   }
-  if (!u.union_count) return;
-  // Post this row's takes, then take a ticket: the group's last block of the tile sees every
-  // row's takes (each block's stores are fenced before its ticket).
-  const int64_t grp = row / group, first_row = grp * group;
-  u.takes[(row * tiles + tile) * kThreads + threadIdx.x] = uint16_t(take);
-  __threadfence();
-  __syncthreads();  // every thread's takes are fenced; the scan storage is free
-  if (threadIdx.x == 0) s_last = atomicAdd(&u.tickets[grp * tiles + tile], 1) == group - 1;
-  __syncthreads();
-  if (!s_last) return;  // uniform
-  __threadfence();
-  uint32_t any = 0;               // bit i: position t0 + e0 + i taken by some row of the group
-  uint64_t by_lo = 0, by_hi = 0;  // byte i (of positions 0-7, then 8-15): the rows that took it
-  for (int g = 0; g < group; ++g) {
-    const uint32_t t = __ldcg(&u.takes[((first_row + g) * tiles + tile) * kThreads + threadIdx.x]);
-    any |= t;
-    if (u.seg_pos)
-      for (uint32_t rest = t; rest; rest &= rest - 1) {
-        const int i = __ffs(rest) - 1;
-        if (i < 8)
-          by_lo |= uint64_t(1u << g) << (8 * i);
-        else
-          by_hi |= uint64_t(1u << g) << (8 * (i - 8));
-      }
-  }
+  if (!union_count) return;
+  __syncthreads();  // the scan storage is free
   int u_off, u_total;
   Scan(tmp.scan).ExclusiveSum(__popc(any), u_off, u_total);
-  if (threadIdx.x == 0 && u_total) atomicAdd(&u.union_count[grp], u_total);
-  if (!u.seg_pos) return;
-  int64_t seg = grp * stride + t0 + u_off;  // this thread's first entry of the segment
+  if (threadIdx.x == 0 && u_total) atomicAdd(&union_count[blockIdx.y], u_total);
+  if (!seg_pos) return;
+  int64_t seg = int64_t(blockIdx.y) * stride + t0 + u_off;  // this thread's first entry of the segment
   for (uint32_t rest = any; rest; rest &= rest - 1, ++seg) {
     const int i = __ffs(rest) - 1;
-    u.seg_pos[seg] = int32_t(t0 + e0 + i);
-    u.seg_mask[seg] = uint8_t((i < 8 ? by_lo >> (8 * i) : by_hi >> (8 * (i - 8))) & 0xffu);
+    seg_pos[seg] = int32_t(t0 + e0 + i);
+    seg_mask[seg] = uint8_t((i < 8 ? by_lo >> (8 * i) : by_hi >> (8 * (i - 8))) & 0xffu);
   }
-  if (threadIdx.x == 0) u.tile_union[grp * tiles + tile] = u_total;
+  if (threadIdx.x == 0) tile_union[int64_t(blockIdx.y) * tiles + tile] = u_total;
 }
 
 // Grid (tile, group): the tile's segment of the union list moved to its place in the group's
@@ -525,8 +488,7 @@ inline void select(const float* keys, int64_t stride, int64_t n_rows, int group,
   ws.ensure(n_rows, stride, with_list ? groups : 0);
   const dim3 grid(unsigned(ws.tiles()), unsigned(n_rows));
   const Search sr = ws.search();
-  init_kernel<<<unsigned(n_rows), kThreads, 0, stream>>>(rows, group, sr, counts, union_count, ws.tickets(),
-                                                         ws.tiles());
+  init_kernel<<<unsigned(n_rows), kThreads, 0, stream>>>(rows, group, sr, counts, union_count);
   SAAP_CU_LAUNCHED();
   static_assert(kPasses == 3, "one hist_kernel launch per pass");
   // The finds folded into the next grids where a pass's grid fits in four waves (the header says why).
@@ -548,22 +510,12 @@ inline void select(const float* keys, int64_t stride, int64_t n_rows, int group,
     count_kernel<false><<<grid, kThreads, 0, stream>>>(keys, stride, sr, ws.tiles(), ws.tile_counts());
   }
   SAAP_CU_LAUNCHED();
-  UnionScratch u;
-  if (union_count) {
-    u.takes = ws.takes();
-    u.tickets = ws.tickets();
-    u.union_count = union_count;
-    if (with_list) {
-      u.seg_pos = ws.seg_pos();
-      u.seg_mask = ws.seg_mask();
-      u.tile_union = ws.tile_union();
-    }
-  }
-  write_kernel<<<grid, kThreads, 0, stream>>>(keys, stride, ws.state(kPasses), ws.tile_counts(), ws.tiles(), group,
-                                              positions, u);
+  const dim3 group_grid(unsigned(ws.tiles()), unsigned(groups));
+  write_kernel<<<group_grid, kThreads, 0, stream>>>(keys, stride, ws.state(kPasses), ws.tile_counts(), ws.tiles(), group,
+                                                    positions, union_count, with_list ? ws.seg_pos() : nullptr,
+                                                    ws.seg_mask(), ws.tile_union());
   SAAP_CU_LAUNCHED();
   if (!with_list) return;
-  const dim3 group_grid(unsigned(ws.tiles()), unsigned(groups));
   union_compact_kernel<<<group_grid, kThreads, 0, stream>>>(ws.seg_pos(), ws.seg_mask(), ws.tile_union(),
                                                             ws.tiles(), stride, list);
   SAAP_CU_LAUNCHED();

@@ -336,6 +336,9 @@ static __global__ void __launch_bounds__(kThreads)
 // offset (positions [row][stride], ascending); per group, the positions any of its rows took are
 // added to union_count[group index] (when given) and, when seg_pos is given, written with the
 // rows that took them (bit r: row r of the group) as the tile's segment of the union list.
+// Positions go out through shared memory: each thread's run of taken positions sits where the
+// block's scan puts it, and the block then stores the tile's list in coalesced rows. Stored
+// straight from each thread's run, a warp's store touched up to 32 sectors, one a lane.
 static __global__ void __launch_bounds__(kThreads)
     write_kernel(const float* __restrict__ keys, int64_t stride, const RowState* __restrict__ state,
                  const int2* __restrict__ tile_counts, int tiles, int group, int32_t* __restrict__ positions,
@@ -347,7 +350,13 @@ static __global__ void __launch_bounds__(kThreads)
     typename Scan::TempStorage scan;
     typename Reduce::TempStorage reduce;
   } tmp;
-  __shared__ float stage[kThreads * (kPerThread + 1)];  // padded: thread t reads row t without bank conflicts
+  // The tile's keys, padded so that thread t reads its row without bank conflicts; then its taken
+  // positions, in scan order.
+  __shared__ union {
+    float keys[kThreads * (kPerThread + 1)];
+    int32_t pos[kTile];
+  } stage;
+  __shared__ uint8_t s_mask[kTile];
   __shared__ int2 s_before;
   const int tile = blockIdx.x;
   const int64_t t0 = int64_t(tile) * kTile, e0 = int64_t(threadIdx.x) * kPerThread;
@@ -370,13 +379,13 @@ static __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const int e = int(threadIdx.x) + i * kThreads;  // transposed: thread t reads positions 16t.. below
-      if (i < loaded) stage[(e / kPerThread) * (kPerThread + 1) + e % kPerThread] = v[i];
+      if (i < loaded) stage.keys[(e / kPerThread) * (kPerThread + 1) + e % kPerThread] = v[i];
     }
     before = Reduce(tmp.reduce).Reduce(before, add);
     if (threadIdx.x == 0) s_before = before;
     __syncthreads();
     before = s_before;
-    const float* mine = stage + threadIdx.x * (kPerThread + 1);
+    const float* mine = stage.keys + threadIdx.x * (kPerThread + 1);
     uint32_t above = 0, tie = 0;
     for (int i = 0; i < m; ++i) {
       const uint32_t u = rank_bits(mine[i]) & s.mask;
@@ -395,20 +404,22 @@ static __global__ void __launch_bounds__(kThreads)
       take |= low;
       rest ^= low;
     }
-    int off;
-    __syncthreads();  // the scan storage is reused
-    Scan(tmp.scan).ExclusiveSum(__popc(take), off);
-    const int64_t base = s.all ? t0 : int64_t(before.x) + min(int64_t(before.y), int64_t(s.need));
-    int32_t* out = positions + row * stride + base + off;
+    int off, taken;
+    __syncthreads();  // the scan storage is reused; every thread has read its keys from the stage
+    Scan(tmp.scan).ExclusiveSum(__popc(take), off, taken);
     for (uint32_t rest = take; rest; rest &= rest - 1) {
       const int i = __ffs(rest) - 1;
-      *out++ = int32_t(t0 + e0 + i);
+      stage.pos[off++] = int32_t(t0 + e0 + i);
       if (i < 8)
         by_lo |= uint64_t(1u << g) << (8 * i);
       else
         by_hi |= uint64_t(1u << g) << (8 * (i - 8));
     }
     any |= take;
+    __syncthreads();
+    const int64_t base = s.all ? t0 : int64_t(before.x) + min(int64_t(before.y), int64_t(s.need));
+    int32_t* out = positions + row * stride + base;
+    for (int e = threadIdx.x; e < taken; e += kThreads) out[e] = stage.pos[e];
   }
   if (!union_count) return;
   __syncthreads();  // the scan storage is free
@@ -416,11 +427,17 @@ static __global__ void __launch_bounds__(kThreads)
   Scan(tmp.scan).ExclusiveSum(__popc(any), u_off, u_total);
   if (threadIdx.x == 0 && u_total) atomicAdd(&union_count[blockIdx.y], u_total);
   if (!seg_pos) return;
-  int64_t seg = int64_t(blockIdx.y) * stride + t0 + u_off;  // this thread's first entry of the segment
-  for (uint32_t rest = any; rest; rest &= rest - 1, ++seg) {
+  // The stage is free: the barrier before the scan came after the last row's stores read it.
+  for (uint32_t rest = any; rest; rest &= rest - 1, ++u_off) {
     const int i = __ffs(rest) - 1;
-    seg_pos[seg] = int32_t(t0 + e0 + i);
-    seg_mask[seg] = uint8_t((i < 8 ? by_lo >> (8 * i) : by_hi >> (8 * (i - 8))) & 0xffu);
+    stage.pos[u_off] = int32_t(t0 + e0 + i);
+    s_mask[u_off] = uint8_t((i < 8 ? by_lo >> (8 * i) : by_hi >> (8 * (i - 8))) & 0xffu);
+  }
+  __syncthreads();
+  const int64_t seg = int64_t(blockIdx.y) * stride + t0;  // the tile's segment
+  for (int e = threadIdx.x; e < u_total; e += kThreads) {
+    seg_pos[seg + e] = stage.pos[e];
+    seg_mask[seg + e] = s_mask[e];
   }
   if (threadIdx.x == 0) tile_union[int64_t(blockIdx.y) * tiles + tile] = u_total;
 }

@@ -52,16 +52,17 @@ __host__ __device__ constexpr int pass_bins(int pass) { return pass == 2 ? 1024 
 // exactly as rules::ranks_before compares the floats.
 static __device__ __forceinline__ uint32_t rank_bits(float s) { return float_key(s == 0.f ? 0.f : s); }
 
-// Thread threadIdx.x's keys of a tile of `len` keys at kt: v[i] = kt[threadIdx.x + i * kThreads]
+// Thread threadIdx.x's elements of a tile of `len` at kt: v[i] = kt[threadIdx.x + i * kThreads]
 // (coalesced) for i < the count returned (0 past the tile). Every load is issued before any is
 // used: a loop that used each key as it came waited a round trip per key (Nsight Compute at 128k,
 // batch 1: the tile grids stalled on long_scoreboard at 8-45% of DRAM peak).
-static __device__ __forceinline__ int load_tile(const float* __restrict__ kt, int64_t len, float (&v)[kPerThread]) {
+template <class T>
+static __device__ __forceinline__ int load_tile(const T* __restrict__ kt, int64_t len, T (&v)[kPerThread]) {
   const int64_t first = threadIdx.x;
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
     const int64_t e = first + int64_t(i) * kThreads;
-    v[i] = e < len ? kt[e] : 0.f;
+    v[i] = e < len ? kt[e] : T(0);
   }
   return first < len ? int((len - first + kThreads - 1) / kThreads) : 0;
 }
@@ -460,18 +461,14 @@ static __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) s_before = before;
   __syncthreads();
   const int64_t from = grp * stride + int64_t(tile) * kTile, to = grp * stride + s_before;
-  int32_t pos[kPerThread];  // every load issued before the first store (as load_tile)
+  int32_t pos[kPerThread];
   uint8_t msk[kPerThread];
+  const int m = load_tile(seg_pos + from, cnt, pos);
+  load_tile(seg_mask + from, cnt, msk);
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
     const int e = int(threadIdx.x) + i * kThreads;
-    pos[i] = e < cnt ? seg_pos[from + e] : 0;
-    msk[i] = e < cnt ? seg_mask[from + e] : 0;
-  }
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int e = int(threadIdx.x) + i * kThreads;
-    if (e < cnt) {
+    if (i < m) {
       list.pos[to + e] = pos[i];
       list.mask[to + e] = msk[i];
     }

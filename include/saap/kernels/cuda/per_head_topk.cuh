@@ -211,21 +211,24 @@ static int attend_dense_per_head(const DecodeShape& shape, const T* k, const T* 
 
 // Block (split, b * n_kv_heads + h): the G heads of the group attend over the group's union list
 // [count * split / splits, count * (split + 1) / splits) (select_per_head's UnionList), each head
-// to the positions its bit of the mask marks, staged kStage at a time: each K/V row is read once
+// to the positions its bit of the mask marks, staged kUnionStage at a time: each K/V row is read once
 // for the group, not once per head that took it. q rows [b * Hq + h * G + g] in the keys' basis.
 // The next stage's positions and masks are requested before this stage is attended, so a stage
-// costs its rows' round trips and not one more for its list. Up to 4 heads a group, three blocks an
-// SM, as without them (165 registers at 57cb12e); at 8, ptxas would spill to fit three.
+// costs its rows' round trips and not one more for its list; within a stage each warp requests its
+// next tile's rows before it attends this one (run_masked). Stages of kUnionStage positions, so that
+// the warps' pipelines drain once every 16 tiles a warp. Two blocks an SM up to 4 heads a group.
+constexpr int kUnionPer = 4;  // stage entries a thread holds
+constexpr int kUnionStage = kUnionPer * kDecodeWarps * 32;
 template <class T, int D, int GMAX, class Keys>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 3 : 1)
+static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 2 : 1)
     union_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len, const int32_t* __restrict__ union_pos,
                         const uint8_t* __restrict__ union_mask, const int32_t* __restrict__ union_count,
                         const float* __restrict__ q, int G, float scale, int splits, float* __restrict__ part_out,
                         float* __restrict__ part_lse) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
   __shared__ typename A::Shared sh;
-  __shared__ int32_t stage[kStage];
-  __shared__ uint8_t stage_mask[kStage];
+  __shared__ int32_t stage[kUnionStage];
+  __shared__ uint8_t stage_mask[kUnionStage];
   const int split = blockIdx.x;
   const int64_t bh = blockIdx.y, row0 = bh * G;
   A at;
@@ -233,26 +236,34 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 3 : 1)
   const SplitRows<T, D> rows(keys, V, max_len, bh, at.sub, union_count[bh], split, splits);
   const int32_t* pos = union_pos + bh * max_len;
   const uint8_t* msk = union_mask + bh * max_len;
-  // This thread's entry of the stage at s0 (past the split's list: left as is, never staged).
-  int32_t next_pos = 0;
-  uint8_t next_mask = 0;
+  // This thread's entries of the stage at s0, e = threadIdx.x + j * blockDim.x (past the split's
+  // list: left as they are, never staged).
+  int32_t next_pos[kUnionPer] = {};
+  uint8_t next_mask[kUnionPer] = {};
   auto fetch = [&](int64_t s0) {
-    const int64_t i = s0 + threadIdx.x;
-    if (i < rows.j1) {
-      next_pos = pos[i];
-      next_mask = msk[i];
+#pragma unroll
+    for (int j = 0; j < kUnionPer; ++j) {
+      const int64_t i = s0 + threadIdx.x + j * kDecodeWarps * 32;
+      if (i < rows.j1) {
+        next_pos[j] = pos[i];
+        next_mask[j] = msk[i];
+      }
     }
   };
   fetch(rows.j0);
-  for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += kStage) {
-    const int ns = int(min(int64_t(kStage), rows.j1 - s0));
+  for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += kUnionStage) {
+    const int ns = int(min(int64_t(kUnionStage), rows.j1 - s0));
     __syncthreads();  // the previous stage is no longer read
-    if (int(threadIdx.x) < ns) {
-      stage[threadIdx.x] = next_pos;
-      stage_mask[threadIdx.x] = next_mask;
+#pragma unroll
+    for (int j = 0; j < kUnionPer; ++j) {
+      const int e = int(threadIdx.x) + j * kDecodeWarps * 32;
+      if (e < ns) {
+        stage[e] = next_pos[j];
+        stage_mask[e] = next_mask[j];
+      }
     }
     __syncthreads();
-    fetch(s0 + kStage);
+    fetch(s0 + kUnionStage);
     at.run_masked(
         ns, [&](int i) { return rows.k(stage[i]); }, [&](int i) { return rows.v(stage[i]); },
         [&](int i) { return uint32_t(stage_mask[i]); });

@@ -283,37 +283,27 @@ struct GroupAttender {
     accumulate<U>(s, vr, base, n);
   }
 
-  // run_prefetch() over rows that only some of the heads read: bit g of mask(i) is set when head g
-  // reads row i, and a head's logit of a row it does not read is -inf, as for rows past n. Loki's
-  // group union: each K/V row read once for the heads that selected it. The next tile's rows and
-  // masks are loaded before this tile's math (9 * U more registers a lane than without).
-  template <class KPtr, class VPtr, class Mask>
+  // run() over rows that only some of the heads read: bit g of mask(i) is set when head g reads
+  // row i, and a head's logit of a row it does not read is -inf, as for rows past n. Loki's group
+  // union: each K/V row read once for the heads that selected it. PREFETCH: as run_prefetch, the
+  // next tile's rows and masks are loaded before this tile's math (9 * U more registers a lane).
+  template <bool PREFETCH, class KPtr, class VPtr, class Mask>
   __device__ void run_masked(int n, KPtr kptr, VPtr vptr, Mask mask) {
-    uint4 kn[U], vn[U];
-    uint32_t mn[U];
-    auto load = [&](int base) {
+    auto load = [&](int base, uint4 (&kr)[U], uint4 (&vr)[U], uint32_t (&mk)[U]) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int i = base + u * TPP + slot;
         if (i < n) {
-          kn[u] = load_stream(kptr(i));
-          vn[u] = load_stream(vptr(i));
-          mn[u] = mask(i);
+          kr[u] = load_stream(kptr(i));
+          vr[u] = load_stream(vptr(i));
+          mk[u] = mask(i);
         } else {
-          kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
-          mn[u] = 0;
+          kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+          mk[u] = 0;
         }
       }
     };
-    int base = warp * TILE;
-    if (base >= n) return;
-    load(base);
-    for (; base < n; base += NWARPS * TILE) {
-      uint4 kr[U], vr[U];
-      uint32_t mk[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) kr[u] = kn[u], vr[u] = vn[u], mk[u] = mn[u];
-      if (base + NWARPS * TILE < n) load(base + NWARPS * TILE);
+    auto step = [&](int base, const uint4(&kr)[U], const uint4(&vr)[U], const uint32_t(&mk)[U]) {
       float s[U][GMAX];
       logits(kr, s);
 #pragma unroll
@@ -322,6 +312,28 @@ struct GroupAttender {
         for (int g = 0; g < GMAX; ++g)
           if (!((mk[u] >> g) & 1u)) s[u][g] = -INFINITY;
       accumulate<U>(s, vr, base, n);
+    };
+    if constexpr (PREFETCH) {
+      int base = warp * TILE;
+      if (base >= n) return;
+      uint4 kn[U], vn[U];
+      uint32_t mn[U];
+      load(base, kn, vn, mn);
+      for (; base < n; base += NWARPS * TILE) {
+        uint4 kr[U], vr[U];
+        uint32_t mk[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) kr[u] = kn[u], vr[u] = vn[u], mk[u] = mn[u];
+        if (base + NWARPS * TILE < n) load(base + NWARPS * TILE, kn, vn, mn);
+        step(base, kr, vr, mk);
+      }
+    } else {
+      for (int base = warp * TILE; base < n; base += NWARPS * TILE) {
+        uint4 kr[U], vr[U];
+        uint32_t mk[U];
+        load(base, kr, vr, mk);
+        step(base, kr, vr, mk);
+      }
     }
   }
 

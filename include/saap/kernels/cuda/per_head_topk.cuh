@@ -211,14 +211,24 @@ static int attend_dense_per_head(const DecodeShape& shape, const T* k, const T* 
 
 // Block (split, b * n_kv_heads + h): the G heads of the group attend over the group's union list
 // [count * split / splits, count * (split + 1) / splits) (select_per_head's UnionList), each head
-// to the positions its bit of the mask marks, staged kUnionStage at a time: each K/V row is read once
-// for the group, not once per head that took it. q rows [b * Hq + h * G + g] in the keys' basis.
-// The next stage's positions and masks are requested before this stage is attended, so a stage
-// costs its rows' round trips and not one more for its list; within a stage each warp requests its
-// next tile's rows before it attends this one (run_masked). Stages of kUnionStage positions, so that
-// the warps' pipelines drain once every 16 tiles a warp. Two blocks an SM up to 4 heads a group.
-constexpr int kUnionPer = 4;  // stage entries a thread holds
-constexpr int kUnionStage = kUnionPer * kDecodeWarps * 32;
+// to the positions its bit of the mask marks, staged union_stage<GMAX>() at a time: each K/V row is
+// read once for the group, not once per head that took it. q rows [b * Hq + h * G + g] in the
+// keys' basis. The next stage's positions and masks are requested before this stage is attended,
+// so a stage costs its rows' round trips and not one more for its list.
+// Up to 4 heads a group each warp also requests its next tile's rows before it attends this one
+// (run_masked<true>; 211 registers at 4 heads, two blocks an SM), over stages of 512 positions, so
+// that a warp's pipeline drains once in 16 tiles: the attend 4-8% faster at 32x8x128 than without
+// (three blocks an SM, stages of 128). At 8 heads that loop spills (255 registers) and the attend
+// was 35-40% slower at 28x4x128, so there it keeps stages of 128 and no prefetch
+// (results/gpu_loki_attend_ab_2026-12-04_h200_78b6dbb.md).
+template <int GMAX>
+constexpr bool union_prefetch() {
+  return GMAX <= 4;
+}
+template <int GMAX>
+constexpr int union_stage() {  // positions an attend block stages at a time
+  return (union_prefetch<GMAX>() ? 4 : 1) * kDecodeWarps * 32;
+}
 template <class T, int D, int GMAX, class Keys>
 static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 2 : 1)
     union_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len, const int32_t* __restrict__ union_pos,
@@ -227,8 +237,9 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 2 : 1)
                         float* __restrict__ part_lse) {
   using A = GroupAttender<T, D, GMAX, kDecodeWarps>;
   __shared__ typename A::Shared sh;
-  __shared__ int32_t stage[kUnionStage];
-  __shared__ uint8_t stage_mask[kUnionStage];
+  constexpr int kPer = union_stage<GMAX>() / (kDecodeWarps * 32);  // stage entries a thread holds
+  __shared__ int32_t stage[union_stage<GMAX>()];
+  __shared__ uint8_t stage_mask[union_stage<GMAX>()];
   const int split = blockIdx.x;
   const int64_t bh = blockIdx.y, row0 = bh * G;
   A at;
@@ -238,11 +249,11 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 2 : 1)
   const uint8_t* msk = union_mask + bh * max_len;
   // This thread's entries of the stage at s0, e = threadIdx.x + j * blockDim.x (past the split's
   // list: left as they are, never staged).
-  int32_t next_pos[kUnionPer] = {};
-  uint8_t next_mask[kUnionPer] = {};
+  int32_t next_pos[kPer] = {};
+  uint8_t next_mask[kPer] = {};
   auto fetch = [&](int64_t s0) {
 #pragma unroll
-    for (int j = 0; j < kUnionPer; ++j) {
+    for (int j = 0; j < kPer; ++j) {
       const int64_t i = s0 + threadIdx.x + j * kDecodeWarps * 32;
       if (i < rows.j1) {
         next_pos[j] = pos[i];
@@ -251,11 +262,11 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 2 : 1)
     }
   };
   fetch(rows.j0);
-  for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += kUnionStage) {
-    const int ns = int(min(int64_t(kUnionStage), rows.j1 - s0));
+  for (int64_t s0 = rows.j0; s0 < rows.j1; s0 += union_stage<GMAX>()) {
+    const int ns = int(min(int64_t(union_stage<GMAX>()), rows.j1 - s0));
     __syncthreads();  // the previous stage is no longer read
 #pragma unroll
-    for (int j = 0; j < kUnionPer; ++j) {
+    for (int j = 0; j < kPer; ++j) {
       const int e = int(threadIdx.x) + j * kDecodeWarps * 32;
       if (e < ns) {
         stage[e] = next_pos[j];
@@ -263,8 +274,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 2 : 1)
       }
     }
     __syncthreads();
-    fetch(s0 + kUnionStage);
-    at.run_masked(
+    fetch(s0 + union_stage<GMAX>());
+    at.template run_masked<union_prefetch<GMAX>()>(
         ns, [&](int i) { return rows.k(stage[i]); }, [&](int i) { return rows.v(stage[i]); },
         [&](int i) { return uint32_t(stage_mask[i]); });
   }

@@ -215,22 +215,23 @@ static int attend_dense_per_head(const DecodeShape& shape, const T* k, const T* 
 // read once for the group, not once per head that took it. q rows [b * Hq + h * G + g] in the
 // keys' basis. The next stage's positions and masks are requested before this stage is attended,
 // so a stage costs its rows' round trips and not one more for its list.
-// Up to 4 heads a group each warp also requests its next tile's rows before it attends this one
-// (run_masked<true>; 211 registers at 4 heads, two blocks an SM), over stages of 512 positions, so
-// that a warp's pipeline drains once in 16 tiles: the attend 4-8% faster at 32x8x128 than without
-// (three blocks an SM, stages of 128). At 8 heads that loop spills (255 registers) and the attend
-// was 35-40% slower at 28x4x128, so there it keeps stages of 128 and no prefetch
-// (results/gpu_loki_attend_ab_2026-12-04_h200_78b6dbb.md).
+// At 3-4 heads a group (GMAX 4) each warp also requests its next tile's rows before it attends
+// this one (run_masked<true>; 211 registers, two blocks an SM), over stages of 512 positions, so
+// that a warp's pipeline drains once in 16 tiles: at 32x8x128 the attend 4-9% faster at 128k-512k
+// than without (167 registers, three blocks an SM, stages of 128), and the step 3-4%. Elsewhere the
+// loop of before: at 8 heads the prefetching loop spills (255 registers; the attend 17-41% slower
+// at 28x4x128), and at one head (8x8x128) its attend was 0-3% slower. Two heads were not timed
+// (results/gpu_loki_attend_ab_2026-12-04_h200_9a53e5a.md).
 template <int GMAX>
 constexpr bool union_prefetch() {
-  return GMAX <= 4;
+  return GMAX == 4;
 }
 template <int GMAX>
 constexpr int union_stage() {  // positions an attend block stages at a time
   return (union_prefetch<GMAX>() ? 4 : 1) * kDecodeWarps * 32;
 }
 template <class T, int D, int GMAX, class Keys>
-static __global__ void __launch_bounds__(kDecodeWarps * 32, GMAX <= 4 ? 2 : 1)
+static __global__ void __launch_bounds__(kDecodeWarps * 32, union_prefetch<GMAX>() ? 2 : GMAX < 4 ? 3 : 1)
     union_attend_kernel(Keys keys, const T* __restrict__ V, int64_t max_len, const int32_t* __restrict__ union_pos,
                         const uint8_t* __restrict__ union_mask, const int32_t* __restrict__ union_count,
                         const float* __restrict__ q, int G, float scale, int splits, float* __restrict__ part_out,

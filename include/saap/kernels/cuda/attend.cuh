@@ -98,6 +98,12 @@ __device__ void write_block_partials(const BlockPartials<D, GMAX, NWARPS>& sh, i
   }
 }
 
+// run()'s row mask: every head reads every row (GroupAttender::run_masked leaves the masking out
+// for it, so run() and run_prefetch() compile to the loops they were before they shared it).
+struct EveryHead {
+  __device__ uint32_t operator()(int) const { return ~0u; }
+};
+
 // Per-lane online-softmax state of GMAX query heads (G <= GMAX used; the rest carry zeros).
 template <class T, int D, int GMAX, int NWARPS>
 struct GroupAttender {
@@ -143,20 +149,7 @@ struct GroupAttender {
   // element offset sub*8 is the caller's to apply, so split layouts such as Loki's work too).
   template <class KPtr, class VPtr>
   __device__ void run(int n, KPtr kptr, VPtr vptr) {
-    for (int base = warp * TILE; base < n; base += NWARPS * TILE) {
-      uint4 kr[U], vr[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int i = base + u * TPP + slot;
-        if (i < n) {
-          kr[u] = load_stream(kptr(i));
-          vr[u] = load_stream(vptr(i));
-        } else {
-          kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-        }
-      }
-      step(kr, vr, base, n);
-    }
+    run_masked<false>(n, kptr, vptr, EveryHead{});
   }
 
   // run() software-pipelined in registers: the next tile's K/V loads are issued before this tile's
@@ -164,29 +157,7 @@ struct GroupAttender {
   // 8 * U more registers per lane; the caller's launch bounds must allow them.
   template <class KPtr, class VPtr>
   __device__ void run_prefetch(int n, KPtr kptr, VPtr vptr) {
-    uint4 kn[U], vn[U];
-    auto load = [&](int base) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int i = base + u * TPP + slot;
-        if (i < n) {
-          kn[u] = load_stream(kptr(i));
-          vn[u] = load_stream(vptr(i));
-        } else {
-          kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
-        }
-      }
-    };
-    int base = warp * TILE;
-    if (base >= n) return;
-    load(base);
-    for (; base < n; base += NWARPS * TILE) {
-      uint4 kr[U], vr[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) kr[u] = kn[u], vr[u] = vn[u];
-      if (base + NWARPS * TILE < n) load(base + NWARPS * TILE);
-      step(kr, vr, base, n);
-    }
+    run_masked<true>(n, kptr, vptr, EveryHead{});
   }
 
   static constexpr int kMmaRows = kMmaTileRows;
@@ -283,10 +254,10 @@ struct GroupAttender {
     accumulate<U>(s, vr, base, n);
   }
 
-  // run() over rows that only some of the heads read: bit g of mask(i) is set when head g reads
-  // row i, and a head's logit of a row it does not read is -inf, as for rows past n. Loki's group
-  // union: each K/V row read once for the heads that selected it. PREFETCH: as run_prefetch, the
-  // next tile's rows and masks are loaded before this tile's math (9 * U more registers a lane).
+  // The loop of run() and run_prefetch() (PREFETCH), over rows that only some of the heads may
+  // read: bit g of mask(i) is set when head g reads row i, and a head's logit of a row it does not
+  // read is -inf, as for rows past n. Loki's group union: each K/V row read once for the heads that
+  // selected it. With PREFETCH a non-constant mask costs U more registers a lane.
   template <bool PREFETCH, class KPtr, class VPtr, class Mask>
   __device__ void run_masked(int n, KPtr kptr, VPtr vptr, Mask mask) {
     auto load = [&](int base, uint4 (&kr)[U], uint4 (&vr)[U], uint32_t (&mk)[U]) {
@@ -306,11 +277,12 @@ struct GroupAttender {
     auto step = [&](int base, const uint4(&kr)[U], const uint4(&vr)[U], const uint32_t(&mk)[U]) {
       float s[U][GMAX];
       logits(kr, s);
+      if constexpr (!std::is_same_v<Mask, EveryHead>)  // rows past n: accumulate masks them either way
 #pragma unroll
-      for (int u = 0; u < U; ++u)
+        for (int u = 0; u < U; ++u)
 #pragma unroll
-        for (int g = 0; g < GMAX; ++g)
-          if (!((mk[u] >> g) & 1u)) s[u][g] = -INFINITY;
+          for (int g = 0; g < GMAX; ++g)
+            if (!((mk[u] >> g) & 1u)) s[u][g] = -INFINITY;
       accumulate<U>(s, vr, base, n);
     };
     if constexpr (PREFETCH) {

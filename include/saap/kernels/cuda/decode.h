@@ -155,10 +155,11 @@ struct DenseTuning {
 // combine (bulk=3;mma=1;fused=1, 3.82 ms) and the prefetching register loop (3.97 ms) beat it
 // (4.17 ms); the runs since (0187b35 to 7acc3d1) put it at 0.97-0.98x SDPA there. At head_dim 256
 // (4x1x256) it is 0.99x the old batch-1 default and 0.98x the old batch-8 one, so the da2ee81 rule
-// by batch stays there: batch 1 mma=1;interleave=1;prefetch=1, larger batches the plain loop. Since the ring's values went
-// on the tensor cores too (MmaAttender), bulk=3;mma=1 is also the fastest above 4 query heads a KV
-// head, 1.44-1.59x the register loop that ran there before (28x4x128 and 64x8x128 at 128k, batch
-// 1, 8 and 32: results/gpu_dense_tunings_2026-12-04_h200_02566ca.md).
+// by batch stays there: batch 1 mma=1;interleave=1;prefetch=1, larger batches the plain loop.
+// Since the ring's values went on the tensor cores too (MmaAttender), bulk=3;mma=1 is also the
+// fastest above 4 query heads a KV head, 1.44-1.59x the register loop that ran there before
+// (28x4x128 and 64x8x128 at 128k, batch 1, 8 and 32:
+// results/gpu_dense_tunings_2026-12-04_h200_02566ca.md).
 // dense_decode is dense_decode_tuned(..., dense_default_tuning(s)).
 DenseTuning dense_default_tuning(const DecodeShape& s);
 // The tunings the benchmark times against each other and the test holds to float64: the plain

@@ -248,8 +248,8 @@ static __global__ void __launch_bounds__(kDecodeWarps * 32, union_prefetch<GMAX>
   const SplitRows<T, D> rows(keys, V, max_len, bh, at.sub, union_count[bh], split, splits);
   const int32_t* pos = union_pos + bh * max_len;
   const uint8_t* msk = union_mask + bh * max_len;
-  // This thread's entries of the stage at s0, e = threadIdx.x + j * blockDim.x (past the split's
-  // list: left as they are, never staged).
+  // This thread's entries of the stage at s0, e = threadIdx.x + j * (the block's threads) (past the
+  // split's list: left as they are, never staged).
   int32_t next_pos[kPer] = {};
   uint8_t next_mask[kPer] = {};
   auto fetch = [&](int64_t s0) {

@@ -14,11 +14,11 @@
 // boundary bin holds exactly the keys still needed ends the search early. Then a counting grid
 // (which finds the last digit where the finds are folded) stores each tile's keys above the
 // boundary and its ties, and a writing grid places each tile's taken positions at the offset those
-// counts give (the ties taken are the lowest positions: the first `need` ties in position order). Rows may be grouped (the
-// query heads of a KV group): the writing grid then also counts, per group, the positions any of
-// its rows took, and can list them with the rows that took each (UnionList: written per tile, then
-// moved into one ascending list by a compaction grid), so that an attention kernel reads each row
-// once.
+// counts give (the ties taken are the lowest positions: the first `need` ties in position order).
+// Rows may be grouped (the query heads of a KV group): the writing grid then also counts, per
+// group, the positions any of its rows took, and can list them with the rows that took each
+// (UnionList: written per tile, then moved into one ascending list by a compaction grid), so that
+// an attention kernel reads each row once.
 //
 // Every launch has a grid fixed by the row count and the row stride, and nothing is read back to
 // the host: select() may be recorded in a CUDA graph. Cost: each pass and the count and write
